@@ -1,0 +1,75 @@
+# labhub: `make up` brings the platform up, `make test` runs every test.
+# Settings live in .env (documented in .env.example); `make env` creates it.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# Another env file (the tests use one) can be given: make up ENV_FILE=/path/.env
+ENV_FILE ?= .env
+COMPOSE := LABHUB_ENV_FILE=$(abspath $(ENV_FILE)) docker compose -f compose/docker-compose.yml --env-file $(ENV_FILE)
+VENV := .venv
+PY := $(VENV)/bin/python
+# Read a value from .env (after `make env`), falling back to .env.example.
+env_value = $(shell grep -hE '^$(1)=' $(ENV_FILE) .env.example 2>/dev/null | head -n1 | cut -d= -f2-)
+
+.PHONY: help
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+.PHONY: env
+env: ## Create or complete .env (secrets generated, mode 0600)
+	@scripts/init-env.sh $(ENV_FILE)
+
+.PHONY: certs
+certs: env ## Create the local CA and the server certificate (or use yours)
+	@DOMAIN=$(call env_value,DOMAIN) LAN_ADDRESSES=$(call env_value,LAN_ADDRESSES) CERTS_DIR=$(call env_value,CERTS_DIR) scripts/make-certs.sh
+
+.PHONY: base-image
+base-image: env ## Pull the base image, or build it offline with debootstrap
+	@scripts/build-base-image.sh $(call env_value,BASE_IMAGE)
+
+.PHONY: build
+build: env base-image ## Build the hub, proxy and workspace images
+	@TRUST_HOST_CAS=$(call env_value,TRUST_HOST_CAS) scripts/stage-extra-ca.sh
+	$(COMPOSE) build
+	docker build -f images/workspace/Dockerfile \
+	  --build-arg BASE_IMAGE=$(call env_value,BASE_IMAGE) \
+	  --build-arg TENSORFLOW_PACKAGE='$(call env_value,TENSORFLOW_PACKAGE)' \
+	  -t labhub/workspace:$(call env_value,LABHUB_VERSION) .
+
+.PHONY: up
+up: env certs build ## Set everything up and start the platform
+	$(COMPOSE) up -d --wait
+	@ENV_FILE=$(ENV_FILE) scripts/print-welcome.sh
+
+.PHONY: down
+down: ## Stop the platform (users' files and the hub database stay)
+	$(COMPOSE) down
+
+.PHONY: logs
+logs: ## Follow the logs of every service
+	$(COMPOSE) logs -f --tail=100
+
+.PHONY: doctor
+doctor: ## Check this host for a safe GPU set-up
+	@scripts/doctor.sh
+
+$(VENV)/.installed: requirements/dev.txt hub/pyproject.toml mnist_workspace/pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -r requirements/dev.txt
+	touch $@
+
+.PHONY: venv
+venv: $(VENV)/.installed
+
+.PHONY: lint
+lint: venv ## ruff, mypy, hadolint, shellcheck
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/hadolint images/*/Dockerfile
+	shellcheck scripts/*.sh images/*/*.sh .ci/run
+
+.PHONY: test
+test: lint ## Run every test: unit, integration (real Docker), end to end (nginx, browser)
+	$(PY) -m pytest $(PYTEST_ARGS)

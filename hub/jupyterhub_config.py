@@ -1,0 +1,74 @@
+"""JupyterHub configuration: wiring only.
+
+All values come from one validated `Settings` object built from the environment
+(`.env`, documented in `.env.example`); the logic lives in the `labhub` package.
+"""
+# ruff: noqa: F821  (`c` is injected by JupyterHub's config loader)
+
+import os
+import sys
+
+from labhub.auth import authenticator_config
+from labhub.settings import Settings, SettingsError
+from labhub.spawner import spawner_config
+
+try:
+    settings = Settings.from_env(os.environ)
+    authenticator_class, authenticator_traits = authenticator_config(settings)
+except SettingsError as error:
+    # A wrong setting stops start-up with a message naming the variable, not a traceback.
+    print(error, file=sys.stderr, flush=True)
+    sys.exit(2)
+
+# --- Hub and proxy ---------------------------------------------------------------
+# The hub's public URL: cookies are Secure and OAuth callbacks are built from it.
+c.JupyterHub.bind_url = "http://:8000"
+c.JupyterHub.public_url = settings.public_url
+c.JupyterHub.hub_bind_url = "http://0.0.0.0:8081"
+# User containers reach the hub by its service name on the Docker network.
+c.JupyterHub.hub_connect_url = "http://hub:8081"
+# configurable-http-proxy runs as its own service, so a hub restart drops no connection.
+c.ConfigurableHTTPProxy.should_start = False
+c.ConfigurableHTTPProxy.api_url = "http://proxy-chp:8001"
+c.ConfigurableHTTPProxy.auth_token = settings.configproxy_auth_token
+# Users' servers keep running while the hub restarts or upgrades.
+c.JupyterHub.cleanup_servers = False
+# The database and cookie secret live in the hub's data volume.
+c.JupyterHub.db_url = f"sqlite:///{settings.data_dir}/jupyterhub.sqlite"
+c.JupyterHub.cookie_secret_file = f"{settings.data_dir}/jupyterhub_cookie_secret"
+c.JupyterHub.concurrent_spawn_limit = settings.concurrent_spawn_limit
+# Prometheus metrics at /hub/metrics, for admins (tokens with read:metrics) only.
+c.JupyterHub.authenticate_prometheus = True
+c.JupyterHub.log_level = "DEBUG" if settings.debug else "INFO"
+
+# --- Authentication ----------------------------------------------------------------
+c.JupyterHub.authenticator_class = authenticator_class
+c[authenticator_class.rsplit(".", 1)[-1]].update(authenticator_traits)
+
+# --- Spawner -------------------------------------------------------------------------
+c.JupyterHub.spawner_class = "labhub.spawner.LabSpawner"
+c.LabSpawner.update(spawner_config(settings))
+# Users may not change their server's environment through their own config files.
+c.Spawner.disable_user_config = True
+c.Spawner.default_url = "/lab/tree/mnist/MNIST.ipynb"
+
+# --- Idle culler ---------------------------------------------------------------------
+c.JupyterHub.load_roles = [
+    {
+        "name": "idle-culler",
+        "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+        "services": ["idle-culler"],
+    }
+]
+c.JupyterHub.services = [
+    {
+        "name": "idle-culler",
+        "command": [
+            sys.executable,
+            "-m",
+            "jupyterhub_idle_culler",
+            f"--timeout={settings.idle_timeout}",
+            "--cull-every=60",
+        ],
+    }
+]

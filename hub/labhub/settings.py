@@ -1,0 +1,273 @@
+"""One validated settings object, built once from the environment at hub start-up.
+
+Every setting has exactly one source: a variable in `.env` (documented in
+`.env.example`). `Settings.from_env` reads them all, checks them all, and raises
+one `SettingsError` listing every problem, each naming the variable and the fix,
+so that a wrong setting stops start-up with a message instead of a half-working hub.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+
+AUTH_CHOICES = ("shared-password", "github", "google", "generic", "cilogon")
+OAUTH_CHOICES = AUTH_CHOICES[1:]
+
+_MEMORY = re.compile(r"^(\d+(?:\.\d+)?)([kKmMgG]?)$")
+_DOMAIN = re.compile(r"^(?=.{1,253}$)(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*$")
+
+T = TypeVar("T")
+
+
+class SettingsError(ValueError):
+    """Raised with every problem found, one per line, each naming its variable."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(
+            f"labhub cannot start: {len(problems)} setting(s) to fix in .env "
+            f"(see .env.example):\n{lines}"
+        )
+
+
+def _split(value: str) -> frozenset[str]:
+    return frozenset(item.strip() for item in re.split(r"[,\s]+", value) if item.strip())
+
+
+def parse_memory(text: str) -> int:
+    """'4G' -> bytes. Accepts the units Docker accepts: k, m, g (powers of 1024)."""
+    match = _MEMORY.match(text.strip())
+    if not match:
+        raise ValueError(f"{text!r} is not a size; write it like 512M or 4G")
+    number, unit = float(match.group(1)), match.group(2).lower()
+    return int(number * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[unit])
+
+
+@dataclass(frozen=True)
+class OAuthSettings:
+    """What every OAuth provider needs, plus the provider-specific knobs."""
+
+    client_id: str
+    client_secret: str
+    callback_url: str
+    allowed_orgs: frozenset[str] = frozenset()
+    hosted_domains: frozenset[str] = frozenset()
+    oidc_issuer: str = ""
+    username_claim: str = "preferred_username"
+    groups_claim: str = "groups"
+    scopes: tuple[str, ...] = ()
+    cilogon_idp: str = ""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the hub needs, validated. Field docs live in `.env.example`."""
+
+    domain: str
+    https_port: int
+    auth: str
+    configproxy_auth_token: str
+    workspace_image: str
+    docker_network: str
+    mem_limit: int
+    cpu_limit: float
+    shm_size: int
+    pids_limit: int
+    idle_timeout: int
+    gpu_idle_timeout: int
+    concurrent_spawn_limit: int
+    admin_users: frozenset[str] = frozenset()
+    admin_groups: frozenset[str] = frozenset()
+    allowed_users: frozenset[str] = frozenset()
+    allowed_groups: frozenset[str] = frozenset()
+    shared_admin_password: str = ""
+    shared_user_password: str = ""
+    oauth: OAuthSettings | None = None
+    extra_ca_bundle: str = ""
+    gpu_inventory: str = "none"
+    data_dir: str = "/srv/jupyterhub"
+    debug: bool = False
+
+    @property
+    def public_url(self) -> str:
+        port = "" if self.https_port == 443 else f":{self.https_port}"
+        return f"https://{self.domain}{port}"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Read and check every variable; raise one SettingsError with all problems."""
+        problems: list[str] = []
+
+        def get(name: str, default: str = "") -> str:
+            return env.get(name, default).strip()
+
+        def convert(name: str, default: str, parse: Callable[[str], T], hint: str) -> T | None:
+            raw = get(name, default)
+            try:
+                return parse(raw)
+            except ValueError:
+                problems.append(f"{name}={raw!r} is not valid: {hint}")
+                return None
+
+        def positive_int(text: str) -> int:
+            value = int(text)
+            if value <= 0:
+                raise ValueError(text)
+            return value
+
+        def positive_float(text: str) -> float:
+            value = float(text)
+            if value <= 0:
+                raise ValueError(text)
+            return value
+
+        domain = get("DOMAIN", "localhost")
+        if not _DOMAIN.match(domain):
+            problems.append(
+                f"DOMAIN={domain!r} is not a host name: use the name students type, "
+                "e.g. gpu.lab.example.edu (no scheme, no port)"
+            )
+        https_port = convert("HTTPS_PORT", "443", positive_int, "a port number such as 443")
+        if https_port is not None and https_port > 65535:
+            problems.append(f"HTTPS_PORT={https_port} is not a port: use 1-65535")
+
+        auth = get("AUTH", "shared-password")
+        if auth not in AUTH_CHOICES:
+            problems.append(f"AUTH={auth!r} is unknown: choose one of {', '.join(AUTH_CHOICES)}")
+
+        token = get("CONFIGPROXY_AUTH_TOKEN")
+        if len(token) < 32:
+            problems.append(
+                "CONFIGPROXY_AUTH_TOKEN is missing or shorter than 32 characters: "
+                "run `make env` to generate one (openssl rand -hex 32)"
+            )
+
+        admin_users = _split(get("ADMIN_USERS"))
+        shared_admin = get("SHARED_ADMIN_PASSWORD")
+        shared_user = get("SHARED_USER_PASSWORD")
+        if auth == "shared-password":
+            if len(shared_user) < 8:
+                problems.append(
+                    "SHARED_USER_PASSWORD is missing or shorter than 8 characters: "
+                    "delete it from .env and run `make env` to generate one"
+                )
+            if shared_admin and len(shared_admin) < 32:
+                problems.append(
+                    "SHARED_ADMIN_PASSWORD is shorter than 32 characters (JupyterHub's minimum): "
+                    "delete it from .env and run `make env` to generate one"
+                )
+            if shared_admin and not admin_users:
+                problems.append(
+                    "SHARED_ADMIN_PASSWORD is set but ADMIN_USERS is empty: "
+                    "name the admins, e.g. ADMIN_USERS=admin"
+                )
+            if shared_admin and shared_admin == shared_user:
+                problems.append(
+                    "SHARED_ADMIN_PASSWORD and SHARED_USER_PASSWORD are equal: they must differ"
+                )
+
+        oauth = None
+        if auth in OAUTH_CHOICES:
+            oauth = _oauth_settings(auth, env, domain, https_port or 443, problems)
+
+        mem_limit = convert("USER_MEM_LIMIT", "4G", parse_memory, "a size such as 2G or 512M")
+        shm_size = convert("USER_SHM_SIZE", "1G", parse_memory, "a size such as 1G")
+        if mem_limit is not None and mem_limit < 256 * 1024**2:
+            problems.append("USER_MEM_LIMIT is below 256M: JupyterLab alone needs about 150M")
+        cpu_limit = convert("USER_CPU_LIMIT", "2", positive_float, "a number of CPUs such as 2 or 0.5")
+        pids_limit = convert("USER_PIDS_LIMIT", "1024", positive_int, "a number such as 1024")
+        idle_timeout = convert("IDLE_TIMEOUT", "3600", positive_int, "seconds, e.g. 3600")
+        gpu_idle_timeout = convert("GPU_IDLE_TIMEOUT", "1800", positive_int, "seconds, e.g. 1800")
+        spawn_limit = convert("CONCURRENT_SPAWN_LIMIT", "40", positive_int, "a number such as 40")
+
+        image = get("WORKSPACE_IMAGE", "labhub/workspace:0.1.0")
+        if not image or image.endswith(":latest") or ":" not in image.rsplit("/", 1)[-1]:
+            problems.append(
+                f"WORKSPACE_IMAGE={image!r} needs an explicit tag (not :latest), "
+                "e.g. labhub/workspace:0.1.0, so that every user runs the same image"
+            )
+        network = get("DOCKER_NETWORK", "labhub")
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", network):
+            problems.append(f"DOCKER_NETWORK={network!r} is not a Docker network name")
+
+        gpu_inventory = get("GPU_INVENTORY", "none")
+        if gpu_inventory not in ("none", "auto") and not gpu_inventory.startswith("/"):
+            problems.append(
+                f"GPU_INVENTORY={gpu_inventory!r}: use none, auto, or an absolute path "
+                "inside the hub container such as /srv/labhub/gpus.json"
+            )
+
+        if problems:
+            raise SettingsError(problems)
+        assert https_port is not None and mem_limit is not None and shm_size is not None
+        assert cpu_limit is not None and pids_limit is not None and idle_timeout is not None
+        assert gpu_idle_timeout is not None and spawn_limit is not None
+        return cls(
+            domain=domain,
+            https_port=https_port,
+            auth=auth,
+            configproxy_auth_token=token,
+            workspace_image=image,
+            docker_network=network,
+            mem_limit=mem_limit,
+            cpu_limit=cpu_limit,
+            shm_size=shm_size,
+            pids_limit=pids_limit,
+            idle_timeout=idle_timeout,
+            gpu_idle_timeout=gpu_idle_timeout,
+            concurrent_spawn_limit=spawn_limit,
+            admin_users=admin_users,
+            admin_groups=_split(get("ADMIN_GROUPS")),
+            allowed_users=_split(get("ALLOWED_USERS")),
+            allowed_groups=_split(get("ALLOWED_GROUPS")),
+            shared_admin_password=shared_admin,
+            shared_user_password=shared_user,
+            oauth=oauth,
+            extra_ca_bundle=get("EXTRA_CA_BUNDLE"),
+            gpu_inventory=gpu_inventory,
+            data_dir=get("HUB_DATA_DIR", "/srv/jupyterhub"),
+            debug=get("HUB_DEBUG", "false").lower() == "true",
+        )
+
+
+def _oauth_settings(
+    auth: str, env: Mapping[str, str], domain: str, https_port: int, problems: list[str]
+) -> OAuthSettings:
+    def get(name: str, default: str = "") -> str:
+        return env.get(name, default).strip()
+
+    client_id, client_secret = get("OAUTH_CLIENT_ID"), get("OAUTH_CLIENT_SECRET")
+    for name, value in (("OAUTH_CLIENT_ID", client_id), ("OAUTH_CLIENT_SECRET", client_secret)):
+        if not value:
+            problems.append(
+                f"{name} is required with AUTH={auth}: register an OAuth app with the provider "
+                "(docs/admin-guide.md#oauth) and copy its value here"
+            )
+    port = "" if https_port == 443 else f":{https_port}"
+    callback = get("OAUTH_CALLBACK_URL", f"https://{domain}{port}/hub/oauth_callback")
+    if not callback.startswith("https://"):
+        problems.append(f"OAUTH_CALLBACK_URL={callback!r} must be an https:// URL")
+    issuer = get("OIDC_ISSUER")
+    if auth == "generic" and not issuer.startswith("https://"):
+        problems.append(
+            "OIDC_ISSUER is required with AUTH=generic and must be an https:// URL, e.g. "
+            "https://keycloak.example.edu/realms/lab (its /.well-known/openid-configuration "
+            "is read at start-up)"
+        )
+    scopes = tuple(_split(get("OAUTH_SCOPES", "openid profile email")))
+    return OAuthSettings(
+        client_id=client_id,
+        client_secret=client_secret,
+        callback_url=callback,
+        allowed_orgs=_split(get("GITHUB_ALLOWED_ORGS")),
+        hosted_domains=_split(get("GOOGLE_HOSTED_DOMAINS")),
+        oidc_issuer=issuer.rstrip("/"),
+        username_claim=get("OIDC_USERNAME_CLAIM", "preferred_username"),
+        groups_claim=get("OIDC_GROUPS_CLAIM", "groups"),
+        scopes=tuple(sorted(scopes)),
+        cilogon_idp=get("CILOGON_IDP"),
+    )

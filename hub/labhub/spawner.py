@@ -1,0 +1,106 @@
+"""The lab's DockerSpawner: one hardened container per user, one named volume per user.
+
+Everything per-user goes through DockerSpawner's own traitlets and hooks; `start()`
+is not rewritten. The container is removed on stop, the volume stays, so a user's
+files survive stop/start, hub restarts, image upgrades and a crashed container.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import string
+from typing import Any
+
+from dockerspawner import DockerSpawner
+from escapism import escape
+from traitlets import Int, Unicode, default
+
+from .settings import Settings
+
+_VOLUME_SAFE = set(string.ascii_lowercase + string.digits)
+VOLUME_PREFIX = "labhub-user-"
+# Docker accepts long volume names, but paths and tools get unwieldy; we cap well below.
+_MAX_VOLUME_NAME = 120
+
+
+def volume_name_for(username: str) -> str:
+    """A distinct, Docker-safe volume name for any JupyterHub username.
+
+    Escaping with '-' as the escape character is injective (the escape character is
+    itself escaped), so two usernames never share a volume. Over-long names are cut
+    and made unique again with a digest of the full name.
+    """
+    escaped = escape(username, safe=_VOLUME_SAFE, escape_char="-").lower()
+    name = VOLUME_PREFIX + escaped
+    if len(name) > _MAX_VOLUME_NAME:
+        digest = hashlib.sha256(username.encode("utf-8")).hexdigest()[:16]
+        name = f"{name[: _MAX_VOLUME_NAME - 17]}_{digest}"
+    return name
+
+
+class LabSpawner(DockerSpawner):  # type: ignore[misc]
+    """DockerSpawner with the lab's defaults: limits, hardening and per-user volumes."""
+
+    pids_limit = Int(
+        1024,
+        config=True,
+        help="Most processes (and threads) one user container may run: stops fork bombs.",
+    )
+    shm_size = Unicode(
+        "1g",
+        config=True,
+        help="Size of /dev/shm, which deep-learning data loaders use for shared memory.",
+    )
+    home_dir = Unicode(
+        "/home/jovyan",
+        config=True,
+        help="Where the user's volume is mounted inside the container.",
+    )
+
+    @default("volumes")
+    def _volumes_default(self) -> dict[str, str]:
+        return {"{user_volume}": self.home_dir}
+
+    def template_namespace(self) -> dict[str, Any]:
+        """Add `{user_volume}`: our collision-free volume name, usable in `volumes`."""
+        namespace: dict[str, Any] = super().template_namespace()
+        namespace["user_volume"] = volume_name_for(self.user.name)
+        return namespace
+
+    @default("extra_host_config")
+    def _extra_host_config_default(self) -> dict[str, Any]:
+        return {
+            "shm_size": self.shm_size,
+            "pids_limit": self.pids_limit,
+            "security_opt": ["no-new-privileges:true"],
+            "cap_drop": ["ALL"],
+            "init": False,  # tini is the image's entry point
+        }
+
+    @default("extra_create_kwargs")
+    def _extra_create_kwargs_default(self) -> dict[str, Any]:
+        return {"user": "1000:100", "labels": {"labhub.user": self.user.name}}
+
+
+def spawner_config(settings: Settings) -> dict[str, Any]:
+    """The LabSpawner traitlets that come from settings."""
+    return {
+        "image": settings.workspace_image,
+        # Only the workspace image may be spawned, whatever a request asks for.
+        "allowed_images": {"TensorFlow workspace": settings.workspace_image},
+        "network_name": settings.docker_network,
+        "use_internal_ip": True,
+        "remove": True,
+        "mem_limit": settings.mem_limit,
+        "cpu_limit": settings.cpu_limit,
+        "shm_size": str(settings.shm_size),
+        "pids_limit": settings.pids_limit,
+        # Container names carry the stack's network name, so two stacks never collide.
+        "name_template": "{prefix}-{username}",
+        "prefix": f"{settings.docker_network}-user",
+        "environment": {"NVIDIA_VISIBLE_DEVICES": "void"},
+        "debug": settings.debug,
+        # A cold TensorFlow image can take a while to start on a busy host.
+        "start_timeout": 180,
+        "http_timeout": 120,
+    }

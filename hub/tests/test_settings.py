@@ -1,0 +1,96 @@
+"""Settings: every variable is checked, and every problem names its variable."""
+
+import pytest
+
+from labhub.settings import Settings, SettingsError, parse_memory
+
+pytestmark = pytest.mark.unit
+
+GOOD = {
+    "DOMAIN": "gpu.lab.example.edu",
+    "CONFIGPROXY_AUTH_TOKEN": "a" * 64,
+    "SHARED_USER_PASSWORD": "student-password",
+    "SHARED_ADMIN_PASSWORD": "b" * 48,
+    "ADMIN_USERS": "admin, prof",
+}
+
+
+def settings(**overrides: str) -> Settings:
+    return Settings.from_env({**GOOD, **overrides})
+
+
+def problems(**overrides: str) -> str:
+    with pytest.raises(SettingsError) as info:
+        settings(**overrides)
+    return str(info.value)
+
+
+def test_defaults_are_safe() -> None:
+    s = settings()
+    assert s.auth == "shared-password"
+    assert s.public_url == "https://gpu.lab.example.edu"
+    assert s.admin_users == {"admin", "prof"}
+    assert s.mem_limit == 4 * 1024**3
+    assert s.workspace_image == "labhub/workspace:0.1.0"
+    assert s.gpu_inventory == "none"
+
+
+def test_public_url_carries_a_non_default_port() -> None:
+    assert settings(HTTPS_PORT="8443").public_url == "https://gpu.lab.example.edu:8443"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "variable"),
+    [
+        ({"AUTH": "ldap"}, "AUTH='ldap' is unknown"),
+        ({"DOMAIN": "https://x.edu"}, "DOMAIN="),
+        ({"HTTPS_PORT": "abc"}, "HTTPS_PORT="),
+        ({"HTTPS_PORT": "70000"}, "HTTPS_PORT=70000"),
+        ({"CONFIGPROXY_AUTH_TOKEN": "short"}, "CONFIGPROXY_AUTH_TOKEN"),
+        ({"SHARED_USER_PASSWORD": ""}, "SHARED_USER_PASSWORD"),
+        ({"SHARED_ADMIN_PASSWORD": "short"}, "SHARED_ADMIN_PASSWORD"),
+        ({"ADMIN_USERS": ""}, "ADMIN_USERS is empty"),
+        ({"USER_MEM_LIMIT": "lots"}, "USER_MEM_LIMIT="),
+        ({"USER_MEM_LIMIT": "100M"}, "USER_MEM_LIMIT is below 256M"),
+        ({"USER_CPU_LIMIT": "-1"}, "USER_CPU_LIMIT="),
+        ({"USER_PIDS_LIMIT": "0"}, "USER_PIDS_LIMIT="),
+        ({"IDLE_TIMEOUT": "1h"}, "IDLE_TIMEOUT="),
+        ({"WORKSPACE_IMAGE": "labhub/workspace:latest"}, "WORKSPACE_IMAGE"),
+        ({"WORKSPACE_IMAGE": "labhub/workspace"}, "WORKSPACE_IMAGE"),
+        ({"DOCKER_NETWORK": "bad name"}, "DOCKER_NETWORK"),
+        ({"GPU_INVENTORY": "gpus.json"}, "GPU_INVENTORY"),
+        ({"AUTH": "github"}, "OAUTH_CLIENT_ID is required with AUTH=github"),
+        ({"AUTH": "generic", "OAUTH_CLIENT_ID": "x", "OAUTH_CLIENT_SECRET": "y"}, "OIDC_ISSUER"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else ",".join(v),
+)
+def test_a_wrong_setting_names_its_variable(overrides: dict[str, str], variable: str) -> None:
+    assert variable in problems(**overrides)
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    with pytest.raises(SettingsError) as info:
+        settings(AUTH="nope", USER_MEM_LIMIT="x", HTTPS_PORT="y")
+    assert len(info.value.problems) == 3
+    assert "see .env.example" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "size"), [("512M", 512 * 1024**2), ("4G", 4 * 1024**3), ("1.5g", 1610612736)]
+)
+def test_memory_sizes(text: str, size: int) -> None:
+    assert parse_memory(text) == size
+
+
+def test_oauth_settings_are_collected() -> None:
+    s = settings(
+        AUTH="generic",
+        OAUTH_CLIENT_ID="hub",
+        OAUTH_CLIENT_SECRET="secret",
+        OIDC_ISSUER="https://idp.example.edu/realms/lab/",
+        ALLOWED_GROUPS="students staff",
+    )
+    assert s.oauth is not None
+    assert s.oauth.oidc_issuer == "https://idp.example.edu/realms/lab"
+    assert s.oauth.callback_url == "https://gpu.lab.example.edu/hub/oauth_callback"
+    assert s.allowed_groups == {"students", "staff"}

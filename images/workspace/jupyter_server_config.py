@@ -1,0 +1,26 @@
+# Server settings baked into the workspace image (read by jupyterhub-singleuser).
+# ruff: noqa: F821  (`c` is injected by Jupyter's config loader)
+import os
+
+# Open the MNIST notebook on login; students start from the story, not a file list.
+c.ServerApp.default_url = "/lab/tree/mnist/MNIST.ipynb"
+
+# TensorBoard as a launcher tile, served at /user/<name>/tensorboard/ and reading ~/logs,
+# where mnist-train and the notebook write their runs.
+c.ServerProxy.servers = {
+    "tensorboard": {
+        "command": [
+            "tensorboard",
+            "--logdir=" + os.path.join(os.environ.get("HOME", "/home/jovyan"), "logs"),
+            "--port={port}",
+            "--host=127.0.0.1",
+            "--path_prefix={base_url}tensorboard",
+            "--reload_interval=15",
+        ],
+        "mappath": {},
+        "absolute_url": True,
+        "timeout": 120,
+        "new_browser_tab": True,
+        "launcher_entry": {"title": "TensorBoard"},
+    }
+}

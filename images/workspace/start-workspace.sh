@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Container entry point: put the MNIST workspace into the user's persistent home,
+# then hand over to JupyterHub's single-user server.
+set -euo pipefail
+
+skeleton=/opt/workspace
+marker="${HOME}/.mnist_workspace_version"
+image_version="$(pip show mnist-workspace 2>/dev/null | awk '/^Version:/{print $2}')"
+
+# Copy on first start and after an image upgrade, file by file and never over an
+# existing file (cp -n): a student's edited notebook always wins.
+if [[ ! -f "${marker}" || "$(cat "${marker}")" != "${image_version}" ]]; then
+  cp -rn "${skeleton}/." "${HOME}/"
+  printf '%s\n' "${image_version}" >"${marker}"
+fi
+mkdir -p "${HOME}/logs"
+
+# The %tensorboard magic reaches TensorBoard through jupyter-server-proxy.
+export TENSORBOARD_PROXY_URL="${JUPYTERHUB_SERVICE_PREFIX:-/}proxy/%PORT%/"
+
+exec jupyterhub-singleuser "$@"

@@ -1,0 +1,159 @@
+"""End to end through nginx on https: log in, spawn, compute, persist, isolate.
+
+Everything is real: the stack comes from `make up`, user servers are Docker
+containers on the local engine, requests go through nginx with TLS.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+import requests
+from conftest import Stack
+from hubclient import run_in_kernel
+
+pytestmark = pytest.mark.e2e
+
+TRAIN_ONE_STEP = """
+import os, numpy as np, keras
+import tensorflow as tf
+(x_train, y_train), (x_test, y_test) = keras.datasets.mnist.load_data()
+print("mnist", x_train.shape, y_train.shape, x_test.shape, x_train.dtype)
+from mnist_workspace.models import build
+model = build("lenet")
+model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+loss = model.train_on_batch(x_train[:64, ..., None] / 255.0, y_train[:64])
+print("tf", tf.__version__, "params", model.count_params(), "trained", np.isfinite(loss).all())
+"""
+
+
+def plain_session(stack: Stack) -> requests.Session:
+    session = requests.Session()
+    session.trust_env = False
+    session.verify = stack.ca_file
+    return session
+
+
+def test_http_only_redirects_to_https(stack: Stack) -> None:
+    response = plain_session(stack).get(stack.http_url + "/hub/login", allow_redirects=False)
+    assert response.status_code == 301
+    assert response.headers["Location"] == f"{stack.base_url}/hub/login"
+
+
+def test_https_sends_hsts_and_secure_cookies(stack: Stack) -> None:
+    response = plain_session(stack).get(stack.base_url + "/hub/login")
+    assert response.status_code == 200
+    hsts = response.headers["Strict-Transport-Security"]
+    assert "max-age=63072000" in hsts
+    xsrf_cookie = next(c for c in response.cookies if c.name == "_xsrf")
+    assert xsrf_cookie.secure
+
+
+def test_wrong_password_is_refused(stack: Stack) -> None:
+    response = stack.client().login("mallory", "not-the-password")
+    assert response.status_code == 403
+    assert "Invalid username or password" in response.text
+
+
+def test_student_trains_lenet_offline_in_a_kernel(stack: Stack, username: str) -> None:
+    client = stack.login(username)
+    client.start_server(username)
+    output = run_in_kernel(
+        stack.base_url, stack.ca_file, username, client.new_token(username), TRAIN_ONE_STEP
+    )
+    assert "mnist (60000, 28, 28) (60000,) (10000, 28, 28) uint8" in output
+    assert "params 1199882 trained True" in output
+    # The MNIST notebook was copied into the student's home and opens by default.
+    contents = client.session.get(
+        stack.base_url + f"/user/{username}/api/contents/mnist/MNIST.ipynb?content=0",
+        headers={"Authorization": f"token {client.new_token(username)}"},
+    )
+    assert contents.status_code == 200, contents.text
+    client.stop_server(username)
+
+
+def test_tensorboard_answers_under_the_users_prefix(stack: Stack, username: str) -> None:
+    client = stack.login(username)
+    client.start_server(username)
+    token = client.new_token(username)
+    response = client.session.get(
+        stack.base_url + f"/user/{username}/tensorboard/",
+        headers={"Authorization": f"token {token}"},
+        timeout=180,
+    )
+    assert response.status_code == 200, response.text[:300]
+    assert "TensorBoard" in response.text
+    client.stop_server(username)
+
+
+def test_files_survive_stop_and_start(stack: Stack, username: str) -> None:
+    client = stack.login(username)
+    client.start_server(username)
+    token = client.new_token(username)
+    run_in_kernel(
+        stack.base_url, stack.ca_file, username, token,
+        "open('/home/jovyan/thesis.txt', 'w').write('chapter 1')",
+    )
+    client.stop_server(username)
+    client.start_server(username)
+    output = run_in_kernel(
+        stack.base_url, stack.ca_file, username, token,
+        "print(open('/home/jovyan/thesis.txt').read())",
+    )
+    assert output.strip() == "chapter 1"
+    client.stop_server(username)
+
+
+def test_users_cannot_read_each_others_files(stack: Stack, username: str) -> None:
+    alice = username
+    bob = username + "-b"
+    from conftest import USERS_CREATED
+
+    USERS_CREATED.append(bob)
+    alice_client, bob_client = stack.login(alice), stack.login(bob)
+    alice_client.start_server(alice)
+    bob_client.start_server(bob)
+    alice_token, bob_token = alice_client.new_token(alice), bob_client.new_token(bob)
+    run_in_kernel(stack.base_url, stack.ca_file, alice, alice_token,
+                  "open('/home/jovyan/secret.txt', 'w').write('alice only')")
+    # Bob's token does not open Alice's server...
+    denied = bob_client.session.get(
+        stack.base_url + f"/user/{alice}/api/contents/secret.txt",
+        headers={"Authorization": f"token {bob_token}"},
+        allow_redirects=False,
+    )
+    assert denied.status_code in (302, 403), denied.status_code
+    # ...and Bob's container has no path to Alice's volume.
+    output = run_in_kernel(stack.base_url, stack.ca_file, bob, bob_token,
+                           "import os; print(os.path.exists('/home/jovyan/secret.txt'))")
+    assert output.strip() == "False"
+    alice_client.stop_server(alice)
+    bob_client.stop_server(bob)
+
+
+def test_a_wrong_setting_stops_the_hub_with_its_name(stack: Stack) -> None:
+    result = subprocess.run(
+        ["docker", "run", "--rm", "-e", "AUTH=ldap", "-e", "CONFIGPROXY_AUTH_TOKEN=" + "x" * 40,
+         "-e", "SHARED_USER_PASSWORD=long-enough", "labhub/hub:test"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert "AUTH='ldap' is unknown" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_files_survive_make_down_and_up(stack: Stack, username: str) -> None:
+    client = stack.login(username)
+    client.start_server(username)
+    run_in_kernel(stack.base_url, stack.ca_file, username, client.new_token(username),
+                  "open('/home/jovyan/keep.txt', 'w').write('kept')")
+    client.stop_server(username)
+    stack.make("down")
+    stack.make("up")
+    client = stack.login(username)
+    client.start_server(username)
+    output = run_in_kernel(stack.base_url, stack.ca_file, username, client.new_token(username),
+                           "print(open('/home/jovyan/keep.txt').read())")
+    assert output.strip() == "kept"
+    client.stop_server(username)
