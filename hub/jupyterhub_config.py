@@ -24,6 +24,8 @@ except SettingsError as error:
 # The hub's public URL: cookies are Secure and OAuth callbacks are built from it.
 c.JupyterHub.bind_url = "http://:8000"
 c.JupyterHub.public_url = settings.public_url
+# Every cookie (the XSRF one too) is Secure: the hub is only ever reached over https.
+c.JupyterHub.tornado_settings = {"cookie_options": {"secure": True}}
 c.JupyterHub.hub_bind_url = "http://0.0.0.0:8081"
 # User containers reach the hub by its service name on the Docker network.
 c.JupyterHub.hub_connect_url = "http://hub:8081"

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import uuid
@@ -12,8 +13,7 @@ from pathlib import Path
 
 import docker
 import pytest
-
-from hubclient import HubClient
+from hubclient import HubClient, run_in_kernel
 
 REPO = Path(__file__).resolve().parents[1]
 STACK = "labhubtest"
@@ -43,19 +43,39 @@ class Stack:
     def make(self, *targets: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             ["make", *targets, f"ENV_FILE={self.env_file}"],
-            cwd=REPO, text=True, capture_output=True, check=check, timeout=3600,
+            cwd=REPO,
+            text=True,
+            capture_output=True,
+            check=check,
+            timeout=3600,
         )
 
     def compose(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            ["docker", "compose", "-f", "compose/docker-compose.yml",
-             "--env-file", str(self.env_file), *args],
-            cwd=REPO, text=True, capture_output=True, check=check, timeout=900,
+            [
+                "docker",
+                "compose",
+                "-f",
+                "compose/docker-compose.yml",
+                "--env-file",
+                str(self.env_file),
+                *args,
+            ],
+            cwd=REPO,
+            text=True,
+            capture_output=True,
+            check=check,
+            timeout=900,
             env={**os.environ, "LABHUB_ENV_FILE": str(self.env_file)},
         )
 
     def client(self) -> HubClient:
         return HubClient(self.base_url, self.ca_file)
+
+    def run(self, client: HubClient, username: str, code: str) -> str:
+        """Run Python in a fresh kernel of the user's running server; return stdout."""
+        token = client.new_token(username)
+        return run_in_kernel(self.base_url, self.ca_file, username, token, code)
 
     def login(self, username: str) -> HubClient:
         """A session logged in through the hub's form; admins use the admin password."""
@@ -77,10 +97,8 @@ def _remove_user_resources(network: str, usernames: list[str] | None = None) -> 
     for container in api.containers.list(all=True, filters={"name": f"{network}-user-"}):
         container.remove(force=True)
     for name in usernames or []:
-        try:
+        with contextlib.suppress(docker.errors.NotFound):
             api.volumes.get(volume_name_for(name)).remove(force=True)
-        except docker.errors.NotFound:
-            pass
 
 
 @pytest.fixture(scope="session")
@@ -91,23 +109,26 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     certs.mkdir()
     env_file = workdir / ".env"
     env_file.write_text(
-        "\n".join([
-            f"STACK_NAME={STACK}",
-            f"DOCKER_NETWORK={STACK}",
-            "DOMAIN=localhost",
-            "BIND_ADDRESS=127.0.0.1",
-            f"HTTP_PORT={HTTP_PORT}",
-            f"HTTPS_PORT={HTTPS_PORT}",
-            f"CERTS_DIR={certs}",
-            "LABHUB_VERSION=test",
-            "TENSORFLOW_PACKAGE=tensorflow-cpu==2.21.0",
-            "ADMIN_USERS=admin",
-            "USER_MEM_LIMIT=3G",
-            "",
-        ])
+        "\n".join(
+            [
+                f"STACK_NAME={STACK}",
+                f"DOCKER_NETWORK={STACK}",
+                "DOMAIN=localhost",
+                "BIND_ADDRESS=127.0.0.1",
+                f"HTTP_PORT={HTTP_PORT}",
+                f"HTTPS_PORT={HTTPS_PORT}",
+                f"CERTS_DIR={certs}",
+                "LABHUB_VERSION=test",
+                "TENSORFLOW_PACKAGE=tensorflow-cpu==2.21.0",
+                "ADMIN_USERS=admin",
+                "USER_MEM_LIMIT=3G",
+                "",
+            ]
+        )
     )
-    stack = Stack(env_file, certs, f"https://localhost:{HTTPS_PORT}",
-                  f"http://localhost:{HTTP_PORT}")
+    stack = Stack(
+        env_file, certs, f"https://localhost:{HTTPS_PORT}", f"http://localhost:{HTTP_PORT}"
+    )
     up = stack.make("up", check=False)
     if up.returncode != 0:
         logs = stack.compose("logs", "--no-color", "--tail=200", check=False).stdout

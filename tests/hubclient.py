@@ -72,6 +72,8 @@ class HubClient:
             server = model.get("servers", {}).get("")
             if server and server.get("ready"):
                 return dict(model)
+            if not server or (not server.get("pending") and not server.get("ready")):
+                raise AssertionError(f"{username}'s spawn failed: {model}")
             time.sleep(1)
         raise TimeoutError(f"{username}'s server was not ready within {timeout} s")
 
@@ -86,8 +88,9 @@ class HubClient:
         raise TimeoutError(f"{username}'s server did not stop within {timeout} s")
 
 
-def run_in_kernel(base_url: str, ca_file: str, username: str, token: str, code: str,
-                  timeout: float = 300) -> str:
+def run_in_kernel(
+    base_url: str, ca_file: str, username: str, token: str, code: str, timeout: float = 300
+) -> str:
     """Start a kernel in the user's server, run `code` over the websocket, return stdout.
 
     Raises AssertionError with the traceback if the code fails.
@@ -111,13 +114,29 @@ def run_in_kernel(base_url: str, ca_file: str, username: str, token: str, code: 
         )
         try:
             msg_id = uuid.uuid4().hex
-            ws.send(json.dumps({
-                "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": username,
-                           "session": uuid.uuid4().hex, "version": "5.3"},
-                "parent_header": {}, "metadata": {}, "channel": "shell",
-                "content": {"code": code, "silent": False, "store_history": False,
-                            "user_expressions": {}, "allow_stdin": False},
-            }))
+            ws.send(
+                json.dumps(
+                    {
+                        "header": {
+                            "msg_id": msg_id,
+                            "msg_type": "execute_request",
+                            "username": username,
+                            "session": uuid.uuid4().hex,
+                            "version": "5.3",
+                        },
+                        "parent_header": {},
+                        "metadata": {},
+                        "channel": "shell",
+                        "content": {
+                            "code": code,
+                            "silent": False,
+                            "store_history": False,
+                            "user_expressions": {},
+                            "allow_stdin": False,
+                        },
+                    }
+                )
+            )
             stdout: list[str] = []
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:

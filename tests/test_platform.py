@@ -11,7 +11,6 @@ import subprocess
 import pytest
 import requests
 from conftest import Stack
-from hubclient import run_in_kernel
 
 pytestmark = pytest.mark.e2e
 
@@ -59,9 +58,7 @@ def test_wrong_password_is_refused(stack: Stack) -> None:
 def test_student_trains_lenet_offline_in_a_kernel(stack: Stack, username: str) -> None:
     client = stack.login(username)
     client.start_server(username)
-    output = run_in_kernel(
-        stack.base_url, stack.ca_file, username, client.new_token(username), TRAIN_ONE_STEP
-    )
+    output = stack.run(client, username, TRAIN_ONE_STEP)
     assert "mnist (60000, 28, 28) (60000,) (10000, 28, 28) uint8" in output
     assert "params 1199882 trained True" in output
     # The MNIST notebook was copied into the student's home and opens by default.
@@ -90,15 +87,16 @@ def test_tensorboard_answers_under_the_users_prefix(stack: Stack, username: str)
 def test_files_survive_stop_and_start(stack: Stack, username: str) -> None:
     client = stack.login(username)
     client.start_server(username)
-    token = client.new_token(username)
-    run_in_kernel(
-        stack.base_url, stack.ca_file, username, token,
+    stack.run(
+        client,
+        username,
         "open('/home/jovyan/thesis.txt', 'w').write('chapter 1')",
     )
     client.stop_server(username)
     client.start_server(username)
-    output = run_in_kernel(
-        stack.base_url, stack.ca_file, username, token,
+    output = stack.run(
+        client,
+        username,
         "print(open('/home/jovyan/thesis.txt').read())",
     )
     assert output.strip() == "chapter 1"
@@ -114,9 +112,8 @@ def test_users_cannot_read_each_others_files(stack: Stack, username: str) -> Non
     alice_client, bob_client = stack.login(alice), stack.login(bob)
     alice_client.start_server(alice)
     bob_client.start_server(bob)
-    alice_token, bob_token = alice_client.new_token(alice), bob_client.new_token(bob)
-    run_in_kernel(stack.base_url, stack.ca_file, alice, alice_token,
-                  "open('/home/jovyan/secret.txt', 'w').write('alice only')")
+    bob_token = bob_client.new_token(bob)
+    stack.run(alice_client, alice, "open('/home/jovyan/secret.txt', 'w').write('alice only')")
     # Bob's token does not open Alice's server...
     denied = bob_client.session.get(
         stack.base_url + f"/user/{alice}/api/contents/secret.txt",
@@ -125,8 +122,9 @@ def test_users_cannot_read_each_others_files(stack: Stack, username: str) -> Non
     )
     assert denied.status_code in (302, 403), denied.status_code
     # ...and Bob's container has no path to Alice's volume.
-    output = run_in_kernel(stack.base_url, stack.ca_file, bob, bob_token,
-                           "import os; print(os.path.exists('/home/jovyan/secret.txt'))")
+    output = stack.run(
+        bob_client, bob, "import os; print(os.path.exists('/home/jovyan/secret.txt'))"
+    )
     assert output.strip() == "False"
     alice_client.stop_server(alice)
     bob_client.stop_server(bob)
@@ -134,9 +132,21 @@ def test_users_cannot_read_each_others_files(stack: Stack, username: str) -> Non
 
 def test_a_wrong_setting_stops_the_hub_with_its_name(stack: Stack) -> None:
     result = subprocess.run(
-        ["docker", "run", "--rm", "-e", "AUTH=ldap", "-e", "CONFIGPROXY_AUTH_TOKEN=" + "x" * 40,
-         "-e", "SHARED_USER_PASSWORD=long-enough", "labhub/hub:test"],
-        capture_output=True, text=True, timeout=120,
+        [
+            "docker",
+            "run",
+            "--rm",
+            "-e",
+            "AUTH=ldap",
+            "-e",
+            "CONFIGPROXY_AUTH_TOKEN=" + "x" * 40,
+            "-e",
+            "SHARED_USER_PASSWORD=long-enough",
+            "labhub/hub:test",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     assert "AUTH='ldap' is unknown" in result.stderr
@@ -146,14 +156,12 @@ def test_a_wrong_setting_stops_the_hub_with_its_name(stack: Stack) -> None:
 def test_files_survive_make_down_and_up(stack: Stack, username: str) -> None:
     client = stack.login(username)
     client.start_server(username)
-    run_in_kernel(stack.base_url, stack.ca_file, username, client.new_token(username),
-                  "open('/home/jovyan/keep.txt', 'w').write('kept')")
+    stack.run(client, username, "open('/home/jovyan/keep.txt', 'w').write('kept')")
     client.stop_server(username)
     stack.make("down")
     stack.make("up")
     client = stack.login(username)
     client.start_server(username)
-    output = run_in_kernel(stack.base_url, stack.ca_file, username, client.new_token(username),
-                           "print(open('/home/jovyan/keep.txt').read())")
+    output = stack.run(client, username, "print(open('/home/jovyan/keep.txt').read())")
     assert output.strip() == "kept"
     client.stop_server(username)

@@ -17,7 +17,9 @@ AUTH_CHOICES = ("shared-password", "github", "google", "generic", "cilogon")
 OAUTH_CHOICES = AUTH_CHOICES[1:]
 
 _MEMORY = re.compile(r"^(\d+(?:\.\d+)?)([kKmMgG]?)$")
-_DOMAIN = re.compile(r"^(?=.{1,253}$)(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*$")
+_DOMAIN = re.compile(
+    r"^(?=.{1,253}$)(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*$"
+)
 
 T = TypeVar("T")
 
@@ -178,7 +180,9 @@ class Settings:
         shm_size = convert("USER_SHM_SIZE", "1G", parse_memory, "a size such as 1G")
         if mem_limit is not None and mem_limit < 256 * 1024**2:
             problems.append("USER_MEM_LIMIT is below 256M: JupyterLab alone needs about 150M")
-        cpu_limit = convert("USER_CPU_LIMIT", "2", positive_float, "a number of CPUs such as 2 or 0.5")
+        cpu_limit = convert(
+            "USER_CPU_LIMIT", "2", positive_float, "a number of CPUs such as 2 or 0.5"
+        )
         pids_limit = convert("USER_PIDS_LIMIT", "1024", positive_int, "a number such as 1024")
         idle_timeout = convert("IDLE_TIMEOUT", "3600", positive_int, "seconds, e.g. 3600")
         gpu_idle_timeout = convert("GPU_IDLE_TIMEOUT", "1800", positive_int, "seconds, e.g. 1800")

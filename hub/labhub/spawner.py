@@ -30,7 +30,7 @@ def volume_name_for(username: str) -> str:
     itself escaped), so two usernames never share a volume. Over-long names are cut
     and made unique again with a digest of the full name.
     """
-    escaped = escape(username, safe=_VOLUME_SAFE, escape_char="-").lower()
+    escaped = str(escape(username, safe=_VOLUME_SAFE, escape_char="-")).lower()
     name = VOLUME_PREFIX + escaped
     if len(name) > _MAX_VOLUME_NAME:
         digest = hashlib.sha256(username.encode("utf-8")).hexdigest()[:16]

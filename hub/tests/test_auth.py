@@ -3,7 +3,6 @@
 from typing import Any
 
 import pytest
-
 from labhub.auth import authenticator_config
 from labhub.settings import Settings, SettingsError
 
@@ -28,7 +27,9 @@ def config(env: dict[str, str]) -> tuple[str, dict[str, Any]]:
 
 
 def test_shared_password_lets_anyone_with_the_password_in() -> None:
-    cls, traits = config({**BASE, "SHARED_USER_PASSWORD": "p" * 12, "SHARED_ADMIN_PASSWORD": "a" * 40})
+    cls, traits = config(
+        {**BASE, "SHARED_USER_PASSWORD": "p" * 12, "SHARED_ADMIN_PASSWORD": "a" * 40}
+    )
     assert cls.endswith("SharedPasswordAuthenticator")
     assert traits["allow_all"] is True
     assert traits["user_password"] == "p" * 12

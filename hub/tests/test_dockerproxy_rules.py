@@ -4,7 +4,6 @@ import json
 from typing import Any
 
 import pytest
-
 from labhub.dockerproxy import Policy, Refused, check_request
 
 pytestmark = pytest.mark.unit
@@ -99,6 +98,13 @@ def test_everything_else_is_refused(method: str, path: str, body: bytes, reason:
 def test_other_images_and_root_are_refused() -> None:
     spec = json.loads(create_body())
     with pytest.raises(Refused, match="image"):
-        check_request(POLICY, "POST", "/containers/create", json.dumps({**spec, "Image": "debian:trixie-slim"}).encode())
+        check_request(
+            POLICY,
+            "POST",
+            "/containers/create",
+            json.dumps({**spec, "Image": "debian:trixie-slim"}).encode(),
+        )
     with pytest.raises(Refused, match="non-root"):
-        check_request(POLICY, "POST", "/containers/create", json.dumps({**spec, "User": "0"}).encode())
+        check_request(
+            POLICY, "POST", "/containers/create", json.dumps({**spec, "User": "0"}).encode()
+        )

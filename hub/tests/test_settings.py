@@ -1,7 +1,6 @@
 """Settings: every variable is checked, and every problem names its variable."""
 
 import pytest
-
 from labhub.settings import Settings, SettingsError, parse_memory
 
 pytestmark = pytest.mark.unit

@@ -5,7 +5,6 @@ import re
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from labhub.spawner import VOLUME_PREFIX, volume_name_for
 
 pytestmark = pytest.mark.unit

@@ -17,6 +17,7 @@ for ext in crt key; do
   fi
 done
 
+# shellcheck disable=SC2016  # the variable names are envsubst's, not the shell's
 envsubst '${DOMAIN} ${HTTPS_PORT_SUFFIX} ${HUB_UPSTREAM} ${MAX_BODY_SIZE}' \
   </etc/nginx/templates/labhub.conf.template >/etc/nginx/conf.d/labhub.conf
 exec nginx -g 'daemon off;'

@@ -1,0 +1,68 @@
+"""A real browser (Debian's Chromium driven by Playwright) logs in through nginx and
+lands in JupyterLab with the MNIST notebook open. The screenshot is kept in
+test-artifacts/ for a person to look at."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import REPO, Stack
+
+pytestmark = pytest.mark.e2e
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def spki_pin(cert_file: Path) -> str:
+    """Base64 SHA-256 of the server key: Chromium trusts exactly this key, nothing else."""
+    der = subprocess.run(
+        ["openssl", "x509", "-in", str(cert_file), "-pubkey", "-noout"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    key = subprocess.run(
+        ["openssl", "pkey", "-pubin", "-outform", "der"], input=der, capture_output=True, check=True
+    ).stdout
+    return base64.b64encode(hashlib.sha256(key).digest()).decode()
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
+def test_student_logs_in_and_sees_the_mnist_notebook(stack: Stack, username: str) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    artifacts = REPO / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    pin = spki_pin(stack.certs_dir / "localhost.crt")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+                f"--ignore-certificate-errors-spki-list={pin}",
+            ],
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            try:
+                page.goto(stack.base_url + "/hub/login")
+                page.fill("#username_input", username)
+                page.fill("#password_input", stack.value("SHARED_USER_PASSWORD"))
+                page.click("#login_submit")
+                page.wait_for_url(f"**/user/{username}/lab/**", timeout=300_000)
+                tab = page.locator(".lm-TabBar-tabLabel", has_text="MNIST.ipynb")
+                expect(tab.first).to_be_visible(timeout=120_000)
+                kernel = page.get_by_role("button", name="TensorFlow-GPU | Idle")
+                expect(kernel.first).to_be_visible(timeout=120_000)
+            finally:
+                page.screenshot(path=str(artifacts / "browser-jupyterlab.png"))
+        finally:
+            browser.close()
+    stack.login(username).stop_server(username)
