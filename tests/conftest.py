@@ -16,9 +16,10 @@ import pytest
 from hubclient import HubClient, run_in_kernel
 
 REPO = Path(__file__).resolve().parents[1]
-STACK = "labhubtest"
-HTTPS_PORT = 18443
-HTTP_PORT = 18080
+# Several test stacks can run side by side on one engine (another name, other ports).
+STACK = os.environ.get("LABHUB_TEST_STACK", "labhubtest")
+HTTPS_PORT = int(os.environ.get("LABHUB_TEST_HTTPS_PORT", "18443"))
+HTTP_PORT = HTTPS_PORT - 363
 
 
 @dataclass(frozen=True)

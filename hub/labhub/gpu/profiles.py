@@ -1,0 +1,142 @@
+"""Spawn profiles: CPU/memory limits and a GPU request, visible per JupyterHub group.
+
+Seams: ``GPU_PROFILES=/path/profiles.json`` -> :func:`load_profiles` (validated against
+``profiles.schema.json``); unset -> :func:`default_profiles` for the inventory.
+:func:`profiles_for` lists what a user may pick (spawn page), :func:`resolve` checks a request
+(spawn page *and* REST API ``user_options``) and raises :class:`ProfileNotAllowed`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, cast
+
+from labhub.gpu.inventory import Inventory, InventoryError, validate_json
+from labhub.gpu.scheduler import GpuRequest
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One choice on the spawn page."""
+
+    slug: str
+    display_name: str
+    gpu: GpuRequest = field(default_factory=GpuRequest)
+    cpu_limit: float | None = None
+    mem_limit: str | None = None
+    description: str = ""
+    groups: frozenset[str] = frozenset()
+
+    def allows(self, groups: Iterable[str], is_admin: bool) -> bool:
+        return is_admin or not self.groups or bool(self.groups.intersection(groups))
+
+
+class ProfileError(ValueError):
+    """A profile request is refused; the message says why and what to pick instead."""
+
+
+class UnknownProfile(ProfileError):
+    pass
+
+
+class ProfileNotAllowed(ProfileError):
+    pass
+
+
+def _gpu(value: object) -> GpuRequest:
+    if value == "shared":
+        return GpuRequest(shared=True)
+    if isinstance(value, int):
+        return GpuRequest(whole=value)
+    return GpuRequest()
+
+
+def load_profiles(path: str | Path) -> tuple[Profile, ...]:
+    """Read and validate a profiles file (see ``profiles.schema.json``)."""
+    source = str(path)
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ProfileError(f"{source}: no such file; create it or unset GPU_PROFILES") from None
+    except json.JSONDecodeError as e:
+        raise ProfileError(f"{source}: not valid JSON ({e}); fix the syntax") from None
+    schema = json.loads(resources.files("labhub.gpu").joinpath("profiles.schema.json").read_text())
+    try:
+        validate_json(data, cast(dict[str, Any], schema), source)
+    except InventoryError as e:
+        raise ProfileError(str(e)) from None
+    profiles = tuple(
+        Profile(
+            slug=p["slug"],
+            display_name=p["display_name"],
+            description=p.get("description", ""),
+            cpu_limit=p.get("cpu_limit"),
+            mem_limit=p.get("mem_limit"),
+            gpu=_gpu(p.get("gpu", "none")),
+            groups=frozenset(p.get("groups", [])),
+        )
+        for p in data["profiles"]
+    )
+    slugs = [p.slug for p in profiles]
+    for slug in slugs:
+        if slugs.count(slug) > 1:
+            raise ProfileError(f"{source}: profile slug {slug!r} appears twice; rename one")
+    return profiles
+
+
+def default_profiles(inventory: Inventory) -> tuple[Profile, ...]:
+    """cpu, gpu-shared and gpu-1, each GPU profile only if the inventory can ever serve it."""
+    profiles = [
+        Profile("cpu", "CPU only", cpu_limit=2, mem_limit="4G", description="2 CPUs, 4 GiB"),
+    ]
+    shared = [d for d in inventory if d.policy == "shared"]
+    if shared:
+        cap = min(d.memory_cap_mib or d.memory_mib for d in shared)
+        profiles.append(
+            Profile(
+                "gpu-shared", "Shared GPU slice", gpu=GpuRequest(shared=True), cpu_limit=4,
+                mem_limit="16G", description=f"4 CPUs, 16 GiB, {cap} MiB of GPU memory",
+            )
+        )  # fmt: skip
+    if any(d.policy == "exclusive" for d in inventory):
+        profiles.append(
+            Profile(
+                "gpu-1", "One whole GPU", gpu=GpuRequest(whole=1), cpu_limit=8, mem_limit="32G",
+                description="8 CPUs, 32 GiB, one GPU to yourself",
+            )
+        )  # fmt: skip
+    return tuple(profiles)
+
+
+def profiles_for(
+    profiles: Sequence[Profile], groups: Iterable[str], is_admin: bool
+) -> list[Profile]:
+    """The profiles this user may pick, in file order."""
+    groups = frozenset(groups)
+    return [p for p in profiles if p.allows(groups, is_admin)]
+
+
+def resolve(
+    profiles: Sequence[Profile], slug: str | None, groups: Iterable[str], is_admin: bool
+) -> Profile:
+    """The profile ``slug`` names (the first allowed one when ``slug`` is None), if allowed."""
+    allowed = profiles_for(profiles, groups, is_admin)
+    choices = ", ".join(p.slug for p in allowed) or "none"
+    if slug is None:
+        if not allowed:
+            raise ProfileNotAllowed("no profile is open to your groups; ask an admin")
+        return allowed[0]
+    profile = next((p for p in profiles if p.slug == slug), None)
+    if profile is None:
+        raise UnknownProfile(f"there is no profile {slug!r}; choose one of: {choices}")
+    if profile not in allowed:
+        raise ProfileNotAllowed(
+            f"profile {slug!r} is only for members of the group(s) "
+            f"{', '.join(sorted(profile.groups))}; choose one of: {choices}, or ask an admin "
+            "to add you to one of those groups"
+        )
+    return profile

@@ -1,0 +1,380 @@
+"""The GPU admin service: ``/services/gpus/`` (HTML) and ``/services/gpus/api/...`` (JSON).
+
+Admin-only through the hub's OAuth: a user who is not a JupyterHub admin gets 403 on every
+route. Run it as a hub-managed service::
+
+    c.JupyterHub.services.append({
+        "name": "gpus",
+        "url": "http://127.0.0.1:10101",
+        "command": [sys.executable, "-m", "labhub.gpu.service"],
+        "environment": {"GPU_DB": settings.gpu_db, "GPU_INVENTORY": settings.gpu_inventory},
+        "oauth_no_confirm": True,
+    })
+    c.JupyterHub.load_roles.append({
+        "name": "gpus-service",
+        "services": ["gpus"],
+        "scopes": ["admin:servers", "list:users", "read:users:name"],
+    })
+    # only admins may open it (users without the scope get 403 before this code runs):
+    c.JupyterHub.load_roles.append({
+        "name": "admin", "scopes": ["access:services!service=gpus"], ...})
+
+The hub sets ``JUPYTERHUB_API_TOKEN``, ``JUPYTERHUB_API_URL``,
+``JUPYTERHUB_SERVICE_PREFIX`` and ``JUPYTERHUB_SERVICE_URL``; ``GPU_DB`` and
+``GPU_INVENTORY`` must name the same file and inventory as the spawner's.
+
+API (JSON bodies; every change is written to the audit log with the admin's name):
+
+- ``GET  api/devices``   devices, model, memory, utilisation (NVML), holders and since when,
+  reservation, drain flag; plus the queue.
+- ``GET  api/usage``     GPU-hours used this week per user and group, quotas left.
+- ``GET  api/audit``     the newest audit entries.
+- ``POST api/devices/{id}/reserve``  ``{"user": "ada"}``, ``{"group": "nlp"}`` or ``{}`` (clear).
+- ``POST api/devices/{id}/drain``    ``{"drained": true|false}``.
+- ``POST api/holders/{holder}/revoke`` stops the holder's server through the hub REST API.
+- ``POST api/quota/{subject}/topup`` ``{"hours": 5}``; ``POST api/quota/{subject}/reset``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+import os
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+from jupyterhub.services.auth import (
+    HubOAuth,
+    HubOAuthCallbackHandler,
+    HubOAuthenticated,
+)
+from jupyterhub.utils import url_path_join
+from labhub.gpu.inventory import Inventory, detect_inventory, load_inventory, read_utilisation
+from labhub.gpu.scheduler import Reservation
+from labhub.gpu.store import Store, allocation_to_json
+from tornado import web
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado.ioloop import IOLoop
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class AdminHandler(HubOAuthenticated, web.RequestHandler):  # type: ignore[misc]
+    """Base: hub OAuth login, then 403 unless the user is a JupyterHub admin."""
+
+    @property
+    def hub_auth(self) -> Any:
+        return self.settings["hub_auth"]
+
+    @property
+    def store(self) -> Store:
+        store: Store = self.settings["gpu_store"]
+        return store
+
+    @property
+    def inventory(self) -> Inventory:
+        inventory: Inventory = self.settings["gpu_inventory"]
+        return inventory
+
+    @property
+    def admin_name(self) -> str:
+        return str(self.current_user["name"])
+
+    def prepare(self) -> None:
+        user = self.current_user
+        if user is None:
+            if self.request.path.startswith(self.settings["api_prefix"]):
+                raise web.HTTPError(403, "log in to the hub first")
+            self.redirect(self.get_login_url())
+            return
+        if not user.get("admin"):
+            raise web.HTTPError(403, f"{user.get('name')} is not a JupyterHub admin")
+
+    def body(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.request.body or b"{}")
+        except json.JSONDecodeError as e:
+            raise web.HTTPError(400, f"request body is not JSON ({e}); send a JSON object") from e
+        if not isinstance(data, dict):
+            raise web.HTTPError(400, "request body must be a JSON object")
+        return data
+
+    def known_device(self, device_id: str) -> None:
+        if device_id not in {d.id for d in self.inventory}:
+            known = ", ".join(d.id for d in self.inventory) or "none"
+            raise web.HTTPError(404, f"no device {device_id!r}; known devices: {known}")
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None))[1]
+        message = getattr(exc, "log_message", None) or self._reason
+        self.finish({"status": status_code, "message": message})
+
+
+async def devices_report(store: Store, inventory: Inventory) -> dict[str, Any]:
+    """Everything the devices view shows, as JSON."""
+    state = await asyncio.to_thread(store.state, inventory)
+    drained = await asyncio.to_thread(store.drained_since)
+    queue = await asyncio.to_thread(store.queue)
+    utilisation = await asyncio.to_thread(read_utilisation)
+    devices = []
+    for d in inventory:
+        util = utilisation.get(d.id.split(":")[0])
+        reservation = state.reservations.get(d.id)
+        devices.append(
+            {
+                "id": d.id,
+                "uuid": d.uuid,
+                "model": d.model,
+                "memory_mib": d.memory_mib,
+                "policy": d.policy,
+                "capacity": d.capacity,
+                "memory_cap_mib": d.memory_cap_mib,
+                "utilisation_percent": util.gpu_percent if util else None,
+                "memory_used_mib": util.memory_used_mib if util else None,
+                "drained_since": drained.get(d.id),
+                "reserved_for": reservation.describe() if reservation else None,
+                "holders": [
+                    {"holder": a.holder, "user": a.user, "since": a.since.isoformat()}
+                    for a in state.allocations.values()
+                    if d.id in a.device_ids
+                ],
+            }
+        )
+    return {
+        "devices": devices,
+        "queue": [{"holder": h, "request": r, "since": s} for h, r, s in queue],
+    }
+
+
+class DevicesHandler(AdminHandler):
+    async def get(self) -> None:
+        self.finish(await devices_report(self.store, self.inventory))
+
+
+class UsageHandler(AdminHandler):
+    async def get(self) -> None:
+        now = _now()
+        usage = await asyncio.to_thread(self.store.usage, now)
+        allocations = await asyncio.to_thread(self.store.allocations)
+        self.finish(
+            {
+                "now": now.isoformat(),
+                "gpu_hours_this_week": {k: round(v, 3) for k, v in sorted(usage.items())},
+                "allocations": [allocation_to_json(a) for a in allocations if a.device_ids],
+            }
+        )
+
+
+class AuditHandler(AdminHandler):
+    async def get(self) -> None:
+        limit = int(self.get_query_argument("limit", "200"))
+        entries = await asyncio.to_thread(self.store.audit, limit)
+        self.finish({"entries": [e.__dict__ for e in entries]})
+
+
+class ReserveHandler(AdminHandler):
+    async def post(self, device_id: str) -> None:
+        self.known_device(device_id)
+        data = self.body()
+        unknown = set(data) - {"user", "group"}
+        if unknown or len(data) > 1:
+            raise web.HTTPError(
+                400, 'send {"user": NAME}, {"group": NAME} or {} to clear the reservation'
+            )
+        reservation = Reservation(user=data.get("user"), group=data.get("group")) if data else None
+        await asyncio.to_thread(
+            self.store.set_reservation, self.inventory, device_id, reservation, self.admin_name,
+            _now(),
+        )  # fmt: skip
+        self.finish({"device": device_id, "reserved_for": reservation and reservation.describe()})
+
+
+class DrainHandler(AdminHandler):
+    async def post(self, device_id: str) -> None:
+        self.known_device(device_id)
+        drained = self.body().get("drained", True)
+        if not isinstance(drained, bool):
+            raise web.HTTPError(400, 'send {"drained": true} or {"drained": false}')
+        await asyncio.to_thread(
+            self.store.set_drained, self.inventory, device_id, drained, self.admin_name, _now()
+        )
+        self.finish({"device": device_id, "drained": drained})
+
+
+class RevokeHandler(AdminHandler):
+    async def post(self, holder: str) -> None:
+        allocations = await asyncio.to_thread(self.store.allocations)
+        allocation = next((a for a in allocations if a.holder == holder), None)
+        if allocation is None:
+            raise web.HTTPError(404, f"{holder!r} holds no GPU; see api/devices for holders")
+        user, _, server = holder.partition("/")
+        path = f"users/{quote(user)}/" + (f"servers/{quote(server)}" if server else "server")
+        request = HTTPRequest(
+            url_path_join(self.settings["hub_api_url"], path),
+            method="DELETE",
+            headers={"Authorization": f"token {self.settings['hub_api_token']}"},
+        )
+        try:
+            response = await AsyncHTTPClient().fetch(request)
+        except HTTPClientError as e:
+            raise web.HTTPError(
+                502, f"the hub refused to stop {holder} ({e.code}); check the service's role "
+                "has the admin:servers scope",
+            ) from e  # fmt: skip
+        await asyncio.to_thread(
+            self.store.record, self.admin_name, "revoke", _now(), holder=holder,
+            devices=list(allocation.device_ids),
+        )  # fmt: skip
+        # 202: the hub is stopping it; the spawner releases the devices when it has stopped.
+        self.set_status(202 if response.code == 202 else 200)
+        self.finish({"holder": holder, "stopping": response.code == 202})
+
+
+class QuotaHandler(AdminHandler):
+    async def post(self, subject: str, action: str) -> None:
+        if not subject.startswith(("user:", "group:")):
+            raise web.HTTPError(400, f"subject {subject!r} must look like user:NAME or group:NAME")
+        if action == "reset":
+            await asyncio.to_thread(self.store.reset, subject, self.admin_name, _now())
+            self.finish({"subject": subject, "reset": True})
+            return
+        hours = self.body().get("hours")
+        if not isinstance(hours, int | float) or hours <= 0:
+            raise web.HTTPError(400, 'send {"hours": N} with N > 0 GPU-hours to add this week')
+        await asyncio.to_thread(self.store.topup, subject, float(hours), self.admin_name, _now())
+        self.finish({"subject": subject, "added_hours": hours})
+
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>GPUs</title>
+<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.3em .8em;text-align:left}}</style>
+</head><body>
+<h1>GPUs</h1>
+<table><tr><th>Device</th><th>Model</th><th>Memory</th><th>Use</th><th>Policy</th>
+<th>Holders (since)</th><th>Reserved for</th><th>Drained</th><th>Actions</th></tr>
+{rows}</table>
+<h2>Queue</h2><ul>{queue}</ul>
+<h2>GPU-hours this week</h2><ul>{usage}</ul>
+<h2>Audit log</h2><ul>{audit}</ul>
+<script>
+const xsrf = {xsrf};
+async function call(path, body) {{
+  const r = await fetch("{api}" + path, {{method: "POST", body: JSON.stringify(body || {{}}),
+    headers: {{"X-XSRFToken": xsrf, "Content-Type": "application/json"}}}});
+  if (!r.ok) {{ alert((await r.json()).message); }}
+  location.reload();
+}}
+function reserve(id) {{
+  const who = prompt("Reserve " + id + " for user:NAME or group:NAME (empty clears)");
+  if (who === null) return;
+  const [kind, name] = who.split(":");
+  call("devices/" + id + "/reserve", who ? {{[kind]: name}} : {{}});
+}}
+</script></body></html>
+"""
+
+
+class PageHandler(AdminHandler):
+    async def get(self) -> None:
+        report = await devices_report(self.store, self.inventory)
+        usage = await asyncio.to_thread(self.store.usage, _now())
+        audit = await asyncio.to_thread(self.store.audit, 50)
+        esc = html.escape
+        rows = []
+        for d in report["devices"]:
+            holders = ", ".join(f"{esc(h['holder'])} ({esc(h['since'])})" for h in d["holders"])
+            use = "n/a" if d["utilisation_percent"] is None else f"{d['utilisation_percent']}%"
+            did = json.dumps(d["id"])
+            revoke = "".join(
+                f"<button onclick='call(\"holders/{esc(h['holder'])}/revoke\")'>"
+                f"revoke {esc(h['holder'])}</button>"
+                for h in d["holders"]
+            )
+            rows.append(
+                f"<tr><td>{esc(d['id'])}</td><td>{esc(d['model'])}</td>"
+                f"<td>{d['memory_mib']} MiB</td><td>{use}</td>"
+                f"<td>{esc(d['policy'])} ({len(d['holders'])}/{d['capacity']})</td>"
+                f"<td>{holders or 'free'}</td><td>{esc(d['reserved_for'] or '')}</td>"
+                f"<td>{esc(d['drained_since'] or 'no')}</td><td>"
+                f"<button onclick='reserve({esc(did)})'>reserve</button>"
+                f'<button onclick=\'call("devices/"+{esc(did)}+"/drain",'
+                f"{{drained: {'false' if d['drained_since'] else 'true'}}})'>"
+                f"{'undrain' if d['drained_since'] else 'drain'}</button>{revoke}</td></tr>"
+            )
+        self.finish(
+            _PAGE.format(
+                rows="\n".join(rows),
+                queue="".join(
+                    f"<li>{esc(q['holder'])}: {esc(q['request'])} since {esc(q['since'])}</li>"
+                    for q in report["queue"]
+                ),
+                usage="".join(f"<li>{esc(s)}: {h:.2f}</li>" for s, h in sorted(usage.items())),
+                audit="".join(
+                    f"<li>{esc(e.at)} {esc(e.actor)} {esc(e.action)} "
+                    f"{esc(json.dumps(e.detail))}</li>"
+                    for e in audit
+                ),
+                xsrf=json.dumps(self.xsrf_token.decode()),
+                api=esc(self.settings["api_prefix"]),
+            )
+        )
+
+
+def make_app(
+    store: Store,
+    inventory: Inventory,
+    hub_auth: Any,
+    prefix: str,
+    hub_api_url: str,
+    hub_api_token: str,
+) -> web.Application:
+    """The tornado application; ``prefix`` is JUPYTERHUB_SERVICE_PREFIX (``/services/gpus/``)."""
+    api = url_path_join(prefix, "api/")
+    return web.Application(
+        [
+            (prefix, PageHandler),
+            (url_path_join(prefix, "oauth_callback"), HubOAuthCallbackHandler),
+            (api + "devices", DevicesHandler),
+            (api + "usage", UsageHandler),
+            (api + "audit", AuditHandler),
+            (api + r"devices/([^/]+)/reserve", ReserveHandler),
+            (api + r"devices/([^/]+)/drain", DrainHandler),
+            (api + r"holders/(.+)/revoke", RevokeHandler),
+            (api + r"quota/([^/]+)/(topup|reset)", QuotaHandler),
+        ],
+        gpu_store=store,
+        gpu_inventory=inventory,
+        hub_auth=hub_auth,
+        api_prefix=api,
+        hub_api_url=hub_api_url,
+        hub_api_token=hub_api_token,
+        cookie_secret=os.urandom(32),
+        xsrf_cookies=True,
+    )
+
+
+def main() -> None:
+    """Entry point for ``python -m labhub.gpu.service`` under the hub."""
+    setting = os.environ.get("GPU_INVENTORY", "auto")
+    inventory = detect_inventory() if setting == "auto" else load_inventory(setting)
+    hub_auth = HubOAuth(api_token=os.environ["JUPYTERHUB_API_TOKEN"], cache_max_age=60)
+    app = make_app(
+        Store(os.environ["GPU_DB"]),
+        inventory,
+        hub_auth,
+        os.environ["JUPYTERHUB_SERVICE_PREFIX"],
+        os.environ["JUPYTERHUB_API_URL"],
+        os.environ["JUPYTERHUB_API_TOKEN"],
+    )
+    url = hub_auth.service_url or os.environ["JUPYTERHUB_SERVICE_URL"]
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    app.listen(port, address=os.environ.get("GPU_SERVICE_BIND", "127.0.0.1"))
+    IOLoop.current().start()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""Admin service handlers with tornado's test client; hub OAuth and hub API are faked."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from labhub.gpu.inventory import Device
+from labhub.gpu.scheduler import GpuRequest, Holder
+from labhub.gpu.service import make_app
+from labhub.gpu.store import Store
+from tornado import web
+from tornado.testing import AsyncHTTPTestCase
+
+from .conftest import NOW
+
+pytestmark = pytest.mark.unit
+
+USERS = {
+    "root": {"name": "root", "admin": True, "groups": []},
+    "ada": {"name": "ada", "admin": False, "groups": ["nlp"]},
+}
+INVENTORY = (
+    Device(id="0", model="Test A100", memory_mib=40960),
+    Device(id="1", model="Test A100", memory_mib=40960),
+)
+
+
+class FakeHubAuth:
+    """Identifies the user named in the X-Test-User header, as HubOAuth would from a cookie."""
+
+    access_scopes = None
+    login_url = "/hub/login"
+    base_url = "/services/gpus/"
+
+    def check_xsrf_cookie(self, handler: web.RequestHandler) -> None:
+        web.RequestHandler.check_xsrf_cookie(handler)
+
+    def get_user(self, handler: web.RequestHandler) -> dict[str, Any] | None:
+        return USERS.get(handler.request.headers.get("X-Test-User", ""))
+
+    def _persist_url_token_if_set(self, handler: web.RequestHandler) -> None:
+        return None
+
+
+class FakeHubApi(web.RequestHandler):
+    """DELETE /hub/api/users/NAME/server; token-authenticated like the hub, so no xsrf."""
+
+    def check_xsrf_cookie(self) -> None:
+        return None
+
+    def delete(self, user: str) -> None:
+        self.application.settings["deleted"].append((user, self.request.headers["Authorization"]))
+        self.set_status(202)
+
+
+class ServiceTest(AsyncHTTPTestCase):
+    def get_app(self) -> web.Application:
+        import tempfile
+
+        self.tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(self.tmp.cleanup)
+        self.store = Store(f"{self.tmp.name}/gpu.sqlite")
+        app = make_app(
+            self.store, INVENTORY, FakeHubAuth(), "/services/gpus/",
+            self.get_url("/hub/api/"), "service-token",
+        )  # fmt: skip
+        app.settings["deleted"] = []
+        app.add_handlers(".*", [(r"/hub/api/users/([^/]+)/server", FakeHubApi)])
+        return app
+
+    def call(self, path: str, user: str, body: object = None) -> tuple[int, Any]:
+        headers = {"X-Test-User": user}
+        if body is not None:
+            self.fetch("/services/gpus/api/devices", headers=headers)  # xsrf cookie
+            headers.update({"X-XSRFToken": "token", "Cookie": "_xsrf=token"})
+        response = self.fetch(
+            "/services/gpus/" + path,
+            method="GET" if body is None else "POST",
+            body=None if body is None else json.dumps(body),
+            headers=headers,
+            follow_redirects=False,
+        )
+        text = response.body.decode()
+        return response.code, json.loads(text) if text.startswith("{") else text
+
+    def test_non_admins_get_403_everywhere(self) -> None:
+        for path in ("", "api/devices", "api/usage", "api/audit"):
+            code, body = self.call(path, "ada")
+            assert code == 403, path
+            assert "not a JupyterHub admin" in body["message"]
+        assert self.call("api/devices/0/drain", "ada", {"drained": True})[0] == 403
+        assert self.call("api/devices", "")[0] == 403
+
+    def test_anonymous_page_redirects_to_hub_login(self) -> None:
+        response = self.fetch("/services/gpus/", follow_redirects=False)
+        assert response.code == 302
+        assert response.headers["Location"].startswith("/hub/login")
+
+    def test_admin_sees_devices_and_page(self) -> None:
+        self.store.allocate(INVENTORY, Holder("ada"), GpuRequest(whole=1), NOW)
+        code, body = self.call("api/devices", "root")
+        assert code == 200
+        assert body["devices"][0]["holders"] == [
+            {"holder": "ada", "user": "ada", "since": NOW.isoformat()}
+        ]
+        assert body["devices"][1]["holders"] == []
+        code, page = self.call("", "root")
+        assert code == 200 and "Test A100" in page and "revoke ada" in page
+
+    def test_reserve_drain_and_audit(self) -> None:
+        assert self.call("api/devices/0/reserve", "root", {"group": "nlp"})[1] == {
+            "device": "0",
+            "reserved_for": "group nlp",
+        }
+        assert self.call("api/devices/1/drain", "root", {"drained": True})[0] == 200
+        code, body = self.call("api/devices/9/drain", "root", {"drained": True})
+        assert code == 404 and "known devices: 0, 1" in body["message"]
+        code, body = self.call("api/devices/0/reserve", "root", {"user": "a", "group": "b"})
+        assert code == 400
+        entries = self.call("api/audit", "root")[1]["entries"]
+        assert [(e["actor"], e["action"]) for e in entries] == [
+            ("root", "drain"),
+            ("root", "reserve"),
+        ]
+
+    def test_revoke_stops_the_server_through_the_hub_api(self) -> None:
+        self.store.allocate(INVENTORY, Holder("ada"), GpuRequest(whole=1), NOW)
+        code, body = self.call("api/holders/ada/revoke", "root", {})
+        assert (code, body) == (202, {"holder": "ada", "stopping": True})
+        assert self._app.settings["deleted"] == [("ada", "token service-token")]
+        assert self.store.audit()[0].action == "revoke"
+        assert self.call("api/holders/nobody/revoke", "root", {})[0] == 404
+
+    def test_quota_topup_and_reset(self) -> None:
+        assert self.call("api/quota/user:ada/topup", "root", {"hours": 3})[0] == 200
+        assert self.call("api/quota/ada/topup", "root", {"hours": 3})[0] == 400
+        assert self.call("api/quota/user:ada/topup", "root", {"hours": -1})[0] == 400
+        assert self.call("api/quota/user:ada/reset", "root", {})[0] == 200
+        assert [e.action for e in self.store.audit()] == ["reset", "topup"]
