@@ -73,3 +73,8 @@ lint: venv ## ruff, mypy, hadolint, shellcheck
 .PHONY: test
 test: lint ## Run every test: unit, integration (real Docker), end to end (nginx, browser)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+.PHONY: remove-user-volume
+remove-user-volume: ## Remove a deleted user's files: make remove-user-volume NAME=alice
+	@test -n "$(NAME)" || { echo "usage: make remove-user-volume NAME=<username>"; exit 2; }
+	$(COMPOSE) exec hub labhub-remove-user-volume '$(NAME)'

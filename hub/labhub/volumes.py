@@ -1,0 +1,63 @@
+"""Admin command: remove the volume of a user who was deleted from the hub.
+
+Volumes outlive containers on purpose, so deleting a user in the admin panel keeps
+their files. When the files should go too:
+
+    make remove-user-volume NAME=alice      # runs this inside the hub container
+
+It refuses while the user still exists in the hub (delete them first) and while a
+container still uses the volume, so it never removes a live user's files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sqlite3
+import sys
+from pathlib import Path
+
+import docker
+from docker.errors import APIError, NotFound
+
+from .spawner import volume_name_for
+
+DEFAULT_DB = "/srv/jupyterhub/jupyterhub.sqlite"
+
+
+def user_exists(db_path: Path, username: str) -> bool:
+    """Whether JupyterHub's database still has this user (read-only access)."""
+    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as db:
+        row = db.execute("SELECT 1 FROM users WHERE name = ?", (username,)).fetchone()
+    return row is not None
+
+
+def remove_user_volume(username: str, db_path: Path, client: docker.DockerClient) -> str:
+    """Remove the user's volume; return a one-line report. Raises SystemExit on refusal."""
+    volume = volume_name_for(username)
+    if db_path.exists() and user_exists(db_path, username):
+        raise SystemExit(
+            f"{username!r} still exists in the hub: delete the user in the admin panel "
+            "(or DELETE /hub/api/users/{name}) first, then run this again"
+        )
+    try:
+        client.volumes.get(volume).remove()
+    except NotFound:
+        return f"no volume {volume} for {username!r}: nothing to remove"
+    except APIError as error:
+        raise SystemExit(
+            f"volume {volume} is still in use or cannot be removed: {error}"
+        ) from error
+    return f"removed {volume} ({username!r})"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("username", help="the JupyterHub username whose volume to remove")
+    parser.add_argument("--db", default=DEFAULT_DB, type=Path, help="the hub's SQLite database")
+    args = parser.parse_args(argv)
+    print(remove_user_volume(args.username, args.db, docker.from_env()))
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
