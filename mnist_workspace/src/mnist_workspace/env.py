@@ -1,0 +1,49 @@
+"""The environment variables the platform sets, read in one place.
+
+Every other module asks here, so the list of variables the workspace honours is
+this file and nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DATA_DIR_VAR = "MNIST_DATA_DIR"
+GPU_LIMIT_VAR = "GPU_MEMORY_LIMIT_MB"
+
+
+class EnvError(ValueError):
+    """An environment variable holds a value the workspace cannot use."""
+
+
+def data_dir() -> Path | None:
+    """`MNIST_DATA_DIR`: folder with the MNIST files (the image sets /opt/mnist)."""
+    value = os.environ.get(DATA_DIR_VAR, "").strip()
+    return Path(value).expanduser() if value else None
+
+
+def gpu_memory_limit_mb() -> int | None:
+    """`GPU_MEMORY_LIMIT_MB`: per-user GPU memory cap in MiB; unset or empty means no cap."""
+    value = os.environ.get(GPU_LIMIT_VAR, "").strip()
+    if not value:
+        return None
+    try:
+        limit = int(value)
+    except ValueError:
+        limit = 0
+    if limit <= 0:
+        raise EnvError(f"{GPU_LIMIT_VAR}={value!r} is not a positive integer number of MiB")
+    return limit
+
+
+def cache_dir() -> Path:
+    """Where the workspace keeps derived files: `$XDG_CACHE_HOME/mnist_workspace`."""
+    base = os.environ.get("XDG_CACHE_HOME", "").strip() or os.path.join("~", ".cache")
+    return Path(base).expanduser() / "mnist_workspace"
+
+
+def keras_npz_path() -> Path:
+    """Keras's own cache file for MNIST, the last place the data is looked for."""
+    home = os.environ.get("KERAS_HOME", "").strip() or os.path.join("~", ".keras")
+    return Path(home).expanduser() / "datasets" / "mnist.npz"

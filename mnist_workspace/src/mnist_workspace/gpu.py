@@ -1,0 +1,40 @@
+"""GPU manners for a shared lab GPU: grow memory on demand, honour the per-user cap.
+
+TensorFlow grabs all GPU memory by default, which locks every other user out of a
+shared card. This runs before any model is built; on the CPU, or on the JAX and PyTorch
+backends, it changes nothing.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from mnist_workspace import env
+
+
+def configure(mixed_precision: bool = False) -> str:
+    """Apply memory growth or the `GPU_MEMORY_LIMIT_MB` cap; returns what was done.
+
+    The cap is validated even without a GPU, so a bad platform setting shows up anywhere.
+    """
+    limit = env.gpu_memory_limit_mb()
+    if mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    if keras.backend.backend() != "tensorflow":
+        return f"backend {keras.backend.backend()}: no GPU settings applied"
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return "no GPU visible: running on the CPU"
+    try:
+        for gpu in gpus:
+            if limit is None:
+                tf.config.experimental.set_memory_growth(gpu, True)
+            else:
+                config = tf.config.LogicalDeviceConfiguration(memory_limit=limit)
+                tf.config.set_logical_device_configuration(gpu, [config])
+    except RuntimeError:  # TensorFlow already touched the GPU in this process
+        return f"{len(gpus)} GPU(s): already initialised, settings unchanged"
+    how = "memory growth" if limit is None else f"memory cap {limit} MiB"
+    return f"{len(gpus)} GPU(s): {how}"

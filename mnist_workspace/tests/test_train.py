@@ -1,0 +1,82 @@
+"""`mnist-train` end to end on a subset: honest metrics, saved model and config, TensorBoard."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mnist_workspace.config import TrainConfig
+
+pytestmark = pytest.mark.slow
+
+
+def test_metrics_json_reports_the_run(trained_run: Path) -> None:
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert metrics["params"] == 1_199_882 and metrics["epochs"] == 1
+    assert metrics["n_train"] + metrics["n_validation"] == 6000 and metrics["n_test"] == 10000
+    assert 0.5 < metrics["test_accuracy"] <= 1.0 and metrics["test_loss"] > 0
+    assert metrics["wall_seconds"] >= metrics["train_seconds"] > 0
+    assert set(metrics["history"]) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
+
+
+def test_model_and_resolved_config_are_saved(trained_run: Path) -> None:
+    import keras
+
+    model = keras.saving.load_model(trained_run / "lenet.keras")
+    assert model.count_params() == 1_199_882
+    config = TrainConfig.from_dict(json.loads((trained_run / "lenet.config.json").read_text()))
+    assert config.subset == 6000 and config.epochs == 1
+
+
+def test_tensorboard_has_scalars_graph_histograms_and_images(trained_run: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def plugins(folder: str) -> dict[str, str]:
+        """tag -> the TensorBoard plugin (dashboard) that shows it."""
+        events = EventAccumulator(str(trained_run / "logs" / folder), size_guidance={"tensors": 0})
+        events.Reload()
+        tags = events.Tags()["tensors"]
+        return {tag: events.SummaryMetadata(tag).plugin_data.plugin_name for tag in tags}
+
+    train_plugins = plugins("train")
+    for scalar in ("epoch_loss", "epoch_accuracy", "epoch_learning_rate"):
+        assert train_plugins[scalar] == "scalars"
+    assert "histograms" in {train_plugins[t] for t in train_plugins if t.endswith("histogram")}
+    assert train_plugins["keras"] == "graph_keras_model"  # the conceptual graph
+    assert plugins("graph") == {"forward_pass": "graph_run_metadata_graph"}  # the op graph
+    test_plugins = plugins("test")
+    assert test_plugins == {"worst_test_errors": "images", "confusion_matrix": "images"}
+
+
+def test_missing_data_exits_2_without_traceback(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "mnist_workspace.train", "--data-dir", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert "mnist-train: error:" in done.stderr and "none" in done.stderr
+
+
+def test_plateau_schedule_with_augmentation_trains(mnist_dir: Path, tmp_path: Path) -> None:
+    from mnist_workspace import train
+
+    config = TrainConfig(
+        model="fast",
+        optimizer="rmsprop",
+        schedule="plateau",
+        augment=True,
+        epochs=2,
+        subset=1000,
+        data_dir=str(mnist_dir),
+        model_path=str(tmp_path / "fast.keras"),
+        verbose=0,
+    )
+    result = train.run(config)
+    assert result.metrics["epochs"] == 2 and "learning_rate" in result.metrics["history"]
