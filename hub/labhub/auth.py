@@ -1,7 +1,9 @@
 """Choose and configure the authenticator from validated settings.
 
-`authenticator_config` is pure apart from OpenID Connect discovery (one HTTPS GET
-at start-up, through `discover`), so every provider's configuration is unit-tested.
+`authenticator_config` is pure apart from two start-up steps it takes through
+injectable functions, so every provider's configuration is unit-tested: OpenID
+Connect discovery (one HTTPS GET, `discover`) and the CA bundle for the provider's
+TLS (`ca_bundle`, which writes one file when EXTRA_CA_FILE is given).
 """
 
 from __future__ import annotations
@@ -10,12 +12,14 @@ import json
 import ssl
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from .settings import Settings, SettingsError
 
 AUTHENTICATOR_CLASSES = {
-    "shared-password": "jupyterhub.authenticators.shared.SharedPasswordAuthenticator",
+    # JupyterHub's own, minus a 500 on non-ASCII passwords (labhub/sharedpassword.py).
+    "shared-password": "labhub.sharedpassword.SharedPasswordAuthenticator",
     "github": "oauthenticator.github.GitHubOAuthenticator",
     "google": "oauthenticator.google.GoogleOAuthenticator",
     "generic": "oauthenticator.generic.GenericOAuthenticator",
@@ -23,6 +27,48 @@ AUTHENTICATOR_CLASSES = {
 }
 
 Discover = Callable[[str, str], dict[str, Any]]
+CaBundle = Callable[[Settings], str]
+
+# Shown (with 403) to someone the provider signed in but this hub does not allow.
+NOT_ALLOWED_MESSAGE = (
+    "You signed in, but your account is not allowed to use this hub: it is not in a "
+    "group, organisation or domain this hub admits. If you should have access, ask the "
+    "hub's administrators to add you."
+)
+PEM_CERTIFICATE = "-----BEGIN CERTIFICATE-----"
+
+
+def ca_bundle(settings: Settings) -> str:
+    """The CA bundle the hub's calls to the login provider trust ("" = the default).
+
+    EXTRA_CA_BUNDLE is the image's system bundle, which holds certs/extra-ca/ from
+    build time. EXTRA_CA_FILE is a PEM file mounted at run time (compose mounts an
+    empty file when it is unset): if it holds certificates, both go into one bundle
+    in the hub's data folder, because tornado takes a single `ca_certs` file.
+    """
+    if not settings.extra_ca_file:
+        return settings.extra_ca_bundle
+    path = Path(settings.extra_ca_file)
+    try:
+        extra = path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise SettingsError(
+            [
+                f"EXTRA_CA_FILE: cannot read {path} in the hub ({error}): give the absolute "
+                "host path of a PEM file of CA certificates, or leave it empty"
+            ]
+        ) from error
+    if not extra.strip():
+        return settings.extra_ca_bundle
+    if PEM_CERTIFICATE not in extra:
+        raise SettingsError(
+            [f"EXTRA_CA_FILE: {path} holds no PEM certificate ({PEM_CERTIFICATE} ...)"]
+        )
+    base = settings.extra_ca_bundle or ssl.get_default_verify_paths().cafile or ""
+    base_text = Path(base).read_text() if base and Path(base).is_file() else ""
+    bundle = Path(settings.data_dir) / "login-provider-ca-bundle.pem"
+    bundle.write_text(base_text.rstrip("\n") + "\n" + extra.strip() + "\n")
+    return str(bundle)
 
 
 def discover(issuer: str, ca_bundle: str) -> dict[str, Any]:
@@ -41,14 +87,15 @@ def discover(issuer: str, ca_bundle: str) -> dict[str, Any]:
         raise SettingsError(
             [
                 f"OIDC_ISSUER={issuer!r}: could not read {url} ({error}). Check the URL, "
-                "that the hub can reach it, and put the provider's CA in certs/extra-ca/"
+                "that the hub can reach it, and give the provider's CA as EXTRA_CA_FILE "
+                "(or put it in certs/extra-ca/ and rebuild)"
             ]
         ) from error
     return document
 
 
 def authenticator_config(
-    settings: Settings, discover: Discover = discover
+    settings: Settings, discover: Discover = discover, ca_bundle: CaBundle = ca_bundle
 ) -> tuple[str, dict[str, Any]]:
     """Return (authenticator class path, its traitlets as a dict)."""
     common: dict[str, Any] = {"admin_users": set(settings.admin_users)}
@@ -75,10 +122,12 @@ def authenticator_config(
         "oauth_callback_url": oauth.callback_url,
         "enable_pkce": True,
         "validate_server_cert": True,
+        "custom_403_message": NOT_ALLOWED_MESSAGE,
     }
-    if settings.extra_ca_bundle:
+    trusted = ca_bundle(settings)
+    if trusted:
         # OAuthenticator talks to the provider with tornado, which ignores REQUESTS_CA_BUNDLE.
-        config["http_request_kwargs"] = {"ca_certs": settings.extra_ca_bundle}
+        config["http_request_kwargs"] = {"ca_certs": trusted}
     if settings.allowed_groups or settings.admin_groups:
         config["manage_groups"] = True
         config["allowed_groups"] = set(settings.allowed_groups)
@@ -97,33 +146,58 @@ def authenticator_config(
                 ]
             )
     elif settings.auth == "google":
+        if settings.allowed_groups or settings.admin_groups:
+            # Google sends no groups claim; its groups need a Workspace service account.
+            raise SettingsError(
+                [
+                    "ALLOWED_GROUPS/ADMIN_GROUPS are not used with AUTH=google (Google sends "
+                    "no groups claim): use GOOGLE_HOSTED_DOMAINS, ALLOWED_USERS and ADMIN_USERS"
+                ]
+            )
         config["hosted_domain"] = sorted(oauth.hosted_domains)
         config["allow_all"] = open_to_all and not oauth.hosted_domains
     elif settings.auth == "cilogon":
-        idp = oauth.cilogon_idp or "https://cilogon.org/oauth2/idp"
-        config["allowed_idps"] = {idp: {"username_derivation": {"username_claim": "email"}}}
+        # Settings require CILOGON_IDP; `idps` replaced `allowed_idps` in OAuthenticator 17.4.
+        derivation = {"username_derivation": {"username_claim": "email"}}
+        config["idps"] = {oauth.cilogon_idp: derivation}
         config["allow_all"] = open_to_all
+        if config.get("manage_groups"):
+            # CILogon passes the campus IdP's groups on as a claim, usually isMemberOf.
+            config["auth_state_groups_key"] = f"cilogon_user.{oauth.groups_claim}"
     else:  # generic OpenID Connect: Keycloak, Azure AD, Authentik, ...
-        document = discover(oauth.oidc_issuer, settings.extra_ca_bundle)
-        missing = [
-            key
-            for key in ("authorization_endpoint", "token_endpoint", "userinfo_endpoint")
-            if key not in document
-        ]
+        document = discover(oauth.oidc_issuer, trusted)
+        needed = ["authorization_endpoint", "token_endpoint"]
+        if oauth.claims_from == "userinfo":
+            needed.append("userinfo_endpoint")
+        missing = [key for key in needed if key not in document]
         if missing:
             raise SettingsError(
                 [f"OIDC_ISSUER={oauth.oidc_issuer!r}: discovery document lacks {missing}"]
             )
+        issuer = str(document.get("issuer", oauth.oidc_issuer)).rstrip("/")
+        if issuer != oauth.oidc_issuer:
+            # OpenID Connect Discovery 1.0, section 4.3: they must be identical.
+            raise SettingsError(
+                [
+                    f"OIDC_ISSUER={oauth.oidc_issuer!r} differs from the issuer the provider "
+                    f"announces ({issuer!r}): copy that value into OIDC_ISSUER"
+                ]
+            )
+        if oauth.claims_from == "id_token":
+            # The claims come in the ID token the hub gets straight from token_url over
+            # verified TLS (OIDC Core 3.1.3.7); OAuthenticator checks its audience and expiry.
+            config["userdata_from_id_token"] = True
+        else:
+            config["userdata_url"] = document["userinfo_endpoint"]
         config.update(
             authorize_url=document["authorization_endpoint"],
             token_url=document["token_endpoint"],
-            userdata_url=document["userinfo_endpoint"],
             scope=list(oauth.scopes),
             username_claim=oauth.username_claim,
             login_service=oauth.oidc_issuer.split("//", 1)[-1].split("/", 1)[0],
             allow_all=open_to_all,
         )
         if config.get("manage_groups"):
-            # Groups come from the provider's claim (userinfo), e.g. Keycloak's "groups".
+            # Groups come from the provider's claim (userinfo or ID token), e.g. "groups".
             config["auth_state_groups_key"] = f"oauth_user.{oauth.groups_claim}"
     return AUTHENTICATOR_CLASSES[settings.auth], config

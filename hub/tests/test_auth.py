@@ -1,15 +1,17 @@
 """Each AUTH choice yields the right authenticator class and traits."""
 
+from pathlib import Path
 from typing import Any
 
 import pytest
-from labhub.auth import authenticator_config
+from labhub.auth import NOT_ALLOWED_MESSAGE, authenticator_config, ca_bundle
 from labhub.settings import Settings, SettingsError
 
 pytestmark = pytest.mark.unit
 
 BASE = {"DOMAIN": "hub.example.edu", "CONFIGPROXY_AUTH_TOKEN": "t" * 64, "ADMIN_USERS": "prof"}
 OAUTH = {**BASE, "OAUTH_CLIENT_ID": "cid", "OAUTH_CLIENT_SECRET": "csecret"}
+IDP = "https://idp.uni.edu/idp/shibboleth"
 DISCOVERY = {
     "authorization_endpoint": "https://idp.example.edu/auth",
     "token_endpoint": "https://idp.example.edu/token",
@@ -57,7 +59,29 @@ def test_shared_password_with_an_allow_list_is_closed() -> None:
             "GoogleOAuthenticator",
             {"hosted_domain": ["uni.edu"], "allow_all": False},
         ),
-        ({"AUTH": "cilogon"}, "CILogonOAuthenticator", {"allow_all": True}),
+        (
+            {"AUTH": "cilogon", "CILOGON_IDP": IDP},
+            "CILogonOAuthenticator",
+            {
+                "allow_all": True,
+                "idps": {IDP: {"username_derivation": {"username_claim": "email"}}},
+            },
+        ),
+        (
+            {
+                "AUTH": "cilogon",
+                "CILOGON_IDP": IDP,
+                "ALLOWED_GROUPS": "lab",
+                "OIDC_GROUPS_CLAIM": "isMemberOf",
+            },
+            "CILogonOAuthenticator",
+            {
+                "manage_groups": True,
+                "allowed_groups": {"lab"},
+                "auth_state_groups_key": "cilogon_user.isMemberOf",
+                "allow_all": False,
+            },
+        ),
         (
             {
                 "AUTH": "generic",
@@ -78,7 +102,14 @@ def test_shared_password_with_an_allow_list_is_closed() -> None:
             },
         ),
     ],
-    ids=["github-open", "github-org", "google-domain", "cilogon", "generic-oidc-groups"],
+    ids=[
+        "github-open",
+        "github-org",
+        "google-domain",
+        "cilogon",
+        "cilogon-groups",
+        "generic-oidc-groups",
+    ],
 )
 def test_oauth_providers(env: dict[str, str], cls_suffix: str, expected: dict[str, Any]) -> None:
     cls, traits = config({**OAUTH, **env})
@@ -86,18 +117,26 @@ def test_oauth_providers(env: dict[str, str], cls_suffix: str, expected: dict[st
     assert traits["enable_pkce"] is True
     assert traits["validate_server_cert"] is True
     assert traits["oauth_callback_url"] == "https://hub.example.edu/hub/oauth_callback"
+    assert traits["custom_403_message"] == NOT_ALLOWED_MESSAGE
     for key, value in expected.items():
         assert traits[key] == value, key
 
 
 def test_campus_ca_reaches_oauthenticators_http_client() -> None:
-    _, traits = config({**OAUTH, "AUTH": "cilogon", "EXTRA_CA_BUNDLE": "/etc/ssl/certs/ca.pem"})
+    _, traits = config(
+        {**OAUTH, "AUTH": "cilogon", "CILOGON_IDP": IDP, "EXTRA_CA_BUNDLE": "/etc/ssl/certs/ca.pem"}
+    )
     assert traits["http_request_kwargs"] == {"ca_certs": "/etc/ssl/certs/ca.pem"}
 
 
-def test_github_rejects_groups_with_a_hint() -> None:
-    with pytest.raises(SettingsError, match="GITHUB_ALLOWED_ORGS"):
-        config({**OAUTH, "AUTH": "github", "ALLOWED_GROUPS": "x"})
+@pytest.mark.parametrize(
+    ("auth", "hint"),
+    [("github", "GITHUB_ALLOWED_ORGS"), ("google", "GOOGLE_HOSTED_DOMAINS")],
+    ids=["github", "google"],
+)
+def test_providers_without_a_groups_claim_reject_groups_with_a_hint(auth: str, hint: str) -> None:
+    with pytest.raises(SettingsError, match=hint):
+        config({**OAUTH, "AUTH": auth, "ALLOWED_GROUPS": "x"})
 
 
 def test_incomplete_discovery_document_is_a_settings_error() -> None:
@@ -106,3 +145,119 @@ def test_incomplete_discovery_document_is_a_settings_error() -> None:
     )
     with pytest.raises(SettingsError, match="userinfo_endpoint"):
         authenticator_config(settings, discover=lambda issuer, ca: {"token_endpoint": "x"})
+
+
+GENERIC = {**OAUTH, "AUTH": "generic", "OIDC_ISSUER": "https://idp.example.edu/realms/lab"}
+CERT = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+
+
+def test_discovery_document_of_another_issuer_is_refused() -> None:
+    settings = Settings.from_env(GENERIC)
+    document = {**DISCOVERY, "issuer": "https://other.example.edu/realms/lab"}
+    with pytest.raises(SettingsError, match="differs from the issuer"):
+        authenticator_config(settings, discover=lambda issuer, ca: document)
+
+
+def test_runtime_ca_file_is_added_to_the_image_bundle(tmp_path: Path) -> None:
+    system, extra = tmp_path / "system.pem", tmp_path / "campus.pem"
+    system.write_text(CERT.replace("MIIB", "SYSTEM"))
+    extra.write_text(CERT.replace("MIIB", "CAMPUS"))
+    seen: list[str] = []
+
+    def discover(issuer: str, ca: str) -> dict[str, Any]:
+        seen.append(ca)
+        return DISCOVERY
+
+    env = {
+        **GENERIC,
+        "EXTRA_CA_BUNDLE": str(system),
+        "EXTRA_CA_FILE": str(extra),
+        "HUB_DATA_DIR": str(tmp_path),
+    }
+    _, traits = authenticator_config(Settings.from_env(env), discover=discover)
+    bundle = traits["http_request_kwargs"]["ca_certs"]
+    assert seen == [bundle], "discovery and OAuth calls trust the same bundle"
+    text = Path(bundle).read_text()
+    assert "SYSTEM" in text and "CAMPUS" in text
+    assert bundle.startswith(str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [("", "image-bundle"), ("not a certificate", "no PEM certificate"), (None, "cannot read")],
+    ids=["empty-means-none", "not-pem", "missing"],
+)
+def test_runtime_ca_file_problems(tmp_path: Path, content: str | None, expected: str) -> None:
+    extra = tmp_path / "campus.pem"
+    if content is not None:
+        extra.write_text(content)
+    settings = Settings.from_env(
+        {
+            **GENERIC,
+            "EXTRA_CA_BUNDLE": "image-bundle",
+            "EXTRA_CA_FILE": str(extra),
+            "HUB_DATA_DIR": str(tmp_path),
+        }
+    )
+    if expected == "image-bundle":
+        assert ca_bundle(settings) == "image-bundle"
+    else:
+        with pytest.raises(SettingsError, match=f"EXTRA_CA_FILE: .*{expected}"):
+            ca_bundle(settings)
+
+
+def test_empty_callback_url_from_env_example_means_the_default() -> None:
+    # `make env` copies .env.example, which lists OAUTH_CALLBACK_URL= empty.
+    _, traits = config(
+        {**GENERIC, "OAUTH_CALLBACK_URL": "", "HTTPS_PORT": "8443"},
+    )
+    assert traits["oauth_callback_url"] == "https://hub.example.edu:8443/hub/oauth_callback"
+
+
+def test_azure_style_claims_from_the_id_token() -> None:
+    _, traits = config({**GENERIC, "OIDC_CLAIMS_FROM": "id_token", "ALLOWED_GROUPS": "g-1"})
+    assert traits["userdata_from_id_token"] is True
+    assert "userdata_url" not in traits  # OAuthenticator refuses both
+    assert traits["auth_state_groups_key"] == "oauth_user.groups"
+    assert traits["token_url"] == DISCOVERY["token_endpoint"]
+
+
+def test_unknown_claims_source_is_a_settings_error() -> None:
+    with pytest.raises(SettingsError, match="OIDC_CLAIMS_FROM='jwt' is unknown"):
+        Settings.from_env({**GENERIC, "OIDC_CLAIMS_FROM": "jwt"})
+
+
+def test_cilogon_needs_the_universitys_idp() -> None:
+    with pytest.raises(SettingsError, match="CILOGON_IDP is required"):
+        Settings.from_env({**OAUTH, "AUTH": "cilogon"})
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"AUTH": "github", "GITHUB_ALLOWED_ORGS": "lab-org"},
+        {"AUTH": "google", "GOOGLE_HOSTED_DOMAINS": "uni.edu"},
+        {"AUTH": "cilogon", "CILOGON_IDP": IDP, "ALLOWED_GROUPS": "lab"},
+        {**GENERIC, "ALLOWED_GROUPS": "students", "ADMIN_GROUPS": "staff"},
+        {**GENERIC, "OIDC_CLAIMS_FROM": "id_token", "ALLOWED_GROUPS": "g-1"},
+    ],
+    ids=["github", "google", "cilogon", "generic-userinfo", "generic-id-token"],
+)
+def test_the_real_authenticator_accepts_every_trait(env: dict[str, str]) -> None:
+    """OAuthenticator itself loads the configuration: every trait exists and validates."""
+    from importlib import import_module
+
+    from traitlets.config import Config
+
+    path, traits = config({**OAUTH, **env})
+    module, name = path.rsplit(".", 1)
+    cls = getattr(import_module(module), name)
+    unknown = set(traits) - set(cls.class_trait_names())
+    assert not unknown, f"not traits of {name}: {unknown}"
+    authenticator = cls(config=Config({name: traits}))
+    for key, value in traits.items():
+        actual = getattr(authenticator, key)
+        if isinstance(value, dict):  # validators fill in defaults (CILogon's idps)
+            assert actual.keys() == value.keys(), key
+        else:
+            assert actual == value, key

@@ -1,0 +1,95 @@
+"""Per-user subdomains: each user's server on its own origin, <user>.DOMAIN.
+
+JupyterHub's docs name subdomains the only reliable way to keep one user's pages from
+scripting another's: the browser's same-origin policy then separates them. The stack
+runs with DOMAIN=lab.localhost; like browsers (RFC 6761), this process resolves every
+*.localhost name to the loopback address.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from conftest import Stack, launched_stack
+from hubclient import HubClient, run_in_kernel
+
+pytestmark = pytest.mark.e2e
+DOMAIN = "lab.localhost"
+PORT = 23443
+
+
+@pytest.fixture(scope="module")
+def localhost_names() -> Iterator[None]:
+    """Resolve *.localhost to 127.0.0.1 in this process, as browsers do."""
+    original = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(host, str) and host.endswith(".localhost"):
+            host = "127.0.0.1"
+        return original(host, *args, **kwargs)
+
+    socket.getaddrinfo = getaddrinfo
+    try:
+        yield
+    finally:
+        socket.getaddrinfo = original
+
+
+@pytest.fixture(scope="module")
+def subdomain_stack(
+    tmp_path_factory: pytest.TempPathFactory, localhost_names: None
+) -> Iterator[Stack]:
+    with launched_stack(
+        tmp_path_factory, "labhubsub", PORT, {"DOMAIN": DOMAIN, "SUBDOMAINS": "true"}
+    ) as running:
+        yield running
+
+
+def test_each_user_gets_their_own_origin(subdomain_stack: Stack, username: str) -> None:
+    client = subdomain_stack.login(username)
+    model = client.start_server(username)
+    user_origin = f"https://{username}.{DOMAIN}:{PORT}"
+    assert model["servers"][""]["full_url"] == f"{user_origin}/user/{username}/"
+
+    # A browser opens JupyterLab on the user's origin, logging in there through the hub's
+    # OAuth; the server's API then answers with that session...
+    lab = client.session.get(f"{user_origin}/user/{username}/lab", timeout=120)
+    assert lab.status_code == 200 and lab.url.startswith(user_origin), lab.url
+    status = client.session.get(f"{user_origin}/user/{username}/api/status", timeout=60)
+    assert status.status_code == 200, status.text[:300]
+    assert "kernels" in status.json()
+    # ...and the server's cookie is bound to that host alone, never to the parent domain.
+    server_cookies = [c for c in client.session.cookies if c.name.startswith("jupyterhub-user-")]
+    assert server_cookies, "the single-user server set no cookie"
+    assert {c.domain for c in server_cookies} == {f"{username}.{DOMAIN}"}
+    assert all(not c.domain_specified for c in server_cookies)
+
+    # The hub's own origin serves no user content: it only sends the browser over.
+    on_hub = client.session.get(f"{subdomain_stack.base_url}/user/{username}/lab", timeout=60)
+    assert on_hub.history and on_hub.history[0].status_code == 302
+    assert on_hub.url.startswith(user_origin), on_hub.url
+
+    output = run_in_kernel(
+        user_origin, subdomain_stack.ca_file, username, client.new_token(username), "print(6*7)"
+    )
+    assert output.strip() == "42"
+    client.stop_server(username)
+
+
+def test_another_users_subdomain_refuses_my_session(subdomain_stack: Stack, username: str) -> None:
+    owner = username
+    from conftest import USERS_CREATED
+
+    intruder = f"{username}-x"
+    USERS_CREATED.append(intruder)
+    owner_client = subdomain_stack.login(owner)
+    owner_client.start_server(owner)
+    intruder_client: HubClient = subdomain_stack.login(intruder)
+    response = intruder_client.session.get(
+        f"https://{owner}.{DOMAIN}:{PORT}/user/{owner}/api/contents", timeout=60
+    )
+    assert response.status_code == 403, response.status_code
+    owner_client.stop_server(owner)
