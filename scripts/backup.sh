@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Back up the hub database and every user's volume into BACKUP_ROOT/<UTC timestamp>/.
+#
+#   STACK_NAME=labhub LABHUB_VERSION=0.1.0 scripts/backup.sh        (or: make backup)
+#
+# The database is copied with SQLite's online backup API (`sqlite3 .backup`), which is
+# consistent while the hub runs. The users are read from that copy, and each user's
+# volume (labhub-user-*) is archived with tar by a throw-away helper container from
+# the hub image, with no network. Running servers keep running: a file being written
+# during the backup may be caught half-way, so stop servers first for a point-in-time
+# copy of users' files. ONLY_USERS="alice bob" archives only those users' volumes (the
+# database is always backed up whole). The last line printed is the backup folder.
+set -euo pipefail
+
+stack="${STACK_NAME:?set STACK_NAME (make backup reads it from .env)}"
+helper_image="labhub/hub:${LABHUB_VERSION:?set LABHUB_VERSION}"
+root="${BACKUP_ROOT:-backups}"
+hub_volume="${stack}-hub-data"
+
+docker volume inspect "${hub_volume}" >/dev/null 2>&1 || {
+  echo "backup: no volume ${hub_volume}: is STACK_NAME=${stack} right?" >&2
+  exit 1
+}
+mkdir -p "${root}"
+folder="$(cd "${root}" && pwd)/$(date -u +%Y%m%dT%H%M%SZ)"
+mkdir -m 0700 "${folder}"
+mkdir "${folder}/volumes"
+
+helper() {
+  docker run --rm --network none --user 0 --entrypoint "" \
+    -v "${folder}:/backup" "$@"
+}
+
+echo "backup: hub database of ${stack} -> ${folder}"
+# shellcheck disable=SC2016  # expanded by the helper's shell, not this one
+helper -v "${hub_volume}:/srv/jupyterhub" "${helper_image}" sh -c '
+  set -e
+  sqlite3 /srv/jupyterhub/jupyterhub.sqlite ".backup /backup/jupyterhub.sqlite"
+  test "$(sqlite3 /backup/jupyterhub.sqlite "PRAGMA integrity_check")" = ok
+  if [ -f /srv/jupyterhub/jupyterhub_cookie_secret ]; then
+    cp -p /srv/jupyterhub/jupyterhub_cookie_secret /backup/
+  fi
+  # One line per user: name <TAB> volume, with the spawner'"'"'s own naming rule.
+  python - <<PY >/backup/users.tsv
+import sqlite3
+from labhub.spawner import volume_name_for
+for (name,) in sqlite3.connect("/backup/jupyterhub.sqlite").execute("select name from users"):
+    print(f"{name}\t{volume_name_for(name)}")
+PY
+'
+
+count=0
+while IFS=$'\t' read -r user volume; do
+  if [[ -n "${ONLY_USERS:-}" && " ${ONLY_USERS} " != *" ${user} "* ]]; then
+    continue
+  fi
+  if ! docker volume inspect "${volume}" >/dev/null 2>&1; then
+    echo "backup: ${user} has no volume yet (never started), skipped"
+    continue
+  fi
+  echo "backup: ${user} (${volume})"
+  helper -v "${volume}:/data:ro" "${helper_image}" \
+    tar -C /data --numeric-owner -czf "/backup/volumes/${volume}.tar.gz" .
+  count=$((count + 1))
+done <"${folder}/users.tsv"
+
+(cd "${folder}" && find . -type f -print0 | sort -z | xargs -0 sha256sum >../.sums.$$ &&
+  mv ../.sums.$$ SHA256SUMS)
+echo "backup: database, $(wc -l <"${folder}/users.tsv") users, ${count} volumes"
+echo "backup written to ${folder}"

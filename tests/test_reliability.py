@@ -1,0 +1,395 @@
+"""Reliability, end to end: what survives a hub restart, a proxy restart, a killed
+container, an image upgrade, and a backup/restore round trip.
+
+Every check runs against the real test stack (`make up`), through nginx on https;
+Docker is only used to do the damage (restart, kill) and to look at containers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import ssl
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+import docker
+import pytest
+import requests
+import websocket
+from conftest import STACK, USERS_CREATED, Stack
+from hubclient import HubClient
+
+pytestmark = pytest.mark.e2e
+
+# How long a restarted proxy may take to serve every user again: the hub re-adds
+# missing routes every `last_activity_interval` (30 s), plus the proxy's own start.
+ROUTES_BACK_WITHIN = 60.0
+
+
+# --- helpers -------------------------------------------------------------------------
+def user_container(username: str) -> docker.models.containers.Container:
+    """The user's container in this stack (found by the spawner's `labhub.user` label)."""
+    found = docker.from_env().containers.list(
+        all=True, filters={"label": f"labhub.user={username}", "name": f"{STACK}-user-"}
+    )
+    assert len(found) == 1, f"{len(found)} containers for {username}"
+    return found[0]
+
+
+def wait_hub_healthy(stack: Stack, timeout: float = 180) -> float:
+    """Poll the hub's health endpoint through nginx; return the seconds it took."""
+    session = requests.Session()
+    session.trust_env = False
+    session.verify = stack.ca_file
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        with contextlib.suppress(requests.RequestException):
+            if session.get(stack.base_url + "/hub/health", timeout=5).status_code == 200:
+                return time.monotonic() - start
+        time.sleep(1)
+    raise TimeoutError(f"the hub was not healthy within {timeout} s")
+
+
+def server_status(stack: Stack, username: str, token: str) -> requests.Response:
+    """The user's own server's /api/status through nginx and the proxy (no redirects)."""
+    session = requests.Session()
+    session.trust_env = False
+    return session.get(
+        f"{stack.base_url}/user/{username}/api/status",
+        headers={"Authorization": f"token {token}"},
+        verify=stack.ca_file,
+        allow_redirects=False,
+        timeout=10,
+    )
+
+
+def routed(stack: Stack, username: str, token: str) -> bool:
+    """True when the proxy sends /user/<name>/ to the user's server (not the hub)."""
+    try:
+        response = server_status(stack, username, token)
+    except requests.RequestException:
+        return False
+    return response.status_code == 200 and "started" in response.json()
+
+
+class Kernel:
+    """One kernel in a user's server, kept across disruptions (unlike run_in_kernel)."""
+
+    def __init__(self, stack: Stack, username: str, token: str) -> None:
+        self.stack, self.username, self.token = stack, username, token
+        self.http = requests.Session()
+        self.http.trust_env = False
+        self.http.verify = stack.ca_file
+        self.http.headers["Authorization"] = f"token {token}"
+        self.api = f"{stack.base_url}/user/{username}/api/kernels"
+        response = self.http.post(self.api, json={"name": "tensorflow-gpu"}, timeout=60)
+        response.raise_for_status()
+        self.id = response.json()["id"]
+
+    def execute(self, code: str, expression: str = "None", timeout: float = 120) -> str:
+        """Run `code`, then return `expression`'s repr from the shell reply.
+
+        The value comes back in the execute_reply's `user_expressions` (shell channel),
+        not as printed output: iopub messages sent right after a websocket connects can
+        be missed, the reply cannot.
+        """
+        netloc = urlparse(self.stack.base_url).netloc
+        ws = websocket.create_connection(
+            f"wss://{netloc}/user/{self.username}/api/kernels/{self.id}/channels",
+            header=[f"Authorization: token {self.token}"],
+            sslopt={"ca_certs": self.stack.ca_file, "cert_reqs": ssl.CERT_REQUIRED},
+            timeout=timeout,
+        )
+        try:
+            msg_id = uuid.uuid4().hex
+            header = {
+                "msg_id": msg_id,
+                "msg_type": "execute_request",
+                "username": self.username,
+                "session": uuid.uuid4().hex,
+                "version": "5.3",
+            }
+            content = {"code": code, "silent": False, "store_history": False}
+            ws.send(
+                json.dumps(
+                    {
+                        "header": header,
+                        "parent_header": {},
+                        "metadata": {},
+                        "channel": "shell",
+                        "content": {
+                            **content,
+                            "user_expressions": {"value": expression},
+                            "allow_stdin": False,
+                        },
+                    }
+                )
+            )
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                message = json.loads(ws.recv())
+                if message.get("parent_header", {}).get("msg_id") != msg_id:
+                    continue
+                if message["msg_type"] != "execute_reply":
+                    continue
+                body = message["content"]
+                assert body["status"] == "ok", body
+                value = body["user_expressions"]["value"]
+                assert value["status"] == "ok", value
+                return str(value["data"]["text/plain"])
+            raise TimeoutError(f"code did not finish within {timeout} s")
+        finally:
+            ws.close()
+
+
+def admin_client(stack: Stack) -> HubClient:
+    """An admin session, logged in without following the redirect to /hub/spawn
+    (which would start a server for the admin too)."""
+    client = stack.client()
+    response = client.session.post(
+        client.url("/hub/login"),
+        data={
+            "username": "admin",
+            "password": stack.value("SHARED_ADMIN_PASSWORD"),
+            "_xsrf": client.xsrf(),
+        },
+        allow_redirects=False,
+        timeout=60,
+    )
+    assert response.status_code == 302, response.text[:300]
+    return client
+
+
+def started_user(stack: Stack, username: str) -> tuple[HubClient, str]:
+    client = stack.login(username)
+    client.start_server(username)
+    return client, client.new_token(username)
+
+
+# --- hub restart ------------------------------------------------------------------------
+def test_hub_restart_keeps_servers_running_and_reachable(stack: Stack, username: str) -> None:
+    client, token = started_user(stack, username)
+    before = user_container(username).id
+    kernel = Kernel(stack, username, token)
+    kernel.execute("x = 6 * 7\nopen('/home/jovyan/notes.txt', 'w').write('before restart')")
+    assert routed(stack, username, token)  # also fills the server's token cache
+
+    # While the hub is down, the user's server keeps answering through the proxy.
+    stack.compose("stop", "hub")
+    try:
+        response = server_status(stack, username, token)
+        assert response.status_code == 200, response.text[:300]
+        assert kernel.execute("", "x") == "42"
+    finally:
+        stack.compose("start", "hub")
+        wait_hub_healthy(stack)
+
+    # A plain restart, as an admin would do it after changing .env.
+    stack.compose("restart", "hub")
+    wait_hub_healthy(stack)
+
+    container = user_container(username)
+    assert container.id == before, "the hub restart replaced the user's container"
+    assert container.status == "running"
+    # The hub picked the server back up: ready, same container, same kernel state, files.
+    client = stack.login(username)
+    model = client.api("GET", f"/users/{username}").json()
+    assert model["servers"][""]["ready"], model
+    assert kernel.execute("", "x") == "42"
+    assert kernel.execute("", "open('/home/jovyan/notes.txt').read()") == "'before restart'"
+    assert routed(stack, username, client.new_token(username))
+    client.stop_server(username)
+
+
+# --- proxy restart -----------------------------------------------------------------------
+def test_proxy_restart_restores_every_route(stack: Stack, username: str) -> None:
+    second = username + "-b"
+    USERS_CREATED.append(second)
+    users = {name: started_user(stack, name) for name in (username, second)}
+    for name, (_, token) in users.items():
+        assert routed(stack, name, token)
+
+    stack.compose("restart", "proxy-chp")
+    restarted = time.monotonic()
+    # A restarted configurable-http-proxy has an empty routing table: until the hub
+    # re-adds the routes, /user/<name>/ falls through to the hub.
+    missing = set(users)
+    while missing and time.monotonic() - restarted < ROUTES_BACK_WITHIN + 30:
+        missing = {name for name, (_, token) in users.items() if not routed(stack, name, token)}
+        time.sleep(1)
+    took = time.monotonic() - restarted
+    assert not missing, f"routes still missing after {took:.0f} s: {sorted(missing)}"
+    assert took <= ROUTES_BACK_WITHIN, f"routes came back after {took:.0f} s"
+    print(f"every route back {took:.1f} s after the proxy restart")
+    for name, (client, _) in users.items():
+        assert stack.run(client, name, "print(1 + 1)").strip() == "2"
+        client.stop_server(name)
+
+
+# --- killed container --------------------------------------------------------------------
+def test_killed_container_starts_again_with_files(stack: Stack, username: str) -> None:
+    client, _ = started_user(stack, username)
+    stack.run(client, username, "open('/home/jovyan/data.csv', 'w').write('a,b\\n1,2\\n')")
+    killed = user_container(username)
+    killed.kill()
+
+    # The user just asks again: the hub polls the dead container and starts a new one.
+    deadline = time.monotonic() + 120
+    while True:
+        response = client.api("POST", f"/users/{username}/server")
+        if response.status_code in (201, 202):
+            break
+        # 400 "already running" until the hub's poll has noticed the dead container.
+        assert response.status_code == 400, response.text
+        assert time.monotonic() < deadline, "the hub never noticed the killed container"
+        time.sleep(2)
+    client.wait_ready(username)
+    assert user_container(username).id != killed.id
+    output = stack.run(client, username, "print(open('/home/jovyan/data.csv').read())")
+    assert output == "a,b\n1,2\n\n"
+    client.stop_server(username)
+
+
+# --- backup and restore ------------------------------------------------------------------
+def test_backup_and_restore_round_trip(stack: Stack, username: str) -> None:
+    from labhub.spawner import volume_name_for
+
+    client, _ = started_user(stack, username)
+    stack.run(client, username, "open('/home/jovyan/results.txt', 'w').write('epoch 12: 99.1%')")
+    client.stop_server(username)
+    admin = admin_client(stack)
+    created = admin.api("POST", f"/users/{username}-later")
+    assert created.status_code == 201, created.text
+    USERS_CREATED.append(f"{username}-later")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        # Only this test's user's files (the database whole): on a shared test engine,
+        # other stacks' users (admin) have volumes of the same names; a real host runs one.
+        backup = stack.make("backup", f"BACKUP_ROOT={tmp}", f"ONLY_USERS={username}")
+        folder = Path(backup.stdout.strip().splitlines()[-1].split()[-1])
+        assert folder.is_dir(), backup.stdout
+        assert (folder / "jupyterhub.sqlite").stat().st_size > 0
+        assert (folder / "volumes" / f"{volume_name_for(username)}.tar.gz").is_file()
+
+        # Disaster: the users' records in the hub and the user's volume are gone.
+        for name in (username, f"{username}-later"):
+            deleted = admin.api("DELETE", f"/users/{name}")
+            assert deleted.status_code == 204, deleted.text
+        with contextlib.suppress(docker.errors.NotFound):  # the hub may have removed it
+            docker.from_env().volumes.get(volume_name_for(username)).remove()
+        assert not docker.from_env().volumes.list(filters={"name": volume_name_for(username)})
+        assert admin.api("GET", f"/users/{username}").status_code == 404
+
+        restore = stack.make("restore", f"BACKUP={folder}", f"ONLY_USERS={username}", check=False)
+        assert restore.returncode == 0, restore.stdout + restore.stderr
+    wait_hub_healthy(stack)
+
+    admin = admin_client(stack)
+    assert admin.api("GET", f"/users/{username}").status_code == 200
+    assert admin.api("GET", f"/users/{username}-later").status_code == 200
+    client = stack.login(username)
+    client.start_server(username)
+    output = stack.run(client, username, "print(open('/home/jovyan/results.txt').read())")
+    assert output.strip() == "epoch 12: 99.1%"
+    client.stop_server(username)
+
+
+# --- image upgrade (last: it changes the stack's version and puts it back) ----------------
+UPGRADE_DOCKERFILE = """\
+FROM labhub/workspace:test
+USER root
+# A new release: a new file in the workspace skeleton, a changed notebook, and a new
+# package version (what start-workspace.sh compares to decide to copy new files).
+RUN printf 'new in this release\\n' > /opt/workspace/mnist/RELEASE-NOTES.md && \\
+    sed -i 's/"nbformat": 4/"nbformat": 4, "metadata_upgraded": true/' \\
+        /opt/workspace/mnist/MNIST.ipynb && \\
+    sed -i 's/^Version: .*/Version: {version}/' \\
+        /opt/venv/lib/python3*/site-packages/mnist_workspace-*.dist-info/METADATA
+USER 1000
+"""
+
+
+def set_env_value(env_file: Path, name: str, value: str) -> None:
+    text = env_file.read_text()
+    text = re.sub(rf"^{name}=.*$", f"{name}={value}", text, flags=re.MULTILINE)
+    env_file.write_text(text)
+
+
+@pytest.fixture
+def upgrade_tag(stack: Stack) -> Iterator[str]:
+    """Images for a new LABHUB_VERSION: the same hub/proxy, a changed workspace."""
+    tag = f"{STACK}-upgrade"
+    api = docker.from_env()
+    for name in ("hub", "proxy"):
+        api.images.get(f"labhub/{name}:test").tag(f"labhub/{name}", tag)
+    with tempfile.TemporaryDirectory() as context:
+        Path(context, "Dockerfile").write_text(UPGRADE_DOCKERFILE.format(version="0.1.0.post1"))
+        subprocess.run(
+            ["docker", "build", "-q", "-t", f"labhub/workspace:{tag}", context],
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
+    try:
+        yield tag
+    finally:
+        set_env_value(stack.env_file, "LABHUB_VERSION", "test")
+        stack.compose("up", "-d", "--wait", check=False)
+        for name in ("hub", "proxy", "workspace"):
+            with contextlib.suppress(docker.errors.APIError):
+                api.images.remove(f"labhub/{name}:{tag}")
+
+
+def test_image_upgrade_keeps_every_users_files(
+    stack: Stack, username: str, upgrade_tag: str
+) -> None:
+    edited = 'print("my own version")'
+    client, _ = started_user(stack, username)
+    stack.run(
+        client,
+        username,
+        "import json\n"
+        "path = '/home/jovyan/mnist/MNIST.ipynb'\n"
+        "nb = json.load(open(path))\n"
+        f"nb['cells'][0]['source'] = {edited!r}\n"
+        "json.dump(nb, open(path, 'w'))\n"
+        "open('/home/jovyan/mine.txt', 'w').write('untouched')",
+    )
+    old_image = user_container(username).image.id
+
+    # The upgrade: point the stack at the new version and recreate the services.
+    set_env_value(stack.env_file, "LABHUB_VERSION", upgrade_tag)
+    stack.compose("up", "-d", "--wait")
+    wait_hub_healthy(stack)
+    client = stack.login(username)
+    client.stop_server(username)
+    client.start_server(username)
+    container = user_container(username)
+    assert container.image.id != old_image
+    assert container.image.tags == [f"labhub/workspace:{upgrade_tag}"]
+
+    output = stack.run(
+        client,
+        username,
+        "import json\n"
+        "nb = json.load(open('/home/jovyan/mnist/MNIST.ipynb'))\n"
+        "print(nb['cells'][0]['source'])\n"
+        "print('metadata_upgraded' in nb)\n"
+        "print(open('/home/jovyan/mine.txt').read())\n"
+        "print(open('/home/jovyan/mnist/RELEASE-NOTES.md').read().strip())\n"
+        "print(open('/home/jovyan/.mnist_workspace_version').read().strip())",
+    )
+    source, upgraded, mine, notes, marker = output.strip().splitlines()
+    assert source == edited  # the student's edit wins over the image's new notebook
+    assert upgraded == "False"
+    assert mine == "untouched"
+    assert notes == "new in this release"  # new files from the image do appear
+    assert marker == "0.1.0.post1"
+    client.stop_server(username)
