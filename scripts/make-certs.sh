@@ -46,7 +46,7 @@ fi
 openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
   -keyout "$key" -out "${domain}.csr" -subj "/CN=${domain}" 2>/dev/null
 openssl x509 -req -in "${domain}.csr" -CA labhub-ca.crt -CAkey labhub-ca.key -CAcreateserial \
-  -days 397 -sha256 -out "$crt" \
+  -days 365 -sha256 -out "$crt" \
   -extfile <(printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature\nbasicConstraints=critical,CA:FALSE\n' "$sans") 2>/dev/null
 cat labhub-ca.crt >>"$crt"   # serve the chain
 rm -f "${domain}.csr"

@@ -69,6 +69,9 @@ def check_request(policy: Policy, method: str, path: str, body: bytes) -> None:
     if method in ("GET", "HEAD") and any(re.fullmatch(p, route) for p in _READ_ONLY):
         return
     if method == "POST" and re.fullmatch(_CONTAINER_ACTIONS, route):
+        # API versions before 1.24 applied a HostConfig sent to start (privileged...).
+        if body.strip():
+            raise Refused(f"{route} takes no request body")
         return
     if method == "DELETE" and re.fullmatch(_CONTAINER, route) and "/create" not in route:
         return
@@ -76,9 +79,13 @@ def check_request(policy: Policy, method: str, path: str, body: bytes) -> None:
         check_container_create(policy, _json(body))
         return
     if method == "POST" and re.fullmatch(_VOLUME_CREATE, route):
-        name = _json(body).get("Name", "")
+        spec = _folded(_json(body))
+        name = spec.get("name", "")
         if not str(name).startswith(policy.volume_prefix):
             raise Refused(f"volume {name!r} is not a user volume ({policy.volume_prefix}*)")
+        # The local driver's options can bind any host path (type=none, o=bind, device=/).
+        if spec.get("driver") not in (None, "", "local") or spec.get("driveropts"):
+            raise Refused("volume drivers and driver options are not allowed")
         return
     volume = re.fullmatch(_VOLUME, route)
     if method == "DELETE" and volume:
@@ -88,44 +95,152 @@ def check_request(policy: Policy, method: str, path: str, body: bytes) -> None:
     raise Refused(f"{method} {route} is not needed by the hub")
 
 
-def check_container_create(policy: Policy, spec: dict[str, Any]) -> None:
+# Top-level keys of a container-create body (container.Config, as docker-py sends
+# them). Docker also reads HostConfig fields at the top level for old clients
+# ("Privileged": true next to "Image"), so anything else is refused.
+_CONFIG_KEYS = frozenset(
+    k.casefold()
+    for k in (
+        "Hostname",
+        "Domainname",
+        "User",
+        "AttachStdin",
+        "AttachStdout",
+        "AttachStderr",
+        "ExposedPorts",
+        "Tty",
+        "OpenStdin",
+        "StdinOnce",
+        "Env",
+        "Cmd",
+        "Healthcheck",
+        "ArgsEscaped",
+        "Image",
+        "Volumes",
+        "WorkingDir",
+        "Entrypoint",
+        "NetworkDisabled",
+        "MacAddress",
+        "OnBuild",
+        "Labels",
+        "StopSignal",
+        "StopTimeout",
+        "Shell",
+        "HostConfig",
+        "NetworkingConfig",
+        "Runtime",
+    )
+)
+_NAMESPACES = {
+    "PidMode": ("",),
+    "IpcMode": ("", "private", "shareable", "none"),
+    "UTSMode": ("",),
+    "UsernsMode": ("",),
+    "CgroupnsMode": ("", "private"),
+}
+# Never set by DockerSpawner; each one opens a way out of the container.
+_NEVER = {
+    "volumesfrom": "mounting other containers' volumes",
+    "links": "links to other containers",
+    "devicecgrouprules": "device cgroup rules",
+    "cgroupparent": "another cgroup parent (escapes the limits)",
+    "cgroup": "another cgroup",
+    "maskedpaths": "unmasking /proc paths",
+    "readonlypaths": "changing read-only /proc paths",
+    "portbindings": "publishing ports on the host (bypasses nginx)",
+    "publishallports": "publishing ports on the host (bypasses nginx)",
+    "sysctls": "sysctls",
+    "oomkilldisable": "disabling the OOM killer",
+}
+
+
+def _folded(value: Any) -> Any:
+    """Keys case-folded at every level, as Docker (Go) matches them case-insensitively.
+
+    Refuses non-ASCII keys and keys that differ only by case, which Docker would merge
+    but a case-sensitive check would read as two different keys.
+    """
+    if isinstance(value, list):
+        return [_folded(item) for item in value]
+    if not isinstance(value, dict):
+        return value
+    folded: dict[str, Any] = {}
+    for key, item in value.items():
+        if not key.isascii():
+            raise Refused(f"non-ASCII key {key!r}")
+        if key.casefold() in folded:
+            raise Refused(f"key {key!r} given twice")
+        folded[key.casefold()] = _folded(item)
+    return folded
+
+
+def check_container_create(policy: Policy, raw_spec: dict[str, Any]) -> None:
     """The container-create body: the allowed image, unprivileged, no host access."""
-    image = spec.get("Image", "")
+    spec = _folded(raw_spec)
+    unknown = sorted(set(spec) - _CONFIG_KEYS)
+    if unknown:
+        raise Refused(f"top-level keys {unknown} are not container settings")
+    image = spec.get("image", "")
     if image not in policy.allowed_images:
         raise Refused(f"image {image!r} is not an allowed workspace image")
-    if str(spec.get("User", "")).split(":")[0] in ("", "0", "root"):
-        raise Refused("containers must run as a non-root user")
-    host: dict[str, Any] = spec.get("HostConfig") or {}
-    if host.get("Privileged"):
+    uid = str(spec.get("user", "")).split(":")[0]
+    if not uid.isdigit() or int(uid) == 0:
+        raise Refused("containers must run as a non-root numeric user (e.g. 1000:100)")
+    host: dict[str, Any] = spec.get("hostconfig") or {}
+    if host.get("privileged"):
         raise Refused("privileged containers are not allowed")
-    if host.get("CapAdd"):
-        raise Refused(f"added capabilities {host['CapAdd']} are not allowed")
-    if "no-new-privileges:true" not in (host.get("SecurityOpt") or []):
+    if host.get("capadd"):
+        raise Refused(f"added capabilities {host['capadd']} are not allowed")
+    if "ALL" not in [str(c).upper() for c in host.get("capdrop") or []]:
+        raise Refused("containers must drop all capabilities (CapDrop: ALL)")
+    security = [str(o) for o in host.get("securityopt") or []]
+    if "no-new-privileges:true" not in security:
         raise Refused("containers must run with no-new-privileges")
-    for key in ("PidMode", "IpcMode", "UTSMode", "UsernsMode", "CgroupnsMode"):
-        if host.get(key) == "host":
-            raise Refused(f"{key}=host is not allowed")
-    if host.get("NetworkMode") not in (policy.network, None, ""):
-        raise Refused(f"network {host.get('NetworkMode')!r} is not the hub's network")
-    if host.get("Devices"):
+    if set(security) - {"no-new-privileges:true", "no-new-privileges"}:
+        raise Refused(f"security options {security} are not allowed (seccomp, apparmor...)")
+    for key, allowed in _NAMESPACES.items():
+        # "host", or "container:<id>" (another user's processes, memory or files).
+        value = host.get(key.casefold())
+        if value not in (None, *allowed):
+            raise Refused(f"{key}={value} is not allowed")
+    for key, why in _NEVER.items():
+        # For the /proc path lists, present at all counts: an empty list unmasks them.
+        if host.get(key) if key not in ("maskedpaths", "readonlypaths") else key in host:
+            raise Refused(f"{key} is not allowed: {why}")
+    for runtime in (spec.get("runtime"), host.get("runtime")):
+        if runtime not in (None, "", "runc"):
+            raise Refused(f"runtime {runtime!r} is not allowed (GPUs go through device requests)")
+    if host.get("networkmode") not in (policy.network, None, ""):
+        raise Refused(f"network {host.get('networkmode')!r} is not the hub's network")
+    if host.get("devices"):
         raise Refused("host devices are not allowed (GPUs go through device requests)")
-    for request in host.get("DeviceRequests") or []:
-        if request.get("Driver") not in ("nvidia", "", None):
-            raise Refused(f"device driver {request.get('Driver')!r} is not allowed")
-    for bind in host.get("Binds") or []:
-        source = bind.split(":", 1)[0]
+    for request in host.get("devicerequests") or []:
+        if request.get("driver") not in ("nvidia", "", None):
+            raise Refused(f"device driver {request.get('driver')!r} is not allowed")
+    for bind in host.get("binds") or []:
+        source = str(bind).split(":", 1)[0]
         if source.startswith("/") or not source.startswith(policy.volume_prefix):
             raise Refused(f"bind {bind!r} is not a user volume")
-    for mount in host.get("Mounts") or []:
-        if mount.get("Type") != "volume" or not str(mount.get("Source", "")).startswith(
+    for mount in host.get("mounts") or []:
+        if mount.get("type") != "volume" or not str(mount.get("source", "")).startswith(
             policy.volume_prefix
         ):
             raise Refused(f"mount {mount!r} is not a user volume")
+        if (mount.get("volumeoptions") or {}).get("driverconfig"):
+            raise Refused("volume driver options in mounts are not allowed")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Refuse keys given twice (in any case): Docker would merge them, json keeps one."""
+    folded = [key.casefold() for key, _ in pairs]
+    if len(set(folded)) != len(folded):
+        raise Refused(f"a key is given twice in {[key for key, _ in pairs]}")
+    return dict(pairs)
 
 
 def _json(body: bytes) -> dict[str, Any]:
     try:
-        value = json.loads(body or b"{}")
+        value = json.loads(body or b"{}", object_pairs_hook=_unique_keys)
     except ValueError as error:
         raise Refused(f"request body is not JSON: {error}") from error
     if not isinstance(value, dict):
@@ -210,7 +325,7 @@ async def handle(
 
 
 def main() -> None:
-    """Serve on LISTEN_PORT (2375) for the hub; settings from the environment."""
+    """Serve on LISTEN_HOST:LISTEN_PORT (0.0.0.0:2375); settings from the environment."""
     logging.basicConfig(level=logging.INFO, format="[dockerproxy] %(levelname)s %(message)s")
     images = frozenset(i for i in os.environ.get("ALLOWED_IMAGES", "").split(",") if i)
     if not images:
@@ -218,12 +333,15 @@ def main() -> None:
     policy = Policy(allowed_images=images, network=os.environ.get("DOCKER_NETWORK", "labhub"))
     socket_path = os.environ.get("DOCKER_SOCKET", "/var/run/docker.sock")
     port = int(os.environ.get("LISTEN_PORT", "2375"))
+    # 0.0.0.0 inside its container (only the docker-api network reaches it); tests
+    # running it on the host use 127.0.0.1.
+    host = os.environ.get("LISTEN_HOST", "0.0.0.0")
 
     async def serve() -> None:
         server = await asyncio.start_server(
-            lambda r, w: handle(policy, socket_path, r, w), host="0.0.0.0", port=port
+            lambda r, w: handle(policy, socket_path, r, w), host=host, port=port
         )
-        log.info("forwarding allowed requests to %s on port %d", socket_path, port)
+        log.info("forwarding allowed requests to %s on %s:%d", socket_path, host, port)
         async with server:
             await server.serve_forever()
 
