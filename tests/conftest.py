@@ -1,150 +1,19 @@
-"""Fixtures for the platform tests: a real stack, brought up with the README's own
-`make up` (on other ports and names than a production stack), always torn down."""
+"""Fixtures for the platform tests; the stacks themselves live in stacks.py."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import subprocess
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
-import docker
 import pytest
-from hubclient import HubClient, run_in_kernel
-
-REPO = Path(__file__).resolve().parents[1]
-# Several test stacks can run side by side on one engine (another name, other ports).
-STACK = os.environ.get("LABHUB_TEST_STACK", "labhubtest")
-HTTPS_PORT = int(os.environ.get("LABHUB_TEST_HTTPS_PORT", "18443"))
-HTTP_PORT = HTTPS_PORT - 363
-
-
-@dataclass(frozen=True)
-class Stack:
-    """A running test stack and what a test needs to talk to it."""
-
-    env_file: Path
-    certs_dir: Path
-    base_url: str
-    http_url: str
-
-    @property
-    def ca_file(self) -> str:
-        return str(self.certs_dir / "labhub-ca.crt")
-
-    def value(self, name: str) -> str:
-        for line in self.env_file.read_text().splitlines():
-            if line.startswith(f"{name}="):
-                return line.split("=", 1)[1]
-        raise KeyError(name)
-
-    def make(self, *targets: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["make", *targets, f"ENV_FILE={self.env_file}"],
-            cwd=REPO,
-            text=True,
-            capture_output=True,
-            check=check,
-            timeout=3600,
-        )
-
-    def compose(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [
-                "docker",
-                "compose",
-                "-f",
-                "compose/docker-compose.yml",
-                "--env-file",
-                str(self.env_file),
-                *args,
-            ],
-            cwd=REPO,
-            text=True,
-            capture_output=True,
-            check=check,
-            timeout=900,
-            env={**os.environ, "LABHUB_ENV_FILE": str(self.env_file)},
-        )
-
-    def client(self) -> HubClient:
-        return HubClient(self.base_url, self.ca_file)
-
-    def run(self, client: HubClient, username: str, code: str) -> str:
-        """Run Python in a fresh kernel of the user's running server; return stdout."""
-        token = client.new_token(username)
-        return run_in_kernel(self.base_url, self.ca_file, username, token, code)
-
-    def login(self, username: str) -> HubClient:
-        """A session logged in through the hub's form; admins use the admin password."""
-        client = self.client()
-        admins = self.value("ADMIN_USERS").split(",")
-        password = self.value(
-            "SHARED_ADMIN_PASSWORD" if username in admins else "SHARED_USER_PASSWORD"
-        )
-        response = client.login(username, password)
-        assert response.status_code == 200, response.text[:500]
-        assert client.session.cookies.get("jupyterhub-session-id"), "login set no session"
-        return client
-
-
-def _remove_user_resources(network: str, usernames: list[str] | None = None) -> None:
-    from labhub.spawner import volume_name_for
-
-    api = docker.from_env()
-    for container in api.containers.list(all=True, filters={"name": f"{network}-user-"}):
-        container.remove(force=True)
-    for name in usernames or []:
-        with contextlib.suppress(docker.errors.NotFound):
-            api.volumes.get(volume_name_for(name)).remove(force=True)
+from stacks import HTTPS_PORT, STACK, USERS_CREATED, Stack, launched_stack
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """`make up` with a test .env: CPU TensorFlow, loopback-only ports, own names."""
-    workdir = tmp_path_factory.mktemp("stack")
-    certs = workdir / "certs"
-    certs.mkdir()
-    env_file = workdir / ".env"
-    env_file.write_text(
-        "\n".join(
-            [
-                f"STACK_NAME={STACK}",
-                f"DOCKER_NETWORK={STACK}",
-                "DOMAIN=localhost",
-                "BIND_ADDRESS=127.0.0.1",
-                f"HTTP_PORT={HTTP_PORT}",
-                f"HTTPS_PORT={HTTPS_PORT}",
-                f"CERTS_DIR={certs}",
-                "LABHUB_VERSION=test",
-                "TENSORFLOW_PACKAGE=tensorflow-cpu==2.21.0",
-                "ADMIN_USERS=admin",
-                "USER_MEM_LIMIT=3G",
-                "",
-            ]
-        )
-    )
-    stack = Stack(
-        env_file, certs, f"https://localhost:{HTTPS_PORT}", f"http://localhost:{HTTP_PORT}"
-    )
-    up = stack.make("up", check=False)
-    if up.returncode != 0:
-        logs = stack.compose("logs", "--no-color", "--tail=200", check=False).stdout
-        stack.compose("down", "-v", check=False)
-        pytest.fail(f"make up failed:\n{up.stdout[-4000:]}\n{up.stderr[-4000:]}\n{logs}")
-    try:
-        yield stack
-    finally:
-        if os.environ.get("LABHUB_TEST_LOGS"):
-            print(stack.compose("logs", "--no-color", "--tail=300", check=False).stdout)
-        stack.compose("down", "-v", "--remove-orphans", check=False)
-        _remove_user_resources(STACK, USERS_CREATED)
-
-
-USERS_CREATED: list[str] = []
+    """The default stack: shared-password login on https://localhost."""
+    with launched_stack(tmp_path_factory, STACK, HTTPS_PORT) as running:
+        yield running
 
 
 @pytest.fixture

@@ -88,70 +88,110 @@ class HubClient:
         raise TimeoutError(f"{username}'s server did not stop within {timeout} s")
 
 
-def run_in_kernel(
-    base_url: str, ca_file: str, username: str, token: str, code: str, timeout: float = 300
-) -> str:
-    """Start a kernel in the user's server, run `code` over the websocket, return stdout.
+class Kernel:
+    """One kernel in a user's server, driven over its websocket through nginx.
 
-    Raises AssertionError with the traceback if the code fails.
+    A kernel outlives single calls (and hub or proxy restarts), so tests can check that
+    its state survives a disruption.
     """
-    http = requests.Session()
-    http.trust_env = False
-    http.verify = ca_file
-    http.headers["Authorization"] = f"token {token}"
-    api = f"{base_url.rstrip('/')}/user/{username}/api"
-    kernel = http.post(f"{api}/kernels", json={"name": "tensorflow-gpu"}, timeout=60)
-    kernel.raise_for_status()
-    kernel_id = kernel.json()["id"]
-    try:
-        parsed = urlparse(base_url)
-        ws_url = f"wss://{parsed.netloc}/user/{username}/api/kernels/{kernel_id}/channels"
+
+    def __init__(self, base_url: str, ca_file: str, username: str, token: str) -> None:
+        self.base_url, self.ca_file = base_url.rstrip("/"), ca_file
+        self.username, self.token = username, token
+        self.http = requests.Session()
+        self.http.trust_env = False
+        self.http.verify = ca_file
+        self.http.headers["Authorization"] = f"token {token}"
+        self.api = f"{self.base_url}/user/{username}/api/kernels"
+        response = self.http.post(self.api, json={"name": "tensorflow-gpu"}, timeout=60)
+        response.raise_for_status()
+        self.id = response.json()["id"]
+
+    def execute(self, code: str, expression: str = "None", timeout: float = 300) -> str:
+        """Run `code`; return its stdout, or `expression`'s repr when one is given.
+
+        The expression's value travels in the shell reply (`user_expressions`), which,
+        unlike printed output, never depends on the iopub channel being subscribed.
+        Raises AssertionError with the traceback if the code fails.
+        """
+        netloc = urlparse(self.base_url).netloc
         ws = websocket.create_connection(
-            ws_url,
-            header=[f"Authorization: token {token}"],
-            sslopt={"ca_certs": ca_file, "cert_reqs": ssl.CERT_REQUIRED},
+            f"wss://{netloc}/user/{self.username}/api/kernels/{self.id}/channels",
+            header=[f"Authorization: token {self.token}"],
+            sslopt={"ca_certs": self.ca_file, "cert_reqs": ssl.CERT_REQUIRED},
             timeout=timeout,
         )
         try:
             msg_id = uuid.uuid4().hex
+            header = {
+                "msg_id": msg_id,
+                "msg_type": "execute_request",
+                "username": self.username,
+                "session": uuid.uuid4().hex,
+                "version": "5.3",
+            }
+            content = {
+                "code": code,
+                "silent": False,
+                "store_history": False,
+                "user_expressions": {"value": expression},
+                "allow_stdin": False,
+            }
             ws.send(
                 json.dumps(
                     {
-                        "header": {
-                            "msg_id": msg_id,
-                            "msg_type": "execute_request",
-                            "username": username,
-                            "session": uuid.uuid4().hex,
-                            "version": "5.3",
-                        },
+                        "header": header,
                         "parent_header": {},
                         "metadata": {},
                         "channel": "shell",
-                        "content": {
-                            "code": code,
-                            "silent": False,
-                            "store_history": False,
-                            "user_expressions": {},
-                            "allow_stdin": False,
-                        },
+                        "content": content,
                     }
                 )
             )
-            stdout: list[str] = []
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                message = json.loads(ws.recv())
-                if message.get("parent_header", {}).get("msg_id") != msg_id:
-                    continue
-                kind, content = message["msg_type"], message["content"]
-                if kind == "stream" and content.get("name") == "stdout":
-                    stdout.append(content["text"])
-                elif kind == "error":
-                    raise AssertionError("\n".join(content.get("traceback", [])))
-                elif kind == "execute_reply":
-                    return "".join(stdout)
-            raise TimeoutError(f"code did not finish within {timeout} s")
+            return self._collect(ws, msg_id, expression, timeout)
         finally:
             ws.close()
+
+    @staticmethod
+    def _collect(ws: websocket.WebSocket, msg_id: str, expression: str, timeout: float) -> str:
+        stdout: list[str] = []
+        value = None
+        # The reply (shell) can overtake the output (iopub): done when both the reply
+        # and iopub's "idle" for this request have arrived.
+        replied = idle = False
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            message = json.loads(ws.recv())
+            if message.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            kind, content = message["msg_type"], message["content"]
+            if kind == "stream" and content.get("name") == "stdout":
+                stdout.append(content["text"])
+            elif kind == "error":
+                raise AssertionError("\n".join(content.get("traceback", [])))
+            elif kind == "execute_reply":
+                assert content["status"] == "ok", content
+                value = content["user_expressions"]["value"]
+                replied = True
+                if expression != "None":
+                    assert value["status"] == "ok", value
+                    return str(value["data"]["text/plain"])
+            elif kind == "status" and content.get("execution_state") == "idle":
+                idle = True
+            if replied and idle:
+                return "".join(stdout)
+        raise TimeoutError(f"code did not finish within {timeout} s")
+
+    def shutdown(self) -> None:
+        self.http.delete(f"{self.api}/{self.id}", timeout=60)
+
+
+def run_in_kernel(
+    base_url: str, ca_file: str, username: str, token: str, code: str, timeout: float = 300
+) -> str:
+    """Start a kernel in the user's server, run `code`, shut it down; return stdout."""
+    kernel = Kernel(base_url, ca_file, username, token)
+    try:
+        return kernel.execute(code, timeout=timeout)
     finally:
-        http.delete(f"{api}/kernels/{kernel_id}", timeout=60)
+        kernel.shutdown()

@@ -33,9 +33,9 @@ from urllib.parse import parse_qs, urlencode, urljoin, urlparse
 import docker
 import pytest
 import requests
-from conftest import HTTPS_PORT, REPO, STACK, USERS_CREATED, Stack, launched_stack
 from docker.models.containers import Container
 from hubclient import HubClient
+from stacks import HTTPS_PORT, REPO, STACK, USERS_CREATED, Stack, launched_stack
 
 pytestmark = pytest.mark.e2e
 

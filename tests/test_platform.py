@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 import requests
-from conftest import Stack
+from stacks import USERS_CREATED, Stack
 
 pytestmark = pytest.mark.e2e
 
@@ -106,8 +106,6 @@ def test_files_survive_stop_and_start(stack: Stack, username: str) -> None:
 def test_users_cannot_read_each_others_files(stack: Stack, username: str) -> None:
     alice = username
     bob = username + "-b"
-    from conftest import USERS_CREATED
-
     USERS_CREATED.append(bob)
     alice_client, bob_client = stack.login(alice), stack.login(bob)
     alice_client.start_server(alice)

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import Stack, launched_stack
 from hubclient import HubClient, run_in_kernel
+from stacks import USERS_CREATED, Stack, launched_stack
 
 pytestmark = pytest.mark.e2e
 DOMAIN = "lab.localhost"
@@ -81,8 +81,6 @@ def test_each_user_gets_their_own_origin(subdomain_stack: Stack, username: str) 
 
 def test_another_users_subdomain_refuses_my_session(subdomain_stack: Stack, username: str) -> None:
     owner = username
-    from conftest import USERS_CREATED
-
     intruder = f"{username}-x"
     USERS_CREATED.append(intruder)
     owner_client = subdomain_stack.login(owner)

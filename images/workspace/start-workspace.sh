@@ -5,10 +5,11 @@ set -euo pipefail
 
 skeleton=/opt/workspace
 marker="${HOME}/.mnist_workspace_version"
-image_version="$(pip show mnist-workspace 2>/dev/null | awk '/^Version:/{print $2}')"
+# The skeleton's fingerprint: any image whose workspace files differ counts as new.
+image_version="$(cd "${skeleton}" && find . -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)"
 
-# Copy on first start and after an image upgrade, file by file and never over an
-# existing file (cp -n): a student's edited notebook always wins.
+# Copy on first start and whenever the image brings different workspace files, file by
+# file and never over an existing file (cp -n): a student's edited notebook always wins.
 if [[ ! -f "${marker}" || "$(cat "${marker}")" != "${image_version}" ]]; then
   cp -rn "${skeleton}/." "${HOME}/"
   printf '%s\n' "${image_version}" >"${marker}"
