@@ -42,7 +42,8 @@ up: env certs build ## Set everything up and start the platform
 	@ENV_FILE=$(ENV_FILE) scripts/print-welcome.sh
 
 .PHONY: down
-down: ## Stop the platform (users' files and the hub database stay)
+down: ## Stop the platform and users' servers (users' files and the hub database stay)
+	@docker ps -aq --filter 'name=^$(call env_value,DOCKER_NETWORK)-user-' | xargs -r docker rm -f >/dev/null
 	$(COMPOSE) down
 
 .PHONY: logs
@@ -52,6 +53,23 @@ logs: ## Follow the logs of every service
 .PHONY: doctor
 doctor: ## Check this host for a safe GPU set-up
 	@scripts/doctor.sh
+
+# Backups go to BACKUP_ROOT/<UTC timestamp>/ (gitignored); see docs/reliability.md.
+BACKUP_ROOT ?= backups
+
+.PHONY: backup
+backup: ## Back up the hub database and every user volume into backups/<time>/
+	@STACK_NAME=$(call env_value,STACK_NAME) LABHUB_VERSION=$(call env_value,LABHUB_VERSION) \
+	  BACKUP_ROOT=$(BACKUP_ROOT) ONLY_USERS='$(ONLY_USERS)' scripts/backup.sh
+
+.PHONY: restore
+restore: ## Restore a backup (stops the hub meanwhile): make restore BACKUP=backups/<time>
+	@test -n "$(BACKUP)" || { echo "usage: make restore BACKUP=backups/<time>"; exit 2; }
+	$(COMPOSE) stop hub
+	@# The hub comes back even when the restore refuses (nothing is changed then).
+	STACK_NAME=$(call env_value,STACK_NAME) LABHUB_VERSION=$(call env_value,LABHUB_VERSION) \
+	  ONLY_USERS='$(ONLY_USERS)' scripts/restore.sh $(BACKUP); status=$$?; \
+	  $(COMPOSE) start hub; exit $$status
 
 $(VENV)/.installed: requirements/dev.txt hub/pyproject.toml mnist_workspace/pyproject.toml
 	python3 -m venv $(VENV)
