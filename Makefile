@@ -85,8 +85,8 @@ lint: venv ## ruff, mypy, hadolint, shellcheck
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
-	$(VENV)/bin/hadolint images/*/Dockerfile
-	shellcheck scripts/*.sh images/*/*.sh .ci/run
+	$(VENV)/bin/hadolint images/*/Dockerfile tests/oidc-provider/Dockerfile
+	shellcheck scripts/*.sh images/*/*.sh .ci/run tests/fake-gpu/*
 
 .PHONY: test
 test: lint ## Run every test: unit, integration (real Docker), end to end (nginx, browser)
