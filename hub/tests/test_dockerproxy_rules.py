@@ -10,8 +10,9 @@ pytestmark = pytest.mark.unit
 POLICY = Policy(allowed_images=frozenset({"labhub/workspace:0.1.0"}), network="labhub")
 
 
-def create_body(**host_config: Any) -> bytes:
-    spec = {
+def spec(**host_config: Any) -> dict[str, Any]:
+    """A create body as DockerSpawner sends it, with `host_config` merged in."""
+    return {
         "Image": "labhub/workspace:0.1.0",
         "User": "1000:100",
         "HostConfig": {
@@ -22,7 +23,10 @@ def create_body(**host_config: Any) -> bytes:
             **host_config,
         },
     }
-    return json.dumps(spec).encode()
+
+
+def create_body(**host_config: Any) -> bytes:
+    return json.dumps(spec(**host_config)).encode()
 
 
 @pytest.mark.parametrize(
@@ -96,15 +100,165 @@ def test_everything_else_is_refused(method: str, path: str, body: bytes, reason:
 
 
 def test_other_images_and_root_are_refused() -> None:
-    spec = json.loads(create_body())
+    good = spec()
     with pytest.raises(Refused, match="image"):
         check_request(
             POLICY,
             "POST",
             "/containers/create",
-            json.dumps({**spec, "Image": "debian:trixie-slim"}).encode(),
+            json.dumps({**good, "Image": "debian:trixie-slim"}).encode(),
         )
     with pytest.raises(Refused, match="non-root"):
         check_request(
-            POLICY, "POST", "/containers/create", json.dumps({**spec, "User": "0"}).encode()
+            POLICY, "POST", "/containers/create", json.dumps({**good, "User": "0"}).encode()
         )
+
+
+# --- Ways around the first rules, found in review; each is refused now. -------------
+# Ways around the Docker proxy's first rules, found in review; each is refused now.
+#
+# Docker (Go) matches JSON keys case-insensitively, merges duplicate keys, reads
+# HostConfig fields at the top level of a create body, and applied a HostConfig sent
+# to `start` for API versions before 1.24. The proxy must read a body as Docker does.
+CREATE = "/v1.41/containers/create"
+
+
+def refused(body: str | bytes, reason: str, path: str = CREATE) -> None:
+    data = body.encode() if isinstance(body, str) else body
+    with pytest.raises(Refused, match=reason):
+        check_request(POLICY, "POST", path, data)
+
+
+GOOD = json.dumps(spec())[1:-1]  # the members of a good body, to splice into bad ones
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        # Top-level HostConfig fields, which Docker reads when HostConfig is absent.
+        (json.dumps({**spec(), "Privileged": True}), "top-level"),
+        (json.dumps({**spec(), "Binds": ["/:/host"]}), "top-level"),
+        # Case: Go's decoder matches "privileged" to Privileged, "hostconfig" to HostConfig.
+        (json.dumps(spec(privileged=True)), "privileged"),
+        (json.dumps(spec(binds=["/:/host"])), "given twice|bind"),
+        (
+            json.dumps(
+                {k: v for k, v in spec().items() if k != "HostConfig"}
+                | {
+                    "hostconfig": {
+                        "Privileged": True,
+                        "SecurityOpt": ["no-new-privileges:true"],
+                        "CapDrop": ["ALL"],
+                    }
+                }
+            ),
+            "privileged",
+        ),
+        # Duplicate keys: Python keeps the last, Go merges both into one struct.
+        ('{"HostConfig": {"Privileged": true}, ' + GOOD + "}", "given twice"),
+        ("{" + GOOD + ', "hostConfig": {"Privileged": true}}', "given twice"),
+        # Go folds the long s (U+017F) and the Kelvin sign onto s and k.
+        ("{" + GOOD.replace('"Binds"', '"Bind\\u017f"') + "}", "non-ASCII"),
+        # A way into another container, or out of the limits.
+        (json.dumps(spec(PidMode="container:hub")), "PidMode"),
+        (json.dumps(spec(IpcMode="container:labhub-user-bob")), "IpcMode"),
+        (json.dumps(spec(NetworkMode="container:hub")), "network"),
+        (json.dumps(spec(VolumesFrom=["labhub-hub-1"])), "volumesfrom"),
+        (
+            json.dumps(spec(SecurityOpt=["no-new-privileges:true", "seccomp=unconfined"])),
+            "security",
+        ),
+        (
+            json.dumps(spec(SecurityOpt=["no-new-privileges:true", "apparmor=unconfined"])),
+            "security",
+        ),
+        (json.dumps(spec(CapDrop=[])), "CapDrop"),
+        (json.dumps(spec(DeviceCgroupRules=["b *:* rwm"])), "device cgroup"),
+        (json.dumps(spec(CgroupParent="/")), "cgroup"),
+        (json.dumps(spec(MaskedPaths=[])), "masked|unmask"),
+        (json.dumps(spec(PortBindings={"8888/tcp": [{"HostPort": "8888"}]})), "publishing"),
+        (json.dumps(spec(PublishAllPorts=True)), "publishing"),
+        (json.dumps(spec(Runtime="nvidia")), "runtime"),
+        (json.dumps({**spec(), "Runtime": "nvidia"}), "runtime"),
+        (json.dumps({**spec(), "User": "00"}), "non-root"),
+        (json.dumps({**spec(), "User": "root:root"}), "non-root"),
+        (
+            json.dumps(
+                spec(
+                    Binds=[],
+                    Mounts=[
+                        {
+                            "Type": "volume",
+                            "Source": "labhub-user-evil",
+                            "Target": "/host",
+                            "VolumeOptions": {
+                                "DriverConfig": {
+                                    "Name": "local",
+                                    "Options": {"type": "none", "o": "bind", "device": "/"},
+                                }
+                            },
+                        }
+                    ],
+                )
+            ),
+            "driver options",
+        ),
+        (json.dumps(spec(Mounts=[{"type": "bind", "source": "/", "target": "/h"}])), "mount"),
+    ],
+)
+def test_create_bodies_that_docker_reads_differently_are_refused(body: str, reason: str) -> None:
+    refused(body, reason)
+
+
+def test_a_volume_bound_to_a_host_path_is_refused() -> None:
+    refused(
+        json.dumps(
+            {
+                "Name": "labhub-user-evil",
+                "Driver": "local",
+                "DriverOpts": {"type": "none", "o": "bind", "device": "/"},
+            }
+        ),
+        "driver",
+        "/v1.41/volumes/create",
+    )
+    refused('{"Name": "labhub-user-x", "name": "other"}', "given twice", "/v1.41/volumes/create")
+
+
+def test_start_with_a_host_config_body_is_refused() -> None:
+    refused('{"Privileged": true}', "no request body", "/v1.20/containers/abc/start")
+
+
+def test_what_docker_py_sends_for_the_spawner_still_passes() -> None:
+    """The exact body docker-py 7.2 builds for DockerSpawner's create call."""
+    from docker.api.container import ContainerApiMixin
+    from docker.types import HostConfig
+
+    host = HostConfig(
+        version="1.41",
+        binds=["labhub-user-alice:/home/jovyan:rw"],
+        network_mode="labhub",
+        security_opt=["no-new-privileges:true"],
+        cap_drop=["ALL"],
+        pids_limit=1024,
+        shm_size="1g",
+        mem_limit=4 << 30,
+        nano_cpus=2_000_000_000,
+        init=False,
+        links={},  # DockerSpawner always passes its (empty) links
+        device_requests=[{"Driver": "nvidia", "DeviceIDs": ["0"], "Capabilities": [["gpu"]]}],
+    )
+
+    class Fake(ContainerApiMixin):
+        _version = "1.41"
+
+    config = Fake().create_container_config(
+        image="labhub/workspace:0.1.0",
+        command=None,
+        user="1000:100",
+        environment={"NVIDIA_VISIBLE_DEVICES": "void"},
+        labels={"labhub.user": "alice"},
+        host_config=host,
+    )
+    body = {k: v for k, v in config.items() if v is not None}
+    check_request(POLICY, "POST", CREATE + "?name=labhub-user-alice", json.dumps(body).encode())
