@@ -115,8 +115,6 @@ def test_other_images_and_root_are_refused() -> None:
 
 
 # --- Ways around the first rules, found in review; each is refused now. -------------
-# Ways around the Docker proxy's first rules, found in review; each is refused now.
-#
 # Docker (Go) matches JSON keys case-insensitively, merges duplicate keys, reads
 # HostConfig fields at the top level of a create body, and applied a HostConfig sent
 # to `start` for API versions before 1.24. The proxy must read a body as Docker does.
