@@ -26,6 +26,9 @@ c.JupyterHub.bind_url = "http://:8000"
 c.JupyterHub.public_url = settings.public_url
 # Every cookie (the XSRF one too) is Secure: the hub is only ever reached over https.
 c.JupyterHub.tornado_settings = {"cookie_options": {"secure": True}}
+if settings.subdomains:
+    # Each user's server at https://<user>.DOMAIN/: browsers keep users' pages apart.
+    c.JupyterHub.subdomain_host = settings.public_url
 c.JupyterHub.hub_bind_url = "http://0.0.0.0:8081"
 # User containers reach the hub by its service name on the Docker network.
 c.JupyterHub.hub_connect_url = "http://hub:8081"
@@ -35,6 +38,10 @@ c.ConfigurableHTTPProxy.api_url = "http://proxy-chp:8001"
 c.ConfigurableHTTPProxy.auth_token = settings.configproxy_auth_token
 # Users' servers keep running while the hub restarts or upgrades.
 c.JupyterHub.cleanup_servers = False
+# Every 30 s the hub reads the proxy's routes (users' last activity) and re-adds any
+# that are missing, so a restarted proxy-chp serves every user again within ~30 s
+# (default 300 s). See docs/reliability.md.
+c.JupyterHub.last_activity_interval = 30
 # The database and cookie secret live in the hub's data volume.
 c.JupyterHub.db_url = f"sqlite:///{settings.data_dir}/jupyterhub.sqlite"
 c.JupyterHub.cookie_secret_file = f"{settings.data_dir}/jupyterhub_cookie_secret"
@@ -74,3 +81,34 @@ c.JupyterHub.services = [
         ],
     }
 ]
+
+# --- GPUs (docs/gpus.md) ---------------------------------------------------------------
+# The admin page and API at /services/gpus/ (hub OAuth; JupyterHub's admin role has
+# access:services, students' "user" role does not, so they get 403). It also stops GPU
+# holders idle for GPU_IDLE_TIMEOUT seconds, sooner than the idle culler above.
+if settings.gpu_inventory != "none":
+    c.JupyterHub.load_roles.append(
+        {
+            "name": "gpus-service",
+            "scopes": ["admin:servers", "list:users", "read:users:name", "read:users:activity"],
+            "services": ["gpus"],
+        }
+    )
+    c.JupyterHub.services.append(
+        {
+            "name": "gpus",
+            # proxy-chp runs in its own container: it reaches the service by the hub's name.
+            "url": "http://hub:10101",
+            "command": [sys.executable, "-m", "labhub.gpu.service"],
+            "environment": {
+                "GPU_DB": settings.gpu_db,
+                "GPU_INVENTORY": settings.gpu_inventory,
+                "GPU_IDLE_TIMEOUT": str(settings.gpu_idle_timeout),
+                "GPU_SERVICE_BIND": "0.0.0.0",
+            },
+            "oauth_no_confirm": True,
+            # The hub stops if a managed service does not answer in time (default 30 s);
+            # on a loaded host (many servers starting) Python start-up alone can take that.
+            "timeout": 120,
+        }
+    )

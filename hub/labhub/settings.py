@@ -8,10 +8,11 @@ so that a wrong setting stops start-up with a message instead of a half-working 
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import TypeVar
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 AUTH_CHOICES = ("shared-password", "github", "google", "generic", "cilogon")
 OAUTH_CHOICES = AUTH_CHOICES[1:]
@@ -63,6 +64,8 @@ class OAuthSettings:
     groups_claim: str = "groups"
     scopes: tuple[str, ...] = ()
     cilogon_idp: str = ""
+    # generic: where the username and groups claims are read (userinfo or id_token).
+    claims_from: str = "userinfo"
 
 
 @dataclass(frozen=True)
@@ -90,9 +93,18 @@ class Settings:
     shared_user_password: str = ""
     oauth: OAuthSettings | None = None
     extra_ca_bundle: str = ""
+    # EXTRA_CA_FILE, as the hub sees it: a PEM file mounted at run time (compose).
+    extra_ca_file: str = ""
     gpu_inventory: str = "none"
+    gpu_profiles: str = ""
+    gpu_db: str = "/srv/jupyterhub/gpu.sqlite"
+    gpu_queue: bool = False
+    gpu_queue_timeout: int = 600
+    gpu_quota_user_hours: float | None = None
+    gpu_quota_group_hours: Mapping[str, float] = field(default_factory=dict)
     data_dir: str = "/srv/jupyterhub"
     debug: bool = False
+    subdomains: bool = False
 
     @property
     def public_url(self) -> str:
@@ -205,6 +217,18 @@ class Settings:
                 "inside the hub container such as /srv/labhub/gpus.json"
             )
 
+        data_dir = get("HUB_DATA_DIR", "/srv/jupyterhub")
+        gpu = _gpu_settings(env, data_dir, problems)
+
+        subdomains = get("SUBDOMAINS", "false").lower()
+        if subdomains not in ("true", "false"):
+            problems.append(f"SUBDOMAINS={subdomains!r}: use true or false")
+        elif subdomains == "true" and "." not in domain:
+            problems.append(
+                f"SUBDOMAINS=true needs a DOMAIN with a dot, not {domain!r}: user servers "
+                "live at <user>.DOMAIN, e.g. DOMAIN=hub.lab.example.edu with DNS *.hub.lab..."
+            )
+
         if problems:
             raise SettingsError(problems)
         assert https_port is not None and mem_limit is not None and shm_size is not None
@@ -232,10 +256,71 @@ class Settings:
             shared_user_password=shared_user,
             oauth=oauth,
             extra_ca_bundle=get("EXTRA_CA_BUNDLE"),
+            extra_ca_file=get("EXTRA_CA_FILE"),
             gpu_inventory=gpu_inventory,
-            data_dir=get("HUB_DATA_DIR", "/srv/jupyterhub"),
+            **gpu,
+            data_dir=data_dir,
             debug=get("HUB_DEBUG", "false").lower() == "true",
+            subdomains=subdomains == "true",
         )
+
+
+def _gpu_settings(env: Mapping[str, str], data_dir: str, problems: list[str]) -> dict[str, Any]:
+    """GPU_PROFILES, GPU_DB, GPU_QUEUE, GPU_QUEUE_TIMEOUT and the GPU-hour quotas."""
+
+    def get(name: str, default: str = "") -> str:
+        return env.get(name, default).strip()
+
+    out: dict[str, Any] = {}
+    for name, key, default in (
+        ("GPU_PROFILES", "gpu_profiles", ""),
+        ("GPU_DB", "gpu_db", f"{data_dir}/gpu.sqlite"),
+    ):
+        value = get(name, default)
+        if value and not value.startswith("/"):
+            problems.append(
+                f"{name}={value!r}: use an absolute path inside the hub container, "
+                f"e.g. {'/srv/labhub/profiles.json' if key == 'gpu_profiles' else default}"
+            )
+        out[key] = value
+    queue = get("GPU_QUEUE", "false").lower()
+    if queue not in ("true", "false"):
+        problems.append(f"GPU_QUEUE={queue!r} is not valid: use true or false")
+    out["gpu_queue"] = queue == "true"
+    timeout = get("GPU_QUEUE_TIMEOUT", "600")
+    if not timeout.isdigit() or int(timeout) <= 0:
+        problems.append(f"GPU_QUEUE_TIMEOUT={timeout!r} is not valid: seconds, e.g. 600")
+    else:
+        out["gpu_queue_timeout"] = int(timeout)
+    user_hours = get("GPU_QUOTA_USER_HOURS")
+    if user_hours:
+        try:
+            out["gpu_quota_user_hours"] = float(user_hours)
+            if out["gpu_quota_user_hours"] <= 0:
+                raise ValueError(user_hours)
+        except ValueError:
+            problems.append(
+                f"GPU_QUOTA_USER_HOURS={user_hours!r} is not valid: GPU-hours per week "
+                "such as 20, or empty for no per-user quota"
+            )
+    group_hours = get("GPU_QUOTA_GROUP_HOURS")
+    if group_hours:
+        hint = (
+            f"GPU_QUOTA_GROUP_HOURS={group_hours!r} is not valid: a JSON object of group "
+            'names to GPU-hours per week, e.g. {"students": 100}, or empty for none'
+        )
+        try:
+            parsed = json.loads(group_hours)
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, dict) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and v > 0
+            for v in parsed.values()
+        ):
+            problems.append(hint)
+        else:
+            out["gpu_quota_group_hours"] = {str(k): float(v) for k, v in parsed.items()}
+    return out
 
 
 def _oauth_settings(
@@ -252,7 +337,8 @@ def _oauth_settings(
                 "(docs/admin-guide.md#oauth) and copy its value here"
             )
     port = "" if https_port == 443 else f":{https_port}"
-    callback = get("OAUTH_CALLBACK_URL", f"https://{domain}{port}/hub/oauth_callback")
+    # Empty (as `make env` writes it from .env.example) means the default.
+    callback = get("OAUTH_CALLBACK_URL") or f"https://{domain}{port}/hub/oauth_callback"
     if not callback.startswith("https://"):
         problems.append(f"OAUTH_CALLBACK_URL={callback!r} must be an https:// URL")
     issuer = get("OIDC_ISSUER")
@@ -262,7 +348,20 @@ def _oauth_settings(
             "https://keycloak.example.edu/realms/lab (its /.well-known/openid-configuration "
             "is read at start-up)"
         )
+    if auth == "cilogon" and not get("CILOGON_IDP"):
+        # OAuthenticator 17.4 admits only users whose `idp` claim is a configured IdP.
+        problems.append(
+            "CILOGON_IDP is required with AUTH=cilogon: the entity ID of your university's "
+            "identity provider as CILogon lists it (https://cilogon.org/idplist/), e.g. "
+            "https://idp.uni.edu/idp/shibboleth"
+        )
     scopes = tuple(_split(get("OAUTH_SCOPES", "openid profile email")))
+    claims_from = get("OIDC_CLAIMS_FROM") or "userinfo"
+    if claims_from not in ("userinfo", "id_token"):
+        problems.append(
+            f"OIDC_CLAIMS_FROM={claims_from!r} is unknown: use userinfo (Keycloak and most "
+            "providers) or id_token (Azure AD, whose userinfo has no username or groups)"
+        )
     return OAuthSettings(
         client_id=client_id,
         client_secret=client_secret,
@@ -274,4 +373,5 @@ def _oauth_settings(
         groups_claim=get("OIDC_GROUPS_CLAIM", "groups"),
         scopes=tuple(sorted(scopes)),
         cilogon_idp=get("CILOGON_IDP"),
+        claims_from=claims_from,
     )

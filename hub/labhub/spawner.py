@@ -15,6 +15,7 @@ from dockerspawner import DockerSpawner
 from escapism import escape
 from traitlets import Int, Unicode, default
 
+from .gpu.spawner import GpuSpawnerMixin
 from .settings import Settings
 
 _VOLUME_SAFE = set(string.ascii_lowercase + string.digits)
@@ -38,8 +39,11 @@ def volume_name_for(username: str) -> str:
     return name
 
 
-class LabSpawner(DockerSpawner):  # type: ignore[misc]
-    """DockerSpawner with the lab's defaults: limits, hardening and per-user volumes."""
+class LabSpawner(GpuSpawnerMixin, DockerSpawner):  # type: ignore[misc]
+    """DockerSpawner with the lab's defaults: limits, hardening and per-user volumes.
+
+    GpuSpawnerMixin comes first: profiles, GPU scheduling and release (labhub/gpu/spawner.py).
+    """
 
     pids_limit = Int(
         1024,
@@ -100,7 +104,16 @@ def spawner_config(settings: Settings) -> dict[str, Any]:
         "prefix": f"{settings.docker_network}-user",
         "environment": {"NVIDIA_VISIBLE_DEVICES": "void"},
         "debug": settings.debug,
-        # A cold TensorFlow image can take a while to start on a busy host.
-        "start_timeout": 180,
+        # A cold TensorFlow image can take a while to start on a busy host; a queued
+        # GPU spawn waits in start() for up to GPU_QUEUE_TIMEOUT on top of that.
+        "start_timeout": 180 + (settings.gpu_queue_timeout if settings.gpu_queue else 0),
+        # GPUs (docs/gpus.md): the mixin's traits, one per GPU_* setting.
+        "gpu_inventory": settings.gpu_inventory,
+        "gpu_profiles": settings.gpu_profiles,
+        "gpu_db": settings.gpu_db,
+        "gpu_queue": settings.gpu_queue,
+        "gpu_queue_timeout": settings.gpu_queue_timeout,
+        "gpu_quota_user_hours": settings.gpu_quota_user_hours,
+        "gpu_quota_group_hours": dict(settings.gpu_quota_group_hours),
         "http_timeout": 120,
     }

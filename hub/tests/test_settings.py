@@ -67,6 +67,14 @@ def test_a_wrong_setting_names_its_variable(overrides: dict[str, str], variable:
     assert variable in problems(**overrides)
 
 
+def test_subdomains_need_a_dotted_domain() -> None:
+    assert settings(SUBDOMAINS="true").subdomains is True
+    assert "SUBDOMAINS=true needs a DOMAIN with a dot" in problems(
+        SUBDOMAINS="true", DOMAIN="localhost"
+    )
+    assert "SUBDOMAINS='yes'" in problems(SUBDOMAINS="yes")
+
+
 def test_every_problem_is_reported_at_once() -> None:
     with pytest.raises(SettingsError) as info:
         settings(AUTH="nope", USER_MEM_LIMIT="x", HTTPS_PORT="y")
@@ -93,3 +101,51 @@ def test_oauth_settings_are_collected() -> None:
     assert s.oauth.oidc_issuer == "https://idp.example.edu/realms/lab"
     assert s.oauth.callback_url == "https://gpu.lab.example.edu/hub/oauth_callback"
     assert s.allowed_groups == {"students", "staff"}
+
+
+def test_gpu_defaults_keep_the_record_on_the_hub_data_volume() -> None:
+    s = settings(HUB_DATA_DIR="/data")
+    assert s.gpu_db == "/data/gpu.sqlite"
+    assert s.gpu_profiles == ""
+    assert s.gpu_queue is False
+    assert s.gpu_queue_timeout == 600
+    assert s.gpu_quota_user_hours is None
+    assert s.gpu_quota_group_hours == {}
+
+
+def test_gpu_settings_are_read() -> None:
+    s = settings(
+        GPU_PROFILES="/srv/labhub/profiles.json",
+        GPU_DB="/srv/jupyterhub/gpus.sqlite",
+        GPU_QUEUE="True",
+        GPU_QUEUE_TIMEOUT="120",
+        GPU_QUOTA_USER_HOURS="12.5",
+        GPU_QUOTA_GROUP_HOURS='{"students": 100, "thesis": 40}',
+    )
+    assert s.gpu_profiles == "/srv/labhub/profiles.json"
+    assert s.gpu_db == "/srv/jupyterhub/gpus.sqlite"
+    assert s.gpu_queue is True
+    assert s.gpu_queue_timeout == 120
+    assert s.gpu_quota_user_hours == 12.5
+    assert s.gpu_quota_group_hours == {"students": 100.0, "thesis": 40.0}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "variable"),
+    [
+        ({"GPU_PROFILES": "profiles.json"}, "GPU_PROFILES='profiles.json'"),
+        ({"GPU_DB": "gpu.sqlite"}, "GPU_DB='gpu.sqlite'"),
+        ({"GPU_QUEUE": "yes"}, "GPU_QUEUE='yes'"),
+        ({"GPU_QUEUE_TIMEOUT": "10m"}, "GPU_QUEUE_TIMEOUT='10m'"),
+        ({"GPU_QUEUE_TIMEOUT": "0"}, "GPU_QUEUE_TIMEOUT='0'"),
+        ({"GPU_QUOTA_USER_HOURS": "lots"}, "GPU_QUOTA_USER_HOURS='lots'"),
+        ({"GPU_QUOTA_USER_HOURS": "-1"}, "GPU_QUOTA_USER_HOURS='-1'"),
+        ({"GPU_QUOTA_GROUP_HOURS": "students=100"}, "GPU_QUOTA_GROUP_HOURS="),
+        ({"GPU_QUOTA_GROUP_HOURS": '{"students": "x"}'}, "GPU_QUOTA_GROUP_HOURS="),
+        ({"GPU_QUOTA_GROUP_HOURS": "[100]"}, "GPU_QUOTA_GROUP_HOURS="),
+        ({"GPU_IDLE_TIMEOUT": "soon"}, "GPU_IDLE_TIMEOUT="),
+    ],
+    ids=lambda v: v if isinstance(v, str) else ",".join(v),
+)
+def test_a_wrong_gpu_setting_names_its_variable(overrides: dict[str, str], variable: str) -> None:
+    assert variable in problems(**overrides)

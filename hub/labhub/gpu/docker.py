@@ -102,14 +102,20 @@ def allocation_from_inspect(inspect: Mapping[str, Any], now: datetime) -> Alloca
     )
 
 
-def observed_allocations(client: docker.APIClient, now: datetime) -> list[Allocation]:
+def observed_allocations(
+    client: docker.APIClient, now: datetime, name_prefix: str = ""
+) -> list[Allocation]:
     """Allocations of every container that exists (running or not) and has GPU requests.
 
     A stopped container is counted too: DockerSpawner may restart it as it is, with its
-    device requests. Blocking: run it in an executor.
+    device requests. ``name_prefix`` (the spawner's ``{prefix}-``) keeps to this hub's
+    containers when several stacks share one engine. Blocking: run it in an executor.
     """
     out = []
     for summary in client.containers(all=True):
+        names = [n.lstrip("/") for n in summary.get("Names") or []]
+        if name_prefix and not any(n.startswith(name_prefix) for n in names):
+            continue
         allocation = allocation_from_inspect(client.inspect_container(summary["Id"]), now)
         if allocation is not None:
             out.append(allocation)

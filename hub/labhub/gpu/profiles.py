@@ -91,7 +91,8 @@ def load_profiles(path: str | Path) -> tuple[Profile, ...]:
 def default_profiles(inventory: Inventory) -> tuple[Profile, ...]:
     """cpu, gpu-shared and gpu-1, each GPU profile only if the inventory can ever serve it."""
     profiles = [
-        Profile("cpu", "CPU only", cpu_limit=2, mem_limit="4G", description="2 CPUs, 4 GiB"),
+        # No limits of its own: the spawner's USER_CPU_LIMIT and USER_MEM_LIMIT apply.
+        Profile("cpu", "CPU only", description="the lab's standard CPU and memory limits"),
     ]
     shared = [d for d in inventory if d.policy == "shared"]
     if shared:

@@ -7,17 +7,23 @@ route. Run it as a hub-managed service::
         "name": "gpus",
         "url": "http://127.0.0.1:10101",
         "command": [sys.executable, "-m", "labhub.gpu.service"],
-        "environment": {"GPU_DB": settings.gpu_db, "GPU_INVENTORY": settings.gpu_inventory},
+        "environment": {"GPU_DB": settings.gpu_db, "GPU_INVENTORY": settings.gpu_inventory,
+                        "GPU_IDLE_TIMEOUT": str(settings.gpu_idle_timeout)},
         "oauth_no_confirm": True,
     })
     c.JupyterHub.load_roles.append({
         "name": "gpus-service",
         "services": ["gpus"],
-        "scopes": ["admin:servers", "list:users", "read:users:name"],
+        "scopes": ["admin:servers", "list:users", "read:users:name", "read:users:activity"],
     })
-    # only admins may open it (users without the scope get 403 before this code runs):
-    c.JupyterHub.load_roles.append({
-        "name": "admin", "scopes": ["access:services!service=gpus"], ...})
+    # only admins may open it: JupyterHub's admin role has access:services, the default
+    # user role ("self") does not, so a student gets 403 from the hub's OAuth and the API.
+
+GPU idle culling: with ``GPU_IDLE_TIMEOUT`` set, the service stops every GPU holder whose
+server has been idle (the hub's ``last_activity``) for longer than that many seconds, every
+``GPU_CULL_EVERY`` seconds (default 60); the hub-wide idle culler keeps its longer timeout
+for everyone else. The stop releases the devices (spawner ``stop``); the audit log records
+the cull.
 
 The hub sets ``JUPYTERHUB_API_TOKEN``, ``JUPYTERHUB_API_URL``,
 ``JUPYTERHUB_SERVICE_PREFIX`` and ``JUPYTERHUB_SERVICE_URL``; ``GPU_DB`` and
@@ -41,6 +47,7 @@ import asyncio
 import html
 import json
 import os
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -56,7 +63,9 @@ from labhub.gpu.scheduler import Reservation
 from labhub.gpu.store import Store, allocation_to_json
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
-from tornado.ioloop import IOLoop
+from tornado.ioloop import IOLoop, PeriodicCallback
+
+HubCall = Callable[[str, str], Awaitable[tuple[int, Any]]]
 
 
 def _now() -> datetime:
@@ -83,6 +92,12 @@ class AdminHandler(HubOAuthenticated, web.RequestHandler):  # type: ignore[misc]
     @property
     def admin_name(self) -> str:
         return str(self.current_user["name"])
+
+    def check_xsrf_cookie(self) -> None:
+        # Tornado checks XSRF before prepare(); identify the user first so that a request
+        # with an API token (no cookie, nothing to forge) is recognised as such.
+        _ = self.current_user
+        super().check_xsrf_cookie()
 
     def prepare(self) -> None:
         user = self.current_user
@@ -324,6 +339,67 @@ class PageHandler(AdminHandler):
         )
 
 
+def hub_api_caller(hub_api_url: str, hub_api_token: str) -> HubCall:
+    """``await call("GET", "users/ada")`` -> (status, JSON or None), with the service token."""
+
+    async def call(method: str, path: str) -> tuple[int, Any]:
+        request = HTTPRequest(
+            url_path_join(hub_api_url, path),
+            method=method,
+            headers={"Authorization": f"token {hub_api_token}"},
+        )
+        try:
+            response = await AsyncHTTPClient().fetch(request)
+        except HTTPClientError as e:
+            return e.code, None
+        return response.code, json.loads(response.body) if response.body else None
+
+    return call
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+async def cull_idle_gpu_holders(
+    store: Store, hub: HubCall, timeout_s: float, now: datetime
+) -> list[str]:
+    """Stop every GPU holder idle for more than ``timeout_s`` seconds; return the holders.
+
+    Idle is the hub's ``last_activity`` of the server (the start time if it never had any).
+    A server still starting or stopping is left alone. The devices are released by the
+    spawner's ``stop``, not here, so the record always follows the container.
+    """
+    culled = []
+    allocations = await asyncio.to_thread(store.allocations)
+    for allocation in allocations:
+        if not allocation.device_ids:
+            continue
+        user, _, server = allocation.holder.partition("/")
+        code, model = await hub("GET", f"users/{quote(user)}")
+        if code != 200 or not isinstance(model, dict):
+            continue
+        info = (model.get("servers") or {}).get(server)
+        if not info or info.get("pending") or not info.get("ready"):
+            continue
+        last = _parse_time(info.get("last_activity")) or _parse_time(info.get("started"))
+        if last is None or (now - last).total_seconds() <= timeout_s:
+            continue
+        path = f"users/{quote(user)}/" + (f"servers/{quote(server)}" if server else "server")
+        code, _ = await hub("DELETE", path)
+        if code in (202, 204):
+            idle = int((now - last).total_seconds())
+            await asyncio.to_thread(
+                store.record, "gpu-idle-culler", "cull", now, holder=allocation.holder,
+                devices=list(allocation.device_ids), idle_seconds=idle,
+            )  # fmt: skip
+            culled.append(allocation.holder)
+    return culled
+
+
 def make_app(
     store: Store,
     inventory: Inventory,
@@ -360,19 +436,35 @@ def make_app(
 def main() -> None:
     """Entry point for ``python -m labhub.gpu.service`` under the hub."""
     setting = os.environ.get("GPU_INVENTORY", "auto")
-    inventory = detect_inventory() if setting == "auto" else load_inventory(setting)
+    if setting == "none":
+        inventory: Inventory = ()
+    else:
+        inventory = detect_inventory() if setting == "auto" else load_inventory(setting)
     hub_auth = HubOAuth(api_token=os.environ["JUPYTERHUB_API_TOKEN"], cache_max_age=60)
+    store = Store(os.environ["GPU_DB"])
     app = make_app(
-        Store(os.environ["GPU_DB"]),
+        store,
         inventory,
         hub_auth,
         os.environ["JUPYTERHUB_SERVICE_PREFIX"],
         os.environ["JUPYTERHUB_API_URL"],
         os.environ["JUPYTERHUB_API_TOKEN"],
     )
-    url = hub_auth.service_url or os.environ["JUPYTERHUB_SERVICE_URL"]
+    url = os.environ["JUPYTERHUB_SERVICE_URL"]
     port = int(url.rsplit(":", 1)[1].split("/")[0])
     app.listen(port, address=os.environ.get("GPU_SERVICE_BIND", "127.0.0.1"))
+    print(f"[gpus] admin service on port {port}, {len(inventory)} device(s)", flush=True)
+    idle_timeout = float(os.environ.get("GPU_IDLE_TIMEOUT", "0") or 0)
+    if idle_timeout > 0:
+        hub = hub_api_caller(os.environ["JUPYTERHUB_API_URL"], os.environ["JUPYTERHUB_API_TOKEN"])
+
+        async def cull() -> None:
+            culled = await cull_idle_gpu_holders(store, hub, idle_timeout, _now())
+            if culled:
+                print(f"[gpus] culled idle GPU holders: {', '.join(culled)}", flush=True)
+
+        every_s = float(os.environ.get("GPU_CULL_EVERY", "60"))
+        PeriodicCallback(cull, every_s * 1000).start()
     IOLoop.current().start()
 
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import html
+import inspect
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -79,7 +80,10 @@ class GpuContext:
 @functools.lru_cache(maxsize=4)
 def load_context(inventory: str, profiles: str, db: str) -> GpuContext:
     """Build the shared context once per settings (blocking: runs nvidia-smi, opens the db)."""
-    devices = detect_inventory() if inventory == "auto" else load_inventory(inventory)
+    if inventory == "none":
+        devices: Inventory = ()
+    else:
+        devices = detect_inventory() if inventory == "auto" else load_inventory(inventory)
     choices = load_profiles(profiles) if profiles else default_profiles(devices)
     return GpuContext(inventory=devices, profiles=choices, store=Store(db))
 
@@ -101,16 +105,19 @@ class GpuSpawnerMixin(LoggingConfigurable):
         cpu_limit: float | None
         mem_limit: int | str | None
         remove: bool
+        prefix: str
         client: Any
         executor: Any
+
+        async def remove_object(self) -> None: ...
 
     gpu_inventory = Unicode(
         "auto",
         config=True,
-        help="""GPU inventory: "auto" detects GPUs (and MIG instances) with nvidia-smi, all
-        exclusive; a path reads a JSON file validated by labhub/gpu/inventory.schema.json
-        (policies exclusive/shared). No GPU found means CPU-only profiles. Env: GPU_INVENTORY.
-        Example: "/srv/jupyterhub/gpus.json".""",
+        help="""GPU inventory: "none" means no GPU (CPU profiles only); "auto" detects GPUs
+        (and MIG instances) with nvidia-smi, all exclusive; a path reads a JSON file
+        validated by labhub/gpu/inventory.schema.json (policies exclusive/shared). No GPU
+        found means CPU-only profiles. Env: GPU_INVENTORY. Example: "/srv/labhub/gpus.json".""",
     )
     gpu_profiles = Unicode(
         "",
@@ -193,7 +200,9 @@ class GpuSpawnerMixin(LoggingConfigurable):
                 return
             now = _now()
             observed = await asyncio.wrap_future(
-                self.executor.submit(gpu_docker.observed_allocations, self.client, now)
+                self.executor.submit(
+                    gpu_docker.observed_allocations, self.client, now, f"{self.prefix}-"
+                )
             )
             try:
                 released, adopted = await asyncio.to_thread(
@@ -248,7 +257,16 @@ class GpuSpawnerMixin(LoggingConfigurable):
         )
         if quota:
             items.append(f"<p>GPU-time quota:</p><ul>{quota}</ul>")
+        elif len(allowed) == 1 and not allowed[0].gpu.wants_gpu:
+            return ""  # nothing to choose: JupyterHub spawns without showing a form
         return "\n".join(items)
+
+    @default("apply_user_options")
+    def _gpu_apply_user_options_default(self) -> Any:
+        def apply_user_options(spawner: Any, user_options: dict[str, Any]) -> None:
+            """Nothing to set here: ``profile`` is checked and applied in gpu_assign()."""
+
+        return apply_user_options
 
     @default("options_from_form")
     def _gpu_options_from_form_default(self) -> Any:
@@ -326,8 +344,11 @@ class GpuSpawnerMixin(LoggingConfigurable):
             **gpu_docker.labels(allocation),
         }
         self.extra_create_kwargs = create
-        self.cpu_limit = profile.cpu_limit
-        self.mem_limit = profile.mem_limit
+        # A profile without limits keeps the spawner's (USER_CPU_LIMIT / USER_MEM_LIMIT).
+        if profile.cpu_limit is not None:
+            self.cpu_limit = profile.cpu_limit
+        if profile.mem_limit is not None:
+            self.mem_limit = profile.mem_limit
 
     async def gpu_release(self, reason: str) -> None:
         """Free this server's devices (idempotent) and charge its GPU time."""
@@ -353,6 +374,23 @@ class GpuSpawnerMixin(LoggingConfigurable):
             await super().stop(now=now)  # type: ignore[misc]
         finally:
             await self.gpu_release("stopped")
+
+    async def run_post_stop_hook(self) -> None:
+        """After every stop, also one JupyterHub does not route through ``stop()``.
+
+        When the hub's poll finds the container dead (crashed, ``docker kill``, removed
+        behind its back) it skips ``stop()`` and goes straight to this hook: release the
+        devices here, and remove what is left of the container, so that a dead container
+        never holds (or, after a hub restart, is re-adopted with) a GPU.
+        """
+        try:
+            if self.remove and getattr(self, "object_id", None):
+                await self.remove_object()
+        finally:
+            await self.gpu_release("server gone")
+        result = super().run_post_stop_hook()  # type: ignore[misc]
+        if inspect.isawaitable(result):
+            await result
 
     async def progress(self) -> AsyncIterator[dict[str, Any]]:
         sent = 0

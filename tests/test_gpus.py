@@ -1,0 +1,460 @@
+"""GPU allocation end to end: a stack with a declared inventory, real containers, the
+engine's own record of each container's device requests.
+
+The only stand-in is NVIDIA's container hook (tests/fake-gpu, on dockerd's PATH): Docker
+then registers its "nvidia" device driver and starts containers with `--gpus device=N`.
+Where the engine has no such driver these tests skip, saying why.
+
+Inventory: GPUs 0 and 1 exclusive, GPU 2 shared by at most 2 holders (4096 MiB each).
+Profiles: cpu for everyone; gpu-1 and gpu-shared for the JupyterHub group `gpu` only.
+The queue is on (GPU_QUEUE=true) with a short timeout, so a spawn that finds no GPU waits.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import json
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import docker
+import pytest
+import requests
+from stacks import USERS_CREATED, Stack, launched_stack
+
+pytestmark = pytest.mark.e2e
+
+STACK = os.environ.get("LABHUB_GPU_TEST_STACK", "labhubgpu")
+HTTPS_PORT = int(os.environ.get("LABHUB_GPU_TEST_HTTPS_PORT", "19443"))
+QUEUE_TIMEOUT = 60
+GROUP = "gpu"
+
+INVENTORY = {
+    "devices": [
+        {"id": "0", "uuid": "GPU-test-0", "model": "Test A100", "memory_mib": 40960},
+        {"id": "1", "uuid": "GPU-test-1", "model": "Test A100", "memory_mib": 40960},
+        {
+            "id": "2",
+            "model": "Test T4",
+            "memory_mib": 15360,
+            "policy": "shared",
+            "max_holders": 2,
+            "memory_cap_mib": 4096,
+        },
+    ]
+}
+PROFILES = {
+    "profiles": [
+        {"slug": "cpu", "display_name": "CPU only", "cpu_limit": 1, "mem_limit": "2G"},
+        {
+            "slug": "gpu-shared",
+            "display_name": "Shared GPU slice",
+            "gpu": "shared",
+            "cpu_limit": 1,
+            "mem_limit": "2G",
+            "groups": [GROUP],
+        },
+        {
+            "slug": "gpu-1",
+            "display_name": "One whole GPU",
+            "gpu": 1,
+            "cpu_limit": 1,
+            "mem_limit": "2G",
+            "groups": [GROUP],
+        },
+    ]
+}
+
+
+def _nvidia_driver_missing() -> str | None:
+    """Why GPU containers cannot start on this engine, or None when they can."""
+    try:
+        client = docker.from_env()
+        client.containers.run(
+            "debian:trixie-slim",
+            ["true"],
+            remove=True,
+            device_requests=[docker.types.DeviceRequest(device_ids=["0"], capabilities=[["gpu"]])],
+        )
+    except docker.errors.DockerException as e:
+        return (
+            f"the Docker engine cannot start a container with --gpus device=0 ({e}); "
+            "start dockerd with tests/fake-gpu on its PATH (as .ci/run does) or use a GPU host"
+        )
+    return None
+
+
+# --- the stack and its users ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gpu_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    reason = _nvidia_driver_missing()
+    if reason:
+        pytest.skip(reason)
+    config = tmp_path_factory.mktemp("gpu-config")
+    (config / "gpus.json").write_text(json.dumps(INVENTORY))
+    (config / "profiles.json").write_text(json.dumps(PROFILES))
+    config.chmod(0o755)
+    for name in ("gpus.json", "profiles.json"):
+        (config / name).chmod(0o644)
+    extra = {
+        "GPU_CONFIG_DIR": str(config),
+        "GPU_INVENTORY": "/srv/labhub/gpus.json",
+        "GPU_PROFILES": "/srv/labhub/profiles.json",
+        "GPU_QUEUE": "true",
+        "GPU_QUEUE_TIMEOUT": str(QUEUE_TIMEOUT),
+        "CONCURRENT_SPAWN_LIMIT": "40",
+    }
+    with launched_stack(tmp_path_factory, STACK, HTTPS_PORT, extra) as running:
+        yield running
+
+
+class Admin:
+    """The hub's and the GPU service's REST APIs with an admin token."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.token = stack.login("admin").new_token("admin")
+        self.http = requests.Session()
+        self.http.trust_env = False
+        self.http.verify = stack.ca_file
+        self.http.headers["Authorization"] = f"token {self.token}"
+
+    def hub(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("timeout", 120)
+        return self.http.request(method, f"{self.stack.base_url}/hub/api{path}", **kwargs)
+
+    def gpus(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        return self.http.request(
+            method, f"{self.stack.base_url}/services/gpus/api/{path}", timeout=120, **kwargs
+        )
+
+    def holders(self) -> dict[str, list[str]]:
+        """Device id -> holders, as the admin API reports them."""
+        response = self.gpus("GET", "devices")
+        assert response.status_code == 200, response.text
+        devices = response.json()["devices"]
+        return {d["id"]: sorted(h["holder"] for h in d["holders"]) for d in devices}
+
+    def users(self, count: int, gpu_group: bool) -> list[str]:
+        names = [f"gpu-{uuid.uuid4().hex[:8]}" for _ in range(count)]
+        USERS_CREATED.extend(names)
+        response = self.hub("POST", "/users", json={"usernames": names})
+        assert response.status_code == 201, response.text
+        if gpu_group:
+            self.hub("POST", f"/groups/{GROUP}")  # 201, or 409 when it exists
+            response = self.hub("POST", f"/groups/{GROUP}/users", json={"users": names})
+            assert response.status_code == 200, response.text
+        return names
+
+    def spawn(self, name: str, profile: str) -> requests.Response:
+        return self.hub("POST", f"/users/{name}/server", json={"profile": profile})
+
+    def server(self, name: str) -> dict[str, Any] | None:
+        servers: dict[str, Any] = self.hub("GET", f"/users/{name}").json().get("servers", {})
+        return servers.get("")
+
+    def wait(self, name: str, ready: bool, timeout: float = 300) -> dict[str, Any] | None:
+        """Until the server is ready (ready=True) or gone (ready=False)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            server = self.server(name)
+            if ready and server and server.get("ready"):
+                return server
+            if not ready and not server:
+                return None
+            if ready and not server:
+                raise AssertionError(f"{name}'s spawn failed: {self.last_progress(name)}")
+            time.sleep(1)
+        raise TimeoutError(f"{name}: server not {'ready' if ready else 'gone'} in {timeout} s")
+
+    def stop(self, *names: str) -> None:
+        for name in names:
+            self.hub("DELETE", f"/users/{name}/server")
+        for name in names:
+            self.wait(name, ready=False, timeout=120)
+
+    def last_progress(self, name: str) -> str:
+        return self.progress(name, until=lambda _: False, timeout=5)
+
+    def progress(self, name: str, until: Any, timeout: float = 30) -> str:
+        """Read the spawn's progress events until `until(message)`; return that message."""
+        last = ""
+        with (
+            contextlib.suppress(requests.RequestException),
+            self.hub(
+                "GET", f"/users/{name}/server/progress", stream=True, timeout=timeout
+            ) as response,
+        ):
+            for line in response.iter_lines(decode_unicode=True):
+                if not line or not line.startswith("data:"):
+                    continue
+                event = json.loads(line[5:])
+                last = str(event.get("message", ""))
+                if until(last) or event.get("failed") or event.get("ready"):
+                    return last
+        return last
+
+
+@pytest.fixture(scope="module")
+def admin(gpu_stack: Stack) -> Admin:
+    return Admin(gpu_stack)
+
+
+@pytest.fixture
+def engine() -> Iterator[docker.DockerClient]:
+    client = docker.from_env()
+    yield client
+    client.close()
+
+
+def container_of(engine: docker.DockerClient, name: str) -> dict[str, Any]:
+    """`docker inspect` of the user's container in our stack."""
+    found = engine.containers.list(
+        all=True, filters={"label": f"labhub.user={name}", "name": f"{STACK}-user-"}
+    )
+    assert len(found) == 1, f"{name}: {len(found)} containers"
+    attrs: dict[str, Any] = found[0].attrs
+    return attrs
+
+
+def devices_of(inspect: dict[str, Any]) -> list[str]:
+    requests_ = inspect["HostConfig"].get("DeviceRequests") or []
+    return [d for r in requests_ if r["Driver"] == "nvidia" for d in r["DeviceIDs"]]
+
+
+def env_of(inspect: dict[str, Any]) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in inspect["Config"]["Env"])
+
+
+# --- the tests -----------------------------------------------------------------------
+
+
+def test_containers_get_exactly_their_devices_and_release_them_on_stop(
+    admin: Admin, engine: docker.DockerClient
+) -> None:
+    whole, shared, cpu = admin.users(3, gpu_group=True)
+    for name, profile in ((whole, "gpu-1"), (shared, "gpu-shared"), (cpu, "cpu")):
+        assert admin.spawn(name, profile).status_code in (201, 202)
+    for name in (whole, shared, cpu):
+        admin.wait(name, ready=True)
+
+    holders = admin.holders()
+    whole_box = container_of(engine, whole)
+    [device] = devices_of(whole_box)
+    assert device in ("0", "1")
+    [request] = whole_box["HostConfig"]["DeviceRequests"]
+    assert request["Capabilities"] == [["gpu"]] and request["Count"] == 0
+    assert env_of(whole_box)["NVIDIA_VISIBLE_DEVICES"] == device
+    assert "GPU_MEMORY_LIMIT_MB" not in env_of(whole_box)
+    assert holders[device] == [whole]
+
+    shared_box = container_of(engine, shared)
+    assert devices_of(shared_box) == ["2"]
+    assert env_of(shared_box)["NVIDIA_VISIBLE_DEVICES"] == "2"
+    assert env_of(shared_box)["GPU_MEMORY_LIMIT_MB"] == "4096"
+    assert holders["2"] == [shared]
+
+    cpu_box = container_of(engine, cpu)
+    assert devices_of(cpu_box) == []
+    assert env_of(cpu_box)["NVIDIA_VISIBLE_DEVICES"] == "void"
+    # The profile's limits reach the engine too.
+    host = cpu_box["HostConfig"]
+    assert host["CpuQuota"] / host["CpuPeriod"] == 1
+    assert host["Memory"] == 2 * 1024**3
+
+    admin.stop(whole, shared, cpu)
+    assert admin.holders() == {"0": [], "1": [], "2": []}
+    entries = admin.gpus("GET", "audit").json()["entries"]
+    released = {e["detail"]["holder"] for e in entries if e["action"] == "release"}
+    assert {whole, shared} <= released
+
+
+def test_a_profile_outside_the_users_groups_is_refused_with_a_reason(
+    gpu_stack: Stack, admin: Admin
+) -> None:
+    # The spawn page offers a member of `gpu` every profile, with the free devices...
+    [member] = admin.users(1, gpu_group=True)
+    page = gpu_stack.login(member).session.get(gpu_stack.base_url + "/hub/spawn", timeout=60)
+    assert page.status_code == 200
+    assert "CPU only" in page.text and "One whole GPU" in page.text
+    assert "(2 free now)" in page.text  # two exclusive GPUs; the shared one has 2 slots too
+    # ...while a student outside it has only the CPU profile, so no form at all (the
+    # spawn page would start it at once), and every other profile is refused by name.
+    [student] = admin.users(1, gpu_group=False)
+    client = gpu_stack.login(student)  # lands on /hub/spawn: starts the CPU server
+    server = admin.server(student)
+    assert server is not None
+    admin.stop(student)
+    refused = client.api("POST", f"/users/{student}/server", json={"profile": "gpu-1"})
+    assert refused.status_code == 403, refused.text
+    message = refused.json()["message"]
+    assert "profile 'gpu-1' is only for members of the group(s) gpu" in message
+    assert "choose one of: cpu" in message
+    unknown = client.api("POST", f"/users/{student}/server", json={"profile": "gpu-9"})
+    assert unknown.status_code == 400 and "there is no profile 'gpu-9'" in unknown.text
+    # Through the spawn form as well.
+    form = client.session.post(
+        gpu_stack.base_url + f"/hub/spawn/{student}",
+        data={"profile": "gpu-1", "_xsrf": client.xsrf()},
+        timeout=60,
+    )
+    assert "only for members of the group(s) gpu" in form.text
+    assert client.api("GET", f"/users/{student}").json()["servers"] == {}
+
+
+def test_non_admins_get_403_from_the_gpu_service(gpu_stack: Stack, admin: Admin) -> None:
+    [student] = admin.users(1, gpu_group=True)
+    client = gpu_stack.login(student)
+    token = client.new_token(student)
+    for path in ("", "api/devices", "api/usage", "api/audit"):
+        url = f"{gpu_stack.base_url}/services/gpus/{path}"
+        # With the student's API token...
+        response = client.session.get(url, headers={"Authorization": f"token {token}"})
+        assert response.status_code == 403, (path, response.status_code)
+        # ...and with the student's browser session (the hub's OAuth refuses).
+        response = client.session.get(url, allow_redirects=True, timeout=60)
+        assert response.status_code == 403, (path, response.status_code, response.url)
+    revoke = client.session.post(
+        f"{gpu_stack.base_url}/services/gpus/api/devices/0/drain",
+        headers={"Authorization": f"token {token}"},
+        json={"drained": True},
+    )
+    assert revoke.status_code == 403
+    # An admin gets the page.
+    page = admin.http.get(f"{gpu_stack.base_url}/services/gpus/", timeout=60)
+    assert page.status_code == 200 and "Test A100" in page.text
+
+
+def test_twenty_users_at_once_never_double_book(admin: Admin, engine: docker.DockerClient) -> None:
+    names = admin.users(20, gpu_group=True)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=20) as pool:
+        answers = list(pool.map(lambda n: admin.spawn(n, "gpu-1").status_code, names))
+    assert set(answers) <= {201, 202}, answers
+
+    # Sample the engine while the spawns settle: never two containers on one device.
+    deadline = time.monotonic() + QUEUE_TIMEOUT + 120
+    ready: list[str] = []
+    while time.monotonic() < deadline:
+        boxes = [
+            c.attrs
+            for c in engine.containers.list(all=True, filters={"name": f"{STACK}-user-gpu-"})
+            if c.labels.get("labhub.user") in names
+        ]
+        booked = [d for box in boxes for d in devices_of(box)]
+        assert len(booked) == len(set(booked)), f"double-booked: {sorted(booked)}"
+        assert set(booked) <= {"0", "1"}
+        states = {n: admin.server(n) for n in names}
+        ready = [n for n, s in states.items() if s and s.get("ready")]
+        if len(ready) == 2 and all(s is None or s.get("ready") for s in states.values()):
+            break
+        time.sleep(2)
+    else:
+        raise AssertionError(f"spawns did not settle: {ready}")
+
+    waited = next(n for n in names if n not in ready)
+    assert admin.server(waited) is None
+    holders = admin.holders()
+    assert sorted(holders["0"] + holders["1"]) == sorted(ready)
+    assert {devices_of(container_of(engine, n))[0] for n in ready} == {"0", "1"}
+    # The 18 others waited in the queue for GPU_QUEUE_TIMEOUT, then were refused; none
+    # left a container or a place in the queue behind.
+    assert admin.gpus("GET", "devices").json()["queue"] == []
+    assert not [
+        c for c in engine.containers.list(all=True) if c.labels.get("labhub.user") == waited
+    ]
+    admin.stop(*ready)
+    assert admin.holders()["0"] == admin.holders()["1"] == []
+
+
+def test_hub_restart_keeps_every_assignment(
+    gpu_stack: Stack, admin: Admin, engine: docker.DockerClient
+) -> None:
+    first, second, third = admin.users(3, gpu_group=True)
+    for name, profile in ((first, "gpu-1"), (second, "gpu-1"), (third, "gpu-shared")):
+        assert admin.spawn(name, profile).status_code in (201, 202)
+    for name in (first, second, third):
+        admin.wait(name, ready=True)
+    before = admin.holders()
+    boxes = {n: container_of(engine, n)["Id"] for n in (first, second, third)}
+
+    gpu_stack.compose("restart", "hub")
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        with contextlib.suppress(requests.RequestException):
+            if admin.gpus("GET", "devices").status_code == 200 and admin.server(first):
+                break
+        time.sleep(2)
+
+    assert admin.holders() == before
+    for name, box in boxes.items():
+        assert admin.server(name)["ready"], name
+        assert container_of(engine, name)["Id"] == box
+    # Nothing was freed: the next whole-GPU spawn finds both exclusive GPUs busy and waits.
+    [late] = admin.users(1, gpu_group=True)
+    assert admin.spawn(late, "gpu-1").status_code == 202
+    message = admin.progress(late, until=lambda m: "in the queue" in m)
+    assert "number 1 in the queue" in message
+    # When a holder stops, the waiting spawn gets its GPU.
+    freed = devices_of(container_of(engine, first))
+    admin.stop(first)
+    admin.wait(late, ready=True, timeout=QUEUE_TIMEOUT + 120)
+    assert devices_of(container_of(engine, late)) == freed
+    admin.stop(late, second, third)
+    assert admin.holders() == {"0": [], "1": [], "2": []}
+    actions = [e["action"] for e in admin.gpus("GET", "audit?limit=50").json()["entries"]]
+    assert "adopt" not in actions  # the record matched the containers: nothing to fix
+
+
+def test_queued_spawn_gets_the_gpu_an_admin_revokes(
+    admin: Admin, engine: docker.DockerClient
+) -> None:
+    first, second, waiting = admin.users(3, gpu_group=True)
+    for name in (first, second):
+        assert admin.spawn(name, "gpu-1").status_code in (201, 202)
+        admin.wait(name, ready=True)
+    taken = devices_of(container_of(engine, first))
+
+    assert admin.spawn(waiting, "gpu-1").status_code == 202
+    message = admin.progress(waiting, until=lambda m: "in the queue" in m)
+    assert message == "Waiting for 1 whole GPU: number 1 in the queue"
+    queue = admin.gpus("GET", "devices").json()["queue"]
+    assert [q["holder"] for q in queue] == [waiting]
+    assert admin.server(waiting)["pending"] == "spawn"
+
+    revoke = admin.gpus("POST", f"holders/{first}/revoke", json={})
+    assert revoke.status_code in (200, 202), revoke.text
+    admin.wait(first, ready=False, timeout=120)
+    admin.wait(waiting, ready=True, timeout=QUEUE_TIMEOUT + 120)
+    assert devices_of(container_of(engine, waiting)) == taken
+    assert admin.holders()[taken[0]] == [waiting]
+    entries = admin.gpus("GET", "audit?limit=50").json()["entries"]
+    assert any(e["action"] == "revoke" and e["detail"]["holder"] == first for e in entries)
+    admin.stop(second, waiting)
+
+
+def test_a_killed_container_frees_its_gpu(admin: Admin, engine: docker.DockerClient) -> None:
+    [name] = admin.users(1, gpu_group=True)
+    assert admin.spawn(name, "gpu-1").status_code in (201, 202)
+    admin.wait(name, ready=True)
+    box = container_of(engine, name)
+    [device] = devices_of(box)
+    assert admin.holders()[device] == [name]
+
+    subprocess.run(["docker", "kill", box["Id"]], check=True, capture_output=True)
+    # The hub polls its servers (every 30 s): it notices, stops the server, frees the GPU.
+    admin.wait(name, ready=False, timeout=120)
+    deadline = time.monotonic() + 30
+    while admin.holders()[device] and time.monotonic() < deadline:
+        time.sleep(1)
+    assert admin.holders()[device] == []
+    # Nothing dead is left holding the device on the engine either.
+    assert not engine.containers.list(all=True, filters={"label": f"labhub.user={name}"})
+    entries = admin.gpus("GET", "audit?limit=20").json()["entries"]
+    assert any(e["action"] == "release" and e["detail"]["holder"] == name for e in entries)
