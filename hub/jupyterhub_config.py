@@ -8,6 +8,7 @@ All values come from one validated `Settings` object built from the environment
 import os
 import sys
 
+from labhub.apiguard import refuse_non_object_json_bodies
 from labhub.auth import authenticator_config
 from labhub.settings import Settings, SettingsError
 from labhub.spawner import spawner_config
@@ -19,6 +20,9 @@ except SettingsError as error:
     # A wrong setting stops start-up with a message naming the variable, not a traceback.
     print(error, file=sys.stderr, flush=True)
     sys.exit(2)
+
+# A JSON body that is not an object gets 400, not JupyterHub 6.1.1's 500 (labhub.apiguard).
+refuse_non_object_json_bodies()
 
 # --- Hub and proxy ---------------------------------------------------------------
 # The hub's public URL: cookies are Secure and OAuth callbacks are built from it.

@@ -47,7 +47,7 @@ class Stack:
 
     def make(self, *targets: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            ["make", *targets, f"ENV_FILE={self.env_file}"],
+            ["make", "--no-print-directory", *targets, f"ENV_FILE={self.env_file}"],
             cwd=REPO,
             text=True,
             capture_output=True,

@@ -8,6 +8,7 @@ nginx refuses before the hub sees anything. Examples are bounded (200 per test).
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import ssl
 from collections.abc import Iterator
@@ -25,7 +26,9 @@ FUZZ = settings(
     max_examples=200,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-    derandomize=False,
+    # New random examples on every developer run; a fixed, repeatable set in CI, so that
+    # a newly found bug shows up on a developer's machine, not as a flaky CI run.
+    derandomize=bool(os.environ.get("CI")),
 )
 # Names of users/groups the fuzzer may touch: never a real user's.
 segment = st.text(
