@@ -71,10 +71,10 @@ def stack_secrets(stack: Stack) -> dict[str, str]:
 def test_env_file_and_hub_secrets_are_0600(stack: Stack) -> None:
     assert stat.S_IMODE(stack.env_file.stat().st_mode) == 0o600
     hub = docker.from_env().containers.get(f"{STACK}-hub-1")
-    listing = hub.exec_run(
-        ["stat", "-c", "%a %U %n", "/srv/jupyterhub/jupyterhub_cookie_secret"]
-    ).output.decode()
-    assert listing.startswith("600 jupyterhub "), listing
+    # The database holds token hashes and user state: private to the hub, like the secret.
+    for name in ("jupyterhub_cookie_secret", "jupyterhub.sqlite"):
+        listing = hub.exec_run(["stat", "-c", "%a %U %n", f"/srv/jupyterhub/{name}"])
+        assert listing.output.decode().startswith("600 jupyterhub "), listing.output
     # The CA key never leaves certs/ and is private to its owner.
     assert stat.S_IMODE((stack.certs_dir / "labhub-ca.key").stat().st_mode) == 0o600
 
