@@ -5,7 +5,10 @@ SHELL := /bin/bash
 
 # Another env file (the tests use one) can be given: make up ENV_FILE=/path/.env
 ENV_FILE ?= .env
-COMPOSE := LABHUB_ENV_FILE=$(abspath $(ENV_FILE)) docker compose -f compose/docker-compose.yml --env-file $(ENV_FILE)
+# FRONT=nginx-proxy: nginxproxy/nginx-proxy (+ Let's Encrypt) in front instead of our nginx.
+FRONT ?= builtin
+COMPOSE_FILES := -f compose/docker-compose.yml $(if $(filter nginx-proxy,$(FRONT)),-f compose/nginx-proxy.yml)
+COMPOSE := LABHUB_ENV_FILE=$(abspath $(ENV_FILE)) docker compose $(COMPOSE_FILES) --env-file $(ENV_FILE)
 VENV := .venv
 PY := $(VENV)/bin/python
 # Read a value from .env (after `make env`), falling back to .env.example.

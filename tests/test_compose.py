@@ -1,0 +1,51 @@
+"""The compose files render for every front: labhub's nginx, or nginx-proxy (+ Let's Encrypt).
+
+The nginx-proxy images need a registry, so this checks the composition, not a run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from stacks import REPO
+
+pytestmark = pytest.mark.integration
+
+
+def rendered(tmp_path: Path, *files: str, profiles: str = "") -> dict[str, dict[str, object]]:
+    env_file = tmp_path / ".env"
+    env_file.write_text(f"CONFIGPROXY_AUTH_TOKEN={'x' * 64}\nDOMAIN=hub.example.edu\n")
+    args = [arg for name in files for arg in ("-f", f"compose/{name}")]
+    result = subprocess.run(
+        ["docker", "compose", *args, "--env-file", str(env_file), "config", "--format", "json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "LABHUB_ENV_FILE": str(env_file), "COMPOSE_PROFILES": profiles},
+    )
+    services: dict[str, dict[str, object]] = json.loads(result.stdout)["services"]
+    return services
+
+
+def test_default_front_is_labhubs_nginx(tmp_path: Path) -> None:
+    services = rendered(tmp_path, "docker-compose.yml")
+    assert set(services) == {"proxy", "proxy-chp", "hub", "docker-proxy"}
+
+
+def test_nginx_proxy_front_replaces_it(tmp_path: Path) -> None:
+    services = rendered(tmp_path, "docker-compose.yml", "nginx-proxy.yml")
+    assert set(services) == {"nginx-proxy", "proxy-chp", "hub", "docker-proxy"}
+    chp_env = services["proxy-chp"]["environment"]
+    assert isinstance(chp_env, dict)
+    assert chp_env["VIRTUAL_HOST"] == "hub.example.edu"
+    assert chp_env["VIRTUAL_PORT"] == "8000"
+
+
+def test_lets_encrypt_comes_with_its_profile(tmp_path: Path) -> None:
+    services = rendered(tmp_path, "docker-compose.yml", "nginx-proxy.yml", profiles="letsencrypt")
+    assert "acme-companion" in services
