@@ -156,6 +156,13 @@ class Admin:
     def spawn(self, name: str, profile: str) -> requests.Response:
         return self.hub("POST", f"/users/{name}/server", json={"profile": profile})
 
+    def start(self, profiles: dict[str, str]) -> None:
+        """Ask for every user's server with its profile at once, then wait until all are ready."""
+        for name, profile in profiles.items():
+            assert self.spawn(name, profile).status_code in (201, 202)
+        for name in profiles:
+            self.wait(name, ready=True)
+
     def server(self, name: str) -> dict[str, Any] | None:
         servers: dict[str, Any] = self.hub("GET", f"/users/{name}").json().get("servers", {})
         return servers.get("")
@@ -240,10 +247,7 @@ def test_containers_get_exactly_their_devices_and_release_them_on_stop(
     admin: Admin, engine: docker.DockerClient
 ) -> None:
     whole, shared, cpu = admin.users(3, gpu_group=True)
-    for name, profile in ((whole, "gpu-1"), (shared, "gpu-shared"), (cpu, "cpu")):
-        assert admin.spawn(name, profile).status_code in (201, 202)
-    for name in (whole, shared, cpu):
-        admin.wait(name, ready=True)
+    admin.start({whole: "gpu-1", shared: "gpu-shared", cpu: "cpu"})
 
     holders = admin.holders()
     whole_box = container_of(engine, whole)
@@ -377,10 +381,7 @@ def test_hub_restart_keeps_every_assignment(
     gpu_stack: Stack, admin: Admin, engine: docker.DockerClient
 ) -> None:
     first, second, third = admin.users(3, gpu_group=True)
-    for name, profile in ((first, "gpu-1"), (second, "gpu-1"), (third, "gpu-shared")):
-        assert admin.spawn(name, profile).status_code in (201, 202)
-    for name in (first, second, third):
-        admin.wait(name, ready=True)
+    admin.start({first: "gpu-1", second: "gpu-1", third: "gpu-shared"})
     before = admin.holders()
     boxes = {n: container_of(engine, n)["Id"] for n in (first, second, third)}
 
@@ -441,8 +442,7 @@ def test_queued_spawn_gets_the_gpu_an_admin_revokes(
 
 def test_a_killed_container_frees_its_gpu(admin: Admin, engine: docker.DockerClient) -> None:
     [name] = admin.users(1, gpu_group=True)
-    assert admin.spawn(name, "gpu-1").status_code in (201, 202)
-    admin.wait(name, ready=True)
+    admin.start({name: "gpu-1"})
     box = container_of(engine, name)
     [device] = devices_of(box)
     assert admin.holders()[device] == [name]
