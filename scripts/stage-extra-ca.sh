@@ -29,5 +29,4 @@ copy_from certs/extra-ca
 if [[ "${TRUST_HOST_CAS:-true}" == "true" ]]; then
   copy_from /usr/local/share/ca-certificates
 fi
-cat "$dest"/*.crt >"$dest/bundle.pem" 2>/dev/null || : >"$dest/bundle.pem"
 echo "[extra-ca] $(find "$dest" -name '*.crt' | wc -l) extra CA certificate(s) staged" >&2
