@@ -1,14 +1,13 @@
 """Bad input through nginx: malformed, oversized and random requests get 4xx, never 5xx.
 
-Hypothesis drives the hub's REST API (anonymous and as an admin), its login form
-and, when the stack runs it, the GPU admin API; a few raw requests check what
-nginx refuses before the hub sees anything. Examples are bounded (200 per test).
+Hypothesis drives the hub's REST API (anonymous and as an admin) and its login form (the
+GPU admin API is fuzzed in test_gpus.py, on the stack that runs it); a few raw requests
+check what nginx refuses before the hub sees anything. Examples are bounded (200 per test).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import ssl
 from collections.abc import Iterator
@@ -16,38 +15,14 @@ from typing import Any
 
 import pytest
 import requests
-from hypothesis import HealthCheck, given, settings
+from fuzzing import FUZZ, json_body, segment
+from hypothesis import given
 from hypothesis import strategies as st
 from stacks import HTTPS_PORT, Stack
 
 pytestmark = pytest.mark.e2e
 
-FUZZ = settings(
-    max_examples=200,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-    # New random examples on every developer run; a fixed, repeatable set in CI, so that
-    # a newly found bug shows up on a developer's machine, not as a flaky CI run.
-    derandomize=bool(os.environ.get("CI")),
-)
-# Names of users/groups the fuzzer may touch: never a real user's.
-segment = st.text(
-    alphabet=st.characters(exclude_categories=("Cs",), exclude_characters="/?#"),
-    max_size=40,
-).map(lambda s: "fz" + s)
-json_value = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=50),
-    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=20), inner),
-    max_leaves=20,
-)
-body = st.one_of(
-    st.binary(max_size=4096),
-    json_value.map(lambda v: requests.models.complexjson.dumps(v).encode()),
-    st.dictionaries(
-        st.sampled_from(["name", "usernames", "admin", "note", "expires_in", "scopes", "roles"]),
-        json_value,
-    ).map(lambda v: requests.models.complexjson.dumps(v).encode()),
-)
+body = json_body(["name", "usernames", "admin", "note", "expires_in", "scopes", "roles"])
 content_type = st.sampled_from(
     ["application/json", "application/x-www-form-urlencoded", "text/plain", "", "x/\x7f"]
 )
@@ -178,36 +153,6 @@ def test_login_form_fuzz_never_5xx(
     assert response.status_code < 500, (username, response.text[:300])
     # Only the real password logs anyone in.
     assert response.status_code != 302 or password == stack.value("SHARED_USER_PASSWORD")
-
-
-@pytest.fixture(scope="module")
-def gpu_api(stack: Stack, http: requests.Session, admin_token: str) -> str:
-    url = stack.base_url + "/services/gpus/"
-    probe = http.get(url, headers={"Authorization": f"token {admin_token}"}, timeout=30)
-    if probe.status_code == 404:
-        pytest.skip("the GPU admin service is not running on this stack (GPU_INVENTORY=none)")
-    return url
-
-
-@FUZZ
-@given(path=segment, method=st.sampled_from(["GET", "POST", "PUT", "DELETE"]), payload=body)
-def test_gpu_admin_api_fuzz_never_5xx(
-    gpu_api: str,
-    http: requests.Session,
-    admin_token: str,
-    path: str,
-    method: str,
-    payload: bytes,
-) -> None:
-    response = http.request(
-        method,
-        gpu_api + "api/" + path,
-        data=payload,
-        headers={"Authorization": f"token {admin_token}", "Content-Type": "application/json"},
-        allow_redirects=False,
-        timeout=60,
-    )
-    assert response.status_code < 500, (method, path, response.text[:300])
 
 
 def raw(request: bytes) -> bytes:

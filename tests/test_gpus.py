@@ -21,10 +21,14 @@ import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import docker
 import pytest
 import requests
+from fuzzing import FUZZ, json_body, segment
+from hypothesis import given
+from hypothesis import strategies as st
 from stacks import USERS_CREATED, Stack, launched_stack
 
 pytestmark = pytest.mark.e2e
@@ -458,3 +462,49 @@ def test_a_killed_container_frees_its_gpu(admin: Admin, engine: docker.DockerCli
     assert not engine.containers.list(all=True, filters={"label": f"labhub.user={name}"})
     entries = admin.gpus("GET", "audit?limit=20").json()["entries"]
     assert any(e["action"] == "release" and e["detail"]["holder"] == name for e in entries)
+
+
+GPU_API_ROUTES = [
+    ("GET", "devices"),
+    ("GET", "usage"),
+    ("GET", "audit?limit={}"),
+    ("POST", "devices/{}/reserve"),
+    ("POST", "devices/{}/drain"),
+    ("POST", "holders/{}/revoke"),
+    ("POST", "quota/{}/topup"),
+    ("POST", "quota/{}/reset"),
+    ("PUT", "devices/{}"),
+    ("DELETE", "{}"),
+]
+# Real device ids and subjects as well as random ones; holders are never real users
+# (segment starts with "fz"), so revoke never stops a server.
+gpu_target = st.sampled_from(["0", "1", "2", "user:fz", "group:fz", "-1"]) | segment
+
+
+@pytest.fixture
+def device_state_restored(admin: Admin) -> Iterator[None]:
+    """The fuzzer reserves and drains real devices: undo that for the tests after it."""
+    yield
+    for device in INVENTORY["devices"]:
+        assert admin.gpus("POST", f"devices/{device['id']}/reserve", json={}).status_code == 200
+        drained = {"drained": False}
+        assert admin.gpus("POST", f"devices/{device['id']}/drain", json=drained).status_code == 200
+
+
+@FUZZ
+@given(
+    route=st.sampled_from(GPU_API_ROUTES),
+    target=gpu_target,
+    payload=json_body(["user", "group", "drained", "hours"]),
+)
+def test_gpu_admin_api_fuzz_never_5xx(
+    admin: Admin, device_state_restored: None, route: tuple[str, str], target: str, payload: bytes
+) -> None:
+    method, template = route
+    path = template.format(quote(target, safe=":"))
+    response = admin.gpus(
+        method, path, data=payload, headers={"Content-Type": "application/json"},
+        allow_redirects=False,
+    )  # fmt: skip
+    assert response.status_code < 500, (method, path, payload[:200], response.text[:300])
+    assert "message" in response.json() or response.ok, (method, path, response.text[:300])

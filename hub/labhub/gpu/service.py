@@ -66,6 +66,9 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.ioloop import IOLoop, PeriodicCallback
 
 HubCall = Callable[[str, str], Awaitable[tuple[int, Any]]]
+# Bounds on admin input: larger values are typing mistakes, not intentions.
+MAX_AUDIT_ENTRIES = 10_000
+MAX_TOPUP_HOURS = 10_000
 
 
 def _now() -> datetime:
@@ -186,8 +189,12 @@ class UsageHandler(AdminHandler):
 
 class AuditHandler(AdminHandler):
     async def get(self) -> None:
-        limit = int(self.get_query_argument("limit", "200"))
-        entries = await asyncio.to_thread(self.store.audit, limit)
+        limit = self.get_query_argument("limit", "200")
+        if not (limit.isdecimal() and 1 <= int(limit) <= MAX_AUDIT_ENTRIES):
+            raise web.HTTPError(
+                400, f"limit={limit!r}: give a whole number from 1 to {MAX_AUDIT_ENTRIES}"
+            )
+        entries = await asyncio.to_thread(self.store.audit, int(limit))
         self.finish({"entries": [e.__dict__ for e in entries]})
 
 
@@ -196,7 +203,8 @@ class ReserveHandler(AdminHandler):
         self.known_device(device_id)
         data = self.body()
         unknown = set(data) - {"user", "group"}
-        if unknown or len(data) > 1:
+        names_ok = all(isinstance(name, str) and name for name in data.values())
+        if unknown or len(data) > 1 or not names_ok:
             raise web.HTTPError(
                 400, 'send {"user": NAME}, {"group": NAME} or {} to clear the reservation'
             )
@@ -258,10 +266,27 @@ class QuotaHandler(AdminHandler):
             self.finish({"subject": subject, "reset": True})
             return
         hours = self.body().get("hours")
-        if not isinstance(hours, int | float) or hours <= 0:
-            raise web.HTTPError(400, 'send {"hours": N} with N > 0 GPU-hours to add this week')
+        if (
+            isinstance(hours, bool)
+            or not isinstance(hours, int | float)
+            or not (0 < hours <= MAX_TOPUP_HOURS)
+        ):
+            raise web.HTTPError(
+                400,
+                f'send {{"hours": N}} with 0 < N <= {MAX_TOPUP_HOURS} GPU-hours to add this week',
+            )
         await asyncio.to_thread(self.store.topup, subject, float(hours), self.admin_name, _now())
         self.finish({"subject": subject, "added_hours": hours})
+
+
+class UnknownApiPathHandler(AdminHandler):
+    """A JSON 404 (not tornado's HTML page) for API paths and methods that do not exist."""
+
+    def prepare(self) -> None:
+        super().prepare()
+        raise web.HTTPError(
+            404, f"no API endpoint {self.request.method} {self.request.path}; see docs/gpus.md"
+        )
 
 
 _PAGE = """<!doctype html>
@@ -421,6 +446,7 @@ def make_app(
             (api + r"devices/([^/]+)/drain", DrainHandler),
             (api + r"holders/(.+)/revoke", RevokeHandler),
             (api + r"quota/([^/]+)/(topup|reset)", QuotaHandler),
+            (api + ".*", UnknownApiPathHandler),
         ],
         gpu_store=store,
         gpu_inventory=inventory,

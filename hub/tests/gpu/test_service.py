@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import quote
 
 import pytest
+from fuzzing import FUZZ, json_value
+from hypothesis import given
+from hypothesis import strategies as st
 from labhub.gpu.inventory import Device
 from labhub.gpu.scheduler import GpuRequest, Holder
 from labhub.gpu.service import make_app
@@ -53,6 +57,9 @@ class FakeHubApi(web.RequestHandler):
     def delete(self, user: str) -> None:
         self.application.settings["deleted"].append((user, self.request.headers["Authorization"]))
         self.set_status(202)
+
+
+ACTION_FIELDS = ("user", "group", "drained", "hours")
 
 
 class ServiceTest(AsyncHTTPTestCase):
@@ -139,3 +146,32 @@ class ServiceTest(AsyncHTTPTestCase):
         assert self.call("api/quota/user:ada/topup", "root", {"hours": -1})[0] == 400
         assert self.call("api/quota/user:ada/reset", "root", {})[0] == 200
         assert [e.action for e in self.store.audit()] == ["reset", "topup"]
+
+    # Whatever an admin sends, the API answers 2xx/4xx with a JSON message, never 5xx.
+    @FUZZ
+    @given(
+        path=st.sampled_from(
+            [
+                "api/devices/{}/reserve",
+                "api/devices/{}/drain",
+                "api/holders/{}/revoke",
+                "api/quota/{}/topup",
+                "api/quota/{}/reset",
+                "api/audit?limit={}",
+            ]
+        ),
+        target=st.sampled_from(["0", "1", "user:fz", "group:fz", "-1", "%20"])
+        | st.text(alphabet=st.characters(categories=("L", "N", "P")), max_size=20),
+        payload=st.one_of(
+            json_value,
+            st.dictionaries(st.sampled_from(ACTION_FIELDS), json_value, max_size=2),
+        ),
+    )
+    def test_admin_api_never_answers_5xx(self, path: str, target: str, payload: Any) -> None:
+        url = path.format(quote(target, safe=":"))
+        if url.startswith("api/audit"):
+            code, body = self.call(url, "root")
+        else:
+            code, body = self.call(url, "root", payload)
+        assert code < 500, (url, payload, body)
+        assert isinstance(body, dict) and body, (url, payload, body)
