@@ -20,10 +20,11 @@ from .settings import Settings, SettingsError
 AUTHENTICATOR_CLASSES = {
     # JupyterHub's own, minus a 500 on non-ASCII passwords (labhub/sharedpassword.py).
     "shared-password": "labhub.sharedpassword.SharedPasswordAuthenticator",
-    "github": "oauthenticator.github.GitHubOAuthenticator",
-    "google": "oauthenticator.google.GoogleOAuthenticator",
-    "generic": "oauthenticator.generic.GenericOAuthenticator",
-    "cilogon": "oauthenticator.cilogon.CILogonOAuthenticator",
+    # OAuthenticator's, with a clear page when the provider refuses a code (providers.py).
+    "github": "labhub.providers.GitHubOAuthenticator",
+    "google": "labhub.providers.GoogleOAuthenticator",
+    "generic": "labhub.providers.GenericOAuthenticator",
+    "cilogon": "labhub.providers.CILogonOAuthenticator",
 }
 
 Discover = Callable[[str, str], dict[str, Any]]
