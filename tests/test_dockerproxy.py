@@ -195,3 +195,33 @@ def test_raw_requests_docker_would_read_differently_are_refused(
         headers={"Content-Type": "application/json"},
     )
     assert response.status_code == 403, response.text
+
+
+def test_the_hosts_other_containers_are_out_of_reach(
+    proxied: docker.DockerClient, engine: docker.DockerClient, network: str
+) -> None:
+    """A container without the labhub.user label (another service on the host)."""
+    bystander = engine.containers.run(
+        "debian:trixie-slim",
+        ["sleep", "120"],
+        name=f"{network}-bystander",
+        network=network,
+        environment={"DATABASE_PASSWORD": "not-for-the-hub"},
+        labels={"labhub.test": "dockerproxy"},
+        detach=True,
+    )
+    try:
+        for name, call in [
+            ("inspect", lambda: proxied.api.inspect_container(bystander.id)),
+            ("stop", lambda: proxied.api.stop(bystander.name, timeout=1)),
+            ("kill", lambda: proxied.api.kill(bystander.id)),
+            ("remove", lambda: proxied.api.remove_container(bystander.id, force=True)),
+        ]:
+            assert "not a labhub user container" in refused(call), name
+        bystander.reload()
+        assert bystander.status == "running"
+        # A container that does not exist gets the engine's own 404, as DockerSpawner expects.
+        with pytest.raises(docker.errors.NotFound):
+            proxied.api.inspect_container(f"{network}-nobody")
+    finally:
+        bystander.remove(force=True)

@@ -8,7 +8,11 @@ requests to the real socket and refuses everything else with 403:
   containers, inspect images, create/inspect/remove user volumes, version/ping);
 * `containers/create` only for the allowed image, never privileged, no added
   capabilities, no host paths, no host namespaces, no devices except GPU device
-  requests, and always with no-new-privileges;
+  requests, always with no-new-privileges, memory, CPU and process limits, and the
+  `labhub.user` label;
+* inspect, start, stop, kill, wait and remove only for containers that carry that
+  label: the proxy inspects the target first, so the hub cannot touch the host's
+  other containers (or read their environment);
 * no exec, no build, no pull, no attach, no archive, no networks or plugins.
 
 Each client request is answered on a connection of its own (`Connection: close`),
@@ -20,10 +24,12 @@ Run: python -m labhub.dockerproxy (settings from the environment, see `main`).
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import logging
 import os
 import re
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +50,10 @@ _READ_ONLY = [
 ]
 _CONTAINER_ACTIONS = rf"{_VERSION}/containers/{_ID}/(start|stop|kill|wait)"
 _CONTAINER = rf"{_VERSION}/containers/{_ID}"
+# Every route that names one container: (API version prefix, container id or name).
+_ONE_CONTAINER = (
+    rf"(?P<version>{_VERSION})/containers/(?!(?:create|json)$)(?P<id>{_ID})(?:/[a-z]+)?"
+)
 _CREATE = rf"{_VERSION}/containers/create"
 _VOLUME_CREATE = rf"{_VERSION}/volumes/create"
 _VOLUME = rf"{_VERSION}/volumes/(?P<name>{_ID})"
@@ -61,6 +71,8 @@ class Policy:
     allowed_images: frozenset[str]
     network: str
     volume_prefix: str = "labhub-user-"
+    # The label LabSpawner puts on every user container (its value: the user's name).
+    owner_label: str = "labhub.user"
 
 
 def check_request(policy: Policy, method: str, path: str, body: bytes) -> None:
@@ -186,7 +198,15 @@ def check_container_create(policy: Policy, raw_spec: dict[str, Any]) -> None:
     uid = str(spec.get("user", "")).split(":")[0]
     if not uid.isdigit() or int(uid) == 0:
         raise Refused("containers must run as a non-root numeric user (e.g. 1000:100)")
+    labels = spec.get("labels") or {}
+    if not isinstance(labels, dict) or not labels.get(policy.owner_label.casefold()):
+        raise Refused(f"containers must carry the {policy.owner_label} label")
     host: dict[str, Any] = spec.get("hostconfig") or {}
+    for limit, name in (("memory", "Memory"), ("pidslimit", "PidsLimit")):
+        if not _positive(host.get(limit)):
+            raise Refused(f"containers must have a {name} limit")
+    if not (_positive(host.get("nanocpus")) or _positive(host.get("cpuquota"))):
+        raise Refused("containers must have a CPU limit (NanoCpus or CpuQuota)")
     if host.get("privileged"):
         raise Refused("privileged containers are not allowed")
     if host.get("capadd"):
@@ -228,6 +248,51 @@ def check_container_create(policy: Policy, raw_spec: dict[str, Any]) -> None:
             raise Refused(f"mount {mount!r} is not a user volume")
         if (mount.get("volumeoptions") or {}).get("driverconfig"):
             raise Refused("volume driver options in mounts are not allowed")
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def container_in_path(method: str, path: str) -> tuple[str, str] | None:
+    """(API version prefix, container) when an allowed request names one container."""
+    match = re.fullmatch(_ONE_CONTAINER, path.split("?", 1)[0])
+    if not match or method not in ("GET", "HEAD", "POST", "DELETE"):
+        return None
+    return match["version"], match["id"]
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, socket_path: str) -> None:
+        super().__init__("docker", timeout=30)
+        self.socket_path = socket_path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.socket_path)
+
+
+def _inspect(socket_path: str, version: str, container: str) -> tuple[int, bytes]:
+    connection = _UnixHTTPConnection(socket_path)
+    try:
+        connection.request("GET", f"{version}/containers/{container}/json")
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def check_owner(policy: Policy, container: str, status: int, inspected: bytes) -> None:
+    """Refuse unless the inspected container carries the owner label (404s pass through)."""
+    if status == 404:
+        return  # the engine answers the real request with its own 404
+    try:
+        labels = (json.loads(inspected).get("Config") or {}).get("Labels") or {}
+    except (ValueError, AttributeError) as error:
+        raise Refused(f"cannot read the labels of container {container!r}") from error
+    if not labels.get(policy.owner_label):
+        raise Refused(f"container {container!r} is not a labhub user container")
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -295,12 +360,15 @@ async def handle(
             return
         try:
             check_request(policy, method, path, body)
+            target = container_in_path(method, path)
+            if target:
+                status, inspected = await asyncio.to_thread(_inspect, socket_path, *target)
+                check_owner(policy, target[1], status, inspected)
+            up_reader, up_writer = await asyncio.open_unix_connection(socket_path)
         except Refused as refused:
             log.warning("refused %s %s: %s", method, path.split("?", 1)[0], refused)
             await _respond(writer, 403, f"refused by labhub docker proxy: {refused}")
             return
-        try:
-            up_reader, up_writer = await asyncio.open_unix_connection(socket_path)
         except OSError as error:
             await _respond(writer, 502, f"cannot reach the Docker socket: {error}")
             return

@@ -4,7 +4,7 @@ import json
 from typing import Any
 
 import pytest
-from labhub.dockerproxy import Policy, Refused, check_request
+from labhub.dockerproxy import Policy, Refused, check_owner, check_request, container_in_path
 
 pytestmark = pytest.mark.unit
 POLICY = Policy(allowed_images=frozenset({"labhub/workspace:0.1.0"}), network="labhub")
@@ -15,8 +15,12 @@ def spec(**host_config: Any) -> dict[str, Any]:
     return {
         "Image": "labhub/workspace:0.1.0",
         "User": "1000:100",
+        "Labels": {"labhub.user": "alice"},
         "HostConfig": {
             "NetworkMode": "labhub",
+            "Memory": 4 * 1024**3,
+            "PidsLimit": 1024,
+            "NanoCpus": 2_000_000_000,
             "SecurityOpt": ["no-new-privileges:true"],
             "CapDrop": ["ALL"],
             "Binds": ["labhub-user-alice:/home/jovyan:rw"],
@@ -99,6 +103,59 @@ def test_everything_else_is_refused(method: str, path: str, body: bytes, reason:
         check_request(POLICY, method, path, body)
 
 
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"Labels": {}}, "labhub.user label"),
+        ({"Labels": {"labhub.user": ""}}, "labhub.user label"),
+        ({"HostConfig": {**spec()["HostConfig"], "Memory": 0}}, "Memory limit"),
+        ({"HostConfig": {**spec()["HostConfig"], "PidsLimit": -1}}, "PidsLimit limit"),
+        ({"HostConfig": {**spec()["HostConfig"], "PidsLimit": True}}, "PidsLimit limit"),
+        ({"HostConfig": {**spec()["HostConfig"], "NanoCpus": 0}}, "CPU limit"),
+    ],
+    ids=["no-label", "empty-label", "no-memory", "unlimited-pids", "bool-pids", "no-cpu"],
+)
+def test_unlabelled_or_unlimited_containers_are_refused(
+    change: dict[str, Any], reason: str
+) -> None:
+    with pytest.raises(Refused, match=reason):
+        check_request(POLICY, "POST", CREATE, json.dumps({**spec(), **change}).encode())
+
+
+def test_cpu_limit_may_come_as_a_quota() -> None:
+    host = {k: v for k, v in spec()["HostConfig"].items() if k != "NanoCpus"}
+    body = {**spec(), "HostConfig": {**host, "CpuPeriod": 100_000, "CpuQuota": 150_000}}
+    check_request(POLICY, "POST", CREATE, json.dumps(body).encode())
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "target"),
+    [
+        ("GET", "/v1.41/containers/labhub-user-alice/json", ("/v1.41", "labhub-user-alice")),
+        ("POST", "/containers/abc123/stop", ("", "abc123")),
+        ("DELETE", "/v1.41/containers/abc123?force=1", ("/v1.41", "abc123")),
+        ("GET", "/v1.41/containers/json?all=1", None),
+        ("POST", "/v1.41/containers/create?name=x", None),
+    ],
+)
+def test_requests_naming_one_container_are_found(
+    method: str, path: str, target: tuple[str, str] | None
+) -> None:
+    assert container_in_path(method, path) == target
+
+
+def test_only_labelled_containers_may_be_touched() -> None:
+    inspected = {"Config": {"Labels": {"labhub.user": "alice"}}}
+    check_owner(POLICY, "labhub-user-alice", 200, json.dumps(inspected).encode())
+    check_owner(POLICY, "gone", 404, b'{"message": "No such container: gone"}')
+    for labels in ({}, None, {"labhub.user": ""}, {"com.example.db": "1"}):
+        body = json.dumps({"Config": {"Labels": labels}}).encode()
+        with pytest.raises(Refused, match="not a labhub user container"):
+            check_owner(POLICY, "postgres", 200, body)
+    with pytest.raises(Refused, match="cannot read"):
+        check_owner(POLICY, "odd", 200, b"[]")
+
+
 def test_other_images_and_root_are_refused() -> None:
     good = spec()
     with pytest.raises(Refused, match="image"):
@@ -142,13 +199,7 @@ GOOD = json.dumps(spec())[1:-1]  # the members of a good body, to splice into ba
         (
             json.dumps(
                 {k: v for k, v in spec().items() if k != "HostConfig"}
-                | {
-                    "hostconfig": {
-                        "Privileged": True,
-                        "SecurityOpt": ["no-new-privileges:true"],
-                        "CapDrop": ["ALL"],
-                    }
-                }
+                | {"hostconfig": {**spec()["HostConfig"], "Privileged": True}}
             ),
             "privileged",
         ),
