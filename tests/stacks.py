@@ -8,6 +8,7 @@ it, with its own list of users to clean up."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import subprocess
 from collections.abc import Iterator
@@ -24,6 +25,20 @@ USERS_CREATED: list[str] = []
 # Several test stacks can run side by side on one engine (another name, other ports).
 STACK = os.environ.get("LABHUB_TEST_STACK", "labhubtest")
 HTTPS_PORT = int(os.environ.get("LABHUB_TEST_HTTPS_PORT", "18443"))
+# The Dockerfiles' base image; small test containers run it too.
+BASE_IMAGE = "debian:trixie-slim"
+
+
+@functools.cache
+def ensure_base_image() -> str:
+    """BASE_IMAGE, pulled or (no registry) built with debootstrap when the engine lacks it.
+
+    Integration tests that run before any stack is built need it on a fresh machine.
+    """
+    subprocess.run(
+        ["bash", "scripts/build-base-image.sh", BASE_IMAGE], cwd=REPO, check=True, timeout=1800
+    )
+    return BASE_IMAGE
 
 
 @dataclass(frozen=True)

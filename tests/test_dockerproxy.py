@@ -20,7 +20,7 @@ from typing import Any
 
 import docker
 import pytest
-from stacks import STACK
+from stacks import STACK, ensure_base_image
 
 pytestmark = pytest.mark.integration
 
@@ -202,7 +202,7 @@ def test_the_hosts_other_containers_are_out_of_reach(
 ) -> None:
     """A container without the labhub.user label (another service on the host)."""
     bystander = engine.containers.run(
-        "debian:trixie-slim",
+        ensure_base_image(),
         ["sleep", "120"],
         name=f"{network}-bystander",
         network=network,

@@ -29,7 +29,7 @@ import requests
 from fuzzing import FUZZ, json_body, segment
 from hypothesis import given
 from hypothesis import strategies as st
-from stacks import USERS_CREATED, Stack, launched_stack
+from stacks import USERS_CREATED, Stack, ensure_base_image, launched_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -80,7 +80,7 @@ def _nvidia_driver_missing() -> str | None:
     try:
         client = docker.from_env()
         client.containers.run(
-            "debian:trixie-slim",
+            ensure_base_image(),
             ["true"],
             remove=True,
             device_requests=[docker.types.DeviceRequest(device_ids=["0"], capabilities=[["gpu"]])],

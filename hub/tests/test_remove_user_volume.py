@@ -9,6 +9,7 @@ import docker
 import pytest
 from labhub.spawner import volume_name_for
 from labhub.volumes import remove_user_volume
+from stacks import ensure_base_image
 
 pytestmark = pytest.mark.integration
 
@@ -64,7 +65,7 @@ def test_refuses_while_a_container_uses_it(
 ) -> None:
     username, volume = user_volume
     container = client.containers.create(
-        "debian:trixie-slim", "true", volumes={volume: {"bind": "/data", "mode": "rw"}}
+        ensure_base_image(), "true", volumes={volume: {"bind": "/data", "mode": "rw"}}
     )
     try:
         with pytest.raises(SystemExit, match="is in use"):

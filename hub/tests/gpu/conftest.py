@@ -10,9 +10,10 @@ import docker
 import pytest
 from labhub.gpu.inventory import Device, Inventory
 from labhub.gpu.store import Store
+from stacks import BASE_IMAGE, ensure_base_image
 
 TEST_LABEL = {"labhub.test": "gpu"}
-IMAGE = "debian:trixie-slim"
+IMAGE = BASE_IMAGE
 NOW = datetime(2025, 11, 24, 9, 0, tzinfo=UTC)
 
 
@@ -43,6 +44,7 @@ def store(tmp_path: object) -> Store:
 def docker_client() -> Iterator[docker.APIClient]:
     """The real engine; every container labelled labhub.test=gpu is removed at the end."""
     client = docker.APIClient(version="auto")
+    ensure_base_image()
     _remove_test_containers(client)
     try:
         yield client
