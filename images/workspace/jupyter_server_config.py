@@ -24,3 +24,7 @@ c.ServerProxy.servers = {
         "launcher_entry": {"title": "TensorBoard"},
     }
 }
+
+# No language servers are installed, so jupyter-lsp would only search for them at every
+# server start; off, for a faster spawn.
+c.ServerApp.jpserver_extensions = {"jupyter_lsp": False}
