@@ -1,19 +1,23 @@
 """The lab's DockerSpawner: one hardened container per user, one named volume per user.
 
 Everything per-user goes through DockerSpawner's own traitlets and hooks; `start()`
-is not rewritten. The container is removed on stop, the volume stays, so a user's
-files survive stop/start, hub restarts, image upgrades and a crashed container.
+only adds a fine-grained wait for the new server (see `wait_until_answering`). The
+container is removed on stop, the volume stays, so a user's files survive stop/start,
+hub restarts, image upgrades and a crashed container.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import string
+import time
 from typing import Any
 
 from dockerspawner import DockerSpawner
 from escapism import escape
-from traitlets import Int, Unicode, default
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+from traitlets import Float, Int, Unicode, default
 
 from .gpu.spawner import GpuSpawnerMixin
 from .settings import Settings
@@ -39,6 +43,29 @@ def volume_name_for(username: str) -> str:
     return name
 
 
+async def wait_until_answering(url: str, budget: float, interval: float = 0.1) -> bool:
+    """Poll ``url`` every ``interval`` seconds until it answers below 500; False at ``budget``.
+
+    JupyterHub polls a new server with exponential back-off (waits of up to 0.2, 0.4,
+    0.8, 1.6, 3.2 s): a server that is up after 2.5 s is often seen only after 3-6 s.
+    Waiting here first, finely, lets the hub's own first check succeed at once.
+    """
+    client = AsyncHTTPClient()
+    deadline = time.monotonic() + budget
+    while time.monotonic() < deadline:
+        try:
+            response = await client.fetch(
+                url, raise_error=False, follow_redirects=False, request_timeout=2
+            )
+        except (OSError, HTTPClientError):  # refused, reset, timed out: all mean "not yet"
+            pass
+        else:
+            if response.code < 500:
+                return True
+        await asyncio.sleep(interval)
+    return False
+
+
 class LabSpawner(GpuSpawnerMixin, DockerSpawner):  # type: ignore[misc]
     """DockerSpawner with the lab's defaults: limits, hardening and per-user volumes.
 
@@ -55,6 +82,12 @@ class LabSpawner(GpuSpawnerMixin, DockerSpawner):  # type: ignore[misc]
         config=True,
         help="Size of /dev/shm, which deep-learning data loaders use for shared memory.",
     )
+    ready_poll_budget = Float(
+        30.0,
+        config=True,
+        help="Seconds start() polls the new server every 0.1 s before handing over to "
+        "the hub's own (exponential back-off) wait; 0 turns this off.",
+    )
     home_dir = Unicode(
         "/home/jovyan",
         config=True,
@@ -64,6 +97,15 @@ class LabSpawner(GpuSpawnerMixin, DockerSpawner):  # type: ignore[misc]
     @default("volumes")
     def _volumes_default(self) -> dict[str, str]:
         return {"{user_volume}": self.home_dir}
+
+    async def start(self) -> Any:
+        """Start the container, then wait (finely, bounded) until its server answers."""
+        ip_port = await super().start()
+        if self.ready_poll_budget > 0 and self.server is not None:
+            ip, port = ip_port
+            url = f"http://{ip}:{port}{self.server.base_url}"
+            await wait_until_answering(url, self.ready_poll_budget)
+        return ip_port
 
     def template_namespace(self) -> dict[str, Any]:
         """Add `{user_volume}`: our collision-free volume name, usable in `volumes`."""
