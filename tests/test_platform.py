@@ -62,11 +62,19 @@ def test_student_trains_lenet_offline_in_a_kernel(stack: Stack, username: str) -
     assert "mnist (60000, 28, 28) (60000,) (10000, 28, 28) uint8" in output
     assert "params 1199882 trained True" in output
     # The MNIST notebook was copied into the student's home and opens by default.
+    auth = {"Authorization": f"token {client.new_token(username)}"}
     contents = client.session.get(
         stack.base_url + f"/user/{username}/api/contents/mnist/MNIST.ipynb?content=0",
-        headers={"Authorization": f"token {client.new_token(username)}"},
+        headers=auth,
     )
     assert contents.status_code == 200, contents.text
+    # One kernel, under the report's name (no second, identical "Python 3" kernel).
+    specs = client.session.get(stack.base_url + f"/user/{username}/api/kernelspecs", headers=auth)
+    assert specs.status_code == 200, specs.text
+    kernels = {
+        name: spec["spec"]["display_name"] for name, spec in specs.json()["kernelspecs"].items()
+    }
+    assert kernels == {"tensorflow-gpu": "TensorFlow-GPU"}
     client.stop_server(username)
 
 
