@@ -12,7 +12,8 @@ import asyncio
 import hashlib
 import string
 import time
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, ClassVar
 
 from dockerspawner import DockerSpawner
 from escapism import escape
@@ -82,6 +83,13 @@ class LabSpawner(GpuSpawnerMixin, DockerSpawner):  # type: ignore[misc]
         config=True,
         help="Size of /dev/shm, which deep-learning data loaders use for shared memory.",
     )
+    docker_threads = Int(
+        4,
+        config=True,
+        help="Threads for Docker API calls, shared by all servers. DockerSpawner uses "
+        "one, so one slow `docker stop` holds up everyone else's spawn.",
+    )
+    _shared_executor: ClassVar[ThreadPoolExecutor | None] = None
     ready_poll_budget = Float(
         30.0,
         config=True,
@@ -97,6 +105,16 @@ class LabSpawner(GpuSpawnerMixin, DockerSpawner):  # type: ignore[misc]
     @default("volumes")
     def _volumes_default(self) -> dict[str, str]:
         return {"{user_volume}": self.home_dir}
+
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        """One pool of ``docker_threads`` for all LabSpawners (DockerSpawner has one thread)."""
+        cls = type(self)
+        if cls._shared_executor is None:
+            cls._shared_executor = ThreadPoolExecutor(
+                self.docker_threads, thread_name_prefix="docker"
+            )
+        return cls._shared_executor
 
     async def start(self) -> Any:
         """Start the container, then wait (finely, bounded) until its server answers."""

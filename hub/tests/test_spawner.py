@@ -1,12 +1,14 @@
-"""LabSpawner's fine-grained wait for a new server, against real sockets on loopback."""
+"""LabSpawner's own additions: a fine-grained wait for a new server (against real
+sockets on loopback) and a pool of threads for Docker calls."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 
 import pytest
-from labhub.spawner import wait_until_answering
+from labhub.spawner import LabSpawner, wait_until_answering
 from tornado import web
 from tornado.httpserver import HTTPServer
 
@@ -56,3 +58,18 @@ def test_gives_up_at_the_budget_on_silence_or_server_errors() -> None:
         return silent, erroring
 
     assert asyncio.run(scenario()) == (False, False)
+
+
+def test_docker_calls_run_concurrently_in_one_shared_pool() -> None:
+    """A slow Docker call (a `docker stop`) must not hold up another server's calls."""
+    LabSpawner._shared_executor = None
+    first, second = LabSpawner(docker_threads=3), LabSpawner()
+    assert first.executor is second.executor
+    stop_finishes = threading.Event()
+    slow = [first.executor.submit(stop_finishes.wait, 30) for _ in range(2)]
+    try:
+        # With DockerSpawner's single thread this would wait behind the two slow calls.
+        assert second.executor.submit(lambda: "answered").result(timeout=10) == "answered"
+    finally:
+        stop_finishes.set()
+    assert all(future.result(timeout=10) for future in slow)
