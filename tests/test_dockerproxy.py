@@ -128,6 +128,10 @@ def test_a_workspace_container_passes_and_privilege_or_exec_are_refused(
         container.start()
         container.reload()
         assert container.status == "running"
+        # The proxy answers a plain inspect with its owner check's own inspect.
+        assert proxied.api.inspect_container(container.id) == engine.api.inspect_container(
+            container.id
+        )
         host = engine.containers.get(container.id).attrs["HostConfig"]
         assert host["Privileged"] is False and host["CapDrop"] == ["ALL"]
 

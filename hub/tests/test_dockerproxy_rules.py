@@ -4,7 +4,14 @@ import json
 from typing import Any
 
 import pytest
-from labhub.dockerproxy import Policy, Refused, check_owner, check_request, container_in_path
+from labhub.dockerproxy import (
+    Policy,
+    Refused,
+    check_owner,
+    check_request,
+    container_in_path,
+    is_plain_inspect,
+)
 
 pytestmark = pytest.mark.unit
 POLICY = Policy(allowed_images=frozenset({"labhub/workspace:0.1.0"}), network="labhub")
@@ -142,6 +149,23 @@ def test_requests_naming_one_container_are_found(
     method: str, path: str, target: tuple[str, str] | None
 ) -> None:
     assert container_in_path(method, path) == target
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "answered_from_owner_check"),
+    [
+        ("GET", "/v1.41/containers/labhub-user-alice/json", True),
+        ("GET", "/containers/abc123/json", True),
+        ("GET", "/v1.41/containers/abc123/json?size=1", False),  # a different answer
+        ("GET", "/v1.41/containers/json", False),  # the list, not one container
+        ("GET", "/v1.41/containers/abc123/logs", False),
+        ("POST", "/v1.41/containers/abc123/json", False),
+    ],
+)
+def test_only_plain_inspects_reuse_the_owner_check(
+    method: str, path: str, answered_from_owner_check: bool
+) -> None:
+    assert is_plain_inspect(method, path) is answered_from_owner_check
 
 
 def test_only_labelled_containers_may_be_touched() -> None:
