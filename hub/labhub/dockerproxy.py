@@ -273,21 +273,21 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
         self.sock.connect(self.socket_path)
 
 
-def is_plain_inspect(method: str, path: str) -> bool:
-    """True for an inspect with no query: the owner check's own inspect already answers it,
-    so the engine is asked once instead of twice (DockerSpawner polls this every 30 s)."""
-    return (
-        method == "GET"
-        and "?" not in path
-        and path.endswith("/json")
-        and container_in_path(method, path) is not None
-    )
+def _inspect_path(version: str, container: str) -> str:
+    return f"{version}/containers/{container}/json"
+
+
+def is_plain_inspect(method: str, path: str, target: tuple[str, str]) -> bool:
+    """True when the request is the very inspect the owner check made (same path, no
+    query): its answer is reused, so the engine is asked once instead of twice
+    (DockerSpawner polls this every 30 s)."""
+    return method == "GET" and path == _inspect_path(*target)
 
 
 def _inspect(socket_path: str, version: str, container: str) -> tuple[int, bytes]:
     connection = _UnixHTTPConnection(socket_path)
     try:
-        connection.request("GET", f"{version}/containers/{container}/json")
+        connection.request("GET", _inspect_path(version, container))
         response = connection.getresponse()
         return response.status, response.read()
     finally:
@@ -378,7 +378,7 @@ async def handle(
             if target:
                 status, inspected = await asyncio.to_thread(_inspect, socket_path, *target)
                 check_owner(policy, target[1], status, inspected)
-                if status == 200 and is_plain_inspect(method, path):
+                if status == 200 and is_plain_inspect(method, path, target):
                     await _send_json(writer, 200, inspected)
                     return
             up_reader, up_writer = await asyncio.open_unix_connection(socket_path)

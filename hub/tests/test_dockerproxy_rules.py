@@ -142,6 +142,7 @@ def test_cpu_limit_may_come_as_a_quota() -> None:
         ("POST", "/containers/abc123/stop", ("", "abc123")),
         ("DELETE", "/v1.41/containers/abc123?force=1", ("/v1.41", "abc123")),
         ("GET", "/v1.41/containers/json?all=1", None),
+        ("GET", "/v1.41/containers/json", None),  # the list: never answered from a check
         ("POST", "/v1.41/containers/create?name=x", None),
     ],
 )
@@ -157,15 +158,17 @@ def test_requests_naming_one_container_are_found(
         ("GET", "/v1.41/containers/labhub-user-alice/json", True),
         ("GET", "/containers/abc123/json", True),
         ("GET", "/v1.41/containers/abc123/json?size=1", False),  # a different answer
-        ("GET", "/v1.41/containers/json", False),  # the list, not one container
         ("GET", "/v1.41/containers/abc123/logs", False),
         ("POST", "/v1.41/containers/abc123/json", False),
+        ("POST", "/v1.41/containers/abc123/stop", False),
     ],
 )
 def test_only_plain_inspects_reuse_the_owner_check(
     method: str, path: str, answered_from_owner_check: bool
 ) -> None:
-    assert is_plain_inspect(method, path) is answered_from_owner_check
+    target = container_in_path(method, path)
+    assert target is not None
+    assert is_plain_inspect(method, path, target) is answered_from_owner_check
 
 
 def test_only_labelled_containers_may_be_touched() -> None:
