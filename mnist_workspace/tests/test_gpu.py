@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import keras
 import pytest
 
-from mnist_workspace import env, gpu
+from mnist_workspace import env, gpu, models
 
 pytestmark = pytest.mark.unit
 
@@ -29,3 +32,25 @@ def test_cpu_only_machine_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None
     if tf.config.list_physical_devices("GPU"):
         pytest.skip("a GPU is visible")
     assert gpu.configure() == "no GPU visible: running on the CPU"
+
+
+@pytest.fixture
+def restore_policy() -> Iterator[None]:
+    """The mixed-precision policy is global: put float32 back for the other tests."""
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def test_mixed_precision_on_the_cpu_is_bfloat16(
+    monkeypatch: pytest.MonkeyPatch, restore_policy: None
+) -> None:
+    """float16 is emulated on a CPU (slow); bfloat16 runs natively there."""
+    monkeypatch.delenv("GPU_MEMORY_LIMIT_MB", raising=False)
+    tf = pytest.importorskip("tensorflow")
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("a GPU is visible")
+    assert gpu.configure(mixed_precision=True).endswith("; mixed_bfloat16")
+    assert keras.mixed_precision.global_policy().compute_dtype == "bfloat16"
+    model = models.build("lenet")
+    assert model.layers[0].compute_dtype == "bfloat16"
+    assert model.layers[-1].compute_dtype == "float32"  # softmax and loss stay float32

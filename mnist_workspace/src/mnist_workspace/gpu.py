@@ -2,7 +2,7 @@
 
 TensorFlow grabs all GPU memory by default, which locks every other user out of a
 shared card. This runs before any model is built; on the CPU, or on the JAX and PyTorch
-backends, it changes nothing.
+backends, it changes nothing but the mixed-precision policy, when asked for.
 """
 
 from __future__ import annotations
@@ -13,13 +13,24 @@ from mnist_workspace import env
 
 
 def configure(mixed_precision: bool = False) -> str:
-    """Apply memory growth or the `GPU_MEMORY_LIMIT_MB` cap; returns what was done.
+    """Apply memory growth or the `GPU_MEMORY_LIMIT_MB` cap, and the mixed-precision
+    policy when asked for; returns what was done.
 
     The cap is validated even without a GPU, so a bad platform setting shows up anywhere.
     """
     limit = env.gpu_memory_limit_mb()
+    done = _share_gpus(limit)
     if mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
+        # float16 is what a GPU's tensor cores run; a CPU only emulates it, slowly, but
+        # runs bfloat16 natively (oneDNN on AVX512-BF16/AMX), without loss scaling.
+        policy = "mixed_float16" if _gpu_visible() else "mixed_bfloat16"
+        keras.mixed_precision.set_global_policy(policy)
+        done += f"; {policy}"
+    return done
+
+
+def _share_gpus(limit: int | None) -> str:
+    """Memory growth, or one capped logical device per GPU, on TensorFlow."""
     if keras.backend.backend() != "tensorflow":
         return f"backend {keras.backend.backend()}: no GPU settings applied"
     import tensorflow as tf
@@ -38,3 +49,21 @@ def configure(mixed_precision: bool = False) -> str:
         return f"{len(gpus)} GPU(s): already initialised, settings unchanged"
     how = "memory growth" if limit is None else f"memory cap {limit} MiB"
     return f"{len(gpus)} GPU(s): {how}"
+
+
+def _gpu_visible() -> bool:
+    """Whether the current Keras backend sees a GPU."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_physical_devices("GPU"))
+    if backend == "jax":
+        import jax
+
+        return any(device.platform == "gpu" for device in jax.devices())
+    if backend == "torch":
+        import torch
+
+        return bool(torch.cuda.is_available())
+    return False

@@ -194,7 +194,7 @@ def parse_args(argv: Sequence[str] | None) -> TrainConfig:
     add("--model-path", help="where to save the .keras model (default mnist_model.keras)")
     add("--logdir", help="TensorBoard log folder")
     add("--json", dest="json_path", help="write metrics JSON here")
-    add("--mixed-precision", action="store_true", default=None, help="float16 compute on GPU")
+    add("--mixed-precision", action="store_true", default=None, help="GPU: float16; CPU: bfloat16")
     add("--verbose", type=int, choices=(0, 1, 2), help="1 = progress bar (default)")
     args = vars(parser.parse_args(argv))
     recipe = RECIPES.get(args.pop("recipe") or "", {})
