@@ -54,3 +54,10 @@ def test_mixed_precision_on_the_cpu_is_bfloat16(
     model = models.build("lenet")
     assert model.layers[0].compute_dtype == "bfloat16"
     assert model.layers[-1].compute_dtype == "float32"  # softmax and loss stay float32
+
+
+def test_a_later_run_without_mixed_precision_is_float32_again(restore_policy: None) -> None:
+    """One notebook kernel, two runs: the first run's policy must not leak."""
+    gpu.configure(mixed_precision=True)
+    gpu.configure(mixed_precision=False)
+    assert keras.mixed_precision.global_policy().name == "float32"

@@ -20,12 +20,15 @@ def configure(mixed_precision: bool = False) -> str:
     """
     limit = env.gpu_memory_limit_mb()
     done = _share_gpus(limit)
+    # The policy is global: set it every run, so an earlier mixed run in the same
+    # notebook kernel does not leak into this one.
+    policy = "float32"
     if mixed_precision:
         # float16 is what a GPU's tensor cores run; a CPU only emulates it, slowly, but
         # runs bfloat16 natively (oneDNN on AVX512-BF16/AMX), without loss scaling.
         policy = "mixed_float16" if _gpu_visible() else "mixed_bfloat16"
-        keras.mixed_precision.set_global_policy(policy)
         done += f"; {policy}"
+    keras.mixed_precision.set_global_policy(policy)
     return done
 
 
