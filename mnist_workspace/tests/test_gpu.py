@@ -26,11 +26,16 @@ def test_memory_cap_is_read_in_mib(monkeypatch: pytest.MonkeyPatch) -> None:
     assert env.gpu_memory_limit_mb() is None
 
 
-def test_cpu_only_machine_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("GPU_MEMORY_LIMIT_MB", "1024")
+@pytest.fixture
+def cpu_only() -> None:
+    """These tests are about the CPU path: TensorFlow installed, no GPU visible."""
     tf = pytest.importorskip("tensorflow")
     if tf.config.list_physical_devices("GPU"):
         pytest.skip("a GPU is visible")
+
+
+def test_cpu_only_machine_is_left_alone(monkeypatch: pytest.MonkeyPatch, cpu_only: None) -> None:
+    monkeypatch.setenv("GPU_MEMORY_LIMIT_MB", "1024")
     assert gpu.configure() == "no GPU visible: running on the CPU"
 
 
@@ -42,13 +47,10 @@ def restore_policy() -> Iterator[None]:
 
 
 def test_mixed_precision_on_the_cpu_is_bfloat16(
-    monkeypatch: pytest.MonkeyPatch, restore_policy: None
+    monkeypatch: pytest.MonkeyPatch, cpu_only: None, restore_policy: None
 ) -> None:
     """float16 is emulated on a CPU (slow); bfloat16 runs natively there."""
     monkeypatch.delenv("GPU_MEMORY_LIMIT_MB", raising=False)
-    tf = pytest.importorskip("tensorflow")
-    if tf.config.list_physical_devices("GPU"):
-        pytest.skip("a GPU is visible")
     assert gpu.configure(mixed_precision=True).endswith("; mixed_bfloat16")
     assert keras.mixed_precision.global_policy().compute_dtype == "bfloat16"
     model = models.build("lenet")
