@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mnist_workspace import train
-from mnist_workspace.config import RECIPES, TrainConfig
+from mnist_workspace.config import EMA_MOMENTUM, RECIPES, TrainConfig
 
 pytestmark = pytest.mark.unit
 
@@ -41,6 +41,15 @@ def test_options_override_the_recipe() -> None:
         2,
         False,
     )
+
+
+def test_ema_option_averages_weights_and_validates_the_average() -> None:
+    config = train.parse_args(["--recipe", "strong", "--ema"])
+    optimizer = train.make_optimizer(config, steps_per_epoch=10)
+    assert optimizer.use_ema and optimizer.ema_momentum == EMA_MOMENTUM
+    kinds = {type(c).__name__ for c in train.make_callbacks(config)}
+    assert kinds == {"SwapEMAWeights", "ReduceLROnPlateau"}  # validation sees the average
+    assert not train.make_optimizer(train.parse_args([]), steps_per_epoch=10).use_ema
 
 
 def test_cli_rejects_unknown_option(capsys: pytest.CaptureFixture[str]) -> None:

@@ -80,3 +80,42 @@ def test_plateau_schedule_with_augmentation_trains(mnist_dir: Path, tmp_path: Pa
     )
     result = train.run(config)
     assert result.metrics["epochs"] == 2 and "learning_rate" in result.metrics["history"]
+
+
+def test_ema_saves_the_moving_average_of_the_training_steps(
+    mnist_dir: Path, tmp_path: Path
+) -> None:
+    """With --ema the evaluated and saved weights are the average of every step's weights
+    (recomputed here from the trajectory), not the last step's."""
+    import keras
+    import numpy as np
+
+    from mnist_workspace import train
+    from mnist_workspace.config import EMA_MOMENTUM
+
+    class Trajectory(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch: int, logs: object = None) -> None:
+            steps.append([w.numpy().copy() for w in self.model.trainable_weights])
+
+    steps: list[list[np.ndarray]] = []
+    config = TrainConfig(
+        model="fast",
+        schedule="plateau",
+        ema=True,
+        epochs=2,
+        subset=1000,
+        data_dir=str(mnist_dir),
+        model_path=str(tmp_path / "fast.keras"),
+        verbose=0,
+    )
+    result = train.run(config, callbacks=[Trajectory()])
+    average = steps[0]
+    for weights in steps[1:]:
+        average = [
+            EMA_MOMENTUM * a + (1 - EMA_MOMENTUM) * w for a, w in zip(average, weights, strict=True)
+        ]
+    saved = keras.saving.load_model(config.model_path).trainable_weights
+    for expected, last, kept in zip(average, steps[-1], saved, strict=True):
+        np.testing.assert_allclose(kept.numpy(), expected, rtol=1e-4, atol=1e-6)
+        assert not np.allclose(kept.numpy(), last)
+    assert result.metrics["config"]["ema"] is True

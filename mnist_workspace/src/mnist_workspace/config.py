@@ -17,6 +17,7 @@ from mnist_workspace.models import MODELS
 
 OPTIMIZERS = ("adam", "rmsprop")
 SCHEDULES = ("constant", "plateau", "cosine")
+EMA_MOMENTUM = 0.999  # averages the last ~1,000 steps: about one epoch at batch 64
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,9 @@ class TrainConfig:
     # conclusion); cosine = warm-up then cosine decay to 0 (the fast recipe)
     schedule: str = "constant"
     augment: bool = False  # rotation 10 deg, zoom 10%, shifts 10%, no flips
+    # validate, evaluate and save an exponential moving average of the weights (momentum
+    # EMA_MOMENTUM) instead of the last step's weights: a cheap average over many models
+    ema: bool = False
     # data
     seed: int = 0
     subset: int | None = None  # train on this many images only (quick runs)

@@ -20,7 +20,7 @@ import keras
 import numpy as np
 
 from mnist_workspace import data, gpu, models, report
-from mnist_workspace.config import OPTIMIZERS, RECIPES, SCHEDULES, TrainConfig
+from mnist_workspace.config import EMA_MOMENTUM, OPTIMIZERS, RECIPES, SCHEDULES, TrainConfig
 from mnist_workspace.env import EnvError
 
 
@@ -35,7 +35,7 @@ class TrainResult:
 
 
 def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    """Adam or RMSprop, with the cosine schedule baked in when asked for."""
+    """Adam or RMSprop, with the cosine schedule and weight averaging baked in when asked for."""
     lr: float | keras.optimizers.schedules.LearningRateSchedule = config.learning_rate
     if config.schedule == "cosine":
         total = steps_per_epoch * config.epochs
@@ -46,14 +46,19 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizer
             warmup_target=config.learning_rate,
             warmup_steps=warmup,
         )
+    averaging = {"use_ema": config.ema, "ema_momentum": EMA_MOMENTUM}
     if config.optimizer == "rmsprop":
-        return keras.optimizers.RMSprop(learning_rate=lr)
-    return keras.optimizers.Adam(learning_rate=lr)
+        return keras.optimizers.RMSprop(learning_rate=lr, **averaging)
+    return keras.optimizers.Adam(learning_rate=lr, **averaging)
 
 
 def make_callbacks(config: TrainConfig) -> list[keras.callbacks.Callback]:
     """Annealing as the report concluded, and TensorBoard when a logdir is given."""
     callbacks: list[keras.callbacks.Callback] = []
+    if config.ema:
+        # validation (and so the plateau schedule) sees the averaged weights; fit() leaves
+        # them in the model at the end, so the test set and the saved file see them too
+        callbacks.append(keras.callbacks.SwapEMAWeights())
     if config.schedule == "plateau":
         callbacks.append(
             keras.callbacks.ReduceLROnPlateau(
@@ -186,6 +191,7 @@ def parse_args(argv: Sequence[str] | None) -> TrainConfig:
     add("--epochs", type=int, help="default 15")
     add("--schedule", choices=SCHEDULES, help="plateau halves the rate after 3 flat epochs")
     add("--augment", action=argparse.BooleanOptionalAction, help="rotate/zoom/shift 10%%")
+    add("--ema", action=argparse.BooleanOptionalAction, help="average the weights (EMA)")
     add("--seed", type=int, help="default 0")
     add("--subset", type=int, help="train on N images only, for quick runs")
     add("--validation-fraction", type=float, help="held out of training (default 0.1)")
