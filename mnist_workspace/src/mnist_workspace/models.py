@@ -71,7 +71,8 @@ def fast() -> list[keras.layers.Layer]:
 
 def strong() -> list[keras.layers.Layer]:
     """Deeper batch-normed CNN with learned (strided) downsampling, aimed at >= 99.7% with
-    augmentation and annealing (measured: 99.63-99.65%, two seeds, docs/mnist-workspace.md)."""
+    augmentation and annealing (measured: 99.59-99.67% per seed over four schedules, so
+    not yet; docs/mnist-workspace.md)."""
     return [
         *_conv_bn(32, 3),
         *_conv_bn(32, 3),
