@@ -64,20 +64,24 @@ def test_missing_data_exits_2_without_traceback(tmp_path: Path) -> None:
     assert "mnist-train: error:" in done.stderr and "none" in done.stderr
 
 
+def quick_plateau_config(mnist_dir: Path, tmp_path: Path, **changes: object) -> TrainConfig:
+    """Two epochs of the small model on 1,000 images, halving on plateau."""
+    values = {
+        "model": "fast",
+        "schedule": "plateau",
+        "epochs": 2,
+        "subset": 1000,
+        "data_dir": str(mnist_dir),
+        "model_path": str(tmp_path / "fast.keras"),
+        "verbose": 0,
+    }
+    return TrainConfig.from_dict({**values, **changes})
+
+
 def test_plateau_schedule_with_augmentation_trains(mnist_dir: Path, tmp_path: Path) -> None:
     from mnist_workspace import train
 
-    config = TrainConfig(
-        model="fast",
-        optimizer="rmsprop",
-        schedule="plateau",
-        augment=True,
-        epochs=2,
-        subset=1000,
-        data_dir=str(mnist_dir),
-        model_path=str(tmp_path / "fast.keras"),
-        verbose=0,
-    )
+    config = quick_plateau_config(mnist_dir, tmp_path, optimizer="rmsprop", augment=True)
     result = train.run(config)
     assert result.metrics["epochs"] == 2 and "learning_rate" in result.metrics["history"]
 
@@ -98,16 +102,7 @@ def test_ema_saves_the_moving_average_of_the_training_steps(
             steps.append([w.numpy().copy() for w in self.model.trainable_weights])
 
     steps: list[list[np.ndarray]] = []
-    config = TrainConfig(
-        model="fast",
-        schedule="plateau",
-        ema=True,
-        epochs=2,
-        subset=1000,
-        data_dir=str(mnist_dir),
-        model_path=str(tmp_path / "fast.keras"),
-        verbose=0,
-    )
+    config = quick_plateau_config(mnist_dir, tmp_path, ema=True)
     result = train.run(config, callbacks=[Trajectory()])
     average = steps[0]
     for weights in steps[1:]:
