@@ -2,9 +2,8 @@
 
 Also, unless --strong-seeds is empty, the strong recipe's final test accuracy for each seed,
 the seeds trained at once in separate processes (the target is a median of >= 99.70% over
-3 seeds). Writes mnist-bench.json and
-mnist-bench.png into --out (default docs/) after every run, so an interrupted benchmark
-still leaves what it measured.
+3 seeds). Writes mnist-bench.json and mnist-bench.png into --out (default docs/) after
+every stage, so an interrupted benchmark still leaves what it measured.
 
 Usage (from the repository root, with the package installed):
     python bench/mnist/time_to_accuracy.py --data-dir /opt/mnist
@@ -116,22 +115,28 @@ def strong_accuracies(
         with (workdir / f"strong-{seed}.log").open("w") as log:
             running[seed] = subprocess.Popen(command, env=env, stdout=log, stderr=log)
     runs = []
-    for seed, process in running.items():
-        if process.wait() != 0:
-            log_tail = (workdir / f"strong-{seed}.log").read_text().splitlines()[-5:]
-            raise RuntimeError(
-                f"strong seed {seed} exited {process.returncode}:\n" + "\n".join(log_tail)
+    try:
+        for seed, process in running.items():
+            if process.wait() != 0:
+                log_tail = (workdir / f"strong-{seed}.log").read_text().splitlines()[-5:]
+                raise RuntimeError(
+                    f"strong seed {seed} exited {process.returncode}:\n" + "\n".join(log_tail)
+                )
+            metrics = json.loads((workdir / f"strong-{seed}.json").read_text())
+            runs.append(
+                {
+                    "seed": seed,
+                    "epochs": metrics["epochs"],
+                    "test_accuracy": metrics["test_accuracy"],
+                    "wall_seconds": metrics["wall_seconds"],
+                    "threads": threads,
+                }
             )
-        metrics = json.loads((workdir / f"strong-{seed}.json").read_text())
-        runs.append(
-            {
-                "seed": seed,
-                "epochs": metrics["epochs"],
-                "test_accuracy": metrics["test_accuracy"],
-                "wall_seconds": metrics["wall_seconds"],
-                "threads": threads,
-            }
-        )
+    finally:  # one seed failed or the benchmark was interrupted: stop the other trainings
+        for process in running.values():
+            if process.poll() is None:
+                process.terminate()
+                process.wait()
     return runs
 
 
@@ -227,17 +232,22 @@ def main() -> int:
         print(f"time to {TARGET:.1%}: seed {seed_s} s, fast {fast_s} s, ratio {results['speedup']}")
         print(f"CPU time: seed {seed_cpu} s, fast {fast_cpu} s, ratio {results['cpu_speedup']}")
         if args.strong_seeds:
-            runs = strong_accuracies(
-                args.strong_seeds, args.strong_epochs, args.data_dir, strong_options, Path(tmp)
-            )
+            try:
+                runs = strong_accuracies(
+                    args.strong_seeds, args.strong_epochs, args.data_dir, strong_options, Path(tmp)
+                )
+            except RuntimeError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
             accuracies = [run["test_accuracy"] for run in runs]
+            median = statistics.median(accuracies)
             results["strong"] = {
                 "options": strong_options,
                 "runs": runs,
-                "median_test_accuracy": statistics.median(accuracies),
+                "median_test_accuracy": median,
             }
             save()
-            print(f"strong accuracies: {accuracies}, median {statistics.median(accuracies)}")
+            print(f"strong accuracies: {accuracies}, median {median}")
     return 0
 
 
