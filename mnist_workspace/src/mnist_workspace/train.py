@@ -53,7 +53,8 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizer
 
 
 def make_callbacks(config: TrainConfig) -> list[keras.callbacks.Callback]:
-    """Annealing as the report concluded, and TensorBoard when a logdir is given."""
+    """Validation on the averaged weights under --ema, annealing as the report concluded,
+    and TensorBoard when a logdir is given."""
     callbacks: list[keras.callbacks.Callback] = []
     if config.ema:
         # validation (and so the plateau schedule) sees the averaged weights; fit() leaves
