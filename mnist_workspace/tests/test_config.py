@@ -41,7 +41,6 @@ def test_options_override_the_recipe() -> None:
         2,
         False,
     )
-    assert train.parse_args(["--elastic"]).elastic and not TrainConfig().elastic
 
 
 def test_ema_option_averages_weights_and_validates_the_average() -> None:

@@ -34,7 +34,6 @@ class TrainConfig:
     # conclusion); cosine = warm-up then cosine decay to 0 (the fast recipe)
     schedule: str = "constant"
     augment: bool = False  # rotation 10 deg, zoom 10%, shifts 10%, no flips
-    elastic: bool = False  # elastic distortions (Simard et al. 2003), after the above
     # validate, evaluate and save an exponential moving average of the weights (momentum
     # EMA_MOMENTUM) instead of the last step's weights: a cheap average over many models
     ema: bool = False

@@ -90,7 +90,7 @@ def run(
         mnist = data.load(config.data_dir)
     splits = data.split(mnist, config.validation_fraction, config.seed, config.subset)
     # Model
-    model = models.build(config.model, augment=config.augment, elastic=config.elastic)
+    model = models.build(config.model, augment=config.augment)
     steps = -(-len(splits.x_train) // config.batch_size)
     model.compile(
         optimizer=make_optimizer(config, steps),
@@ -122,7 +122,7 @@ def run(
         _log_op_graph(Path(config.logdir), model, splits.x_test[:1])
     model_path = Path(config.model_path)
     model_path.parent.mkdir(parents=True, exist_ok=True)
-    models.for_inference(model).save(model_path)
+    model.save(model_path)
     config.save(config.config_path)
     metrics = {
         "test_accuracy": test_accuracy,
@@ -192,7 +192,6 @@ def parse_args(argv: Sequence[str] | None) -> TrainConfig:
     add("--epochs", type=int, help="default 15")
     add("--schedule", choices=SCHEDULES, help="plateau halves the rate after 3 flat epochs")
     add("--augment", action=argparse.BooleanOptionalAction, help="rotate/zoom/shift 10%%")
-    add("--elastic", action=argparse.BooleanOptionalAction, help="elastic distortions")
     add("--ema", action=argparse.BooleanOptionalAction, help="average the weights (EMA)")
     add("--seed", type=int, help="default 0")
     add("--subset", type=int, help="train on N images only, for quick runs")
