@@ -52,9 +52,10 @@ def _conv_bn(
 
 
 def fast() -> list[keras.layers.Layer]:
-    """Few multiply-adds per image (about a fifth of LeNet's) and batch norm, so a large,
-    cosine-annealed learning rate converges in three epochs: the recipe that reaches 99.2%
-    soonest on a CPU. Batch-norm statistics use momentum 0.9 to keep up with such short runs.
+    """Few multiply-adds per image (2.0 million, a sixth of LeNet's 12.0 million) and batch
+    norm, so a large, cosine-annealed learning rate converges in three epochs: the recipe
+    that reaches 99.2% soonest on a CPU. Batch-norm statistics use momentum 0.9 to keep up
+    with such short runs.
     """
     return [
         *_conv_bn(16, 3, momentum=0.9),
