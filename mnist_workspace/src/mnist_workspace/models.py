@@ -72,7 +72,7 @@ def fast() -> list[keras.layers.Layer]:
 
 def strong() -> list[keras.layers.Layer]:
     """Deeper batch-normed CNN with learned (strided) downsampling, aimed at >= 99.7% with
-    augmentation and annealing (measured: 99.59-99.67% per seed over four schedules, so
+    augmentation and annealing (measured: 99.59-99.69% per seed over five recipes, so
     not yet; docs/mnist-workspace.md)."""
     return [
         *_conv_bn(32, 3),
