@@ -25,6 +25,8 @@ USERS_CREATED: list[str] = []
 # Several test stacks can run side by side on one engine (another name, other ports).
 STACK = os.environ.get("LABHUB_TEST_STACK", "labhubtest")
 HTTPS_PORT = int(os.environ.get("LABHUB_TEST_HTTPS_PORT", "18443"))
+# The images' tag: another one lets two checkouts test side by side on one engine.
+VERSION = os.environ.get("LABHUB_TEST_VERSION", "test")
 # The Dockerfiles' base image; small test containers run it too.
 BASE_IMAGE = "debian:trixie-slim"
 
@@ -145,7 +147,7 @@ def launched_stack(
         "HTTP_PORT": str(https_port - 363),
         "HTTPS_PORT": str(https_port),
         "CERTS_DIR": str(certs),
-        "LABHUB_VERSION": "test",
+        "LABHUB_VERSION": VERSION,
         "TENSORFLOW_PACKAGE": "tensorflow-cpu==2.21.0",
         "ADMIN_USERS": "admin",
         "USER_MEM_LIMIT": "3G",

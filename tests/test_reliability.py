@@ -19,7 +19,7 @@ import docker
 import pytest
 import requests
 from hubclient import HubClient, Kernel
-from stacks import STACK, USERS_CREATED, Stack
+from stacks import STACK, USERS_CREATED, VERSION, Stack
 
 pytestmark = pytest.mark.e2e
 
@@ -251,7 +251,7 @@ def upgrade_tag(stack: Stack) -> Iterator[str]:
     tag = f"{STACK}-upgrade"
     api = docker.from_env()
     for name in ("hub", "proxy"):
-        api.images.get(f"labhub/{name}:test").tag(f"labhub/{name}", tag)
+        api.images.get(f"labhub/{name}:{VERSION}").tag(f"labhub/{name}", tag)
     with tempfile.TemporaryDirectory() as context:
         Path(context, "Dockerfile").write_text(UPGRADE_DOCKERFILE)
         subprocess.run(
@@ -263,7 +263,7 @@ def upgrade_tag(stack: Stack) -> Iterator[str]:
     try:
         yield tag
     finally:
-        set_env_value(stack.env_file, "LABHUB_VERSION", "test")
+        set_env_value(stack.env_file, "LABHUB_VERSION", VERSION)
         stack.compose("up", "-d", "--wait", check=False)
         for name in ("hub", "proxy", "workspace"):
             with contextlib.suppress(docker.errors.APIError):

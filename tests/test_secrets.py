@@ -14,7 +14,7 @@ from pathlib import Path
 
 import docker
 import pytest
-from stacks import REPO, STACK, Stack
+from stacks import REPO, STACK, VERSION, Stack
 from test_security import forget
 
 SECRET_NAMES = ("CONFIGPROXY_AUTH_TOKEN", "SHARED_USER_PASSWORD", "SHARED_ADMIN_PASSWORD")
@@ -96,8 +96,7 @@ def test_secrets_are_never_logged(stack: Stack) -> None:
 def labhub_images() -> list[str]:
     api = docker.from_env()
     tags = [t for image in api.images.list(name="labhub/*") for t in image.tags]
-    version = "test"
-    chosen = [t for t in tags if t.endswith(f":{version}")]
+    chosen = [t for t in tags if t.endswith(f":{VERSION}")]
     assert {t.split(":")[0] for t in chosen} >= {"labhub/hub", "labhub/proxy", "labhub/workspace"}
     return sorted(chosen)
 
