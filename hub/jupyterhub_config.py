@@ -8,7 +8,7 @@ All values come from one validated `Settings` object built from the environment
 import os
 import sys
 
-from labhub.apiguard import refuse_non_object_json_bodies
+from labhub.apiguard import guard_api_bodies
 from labhub.auth import authenticator_config
 from labhub.settings import Settings, SettingsError
 from labhub.spawner import spawner_config
@@ -21,8 +21,9 @@ except SettingsError as error:
     print(error, file=sys.stderr, flush=True)
     sys.exit(2)
 
-# A JSON body that is not an object gets 400, not JupyterHub 6.1.1's 500 (labhub.apiguard).
-refuse_non_object_json_bodies()
+# Two JupyterHub 6.1.1 API bugs guarded (labhub.apiguard): a JSON body that is not an
+# object gets 400, not 500; the admin panel's unchanged `name` no longer nulls the name.
+guard_api_bodies()
 
 # --- Hub and proxy ---------------------------------------------------------------
 # The hub's public URL: cookies are Secure and OAuth callbacks are built from it.

@@ -4,94 +4,55 @@ test-artifacts/ for a person to look at."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import shutil
-import subprocess
-from pathlib import Path
-
 import pytest
-from stacks import REPO, Stack
+from browser import ARTIFACTS, browser_login, chromium, needs_chromium
+from stacks import Stack
 
 pytestmark = pytest.mark.e2e
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
-def spki_pin(cert_file: Path) -> str:
-    """Base64 SHA-256 of the server key: Chromium trusts exactly this key, nothing else."""
-    der = subprocess.run(
-        ["openssl", "x509", "-in", str(cert_file), "-pubkey", "-noout"],
-        capture_output=True,
-        check=True,
-    ).stdout
-    key = subprocess.run(
-        ["openssl", "pkey", "-pubin", "-outform", "der"], input=der, capture_output=True, check=True
-    ).stdout
-    return base64.b64encode(hashlib.sha256(key).digest()).decode()
-
-
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
+@needs_chromium
 def test_student_logs_in_and_sees_the_mnist_notebook(stack: Stack, username: str) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    artifacts = REPO / "test-artifacts"
-    artifacts.mkdir(exist_ok=True)
-    pin = spki_pin(stack.certs_dir / "localhost.crt")
     # Start the server before the browser opens: creating the container adds a network
     # interface on this host, and Chromium aborts in-flight requests when interfaces
     # change (ERR_NETWORK_CHANGED), which a student's laptop never sees.
     stack.login(username).start_server(username)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--no-first-run",
-                f"--ignore-certificate-errors-spki-list={pin}",
-            ],
+    with chromium(stack) as browser:
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        failed: list[str] = []
+        page.on(
+            "requestfailed",
+            lambda request: failed.append(f"{request.method} {request.url}: {request.failure}"),
+        )
+        page.on(
+            "response",
+            lambda response: (
+                failed.append(f"{response.status} {response.url}")
+                if response.status >= 400
+                else None
+            ),
         )
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            failed: list[str] = []
-            page.on(
-                "requestfailed",
-                lambda request: failed.append(f"{request.method} {request.url}: {request.failure}"),
-            )
-            page.on(
-                "response",
-                lambda response: (
-                    failed.append(f"{response.status} {response.url}")
-                    if response.status >= 400
-                    else None
-                ),
-            )
-            try:
-                page.goto(stack.base_url + "/hub/login")
-                page.fill("#username_input", username)
-                page.fill("#password_input", stack.value("SHARED_USER_PASSWORD"))
-                page.click("#login_submit")
-                page.wait_for_url(f"**/user/{username}/lab/**", timeout=300_000)
-                kernel = page.get_by_role("button", name="TensorFlow-GPU | Idle")
-                for attempt in range(3):
-                    try:
-                        expect(kernel.first).to_be_visible(timeout=90_000)
-                        break
-                    except AssertionError:
-                        # Other containers starting on this host change its interfaces and
-                        # Chromium drops requests in flight; reload only for that reason.
-                        if attempt == 2 or not any("ERR_NETWORK_CHANGED" in f for f in failed):
-                            raise
-                        failed.clear()
-                        page.reload()
-                tab = page.locator(".lm-TabBar-tabLabel", has_text="MNIST.ipynb")
-                expect(tab.first).to_be_visible()
-                expect(page.locator(".jp-Notebook .jp-Cell").first).to_be_visible()
-            finally:
-                page.screenshot(path=str(artifacts / "browser-jupyterlab.png"))
-                (artifacts / "browser-failed-requests.txt").write_text("\n".join(failed))
+            browser_login(page, stack, username, stack.value("SHARED_USER_PASSWORD"))
+            page.wait_for_url(f"**/user/{username}/lab/**", timeout=300_000)
+            kernel = page.get_by_role("button", name="TensorFlow-GPU | Idle")
+            for attempt in range(3):
+                try:
+                    expect(kernel.first).to_be_visible(timeout=90_000)
+                    break
+                except AssertionError:
+                    # Other containers starting on this host change its interfaces and
+                    # Chromium drops requests in flight; reload only for that reason.
+                    if attempt == 2 or not any("ERR_NETWORK_CHANGED" in f for f in failed):
+                        raise
+                    failed.clear()
+                    page.reload()
+            tab = page.locator(".lm-TabBar-tabLabel", has_text="MNIST.ipynb")
+            expect(tab.first).to_be_visible()
+            expect(page.locator(".jp-Notebook .jp-Cell").first).to_be_visible()
         finally:
-            browser.close()
+            page.screenshot(path=str(ARTIFACTS / "browser-jupyterlab.png"))
+            (ARTIFACTS / "browser-failed-requests.txt").write_text("\n".join(failed))
     stack.login(username).stop_server(username)

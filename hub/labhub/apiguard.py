@@ -1,10 +1,17 @@
-"""Workaround: JupyterHub 6.1.1 answers 500 to a REST API body that is JSON but not an
-object (for example `true` sent to POST /hub/api/shares/<user>/<server>), because its
-handlers call `.get()` on whatever the body parsed to. Every body of JupyterHub's API is
-a JSON object, so anything else is refused with 400 before a handler sees it.
+"""Workarounds for two JupyterHub 6.1.1 REST API bugs, installed on its API handlers.
 
-Found by tests/test_fuzz.py. Remove once JupyterHub validates bodies itself (the fuzz
-test then still guards against the 500 coming back).
+1. A body that is JSON but not an object (for example `true` sent to
+   POST /hub/api/shares/<user>/<server>) gave 500, because the handlers call `.get()` on
+   whatever the body parsed to. Every body of JupyterHub's API is a JSON object, so
+   anything else is refused with 400 before a handler sees it (found by tests/test_fuzz.py).
+2. PATCH /hub/api/users/<name> with the user's own, unchanged `name` in the body (which
+   the admin panel always sends, e.g. when an admin ticks "Admin") set the name to NULL:
+   the handler only computes a new name when it differs, then assigns it anyway. The hub
+   then failed for that user and the idle culler failed every minute. An unchanged name
+   is dropped from the body, so the handler leaves the name alone.
+
+Remove each once JupyterHub fixes it (tests/test_fuzz.py and tests/test_admin_panel.py
+then still guard against the bug coming back).
 """
 
 from __future__ import annotations
@@ -12,18 +19,27 @@ from __future__ import annotations
 from typing import Any
 
 from jupyterhub.apihandlers.base import APIHandler
+from jupyterhub.apihandlers.users import UserAPIHandler
 from tornado import web
 
 _parse_json_body = APIHandler.get_json_body
 
 
-def _object_json_body(handler: APIHandler) -> Any:
+def _guarded_json_body(handler: APIHandler) -> Any:
     model = _parse_json_body(handler)
     if model is not None and not isinstance(model, dict):
         raise web.HTTPError(400, "The request body must be a JSON object")
+    if (
+        isinstance(handler, UserAPIHandler)
+        and handler.request.method == "PATCH"
+        and model
+        and handler.path_args
+        and model.get("name") == handler.path_args[0]
+    ):
+        model = {key: value for key, value in model.items() if key != "name"}
     return model
 
 
-def refuse_non_object_json_bodies() -> None:
-    """Install the check on every API handler (idempotent)."""
-    APIHandler.get_json_body = _object_json_body
+def guard_api_bodies() -> None:
+    """Install both checks on every API handler (idempotent)."""
+    APIHandler.get_json_body = _guarded_json_body
