@@ -16,7 +16,7 @@ env_value = $(shell grep -hE '^$(1)=' $(ENV_FILE) .env.example 2>/dev/null | hea
 
 .PHONY: help
 help: ## List the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-19s %s\n", $$1, $$2}'
 
 .PHONY: env
 env: ## Create or complete .env (secrets generated, mode 0600)
@@ -41,7 +41,12 @@ build: env base-image ## Build the hub, proxy and workspace images
 
 .PHONY: up
 up: env certs build ## Set everything up and start the platform
-	$(COMPOSE) up -d --wait
+	@# Settings are checked before anything starts: a wrong value is listed with its fix.
+	@$(COMPOSE) run --rm --no-deps -T hub labhub check-settings || \
+	  { echo "make up: fix the settings above in $(ENV_FILE), then run make up again" >&2; exit 2; }
+	@$(COMPOSE) up -d --wait || { $(COMPOSE) logs --no-color --tail=40 hub >&2; \
+	  echo "make up: a service did not become healthy; the hub's last lines are above" \
+	       "(make logs SERVICE=hub for more)" >&2; exit 1; }
 	@ENV_FILE=$(ENV_FILE) scripts/print-welcome.sh
 
 .PHONY: down
@@ -50,8 +55,8 @@ down: ## Stop the platform and users' servers (users' files and the hub database
 	$(COMPOSE) down
 
 .PHONY: logs
-logs: ## Follow the logs of every service
-	$(COMPOSE) logs -f --tail=100
+logs: ## Follow the logs (of every service, or SERVICE=hub|proxy|proxy-chp|docker-proxy)
+	$(COMPOSE) logs -f --tail=100 $(SERVICE)
 
 .PHONY: doctor
 doctor: ## Check this host for a safe GPU set-up

@@ -7,10 +7,11 @@ containers on the local engine, requests go through nginx with TLS.
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 import requests
-from stacks import USERS_CREATED, Stack
+from stacks import REPO, USERS_CREATED, Stack
 
 pytestmark = pytest.mark.e2e
 
@@ -161,6 +162,32 @@ def test_a_wrong_setting_stops_the_hub_with_its_name(stack: Stack) -> None:
     assert result.returncode == 2
     assert "AUTH='ldap' is unknown" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_make_up_with_a_wrong_setting_prints_it_and_changes_nothing(
+    stack: Stack, tmp_path: Path
+) -> None:
+    hub_before = hub_container_id(stack)
+    wrong = tmp_path / ".env"
+    lines = stack.env_file.read_text().splitlines()
+    kept = [line for line in lines if not line.startswith("USER_MEM_LIMIT=")]
+    wrong.write_text("\n".join([*kept, "USER_MEM_LIMIT=lots"]) + "\n")
+    wrong.chmod(0o600)
+    result = subprocess.run(
+        ["make", "--no-print-directory", "up", f"ENV_FILE={wrong}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert result.returncode != 0
+    assert "USER_MEM_LIMIT='lots' is not valid: a size such as 2G or 512M" in result.stderr
+    assert "fix the settings above" in result.stderr
+    assert hub_container_id(stack) == hub_before, "the running hub was touched"
+
+
+def hub_container_id(stack: Stack) -> str:
+    return stack.compose("ps", "-q", "hub").stdout.strip()
 
 
 def test_files_survive_make_down_and_up(stack: Stack, username: str) -> None:
