@@ -64,20 +64,23 @@ doctor: ## Check this host for a safe GPU set-up
 
 # Backups go to BACKUP_ROOT/<UTC timestamp>/ (gitignored); see docs/reliability.md.
 BACKUP_ROOT ?= backups
+RESTORE = STACK_NAME=$(call env_value,STACK_NAME) DOCKER_NETWORK=$(call env_value,DOCKER_NETWORK) \
+  LABHUB_VERSION=$(call env_value,LABHUB_VERSION) ONLY_USERS='$(ONLY_USERS)' scripts/restore.sh
 
 .PHONY: backup
-backup: ## Back up the hub database and every user volume into backups/<time>/
+backup: ## Back up the hub and GPU databases and every user volume into backups/<time>/
 	@STACK_NAME=$(call env_value,STACK_NAME) LABHUB_VERSION=$(call env_value,LABHUB_VERSION) \
 	  BACKUP_ROOT=$(BACKUP_ROOT) ONLY_USERS='$(ONLY_USERS)' scripts/backup.sh
 
 .PHONY: restore
-restore: ## Restore a backup (stops the hub meanwhile): make restore BACKUP=backups/<time>
-	@test -n "$(BACKUP)" || { echo "usage: make restore BACKUP=backups/<time>"; exit 2; }
-	$(COMPOSE) stop hub
-	@# The hub comes back even when the restore refuses (nothing is changed then).
-	STACK_NAME=$(call env_value,STACK_NAME) LABHUB_VERSION=$(call env_value,LABHUB_VERSION) \
-	  ONLY_USERS='$(ONLY_USERS)' scripts/restore.sh $(BACKUP); status=$$?; \
-	  $(COMPOSE) start hub; exit $$status
+restore: ## Restore a backup: make restore BACKUP=backups/<time> [ONLY_USERS="alice bob"]
+	@test -n "$(BACKUP)" || { echo "usage: make restore BACKUP=backups/<time> [ONLY_USERS=...]"; exit 2; }
+	@# Whole restore: databases + files, hub stopped meanwhile; ONLY_USERS: those users'
+	@# files only, hub untouched. Every check runs first; a refusal changes nothing.
+	@$(RESTORE) --check $(BACKUP)
+	@if [ -z "$(ONLY_USERS)" ]; then \
+	  $(COMPOSE) stop hub; $(RESTORE) $(BACKUP); status=$$?; $(COMPOSE) start hub; exit $$status; \
+	else $(RESTORE) $(BACKUP); fi
 
 $(VENV)/.installed: requirements/dev.txt hub/pyproject.toml mnist_workspace/pyproject.toml
 	python3 -m venv $(VENV)

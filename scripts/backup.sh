@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Back up the hub database and every user's volume into BACKUP_ROOT/<UTC timestamp>/.
+# Back up the hub database, the GPU database and every user's volume into
+# BACKUP_ROOT/<UTC timestamp>/.
 #
 #   STACK_NAME=labhub LABHUB_VERSION=0.1.0 scripts/backup.sh        (or: make backup)
 #
-# The database is copied with SQLite's online backup API (`sqlite3 .backup`), which is
-# consistent while the hub runs. The users are read from that copy, and each user's
+# The databases (the hub's, and the GPU allocations, quotas and audit log in gpu.sqlite
+# when GPUs are on) are copied with SQLite's online backup API (`sqlite3 .backup`), which
+# is consistent while the hub runs. The users are read from that copy, and each user's
 # volume (labhub-user-*) is archived with tar by a throw-away helper container from
 # the hub image, with no network. Running servers keep running: a file being written
 # during the backup may be caught half-way, so stop servers first for a point-in-time
 # copy of users' files. ONLY_USERS="alice bob" archives only those users' volumes (the
-# database is always backed up whole). The last line printed is the backup folder.
+# databases are always backed up whole). The last line printed is the backup folder.
 set -euo pipefail
 
 stack="${STACK_NAME:?set STACK_NAME (make backup reads it from .env)}"
@@ -31,12 +33,16 @@ helper() {
     -v "${folder}:/backup" "$@"
 }
 
-echo "backup: hub database of ${stack} -> ${folder}"
+echo "backup: hub and GPU databases of ${stack} -> ${folder}"
 # shellcheck disable=SC2016  # expanded by the helper's shell, not this one
 helper -v "${hub_volume}:/srv/jupyterhub" "${helper_image}" sh -c '
   set -e
   sqlite3 /srv/jupyterhub/jupyterhub.sqlite ".backup /backup/jupyterhub.sqlite"
   test "$(sqlite3 /backup/jupyterhub.sqlite "PRAGMA integrity_check")" = ok
+  if [ -f /srv/jupyterhub/gpu.sqlite ]; then
+    sqlite3 /srv/jupyterhub/gpu.sqlite ".backup /backup/gpu.sqlite"
+    test "$(sqlite3 /backup/gpu.sqlite "PRAGMA integrity_check")" = ok
+  fi
   if [ -f /srv/jupyterhub/jupyterhub_cookie_secret ]; then
     cp -p /srv/jupyterhub/jupyterhub_cookie_secret /backup/
   fi

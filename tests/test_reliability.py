@@ -183,7 +183,22 @@ def test_killed_container_starts_again_with_files(stack: Stack, username: str) -
 
 
 # --- backup and restore ------------------------------------------------------------------
-def test_backup_and_restore_round_trip(stack: Stack, username: str) -> None:
+def stop_every_server(admin: HubClient) -> None:
+    """What a whole restore asks of the admin first (the admin panel's Stop All)."""
+    for user in admin.api("GET", "/users").json():
+        if user.get("servers"):
+            admin.stop_server(user["name"])
+
+
+def backup_of(stack: Stack, root: str, username: str) -> Path:
+    """`make backup` of the databases and only this user's files; the folder it wrote."""
+    backup = stack.make("backup", f"BACKUP_ROOT={root}", f"ONLY_USERS={username}")
+    folder = Path(backup.stdout.strip().splitlines()[-1].split()[-1])
+    assert folder.is_dir(), backup.stdout
+    return folder
+
+
+def test_backup_and_whole_restore_round_trip(stack: Stack, username: str) -> None:
     from labhub.spawner import volume_name_for
 
     client, _ = started_user(stack, username)
@@ -195,11 +210,7 @@ def test_backup_and_restore_round_trip(stack: Stack, username: str) -> None:
     USERS_CREATED.append(f"{username}-later")
 
     with tempfile.TemporaryDirectory() as tmp:
-        # Only this test's user's files (the database whole): on a shared test engine,
-        # other stacks' users (admin) have volumes of the same names; a real host runs one.
-        backup = stack.make("backup", f"BACKUP_ROOT={tmp}", f"ONLY_USERS={username}")
-        folder = Path(backup.stdout.strip().splitlines()[-1].split()[-1])
-        assert folder.is_dir(), backup.stdout
+        folder = backup_of(stack, tmp, username)
         assert (folder / "jupyterhub.sqlite").stat().st_size > 0
         assert (folder / "volumes" / f"{volume_name_for(username)}.tar.gz").is_file()
 
@@ -212,7 +223,8 @@ def test_backup_and_restore_round_trip(stack: Stack, username: str) -> None:
         assert not docker.from_env().volumes.list(filters={"name": volume_name_for(username)})
         assert admin.api("GET", f"/users/{username}").status_code == 404
 
-        restore = stack.make("restore", f"BACKUP={folder}", f"ONLY_USERS={username}", check=False)
+        stop_every_server(admin)
+        restore = stack.make("restore", f"BACKUP={folder}", check=False)
         assert restore.returncode == 0, restore.stdout + restore.stderr
     wait_hub_healthy(stack)
 
@@ -224,6 +236,63 @@ def test_backup_and_restore_round_trip(stack: Stack, username: str) -> None:
     output = stack.run(client, username, "print(open('/home/jovyan/results.txt').read())")
     assert output.strip() == "epoch 12: 99.1%"
     client.stop_server(username)
+
+
+def test_whole_restore_refuses_while_servers_run_and_names_each(
+    stack: Stack, username: str
+) -> None:
+    started_user(stack, username)
+    hub_started = hub_start_time(stack)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = backup_of(stack, tmp, username)
+        restore = stack.make("restore", f"BACKUP={folder}", check=False)
+    assert restore.returncode != 0
+    assert f"{STACK}-user-{username} is running" in restore.stderr
+    assert "nothing changed" in restore.stderr
+    assert hub_start_time(stack) == hub_started, "the hub was stopped for a refused restore"
+    stack.login(username).stop_server(username)
+
+
+def test_restoring_one_users_files_leaves_the_hub_and_others_running(
+    stack: Stack, username: str
+) -> None:
+    alice, bob = username, f"{username}-bob"
+    USERS_CREATED.append(bob)
+    client, _ = started_user(stack, alice)
+    stack.run(client, alice, "open('/home/jovyan/thesis.txt', 'w').write('chapter 1')")
+    client.stop_server(alice)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = backup_of(stack, tmp, alice)
+        # Afterwards: alice loses her file, bob starts working, a new user appears.
+        client.start_server(alice)
+        stack.run(client, alice, "import os; os.remove('/home/jovyan/thesis.txt')")
+        client.stop_server(alice)
+        bob_client, bob_token = started_user(stack, bob)
+        bob_container = user_container(bob).id
+        admin = admin_client(stack)
+        assert admin.api("POST", f"/users/{username}-newer").status_code == 201
+        USERS_CREATED.append(f"{username}-newer")
+        hub_started = hub_start_time(stack)
+
+        restore = stack.make("restore", f"BACKUP={folder}", f"ONLY_USERS={alice}", check=False)
+        assert restore.returncode == 0, restore.stdout + restore.stderr
+        assert "hub and databases untouched" in restore.stdout
+
+    assert hub_start_time(stack) == hub_started, "the hub was restarted"
+    assert user_container(bob).id == bob_container
+    assert routed(stack, bob, bob_token), "bob's running server stopped answering"
+    assert admin.api("GET", f"/users/{username}-newer").status_code == 200
+    client.start_server(alice)
+    assert stack.run(client, alice, "print(open('/home/jovyan/thesis.txt').read())") == (
+        "chapter 1\n"
+    )
+    client.stop_server(alice)
+    bob_client.stop_server(bob)
+
+
+def hub_start_time(stack: Stack) -> str:
+    hub = docker.from_env().containers.get(stack.compose("ps", "-q", "hub").stdout.strip())
+    return str(hub.attrs["State"]["StartedAt"])
 
 
 # --- image upgrade (last: it changes the stack's version and puts it back) ----------------
