@@ -59,8 +59,8 @@ logs: ## Follow the logs (of every service, or SERVICE=hub|proxy|proxy-chp|docke
 	$(COMPOSE) logs -f --tail=100 $(SERVICE)
 
 .PHONY: doctor
-doctor: ## Check this host for a safe GPU set-up
-	@scripts/doctor.sh
+doctor: ## Check this host (GPU set-up) and the stack (settings, services, certificate)
+	@ENV_FILE=$(ENV_FILE) scripts/doctor.sh
 
 # Backups go to BACKUP_ROOT/<UTC timestamp>/ (gitignored); see docs/reliability.md.
 BACKUP_ROOT ?= backups

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# `make doctor`: preflight checks for a safe (GPU) host. One PASS/WARN/FAIL line per
-# check; exits 1 if any check FAILs. A host without NVIDIA GPUs is fine: it reports
+# `make doctor`: checks for a safe (GPU) host and, once `make env` has run, for the stack
+# (its settings, its services' health, the certificate's expiry). One PASS/WARN/FAIL line
+# per check; exits 1 if any check FAILs. A host without NVIDIA GPUs is fine: it reports
 # "no GPU: CPU-only" and skips the GPU checks. See docs/security.md (GPU host hygiene).
 #
 # Settings (environment): DOCKER_SOCKET (/var/run/docker.sock), DOCTOR_MIN_FREE_GB (30),
-# DOCTOR_WARN_FREE_GB (100).
+# DOCTOR_WARN_FREE_GB (100), ENV_FILE (.env; the Makefile passes it).
 set -uo pipefail
 
 MIN_TOOLKIT=1.19.1  # NVIDIA Container Toolkit: earlier versions have container escapes
@@ -97,6 +98,49 @@ else
       fail "NVIDIA Container Toolkit $toolkit is older than $MIN_TOOLKIT" \
         "(known container escapes): upgrade nvidia-container-toolkit"
     fi
+  fi
+fi
+
+# --- The stack: settings, services, certificate ----------------------------------------
+env_file="${ENV_FILE:-.env}"
+env_value() { grep -E "^$1=" "$env_file" | head -n1 | cut -d= -f2-; }
+if [[ ! -f "$env_file" ]]; then
+  warn "stack: no $env_file yet (make up creates it): stack checks skipped"
+elif [[ -n "$engine_version" ]]; then
+  stack="$(env_value STACK_NAME)"; stack="${stack:-labhub}"
+  hub_image="labhub/hub:$(env_value LABHUB_VERSION)"
+  if ! docker image inspect "$hub_image" >/dev/null 2>&1; then
+    warn "settings: image $hub_image not built yet (make build): not checked"
+  elif problems="$(docker run --rm --network none --env-file "$env_file" "$hub_image" \
+                   labhub check-settings 2>&1)"; then
+    pass "settings in $env_file: ${problems}"
+  else
+    fail "settings in $env_file: $(printf '%s' "$problems" | tr '\n' ' ')"
+  fi
+  mapfile -t services < <(docker ps -a --filter "label=com.docker.compose.project=${stack}" \
+    --format '{{.Label "com.docker.compose.service"}} {{.State}} {{.Status}}')
+  if ((${#services[@]} == 0)) || [[ -z "${services[0]}" ]]; then
+    warn "services of ${stack}: none running (make up starts them)"
+  fi
+  for line in "${services[@]}"; do
+    [[ -z "$line" ]] && continue
+    read -r service state status <<<"$line"
+    if [[ "$state" != running || "$status" == *unhealthy* || "$status" == *Restarting* ]]; then
+      fail "service $service of ${stack}: $state ($status): make logs SERVICE=$service"
+    else
+      pass "service $service of ${stack}: $status"
+    fi
+  done
+  certs_dir="$(env_value CERTS_DIR)"; domain="$(env_value DOMAIN)"
+  cert="${certs_dir:-certs}/${domain:-localhost}.crt"
+  if [[ ! -f "$cert" ]]; then
+    warn "certificate $cert not found (make certs)"
+  elif ! openssl x509 -in "$cert" -noout -checkend 0 >/dev/null 2>&1; then
+    fail "certificate $cert has expired: make certs (a local one) or renew yours"
+  elif ! openssl x509 -in "$cert" -noout -checkend $((30 * 86400)) >/dev/null 2>&1; then
+    warn "certificate $cert expires within 30 days ($(openssl x509 -in "$cert" -noout -enddate | cut -d= -f2))"
+  else
+    pass "certificate $cert valid until $(openssl x509 -in "$cert" -noout -enddate | cut -d= -f2)"
   fi
 fi
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from stacks import REPO
+from stacks import REPO, Stack
 
 DOCTOR = REPO / "scripts" / "doctor.sh"
 
@@ -74,7 +74,11 @@ def run_doctor(tmp_path: Path, host: Host) -> subprocess.CompletedProcess[str]:
                 break
     return subprocess.run(
         ["bash", str(DOCTOR)],
-        env={"PATH": f"{bin_dir}:{basics}", "DOCKER_SOCKET": str(socket_file)},
+        env={
+            "PATH": f"{bin_dir}:{basics}",
+            "DOCKER_SOCKET": str(socket_file),
+            "ENV_FILE": str(tmp_path / "no.env"),  # the host checks only
+        },
         capture_output=True,
         text=True,
         timeout=60,
@@ -148,3 +152,14 @@ def test_doctor_on_this_host_says_cpu_only_without_failing() -> None:
         pytest.skip("this host has a GPU driver")
     assert "no GPU: CPU-only" in result.stdout
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.e2e
+def test_doctor_checks_the_running_stack(stack: Stack) -> None:
+    result = stack.make("-s", "doctor", check=False)
+    out = result.stdout
+    assert f"PASS  settings in {stack.env_file}: settings OK" in out, out
+    for service in ("hub", "proxy", "proxy-chp", "docker-proxy"):
+        assert f"PASS  service {service} of " in out, out
+    assert "PASS  certificate " in out and "valid until" in out, out
+    assert result.returncode == 0, out
