@@ -22,6 +22,10 @@ help: ## List the targets
 env: ## Create or complete .env (secrets generated, mode 0600)
 	@scripts/init-env.sh $(ENV_FILE)
 
+.PHONY: stack-owner
+stack-owner: env
+	@STACK_NAME=$(call env_value,STACK_NAME) ENV_FILE=$(ENV_FILE) scripts/check-stack-owner.sh
+
 .PHONY: certs
 certs: env ## Create the local CA and the server certificate (or use yours)
 	@DOMAIN=$(call env_value,DOMAIN) LAN_ADDRESSES=$(call env_value,LAN_ADDRESSES) CERTS_DIR=$(call env_value,CERTS_DIR) scripts/make-certs.sh
@@ -40,7 +44,7 @@ build: env base-image ## Build the hub, proxy and workspace images
 	  -t labhub/workspace:$(call env_value,LABHUB_VERSION) .
 
 .PHONY: up
-up: env certs build ## Set everything up and start the platform
+up: env stack-owner certs build ## Set everything up and start the platform
 	@# Settings are checked before anything starts: a wrong value is listed with its fix.
 	@$(COMPOSE) run --rm --no-deps -T hub labhub check-settings || \
 	  { echo "make up: fix the settings above in $(ENV_FILE), then run make up again" >&2; exit 2; }

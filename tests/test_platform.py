@@ -186,6 +186,41 @@ def test_make_up_with_a_wrong_setting_prints_it_and_changes_nothing(
     assert hub_container_id(stack) == hub_before, "the running hub was touched"
 
 
+def test_make_up_refuses_to_take_over_a_stack_it_did_not_create(
+    stack: Stack, tmp_path: Path
+) -> None:
+    hub_before = hub_container_id(stack)
+    # Another .env with the same STACK_NAME (other secrets), from this checkout...
+    other_env = tmp_path / ".env"
+    other_env.write_text(
+        "".join(
+            f"CONFIGPROXY_AUTH_TOKEN={'0' * 64}\n"
+            if line.startswith("CONFIGPROXY_AUTH_TOKEN=")
+            else line + "\n"
+            for line in stack.env_file.read_text().splitlines()
+        )
+    )
+    other_env.chmod(0o600)
+    # ... and the same .env from another checkout of labhub.
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    for part in ("Makefile", ".env.example", "scripts", "compose"):
+        subprocess.run(["cp", "-r", str(REPO / part), str(checkout)], check=True)
+    for cwd, env_file, said in (
+        (REPO, other_env, "was started with other secrets"),
+        (checkout, stack.env_file, "already runs from another checkout"),
+    ):
+        result = subprocess.run(
+            ["make", "--no-print-directory", "up", f"ENV_FILE={env_file}"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert result.returncode != 0 and said in result.stderr, result.stdout + result.stderr
+    assert hub_container_id(stack) == hub_before, "the running hub was touched"
+
+
 def hub_container_id(stack: Stack) -> str:
     return stack.compose("ps", "-q", "hub").stdout.strip()
 
