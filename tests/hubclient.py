@@ -195,3 +195,53 @@ def run_in_kernel(
         return kernel.execute(code, timeout=timeout)
     finally:
         kernel.shutdown()
+
+
+class Terminal:
+    """A JupyterLab terminal (File > New > Terminal), driven over its websocket.
+
+    The same endpoints the browser uses: POST api/terminals, then the terminals
+    websocket, where keystrokes go as ["stdin", ...] and the screen comes as ["stdout", ...].
+    """
+
+    def __init__(self, base_url: str, ca_file: str, username: str, token: str) -> None:
+        self.base_url, self.ca_file = base_url.rstrip("/"), ca_file
+        self.username, self.token = username, token
+        self.http = requests.Session()
+        self.http.trust_env = False
+        self.http.verify = ca_file
+        self.http.headers["Authorization"] = f"token {token}"
+        self.api = f"{self.base_url}/user/{username}/api/terminals"
+        response = self.http.post(self.api, timeout=60)
+        response.raise_for_status()
+        self.name = response.json()["name"]
+
+    def run(self, command: str, done: str, timeout: float = 300) -> str:
+        """Type `command` and Enter; return the screen once `done` is printed on it.
+
+        `done` should be something the command prints but its echoed line does not
+        contain (e.g. the result of `$((40 + 2))`), so the echo alone never ends the wait.
+        """
+        netloc = urlparse(self.base_url).netloc
+        ws = websocket.create_connection(
+            f"wss://{netloc}/user/{self.username}/terminals/websocket/{self.name}",
+            header=[f"Authorization: token {self.token}"],
+            sslopt={"ca_certs": self.ca_file, "cert_reqs": ssl.CERT_REQUIRED},
+            timeout=timeout,
+        )
+        screen: list[str] = []
+        try:
+            ws.send(json.dumps(["stdin", command + "\r"]))
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                kind, *payload = json.loads(ws.recv())
+                if kind == "stdout":
+                    screen.append(payload[0])
+                    if done in "".join(screen):
+                        return "".join(screen)
+        finally:
+            ws.close()
+        raise TimeoutError(f"{done!r} not printed within {timeout} s:\n{''.join(screen)[-2000:]}")
+
+    def close(self) -> None:
+        self.http.delete(f"{self.api}/{self.name}", timeout=60)

@@ -22,8 +22,8 @@ def test_ticking_admin_in_the_panel_keeps_the_hub_healthy(stack: Stack, username
     with chromium(stack) as browser:
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         try:
-            browser_login(page, stack, admin_name, stack.value("SHARED_ADMIN_PASSWORD"))
-            page.goto(stack.base_url + "/hub/admin")
+            password = stack.value("SHARED_ADMIN_PASSWORD")
+            browser_login(page, stack, admin_name, password, next_url="/hub/admin")
             row = page.locator("tr.user-row", has_text=username)
             row.get_by_role("button", name="Edit User").click()
             page.locator("#admin-check").check()

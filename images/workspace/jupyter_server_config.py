@@ -5,13 +5,13 @@ import os
 # Open the MNIST notebook on login; students start from the story, not a file list.
 c.ServerApp.default_url = "/lab/tree/mnist/MNIST.ipynb"
 
-# TensorBoard as a launcher tile, served at /user/<name>/tensorboard/ and reading ~/logs,
-# where mnist-train and the notebook write their runs.
+# TensorBoard as a launcher tile, served at /user/<name>/tensorboard/ and reading
+# MNIST_LOGS_DIR (~/logs, set in the image), where mnist-train and the notebook write runs.
 c.ServerProxy.servers = {
     "tensorboard": {
         "command": [
             "tensorboard",
-            "--logdir=" + os.path.join(os.environ.get("HOME", "/home/jovyan"), "logs"),
+            "--logdir=" + os.environ.get("MNIST_LOGS_DIR", os.path.expanduser("~/logs")),
             "--port={port}",
             "--host=127.0.0.1",
             "--path_prefix={base_url}tensorboard",

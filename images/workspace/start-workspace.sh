@@ -14,7 +14,7 @@ if [[ ! -f "${marker}" || "$(cat "${marker}")" != "${image_version}" ]]; then
   cp -rn "${skeleton}/." "${HOME}/"
   printf '%s\n' "${image_version}" >"${marker}"
 fi
-mkdir -p "${HOME}/logs"
+mkdir -p "${MNIST_LOGS_DIR:-${HOME}/logs}"
 
 # The %tensorboard magic reaches TensorBoard through jupyter-server-proxy.
 export TENSORBOARD_PROXY_URL="${JUPYTERHUB_SERVICE_PREFIX:-/}proxy/%PORT%/"

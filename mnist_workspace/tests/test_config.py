@@ -64,3 +64,21 @@ def test_config_round_trips_through_json(tmp_path: Path) -> None:
     config.save(config.config_path)
     assert config.config_path == tmp_path / "m.config.json"
     assert TrainConfig.from_dict(json.loads(config.config_path.read_text())) == config
+
+
+def test_runs_log_under_mnist_logs_dir_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The image sets MNIST_LOGS_DIR to ~/logs, the folder its TensorBoard tile reads.
+    monkeypatch.setenv("MNIST_LOGS_DIR", str(tmp_path))
+    logdir = Path(str(train.parse_args(["--recipe", "fast"]).logdir))
+    assert logdir.parent == tmp_path and logdir.name.startswith("mnist-train-fast-")
+    assert train.parse_args(["--logdir", "elsewhere"]).logdir == "elsewhere"
+    assert train.parse_args(["--logdir", "none"]).logdir is None
+
+
+def test_without_mnist_logs_dir_runs_write_no_tensorboard_logs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("MNIST_LOGS_DIR", raising=False)
+    assert train.parse_args([]).logdir is None

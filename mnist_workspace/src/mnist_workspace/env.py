@@ -11,6 +11,7 @@ from pathlib import Path
 
 DATA_DIR_VAR = "MNIST_DATA_DIR"
 GPU_LIMIT_VAR = "GPU_MEMORY_LIMIT_MB"
+LOGS_DIR_VAR = "MNIST_LOGS_DIR"
 
 
 class EnvError(ValueError):
@@ -20,6 +21,16 @@ class EnvError(ValueError):
 def data_dir() -> Path | None:
     """`MNIST_DATA_DIR`: folder with the MNIST files (the image sets /opt/mnist)."""
     value = os.environ.get(DATA_DIR_VAR, "").strip()
+    return Path(value).expanduser() if value else None
+
+
+def logs_dir() -> Path | None:
+    """`MNIST_LOGS_DIR`: the TensorBoard folder every run logs under by default.
+
+    The image sets ~/logs, the folder its TensorBoard launcher tile reads, so runs from the
+    notebook and from `mnist-train` in a terminal all show up there. Unset: no default.
+    """
+    value = os.environ.get(LOGS_DIR_VAR, "").strip()
     return Path(value).expanduser() if value else None
 
 

@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import numpy as np
 
 from mnist_workspace import data, gpu, models, report
 from mnist_workspace.config import EMA_MOMENTUM, OPTIMIZERS, RECIPES, SCHEDULES, TrainConfig
-from mnist_workspace.env import EnvError
+from mnist_workspace.env import EnvError, logs_dir
 
 
 @dataclass
@@ -199,13 +200,24 @@ def parse_args(argv: Sequence[str] | None) -> TrainConfig:
     add("--data-dir", help="MNIST folder or mnist.npz (default $MNIST_DATA_DIR, then Keras)")
     add("--download", action="store_true", default=None, help="fetch IDX files if missing")
     add("--model-path", help="where to save the .keras model (default mnist_model.keras)")
-    add("--logdir", help="TensorBoard log folder")
+    add(
+        "--logdir",
+        help="TensorBoard log folder (default: a new folder per run under $MNIST_LOGS_DIR, "
+        "which the image sets to ~/logs; 'none' = no TensorBoard logs)",
+    )
     add("--json", dest="json_path", help="write metrics JSON here")
     add("--mixed-precision", action="store_true", default=None, help="GPU: float16; CPU: bfloat16")
     add("--verbose", type=int, choices=(0, 1, 2), help="1 = progress bar (default)")
     args = vars(parser.parse_args(argv))
-    recipe = RECIPES.get(args.pop("recipe") or "", {})
+    recipe_name = args.pop("recipe")
+    recipe = RECIPES.get(recipe_name or "", {})
     explicit = {key: value for key, value in args.items() if value is not None}
+    if explicit.get("logdir") == "none":
+        explicit["logdir"] = None
+    elif "logdir" not in explicit and (root := logs_dir()) is not None:
+        run_name = recipe_name or explicit.get("model") or recipe.get("model") or "lenet"
+        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+        explicit["logdir"] = str(root / f"mnist-train-{run_name}-{stamp}")
     try:
         return TrainConfig.from_dict({**recipe, **explicit})
     except ValueError as exc:
