@@ -242,12 +242,13 @@ def test_whole_restore_refuses_while_servers_run_and_names_each(
     stack: Stack, username: str
 ) -> None:
     started_user(stack, username)
+    container = user_container(username).name
     hub_started = hub_start_time(stack)
     with tempfile.TemporaryDirectory() as tmp:
         folder = backup_of(stack, tmp, username)
         restore = stack.make("restore", f"BACKUP={folder}", check=False)
     assert restore.returncode != 0
-    assert f"{STACK}-user-{username} is running" in restore.stderr
+    assert f"server {container} is running" in restore.stderr
     assert "nothing changed" in restore.stderr
     assert hub_start_time(stack) == hub_started, "the hub was stopped for a refused restore"
     stack.login(username).stop_server(username)
