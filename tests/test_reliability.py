@@ -184,7 +184,7 @@ def test_killed_container_starts_again_with_files(stack: Stack, username: str) -
 
 # --- backup and restore ------------------------------------------------------------------
 def test_backup_and_restore_round_trip(stack: Stack, username: str) -> None:
-    from labhub.spawner import volume_name_for
+    from labhub.contract import volume_name_for
 
     client, _ = started_user(stack, username)
     stack.run(client, username, "open('/home/jovyan/results.txt', 'w').write('epoch 12: 99.1%')")
