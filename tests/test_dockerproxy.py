@@ -340,3 +340,154 @@ def test_a_well_formed_request_with_extra_headers_still_passes(proxy_port: int) 
     )
     assert answer.startswith(b"HTTP/1.1 200 OK"), answer[:300]
     assert answer.endswith(b"OK")
+
+
+# --- The real spawner through the proxy -----------------------------------------------
+def test_labspawner_starts_and_stops_a_server_through_the_proxy(
+    proxy_port: int, engine: docker.DockerClient, network: str, image: str, tmp_path: Any
+) -> None:
+    """LabSpawner's own calls (image inspect, lookup 404, create, start, inspect, stop,
+    remove) all pass the policy and reach the real engine; nothing else is needed."""
+    import asyncio
+
+    from jupyterhub.objects import Hub, Server
+    from labhub.contract import OWNER_LABEL, volume_name_for
+    from labhub.settings import Settings
+    from labhub.spawner import LabSpawner, spawner_config
+
+    username = f"proxytest{uuid.uuid4().hex[:6]}"
+    mine = {"label": f"{OWNER_LABEL}={username}"}
+
+    class User:
+        name = username
+        admin = False
+        groups: tuple[object, ...] = ()
+        url = f"/user/{username}/"
+
+    settings = Settings.from_env(
+        {
+            "CONFIGPROXY_AUTH_TOKEN": "a" * 64,
+            "SHARED_USER_PASSWORD": "student-password",
+            "WORKSPACE_IMAGE": image,
+            "DOCKER_NETWORK": network,
+            "USER_MEM_LIMIT": "256M",
+            "GPU_INVENTORY": "none",
+            "GPU_DB": str(tmp_path / "gpu.sqlite"),
+        }
+    )
+    LabSpawner._client = None  # the class caches its client: make one for this proxy
+    spawner = LabSpawner(
+        user=User(),
+        hub=Hub(),
+        ready_poll_budget=0,
+        # The base image has no Jupyter: a shell that ignores DockerSpawner's arguments
+        # and ends at once on docker stop's SIGTERM.
+        cmd=["sh", "-c", "trap 'exit 0' TERM; sleep 300 & wait"],
+        client_kwargs={"base_url": f"tcp://127.0.0.1:{proxy_port}", "version": "1.41"},
+        **spawner_config(settings),
+    )
+    spawner.server = Server(base_url=User.url)
+    try:
+        ip, _ = asyncio.run(spawner.start())
+        [container] = engine.containers.list(filters=mine)
+        assert container.name == f"{network}-user-{username}"
+        assert container.attrs["NetworkSettings"]["Networks"][network]["IPAddress"] == ip
+        assert container.attrs["HostConfig"]["Memory"] == 256 * 1024**2
+        asyncio.run(spawner.stop())
+        # Removed (AutoRemove may still be finishing when stop() returns).
+        deadline = time.monotonic() + 10
+        while engine.api.containers(all=True, filters=mine) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not engine.api.containers(all=True, filters=mine)
+    finally:
+        LabSpawner._client = None
+        for leftover in engine.api.containers(all=True, filters=mine):
+            with contextlib.suppress(docker.errors.NotFound):
+                engine.api.remove_container(leftover["Id"], force=True)
+        with contextlib.suppress(docker.errors.NotFound):
+            engine.volumes.get(volume_name_for(username)).remove(force=True)
+
+
+# --- The nginx-proxy front's instance -------------------------------------------------
+def test_the_front_instance_reads_and_reloads_only(
+    engine: docker.DockerClient, network: str, image: str
+) -> None:
+    """PROXY_POLICY=frontend against the real engine, a stand-in for nginx-proxy."""
+    nginx = engine.containers.run(
+        image,
+        ["sleep", "120"],
+        name=f"{network}-nginx-proxy",
+        network=network,
+        labels={"labhub.test": "dockerproxy"},
+        detach=True,
+    )
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "labhub.dockerproxy"],
+        env={
+            **os.environ,
+            "PROXY_POLICY": "frontend",
+            "NGINX_PROXY_CONTAINER": nginx.name,
+            "LISTEN_HOST": "127.0.0.1",
+            "LISTEN_PORT": str(port),
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    front = docker.APIClient(base_url=f"tcp://127.0.0.1:{port}", version="1.41", timeout=10)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                front.ping()
+                break
+            except Exception:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise
+                time.sleep(0.2)
+        # What docker-gen reads: the list, an inspect (environment included) and events.
+        assert nginx.id in {c["Id"] for c in front.containers()}
+        assert front.inspect_container(nginx.id)["Id"] == nginx.id
+        now = int(time.time())
+        events = front.events(decode=True, since=now - 60, until=now + 1)
+        assert any(e.get("id") == nginx.id for e in events)
+        # acme-companion's reload: SIGHUP to nginx-proxy (sleep, as PID 1, ignores it).
+        front.kill(nginx.name, signal="SIGHUP")
+        # The exec reload, sent as acme-companion's curl sends it, runs (here it fails
+        # inside the stand-in, which has no nginx: the exit code is not the point).
+        reload = {
+            "AttachStdin": False,
+            "AttachStdout": True,
+            "AttachStderr": True,
+            "Tty": False,
+            "Cmd": [
+                "sh",
+                "-c",
+                "/app/docker-entrypoint.sh /usr/local/bin/docker-gen /app/nginx.tmpl "
+                "/etc/nginx/conf.d/default.conf; /usr/sbin/nginx -s reload",
+            ],
+        }
+        created = front._post_json(front._url("/containers/{0}/exec", nginx.name), data=reload)
+        assert created.status_code == 201, created.text
+        started = front._post_json(
+            front._url("/exec/{0}/start", created.json()["Id"]),
+            data={"Detach": False, "Tty": False},
+        )
+        assert started.status_code == 200, started.text
+        assert b"not found" in started.content  # the stand-in's sh: no /app/docker-entrypoint.sh
+        for call in (
+            lambda: front.exec_create(nginx.name, ["id"]),
+            lambda: front.kill(nginx.name, signal="SIGKILL"),
+            lambda: front.stop(nginx.name),
+            lambda: front.create_container(image, ["true"], name=f"{network}-front-create"),
+        ):
+            refused(call)
+        nginx.reload()
+        assert nginx.status == "running"
+    finally:
+        front.close()
+        process.terminate()
+        output, _ = process.communicate(timeout=30)
+        print(output)
+        nginx.remove(force=True)

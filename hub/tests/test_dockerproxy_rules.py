@@ -30,7 +30,13 @@ from labhub.dockerpolicy import (
     check_request,
     inspect_target,
 )
-from labhub.dockerproxy import BadRequest, RequestHead, parse_head, upstream_request
+from labhub.dockerproxy import (
+    BadRequest,
+    RequestHead,
+    parse_head,
+    policy_from_env,
+    upstream_request,
+)
 from labhub.settings import Settings
 from labhub.spawner import LabSpawner, spawner_config
 
@@ -565,3 +571,26 @@ def test_the_front_reads_metadata_and_reloads_nginx(method: str, target: str, bo
 def test_the_front_can_do_nothing_else(method: str, target: str, body: bytes, reason: str) -> None:
     with pytest.raises(Refused, match=reason):
         check_frontend_request(FRONT, method, target, body)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({}, "ALLOWED_IMAGES is empty"),
+        ({"PROXY_POLICY": "readonly"}, "use hub or frontend"),
+        ({"PROXY_POLICY": "frontend"}, "NGINX_PROXY_CONTAINER is empty"),
+    ],
+)
+def test_a_proxy_without_its_settings_stops_with_the_fix(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SystemExit, match=message):
+        policy_from_env(env)
+
+
+def test_each_instance_gets_its_own_policy() -> None:
+    hub = policy_from_env({"ALLOWED_IMAGES": IMAGE, "DOCKER_NETWORK": "labhub"})
+    front = policy_from_env({"PROXY_POLICY": "frontend", "NGINX_PROXY_CONTAINER": "n"})
+    with pytest.raises(Refused, match="not needed by the hub"):
+        hub("GET", "/v1.41/events", b"")
+    assert front("GET", "/v1.41/events", b"").target == "/v1.41/events"
+    with pytest.raises(Refused, match="not needed by nginx-proxy"):
+        front("POST", CREATE + "?name=labhub-user-a", json.dumps(good_spec()).encode())
