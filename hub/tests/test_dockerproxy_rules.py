@@ -566,6 +566,8 @@ def test_the_front_reads_metadata_and_reloads_nginx(method: str, target: str, bo
         ("POST", "/exec/" + "a" * 64 + "/start", b'{"Detach": true}', "exec start"),
         ("GET", "/v1.41/containers/abc/logs", b"", "not needed"),
         ("GET", "/v1.41/volumes", b"", "not needed"),
+        ("GET", "/v1.41/events?filters=notjson", b"", "filters"),
+        ("GET", "/v1.41/containers/json?all=1&all=0", b"", "twice"),
     ],
 )
 def test_the_front_can_do_nothing_else(method: str, target: str, body: bytes, reason: str) -> None:
