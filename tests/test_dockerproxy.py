@@ -491,3 +491,32 @@ def test_the_front_instance_reads_and_reloads_only(
         output, _ = process.communicate(timeout=30)
         print(output)
         nginx.remove(force=True)
+
+
+@pytest.mark.parametrize("name", ["json", "create"])
+def test_containers_named_like_routes_are_owner_checked_too(
+    proxy_port: int, engine: docker.DockerClient, network: str, image: str, name: str
+) -> None:
+    """DELETE /containers/json removes a container called "json": the first version let
+    it through without the owner check. The names are global on an engine: the test skips
+    if someone else's container already has one."""
+    if engine.api.containers(all=True, filters={"name": f"^/{name}$"}):
+        pytest.skip(f"a container named {name!r} exists and is not ours")
+    bystander = engine.containers.create(
+        image, ["sleep", "60"], name=name, network=network, labels={"labhub.test": "dockerproxy"}
+    )
+    try:
+        for request in (
+            f"DELETE /v1.41/containers/{name}?force=1 HTTP/1.1\r\nHost: docker\r\n\r\n",
+            f"POST /v1.41/containers/{name}/start HTTP/1.1\r\nHost: docker\r\n"
+            "Content-Length: 0\r\n\r\n",
+            f"GET /v1.41/containers/{name}/json HTTP/1.1\r\nHost: docker\r\n\r\n",
+        ):
+            answer = send_raw(proxy_port, request.encode())
+            assert answer.startswith(b"HTTP/1.1 403 "), (request, answer[:300])
+            assert b"not a labhub user container" in answer
+        bystander.reload()
+        assert bystander.status == "created"  # neither removed nor started
+    finally:
+        with contextlib.suppress(docker.errors.NotFound):  # the old relay removed it
+            bystander.remove(force=True)
