@@ -116,15 +116,20 @@ def captured_create(tmp_path: Path, gpu: bool) -> tuple[str, bytes]:
     return f"{path}?name={params['name']}", data.encode()
 
 
-@pytest.fixture(scope="module", params=["cpu", "gpu"])
-def captured(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    return captured_create(tmp_path_factory.mktemp(request.param), request.param == "gpu")
+@pytest.fixture(scope="module")
+def captured(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[str, bytes]]:
+    """The create request of a CPU spawn and of a GPU spawn (one device)."""
+    return {
+        spawn: captured_create(tmp_path_factory.mktemp(spawn), spawn == "gpu")
+        for spawn in ("cpu", "gpu")
+    }
 
 
+@pytest.mark.parametrize("spawn", ["cpu", "gpu"])
 def test_what_labspawner_sends_passes_and_is_forwarded_as_checked(
-    captured: tuple[str, bytes],
+    captured: dict[str, tuple[str, bytes]], spawn: str
 ) -> None:
-    target, body = captured
+    target, body = captured[spawn]
     allowed = check_request(POLICY, "POST", target, body)
     assert allowed.target == f"{CREATE}?name={container_name_prefix('labhub')}alice"
     assert json.loads(allowed.body) == json.loads(body)
@@ -132,9 +137,11 @@ def test_what_labspawner_sends_passes_and_is_forwarded_as_checked(
     assert spec["User"] == CONTAINER_USER and spec["Labels"][OWNER_LABEL] == "alice"
 
 
-def test_the_gpu_spawn_sends_one_explicit_device_request(tmp_path: Path) -> None:
-    _, body = captured_create(tmp_path, gpu=True)
-    [request] = json.loads(body)["HostConfig"]["DeviceRequests"]
+def test_the_gpu_spawn_sends_one_explicit_device_request(
+    captured: dict[str, tuple[str, bytes]],
+) -> None:
+    assert json.loads(captured["cpu"][1])["HostConfig"]["DeviceRequests"] == []
+    [request] = json.loads(captured["gpu"][1])["HostConfig"]["DeviceRequests"]
     assert request["Driver"] == "nvidia" and request["DeviceIDs"] == ["0"]
 
 
@@ -227,14 +234,21 @@ MUTATIONS: dict[str, tuple[Callable[[dict[str, Any]], object], str]] = {
 }
 
 
-@pytest.mark.parametrize("mutation", sorted(MUTATIONS))
+@pytest.mark.parametrize(
+    ("spawn", "mutation"),
+    [
+        (spawn, mutation)
+        for spawn in ("cpu", "gpu")
+        for mutation in sorted(MUTATIONS)
+        # The device-request mutations need the GPU spawn's device request.
+        if spawn == "gpu" or not mutation.startswith("gpu-")
+    ],
+)
 def test_each_field_beyond_what_labspawner_sends_is_refused(
-    captured: tuple[str, bytes], mutation: str
+    captured: dict[str, tuple[str, bytes]], spawn: str, mutation: str
 ) -> None:
-    target, body = captured
+    target, body = captured[spawn]
     spec = json.loads(body)
-    if "gpu" in mutation and not spec["HostConfig"]["DeviceRequests"]:
-        pytest.skip("no device request in a CPU spawn")
     change, reason = MUTATIONS[mutation]
     change(spec)
     with pytest.raises(Refused, match=reason):
