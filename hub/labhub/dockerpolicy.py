@@ -294,7 +294,10 @@ def _folded(value: dict[str, Any]) -> dict[str, Any]:
 
 def _int_in(name: str, value: Any, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise Refused(f"{name}={value!r} is not a number from {low} to {high}")
+        raise Refused(
+            f"{name}={value!r} is not a number from {low} to {high} (the proxy's bounds are "
+            "labhub.dockerpolicy.Policy's; raise them there for a bigger machine)"
+        )
     return value
 
 
