@@ -12,8 +12,8 @@ one request:
    400. A well-kept parser (h11) is not used: it accepts bare LF and unfolds
    obs-fold, the very differences this check exists to refuse, and after the check
    a head is just CRLF-separated `name: value` lines;
-2. it reads exactly Content-Length body bytes, and refuses a connection that has
-   already sent more (a pipelined second request);
+2. it reads exactly Content-Length body bytes, and refuses a request that came with
+   more (a pipelined second request);
 3. the policy (`labhub.dockerpolicy`, pure rules) checks method, target and body
    and, for a request that names one container, the relay asks the engine whether
    that container carries the owner label;
@@ -129,22 +129,31 @@ def upstream_request(method: str, allowed: Allowed) -> bytes:
 
 
 async def read_request(reader: asyncio.StreamReader) -> tuple[RequestHead, bytes]:
-    """One request's head and body; BadRequest for bad framing or pipelined extra bytes."""
-    try:
-        head = await reader.readuntil(b"\r\n\r\n")
-    except asyncio.LimitOverrunError as error:
-        raise BadRequest(f"request head longer than {MAX_HEAD} bytes") from error
-    parsed = parse_head(head)
-    body = await reader.readexactly(parsed.content_length)
-    # Bytes already sent after the body are a second, pipelined request: refused.
-    # (Anything sent later is never read: the connection closes after one answer.)
-    try:
-        extra = await asyncio.wait_for(reader.read(1), timeout=0.01)
-    except TimeoutError:
-        extra = b""
-    if extra:
+    """One request's head and body; BadRequest for bad framing or pipelined extra bytes.
+
+    Reads in chunks into a buffer of its own, so bytes that came with the request
+    beyond its body (a pipelined second request) are seen, without waiting for them.
+    Bytes sent later are never read: the connection closes after one answer.
+    """
+    received = bytearray()
+    while (end := received.find(b"\r\n\r\n")) < 0:
+        if len(received) > MAX_HEAD:
+            raise BadRequest(f"request head longer than {MAX_HEAD} bytes")
+        received += await _read_some(reader)
+    head = parse_head(bytes(received[: end + 4]))
+    body = received[end + 4 :]
+    while len(body) < head.content_length:
+        body += await _read_some(reader)
+    if len(body) > head.content_length:
         raise BadRequest("bytes after the request body: one request per connection")
-    return parsed, body
+    return head, bytes(body)
+
+
+async def _read_some(reader: asyncio.StreamReader) -> bytes:
+    chunk = await reader.read(65536)
+    if not chunk:
+        raise BadRequest("the client closed the connection before the request was complete")
+    return chunk
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
@@ -199,9 +208,12 @@ async def handle(
     try:
         try:
             head, body = await asyncio.wait_for(read_request(reader), REQUEST_TIMEOUT)
-        except (BadRequest, asyncio.IncompleteReadError, TimeoutError) as error:
-            log.warning("bad request: %s", error or type(error).__name__)
-            await _respond(writer, 400, f"bad request: {error or 'incomplete or too slow'}")
+        except TimeoutError:
+            await _respond(writer, 400, f"bad request: not complete within {REQUEST_TIMEOUT} s")
+            return
+        except BadRequest as error:
+            log.warning("bad request: %s", error)
+            await _respond(writer, 400, f"bad request: {error}")
             return
         method, target = head.method, head.target
         try:
@@ -229,7 +241,7 @@ async def handle(
             await _pipe(up_reader, writer)
         finally:
             up_writer.close()
-    except (ConnectionError, asyncio.IncompleteReadError):
+    except ConnectionError:
         log.info("connection lost during %s %s", method, target.split("?", 1)[0])
     finally:
         writer.close()
@@ -269,7 +281,7 @@ def main() -> None:
 
     async def serve() -> None:
         server = await asyncio.start_server(
-            lambda r, w: handle(check, socket_path, r, w), host=host, port=port, limit=MAX_HEAD
+            lambda r, w: handle(check, socket_path, r, w), host=host, port=port
         )
         log.info("forwarding checked requests to %s on %s:%d", socket_path, host, port)
         async with server:

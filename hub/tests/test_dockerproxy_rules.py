@@ -35,6 +35,7 @@ from labhub.dockerproxy import (
     RequestHead,
     parse_head,
     policy_from_env,
+    read_request,
     upstream_request,
 )
 from labhub.settings import Settings
@@ -610,3 +611,42 @@ def test_each_instance_gets_its_own_policy() -> None:
     assert front("GET", "/v1.41/events", b"").target == "/v1.41/events"
     with pytest.raises(Refused, match="not needed by nginx-proxy"):
         front("POST", CREATE + "?name=labhub-user-a", json.dumps(good_spec()).encode())
+
+
+def read(*chunks: bytes, eof: bool = False) -> tuple[RequestHead, bytes]:
+    """read_request over a stream fed these chunks (kept open unless eof)."""
+
+    async def scenario() -> tuple[RequestHead, bytes]:
+        reader = asyncio.StreamReader()
+        for chunk in chunks:
+            reader.feed_data(chunk)
+        if eof:
+            reader.feed_eof()
+        return await asyncio.wait_for(read_request(reader), timeout=2)
+
+    return asyncio.run(scenario())
+
+
+def test_a_request_is_read_exactly_without_waiting_for_more() -> None:
+    post = b"POST /v1.41/volumes/create HTTP/1.1\r\nContent-Length: 2\r\n\r\n"
+    # The connection stays open (docker-py keeps it alive): the answer comes at once.
+    assert read(post + b"{}") == (RequestHead("POST", "/v1.41/volumes/create", 2), b"{}")
+    assert read(post[:10], post[10:40], post[40:], b"{", b"}")[1] == b"{}"
+
+
+@pytest.mark.parametrize(
+    ("chunks", "reason"),
+    [
+        ((PING + b"\r\n" + PING + b"\r\n",), "bytes after the request body"),
+        ((PING + b"Content-Length: 2\r\n\r\n{}x",), "bytes after the request body"),
+        ((PING + b"Content-Length: 2\r\n\r\n{",), "closed the connection"),
+        ((PING,), "closed the connection"),
+        ((PING + b"X: " + b"a" * 70_000,), "longer than"),
+    ],
+    ids=["pipelined", "extra-byte", "short-body", "short-head", "endless-head"],
+)
+def test_pipelined_or_incomplete_requests_are_bad_requests(
+    chunks: tuple[bytes, ...], reason: str
+) -> None:
+    with pytest.raises(BadRequest, match=reason):
+        read(*chunks, eof=True)
