@@ -49,7 +49,7 @@ helper -v "${hub_volume}:/srv/jupyterhub" "${helper_image}" sh -c '
   # One line per user: name <TAB> volume, with the spawner'"'"'s own naming rule.
   python - <<PY >/backup/users.tsv
 import sqlite3
-from labhub.spawner import volume_name_for
+from labhub.contract import volume_name_for
 for (name,) in sqlite3.connect("/backup/jupyterhub.sqlite").execute("select name from users"):
     print(f"{name}\t{volume_name_for(name)}")
 PY

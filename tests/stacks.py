@@ -113,7 +113,7 @@ class Stack:
 
 
 def _remove_user_resources(network: str, usernames: list[str] | None = None) -> None:
-    from labhub.spawner import volume_name_for
+    from labhub.contract import volume_name_for
 
     api = docker.from_env()
     for container in api.containers.list(all=True, filters={"name": f"{network}-user-"}):

@@ -37,9 +37,32 @@ def test_default_front_is_labhubs_nginx(tmp_path: Path) -> None:
     assert set(services) == {"proxy", "proxy-chp", "hub", "docker-proxy"}
 
 
+def socket_holders(services: dict[str, dict[str, object]]) -> set[str]:
+    """Services that mount the Docker socket (in any mode: :ro is no protection)."""
+    return {
+        name
+        for name, service in services.items()
+        for volume in service.get("volumes") or []  # type: ignore[attr-defined]
+        if "docker.sock" in str(volume.get("source", ""))
+    }
+
+
 def test_nginx_proxy_front_replaces_it(tmp_path: Path) -> None:
     services = rendered(tmp_path, "docker-compose.yml", "nginx-proxy.yml")
-    assert set(services) == {"nginx-proxy", "proxy-chp", "hub", "docker-proxy"}
+    assert set(services) == {
+        "nginx-proxy",
+        "proxy-chp",
+        "hub",
+        "docker-proxy",
+        "docker-proxy-front",
+    }
+    # Only the two filtering proxies hold the socket; the front reads the filtered one.
+    assert socket_holders(services) == {"docker-proxy", "docker-proxy-front"}
+    front = services["docker-proxy-front"]["environment"]
+    assert isinstance(front, dict) and front["PROXY_POLICY"] == "frontend"
+    nginx_env = services["nginx-proxy"]["environment"]
+    assert isinstance(nginx_env, dict)
+    assert nginx_env["DOCKER_HOST"] == "tcp://docker-proxy-front:2375"
     chp_env = services["proxy-chp"]["environment"]
     assert isinstance(chp_env, dict)
     assert chp_env["VIRTUAL_HOST"] == "hub.example.edu"
@@ -49,3 +72,11 @@ def test_nginx_proxy_front_replaces_it(tmp_path: Path) -> None:
 def test_lets_encrypt_comes_with_its_profile(tmp_path: Path) -> None:
     services = rendered(tmp_path, "docker-compose.yml", "nginx-proxy.yml", profiles="letsencrypt")
     assert "acme-companion" in services
+    assert socket_holders(services) == {"docker-proxy", "docker-proxy-front"}
+    acme_env = services["acme-companion"]["environment"]
+    assert isinstance(acme_env, dict)
+    assert acme_env["DOCKER_HOST"] == "tcp://docker-proxy-front:2375"
+    # The front's policy lets exactly this container be reloaded.
+    front = services["docker-proxy-front"]["environment"]
+    assert isinstance(front, dict)
+    assert front["NGINX_PROXY_CONTAINER"] == acme_env["NGINX_PROXY_CONTAINER"]

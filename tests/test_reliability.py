@@ -199,7 +199,7 @@ def backup_of(stack: Stack, root: str, username: str) -> Path:
 
 
 def test_backup_and_whole_restore_round_trip(stack: Stack, username: str) -> None:
-    from labhub.spawner import volume_name_for
+    from labhub.contract import volume_name_for
 
     client, _ = started_user(stack, username)
     stack.run(client, username, "open('/home/jovyan/results.txt', 'w').write('epoch 12: 99.1%')")

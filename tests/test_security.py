@@ -60,7 +60,7 @@ def container_of(username: str) -> Any:
 def forget(clients: dict[str, HubClient]) -> None:
     """Stop these users' servers and remove their volumes now, not at the end of the
     session: the memory goes back to the tests that follow."""
-    from labhub.spawner import volume_name_for
+    from labhub.contract import volume_name_for
 
     api = docker.from_env()
     for name, client in clients.items():
@@ -575,7 +575,7 @@ print(json.dumps({
 
 
 def test_odd_usernames_get_distinct_safe_volumes_on_the_real_stack(stack: Stack) -> None:
-    from labhub.spawner import VOLUME_PREFIX, volume_name_for
+    from labhub.contract import VOLUME_PREFIX, volume_name_for
 
     suffix = uuid.uuid4().hex[:6]
     unicode_name = f"zoë.{suffix}"

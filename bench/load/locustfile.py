@@ -224,7 +224,7 @@ def _remove_students(**_: Any) -> None:
     import contextlib
 
     import docker
-    from labhub.spawner import volume_name_for
+    from labhub.contract import volume_name_for
 
     api = docker.from_env()
     prefix = f"{ENV.get('DOCKER_NETWORK', ENV['STACK_NAME'])}-user-"

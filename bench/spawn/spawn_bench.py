@@ -432,7 +432,7 @@ def main() -> int:
 
 def cleanup(target: Target, api: docker.DockerClient, created: list[Session]) -> None:
     """Stop and delete every user this run created, and remove their volumes."""
-    from labhub.spawner import volume_name_for
+    from labhub.contract import volume_name_for
 
     with contextlib.suppress(Exception):
         admin = Session(target, "admin", target.admin_password)

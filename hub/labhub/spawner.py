@@ -9,39 +9,17 @@ hub restarts, image upgrades and a crashed container.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import string
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
 from dockerspawner import DockerSpawner
-from escapism import escape
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from traitlets import Float, Int, Unicode, default
 
+from .contract import CONTAINER_USER, OWNER_LABEL, container_prefix, volume_name_for
 from .gpu.spawner import GpuSpawnerMixin
 from .settings import Settings
-
-_VOLUME_SAFE = set(string.ascii_lowercase + string.digits)
-VOLUME_PREFIX = "labhub-user-"
-# Docker accepts long volume names, but paths and tools get unwieldy; we cap well below.
-_MAX_VOLUME_NAME = 120
-
-
-def volume_name_for(username: str) -> str:
-    """A distinct, Docker-safe volume name for any JupyterHub username.
-
-    Escaping with '-' as the escape character is injective (the escape character is
-    itself escaped), so two usernames never share a volume. Over-long names are cut
-    and made unique again with a digest of the full name.
-    """
-    escaped = str(escape(username, safe=_VOLUME_SAFE, escape_char="-")).lower()
-    name = VOLUME_PREFIX + escaped
-    if len(name) > _MAX_VOLUME_NAME:
-        digest = hashlib.sha256(username.encode("utf-8")).hexdigest()[:16]
-        name = f"{name[: _MAX_VOLUME_NAME - 17]}_{digest}"
-    return name
 
 
 async def wait_until_answering(url: str, budget: float, interval: float = 0.1) -> bool:
@@ -143,7 +121,7 @@ class LabSpawner(GpuSpawnerMixin, DockerSpawner):  # type: ignore[misc]
 
     @default("extra_create_kwargs")
     def _extra_create_kwargs_default(self) -> dict[str, Any]:
-        return {"user": "1000:100", "labels": {"labhub.user": self.user.name}}
+        return {"user": CONTAINER_USER, "labels": {OWNER_LABEL: self.user.name}}
 
 
 def spawner_config(settings: Settings) -> dict[str, Any]:
@@ -161,7 +139,7 @@ def spawner_config(settings: Settings) -> dict[str, Any]:
         "pids_limit": settings.pids_limit,
         # Container names carry the stack's network name, so two stacks never collide.
         "name_template": "{prefix}-{username}",
-        "prefix": f"{settings.docker_network}-user",
+        "prefix": container_prefix(settings.docker_network),
         "environment": {"NVIDIA_VISIBLE_DEVICES": "void"},
         "debug": settings.debug,
         # A cold TensorFlow image can take a while to start on a busy host; a queued

@@ -19,7 +19,7 @@ from pathlib import Path
 import docker
 from docker.errors import APIError, NotFound
 
-from .spawner import volume_name_for
+from .contract import volume_name_for
 
 DEFAULT_DB = "/srv/jupyterhub/jupyterhub.sqlite"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import docker
 import pytest
-from labhub.spawner import volume_name_for
+from labhub.contract import volume_name_for
 from labhub.volumes import remove_user_volume
 from stacks import ensure_base_image
 

@@ -5,7 +5,7 @@ import re
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from labhub.spawner import VOLUME_PREFIX, volume_name_for
+from labhub.contract import VOLUME_PREFIX, volume_name_for
 
 pytestmark = pytest.mark.unit
 DOCKER_VOLUME_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")

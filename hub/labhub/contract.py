@@ -1,0 +1,53 @@
+"""What LabSpawner and the Docker socket proxy must agree on, in one place.
+
+The spawner names, labels and runs user containers this way; the proxy
+(`labhub.dockerpolicy`) lets the hub touch only containers and volumes that look
+exactly like this. Both import these names, so the two sides cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import string
+
+from escapism import escape
+
+# The label on every user container; its value is the JupyterHub username. The proxy
+# lets the hub inspect, start, stop or remove only containers that carry it.
+OWNER_LABEL = "labhub.user"
+# Every user's home is a named volume with this prefix (see `volume_name_for`).
+VOLUME_PREFIX = "labhub-user-"
+# The workspace image's unprivileged user (jovyan:users); the proxy refuses uid 0.
+CONTAINER_USER = "1000:100"
+
+_VOLUME_SAFE = set(string.ascii_lowercase + string.digits)
+# Docker accepts long volume names, but paths and tools get unwieldy; we cap well below.
+_MAX_VOLUME_NAME = 120
+
+
+def container_prefix(network: str) -> str:
+    """DockerSpawner's `prefix` for a stack: containers are named `<prefix>-<username>`.
+
+    The stack's network name is in it, so two stacks on one engine never collide.
+    """
+    return f"{network}-user"
+
+
+def container_name_prefix(network: str) -> str:
+    """What every user container's name starts with (the proxy checks `?name=`)."""
+    return container_prefix(network) + "-"
+
+
+def volume_name_for(username: str) -> str:
+    """A distinct, Docker-safe volume name for any JupyterHub username.
+
+    Escaping with '-' as the escape character is injective (the escape character is
+    itself escaped), so two usernames never share a volume. Over-long names are cut
+    and made unique again with a digest of the full name.
+    """
+    escaped = str(escape(username, safe=_VOLUME_SAFE, escape_char="-")).lower()
+    name = VOLUME_PREFIX + escaped
+    if len(name) > _MAX_VOLUME_NAME:
+        digest = hashlib.sha256(username.encode("utf-8")).hexdigest()[:16]
+        name = f"{name[: _MAX_VOLUME_NAME - 17]}_{digest}"
+    return name

@@ -1,0 +1,533 @@
+"""What the Docker socket proxy lets through: pure rules, no I/O.
+
+Two policies, one per client of the proxy:
+
+* `Policy` (the hub): only the calls DockerSpawner and `labhub.volumes` make, and a
+  container-create body only if every key in it is one LabSpawner sends, with every
+  value inside its bounds (an allow-list: an unknown key anywhere is refused by name);
+* `FrontendPolicy` (nginx-proxy and acme-companion, `compose/nginx-proxy.yml`): read
+  container metadata and events, and reload the nginx-proxy container.
+
+`check_request` / `check_frontend_request` return an `Allowed`: the request-target
+rebuilt from what was checked (route and known query parameters, re-encoded), which
+is all the relay forwards, and the container whose owner label the relay must verify
+first. The relay (`labhub.dockerproxy`) does the HTTP framing and the I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+from .contract import CONTAINER_USER, OWNER_LABEL, VOLUME_PREFIX, container_name_prefix
+
+MAX_BODY = 1024 * 1024
+_GIB = 1024**3
+
+
+class Refused(Exception):
+    """A request the client has no business making; the message says why."""
+
+
+@dataclass(frozen=True)
+class Allowed:
+    """A checked request: the target and body to forward, the container to owner-check.
+
+    `body` is the checked JSON re-serialised, never the client's bytes.
+    """
+
+    target: str
+    version: str = ""
+    owned_container: str | None = None
+    body: bytes = b""
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What the hub may create: its image and network, within these upper bounds."""
+
+    allowed_images: frozenset[str]
+    network: str
+    max_memory: int = 256 * _GIB
+    max_cpus: int = 64
+    max_pids: int = 65536
+    max_shm: int = 64 * _GIB
+    max_gpus: int = 16
+
+
+@dataclass(frozen=True)
+class FrontendPolicy:
+    """What nginx-proxy's docker-gen and acme-companion may do: read, and reload nginx."""
+
+    nginx_container: str
+
+
+# --- Request targets ------------------------------------------------------------------
+# No percent-encoding, no empty or dot segments in the path: the engine decodes
+# `%2F` and cleans `..`, so such a path could name a route other than the one checked.
+_PATH = re.compile(r"/[A-Za-z0-9_.:/-]*")
+_QUERY = re.compile(r"[A-Za-z0-9_.~%&=+*-]*")
+_VERSION = r"(?P<version>/v[0-9]{1,2}\.[0-9]{1,3})?"
+_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,253}"
+_IMAGE = r"[a-z0-9][a-z0-9._/-]{0,254}(?::[A-Za-z0-9_.-]{1,128})?"
+_BOOL = re.compile(r"(?:0|1|true|false|True|False)").fullmatch
+_INT = re.compile(r"-?[0-9]{1,10}").fullmatch
+_SIGNAL = re.compile(r"(?:SIG)?[A-Z0-9]{1,8}|[0-9]{1,2}").fullmatch
+# A query parameter's check: truthy when the value is acceptable; None accepts any.
+Accepts = Callable[[str], object]
+
+
+def split_target(target: str) -> tuple[str, dict[str, str]]:
+    """(path, query) of an origin-form request-target, refusing anything ambiguous."""
+    path, _, query = target.partition("?")
+    if not _PATH.fullmatch(path) or "//" in path or re.search(r"/\.\.?(?:/|$)", path):
+        raise Refused(f"path {path!r} is not a plain API path (no %-escapes, // or dot segments)")
+    if not _QUERY.fullmatch(query):
+        raise Refused(f"query {query!r} has characters an API query does not need")
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
+    except ValueError as error:
+        raise Refused(f"query {query!r} is malformed: {error}") from error
+    params = dict(pairs)
+    if len(params) != len(pairs):
+        raise Refused(f"a query parameter is given twice in {query!r}")
+    return path, params
+
+
+def _query(params: dict[str, str], allowed: Mapping[str, Accepts | None]) -> str:
+    """The checked parameters, re-encoded; any other parameter is refused by name."""
+    for key, value in params.items():
+        if key not in allowed:
+            raise Refused(f"query parameter {key!r} is not needed here")
+        accepts = allowed[key]
+        if accepts is not None and not accepts(value):
+            raise Refused(f"query parameter {key}={value!r} is out of range")
+    return "?" + urlencode(params) if params else ""
+
+
+def _filters(value: str) -> bool:
+    """`filters=` is a (short) JSON object, nothing else."""
+    if len(value) > 4096:
+        return False
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        return False
+    return isinstance(parsed, dict) and all(isinstance(k, str) for k in parsed)
+
+
+_LIST_QUERY: dict[str, Accepts | None] = {
+    "all": _BOOL,
+    "limit": _INT,
+    "size": _BOOL,
+    "trunc_cmd": _BOOL,
+    "filters": _filters,
+}
+
+
+def _route(pattern: str, path: str) -> re.Match[str] | None:
+    return re.fullmatch(_VERSION + pattern, path)
+
+
+def check_request(policy: Policy, method: str, target: str, body: bytes) -> Allowed:
+    """The hub's request, checked; raises Refused unless DockerSpawner would make it."""
+    path, params = split_target(target)
+    if method != "POST" and body:
+        raise Refused(f"{method} {path} takes no request body")
+    found = _match_hub_route(policy, method, path, params, body)
+    if found is None:
+        raise Refused(f"{method} {path} is not needed by the hub")
+    return found
+
+
+def _match_hub_route(
+    policy: Policy, method: str, path: str, params: dict[str, str], body: bytes
+) -> Allowed | None:
+    if method == "GET" and (m := _route(r"/(?:_ping|version|info)", path)):
+        return Allowed(path + _query(params, {}), m["version"] or "")
+    if method == "GET" and (m := _route(r"/containers/json", path)):
+        return Allowed(path + _query(params, _LIST_QUERY), m["version"] or "")
+    if method == "POST" and (m := _route(r"/containers/create", path)):
+        name = params.get("name", "")
+        prefix = container_name_prefix(policy.network)
+        if not re.fullmatch(_NAME, name) or not name.startswith(prefix):
+            raise Refused(f"container name {name!r} must start with {prefix!r}")
+        spec = parse_json(body)
+        check_container_create(policy, spec)
+        return Allowed(path + _query(params, {"name": None}), m["version"] or "", body=_dumps(spec))
+    one = _route(rf"/containers/(?P<id>{_NAME})(?P<action>/[a-z]+)?", path)
+    if one:
+        # Every route that names one container, "json" and "create" included
+        # (DELETE /containers/json removes a container called json).
+        queries = _ONE_CONTAINER.get((method, one["action"] or ""))
+        if queries is None:
+            return None
+        if method == "POST" and body:
+            # API versions before 1.24 applied a HostConfig sent to start (privileged...).
+            raise Refused(f"{path} takes no request body")
+        return Allowed(path + _query(params, queries), one["version"] or "", one["id"])
+    if method == "GET" and (m := _route(rf"/images/(?P<image>{_IMAGE})/json", path)):
+        if m["image"] not in policy.allowed_images:
+            raise Refused(f"image {m['image']!r} is not an allowed workspace image")
+        return Allowed(path + _query(params, {}), m["version"] or "")
+    if method == "GET" and (m := _route(r"/volumes", path)):
+        return Allowed(path + _query(params, {"filters": _filters}), m["version"] or "")
+    if method == "POST" and (m := _route(r"/volumes/create", path)):
+        volume = parse_json(body)
+        check_volume_create(volume)
+        return Allowed(path + _query(params, {}), m["version"] or "", body=_dumps(volume))
+    if method in ("GET", "DELETE") and (m := _route(rf"/volumes/(?P<name>{_NAME})", path)):
+        if not m["name"].startswith(VOLUME_PREFIX):
+            raise Refused(f"volume {m['name']!r} is not a user volume ({VOLUME_PREFIX}*)")
+        return Allowed(path + _query(params, {}), m["version"] or "")
+    return None
+
+
+# (method, action) -> the query parameters it may carry. The owner check runs first.
+_ONE_CONTAINER: dict[tuple[str, str], dict[str, Accepts | None]] = {
+    ("GET", "/json"): {"size": _BOOL},
+    ("POST", "/start"): {},
+    ("POST", "/stop"): {"t": _INT},
+    ("POST", "/kill"): {"signal": _SIGNAL},
+    ("POST", "/wait"): {"condition": re.compile(r"not-running|next-exit|removed").fullmatch},
+    # v removes the container's own anonymous volumes only; named volumes stay.
+    # link=true would remove a link, not the container; docker-py always sends link=False.
+    ("DELETE", ""): {"v": _BOOL, "force": _BOOL, "link": re.compile("0|false|False").fullmatch},
+}
+
+
+def check_frontend_request(
+    policy: FrontendPolicy, method: str, target: str, body: bytes
+) -> Allowed:
+    """nginx-proxy's request, checked: metadata and events, and the nginx reload only."""
+    path, params = split_target(target)
+    if method == "GET":
+        reads: tuple[tuple[str, dict[str, Accepts | None]], ...] = (
+            (r"/(?:_ping|version|info)", {}),
+            (r"/containers/json", _LIST_QUERY),
+            (rf"/containers/{_NAME}/json", {"size": _BOOL}),
+            (r"/events", {"since": _INT, "until": _INT, "filters": _filters}),
+        )
+        for pattern, queries in reads:
+            if (m := _route(pattern, path)) and not body:
+                return Allowed(path + _query(params, queries), m["version"] or "")
+    nginx = re.escape(policy.nginx_container)
+    if method == "POST" and (m := _route(rf"/containers/{nginx}/kill", path)) and not body:
+        return Allowed(
+            path + _query(params, {"signal": re.compile("(?:SIG)?HUP").fullmatch}),
+            m["version"] or "",
+        )
+    if method == "POST" and (m := _route(rf"/containers/{nginx}/exec", path)):
+        exec_spec = parse_json(body)
+        if exec_spec != _NGINX_RELOAD_EXEC:
+            raise Refused("only acme-companion's nginx reload may be run in nginx-proxy")
+        return Allowed(path + _query(params, {}), m["version"] or "", body=_dumps(exec_spec))
+    if method == "POST" and (m := _route(r"/exec/[0-9a-f]{64}/start", path)):
+        start = parse_json(body)
+        if start != {"Detach": False, "Tty": False}:
+            raise Refused("exec start takes exactly {Detach: false, Tty: false}")
+        return Allowed(path + _query(params, {}), m["version"] or "", body=_dumps(start))
+    raise Refused(f"{method} {path} is not needed by nginx-proxy")
+
+
+# acme-companion 2.5's reload_nginx (app/functions.sh) in the two-container setup:
+# re-run docker-gen, then `nginx -s reload`, as the container's own (root) user.
+_NGINX_RELOAD_EXEC = {
+    "AttachStdin": False,
+    "AttachStdout": True,
+    "AttachStderr": True,
+    "Tty": False,
+    "Cmd": [
+        "sh",
+        "-c",
+        "/app/docker-entrypoint.sh /usr/local/bin/docker-gen /app/nginx.tmpl "
+        "/etc/nginx/conf.d/default.conf; /usr/sbin/nginx -s reload",
+    ],
+}
+
+
+# --- Bodies ---------------------------------------------------------------------------
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Refuse keys given twice (in any case): Docker would merge them, json keeps one."""
+    folded = [key.casefold() for key, _ in pairs]
+    if len(set(folded)) != len(folded):
+        raise Refused(f"a key is given twice in {[key for key, _ in pairs]}")
+    for key, _ in pairs:
+        # Go folds the long s (U+017F) and the Kelvin sign onto s and k.
+        if not key.isascii():
+            raise Refused(f"non-ASCII key {key!r}")
+    return dict(pairs)
+
+
+def parse_json(body: bytes) -> dict[str, Any]:
+    """A JSON object, as strictly as Docker should read it (no duplicate keys, no NaN)."""
+    if len(body) > MAX_BODY:
+        raise Refused(f"request body of {len(body)} bytes is too large")
+
+    def no_constant(name: str) -> None:
+        raise Refused(f"{name} is not JSON")
+
+    try:
+        value = json.loads(
+            body or b"{}", object_pairs_hook=_unique_keys, parse_constant=no_constant
+        )
+    except ValueError as error:
+        raise Refused(f"request body is not JSON: {error}") from error
+    if not isinstance(value, dict):
+        raise Refused("request body is not a JSON object")
+    return value
+
+
+def _dumps(value: dict[str, Any]) -> bytes:
+    """The checked body as it is forwarded: compact JSON written by us."""
+    return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _folded(value: dict[str, Any]) -> dict[str, Any]:
+    """Keys case-folded (one level), as Docker (Go) matches them case-insensitively."""
+    return {key.casefold(): item for key, item in value.items()}
+
+
+def _int_in(name: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise Refused(
+            f"{name}={value!r} is not a number from {low} to {high} (the proxy's bounds are "
+            "labhub.dockerpolicy.Policy's; raise them there for a bigger machine)"
+        )
+    return value
+
+
+def _bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise Refused(f"{name}={value!r} is not true or false")
+    return value
+
+
+def _strings(name: str, value: Any, most: int = 256) -> list[str]:
+    if not isinstance(value, list) or len(value) > most:
+        raise Refused(f"{name} must be a list of at most {most} strings")
+    for item in value:
+        if not isinstance(item, str) or len(item) > 65536 or "\0" in item:
+            raise Refused(f"{name} holds {item!r}, not a plain string")
+    return value
+
+
+def _keys(where: str, value: Any, allowed: Iterable[str]) -> dict[str, Any]:
+    """The object's keys, case-folded; any key LabSpawner does not send is refused by name."""
+    if not isinstance(value, dict):
+        raise Refused(f"{where} must be a JSON object")
+    known = {key.casefold(): key for key in allowed}
+    unknown = sorted(key for key in value if key.casefold() not in known)
+    if unknown:
+        raise Refused(f"{where}: {', '.join(unknown)} not allowed (not sent by LabSpawner)")
+    return _folded(value)
+
+
+def _null_or(check: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
+    return lambda name, value: None if value is None else check(name, value)
+
+
+def check_container_create(policy: Policy, spec: dict[str, Any]) -> None:
+    """The create body LabSpawner sends (see `test_dockerproxy_rules`), and nothing more."""
+    config = _keys("create body", spec, _CONFIG_CHECKS)
+    for key, value in config.items():
+        _CONFIG_CHECKS[key](policy, value)
+    for required in ("image", "user", "labels", "hostconfig"):
+        if required not in config:
+            raise Refused(f"create body: {required} is required")
+
+
+def _image(policy: Policy, value: Any) -> None:
+    if value not in policy.allowed_images:
+        raise Refused(f"image {value!r} is not an allowed workspace image")
+
+
+def _user(_: Policy, value: Any) -> None:
+    if value != CONTAINER_USER:
+        raise Refused(f"User={value!r}: user containers run as {CONTAINER_USER}, never root")
+
+
+def _labels(_: Policy, value: Any) -> None:
+    if not isinstance(value, dict) or not value.get(OWNER_LABEL):
+        raise Refused(f"containers must carry the {OWNER_LABEL} label")
+    for key, item in value.items():
+        if not key.startswith("labhub.") or not isinstance(item, str) or len(item) > 4096:
+            raise Refused(f"label {key!r}={item!r}: only labhub.* labels with string values")
+
+
+def _exposed_ports(_: Policy, value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, dict) or len(value) > 8:
+        raise Refused("ExposedPorts must be an object of a few ports")
+    for port, item in value.items():
+        if not re.fullmatch(r"[0-9]{1,5}/tcp", port) or item not in (None, {}):
+            raise Refused(f"ExposedPorts {port!r}: {item!r} is not a plain TCP port")
+
+
+def _volumes(_: Policy, value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, dict) or len(value) > 8:
+        raise Refused("Volumes must be an object of a few mount points")
+    for target, item in value.items():
+        if not re.fullmatch(r"/[A-Za-z0-9_./-]*", target) or item not in (None, {}):
+            raise Refused(f"Volumes {target!r}: {item!r} is not a plain mount point")
+
+
+def _false(name: str) -> Callable[[Policy, Any], None]:
+    def check(_: Policy, value: Any) -> None:
+        if _bool(name, value):
+            raise Refused(f"{name} must be false")
+
+    return check
+
+
+_CONFIG_CHECKS: dict[str, Callable[[Policy, Any], object]] = {
+    "image": _image,
+    "user": _user,
+    "labels": _labels,
+    "env": lambda _, v: _null_or(_strings)("Env", v),
+    "cmd": lambda _, v: _null_or(_strings)("Cmd", v),
+    "exposedports": _exposed_ports,
+    "volumes": _volumes,
+    "tty": _false("Tty"),
+    "openstdin": _false("OpenStdin"),
+    "stdinonce": _false("StdinOnce"),
+    "attachstdin": _false("AttachStdin"),
+    "attachstdout": lambda _, v: _bool("AttachStdout", v),
+    "attachstderr": lambda _, v: _bool("AttachStderr", v),
+    "networkdisabled": _false("NetworkDisabled"),
+    "hostconfig": lambda policy, v: check_host_config(policy, v),
+}
+
+
+def check_host_config(policy: Policy, value: Any) -> None:
+    """HostConfig: the lab's hardening exactly, limits within bounds, user volumes only."""
+    host = _keys("HostConfig", value, _HOST_KEYS)
+    for required in ("memory", "pidslimit", "networkmode", "capdrop", "securityopt"):
+        if required not in host:
+            raise Refused(f"HostConfig: {required} is required")
+    memory = _int_in("Memory", host["memory"], 1, policy.max_memory)
+    if host.get("memoryswap") not in (None, memory):
+        raise Refused(f"MemorySwap={host['memoryswap']!r}: swap must equal Memory or be unset")
+    _int_in("PidsLimit", host["pidslimit"], 1, policy.max_pids)
+    if host.get("shmsize") is not None:
+        _int_in("ShmSize", host["shmsize"], 1, policy.max_shm)
+    _check_cpu(policy, host)
+    if host["networkmode"] != policy.network:
+        raise Refused(f"NetworkMode={host['networkmode']!r} is not the hub's network")
+    if [str(c).upper() for c in _strings("CapDrop", host["capdrop"])] != ["ALL"]:
+        raise Refused("containers must drop all capabilities (CapDrop: [ALL])")
+    if _strings("SecurityOpt", host["securityopt"]) != ["no-new-privileges:true"]:
+        raise Refused("SecurityOpt must be exactly [no-new-privileges:true]")
+    for bind in _strings("Binds", host.get("binds") or [], 8):
+        _check_bind(bind)
+    for key in ("links", "mounts"):
+        if host.get(key):
+            raise Refused(f"{key} are not allowed (LabSpawner sends an empty list)")
+    for key in ("autoremove", "init"):
+        if key in host:
+            _bool(key, host[key])
+    if host.get("init"):
+        raise Refused("Init must be false (tini is the image's entry point)")
+    requests = host.get("devicerequests") or []
+    if not isinstance(requests, list) or len(requests) > 1:
+        raise Refused("DeviceRequests: at most one NVIDIA device request")
+    for request in requests:
+        _check_device_request(policy, request)
+
+
+_HOST_KEYS = (
+    "Memory",
+    "MemorySwap",
+    "ShmSize",
+    "NetworkMode",
+    "CapDrop",
+    "SecurityOpt",
+    "Binds",
+    "Links",
+    "CpuQuota",
+    "CpuPeriod",
+    "NanoCpus",
+    "PidsLimit",
+    "AutoRemove",
+    "Init",
+    "Mounts",
+    "DeviceRequests",
+)
+
+
+def _check_cpu(policy: Policy, host: dict[str, Any]) -> None:
+    """A CPU limit as DockerSpawner sets it (CpuQuota per CpuPeriod) or as NanoCpus."""
+    if host.get("nanocpus") is not None:
+        if host.get("cpuquota") is not None or host.get("cpuperiod") is not None:
+            raise Refused("give NanoCpus or CpuQuota/CpuPeriod, not both")
+        _int_in("NanoCpus", host["nanocpus"], 1, policy.max_cpus * 10**9)
+        return
+    if host.get("cpuquota") is None or host.get("cpuperiod") is None:
+        raise Refused("containers must have a CPU limit (CpuQuota and CpuPeriod, or NanoCpus)")
+    period = _int_in("CpuPeriod", host["cpuperiod"], 1000, 1_000_000)
+    _int_in("CpuQuota", host["cpuquota"], 1000, policy.max_cpus * period)
+
+
+def _check_bind(bind: str) -> None:
+    """`labhub-user-<name>:<absolute path>:rw|ro`: a user volume, never a host path."""
+    match = re.fullmatch(rf"(?P<source>{_NAME}):(?P<target>/[A-Za-z0-9_./-]*)(?::(?:rw|ro))?", bind)
+    if not match or not match["source"].startswith(VOLUME_PREFIX):
+        raise Refused(f"bind {bind!r} is not a user volume ({VOLUME_PREFIX}<name>:/path:rw)")
+
+
+def _check_device_request(policy: Policy, value: Any) -> None:
+    """Exactly the GPUs the allocator chose: driver nvidia, explicit device IDs, no Count."""
+    request = _keys(
+        "DeviceRequests[]", value, ("Driver", "Count", "DeviceIDs", "Capabilities", "Options")
+    )
+    if request.get("driver") != "nvidia":
+        raise Refused(f"device driver {request.get('driver')!r} is not allowed (nvidia only)")
+    if request.get("count") not in (None, 0):
+        raise Refused(f"Count={request.get('count')!r}: name the devices (DeviceIDs), no Count")
+    ids = _strings("DeviceIDs", request.get("deviceids"), policy.max_gpus)
+    if not ids or not all(re.fullmatch(r"[A-Za-z0-9:._-]{1,64}", i) for i in ids):
+        raise Refused(f"DeviceIDs={ids!r} must name one or more GPUs")
+    if request.get("capabilities") != [["gpu"]]:
+        raise Refused(f"Capabilities={request.get('capabilities')!r} must be [[gpu]]")
+    if request.get("options"):
+        raise Refused("device request options are not allowed")
+
+
+def check_volume_create(spec: dict[str, Any]) -> None:
+    """A user volume on the local driver with no options (options can bind a host path)."""
+    volume = _keys("volume", spec, ("Name", "Driver", "DriverOpts", "Labels"))
+    name = volume.get("name")
+    if not isinstance(name, str) or not re.fullmatch(_NAME, name):
+        raise Refused(f"volume name {name!r} is not a plain name")
+    if not name.startswith(VOLUME_PREFIX):
+        raise Refused(f"volume {name!r} is not a user volume ({VOLUME_PREFIX}*)")
+    # The local driver's options can bind any host path (type=none, o=bind, device=/).
+    if volume.get("driver") not in (None, "", "local") or volume.get("driveropts"):
+        raise Refused("volume drivers and driver options are not allowed")
+    labels = volume.get("labels") or {}
+    if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+        raise Refused("volume labels must be strings")
+
+
+def inspect_target(allowed: Allowed) -> str:
+    """The inspect the relay makes for the owner check (same API version as the request)."""
+    return f"{allowed.version}/containers/{allowed.owned_container}/json"
+
+
+def check_owner(container: str, status: int, inspected: bytes) -> None:
+    """Refuse unless the inspected container carries the owner label (404s pass through)."""
+    if status == 404:
+        return  # the engine answers the real request with its own 404
+    try:
+        labels = (json.loads(inspected).get("Config") or {}).get("Labels") or {}
+    except (ValueError, AttributeError) as error:
+        raise Refused(f"cannot read the labels of container {container!r}") from error
+    if not labels.get(OWNER_LABEL):
+        raise Refused(f"container {container!r} is not a labhub user container")
