@@ -23,6 +23,7 @@ base_image="${BASE_IMAGE:?set BASE_IMAGE}"
 workspace_image="${WORKSPACE_IMAGE:?set WORKSPACE_IMAGE}"
 tensorflow_package="${TENSORFLOW_PACKAGE:-}"
 env_file="${ENV_FILE:-.env}"
+[[ -f "$env_file" ]] || env_file="$env_file (make env creates it from .env.example)"
 # Disk needed under Docker's root, in GB: the workspace image (about 7 GB with CUDA,
 # 2.5 GB CPU-only) plus the wheels pip unpacks while building it, the hub and proxy
 # images (1 GB); a rebuild of an existing workspace image adds a few small layers.
@@ -122,9 +123,10 @@ if [[ "$engine" == true ]]; then
       "free space there (docker image prune removes unused images), or move Docker's data-root"
   fi
 
+  # Only without debootstrap does it matter whether a registry serves the base image.
   if ! docker image inspect "$base_image" >/dev/null 2>&1 &&
-    ! timeout 60 docker pull -q "$base_image" >/dev/null 2>&1 &&
-    ! command -v debootstrap >/dev/null 2>&1; then
+    ! command -v debootstrap >/dev/null 2>&1 &&
+    ! timeout 60 docker pull -q "$base_image" >/dev/null 2>&1; then
     apt_install debootstrap
     command -v debootstrap >/dev/null 2>&1 ||
       missing_piece "debootstrap: $base_image is not in the engine and no registry answers, so it is built" \
