@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from stacks import REPO
+from stacks import REPO, Stack
 
 PREFLIGHT = REPO / "scripts" / "preflight.sh"
 SETTINGS = {
@@ -332,3 +332,28 @@ def test_make_up_stops_on_a_taken_port_before_changing_anything(env_file: Path) 
     assert f"port {port} (HTTPS_PORT) on 127.0.0.1 is taken" in result.stderr, result.stderr
     assert env_file.read_text() == before  # no secrets generated: `make env` never ran
     assert not (env_file.parent / "certs").exists()  # nor `make certs`
+
+
+@pytest.mark.e2e
+def test_make_up_again_on_the_running_stack_passes_but_another_stack_is_refused(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """The stack holds HTTP_PORT and HTTPS_PORT: `make up` again must not refuse them; the
+    same ports for a stack of another name must be refused."""
+    again = stack.make("-s", "preflight", check=False)
+    assert again.returncode == 0, again.stderr
+    other = tmp_path / "other.env"
+    other.write_text(
+        stack.env_file.read_text().replace(
+            f"STACK_NAME={stack.value('STACK_NAME')}\n", "STACK_NAME=someoneelse\n"
+        )
+    )
+    refused = subprocess.run(
+        ["make", "-s", "preflight", f"ENV_FILE={other}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert refused.returncode == 2, refused.stderr
+    assert f"port {stack.value('HTTPS_PORT')} (HTTPS_PORT) on 127.0.0.1 is taken" in refused.stderr
