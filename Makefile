@@ -13,10 +13,21 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # Read a value from .env (after `make env`), falling back to .env.example.
 env_value = $(shell grep -hE '^$(1)=' $(ENV_FILE) .env.example 2>/dev/null | head -n1 | cut -d= -f2-)
+WORKSPACE_IMAGE = labhub/workspace:$(call env_value,LABHUB_VERSION)
 
 .PHONY: help
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-19s %s\n", $$1, $$2}'
+
+# First on a bare machine: reads the settings the way env_value does, changes nothing of
+# labhub; as root on Debian/Ubuntu it installs a missing Docker, Compose or debootstrap.
+.PHONY: preflight
+preflight: ## Check Docker, Compose, free ports, disk and debootstrap (install them as root)
+	@HTTP_PORT=$(call env_value,HTTP_PORT) HTTPS_PORT=$(call env_value,HTTPS_PORT) \
+	  BIND_ADDRESS=$(call env_value,BIND_ADDRESS) STACK_NAME=$(call env_value,STACK_NAME) \
+	  BASE_IMAGE=$(call env_value,BASE_IMAGE) WORKSPACE_IMAGE=$(WORKSPACE_IMAGE) \
+	  TENSORFLOW_PACKAGE='$(call env_value,TENSORFLOW_PACKAGE)' ENV_FILE=$(ENV_FILE) \
+	  scripts/preflight.sh
 
 .PHONY: env
 env: ## Create or complete .env (secrets generated, mode 0600)
@@ -41,10 +52,10 @@ build: env base-image ## Build the hub, proxy and workspace images
 	docker build -f images/workspace/Dockerfile \
 	  --build-arg BASE_IMAGE=$(call env_value,BASE_IMAGE) \
 	  --build-arg TENSORFLOW_PACKAGE='$(call env_value,TENSORFLOW_PACKAGE)' \
-	  -t labhub/workspace:$(call env_value,LABHUB_VERSION) .
+	  -t $(WORKSPACE_IMAGE) .
 
 .PHONY: up
-up: env stack-owner certs build ## Set everything up and start the platform
+up: preflight env stack-owner certs build ## Set everything up and start the platform
 	@# Settings are checked before anything starts: a wrong value is listed with its fix.
 	@$(COMPOSE) run --rm --no-deps -T hub labhub check-settings || \
 	  { echo "make up: fix the settings above in $(ENV_FILE), then run make up again" >&2; exit 2; }

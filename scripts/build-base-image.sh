@@ -13,6 +13,11 @@ tag="${1:-debian:trixie-slim}"
 suite="${tag#*:}"; suite="${suite%%-*}"
 log() { printf '[base-image] %s\n' "$*" >&2; }
 
+if ! docker info >/dev/null 2>&1; then
+  log "the Docker engine does not answer: make up checks and (as root) installs it;" \
+    "or run sudo scripts/start-docker.sh"
+  exit 1
+fi
 if docker image inspect "$tag" >/dev/null 2>&1; then
   log "$tag is present"
   exit 0

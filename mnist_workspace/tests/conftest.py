@@ -3,25 +3,23 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from mnist_workspace import data
 
-WORKSPACE = Path(__file__).resolve().parents[1]
-REPO = WORKSPACE.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
-    """`$MNIST_TEST_DATA_DIR`, else the IDX files fetched by scripts/fetch-mnist.sh."""
+    """`$MNIST_TEST_DATA_DIR`, else the IDX files `data.fetch` puts (once) in .cache/mnist."""
     configured = os.environ.get("MNIST_TEST_DATA_DIR")
     if configured:
         return Path(configured)
     target = REPO / ".cache" / "mnist"
-    subprocess.run([str(WORKSPACE / "scripts" / "fetch-mnist.sh"), str(target)], check=True)
+    data.fetch(target)
     return target
 
 

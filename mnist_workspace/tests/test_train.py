@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -9,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from mnist_workspace.config import TrainConfig
+from mnist_workspace import data
+from mnist_workspace.config import PLATEAU_MIN_LR, TrainConfig
 
 pytestmark = pytest.mark.slow
 
@@ -78,12 +80,37 @@ def quick_plateau_config(mnist_dir: Path, tmp_path: Path, **changes: object) -> 
     return TrainConfig.from_dict({**values, **changes})
 
 
-def test_plateau_schedule_with_augmentation_trains(mnist_dir: Path, tmp_path: Path) -> None:
+def test_plateau_schedule_halves_the_rate_once_validation_stops_improving(
+    mnist: data.Mnist, mnist_dir: Path, tmp_path: Path
+) -> None:
+    """With one label everywhere, validation accuracy reaches 1.0 and can only stay flat, so
+    the rate must halve after each `plateau_patience` flat epochs. The expected rates are
+    recomputed here from the recorded validation accuracy, not taken from the callback."""
+    import numpy as np
+
     from mnist_workspace import train
 
-    config = quick_plateau_config(mnist_dir, tmp_path, optimizer="rmsprop", augment=True)
-    result = train.run(config)
-    assert result.metrics["epochs"] == 2 and "learning_rate" in result.metrics["history"]
+    one_digit = dataclasses.replace(
+        mnist, y_train=np.zeros_like(mnist.y_train), y_test=np.zeros_like(mnist.y_test)
+    )
+    config = quick_plateau_config(
+        mnist_dir, tmp_path, optimizer="rmsprop", augment=True, epochs=4, plateau_patience=1
+    )
+    history = train.run(config, mnist=one_digit).metrics["history"]
+
+    expected, best, flat = [config.learning_rate], -np.inf, 0
+    for accuracy in history["val_accuracy"][:-1]:  # each epoch's end sets the next one's rate
+        rate = expected[-1]
+        if accuracy > best + 1e-4:  # ReduceLROnPlateau's default min_delta
+            best, flat = accuracy, 0
+        else:
+            flat += 1
+            if flat >= config.plateau_patience:
+                rate, flat = max(rate / 2, PLATEAU_MIN_LR), 0
+        expected.append(rate)
+    assert history["val_accuracy"][-1] == 1.0
+    assert expected[-1] < config.learning_rate, history  # the plateau was reached in time
+    np.testing.assert_allclose(history["learning_rate"], expected, rtol=1e-6)
 
 
 def test_ema_saves_the_moving_average_of_the_training_steps(

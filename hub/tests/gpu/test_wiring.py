@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import docker
 import pytest
 from dockerspawner import DockerSpawner
+from jupyterhub.objects import Hub, Server
 from labhub.gpu.spawner import GpuSpawnerMixin, load_context
 from labhub.settings import Settings
 from labhub.spawner import LabSpawner, spawner_config
+from traitlets.config import Config
 
 pytestmark = pytest.mark.unit
 
@@ -65,14 +72,13 @@ class _Base:
 
 class _User:
     name = "ada"
+    url = "/user/ada/"
     admin = False
     groups: tuple[object, ...] = ()
 
 
 def test_a_server_gone_behind_the_hubs_back_frees_its_gpu(tmp_path: object) -> None:
     """JupyterHub skips stop() for a dead container, but always runs the post-stop hook."""
-    import asyncio
-
     from labhub.gpu.inventory import Device
     from labhub.gpu.scheduler import GpuRequest, Holder
     from labhub.gpu.store import Store
@@ -104,9 +110,71 @@ def test_a_server_gone_behind_the_hubs_back_frees_its_gpu(tmp_path: object) -> N
     assert store.audit()[0].detail["reason"] == "server gone"
 
 
-def test_the_default_cpu_profile_keeps_the_lab_limits() -> None:
-    """USER_CPU_LIMIT / USER_MEM_LIMIT still apply when no profiles file is given."""
-    from labhub.gpu.profiles import default_profiles
+class _RecordingDocker(docker.APIClient):
+    """The Docker API at its edge: no containers yet, the workspace image, and every
+    container create recorded instead of sent (host configs are built by docker-py)."""
 
-    [cpu] = default_profiles(())
-    assert (cpu.slug, cpu.cpu_limit, cpu.mem_limit) == ("cpu", None, None)
+    def __init__(self) -> None:
+        super().__init__(base_url="unix:///nonexistent/docker.sock", version="1.41")
+        self.created: list[dict[str, Any]] = []
+
+    def containers(self, **_: object) -> list[dict[str, Any]]:
+        return []
+
+    def inspect_image(self, image: str) -> dict[str, Any]:
+        return {"Config": {"Entrypoint": ["tini", "-g", "--"], "Cmd": ["start-workspace.sh"]}}
+
+    def create_container(self, **kwargs: Any) -> dict[str, str]:
+        self.created.append(kwargs)
+        return {"Id": "0123456789ab"}
+
+
+def host_config_sent(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> dict[str, Any]:
+    """What the hub's LabSpawner, configured from `env` as jupyterhub_config.py does it, asks
+    Docker for when a user starts a server without choosing a profile."""
+    client = _RecordingDocker()
+    monkeypatch.setattr(LabSpawner, "_client", client)
+    monkeypatch.setattr(GpuSpawnerMixin, "_gpu_reconciled", False)
+    config = Config()
+    config.LabSpawner.update(spawner_config(Settings.from_env({**LAB_ENV, **env})))
+    spawner = LabSpawner(config=config, user=_User(), hub=Hub(), server=Server(base_url="/u/"))
+
+    async def spawn_request() -> None:
+        await spawner.gpu_assign()
+        await spawner.create_object()
+
+    asyncio.run(spawn_request())
+    [created] = client.created
+    return dict(created["host_config"])
+
+
+LAB_ENV = {
+    "CONFIGPROXY_AUTH_TOKEN": "a" * 64,
+    "SHARED_USER_PASSWORD": "student-password",
+    "USER_CPU_LIMIT": "1.5",
+    "USER_MEM_LIMIT": "3G",
+}
+
+
+def test_the_default_cpu_profile_keeps_the_lab_limits(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """No profiles file: the container gets USER_CPU_LIMIT and USER_MEM_LIMIT."""
+    sent = host_config_sent(monkeypatch, {"GPU_DB": f"{tmp_path}/gpu.sqlite"})
+    assert (sent["CpuQuota"], sent["CpuPeriod"]) == (150_000, 100_000)  # 1.5 CPUs
+    assert sent["Memory"] == 3 * 1024**3
+    assert not sent.get("DeviceRequests")  # and no GPU
+
+
+def test_a_profile_with_its_own_limits_replaces_the_lab_limits(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The contrast: the same request with a profile that sets limits gets those."""
+    profiles = tmp_path / "profiles.json"
+    profiles.write_text(
+        '{"profiles": [{"slug": "small", "display_name": "Small", "cpu_limit": 0.5,'
+        ' "mem_limit": "1G"}]}'
+    )
+    env = {"GPU_DB": f"{tmp_path}/gpu.sqlite", "GPU_PROFILES": str(profiles)}
+    sent = host_config_sent(monkeypatch, env)
+    assert (sent["CpuQuota"], sent["Memory"]) == (50_000, 1024**3)

@@ -18,6 +18,7 @@ from mnist_workspace.models import MODELS
 OPTIMIZERS = ("adam", "rmsprop")
 SCHEDULES = ("constant", "plateau", "cosine")
 EMA_MOMENTUM = 0.999  # averages the last ~1,000 steps: about one epoch at batch 64
+PLATEAU_MIN_LR = 1e-5  # the plateau schedule halves the rate down to this floor
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class TrainConfig:
     # constant; plateau = halve on 3 epochs without val-accuracy gain (the report's
     # conclusion); cosine = warm-up then cosine decay to 0 (the fast recipe)
     schedule: str = "constant"
+    plateau_patience: int = 3  # flat epochs before the plateau schedule halves the rate
     augment: bool = False  # rotation 10 deg, zoom 10%, shifts 10%, no flips
     # validate, evaluate and save an exponential moving average of the weights (momentum
     # EMA_MOMENTUM) instead of the last step's weights: a cheap average over many models
@@ -57,6 +59,7 @@ class TrainConfig:
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {list(OPTIMIZERS)}"),
             (self.schedule in SCHEDULES, f"schedule must be one of {list(SCHEDULES)}"),
             (self.learning_rate > 0, "learning_rate must be > 0"),
+            (self.plateau_patience > 0, "plateau_patience must be > 0"),
             (self.batch_size > 0, "batch_size must be > 0"),
             (self.epochs > 0, "epochs must be > 0"),
             (self.subset is None or self.subset >= 20, "subset must be >= 20 images"),

