@@ -57,7 +57,8 @@ build: env base-image ## Build the hub, proxy and workspace images
 .PHONY: up
 up: preflight env stack-owner certs build ## Set everything up and start the platform
 	@# Settings are checked before anything starts: a wrong value is listed with its fix.
-	@$(COMPOSE) run --rm --no-deps -T hub labhub check-settings || \
+	@docker run --rm --network none --env-file $(ENV_FILE) labhub/hub:$(call env_value,LABHUB_VERSION) \
+	  labhub check-settings || \
 	  { echo "make up: fix the settings above in $(ENV_FILE), then run make up again" >&2; exit 2; }
 	@$(COMPOSE) up -d --wait || { $(COMPOSE) logs --no-color --tail=40 hub >&2; \
 	  echo "make up: a service did not become healthy; the hub's last lines are above" \
@@ -84,7 +85,8 @@ RESTORE = STACK_NAME=$(call env_value,STACK_NAME) DOCKER_NETWORK=$(call env_valu
 
 .PHONY: backup
 backup: ## Back up the hub and GPU databases and every user volume into backups/<time>/
-	@STACK_NAME=$(call env_value,STACK_NAME) LABHUB_VERSION=$(call env_value,LABHUB_VERSION) \
+	@STACK_NAME=$(call env_value,STACK_NAME) DOCKER_NETWORK=$(call env_value,DOCKER_NETWORK) \
+	  LABHUB_VERSION=$(call env_value,LABHUB_VERSION) \
 	  BACKUP_ROOT=$(BACKUP_ROOT) ONLY_USERS='$(ONLY_USERS)' scripts/backup.sh
 
 .PHONY: restore
@@ -117,6 +119,11 @@ lint: venv ## ruff, mypy, hadolint, shellcheck
 .PHONY: test
 test: lint ## Run every test: unit, integration (real Docker), end to end (nginx, browser)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+.PHONY: migrate-volumes
+migrate-volumes: ## Copy users' files from the shared labhub-user-* volumes into this stack's own
+	@STACK_NAME=$(call env_value,STACK_NAME) DOCKER_NETWORK=$(call env_value,DOCKER_NETWORK) \
+	  LABHUB_VERSION=$(call env_value,LABHUB_VERSION) scripts/migrate-volumes.sh
 
 .PHONY: remove-user-volume
 remove-user-volume: ## Remove a deleted user's files: make remove-user-volume NAME=alice

@@ -2,7 +2,8 @@
 # Back up the hub database, the GPU database and every user's volume into
 # BACKUP_ROOT/<UTC timestamp>/.
 #
-#   STACK_NAME=labhub LABHUB_VERSION=0.1.0 scripts/backup.sh        (or: make backup)
+#   STACK_NAME=labhub DOCKER_NETWORK=labhub LABHUB_VERSION=0.1.0 scripts/backup.sh
+#   (or: make backup)
 #
 # The databases (the hub's, and the GPU allocations, quotas and audit log in gpu.sqlite
 # when GPUs are on) are copied with SQLite's online backup API (`sqlite3 .backup`), which
@@ -15,6 +16,7 @@
 set -euo pipefail
 
 stack="${STACK_NAME:?set STACK_NAME (make backup reads it from .env)}"
+network="${DOCKER_NETWORK:-${stack}}"
 helper_image="labhub/hub:${LABHUB_VERSION:?set LABHUB_VERSION}"
 root="${BACKUP_ROOT:-backups}"
 hub_volume="${stack}-hub-data"
@@ -47,13 +49,8 @@ helper -v "${hub_volume}:/srv/jupyterhub" "${helper_image}" sh -c '
     cp -p /srv/jupyterhub/jupyterhub_cookie_secret /backup/
   fi
   # One line per user: name <TAB> volume, with the spawner'"'"'s own naming rule.
-  python - <<PY >/backup/users.tsv
-import sqlite3
-from labhub.contract import volume_name_for
-for (name,) in sqlite3.connect("/backup/jupyterhub.sqlite").execute("select name from users"):
-    print(f"{name}\t{volume_name_for(name)}")
-PY
-'
+  labhub user-volumes /backup/jupyterhub.sqlite "$0" | cut -f1,2 >/backup/users.tsv
+' "${network}"
 
 count=0
 while IFS=$'\t' read -r user volume; do

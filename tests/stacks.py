@@ -120,7 +120,7 @@ def _remove_user_resources(network: str, usernames: list[str] | None = None) -> 
         container.remove(force=True)
     for name in usernames or []:
         with contextlib.suppress(docker.errors.NotFound):
-            api.volumes.get(volume_name_for(name)).remove(force=True)
+            api.volumes.get(volume_name_for(name, network)).remove(force=True)
 
 
 @contextlib.contextmanager

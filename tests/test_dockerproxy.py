@@ -139,7 +139,7 @@ def refused(call: Any) -> str:
 def test_a_workspace_container_passes_and_privilege_or_exec_are_refused(
     proxied: docker.DockerClient, engine: docker.DockerClient, network: str, image: str
 ) -> None:
-    volume = f"labhub-user-proxytest-{uuid.uuid4().hex[:6]}"
+    volume = f"{network}-user-proxytest-{uuid.uuid4().hex[:6]}"
     try:
         container = proxied.containers.create(
             **workspace_kwargs(image, network, volume), name=f"{network}-user-ok"
@@ -405,7 +405,7 @@ def test_labspawner_starts_and_stops_a_server_through_the_proxy(
             with contextlib.suppress(docker.errors.NotFound):
                 engine.api.remove_container(leftover["Id"], force=True)
         with contextlib.suppress(docker.errors.NotFound):
-            engine.volumes.get(volume_name_for(username)).remove(force=True)
+            engine.volumes.get(volume_name_for(username, network)).remove(force=True)
 
 
 # --- The nginx-proxy front's instance -------------------------------------------------

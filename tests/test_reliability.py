@@ -212,15 +212,17 @@ def test_backup_and_whole_restore_round_trip(stack: Stack, username: str) -> Non
     with tempfile.TemporaryDirectory() as tmp:
         folder = backup_of(stack, tmp, username)
         assert (folder / "jupyterhub.sqlite").stat().st_size > 0
-        assert (folder / "volumes" / f"{volume_name_for(username)}.tar.gz").is_file()
+        assert (folder / "volumes" / f"{volume_name_for(username, STACK)}.tar.gz").is_file()
 
         # Disaster: the users' records in the hub and the user's volume are gone.
         for name in (username, f"{username}-later"):
             deleted = admin.api("DELETE", f"/users/{name}")
             assert deleted.status_code == 204, deleted.text
         with contextlib.suppress(docker.errors.NotFound):  # the hub may have removed it
-            docker.from_env().volumes.get(volume_name_for(username)).remove()
-        assert not docker.from_env().volumes.list(filters={"name": volume_name_for(username)})
+            docker.from_env().volumes.get(volume_name_for(username, STACK)).remove()
+        assert not docker.from_env().volumes.list(
+            filters={"name": volume_name_for(username, STACK)}
+        )
         assert admin.api("GET", f"/users/{username}").status_code == 404
 
         stop_every_server(admin)

@@ -67,7 +67,7 @@ def forget(clients: dict[str, HubClient]) -> None:
         with contextlib.suppress(Exception):
             client.stop_server(name)
         with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
-            api.volumes.get(volume_name_for(name)).remove(force=True)
+            api.volumes.get(volume_name_for(name, STACK)).remove(force=True)
 
 
 @pytest.fixture(scope="module")
@@ -575,12 +575,12 @@ print(json.dumps({
 
 
 def test_odd_usernames_get_distinct_safe_volumes_on_the_real_stack(stack: Stack) -> None:
-    from labhub.contract import VOLUME_PREFIX, volume_name_for
+    from labhub.contract import volume_name_for, volume_prefix
 
     suffix = uuid.uuid4().hex[:6]
     unicode_name = f"zoë.{suffix}"
     # The name a naive escaper would give the first one's volume.
-    lookalike = volume_name_for(unicode_name).removeprefix(VOLUME_PREFIX)
+    lookalike = volume_name_for(unicode_name, STACK).removeprefix(volume_prefix(STACK))
     long_name = "l" * 150 + suffix
     names = [unicode_name, lookalike, long_name]
     USERS_CREATED.extend(names)
@@ -597,6 +597,6 @@ def test_odd_usernames_get_distinct_safe_volumes_on_the_real_stack(stack: Stack)
         forget(clients)
     assert len(set(volumes.values())) == len(names), volumes
     for name, volume in volumes.items():
-        assert volume == volume_name_for(name)
+        assert volume == volume_name_for(name, STACK)
         assert volume.isascii() and len(volume) <= 120, volume
         assert all(ch.isalnum() or ch in "-_." for ch in volume), volume

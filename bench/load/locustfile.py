@@ -227,12 +227,13 @@ def _remove_students(**_: Any) -> None:
     from labhub.contract import volume_name_for
 
     api = docker.from_env()
-    prefix = f"{ENV.get('DOCKER_NETWORK', ENV['STACK_NAME'])}-user-"
+    network = ENV.get("DOCKER_NETWORK", ENV["STACK_NAME"])
+    prefix = f"{network}-user-"
     for name in _started:
         for container in api.containers.list(
             all=True, filters={"label": f"labhub.user={name}", "name": prefix}
         ):
             container.remove(force=True)
         with contextlib.suppress(docker.errors.NotFound):
-            api.volumes.get(volume_name_for(name)).remove(force=True)
+            api.volumes.get(volume_name_for(name, network)).remove(force=True)
     print(f"load: {len(_finished)} of {STUDENTS} journeys finished; removed their volumes")

@@ -445,7 +445,7 @@ def cleanup(target: Target, api: docker.DockerClient, created: list[Session]) ->
         if container is not None:
             container.remove(force=True)
         with contextlib.suppress(docker.errors.NotFound):
-            api.volumes.get(volume_name_for(session.username)).remove(force=True)
+            api.volumes.get(volume_name_for(session.username, target.network)).remove(force=True)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,6 @@ from escapism import escape
 # The label on every user container; its value is the JupyterHub username. The proxy
 # lets the hub inspect, start, stop or remove only containers that carry it.
 OWNER_LABEL = "labhub.user"
-# Every user's home is a named volume with this prefix (see `volume_name_for`).
-VOLUME_PREFIX = "labhub-user-"
 # The workspace image's unprivileged user (jovyan:users); the proxy refuses uid 0.
 CONTAINER_USER = "1000:100"
 
@@ -38,15 +36,24 @@ def container_name_prefix(network: str) -> str:
     return container_prefix(network) + "-"
 
 
-def volume_name_for(username: str) -> str:
-    """A distinct, Docker-safe volume name for any JupyterHub username.
+def volume_prefix(network: str) -> str:
+    """What every user volume of a stack is named with: `<DOCKER_NETWORK>-user-`.
+
+    Per stack, so two stacks on one engine never share a user's files; for the default
+    stack (DOCKER_NETWORK=labhub) it is `labhub-user-`, the name every install had before.
+    """
+    return container_name_prefix(network)
+
+
+def volume_name_for(username: str, network: str) -> str:
+    """A distinct, Docker-safe volume name for any JupyterHub username in a stack.
 
     Escaping with '-' as the escape character is injective (the escape character is
     itself escaped), so two usernames never share a volume. Over-long names are cut
     and made unique again with a digest of the full name.
     """
     escaped = str(escape(username, safe=_VOLUME_SAFE, escape_char="-")).lower()
-    name = VOLUME_PREFIX + escaped
+    name = volume_prefix(network) + escaped
     if len(name) > _MAX_VOLUME_NAME:
         digest = hashlib.sha256(username.encode("utf-8")).hexdigest()[:16]
         name = f"{name[: _MAX_VOLUME_NAME - 17]}_{digest}"

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-from .contract import CONTAINER_USER, OWNER_LABEL, VOLUME_PREFIX, container_name_prefix
+from .contract import CONTAINER_USER, OWNER_LABEL, container_name_prefix, volume_prefix
 
 MAX_BODY = 1024 * 1024
 _GIB = 1024**3
@@ -178,11 +178,11 @@ def _match_hub_route(
         return Allowed(path + _query(params, {"filters": _filters}), m["version"] or "")
     if method == "POST" and (m := _route(r"/volumes/create", path)):
         volume = parse_json(body)
-        check_volume_create(volume)
+        check_volume_create(policy, volume)
         return Allowed(path + _query(params, {}), m["version"] or "", body=_dumps(volume))
     if method in ("GET", "DELETE") and (m := _route(rf"/volumes/(?P<name>{_NAME})", path)):
-        if not m["name"].startswith(VOLUME_PREFIX):
-            raise Refused(f"volume {m['name']!r} is not a user volume ({VOLUME_PREFIX}*)")
+        if not m["name"].startswith(prefix := volume_prefix(policy.network)):
+            raise Refused(f"volume {m['name']!r} is not a user volume ({prefix}*)")
         return Allowed(path + _query(params, {}), m["version"] or "")
     return None
 
@@ -426,7 +426,7 @@ def check_host_config(policy: Policy, value: Any) -> None:
     if _strings("SecurityOpt", host["securityopt"]) != ["no-new-privileges:true"]:
         raise Refused("SecurityOpt must be exactly [no-new-privileges:true]")
     for bind in _strings("Binds", host.get("binds") or [], 8):
-        _check_bind(bind)
+        _check_bind(policy, bind)
     for key in ("links", "mounts"):
         if host.get(key):
             raise Refused(f"{key} are not allowed (LabSpawner sends an empty list)")
@@ -475,11 +475,12 @@ def _check_cpu(policy: Policy, host: dict[str, Any]) -> None:
     _int_in("CpuQuota", host["cpuquota"], 1000, policy.max_cpus * period)
 
 
-def _check_bind(bind: str) -> None:
-    """`labhub-user-<name>:<absolute path>:rw|ro`: a user volume, never a host path."""
+def _check_bind(policy: Policy, bind: str) -> None:
+    """`<network>-user-<name>:<absolute path>:rw|ro`: a user volume, never a host path."""
     match = re.fullmatch(rf"(?P<source>{_NAME}):(?P<target>/[A-Za-z0-9_./-]*)(?::(?:rw|ro))?", bind)
-    if not match or not match["source"].startswith(VOLUME_PREFIX):
-        raise Refused(f"bind {bind!r} is not a user volume ({VOLUME_PREFIX}<name>:/path:rw)")
+    prefix = volume_prefix(policy.network)
+    if not match or not match["source"].startswith(prefix):
+        raise Refused(f"bind {bind!r} is not a user volume ({prefix}<name>:/path:rw)")
 
 
 def _check_device_request(policy: Policy, value: Any) -> None:
@@ -500,14 +501,14 @@ def _check_device_request(policy: Policy, value: Any) -> None:
         raise Refused("device request options are not allowed")
 
 
-def check_volume_create(spec: dict[str, Any]) -> None:
+def check_volume_create(policy: Policy, spec: dict[str, Any]) -> None:
     """A user volume on the local driver with no options (options can bind a host path)."""
     volume = _keys("volume", spec, ("Name", "Driver", "DriverOpts", "Labels"))
     name = volume.get("name")
     if not isinstance(name, str) or not re.fullmatch(_NAME, name):
         raise Refused(f"volume name {name!r} is not a plain name")
-    if not name.startswith(VOLUME_PREFIX):
-        raise Refused(f"volume {name!r} is not a user volume ({VOLUME_PREFIX}*)")
+    if not name.startswith(prefix := volume_prefix(policy.network)):
+        raise Refused(f"volume {name!r} is not a user volume ({prefix}*)")
     # The local driver's options can bind any host path (type=none, o=bind, device=/).
     if volume.get("driver") not in (None, "", "local") or volume.get("driveropts"):
         raise Refused("volume drivers and driver options are not allowed")

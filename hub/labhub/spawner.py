@@ -106,7 +106,7 @@ class LabSpawner(GpuSpawnerMixin, DockerSpawner):  # type: ignore[misc]
     def template_namespace(self) -> dict[str, Any]:
         """Add `{user_volume}`: our collision-free volume name, usable in `volumes`."""
         namespace: dict[str, Any] = super().template_namespace()
-        namespace["user_volume"] = volume_name_for(self.user.name)
+        namespace["user_volume"] = volume_name_for(self.user.name, self.network_name)
         return namespace
 
     @default("extra_host_config")

@@ -12,6 +12,7 @@ container still uses the volume, so it never removes a live user's files.
 from __future__ import annotations
 
 import argparse
+import os
 import sqlite3
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ import docker
 from docker.errors import APIError, NotFound
 
 from .contract import volume_name_for
+from .settings import Settings
 
 DEFAULT_DB = "/srv/jupyterhub/jupyterhub.sqlite"
 
@@ -31,9 +33,12 @@ def user_exists(db_path: Path, username: str) -> bool:
     return row is not None
 
 
-def remove_user_volume(username: str, db_path: Path, client: docker.DockerClient) -> str:
-    """Remove the user's volume; return a one-line report. Raises SystemExit on refusal."""
-    volume = volume_name_for(username)
+def remove_user_volume(
+    username: str, network: str, db_path: Path, client: docker.DockerClient
+) -> str:
+    """Remove the user's volume in the stack of `network` (DOCKER_NETWORK); return a
+    one-line report. Raises SystemExit on refusal."""
+    volume = volume_name_for(username, network)
     if db_path.exists() and user_exists(db_path, username):
         raise SystemExit(
             f"{username!r} still exists in the hub: delete the user in the admin panel "
@@ -55,7 +60,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("username", help="the JupyterHub username whose volume to remove")
     parser.add_argument("--db", default=DEFAULT_DB, type=Path, help="the hub's SQLite database")
     args = parser.parse_args(argv)
-    print(remove_user_volume(args.username, args.db, docker.from_env()))
+    network = Settings.from_env(os.environ).docker_network
+    print(remove_user_volume(args.username, network, args.db, docker.from_env()))
     sys.exit(0)
 
 

@@ -12,6 +12,8 @@ from labhub.volumes import remove_user_volume
 from stacks import ensure_base_image
 
 pytestmark = pytest.mark.integration
+# A stack name no real stack uses: the test's volumes never meet a real user's.
+NETWORK = "labhubvolumetest"
 
 
 @pytest.fixture
@@ -27,7 +29,9 @@ def client() -> docker.DockerClient:
 @pytest.fixture
 def user_volume(client: docker.DockerClient) -> Iterator[tuple[str, str]]:
     username = f"gone-{uuid.uuid4().hex[:8]}"
-    volume = client.volumes.create(volume_name_for(username), labels={"labhub.test": "volumes"})
+    volume = client.volumes.create(
+        volume_name_for(username, NETWORK), labels={"labhub.test": "volumes"}
+    )
     yield username, volume.name
     for leftover in client.volumes.list(filters={"label": "labhub.test=volumes"}):
         leftover.remove(force=True)
@@ -46,7 +50,7 @@ def test_refuses_while_the_user_exists(
 ) -> None:
     username, volume = user_volume
     with pytest.raises(SystemExit, match="still exists in the hub"):
-        remove_user_volume(username, hub_db(tmp_path, username), client)
+        remove_user_volume(username, NETWORK, hub_db(tmp_path, username), client)
     assert client.volumes.get(volume)
 
 
@@ -54,7 +58,7 @@ def test_removes_a_deleted_users_volume(
     client: docker.DockerClient, user_volume: tuple[str, str], tmp_path: Path
 ) -> None:
     username, volume = user_volume
-    report = remove_user_volume(username, hub_db(tmp_path, "someone-else"), client)
+    report = remove_user_volume(username, NETWORK, hub_db(tmp_path, "someone-else"), client)
     assert report == f"removed {volume} ({username!r})"
     with pytest.raises(docker.errors.NotFound):
         client.volumes.get(volume)
@@ -69,6 +73,6 @@ def test_refuses_while_a_container_uses_it(
     )
     try:
         with pytest.raises(SystemExit, match="is in use"):
-            remove_user_volume(username, hub_db(tmp_path), client)
+            remove_user_volume(username, NETWORK, hub_db(tmp_path), client)
     finally:
         container.remove(force=True)
