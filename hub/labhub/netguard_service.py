@@ -1,7 +1,7 @@
 """The netguard service: puts `labhub.netguard`'s rules in the host's firewall and keeps them.
 
     labhub-netguard run      apply, then re-check every few seconds and re-apply on drift
-    labhub-netguard check    exit 0 only if every rule is in place (the health check)
+    labhub-netguard check    exit 0 only if every rule is in place (for admins)
     labhub-netguard remove   delete our chains and the jumps into them (`make down`)
 
 It runs in the host's network namespace with CAP_NET_ADMIN (compose service `netguard`).
@@ -28,6 +28,9 @@ from .settings import NetworkSettings, SettingsError
 RECHECK_SECONDS = 5.0
 # Docker's resolver forwards containers' queries to the name servers of this file.
 RESOLV_CONF = Path("/etc/resolv.conf")
+# Touched after each check that found every rule in place; compose's health check
+# wants it younger than three checks.
+HEARTBEAT = Path("/run/netguard-ok")
 # Without it, packets between two containers on one bridge never meet iptables at all.
 BRIDGE_NETFILTER = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
 # Docker writes its rules with one of the two iptables back ends; ours must go beside them.
@@ -152,27 +155,36 @@ def current_rules(net: NetworkSettings) -> Ruleset:
 
 
 def run(net: NetworkSettings) -> NoReturn:
-    """Apply at start (an error stops the service: the hub then never starts), then keep."""
+    """Check every few seconds; apply when anything differs (so at start too, and on a
+    settings change). A failure at start stops the service: the hub then never starts."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # rules stay: see the docstring
     iptables = docker_backend()
-    rules = current_rules(net)
-    apply(iptables, rules)
-    problems = bridge_netfilter_problems() + missing(iptables, rules)
-    if problems:
-        raise FirewallError("; ".join(problems))
-    print(
-        f"netguard: {len(rules.forward)} forward and {len(rules.input)} input rules for bridge "
-        f"{net.bridge} ({iptables.command}); USER_LAN_ACCESS={str(net.lan_access).lower()}, "
-        f"USER_INTERNET={str(net.internet).lower()}",
-        flush=True,
-    )
+    started = False
     while True:
-        time.sleep(RECHECK_SECONDS)
         rules = current_rules(net)
         drift = missing(iptables, rules)
         if drift:
             apply(iptables, rules)
-            print(f"netguard: re-applied, found: {'; '.join(drift)}", flush=True)
+            if started:
+                print(f"netguard: re-applied, found: {'; '.join(drift)}", flush=True)
+            drift = missing(iptables, rules)
+        problems = bridge_netfilter_problems() + drift
+        if problems and not started:
+            raise FirewallError("; ".join(problems))
+        if problems:
+            print(f"netguard: {'; '.join(problems)}", file=sys.stderr, flush=True)
+        else:
+            HEARTBEAT.touch()  # the health check reads its age
+        if not started:
+            print(
+                f"netguard: {len(rules.forward)} forward and {len(rules.input)} input rules "
+                f"for bridge {net.bridge} ({iptables.command}); "
+                f"USER_LAN_ACCESS={str(net.lan_access).lower()}, "
+                f"USER_INTERNET={str(net.internet).lower()}",
+                flush=True,
+            )
+            started = True
+        time.sleep(RECHECK_SECONDS)
 
 
 def main(argv: list[str] | None = None) -> int:

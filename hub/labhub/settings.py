@@ -469,35 +469,25 @@ def _check_layout(
     proxy_ip: ipaddress.IPv4Address | None,
     problems: list[str],
 ) -> None:
-    """The users' subnet holds the gateway (its first address, Docker's choice), the hub's
-    and the proxy's static addresses, and the range user containers get addresses from;
-    none of them may overlap, or a user container could get the hub's address."""
+    """The users' subnet holds the range user containers get addresses from (Docker puts
+    the host's gateway address at its start) and, outside it, the hub's and the proxy's
+    fixed addresses: otherwise a user container could get the hub's address."""
     if subnet.prefixlen > 26:
         problems.append(f"USERS_SUBNET={subnet} is too small: use a /26 or larger, e.g. a /20")
     if ip_range is not None and not ip_range.subnet_of(subnet):
         problems.append(f"USERS_IP_RANGE={ip_range} must lie inside USERS_SUBNET={subnet}")
-    gateway = subnet.network_address + 1
     for name, address in (("HUB_USERS_IP", hub_ip), ("PROXY_USERS_IP", proxy_ip)):
         if address is None:
             continue
-        if address not in subnet or address in (
-            subnet.network_address,
-            subnet.broadcast_address,
-            gateway,
-        ):
+        if address not in subnet or address in (subnet.network_address, subnet.broadcast_address):
             problems.append(
-                f"{name}={address} must be a host address inside USERS_SUBNET={subnet} "
-                f"other than its gateway {gateway}, e.g. {gateway + 1}"
+                f"{name}={address} must be a host address inside USERS_SUBNET={subnet}, "
+                f"e.g. {subnet.network_address + 2}"
             )
         elif ip_range is not None and address in ip_range:
             problems.append(
                 f"{name}={address} lies inside USERS_IP_RANGE={ip_range}, where user containers "
-                "get their addresses: put it outside, e.g. just after the gateway"
+                "get their addresses: put it outside, e.g. at the start of USERS_SUBNET"
             )
     if hub_ip is not None and hub_ip == proxy_ip:
         problems.append(f"HUB_USERS_IP and PROXY_USERS_IP are both {hub_ip}: they must differ")
-    if ip_range is not None and gateway in ip_range:
-        problems.append(
-            f"USERS_IP_RANGE={ip_range} holds the gateway {gateway}: start it higher, e.g. the "
-            "upper half of USERS_SUBNET"
-        )

@@ -83,11 +83,21 @@ def to_platform(target: ipaddress.IPv4Address, port: int) -> bool:
     return (target, port) in ((HUB, 8081), (PROXY, 8000))
 
 
+# Every combination of the switches: user-to-user must not rest on the private-range rule.
+SWITCHED = [
+    ruleset(net(USER_LAN_ACCESS=lan, USER_INTERNET=internet, USER_EGRESS_ALLOW=allow), [DNS])
+    for lan in ("true", "false")
+    for internet in ("true", "false")
+    for allow in ("", "172.31.240.0/20")
+]
+
+
 @given(users, users, ports)
 def test_no_user_reaches_another_on_any_port(alice: object, bob: object, port: int) -> None:
     assert isinstance(alice, ipaddress.IPv4Address) and isinstance(bob, ipaddress.IPv4Address)
-    for protocol in ("tcp", "udp"):
-        assert not passes(RULES, Packet(alice, bob, port, protocol))
+    for rules in SWITCHED:
+        for protocol in ("tcp", "udp"):
+            assert not passes(rules, Packet(alice, bob, port, protocol))
 
 
 @given(users, ports)
@@ -191,7 +201,7 @@ def test_defaults_of_the_switches() -> None:
         ({"USERS_BRIDGE": "bad name"}, "USERS_BRIDGE="),
         ({"USERS_IP_RANGE": "10.0.0.0/24"}, "must lie inside USERS_SUBNET"),
         ({"USERS_IP_RANGE": "172.31.240.0/21"}, "HUB_USERS_IP=172.31.240.2 lies inside"),
-        ({"HUB_USERS_IP": "172.31.240.1"}, "other than its gateway"),
+        ({"HUB_USERS_IP": "172.31.240.0"}, "HUB_USERS_IP=172.31.240.0 must be a host address"),
         ({"PROXY_USERS_IP": "10.0.0.3"}, "PROXY_USERS_IP=10.0.0.3 must be a host address"),
         ({"PROXY_USERS_IP": "172.31.240.2"}, "both 172.31.240.2"),
         ({"USER_LAN_ACCESS": "yes"}, "USER_LAN_ACCESS='yes' is not valid: use true or false"),
