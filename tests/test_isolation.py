@@ -23,7 +23,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -242,7 +242,7 @@ def chain_rules(chain: str) -> str:
     return docker_backend().listing(chain)
 
 
-def wait_for(condition: Any, seconds: float, what: str) -> None:
+def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if condition():
@@ -296,7 +296,7 @@ def test_students_cannot_reach_each_other_the_proxy_api_docker_or_the_host(
             ("proxy-chp", 8000),
         ]
         seen = probe_from_alice(stack, students, targets)
-    silent = [f"{host}:{port}" for host, port in targets[:-2]]
+    silent = [f"{host}:{port}" for host, port in targets[:-2]]  # all but the two allowed
     assert {target: seen[target] for target in silent} == dict.fromkeys(silent, "timeout"), seen
     assert seen["hub:8081"] == seen["proxy-chp:8000"] == "open", seen
 
