@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -219,3 +220,15 @@ def test_every_problem_is_reported_at_once() -> None:
     with pytest.raises(SettingsError) as info:
         NetworkSettings.from_env({"USER_LAN_ACCESS": "maybe"})
     assert len(info.value.problems) == 6  # bridge, four addresses, the switch
+
+
+def test_env_example_ships_a_valid_layout_and_the_safe_switches() -> None:
+    example = Path(__file__).resolve().parents[2] / ".env.example"
+    values = dict(
+        line.split("=", 1)
+        for line in example.read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    shipped = NetworkSettings.from_env(values)
+    assert shipped == NET  # the layout GOOD above is .env.example's
+    assert (shipped.lan_access, shipped.internet) == (False, True)
