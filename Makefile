@@ -69,6 +69,8 @@ up: preflight env stack-owner certs build ## Set everything up and start the pla
 down: ## Stop the platform and users' servers (users' files and the hub database stay)
 	@docker ps -aq --filter 'name=^$(call env_value,DOCKER_NETWORK)-user-' | xargs -r docker rm -f >/dev/null
 	$(COMPOSE) down
+	@# Only now, with no user container left: netguard's rules go (stopping it keeps them).
+	$(COMPOSE) run --rm --no-deps netguard labhub-netguard remove
 
 .PHONY: logs
 logs: ## Follow the logs (of every service, or SERVICE=hub|proxy|proxy-chp|docker-proxy)

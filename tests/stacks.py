@@ -91,6 +91,12 @@ class Stack:
             env={**os.environ, "LABHUB_ENV_FILE": str(self.env_file)},
         )
 
+    def remove_netguard_rules(self) -> None:
+        """netguard's host firewall chains, by their own names (as `make down` does)."""
+        self.compose(
+            "run", "--rm", "--no-deps", "netguard", "labhub-netguard", "remove", check=False
+        )
+
     def client(self) -> HubClient:
         return HubClient(self.base_url, self.ca_file)
 
@@ -123,6 +129,19 @@ def _remove_user_resources(network: str, usernames: list[str] | None = None) -> 
             api.volumes.get(volume_name_for(name, network)).remove(force=True)
 
 
+def users_network_for(https_port: int) -> dict[str, str]:
+    """A users' network of its own for each test stack (its port is unique on the host):
+    bridge lh<port>, subnet 10.<port // 256>.<port % 256>.0/24."""
+    prefix = f"10.{https_port >> 8}.{https_port & 255}"
+    return {
+        "USERS_BRIDGE": f"lh{https_port}",
+        "USERS_SUBNET": f"{prefix}.0/24",
+        "USERS_IP_RANGE": f"{prefix}.128/25",
+        "HUB_USERS_IP": f"{prefix}.2",
+        "PROXY_USERS_IP": f"{prefix}.3",
+    }
+
+
 @contextlib.contextmanager
 def launched_stack(
     tmp_path_factory: pytest.TempPathFactory,
@@ -151,6 +170,7 @@ def launched_stack(
         "TENSORFLOW_PACKAGE": "tensorflow-cpu==2.21.0",
         "ADMIN_USERS": "admin",
         "USER_MEM_LIMIT": "3G",
+        **users_network_for(https_port),
         **(extra_env or {}),
     }
     env_file = workdir / ".env"
@@ -165,6 +185,7 @@ def launched_stack(
     if up.returncode != 0:
         logs = stack.compose("logs", "--no-color", "--tail=200", check=False).stdout
         stack.compose("down", "-v", check=False)
+        stack.remove_netguard_rules()
         pytest.fail(f"make up failed:\n{up.stdout[-4000:]}\n{up.stderr[-4000:]}\n{logs}")
     try:
         yield stack
@@ -173,3 +194,4 @@ def launched_stack(
             print(stack.compose("logs", "--no-color", "--tail=300", check=False).stdout)
         stack.compose("down", "-v", "--remove-orphans", check=False)
         _remove_user_resources(name, USERS_CREATED)
+        stack.remove_netguard_rules()

@@ -18,7 +18,14 @@ pytestmark = pytest.mark.integration
 
 def rendered(tmp_path: Path, *files: str, profiles: str = "") -> dict[str, dict[str, object]]:
     env_file = tmp_path / ".env"
-    env_file.write_text(f"CONFIGPROXY_AUTH_TOKEN={'x' * 64}\nDOMAIN=hub.example.edu\n")
+    # .env.example's values (as `make env` copies them), with a token and a real domain.
+    values = dict(
+        line.split("=", 1)
+        for line in (REPO / ".env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    values.update(CONFIGPROXY_AUTH_TOKEN="x" * 64, DOMAIN="hub.example.edu")
+    env_file.write_text("".join(f"{key}={value}\n" for key, value in values.items()))
     args = [arg for name in files for arg in ("-f", f"compose/{name}")]
     result = subprocess.run(
         ["docker", "compose", *args, "--env-file", str(env_file), "config", "--format", "json"],
@@ -34,7 +41,7 @@ def rendered(tmp_path: Path, *files: str, profiles: str = "") -> dict[str, dict[
 
 def test_default_front_is_labhubs_nginx(tmp_path: Path) -> None:
     services = rendered(tmp_path, "docker-compose.yml")
-    assert set(services) == {"proxy", "proxy-chp", "hub", "docker-proxy"}
+    assert set(services) == {"proxy", "proxy-chp", "hub", "docker-proxy", "netguard"}
 
 
 def socket_holders(services: dict[str, dict[str, object]]) -> set[str]:
@@ -55,6 +62,7 @@ def test_nginx_proxy_front_replaces_it(tmp_path: Path) -> None:
         "hub",
         "docker-proxy",
         "docker-proxy-front",
+        "netguard",
     }
     # Only the two filtering proxies hold the socket; the front reads the filtered one.
     assert socket_holders(services) == {"docker-proxy", "docker-proxy-front"}
@@ -80,3 +88,19 @@ def test_lets_encrypt_comes_with_its_profile(tmp_path: Path) -> None:
     front = services["docker-proxy-front"]["environment"]
     assert isinstance(front, dict)
     assert front["NGINX_PROXY_CONTAINER"] == acme_env["NGINX_PROXY_CONTAINER"]
+
+
+def test_hub_waits_for_a_healthy_netguard(tmp_path: Path) -> None:
+    """Fail closed: no user container is spawned before the users' network is guarded."""
+    services = rendered(tmp_path, "docker-compose.yml")
+    depends = services["hub"]["depends_on"]
+    assert isinstance(depends, dict)
+    assert depends["netguard"]["condition"] == "service_healthy"
+    guard = services["netguard"]
+    assert guard["network_mode"] == "host"
+    assert guard["cap_drop"] == ["ALL"] and guard["cap_add"] == ["NET_ADMIN"]
+    assert guard["read_only"] is True
+    # No secret reaches it: only the network settings.
+    environment = guard["environment"]
+    assert isinstance(environment, dict)
+    assert not any("TOKEN" in key or "PASSWORD" in key for key in environment)

@@ -35,7 +35,15 @@ import pytest
 import requests
 from docker.models.containers import Container
 from hubclient import HubClient
-from stacks import HTTPS_PORT, REPO, STACK, USERS_CREATED, Stack, launched_stack
+from stacks import (
+    HTTPS_PORT,
+    REPO,
+    STACK,
+    USERS_CREATED,
+    Stack,
+    launched_stack,
+    users_network_for,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -145,7 +153,21 @@ def oidc_stack(
     secret = base64.urlsafe_b64encode(os.urandom(32)).decode().rstrip("=")
     api = docker.from_env()
     with contextlib.ExitStack() as cleanup:
-        network = api.networks.create(name, driver="bridge")
+        # The stack's users' network, made first (as compose would make it: bridge name,
+        # subnet and range from tests/stacks.py), so that the provider can join it.
+        layout = users_network_for(port)
+        network = api.networks.create(
+            name,
+            driver="bridge",
+            options={"com.docker.network.bridge.name": layout["USERS_BRIDGE"]},
+            ipam=docker.types.IPAMConfig(
+                pool_configs=[
+                    docker.types.IPAMPool(
+                        subnet=layout["USERS_SUBNET"], iprange=layout["USERS_IP_RANGE"]
+                    )
+                ]
+            ),
+        )
         cleanup.callback(network.remove)
         container = api.containers.run(
             IMAGE,

@@ -189,7 +189,8 @@ def test_no_docker_api_port_answers_on_any_address_around_the_hub(stack: Stack, 
     proxy_ips = [n["IPAddress"] for n in proxy.attrs["NetworkSettings"]["Networks"].values()]
     hub_ips = [n["IPAddress"] for n in hub.attrs["NetworkSettings"]["Networks"].values()]
     hub_on_users_net = hub.attrs["NetworkSettings"]["Networks"][STACK]["IPAddress"]
-    gateway = api.networks.get(STACK).attrs["IPAM"]["Config"][0]["Gateway"]
+    # (The network's IPAM config names no gateway when the subnet is set: ask the endpoint.)
+    gateway = hub.attrs["NetworkSettings"]["Networks"][STACK]["Gateway"]
     neighbourhood = ipaddress.ip_network(f"{hub_on_users_net}/24", strict=False)
     targets = sorted({*map(str, neighbourhood.hosts()), *proxy_ips, *hub_ips, gateway})
     assert len(targets) <= 300
@@ -260,9 +261,10 @@ def test_hub_database_and_secrets_are_out_of_reach(stack: Stack, pair: Pair) -> 
     assert seen["users_bad_token"] == 403
     # The server's own token is scoped to its user: listing users is refused.
     assert seen["users_server_token"] == 403
-    # configurable-http-proxy's API (routing table) needs its own secret token.
-    assert seen["chp_routes_anonymous"] == 403
-    assert seen["chp_routes_server_token"] == 403
+    # configurable-http-proxy's API (routing table): netguard drops the connection
+    # (tests/test_isolation.py); behind that, it would still want its own secret token.
+    assert "timed out" in str(seen["chp_routes_anonymous"]), seen["chp_routes_anonymous"]
+    assert "timed out" in str(seen["chp_routes_server_token"]), seen["chp_routes_server_token"]
     secrets = [
         stack.value(name)
         for name in ("CONFIGPROXY_AUTH_TOKEN", "SHARED_USER_PASSWORD", "SHARED_ADMIN_PASSWORD")
@@ -312,18 +314,14 @@ print(json.dumps(out))
 
 
 def test_another_students_server_refuses_without_their_token(stack: Stack, pair: Pair) -> None:
-    bob_ip = container_of(pair.bob).attrs["NetworkSettings"]["Networks"][STACK]["IPAddress"]
-    bases = [
-        # Straight to bob's container over the shared Docker network...
-        f"http://{bob_ip}:8888/user/{pair.bob}/",
-        # ...and through configurable-http-proxy's public side.
-        f"http://proxy-chp:8000/user/{pair.bob}/",
-    ]
+    # Through configurable-http-proxy's public side, the one way to bob's server that
+    # netguard leaves open (straight to bob's container is dropped: test_isolation.py).
+    bases = [f"http://proxy-chp:8000/user/{pair.bob}/"]
     code = PROBE_OTHER.replace("BASES", repr(bases)).replace("MARKER", repr(pair.bob_marker))
     seen = in_alice(stack, pair, code)
-    assert len(seen) == 2 * (5 * 2 + 1)
+    assert len(seen) == 5 * 2 + 1
     for attempt, (status, leaked, excerpt) in seen.items():
-        # The network lets alice connect (an HTTP answer); bob's server says no.
+        # The proxy answers alice (an HTTP answer); bob's server says no.
         assert isinstance(status, int), (attempt, status)
         assert status in (302, 401, 403), (attempt, status, excerpt)
         assert not leaked, attempt

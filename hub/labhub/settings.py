@@ -8,6 +8,7 @@ so that a wrong setting stops start-up with a message instead of a half-working 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -18,6 +19,8 @@ AUTH_CHOICES = ("shared-password", "github", "google", "generic", "cilogon")
 OAUTH_CHOICES = AUTH_CHOICES[1:]
 
 _MEMORY = re.compile(r"^(\d+(?:\.\d+)?)([kKmMgG]?)$")
+# Linux interface names: at most 15 characters; these are also safe in iptables chain names.
+_BRIDGE = re.compile(r"^[A-Za-z0-9_-]{1,15}$")
 _DOMAIN = re.compile(
     r"^(?=.{1,253}$)(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*$"
 )
@@ -375,3 +378,116 @@ def _oauth_settings(
         cilogon_idp=get("CILOGON_IDP"),
         claims_from=claims_from,
     )
+
+
+@dataclass(frozen=True)
+class NetworkSettings:
+    """The users' network and what its guard (`labhub.netguard`) lets user containers reach.
+
+    Read by the netguard service only (compose passes it these variables and no secret).
+    The address layout has no default here: compose needs the same literal values for
+    the network and the static addresses, so they come from `.env` alone.
+    """
+
+    bridge: str
+    subnet: ipaddress.IPv4Network
+    ip_range: ipaddress.IPv4Network
+    hub_ip: ipaddress.IPv4Address
+    proxy_ip: ipaddress.IPv4Address
+    lan_access: bool = False
+    internet: bool = True
+    egress_allow: tuple[ipaddress.IPv4Network, ...] = ()
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> NetworkSettings:
+        """Read and check every network variable; raise one SettingsError with all problems."""
+        problems: list[str] = []
+
+        def required(name: str, example: str, parse: Callable[[str], T]) -> T | None:
+            raw = env.get(name, "").strip()
+            if not raw:
+                problems.append(
+                    f"{name} is missing: run `make env` (it adds it from .env.example), "
+                    f"e.g. {name}={example}"
+                )
+                return None
+            try:
+                return parse(raw)
+            except ValueError:
+                problems.append(f"{name}={raw!r} is not valid: write it like {name}={example}")
+                return None
+
+        def flag(name: str, default: str) -> bool:
+            raw = env.get(name, "").strip().lower() or default
+            if raw not in ("true", "false"):
+                problems.append(f"{name}={raw!r} is not valid: use true or false")
+            return raw == "true"
+
+        bridge = env.get("USERS_BRIDGE", "").strip()
+        if not _BRIDGE.match(bridge):
+            problems.append(
+                f"USERS_BRIDGE={bridge!r} is not a usable interface name: 1-15 letters, "
+                "digits, - or _, e.g. USERS_BRIDGE=labhub-users"
+            )
+        subnet = required("USERS_SUBNET", "172.31.240.0/20", ipaddress.IPv4Network)
+        ip_range = required("USERS_IP_RANGE", "172.31.248.0/21", ipaddress.IPv4Network)
+        hub_ip = required("HUB_USERS_IP", "172.31.240.2", ipaddress.IPv4Address)
+        proxy_ip = required("PROXY_USERS_IP", "172.31.240.3", ipaddress.IPv4Address)
+        if subnet is not None:
+            _check_layout(subnet, ip_range, hub_ip, proxy_ip, problems)
+
+        egress_allow: list[ipaddress.IPv4Network] = []
+        for item in sorted(_split(env.get("USER_EGRESS_ALLOW", ""))):
+            try:
+                egress_allow.append(ipaddress.IPv4Network(item))
+            except ValueError:
+                problems.append(
+                    f"USER_EGRESS_ALLOW: {item!r} is not an IPv4 address or network: write "
+                    "addresses or CIDRs separated by commas, e.g. 10.1.2.3,10.20.0.0/24"
+                )
+        lan_access = flag("USER_LAN_ACCESS", "false")
+        internet = flag("USER_INTERNET", "true")
+        if problems:
+            raise SettingsError(problems)
+        assert subnet and ip_range and hub_ip and proxy_ip
+        return cls(
+            bridge=bridge,
+            subnet=subnet,
+            ip_range=ip_range,
+            hub_ip=hub_ip,
+            proxy_ip=proxy_ip,
+            lan_access=lan_access,
+            internet=internet,
+            egress_allow=tuple(egress_allow),
+        )
+
+
+def _check_layout(
+    subnet: ipaddress.IPv4Network,
+    ip_range: ipaddress.IPv4Network | None,
+    hub_ip: ipaddress.IPv4Address | None,
+    proxy_ip: ipaddress.IPv4Address | None,
+    problems: list[str],
+) -> None:
+    """The users' subnet holds the range user containers get addresses from (Docker puts
+    the host's gateway address at its start) and, outside it, the hub's and the proxy's
+    fixed addresses: otherwise a user container could get the hub's address."""
+    if subnet.prefixlen > 26:
+        problems.append(f"USERS_SUBNET={subnet} is too small: use a /26 or larger, e.g. a /20")
+    if ip_range is not None and not ip_range.subnet_of(subnet):
+        problems.append(f"USERS_IP_RANGE={ip_range} must lie inside USERS_SUBNET={subnet}")
+    for name, address in (("HUB_USERS_IP", hub_ip), ("PROXY_USERS_IP", proxy_ip)):
+        if address is None:
+            continue
+        if address not in subnet or address in (subnet.network_address, subnet.broadcast_address):
+            problems.append(
+                f"{name}={address} must be a host address inside USERS_SUBNET={subnet}, "
+                f"e.g. {subnet.network_address + 2}"
+            )
+        elif ip_range is not None and address in ip_range:
+            problems.append(
+                f"{name}={address} lies inside USERS_IP_RANGE={ip_range}, where user containers "
+                "get their addresses: put it outside, e.g. at the start of USERS_SUBNET"
+            )
+    if hub_ip is not None and hub_ip == proxy_ip:
+        problems.append(f"HUB_USERS_IP and PROXY_USERS_IP are both {hub_ip}: they must differ")
