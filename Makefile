@@ -73,7 +73,7 @@ down: ## Stop the platform and users' servers (users' files and the hub database
 	$(COMPOSE) run --rm --no-deps netguard labhub-netguard remove
 
 .PHONY: logs
-logs: ## Follow the logs (of every service, or SERVICE=hub|proxy|proxy-chp|docker-proxy)
+logs: ## Follow the logs (of every service, or SERVICE=hub|proxy|proxy-chp|docker-proxy|netguard)
 	$(COMPOSE) logs -f --tail=100 $(SERVICE)
 
 .PHONY: doctor
