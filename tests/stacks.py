@@ -151,6 +151,9 @@ def launched_stack(
         "TENSORFLOW_PACKAGE": "tensorflow-cpu==2.21.0",
         "ADMIN_USERS": "admin",
         "USER_MEM_LIMIT": "3G",
+        # Tests log in hundreds of times a minute from one address (the login fuzz);
+        # tests/test_front.py checks the default limit on a proxy of its own.
+        "LOGIN_RATE_LIMIT": "100000",
         **(extra_env or {}),
     }
     env_file = workdir / ".env"
