@@ -82,8 +82,13 @@ def serving_code(hub_origin: str) -> str:
 def admin_follows_the_link(
     hub_origin: str, page_url: str, admin_password: str, server_cert: Path
 ) -> dict[str, Any]:
-    """Chromium logs in as admin, opens `page_url`, clicks; returns what the page saw."""
-    from playwright.sync_api import sync_playwright
+    """Chromium logs in as admin, opens `page_url`, clicks; returns what the page saw.
+
+    Containers starting on this host change its interfaces, and Chromium then aborts
+    requests in flight (ERR_NETWORK_CHANGED, which a laptop never sees): only for that
+    reason, the visit is made again in a fresh browser context, at most three times.
+    """
+    from playwright.sync_api import Error, sync_playwright
     from test_browser import spki_pin
 
     with sync_playwright() as playwright:
@@ -98,29 +103,46 @@ def admin_follows_the_link(
                 f"--ignore-certificate-errors-spki-list={spki_pin(server_cert)}",
             ],
         )
+        failed: list[str] = []
         try:
-            page = browser.new_page()
-            page.goto(f"{hub_origin}/hub/login?next=/hub/home")
-            page.fill("#username_input", "admin")
-            page.fill("#password_input", admin_password)
-            page.click("#login_submit")
-            page.wait_for_url("**/hub/home", timeout=60_000)
-            page.goto(page_url)
-            # Opening another user's server asks the visitor to authorize it once.
-            authorize = page.locator(
-                "input[type=submit][value=Authorize], button:has-text('Authorize')"
-            )
-            if authorize.count():
-                authorize.first.click()
-            page.wait_for_selector("#go", timeout=60_000)
-            page.click("#go")
-            page.wait_for_function(
-                "document.getElementById('out').textContent !== 'waiting'", timeout=60_000
-            )
-            result: dict[str, Any] = json.loads(page.inner_text("#out"))
-            return result
+            for attempt in range(3):
+                context = browser.new_context()
+                failed.clear()
+                context.on("requestfailed", lambda request: failed.append(str(request.failure)))
+                try:
+                    result = _visit(context.new_page(), hub_origin, page_url, admin_password)
+                except Error as error:
+                    failed.append(str(error))
+                    if attempt == 2 or not any("ERR_NETWORK_CHANGED" in f for f in failed):
+                        raise
+                    continue
+                finally:
+                    context.close()
+                if not any("ERR_NETWORK_CHANGED" in f for f in failed):
+                    return result
+            raise AssertionError(f"the network kept changing during the visit: {failed}")
         finally:
             browser.close()
+
+
+def _visit(page: Any, hub_origin: str, page_url: str, admin_password: str) -> dict[str, Any]:
+    page.goto(f"{hub_origin}/hub/login?next=/hub/home")
+    page.fill("#username_input", "admin")
+    page.fill("#password_input", admin_password)
+    page.click("#login_submit")
+    page.wait_for_url("**/hub/home", timeout=60_000)
+    page.goto(page_url)
+    # Opening another user's server asks the visitor to authorize it once.
+    authorize = page.locator("button:has-text('Authorize')")
+    if authorize.count():
+        authorize.first.click()
+    page.wait_for_selector("#go", timeout=60_000)
+    page.click("#go")
+    page.wait_for_function(
+        "document.getElementById('out').textContent !== 'waiting'", timeout=60_000
+    )
+    result: dict[str, Any] = json.loads(page.inner_text("#out"))
+    return result
 
 
 def forget_tokens_made_by_the_page(admin: HubClient) -> list[str]:
