@@ -56,6 +56,9 @@ elif ! openssl x509 -in labhub-ca.crt -noout -ext nameConstraints 2>/dev/null | 
        "move certs/labhub-ca.* aside, run \`make certs\`, hand out the new labhub-ca.crt." >&2
 fi
 
+# A key issued by an older labhub may be 0640 or 0644: nothing but its owner needs it.
+[[ -f "$key" ]] && chmod 600 "$key"
+
 if [[ -f "$crt" && "$(cat ".${domain}.labhub-issued" 2>/dev/null)" == "$sans" ]] \
    && openssl x509 -in "$crt" -noout -checkend 2592000 >/dev/null; then
   echo "[certs] certs/$crt is current"

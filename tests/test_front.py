@@ -141,6 +141,17 @@ def test_make_certs_as_a_user_leaves_no_key_readable_by_others(lab_certs: Path) 
 
 
 @pytest.mark.unit
+def test_a_key_left_readable_by_an_older_version_is_made_private(nobodys_dir: Path) -> None:
+    certs = nobodys_dir / "upgraded"
+    assert make_certs_as_nobody(certs, "localhost").returncode == 0
+    key = certs / "localhost.key"
+    key.chmod(0o644)  # what the old script left when chgrp failed
+    result = make_certs_as_nobody(certs, "localhost")
+    assert result.returncode == 0 and "is current" in result.stdout, result.stdout
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+
+
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "hostname", ["lab.example.edu", "alice.lab.example.edu", "localhost", "alias.lab.test"]
 )
