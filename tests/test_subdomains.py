@@ -23,11 +23,13 @@ from origin_probe import (
     serving_code,
 )
 from origin_probe import PORT as PROBE_PORT
-from stacks import USERS_CREATED, Stack, launched_stack
+from stacks import HTTPS_PORT, USERS_CREATED, Stack, launched_stack
 
 pytestmark = pytest.mark.e2e
 DOMAIN = "lab.localhost"
-PORT = 23443
+# Beside the default stack (its port + 1 is tests/test_front.py's proxy): one session
+# can run both.
+PORT = HTTPS_PORT + 2
 
 
 @pytest.fixture(scope="module")
