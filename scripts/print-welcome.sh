@@ -23,3 +23,14 @@ esac
 if [[ -f certs/labhub-ca.crt ]]; then
   echo "Browsers trust the page once certs/labhub-ca.crt is installed (docs/certificates.md)."
 fi
+# Subdomain mode needs a wildcard DNS record; browsers resolve *.localhost themselves.
+if [[ "$(value_of SUBDOMAINS)" == true ]]; then
+  probe="labhub-dns-check.${domain}"
+  if [[ "$domain" != *localhost ]] && ! getent hosts "$probe" >/dev/null; then
+    echo "WARNING: ${probe} does not resolve: users' servers (<user>.${domain}) will not" \
+         "open until DNS has a wildcard record *.${domain} (docs/admin-guide.md)."
+  fi
+else
+  echo "Path mode (SUBDOMAINS=false): a page a student serves shares the hub's origin;" \
+       "with a wildcard DNS record, SUBDOMAINS=true separates them (docs/admin-guide.md)."
+fi

@@ -171,6 +171,9 @@ def launched_stack(
         "ADMIN_USERS": "admin",
         "USER_MEM_LIMIT": "3G",
         **users_network_for(https_port),
+        # Tests log in hundreds of times a minute from one address (the login fuzz);
+        # tests/test_front.py checks the default limit on a proxy of its own.
+        "LOGIN_RATE_LIMIT": "100000",
         **(extra_env or {}),
     }
     env_file = workdir / ".env"

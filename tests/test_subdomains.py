@@ -10,15 +10,26 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hubclient import HubClient, run_in_kernel
-from stacks import USERS_CREATED, Stack, launched_stack
+from origin_probe import (
+    CHROMIUM,
+    admin_api,
+    admin_follows_the_link,
+    forget_tokens_made_by_the_page,
+    serving_code,
+)
+from origin_probe import PORT as PROBE_PORT
+from stacks import HTTPS_PORT, USERS_CREATED, Stack, launched_stack
 
 pytestmark = pytest.mark.e2e
 DOMAIN = "lab.localhost"
-PORT = 23443
+# Beside the default stack (its port + 1 is tests/test_front.py's proxy): one session
+# can run both.
+PORT = HTTPS_PORT + 2
 
 
 @pytest.fixture(scope="module")
@@ -91,3 +102,31 @@ def test_another_users_subdomain_refuses_my_session(subdomain_stack: Stack, user
     )
     assert response.status_code == 403, response.status_code
     owner_client.stop_server(owner)
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
+def test_a_students_page_cannot_act_as_the_admin_who_opens_it(
+    subdomain_stack: Stack, username: str
+) -> None:
+    """The page that takes over the admin in path mode (tests/test_front.py), served
+    from bob's own origin: the browser stops its first read of the hub's page."""
+    bob = subdomain_stack.login(username)
+    bob.start_server(username)
+    bob_origin = f"https://{username}.{DOMAIN}:{PORT}"
+    code = serving_code(subdomain_stack.base_url)
+    token = bob.new_token(username)
+    assert run_in_kernel(bob_origin, subdomain_stack.ca_file, username, token, code) == "serving\n"
+    password = subdomain_stack.value("SHARED_ADMIN_PASSWORD")
+    admin = admin_api(subdomain_stack.base_url, subdomain_stack.ca_file, password)
+    try:
+        seen = admin_follows_the_link(
+            subdomain_stack.base_url,
+            f"{bob_origin}/user/{username}/proxy/{PROBE_PORT}/",
+            password,
+            subdomain_stack.certs_dir / f"{DOMAIN}.crt",
+        )
+        assert "blocked" in seen and "cross-origin" in seen["blocked"], seen
+    finally:
+        made = forget_tokens_made_by_the_page(admin)
+        bob.stop_server(username)
+    assert not made, "the page made a token"
