@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import docker
 import pytest
 from stacks import HTTPS_PORT, STACK, USERS_CREATED, Stack, ensure_base_image, launched_stack
+from test_reliability import admin_client
 
 pytestmark = pytest.mark.e2e
 
@@ -45,7 +46,10 @@ def test_migrate_volumes_copies_files_from_the_shared_era_volume(second_stack: S
 
     username = f"old-{uuid.uuid4().hex[:8]}"
     USERS_CREATED.append(username)
-    client = second_stack.login(username)  # the user exists in this stack's hub
+    # The user exists in this stack's hub but has not started a server since the upgrade
+    # (a login would spawn one, which would create the new, empty volume first).
+    admin = admin_client(second_stack)
+    assert admin.api("POST", f"/users/{username}").status_code == 201
     engine = docker.from_env()
     shared = volume_name_for(username, "labhub")
     engine.volumes.create(shared)
@@ -58,10 +62,13 @@ def test_migrate_volumes_copies_files_from_the_shared_era_volume(second_stack: S
             remove=True,
         )
         result = second_stack.make("migrate-volumes")
-        assert f"{username}: {shared} -> {volume_name_for(username, SECOND)}" in result.stdout
-        assert "1 copied, 0 skipped" in result.stdout
+        # (Other users' shared-era volumes on this engine may be copied too: that is what
+        # they shared. Only this user's line and "nothing skipped" are ours to check.)
+        copied = f"{username}: {shared} -> {volume_name_for(username, SECOND)}"
+        assert copied in result.stdout and ", 0 skipped" in result.stdout, result.stdout
         again = second_stack.make("migrate-volumes")
-        assert "0 copied, 0 skipped" in again.stdout  # safe to run twice
+        assert copied not in again.stdout and "0 copied, 0 skipped" in again.stdout
+        client = second_stack.login(username)
         client.start_server(username)
         text = second_stack.run(client, username, "print(open('thesis.txt').read())")
         assert text.strip() == "from before"
