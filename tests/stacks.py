@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import os
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
@@ -99,17 +101,51 @@ class Stack:
         token = client.new_token(username)
         return run_in_kernel(self.base_url, self.ca_file, username, token, code)
 
+    @property
+    def admins(self) -> list[str]:
+        return [name.strip() for name in self.value("ADMIN_USERS").split(",") if name.strip()]
+
+    def password_of(self, username: str) -> str:
+        """The password `username` logs in with on this stack.
+
+        AUTH=native: the first admin's generated one; a student's own, derived from the
+        stack's secret so that every test (and the browser) logs the same student in with
+        the same password. Workshop mode: the shared passwords.
+        """
+        if self.value("AUTH") == "shared-password":
+            kind = "ADMIN" if username in self.admins else "USER"
+            return self.value(f"SHARED_{kind}_PASSWORD")
+        if username in self.admins:
+            return self.value("ADMIN_INITIAL_PASSWORD")
+        seed = f"{self.value('CONFIGPROXY_AUTH_TOKEN')}:{username}".encode()
+        return "pw-" + hashlib.sha256(seed).hexdigest()[:24]
+
+    def ensure_account(self, username: str) -> str:
+        """Sign `username` up with the class's code unless they exist; return their password.
+
+        Signing up again under a taken name changes nothing (the hub refuses it).
+        """
+        password = self.password_of(username)
+        if self.value("AUTH") == "native" and username not in self.admins:
+            response = self.client().signup(username, password, self.value("SIGNUP_CODE"))
+            assert response.status_code == 200, response.text[:500]
+        return password
+
     def login(self, username: str) -> HubClient:
-        """A session logged in through the hub's form; admins use the admin password."""
+        """A session logged in through the hub's form, the account created if needed."""
         client = self.client()
-        admins = self.value("ADMIN_USERS").split(",")
-        password = self.value(
-            "SHARED_ADMIN_PASSWORD" if username in admins else "SHARED_USER_PASSWORD"
-        )
-        response = client.login(username, password)
+        response = client.login(username, self.ensure_account(username))
         assert response.status_code == 200, response.text[:500]
-        assert client.session.cookies.get("jupyterhub-session-id"), "login set no session"
+        assert client.logged_in, f"{username} was not logged in: {response.text[:500]}"
         return client
+
+    def browser_login(self, page: Any, username: str) -> None:
+        """Log `username` in on a Playwright page through the hub's form, as a student would."""
+        password = self.ensure_account(username)
+        page.goto(self.base_url + "/hub/login")
+        page.fill("#username_input", username)
+        page.fill("#password_input", password)
+        page.click("#login_submit")
 
 
 def _remove_user_resources(network: str, usernames: list[str] | None = None) -> None:

@@ -69,10 +69,7 @@ def test_student_logs_in_and_sees_the_mnist_notebook(stack: Stack, username: str
                 ),
             )
             try:
-                page.goto(stack.base_url + "/hub/login")
-                page.fill("#username_input", username)
-                page.fill("#password_input", stack.value("SHARED_USER_PASSWORD"))
-                page.click("#login_submit")
+                stack.browser_login(page, username)
                 page.wait_for_url(f"**/user/{username}/lab/**", timeout=300_000)
                 kernel = page.get_by_role("button", name="TensorFlow-GPU | Idle")
                 for attempt in range(3):

@@ -12,7 +12,8 @@ pytestmark = pytest.mark.unit
 
 ENV = {
     "CONFIGPROXY_AUTH_TOKEN": "a" * 64,
-    "SHARED_USER_PASSWORD": "student-password",
+    "ADMIN_USERS": "teacher",
+    "ADMIN_INITIAL_PASSWORD": "i" * 24,
     "GPU_INVENTORY": "/srv/labhub/gpus.json",
     "GPU_PROFILES": "/srv/labhub/profiles.json",
     "GPU_QUEUE": "true",
