@@ -9,6 +9,7 @@ import hashlib
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from stacks import REPO, Stack
@@ -30,29 +31,39 @@ def spki_pin(cert_file: Path) -> str:
     return base64.b64encode(hashlib.sha256(key).digest()).decode()
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
+NO_CHROMIUM = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed"
+)
+
+
+def launch(playwright: Any, stack: Stack) -> Any:
+    """Debian's Chromium, trusting exactly the stack's server key."""
+    pin = spki_pin(stack.certs_dir / "localhost.crt")
+    return playwright.chromium.launch(
+        executable_path=CHROMIUM,
+        args=[
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--no-first-run",
+            f"--ignore-certificate-errors-spki-list={pin}",
+        ],
+    )
+
+
+@NO_CHROMIUM
 def test_student_logs_in_and_sees_the_mnist_notebook(stack: Stack, username: str) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     artifacts = REPO / "test-artifacts"
     artifacts.mkdir(exist_ok=True)
-    pin = spki_pin(stack.certs_dir / "localhost.crt")
     # Start the server before the browser opens: creating the container adds a network
     # interface on this host, and Chromium aborts in-flight requests when interfaces
     # change (ERR_NETWORK_CHANGED), which a student's laptop never sees.
     stack.login(username).start_server(username)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--no-first-run",
-                f"--ignore-certificate-errors-spki-list={pin}",
-            ],
-        )
+        browser = launch(playwright, stack)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             failed: list[str] = []
@@ -92,3 +103,42 @@ def test_student_logs_in_and_sees_the_mnist_notebook(stack: Stack, username: str
         finally:
             browser.close()
     stack.login(username).stop_server(username)
+
+
+@NO_CHROMIUM
+def test_a_second_browser_cannot_enter_a_students_account(stack: Stack, username: str) -> None:
+    """Issue 14: a classmate's browser, with what the class shares, gets neither the
+    student's session nor the file in their home."""
+    from playwright.sync_api import expect, sync_playwright
+
+    owner = stack.login(username)
+    owner.start_server(username)
+    marker = f"ONLY-{username}"
+    stack.run(owner, username, f"open('/home/jovyan/secret.txt', 'w').write({marker!r})")
+    file_url = stack.base_url + f"/user/{username}/files/secret.txt"
+    assert marker in owner.session.get(file_url, timeout=60).text  # there to be stolen
+    with sync_playwright() as playwright:
+        browser = launch(playwright, stack)
+        try:
+            page = browser.new_page()
+            for password in (stack.value("SIGNUP_CODE"), "wrong-password-123"):
+                page.goto(stack.base_url + "/hub/login")
+                page.fill("#username_input", username)
+                page.fill("#password_input", password)
+                page.click("#login_submit")
+                expect(page.locator(".login_error")).to_contain_text("Invalid username or password")
+                page.goto(file_url)
+                assert page.url.startswith(stack.base_url + "/hub/login"), page.url
+                assert marker not in page.content()
+            # Signing up again under the student's name, with the code: refused.
+            page.goto(stack.base_url + "/hub/signup")
+            page.fill("#username_input", username)
+            page.fill("#password_input", "the-classmates-password")
+            page.fill("#password_confirmation_input", "the-classmates-password")
+            page.fill("#signup_code_input", stack.value("SIGNUP_CODE"))
+            page.click("#signup_submit")
+            expect(page.locator("#signup_result")).to_contain_text("already in use")
+            assert not [c for c in page.context.cookies() if c["name"] == "jupyterhub-hub-login"]
+        finally:
+            browser.close()
+    owner.stop_server(username)

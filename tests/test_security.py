@@ -613,7 +613,7 @@ def refused_login(
     """A fresh session that tries `username`'s account with `password`; asserts it failed."""
     client = stack.client()
     response = client.login(username, password, follow=False)
-    assert response.status_code == 200, (response.status_code, response.headers)
+    assert response.status_code == 403, (response.status_code, response.headers)
     assert not client.logged_in, f"logged in as {username} with {password!r}"
     assert reason in response.text, response.text[:500]
     return client

@@ -9,8 +9,9 @@ The first admin (ADMIN_USERS) is created at start-up with ADMIN_INITIAL_PASSWORD
 before anyone can sign up, so nobody can claim the name first. Repeated wrong
 passwords lock an account for a while (NativeAuthenticator's lock-out).
 
-Two of NativeAuthenticator 1.3.0's paths answer 500 to odd input, fixed here: bcrypt 5
-raises on passwords over 72 bytes, and the login page reads the form fields unchecked.
+NativeAuthenticator 1.3.0 predates JupyterHub 6: its login POST answered 500 to every
+login there (it uses the removed `statsd`), and to passwords over 72 bytes with bcrypt 5.
+The login page is therefore labhub's (`LoginHandler`); its template is still theirs.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from typing import Any
 from jupyterhub import orm
 from nativeauthenticator import NativeAuthenticator
 from nativeauthenticator import handlers as native_handlers
+from tornado.escape import url_escape
+from tornado.httputil import url_concat
 from traitlets import Unicode, default
 
 # Our signup.html (with the sign-up code field) comes before NativeAuthenticator's.
@@ -40,14 +43,57 @@ def fits_bcrypt(password: object) -> bool:
 
 
 class LoginHandler(native_handlers.LoginHandler):  # type: ignore[misc]
-    """NativeAuthenticator's login page; a form it cannot check is a failed login, not a 500."""
+    """NativeAuthenticator's login page, with JupyterHub 6's login flow.
+
+    NativeAuthenticator 1.3.0's own POST handler uses `self.statsd`, which JupyterHub 6
+    removed (every login was a 500), and its page renderer cannot draw JupyterHub's
+    error page. A form without a username or with an unhashable password is a failed
+    login here, never a 500.
+    """
+
+    def _render(
+        self, login_error: str | None = None, username: str | None = None, **namespace: Any
+    ) -> Any:
+        # JupyterHub renders form errors through _render(**ns) with sync=True.
+        return self.render_template(
+            "native-login.html",
+            sync=namespace.get("sync", False),
+            next=url_escape(self.get_argument("next", default="")),
+            username=username,
+            login_error=login_error or namespace.get("login_error"),
+            custom_html=self.authenticator.custom_html,
+            login_url=self.settings["login_url"],
+            enable_signup=self.authenticator.enable_signup,
+            two_factor_auth=self.authenticator.allow_2fa,
+            authenticator_login_url=url_concat(
+                self.authenticator.login_url(self.hub.base_url),
+                {"next": self.get_argument("next", "")},
+            ),
+        )
 
     async def post(self) -> None:
-        username = self.get_body_argument("username", "", strip=False)
-        if username and fits_bcrypt(self.get_body_argument("password", None, strip=False)):
-            await super().post()
+        data = {
+            name: self.get_argument(name, strip=name == "username")
+            for name in self.request.body_arguments
+            if name != "_xsrf"
+        }
+        username, password = data.get("username", ""), data.get("password")
+        user = await self.login_user(data) if username and fits_bcrypt(password) else None
+        if user:
+            self._jupyterhub_user = user
+            self.redirect(self.get_next_url(user))
             return
-        self.finish(await self._render(login_error=INVALID_LOGIN, username=username))
+        error = INVALID_LOGIN
+        account = self.authenticator.get_user(username) if username else None
+        if (
+            account is not None
+            and not account.is_authorized
+            and fits_bcrypt(password)
+            and account.is_valid_password(password)
+        ):
+            error = f"User {username} has not been authorized by an administrator yet."
+        self.set_status(403)
+        self.finish(await self._render(login_error=error, username=username))
 
 
 class SignUpHandler(native_handlers.SignUpHandler):  # type: ignore[misc]
