@@ -23,6 +23,7 @@ from typing import Any
 from jupyterhub import orm
 from nativeauthenticator import NativeAuthenticator
 from nativeauthenticator import handlers as native_handlers
+from tornado import web
 from tornado.escape import url_escape
 from tornado.httputil import url_concat
 from traitlets import Unicode, default
@@ -94,6 +95,24 @@ class LoginHandler(native_handlers.LoginHandler):  # type: ignore[misc]
             error = f"User {username} has not been authorized by an administrator yet."
         self.set_status(403)
         self.finish(await self._render(login_error=error, username=username))
+
+
+class ChangePasswordHandler(native_handlers.ChangePasswordHandler):  # type: ignore[misc]
+    """A current password bcrypt cannot hash is a wrong one, not a 500."""
+
+    @web.authenticated
+    async def post(self) -> None:
+        if fits_bcrypt(self.get_body_argument("old_password", "", strip=False)):
+            await super().post()
+            return
+        user = await self.get_current_user()
+        html = await self.render_template(
+            "change-password.html",
+            user_name=user.name,
+            result_message="Your current password was incorrect. Please try again.",
+            alert="alert-danger",
+        )
+        self.finish(html)
 
 
 class SignUpHandler(native_handlers.SignUpHandler):  # type: ignore[misc]
@@ -206,5 +225,9 @@ class LabNativeAuthenticator(NativeAuthenticator):  # type: ignore[misc]
         return await super().authenticate(handler, data)
 
     def get_handlers(self, app: Any) -> list[tuple[str, Any]]:
-        ours = {r"/login": LoginHandler, r"/signup": SignUpHandler}
+        ours = {
+            r"/login": LoginHandler,
+            r"/signup": SignUpHandler,
+            r"/change-password": ChangePasswordHandler,
+        }
         return [(path, ours.get(path, handler)) for path, handler in super().get_handlers(app)]

@@ -97,3 +97,15 @@ def test_repeated_wrong_passwords_lock_the_account_even_for_the_right_one(db: An
     # The lock lasts seconds_before_next_try after the last failure: ten minutes later...
     auth.login_attempts["teacher"]["time"] -= timedelta(seconds=auth.seconds_before_next_try + 1)
     assert login(auth, "teacher", ADMIN_PASSWORD) == "teacher"
+
+
+def test_labhubs_handlers_replace_the_broken_ones_and_keep_the_rest(db: Any) -> None:
+    from labhub import native
+    from nativeauthenticator import handlers
+
+    routes = dict(authenticator(db).get_handlers(None))
+    assert routes["/login"] is native.LoginHandler
+    assert routes["/signup"] is native.SignUpHandler
+    assert routes["/change-password"] is native.ChangePasswordHandler
+    assert routes[r"/authorize/([^/]*)"] is handlers.ToggleAuthorizationHandler
+    assert len(routes) == 8
