@@ -653,7 +653,7 @@ def test_signing_up_again_under_an_existing_name_is_refused(stack: Stack, userna
 def test_a_sign_up_without_the_code_waits_for_an_admin(stack: Stack, username: str) -> None:
     client = stack.client()
     answer = client.signup(username, stack.password_of(username))
-    assert "waits for an administrator's approval" in answer.text
+    assert "waits for an administrator" in answer.text
     refused_login(stack, username, stack.password_of(username), reason="not been authorized")
     admin = stack.client()
     admin.login("admin", stack.password_of("admin"), follow=False)
@@ -671,8 +671,30 @@ def test_the_code_does_not_hand_out_a_name_the_hub_already_knows(
     admin.login("admin", stack.password_of("admin"), follow=False)
     assert admin.api("POST", f"/users/{username}").status_code == 201
     answer = stack.client().signup(username, "the-attackers-password", stack.value("SIGNUP_CODE"))
-    assert "waits for an administrator's approval" in answer.text, answer.text[:500]
+    assert "waits for an administrator" in answer.text, answer.text[:500]
     refused_login(stack, username, "the-attackers-password", reason="not been authorized")
+
+
+def test_changing_a_password_needs_the_current_one_and_never_500s(
+    stack: Stack, username: str
+) -> None:
+    client = stack.client()
+    client.login(username, stack.ensure_account(username), follow=False)
+    new = "a-new-password-" + username
+    for current in ("x" * 100, "wrong-password-1"):  # over bcrypt's 72 bytes, and wrong
+        answer = client.session.post(
+            client.url("/hub/change-password"),
+            data={
+                "old_password": current,
+                "new_password": new,
+                "new_password_confirmation": new,
+                "_xsrf": client.xsrf(),
+            },
+            timeout=60,
+        )
+        assert answer.status_code == 200, answer.status_code
+        assert "Your current password was incorrect" in answer.text
+    refused_login(stack, username, new)
 
 
 def test_repeated_wrong_passwords_lock_the_account(stack: Stack, username: str) -> None:
