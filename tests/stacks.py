@@ -155,7 +155,9 @@ def _remove_user_resources(network: str, usernames: list[str] | None = None) -> 
     for container in api.containers.list(all=True, filters={"name": f"{network}-user-"}):
         container.remove(force=True)
     for name in usernames or []:
-        with contextlib.suppress(docker.errors.NotFound):
+        # A volume still in use (409) belongs to a user of another stack that is still up:
+        # that stack's own teardown removes it.
+        with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
             api.volumes.get(volume_name_for(name)).remove(force=True)
 
 
