@@ -139,13 +139,32 @@ class Stack:
         assert client.logged_in, f"{username} was not logged in: {response.text[:500]}"
         return client
 
-    def browser_login(self, page: Any, username: str) -> None:
-        """Log `username` in on a Playwright page through the hub's form, as a student would."""
+    def browser_login(self, page: Any, username: str, attempts: int = 3) -> None:
+        """Log `username` in on a Playwright page through the hub's form, as a student would.
+
+        Containers starting on this host (other tests') change its network interfaces, and
+        Chromium then aborts requests in flight (ERR_NETWORK_CHANGED, a chrome-error://
+        page), which a student's laptop never sees: only that is tried again.
+        """
+        from playwright.sync_api import Error
+
         password = self.ensure_account(username)
-        page.goto(self.base_url + "/hub/login")
-        page.fill("#username_input", username)
-        page.fill("#password_input", password)
-        page.click("#login_submit")
+        for attempt in range(attempts):
+            try:
+                page.goto(self.base_url + "/hub/login")
+                if "/hub/login" not in page.url:
+                    return  # the form went through before the network changed
+                page.fill("#username_input", username)
+                page.fill("#password_input", password)
+                page.click("#login_submit")
+                page.wait_for_load_state("domcontentloaded")
+            except Error as error:
+                if "ERR_NETWORK_CHANGED" not in str(error) or attempt == attempts - 1:
+                    raise
+                continue
+            if not page.url.startswith("chrome-error://"):
+                return
+        raise AssertionError(f"{username}'s login never reached the hub: {page.url}")
 
 
 def _remove_user_resources(network: str, usernames: list[str] | None = None) -> None:
