@@ -675,6 +675,18 @@ def test_the_code_does_not_hand_out_a_name_the_hub_already_knows(
     refused_login(stack, username, "the-attackers-password", reason="not been authorized")
 
 
+def test_a_user_made_through_the_api_logs_in_once_an_admin_approved(
+    stack: Stack, username: str
+) -> None:
+    # What tests/test_gpus.py does: users made by the admin API, then logged in.
+    admin = stack.client()
+    admin.login("admin", stack.password_of("admin"), follow=False)
+    assert admin.api("POST", f"/users/{username}").status_code == 201
+    client = stack.client()
+    client.login(username, stack.ensure_account(username), follow=False)
+    assert client.logged_in
+
+
 def test_changing_a_password_needs_the_current_one_and_never_500s(
     stack: Stack, username: str
 ) -> None:
