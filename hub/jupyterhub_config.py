@@ -10,6 +10,7 @@ import sys
 
 from labhub.apiguard import guard_api_bodies
 from labhub.auth import authenticator_config
+from labhub.native import TEMPLATES as NATIVE_TEMPLATES
 from labhub.settings import Settings, SettingsError
 from labhub.spawner import spawner_config
 
@@ -58,6 +59,9 @@ c.JupyterHub.log_level = "DEBUG" if settings.debug else "INFO"
 # --- Authentication ----------------------------------------------------------------
 c.JupyterHub.authenticator_class = authenticator_class
 c[authenticator_class.rsplit(".", 1)[-1]].update(authenticator_traits)
+if settings.auth == "native":
+    # labhub's sign-up page (with the class's sign-up code) before NativeAuthenticator's.
+    c.JupyterHub.template_paths = [NATIVE_TEMPLATES]
 
 # --- Spawner -------------------------------------------------------------------------
 c.JupyterHub.spawner_class = "labhub.spawner.LabSpawner"

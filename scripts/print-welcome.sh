@@ -1,20 +1,36 @@
 #!/usr/bin/env bash
-# Last words of `make up`: where the hub is and how to log in.
+# Last words of `make up`: where the hub is and how the first admin and students log in.
 set -euo pipefail
 env_file="${ENV_FILE:-.env}"
 value_of() { grep -E "^$1=" "$env_file" | tail -n1 | cut -d= -f2-; }
 
 domain="$(value_of DOMAIN)"; port="$(value_of HTTPS_PORT)"
-url="https://${domain}$([[ "$port" == 443 ]] || echo ":$port")/"
+url="https://${domain}$([[ "$port" == 443 ]] || echo ":$port")"
 cat <<MSG
 
-labhub is up: ${url}
+labhub is up: ${url}/
 MSG
 case "$(value_of AUTH)" in
+  native)
+    cat <<MSG
+First admin: log in as $(value_of ADMIN_USERS) with ADMIN_INITIAL_PASSWORD from ${env_file}
+(show it with: grep ^ADMIN_INITIAL_PASSWORD= ${env_file}), then change it at
+${url}/hub/change-password.
+Students create their own account at ${url}/hub/signup.
+MSG
+    if [[ -n "$(value_of SIGNUP_CODE)" ]]; then
+      echo "With the class's SIGNUP_CODE (grep ^SIGNUP_CODE= ${env_file}) it works at once;"
+      echo "without it, an admin approves each account at ${url}/hub/authorize."
+    else
+      echo "SIGNUP_CODE is empty: an admin approves each account at ${url}/hub/authorize."
+    fi
+    ;;
   shared-password)
     cat <<MSG
-Log in with any username and the password SHARED_USER_PASSWORD from ${env_file};
-admins ($(value_of ADMIN_USERS)) use SHARED_ADMIN_PASSWORD. Show them with:
+WORKSHOP MODE (AUTH=shared-password): anyone with SHARED_USER_PASSWORD can log in under
+any name, an existing user's too, and read their files. Use it only for a short workshop
+with throw-away accounts; for a class set AUTH=native (docs/security.md#login).
+Admins ($(value_of ADMIN_USERS)) log in with SHARED_ADMIN_PASSWORD. Show the passwords with:
   grep -E '^SHARED_(USER|ADMIN)_PASSWORD=' ${env_file}
 MSG
     ;;

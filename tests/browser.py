@@ -59,14 +59,3 @@ def chromium(stack: Stack) -> Iterator[Any]:
             yield browser
         finally:
             browser.close()
-
-
-def browser_login(
-    page: Any, stack: Stack, username: str, password: str, next_url: str = ""
-) -> None:
-    """Log in through the hub's own login form, as a person does (then on to `next_url`,
-    e.g. /hub/admin, instead of the spawn page, which would start a server)."""
-    page.goto(stack.base_url + "/hub/login" + (f"?next={next_url}" if next_url else ""))
-    page.fill("#username_input", username)
-    page.fill("#password_input", password)
-    page.click("#login_submit")

@@ -39,12 +39,32 @@ class HubClient:
         assert token, "the hub set no _xsrf cookie"
         return str(token)
 
-    def login(self, username: str, password: str) -> requests.Response:
+    def login(self, username: str, password: str, follow: bool = True) -> requests.Response:
+        """Post the login form; `follow=False` stops at the hub's answer (no server spawn)."""
         xsrf = self.xsrf()
         return self.session.post(
             self.url("/hub/login"),
             data={"username": username, "password": password, "_xsrf": xsrf},
-            allow_redirects=True,
+            allow_redirects=follow,
+            timeout=60,
+        )
+
+    @property
+    def logged_in(self) -> bool:
+        """Whether the hub gave this session its login cookie (a failed login page is a 200)."""
+        return self.session.cookies.get("jupyterhub-hub-login") is not None
+
+    def signup(self, username: str, password: str, code: str = "") -> requests.Response:
+        """Fill the hub's sign-up form (AUTH=native), with the class's code if given."""
+        return self.session.post(
+            self.url("/hub/signup"),
+            data={
+                "username": username,
+                "signup_password": password,
+                "signup_password_confirmation": password,
+                "signup_code": code,
+                "_xsrf": self.xsrf(),
+            },
             timeout=60,
         )
 

@@ -93,8 +93,8 @@ def admin_follows_the_link(
     fresh browser context, 5 s later, VISITS times at most. A retry cannot make either
     test pass wrongly: each needs one clean visit with its own expected result.
     """
+    from browser import spki_pin
     from playwright.sync_api import Error, sync_playwright
-    from test_browser import spki_pin
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(

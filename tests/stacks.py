@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import os
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
@@ -105,17 +107,80 @@ class Stack:
         token = client.new_token(username)
         return run_in_kernel(self.base_url, self.ca_file, username, token, code)
 
+    @property
+    def admins(self) -> list[str]:
+        return [name.strip() for name in self.value("ADMIN_USERS").split(",") if name.strip()]
+
+    def password_of(self, username: str) -> str:
+        """The password `username` logs in with on this stack.
+
+        AUTH=native: the first admin's generated one; a student's own, derived from the
+        stack's secret so that every test (and the browser) logs the same student in with
+        the same password. Workshop mode: the shared passwords.
+        """
+        if self.value("AUTH") == "shared-password":
+            kind = "ADMIN" if username in self.admins else "USER"
+            return self.value(f"SHARED_{kind}_PASSWORD")
+        if username in self.admins:
+            return self.value("ADMIN_INITIAL_PASSWORD")
+        seed = f"{self.value('CONFIGPROXY_AUTH_TOKEN')}:{username}".encode()
+        return "pw-" + hashlib.sha256(seed).hexdigest()[:24]
+
+    def ensure_account(self, username: str) -> str:
+        """Sign `username` up with the class's code unless they exist; return their password.
+
+        Signing up again under a taken name changes nothing (the hub refuses it).
+        """
+        password = self.password_of(username)
+        if self.value("AUTH") == "native" and username not in self.admins:
+            response = self.client().signup(username, password, self.value("SIGNUP_CODE"))
+            assert response.status_code == 200, response.text[:500]
+            if "waits for an administrator" in response.text:
+                # A user a test made through the API: the code does not approve a name
+                # the hub already knows, so the admin does, as a real admin would.
+                admin = self.client()
+                admin.login(self.admins[0], self.password_of(self.admins[0]), follow=False)
+                approval = admin.session.get(admin.url(f"/hub/authorize/{username}"), timeout=60)
+                assert approval.status_code == 200, approval.status_code
+        return password
+
     def login(self, username: str) -> HubClient:
-        """A session logged in through the hub's form; admins use the admin password."""
+        """A session logged in through the hub's form, the account created if needed."""
         client = self.client()
-        admins = self.value("ADMIN_USERS").split(",")
-        password = self.value(
-            "SHARED_ADMIN_PASSWORD" if username in admins else "SHARED_USER_PASSWORD"
-        )
-        response = client.login(username, password)
+        response = client.login(username, self.ensure_account(username))
         assert response.status_code == 200, response.text[:500]
-        assert client.session.cookies.get("jupyterhub-session-id"), "login set no session"
+        assert client.logged_in, f"{username} was not logged in: {response.text[:500]}"
         return client
+
+    def browser_login(
+        self, page: Any, username: str, attempts: int = 3, next_url: str = ""
+    ) -> None:
+        """Log `username` in on a Playwright page through the hub's form, as a student would
+        (then on to `next_url`, e.g. /hub/admin, rather than the spawn page).
+
+        Containers starting on this host (other tests') change its network interfaces, and
+        Chromium then aborts requests in flight (ERR_NETWORK_CHANGED, a chrome-error://
+        page), which a student's laptop never sees: only that is tried again.
+        """
+        from playwright.sync_api import Error
+
+        password = self.ensure_account(username)
+        for attempt in range(attempts):
+            try:
+                page.goto(self.base_url + "/hub/login" + (f"?next={next_url}" if next_url else ""))
+                if "/hub/login" not in page.url:
+                    return  # the form went through before the network changed
+                page.fill("#username_input", username)
+                page.fill("#password_input", password)
+                page.click("#login_submit")
+                page.wait_for_load_state("domcontentloaded")
+            except Error as error:
+                if "ERR_NETWORK_CHANGED" not in str(error) or attempt == attempts - 1:
+                    raise
+                continue
+            if not page.url.startswith("chrome-error://"):
+                return
+        raise AssertionError(f"{username}'s login never reached the hub: {page.url}")
 
 
 def _remove_user_resources(network: str, usernames: list[str] | None = None) -> None:
@@ -125,7 +190,9 @@ def _remove_user_resources(network: str, usernames: list[str] | None = None) -> 
     for container in api.containers.list(all=True, filters={"name": f"{network}-user-"}):
         container.remove(force=True)
     for name in usernames or []:
-        with contextlib.suppress(docker.errors.NotFound):
+        # A volume still in use (409) belongs to a user of another stack that is still up:
+        # that stack's own teardown removes it.
+        with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
             api.volumes.get(volume_name_for(name, network)).remove(force=True)
 
 

@@ -6,7 +6,7 @@ unchanged name, which set it to NULL, blanked the panel and broke the idle culle
 from __future__ import annotations
 
 import pytest
-from browser import ARTIFACTS, browser_login, chromium, needs_chromium
+from browser import ARTIFACTS, chromium, needs_chromium
 from stacks import Stack
 
 pytestmark = pytest.mark.e2e
@@ -22,8 +22,7 @@ def test_ticking_admin_in_the_panel_keeps_the_hub_healthy(stack: Stack, username
     with chromium(stack) as browser:
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         try:
-            password = stack.value("SHARED_ADMIN_PASSWORD")
-            browser_login(page, stack, admin_name, password, next_url="/hub/admin")
+            stack.browser_login(page, admin_name, next_url="/hub/admin")
             row = page.locator("tr.user-row", has_text=username)
             row.get_by_role("button", name="Edit User").click()
             page.locator("#admin-check").check()

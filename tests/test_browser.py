@@ -5,7 +5,7 @@ test-artifacts/ for a person to look at."""
 from __future__ import annotations
 
 import pytest
-from browser import ARTIFACTS, browser_login, chromium, needs_chromium
+from browser import ARTIFACTS, chromium, needs_chromium
 from stacks import Stack
 
 pytestmark = pytest.mark.e2e
@@ -35,7 +35,7 @@ def test_student_logs_in_and_sees_the_mnist_notebook(stack: Stack, username: str
             ),
         )
         try:
-            browser_login(page, stack, username, stack.value("SHARED_USER_PASSWORD"))
+            stack.browser_login(page, username)
             page.wait_for_url(f"**/user/{username}/lab/**", timeout=300_000)
             kernel = page.get_by_role("button", name="TensorFlow-GPU | Idle")
             for attempt in range(3):
@@ -56,3 +56,38 @@ def test_student_logs_in_and_sees_the_mnist_notebook(stack: Stack, username: str
             page.screenshot(path=str(ARTIFACTS / "browser-jupyterlab.png"))
             (ARTIFACTS / "browser-failed-requests.txt").write_text("\n".join(failed))
     stack.login(username).stop_server(username)
+
+
+@needs_chromium
+def test_a_second_browser_cannot_enter_a_students_account(stack: Stack, username: str) -> None:
+    """Issue 14: a classmate's browser, with what the class shares, gets neither the
+    student's session nor the file in their home."""
+    from playwright.sync_api import expect
+
+    owner = stack.login(username)
+    owner.start_server(username)
+    marker = f"ONLY-{username}"
+    stack.run(owner, username, f"open('/home/jovyan/secret.txt', 'w').write({marker!r})")
+    file_url = stack.base_url + f"/user/{username}/files/secret.txt"
+    assert marker in owner.session.get(file_url, timeout=60).text  # there to be stolen
+    with chromium(stack) as browser:
+        page = browser.new_page()
+        for password in (stack.value("SIGNUP_CODE"), "wrong-password-123"):
+            page.goto(stack.base_url + "/hub/login")
+            page.fill("#username_input", username)
+            page.fill("#password_input", password)
+            page.click("#login_submit")
+            expect(page.locator(".login_error")).to_contain_text("Invalid username or password")
+            page.goto(file_url)
+            assert page.url.startswith(stack.base_url + "/hub/login"), page.url
+            assert marker not in page.content()
+        # Signing up again under the student's name, with the code: refused.
+        page.goto(stack.base_url + "/hub/signup")
+        page.fill("#username_input", username)
+        page.fill("#password_input", "the-classmates-password")
+        page.fill("#password_confirmation_input", "the-classmates-password")
+        page.fill("#signup_code_input", stack.value("SIGNUP_CODE"))
+        page.click("#signup_submit")
+        expect(page.locator("#signup_result")).to_contain_text("already in use")
+        assert not [c for c in page.context.cookies() if c["name"] == "jupyterhub-hub-login"]
+    owner.stop_server(username)

@@ -26,6 +26,7 @@ from typing import Any
 
 import docker
 import pytest
+from minimal_env import MINIMAL_ENV
 from stacks import STACK, ensure_base_image
 
 pytestmark = pytest.mark.integration
@@ -366,8 +367,7 @@ def test_labspawner_starts_and_stops_a_server_through_the_proxy(
 
     settings = Settings.from_env(
         {
-            "CONFIGPROXY_AUTH_TOKEN": "a" * 64,
-            "SHARED_USER_PASSWORD": "student-password",
+            **MINIMAL_ENV,
             "WORKSPACE_IMAGE": image,
             "DOCKER_NETWORK": network,
             "USER_MEM_LIMIT": "256M",

@@ -2,7 +2,8 @@
 real OpenID Connect provider, with certificate checks on at every hop.
 
 The provider is npm's oidc-provider in a container built from tests/oidc-provider/
-(users ann/students, prof/staff, eve/visitors; login and consent are plain HTML form
+(users ann/students, prof/staff, eve/visitors, and kim/visitors, who carries the name
+the stack's ADMIN_USERS gives its admin; login and consent are plain HTML form
 posts this module drives with requests, as a browser would).
 
 Addressing: the provider joins the stack's Docker network, which this module creates
@@ -207,6 +208,8 @@ def oidc_stack(
             "OAUTH_SCOPES": "openid profile email groups",
             "ALLOWED_GROUPS": "students",
             "ADMIN_GROUPS": "staff",
+            # A named admin who is, at this provider, a visitor (issue 14, item 3).
+            "ADMIN_USERS": "kim",
             "EXTRA_CA_FILE": ca_file,
         }
         stack = cleanup.enter_context(launched_stack(tmp_path_factory, name, port, extra))
@@ -300,6 +303,19 @@ def test_user_outside_the_allowed_groups_gets_a_clear_403(oidc: Oidc) -> None:
     assert "your account is not allowed to use this hub" in callback.text
     assert not client.session.cookies.get("jupyterhub-session-id")
     assert whoami(client).status_code == 403
+
+
+def test_a_user_named_as_admin_but_outside_the_allowed_groups_gets_the_403_page(
+    oidc: Oidc,
+) -> None:
+    client, callback = log_in(oidc, "kim")
+    assert callback.status_code == 403, callback.text[:500]
+    assert "your account is not allowed to use this hub" in callback.text
+    assert not client.session.cookies.get("jupyterhub-session-id")
+    assert whoami(client).status_code == 403
+    # The hub holds no account for kim, let alone an admin one (prof is an admin).
+    prof, _ = log_in(oidc, "prof")
+    assert prof.api("GET", "/users/kim").status_code == 404
 
 
 def test_admins_come_from_the_group_claim(oidc: Oidc) -> None:

@@ -82,7 +82,7 @@ def admin_client(stack: Stack) -> HubClient:
         client.url("/hub/login"),
         data={
             "username": "admin",
-            "password": stack.value("SHARED_ADMIN_PASSWORD"),
+            "password": stack.password_of("admin"),
             "_xsrf": client.xsrf(),
         },
         allow_redirects=False,

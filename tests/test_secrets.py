@@ -17,7 +17,20 @@ import pytest
 from stacks import REPO, STACK, VERSION, Stack
 from test_security import forget
 
-SECRET_NAMES = ("CONFIGPROXY_AUTH_TOKEN", "SHARED_USER_PASSWORD", "SHARED_ADMIN_PASSWORD")
+# What `make env` generates, by login mode, and the form of each value.
+GENERATED = {
+    "native": {
+        "CONFIGPROXY_AUTH_TOKEN": r"[0-9a-f]{64}",  # 256 bits
+        "ADMIN_INITIAL_PASSWORD": r"[A-Za-z0-9]{20}",  # ~119 bits
+        "SIGNUP_CODE": r"[0-9a-f]{4}(-[0-9a-f]{4}){3}",  # 64 bits
+    },
+    "shared-password": {
+        "CONFIGPROXY_AUTH_TOKEN": r"[0-9a-f]{64}",
+        "SHARED_ADMIN_PASSWORD": r"[0-9a-f]{48}",  # 192 bits
+        "SHARED_USER_PASSWORD": r"[A-Za-z0-9]{16}",  # ~95 bits
+    },
+}
+SECRET_NAMES = tuple(GENERATED["native"])
 SUSPICIOUS_ENV = re.compile(r"PASSW|SECRET|TOKEN|PRIVATE|API_?KEY|CREDENTIAL|AUTH", re.I)
 
 
@@ -27,10 +40,15 @@ def read_env(path: Path) -> dict[str, str]:
 
 
 @pytest.mark.unit
-def test_init_env_generates_strong_distinct_secrets_in_a_0600_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("auth", list(GENERATED))
+def test_init_env_generates_strong_distinct_secrets_in_a_0600_file(
+    tmp_path: Path, auth: str
+) -> None:
+    generated = GENERATED[auth]
     values = []
     for run in range(2):
         env_file = tmp_path / f"run{run}.env"
+        env_file.write_text(f"AUTH={auth}\n")
         result = subprocess.run(
             ["scripts/init-env.sh", str(env_file)],
             cwd=REPO,
@@ -41,21 +59,41 @@ def test_init_env_generates_strong_distinct_secrets_in_a_0600_file(tmp_path: Pat
         )
         assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
         env = read_env(env_file)
-        assert re.fullmatch(r"[0-9a-f]{64}", env["CONFIGPROXY_AUTH_TOKEN"])  # 256 bits
-        assert re.fullmatch(r"[0-9a-f]{48}", env["SHARED_ADMIN_PASSWORD"])  # 192 bits
-        assert re.fullmatch(r"[A-Za-z0-9]{16}", env["SHARED_USER_PASSWORD"])  # ~95 bits
+        for name, form in generated.items():
+            assert re.fullmatch(form, env[name]), name
         # The token is never printed; the passwords are shown once, on creation.
         assert env["CONFIGPROXY_AUTH_TOKEN"] not in result.stdout + result.stderr
-        values.append(tuple(env[name] for name in SECRET_NAMES))
-        # A second run keeps every value.
-        subprocess.run(["scripts/init-env.sh", str(env_file)], cwd=REPO, check=True, timeout=60)
-        assert tuple(read_env(env_file)[name] for name in SECRET_NAMES) == values[-1]
-    assert len(set(values[0]) | set(values[1])) == 2 * len(SECRET_NAMES)
+        for name in set(generated) - {"CONFIGPROXY_AUTH_TOKEN"}:
+            assert env[name] in result.stdout, name
+        values.append(tuple(env[name] for name in generated))
+        # A second run keeps every value and prints none.
+        again = subprocess.run(
+            ["scripts/init-env.sh", str(env_file)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+        assert tuple(read_env(env_file)[name] for name in generated) == values[-1]
+        assert again.stdout == ""
+    assert len(set(values[0]) | set(values[1])) == 2 * len(generated)
+
+
+@pytest.mark.unit
+def test_an_emptied_signup_code_stays_empty(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    subprocess.run(["scripts/init-env.sh", str(env_file)], cwd=REPO, check=True, timeout=60)
+    emptied = re.sub(r"(?m)^SIGNUP_CODE=.*$", "SIGNUP_CODE=", env_file.read_text())
+    env_file.write_text(emptied)
+    subprocess.run(["scripts/init-env.sh", str(env_file)], cwd=REPO, check=True, timeout=60)
+    assert read_env(env_file)["SIGNUP_CODE"] == ""
 
 
 def stack_secrets(stack: Stack) -> dict[str, str]:
     """Every secret of the running test stack, by name."""
     secrets = {name: stack.value(name) for name in SECRET_NAMES}
+    secrets["log-check's password"] = stack.password_of("log-check")
     hub = docker.from_env().containers.get(f"{STACK}-hub-1")
     cookie = hub.exec_run(["cat", "/srv/jupyterhub/jupyterhub_cookie_secret"])
     assert cookie.exit_code == 0, cookie.output
@@ -85,7 +123,7 @@ def test_secrets_are_never_logged(stack: Stack) -> None:
     admin = stack.login("admin")
     admin.new_token("admin")
     user = stack.login("log-check")
-    stack.client().login("log-check", "wrong-" + stack.value("SHARED_USER_PASSWORD")[:4])
+    stack.client().login("log-check", "wrong-" + stack.password_of("log-check")[:4])
     forget({"log-check": user})
     logs = stack.compose("logs", "--no-color", "--timestamps").stdout
     assert "labhub is up" in logs or len(logs) > 1000, "no logs to search"

@@ -13,18 +13,20 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
+import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlparse
 
 import docker
 import pytest
 import requests
 from hubclient import HubClient
-from stacks import STACK, USERS_CREATED, Stack
+from stacks import STACK, USERS_CREATED, VERSION, Stack
 
 pytestmark = pytest.mark.e2e
 
@@ -267,7 +269,7 @@ def test_hub_database_and_secrets_are_out_of_reach(stack: Stack, pair: Pair) -> 
     assert "timed out" in str(seen["chp_routes_server_token"]), seen["chp_routes_server_token"]
     secrets = [
         stack.value(name)
-        for name in ("CONFIGPROXY_AUTH_TOKEN", "SHARED_USER_PASSWORD", "SHARED_ADMIN_PASSWORD")
+        for name in ("CONFIGPROXY_AUTH_TOKEN", "ADMIN_INITIAL_PASSWORD", "SIGNUP_CODE")
     ]
     hub = docker.from_env().containers.get(f"{STACK}-hub-1")
     cookie_secret = hub.exec_run(["cat", "/srv/jupyterhub/jupyterhub_cookie_secret"]).output
@@ -598,3 +600,146 @@ def test_odd_usernames_get_distinct_safe_volumes_on_the_real_stack(stack: Stack)
         assert volume == volume_name_for(name, STACK)
         assert volume.isascii() and len(volume) <= 120, volume
         assert all(ch.isalnum() or ch in "-_." for ch in volume), volume
+
+
+# --- Login: a student's account is theirs alone (issue 14, item 1) ------------------------
+
+
+def refused_login(
+    stack: Stack, username: str, password: str, reason: str = "Invalid username or password"
+) -> HubClient:
+    """A fresh session that tries `username`'s account with `password`; asserts it failed."""
+    client = stack.client()
+    response = client.login(username, password, follow=False)
+    assert response.status_code == 403, (response.status_code, response.headers)
+    assert not client.logged_in, f"logged in as {username} with {password!r}"
+    assert reason in response.text, response.text[:500]
+    return client
+
+
+def test_a_classmate_cannot_enter_an_existing_students_account(stack: Stack, pair: Pair) -> None:
+    url = stack.base_url + f"/user/{pair.bob}/files/bob-secret.txt"
+    # Bob's own session reads his file: there is something to steal.
+    own = pair.bob_client.session.get(url, timeout=60)
+    assert own.status_code == 200 and pair.bob_marker in own.text
+    # What a classmate knows. Three tries: five wrong ones would lock bob's account.
+    known = {
+        "the class's sign-up code": stack.value("SIGNUP_CODE"),
+        "the classmate's own password": stack.password_of(pair.alice),
+        "bob's name": pair.bob,
+    }
+    for what, password in known.items():
+        attacker = refused_login(stack, pair.bob, password)
+        stolen = attacker.session.get(url, timeout=60)
+        assert pair.bob_marker not in stolen.text, what
+        assert urlparse(stolen.url).path == "/hub/login", (what, stolen.url)
+        assert attacker.api("GET", f"/users/{pair.bob}").status_code == 403, what
+
+
+def test_signing_up_again_under_an_existing_name_is_refused(stack: Stack, username: str) -> None:
+    stack.login(username)  # the student's own account, made with the class's code
+    attacker = stack.client()
+    for name in (username, username.upper()):
+        answer = attacker.signup(name, "the-attackers-password", stack.value("SIGNUP_CODE"))
+        assert answer.status_code == 200
+        assert "already in use" in answer.text, answer.text[:500]
+    refused_login(stack, username, "the-attackers-password")
+    # The student's own password still works, unchanged.
+    assert stack.login(username).logged_in
+
+
+def test_a_sign_up_without_the_code_waits_for_an_admin(stack: Stack, username: str) -> None:
+    client = stack.client()
+    answer = client.signup(username, stack.password_of(username))
+    assert "waits for an administrator" in answer.text
+    refused_login(stack, username, stack.password_of(username), reason="not been authorized")
+    admin = stack.client()
+    admin.login("admin", stack.password_of("admin"), follow=False)
+    assert admin.logged_in
+    approve = admin.session.get(admin.url(f"/hub/authorize/{username}"), timeout=60)
+    assert approve.status_code == 200, approve.status_code
+    assert stack.login(username).logged_in
+
+
+def test_the_code_does_not_hand_out_a_name_the_hub_already_knows(
+    stack: Stack, username: str
+) -> None:
+    # A user from before AUTH=native (e.g. workshop mode): in the hub, with no password.
+    admin = stack.client()
+    admin.login("admin", stack.password_of("admin"), follow=False)
+    assert admin.api("POST", f"/users/{username}").status_code == 201
+    answer = stack.client().signup(username, "the-attackers-password", stack.value("SIGNUP_CODE"))
+    assert "waits for an administrator" in answer.text, answer.text[:500]
+    refused_login(stack, username, "the-attackers-password", reason="not been authorized")
+
+
+def test_a_user_made_through_the_api_logs_in_once_an_admin_approved(
+    stack: Stack, username: str
+) -> None:
+    # What tests/test_gpus.py does: users made by the admin API, then logged in.
+    admin = stack.client()
+    admin.login("admin", stack.password_of("admin"), follow=False)
+    assert admin.api("POST", f"/users/{username}").status_code == 201
+    client = stack.client()
+    client.login(username, stack.ensure_account(username), follow=False)
+    assert client.logged_in
+
+
+def test_changing_a_password_needs_the_current_one_and_never_500s(
+    stack: Stack, username: str
+) -> None:
+    client = stack.client()
+    client.login(username, stack.ensure_account(username), follow=False)
+    new = "a-new-password-" + username
+    for current in ("x" * 100, "wrong-password-1"):  # over bcrypt's 72 bytes, and wrong
+        answer = client.session.post(
+            client.url("/hub/change-password"),
+            data={
+                "old_password": current,
+                "new_password": new,
+                "new_password_confirmation": new,
+                "_xsrf": client.xsrf(),
+            },
+            timeout=60,
+        )
+        assert answer.status_code == 200, answer.status_code
+        assert "Your current password was incorrect" in answer.text
+    refused_login(stack, username, new)
+
+
+def test_repeated_wrong_passwords_lock_the_account(stack: Stack, username: str) -> None:
+    password = stack.ensure_account(username)
+    for attempt in range(5):
+        refused_login(stack, username, f"guess-{attempt}-{password[:3]}")
+    # Locked: even the right password is refused now (for ten minutes).
+    refused_login(stack, username, password)
+    # Only this account: another student logs in as usual.
+    other = f"{username}-other"
+    USERS_CREATED.append(other)
+    client = stack.client()
+    client.login(other, stack.ensure_account(other), follow=False)
+    assert client.logged_in
+
+
+def test_the_hub_refuses_workshop_mode_without_the_opt_in(stack: Stack) -> None:
+    result = subprocess.run(
+        [
+            "docker",
+            "run",
+            "--rm",
+            "-e",
+            "AUTH=shared-password",
+            "-e",
+            "CONFIGPROXY_AUTH_TOKEN=" + "x" * 40,
+            "-e",
+            "SHARED_USER_PASSWORD=long-enough",
+            f"labhub/hub:{VERSION}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "AUTH=shared-password is workshop mode" in result.stderr
+    assert "set WORKSHOP_MODE=true" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -116,7 +116,7 @@ def test_a_students_page_cannot_act_as_the_admin_who_opens_it(
     code = serving_code(subdomain_stack.base_url)
     token = bob.new_token(username)
     assert run_in_kernel(bob_origin, subdomain_stack.ca_file, username, token, code) == "serving\n"
-    password = subdomain_stack.value("SHARED_ADMIN_PASSWORD")
+    password = subdomain_stack.password_of(subdomain_stack.admins[0])
     admin = admin_api(subdomain_stack.base_url, subdomain_stack.ca_file, password)
     try:
         seen = admin_follows_the_link(

@@ -2,7 +2,10 @@
 
 Each simulated student does the whole journey once, through nginx on https:
 
-1. `login`: the hub's shared-password form (XSRF cookie, then POST /hub/login);
+0. `sign-up` (AUTH=native): the sign-up form with the class's code and the student's
+   own password; a step of its own, so that `login` times what it always did (in
+   workshop mode it does nothing: everyone has the shared password);
+1. `login`: the hub's login form (XSRF cookie, then POST /hub/login);
 2. `spawn`: POST /hub/api/users/<name>/server, timed until the hub says ready;
 3. `cell`: a kernel is started in the student's server and one cell runs over the
    kernel websocket (`print(sum(range(10)))`), timed from kernel request to reply;
@@ -12,7 +15,7 @@ Each step is one Locust request entry, so the report gives its failures and
 latency percentiles. The run ends by itself once every student has finished (or
 at Locust's --run-time). Settings come from the environment:
 
-    LABHUB_ENV_FILE   the stack's .env (URL port, CA folder, shared user password)
+    LABHUB_ENV_FILE   the stack's .env (URL port, CA folder, sign-up code)
     LOAD_USERS        number of students (default 50; must match locust -u)
 
 Command (see docs/reliability.md):
@@ -49,7 +52,10 @@ def _env(path: str) -> dict[str, str]:
 
 ENV = _env(os.environ["LABHUB_ENV_FILE"])
 CA_FILE = str(Path(ENV["CERTS_DIR"]) / "labhub-ca.crt")
-PASSWORD = ENV["SHARED_USER_PASSWORD"]
+# AUTH=native: each student signs up with the class's code; workshop mode: one password.
+WORKSHOP_PASSWORD = (
+    ENV.get("SHARED_USER_PASSWORD", "") if ENV.get("AUTH") == "shared-password" else ""
+)
 STUDENTS = int(os.environ.get("LOAD_USERS", "50"))
 RUN_ID = secrets.token_hex(3)
 _numbers = itertools.count()
@@ -70,6 +76,7 @@ class Student(HttpUser):
         self.client.verify = CA_FILE
         self.client.trust_env = False
         self.xsrf = ""
+        self.password = WORKSHOP_PASSWORD
 
     # --- one timed step, reported to Locust as a request ------------------------------
     def step(self, name: str, action: Callable[[], None]) -> bool:
@@ -101,12 +108,34 @@ class Student(HttpUser):
         return response
 
     # --- the steps ----------------------------------------------------------------------
+    def sign_up(self) -> None:
+        """AUTH=native: create this student's account with the class's code and a password."""
+        if self.password:  # workshop mode: everyone has the shared password already
+            return
+        password = secrets.token_urlsafe(18)
+        self.client.get("/hub/signup", name="/hub/signup GET", timeout=60).raise_for_status()
+        response = self.client.post(
+            "/hub/signup",
+            data={
+                "username": self.name,
+                "signup_password": password,
+                "signup_password_confirmation": password,
+                "signup_code": ENV["SIGNUP_CODE"],
+                "_xsrf": str(self.client.cookies.get("_xsrf", path="/hub/")),
+            },
+            name="/hub/signup POST",
+            timeout=60,
+        )
+        if "Your account is ready" not in response.text:
+            raise RuntimeError(f"sign-up answered {response.status_code} without an account")
+        self.password = password
+
     def login(self) -> None:
         self.client.get("/hub/login", name="/hub/login GET", timeout=60).raise_for_status()
         self.xsrf = str(self.client.cookies.get("_xsrf", path="/hub/"))
         response = self.client.post(
             "/hub/login",
-            data={"username": self.name, "password": PASSWORD, "_xsrf": self.xsrf},
+            data={"username": self.name, "password": self.password, "_xsrf": self.xsrf},
             allow_redirects=False,
             name="/hub/login POST",
             timeout=60,
@@ -184,7 +213,8 @@ class Student(HttpUser):
         if self.number >= STUDENTS:  # Locust replaced a finished user: nothing left to do
             raise StopUser()
         _started.append(self.name)
-        if self.step("1 login", self.login):
+        # Sign-up is a step of its own, so "1 login" times the same thing as always.
+        if self.step("0 sign-up", self.sign_up) and self.step("1 login", self.login):
             # Whatever happens to the spawn or the cell, the server is stopped again.
             if self.step("2 spawn (request to ready)", self.spawn):
                 self.step("3 cell (kernel start + run)", self.cell)

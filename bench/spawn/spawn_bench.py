@@ -14,7 +14,7 @@ Measures, against a running labhub stack (through nginx on https, like a browser
   container (same JupyterLab/jupyter-server-proxy versions), ready when its
   `/api/status` answers; the report gives container/reference ratios.
 
-Usage (the stack's .env gives the URL, CA, passwords and names):
+Usage (the stack's .env gives the URL, CA, admin password, sign-up code and names):
 
     .venv/bin/python bench/spawn/spawn_bench.py --env-file /path/.env \
         --reference-venv /path/to/venv-with-jupyterlab [--single 5] [--burst 10]
@@ -62,22 +62,53 @@ class Target:
     stack_name: str  # compose project: the hub is <stack_name>-hub-1
     network: str  # user containers are <network>-user-<name>
     version: str
-    user_password: str
+    admin_name: str
     admin_password: str
+    # AUTH=native (the default): students sign up with the class's code, each with
+    # their own password. Workshop mode (AUTH=shared-password): the shared password.
+    signup_code: str = ""
+    workshop_password: str = ""
 
     @classmethod
     def from_env_file(cls, path: Path) -> Target:
         env = read_env(path)
         certs = env.get("CERTS_DIR") or str(Path(__file__).resolve().parents[2] / "certs")
+        workshop = env.get("AUTH") == "shared-password"
         return cls(
             base_url=f"https://localhost:{env.get('HTTPS_PORT', '443')}",
             ca_file=str(Path(certs) / "labhub-ca.crt"),
             stack_name=env["STACK_NAME"],
             network=env.get("DOCKER_NETWORK", env["STACK_NAME"]),
             version=env["LABHUB_VERSION"],
-            user_password=env["SHARED_USER_PASSWORD"],
-            admin_password=env["SHARED_ADMIN_PASSWORD"],
+            admin_name=env["ADMIN_USERS"].split(",")[0].strip(),
+            admin_password=env["SHARED_ADMIN_PASSWORD" if workshop else "ADMIN_INITIAL_PASSWORD"],
+            signup_code="" if workshop else env["SIGNUP_CODE"],
+            workshop_password=env["SHARED_USER_PASSWORD"] if workshop else "",
         )
+
+    def student(self, username: str) -> Session:
+        """A logged-in session of a new student; signing up is not part of any timing."""
+        if not self.signup_code:
+            return Session(self, username, self.workshop_password)
+        password = secrets.token_urlsafe(18)
+        http = requests.Session()
+        http.trust_env = False
+        http.verify = self.ca_file
+        http.get(self.base_url + "/hub/signup", timeout=60).raise_for_status()
+        answer = http.post(
+            self.base_url + "/hub/signup",
+            data={
+                "username": username,
+                "signup_password": password,
+                "signup_password_confirmation": password,
+                "signup_code": self.signup_code,
+                "_xsrf": str(http.cookies.get("_xsrf", path="/hub/")),
+            },
+            timeout=60,
+        )
+        if answer.status_code != 200 or "Your account is ready" not in answer.text:
+            raise RuntimeError(f"sign-up of {username} failed: {answer.status_code}")
+        return Session(self, username, password)
 
 
 class Session:
@@ -344,7 +375,7 @@ def main() -> int:
 
         single: list[Spawn] = []
         for i in range(args.single):
-            session = Session(target, f"bench{run_id}-s{i}", target.user_password)
+            session = target.student(f"bench{run_id}-s{i}")
             created.append(session)
             token = session.token()
             result = Spawn(username=session.username)
@@ -365,9 +396,7 @@ def main() -> int:
                 f" idle {result.mem_settled_mib:.0f} MiB {result.error}"
             )
 
-        sessions = [
-            Session(target, f"bench{run_id}-b{i}", target.user_password) for i in range(args.burst)
-        ]
+        sessions = [target.student(f"bench{run_id}-b{i}") for i in range(args.burst)]
         created.extend(sessions)
         tokens = [s.token() for s in sessions]
         burst = [Spawn(username=s.username) for s in sessions]
@@ -435,7 +464,7 @@ def cleanup(target: Target, api: docker.DockerClient, created: list[Session]) ->
     from labhub.contract import volume_name_for
 
     with contextlib.suppress(Exception):
-        admin = Session(target, "admin", target.admin_password)
+        admin = Session(target, target.admin_name, target.admin_password)
         for session in created:
             with contextlib.suppress(Exception):
                 stop(session)

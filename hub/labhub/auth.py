@@ -18,7 +18,9 @@ from typing import Any
 from .settings import Settings, SettingsError
 
 AUTHENTICATOR_CLASSES = {
-    # JupyterHub's own, minus a 500 on non-ASCII passwords (labhub/sharedpassword.py).
+    # NativeAuthenticator: one account and password per person (labhub/native.py).
+    "native": "labhub.native.LabNativeAuthenticator",
+    # Workshop mode. JupyterHub's own, minus a 500 on non-ASCII passwords (sharedpassword.py).
     "shared-password": "labhub.sharedpassword.SharedPasswordAuthenticator",
     # OAuthenticator's, with a clear page when the provider refuses a code (providers.py).
     "github": "labhub.providers.GitHubOAuthenticator",
@@ -99,13 +101,23 @@ def authenticator_config(
     settings: Settings, discover: Discover = discover, ca_bundle: CaBundle = ca_bundle
 ) -> tuple[str, dict[str, Any]]:
     """Return (authenticator class path, its traitlets as a dict)."""
-    common: dict[str, Any] = {"admin_users": set(settings.admin_users)}
+    if settings.auth == "native":
+        return AUTHENTICATOR_CLASSES["native"], {
+            "admin_users": set(settings.admin_users),
+            "admin_initial_password": settings.admin_initial_password,
+            "signup_code": settings.signup_code,
+            # NativeAuthenticator itself admits only accounts an admin (or the code) approved.
+            "allow_all": True,
+        }
+
+    common: dict[str, Any] = {}
     if settings.allowed_users:
         common["allowed_users"] = set(settings.allowed_users)
 
     if settings.auth == "shared-password":
         config = {
             **common,
+            "admin_users": set(settings.admin_users),
             "user_password": settings.shared_user_password,
             # Anyone with the shared password may log in: that is the point of this mode.
             "allow_all": not settings.allowed_users,
@@ -118,6 +130,11 @@ def authenticator_config(
     assert oauth is not None, "Settings.from_env sets oauth for every OAuth provider"
     config = {
         **common,
+        # Not `admin_users`: OAuthenticator admits those before any allow rule (and
+        # JupyterHub adds them to allowed_users), so an account merely named like an
+        # admin got in as admin. These become admins only once the allow rules let
+        # them in (providers.AdminsMustBeAllowed).
+        "admins_by_name": set(settings.admin_users),
         "client_id": oauth.client_id,
         "client_secret": oauth.client_secret,
         "oauth_callback_url": oauth.callback_url,
@@ -138,7 +155,8 @@ def authenticator_config(
     if settings.auth == "github":
         config["allowed_organizations"] = set(oauth.allowed_orgs)
         config["scope"] = ["read:org"] if oauth.allowed_orgs else []
-        config["allow_all"] = open_to_all and not oauth.allowed_orgs
+        # Settings refuse AUTH=github without GITHUB_ALLOWED_ORGS or ALLOWED_USERS.
+        config["allow_all"] = False
         if settings.allowed_groups or settings.admin_groups:
             raise SettingsError(
                 [
@@ -156,7 +174,8 @@ def authenticator_config(
                 ]
             )
         config["hosted_domain"] = sorted(oauth.hosted_domains)
-        config["allow_all"] = open_to_all and not oauth.hosted_domains
+        # Settings refuse AUTH=google without GOOGLE_HOSTED_DOMAINS or ALLOWED_USERS.
+        config["allow_all"] = False
     elif settings.auth == "cilogon":
         # Settings require CILOGON_IDP; `idps` replaced `allowed_idps` in OAuthenticator 17.4.
         derivation = {"username_derivation": {"username_claim": "email"}}

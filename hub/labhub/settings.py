@@ -15,8 +15,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-AUTH_CHOICES = ("shared-password", "github", "google", "generic", "cilogon")
-OAUTH_CHOICES = AUTH_CHOICES[1:]
+AUTH_CHOICES = ("native", "shared-password", "github", "google", "generic", "cilogon")
+OAUTH_CHOICES = ("github", "google", "generic", "cilogon")
+# Names of a role, not of a person: any provider may give them to anyone (on GitHub the
+# account `admin` belongs to a stranger), so they never name an admin in OAuth modes.
+ROLE_NAMES = frozenset({"admin", "administrator", "root", "superuser", "sysadmin", "jupyterhub"})
+# NativeAuthenticator refuses these in a username; JupyterHub lowercases usernames.
+_NATIVE_USERNAME = re.compile(r"^[^A-Z\s,/]{1,128}$")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 _MEMORY = re.compile(r"^(\d+(?:\.\d+)?)([kKmMgG]?)$")
 # Linux interface names: at most 15 characters; these are also safe in iptables chain names.
@@ -94,6 +100,9 @@ class Settings:
     allowed_groups: frozenset[str] = frozenset()
     shared_admin_password: str = ""
     shared_user_password: str = ""
+    # native: the first admin's password (creates the account once) and the class code.
+    admin_initial_password: str = ""
+    signup_code: str = ""
     oauth: OAuthSettings | None = None
     extra_ca_bundle: str = ""
     # EXTRA_CA_FILE, as the hub sees it: a PEM file mounted at run time (compose).
@@ -152,7 +161,7 @@ class Settings:
         if https_port is not None and https_port > 65535:
             problems.append(f"HTTPS_PORT={https_port} is not a port: use 1-65535")
 
-        auth = get("AUTH", "shared-password")
+        auth = get("AUTH", "native")
         if auth not in AUTH_CHOICES:
             problems.append(f"AUTH={auth!r} is unknown: choose one of {', '.join(AUTH_CHOICES)}")
 
@@ -164,9 +173,15 @@ class Settings:
             )
 
         admin_users = _split(get("ADMIN_USERS"))
+        allowed_users = _split(get("ALLOWED_USERS"))
         shared_admin = get("SHARED_ADMIN_PASSWORD")
         shared_user = get("SHARED_USER_PASSWORD")
+        admin_initial = get("ADMIN_INITIAL_PASSWORD")
+        signup_code = get("SIGNUP_CODE")
+        if auth == "native":
+            _check_native(admin_users, allowed_users, admin_initial, signup_code, problems)
         if auth == "shared-password":
+            _check_workshop(get("WORKSHOP_MODE", "false").lower(), problems)
             if len(shared_user) < 8:
                 problems.append(
                     "SHARED_USER_PASSWORD is missing or shorter than 8 characters: "
@@ -180,7 +195,7 @@ class Settings:
             if shared_admin and not admin_users:
                 problems.append(
                     "SHARED_ADMIN_PASSWORD is set but ADMIN_USERS is empty: "
-                    "name the admins, e.g. ADMIN_USERS=admin"
+                    "name the admin, e.g. ADMIN_USERS=teacher"
                 )
             if shared_admin and shared_admin == shared_user:
                 problems.append(
@@ -190,6 +205,7 @@ class Settings:
         oauth = None
         if auth in OAUTH_CHOICES:
             oauth = _oauth_settings(auth, env, domain, https_port or 443, problems)
+            _check_oauth_identities(auth, oauth, admin_users, allowed_users, problems)
 
         mem_limit = convert("USER_MEM_LIMIT", "4G", parse_memory, "a size such as 2G or 512M")
         shm_size = convert("USER_SHM_SIZE", "1G", parse_memory, "a size such as 1G")
@@ -253,10 +269,12 @@ class Settings:
             concurrent_spawn_limit=spawn_limit,
             admin_users=admin_users,
             admin_groups=_split(get("ADMIN_GROUPS")),
-            allowed_users=_split(get("ALLOWED_USERS")),
+            allowed_users=allowed_users,
             allowed_groups=_split(get("ALLOWED_GROUPS")),
             shared_admin_password=shared_admin,
             shared_user_password=shared_user,
+            admin_initial_password=admin_initial,
+            signup_code=signup_code,
             oauth=oauth,
             extra_ca_bundle=get("EXTRA_CA_BUNDLE"),
             extra_ca_file=get("EXTRA_CA_FILE"),
@@ -266,6 +284,99 @@ class Settings:
             debug=get("HUB_DEBUG", "false").lower() == "true",
             subdomains=subdomains == "true",
         )
+
+
+def _check_native(
+    admin_users: frozenset[str],
+    allowed_users: frozenset[str],
+    admin_initial: str,
+    signup_code: str,
+    problems: list[str],
+) -> None:
+    """AUTH=native: one first admin, created at start-up with a generated password."""
+    if allowed_users:
+        # NativeAuthenticator approves an allowed name at sign-up: whoever signs up
+        # first under it would own the account.
+        problems.append(
+            "ALLOWED_USERS is not used with AUTH=native (whoever signed up first under a "
+            "listed name would get that account): leave it empty; admins approve sign-ups "
+            "at /hub/authorize, or students use SIGNUP_CODE"
+        )
+    if len(admin_users) != 1:
+        problems.append(
+            f"ADMIN_USERS={','.join(sorted(admin_users))!r}: AUTH=native needs exactly one "
+            "name, the first admin, whose account the hub creates at start-up (more admins "
+            "are made on the admin page); `make env` fills it in"
+        )
+    for name in admin_users:
+        if not _NATIVE_USERNAME.match(name):
+            problems.append(
+                f"ADMIN_USERS={name!r} is not a usable username: lowercase, no spaces, "
+                "commas or slashes, at most 128 characters"
+            )
+    if not 16 <= len(admin_initial.encode()) <= 72:
+        problems.append(
+            "ADMIN_INITIAL_PASSWORD must be 16 to 72 bytes long (bcrypt reads 72): delete "
+            "it from .env and run `make env` to generate one"
+        )
+    if signup_code and len(signup_code) < 12:
+        problems.append(
+            "SIGNUP_CODE is shorter than 12 characters: delete it from .env and run "
+            "`make env` to generate one, or leave it empty so that an admin approves "
+            "every sign-up"
+        )
+    if signup_code and signup_code == admin_initial:
+        problems.append("SIGNUP_CODE and ADMIN_INITIAL_PASSWORD are equal: they must differ")
+
+
+def _check_workshop(workshop_mode: str, problems: list[str]) -> None:
+    """AUTH=shared-password is workshop mode: it only starts when asked for by name."""
+    if workshop_mode not in ("true", "false"):
+        problems.append(f"WORKSHOP_MODE={workshop_mode!r} is not valid: use true or false")
+    elif workshop_mode != "true":
+        problems.append(
+            "AUTH=shared-password is workshop mode: anyone who knows SHARED_USER_PASSWORD "
+            "can log in under any name, an existing student's too, and read their files, "
+            "kernels and tokens. For a class use AUTH=native (each student their own "
+            "password). To run a short workshop anyway, set WORKSHOP_MODE=true"
+        )
+
+
+def _check_oauth_identities(
+    auth: str,
+    oauth: OAuthSettings,
+    admin_users: frozenset[str],
+    allowed_users: frozenset[str],
+    problems: list[str],
+) -> None:
+    """ADMIN_USERS must name one person at the provider, and the world is never allowed."""
+    if auth == "github" and not (oauth.allowed_orgs or allowed_users):
+        problems.append(
+            "AUTH=github needs an allow-list, or every GitHub account could log in: set "
+            "GITHUB_ALLOWED_ORGS=org or org:team, or ALLOWED_USERS=login1,login2"
+        )
+    if auth == "google" and not (oauth.hosted_domains or allowed_users):
+        problems.append(
+            "AUTH=google needs an allow-list, or every Google account could log in: set "
+            "GOOGLE_HOSTED_DOMAINS=uni.edu, or ALLOWED_USERS=ann@uni.edu,..."
+        )
+    wants_email = auth in ("google", "cilogon") or (
+        auth == "generic" and oauth.username_claim == "email"
+    )
+    for name in sorted(admin_users):
+        if name.lower() in ROLE_NAMES:
+            problems.append(
+                f"ADMIN_USERS={name!r} names a role, not a person: with AUTH={auth} any "
+                "account the provider calls that becomes admin. Name the person (their "
+                f"{'e-mail' if wants_email else 'username at the provider'}) or use "
+                "ADMIN_GROUPS (docs/oauth.md)"
+            )
+        elif wants_email and not _EMAIL.match(name):
+            problems.append(
+                f"ADMIN_USERS={name!r} is not an e-mail address: with AUTH={auth} usernames "
+                "are e-mails, so name admins by their full address (ann@uni.edu) or use "
+                "ADMIN_GROUPS"
+            )
 
 
 def _gpu_settings(env: Mapping[str, str], data_dir: str, problems: list[str]) -> dict[str, Any]:

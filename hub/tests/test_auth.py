@@ -10,7 +10,8 @@ from labhub.settings import Settings, SettingsError
 pytestmark = pytest.mark.unit
 
 BASE = {"DOMAIN": "hub.example.edu", "CONFIGPROXY_AUTH_TOKEN": "t" * 64, "ADMIN_USERS": "prof"}
-OAUTH = {**BASE, "OAUTH_CLIENT_ID": "cid", "OAUTH_CLIENT_SECRET": "csecret"}
+WORKSHOP = {**BASE, "AUTH": "shared-password", "WORKSHOP_MODE": "true"}
+OAUTH = {**BASE, "OAUTH_CLIENT_ID": "cid", "OAUTH_CLIENT_SECRET": "csecret", "ADMIN_USERS": ""}
 IDP = "https://idp.uni.edu/idp/shibboleth"
 DISCOVERY = {
     "authorization_endpoint": "https://idp.example.edu/auth",
@@ -28,9 +29,20 @@ def config(env: dict[str, str]) -> tuple[str, dict[str, Any]]:
     return authenticator_config(Settings.from_env(env), discover=fake_discover)
 
 
+def test_native_is_the_default_with_the_first_admin_and_the_signup_code() -> None:
+    cls, traits = config({**BASE, "ADMIN_INITIAL_PASSWORD": "i" * 20, "SIGNUP_CODE": "s" * 12})
+    assert cls == "labhub.native.LabNativeAuthenticator"
+    assert traits == {
+        "admin_users": {"prof"},
+        "admin_initial_password": "i" * 20,
+        "signup_code": "s" * 12,
+        "allow_all": True,
+    }
+
+
 def test_shared_password_lets_anyone_with_the_password_in() -> None:
     cls, traits = config(
-        {**BASE, "SHARED_USER_PASSWORD": "p" * 12, "SHARED_ADMIN_PASSWORD": "a" * 40}
+        {**WORKSHOP, "SHARED_USER_PASSWORD": "p" * 12, "SHARED_ADMIN_PASSWORD": "a" * 40}
     )
     assert cls.endswith("SharedPasswordAuthenticator")
     assert traits["allow_all"] is True
@@ -40,7 +52,7 @@ def test_shared_password_lets_anyone_with_the_password_in() -> None:
 
 
 def test_shared_password_with_an_allow_list_is_closed() -> None:
-    _, traits = config({**BASE, "SHARED_USER_PASSWORD": "p" * 12, "ALLOWED_USERS": "ann,bob"})
+    _, traits = config({**WORKSHOP, "SHARED_USER_PASSWORD": "p" * 12, "ALLOWED_USERS": "ann,bob"})
     assert traits["allow_all"] is False
     assert traits["allowed_users"] == {"ann", "bob"}
 
@@ -48,7 +60,11 @@ def test_shared_password_with_an_allow_list_is_closed() -> None:
 @pytest.mark.parametrize(
     ("env", "cls_suffix", "expected"),
     [
-        ({"AUTH": "github"}, "GitHubOAuthenticator", {"allow_all": True}),
+        (
+            {"AUTH": "github", "ALLOWED_USERS": "ann-p"},
+            "GitHubOAuthenticator",
+            {"allowed_users": {"ann-p"}, "allow_all": False, "scope": []},
+        ),
         (
             {"AUTH": "github", "GITHUB_ALLOWED_ORGS": "lab-org"},
             "GitHubOAuthenticator",
@@ -103,7 +119,7 @@ def test_shared_password_with_an_allow_list_is_closed() -> None:
         ),
     ],
     ids=[
-        "github-open",
+        "github-users",
         "github-org",
         "google-domain",
         "cilogon",
@@ -120,6 +136,26 @@ def test_oauth_providers(env: dict[str, str], cls_suffix: str, expected: dict[st
     assert traits["custom_403_message"] == NOT_ALLOWED_MESSAGE
     for key, value in expected.items():
         assert traits[key] == value, key
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"AUTH": "github", "GITHUB_ALLOWED_ORGS": "lab", "ADMIN_USERS": "ann-p"},
+        {"AUTH": "google", "GOOGLE_HOSTED_DOMAINS": "uni.edu", "ADMIN_USERS": "ann@uni.edu"},
+        {"AUTH": "cilogon", "CILOGON_IDP": IDP, "ADMIN_USERS": "ann@uni.edu"},
+        {
+            "AUTH": "generic",
+            "OIDC_ISSUER": "https://idp.example.edu/realms/lab",
+            "ADMIN_USERS": "ann",
+        },
+    ],
+    ids=["github", "google", "cilogon", "generic"],
+)
+def test_oauth_admins_are_not_admin_users_that_skip_the_allow_rules(env: dict[str, str]) -> None:
+    _, traits = config({**OAUTH, **env})
+    assert "admin_users" not in traits
+    assert traits["admins_by_name"] == {env["ADMIN_USERS"]}
 
 
 def test_campus_ca_reaches_oauthenticators_http_client() -> None:

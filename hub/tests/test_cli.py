@@ -2,13 +2,11 @@
 
 import pytest
 from labhub.cli import main
+from minimal_env import MINIMAL_ENV
 
 pytestmark = pytest.mark.unit
 
-GOOD = {
-    "CONFIGPROXY_AUTH_TOKEN": "x" * 40,
-    "SHARED_USER_PASSWORD": "long-enough-password",
-}
+GOOD = MINIMAL_ENV
 
 
 def test_good_settings_pass_with_one_line(

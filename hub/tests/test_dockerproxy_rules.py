@@ -40,6 +40,7 @@ from labhub.dockerproxy import (
 )
 from labhub.settings import Settings
 from labhub.spawner import LabSpawner, spawner_config
+from minimal_env import MINIMAL_ENV
 
 pytestmark = pytest.mark.unit
 IMAGE = "labhub/workspace:0.1.0"
@@ -91,8 +92,7 @@ class _User:
 def captured_create(tmp_path: Path, gpu: bool) -> tuple[str, bytes]:
     """(target, body) of the create request LabSpawner.start() makes through docker-py."""
     env = {
-        "CONFIGPROXY_AUTH_TOKEN": "a" * 64,
-        "SHARED_USER_PASSWORD": "student-password",
+        **MINIMAL_ENV,
         "GPU_INVENTORY": "none",
         "GPU_DB": str(tmp_path / "gpu.sqlite"),
     }

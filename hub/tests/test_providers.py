@@ -51,3 +51,66 @@ def test_a_failing_provider_is_a_502_that_says_so(code: int, reason: str) -> Non
     error = exchange(code)
     assert error.status_code == 502
     assert f"({reason})" in (error.log_message or "")
+
+
+def signed_in(username: str, groups: list[str], **traits: Any) -> Any:
+    """Run JupyterHub's whole login decision for a user the provider vouched for.
+
+    Only the provider's answer is played (its userinfo); OAuthenticator builds the auth
+    model, then JupyterHub's get_authenticated_user applies the allow rules and admin.
+    """
+    authenticator = GenericOAuthenticator(
+        username_claim="preferred_username",
+        manage_groups=True,
+        auth_state_groups_key="oauth_user.groups",
+        allowed_groups={"students"},
+        admin_groups={"staff"},
+        **traits,
+    )
+
+    async def userinfo(token_info: dict[str, Any]) -> dict[str, Any]:
+        return {"preferred_username": username, "groups": groups}
+
+    async def authenticate(handler: Any, data: Any) -> Any:
+        return await authenticator._token_to_auth_model({"access_token": "t"})
+
+    authenticator.token_to_user = userinfo
+    authenticator.authenticate = authenticate
+    return asyncio.run(authenticator.get_authenticated_user(None, {}))
+
+
+@pytest.mark.parametrize(
+    ("username", "groups", "admitted_as"),
+    [
+        ("prof", ["visitors"], None),
+        ("prof", [], None),
+        ("prof", ["students"], "admin"),
+        ("ann", ["students"], "user"),
+        ("ann", ["staff"], "admin"),
+        ("eve", ["visitors"], None),
+    ],
+    ids=[
+        "named-admin-outside",
+        "named-admin-no-groups",
+        "named-admin-allowed",
+        "student",
+        "staff-group",
+        "visitor",
+    ],
+)
+def test_a_named_admin_must_pass_the_allow_rules(
+    username: str, groups: list[str], admitted_as: str | None
+) -> None:
+    model = signed_in(username, groups, admins_by_name={"prof"})
+    if admitted_as is None:
+        assert model is None
+    else:
+        assert model["name"] == username
+        assert model["admin"] is (admitted_as == "admin")
+
+
+def test_plain_admin_users_skip_the_allow_rules_which_is_why_we_do_not_use_them() -> None:
+    # OAuthenticator 17.4's own behaviour, the bug of issue 14 item 3: if this starts
+    # failing, OAuthenticator changed and AdminsMustBeAllowed may no longer be needed.
+    model = signed_in("prof", ["visitors"], admin_users={"prof"})
+    assert model is not None and model["admin"] is True

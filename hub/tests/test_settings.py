@@ -8,10 +8,17 @@ pytestmark = pytest.mark.unit
 GOOD = {
     "DOMAIN": "gpu.lab.example.edu",
     "CONFIGPROXY_AUTH_TOKEN": "a" * 64,
-    "SHARED_USER_PASSWORD": "student-password",
-    "SHARED_ADMIN_PASSWORD": "b" * 48,
-    "ADMIN_USERS": "admin, prof",
+    "ADMIN_USERS": "prof",
+    "ADMIN_INITIAL_PASSWORD": "b" * 24,
+    "SIGNUP_CODE": "c" * 12,
 }
+WORKSHOP = {
+    "AUTH": "shared-password",
+    "WORKSHOP_MODE": "true",
+    "SHARED_USER_PASSWORD": "student-password",
+    "SHARED_ADMIN_PASSWORD": "d" * 48,
+}
+OAUTH = {"OAUTH_CLIENT_ID": "cid", "OAUTH_CLIENT_SECRET": "csecret", "ADMIN_USERS": ""}
 
 
 def settings(**overrides: str) -> Settings:
@@ -26,9 +33,10 @@ def problems(**overrides: str) -> str:
 
 def test_defaults_are_safe() -> None:
     s = settings()
-    assert s.auth == "shared-password"
+    assert s.auth == "native"
     assert s.public_url == "https://gpu.lab.example.edu"
-    assert s.admin_users == {"admin", "prof"}
+    assert s.admin_users == {"prof"}
+    assert s.admin_initial_password == "b" * 24 and s.signup_code == "c" * 12
     assert s.mem_limit == 4 * 1024**3
     assert s.workspace_image == "labhub/workspace:0.1.0"
     assert s.gpu_inventory == "none"
@@ -46,9 +54,19 @@ def test_public_url_carries_a_non_default_port() -> None:
         ({"HTTPS_PORT": "abc"}, "HTTPS_PORT="),
         ({"HTTPS_PORT": "70000"}, "HTTPS_PORT=70000"),
         ({"CONFIGPROXY_AUTH_TOKEN": "short"}, "CONFIGPROXY_AUTH_TOKEN"),
-        ({"SHARED_USER_PASSWORD": ""}, "SHARED_USER_PASSWORD"),
-        ({"SHARED_ADMIN_PASSWORD": "short"}, "SHARED_ADMIN_PASSWORD"),
-        ({"ADMIN_USERS": ""}, "ADMIN_USERS is empty"),
+        ({**WORKSHOP, "SHARED_USER_PASSWORD": ""}, "SHARED_USER_PASSWORD"),
+        ({**WORKSHOP, "SHARED_ADMIN_PASSWORD": "short"}, "SHARED_ADMIN_PASSWORD"),
+        ({**WORKSHOP, "ADMIN_USERS": ""}, "ADMIN_USERS is empty"),
+        ({**WORKSHOP, "WORKSHOP_MODE": "yes"}, "WORKSHOP_MODE='yes' is not valid"),
+        ({"ADMIN_USERS": ""}, "AUTH=native needs exactly one name"),
+        ({"ADMIN_USERS": "prof,ann"}, "AUTH=native needs exactly one name"),
+        ({"ADMIN_USERS": "Prof"}, "ADMIN_USERS='Prof' is not a usable username"),
+        ({"ADMIN_USERS": "a/b"}, "ADMIN_USERS='a/b' is not a usable username"),
+        ({"ADMIN_INITIAL_PASSWORD": ""}, "ADMIN_INITIAL_PASSWORD must be 16 to 72 bytes"),
+        ({"ADMIN_INITIAL_PASSWORD": "é" * 37}, "ADMIN_INITIAL_PASSWORD must be 16 to 72 bytes"),
+        ({"SIGNUP_CODE": "1234"}, "SIGNUP_CODE is shorter than 12"),
+        ({"SIGNUP_CODE": "b" * 24}, "SIGNUP_CODE and ADMIN_INITIAL_PASSWORD are equal"),
+        ({"ALLOWED_USERS": "ann"}, "ALLOWED_USERS is not used with AUTH=native"),
         ({"USER_MEM_LIMIT": "lots"}, "USER_MEM_LIMIT="),
         ({"USER_MEM_LIMIT": "100M"}, "USER_MEM_LIMIT is below 256M"),
         ({"USER_CPU_LIMIT": "-1"}, "USER_CPU_LIMIT="),
@@ -59,6 +77,8 @@ def test_public_url_carries_a_non_default_port() -> None:
         ({"DOCKER_NETWORK": "bad name"}, "DOCKER_NETWORK"),
         ({"GPU_INVENTORY": "gpus.json"}, "GPU_INVENTORY"),
         ({"AUTH": "github"}, "OAUTH_CLIENT_ID is required with AUTH=github"),
+        ({**OAUTH, "AUTH": "github"}, "AUTH=github needs an allow-list"),
+        ({**OAUTH, "AUTH": "google"}, "AUTH=google needs an allow-list"),
         ({"AUTH": "generic", "OAUTH_CLIENT_ID": "x", "OAUTH_CLIENT_SECRET": "y"}, "OIDC_ISSUER"),
     ],
     ids=lambda v: v if isinstance(v, str) else ",".join(v),
@@ -73,6 +93,75 @@ def test_subdomains_need_a_dotted_domain() -> None:
         SUBDOMAINS="true", DOMAIN="localhost"
     )
     assert "SUBDOMAINS='yes'" in problems(SUBDOMAINS="yes")
+
+
+def test_shared_password_is_workshop_mode_and_refuses_to_start_without_the_opt_in() -> None:
+    without = {key: value for key, value in WORKSHOP.items() if key != "WORKSHOP_MODE"}
+    message = problems(**without)
+    assert "AUTH=shared-password is workshop mode" in message
+    assert "can log in under any name, an existing student's too" in message
+    assert "set WORKSHOP_MODE=true" in message and "AUTH=native" in message
+    assert "workshop mode" in problems(**{**WORKSHOP, "WORKSHOP_MODE": "false"})
+    assert settings(**WORKSHOP).auth == "shared-password"
+
+
+GENERIC = {**OAUTH, "AUTH": "generic", "OIDC_ISSUER": "https://idp.example.edu/realms/lab"}
+
+
+@pytest.mark.parametrize(
+    ("env", "refused"),
+    [
+        ({**OAUTH, "AUTH": "github", "GITHUB_ALLOWED_ORGS": "lab", "ADMIN_USERS": "admin"}, True),
+        ({**OAUTH, "AUTH": "github", "GITHUB_ALLOWED_ORGS": "lab", "ADMIN_USERS": "ann-p"}, False),
+        ({**OAUTH, "AUTH": "github", "ALLOWED_USERS": "ann-p,bob"}, False),
+        (
+            {**OAUTH, "AUTH": "google", "GOOGLE_HOSTED_DOMAINS": "uni.edu", "ADMIN_USERS": "ann"},
+            True,
+        ),
+        (
+            {
+                **OAUTH,
+                "AUTH": "google",
+                "GOOGLE_HOSTED_DOMAINS": "uni.edu",
+                "ADMIN_USERS": "a@uni.edu",
+            },
+            False,
+        ),
+        ({**OAUTH, "AUTH": "google", "ALLOWED_USERS": "a@gmail.com"}, False),
+        ({**OAUTH, "AUTH": "cilogon", "CILOGON_IDP": "https://idp", "ADMIN_USERS": "prof"}, True),
+        (
+            {**OAUTH, "AUTH": "cilogon", "CILOGON_IDP": "https://idp", "ADMIN_USERS": "p@u.edu"},
+            False,
+        ),
+        ({**GENERIC, "ADMIN_USERS": "admin"}, True),
+        ({**GENERIC, "ADMIN_USERS": "Administrator"}, True),
+        ({**GENERIC, "ADMIN_USERS": "prof"}, False),
+        ({**GENERIC, "OIDC_USERNAME_CLAIM": "email", "ADMIN_USERS": "prof"}, True),
+        ({**GENERIC, "OIDC_USERNAME_CLAIM": "email", "ADMIN_USERS": "prof@uni.edu"}, False),
+        ({**GENERIC, "ADMIN_GROUPS": "staff"}, False),
+    ],
+    ids=[
+        "github-role-name",
+        "github-login",
+        "github-allowed-users",
+        "google-bare-name",
+        "google-email",
+        "google-users-only",
+        "cilogon-bare-name",
+        "cilogon-email",
+        "generic-admin",
+        "generic-administrator",
+        "generic-username",
+        "generic-email-claim-bare-name",
+        "generic-email-claim-email",
+        "generic-admin-groups",
+    ],
+)
+def test_oauth_admins_are_full_identities(env: dict[str, str], refused: bool) -> None:
+    if refused:
+        assert f"ADMIN_USERS={env['ADMIN_USERS']!r}" in problems(**env)
+    else:
+        assert settings(**env).admin_users == frozenset(filter(None, [env["ADMIN_USERS"]]))
 
 
 def test_every_problem_is_reported_at_once() -> None:

@@ -34,3 +34,9 @@ def test_the_right_passwords_still_log_in() -> None:
     admin = asyncio.run(auth.authenticate(None, {"username": "admin", "password": ADMIN_PASSWORD}))
     assert user["name"] == "alice" and not user["admin"]
     assert admin["name"] == "admin" and admin["admin"]
+
+
+def test_workshop_mode_admins_need_the_admin_password() -> None:
+    auth = authenticator()
+    attempt = {"username": "admin", "password": USER_PASSWORD}
+    assert asyncio.run(auth.authenticate(None, attempt)) is None

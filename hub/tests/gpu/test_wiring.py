@@ -13,13 +13,13 @@ from jupyterhub.objects import Hub, Server
 from labhub.gpu.spawner import GpuSpawnerMixin, load_context
 from labhub.settings import Settings
 from labhub.spawner import LabSpawner, spawner_config
+from minimal_env import MINIMAL_ENV
 from traitlets.config import Config
 
 pytestmark = pytest.mark.unit
 
 ENV = {
-    "CONFIGPROXY_AUTH_TOKEN": "a" * 64,
-    "SHARED_USER_PASSWORD": "student-password",
+    **MINIMAL_ENV,
     "GPU_INVENTORY": "/srv/labhub/gpus.json",
     "GPU_PROFILES": "/srv/labhub/profiles.json",
     "GPU_QUEUE": "true",
@@ -149,8 +149,7 @@ def host_config_sent(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> di
 
 
 LAB_ENV = {
-    "CONFIGPROXY_AUTH_TOKEN": "a" * 64,
-    "SHARED_USER_PASSWORD": "student-password",
+    **MINIMAL_ENV,
     "USER_CPU_LIMIT": "1.5",
     "USER_MEM_LIMIT": "3G",
 }
