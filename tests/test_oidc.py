@@ -11,9 +11,10 @@ before the stack (Compose uses an existing network of that name and leaves it on
 `down`), and the issuer is https://<its container IP>:8443. The hub reaches that
 address on the shared network (discovery, token, userinfo); this test process reaches
 it too, because the host routes to the bridge network it created (the authorize
-redirect, the login forms). The provider's certificate comes from the test stack's own
-CA (scripts/make-certs.sh, run here before the stack) with the IP in its SANs; the hub
-trusts that CA through EXTRA_CA_FILE, the test process through `verify=`.
+redirect, the login forms). The provider's certificate comes from a CA of its own (a
+campus CA, made here; the stack's local CA is name-constrained to the hub's names and
+could not vouch for it) with the IP in its SANs; the hub trusts that CA through
+EXTRA_CA_FILE, the test process through `verify=`.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from stacks import (
     REPO,
     STACK,
     USERS_CREATED,
+    VERSION,
     Stack,
     launched_stack,
     users_network_for,
@@ -96,8 +98,19 @@ def _build_provider_image(workdir: Path) -> None:
     _run("docker", "build", "-q", "-f", str(dockerfile), "-t", IMAGE, str(context))
 
 
+def _make_campus_ca(out: Path) -> None:
+    """A CA like a university's own: campus-ca.crt/.key in `out`, valid two days."""
+    _run(
+        *["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"],
+        *["-nodes", "-days", "2", "-subj", "/CN=labhub test campus CA"],
+        *["-keyout", str(out / "campus-ca.key"), "-out", str(out / "campus-ca.crt")],
+        *["-addext", "basicConstraints=critical,CA:TRUE,pathlen:0"],
+        *["-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+    )
+
+
 def _issue_certificate(certs: Path, out: Path, ip: str) -> None:
-    """A server certificate for the provider's IP from the stack's CA (make-certs.sh's)."""
+    """A server certificate for the provider's IP from the campus CA in `certs`."""
     ext = out / "ext.cnf"
     ext.write_text(
         f"subjectAltName=IP:{ip}\nextendedKeyUsage=serverAuth\n"
@@ -106,7 +119,7 @@ def _issue_certificate(certs: Path, out: Path, ip: str) -> None:
     key, csr, crt = (str(out / name) for name in ("tls.key", "tls.csr", "tls.crt"))
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
     _run("openssl", "req", *ec, "-keyout", key, "-out", csr, "-subj", "/CN=oidc-provider")
-    ca = ["-CA", str(certs / "labhub-ca.crt"), "-CAkey", str(certs / "labhub-ca.key")]
+    ca = ["-CA", str(certs / "campus-ca.crt"), "-CAkey", str(certs / "campus-ca.key")]
     _run(
         *["openssl", "x509", "-req", "-in", csr, *ca, "-CAcreateserial", "-days", "2"],
         *["-sha256", "-extfile", str(ext), "-out", crt],
@@ -151,6 +164,7 @@ def oidc_stack(
     provider_dir.mkdir()
     provider_dir.chmod(0o755)
     _run("bash", "scripts/make-certs.sh", env={**os.environ, "CERTS_DIR": str(certs)})
+    _make_campus_ca(certs)
     secret = base64.urlsafe_b64encode(os.urandom(32)).decode().rstrip("=")
     api = docker.from_env()
     with contextlib.ExitStack() as cleanup:
@@ -195,7 +209,7 @@ def oidc_stack(
         issuer = f"https://{ip}:8443"
         _issue_certificate(certs, provider_dir, ip)
         (provider_dir / "issuer").write_text(issuer + "\n")
-        ca_file = str(certs / "labhub-ca.crt")
+        ca_file = str(certs / "campus-ca.crt")
         _wait_for_discovery(issuer, ca_file, container)
 
         extra = {
@@ -421,8 +435,11 @@ def test_the_hub_does_not_trust_the_provider_without_its_ca(oidc: Oidc) -> None:
     """The logins above work because EXTRA_CA_FILE hands the hub the test CA: the
     same start-up code, in the same image and network, without it refuses the provider."""
     code = f"from labhub.auth import discover; discover({oidc.provider.issuer!r}, '')"
+    # In the hub's own network namespace: the users' network lets only the hub reach out.
+    hub = f"container:{NAME}-hub-1"
+    image = f"labhub/hub:{VERSION}"
     result = subprocess.run(
-        ["docker", "run", "--rm", "--network", NAME, "labhub/hub:test", "python", "-c", code],
+        ["docker", "run", "--rm", "--network", hub, image, "python", "-c", code],
         capture_output=True,
         text=True,
         timeout=120,
