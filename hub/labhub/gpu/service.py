@@ -143,10 +143,19 @@ class AdminHandler(ServiceHandler, HubOAuthenticated, web.RequestHandler):  # ty
     def admin_name(self) -> str:
         return str(self.current_user["name"])
 
+    _identifying = False
+
     def check_xsrf_cookie(self) -> None:
         # Tornado checks XSRF before prepare(); identify the user first so that a request
-        # with an API token (no cookie, nothing to forge) is recognised as such.
-        _ = self.current_user
+        # with an API token (no cookie, nothing to forge) is recognised as such. HubOAuth
+        # calls back here while it reads a cookie: then check at once, or the nested
+        # identification would wait on itself for ever (every browser POST hung).
+        if not self._identifying:
+            self._identifying = True
+            try:
+                _ = self.current_user
+            finally:
+                self._identifying = False
         super().check_xsrf_cookie()
 
     def prepare(self) -> None:

@@ -117,6 +117,33 @@ class PageTest(AsyncHTTPTestCase):
         assert response.code == 200, page[:500]
         assert "Test A100" in page
 
+    @pytest.mark.timeout(60)
+    def test_the_pages_buttons_work_with_the_browser_cookie(self) -> None:
+        # A cookie-authenticated POST, as the page's script sends it: HubOAuth checks XSRF
+        # while it reads the cookie, calling back into the handler (once this deadlocked).
+        self.store.allocate(INVENTORY, Holder("ada"), GpuRequest(whole=1), NOW)
+        jar = self.browser_login()
+        response, page = self.get_page(jar)
+        cookies_of(response, jar)
+        [xsrf] = re.findall(r'data-xsrf="([^"]+)"', page)
+        headers = {
+            **cookie_header(jar),
+            "X-XSRFToken": xsrf,
+            "Sec-Fetch-Mode": "cors",
+            "Sec-Fetch-Site": "same-origin",
+        }
+        drain = self.fetch(
+            PREFIX + "api/devices/0/drain", method="POST", body='{"drained": true}', headers=headers
+        )
+        assert drain.code == 200, drain.body.decode()
+        assert self.store.audit()[0].actor == "root"
+        # Without the page's XSRF token the cookie is not enough.
+        del headers["X-XSRFToken"]
+        forged = self.fetch(
+            PREFIX + "api/devices/0/drain", method="POST", body="{}", headers=headers
+        )
+        assert forged.code == 403
+
     def test_page_sends_csp_and_nosniff(self) -> None:
         response, _ = self.get_page(self.browser_login())
         assert response.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
