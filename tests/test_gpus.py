@@ -501,7 +501,7 @@ def chromium_page(name: str) -> Iterator[Page]:
 
     The test stack's certificate is its own CA's, on loopback: the page accepts it.
     """
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import Error, sync_playwright
 
     artifacts = REPO / "test-artifacts"
     artifacts.mkdir(exist_ok=True)
@@ -528,8 +528,10 @@ def chromium_page(name: str) -> Iterator[Page]:
             try:
                 yield page
             finally:
-                page.screenshot(path=str(artifacts / f"{name}.png"))
                 (artifacts / f"{name}-failed.txt").write_text("\n".join(failed))
+                # Best effort: a page stuck (e.g. in a dialog) must not hide the test's error.
+                with contextlib.suppress(Error):
+                    page.screenshot(path=str(artifacts / f"{name}.png"), timeout=10_000)
         finally:
             browser.close()
 
