@@ -171,7 +171,7 @@ class AdminHandler(ServiceHandler, HubOAuthenticated, web.RequestHandler):  # ty
     def body(self) -> dict[str, Any]:
         try:
             data = json.loads(self.request.body or b"{}")
-        except json.JSONDecodeError as e:
+        except ValueError as e:  # not JSON, or not UTF-8 at all (UnicodeDecodeError)
             raise web.HTTPError(400, f"request body is not JSON ({e}); send a JSON object") from e
         if not isinstance(data, dict):
             raise web.HTTPError(400, "request body must be a JSON object")
