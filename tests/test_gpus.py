@@ -19,23 +19,29 @@ import os
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 import docker
 import pytest
 import requests
+from browser import ARTIFACTS, chromium, needs_chromium
 from fuzzing import FUZZ, json_body, segment
 from hypothesis import given
 from hypothesis import strategies as st
+from labhub.gpu.service import CONTENT_SECURITY_POLICY
 from stacks import USERS_CREATED, Stack, ensure_base_image, launched_stack
+
+if TYPE_CHECKING:
+    from playwright.sync_api import ConsoleMessage, Page
 
 pytestmark = pytest.mark.e2e
 
 STACK = os.environ.get("LABHUB_GPU_TEST_STACK", "labhubgpu")
 HTTPS_PORT = int(os.environ.get("LABHUB_GPU_TEST_HTTPS_PORT", "19443"))
 QUEUE_TIMEOUT = 60
+T = TypeVar("T")
 GROUP = "gpu"
 
 INVENTORY = {
@@ -184,6 +190,16 @@ class Admin:
                 raise AssertionError(f"{name}'s spawn failed: {self.last_progress(name)}")
             time.sleep(1)
         raise TimeoutError(f"{name}: server not {'ready' if ready else 'gone'} in {timeout} s")
+
+    def stopping(self, name: str, within: float = 15) -> bool:
+        """Whether the server is stopping or gone (polled for ``within`` seconds)."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            server = self.server(name)
+            if server is None or server.get("pending") == "stop":
+                return True
+            time.sleep(0.5)
+        return False
 
     def stop(self, *names: str) -> None:
         for name in names:
@@ -464,6 +480,143 @@ def test_a_killed_container_frees_its_gpu(admin: Admin, engine: docker.DockerCli
     assert any(e["action"] == "release" and e["detail"]["holder"] == name for e in entries)
 
 
+# --- the admin page in a real browser -----------------------------------------------
+
+# A name the hub accepts: in the old page's onclick attribute it ran as script.
+QUOTING_NAME = 'q");document.title="xss";("'
+# Reports each title a document takes to the test (window.seenTitle, exposed by Playwright).
+TITLE_WATCH = """
+let last = null;
+new MutationObserver(() => {
+  if (document.title !== last) window.seenTitle((last = document.title));
+}).observe(document, {subtree: true, childList: true, characterData: true});
+"""
+
+
+@contextlib.contextmanager
+def chromium_page(stack: Stack, name: str) -> Iterator[Page]:
+    """A fresh page in Debian's Chromium (tests/browser.py), closed afterwards; its last
+    view and every failed request are kept in test-artifacts/NAME.png and NAME-failed.txt."""
+    from playwright.sync_api import Error
+
+    failed: list[str] = []
+    with chromium(stack) as browser:
+        page = browser.new_page()
+        page.on("requestfailed", lambda r: failed.append(f"{r.method} {r.url}: {r.failure}"))
+        page.on(
+            "response",
+            lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None,
+        )
+        try:
+            yield page
+        finally:
+            (ARTIFACTS / f"{name}-failed.txt").write_text("\n".join(failed))
+            # Best effort: a page stuck (e.g. in a dialog) must not hide the test's error.
+            with contextlib.suppress(Error):
+                page.screenshot(path=str(ARTIFACTS / f"{name}.png"), timeout=10_000)
+
+
+def despite_network_changes(navigate: Callable[[], T]) -> T:
+    """``navigate()``, again (up to 5 tries) while Chromium aborts it for a network change.
+
+    Containers starting on this host (other tests' too) add network interfaces; Chromium
+    then drops requests in flight (ERR_NETWORK_CHANGED) and shows its error page, which
+    interrupts the next navigation. A lab's laptop never sees this.
+    """
+    from playwright.sync_api import Error
+
+    for attempt in range(5):
+        try:
+            return navigate()
+        except Error as e:
+            if attempt == 4 or not ("ERR_NETWORK_CHANGED" in str(e) or "chrome-error:" in str(e)):
+                raise
+            time.sleep(1)  # let the error page finish loading
+    raise AssertionError("unreachable")
+
+
+def console_errors(message: ConsoleMessage) -> list[str]:
+    """A console error (a refused inline script among them), except the favicon's 404 and
+    requests Chromium aborted for a network change (see despite_network_changes)."""
+    favicon = message.location.get("url", "").endswith("/favicon.ico")
+    network_change = "ERR_NETWORK_CHANGED" in message.text
+    return [message.text] if message.type == "error" and not (favicon or network_change) else []
+
+
+@needs_chromium
+def test_admin_page_in_a_browser_revokes_a_quoting_holder_without_running_its_name(
+    gpu_stack: Stack, admin: Admin, engine: docker.DockerClient
+) -> None:
+    from playwright.sync_api import expect
+
+    USERS_CREATED.append(QUOTING_NAME)
+    created = admin.hub("POST", "/users", json={"usernames": [QUOTING_NAME]})
+    assert created.status_code == 201, created.text
+    added = admin.hub("POST", f"/groups/{GROUP}/users", json={"users": [QUOTING_NAME]})
+    if added.status_code == 404:  # no test made the group yet
+        assert admin.hub("POST", f"/groups/{GROUP}").status_code == 201
+        added = admin.hub("POST", f"/groups/{GROUP}/users", json={"users": [QUOTING_NAME]})
+    assert added.status_code == 200, added.text
+    admin.start({QUOTING_NAME: "gpu-1"})
+    [device] = devices_of(container_of(engine, QUOTING_NAME))
+    assert admin.holders()[device] == [QUOTING_NAME]
+
+    with chromium_page(gpu_stack, "gpu-admin-page") as page:
+        dialogs: list[str] = []
+        errors: list[str] = []
+        titles: list[str] = []
+        page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.on("console", lambda message: errors.extend(console_errors(message)))
+        # Every title any page ever has, however briefly (the driver's script, not the page's).
+        page.expose_function("seenTitle", lambda title: titles.append(title))
+        page.add_init_script(TITLE_WATCH)
+        gpu_stack.browser_login(page, gpu_stack.admins[0], next_url="/hub/home")
+        # Through the service's OAuth login (redirect to the hub, callback) to the page.
+        response = despite_network_changes(
+            lambda: page.goto(gpu_stack.base_url + "/services/gpus/")
+        )
+        assert response is not None and response.status == 200, response and response.status
+        csp = response.headers.get("content-security-policy", "")
+        assert "script-src 'self'" in csp and "frame-ancestors 'self'" in csp, csp
+        # Sent by the service, and by nginx for every answer: twice, both nosniff.
+        nosniff = response.header_values("x-content-type-options")
+        assert nosniff and set(nosniff) == {"nosniff"}, nosniff
+        expect(page.locator("body")).to_contain_text("Test A100")
+        expect(page.locator("body")).to_contain_text(QUOTING_NAME)
+
+        revoke = page.get_by_role("button", name=f"revoke {QUOTING_NAME}")
+        for _ in range(5):
+            with page.expect_request(lambda request: "/api/holders/" in request.url) as sent:
+                revoke.click()
+            answer = sent.value.response()
+            if answer is not None or admin.stopping(QUOTING_NAME):
+                break
+            # Chromium dropped the request before it left (see despite_network_changes):
+            # the page shows the error and keeps its button; a person clicks again.
+        if answer is not None:
+            page.wait_for_load_state()  # the page reloads after the action
+        assert "xss" not in titles and page.title() == "GPUs", titles
+        assert dialogs == [] and errors == [], (dialogs, errors)
+        assert sent.value.url.endswith("/revoke"), sent.value.url
+        if answer is None:
+            # It reached the hub, but Chromium dropped it while it waited for the answer
+            # (a container stopping changes this host's interfaces too).
+            assert "ERR_NETWORK_CHANGED" in (sent.value.failure or ""), sent.value.failure
+        else:
+            assert answer.status in (200, 202), answer.text()
+
+    # The revoke really happened: the server stopped, its container went, the GPU is free.
+    admin.wait(QUOTING_NAME, ready=False, timeout=120)
+    assert not engine.containers.list(all=True, filters={"label": f"labhub.user={QUOTING_NAME}"})
+    assert admin.holders()[device] == []
+    entries = admin.gpus("GET", "audit?limit=20").json()["entries"]
+    assert any(
+        e["action"] == "revoke" and e["actor"] == "admin" and e["detail"]["holder"] == QUOTING_NAME
+        for e in entries
+    )
+
+
 GPU_API_ROUTES = [
     ("GET", "devices"),
     ("GET", "usage"),
@@ -507,4 +660,9 @@ def test_gpu_admin_api_fuzz_never_5xx(
         allow_redirects=False,
     )  # fmt: skip
     assert response.status_code < 500, (method, path, payload[:200], response.text[:300])
-    assert "message" in response.json() or response.ok, (method, path, response.text[:300])
+    # The service's own answers (they carry its CSP) explain themselves in JSON; nginx
+    # refuses some paths itself (a NUL byte: its HTML 400) before the service sees them.
+    if response.headers.get("Content-Security-Policy") == CONTENT_SECURITY_POLICY:
+        assert "message" in response.json() or response.ok, (method, path, response.text[:300])
+    else:
+        assert response.status_code == 400 and "nginx" in response.text, (method, path)

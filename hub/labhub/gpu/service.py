@@ -1,7 +1,9 @@
 """The GPU admin service: ``/services/gpus/`` (HTML) and ``/services/gpus/api/...`` (JSON).
 
 Admin-only through the hub's OAuth: a user who is not a JupyterHub admin gets 403 on every
-route. Run it as a hub-managed service::
+route but ``static/`` (the page's script and style, no data). The page is the autoescaped
+template ``templates/gpus.html`` with no inline script or style, and every answer carries
+``CONTENT_SECURITY_POLICY``. Run it as a hub-managed service::
 
     c.JupyterHub.services.append({
         "name": "gpus",
@@ -44,14 +46,15 @@ API (JSON bodies; every change is written to the audit log with the admin's name
 from __future__ import annotations
 
 import asyncio
-import html
 import json
 import os
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 from urllib.parse import quote
 
+from jinja2 import Environment, PackageLoader, select_autoescape
 from jupyterhub.services.auth import (
     HubOAuth,
     HubOAuthCallbackHandler,
@@ -71,16 +74,60 @@ MAX_AUDIT_ENTRIES = 10_000
 MAX_TOPUP_HOURS = 10_000
 
 
+# The admin page's template (autoescaped, as JupyterHub's own pages) and its script and style.
+TEMPLATES = Environment(
+    loader=PackageLoader("labhub.gpu", "templates"), autoescape=select_autoescape(["html"])
+)
+STATIC_DIR = Path(__file__).parent / "static"
+# Scripts, styles and requests from the service's own origin only: no inline script or
+# event handler runs, even if a name slipped through as markup; no framing by other sites.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; frame-ancestors 'self'; "
+    "base-uri 'none'; form-action 'self'"
+)
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
-class AdminHandler(HubOAuthenticated, web.RequestHandler):  # type: ignore[misc]
-    """Base: hub OAuth login, then 403 unless the user is a JupyterHub admin."""
+class _Handler(Protocol):
+    """What ServiceHandler needs of the tornado handler it is mixed into."""
 
     @property
-    def hub_auth(self) -> Any:
+    def settings(self) -> dict[str, Any]: ...
+
+    def set_header(self, name: str, value: str) -> None: ...
+
+
+class ServiceHandler:
+    """Mixed into every handler here: the security headers and the service's one HubOAuth.
+
+    The login redirect keeps its PKCE verifier in the HubOAuth object that made it, so the
+    OAuth callback must use that same object: JupyterHub's handlers would otherwise take
+    ``HubOAuth.instance()``, another one, and the hub would refuse the code ("Code verifier
+    required").
+    """
+
+    @property
+    def hub_auth(self: _Handler) -> Any:
         return self.settings["hub_auth"]
+
+    def set_default_headers(self: _Handler) -> None:
+        self.set_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        self.set_header("X-Content-Type-Options", "nosniff")
+
+
+class OAuthCallbackHandler(ServiceHandler, HubOAuthCallbackHandler):  # type: ignore[misc]
+    """JupyterHub's OAuth callback, with the service's HubOAuth."""
+
+
+class StaticHandler(ServiceHandler, web.StaticFileHandler):
+    """The page's script and style, with the same headers as the page."""
+
+
+class AdminHandler(ServiceHandler, HubOAuthenticated, web.RequestHandler):  # type: ignore[misc]
+    """Base: hub OAuth login, then 403 unless the user is a JupyterHub admin."""
 
     @property
     def store(self) -> Store:
@@ -96,10 +143,19 @@ class AdminHandler(HubOAuthenticated, web.RequestHandler):  # type: ignore[misc]
     def admin_name(self) -> str:
         return str(self.current_user["name"])
 
+    _identifying = False
+
     def check_xsrf_cookie(self) -> None:
         # Tornado checks XSRF before prepare(); identify the user first so that a request
-        # with an API token (no cookie, nothing to forge) is recognised as such.
-        _ = self.current_user
+        # with an API token (no cookie, nothing to forge) is recognised as such. HubOAuth
+        # calls back here while it reads a cookie: then check at once, or the nested
+        # identification would wait on itself for ever (every browser POST hung).
+        if not self._identifying:
+            self._identifying = True
+            try:
+                _ = self.current_user
+            finally:
+                self._identifying = False
         super().check_xsrf_cookie()
 
     def prepare(self) -> None:
@@ -115,7 +171,7 @@ class AdminHandler(HubOAuthenticated, web.RequestHandler):  # type: ignore[misc]
     def body(self) -> dict[str, Any]:
         try:
             data = json.loads(self.request.body or b"{}")
-        except json.JSONDecodeError as e:
+        except ValueError as e:  # not JSON, or not UTF-8 at all (UnicodeDecodeError)
             raise web.HTTPError(400, f"request body is not JSON ({e}); send a JSON object") from e
         if not isinstance(data, dict):
             raise web.HTTPError(400, "request body must be a JSON object")
@@ -289,79 +345,21 @@ class UnknownApiPathHandler(AdminHandler):
         )
 
 
-_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>GPUs</title>
-<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.3em .8em;text-align:left}}</style>
-</head><body>
-<h1>GPUs</h1>
-<table><tr><th>Device</th><th>Model</th><th>Memory</th><th>Use</th><th>Policy</th>
-<th>Holders (since)</th><th>Reserved for</th><th>Drained</th><th>Actions</th></tr>
-{rows}</table>
-<h2>Queue</h2><ul>{queue}</ul>
-<h2>GPU-hours this week</h2><ul>{usage}</ul>
-<h2>Audit log</h2><ul>{audit}</ul>
-<script>
-const xsrf = {xsrf};
-async function call(path, body) {{
-  const r = await fetch("{api}" + path, {{method: "POST", body: JSON.stringify(body || {{}}),
-    headers: {{"X-XSRFToken": xsrf, "Content-Type": "application/json"}}}});
-  if (!r.ok) {{ alert((await r.json()).message); }}
-  location.reload();
-}}
-function reserve(id) {{
-  const who = prompt("Reserve " + id + " for user:NAME or group:NAME (empty clears)");
-  if (who === null) return;
-  const [kind, name] = who.split(":");
-  call("devices/" + id + "/reserve", who ? {{[kind]: name}} : {{}});
-}}
-</script></body></html>
-"""
-
-
 class PageHandler(AdminHandler):
     async def get(self) -> None:
         report = await devices_report(self.store, self.inventory)
         usage = await asyncio.to_thread(self.store.usage, _now())
         audit = await asyncio.to_thread(self.store.audit, 50)
-        esc = html.escape
-        rows = []
-        for d in report["devices"]:
-            holders = ", ".join(f"{esc(h['holder'])} ({esc(h['since'])})" for h in d["holders"])
-            use = "n/a" if d["utilisation_percent"] is None else f"{d['utilisation_percent']}%"
-            did = json.dumps(d["id"])
-            revoke = "".join(
-                f"<button onclick='call(\"holders/{esc(h['holder'])}/revoke\")'>"
-                f"revoke {esc(h['holder'])}</button>"
-                for h in d["holders"]
-            )
-            rows.append(
-                f"<tr><td>{esc(d['id'])}</td><td>{esc(d['model'])}</td>"
-                f"<td>{d['memory_mib']} MiB</td><td>{use}</td>"
-                f"<td>{esc(d['policy'])} ({len(d['holders'])}/{d['capacity']})</td>"
-                f"<td>{holders or 'free'}</td><td>{esc(d['reserved_for'] or '')}</td>"
-                f"<td>{esc(d['drained_since'] or 'no')}</td><td>"
-                f"<button onclick='reserve({esc(did)})'>reserve</button>"
-                f'<button onclick=\'call("devices/"+{esc(did)}+"/drain",'
-                f"{{drained: {'false' if d['drained_since'] else 'true'}}})'>"
-                f"{'undrain' if d['drained_since'] else 'drain'}</button>{revoke}</td></tr>"
-            )
-        self.finish(
-            _PAGE.format(
-                rows="\n".join(rows),
-                queue="".join(
-                    f"<li>{esc(q['holder'])}: {esc(q['request'])} since {esc(q['since'])}</li>"
-                    for q in report["queue"]
-                ),
-                usage="".join(f"<li>{esc(s)}: {h:.2f}</li>" for s, h in sorted(usage.items())),
-                audit="".join(
-                    f"<li>{esc(e.at)} {esc(e.actor)} {esc(e.action)} "
-                    f"{esc(json.dumps(e.detail))}</li>"
-                    for e in audit
-                ),
-                xsrf=json.dumps(self.xsrf_token.decode()),
-                api=esc(self.settings["api_prefix"]),
-            )
+        page = TEMPLATES.get_template("gpus.html").render(
+            devices=report["devices"],
+            queue=report["queue"],
+            usage=sorted(usage.items()),
+            audit=audit,
+            api=self.settings["api_prefix"],
+            xsrf=self.xsrf_token.decode(),
+            static_url=self.static_url,
         )
+        self.finish(page)
 
 
 def hub_api_caller(hub_api_url: str, hub_api_token: str) -> HubCall:
@@ -438,7 +436,7 @@ def make_app(
     return web.Application(
         [
             (prefix, PageHandler),
-            (url_path_join(prefix, "oauth_callback"), HubOAuthCallbackHandler),
+            (url_path_join(prefix, "oauth_callback"), OAuthCallbackHandler),
             (api + "devices", DevicesHandler),
             (api + "usage", UsageHandler),
             (api + "audit", AuditHandler),
@@ -456,6 +454,9 @@ def make_app(
         hub_api_token=hub_api_token,
         cookie_secret=os.urandom(32),
         xsrf_cookies=True,
+        static_path=str(STATIC_DIR),
+        static_url_prefix=url_path_join(prefix, "static/"),
+        static_handler_class=StaticHandler,
     )
 
 

@@ -140,6 +140,16 @@ class ServiceTest(AsyncHTTPTestCase):
         assert self.store.audit()[0].action == "revoke"
         assert self.call("api/holders/nobody/revoke", "root", {})[0] == 404
 
+    def test_a_body_that_is_not_utf8_gets_400(self) -> None:
+        self.fetch("/services/gpus/api/devices", headers={"X-Test-User": "root"})
+        headers = {"X-Test-User": "root", "X-XSRFToken": "token", "Cookie": "_xsrf=token"}
+        for path in ("devices/0/reserve", "devices/fz%00/reserve"):
+            response = self.fetch(
+                "/services/gpus/api/" + path, method="POST", body=b"\x80", headers=headers
+            )
+            assert response.code in (400, 404), (path, response.code)
+            assert json.loads(response.body)["message"], path
+
     def test_quota_topup_and_reset(self) -> None:
         assert self.call("api/quota/user:ada/topup", "root", {"hours": 3})[0] == 200
         assert self.call("api/quota/ada/topup", "root", {"hours": 3})[0] == 400
