@@ -37,12 +37,13 @@ def spki_pin(cert_file: Path) -> str:
 
 
 @contextlib.contextmanager
-def chromium(stack: Stack) -> Iterator[Any]:
-    """A headless Chromium (a Playwright Browser) that trusts the stack's certificate."""
+def chromium(stack: Stack, server_cert: Path | None = None) -> Iterator[Any]:
+    """A headless Chromium (a Playwright Browser) that trusts the stack's certificate
+    (`server_cert`, by default the stack's localhost.crt), and nothing else."""
     from playwright.sync_api import sync_playwright
 
     ARTIFACTS.mkdir(exist_ok=True)
-    pin = spki_pin(stack.certs_dir / "localhost.crt")
+    pin = spki_pin(server_cert or stack.certs_dir / "localhost.crt")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM,

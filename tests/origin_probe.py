@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hubclient import HubClient
+from stacks import Stack
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 PORT = 8765
@@ -82,9 +83,7 @@ def serving_code(hub_origin: str) -> str:
     return SERVE.format(page=PAGE.replace("{hub}", hub_origin), port=PORT)
 
 
-def admin_follows_the_link(
-    hub_origin: str, page_url: str, admin_password: str, server_cert: Path
-) -> dict[str, Any]:
+def admin_follows_the_link(stack: Stack, page_url: str, server_cert: Path) -> dict[str, Any]:
     """Chromium logs in as admin, opens `page_url`, clicks; returns what the page saw.
 
     On this shared, loaded test host Chromium aborts requests when other containers
@@ -93,48 +92,38 @@ def admin_follows_the_link(
     fresh browser context, 5 s later, VISITS times at most. A retry cannot make either
     test pass wrongly: each needs one clean visit with its own expected result.
     """
-    from browser import spki_pin
-    from playwright.sync_api import Error, sync_playwright
+    from browser import chromium
+    from playwright.sync_api import Error
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--no-first-run",
-                f"--ignore-certificate-errors-spki-list={spki_pin(server_cert)}",
-            ],
-        )
+    hub_origin, admin = stack.base_url, stack.admins[0]
+    admin_password = stack.password_of(admin)
+    with chromium(stack, server_cert) as browser:
         failed: list[str] = []
-        try:
-            for attempt in range(VISITS):
-                if attempt:
-                    time.sleep(5)
-                context = browser.new_context()
-                failed.clear()
-                context.on("requestfailed", lambda request: failed.append(str(request.failure)))
-                try:
-                    result = _visit(context.new_page(), hub_origin, page_url, admin_password)
-                except Error:
-                    if attempt == VISITS - 1:
-                        raise
-                    continue
-                finally:
-                    context.close()
-                if not any("ERR_NETWORK_CHANGED" in f for f in failed):
-                    return result
-            raise AssertionError(f"the network changed during every visit: {failed}")
-        finally:
-            browser.close()
+        for attempt in range(VISITS):
+            if attempt:
+                time.sleep(5)
+            context = browser.new_context()
+            failed.clear()
+            context.on("requestfailed", lambda request: failed.append(str(request.failure)))
+            try:
+                result = _visit(context.new_page(), hub_origin, page_url, admin, admin_password)
+            except Error:
+                if attempt == VISITS - 1:
+                    raise
+                continue
+            finally:
+                context.close()
+            if not any("ERR_NETWORK_CHANGED" in f for f in failed):
+                return result
+        raise AssertionError(f"the network changed during every visit: {failed}")
 
 
-def _visit(page: Any, hub_origin: str, page_url: str, admin_password: str) -> dict[str, Any]:
+def _visit(
+    page: Any, hub_origin: str, page_url: str, admin: str, admin_password: str
+) -> dict[str, Any]:
     page.set_default_timeout(120_000)
     page.goto(f"{hub_origin}/hub/login?next=/hub/home")
-    page.fill("#username_input", "admin")
+    page.fill("#username_input", admin)
     page.fill("#password_input", admin_password)
     page.click("#login_submit")
     page.wait_for_url("**/hub/home")
@@ -159,12 +148,13 @@ def forget_tokens_made_by_the_page(admin: HubClient) -> list[str]:
     return [token["id"] for token in tokens if token.get("note") == "made by bob's page"]
 
 
-def admin_api(hub_origin: str, ca_file: str, admin_password: str) -> HubClient:
+def admin_api(stack: Stack) -> HubClient:
     """An admin session for the API, logged in without starting the admin's server."""
-    admin = HubClient(hub_origin, ca_file)
+    admin = stack.client()
+    name = stack.admins[0]
     response = admin.session.post(
         admin.url("/hub/login?next=/hub/home"),
-        data={"username": "admin", "password": admin_password, "_xsrf": admin.xsrf()},
+        data={"username": name, "password": stack.password_of(name), "_xsrf": admin.xsrf()},
         allow_redirects=False,
         timeout=60,
     )

@@ -26,6 +26,7 @@ from typing import Any
 
 import docker
 import pytest
+from acme_companion import RELOAD_EXEC
 from minimal_env import MINIMAL_ENV
 from stacks import STACK, ensure_base_image
 
@@ -456,18 +457,7 @@ def test_the_front_instance_reads_and_reloads_only(
         front.kill(nginx.name, signal="SIGHUP")
         # The exec reload, sent as acme-companion's curl sends it, runs (here it fails
         # inside the stand-in, which has no nginx: the exit code is not the point).
-        reload = {
-            "AttachStdin": False,
-            "AttachStdout": True,
-            "AttachStderr": True,
-            "Tty": False,
-            "Cmd": [
-                "sh",
-                "-c",
-                "/app/docker-entrypoint.sh /usr/local/bin/docker-gen /app/nginx.tmpl "
-                "/etc/nginx/conf.d/default.conf; /usr/sbin/nginx -s reload",
-            ],
-        }
+        reload = RELOAD_EXEC
         created = front._post_json(front._url("/containers/{0}/exec", nginx.name), data=reload)
         assert created.status_code == 201, created.text
         started = front._post_json(

@@ -423,13 +423,11 @@ def test_path_mode_a_students_page_acts_as_the_admin_who_opens_it(
     bob = stack.login(username)
     bob.start_server(username)
     assert stack.run(bob, username, serving_code(stack.base_url)).strip() == "serving"
-    password = stack.password_of(stack.admins[0])
-    admin = admin_api(stack.base_url, stack.ca_file, password)
+    admin = admin_api(stack)
     try:
         seen = admin_follows_the_link(
-            stack.base_url,
+            stack,
             f"{stack.base_url}/user/{username}/proxy/{PROBE_PORT}/",
-            password,
             stack.certs_dir / "localhost.crt",
         )
         assert seen == {"user": "admin", "status": 201, "token": True}, seen

@@ -116,13 +116,11 @@ def test_a_students_page_cannot_act_as_the_admin_who_opens_it(
     code = serving_code(subdomain_stack.base_url)
     token = bob.new_token(username)
     assert run_in_kernel(bob_origin, subdomain_stack.ca_file, username, token, code) == "serving\n"
-    password = subdomain_stack.password_of(subdomain_stack.admins[0])
-    admin = admin_api(subdomain_stack.base_url, subdomain_stack.ca_file, password)
+    admin = admin_api(subdomain_stack)
     try:
         seen = admin_follows_the_link(
-            subdomain_stack.base_url,
+            subdomain_stack,
             f"{bob_origin}/user/{username}/proxy/{PROBE_PORT}/",
-            password,
             subdomain_stack.certs_dir / f"{DOMAIN}.crt",
         )
         assert "blocked" in seen and "cross-origin" in seen["blocked"], seen

@@ -16,6 +16,7 @@ from typing import Any
 import docker
 import pytest
 import requests
+from acme_companion import RELOAD_EXEC
 from hypothesis import assume, given
 from hypothesis import strategies as st
 from jupyterhub.objects import Hub, Server
@@ -525,18 +526,6 @@ def test_the_forwarded_body_is_re_serialised_not_the_clients_bytes() -> None:
 
 # --- The nginx-proxy front's read-only endpoint ---------------------------------------
 FRONT = FrontendPolicy(nginx_container="labhub-nginx-proxy-1")
-RELOAD = {
-    "AttachStdin": False,
-    "AttachStdout": True,
-    "AttachStderr": True,
-    "Tty": False,
-    "Cmd": [
-        "sh",
-        "-c",
-        "/app/docker-entrypoint.sh /usr/local/bin/docker-gen /app/nginx.tmpl "
-        "/etc/nginx/conf.d/default.conf; /usr/sbin/nginx -s reload",
-    ],
-}
 
 
 @pytest.mark.parametrize(
@@ -549,7 +538,7 @@ RELOAD = {
         ("GET", "/v1.41/containers/abc123/json", b""),
         ("GET", "/v1.41/events?filters=%7B%22type%22%3A%5B%22container%22%5D%7D", b""),
         ("POST", "/containers/labhub-nginx-proxy-1/kill?signal=SIGHUP", b""),
-        ("POST", "/containers/labhub-nginx-proxy-1/exec", json.dumps(RELOAD).encode()),
+        ("POST", "/containers/labhub-nginx-proxy-1/exec", json.dumps(RELOAD_EXEC).encode()),
         ("POST", "/exec/" + "a" * 64 + "/start", b'{"Detach": false, "Tty": false}'),
     ],
 )
@@ -565,17 +554,17 @@ def test_the_front_reads_metadata_and_reloads_nginx(method: str, target: str, bo
         ("POST", "/containers/labhub-nginx-proxy-1/kill?signal=SIGKILL", b"", "signal"),
         ("POST", "/containers/labhub-nginx-proxy-1/stop", b"", "not needed"),
         ("DELETE", "/containers/labhub-nginx-proxy-1", b"", "not needed"),
-        ("POST", "/containers/labhub-hub-1/exec", json.dumps(RELOAD).encode(), "not needed"),
+        ("POST", "/containers/labhub-hub-1/exec", json.dumps(RELOAD_EXEC).encode(), "not needed"),
         (
             "POST",
             "/containers/labhub-nginx-proxy-1/exec",
-            json.dumps({**RELOAD, "Cmd": ["sh", "-c", "cat /etc/shadow"]}).encode(),
+            json.dumps({**RELOAD_EXEC, "Cmd": ["sh", "-c", "cat /etc/shadow"]}).encode(),
             "only acme-companion",
         ),
         (
             "POST",
             "/containers/labhub-nginx-proxy-1/exec",
-            json.dumps({**RELOAD, "Privileged": True}).encode(),
+            json.dumps({**RELOAD_EXEC, "Privileged": True}).encode(),
             "only acme-companion",
         ),
         ("POST", "/exec/" + "a" * 64 + "/start", b'{"Detach": true}', "exec start"),
