@@ -68,19 +68,14 @@ def network(engine: docker.DockerClient) -> Iterator[str]:
         net.remove()
 
 
-@pytest.fixture(scope="module")
-def proxy_port(network: str, image: str) -> Iterator[int]:
-    """The port of a dockerproxy we started (hub policy) in front of the real engine."""
+@contextlib.contextmanager
+def running_proxy(**settings: str) -> Iterator[int]:
+    """`python -m labhub.dockerproxy` with these settings on a free loopback port, up
+    (it answers /_ping) until the block ends; its log is printed afterwards."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "labhub.dockerproxy"],
-        env={
-            **os.environ,
-            "ALLOWED_IMAGES": image,
-            "DOCKER_NETWORK": network,
-            "LISTEN_HOST": "127.0.0.1",
-            "LISTEN_PORT": str(port),
-        },
+        env={**os.environ, **settings, "LISTEN_HOST": "127.0.0.1", "LISTEN_PORT": str(port)},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -102,6 +97,13 @@ def proxy_port(network: str, image: str) -> Iterator[int]:
         process.terminate()
         output, _ = process.communicate(timeout=30)
         print(output)
+
+
+@pytest.fixture(scope="module")
+def proxy_port(network: str, image: str) -> Iterator[int]:
+    """The port of a dockerproxy we started (hub policy) in front of the real engine."""
+    with running_proxy(ALLOWED_IMAGES=image, DOCKER_NETWORK=network) as port:
+        yield port
 
 
 @pytest.fixture(scope="module")
@@ -422,64 +424,39 @@ def test_the_front_instance_reads_and_reloads_only(
         labels={"labhub.test": "dockerproxy"},
         detach=True,
     )
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "labhub.dockerproxy"],
-        env={
-            **os.environ,
-            "PROXY_POLICY": "frontend",
-            "NGINX_PROXY_CONTAINER": nginx.name,
-            "LISTEN_HOST": "127.0.0.1",
-            "LISTEN_PORT": str(port),
-        },
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    front = docker.APIClient(base_url=f"tcp://127.0.0.1:{port}", version="1.41", timeout=10)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                front.ping()
-                break
-            except Exception:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise
-                time.sleep(0.2)
-        # What docker-gen reads: the list, an inspect (environment included) and events.
-        assert nginx.id in {c["Id"] for c in front.containers()}
-        assert front.inspect_container(nginx.id)["Id"] == nginx.id
-        now = int(time.time())
-        events = front.events(decode=True, since=now - 60, until=now + 1)
-        assert any(e.get("id") == nginx.id for e in events)
-        # acme-companion's reload: SIGHUP to nginx-proxy (sleep, as PID 1, ignores it).
-        front.kill(nginx.name, signal="SIGHUP")
-        # The exec reload, sent as acme-companion's curl sends it, runs (here it fails
-        # inside the stand-in, which has no nginx: the exit code is not the point).
-        reload = RELOAD_EXEC
-        created = front._post_json(front._url("/containers/{0}/exec", nginx.name), data=reload)
-        assert created.status_code == 201, created.text
-        started = front._post_json(
-            front._url("/exec/{0}/start", created.json()["Id"]),
-            data={"Detach": False, "Tty": False},
-        )
-        assert started.status_code == 200, started.text
-        assert b"not found" in started.content  # the stand-in's sh: no /app/docker-entrypoint.sh
-        for call in (
-            lambda: front.exec_create(nginx.name, ["id"]),
-            lambda: front.kill(nginx.name, signal="SIGKILL"),
-            lambda: front.stop(nginx.name),
-            lambda: front.create_container(image, ["true"], name=f"{network}-front-create"),
-        ):
-            refused(call)
-        nginx.reload()
-        assert nginx.status == "running"
+        with running_proxy(PROXY_POLICY="frontend", NGINX_PROXY_CONTAINER=nginx.name) as port:
+            front = docker.APIClient(base_url=f"tcp://127.0.0.1:{port}", version="1.41", timeout=10)
+            # What docker-gen reads: the list, an inspect (environment included) and events.
+            assert nginx.id in {c["Id"] for c in front.containers()}
+            assert front.inspect_container(nginx.id)["Id"] == nginx.id
+            now = int(time.time())
+            events = front.events(decode=True, since=now - 60, until=now + 1)
+            assert any(e.get("id") == nginx.id for e in events)
+            # acme-companion's reload: SIGHUP to nginx-proxy (sleep, as PID 1, ignores it).
+            front.kill(nginx.name, signal="SIGHUP")
+            # The exec reload, sent as acme-companion's curl sends it, runs (here it fails
+            # inside the stand-in, which has no nginx: the exit code is not the point).
+            exec_url = front._url("/containers/{0}/exec", nginx.name)
+            created = front._post_json(exec_url, data=RELOAD_EXEC)
+            assert created.status_code == 201, created.text
+            started = front._post_json(
+                front._url("/exec/{0}/start", created.json()["Id"]),
+                data={"Detach": False, "Tty": False},
+            )
+            assert started.status_code == 200, started.text
+            # The stand-in's sh has no /app/docker-entrypoint.sh.
+            assert b"not found" in started.content
+            for call in (
+                lambda: front.exec_create(nginx.name, ["id"]),
+                lambda: front.kill(nginx.name, signal="SIGKILL"),
+                lambda: front.stop(nginx.name),
+                lambda: front.create_container(image, ["true"], name=f"{network}-front-create"),
+            ):
+                refused(call)
+            nginx.reload()
+            assert nginx.status == "running"
     finally:
-        front.close()
-        process.terminate()
-        output, _ = process.communicate(timeout=30)
-        print(output)
         nginx.remove(force=True)
 
 
