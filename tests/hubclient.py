@@ -108,6 +108,15 @@ class HubClient:
         raise TimeoutError(f"{username}'s server did not stop within {timeout} s")
 
 
+def token_session(ca_file: str, token: str) -> requests.Session:
+    """A requests session that trusts only our CA and sends a user's API token."""
+    session = requests.Session()
+    session.trust_env = False
+    session.verify = ca_file
+    session.headers["Authorization"] = f"token {token}"
+    return session
+
+
 class Kernel:
     """One kernel in a user's server, driven over its websocket through nginx.
 
@@ -118,10 +127,7 @@ class Kernel:
     def __init__(self, base_url: str, ca_file: str, username: str, token: str) -> None:
         self.base_url, self.ca_file = base_url.rstrip("/"), ca_file
         self.username, self.token = username, token
-        self.http = requests.Session()
-        self.http.trust_env = False
-        self.http.verify = ca_file
-        self.http.headers["Authorization"] = f"token {token}"
+        self.http = token_session(ca_file, token)
         self.api = f"{self.base_url}/user/{username}/api/kernels"
         response = self.http.post(self.api, json={"name": "tensorflow-gpu"}, timeout=60)
         response.raise_for_status()
@@ -227,10 +233,7 @@ class Terminal:
     def __init__(self, base_url: str, ca_file: str, username: str, token: str) -> None:
         self.base_url, self.ca_file = base_url.rstrip("/"), ca_file
         self.username, self.token = username, token
-        self.http = requests.Session()
-        self.http.trust_env = False
-        self.http.verify = ca_file
-        self.http.headers["Authorization"] = f"token {token}"
+        self.http = token_session(ca_file, token)
         self.api = f"{self.base_url}/user/{username}/api/terminals"
         response = self.http.post(self.api, timeout=60)
         response.raise_for_status()
