@@ -45,6 +45,20 @@ def ensure_base_image() -> str:
     return BASE_IMAGE
 
 
+def run_make(
+    *targets: str, env_file: Path, cwd: Path = REPO, check: bool = False, timeout: float = 3600
+) -> subprocess.CompletedProcess[str]:
+    """`make TARGETS ENV_FILE=env_file` in a checkout (this one by default), output kept."""
+    return subprocess.run(
+        ["make", "--no-print-directory", *targets, f"ENV_FILE={env_file}"],
+        cwd=cwd,
+        text=True,
+        capture_output=True,
+        check=check,
+        timeout=timeout,
+    )
+
+
 @dataclass(frozen=True)
 class Stack:
     """A running test stack and what a test needs to talk to it."""
@@ -65,14 +79,7 @@ class Stack:
         raise KeyError(name)
 
     def make(self, *targets: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["make", "--no-print-directory", *targets, f"ENV_FILE={self.env_file}"],
-            cwd=REPO,
-            text=True,
-            capture_output=True,
-            check=check,
-            timeout=3600,
-        )
+        return run_make(*targets, env_file=self.env_file, check=check)
 
     def compose(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from stacks import REPO, USERS_CREATED, Stack
+from stacks import REPO, USERS_CREATED, Stack, run_make
 
 pytestmark = pytest.mark.e2e
 
@@ -173,13 +173,7 @@ def test_make_up_with_a_wrong_setting_prints_it_and_changes_nothing(
     kept = [line for line in lines if not line.startswith("USER_MEM_LIMIT=")]
     wrong.write_text("\n".join([*kept, "USER_MEM_LIMIT=lots"]) + "\n")
     wrong.chmod(0o600)
-    result = subprocess.run(
-        ["make", "--no-print-directory", "up", f"ENV_FILE={wrong}"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
+    result = run_make("up", env_file=wrong)
     assert result.returncode != 0
     assert "USER_MEM_LIMIT='lots' is not valid: a size such as 2G or 512M" in result.stderr
     assert "fix the settings above" in result.stderr
@@ -210,13 +204,7 @@ def test_make_up_refuses_to_take_over_a_stack_it_did_not_create(
         (REPO, other_env, "was started with other secrets"),
         (checkout, stack.env_file, "already runs from another checkout"),
     ):
-        result = subprocess.run(
-            ["make", "--no-print-directory", "up", f"ENV_FILE={env_file}"],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        result = run_make("up", env_file=env_file, cwd=cwd)
         assert result.returncode != 0 and said in result.stderr, result.stdout + result.stderr
     assert hub_container_id(stack) == hub_before, "the running hub was touched"
 

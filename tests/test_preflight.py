@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from stacks import REPO, Stack
+from stacks import REPO, Stack, run_make
 
 PREFLIGHT = REPO / "scripts" / "preflight.sh"
 SETTINGS = {
@@ -303,13 +303,7 @@ def env_file(tmp_path: Path) -> Iterator[Path]:
 
 @pytest.mark.integration
 def test_this_machine_passes(env_file: Path) -> None:
-    result = subprocess.run(
-        ["make", "-s", "preflight", f"ENV_FILE={env_file}"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    result = run_make("-s", "preflight", env_file=env_file, timeout=180)
     assert result.returncode == 0, result.stderr
     assert "[preflight] ok: Docker " in result.stderr
 
@@ -321,13 +315,7 @@ def test_make_up_stops_on_a_taken_port_before_changing_anything(env_file: Path) 
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", port))
         squatter.listen()
-        result = subprocess.run(
-            ["make", "-s", "up", f"ENV_FILE={env_file}"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
+        result = run_make("-s", "up", env_file=env_file, timeout=180)
     assert result.returncode != 0
     assert f"port {port} (HTTPS_PORT) on 127.0.0.1 is taken" in result.stderr, result.stderr
     assert env_file.read_text() == before  # no secrets generated: `make env` never ran
@@ -348,12 +336,6 @@ def test_make_up_again_on_the_running_stack_passes_but_another_stack_is_refused(
             f"STACK_NAME={stack.value('STACK_NAME')}\n", "STACK_NAME=someoneelse\n"
         )
     )
-    refused = subprocess.run(
-        ["make", "-s", "preflight", f"ENV_FILE={other}"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    refused = run_make("-s", "preflight", env_file=other, timeout=180)
     assert refused.returncode == 2, refused.stderr
     assert f"port {stack.value('HTTPS_PORT')} (HTTPS_PORT) on 127.0.0.1 is taken" in refused.stderr
