@@ -79,6 +79,12 @@ class Provider:
 class Oidc:
     stack: Stack
     provider: Provider
+    # The stack's CA and the provider's campus CA in one file: what a browser on campus
+    # trusts while it goes from the hub to the provider and back.
+    browser_trust: str
+
+    def client(self) -> HubClient:
+        return HubClient(self.stack.base_url, self.browser_trust)
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> None:
@@ -227,7 +233,9 @@ def oidc_stack(
             "EXTRA_CA_FILE": ca_file,
         }
         stack = cleanup.enter_context(launched_stack(tmp_path_factory, name, port, extra))
-        yield Oidc(stack, Provider(issuer, CLIENT_ID, secret, ca_file))
+        trust = certs / "browser-trust.pem"
+        trust.write_text(Path(stack.ca_file).read_text() + Path(ca_file).read_text())
+        yield Oidc(stack, Provider(issuer, CLIENT_ID, secret, ca_file), str(trust))
 
 
 @pytest.fixture(scope="module")
@@ -271,7 +279,7 @@ def sign_in(oidc: Oidc, client: HubClient, authorize_url: str, username: str) ->
 
 
 def log_in(oidc: Oidc, username: str) -> tuple[HubClient, requests.Response]:
-    client = oidc.stack.client()
+    client = oidc.client()
     callback = sign_in(oidc, client, start_login(client), username)
     return client, client.session.get(callback, allow_redirects=False)
 
@@ -346,7 +354,7 @@ def test_admins_come_from_the_group_claim(oidc: Oidc) -> None:
 
 
 def test_tampered_state_is_rejected(oidc: Oidc) -> None:
-    client = oidc.stack.client()
+    client = oidc.client()
     callback = sign_in(oidc, client, start_login(client), "ann")
     state = parse_qs(urlparse(callback).query)["state"][0]
     decoded = json.loads(base64.urlsafe_b64decode(state))
@@ -360,7 +368,7 @@ def test_tampered_state_is_rejected(oidc: Oidc) -> None:
 
 
 def test_replayed_state_is_rejected(oidc: Oidc) -> None:
-    client = oidc.stack.client()
+    client = oidc.client()
     authorize_url = start_login(client)
     state_cookie = client.session.cookies.get(STATE_COOKIE)
     assert state_cookie, "the hub set no state cookie"
@@ -374,7 +382,7 @@ def test_replayed_state_is_rejected(oidc: Oidc) -> None:
     assert "OAuth state missing from cookies" in again.text
 
     # Someone else with the callback URL (a leaked link, browser history): no cookie.
-    stranger = oidc.stack.client()
+    stranger = oidc.client()
     leaked = stranger.session.get(callback, allow_redirects=False)
     assert leaked.status_code == 400
     assert "OAuth state missing from cookies" in leaked.text
@@ -382,7 +390,7 @@ def test_replayed_state_is_rejected(oidc: Oidc) -> None:
 
     # ...even with a copy of the state cookie too: the provider takes a code only once,
     # and the hub says so (labhub/providers.py) rather than showing a 500.
-    copied = oidc.stack.client()
+    copied = oidc.client()
     replay = copied.session.get(
         callback, headers={"Cookie": f"{STATE_COOKIE}={state_cookie}"}, allow_redirects=False
     )
@@ -393,7 +401,7 @@ def test_replayed_state_is_rejected(oidc: Oidc) -> None:
 
 
 def test_pkce_is_used_and_enforced(oidc: Oidc) -> None:
-    client = oidc.stack.client()
+    client = oidc.client()
     authorize_url = start_login(client)
     query = {key: values[0] for key, values in parse_qs(urlparse(authorize_url).query).items()}
     # The hub sends an S256 challenge (a base64url SHA-256: 43 characters).
