@@ -270,5 +270,6 @@ def launched_stack(
         if os.environ.get("LABHUB_TEST_LOGS"):
             print(stack.compose("logs", "--no-color", "--tail=300", check=False).stdout)
         stack.compose("down", "-v", "--remove-orphans", check=False)
-        _remove_user_resources(name, USERS_CREATED)
+        # The admin too: tests log in as admin, and a login spawns a server (and a volume).
+        _remove_user_resources(name, [*USERS_CREATED, *stack.admins])
         stack.remove_netguard_rules()
