@@ -117,6 +117,19 @@ def token_session(ca_file: str, token: str) -> requests.Session:
     return session
 
 
+def user_websocket(
+    http: requests.Session, base_url: str, username: str, path: str, timeout: float
+) -> websocket.WebSocket:
+    """A websocket to `path` of the user's server through nginx, with the session's token
+    and trusting only the session's CA."""
+    return websocket.create_connection(
+        f"wss://{urlparse(base_url).netloc}/user/{username}/{path}",
+        header=[f"Authorization: {http.headers['Authorization']}"],
+        sslopt={"ca_certs": http.verify, "cert_reqs": ssl.CERT_REQUIRED},
+        timeout=timeout,
+    )
+
+
 class Kernel:
     """One kernel in a user's server, driven over its websocket through nginx.
 
@@ -140,12 +153,8 @@ class Kernel:
         unlike printed output, never depends on the iopub channel being subscribed.
         Raises AssertionError with the traceback if the code fails.
         """
-        netloc = urlparse(self.base_url).netloc
-        ws = websocket.create_connection(
-            f"wss://{netloc}/user/{self.username}/api/kernels/{self.id}/channels",
-            header=[f"Authorization: token {self.token}"],
-            sslopt={"ca_certs": self.ca_file, "cert_reqs": ssl.CERT_REQUIRED},
-            timeout=timeout,
+        ws = user_websocket(
+            self.http, self.base_url, self.username, f"api/kernels/{self.id}/channels", timeout
         )
         try:
             msg_id = uuid.uuid4().hex
@@ -245,13 +254,8 @@ class Terminal:
         `done` should be something the command prints but its echoed line does not
         contain (e.g. the result of `$((40 + 2))`), so the echo alone never ends the wait.
         """
-        netloc = urlparse(self.base_url).netloc
-        ws = websocket.create_connection(
-            f"wss://{netloc}/user/{self.username}/terminals/websocket/{self.name}",
-            header=[f"Authorization: token {self.token}"],
-            sslopt={"ca_certs": self.ca_file, "cert_reqs": ssl.CERT_REQUIRED},
-            timeout=timeout,
-        )
+        path = f"terminals/websocket/{self.name}"
+        ws = user_websocket(self.http, self.base_url, self.username, path, timeout)
         screen: list[str] = []
         try:
             ws.send(json.dumps(["stdin", command + "\r"]))

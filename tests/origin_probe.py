@@ -146,17 +146,3 @@ def forget_tokens_made_by_the_page(admin: HubClient) -> list[str]:
         if token.get("note") == "made by bob's page":
             admin.api("DELETE", f"/users/admin/tokens/{token['id']}")
     return [token["id"] for token in tokens if token.get("note") == "made by bob's page"]
-
-
-def admin_api(stack: Stack) -> HubClient:
-    """An admin session for the API, logged in without starting the admin's server."""
-    admin = stack.client()
-    name = stack.admins[0]
-    response = admin.session.post(
-        admin.url("/hub/login?next=/hub/home"),
-        data={"username": name, "password": stack.password_of(name), "_xsrf": admin.xsrf()},
-        allow_redirects=False,
-        timeout=60,
-    )
-    assert response.status_code == 302, response.text[:300]
-    return admin

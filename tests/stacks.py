@@ -145,11 +145,19 @@ class Stack:
             if "waits for an administrator" in response.text:
                 # A user a test made through the API: the code does not approve a name
                 # the hub already knows, so the admin does, as a real admin would.
-                admin = self.client()
-                admin.login(self.admins[0], self.password_of(self.admins[0]), follow=False)
+                admin = self.admin()
                 approval = admin.session.get(admin.url(f"/hub/authorize/{username}"), timeout=60)
                 assert approval.status_code == 200, approval.status_code
         return password
+
+    def admin(self) -> HubClient:
+        """The first admin's session, logged in without following the redirect to the
+        spawn page (which would start a server for the admin too)."""
+        client = self.client()
+        name = self.admins[0]
+        response = client.login(name, self.password_of(name), follow=False)
+        assert response.status_code == 302 and client.logged_in, response.text[:300]
+        return client
 
     def login(self, username: str) -> HubClient:
         """A session logged in through the hub's form, the account created if needed."""

@@ -33,7 +33,6 @@ import requests
 from hubclient import HubClient
 from origin_probe import (
     CHROMIUM,
-    admin_api,
     admin_follows_the_link,
     forget_tokens_made_by_the_page,
     serving_code,
@@ -423,7 +422,7 @@ def test_path_mode_a_students_page_acts_as_the_admin_who_opens_it(
     bob = stack.login(username)
     bob.start_server(username)
     assert stack.run(bob, username, serving_code(stack.base_url)).strip() == "serving"
-    admin = admin_api(stack)
+    admin = stack.admin()
     try:
         seen = admin_follows_the_link(
             stack,

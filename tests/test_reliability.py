@@ -74,24 +74,6 @@ def routed(stack: Stack, username: str, token: str) -> bool:
     return response.status_code == 200 and "started" in response.json()
 
 
-def admin_client(stack: Stack) -> HubClient:
-    """An admin session, logged in without following the redirect to /hub/spawn
-    (which would start a server for the admin too)."""
-    client = stack.client()
-    response = client.session.post(
-        client.url("/hub/login"),
-        data={
-            "username": "admin",
-            "password": stack.password_of("admin"),
-            "_xsrf": client.xsrf(),
-        },
-        allow_redirects=False,
-        timeout=60,
-    )
-    assert response.status_code == 302, response.text[:300]
-    return client
-
-
 def started_user(stack: Stack, username: str) -> tuple[HubClient, str]:
     client = stack.login(username)
     client.start_server(username)
@@ -204,7 +186,7 @@ def test_backup_and_whole_restore_round_trip(stack: Stack, username: str) -> Non
     client, _ = started_user(stack, username)
     stack.run(client, username, "open('/home/jovyan/results.txt', 'w').write('epoch 12: 99.1%')")
     client.stop_server(username)
-    admin = admin_client(stack)
+    admin = stack.admin()
     created = admin.api("POST", f"/users/{username}-later")
     assert created.status_code == 201, created.text
     USERS_CREATED.append(f"{username}-later")
@@ -230,7 +212,7 @@ def test_backup_and_whole_restore_round_trip(stack: Stack, username: str) -> Non
         assert restore.returncode == 0, restore.stdout + restore.stderr
     wait_hub_healthy(stack)
 
-    admin = admin_client(stack)
+    admin = stack.admin()
     assert admin.api("GET", f"/users/{username}").status_code == 200
     assert admin.api("GET", f"/users/{username}-later").status_code == 200
     client = stack.login(username)
@@ -272,7 +254,7 @@ def test_restoring_one_users_files_leaves_the_hub_and_others_running(
         client.stop_server(alice)
         bob_client, bob_token = started_user(stack, bob)
         bob_container = user_container(bob).id
-        admin = admin_client(stack)
+        admin = stack.admin()
         assert admin.api("POST", f"/users/{username}-newer").status_code == 201
         USERS_CREATED.append(f"{username}-newer")
         hub_started = hub_start_time(stack)

@@ -653,9 +653,7 @@ def test_a_sign_up_without_the_code_waits_for_an_admin(stack: Stack, username: s
     answer = client.signup(username, stack.password_of(username))
     assert "waits for an administrator" in answer.text
     refused_login(stack, username, stack.password_of(username), reason="not been authorized")
-    admin = stack.client()
-    admin.login("admin", stack.password_of("admin"), follow=False)
-    assert admin.logged_in
+    admin = stack.admin()
     approve = admin.session.get(admin.url(f"/hub/authorize/{username}"), timeout=60)
     assert approve.status_code == 200, approve.status_code
     assert stack.login(username).logged_in
@@ -665,8 +663,7 @@ def test_the_code_does_not_hand_out_a_name_the_hub_already_knows(
     stack: Stack, username: str
 ) -> None:
     # A user from before AUTH=native (e.g. workshop mode): in the hub, with no password.
-    admin = stack.client()
-    admin.login("admin", stack.password_of("admin"), follow=False)
+    admin = stack.admin()
     assert admin.api("POST", f"/users/{username}").status_code == 201
     answer = stack.client().signup(username, "the-attackers-password", stack.value("SIGNUP_CODE"))
     assert "waits for an administrator" in answer.text, answer.text[:500]
@@ -677,8 +674,7 @@ def test_a_user_made_through_the_api_logs_in_once_an_admin_approved(
     stack: Stack, username: str
 ) -> None:
     # What tests/test_gpus.py does: users made by the admin API, then logged in.
-    admin = stack.client()
-    admin.login("admin", stack.password_of("admin"), follow=False)
+    admin = stack.admin()
     assert admin.api("POST", f"/users/{username}").status_code == 201
     client = stack.client()
     client.login(username, stack.ensure_account(username), follow=False)

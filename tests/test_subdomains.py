@@ -17,7 +17,6 @@ import pytest
 from hubclient import HubClient, run_in_kernel
 from origin_probe import (
     CHROMIUM,
-    admin_api,
     admin_follows_the_link,
     forget_tokens_made_by_the_page,
     serving_code,
@@ -116,7 +115,7 @@ def test_a_students_page_cannot_act_as_the_admin_who_opens_it(
     code = serving_code(subdomain_stack.base_url)
     token = bob.new_token(username)
     assert run_in_kernel(bob_origin, subdomain_stack.ca_file, username, token, code) == "serving\n"
-    admin = admin_api(subdomain_stack)
+    admin = subdomain_stack.admin()
     try:
         seen = admin_follows_the_link(
             subdomain_stack,

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 import docker
 import pytest
 from stacks import HTTPS_PORT, STACK, USERS_CREATED, Stack, ensure_base_image, launched_stack
-from test_reliability import admin_client
 
 pytestmark = pytest.mark.e2e
 
@@ -48,7 +47,7 @@ def test_migrate_volumes_copies_files_from_the_shared_era_volume(second_stack: S
     USERS_CREATED.append(username)
     # The user exists in this stack's hub but has not started a server since the upgrade
     # (a login would spawn one, which would create the new, empty volume first).
-    admin = admin_client(second_stack)
+    admin = second_stack.admin()
     assert admin.api("POST", f"/users/{username}").status_code == 201
     engine = docker.from_env()
     shared = volume_name_for(username, "labhub")
