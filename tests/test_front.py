@@ -48,11 +48,15 @@ MAKE_CERTS = REPO / "scripts" / "make-certs.sh"
 def make_certs_as_nobody(
     certs: Path, domain: str, lan: str = ""
 ) -> subprocess.CompletedProcess[str]:
-    """Run make-certs.sh as `nobody` (who cannot chgrp to nginx's group) into `certs`."""
+    """Run make-certs.sh as `nobody` (who cannot chgrp to nginx's group) into `certs`.
+
+    The script goes in on standard input: the checkout may sit in a folder `nobody`
+    cannot read (CI clones into a `mktemp -d` folder, mode 0700)."""
     certs.mkdir(exist_ok=True)
     os.chown(certs, 65534, 65534)
     return subprocess.run(
-        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "bash", str(MAKE_CERTS)],
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "bash", "-s"],
+        input=MAKE_CERTS.read_text(),
         env={
             "PATH": os.environ["PATH"],
             "CERTS_DIR": str(certs),
