@@ -127,6 +127,17 @@ migrate-volumes: ## Copy users' files from the shared labhub-user-* volumes into
 	@STACK_NAME=$(call env_value,STACK_NAME) DOCKER_NETWORK=$(call env_value,DOCKER_NETWORK) \
 	  LABHUB_VERSION=$(call env_value,LABHUB_VERSION) scripts/migrate-volumes.sh
 
+# The lab on Kubernetes: docs/scale-out.md. Holds the login secrets, so it is written 0600.
+Z2JH_VALUES ?= z2jh-values.yaml
+.PHONY: z2jh-values
+z2jh-values: env ## Write this lab as Zero to JupyterHub values (Z2JH_VALUES=z2jh-values.yaml)
+	@umask 077 && docker run --rm --env-file $(ENV_FILE) -e WORKSPACE_IMAGE=$(WORKSPACE_IMAGE) \
+	  $(if $(call env_value,GPU_CONFIG_DIR),-v $(call env_value,GPU_CONFIG_DIR):/srv/labhub:ro) \
+	  labhub/hub:$(call env_value,LABHUB_VERSION) labhub z2jh-values > $(Z2JH_VALUES).partial || \
+	  { rm -f $(Z2JH_VALUES).partial; exit 2; }
+	@mv $(Z2JH_VALUES).partial $(Z2JH_VALUES)
+	@echo "wrote $(Z2JH_VALUES); next: helm upgrade --install labhub jupyterhub/jupyterhub --values $(Z2JH_VALUES) (docs/scale-out.md)"
+
 .PHONY: remove-user-volume
 remove-user-volume: ## Remove a deleted user's files: make remove-user-volume NAME=alice
 	@test -n "$(NAME)" || { echo "usage: make remove-user-volume NAME=<username>"; exit 2; }

@@ -10,6 +10,7 @@ import sys
 
 from labhub.apiguard import guard_api_bodies
 from labhub.auth import authenticator_config
+from labhub.contract import WORKSPACE_DEFAULT_URL
 from labhub.native import TEMPLATES as NATIVE_TEMPLATES
 from labhub.settings import Settings, SettingsError
 from labhub.spawner import spawner_config
@@ -68,7 +69,7 @@ c.JupyterHub.spawner_class = "labhub.spawner.LabSpawner"
 c.LabSpawner.update(spawner_config(settings))
 # Users may not change their server's environment through their own config files.
 c.Spawner.disable_user_config = True
-c.Spawner.default_url = "/lab/tree/mnist/MNIST.ipynb"
+c.Spawner.default_url = WORKSPACE_DEFAULT_URL
 
 # --- Idle culler ---------------------------------------------------------------------
 c.JupyterHub.load_roles = [

@@ -17,6 +17,9 @@ from escapism import escape
 OWNER_LABEL = "labhub.user"
 # The workspace image's unprivileged user (jovyan:users); the proxy refuses uid 0.
 CONTAINER_USER = "1000:100"
+# Where the user's volume is mounted, and the page a new server opens: the notebook.
+HOME_DIR = "/home/jovyan"
+WORKSPACE_DEFAULT_URL = "/lab/tree/mnist/MNIST.ipynb"
 
 _VOLUME_SAFE = set(string.ascii_lowercase + string.digits)
 # Docker accepts long volume names, but paths and tools get unwieldy; we cap well below.

@@ -17,7 +17,7 @@ from dockerspawner import DockerSpawner
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from traitlets import Float, Int, Unicode, default
 
-from .contract import CONTAINER_USER, OWNER_LABEL, container_prefix, volume_name_for
+from .contract import CONTAINER_USER, HOME_DIR, OWNER_LABEL, container_prefix, volume_name_for
 from .gpu.spawner import GpuSpawnerMixin
 from .settings import Settings
 
@@ -75,7 +75,7 @@ class LabSpawner(GpuSpawnerMixin, DockerSpawner):  # type: ignore[misc]
         "the hub's own (exponential back-off) wait; 0 turns this off.",
     )
     home_dir = Unicode(
-        "/home/jovyan",
+        HOME_DIR,
         config=True,
         help="Where the user's volume is mounted inside the container.",
     )

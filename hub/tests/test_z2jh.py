@@ -1,0 +1,294 @@
+"""The Zero to JupyterHub values labhub writes: checked by the chart's own values schema,
+by the real KubeSpawner applying our profiles, and by Kubernetes' schemas for the pod."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from kubernetes_asyncio.config import kube_config as kube_config_module
+from kubespawner import KubeSpawner
+from labhub import cli
+from labhub.auth import authenticator_config
+from labhub.gpu.inventory import Device
+from labhub.gpu.profiles import Profile, default_profiles
+from labhub.gpu.scheduler import GpuRequest
+from labhub.settings import NetworkSettings, Settings
+from labhub.z2jh import PROFILES_BY_GROUP, quantity, to_yaml, values
+from minimal_env import MINIMAL_ENV
+from traitlets.config import Config
+
+pytestmark = pytest.mark.unit
+
+CHART_SCHEMA = Path(__file__).resolve().parents[2].parent / "shared/z2jh/values.schema.json"
+KUBERNETES = "1.33"
+NETWORK_ENV = {
+    "USERS_BRIDGE": "labhub-users",
+    "USERS_SUBNET": "172.31.240.0/20",
+    "USERS_IP_RANGE": "172.31.248.0/21",
+    "HUB_USERS_IP": "172.31.240.2",
+    "PROXY_USERS_IP": "172.31.240.3",
+}
+INVENTORY = (
+    Device(id="0", model="NVIDIA A100 80GB", memory_mib=81920),
+    Device(id="1:0", model="NVIDIA A100 80GB MIG 1g.10gb", memory_mib=10240),
+    Device(
+        id="2", model="NVIDIA T4", memory_mib=16384, policy="shared", max_holders=4,
+        memory_cap_mib=4000,
+    ),
+)  # fmt: skip
+PROFILES = (
+    Profile("cpu", "CPU only"),
+    Profile("shared", "Shared slice", gpu=GpuRequest(shared=True), groups=frozenset({"cs101"})),
+    Profile("gpu-1", "One GPU", gpu=GpuRequest(whole=1), cpu_limit=8, mem_limit="32G",
+            groups=frozenset({"research"})),
+)  # fmt: skip
+DISCOVERY = {
+    "issuer": "https://sso.uni.example/realms/lab",
+    "authorization_endpoint": "https://sso.uni.example/auth",
+    "token_endpoint": "https://sso.uni.example/token",
+    "userinfo_endpoint": "https://sso.uni.example/userinfo",
+}
+AUTH_ENVS = {
+    "native": {},
+    "github": {"AUTH": "github", "ADMIN_USERS": "prof-lee", "GITHUB_ALLOWED_ORGS": "uni-lab"},
+    "google": {
+        "AUTH": "google", "ADMIN_USERS": "lee@uni.example", "GOOGLE_HOSTED_DOMAINS": "uni.example",
+    },
+    "generic": {
+        "AUTH": "generic", "ADMIN_USERS": "", "OIDC_ISSUER": DISCOVERY["issuer"],
+        "ALLOWED_GROUPS": "students", "ADMIN_GROUPS": "staff",
+    },
+    "cilogon": {
+        "AUTH": "cilogon", "ADMIN_USERS": "lee@uni.example",
+        "CILOGON_IDP": "https://idp.uni.example/idp/shibboleth",
+    },
+}  # fmt: skip
+
+
+def lab_values(auth: str = "native", **extra: str) -> dict[str, Any]:
+    env = {**MINIMAL_ENV, **NETWORK_ENV, **AUTH_ENVS[auth], **extra}
+    if auth != "native":
+        env.update(OAUTH_CLIENT_ID="labhub", OAUTH_CLIENT_SECRET="s" * 32)
+    settings = Settings.from_env(env)
+    _, traits = authenticator_config(
+        settings, discover=lambda issuer, ca: DISCOVERY, ca_bundle=lambda s: ""
+    )
+    return values(settings, NetworkSettings.from_env(env), PROFILES, INVENTORY, traits)
+
+
+def without_required(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: without_required(v) for k, v in node.items() if k != "required"}
+    if isinstance(node, list):
+        return [without_required(item) for item in node]
+    return node
+
+
+def chart_schema() -> dict[str, Any]:
+    """The chart's schema minus its `required` lists: helm validates our values merged
+    with the chart's defaults, which supply every key we leave alone. Every key we do
+    write is still checked: its name (no additional properties), type and enum."""
+    if not CHART_SCHEMA.is_file():
+        pytest.skip(f"the chart's values schema is not beside the checkout ({CHART_SCHEMA})")
+    schema: dict[str, Any] = without_required(json.loads(CHART_SCHEMA.read_text()))
+    return schema
+
+
+@pytest.mark.parametrize("auth", sorted(AUTH_ENVS))
+def test_the_values_pass_the_charts_schema_for_every_login(auth: str) -> None:
+    generated = lab_values(auth)
+    jsonschema.validate(generated, chart_schema())
+    # What helm reads is YAML: the values survive a round trip unchanged.
+    assert yaml.safe_load(to_yaml(generated)) == generated
+
+
+def test_a_wrong_value_fails_the_charts_schema() -> None:
+    """The schema check can fail: a misspelt key is refused, as helm would."""
+    broken = copy.deepcopy(lab_values())
+    broken["singleuser"]["memory"]["limmit"] = "4Gi"
+    with pytest.raises(jsonschema.ValidationError, match="limmit"):
+        jsonschema.validate(broken, chart_schema())
+
+
+def test_login_rules_keep_their_meaning_upstream() -> None:
+    generic = lab_values("generic")["hub"]["config"]
+    assert generic["JupyterHub"]["authenticator_class"].endswith("GenericOAuthenticator")
+    oauth = generic["GenericOAuthenticator"]
+    assert oauth["allowed_groups"] == ["students"] and oauth["admin_groups"] == ["staff"]
+    assert oauth["manage_groups"] is True and oauth["allow_all"] is False
+    assert oauth["token_url"] == DISCOVERY["token_endpoint"]
+    github = lab_values("github")["hub"]["config"]["GitHubOAuthenticator"]
+    assert github["allowed_organizations"] == ["uni-lab"] and github["admin_users"] == ["prof-lee"]
+    assert "admins_by_name" not in github  # a labhub-only trait, renamed for upstream
+    native = lab_values()["hub"]["config"]["NativeAuthenticator"]
+    assert "admin_initial_password" not in native and "signup_code" not in native
+
+
+def test_limits_network_and_culling_follow_the_settings() -> None:
+    generated = lab_values(
+        USER_MEM_LIMIT="6G", USER_SHM_SIZE="512M", IDLE_TIMEOUT="900",
+        USER_LAN_ACCESS="true", USER_INTERNET="false", USER_EGRESS_ALLOW="10.1.2.3",
+    )  # fmt: skip
+    single = generated["singleuser"]
+    assert single["memory"]["limit"] == 6 * 1024**3
+    assert single["storage"]["extraVolumes"][0]["emptyDir"]["sizeLimit"] == "512Mi"
+    rules = single["networkPolicy"]["egressAllowRules"]
+    assert rules["privateIPs"] is True and rules["nonPrivateIPs"] is False
+    assert single["networkPolicy"]["egress"] == [{"to": [{"ipBlock": {"cidr": "10.1.2.3/32"}}]}]
+    assert generated["cull"] == {"enabled": True, "timeout": 900, "every": 60}
+
+
+def test_quantity_uses_binary_units() -> None:
+    assert quantity(4 * 1024**3) == "4Gi"
+    assert quantity(1536 * 1024**2) == "1536Mi"
+    assert quantity(1000) == "1000"
+
+
+@pytest.fixture(autouse=True)
+def kube_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """KubeSpawner loads a client configuration when it is made; it never connects here
+    (no pod is created), so the cluster address is a closed loopback port."""
+    config = {
+        "apiVersion": "v1", "kind": "Config", "current-context": "test",
+        "clusters": [{"name": "test", "cluster": {"server": "https://127.0.0.1:9"}}],
+        "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
+        "users": [{"name": "test", "user": {"token": "unused"}}],
+    }  # fmt: skip
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    monkeypatch.setattr(kube_config_module, "KUBE_CONFIG_DEFAULT_LOCATION", str(path))
+
+
+def spawner_for(generated: dict[str, Any], groups: list[str], admin: bool) -> KubeSpawner:
+    """A real KubeSpawner configured the way the chart's hub runs hub.extraConfig.
+
+    Call it inside a running event loop: KubeSpawner makes its API client there."""
+
+    def get_config(key: str, default: Any = None) -> Any:
+        node: Any = generated
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return default
+            node = node[part]
+        return node
+
+    config = Config()
+    exec(PROFILES_BY_GROUP, {"c": config, "get_config": get_config})
+    user = SimpleNamespace(
+        name="alice", id=1, url="/user/alice/", admin=admin,
+        groups=[SimpleNamespace(name=name) for name in groups],
+    )  # fmt: skip
+    return KubeSpawner(config=config, user=user, _mock=True)
+
+
+async def with_profile(
+    generated: dict[str, Any], groups: list[str], slug: str, admin: bool = False
+) -> KubeSpawner:
+    spawner = spawner_for(generated, groups, admin)
+    spawner.user_options = {"profile": slug}
+    await spawner.load_user_options()
+    return spawner
+
+
+async def offered(generated: dict[str, Any], groups: list[str], admin: bool) -> list[str]:
+    spawner = spawner_for(generated, groups, admin)
+    return [profile["slug"] for profile in spawner.profile_list(spawner)]
+
+
+def test_kubespawner_offers_only_the_profiles_open_to_the_users_groups() -> None:
+    generated = lab_values()
+    assert asyncio.run(offered(generated, ["cs101"], admin=False)) == ["cpu", "shared"]
+    assert asyncio.run(offered(generated, [], admin=False)) == ["cpu"]
+    everything = [p["slug"] for p in generated["custom"]["labhub"]["profiles"]]
+    assert asyncio.run(offered(generated, [], admin=True)) == everything
+
+
+def test_kubespawner_refuses_a_profile_outside_the_users_groups() -> None:
+    with pytest.raises(ValueError, match="gpu-1-gpu"):
+        asyncio.run(with_profile(lab_values(), ["cs101"], "gpu-1-gpu"))
+
+
+def test_gpu_profiles_ask_the_device_plugin_for_the_same_devices() -> None:
+    generated = lab_values()
+    whole = asyncio.run(with_profile(generated, ["research"], "gpu-1-gpu"))
+    assert whole.extra_resource_limits == {"nvidia.com/gpu": "1"}
+    assert (whole.cpu_limit, whole.mem_limit) == (8, 32 * 1024**3)
+    mig = asyncio.run(with_profile(generated, ["research"], "gpu-1-mig-1g-10gb"))
+    assert mig.extra_resource_limits == {"nvidia.com/mig-1g.10gb": "1"}
+    shared = asyncio.run(with_profile(generated, ["cs101"], "shared"))
+    assert shared.extra_resource_limits == {"nvidia.com/gpu.shared": "1"}
+    assert shared.environment["GPU_MEMORY_LIMIT_MB"] == "4000"
+
+
+async def pod_manifest(generated: dict[str, Any], slug: str) -> dict[str, Any]:
+    """The pod KubeSpawner would create, with the chart's singleuser values applied."""
+    spawner = await with_profile(generated, [], slug, admin=True)
+    single = generated["singleuser"]
+    spawner.image = f"{single['image']['name']}:{single['image']['tag']}"
+    spawner.volumes = single["storage"]["extraVolumes"]
+    spawner.volume_mounts = single["storage"]["extraVolumeMounts"]
+    pod = await spawner.get_pod_manifest()
+    manifest: dict[str, Any] = spawner.api.api_client.sanitize_for_serialization(pod)
+    return manifest
+
+
+@pytest.mark.parametrize("slug", ["cpu", "shared", "gpu-1-gpu", "gpu-1-mig-1g-10gb"])
+def test_the_pod_kubespawner_makes_passes_kubernetes_schemas(slug: str) -> None:
+    manifest = asyncio.run(pod_manifest(lab_values(), slug))
+    kubernetes_validate.validate(manifest, KUBERNETES, strict=True)
+    container = manifest["spec"]["containers"][0]
+    assert set(container["resources"]["limits"]) >= {"cpu", "memory"}
+    assert {"name": "shm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+
+
+def test_a_broken_pod_fails_kubernetes_schemas() -> None:
+    """The Kubernetes check can fail: a misspelt field and a wrong type are refused."""
+    manifest = asyncio.run(pod_manifest(lab_values(), "cpu"))
+    manifest["spec"]["containers"][0]["resources"]["limitz"] = {"memory": "1Gi"}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(manifest, KUBERNETES, strict=True)
+    manifest = asyncio.run(pod_manifest(lab_values(), "cpu"))
+    manifest["spec"]["containers"][0]["volumeMounts"][0]["readOnly"] = "yes"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(manifest, KUBERNETES, strict=True)
+
+
+def test_default_profiles_map_too() -> None:
+    env = {**MINIMAL_ENV, **NETWORK_ENV}
+    settings = Settings.from_env(env)
+    generated = values(
+        settings, NetworkSettings.from_env(env), default_profiles(INVENTORY), INVENTORY, {}
+    )
+    jsonschema.validate(generated, chart_schema())
+    assert [p["slug"] for p in generated["custom"]["labhub"]["profiles"]] == [
+        "cpu", "gpu-shared", "gpu-1-gpu", "gpu-1-mig-1g-10gb",
+    ]  # fmt: skip
+
+
+def test_cli_prints_values_that_pass_the_schema(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name, value in {**MINIMAL_ENV, **NETWORK_ENV}.items():
+        monkeypatch.setenv(name, value)
+    assert cli.main(["z2jh-values"]) == 0
+    jsonschema.validate(yaml.safe_load(capsys.readouterr().out), chart_schema())
+
+
+def test_cli_names_a_broken_profiles_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "profiles.json"
+    broken.write_text("{not json")
+    for name, value in {**MINIMAL_ENV, **NETWORK_ENV, "GPU_PROFILES": str(broken)}.items():
+        monkeypatch.setenv(name, value)
+    assert cli.main(["z2jh-values"]) == 2
+    assert str(broken) in capsys.readouterr().err
