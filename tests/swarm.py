@@ -1,0 +1,197 @@
+"""A Docker Swarm of several engines on this one machine, for the scale-out tests.
+
+Each node is a real `dockerd` in its own network namespace (its own data root, exec root,
+pid file and socket), the namespaces joined by veth pairs to one host bridge, the first
+node the manager. What this relies on was measured here (docs/scale-out.md, "The test
+cluster"): `nsenter --net` and not `ip netns exec` (which remounts /sys and hides the
+cgroup v1 mounts), an explicit ACCEPT for traffic between the bridge's ports (Docker's
+FORWARD policy is DROP), no IPVS in the kernel (services use `--endpoint-mode dnsrr`), no
+default route in the namespaces (nothing leaves the machine) and `--no-resolve-image`.
+Everything is removed afterwards by the names and process IDs this run made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+STATE_ROOT = Path("/var/lib/labhub-test-swarm")
+RUN_ROOT = Path("/run/labhub-test-swarm")
+# A /24 per run inside this range; checked against the host's routes before use.
+ADDRESS_RANGE = ipaddress.IPv4Network("10.233.0.0/16")
+
+
+def run(*args: str, check: bool = True, timeout: float = 120, **kwargs: object) -> str:
+    result = subprocess.run(
+        list(args), text=True, capture_output=True, timeout=timeout, check=False, **kwargs
+    )  # type: ignore[call-overload]
+    if check and result.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed ({result.returncode}): {result.stderr}")
+    return str(result.stdout)
+
+
+@dataclass
+class Node:
+    """One engine of the cluster."""
+
+    name: str
+    address: str
+    process: subprocess.Popen[bytes] | None = None
+    node_id: str = ""
+
+    @property
+    def socket(self) -> Path:
+        return RUN_ROOT / self.name / "docker.sock"
+
+    def docker(self, *args: str, check: bool = True, timeout: float = 120) -> str:
+        return run("docker", "-H", f"unix://{self.socket}", *args, check=check, timeout=timeout)
+
+
+def _free_subnet() -> ipaddress.IPv4Network:
+    """A /24 of ADDRESS_RANGE that no host route or address uses."""
+    used = [
+        ipaddress.IPv4Network(word, strict=False)
+        for line in run("ip", "-4", "route", "show", "table", "all").splitlines()
+        for word in line.split()[:1]
+        if word[0].isdigit()
+    ]
+    for candidate in ADDRESS_RANGE.subnets(new_prefix=24):
+        if not any(candidate.overlaps(network) for network in used):
+            return candidate
+    raise RuntimeError(f"no free /24 left in {ADDRESS_RANGE} for a test swarm")
+
+
+class Swarm:
+    """`with Swarm(3) as swarm:` a manager (`swarm.nodes[0]`) and two workers."""
+
+    def __init__(self, size: int, images: Sequence[str] = ()) -> None:
+        tag = f"{os.getpid() % 10000:04d}"
+        self.bridge = f"lhswbr{tag}"
+        subnet = _free_subnet()
+        hosts = list(subnet.hosts())
+        self.prefix = subnet.prefixlen
+        self.nodes = [Node(f"lhsw{tag}n{i}", str(hosts[9 + i])) for i in range(size)]
+        self.images = images
+        self._forward_rule = ["FORWARD", "-i", self.bridge, "-o", self.bridge, "-j", "ACCEPT"]
+
+    @property
+    def manager(self) -> Node:
+        return self.nodes[0]
+
+    @property
+    def workers(self) -> list[Node]:
+        return self.nodes[1:]
+
+    def __enter__(self) -> Swarm:
+        try:
+            self._up()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _up(self) -> None:
+        STATE_ROOT.mkdir(parents=True, exist_ok=True)
+        run("ip", "link", "add", self.bridge, "type", "bridge")
+        run("ip", "link", "set", self.bridge, "up")
+        run("iptables", "-I", *self._forward_rule)
+        for node in self.nodes:
+            self._start(node)
+        archive = STATE_ROOT / f"{self.bridge}-images.tar"
+        if self.images:
+            # The nodes have no registry in these tests: the images go over as a file.
+            run("docker", "save", "--output", str(archive), *self.images, timeout=600)
+        for node in self.nodes:
+            self._wait_for_engine(node)
+            if self.images:
+                node.docker("load", "--quiet", "--input", str(archive), timeout=600)
+        manager = self.manager
+        manager.docker("swarm", "init", "--advertise-addr", manager.address)
+        token = manager.docker("swarm", "join-token", "-q", "worker").strip()
+        for worker in self.workers:
+            worker.docker(
+                "swarm", "join", "--token", token, "--advertise-addr", worker.address,
+                f"{manager.address}:2377",
+            )  # fmt: skip
+        for node in self.nodes:
+            node.node_id = node.docker("info", "--format", "{{.Swarm.NodeID}}").strip()
+
+    def _start(self, node: Node) -> None:
+        host_end, node_end = f"{node.name}h", f"{node.name}c"
+        run("ip", "netns", "add", node.name)
+        run("ip", "link", "add", host_end, "type", "veth", "peer", "name", node_end)
+        run("ip", "link", "set", node_end, "netns", node.name)
+        run("ip", "link", "set", host_end, "master", self.bridge, "up")
+        inside = ("ip", "-n", node.name)
+        run(*inside, "addr", "add", f"{node.address}/{self.prefix}", "dev", node_end)
+        run(*inside, "link", "set", node_end, "up")
+        run(*inside, "link", "set", "lo", "up")
+        state, runtime = STATE_ROOT / node.name, RUN_ROOT / node.name
+        state.mkdir(parents=True)
+        runtime.mkdir(parents=True)
+        log = (state / "dockerd.log").open("wb")
+        node.process = subprocess.Popen(
+            [
+                "nsenter", f"--net=/run/netns/{node.name}", "dockerd",
+                "--data-root", str(state / "data"), "--exec-root", str(runtime / "exec"),
+                "--pidfile", str(runtime / "dockerd.pid"), "-H", f"unix://{node.socket}",
+                "--cgroup-parent", node.name,
+            ],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
+    def _wait_for_engine(self, node: Node) -> None:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if node.process is not None and node.process.poll() is not None:
+                log = (STATE_ROOT / node.name / "dockerd.log").read_text()[-2000:]
+                raise RuntimeError(f"dockerd of {node.name} exited:\n{log}")
+            if node.docker("version", check=False, timeout=10):
+                return
+            time.sleep(0.5)
+        raise RuntimeError(f"dockerd of {node.name} did not answer within 90 s")
+
+    def close(self) -> None:
+        """Remove every engine, mount, namespace, link and rule this cluster made."""
+        for node in self.nodes:
+            if node.process is None:
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(node.process.pid, signal.SIGTERM)
+            try:
+                node.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(node.process.pid, signal.SIGKILL)
+                node.process.wait(timeout=30)
+        for node in self.nodes:
+            for root in (RUN_ROOT / node.name, STATE_ROOT / node.name):
+                _unmount_below(root)
+                shutil.rmtree(root, ignore_errors=True)
+            run("ip", "netns", "del", node.name, check=False)
+            run("ip", "link", "del", f"{node.name}h", check=False)
+        (STATE_ROOT / f"{self.bridge}-images.tar").unlink(missing_ok=True)
+        run("iptables", "-D", *self._forward_rule, check=False)
+        run("ip", "link", "del", self.bridge, check=False)
+
+
+def _unmount_below(root: Path) -> None:
+    """Lazily unmount what a stopped dockerd left below `root` (deepest first)."""
+    mounts = [
+        line.split()[1]
+        for line in Path("/proc/self/mounts").read_text().splitlines()
+        if line.split()[1].startswith(f"{root}/")
+    ]
+    for mount in sorted(mounts, key=len, reverse=True):
+        run("umount", "-l", mount, check=False)
