@@ -118,6 +118,11 @@ lint: venv ## ruff, mypy, hadolint, shellcheck
 	$(VENV)/bin/hadolint images/*/Dockerfile tests/oidc-provider/Dockerfile
 	shellcheck scripts/*.sh images/*/*.sh .ci/run tests/fake-gpu/*
 
+# .env.example and docs/settings.md come from the table in hub/labhub/settings.py.
+.PHONY: settings-docs
+settings-docs: venv ## Regenerate .env.example and docs/settings.md from the settings table
+	PYTHONPATH=hub $(PY) -m labhub.cli settings-docs
+
 .PHONY: test
 test: lint ## Run every test: unit, integration (real Docker), end to end (nginx, browser)
 	$(PY) -m pytest $(PYTEST_ARGS)

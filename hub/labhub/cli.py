@@ -2,6 +2,8 @@
 
 labhub check-settings    validate the settings in the environment (.env), before
                          `make up` starts anything; exit 2 with every problem listed
+labhub settings-docs     write .env.example and docs/settings.md from the settings table
+                         (--check: exit 1 if they differ from it, changing nothing)
 """
 
 from __future__ import annotations
@@ -10,9 +12,11 @@ import argparse
 import os
 import sqlite3
 import sys
+from pathlib import Path
 
 from .contract import volume_name_for
 from .settings import Settings, SettingsError
+from .settingsdoc import stale, write
 
 # Before volumes were named per stack, every stack used the default stack's names.
 SHARED_VOLUME_NETWORK = "labhub"
@@ -26,6 +30,18 @@ def check_settings() -> int:
         print(error, file=sys.stderr)
         return 2
     print(f"settings OK: AUTH={settings.auth}, {settings.public_url}")
+    return 0
+
+
+def settings_docs(root: Path, check: bool) -> int:
+    """Regenerate the files the settings table describes (or, with check, list stale ones)."""
+    if check:
+        outdated = stale(root)
+        for path in outdated:
+            print(f"{path} differs from hub/labhub/settings.py: run make settings-docs")
+        return 1 if outdated else 0
+    for path in write(root):
+        print(f"wrote {path}")
     return 0
 
 
@@ -43,12 +59,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="labhub", description=__doc__.split("\n", 1)[0])
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("check-settings", help="validate the settings in the environment")
+    docs = commands.add_parser("settings-docs", help="write .env.example and docs/settings.md")
+    docs.add_argument("--root", type=Path, default=Path.cwd(), help="the repository's root")
+    docs.add_argument("--check", action="store_true", help="only report differences")
     volumes = commands.add_parser("user-volumes", help="every user's volume name, tab-separated")
     volumes.add_argument("db", help="the hub's SQLite database (read-only)")
     volumes.add_argument("network", help="the stack's DOCKER_NETWORK")
     args = parser.parse_args(argv)
     if args.command == "check-settings":
         return check_settings()
+    if args.command == "settings-docs":
+        return settings_docs(args.root, args.check)
     if args.command == "user-volumes":
         return user_volumes(args.db, args.network)
     parser.error(f"unknown command {args.command}")

@@ -1,7 +1,11 @@
-"""`labhub check-settings`: what `make up` runs before it starts anything."""
+"""`labhub check-settings` (what `make up` runs before it starts anything) and
+`labhub settings-docs`."""
+
+from pathlib import Path
 
 import pytest
 from labhub.cli import main
+from labhub.settingsdoc import GENERATED
 from minimal_env import MINIMAL_ENV
 
 pytestmark = pytest.mark.unit
@@ -27,3 +31,18 @@ def test_every_wrong_setting_is_listed_with_its_fix(
     err = capsys.readouterr().err
     assert "USER_MEM_LIMIT='lots' is not valid: a size such as 2G or 512M" in err
     assert "IDLE_TIMEOUT='-1' is not valid" in err
+
+
+def test_settings_docs_writes_the_generated_files_and_check_reports_drift(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "docs").mkdir()
+    assert main(["settings-docs", "--root", str(tmp_path), "--check"]) == 1
+    assert main(["settings-docs", "--root", str(tmp_path)]) == 0
+    assert (tmp_path / ".env.example").read_text() == GENERATED[".env.example"]()
+    assert main(["settings-docs", "--root", str(tmp_path), "--check"]) == 0
+    (tmp_path / "docs/settings.md").write_text("edited by hand\n")
+    capsys.readouterr()
+    assert main(["settings-docs", "--root", str(tmp_path), "--check"]) == 1
+    assert "docs/settings.md differs" in capsys.readouterr().out
+    assert (tmp_path / "docs/settings.md").read_text() == "edited by hand\n"

@@ -1,7 +1,21 @@
 """Settings: every variable is checked, and every problem names its variable."""
 
+import difflib
+import re
+from pathlib import Path
+from typing import Any, ClassVar
+
 import pytest
-from labhub.settings import Settings, SettingsError, parse_memory
+from labhub.settings import (
+    SECTIONS,
+    NetworkSettings,
+    Settings,
+    SettingsError,
+    boolean,
+    parse_memory,
+    settings_environment,
+)
+from labhub.settingsdoc import GENERATED
 
 pytestmark = pytest.mark.unit
 
@@ -52,7 +66,7 @@ def test_public_url_carries_a_non_default_port() -> None:
         ({"AUTH": "ldap"}, "AUTH='ldap' is unknown"),
         ({"DOMAIN": "https://x.edu"}, "DOMAIN="),
         ({"HTTPS_PORT": "abc"}, "HTTPS_PORT="),
-        ({"HTTPS_PORT": "70000"}, "HTTPS_PORT=70000"),
+        ({"HTTPS_PORT": "70000"}, "HTTPS_PORT='70000'"),
         ({"CONFIGPROXY_AUTH_TOKEN": "short"}, "CONFIGPROXY_AUTH_TOKEN"),
         ({**WORKSHOP, "SHARED_USER_PASSWORD": ""}, "SHARED_USER_PASSWORD"),
         ({**WORKSHOP, "SHARED_ADMIN_PASSWORD": "short"}, "SHARED_ADMIN_PASSWORD"),
@@ -68,7 +82,7 @@ def test_public_url_carries_a_non_default_port() -> None:
         ({"SIGNUP_CODE": "b" * 24}, "SIGNUP_CODE and ADMIN_INITIAL_PASSWORD are equal"),
         ({"ALLOWED_USERS": "ann"}, "ALLOWED_USERS is not used with AUTH=native"),
         ({"USER_MEM_LIMIT": "lots"}, "USER_MEM_LIMIT="),
-        ({"USER_MEM_LIMIT": "100M"}, "USER_MEM_LIMIT is below 256M"),
+        ({"USER_MEM_LIMIT": "100M"}, "USER_MEM_LIMIT='100M' is below 256M"),
         ({"USER_CPU_LIMIT": "-1"}, "USER_CPU_LIMIT="),
         ({"USER_PIDS_LIMIT": "0"}, "USER_PIDS_LIMIT="),
         ({"IDLE_TIMEOUT": "1h"}, "IDLE_TIMEOUT="),
@@ -238,3 +252,83 @@ def test_gpu_settings_are_read() -> None:
 )
 def test_a_wrong_gpu_setting_names_its_variable(overrides: dict[str, str], variable: str) -> None:
     assert variable in problems(**overrides)
+
+
+# --- The table: each setting described once ----------------------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+TABLE = [s for section in SECTIONS for s in section.settings]
+HUB_TABLE = [s for section in SECTIONS if section.reader == "hub" for s in section.settings]
+
+
+def env_example_values() -> dict[str, str]:
+    text = (REPO / ".env.example").read_text()
+    return dict(line.split("=", 1) for line in text.splitlines() if re.match(r"^[A-Z_]+=", line))
+
+
+@pytest.mark.parametrize("path", sorted(GENERATED))
+def test_generated_files_match_the_table(path: str) -> None:
+    committed = (REPO / path).read_text().splitlines()
+    wanted = GENERATED[path]().splitlines()
+    diff = "\n".join(difflib.unified_diff(committed, wanted, path, "table", lineterm="", n=0))
+    assert not diff, f"{path} differs from hub/labhub/settings.py; run make settings-docs:\n{diff}"
+
+
+def test_env_example_lists_every_setting_but_what_compose_sets() -> None:
+    in_example = set(env_example_values())
+    compose_set = {
+        s.name for section in SECTIONS if not section.in_env_file for s in section.settings
+    }
+    assert in_example == {s.name for s in TABLE} - compose_set
+    # ... and those compose does set, for the hub, whatever .env says.
+    compose = (REPO / "compose/docker-compose.yml").read_text()
+    for name in compose_set:
+        assert re.search(rf"^\s+{name}: \S", compose, re.MULTILINE), name
+
+
+def test_from_env_reads_nothing_outside_the_table() -> None:
+    class Recording(dict[str, str]):
+        read: ClassVar[set[str]] = set()
+
+        def get(self, key: str, default: Any = None) -> Any:
+            self.read.add(key)
+            return super().get(key, default)
+
+    Settings.from_env(Recording(GOOD))
+    assert Recording.read == {s.name for s in HUB_TABLE}
+
+
+def test_env_example_as_make_env_copies_it_is_the_defaults() -> None:
+    """`make env` copies .env.example (empty lines included): that is the same hub as no
+    .env at all, and the network layout netguard needs."""
+    copied = {**env_example_values(), **GOOD}
+    assert Settings.from_env(copied) == Settings.from_env(GOOD)
+    NetworkSettings.from_env(copied)
+
+
+def test_every_switch_takes_true_or_false_and_nothing_else() -> None:
+    switches = [s.name for s in HUB_TABLE if s.parse is boolean]
+    assert {"HUB_DEBUG", "SUBDOMAINS", "GPU_QUEUE", "WORKSHOP_MODE"} <= set(switches)
+    with pytest.raises(SettingsError) as info:
+        settings(**dict.fromkeys(switches, "yes"))
+    assert info.value.problems == [f"{n}='yes' is not valid: use true or false" for n in switches]
+    assert settings(HUB_DEBUG="TRUE", GPU_QUEUE="False").debug is True
+
+
+def test_a_secret_is_never_shown_in_an_error() -> None:
+    message = problems(CONFIGPROXY_AUTH_TOKEN="hunter2-token")
+    assert "CONFIGPROXY_AUTH_TOKEN is missing or shorter than 32" in message
+    assert "hunter2" not in message
+
+
+def test_gpu_cull_every_is_a_setting() -> None:
+    assert settings().gpu_cull_every == 60
+    assert settings(GPU_CULL_EVERY="15").gpu_cull_every == 15
+    assert "GPU_CULL_EVERY='0' is not valid" in problems(GPU_CULL_EVERY="0")
+
+
+def test_the_gpu_service_builds_the_same_settings_from_its_environment() -> None:
+    hub_env = {**GOOD, "GPU_INVENTORY": "auto", "PATH": "/usr/bin", "JUPYTERHUB_API_TOKEN": "t"}
+    service_env = settings_environment(hub_env)
+    assert set(service_env) == set(GOOD) | {"GPU_INVENTORY"}
+    assert Settings.from_env(service_env) == Settings.from_env(hub_env)
