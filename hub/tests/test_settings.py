@@ -1,11 +1,13 @@
 """Settings: every variable is checked, and every problem names its variable."""
 
 import difflib
+import json
 import re
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from labhub.gpu.profiles import ProfileError, load_profiles
 from labhub.settings import (
     SECTIONS,
     NetworkSettings,
@@ -332,3 +334,28 @@ def test_the_gpu_service_builds_the_same_settings_from_its_environment() -> None
     service_env = settings_environment(hub_env)
     assert set(service_env) == set(GOOD) | {"GPU_INVENTORY"}
     assert Settings.from_env(service_env) == Settings.from_env(hub_env)
+
+
+@pytest.mark.parametrize(
+    ("text", "size"), [("512b", 512), ("64k", 65536), ("1.5G", 1610612736), ("2m", 2 * 1024**2)]
+)
+def test_one_grammar_for_sizes_in_env_and_profiles(tmp_path: Path, text: str, size: int) -> None:
+    assert parse_memory(text) == size
+    path = tmp_path / "profiles.json"
+    path.write_text(
+        json.dumps({"profiles": [{"slug": "p", "display_name": "P", "mem_limit": text}]})
+    )
+    assert load_profiles(path)[0].mem_limit == size
+
+
+@pytest.mark.parametrize("text", ["16 GB", "4T", "-1G", "G"])
+def test_a_size_outside_the_grammar_is_refused_in_env_and_profiles(
+    tmp_path: Path, text: str
+) -> None:
+    assert f"USER_SHM_SIZE={text!r} is not valid: a size" in problems(USER_SHM_SIZE=text)
+    path = tmp_path / "profiles.json"
+    path.write_text(
+        json.dumps({"profiles": [{"slug": "p", "display_name": "P", "mem_limit": text}]})
+    )
+    with pytest.raises(ProfileError, match=f"{path}: profile 'p': mem_limit="):
+        load_profiles(path)
