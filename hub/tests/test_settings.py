@@ -3,6 +3,7 @@
 import difflib
 import json
 import re
+import subprocess
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -359,3 +360,26 @@ def test_a_size_outside_the_grammar_is_refused_in_env_and_profiles(
     )
     with pytest.raises(ProfileError, match=f"{path}: profile 'p': mem_limit="):
         load_profiles(path)
+
+
+def test_every_reader_of_env_takes_its_last_line(tmp_path: Path) -> None:
+    """make, the scripts and docker compose read the same value when .env repeats a line."""
+    env = tmp_path / ".env"
+    env.write_text("DOMAIN=first.example.edu\nDOMAIN=last.example.edu\n")
+    probe = tmp_path / "probe.mk"
+    probe.write_text(f"include {REPO}/Makefile\nprobe:\n\t@echo $(call env_value,DOMAIN)\n")
+    make = ["make", "-s", "-C", str(REPO), "-f", str(probe), "probe", f"ENV_FILE={env}"]
+    seen = {"make": subprocess.run(make, capture_output=True, text=True, check=True).stdout}
+    for script in ("init-env.sh", "print-welcome.sh"):
+        reader = next(
+            line
+            for line in (REPO / "scripts" / script).read_text().splitlines()
+            if line.startswith("value_of()")
+        )
+        shell = f"env_file={env}\n{reader}\nvalue_of DOMAIN"
+        seen[script] = subprocess.run(
+            ["bash", "-c", shell], capture_output=True, text=True, check=True
+        ).stdout
+    assert {name: value.strip() for name, value in seen.items()} == dict.fromkeys(
+        seen, "last.example.edu"
+    )
