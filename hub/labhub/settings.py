@@ -729,11 +729,10 @@ SECTIONS: tuple[Section, ...] = (
             ),
             Setting(
                 "GPU_DB",
-                "",
+                "/srv/jupyterhub/gpu.sqlite",
                 absolute_path("/srv/jupyterhub/gpu.sqlite"),
                 "Allocation record, queue, quotas and audit log (SQLite); keep it on the hub "
-                "data volume. Empty: gpu.sqlite in the hub's data folder "
-                "(/srv/jupyterhub/gpu.sqlite).",
+                "data volume.",
                 "gpu_db",
             ),
             Setting(
@@ -898,10 +897,9 @@ def _settings_of(reader: str) -> tuple[Setting, ...]:
 
 
 def settings_environment(env: Mapping[str, str]) -> dict[str, str]:
-    """The table's variables present in `env`: what another process (the GPU service)
-    needs to build the same Settings."""
-    names = {s.name for section in SECTIONS for s in section.settings}
-    return {name: value for name, value in env.items() if name in names}
+    """Every variable Settings reads, as text, defaults filled in: the environment from
+    which another process (the GPU service) builds the same Settings, and nothing else."""
+    return {s.name: env.get(s.name, "").strip() or s.default for s in _settings_of("hub")}
 
 
 def _read(table: Iterable[Setting], env: Mapping[str, str], problems: list[str]) -> dict[str, Any]:
@@ -1024,7 +1022,6 @@ class Settings:
             )
         if problems:
             raise SettingsError(problems)
-        values["gpu_db"] = values["gpu_db"] or f"{values['data_dir']}/gpu.sqlite"
         return cls(**_pick(cls, values))
 
 

@@ -210,8 +210,8 @@ def test_oauth_settings_are_collected() -> None:
 
 
 def test_gpu_defaults_keep_the_record_on_the_hub_data_volume() -> None:
-    s = settings(HUB_DATA_DIR="/data")
-    assert s.gpu_db == "/data/gpu.sqlite"
+    s = settings()
+    assert s.gpu_db == f"{s.data_dir}/gpu.sqlite" == "/srv/jupyterhub/gpu.sqlite"
     assert s.gpu_profiles == ""
     assert s.gpu_queue is False
     assert s.gpu_queue_timeout == 600
@@ -331,9 +331,10 @@ def test_gpu_cull_every_is_a_setting() -> None:
 
 
 def test_the_gpu_service_builds_the_same_settings_from_its_environment() -> None:
-    hub_env = {**GOOD, "GPU_INVENTORY": "auto", "PATH": "/usr/bin", "JUPYTERHUB_API_TOKEN": "t"}
+    hub_env = {**GOOD, "GPU_INVENTORY": "auto", "PATH": "/usr/bin", "USERS_SUBNET": "10.0.0.0/8"}
     service_env = settings_environment(hub_env)
-    assert set(service_env) == set(GOOD) | {"GPU_INVENTORY"}
+    assert set(service_env) == {s.name for s in HUB_TABLE}  # no PATH, no network layout
+    assert (service_env["GPU_INVENTORY"], service_env["GPU_IDLE_TIMEOUT"]) == ("auto", "1800")
     assert Settings.from_env(service_env) == Settings.from_env(hub_env)
 
 
