@@ -371,13 +371,17 @@ def test_every_reader_of_env_takes_its_last_line(tmp_path: Path) -> None:
     probe.write_text(f"include {REPO}/Makefile\nprobe:\n\t@echo $(call env_value,DOMAIN)\n")
     make = ["make", "-s", "-C", str(REPO), "-f", str(probe), "probe", f"ENV_FILE={env}"]
     seen = {"make": subprocess.run(make, capture_output=True, text=True, check=True).stdout}
-    for script in ("init-env.sh", "print-welcome.sh"):
+    for script, function in (
+        ("init-env.sh", "value_of"),
+        ("print-welcome.sh", "value_of"),
+        ("doctor.sh", "env_value"),
+    ):
         reader = next(
             line
             for line in (REPO / "scripts" / script).read_text().splitlines()
-            if line.startswith("value_of()")
+            if line.startswith(f"{function}()")
         )
-        shell = f"env_file={env}\n{reader}\nvalue_of DOMAIN"
+        shell = f"env_file={env}\n{reader}\n{function} DOMAIN"
         seen[script] = subprocess.run(
             ["bash", "-c", shell], capture_output=True, text=True, check=True
         ).stdout
