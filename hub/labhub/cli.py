@@ -1,7 +1,8 @@
 """`labhub`: small commands the Makefile runs inside the hub image.
 
-labhub check-settings    validate the settings in the environment (.env), before
-                         `make up` starts anything; exit 2 with every problem listed
+labhub check-settings    validate the settings in the environment (.env), the users'
+                         network's too, before `make up` starts anything; exit 2 with
+                         every problem listed
 labhub settings-docs     write .env.example and docs/settings.md from the settings table
                          (--check: exit 1 if they differ from it, changing nothing)
 """
@@ -15,7 +16,7 @@ import sys
 from pathlib import Path
 
 from .contract import volume_name_for
-from .settings import Settings, SettingsError
+from .settings import NetworkSettings, Settings, SettingsError
 from .settingsdoc import stale, write
 
 # Before volumes were named per stack, every stack used the default stack's names.
@@ -23,12 +24,18 @@ SHARED_VOLUME_NETWORK = "labhub"
 
 
 def check_settings() -> int:
-    """Print every problem with the settings (exit 2), or a one-line OK (exit 0)."""
-    try:
-        settings = Settings.from_env(os.environ)
-    except SettingsError as error:
-        print(error, file=sys.stderr)
+    """Print every problem with the settings, the hub's and the users' network's (exit 2),
+    or a one-line OK (exit 0)."""
+    problems: list[str] = []
+    for build in (Settings.from_env, NetworkSettings.from_env):
+        try:
+            build(os.environ)
+        except SettingsError as error:
+            problems += error.problems
+    if problems:
+        print(SettingsError(problems), file=sys.stderr)
         return 2
+    settings = Settings.from_env(os.environ)
     print(f"settings OK: AUTH={settings.auth}, {settings.public_url}")
     return 0
 

@@ -10,7 +10,15 @@ from minimal_env import MINIMAL_ENV
 
 pytestmark = pytest.mark.unit
 
-GOOD = MINIMAL_ENV
+# .env's users' network, as `make env` copies it from .env.example.
+NETWORK = {
+    "USERS_BRIDGE": "labhub-users",
+    "USERS_SUBNET": "172.31.240.0/20",
+    "USERS_IP_RANGE": "172.31.248.0/21",
+    "HUB_USERS_IP": "172.31.240.2",
+    "PROXY_USERS_IP": "172.31.240.3",
+}
+GOOD = {**MINIMAL_ENV, **NETWORK}
 
 
 def test_good_settings_pass_with_one_line(
@@ -31,6 +39,17 @@ def test_every_wrong_setting_is_listed_with_its_fix(
     err = capsys.readouterr().err
     assert "USER_MEM_LIMIT='lots' is not valid: a size such as 2G or 512M" in err
     assert "IDLE_TIMEOUT='-1' is not valid" in err
+
+
+def test_the_users_network_is_checked_with_the_rest(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name, value in {**GOOD, "USER_MEM_LIMIT": "lots", "HUB_USERS_IP": "10.9.9.9"}.items():
+        monkeypatch.setenv(name, value)
+    assert main(["check-settings"]) == 2
+    err = capsys.readouterr().err
+    assert "2 setting(s) to fix" in err
+    assert "HUB_USERS_IP=10.9.9.9 must be a host address inside USERS_SUBNET" in err
 
 
 def test_settings_docs_writes_the_generated_files_and_check_reports_drift(
