@@ -2,7 +2,9 @@
 
 import difflib
 import json
+import os
 import re
+import runpy
 import subprocess
 from pathlib import Path
 from typing import Any, ClassVar
@@ -388,3 +390,22 @@ def test_every_reader_of_env_takes_its_last_line(tmp_path: Path) -> None:
     assert {name: value.strip() for name, value in seen.items()} == dict.fromkeys(
         seen, "last.example.edu"
     )
+
+
+def test_jupyterhub_config_hands_the_gpu_service_the_hubs_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The hub's own config file, run as JupyterHub runs it: the GPU service's environment
+    builds the very Settings the hub built."""
+    from traitlets.config import Config
+
+    for name in {s.name for s in TABLE}:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {**GOOD, "GPU_INVENTORY": "auto", "GPU_IDLE_TIMEOUT": "900"}.items():
+        monkeypatch.setenv(name, value)
+    c = Config()
+    runpy.run_path(str(REPO / "hub/jupyterhub_config.py"), {"c": c, "get_config": lambda: c})
+    service = next(s for s in c.JupyterHub.services if s["name"] == "gpus")
+    hub = Settings.from_env(os.environ)
+    assert Settings.from_env(service["environment"]) == hub
+    assert hub.gpu_idle_timeout == 900
