@@ -21,6 +21,7 @@ from labhub.settings import (
     settings_environment,
 )
 from labhub.settingsdoc import GENERATED
+from traitlets.config import Config
 
 pytestmark = pytest.mark.unit
 
@@ -392,20 +393,36 @@ def test_every_reader_of_env_takes_its_last_line(tmp_path: Path) -> None:
     )
 
 
-def test_jupyterhub_config_hands_the_gpu_service_the_hubs_settings(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The hub's own config file, run as JupyterHub runs it: the GPU service's environment
-    builds the very Settings the hub built."""
-    from traitlets.config import Config
-
+def run_hub_config(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> Config:
+    """hub/jupyterhub_config.py, run as JupyterHub runs it, in an environment of `env` alone."""
     for name in {s.name for s in TABLE}:
         monkeypatch.delenv(name, raising=False)
-    for name, value in {**GOOD, "GPU_INVENTORY": "auto", "GPU_IDLE_TIMEOUT": "900"}.items():
+    for name, value in env.items():
         monkeypatch.setenv(name, value)
     c = Config()
     runpy.run_path(str(REPO / "hub/jupyterhub_config.py"), {"c": c, "get_config": lambda: c})
+    return c
+
+
+def test_jupyterhub_config_hands_the_gpu_service_the_hubs_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The GPU service's environment builds the very Settings the hub built."""
+    c = run_hub_config(monkeypatch, {**GOOD, "GPU_INVENTORY": "auto", "GPU_IDLE_TIMEOUT": "900"})
     service = next(s for s in c.JupyterHub.services if s["name"] == "gpus")
     hub = Settings.from_env(os.environ)
     assert Settings.from_env(service["environment"]) == hub
     assert hub.gpu_idle_timeout == 900
+
+
+def test_a_broken_ca_file_stops_the_hub_with_its_name_whatever_the_login(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Checked at start-up in every AUTH mode (it was read only when an OAuth login
+    needed it), with the variable and the file named."""
+    bad = tmp_path / "campus.pem"
+    bad.write_text("not a certificate\n")
+    with pytest.raises(SystemExit) as exit_:
+        run_hub_config(monkeypatch, {**GOOD, "EXTRA_CA_FILE": str(bad)})
+    assert exit_.value.code == 2
+    assert f"EXTRA_CA_FILE: {bad} holds no PEM certificate" in capsys.readouterr().err
