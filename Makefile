@@ -11,8 +11,9 @@ COMPOSE_FILES := -f compose/docker-compose.yml $(if $(filter nginx-proxy,$(FRONT
 COMPOSE := LABHUB_ENV_FILE=$(abspath $(ENV_FILE)) docker compose $(COMPOSE_FILES) --env-file $(ENV_FILE)
 VENV := .venv
 PY := $(VENV)/bin/python
-# Read a value from .env (after `make env`), falling back to .env.example.
-env_value = $(shell grep -hE '^$(1)=' $(ENV_FILE) .env.example 2>/dev/null | head -n1 | cut -d= -f2-)
+# Read a value from .env (after `make env`), falling back to .env.example. The last line
+# for a variable wins, as in docker compose --env-file and scripts/init-env.sh.
+env_value = $(shell { grep -E '^$(1)=' $(ENV_FILE) 2>/dev/null || grep -E '^$(1)=' .env.example; } | tail -n1 | cut -d= -f2-)
 WORKSPACE_IMAGE = labhub/workspace:$(call env_value,LABHUB_VERSION)
 
 .PHONY: help
@@ -117,6 +118,11 @@ lint: venv ## ruff, mypy, hadolint, shellcheck
 	$(VENV)/bin/mypy
 	$(VENV)/bin/hadolint images/*/Dockerfile tests/oidc-provider/Dockerfile
 	shellcheck scripts/*.sh images/*/*.sh .ci/run tests/fake-gpu/*
+
+# .env.example and docs/settings.md come from the table in hub/labhub/settings.py.
+.PHONY: settings-docs
+settings-docs: venv ## Regenerate .env.example and docs/settings.md from the settings table
+	PYTHONPATH=hub $(PY) -m labhub.cli settings-docs
 
 .PHONY: test
 test: lint ## Run every test: unit, integration (real Docker), end to end (nginx, browser)

@@ -1,7 +1,8 @@
 """JupyterHub configuration: wiring only.
 
 All values come from one validated `Settings` object built from the environment
-(`.env`, documented in `.env.example`); the logic lives in the `labhub` package.
+(`.env`, described in `labhub.settings.SECTIONS`, documented in `.env.example`); the
+logic lives in the `labhub` package.
 """
 # ruff: noqa: F821  (`c` is injected by JupyterHub's config loader)
 
@@ -9,15 +10,22 @@ import os
 import sys
 
 from labhub.apiguard import guard_api_bodies
-from labhub.auth import authenticator_config
+from labhub.auth import authenticator_config, discover_endpoints, provider_ca_bundle
 from labhub.contract import WORKSPACE_DEFAULT_URL
 from labhub.native import TEMPLATES as NATIVE_TEMPLATES
-from labhub.settings import Settings, SettingsError
+from labhub.settings import Settings, SettingsError, check_files, settings_environment
 from labhub.spawner import spawner_config
 
 try:
+    # Validation first, all problems at once: the variables, then the files they name.
     settings = Settings.from_env(os.environ)
-    authenticator_class, authenticator_traits = authenticator_config(settings)
+    check_files(settings)
+    # Then the start-up steps with effects: the provider's CA bundle file, OIDC discovery.
+    provider_ca = provider_ca_bundle(settings)
+    oidc = None
+    if settings.auth == "generic":
+        assert settings.oauth is not None
+        oidc = discover_endpoints(settings.oauth, provider_ca)
 except SettingsError as error:
     # A wrong setting stops start-up with a message naming the variable, not a traceback.
     print(error, file=sys.stderr, flush=True)
@@ -58,6 +66,7 @@ c.JupyterHub.authenticate_prometheus = True
 c.JupyterHub.log_level = "DEBUG" if settings.debug else "INFO"
 
 # --- Authentication ----------------------------------------------------------------
+authenticator_class, authenticator_traits = authenticator_config(settings, provider_ca, oidc)
 c.JupyterHub.authenticator_class = authenticator_class
 c[authenticator_class.rsplit(".", 1)[-1]].update(authenticator_traits)
 if settings.auth == "native":
@@ -110,12 +119,8 @@ if settings.gpu_inventory != "none":
             # proxy-chp runs in its own container: it reaches the service by the hub's name.
             "url": "http://hub:10101",
             "command": [sys.executable, "-m", "labhub.gpu.service"],
-            "environment": {
-                "GPU_DB": settings.gpu_db,
-                "GPU_INVENTORY": settings.gpu_inventory,
-                "GPU_IDLE_TIMEOUT": str(settings.gpu_idle_timeout),
-                "GPU_SERVICE_BIND": "0.0.0.0",
-            },
+            # The service builds the same Settings from the same variables.
+            "environment": {**settings_environment(os.environ), "GPU_SERVICE_BIND": "0.0.0.0"},
             "oauth_no_confirm": True,
             # The hub stops if a managed service does not answer in time (default 30 s);
             # on a loaded host (many servers starting) Python start-up alone can take that.

@@ -12,7 +12,8 @@ set -euo pipefail
 stack="${STACK_NAME:?set STACK_NAME}"
 env_file="${ENV_FILE:?set ENV_FILE}"
 here="$(cd "$(dirname "$0")/../compose" && pwd)"
-token="$(grep -E '^CONFIGPROXY_AUTH_TOKEN=' "$env_file" | head -n1 | cut -d= -f2-)"
+# The last line wins, as in docker compose --env-file.
+token="$(grep -E '^CONFIGPROXY_AUTH_TOKEN=' "$env_file" | tail -n1 | cut -d= -f2-)"
 
 mapfile -t containers < <(docker ps -aq --filter "label=com.docker.compose.project=${stack}")
 for id in "${containers[@]}"; do

@@ -103,7 +103,8 @@ fi
 
 # --- The stack: settings, services, certificate ----------------------------------------
 env_file="${ENV_FILE:-.env}"
-env_value() { grep -E "^$1=" "$env_file" | head -n1 | cut -d= -f2-; }
+# The last line for a variable wins, as in docker compose --env-file (and the Makefile).
+env_value() { grep -E "^$1=" "$env_file" | tail -n1 | cut -d= -f2-; }
 if [[ ! -f "$env_file" ]]; then
   warn "stack: no $env_file yet (make up creates it): stack checks skipped"
 elif [[ -n "$engine_version" ]]; then

@@ -25,6 +25,7 @@ while IFS= read -r line; do
   fi
 done <.env.example
 
+# The last line for a variable wins, as in docker compose --env-file (and the Makefile).
 value_of() { grep -E "^$1=" "$env_file" | tail -n1 | cut -d= -f2-; }
 set_value() {
   local tmp

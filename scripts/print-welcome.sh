@@ -2,6 +2,7 @@
 # Last words of `make up`: where the hub is and how the first admin and students log in.
 set -euo pipefail
 env_file="${ENV_FILE:-.env}"
+# The last line for a variable wins, as in docker compose --env-file (and the Makefile).
 value_of() { grep -E "^$1=" "$env_file" | tail -n1 | cut -d= -f2-; }
 
 domain="$(value_of DOMAIN)"; port="$(value_of HTTPS_PORT)"
@@ -40,7 +41,8 @@ if [[ -f certs/labhub-ca.crt ]]; then
   echo "Browsers trust the page once certs/labhub-ca.crt is installed (docs/certificates.md)."
 fi
 # Subdomain mode needs a wildcard DNS record; browsers resolve *.localhost themselves.
-if [[ "$(value_of SUBDOMAINS)" == true ]]; then
+subdomains="$(value_of SUBDOMAINS)"
+if [[ "${subdomains,,}" == true ]]; then
   probe="labhub-dns-check.${domain}"
   if [[ "$domain" != *localhost ]] && ! getent hosts "$probe" >/dev/null; then
     echo "WARNING: ${probe} does not resolve: users' servers (<user>.${domain}) will not" \

@@ -26,7 +26,9 @@ copy_from() {
 }
 
 copy_from certs/extra-ca
-if [[ "${TRUST_HOST_CAS:-true}" == "true" ]]; then
+trust_host_cas="${TRUST_HOST_CAS:-true}"
+# true or false in any case, as labhub.settings reads every switch.
+if [[ "${trust_host_cas,,}" == true ]]; then
   copy_from /usr/local/share/ca-certificates
 fi
 echo "[extra-ca] $(find "$dest" -name '*.crt' | wc -l) extra CA certificate(s) staged" >&2

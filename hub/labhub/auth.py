@@ -1,9 +1,10 @@
 """Choose and configure the authenticator from validated settings.
 
-`authenticator_config` is pure apart from two start-up steps it takes through
-injectable functions, so every provider's configuration is unit-tested: OpenID
-Connect discovery (one HTTPS GET, `discover`) and the CA bundle for the provider's
-TLS (`ca_bundle`, which writes one file when EXTRA_CA_FILE is given).
+`authenticator_config` is a pure mapping from `Settings` (already checked by
+`Settings.from_env` and `check_files`) to traitlets. The two start-up steps with
+effects come before it, in `jupyterhub_config.py`: `provider_ca_bundle` writes the CA
+bundle for the provider's TLS when EXTRA_CA_FILE holds certificates, and, for
+AUTH=generic, `discover_endpoints` reads the provider's discovery document.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ from __future__ import annotations
 import json
 import ssl
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .settings import Settings, SettingsError
+from .settings import OAuthSettings, Settings, SettingsError
 
 AUTHENTICATOR_CLASSES = {
     # NativeAuthenticator: one account and password per person (labhub/native.py).
@@ -29,44 +31,25 @@ AUTHENTICATOR_CLASSES = {
     "cilogon": "labhub.providers.CILogonOAuthenticator",
 }
 
-Discover = Callable[[str, str], dict[str, Any]]
-CaBundle = Callable[[Settings], str]
-
 # Shown (with 403) to someone the provider signed in but this hub does not allow.
 NOT_ALLOWED_MESSAGE = (
     "You signed in, but your account is not allowed to use this hub: it is not in a "
     "group, organisation or domain this hub admits. If you should have access, ask the "
     "hub's administrators to add you."
 )
-PEM_CERTIFICATE = "-----BEGIN CERTIFICATE-----"
 
 
-def ca_bundle(settings: Settings) -> str:
+def provider_ca_bundle(settings: Settings) -> str:
     """The CA bundle the hub's calls to the login provider trust ("" = the default).
 
     EXTRA_CA_BUNDLE is the image's system bundle, which holds certs/extra-ca/ from
-    build time. EXTRA_CA_FILE is a PEM file mounted at run time (compose mounts an
-    empty file when it is unset): if it holds certificates, both go into one bundle
-    in the hub's data folder, because tornado takes a single `ca_certs` file.
+    build time. When EXTRA_CA_FILE (checked by `check_files`) holds certificates, both
+    go into one bundle written to the hub's data folder, because tornado takes a single
+    `ca_certs` file.
     """
-    if not settings.extra_ca_file:
-        return settings.extra_ca_bundle
-    path = Path(settings.extra_ca_file)
-    try:
-        extra = path.read_text()
-    except (OSError, UnicodeDecodeError) as error:
-        raise SettingsError(
-            [
-                f"EXTRA_CA_FILE: cannot read {path} in the hub ({error}): give the absolute "
-                "host path of a PEM file of CA certificates, or leave it empty"
-            ]
-        ) from error
+    extra = Path(settings.extra_ca_file).read_text() if settings.extra_ca_file else ""
     if not extra.strip():
         return settings.extra_ca_bundle
-    if PEM_CERTIFICATE not in extra:
-        raise SettingsError(
-            [f"EXTRA_CA_FILE: {path} holds no PEM certificate ({PEM_CERTIFICATE} ...)"]
-        )
     base = settings.extra_ca_bundle or ssl.get_default_verify_paths().cafile or ""
     base_text = Path(base).read_text() if base and Path(base).is_file() else ""
     bundle = Path(settings.data_dir) / "login-provider-ca-bundle.pem"
@@ -97,10 +80,54 @@ def discover(issuer: str, ca_bundle: str) -> dict[str, Any]:
     return document
 
 
+@dataclass(frozen=True)
+class OidcEndpoints:
+    """Where AUTH=generic sends users and the hub, from the provider's discovery document."""
+
+    authorize_url: str
+    token_url: str
+    # "" when the claims come from the ID token (OIDC_CLAIMS_FROM=id_token).
+    userinfo_url: str
+
+
+def discover_endpoints(
+    oauth: OAuthSettings,
+    ca_bundle: str,
+    fetch: Callable[[str, str], Mapping[str, Any]] = discover,
+) -> OidcEndpoints:
+    """Read the provider's discovery document (OAuthenticator 17 does no discovery) and
+    check it announces what the hub needs and the issuer OIDC_ISSUER names."""
+    document = fetch(oauth.oidc_issuer, ca_bundle)
+    needed = ["authorization_endpoint", "token_endpoint"]
+    if oauth.claims_from == "userinfo":
+        needed.append("userinfo_endpoint")
+    problems = []
+    missing = [key for key in needed if key not in document]
+    if missing:
+        problems.append(f"OIDC_ISSUER={oauth.oidc_issuer!r}: discovery document lacks {missing}")
+    issuer = str(document.get("issuer", oauth.oidc_issuer)).rstrip("/")
+    if issuer != oauth.oidc_issuer:
+        # OpenID Connect Discovery 1.0, section 4.3: they must be identical.
+        problems.append(
+            f"OIDC_ISSUER={oauth.oidc_issuer!r} differs from the issuer the provider "
+            f"announces ({issuer!r}): copy that value into OIDC_ISSUER"
+        )
+    if problems:
+        raise SettingsError(problems)
+    return OidcEndpoints(
+        authorize_url=document["authorization_endpoint"],
+        token_url=document["token_endpoint"],
+        userinfo_url=document["userinfo_endpoint"] if oauth.claims_from == "userinfo" else "",
+    )
+
+
 def authenticator_config(
-    settings: Settings, discover: Discover = discover, ca_bundle: CaBundle = ca_bundle
+    settings: Settings, ca_bundle: str = "", oidc: OidcEndpoints | None = None
 ) -> tuple[str, dict[str, Any]]:
-    """Return (authenticator class path, its traitlets as a dict)."""
+    """Return (authenticator class path, its traitlets as a dict).
+
+    `ca_bundle` is `provider_ca_bundle`'s answer; `oidc` is required with AUTH=generic.
+    """
     if settings.auth == "native":
         return AUTHENTICATOR_CLASSES["native"], {
             "admin_users": set(settings.admin_users),
@@ -142,10 +169,9 @@ def authenticator_config(
         "validate_server_cert": True,
         "custom_403_message": NOT_ALLOWED_MESSAGE,
     }
-    trusted = ca_bundle(settings)
-    if trusted:
+    if ca_bundle:
         # OAuthenticator talks to the provider with tornado, which ignores REQUESTS_CA_BUNDLE.
-        config["http_request_kwargs"] = {"ca_certs": trusted}
+        config["http_request_kwargs"] = {"ca_certs": ca_bundle}
     if settings.allowed_groups or settings.admin_groups:
         config["manage_groups"] = True
         config["allowed_groups"] = set(settings.allowed_groups)
@@ -155,24 +181,11 @@ def authenticator_config(
     if settings.auth == "github":
         config["allowed_organizations"] = set(oauth.allowed_orgs)
         config["scope"] = ["read:org"] if oauth.allowed_orgs else []
-        # Settings refuse AUTH=github without GITHUB_ALLOWED_ORGS or ALLOWED_USERS.
+        # Settings refuse AUTH=github without GITHUB_ALLOWED_ORGS or ALLOWED_USERS, and
+        # with groups (GitHub sends none).
         config["allow_all"] = False
-        if settings.allowed_groups or settings.admin_groups:
-            raise SettingsError(
-                [
-                    "ALLOWED_GROUPS/ADMIN_GROUPS are not used with AUTH=github: use "
-                    "GITHUB_ALLOWED_ORGS=org or org:team, and ADMIN_USERS"
-                ]
-            )
     elif settings.auth == "google":
-        if settings.allowed_groups or settings.admin_groups:
-            # Google sends no groups claim; its groups need a Workspace service account.
-            raise SettingsError(
-                [
-                    "ALLOWED_GROUPS/ADMIN_GROUPS are not used with AUTH=google (Google sends "
-                    "no groups claim): use GOOGLE_HOSTED_DOMAINS, ALLOWED_USERS and ADMIN_USERS"
-                ]
-            )
+        # Settings refuse groups with AUTH=google (Google sends no groups claim).
         config["hosted_domain"] = sorted(oauth.hosted_domains)
         # Settings refuse AUTH=google without GOOGLE_HOSTED_DOMAINS or ALLOWED_USERS.
         config["allow_all"] = False
@@ -185,33 +198,16 @@ def authenticator_config(
             # CILogon passes the campus IdP's groups on as a claim, usually isMemberOf.
             config["auth_state_groups_key"] = f"cilogon_user.{oauth.groups_claim}"
     else:  # generic OpenID Connect: Keycloak, Azure AD, Authentik, ...
-        document = discover(oauth.oidc_issuer, trusted)
-        needed = ["authorization_endpoint", "token_endpoint"]
-        if oauth.claims_from == "userinfo":
-            needed.append("userinfo_endpoint")
-        missing = [key for key in needed if key not in document]
-        if missing:
-            raise SettingsError(
-                [f"OIDC_ISSUER={oauth.oidc_issuer!r}: discovery document lacks {missing}"]
-            )
-        issuer = str(document.get("issuer", oauth.oidc_issuer)).rstrip("/")
-        if issuer != oauth.oidc_issuer:
-            # OpenID Connect Discovery 1.0, section 4.3: they must be identical.
-            raise SettingsError(
-                [
-                    f"OIDC_ISSUER={oauth.oidc_issuer!r} differs from the issuer the provider "
-                    f"announces ({issuer!r}): copy that value into OIDC_ISSUER"
-                ]
-            )
+        assert oidc is not None, "AUTH=generic needs discover_endpoints' answer"
         if oauth.claims_from == "id_token":
             # The claims come in the ID token the hub gets straight from token_url over
             # verified TLS (OIDC Core 3.1.3.7); OAuthenticator checks its audience and expiry.
             config["userdata_from_id_token"] = True
         else:
-            config["userdata_url"] = document["userinfo_endpoint"]
+            config["userdata_url"] = oidc.userinfo_url
         config.update(
-            authorize_url=document["authorization_endpoint"],
-            token_url=document["token_endpoint"],
+            authorize_url=oidc.authorize_url,
+            token_url=oidc.token_url,
             scope=list(oauth.scopes),
             username_claim=oauth.username_claim,
             login_service=oauth.oidc_issuer.split("//", 1)[-1].split("/", 1)[0],

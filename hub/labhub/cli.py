@@ -1,7 +1,10 @@
 """`labhub`: small commands the Makefile runs inside the hub image.
 
-labhub check-settings    validate the settings in the environment (.env), before
-                         `make up` starts anything; exit 2 with every problem listed
+labhub check-settings    validate the settings in the environment (.env), the users'
+                         network's too, before `make up` starts anything; exit 2 with
+                         every problem listed
+labhub settings-docs     write .env.example and docs/settings.md from the settings table
+                         (--check: exit 1 if they differ from it, changing nothing)
 labhub z2jh-values       print the same lab as Zero to JupyterHub values (YAML)
 """
 
@@ -11,29 +14,49 @@ import argparse
 import os
 import sqlite3
 import sys
+from pathlib import Path
 
 from .contract import volume_name_for
 from .gpu.inventory import Device
 from .settings import NetworkSettings, Settings, SettingsError
+from .settingsdoc import stale, write
 
 # Before volumes were named per stack, every stack used the default stack's names.
 SHARED_VOLUME_NETWORK = "labhub"
 
 
 def check_settings() -> int:
-    """Print every problem with the settings (exit 2), or a one-line OK (exit 0)."""
-    try:
-        settings = Settings.from_env(os.environ)
-    except SettingsError as error:
-        print(error, file=sys.stderr)
+    """Print every problem with the settings, the hub's and the users' network's (exit 2),
+    or a one-line OK (exit 0)."""
+    problems: list[str] = []
+    for build in (Settings.from_env, NetworkSettings.from_env):
+        try:
+            build(os.environ)
+        except SettingsError as error:
+            problems += error.problems
+    if problems:
+        print(SettingsError(problems), file=sys.stderr)
         return 2
+    settings = Settings.from_env(os.environ)
     print(f"settings OK: AUTH={settings.auth}, {settings.public_url}")
+    return 0
+
+
+def settings_docs(root: Path, check: bool) -> int:
+    """Regenerate the files the settings table describes (or, with check, list stale ones)."""
+    if check:
+        outdated = stale(root)
+        for path in outdated:
+            print(f"{path} differs from hub/labhub/settings.py: run make settings-docs")
+        return 1 if outdated else 0
+    for path in write(root):
+        print(f"wrote {path}")
     return 0
 
 
 def z2jh_values() -> int:
     """Print the Zero to JupyterHub values for the settings in the environment."""
-    from .auth import authenticator_config
+    from .auth import authenticator_config, discover_endpoints
     from .gpu.inventory import InventoryError, detect_inventory, load_inventory
     from .gpu.profiles import ProfileError, default_profiles, load_profiles
     from .z2jh import to_yaml, values
@@ -41,7 +64,12 @@ def z2jh_values() -> int:
     try:
         settings = Settings.from_env(os.environ)
         network = NetworkSettings.from_env(os.environ)
-        _, traits = authenticator_config(settings)
+        # The endpoints are resolved now; the provider's CA is the cluster's business.
+        oidc = None
+        if settings.auth == "generic":
+            assert settings.oauth is not None
+            oidc = discover_endpoints(settings.oauth, "")
+        _, traits = authenticator_config(settings, oidc=oidc)
         if settings.gpu_inventory == "none":
             inventory: tuple[Device, ...] = ()
         elif settings.gpu_inventory == "auto":
@@ -76,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("check-settings", help="validate the settings in the environment")
     commands.add_parser("z2jh-values", help="print the lab as Zero to JupyterHub values")
+    docs = commands.add_parser("settings-docs", help="write .env.example and docs/settings.md")
+    docs.add_argument("--root", type=Path, default=Path.cwd(), help="the repository's root")
+    docs.add_argument("--check", action="store_true", help="only report differences")
     volumes = commands.add_parser("user-volumes", help="every user's volume name, tab-separated")
     volumes.add_argument("db", help="the hub's SQLite database (read-only)")
     volumes.add_argument("network", help="the stack's DOCKER_NETWORK")
@@ -84,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         return check_settings()
     if args.command == "z2jh-values":
         return z2jh_values()
+    if args.command == "settings-docs":
+        return settings_docs(args.root, args.check)
     if args.command == "user-volumes":
         return user_volumes(args.db, args.network)
     parser.error(f"unknown command {args.command}")

@@ -1,9 +1,14 @@
 """One validated settings object, built once from the environment at hub start-up.
 
-Every setting has exactly one source: a variable in `.env` (documented in
-`.env.example`). `Settings.from_env` reads them all, checks them all, and raises
-one `SettingsError` listing every problem, each naming the variable and the fix,
-so that a wrong setting stops start-up with a message instead of a half-working hub.
+Each setting is described once, in the table `SECTIONS` below: its variable, default,
+parser (which is also its check) and help text. `Settings.from_env` (and, for the users'
+network, `NetworkSettings.from_env`) reads its variables through that table, then applies
+the rules that tie several settings together, and raises one `SettingsError` listing every
+problem, each naming the variable and the fix. `.env.example` and docs/settings.md are
+generated from the same table (`make settings-docs`, see `labhub.settingsdoc`).
+
+Only this module reads labhub's settings from the environment. Files the settings point
+to are checked by `check_files`, in the hub, where they are mounted.
 """
 
 from __future__ import annotations
@@ -11,27 +16,32 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
 
 AUTH_CHOICES = ("native", "shared-password", "github", "google", "generic", "cilogon")
 OAUTH_CHOICES = ("github", "google", "generic", "cilogon")
 # Names of a role, not of a person: any provider may give them to anyone (on GitHub the
 # account `admin` belongs to a stranger), so they never name an admin in OAuth modes.
 ROLE_NAMES = frozenset({"admin", "administrator", "root", "superuser", "sysadmin", "jupyterhub"})
+PEM_CERTIFICATE = "-----BEGIN CERTIFICATE-----"
 # NativeAuthenticator refuses these in a username; JupyterHub lowercases usernames.
 _NATIVE_USERNAME = re.compile(r"^[^A-Z\s,/]{1,128}$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
-_MEMORY = re.compile(r"^(\d+(?:\.\d+)?)([kKmMgG]?)$")
+# Docker's units (b, k, m, g; powers of 1024), with a fraction allowed: 1.5G.
+_MEMORY = re.compile(r"^(\d+(?:\.\d+)?)([bkmg]?)$", re.IGNORECASE)
+_MEMORY_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 # Linux interface names: at most 15 characters; these are also safe in iptables chain names.
 _BRIDGE = re.compile(r"^[A-Za-z0-9_-]{1,15}$")
 _DOMAIN = re.compile(
     r"^(?=.{1,253}$)(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*$"
 )
+_DOCKER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
-T = TypeVar("T")
+Parser = Callable[[str], Any]
 
 
 class SettingsError(ValueError):
@@ -46,17 +56,878 @@ class SettingsError(ValueError):
         )
 
 
-def _split(value: str) -> frozenset[str]:
-    return frozenset(item.strip() for item in re.split(r"[,\s]+", value) if item.strip())
+# --- Parsers -----------------------------------------------------------------------------
+# A parser turns a variable's text into its value, or raises ValueError with the rest of
+# the sentence that starts "NAME='text' ": "is not valid: <what to write instead>".
 
 
-def parse_memory(text: str) -> int:
-    """'4G' -> bytes. Accepts the units Docker accepts: k, m, g (powers of 1024)."""
-    match = _MEMORY.match(text.strip())
+def text(raw: str) -> str:
+    return raw
+
+
+def boolean(raw: str) -> bool:
+    """The one grammar for switches: true or false, in any case."""
+    if raw.lower() not in ("true", "false"):
+        raise ValueError("is not valid: use true or false")
+    return raw.lower() == "true"
+
+
+def parse_memory(raw: str) -> int:
+    """The one grammar for sizes, in bytes: 512M, 4G, 1.5g, 65536b (k, m, g are powers of
+    1024). `.env` and profiles.json both use it."""
+    match = _MEMORY.match(raw.strip())
     if not match:
-        raise ValueError(f"{text!r} is not a size; write it like 512M or 4G")
-    number, unit = float(match.group(1)), match.group(2).lower()
-    return int(number * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[unit])
+        raise ValueError("is not valid: a size such as 2G or 512M (units b, k, m, g)")
+    return int(float(match.group(1)) * _MEMORY_UNITS[match.group(2).lower()])
+
+
+def memory_at_least(minimum: str, why: str) -> Parser:
+    def parse(raw: str) -> int:
+        size = parse_memory(raw)
+        if size < parse_memory(minimum):
+            raise ValueError(f"is below {minimum}: {why}")
+        return size
+
+    return parse
+
+
+def integer(low: int, high: int | None, example: str) -> Parser:
+    def parse(raw: str) -> int:
+        if not raw.isdigit() or int(raw) < low or (high is not None and int(raw) > high):
+            raise ValueError(f"is not valid: {example}")
+        return int(raw)
+
+    return parse
+
+
+def positive_number(example: str) -> Parser:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            value = 0.0
+        if not value > 0 or value == float("inf"):
+            raise ValueError(f"is not valid: {example}")
+        return value
+
+    return parse
+
+
+def optional(parse: Parser) -> Parser:
+    """Empty means None (no value), anything else goes through `parse`."""
+    return lambda raw: parse(raw) if raw else None
+
+
+def choice(options: Iterable[str], hint: str = "") -> Parser:
+    allowed = tuple(options)
+
+    def parse(raw: str) -> str:
+        if raw not in allowed:
+            raise ValueError(f"is unknown: {hint or 'choose one of ' + ', '.join(allowed)}")
+        return raw
+
+    return parse
+
+
+def names(raw: str) -> frozenset[str]:
+    """A list separated by commas or spaces."""
+    return frozenset(item.strip() for item in re.split(r"[,\s]+", raw) if item.strip())
+
+
+def sorted_names(raw: str) -> tuple[str, ...]:
+    return tuple(sorted(names(raw)))
+
+
+def secret(minimum: int, fix: str) -> Parser:
+    def parse(raw: str) -> str:
+        if len(raw) < minimum:
+            raise ValueError(f"is missing or shorter than {minimum} characters: {fix}")
+        return raw
+
+    return parse
+
+
+def absolute_path(example: str) -> Parser:
+    """An absolute path, or empty."""
+
+    def parse(raw: str) -> str:
+        if raw and not raw.startswith("/"):
+            raise ValueError(f"is not valid: use an absolute path, e.g. {example}")
+        return raw
+
+    return parse
+
+
+def https_url(example: str) -> Parser:
+    """An https:// URL (without a trailing slash), or empty."""
+
+    def parse(raw: str) -> str:
+        if raw and not raw.startswith("https://"):
+            raise ValueError(f"is not valid: use an https:// URL, e.g. {example}")
+        return raw.rstrip("/")
+
+    return parse
+
+
+def host_name(raw: str) -> str:
+    if not _DOMAIN.match(raw):
+        raise ValueError(
+            "is not a host name: use the name students type, e.g. gpu.lab.example.edu "
+            "(no scheme, no port)"
+        )
+    return raw
+
+
+def ip_address(raw: str) -> str:
+    try:
+        return str(ipaddress.ip_address(raw))
+    except ValueError:
+        raise ValueError(
+            "is not valid: an address of this host, e.g. 0.0.0.0 or 127.0.0.1"
+        ) from None
+
+
+def docker_name(raw: str) -> str:
+    if not _DOCKER_NAME.match(raw):
+        raise ValueError("is not a Docker network name: letters, digits, _ . -, e.g. labhub")
+    return raw
+
+
+def tagged_image(raw: str) -> str:
+    if raw.endswith(":latest") or ":" not in raw.rsplit("/", 1)[-1]:
+        raise ValueError(
+            "needs an explicit tag (not :latest), e.g. labhub/workspace:0.1.0, so that "
+            "every user runs the same image"
+        )
+    return raw
+
+
+def gpu_inventory(raw: str) -> str:
+    if raw not in ("none", "auto") and not raw.startswith("/"):
+        raise ValueError(
+            "is not valid: use none, auto, or an absolute path inside the hub container "
+            "such as /srv/labhub/gpus.json"
+        )
+    return raw
+
+
+def group_hours(raw: str) -> dict[str, float]:
+    """A JSON object of group names to positive GPU-hours, or empty for none."""
+    try:
+        parsed = json.loads(raw) if raw else {}
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict) or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in parsed.values()
+    ):
+        raise ValueError(
+            "is not valid: a JSON object of group names to GPU-hours per week, e.g. "
+            '{"students": 100}, or empty for none'
+        )
+    return {str(k): float(v) for k, v in parsed.items()}
+
+
+def bridge_name(raw: str) -> str:
+    if not _BRIDGE.match(raw):
+        raise ValueError(
+            "is not a usable interface name: 1-15 letters, digits, - or _, e.g. labhub-users"
+        )
+    return raw
+
+
+def ipv4_network(raw: str) -> ipaddress.IPv4Network:
+    try:
+        return ipaddress.IPv4Network(raw)
+    except ValueError:
+        raise ValueError("is not valid: an IPv4 network such as 172.31.240.0/20") from None
+
+
+def ipv4_address(raw: str) -> ipaddress.IPv4Address:
+    try:
+        return ipaddress.IPv4Address(raw)
+    except ValueError:
+        raise ValueError("is not valid: an IPv4 address such as 172.31.240.2") from None
+
+
+def ipv4_networks(raw: str) -> tuple[ipaddress.IPv4Network, ...]:
+    out = []
+    for item in sorted(names(raw)):
+        try:
+            out.append(ipaddress.IPv4Network(item))
+        except ValueError:
+            raise ValueError(
+                f"is not valid: {item!r} is not an IPv4 address or network: write addresses "
+                "or CIDRs separated by commas, e.g. 10.1.2.3,10.20.0.0/24"
+            ) from None
+    return tuple(out)
+
+
+# --- The table ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One variable of `.env`: the single description its parser, docs and example share."""
+
+    name: str
+    default: str
+    parse: Parser
+    help: str
+    # The field of Settings / OAuthSettings / NetworkSettings it fills; None: read by
+    # compose, nginx or make only (checked here all the same).
+    attr: str | None = None
+    # Never printed back in an error message.
+    secret: bool = False
+    # Filled in by `make env` (scripts/init-env.sh) when empty.
+    generated: bool = False
+    # No default: a missing value is a problem (compose needs the same literal value).
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class Section:
+    title: str
+    intro: str
+    settings: tuple[Setting, ...]
+    # Which class reads them: "hub" (Settings) or "netguard" (NetworkSettings).
+    reader: str = "hub"
+    # False: set by compose for the hub container (image-internal paths), not in `.env`.
+    in_env_file: bool = True
+
+
+_OIDC_EXAMPLE = "https://keycloak.example.edu/realms/lab"
+
+SECTIONS: tuple[Section, ...] = (
+    Section(
+        "Where students reach the hub",
+        "",
+        (
+            Setting(
+                "DOMAIN",
+                "localhost",
+                host_name,
+                "Host name students type (certificates are made for it): gpu.lab.example.edu",
+                "domain",
+            ),
+            Setting(
+                "LAN_ADDRESSES",
+                "",
+                text,
+                "Extra names/addresses for the certificate, comma-separated (LAN IPs, aliases).",
+            ),
+            Setting(
+                "HTTP_PORT",
+                "80",
+                integer(1, 65535, "a port number such as 80"),
+                "Host port nginx publishes for HTTP, which only redirects to HTTPS.",
+            ),
+            Setting(
+                "HTTPS_PORT",
+                "443",
+                integer(1, 65535, "a port number such as 443"),
+                "Host port nginx publishes for HTTPS.",
+                "https_port",
+            ),
+            Setting(
+                "BIND_ADDRESS",
+                "0.0.0.0",
+                ip_address,
+                "Host address to publish on (0.0.0.0 = every interface; 127.0.0.1 = this "
+                "machine only).",
+            ),
+            Setting(
+                "SUBDOMAINS",
+                "false",
+                boolean,
+                "Per-user subdomains (alice.DOMAIN): the only reliable way to keep one user's "
+                "pages from scripting another's or the hub (with false, a page a student serves "
+                "runs on the hub's origin: docs/security.md). Needs a wildcard DNS record "
+                "*.DOMAIN pointing here; the certificate from `make certs` already covers "
+                "*.DOMAIN. DOMAIN must contain a dot.",
+                "subdomains",
+            ),
+            Setting(
+                "MAX_BODY_SIZE",
+                "512m",
+                text,
+                "Largest file a user can save or upload through Jupyter (a notebook with big "
+                "plots); every other request is limited to 1 MB. nginx's notation (512m, 1g).",
+            ),
+            Setting(
+                "LOGIN_RATE_LIMIT",
+                "30",
+                integer(1, None, "attempts per minute, e.g. 30"),
+                "Login attempts per minute from one address (login and sign-up forms, OAuth "
+                'callback); as many at once, then 429 "Too many login attempts". Raise it if '
+                "a whole class logs in at once from behind one NAT address.",
+            ),
+        ),
+    ),
+    Section(
+        "Login",
+        "",
+        (
+            Setting(
+                "AUTH",
+                "native",
+                choice(AUTH_CHOICES),
+                "native (default: each person their own account and password, kept in the "
+                "hub's database, no external service), github, google, generic (any OpenID "
+                "Connect provider: Keycloak, Azure AD, ...), cilogon, or shared-password "
+                "(workshop mode, see WORKSHOP_MODE). docs/security.md#login compares them; "
+                "docs/admin-guide.md sets them up.",
+                "auth",
+            ),
+            Setting(
+                "ADMIN_USERS",
+                "",
+                names,
+                "Admins. native: the one first admin, whose account the hub creates at "
+                "start-up (`make env` fills in a name; more admins are made on the admin "
+                "page). OAuth modes: full identities (e-mails for google and cilogon), who "
+                "must also pass the allow rules below; role names such as admin are refused; "
+                "ADMIN_GROUPS is the better way.",
+                "admin_users",
+            ),
+            Setting(
+                "ALLOWED_USERS",
+                "",
+                names,
+                "OAuth modes: usernames allowed to log in, besides the rules below. github "
+                "and google refuse to start without an allow-list.",
+                "allowed_users",
+            ),
+            Setting(
+                "ALLOWED_GROUPS",
+                "",
+                names,
+                "generic and cilogon: provider groups allowed to log in.",
+                "allowed_groups",
+            ),
+            Setting(
+                "ADMIN_GROUPS",
+                "",
+                names,
+                "generic and cilogon: provider groups whose members are admins.",
+                "admin_groups",
+            ),
+            Setting(
+                "ADMIN_INITIAL_PASSWORD",
+                "",
+                text,
+                "native: the first admin's password, generated by `make env` and printed "
+                "once; used only to create the account, so change it at "
+                "/hub/change-password after the first login.",
+                "admin_initial_password",
+                secret=True,
+                generated=True,
+            ),
+            Setting(
+                "SIGNUP_CODE",
+                "",
+                text,
+                "native: class sign-up code, generated by `make env` and printed once. A new "
+                "account made at /hub/signup with it works at once; without it, an admin "
+                "approves the account at /hub/authorize. It never opens an existing account. "
+                "Empty it to approve every sign-up.",
+                "signup_code",
+                secret=True,
+                generated=True,
+            ),
+            Setting(
+                "WORKSHOP_MODE",
+                "false",
+                boolean,
+                "shared-password is WORKSHOP MODE: anyone with SHARED_USER_PASSWORD logs in "
+                "under any name, an existing user's too, and reads their files. The hub "
+                "refuses to start in it unless WORKSHOP_MODE=true.",
+                "workshop_mode",
+            ),
+            Setting(
+                "SHARED_ADMIN_PASSWORD",
+                "",
+                text,
+                "shared-password: the admins' (ADMIN_USERS) password, 32+ characters; "
+                "generated by `make env` and printed once.",
+                "shared_admin_password",
+                secret=True,
+                generated=True,
+            ),
+            Setting(
+                "SHARED_USER_PASSWORD",
+                "",
+                text,
+                "shared-password: everyone else's password; generated by `make env` and "
+                "printed once.",
+                "shared_user_password",
+                secret=True,
+                generated=True,
+            ),
+            Setting(
+                "OAUTH_CLIENT_ID",
+                "",
+                text,
+                "OAuth modes: the app registered with the provider (docs/oauth.md).",
+                "client_id",
+            ),
+            Setting(
+                "OAUTH_CLIENT_SECRET",
+                "",
+                text,
+                "OAuth modes: that app's secret.",
+                "client_secret",
+                secret=True,
+            ),
+            Setting(
+                "OAUTH_CALLBACK_URL",
+                "",
+                https_url("https://gpu.lab.example.edu/hub/oauth_callback"),
+                "OAuth modes: the callback URL registered with the provider. Empty: "
+                "https://DOMAIN/hub/oauth_callback (with :HTTPS_PORT unless 443).",
+                "callback_url",
+            ),
+            Setting(
+                "OIDC_ISSUER",
+                "",
+                https_url(_OIDC_EXAMPLE),
+                "generic (required): the issuer URL; endpoints come from its "
+                "/.well-known/openid-configuration, read at hub start-up.",
+                "oidc_issuer",
+            ),
+            Setting(
+                "OIDC_USERNAME_CLAIM",
+                "preferred_username",
+                text,
+                "generic: the claim that becomes the username (email: admins are named by e-mail).",
+                "username_claim",
+            ),
+            Setting(
+                "OIDC_GROUPS_CLAIM",
+                "groups",
+                text,
+                "generic and cilogon: the claim that lists the user's groups.",
+                "groups_claim",
+            ),
+            Setting(
+                "OIDC_CLAIMS_FROM",
+                "userinfo",
+                choice(
+                    ("userinfo", "id_token"),
+                    "use userinfo (Keycloak and most providers) or id_token (Azure AD, whose "
+                    "userinfo has no username or groups)",
+                ),
+                "generic: where those claims are read: userinfo (Keycloak, most providers) or "
+                "id_token (Azure AD, whose userinfo endpoint returns neither username nor "
+                "groups).",
+                "claims_from",
+            ),
+            Setting(
+                "OAUTH_SCOPES",
+                "openid profile email",
+                sorted_names,
+                "generic: the scopes the hub asks for, separated by spaces.",
+                "scopes",
+            ),
+            Setting(
+                "EXTRA_CA_FILE",
+                "",
+                absolute_path("/etc/ssl/campus-ca.pem"),
+                "A PEM file (absolute host path) of CA certificates the hub also trusts when "
+                "it talks to the login provider, e.g. the campus CA that signed your "
+                "Keycloak's certificate. Read at hub start-up, no image rebuild "
+                "(certs/extra-ca/ is the build-time way). Empty: the system CAs and "
+                "certs/extra-ca/ only. See docs/oauth.md.",
+                "extra_ca_file",
+            ),
+            Setting(
+                "GITHUB_ALLOWED_ORGS",
+                "",
+                names,
+                "github: organisations (or org:team) allowed to log in.",
+                "allowed_orgs",
+            ),
+            Setting(
+                "GOOGLE_HOSTED_DOMAINS",
+                "",
+                names,
+                "google: Workspace domains allowed to log in.",
+                "hosted_domains",
+            ),
+            Setting(
+                "CILOGON_IDP",
+                "",
+                text,
+                "cilogon (required): the entity ID of the university's identity provider, as "
+                "listed at https://cilogon.org/idplist/, e.g. https://idp.uni.edu/idp/shibboleth.",
+                "cilogon_idp",
+            ),
+        ),
+    ),
+    Section(
+        "User servers",
+        "",
+        (
+            Setting(
+                "USER_MEM_LIMIT",
+                "4G",
+                memory_at_least("256M", "JupyterLab alone needs about 150M"),
+                "Memory limit per user server (512M, 4G).",
+                "mem_limit",
+            ),
+            Setting(
+                "USER_CPU_LIMIT",
+                "2",
+                positive_number("a number of CPUs such as 2 or 0.5"),
+                "CPUs per user server (0.5, 2).",
+                "cpu_limit",
+            ),
+            Setting(
+                "USER_SHM_SIZE",
+                "1G",
+                parse_memory,
+                "Size of /dev/shm per user server, for data loaders.",
+                "shm_size",
+            ),
+            Setting(
+                "USER_PIDS_LIMIT",
+                "1024",
+                integer(1, None, "a number such as 1024"),
+                "Most processes per user server.",
+                "pids_limit",
+            ),
+            Setting(
+                "IDLE_TIMEOUT",
+                "3600",
+                integer(1, None, "seconds, e.g. 3600"),
+                "Stop servers idle for this many seconds (GPU holders: GPU_IDLE_TIMEOUT).",
+                "idle_timeout",
+            ),
+            Setting(
+                "CONCURRENT_SPAWN_LIMIT",
+                "40",
+                integer(1, None, "a number such as 40"),
+                "Most spawns in flight at once; set above the largest class that logs in together.",
+                "concurrent_spawn_limit",
+            ),
+            Setting(
+                "DOCKER_NETWORK",
+                "labhub",
+                docker_name,
+                "Docker network shared by the hub and user containers.",
+                "docker_network",
+            ),
+        ),
+    ),
+    Section(
+        "The users' network",
+        "docs/security.md#the-users-network. Its bridge and subnet: pick a subnet that no "
+        "network your students or the host need uses (campus LAN, VPN, other Docker "
+        "networks). User containers get addresses from "
+        "USERS_IP_RANGE; the hub and the proxy have fixed addresses outside it. Change the "
+        "four addresses together; the netguard service checks they agree and names what is "
+        "wrong.",
+        (
+            Setting(
+                "USERS_BRIDGE",
+                "labhub-users",
+                bridge_name,
+                "The bridge: a host interface name, at most 15 characters.",
+                "bridge",
+                required=True,
+            ),
+            Setting(
+                "USERS_SUBNET",
+                "172.31.240.0/20",
+                ipv4_network,
+                "The users' subnet (a /26 or larger).",
+                "subnet",
+                required=True,
+            ),
+            Setting(
+                "USERS_IP_RANGE",
+                "172.31.248.0/21",
+                ipv4_network,
+                "Inside the subnet: where user containers get addresses (Docker puts the "
+                "host's gateway address at its start).",
+                "ip_range",
+                required=True,
+            ),
+            Setting(
+                "HUB_USERS_IP",
+                "172.31.240.2",
+                ipv4_address,
+                "The hub's fixed address in the subnet, outside USERS_IP_RANGE.",
+                "hub_ip",
+                required=True,
+            ),
+            Setting(
+                "PROXY_USERS_IP",
+                "172.31.240.3",
+                ipv4_address,
+                "The proxy's fixed address in the subnet, outside USERS_IP_RANGE.",
+                "proxy_ip",
+                required=True,
+            ),
+            Setting(
+                "USER_LAN_ACCESS",
+                "false",
+                boolean,
+                "Students never reach each other, the host, the proxy's API or the Docker "
+                "proxy. Besides that: may user containers open connections to private-range "
+                "addresses (10/8, 172.16/12, 192.168/16, 169.254/16, 100.64/10: the campus "
+                "LAN, the host's other networks)?",
+                "lan_access",
+            ),
+            Setting(
+                "USER_INTERNET",
+                "true",
+                boolean,
+                "May user containers open connections to the internet (pip install, datasets)?",
+                "internet",
+            ),
+            Setting(
+                "USER_EGRESS_ALLOW",
+                "",
+                ipv4_networks,
+                "Private addresses or networks users may reach anyway (a campus package "
+                "mirror, a licence server), comma-separated: 10.1.2.3,10.20.0.0/24. DNS to "
+                "the host's name servers is always allowed.",
+                "egress_allow",
+            ),
+        ),
+        reader="netguard",
+    ),
+    Section(
+        "GPUs",
+        "docs/gpus.md sets them up.",
+        (
+            Setting(
+                "GPU_INVENTORY",
+                "none",
+                gpu_inventory,
+                "none (CPU only), auto (nvidia-smi), or a JSON inventory path inside the hub "
+                "container. A declared inventory goes in GPU_CONFIG_DIR: "
+                "GPU_INVENTORY=/srv/labhub/gpus.json. docs/gpus.md explains the file "
+                "(exclusive or shared devices, memory caps).",
+                "gpu_inventory",
+            ),
+            Setting(
+                "GPU_CONFIG_DIR",
+                "",
+                absolute_path("/etc/labhub/gpu"),
+                "Host folder (absolute path) mounted read-only at /srv/labhub in the hub, "
+                "holding gpus.json and profiles.json. Empty: nothing mounted.",
+            ),
+            Setting(
+                "GPU_PROFILES",
+                "",
+                absolute_path("/srv/labhub/profiles.json"),
+                "Spawn profiles file inside the hub (e.g. /srv/labhub/profiles.json): "
+                "CPU/memory limits, GPUs and the JupyterHub groups allowed each. Empty: cpu, "
+                "gpu-shared and gpu-1.",
+                "gpu_profiles",
+            ),
+            Setting(
+                "GPU_DB",
+                "/srv/jupyterhub/gpu.sqlite",
+                absolute_path("/srv/jupyterhub/gpu.sqlite"),
+                "Allocation record, queue, quotas and audit log (SQLite); keep it on the hub "
+                "data volume.",
+                "gpu_db",
+            ),
+            Setting(
+                "GPU_QUEUE",
+                "false",
+                boolean,
+                "When no GPU is free: false refuses at once; true queues the spawn (first "
+                "come, first served, position shown while it waits) for up to "
+                "GPU_QUEUE_TIMEOUT seconds.",
+                "gpu_queue",
+            ),
+            Setting(
+                "GPU_QUEUE_TIMEOUT",
+                "600",
+                integer(1, None, "seconds, e.g. 600"),
+                "Seconds a queued spawn waits before it is refused.",
+                "gpu_queue_timeout",
+            ),
+            Setting(
+                "GPU_QUOTA_USER_HOURS",
+                "",
+                optional(
+                    positive_number("GPU-hours per week such as 20, or empty for no per-user quota")
+                ),
+                "Fair use, in GPU-hours per ISO week (a whole GPU for an hour = 1, a slice of "
+                "a device shared by N = 1/N), per user. Empty: no quota. Admins top up or "
+                "reset on /services/gpus/.",
+                "gpu_quota_user_hours",
+            ),
+            Setting(
+                "GPU_QUOTA_GROUP_HOURS",
+                "",
+                group_hours,
+                'GPU-hours per ISO week per JupyterHub group, as JSON: {"students": 100}. '
+                "Empty: none.",
+                "gpu_quota_group_hours",
+            ),
+            Setting(
+                "GPU_IDLE_TIMEOUT",
+                "1800",
+                integer(1, None, "seconds, e.g. 1800"),
+                "Stop a GPU holder's server idle for this many seconds, sooner than IDLE_TIMEOUT.",
+                "gpu_idle_timeout",
+            ),
+            Setting(
+                "GPU_CULL_EVERY",
+                "60",
+                integer(1, None, "seconds, e.g. 60"),
+                "How often, in seconds, the GPU service looks for idle GPU holders.",
+                "gpu_cull_every",
+            ),
+        ),
+    ),
+    Section(
+        "Images and builds",
+        "",
+        (
+            Setting(
+                "LABHUB_VERSION",
+                "0.1.0",
+                text,
+                "Version tag of the labhub images.",
+            ),
+            Setting(
+                "BASE_IMAGE",
+                "debian:trixie-slim",
+                text,
+                "Base image of every Dockerfile; built offline with debootstrap if it cannot "
+                "be pulled.",
+            ),
+            Setting(
+                "TENSORFLOW_PACKAGE",
+                "tensorflow[and-cuda]==2.21.0",
+                text,
+                "TensorFlow build in the workspace: tensorflow[and-cuda]==2.21.0 for GPU "
+                "hosts, tensorflow-cpu==2.21.0 for CPU-only hosts.",
+            ),
+            Setting(
+                "TRUST_HOST_CAS",
+                "true",
+                boolean,
+                "Also trust the CAs this host's admin added (/usr/local/share/ca-certificates), "
+                "for networks behind a TLS-inspecting proxy. Extra CAs can also go in "
+                "certs/extra-ca/.",
+            ),
+        ),
+    ),
+    Section(
+        "Secrets",
+        "Generated by `make env`; keep .env private, mode 0600.",
+        (
+            Setting(
+                "CONFIGPROXY_AUTH_TOKEN",
+                "",
+                secret(32, "run `make env` to generate one (openssl rand -hex 32)"),
+                "The hub's token for the proxy's API.",
+                "configproxy_auth_token",
+                secret=True,
+                generated=True,
+            ),
+            Setting(
+                "HUB_DEBUG",
+                "false",
+                boolean,
+                "true: the hub and the spawner log at DEBUG level.",
+                "debug",
+            ),
+        ),
+    ),
+    Section(
+        "Running several stacks on one host (the tests do)",
+        "",
+        (
+            Setting(
+                "STACK_NAME",
+                "labhub",
+                text,
+                "Compose project and resource-name prefix.",
+            ),
+            Setting(
+                "CERTS_DIR",
+                "",
+                text,
+                "The folder holding <DOMAIN>.crt/.key. Empty: certs/.",
+            ),
+        ),
+    ),
+    Section(
+        "Set by compose for the hub (not in .env)",
+        "Paths and names inside the hub image; compose/docker-compose.yml sets them.",
+        (
+            Setting(
+                "HUB_DATA_DIR",
+                "/srv/jupyterhub",
+                absolute_path("/srv/jupyterhub"),
+                "The hub's data volume: its database, cookie secret and GPU record.",
+                "data_dir",
+            ),
+            Setting(
+                "EXTRA_CA_BUNDLE",
+                "",
+                text,
+                "The image's system CA bundle (with certs/extra-ca/ from build time), which "
+                "the hub's calls to the login provider trust.",
+                "extra_ca_bundle",
+            ),
+            Setting(
+                "WORKSPACE_IMAGE",
+                "labhub/workspace:0.1.0",
+                tagged_image,
+                "The users' image: labhub/workspace:LABHUB_VERSION.",
+                "workspace_image",
+            ),
+        ),
+        in_env_file=False,
+    ),
+)
+
+
+def _settings_of(reader: str) -> tuple[Setting, ...]:
+    return tuple(s for section in SECTIONS if section.reader == reader for s in section.settings)
+
+
+def settings_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """Every variable Settings reads, as text, defaults filled in: the environment from
+    which another process (the GPU service) builds the same Settings, and nothing else."""
+    return {s.name: env.get(s.name, "").strip() or s.default for s in _settings_of("hub")}
+
+
+def _read(table: Iterable[Setting], env: Mapping[str, str], problems: list[str]) -> dict[str, Any]:
+    """Parse every variable of `table` (empty means the default); a value that does not
+    parse becomes a problem and stays out of the result."""
+    values: dict[str, Any] = {}
+    for setting in table:
+        raw = env.get(setting.name, "").strip()
+        if not raw and setting.required:
+            problems.append(
+                f"{setting.name} is missing: run `make env` (it adds it from .env.example), "
+                f"e.g. {setting.name}={setting.default}"
+            )
+            continue
+        raw = raw or setting.default
+        try:
+            value = setting.parse(raw)
+        except ValueError as error:
+            shown = "" if setting.secret else f"={raw!r}"
+            problems.append(f"{setting.name}{shown} {error}")
+            continue
+        if setting.attr:
+            values[setting.attr] = value
+    return values
+
+
+def _pick(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
+    return {f.name: values[f.name] for f in fields(cls)}
 
 
 @dataclass(frozen=True)
@@ -66,57 +937,61 @@ class OAuthSettings:
     client_id: str
     client_secret: str
     callback_url: str
-    allowed_orgs: frozenset[str] = frozenset()
-    hosted_domains: frozenset[str] = frozenset()
-    oidc_issuer: str = ""
-    username_claim: str = "preferred_username"
-    groups_claim: str = "groups"
-    scopes: tuple[str, ...] = ()
-    cilogon_idp: str = ""
+    allowed_orgs: frozenset[str]
+    hosted_domains: frozenset[str]
+    oidc_issuer: str
+    username_claim: str
+    groups_claim: str
+    scopes: tuple[str, ...]
+    cilogon_idp: str
     # generic: where the username and groups claims are read (userinfo or id_token).
-    claims_from: str = "userinfo"
+    claims_from: str
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything the hub needs, validated. Field docs live in `.env.example`."""
+    """Everything the hub needs, validated. Each field's variable, default and help are
+    in `SECTIONS`."""
 
     domain: str
     https_port: int
+    subdomains: bool
     auth: str
-    configproxy_auth_token: str
-    workspace_image: str
-    docker_network: str
+    admin_users: frozenset[str]
+    allowed_users: frozenset[str]
+    allowed_groups: frozenset[str]
+    admin_groups: frozenset[str]
+    # native: the first admin's password (creates the account once) and the class code.
+    admin_initial_password: str
+    signup_code: str
+    workshop_mode: bool
+    shared_admin_password: str
+    shared_user_password: str
+    # Set for every OAuth provider, None otherwise.
+    oauth: OAuthSettings | None
+    # EXTRA_CA_FILE, as the hub sees it: a PEM file mounted at run time (compose).
+    extra_ca_file: str
     mem_limit: int
     cpu_limit: float
     shm_size: int
     pids_limit: int
     idle_timeout: int
-    gpu_idle_timeout: int
     concurrent_spawn_limit: int
-    admin_users: frozenset[str] = frozenset()
-    admin_groups: frozenset[str] = frozenset()
-    allowed_users: frozenset[str] = frozenset()
-    allowed_groups: frozenset[str] = frozenset()
-    shared_admin_password: str = ""
-    shared_user_password: str = ""
-    # native: the first admin's password (creates the account once) and the class code.
-    admin_initial_password: str = ""
-    signup_code: str = ""
-    oauth: OAuthSettings | None = None
-    extra_ca_bundle: str = ""
-    # EXTRA_CA_FILE, as the hub sees it: a PEM file mounted at run time (compose).
-    extra_ca_file: str = ""
-    gpu_inventory: str = "none"
-    gpu_profiles: str = ""
-    gpu_db: str = "/srv/jupyterhub/gpu.sqlite"
-    gpu_queue: bool = False
-    gpu_queue_timeout: int = 600
-    gpu_quota_user_hours: float | None = None
-    gpu_quota_group_hours: Mapping[str, float] = field(default_factory=dict)
-    data_dir: str = "/srv/jupyterhub"
-    debug: bool = False
-    subdomains: bool = False
+    docker_network: str
+    gpu_inventory: str
+    gpu_profiles: str
+    gpu_db: str
+    gpu_queue: bool
+    gpu_queue_timeout: int
+    gpu_quota_user_hours: float | None
+    gpu_quota_group_hours: Mapping[str, float]
+    gpu_idle_timeout: int
+    gpu_cull_every: int
+    configproxy_auth_token: str
+    debug: bool
+    data_dir: str
+    extra_ca_bundle: str
+    workspace_image: str
 
     @property
     def public_url(self) -> str:
@@ -125,176 +1000,37 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
-        """Read and check every variable; raise one SettingsError with all problems."""
+        """Read and check every variable, then the rules between them; raise one
+        SettingsError with all problems."""
         problems: list[str] = []
-
-        def get(name: str, default: str = "") -> str:
-            return env.get(name, default).strip()
-
-        def convert(name: str, default: str, parse: Callable[[str], T], hint: str) -> T | None:
-            raw = get(name, default)
-            try:
-                return parse(raw)
-            except ValueError:
-                problems.append(f"{name}={raw!r} is not valid: {hint}")
-                return None
-
-        def positive_int(text: str) -> int:
-            value = int(text)
-            if value <= 0:
-                raise ValueError(text)
-            return value
-
-        def positive_float(text: str) -> float:
-            value = float(text)
-            if value <= 0:
-                raise ValueError(text)
-            return value
-
-        domain = get("DOMAIN", "localhost")
-        if not _DOMAIN.match(domain):
-            problems.append(
-                f"DOMAIN={domain!r} is not a host name: use the name students type, "
-                "e.g. gpu.lab.example.edu (no scheme, no port)"
-            )
-        https_port = convert("HTTPS_PORT", "443", positive_int, "a port number such as 443")
-        if https_port is not None and https_port > 65535:
-            problems.append(f"HTTPS_PORT={https_port} is not a port: use 1-65535")
-
-        auth = get("AUTH", "native")
-        if auth not in AUTH_CHOICES:
-            problems.append(f"AUTH={auth!r} is unknown: choose one of {', '.join(AUTH_CHOICES)}")
-
-        token = get("CONFIGPROXY_AUTH_TOKEN")
-        if len(token) < 32:
-            problems.append(
-                "CONFIGPROXY_AUTH_TOKEN is missing or shorter than 32 characters: "
-                "run `make env` to generate one (openssl rand -hex 32)"
-            )
-
-        admin_users = _split(get("ADMIN_USERS"))
-        allowed_users = _split(get("ALLOWED_USERS"))
-        shared_admin = get("SHARED_ADMIN_PASSWORD")
-        shared_user = get("SHARED_USER_PASSWORD")
-        admin_initial = get("ADMIN_INITIAL_PASSWORD")
-        signup_code = get("SIGNUP_CODE")
+        values = _read(_settings_of("hub"), env, problems)
+        auth = values.get("auth")
         if auth == "native":
-            _check_native(admin_users, allowed_users, admin_initial, signup_code, problems)
+            _check_native(values, problems)
         if auth == "shared-password":
-            _check_workshop(get("WORKSHOP_MODE", "false").lower(), problems)
-            if len(shared_user) < 8:
-                problems.append(
-                    "SHARED_USER_PASSWORD is missing or shorter than 8 characters: "
-                    "delete it from .env and run `make env` to generate one"
-                )
-            if shared_admin and len(shared_admin) < 32:
-                problems.append(
-                    "SHARED_ADMIN_PASSWORD is shorter than 32 characters (JupyterHub's minimum): "
-                    "delete it from .env and run `make env` to generate one"
-                )
-            if shared_admin and not admin_users:
-                problems.append(
-                    "SHARED_ADMIN_PASSWORD is set but ADMIN_USERS is empty: "
-                    "name the admin, e.g. ADMIN_USERS=teacher"
-                )
-            if shared_admin and shared_admin == shared_user:
-                problems.append(
-                    "SHARED_ADMIN_PASSWORD and SHARED_USER_PASSWORD are equal: they must differ"
-                )
-
-        oauth = None
+            _check_workshop(values, problems)
+        values["oauth"] = None
         if auth in OAUTH_CHOICES:
-            oauth = _oauth_settings(auth, env, domain, https_port or 443, problems)
-            _check_oauth_identities(auth, oauth, admin_users, allowed_users, problems)
-
-        mem_limit = convert("USER_MEM_LIMIT", "4G", parse_memory, "a size such as 2G or 512M")
-        shm_size = convert("USER_SHM_SIZE", "1G", parse_memory, "a size such as 1G")
-        if mem_limit is not None and mem_limit < 256 * 1024**2:
-            problems.append("USER_MEM_LIMIT is below 256M: JupyterLab alone needs about 150M")
-        cpu_limit = convert(
-            "USER_CPU_LIMIT", "2", positive_float, "a number of CPUs such as 2 or 0.5"
-        )
-        pids_limit = convert("USER_PIDS_LIMIT", "1024", positive_int, "a number such as 1024")
-        idle_timeout = convert("IDLE_TIMEOUT", "3600", positive_int, "seconds, e.g. 3600")
-        gpu_idle_timeout = convert("GPU_IDLE_TIMEOUT", "1800", positive_int, "seconds, e.g. 1800")
-        spawn_limit = convert("CONCURRENT_SPAWN_LIMIT", "40", positive_int, "a number such as 40")
-
-        image = get("WORKSPACE_IMAGE", "labhub/workspace:0.1.0")
-        if not image or image.endswith(":latest") or ":" not in image.rsplit("/", 1)[-1]:
+            _check_oauth(auth, values, problems)
+            _check_oauth_identities(auth, values, problems)
+            values["oauth"] = _oauth_settings(values)
+        if values.get("subdomains") and "." not in values.get("domain", "."):
             problems.append(
-                f"WORKSPACE_IMAGE={image!r} needs an explicit tag (not :latest), "
-                "e.g. labhub/workspace:0.1.0, so that every user runs the same image"
+                f"SUBDOMAINS=true needs a DOMAIN with a dot, not {values['domain']!r}: user "
+                "servers live at <user>.DOMAIN, e.g. DOMAIN=hub.lab.example.edu with DNS "
+                "*.hub.lab..."
             )
-        network = get("DOCKER_NETWORK", "labhub")
-        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", network):
-            problems.append(f"DOCKER_NETWORK={network!r} is not a Docker network name")
-
-        gpu_inventory = get("GPU_INVENTORY", "none")
-        if gpu_inventory not in ("none", "auto") and not gpu_inventory.startswith("/"):
-            problems.append(
-                f"GPU_INVENTORY={gpu_inventory!r}: use none, auto, or an absolute path "
-                "inside the hub container such as /srv/labhub/gpus.json"
-            )
-
-        data_dir = get("HUB_DATA_DIR", "/srv/jupyterhub")
-        gpu = _gpu_settings(env, data_dir, problems)
-
-        subdomains = get("SUBDOMAINS", "false").lower()
-        if subdomains not in ("true", "false"):
-            problems.append(f"SUBDOMAINS={subdomains!r}: use true or false")
-        elif subdomains == "true" and "." not in domain:
-            problems.append(
-                f"SUBDOMAINS=true needs a DOMAIN with a dot, not {domain!r}: user servers "
-                "live at <user>.DOMAIN, e.g. DOMAIN=hub.lab.example.edu with DNS *.hub.lab..."
-            )
-
         if problems:
             raise SettingsError(problems)
-        assert https_port is not None and mem_limit is not None and shm_size is not None
-        assert cpu_limit is not None and pids_limit is not None and idle_timeout is not None
-        assert gpu_idle_timeout is not None and spawn_limit is not None
-        return cls(
-            domain=domain,
-            https_port=https_port,
-            auth=auth,
-            configproxy_auth_token=token,
-            workspace_image=image,
-            docker_network=network,
-            mem_limit=mem_limit,
-            cpu_limit=cpu_limit,
-            shm_size=shm_size,
-            pids_limit=pids_limit,
-            idle_timeout=idle_timeout,
-            gpu_idle_timeout=gpu_idle_timeout,
-            concurrent_spawn_limit=spawn_limit,
-            admin_users=admin_users,
-            admin_groups=_split(get("ADMIN_GROUPS")),
-            allowed_users=allowed_users,
-            allowed_groups=_split(get("ALLOWED_GROUPS")),
-            shared_admin_password=shared_admin,
-            shared_user_password=shared_user,
-            admin_initial_password=admin_initial,
-            signup_code=signup_code,
-            oauth=oauth,
-            extra_ca_bundle=get("EXTRA_CA_BUNDLE"),
-            extra_ca_file=get("EXTRA_CA_FILE"),
-            gpu_inventory=gpu_inventory,
-            **gpu,
-            data_dir=data_dir,
-            debug=get("HUB_DEBUG", "false").lower() == "true",
-            subdomains=subdomains == "true",
-        )
+        return cls(**_pick(cls, values))
 
 
-def _check_native(
-    admin_users: frozenset[str],
-    allowed_users: frozenset[str],
-    admin_initial: str,
-    signup_code: str,
-    problems: list[str],
-) -> None:
+def _check_native(values: Mapping[str, Any], problems: list[str]) -> None:
     """AUTH=native: one first admin, created at start-up with a generated password."""
-    if allowed_users:
+    admin_users: frozenset[str] = values.get("admin_users", frozenset())
+    admin_initial: str = values.get("admin_initial_password", "")
+    signup_code: str = values.get("signup_code", "")
+    if values.get("allowed_users"):
         # NativeAuthenticator approves an allowed name at sign-up: whoever signs up
         # first under it would own the account.
         problems.append(
@@ -329,41 +1065,89 @@ def _check_native(
         problems.append("SIGNUP_CODE and ADMIN_INITIAL_PASSWORD are equal: they must differ")
 
 
-def _check_workshop(workshop_mode: str, problems: list[str]) -> None:
+def _check_workshop(values: Mapping[str, Any], problems: list[str]) -> None:
     """AUTH=shared-password is workshop mode: it only starts when asked for by name."""
-    if workshop_mode not in ("true", "false"):
-        problems.append(f"WORKSHOP_MODE={workshop_mode!r} is not valid: use true or false")
-    elif workshop_mode != "true":
+    shared_user: str = values.get("shared_user_password", "")
+    shared_admin: str = values.get("shared_admin_password", "")
+    if values.get("workshop_mode") is False:
         problems.append(
             "AUTH=shared-password is workshop mode: anyone who knows SHARED_USER_PASSWORD "
             "can log in under any name, an existing student's too, and read their files, "
             "kernels and tokens. For a class use AUTH=native (each student their own "
             "password). To run a short workshop anyway, set WORKSHOP_MODE=true"
         )
+    if len(shared_user) < 8:
+        problems.append(
+            "SHARED_USER_PASSWORD is missing or shorter than 8 characters: "
+            "delete it from .env and run `make env` to generate one"
+        )
+    if shared_admin and len(shared_admin) < 32:
+        problems.append(
+            "SHARED_ADMIN_PASSWORD is shorter than 32 characters (JupyterHub's minimum): "
+            "delete it from .env and run `make env` to generate one"
+        )
+    if shared_admin and not values.get("admin_users"):
+        problems.append(
+            "SHARED_ADMIN_PASSWORD is set but ADMIN_USERS is empty: "
+            "name the admin, e.g. ADMIN_USERS=teacher"
+        )
+    if shared_admin and shared_admin == shared_user:
+        problems.append(
+            "SHARED_ADMIN_PASSWORD and SHARED_USER_PASSWORD are equal: they must differ"
+        )
 
 
-def _check_oauth_identities(
-    auth: str,
-    oauth: OAuthSettings,
-    admin_users: frozenset[str],
-    allowed_users: frozenset[str],
-    problems: list[str],
-) -> None:
-    """ADMIN_USERS must name one person at the provider, and the world is never allowed."""
-    if auth == "github" and not (oauth.allowed_orgs or allowed_users):
+def _check_oauth(auth: str, values: Mapping[str, Any], problems: list[str]) -> None:
+    """Each provider's required settings, its allow-list, and the groups it can send."""
+    for name, attr in (("OAUTH_CLIENT_ID", "client_id"), ("OAUTH_CLIENT_SECRET", "client_secret")):
+        if not values.get(attr):
+            problems.append(
+                f"{name} is required with AUTH={auth}: register an OAuth app with the provider "
+                "(docs/admin-guide.md#oauth) and copy its value here"
+            )
+    if auth == "generic" and values.get("oidc_issuer") == "":
+        problems.append(
+            "OIDC_ISSUER is required with AUTH=generic and must be an https:// URL, e.g. "
+            f"{_OIDC_EXAMPLE} (its /.well-known/openid-configuration is read at start-up)"
+        )
+    if auth == "cilogon" and not values.get("cilogon_idp"):
+        # OAuthenticator 17.4 admits only users whose `idp` claim is a configured IdP.
+        problems.append(
+            "CILOGON_IDP is required with AUTH=cilogon: the entity ID of your university's "
+            "identity provider as CILogon lists it (https://cilogon.org/idplist/), e.g. "
+            "https://idp.uni.edu/idp/shibboleth"
+        )
+    allowed_users = values.get("allowed_users")
+    if auth == "github" and not (values.get("allowed_orgs") or allowed_users):
         problems.append(
             "AUTH=github needs an allow-list, or every GitHub account could log in: set "
             "GITHUB_ALLOWED_ORGS=org or org:team, or ALLOWED_USERS=login1,login2"
         )
-    if auth == "google" and not (oauth.hosted_domains or allowed_users):
+    if auth == "google" and not (values.get("hosted_domains") or allowed_users):
         problems.append(
             "AUTH=google needs an allow-list, or every Google account could log in: set "
             "GOOGLE_HOSTED_DOMAINS=uni.edu, or ALLOWED_USERS=ann@uni.edu,..."
         )
+    groups = values.get("allowed_groups") or values.get("admin_groups")
+    if auth == "github" and groups:
+        problems.append(
+            "ALLOWED_GROUPS/ADMIN_GROUPS are not used with AUTH=github: use "
+            "GITHUB_ALLOWED_ORGS=org or org:team, and ADMIN_USERS"
+        )
+    if auth == "google" and groups:
+        # Google sends no groups claim; its groups need a Workspace service account.
+        problems.append(
+            "ALLOWED_GROUPS/ADMIN_GROUPS are not used with AUTH=google (Google sends no "
+            "groups claim): use GOOGLE_HOSTED_DOMAINS, ALLOWED_USERS and ADMIN_USERS"
+        )
+
+
+def _check_oauth_identities(auth: str, values: Mapping[str, Any], problems: list[str]) -> None:
+    """ADMIN_USERS must name one person at the provider, never a role."""
     wants_email = auth in ("google", "cilogon") or (
-        auth == "generic" and oauth.username_claim == "email"
+        auth == "generic" and values.get("username_claim") == "email"
     )
-    for name in sorted(admin_users):
+    for name in sorted(values.get("admin_users", ())):
         if name.lower() in ROLE_NAMES:
             problems.append(
                 f"ADMIN_USERS={name!r} names a role, not a person: with AUTH={auth} any "
@@ -379,116 +1163,41 @@ def _check_oauth_identities(
             )
 
 
-def _gpu_settings(env: Mapping[str, str], data_dir: str, problems: list[str]) -> dict[str, Any]:
-    """GPU_PROFILES, GPU_DB, GPU_QUEUE, GPU_QUEUE_TIMEOUT and the GPU-hour quotas."""
+def _oauth_settings(values: Mapping[str, Any]) -> OAuthSettings | None:
+    """The OAuth fields, with the callback URL's default (only if they all parsed)."""
+    if not all(f.name in values for f in fields(OAuthSettings)):
+        return None
+    callback = values["callback_url"]
+    if not callback and "domain" in values and "https_port" in values:
+        port = "" if values["https_port"] == 443 else f":{values['https_port']}"
+        callback = f"https://{values['domain']}{port}/hub/oauth_callback"
+    return OAuthSettings(**{**_pick(OAuthSettings, values), "callback_url": callback})
 
-    def get(name: str, default: str = "") -> str:
-        return env.get(name, default).strip()
 
-    out: dict[str, Any] = {}
-    for name, key, default in (
-        ("GPU_PROFILES", "gpu_profiles", ""),
-        ("GPU_DB", "gpu_db", f"{data_dir}/gpu.sqlite"),
-    ):
-        value = get(name, default)
-        if value and not value.startswith("/"):
-            problems.append(
-                f"{name}={value!r}: use an absolute path inside the hub container, "
-                f"e.g. {'/srv/labhub/profiles.json' if key == 'gpu_profiles' else default}"
-            )
-        out[key] = value
-    queue = get("GPU_QUEUE", "false").lower()
-    if queue not in ("true", "false"):
-        problems.append(f"GPU_QUEUE={queue!r} is not valid: use true or false")
-    out["gpu_queue"] = queue == "true"
-    timeout = get("GPU_QUEUE_TIMEOUT", "600")
-    if not timeout.isdigit() or int(timeout) <= 0:
-        problems.append(f"GPU_QUEUE_TIMEOUT={timeout!r} is not valid: seconds, e.g. 600")
-    else:
-        out["gpu_queue_timeout"] = int(timeout)
-    user_hours = get("GPU_QUOTA_USER_HOURS")
-    if user_hours:
+def check_files(settings: Settings) -> None:
+    """Raise one SettingsError for every file a setting names that is missing or broken.
+
+    Run in the hub at start-up, where the files are mounted (`check-settings` runs
+    outside the hub's mounts and cannot see them). EXTRA_CA_FILE is a PEM file of CA
+    certificates; compose mounts an empty file when it is unset.
+    """
+    problems: list[str] = []
+    if settings.extra_ca_file:
+        path = Path(settings.extra_ca_file)
         try:
-            out["gpu_quota_user_hours"] = float(user_hours)
-            if out["gpu_quota_user_hours"] <= 0:
-                raise ValueError(user_hours)
-        except ValueError:
+            extra = path.read_text()
+        except (OSError, UnicodeDecodeError) as error:
             problems.append(
-                f"GPU_QUOTA_USER_HOURS={user_hours!r} is not valid: GPU-hours per week "
-                "such as 20, or empty for no per-user quota"
+                f"EXTRA_CA_FILE: cannot read {path} in the hub ({error}): give the absolute "
+                "host path of a PEM file of CA certificates, or leave it empty"
             )
-    group_hours = get("GPU_QUOTA_GROUP_HOURS")
-    if group_hours:
-        hint = (
-            f"GPU_QUOTA_GROUP_HOURS={group_hours!r} is not valid: a JSON object of group "
-            'names to GPU-hours per week, e.g. {"students": 100}, or empty for none'
-        )
-        try:
-            parsed = json.loads(group_hours)
-        except ValueError:
-            parsed = None
-        if not isinstance(parsed, dict) or not all(
-            isinstance(v, int | float) and not isinstance(v, bool) and v > 0
-            for v in parsed.values()
-        ):
-            problems.append(hint)
         else:
-            out["gpu_quota_group_hours"] = {str(k): float(v) for k, v in parsed.items()}
-    return out
-
-
-def _oauth_settings(
-    auth: str, env: Mapping[str, str], domain: str, https_port: int, problems: list[str]
-) -> OAuthSettings:
-    def get(name: str, default: str = "") -> str:
-        return env.get(name, default).strip()
-
-    client_id, client_secret = get("OAUTH_CLIENT_ID"), get("OAUTH_CLIENT_SECRET")
-    for name, value in (("OAUTH_CLIENT_ID", client_id), ("OAUTH_CLIENT_SECRET", client_secret)):
-        if not value:
-            problems.append(
-                f"{name} is required with AUTH={auth}: register an OAuth app with the provider "
-                "(docs/admin-guide.md#oauth) and copy its value here"
-            )
-    port = "" if https_port == 443 else f":{https_port}"
-    # Empty (as `make env` writes it from .env.example) means the default.
-    callback = get("OAUTH_CALLBACK_URL") or f"https://{domain}{port}/hub/oauth_callback"
-    if not callback.startswith("https://"):
-        problems.append(f"OAUTH_CALLBACK_URL={callback!r} must be an https:// URL")
-    issuer = get("OIDC_ISSUER")
-    if auth == "generic" and not issuer.startswith("https://"):
-        problems.append(
-            "OIDC_ISSUER is required with AUTH=generic and must be an https:// URL, e.g. "
-            "https://keycloak.example.edu/realms/lab (its /.well-known/openid-configuration "
-            "is read at start-up)"
-        )
-    if auth == "cilogon" and not get("CILOGON_IDP"):
-        # OAuthenticator 17.4 admits only users whose `idp` claim is a configured IdP.
-        problems.append(
-            "CILOGON_IDP is required with AUTH=cilogon: the entity ID of your university's "
-            "identity provider as CILogon lists it (https://cilogon.org/idplist/), e.g. "
-            "https://idp.uni.edu/idp/shibboleth"
-        )
-    scopes = tuple(_split(get("OAUTH_SCOPES", "openid profile email")))
-    claims_from = get("OIDC_CLAIMS_FROM") or "userinfo"
-    if claims_from not in ("userinfo", "id_token"):
-        problems.append(
-            f"OIDC_CLAIMS_FROM={claims_from!r} is unknown: use userinfo (Keycloak and most "
-            "providers) or id_token (Azure AD, whose userinfo has no username or groups)"
-        )
-    return OAuthSettings(
-        client_id=client_id,
-        client_secret=client_secret,
-        callback_url=callback,
-        allowed_orgs=_split(get("GITHUB_ALLOWED_ORGS")),
-        hosted_domains=_split(get("GOOGLE_HOSTED_DOMAINS")),
-        oidc_issuer=issuer.rstrip("/"),
-        username_claim=get("OIDC_USERNAME_CLAIM", "preferred_username"),
-        groups_claim=get("OIDC_GROUPS_CLAIM", "groups"),
-        scopes=tuple(sorted(scopes)),
-        cilogon_idp=get("CILOGON_IDP"),
-        claims_from=claims_from,
-    )
+            if extra.strip() and PEM_CERTIFICATE not in extra:
+                problems.append(
+                    f"EXTRA_CA_FILE: {path} holds no PEM certificate ({PEM_CERTIFICATE} ...)"
+                )
+    if problems:
+        raise SettingsError(problems)
 
 
 @dataclass(frozen=True)
@@ -505,84 +1214,30 @@ class NetworkSettings:
     ip_range: ipaddress.IPv4Network
     hub_ip: ipaddress.IPv4Address
     proxy_ip: ipaddress.IPv4Address
-    lan_access: bool = False
-    internet: bool = True
-    egress_allow: tuple[ipaddress.IPv4Network, ...] = ()
+    lan_access: bool
+    internet: bool
+    egress_allow: tuple[ipaddress.IPv4Network, ...]
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> NetworkSettings:
         """Read and check every network variable; raise one SettingsError with all problems."""
         problems: list[str] = []
-
-        def required(name: str, example: str, parse: Callable[[str], T]) -> T | None:
-            raw = env.get(name, "").strip()
-            if not raw:
-                problems.append(
-                    f"{name} is missing: run `make env` (it adds it from .env.example), "
-                    f"e.g. {name}={example}"
-                )
-                return None
-            try:
-                return parse(raw)
-            except ValueError:
-                problems.append(f"{name}={raw!r} is not valid: write it like {name}={example}")
-                return None
-
-        def flag(name: str, default: str) -> bool:
-            raw = env.get(name, "").strip().lower() or default
-            if raw not in ("true", "false"):
-                problems.append(f"{name}={raw!r} is not valid: use true or false")
-            return raw == "true"
-
-        bridge = env.get("USERS_BRIDGE", "").strip()
-        if not _BRIDGE.match(bridge):
-            problems.append(
-                f"USERS_BRIDGE={bridge!r} is not a usable interface name: 1-15 letters, "
-                "digits, - or _, e.g. USERS_BRIDGE=labhub-users"
-            )
-        subnet = required("USERS_SUBNET", "172.31.240.0/20", ipaddress.IPv4Network)
-        ip_range = required("USERS_IP_RANGE", "172.31.248.0/21", ipaddress.IPv4Network)
-        hub_ip = required("HUB_USERS_IP", "172.31.240.2", ipaddress.IPv4Address)
-        proxy_ip = required("PROXY_USERS_IP", "172.31.240.3", ipaddress.IPv4Address)
-        if subnet is not None:
-            _check_layout(subnet, ip_range, hub_ip, proxy_ip, problems)
-
-        egress_allow: list[ipaddress.IPv4Network] = []
-        for item in sorted(_split(env.get("USER_EGRESS_ALLOW", ""))):
-            try:
-                egress_allow.append(ipaddress.IPv4Network(item))
-            except ValueError:
-                problems.append(
-                    f"USER_EGRESS_ALLOW: {item!r} is not an IPv4 address or network: write "
-                    "addresses or CIDRs separated by commas, e.g. 10.1.2.3,10.20.0.0/24"
-                )
-        lan_access = flag("USER_LAN_ACCESS", "false")
-        internet = flag("USER_INTERNET", "true")
+        values = _read(_settings_of("netguard"), env, problems)
+        if "subnet" in values:
+            _check_layout(values, problems)
         if problems:
             raise SettingsError(problems)
-        assert subnet and ip_range and hub_ip and proxy_ip
-        return cls(
-            bridge=bridge,
-            subnet=subnet,
-            ip_range=ip_range,
-            hub_ip=hub_ip,
-            proxy_ip=proxy_ip,
-            lan_access=lan_access,
-            internet=internet,
-            egress_allow=tuple(egress_allow),
-        )
+        return cls(**_pick(cls, values))
 
 
-def _check_layout(
-    subnet: ipaddress.IPv4Network,
-    ip_range: ipaddress.IPv4Network | None,
-    hub_ip: ipaddress.IPv4Address | None,
-    proxy_ip: ipaddress.IPv4Address | None,
-    problems: list[str],
-) -> None:
+def _check_layout(values: Mapping[str, Any], problems: list[str]) -> None:
     """The users' subnet holds the range user containers get addresses from (Docker puts
     the host's gateway address at its start) and, outside it, the hub's and the proxy's
     fixed addresses: otherwise a user container could get the hub's address."""
+    subnet: ipaddress.IPv4Network = values["subnet"]
+    ip_range: ipaddress.IPv4Network | None = values.get("ip_range")
+    hub_ip: ipaddress.IPv4Address | None = values.get("hub_ip")
+    proxy_ip: ipaddress.IPv4Address | None = values.get("proxy_ip")
     if subnet.prefixlen > 26:
         problems.append(f"USERS_SUBNET={subnet} is too small: use a /26 or larger, e.g. a /20")
     if ip_range is not None and not ip_range.subnet_of(subnet):

@@ -18,7 +18,7 @@ import yaml
 from .contract import CONTAINER_USER, HOME_DIR, WORKSPACE_DEFAULT_URL
 from .gpu.inventory import Device
 from .gpu.profiles import Profile
-from .settings import NetworkSettings, Settings, parse_memory
+from .settings import NetworkSettings, Settings
 
 # The chart's hub image carries these upstream classes; labhub's subclasses add
 # behaviour (docs/scale-out.md says which) that the chart's image does not have.
@@ -165,9 +165,7 @@ def profile_list(
             override: dict[str, Any] = {
                 "cpu_limit": profile.cpu_limit or settings.cpu_limit,
                 # KubeSpawner reads 4G (powers of 1024) or bytes, never 4Gi: bytes.
-                "mem_limit": parse_memory(profile.mem_limit)
-                if profile.mem_limit
-                else settings.mem_limit,
+                "mem_limit": profile.mem_limit or settings.mem_limit,
             }
             if limits:
                 override["extra_resource_limits"] = limits

@@ -4,8 +4,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from labhub.auth import NOT_ALLOWED_MESSAGE, authenticator_config, ca_bundle
-from labhub.settings import Settings, SettingsError
+from labhub.auth import (
+    NOT_ALLOWED_MESSAGE,
+    OidcEndpoints,
+    authenticator_config,
+    discover_endpoints,
+    provider_ca_bundle,
+)
+from labhub.settings import Settings, SettingsError, check_files
 
 pytestmark = pytest.mark.unit
 
@@ -25,8 +31,14 @@ def fake_discover(issuer: str, ca_bundle: str) -> dict[str, Any]:
     return DISCOVERY
 
 
-def config(env: dict[str, str]) -> tuple[str, dict[str, Any]]:
-    return authenticator_config(Settings.from_env(env), discover=fake_discover)
+def config(env: dict[str, str], ca_bundle: str = "") -> tuple[str, dict[str, Any]]:
+    """What jupyterhub_config does, with discovery answered by DISCOVERY."""
+    settings = Settings.from_env(env)
+    oidc = None
+    if settings.auth == "generic":
+        assert settings.oauth is not None
+        oidc = discover_endpoints(settings.oauth, ca_bundle, fetch=fake_discover)
+    return authenticator_config(settings, ca_bundle, oidc)
 
 
 def test_native_is_the_default_with_the_first_admin_and_the_signup_code() -> None:
@@ -159,10 +171,11 @@ def test_oauth_admins_are_not_admin_users_that_skip_the_allow_rules(env: dict[st
 
 
 def test_campus_ca_reaches_oauthenticators_http_client() -> None:
-    _, traits = config(
-        {**OAUTH, "AUTH": "cilogon", "CILOGON_IDP": IDP, "EXTRA_CA_BUNDLE": "/etc/ssl/certs/ca.pem"}
-    )
-    assert traits["http_request_kwargs"] == {"ca_certs": "/etc/ssl/certs/ca.pem"}
+    env = {**OAUTH, "AUTH": "cilogon", "CILOGON_IDP": IDP, "EXTRA_CA_BUNDLE": "/etc/ssl/ca.pem"}
+    bundle = provider_ca_bundle(Settings.from_env(env))
+    assert bundle == "/etc/ssl/ca.pem"
+    _, traits = config(env, bundle)
+    assert traits["http_request_kwargs"] == {"ca_certs": "/etc/ssl/ca.pem"}
 
 
 @pytest.mark.parametrize(
@@ -171,16 +184,19 @@ def test_campus_ca_reaches_oauthenticators_http_client() -> None:
     ids=["github", "google"],
 )
 def test_providers_without_a_groups_claim_reject_groups_with_a_hint(auth: str, hint: str) -> None:
-    with pytest.raises(SettingsError, match=hint):
-        config({**OAUTH, "AUTH": auth, "ALLOWED_GROUPS": "x"})
+    # Refused by Settings.from_env, with the other problems, before any wiring.
+    with pytest.raises(SettingsError, match=hint) as info:
+        Settings.from_env({**OAUTH, "AUTH": auth, "ALLOWED_GROUPS": "x", "ADMIN_USERS": "admin"})
+    assert len(info.value.problems) == 3  # groups, allow-list, admin named by a role
 
 
 def test_incomplete_discovery_document_is_a_settings_error() -> None:
     settings = Settings.from_env(
         {**OAUTH, "AUTH": "generic", "OIDC_ISSUER": "https://idp.example.edu/realms/lab"}
     )
+    assert settings.oauth is not None
     with pytest.raises(SettingsError, match="userinfo_endpoint"):
-        authenticator_config(settings, discover=lambda issuer, ca: {"token_endpoint": "x"})
+        discover_endpoints(settings.oauth, "", fetch=lambda issuer, ca: {"token_endpoint": "x"})
 
 
 GENERIC = {**OAUTH, "AUTH": "generic", "OIDC_ISSUER": "https://idp.example.edu/realms/lab"}
@@ -189,9 +205,30 @@ CERT = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 
 def test_discovery_document_of_another_issuer_is_refused() -> None:
     settings = Settings.from_env(GENERIC)
+    assert settings.oauth is not None
     document = {**DISCOVERY, "issuer": "https://other.example.edu/realms/lab"}
     with pytest.raises(SettingsError, match="differs from the issuer"):
-        authenticator_config(settings, discover=lambda issuer, ca: document)
+        discover_endpoints(settings.oauth, "", fetch=lambda issuer, ca: document)
+
+
+def test_discovery_reports_every_problem_of_the_document_at_once() -> None:
+    settings = Settings.from_env(GENERIC)
+    assert settings.oauth is not None
+    document = {"issuer": "https://other.example.edu", "token_endpoint": "x"}
+    with pytest.raises(SettingsError) as info:
+        discover_endpoints(settings.oauth, "", fetch=lambda issuer, ca: document)
+    assert len(info.value.problems) == 2
+
+
+def test_the_authenticator_mapping_does_no_discovery_and_writes_no_file(tmp_path: Path) -> None:
+    settings = Settings.from_env({**GENERIC, "HUB_DATA_DIR": str(tmp_path)})
+    endpoints = OidcEndpoints("https://i/auth", "https://i/token", "https://i/userinfo")
+    _, traits = authenticator_config(settings, "", endpoints)
+    assert (traits["authorize_url"], traits["userdata_url"]) == (
+        "https://i/auth",
+        "https://i/userinfo",
+    )
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_runtime_ca_file_is_added_to_the_image_bundle(tmp_path: Path) -> None:
@@ -210,8 +247,13 @@ def test_runtime_ca_file_is_added_to_the_image_bundle(tmp_path: Path) -> None:
         "EXTRA_CA_FILE": str(extra),
         "HUB_DATA_DIR": str(tmp_path),
     }
-    _, traits = authenticator_config(Settings.from_env(env), discover=discover)
-    bundle = traits["http_request_kwargs"]["ca_certs"]
+    settings = Settings.from_env(env)
+    check_files(settings)
+    bundle = provider_ca_bundle(settings)
+    assert settings.oauth is not None
+    oidc = discover_endpoints(settings.oauth, bundle, fetch=discover)
+    _, traits = authenticator_config(settings, bundle, oidc)
+    assert traits["http_request_kwargs"]["ca_certs"] == bundle
     assert seen == [bundle], "discovery and OAuth calls trust the same bundle"
     text = Path(bundle).read_text()
     assert "SYSTEM" in text and "CAMPUS" in text
@@ -236,10 +278,11 @@ def test_runtime_ca_file_problems(tmp_path: Path, content: str | None, expected:
         }
     )
     if expected == "image-bundle":
-        assert ca_bundle(settings) == "image-bundle"
+        check_files(settings)
+        assert provider_ca_bundle(settings) == "image-bundle"
     else:
         with pytest.raises(SettingsError, match=f"EXTRA_CA_FILE: .*{expected}"):
-            ca_bundle(settings)
+            check_files(settings)
 
 
 def test_empty_callback_url_from_env_example_means_the_default() -> None:

@@ -1,12 +1,24 @@
-"""`labhub check-settings`: what `make up` runs before it starts anything."""
+"""`labhub check-settings` (what `make up` runs before it starts anything) and
+`labhub settings-docs`."""
+
+from pathlib import Path
 
 import pytest
 from labhub.cli import main
+from labhub.settingsdoc import GENERATED
 from minimal_env import MINIMAL_ENV
 
 pytestmark = pytest.mark.unit
 
-GOOD = MINIMAL_ENV
+# .env's users' network, as `make env` copies it from .env.example.
+NETWORK = {
+    "USERS_BRIDGE": "labhub-users",
+    "USERS_SUBNET": "172.31.240.0/20",
+    "USERS_IP_RANGE": "172.31.248.0/21",
+    "HUB_USERS_IP": "172.31.240.2",
+    "PROXY_USERS_IP": "172.31.240.3",
+}
+GOOD = {**MINIMAL_ENV, **NETWORK}
 
 
 def test_good_settings_pass_with_one_line(
@@ -18,12 +30,30 @@ def test_good_settings_pass_with_one_line(
     assert capsys.readouterr().out.startswith("settings OK")
 
 
-def test_every_wrong_setting_is_listed_with_its_fix(
+def test_every_wrong_setting_is_listed_with_its_fix_the_users_network_too(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    for name, value in {**GOOD, "USER_MEM_LIMIT": "lots", "IDLE_TIMEOUT": "-1"}.items():
+    wrong = {"USER_MEM_LIMIT": "lots", "IDLE_TIMEOUT": "-1", "HUB_USERS_IP": "10.9.9.9"}
+    for name, value in {**GOOD, **wrong}.items():
         monkeypatch.setenv(name, value)
     assert main(["check-settings"]) == 2
     err = capsys.readouterr().err
+    assert "3 setting(s) to fix" in err
     assert "USER_MEM_LIMIT='lots' is not valid: a size such as 2G or 512M" in err
     assert "IDLE_TIMEOUT='-1' is not valid" in err
+    assert "HUB_USERS_IP=10.9.9.9 must be a host address inside USERS_SUBNET" in err
+
+
+def test_settings_docs_writes_the_generated_files_and_check_reports_drift(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "docs").mkdir()
+    assert main(["settings-docs", "--root", str(tmp_path), "--check"]) == 1
+    assert main(["settings-docs", "--root", str(tmp_path)]) == 0
+    assert (tmp_path / ".env.example").read_text() == GENERATED[".env.example"]()
+    assert main(["settings-docs", "--root", str(tmp_path), "--check"]) == 0
+    (tmp_path / "docs/settings.md").write_text("edited by hand\n")
+    capsys.readouterr()
+    assert main(["settings-docs", "--root", str(tmp_path), "--check"]) == 1
+    assert "docs/settings.md differs" in capsys.readouterr().out
+    assert (tmp_path / "docs/settings.md").read_text() == "edited by hand\n"

@@ -207,7 +207,7 @@ def test_defaults_of_the_switches() -> None:
         ({"PROXY_USERS_IP": "172.31.240.2"}, "both 172.31.240.2"),
         ({"USER_LAN_ACCESS": "yes"}, "USER_LAN_ACCESS='yes' is not valid: use true or false"),
         ({"USER_INTERNET": "0"}, "USER_INTERNET="),
-        ({"USER_EGRESS_ALLOW": "10.0.0.0/33"}, "USER_EGRESS_ALLOW: '10.0.0.0/33'"),
+        ({"USER_EGRESS_ALLOW": "10.0.0.0/33"}, "'10.0.0.0/33' is not an IPv4 address"),
     ],
 )
 def test_each_bad_value_is_named(overrides: dict[str, str], expected: str) -> None:

@@ -1,7 +1,27 @@
 """Settings: every variable is checked, and every problem names its variable."""
 
+import difflib
+import json
+import os
+import re
+import runpy
+import subprocess
+from pathlib import Path
+from typing import Any, ClassVar
+
 import pytest
-from labhub.settings import Settings, SettingsError, parse_memory
+from labhub.gpu.profiles import ProfileError, load_profiles
+from labhub.settings import (
+    SECTIONS,
+    NetworkSettings,
+    Settings,
+    SettingsError,
+    boolean,
+    parse_memory,
+    settings_environment,
+)
+from labhub.settingsdoc import GENERATED
+from traitlets.config import Config
 
 pytestmark = pytest.mark.unit
 
@@ -52,7 +72,7 @@ def test_public_url_carries_a_non_default_port() -> None:
         ({"AUTH": "ldap"}, "AUTH='ldap' is unknown"),
         ({"DOMAIN": "https://x.edu"}, "DOMAIN="),
         ({"HTTPS_PORT": "abc"}, "HTTPS_PORT="),
-        ({"HTTPS_PORT": "70000"}, "HTTPS_PORT=70000"),
+        ({"HTTPS_PORT": "70000"}, "HTTPS_PORT='70000'"),
         ({"CONFIGPROXY_AUTH_TOKEN": "short"}, "CONFIGPROXY_AUTH_TOKEN"),
         ({**WORKSHOP, "SHARED_USER_PASSWORD": ""}, "SHARED_USER_PASSWORD"),
         ({**WORKSHOP, "SHARED_ADMIN_PASSWORD": "short"}, "SHARED_ADMIN_PASSWORD"),
@@ -68,7 +88,7 @@ def test_public_url_carries_a_non_default_port() -> None:
         ({"SIGNUP_CODE": "b" * 24}, "SIGNUP_CODE and ADMIN_INITIAL_PASSWORD are equal"),
         ({"ALLOWED_USERS": "ann"}, "ALLOWED_USERS is not used with AUTH=native"),
         ({"USER_MEM_LIMIT": "lots"}, "USER_MEM_LIMIT="),
-        ({"USER_MEM_LIMIT": "100M"}, "USER_MEM_LIMIT is below 256M"),
+        ({"USER_MEM_LIMIT": "100M"}, "USER_MEM_LIMIT='100M' is below 256M"),
         ({"USER_CPU_LIMIT": "-1"}, "USER_CPU_LIMIT="),
         ({"USER_PIDS_LIMIT": "0"}, "USER_PIDS_LIMIT="),
         ({"IDLE_TIMEOUT": "1h"}, "IDLE_TIMEOUT="),
@@ -193,8 +213,8 @@ def test_oauth_settings_are_collected() -> None:
 
 
 def test_gpu_defaults_keep_the_record_on_the_hub_data_volume() -> None:
-    s = settings(HUB_DATA_DIR="/data")
-    assert s.gpu_db == "/data/gpu.sqlite"
+    s = settings()
+    assert s.gpu_db == f"{s.data_dir}/gpu.sqlite" == "/srv/jupyterhub/gpu.sqlite"
     assert s.gpu_profiles == ""
     assert s.gpu_queue is False
     assert s.gpu_queue_timeout == 600
@@ -238,3 +258,171 @@ def test_gpu_settings_are_read() -> None:
 )
 def test_a_wrong_gpu_setting_names_its_variable(overrides: dict[str, str], variable: str) -> None:
     assert variable in problems(**overrides)
+
+
+# --- The table: each setting described once ----------------------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+TABLE = [s for section in SECTIONS for s in section.settings]
+HUB_TABLE = [s for section in SECTIONS if section.reader == "hub" for s in section.settings]
+
+
+def env_example_values() -> dict[str, str]:
+    text = (REPO / ".env.example").read_text()
+    return dict(line.split("=", 1) for line in text.splitlines() if re.match(r"^[A-Z_]+=", line))
+
+
+@pytest.mark.parametrize("path", sorted(GENERATED))
+def test_generated_files_match_the_table(path: str) -> None:
+    committed = (REPO / path).read_text().splitlines()
+    wanted = GENERATED[path]().splitlines()
+    diff = "\n".join(difflib.unified_diff(committed, wanted, path, "table", lineterm="", n=0))
+    assert not diff, f"{path} differs from hub/labhub/settings.py; run make settings-docs:\n{diff}"
+
+
+def test_env_example_lists_every_setting_but_what_compose_sets() -> None:
+    in_example = set(env_example_values())
+    compose_set = {
+        s.name for section in SECTIONS if not section.in_env_file for s in section.settings
+    }
+    assert in_example == {s.name for s in TABLE} - compose_set
+    # ... and those compose does set, for the hub, whatever .env says.
+    compose = (REPO / "compose/docker-compose.yml").read_text()
+    for name in compose_set:
+        assert re.search(rf"^\s+{name}: \S", compose, re.MULTILINE), name
+
+
+def test_from_env_reads_nothing_outside_the_table() -> None:
+    class Recording(dict[str, str]):
+        read: ClassVar[set[str]] = set()
+
+        def get(self, key: str, default: Any = None) -> Any:
+            self.read.add(key)
+            return super().get(key, default)
+
+    Settings.from_env(Recording(GOOD))
+    assert Recording.read == {s.name for s in HUB_TABLE}
+
+
+def test_env_example_as_make_env_copies_it_is_the_defaults() -> None:
+    """`make env` copies .env.example (empty lines included): that is the same hub as no
+    .env at all, and the network layout netguard needs."""
+    copied = {**env_example_values(), **GOOD}
+    assert Settings.from_env(copied) == Settings.from_env(GOOD)
+    NetworkSettings.from_env(copied)
+
+
+def test_every_switch_takes_true_or_false_and_nothing_else() -> None:
+    switches = [s.name for s in HUB_TABLE if s.parse is boolean]
+    assert {"HUB_DEBUG", "SUBDOMAINS", "GPU_QUEUE", "WORKSHOP_MODE"} <= set(switches)
+    with pytest.raises(SettingsError) as info:
+        settings(**dict.fromkeys(switches, "yes"))
+    assert info.value.problems == [f"{n}='yes' is not valid: use true or false" for n in switches]
+    assert settings(HUB_DEBUG="TRUE", GPU_QUEUE="False").debug is True
+
+
+def test_a_secret_is_never_shown_in_an_error() -> None:
+    message = problems(CONFIGPROXY_AUTH_TOKEN="hunter2-token")
+    assert "CONFIGPROXY_AUTH_TOKEN is missing or shorter than 32" in message
+    assert "hunter2" not in message
+
+
+def test_gpu_cull_every_is_a_setting() -> None:
+    assert settings().gpu_cull_every == 60
+    assert settings(GPU_CULL_EVERY="15").gpu_cull_every == 15
+    assert "GPU_CULL_EVERY='0' is not valid" in problems(GPU_CULL_EVERY="0")
+
+
+def test_the_gpu_service_builds_the_same_settings_from_its_environment() -> None:
+    hub_env = {**GOOD, "GPU_INVENTORY": "auto", "PATH": "/usr/bin", "USERS_SUBNET": "10.0.0.0/8"}
+    service_env = settings_environment(hub_env)
+    assert set(service_env) == {s.name for s in HUB_TABLE}  # no PATH, no network layout
+    assert (service_env["GPU_INVENTORY"], service_env["GPU_IDLE_TIMEOUT"]) == ("auto", "1800")
+    assert Settings.from_env(service_env) == Settings.from_env(hub_env)
+
+
+@pytest.mark.parametrize(
+    ("text", "size"), [("512b", 512), ("64k", 65536), ("1.5G", 1610612736), ("2m", 2 * 1024**2)]
+)
+def test_one_grammar_for_sizes_in_env_and_profiles(tmp_path: Path, text: str, size: int) -> None:
+    assert parse_memory(text) == size
+    path = tmp_path / "profiles.json"
+    path.write_text(
+        json.dumps({"profiles": [{"slug": "p", "display_name": "P", "mem_limit": text}]})
+    )
+    assert load_profiles(path)[0].mem_limit == size
+
+
+@pytest.mark.parametrize("text", ["16 GB", "4T", "-1G", "G"])
+def test_a_size_outside_the_grammar_is_refused_in_env_and_profiles(
+    tmp_path: Path, text: str
+) -> None:
+    assert f"USER_SHM_SIZE={text!r} is not valid: a size" in problems(USER_SHM_SIZE=text)
+    path = tmp_path / "profiles.json"
+    path.write_text(
+        json.dumps({"profiles": [{"slug": "p", "display_name": "P", "mem_limit": text}]})
+    )
+    with pytest.raises(ProfileError, match=f"{path}: profile 'p': mem_limit="):
+        load_profiles(path)
+
+
+def test_every_reader_of_env_takes_its_last_line(tmp_path: Path) -> None:
+    """make, the scripts and docker compose read the same value when .env repeats a line."""
+    env = tmp_path / ".env"
+    env.write_text("DOMAIN=first.example.edu\nDOMAIN=last.example.edu\n")
+    probe = tmp_path / "probe.mk"
+    probe.write_text(f"include {REPO}/Makefile\nprobe:\n\t@echo $(call env_value,DOMAIN)\n")
+    make = ["make", "-s", "-C", str(REPO), "-f", str(probe), "probe", f"ENV_FILE={env}"]
+    seen = {"make": subprocess.run(make, capture_output=True, text=True, check=True).stdout}
+    for script, function in (
+        ("init-env.sh", "value_of"),
+        ("print-welcome.sh", "value_of"),
+        ("doctor.sh", "env_value"),
+    ):
+        reader = next(
+            line
+            for line in (REPO / "scripts" / script).read_text().splitlines()
+            if line.startswith(f"{function}()")
+        )
+        shell = f"env_file={env}\n{reader}\n{function} DOMAIN"
+        seen[script] = subprocess.run(
+            ["bash", "-c", shell], capture_output=True, text=True, check=True
+        ).stdout
+    assert {name: value.strip() for name, value in seen.items()} == dict.fromkeys(
+        seen, "last.example.edu"
+    )
+
+
+def run_hub_config(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> Config:
+    """hub/jupyterhub_config.py, run as JupyterHub runs it, in an environment of `env` alone."""
+    for name in {s.name for s in TABLE}:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    c = Config()
+    runpy.run_path(str(REPO / "hub/jupyterhub_config.py"), {"c": c, "get_config": lambda: c})
+    return c
+
+
+def test_jupyterhub_config_hands_the_gpu_service_the_hubs_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The GPU service's environment builds the very Settings the hub built."""
+    c = run_hub_config(monkeypatch, {**GOOD, "GPU_INVENTORY": "auto", "GPU_IDLE_TIMEOUT": "900"})
+    service = next(s for s in c.JupyterHub.services if s["name"] == "gpus")
+    hub = Settings.from_env(os.environ)
+    assert Settings.from_env(service["environment"]) == hub
+    assert hub.gpu_idle_timeout == 900
+
+
+def test_a_broken_ca_file_stops_the_hub_with_its_name_whatever_the_login(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Checked at start-up in every AUTH mode (it was read only when an OAuth login
+    needed it), with the variable and the file named."""
+    bad = tmp_path / "campus.pem"
+    bad.write_text("not a certificate\n")
+    with pytest.raises(SystemExit) as exit_:
+        run_hub_config(monkeypatch, {**GOOD, "EXTRA_CA_FILE": str(bad)})
+    assert exit_.value.code == 2
+    assert f"EXTRA_CA_FILE: {bad} holds no PEM certificate" in capsys.readouterr().err

@@ -17,11 +17,11 @@ import yaml
 from kubernetes_asyncio.config import kube_config as kube_config_module
 from kubespawner import KubeSpawner
 from labhub import cli
-from labhub.auth import authenticator_config
+from labhub.auth import authenticator_config, discover_endpoints
 from labhub.gpu.inventory import Device
 from labhub.gpu.profiles import Profile, default_profiles
 from labhub.gpu.scheduler import GpuRequest
-from labhub.settings import NetworkSettings, Settings
+from labhub.settings import NetworkSettings, Settings, parse_memory
 from labhub.z2jh import PROFILES_BY_GROUP, quantity, to_yaml, values
 from minimal_env import MINIMAL_ENV
 from traitlets.config import Config
@@ -48,7 +48,7 @@ INVENTORY = (
 PROFILES = (
     Profile("cpu", "CPU only"),
     Profile("shared", "Shared slice", gpu=GpuRequest(shared=True), groups=frozenset({"cs101"})),
-    Profile("gpu-1", "One GPU", gpu=GpuRequest(whole=1), cpu_limit=8, mem_limit="32G",
+    Profile("gpu-1", "One GPU", gpu=GpuRequest(whole=1), cpu_limit=8, mem_limit=parse_memory("32G"),
             groups=frozenset({"research"})),
 )  # fmt: skip
 DISCOVERY = {
@@ -79,9 +79,10 @@ def lab_values(auth: str = "native", **extra: str) -> dict[str, Any]:
     if auth != "native":
         env.update(OAUTH_CLIENT_ID="labhub", OAUTH_CLIENT_SECRET="s" * 32)
     settings = Settings.from_env(env)
-    _, traits = authenticator_config(
-        settings, discover=lambda issuer, ca: DISCOVERY, ca_bundle=lambda s: ""
-    )
+    oidc = None
+    if settings.oauth is not None and settings.auth == "generic":
+        oidc = discover_endpoints(settings.oauth, "", fetch=lambda issuer, ca: DISCOVERY)
+    _, traits = authenticator_config(settings, oidc=oidc)
     return values(settings, NetworkSettings.from_env(env), PROFILES, INVENTORY, traits)
 
 

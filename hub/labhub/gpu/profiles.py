@@ -17,6 +17,7 @@ from typing import Any, cast
 
 from labhub.gpu.inventory import Inventory, InventoryError, validate_json
 from labhub.gpu.scheduler import GpuRequest
+from labhub.settings import parse_memory
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,8 @@ class Profile:
     display_name: str
     gpu: GpuRequest = field(default_factory=GpuRequest)
     cpu_limit: float | None = None
-    mem_limit: str | None = None
+    # Bytes: profiles.json's sizes are read by settings.parse_memory, like .env's.
+    mem_limit: int | None = None
     description: str = ""
     groups: frozenset[str] = frozenset()
 
@@ -69,13 +71,24 @@ def load_profiles(path: str | Path) -> tuple[Profile, ...]:
         validate_json(data, cast(dict[str, Any], schema), source)
     except InventoryError as e:
         raise ProfileError(str(e)) from None
+
+    def size(profile: dict[str, Any]) -> int | None:
+        if "mem_limit" not in profile:
+            return None
+        try:
+            return parse_memory(profile["mem_limit"])
+        except ValueError as e:
+            raise ProfileError(
+                f"{source}: profile {profile['slug']!r}: mem_limit={profile['mem_limit']!r} {e}"
+            ) from None
+
     profiles = tuple(
         Profile(
             slug=p["slug"],
             display_name=p["display_name"],
             description=p.get("description", ""),
             cpu_limit=p.get("cpu_limit"),
-            mem_limit=p.get("mem_limit"),
+            mem_limit=size(p),
             gpu=_gpu(p.get("gpu", "none")),
             groups=frozenset(p.get("groups", [])),
         )
@@ -100,13 +113,15 @@ def default_profiles(inventory: Inventory) -> tuple[Profile, ...]:
         profiles.append(
             Profile(
                 "gpu-shared", "Shared GPU slice", gpu=GpuRequest(shared=True), cpu_limit=4,
-                mem_limit="16G", description=f"4 CPUs, 16 GiB, {cap} MiB of GPU memory",
+                mem_limit=parse_memory("16G"),
+                description=f"4 CPUs, 16 GiB, {cap} MiB of GPU memory",
             )
         )  # fmt: skip
     if any(d.policy == "exclusive" for d in inventory):
         profiles.append(
             Profile(
-                "gpu-1", "One whole GPU", gpu=GpuRequest(whole=1), cpu_limit=8, mem_limit="32G",
+                "gpu-1", "One whole GPU", gpu=GpuRequest(whole=1), cpu_limit=8,
+                mem_limit=parse_memory("32G"),
                 description="8 CPUs, 32 GiB, one GPU to yourself",
             )
         )  # fmt: skip
