@@ -8,7 +8,10 @@ ENV_FILE ?= .env
 # FRONT=nginx-proxy: nginxproxy/nginx-proxy (+ Let's Encrypt) in front instead of our nginx.
 FRONT ?= builtin
 COMPOSE_FILES := -f compose/docker-compose.yml $(if $(filter nginx-proxy,$(FRONT)),-f compose/nginx-proxy.yml)
-COMPOSE := LABHUB_ENV_FILE=$(abspath $(ENV_FILE)) docker compose $(COMPOSE_FILES) --env-file $(ENV_FILE)
+# MONITORING=true in .env adds Prometheus (compose profile "monitoring"); `make down`
+# stops it whatever the setting is now.
+MONITORING_PROFILE = $(if $(filter true,$(shell printf '%s' '$(call env_value,MONITORING)' | tr '[:upper:]' '[:lower:]')),--profile monitoring)
+COMPOSE = LABHUB_ENV_FILE=$(abspath $(ENV_FILE)) docker compose $(COMPOSE_FILES) --env-file $(ENV_FILE) $(MONITORING_PROFILE)
 VENV := .venv
 PY := $(VENV)/bin/python
 # Read a value from .env (after `make env`), falling back to .env.example. The last line
@@ -69,7 +72,7 @@ up: preflight env stack-owner certs build ## Set everything up and start the pla
 .PHONY: down
 down: ## Stop the platform and users' servers (users' files and the hub database stay)
 	@docker ps -aq --filter 'name=^$(call env_value,DOCKER_NETWORK)-user-' | xargs -r docker rm -f >/dev/null
-	$(COMPOSE) down
+	$(COMPOSE) --profile monitoring down
 	@# Only now, with no user container left: netguard's rules go (stopping it keeps them).
 	$(COMPOSE) run --rm --no-deps netguard labhub-netguard remove
 

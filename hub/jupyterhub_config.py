@@ -101,6 +101,14 @@ c.JupyterHub.services = [
     }
 ]
 
+# --- Metrics (docs/monitoring.md) -------------------------------------------------------
+# /hub/metrics answers admins' tokens and this service's: read:metrics and nothing else.
+if settings.prometheus_api_token:
+    c.JupyterHub.load_roles.append(
+        {"name": "metrics-reader", "scopes": ["read:metrics"], "services": ["prometheus"]}
+    )
+    c.JupyterHub.services.append({"name": "prometheus", "api_token": settings.prometheus_api_token})
+
 # --- GPUs (docs/gpus.md) ---------------------------------------------------------------
 # The admin page and API at /services/gpus/ (hub OAuth; JupyterHub's admin role has
 # access:services, students' "user" role does not, so they get 403). It also stops GPU

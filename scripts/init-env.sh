@@ -42,6 +42,10 @@ new_values=()
 if [[ -z "$(value_of CONFIGPROXY_AUTH_TOKEN)" ]]; then
   set_value CONFIGPROXY_AUTH_TOKEN "$(openssl rand -hex 32)"
 fi
+# Only when first added: emptied later, it stays empty (only admins read the metrics).
+if is_new PROMETHEUS_API_TOKEN && [[ -z "$(value_of PROMETHEUS_API_TOKEN)" ]]; then
+  set_value PROMETHEUS_API_TOKEN "$(openssl rand -hex 32)"
+fi
 case "$(value_of AUTH)" in
   native)
     # The first admin: the hub creates this account at start-up, before any sign-up.

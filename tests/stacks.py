@@ -253,6 +253,8 @@ def launched_stack(
         "ADMIN_USERS": "admin",
         "USER_MEM_LIMIT": "3G",
         **users_network_for(https_port),
+        # Used only when a test starts Prometheus (tests/test_monitoring.py).
+        "PROMETHEUS_PORT": str(https_port - 8000),
         # Tests log in hundreds of times a minute from one address (the login fuzz);
         # tests/test_front.py checks the default limit on a proxy of its own.
         "LOGIN_RATE_LIMIT": "100000",
@@ -277,7 +279,7 @@ def launched_stack(
     finally:
         if os.environ.get("LABHUB_TEST_LOGS"):
             print(stack.compose("logs", "--no-color", "--tail=300", check=False).stdout)
-        stack.compose("down", "-v", "--remove-orphans", check=False)
+        stack.compose("--profile", "monitoring", "down", "-v", "--remove-orphans", check=False)
         # The admin too: tests log in as admin, and a login spawns a server (and a volume).
         _remove_user_resources(name, [*USERS_CREATED, *stack.admins])
         stack.remove_netguard_rules()

@@ -104,3 +104,15 @@ def test_hub_waits_for_a_healthy_netguard(tmp_path: Path) -> None:
     environment = guard["environment"]
     assert isinstance(environment, dict)
     assert not any("TOKEN" in key or "PASSWORD" in key for key in environment)
+
+
+def test_prometheus_comes_with_its_profile_on_a_network_of_its_own(tmp_path: Path) -> None:
+    """MONITORING=true: no socket, no user network, its port on loopback only."""
+    assert "prometheus" not in rendered(tmp_path, "docker-compose.yml")
+    services = rendered(tmp_path, "docker-compose.yml", profiles="monitoring")
+    prometheus = services["prometheus"]
+    assert set(prometheus["networks"]) == {"metrics"}  # type: ignore[arg-type]
+    assert "metrics" in services["hub"]["networks"]  # type: ignore[operator]
+    assert socket_holders(services) == {"docker-proxy"}
+    assert [p["host_ip"] for p in prometheus["ports"]] == ["127.0.0.1"]  # type: ignore[attr-defined]
+    assert prometheus["cap_drop"] == ["ALL"]

@@ -21,11 +21,13 @@ from test_security import forget
 GENERATED = {
     "native": {
         "CONFIGPROXY_AUTH_TOKEN": r"[0-9a-f]{64}",  # 256 bits
+        "PROMETHEUS_API_TOKEN": r"[0-9a-f]{64}",
         "ADMIN_INITIAL_PASSWORD": r"[A-Za-z0-9]{20}",  # ~119 bits
         "SIGNUP_CODE": r"[0-9a-f]{4}(-[0-9a-f]{4}){3}",  # 64 bits
     },
     "shared-password": {
         "CONFIGPROXY_AUTH_TOKEN": r"[0-9a-f]{64}",
+        "PROMETHEUS_API_TOKEN": r"[0-9a-f]{64}",
         "SHARED_ADMIN_PASSWORD": r"[0-9a-f]{48}",  # 192 bits
         "SHARED_USER_PASSWORD": r"[A-Za-z0-9]{16}",  # ~95 bits
     },
@@ -61,9 +63,11 @@ def test_init_env_generates_strong_distinct_secrets_in_a_0600_file(
         env = read_env(env_file)
         for name, form in generated.items():
             assert re.fullmatch(form, env[name]), name
-        # The token is never printed; the passwords are shown once, on creation.
-        assert env["CONFIGPROXY_AUTH_TOKEN"] not in result.stdout + result.stderr
-        for name in set(generated) - {"CONFIGPROXY_AUTH_TOKEN"}:
+        # The tokens are never printed; the passwords are shown once, on creation.
+        tokens = {"CONFIGPROXY_AUTH_TOKEN", "PROMETHEUS_API_TOKEN"}
+        for name in tokens:
+            assert env[name] not in result.stdout + result.stderr
+        for name in set(generated) - tokens:
             assert env[name] in result.stdout, name
         values.append(tuple(env[name] for name in generated))
         # A second run keeps every value and prints none.

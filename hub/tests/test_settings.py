@@ -115,6 +115,16 @@ def test_subdomains_need_a_dotted_domain() -> None:
     assert "SUBDOMAINS='yes'" in problems(SUBDOMAINS="yes")
 
 
+def test_monitoring_needs_the_metrics_token_and_never_prints_it() -> None:
+    assert "MONITORING=true needs PROMETHEUS_API_TOKEN" in problems(MONITORING="true")
+    token = "e" * 64
+    assert settings(MONITORING="true", PROMETHEUS_API_TOKEN=token).prometheus_api_token == token
+    assert settings().prometheus_api_token is None
+    short = problems(PROMETHEUS_API_TOKEN="tooshort")
+    assert "PROMETHEUS_API_TOKEN is missing or shorter than 32" in short
+    assert "tooshort" not in short
+
+
 def test_shared_password_is_workshop_mode_and_refuses_to_start_without_the_opt_in() -> None:
     without = {key: value for key, value in WORKSHOP.items() if key != "WORKSHOP_MODE"}
     message = problems(**without)

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Put the hub's metrics token where prometheus.yml reads it (the file, not the
+# environment, is what Prometheus can use), then run Prometheus.
+set -euo pipefail
+: "${PROMETHEUS_API_TOKEN:?PROMETHEUS_API_TOKEN is empty: run make env to generate it}"
+umask 077
+printf '%s' "$PROMETHEUS_API_TOKEN" >/var/lib/prometheus/hub-token
+unset PROMETHEUS_API_TOKEN
+exec prometheus \
+  --config.file=/etc/labhub/prometheus.yml \
+  --storage.tsdb.path=/var/lib/prometheus/data \
+  --storage.tsdb.retention.time="${PROMETHEUS_RETENTION:-30d}" \
+  --web.listen-address=0.0.0.0:9090
