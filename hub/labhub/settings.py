@@ -117,6 +117,9 @@ class Settings:
     data_dir: str = "/srv/jupyterhub"
     debug: bool = False
     subdomains: bool = False
+    # Kernel culling inside each user's server (0: off); see _kernel_settings.
+    kernel_idle_timeout: int = 1800
+    kernel_cull_connected: bool = True
 
     @property
     def public_url(self) -> str:
@@ -238,6 +241,7 @@ class Settings:
 
         data_dir = get("HUB_DATA_DIR", "/srv/jupyterhub")
         gpu = _gpu_settings(env, data_dir, problems)
+        kernels = _kernel_settings(get, problems)
 
         subdomains = get("SUBDOMAINS", "false").lower()
         if subdomains not in ("true", "false"):
@@ -280,6 +284,7 @@ class Settings:
             extra_ca_file=get("EXTRA_CA_FILE"),
             gpu_inventory=gpu_inventory,
             **gpu,
+            **kernels,
             data_dir=data_dir,
             debug=get("HUB_DEBUG", "false").lower() == "true",
             subdomains=subdomains == "true",
@@ -434,6 +439,36 @@ def _gpu_settings(env: Mapping[str, str], data_dir: str, problems: list[str]) ->
             problems.append(hint)
         else:
             out["gpu_quota_group_hours"] = {str(k): float(v) for k, v in parsed.items()}
+    return out
+
+
+# Shorter, and a kernel could be shut down between two cells a student runs.
+MIN_KERNEL_IDLE_TIMEOUT = 10
+
+
+def _kernel_settings(get: Callable[[str, str], str], problems: list[str]) -> dict[str, Any]:
+    """KERNEL_IDLE_TIMEOUT and KERNEL_CULL_CONNECTED: jupyter-server's own kernel culling.
+
+    A kernel holds its memory (TensorFlow: the GPU's too) until it dies, so an idle one is
+    shut down inside the user's server; the server and its files stay.
+    """
+    out: dict[str, Any] = {}
+    timeout = get("KERNEL_IDLE_TIMEOUT", "1800")
+    if not timeout.isdigit() or 0 < int(timeout) < MIN_KERNEL_IDLE_TIMEOUT:
+        problems.append(
+            f"KERNEL_IDLE_TIMEOUT={timeout!r} is not valid: seconds a kernel may stay idle "
+            f"before it is shut down, at least {MIN_KERNEL_IDLE_TIMEOUT} (e.g. 1800), "
+            "or 0 to keep idle kernels"
+        )
+    else:
+        out["kernel_idle_timeout"] = int(timeout)
+    connected = get("KERNEL_CULL_CONNECTED", "true").lower()
+    if connected not in ("true", "false"):
+        problems.append(
+            f"KERNEL_CULL_CONNECTED={connected!r} is not valid: use true (an open notebook "
+            "tab does not keep an idle kernel alive) or false"
+        )
+    out["kernel_cull_connected"] = connected == "true"
     return out
 
 
