@@ -151,3 +151,12 @@ z2jh-values: env ## Write this lab as Zero to JupyterHub values (Z2JH_VALUES=z2j
 remove-user-volume: ## Remove a deleted user's files: make remove-user-volume NAME=alice
 	@test -n "$(NAME)" || { echo "usage: make remove-user-volume NAME=<username>"; exit 2; }
 	$(COMPOSE) exec hub labhub-remove-user-volume '$(NAME)'
+
+# Course material from git (docs/course.md): prints the nbgitpuller link; with GROUP, the
+# group's members also see it on the hub's pages (REMOVE=1 takes it off).
+.PHONY: course-link
+course-link: ## Link to course material in git: make course-link REPO=https://... [BRANCH= OPEN= GROUP= TITLE=]
+	@test -n "$(REPO)" || { echo "usage: make course-link REPO=<https clone URL> [BRANCH=main]" \
+	  "[OPEN=week1/intro.ipynb] [GROUP=<JupyterHub group>] [TITLE=<link text>] [REMOVE=1]"; exit 2; }
+	@$(COMPOSE) exec -T hub labhub course-link --repo '$(REPO)' --branch '$(or $(BRANCH),main)' \
+	  --open '$(OPEN)' --group '$(GROUP)' --title '$(TITLE)' $(if $(REMOVE),--remove)

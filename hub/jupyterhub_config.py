@@ -8,7 +8,9 @@ logic lives in the `labhub` package.
 
 import os
 import sys
+from pathlib import Path
 
+from labhub import course
 from labhub.apiguard import guard_api_bodies
 from labhub.auth import authenticator_config, discover_endpoints, provider_ca_bundle
 from labhub.contract import WORKSPACE_DEFAULT_URL
@@ -108,6 +110,20 @@ if settings.prometheus_api_token:
         {"name": "metrics-reader", "scopes": ["read:metrics"], "services": ["prometheus"]}
     )
     c.JupyterHub.services.append({"name": "prometheus", "api_token": settings.prometheus_api_token})
+# --- Course material (docs/course.md) ---------------------------------------------------
+# `make course-link ... GROUP=g` stores a link in group g's properties through the API,
+# as this token-only service (scope "groups": read and write groups, not create or delete
+# them); every hub page then shows a member their groups' links, with no restart.
+c.JupyterHub.load_roles.append(
+    {"name": course.SERVICE, "scopes": course.SERVICE_SCOPES, "services": [course.SERVICE]}
+)
+c.JupyterHub.services.append(
+    {
+        "name": course.SERVICE,
+        "api_token": course.service_token(Path(settings.data_dir) / course.TOKEN_FILE),
+    }
+)
+c.JupyterHub.template_vars = {"announcement": course.announcement}
 
 # --- GPUs (docs/gpus.md) ---------------------------------------------------------------
 # The admin page and API at /services/gpus/ (hub OAuth; JupyterHub's admin role has

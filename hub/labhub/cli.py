@@ -6,6 +6,8 @@ labhub check-settings    validate the settings in the environment (.env), the us
 labhub settings-docs     write .env.example and docs/settings.md from the settings table
                          (--check: exit 1 if they differ from it, changing nothing)
 labhub z2jh-values       print the same lab as Zero to JupyterHub values (YAML)
+labhub course-link       print an nbgitpuller link for course material in git; with
+                         --group, show it to that group on the hub's pages (docs/course.md)
 """
 
 from __future__ import annotations
@@ -15,7 +17,11 @@ import os
 import sqlite3
 import sys
 from pathlib import Path
+from typing import Any
 
+import requests
+
+from . import course
 from .contract import volume_name_for
 from .gpu.inventory import Device
 from .settings import NetworkSettings, Settings, SettingsError
@@ -99,6 +105,49 @@ def user_volumes(db: str, network: str) -> int:
     return 0
 
 
+# The hub's own API, from inside the hub container (compose: hub_bind_url :8081).
+HUB_API = "http://127.0.0.1:8081/hub/api"
+
+
+def course_link(args: argparse.Namespace) -> int:
+    """Print the link; with --group, add it to (or --remove it from) the group's links."""
+    settings = Settings.from_env(os.environ)
+    try:
+        link = course.nbgitpuller_link(settings.public_url, args.repo, args.branch, args.open)
+    except course.CourseLinkError as error:
+        print(f"labhub course-link: {error}", file=sys.stderr)
+        return 2
+    print(link)
+    if not args.group:
+        return 0
+    http = requests.Session()
+    http.trust_env = False  # the hub is local: no proxy from the environment
+    token = course.service_token(Path(settings.data_dir) / course.TOKEN_FILE)
+    http.headers["Authorization"] = f"token {token}"
+    group_url = f"{HUB_API}/groups/{args.group}"
+    found = http.get(group_url, timeout=30)
+    if found.status_code == 404:
+        names = [g["name"] for g in http.get(f"{HUB_API}/groups", timeout=30).json()]
+        print(
+            f"labhub course-link: there is no group {args.group!r} in the hub; groups: "
+            f"{', '.join(names) or 'none yet'} (make groups on the admin page, /hub/admin)",
+            file=sys.stderr,
+        )
+        return 2
+    found.raise_for_status()
+    group: dict[str, Any] = found.json()
+    properties = group.get("properties") or {}
+    if args.remove:
+        changed = course.without_link(properties, link)
+    else:
+        changed = course.with_link(properties, args.title or course.target_folder(args.repo), link)
+    http.put(f"{group_url}/properties", json=changed, timeout=30).raise_for_status()
+    members = ", ".join(group.get("users", [])) or "nobody yet"
+    done = "no longer shown" if args.remove else "shown on the hub's pages"
+    print(f"{done} to group {args.group!r} ({members})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="labhub", description=__doc__.split("\n", 1)[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -110,6 +159,13 @@ def main(argv: list[str] | None = None) -> int:
     volumes = commands.add_parser("user-volumes", help="every user's volume name, tab-separated")
     volumes.add_argument("db", help="the hub's SQLite database (read-only)")
     volumes.add_argument("network", help="the stack's DOCKER_NETWORK")
+    link = commands.add_parser("course-link", help="an nbgitpuller link, shown to a group")
+    link.add_argument("--repo", required=True, help="the repository's https clone URL")
+    link.add_argument("--branch", default="main", help="branch to pull (default: main)")
+    link.add_argument("--open", default="", help="file to open, relative to the repository")
+    link.add_argument("--group", default="", help="JupyterHub group whose pages show the link")
+    link.add_argument("--title", default="", help="the link's text (default: the repo's name)")
+    link.add_argument("--remove", action="store_true", help="take the link off the group")
     args = parser.parse_args(argv)
     if args.command == "check-settings":
         return check_settings()
@@ -117,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         return z2jh_values()
     if args.command == "settings-docs":
         return settings_docs(args.root, args.check)
+    if args.command == "course-link":
+        return course_link(args)
     if args.command == "user-volumes":
         return user_volumes(args.db, args.network)
     parser.error(f"unknown command {args.command}")

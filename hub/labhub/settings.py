@@ -100,6 +100,20 @@ def integer(low: int, high: int | None, example: str) -> Parser:
     return parse
 
 
+# Shorter, and a kernel could be shut down between two cells a student runs.
+MIN_KERNEL_IDLE_TIMEOUT = 10
+
+
+def kernel_idle_timeout(raw: str) -> int:
+    """Seconds a kernel may stay idle inside a user's server; 0 turns culling off."""
+    if not raw.isdigit() or 0 < int(raw) < MIN_KERNEL_IDLE_TIMEOUT:
+        raise ValueError(
+            f"is not valid: seconds a kernel may stay idle before it is shut down, at least "
+            f"{MIN_KERNEL_IDLE_TIMEOUT} (e.g. 1800), or 0 to keep idle kernels"
+        )
+    return int(raw)
+
+
 def positive_number(example: str) -> Parser:
     def parse(raw: str) -> float:
         try:
@@ -603,6 +617,24 @@ SECTIONS: tuple[Section, ...] = (
                 "idle_timeout",
             ),
             Setting(
+                "KERNEL_IDLE_TIMEOUT",
+                "1800",
+                kernel_idle_timeout,
+                "Inside each server, shut down a kernel idle (no cell running) for this many "
+                "seconds, at least 10; 0 keeps idle kernels. Frees its memory (and GPU memory) "
+                "sooner than IDLE_TIMEOUT stops the whole server; files stay "
+                "(docs/user-guide.md#idle-kernels).",
+                "kernel_idle_timeout",
+            ),
+            Setting(
+                "KERNEL_CULL_CONNECTED",
+                "true",
+                boolean,
+                "true: an idle kernel is shut down even with its notebook tab open (an open tab "
+                "otherwise keeps its memory for days); false spares kernels with a tab open.",
+                "kernel_cull_connected",
+            ),
+            Setting(
                 "CONCURRENT_SPAWN_LIMIT",
                 "40",
                 integer(1, None, "a number such as 40"),
@@ -1009,6 +1041,9 @@ class Settings:
     shm_size: int
     pids_limit: int
     idle_timeout: int
+    # Kernel culling inside each user's server (0: off).
+    kernel_idle_timeout: int
+    kernel_cull_connected: bool
     concurrent_spawn_limit: int
     docker_network: str
     gpu_inventory: str

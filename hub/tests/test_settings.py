@@ -403,11 +403,12 @@ def test_every_reader_of_env_takes_its_last_line(tmp_path: Path) -> None:
     )
 
 
-def run_hub_config(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> Config:
-    """hub/jupyterhub_config.py, run as JupyterHub runs it, in an environment of `env` alone."""
+def run_hub_config(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], data_dir: Path) -> Config:
+    """hub/jupyterhub_config.py, run as JupyterHub runs it, in an environment of `env` alone
+    (the hub's data volume, where it keeps a service token, is `data_dir`)."""
     for name in {s.name for s in TABLE}:
         monkeypatch.delenv(name, raising=False)
-    for name, value in env.items():
+    for name, value in {"HUB_DATA_DIR": str(data_dir), **env}.items():
         monkeypatch.setenv(name, value)
     c = Config()
     runpy.run_path(str(REPO / "hub/jupyterhub_config.py"), {"c": c, "get_config": lambda: c})
@@ -415,10 +416,11 @@ def run_hub_config(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> Conf
 
 
 def test_jupyterhub_config_hands_the_gpu_service_the_hubs_settings(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """The GPU service's environment builds the very Settings the hub built."""
-    c = run_hub_config(monkeypatch, {**GOOD, "GPU_INVENTORY": "auto", "GPU_IDLE_TIMEOUT": "900"})
+    gpu = {"GPU_INVENTORY": "auto", "GPU_IDLE_TIMEOUT": "900"}
+    c = run_hub_config(monkeypatch, {**GOOD, **gpu}, tmp_path)
     service = next(s for s in c.JupyterHub.services if s["name"] == "gpus")
     hub = Settings.from_env(os.environ)
     assert Settings.from_env(service["environment"]) == hub
@@ -433,6 +435,6 @@ def test_a_broken_ca_file_stops_the_hub_with_its_name_whatever_the_login(
     bad = tmp_path / "campus.pem"
     bad.write_text("not a certificate\n")
     with pytest.raises(SystemExit) as exit_:
-        run_hub_config(monkeypatch, {**GOOD, "EXTRA_CA_FILE": str(bad)})
+        run_hub_config(monkeypatch, {**GOOD, "EXTRA_CA_FILE": str(bad)}, tmp_path)
     assert exit_.value.code == 2
     assert f"EXTRA_CA_FILE: {bad} holds no PEM certificate" in capsys.readouterr().err

@@ -12,6 +12,7 @@ from pathlib import Path
 DATA_DIR_VAR = "MNIST_DATA_DIR"
 GPU_LIMIT_VAR = "GPU_MEMORY_LIMIT_MB"
 LOGS_DIR_VAR = "MNIST_LOGS_DIR"
+BACKEND_VAR = "KERAS_BACKEND"
 
 
 class EnvError(ValueError):
@@ -32,6 +33,11 @@ def logs_dir() -> Path | None:
     """
     value = os.environ.get(LOGS_DIR_VAR, "").strip()
     return Path(value).expanduser() if value else None
+
+
+def keras_backend() -> str:
+    """`KERAS_BACKEND`: the backend Keras will import (its own default: tensorflow)."""
+    return os.environ.get(BACKEND_VAR, "").strip() or "tensorflow"
 
 
 def gpu_memory_limit_mb() -> int | None:
