@@ -48,10 +48,15 @@ class Allowed:
 
 @dataclass(frozen=True)
 class Policy:
-    """What the hub may create: its image and network, within these upper bounds."""
+    """What the hub may create: its image and network, within these upper bounds.
+
+    `dataset_binds` are the declared datasets' read-only binds (`labhub.datasets`), the
+    only mounts allowed besides user volumes.
+    """
 
     allowed_images: frozenset[str]
     network: str
+    dataset_binds: frozenset[str] = frozenset()
     max_memory: int = 256 * _GIB
     max_cpus: int = 64
     max_pids: int = 65536
@@ -369,10 +374,10 @@ def _exposed_ports(_: Policy, value: Any) -> None:
             raise Refused(f"ExposedPorts {port!r}: {item!r} is not a plain TCP port")
 
 
-def _volumes(_: Policy, value: Any) -> None:
+def _volumes(policy: Policy, value: Any) -> None:
     if value is None:
         return
-    if not isinstance(value, dict) or len(value) > 8:
+    if not isinstance(value, dict) or len(value) > _most_binds(policy):
         raise Refused("Volumes must be an object of a few mount points")
     for target, item in value.items():
         if not re.fullmatch(r"/[A-Za-z0-9_./-]*", target) or item not in (None, {}):
@@ -425,7 +430,7 @@ def check_host_config(policy: Policy, value: Any) -> None:
         raise Refused("containers must drop all capabilities (CapDrop: [ALL])")
     if _strings("SecurityOpt", host["securityopt"]) != ["no-new-privileges:true"]:
         raise Refused("SecurityOpt must be exactly [no-new-privileges:true]")
-    for bind in _strings("Binds", host.get("binds") or [], 8):
+    for bind in _strings("Binds", host.get("binds") or [], _most_binds(policy)):
         _check_bind(policy, bind)
     for key in ("links", "mounts"):
         if host.get(key):
@@ -475,12 +480,23 @@ def _check_cpu(policy: Policy, host: dict[str, Any]) -> None:
     _int_in("CpuQuota", host["cpuquota"], 1000, policy.max_cpus * period)
 
 
+def _most_binds(policy: Policy) -> int:
+    """A few user volumes, plus every declared dataset."""
+    return 8 + len(policy.dataset_binds)
+
+
 def _check_bind(policy: Policy, bind: str) -> None:
-    """`<network>-user-<name>:<absolute path>:rw|ro`: a user volume, never a host path."""
+    """`<network>-user-<name>:<absolute path>:rw|ro` (a user volume) or a declared dataset's
+    read-only bind, exactly as `labhub.datasets.Dataset.bind` writes it."""
+    if bind in policy.dataset_binds:
+        return
     match = re.fullmatch(rf"(?P<source>{_NAME}):(?P<target>/[A-Za-z0-9_./-]*)(?::(?:rw|ro))?", bind)
     prefix = volume_prefix(policy.network)
     if not match or not match["source"].startswith(prefix):
-        raise Refused(f"bind {bind!r} is not a user volume ({prefix}<name>:/path:rw)")
+        raise Refused(
+            f"bind {bind!r} is not a user volume ({prefix}<name>:/path:rw) "
+            "nor a declared dataset (DATASETS)"
+        )
 
 
 def _check_device_request(policy: Policy, value: Any) -> None:

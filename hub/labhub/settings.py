@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from .datasets import Dataset, DatasetsError, load_datasets
+
 AUTH_CHOICES = ("native", "shared-password", "github", "google", "generic", "cilogon")
 OAUTH_CHOICES = ("github", "google", "generic", "cilogon")
 # Names of a role, not of a person: any provider may give them to anyone (on GitHub the
@@ -115,6 +117,8 @@ class Settings:
     gpu_quota_user_hours: float | None = None
     gpu_quota_group_hours: Mapping[str, float] = field(default_factory=dict)
     data_dir: str = "/srv/jupyterhub"
+    # DATASETS (labhub.datasets): read-only mounts under /datasets, per group.
+    datasets: tuple[Dataset, ...] = ()
     debug: bool = False
     subdomains: bool = False
 
@@ -238,6 +242,7 @@ class Settings:
 
         data_dir = get("HUB_DATA_DIR", "/srv/jupyterhub")
         gpu = _gpu_settings(env, data_dir, problems)
+        storage = _storage_settings(env, network, problems)
 
         subdomains = get("SUBDOMAINS", "false").lower()
         if subdomains not in ("true", "false"):
@@ -280,6 +285,7 @@ class Settings:
             extra_ca_file=get("EXTRA_CA_FILE"),
             gpu_inventory=gpu_inventory,
             **gpu,
+            **storage,
             data_dir=data_dir,
             debug=get("HUB_DEBUG", "false").lower() == "true",
             subdomains=subdomains == "true",
@@ -377,6 +383,15 @@ def _check_oauth_identities(
                 "are e-mails, so name admins by their full address (ann@uni.edu) or use "
                 "ADMIN_GROUPS"
             )
+
+
+def _storage_settings(env: Mapping[str, str], network: str, problems: list[str]) -> dict[str, Any]:
+    """DATASETS: the shared read-only datasets (labhub.datasets checks them)."""
+    try:
+        return {"datasets": load_datasets(env.get("DATASETS", ""), network)}
+    except DatasetsError as error:
+        problems.append(str(error))
+        return {}
 
 
 def _gpu_settings(env: Mapping[str, str], data_dir: str, problems: list[str]) -> dict[str, Any]:

@@ -15,9 +15,10 @@ from typing import Any, ClassVar
 
 from dockerspawner import DockerSpawner
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
-from traitlets import Float, Int, Unicode, default
+from traitlets import Float, Int, Tuple, Unicode, default
 
 from .contract import CONTAINER_USER, OWNER_LABEL, container_prefix, volume_name_for
+from .datasets import binds_for
 from .gpu.spawner import GpuSpawnerMixin
 from .settings import Settings
 
@@ -80,6 +81,12 @@ class LabSpawner(GpuSpawnerMixin, DockerSpawner):  # type: ignore[misc]
         help="Where the user's volume is mounted inside the container.",
     )
 
+    datasets = Tuple(
+        config=True,
+        help="The shared datasets (labhub.datasets.Dataset, from DATASETS): each is mounted "
+        "read-only at /datasets/<name> for the users in one of its groups, at every start.",
+    )
+
     @default("volumes")
     def _volumes_default(self) -> dict[str, str]:
         return {"{user_volume}": self.home_dir}
@@ -95,7 +102,12 @@ class LabSpawner(GpuSpawnerMixin, DockerSpawner):  # type: ignore[misc]
         return cls._shared_executor
 
     async def start(self) -> Any:
-        """Start the container, then wait (finely, bounded) until its server answers."""
+        """Start the container, then wait (finely, bounded) until its server answers.
+
+        The datasets are chosen here, not once per spawner: group membership changes
+        between starts.
+        """
+        self.read_only_volumes = binds_for(self.datasets, (g.name for g in self.user.groups))
         ip_port = await super().start()
         if self.ready_poll_budget > 0 and self.server is not None:
             ip, port = ip_port
@@ -154,4 +166,5 @@ def spawner_config(settings: Settings) -> dict[str, Any]:
         "gpu_quota_user_hours": settings.gpu_quota_user_hours,
         "gpu_quota_group_hours": dict(settings.gpu_quota_group_hours),
         "http_timeout": 120,
+        "datasets": settings.datasets,
     }
