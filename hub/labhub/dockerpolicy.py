@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from .contract import CONTAINER_USER, OWNER_LABEL, container_name_prefix, volume_prefix
+from .diskquota import driver_opts
 
 MAX_BODY = 1024 * 1024
 _GIB = 1024**3
@@ -51,12 +52,14 @@ class Policy:
     """What the hub may create: its image and network, within these upper bounds.
 
     `dataset_binds` are the declared datasets' read-only binds (`labhub.datasets`), the
-    only mounts allowed besides user volumes.
+    only mounts allowed besides user volumes. With `quota_root` (QUOTA_ROOT), a user
+    volume may be bound onto its own folder there (`labhub.diskquota.driver_opts`).
     """
 
     allowed_images: frozenset[str]
     network: str
     dataset_binds: frozenset[str] = frozenset()
+    quota_root: str = ""
     max_memory: int = 256 * _GIB
     max_cpus: int = 64
     max_pids: int = 65536
@@ -518,7 +521,8 @@ def _check_device_request(policy: Policy, value: Any) -> None:
 
 
 def check_volume_create(policy: Policy, spec: dict[str, Any]) -> None:
-    """A user volume on the local driver with no options (options can bind a host path)."""
+    """A user volume on the local driver with no options (options can bind a host path),
+    or, with disk quotas, bound onto exactly its own folder under QUOTA_ROOT."""
     volume = _keys("volume", spec, ("Name", "Driver", "DriverOpts", "Labels"))
     name = volume.get("name")
     if not isinstance(name, str) or not re.fullmatch(_NAME, name):
@@ -526,8 +530,14 @@ def check_volume_create(policy: Policy, spec: dict[str, Any]) -> None:
     if not name.startswith(prefix := volume_prefix(policy.network)):
         raise Refused(f"volume {name!r} is not a user volume ({prefix}*)")
     # The local driver's options can bind any host path (type=none, o=bind, device=/).
-    if volume.get("driver") not in (None, "", "local") or volume.get("driveropts"):
-        raise Refused("volume drivers and driver options are not allowed")
+    if volume.get("driver") not in (None, "", "local"):
+        raise Refused("volume drivers are not allowed (local only)")
+    options = volume.get("driveropts")
+    if options and not (policy.quota_root and options == driver_opts(policy.quota_root, name)):
+        raise Refused(
+            f"volume driver options {options!r} are not allowed: only a disk-quota home, "
+            f"{driver_opts(policy.quota_root or '<QUOTA_ROOT>', name)}"
+        )
     labels = volume.get("labels") or {}
     if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
         raise Refused("volume labels must be strings")

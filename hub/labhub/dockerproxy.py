@@ -249,7 +249,7 @@ async def handle(
 
 
 def policy_from_env(env: dict[str, str]) -> Check:
-    """PROXY_POLICY=hub (default: ALLOWED_IMAGES, DOCKER_NETWORK, DATASETS) or frontend
+    """PROXY_POLICY=hub (default: ALLOWED_IMAGES, DOCKER_NETWORK, DATASETS, QUOTA_ROOT) or frontend
     (NGINX_PROXY_CONTAINER): which client this proxy serves."""
     kind = env.get("PROXY_POLICY", "hub")
     if kind == "frontend":
@@ -275,6 +275,7 @@ def policy_from_env(env: dict[str, str]) -> Check:
         allowed_images=images,
         network=network,
         dataset_binds=frozenset(dataset.bind for dataset in datasets),
+        quota_root=env.get("QUOTA_ROOT", ""),
     )
     return lambda method, target, body: check_request(policy, method, target, body)
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from .datasets import Dataset, DatasetsError, load_datasets
+from .diskquota import DiskQuotas
 
 AUTH_CHOICES = ("native", "shared-password", "github", "google", "generic", "cilogon")
 OAUTH_CHOICES = ("github", "google", "generic", "cilogon")
@@ -119,6 +120,8 @@ class Settings:
     data_dir: str = "/srv/jupyterhub"
     # DATASETS (labhub.datasets): read-only mounts under /datasets, per group.
     datasets: tuple[Dataset, ...] = ()
+    # QUOTA_ROOT, DISK_QUOTA, DISK_QUOTA_GROUPS, DISK_QUOTA_USERS (labhub.diskquota).
+    disk_quotas: DiskQuotas = field(default_factory=DiskQuotas)
     debug: bool = False
     subdomains: bool = False
 
@@ -386,12 +389,48 @@ def _check_oauth_identities(
 
 
 def _storage_settings(env: Mapping[str, str], network: str, problems: list[str]) -> dict[str, Any]:
-    """DATASETS: the shared read-only datasets (labhub.datasets checks them)."""
+    """DATASETS (labhub.datasets checks it) and the disk quotas."""
+    out: dict[str, Any] = {}
     try:
-        return {"datasets": load_datasets(env.get("DATASETS", ""), network)}
+        out["datasets"] = load_datasets(env.get("DATASETS", ""), network)
     except DatasetsError as error:
         problems.append(str(error))
-        return {}
+    root = env.get("QUOTA_ROOT", "").strip()
+    if not root:
+        return out
+    if not re.fullmatch(r"(?:/[A-Za-z0-9_][A-Za-z0-9_.-]*)+", root):
+        problems.append(
+            f"QUOTA_ROOT={root!r}: use an absolute host folder on btrfs such as "
+            "/srv/labhub-homes (no spaces, ':' or '..'), or leave it empty for no quotas"
+        )
+    sizes: dict[str, Mapping[str, int]] = {}
+    for name in ("DISK_QUOTA_GROUPS", "DISK_QUOTA_USERS"):
+        raw = env.get(name, "").strip()
+        try:
+            parsed = json.loads(raw) if raw else {}
+            if not isinstance(parsed, dict) or not all(isinstance(v, str) for v in parsed.values()):
+                raise ValueError(raw)
+            sizes[name] = {key: parse_memory(value) for key, value in parsed.items()}
+            if not all(sizes[name].values()):
+                raise ValueError(raw)
+        except ValueError:
+            problems.append(
+                f'{name}={raw!r} is not valid: a JSON object of names to sizes, e.g. {{"staff": '
+                '"50G"}, or empty for none'
+            )
+    default = env.get("DISK_QUOTA", "10G").strip()
+    try:
+        if not parse_memory(default):
+            raise ValueError(default)
+        out["disk_quotas"] = DiskQuotas(
+            root=root,
+            default=parse_memory(default),
+            groups=sizes.get("DISK_QUOTA_GROUPS", {}),
+            users=sizes.get("DISK_QUOTA_USERS", {}),
+        )
+    except ValueError:
+        problems.append(f"DISK_QUOTA={default!r} is not valid: a size such as 10G")
+    return out
 
 
 def _gpu_settings(env: Mapping[str, str], data_dir: str, problems: list[str]) -> dict[str, Any]:

@@ -15,10 +15,11 @@ from typing import Any, ClassVar
 
 from dockerspawner import DockerSpawner
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
-from traitlets import Float, Int, Tuple, Unicode, default
+from traitlets import Float, Instance, Int, Tuple, Unicode, default
 
 from .contract import CONTAINER_USER, OWNER_LABEL, container_prefix, volume_name_for
 from .datasets import binds_for
+from .diskquota import SOCKET, DiskQuotaError, DiskQuotas, driver_opts, request_home
 from .gpu.spawner import GpuSpawnerMixin
 from .settings import Settings
 
@@ -87,6 +88,17 @@ class LabSpawner(GpuSpawnerMixin, DockerSpawner):  # type: ignore[misc]
         "read-only at /datasets/<name> for the users in one of its groups, at every start.",
     )
 
+    disk_quotas = Instance(
+        DiskQuotas,
+        args=(),
+        config=True,
+        help="Per-user disk quotas (labhub.diskquota, from QUOTA_ROOT and DISK_QUOTA*): with a "
+        "root, each home is a subvolume there, limited by the diskquota service.",
+    )
+    diskquota_socket = Unicode(
+        SOCKET, config=True, help="The diskquota service's Unix socket (a volume both mount)."
+    )
+
     @default("volumes")
     def _volumes_default(self) -> dict[str, str]:
         return {"{user_volume}": self.home_dir}
@@ -107,13 +119,34 @@ class LabSpawner(GpuSpawnerMixin, DockerSpawner):  # type: ignore[misc]
         The datasets are chosen here, not once per spawner: group membership changes
         between starts.
         """
-        self.read_only_volumes = binds_for(self.datasets, (g.name for g in self.user.groups))
+        groups = [g.name for g in self.user.groups]
+        self.read_only_volumes = binds_for(self.datasets, groups)
+        if self.disk_quotas.root:
+            await self._prepare_limited_home(self.disk_quotas.limit_for(self.user.name, groups))
         ip_port = await super().start()
         if self.ready_poll_budget > 0 and self.server is not None:
             ip, port = ip_port
             url = f"http://{ip}:{port}{self.server.base_url}"
             await wait_until_answering(url, self.ready_poll_budget)
         return ip_port
+
+    async def _prepare_limited_home(self, limit: int) -> None:
+        """Have the diskquota service make the home subvolume, then the volume bound to it.
+
+        A volume made before QUOTA_ROOT was set is a plain one, with no limit: refuse to
+        start on it rather than run without the quota.
+        """
+        volume = volume_name_for(self.user.name, self.network_name)
+        await request_home(volume, limit, self.diskquota_socket)
+        wanted = driver_opts(self.disk_quotas.root, volume)
+        created = await self.docker(
+            "create_volume", volume, driver="local", driver_opts=wanted, labels=None
+        )
+        if (created.get("Options") or {}) != wanted:
+            raise DiskQuotaError(
+                f"volume {volume} predates QUOTA_ROOT and has no quota: move its files "
+                "into a quota home (docs/admin-guide.md#disk-quotas)"
+            )
 
     def template_namespace(self) -> dict[str, Any]:
         """Add `{user_volume}`: our collision-free volume name, usable in `volumes`."""
@@ -167,4 +200,5 @@ def spawner_config(settings: Settings) -> dict[str, Any]:
         "gpu_quota_group_hours": dict(settings.gpu_quota_group_hours),
         "http_timeout": 120,
         "datasets": settings.datasets,
+        "disk_quotas": settings.disk_quotas,
     }
