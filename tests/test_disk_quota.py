@@ -25,7 +25,7 @@ from typing import Any
 import docker
 import pytest
 from jupyterhub.objects import Hub, Server
-from labhub.contract import OWNER_LABEL
+from labhub.contract import OWNER_LABEL, volume_name_for
 from labhub.diskquota import DiskQuotaError, ensure_home, request_home, usage
 from labhub.settings import Settings
 from labhub.spawner import LabSpawner, spawner_config
@@ -114,10 +114,14 @@ class _Group:
 
 @contextlib.contextmanager
 def server_of(
-    world: dict[str, Any], btrfs_root: Path, tmp_path: Path, groups: tuple[str, ...] = ()
+    world: dict[str, Any],
+    btrfs_root: Path,
+    tmp_path: Path,
+    groups: tuple[str, ...] = (),
+    username: str = "",
 ) -> Iterator[str]:
     """A user's server started by LabSpawner through the proxy; yields its container id."""
-    username = f"quota{uuid.uuid4().hex[:6]}"
+    username = username or f"quota{uuid.uuid4().hex[:6]}"
 
     class User:
         name = username
@@ -208,6 +212,18 @@ def test_a_group_limit_raises_the_default(
         assert code == 0, out
         code, out = as_student(mine, "dd if=/dev/zero of=/home/jovyan/g bs=1M count=40")
         assert code != 0 and "Disk quota exceeded" in out, out
+
+
+def test_a_home_made_before_quotas_is_refused_not_used_without_a_limit(
+    world: dict[str, Any], btrfs_root: Path, tmp_path: Path
+) -> None:
+    username = f"old{uuid.uuid4().hex[:6]}"
+    docker.from_env().volumes.create(volume_name_for(username, world["network"]))
+    with (
+        pytest.raises(DiskQuotaError, match="predates QUOTA_ROOT"),
+        server_of(world, btrfs_root, tmp_path, username=username),
+    ):
+        pass
 
 
 def test_the_service_takes_only_user_volumes_and_bounded_limits(
