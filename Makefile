@@ -73,7 +73,7 @@ down: ## Stop the platform and users' servers (users' files and the hub database
 	$(COMPOSE) run --rm --no-deps netguard labhub-netguard remove
 
 .PHONY: logs
-logs: ## Follow the logs (of every service, or SERVICE=hub|proxy|proxy-chp|docker-proxy|netguard)
+logs: ## Follow the logs (of every service, or SERVICE=hub|proxy|proxy-chp|docker-proxy|netguard|diskquota)
 	$(COMPOSE) logs -f --tail=100 $(SERVICE)
 
 .PHONY: doctor
@@ -126,6 +126,10 @@ test: lint ## Run every test: unit, integration (real Docker), end to end (nginx
 migrate-volumes: ## Copy users' files from the shared labhub-user-* volumes into this stack's own
 	@STACK_NAME=$(call env_value,STACK_NAME) DOCKER_NETWORK=$(call env_value,DOCKER_NETWORK) \
 	  LABHUB_VERSION=$(call env_value,LABHUB_VERSION) scripts/migrate-volumes.sh
+
+.PHONY: disk-usage
+disk-usage: ## Each home's disk usage and quota (with QUOTA_ROOT set)
+	$(COMPOSE) exec diskquota labhub-diskquota report
 
 .PHONY: remove-user-volume
 remove-user-volume: ## Remove a deleted user's files: make remove-user-volume NAME=alice

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from labhub.contract import OWNER_LABEL, volume_name_for
 from labhub.diskquota import DiskQuotaError, ensure_home, request_home, usage
 from labhub.settings import Settings
 from labhub.spawner import LabSpawner, spawner_config
+from loopfs import btrfs_with_quotas
 from minimal_env import MINIMAL_ENV
 from stacks import STACK, ensure_base_image
 from test_dockerproxy import running_proxy
@@ -37,33 +37,10 @@ pytestmark = pytest.mark.integration
 MIB = 1024**2
 
 
-def run(*args: str) -> str:
-    return subprocess.run(args, check=True, capture_output=True, text=True).stdout.strip()
-
-
 @pytest.fixture(scope="module")
 def btrfs_root() -> Iterator[Path]:
-    """A 512 MiB btrfs on a loop device with quotas on, mounted; removed afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root: losetup and mount")
-    assert shutil.which("mkfs.btrfs"), "install btrfs-progs (apt-get install btrfs-progs)"
-    base = Path(run("mktemp", "-d", "/tmp/labhub-quota.XXXXXX"))
-    base.chmod(0o755)  # the student's uid must reach the homes below it
-    image, mount = base / "fs.img", base / "homes"
-    mount.mkdir()
-    run("truncate", "-s", "512M", str(image))
-    run("mkfs.btrfs", "-q", str(image))
-    device = run("losetup", "--find", "--show", str(image))
-    try:
-        run("mount", device, str(mount))
-        try:
-            run("btrfs", "quota", "enable", str(mount))
-            yield mount
-        finally:
-            run("umount", "--lazy", str(mount))
-    finally:
-        run("losetup", "-d", device)
-        shutil.rmtree(base)
+    with btrfs_with_quotas() as root:
+        yield root
 
 
 @pytest.fixture(scope="module")
@@ -202,6 +179,18 @@ def test_a_write_past_the_quota_fails_and_the_server_stays_up(
         assert code == 0, out
         code, out = as_student(other, "dd if=/dev/zero of=/home/jovyan/f bs=1M count=15")
         assert code == 0, out
+        # The admin's view: both homes, each with its usage and its 20 MiB limit.
+        subprocess.run(["sync"], check=True)
+        listed = subprocess.run(
+            [sys.executable, "-m", "labhub.diskquota", "report"],
+            env={**os.environ, "QUOTA_ROOT": str(btrfs_root)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.splitlines()
+        rows = {line.split()[0]: line.split()[1:] for line in listed[1:]}
+        assert rows[home["Name"]][1] == "20.0" and float(rows[home["Name"]][0]) < 1
+        assert len(rows) == 2 and all(limit == "20.0" for _, limit in rows.values())
 
 
 def test_a_group_limit_raises_the_default(

@@ -150,14 +150,32 @@ async def request_home(volume: str, limit: int, socket_path: str = SOCKET) -> Us
     return Usage(answer["used"], answer["limit"])
 
 
+def report(root: Path) -> str:
+    """Every home under ``root``: its volume, MiB used and MiB allowed (for admins)."""
+    lines = [f"{'home volume':<60} {'used MiB':>10} {'limit MiB':>10}"]
+    for home in sorted(p for p in root.iterdir() if _VOLUME.fullmatch(p.name)):
+        found = usage(home)
+        limit = f"{found.limit / 2**20:.1f}" if found.limit else "none"
+        lines.append(f"{home.name:<60} {found.used / 2**20:>10.1f} {limit:>10}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """labhub-diskquota run: serve the hub's requests (QUOTA_ROOT, DISK_QUOTA_MAX from env)."""
+    """labhub-diskquota run: serve the hub's requests (QUOTA_ROOT, DISK_QUOTA_MAX from env);
+    labhub-diskquota report: each home's usage and limit (`make disk-usage`)."""
     from .settings import parse_memory
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("command", choices=["run"])
+    parser.add_argument("command", choices=["run", "report"])
     parser.add_argument("--socket", default=SOCKET)
     args = parser.parse_args(argv)
+    if args.command == "report":
+        if not os.environ.get("QUOTA_ROOT"):
+            raise SystemExit("QUOTA_ROOT is empty: disk quotas are off (docs/admin-guide.md)")
+        print(report(Path(os.environ["QUOTA_ROOT"])))
+        return
+    # A socket left from an earlier run must not make a failing start look healthy.
+    Path(args.socket).unlink(missing_ok=True)
     root = Path(os.environ.get("QUOTA_ROOT", ""))
     if not os.environ.get("QUOTA_ROOT"):
         print("diskquota: QUOTA_ROOT is empty: disk quotas are off, nothing to do", flush=True)
@@ -166,7 +184,6 @@ def main(argv: list[str] | None = None) -> None:
     most = parse_memory(os.environ.get("DISK_QUOTA_MAX", "1024G"))
 
     async def serve() -> None:
-        Path(args.socket).unlink(missing_ok=True)
         server = await asyncio.start_unix_server(
             lambda r, w: _answer(root, most, r, w), path=args.socket
         )
