@@ -57,7 +57,10 @@ build: env base-image ## Build the hub, proxy and workspace images
 .PHONY: up
 up: preflight env stack-owner certs build ## Set everything up and start the platform
 	@# Settings are checked before anything starts: a wrong value is listed with its fix.
-	@docker run --rm --network none --env-file $(ENV_FILE) labhub/hub:$(call env_value,LABHUB_VERSION) \
+	@# GPU_CONFIG_DIR is mounted as for the hub: DATASETS may name a file in it.
+	@docker run --rm --network none --env-file $(ENV_FILE) \
+	  $(if $(call env_value,GPU_CONFIG_DIR),-v $(call env_value,GPU_CONFIG_DIR):/srv/labhub:ro) \
+	  labhub/hub:$(call env_value,LABHUB_VERSION) \
 	  labhub check-settings || \
 	  { echo "make up: fix the settings above in $(ENV_FILE), then run make up again" >&2; exit 2; }
 	@$(COMPOSE) up -d --wait || { $(COMPOSE) logs --no-color --tail=40 hub >&2; \

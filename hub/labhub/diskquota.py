@@ -32,7 +32,8 @@ from .contract import CONTAINER_USER
 
 # Where the hub and the diskquota service meet (a volume both mount).
 SOCKET = "/run/labhub-diskquota/diskquota.sock"
-_VOLUME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,127}-user-[a-z0-9_-]{1,127}")
+# `<DOCKER_NETWORK>-user-<escaped name>` (labhub.contract.volume_name_for): one path part.
+_VOLUME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}-user-[a-z0-9_-]{1,127}")
 
 
 class DiskQuotaError(RuntimeError):
@@ -90,7 +91,7 @@ def usage(home: Path) -> Usage:
 def ensure_home(root: Path, volume: str, limit: int) -> Usage:
     """Create ``root/volume`` as a subvolume owned by the container user, limited to
     ``limit`` bytes (set again each time: the limit follows the settings)."""
-    if not _VOLUME.fullmatch(volume):
+    if not is_home_volume(volume):
         raise DiskQuotaError(f"{volume!r} is not a user volume name")
     home = root / volume
     if not home.exists():
@@ -150,10 +151,15 @@ async def request_home(volume: str, limit: int, socket_path: str = SOCKET) -> Us
     return Usage(answer["used"], answer["limit"])
 
 
+def is_home_volume(name: str) -> bool:
+    """Whether ``name`` is a user volume's name: the only folders this service makes."""
+    return bool(_VOLUME.fullmatch(name))
+
+
 def report(root: Path) -> str:
     """Every home under ``root``: its volume, MiB used and MiB allowed (for admins)."""
     lines = [f"{'home volume':<60} {'used MiB':>10} {'limit MiB':>10}"]
-    for home in sorted(p for p in root.iterdir() if _VOLUME.fullmatch(p.name)):
+    for home in sorted(p for p in root.iterdir() if is_home_volume(p.name)):
         found = usage(home)
         limit = f"{found.limit / 2**20:.1f}" if found.limit else "none"
         lines.append(f"{home.name:<60} {found.used / 2**20:>10.1f} {limit:>10}")

@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from labhub.diskquota import DiskQuotas, driver_opts
+from hypothesis import given
+from hypothesis import strategies as st
+from labhub.contract import volume_name_for
+from labhub.diskquota import DiskQuotas, driver_opts, is_home_volume
 from labhub.dockerpolicy import Policy, Refused, check_request
 from labhub.settings import Settings, SettingsError
 from minimal_env import MINIMAL_ENV
@@ -80,3 +83,17 @@ def test_a_quota_home_volume_passes_bound_onto_its_own_folder_only() -> None:
     without_quotas = Policy(allowed_images=frozenset({"img"}), network="labhub")
     with pytest.raises(Refused, match="driver options"):
         check_request(without_quotas, "POST", CREATE, volume_create(name, driver_opts("", name)))
+
+
+@given(
+    username=st.text(min_size=1, max_size=300),
+    network=st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,40}", fullmatch=True),
+)
+def test_the_service_accepts_every_user_volume_name(username: str, network: str) -> None:
+    """The diskquota service makes homes for any username the hub has, in any stack."""
+    assert is_home_volume(volume_name_for(username, network))
+
+
+@pytest.mark.parametrize("name", ["..", "../labhub-user-a", "labhub-user-a/b", "hub-data", ""])
+def test_no_other_name_is_a_home(name: str) -> None:
+    assert not is_home_volume(name)
