@@ -18,6 +18,8 @@ from loopfs import btrfs_with_quotas
 from stacks import HTTPS_PORT, STACK, USERS_CREATED, Stack, launched_stack
 
 pytestmark = pytest.mark.e2e
+# A stack of its own beside the default one (conftest's), as test_two_stacks does.
+NAME, PORT = f"{STACK}store", HTTPS_PORT + 9
 
 READ_DATASETS = """
 import os
@@ -61,7 +63,7 @@ def storage_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[St
             "QUOTA_ROOT": str(root),
             "DISK_QUOTA": "40M",
         }
-        with launched_stack(tmp_path_factory, STACK, HTTPS_PORT, extra) as stack:
+        with launched_stack(tmp_path_factory, NAME, PORT, extra) as stack:
             yield stack, root
 
 
@@ -74,20 +76,23 @@ def test_datasets_and_quota_through_the_hub(storage_stack: tuple[Stack, Path]) -
         created = admin.api("POST", f"/users/{name}")
         assert created.status_code == 201, created.text
     response = admin.api("POST", "/groups/radiology", json={"users": [member]})
-    assert response.status_code in (201, 409), response.text
-    if response.status_code == 409:
-        admin.api("POST", "/groups/radiology/users", json={"users": [member]})
-    for name in (member, outsider):
-        admin.start_server(name)
+    assert response.status_code == 201, response.text
+    try:
+        for name in (member, outsider):
+            admin.start_server(name)
 
-    # The member sees both datasets, the outsider only the one for everyone; no one writes.
-    member_view = stack.run(admin, member, READ_DATASETS).split("\n")
-    assert member_view[:2] == ["['mnist', 'scans'] pixels", "Read-only file system"]
-    outsider_view = stack.run(admin, outsider, READ_DATASETS).split("\n")
-    assert outsider_view[:2] == ["['mnist'] pixels", "Read-only file system"]
+        # The member sees both datasets, the outsider only the one for everyone; no writes.
+        member_view = stack.run(admin, member, READ_DATASETS).split("\n")
+        assert member_view[:2] == ["['mnist', 'scans'] pixels", "Read-only file system"]
+        outsider_view = stack.run(admin, outsider, READ_DATASETS).split("\n")
+        assert outsider_view[:2] == ["['mnist'] pixels", "Read-only file system"]
 
-    # 80 MiB into a 40 MiB home: refused by the kernel; the server answers on afterwards.
-    filled = stack.run(admin, outsider, FILL_HOME).split("\n")
-    assert filled[:2] == ["Disk quota exceeded", "still here"], filled
-    homes = sorted(p.name for p in root.iterdir())
-    assert len(homes) == 2 and all(h.startswith(f"{STACK}-user-st") for h in homes), homes
+        # 80 MiB into a 40 MiB home: refused by the kernel; the server goes on afterwards.
+        filled = stack.run(admin, outsider, FILL_HOME).split("\n")
+        assert filled[:2] == ["Disk quota exceeded", "still here"], filled
+        homes = sorted(p.name for p in root.iterdir())
+        assert len(homes) == 2 and all(h.startswith(f"{NAME}-user-st") for h in homes), homes
+    finally:
+        # Stopped servers leave the users' network free for the stack's teardown.
+        for name in (member, outsider):
+            admin.stop_server(name)

@@ -57,11 +57,6 @@ class DiskQuotas:
         return max(limits) if limits else self.default
 
 
-def driver_opts(root: str, volume: str) -> dict[str, str]:
-    """The `local` driver's options that bind the volume onto its subvolume."""
-    return {"type": "none", "o": "bind", "device": f"{root}/{volume}"}
-
-
 @dataclass(frozen=True)
 class Usage:
     used: int

@@ -23,8 +23,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-from .contract import CONTAINER_USER, OWNER_LABEL, container_name_prefix, volume_prefix
-from .diskquota import driver_opts
+from .contract import (
+    CONTAINER_USER,
+    OWNER_LABEL,
+    container_name_prefix,
+    quota_home_options,
+    volume_prefix,
+)
 
 MAX_BODY = 1024 * 1024
 _GIB = 1024**3
@@ -53,7 +58,7 @@ class Policy:
 
     `dataset_binds` are the declared datasets' read-only binds (`labhub.datasets`), the
     only mounts allowed besides user volumes. With `quota_root` (QUOTA_ROOT), a user
-    volume may be bound onto its own folder there (`labhub.diskquota.driver_opts`).
+    volume may be bound onto its own folder there (`labhub.contract.quota_home_options`).
     """
 
     allowed_images: frozenset[str]
@@ -533,10 +538,11 @@ def check_volume_create(policy: Policy, spec: dict[str, Any]) -> None:
     if volume.get("driver") not in (None, "", "local"):
         raise Refused("volume drivers are not allowed (local only)")
     options = volume.get("driveropts")
-    if options and not (policy.quota_root and options == driver_opts(policy.quota_root, name)):
+    quota_home = quota_home_options(policy.quota_root, name) if policy.quota_root else None
+    if options and options != quota_home:
         raise Refused(
             f"volume driver options {options!r} are not allowed: only a disk-quota home, "
-            f"{driver_opts(policy.quota_root or '<QUOTA_ROOT>', name)}"
+            f"{quota_home_options(policy.quota_root or '<QUOTA_ROOT>', name)}"
         )
     labels = volume.get("labels") or {}
     if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):

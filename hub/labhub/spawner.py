@@ -17,9 +17,15 @@ from dockerspawner import DockerSpawner
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from traitlets import Float, Instance, Int, Tuple, Unicode, default
 
-from .contract import CONTAINER_USER, OWNER_LABEL, container_prefix, volume_name_for
+from .contract import (
+    CONTAINER_USER,
+    OWNER_LABEL,
+    container_prefix,
+    quota_home_options,
+    volume_name_for,
+)
 from .datasets import binds_for
-from .diskquota import SOCKET, DiskQuotaError, DiskQuotas, driver_opts, request_home
+from .diskquota import SOCKET, DiskQuotaError, DiskQuotas, request_home
 from .gpu.spawner import GpuSpawnerMixin
 from .settings import Settings
 
@@ -138,7 +144,7 @@ class LabSpawner(GpuSpawnerMixin, DockerSpawner):  # type: ignore[misc]
         """
         volume = volume_name_for(self.user.name, self.network_name)
         await request_home(volume, limit, self.diskquota_socket)
-        wanted = driver_opts(self.disk_quotas.root, volume)
+        wanted = quota_home_options(self.disk_quotas.root, volume)
         created = await self.docker(
             "create_volume", volume, driver="local", driver_opts=wanted, labels=None
         )

@@ -8,8 +8,8 @@ import json
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from labhub.contract import volume_name_for
-from labhub.diskquota import DiskQuotas, driver_opts, is_home_volume
+from labhub.contract import quota_home_options, volume_name_for
+from labhub.diskquota import DiskQuotas, is_home_volume
 from labhub.dockerpolicy import Policy, Refused, check_request
 from labhub.settings import Settings, SettingsError
 from minimal_env import MINIMAL_ENV
@@ -69,20 +69,21 @@ def volume_create(name: str, options: dict[str, str] | None) -> bytes:
 def test_a_quota_home_volume_passes_bound_onto_its_own_folder_only() -> None:
     name = "labhub-user-alice"
     allowed = check_request(
-        POLICY, "POST", CREATE, volume_create(name, driver_opts("/srv/homes", name))
+        POLICY, "POST", CREATE, volume_create(name, quota_home_options("/srv/homes", name))
     )
     assert json.loads(allowed.body)["DriverOpts"]["device"] == "/srv/homes/labhub-user-alice"
     for options in (
-        driver_opts("/srv/homes", "labhub-user-bob"),
-        driver_opts("/", name),
-        {**driver_opts("/srv/homes", name), "o": "bind,rw,suid"},
-        {**driver_opts("/srv/homes", name), "device": "/srv/homes/labhub-user-alice/.."},
+        quota_home_options("/srv/homes", "labhub-user-bob"),
+        quota_home_options("/", name),
+        {**quota_home_options("/srv/homes", name), "o": "bind,rw,suid"},
+        {**quota_home_options("/srv/homes", name), "device": "/srv/homes/labhub-user-alice/.."},
     ):
         with pytest.raises(Refused, match="driver options"):
             check_request(POLICY, "POST", CREATE, volume_create(name, options))
     without_quotas = Policy(allowed_images=frozenset({"img"}), network="labhub")
     with pytest.raises(Refused, match="driver options"):
-        check_request(without_quotas, "POST", CREATE, volume_create(name, driver_opts("", name)))
+        body = volume_create(name, quota_home_options("", name))
+        check_request(without_quotas, "POST", CREATE, body)
 
 
 @given(
