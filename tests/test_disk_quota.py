@@ -24,10 +24,11 @@ from typing import Any
 import docker
 import pytest
 from jupyterhub.objects import Hub, Server
-from labhub.contract import OWNER_LABEL, volume_name_for
-from labhub.diskquota import DiskQuotaError, ensure_home, request_home, usage
+from labhub.contract import OWNER_LABEL, quota_home_options, volume_name_for
+from labhub.diskquota import DiskQuotaError, ensure_home, request_home, request_removal, usage
 from labhub.settings import Settings
 from labhub.spawner import LabSpawner, spawner_config
+from labhub.volumes import remove_user_volume
 from loopfs import btrfs_with_quotas
 from minimal_env import MINIMAL_ENV
 from stacks import STACK, ensure_base_image
@@ -215,6 +216,27 @@ def test_a_home_made_before_quotas_is_refused_not_used_without_a_limit(
         pass
 
 
+def test_removing_a_deleted_users_volume_removes_their_home_too(
+    btrfs_root: Path, service: str, tmp_path: Path
+) -> None:
+    engine = docker.from_env()
+    network = f"{STACK}-quotarm"
+    username = f"gone{uuid.uuid4().hex[:6]}"
+    volume = volume_name_for(username, network)
+    asyncio.run(request_home(volume, 10 * MIB, service))
+    engine.volumes.create(
+        volume, driver="local", driver_opts=quota_home_options(str(btrfs_root), volume)
+    )
+    (btrfs_root / volume / "notes.txt").write_text("thesis draft\n")
+    report = remove_user_volume(username, network, tmp_path / "no.sqlite", engine, service)
+    assert report == f"removed {volume} ({username!r}); removed its home under QUOTA_ROOT"
+    assert not (btrfs_root / volume).exists()
+    assert not engine.api.volumes(filters={"name": volume})["Volumes"]
+    # Again: nothing left anywhere, said so.
+    again = remove_user_volume(username, network, tmp_path / "no.sqlite", engine, service)
+    assert again == f"no volume {volume} for {username!r}: nothing to remove"
+
+
 def test_the_service_takes_only_user_volumes_and_bounded_limits(
     btrfs_root: Path, service: str
 ) -> None:
@@ -227,6 +249,10 @@ def test_the_service_takes_only_user_volumes_and_bounded_limits(
         with pytest.raises(DiskQuotaError, match=reason):
             asyncio.run(request_home(volume, limit, service))
     assert not (btrfs_root / "labhub-user-alice").exists()
+    for volume in ("..", "../homes", "hub-data"):
+        with pytest.raises(DiskQuotaError, match="not a user volume"):
+            asyncio.run(request_removal(volume, service))
+    assert btrfs_root.is_dir()
     with pytest.raises(DiskQuotaError, match="not a user volume"):
         ensure_home(btrfs_root, "x/../../y", MIB)
 

@@ -27,6 +27,7 @@ import subprocess
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .contract import CONTAINER_USER
 
@@ -110,17 +111,34 @@ def check_root(root: Path) -> None:
         ) from None
 
 
+def remove_home(root: Path, volume: str) -> bool:
+    """Delete the home subvolume of a user whose volume was removed; False if none."""
+    if not is_home_volume(volume):
+        raise DiskQuotaError(f"{volume!r} is not a user volume name")
+    home = root / volume
+    if not home.exists():
+        return False
+    _btrfs("subvolume", "delete", str(home))
+    return True
+
+
 async def _answer(
     root: Path, most: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
-    """One request per connection: {"volume": ..., "limit": bytes} -> usage or an error."""
+    """One request per connection: {"volume", "limit": bytes} -> its usage;
+    {"volume", "remove": true} -> whether a home was deleted; or an error."""
     try:
         request = json.loads(await reader.readline())
-        volume, limit = request["volume"], request["limit"]
-        if not isinstance(limit, int) or isinstance(limit, bool) or not 0 < limit <= most:
-            raise DiskQuotaError(f"limit {limit!r} is not 1 to DISK_QUOTA_MAX={most} bytes")
-        found = await asyncio.to_thread(ensure_home, root, str(volume), limit)
-        answer: dict[str, object] = {"used": found.used, "limit": found.limit}
+        volume = str(request["volume"])
+        answer: dict[str, object]
+        if request.get("remove") is True:
+            answer = {"removed": await asyncio.to_thread(remove_home, root, volume)}
+        else:
+            limit = request["limit"]
+            if not isinstance(limit, int) or isinstance(limit, bool) or not 0 < limit <= most:
+                raise DiskQuotaError(f"limit {limit!r} is not 1 to DISK_QUOTA_MAX={most} bytes")
+            found = await asyncio.to_thread(ensure_home, root, volume, limit)
+            answer = {"used": found.used, "limit": found.limit}
     except (ValueError, KeyError, TypeError, DiskQuotaError) as error:
         answer = {"error": str(error)}
     writer.write(json.dumps(answer).encode() + b"\n")
@@ -128,8 +146,8 @@ async def _answer(
     writer.close()
 
 
-async def request_home(volume: str, limit: int, socket_path: str = SOCKET) -> Usage:
-    """The hub's side: have the diskquota service prepare ``volume`` with ``limit`` bytes."""
+async def _ask(request: dict[str, object], socket_path: str) -> dict[str, Any]:
+    """Send one request to the diskquota service; its answer, or DiskQuotaError."""
     try:
         reader, writer = await asyncio.open_unix_connection(socket_path)
     except OSError as error:
@@ -137,13 +155,27 @@ async def request_home(volume: str, limit: int, socket_path: str = SOCKET) -> Us
             f"the diskquota service does not answer at {socket_path} ({error.strerror}): "
             "see `make logs SERVICE=diskquota`"
         ) from None
-    writer.write(json.dumps({"volume": volume, "limit": limit}).encode() + b"\n")
+    writer.write(json.dumps(request).encode() + b"\n")
     await writer.drain()
-    answer = json.loads(await reader.readline() or b"{}")
+    answer: dict[str, Any] = json.loads(await reader.readline() or b"{}")
     writer.close()
-    if "error" in answer or "used" not in answer:
-        raise DiskQuotaError(f"diskquota refused {volume}: {answer.get('error', 'no answer')}")
+    if "error" in answer or not answer:
+        raise DiskQuotaError(
+            f"diskquota refused {request['volume']}: {answer.get('error', 'no answer')}"
+        )
+    return answer
+
+
+async def request_home(volume: str, limit: int, socket_path: str = SOCKET) -> Usage:
+    """The hub's side: have the diskquota service prepare ``volume`` with ``limit`` bytes."""
+    answer = await _ask({"volume": volume, "limit": limit}, socket_path)
     return Usage(answer["used"], answer["limit"])
+
+
+async def request_removal(volume: str, socket_path: str = SOCKET) -> bool:
+    """The hub's side: delete the home of a removed ``volume``; False if it had none."""
+    answer = await _ask({"volume": volume, "remove": True}, socket_path)
+    return bool(answer["removed"])
 
 
 def is_home_volume(name: str) -> bool:
