@@ -213,8 +213,14 @@ def main(argv: list[str] | None = None) -> None:
     if not os.environ.get("QUOTA_ROOT"):
         print("diskquota: QUOTA_ROOT is empty: disk quotas are off, nothing to do", flush=True)
         signal.pause()  # idle, so that the hub's dependency on this service holds either way
-    check_root(root)
-    most = parse_memory(os.environ.get("DISK_QUOTA_MAX", "1024G"))
+    try:
+        most = parse_memory(os.environ.get("DISK_QUOTA_MAX", "1024G"))
+    except ValueError as error:
+        raise SystemExit(f"diskquota: DISK_QUOTA_MAX: {error}") from None
+    try:
+        check_root(root)
+    except DiskQuotaError as error:
+        raise SystemExit(f"diskquota: {error}") from None
 
     async def serve() -> None:
         server = await asyncio.start_unix_server(
