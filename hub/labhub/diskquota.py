@@ -6,13 +6,13 @@ is the user's quota: past it, writes fail with EDQUOT ("Disk quota exceeded") an
 rest of the disk stays free for everyone else.
 
 Why btrfs: project quotas need XFS built with quota support or ext4 with the v2 quota
-format, and neither is in every kernel (not in the one this was built on); btrfs qgroups
+format, and neither is in every kernel (nor in the one labhub is tested on); btrfs qgroups
 are, and Docker's `local` driver binds a subvolume like any folder. Setting a qgroup limit
 needs CAP_SYS_ADMIN, so it is done by the `diskquota` service (`labhub-diskquota run`),
-not the hub: root in a container with that one capability, no network, no secret, no
-Docker socket, and only QUOTA_ROOT mounted. The hub asks it over a Unix socket to
-prepare a home (`request_home`); it accepts only user volume names and limits up to its
-own DISK_QUOTA_MAX.
+not the hub: root in a container with CAP_SYS_ADMIN and CHOWN only, no network, no
+secret, no Docker socket, and only QUOTA_ROOT mounted. The hub asks it over a Unix socket
+to prepare a home (`request_home`) or delete a removed user's (`request_removal`); it
+accepts only user volume names and limits up to its own DISK_QUOTA_MAX.
 """
 
 from __future__ import annotations
