@@ -61,7 +61,10 @@ build: env base-image ## Build the hub, proxy and workspace images
 .PHONY: up
 up: preflight env stack-owner certs build ## Set everything up and start the platform
 	@# Settings are checked before anything starts: a wrong value is listed with its fix.
-	@docker run --rm --network none --env-file $(ENV_FILE) labhub/hub:$(call env_value,LABHUB_VERSION) \
+	@# GPU_CONFIG_DIR is mounted as for the hub: DATASETS may name a file in it.
+	@docker run --rm --network none --env-file $(ENV_FILE) \
+	  $(if $(call env_value,GPU_CONFIG_DIR),-v $(call env_value,GPU_CONFIG_DIR):/srv/labhub:ro) \
+	  labhub/hub:$(call env_value,LABHUB_VERSION) \
 	  labhub check-settings || \
 	  { echo "make up: fix the settings above in $(ENV_FILE), then run make up again" >&2; exit 2; }
 	@$(COMPOSE) up -d --wait || { $(COMPOSE) logs --no-color --tail=40 hub >&2; \
@@ -77,7 +80,7 @@ down: ## Stop the platform and users' servers (users' files and the hub database
 	$(COMPOSE) run --rm --no-deps netguard labhub-netguard remove
 
 .PHONY: logs
-logs: ## Follow the logs (of every service, or SERVICE=hub|proxy|proxy-chp|docker-proxy|netguard)
+logs: ## Follow the logs (of every service, or SERVICE=hub|proxy|proxy-chp|docker-proxy|netguard|diskquota)
 	$(COMPOSE) logs -f --tail=100 $(SERVICE)
 
 .PHONY: doctor
@@ -146,6 +149,9 @@ z2jh-values: env ## Write this lab as Zero to JupyterHub values (Z2JH_VALUES=z2j
 	  { rm -f $(Z2JH_VALUES).partial; exit 2; }
 	@mv $(Z2JH_VALUES).partial $(Z2JH_VALUES)
 	@echo "wrote $(Z2JH_VALUES); next: helm upgrade --install labhub jupyterhub/jupyterhub --values $(Z2JH_VALUES) (docs/scale-out.md)"
+.PHONY: disk-usage
+disk-usage: ## Each home's disk usage and quota (with QUOTA_ROOT set)
+	$(COMPOSE) exec diskquota labhub-diskquota report
 
 .PHONY: remove-user-volume
 remove-user-volume: ## Remove a deleted user's files: make remove-user-volume NAME=alice

@@ -41,7 +41,7 @@ def rendered(tmp_path: Path, *files: str, profiles: str = "") -> dict[str, dict[
 
 def test_default_front_is_labhubs_nginx(tmp_path: Path) -> None:
     services = rendered(tmp_path, "docker-compose.yml")
-    assert set(services) == {"proxy", "proxy-chp", "hub", "docker-proxy", "netguard"}
+    assert set(services) == {"proxy", "proxy-chp", "hub", "docker-proxy", "netguard", "diskquota"}
 
 
 def socket_holders(services: dict[str, dict[str, object]]) -> set[str]:
@@ -63,6 +63,7 @@ def test_nginx_proxy_front_replaces_it(tmp_path: Path) -> None:
         "docker-proxy",
         "docker-proxy-front",
         "netguard",
+        "diskquota",
     }
     # Only the two filtering proxies hold the socket; the front reads the filtered one.
     assert socket_holders(services) == {"docker-proxy", "docker-proxy-front"}
@@ -116,3 +117,15 @@ def test_prometheus_comes_with_its_profile_on_a_network_of_its_own(tmp_path: Pat
     assert socket_holders(services) == {"docker-proxy"}
     assert [p["host_ip"] for p in prometheus["ports"]] == ["127.0.0.1"]  # type: ignore[attr-defined]
     assert prometheus["cap_drop"] == ["ALL"]
+
+
+def test_the_diskquota_service_holds_quota_root_and_nothing_else(tmp_path: Path) -> None:
+    """CAP_SYS_ADMIN (for a qgroup limit) stays out of the hub: no network, no socket."""
+    services = rendered(tmp_path, "docker-compose.yml")
+    quota = services["diskquota"]
+    assert quota["network_mode"] == "none" and quota["cap_add"] == ["SYS_ADMIN", "CHOWN"]
+    assert {v["target"] for v in quota["volumes"]} == {  # type: ignore[attr-defined]
+        "/srv/quota-off",
+        "/run/labhub-diskquota",
+    }
+    assert "SYS_ADMIN" not in str(services["hub"].get("cap_add"))

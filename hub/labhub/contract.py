@@ -61,3 +61,9 @@ def volume_name_for(username: str, network: str) -> str:
         digest = hashlib.sha256(username.encode("utf-8")).hexdigest()[:16]
         name = f"{name[: _MAX_VOLUME_NAME - 17]}_{digest}"
     return name
+
+
+def quota_home_options(quota_root: str, volume: str) -> dict[str, str]:
+    """The `local` driver's options of a home with a disk quota (QUOTA_ROOT set): bound
+    onto the subvolume `<quota_root>/<volume>`, the only options the proxy allows."""
+    return {"type": "none", "o": "bind", "device": f"{quota_root}/{volume}"}

@@ -23,7 +23,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-from .contract import CONTAINER_USER, OWNER_LABEL, container_name_prefix, volume_prefix
+from .contract import (
+    CONTAINER_USER,
+    OWNER_LABEL,
+    container_name_prefix,
+    quota_home_options,
+    volume_prefix,
+)
 
 MAX_BODY = 1024 * 1024
 _GIB = 1024**3
@@ -48,10 +54,17 @@ class Allowed:
 
 @dataclass(frozen=True)
 class Policy:
-    """What the hub may create: its image and network, within these upper bounds."""
+    """What the hub may create: its image and network, within these upper bounds.
+
+    `dataset_binds` are the declared datasets' read-only binds (`labhub.datasets`), the
+    only mounts allowed besides user volumes. With `quota_root` (QUOTA_ROOT), a user
+    volume may be bound onto its own folder there (`labhub.contract.quota_home_options`).
+    """
 
     allowed_images: frozenset[str]
     network: str
+    dataset_binds: frozenset[str] = frozenset()
+    quota_root: str = ""
     max_memory: int = 256 * _GIB
     max_cpus: int = 64
     max_pids: int = 65536
@@ -369,10 +382,10 @@ def _exposed_ports(_: Policy, value: Any) -> None:
             raise Refused(f"ExposedPorts {port!r}: {item!r} is not a plain TCP port")
 
 
-def _volumes(_: Policy, value: Any) -> None:
+def _volumes(policy: Policy, value: Any) -> None:
     if value is None:
         return
-    if not isinstance(value, dict) or len(value) > 8:
+    if not isinstance(value, dict) or len(value) > _most_binds(policy):
         raise Refused("Volumes must be an object of a few mount points")
     for target, item in value.items():
         if not re.fullmatch(r"/[A-Za-z0-9_./-]*", target) or item not in (None, {}):
@@ -425,7 +438,7 @@ def check_host_config(policy: Policy, value: Any) -> None:
         raise Refused("containers must drop all capabilities (CapDrop: [ALL])")
     if _strings("SecurityOpt", host["securityopt"]) != ["no-new-privileges:true"]:
         raise Refused("SecurityOpt must be exactly [no-new-privileges:true]")
-    for bind in _strings("Binds", host.get("binds") or [], 8):
+    for bind in _strings("Binds", host.get("binds") or [], _most_binds(policy)):
         _check_bind(policy, bind)
     for key in ("links", "mounts"):
         if host.get(key):
@@ -475,12 +488,23 @@ def _check_cpu(policy: Policy, host: dict[str, Any]) -> None:
     _int_in("CpuQuota", host["cpuquota"], 1000, policy.max_cpus * period)
 
 
+def _most_binds(policy: Policy) -> int:
+    """A few user volumes, plus every declared dataset."""
+    return 8 + len(policy.dataset_binds)
+
+
 def _check_bind(policy: Policy, bind: str) -> None:
-    """`<network>-user-<name>:<absolute path>:rw|ro`: a user volume, never a host path."""
+    """`<network>-user-<name>:<absolute path>:rw|ro` (a user volume) or a declared dataset's
+    read-only bind, exactly as `labhub.datasets.Dataset.bind` writes it."""
+    if bind in policy.dataset_binds:
+        return
     match = re.fullmatch(rf"(?P<source>{_NAME}):(?P<target>/[A-Za-z0-9_./-]*)(?::(?:rw|ro))?", bind)
     prefix = volume_prefix(policy.network)
     if not match or not match["source"].startswith(prefix):
-        raise Refused(f"bind {bind!r} is not a user volume ({prefix}<name>:/path:rw)")
+        raise Refused(
+            f"bind {bind!r} is not a user volume ({prefix}<name>:/path:rw) "
+            "nor a declared dataset (DATASETS)"
+        )
 
 
 def _check_device_request(policy: Policy, value: Any) -> None:
@@ -502,7 +526,8 @@ def _check_device_request(policy: Policy, value: Any) -> None:
 
 
 def check_volume_create(policy: Policy, spec: dict[str, Any]) -> None:
-    """A user volume on the local driver with no options (options can bind a host path)."""
+    """A user volume on the local driver with no options (options can bind a host path),
+    or, with disk quotas, bound onto exactly its own folder under QUOTA_ROOT."""
     volume = _keys("volume", spec, ("Name", "Driver", "DriverOpts", "Labels"))
     name = volume.get("name")
     if not isinstance(name, str) or not re.fullmatch(_NAME, name):
@@ -510,8 +535,15 @@ def check_volume_create(policy: Policy, spec: dict[str, Any]) -> None:
     if not name.startswith(prefix := volume_prefix(policy.network)):
         raise Refused(f"volume {name!r} is not a user volume ({prefix}*)")
     # The local driver's options can bind any host path (type=none, o=bind, device=/).
-    if volume.get("driver") not in (None, "", "local") or volume.get("driveropts"):
-        raise Refused("volume drivers and driver options are not allowed")
+    if volume.get("driver") not in (None, "", "local"):
+        raise Refused("volume drivers are not allowed (local only)")
+    options = volume.get("driveropts")
+    quota_home = quota_home_options(policy.quota_root, name) if policy.quota_root else None
+    if options and options != quota_home:
+        raise Refused(
+            f"volume driver options {options!r} are not allowed: only a disk-quota home, "
+            f"{quota_home_options(policy.quota_root or '<QUOTA_ROOT>', name)}"
+        )
     labels = volume.get("labels") or {}
     if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
         raise Refused("volume labels must be strings")

@@ -38,6 +38,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .datasets import DatasetsError, load_datasets
 from .dockerpolicy import (
     MAX_BODY,
     Allowed,
@@ -248,7 +249,7 @@ async def handle(
 
 
 def policy_from_env(env: dict[str, str]) -> Check:
-    """PROXY_POLICY=hub (default: ALLOWED_IMAGES, DOCKER_NETWORK) or frontend
+    """PROXY_POLICY=hub (default: ALLOWED_IMAGES, DOCKER_NETWORK, DATASETS, QUOTA_ROOT) or frontend
     (NGINX_PROXY_CONTAINER): which client this proxy serves."""
     kind = env.get("PROXY_POLICY", "hub")
     if kind == "frontend":
@@ -265,7 +266,17 @@ def policy_from_env(env: dict[str, str]) -> Check:
     images = frozenset(i for i in env.get("ALLOWED_IMAGES", "").split(",") if i)
     if not images:
         raise SystemExit("dockerproxy: ALLOWED_IMAGES is empty: set it to the workspace image")
-    policy = Policy(allowed_images=images, network=env.get("DOCKER_NETWORK", "labhub"))
+    network = env.get("DOCKER_NETWORK", "labhub")
+    try:
+        datasets = load_datasets(env.get("DATASETS", ""), network)
+    except DatasetsError as error:
+        raise SystemExit(f"dockerproxy: {error}") from None
+    policy = Policy(
+        allowed_images=images,
+        network=network,
+        dataset_binds=frozenset(dataset.bind for dataset in datasets),
+        quota_root=env.get("QUOTA_ROOT", ""),
+    )
     return lambda method, target, body: check_request(policy, method, target, body)
 
 

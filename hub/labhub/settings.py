@@ -21,6 +21,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from .datasets import Dataset, DatasetsError, load_datasets
+from .diskquota import DiskQuotas
+
 AUTH_CHOICES = ("native", "shared-password", "github", "google", "generic", "cilogon")
 OAUTH_CHOICES = ("github", "google", "generic", "cilogon")
 # Names of a role, not of a person: any provider may give them to anyone (on GitHub the
@@ -112,6 +115,40 @@ def kernel_idle_timeout(raw: str) -> int:
             f"{MIN_KERNEL_IDLE_TIMEOUT} (e.g. 1800), or 0 to keep idle kernels"
         )
     return int(raw)
+
+
+def nonzero_size(raw: str) -> int:
+    size = parse_memory(raw)
+    if not size:
+        raise ValueError("is not valid: a size such as 10G")
+    return size
+
+
+def size_map(raw: str) -> Mapping[str, int]:
+    """A JSON object of names to sizes, e.g. {"staff": "50G"}; empty: none."""
+    hint = 'is not valid: a JSON object of names to sizes, e.g. {"staff": "50G"}, or empty'
+    try:
+        parsed = json.loads(raw) if raw else {}
+    except ValueError:
+        raise ValueError(hint) from None
+    if not isinstance(parsed, dict) or not all(isinstance(v, str) for v in parsed.values()):
+        raise ValueError(hint)
+    try:
+        return {str(name): nonzero_size(size) for name, size in parsed.items()}
+    except ValueError:
+        raise ValueError(hint) from None
+
+
+_QUOTA_ROOT = re.compile(r"(?:/[A-Za-z0-9_][A-Za-z0-9_.-]*)+")
+
+
+def quota_root(raw: str) -> str:
+    if raw and not _QUOTA_ROOT.fullmatch(raw):
+        raise ValueError(
+            "is not valid: use an absolute host folder on btrfs such as /srv/labhub-homes "
+            "(no spaces, ':' or '..'), or leave it empty for no quotas"
+        )
+    return raw
 
 
 def positive_number(example: str) -> Parser:
@@ -819,6 +856,61 @@ SECTIONS: tuple[Section, ...] = (
         ),
     ),
     Section(
+        "Shared datasets and disk quotas (docs/admin-guide.md#shared-datasets)",
+        "",
+        (
+            Setting(
+                "DATASETS",
+                "",
+                text,
+                "Read-only datasets at /datasets/<name> in user servers: inline JSON, or the "
+                "path of a JSON file in GPU_CONFIG_DIR (e.g. /srv/labhub/datasets.json). Each "
+                "entry: name, source (an absolute host folder or a Docker volume), optional "
+                "groups (JupyterHub groups; none = every user), e.g. "
+                '[{"name": "mnist", "source": "/srv/datasets/mnist"}]. Empty: none.',
+                "datasets_source",
+            ),
+            Setting(
+                "QUOTA_ROOT",
+                "",
+                quota_root,
+                "Host folder on a btrfs filesystem with quotas on (`btrfs quota enable "
+                "FOLDER`), e.g. /srv/labhub-homes: each user's home becomes a subvolume "
+                "there, limited by the kernel (docs/admin-guide.md#disk-quotas). Empty: no "
+                "quotas (homes are plain Docker volumes).",
+                "quota_root",
+            ),
+            Setting(
+                "DISK_QUOTA",
+                "10G",
+                nonzero_size,
+                "Each home's limit with QUOTA_ROOT (sizes like 10G).",
+                "disk_quota",
+            ),
+            Setting(
+                "DISK_QUOTA_GROUPS",
+                "",
+                size_map,
+                'Per JupyterHub group, as JSON: {"thesis": "50G"} (the largest of a user\'s '
+                "groups counts). Empty: none.",
+                "disk_quota_groups",
+            ),
+            Setting(
+                "DISK_QUOTA_USERS",
+                "",
+                size_map,
+                'Per user, as JSON: {"alice": "80G"} (wins over groups). Empty: none.',
+                "disk_quota_users",
+            ),
+            Setting(
+                "DISK_QUOTA_MAX",
+                "1024G",
+                nonzero_size,
+                "The most the diskquota service grants one home, whatever the hub asks for.",
+            ),
+        ),
+    ),
+    Section(
         "Monitoring (docs/monitoring.md)",
         "",
         (
@@ -1041,6 +1133,10 @@ class Settings:
     shm_size: int
     pids_limit: int
     idle_timeout: int
+    # DATASETS (labhub.datasets): read-only mounts under /datasets, per group.
+    datasets: tuple[Dataset, ...]
+    # QUOTA_ROOT and the DISK_QUOTA* limits; root "" means quotas are off.
+    disk_quotas: DiskQuotas
     # Kernel culling inside each user's server (0: off).
     kernel_idle_timeout: int
     kernel_cull_connected: bool
@@ -1084,6 +1180,7 @@ class Settings:
             _check_oauth(auth, values, problems)
             _check_oauth_identities(auth, values, problems)
             values["oauth"] = _oauth_settings(values)
+        _storage(values, problems)
         if values.get("monitoring") and not values.get("prometheus_api_token"):
             problems.append(
                 "MONITORING=true needs PROMETHEUS_API_TOKEN, the token Prometheus reads the "
@@ -1098,6 +1195,23 @@ class Settings:
         if problems:
             raise SettingsError(problems)
         return cls(**_pick(cls, values))
+
+
+def _storage(values: dict[str, Any], problems: list[str]) -> None:
+    """DATASETS needs the stack's network (named volumes are per stack); the quota settings
+    become one DiskQuotas (off when QUOTA_ROOT is empty)."""
+    try:
+        values["datasets"] = load_datasets(
+            values.get("datasets_source", ""), values.get("docker_network", "labhub")
+        )
+    except DatasetsError as error:
+        problems.append(str(error))
+    values["disk_quotas"] = DiskQuotas(
+        root=values.get("quota_root", ""),
+        default=values.get("disk_quota", 0),
+        groups=values.get("disk_quota_groups", {}),
+        users=values.get("disk_quota_users", {}),
+    )
 
 
 def _check_native(values: Mapping[str, Any], problems: list[str]) -> None:

@@ -15,9 +15,18 @@ from typing import Any, ClassVar
 
 from dockerspawner import DockerSpawner
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
-from traitlets import Float, Int, Unicode, default
+from traitlets import Float, Instance, Int, Tuple, Unicode, default
 
-from .contract import CONTAINER_USER, HOME_DIR, OWNER_LABEL, container_prefix, volume_name_for
+from .contract import (
+    CONTAINER_USER,
+    HOME_DIR,
+    OWNER_LABEL,
+    container_prefix,
+    quota_home_options,
+    volume_name_for,
+)
+from .datasets import binds_for
+from .diskquota import SOCKET, DiskQuotaError, DiskQuotas, request_home
 from .gpu.spawner import GpuSpawnerMixin
 from .settings import Settings
 
@@ -80,6 +89,23 @@ class LabSpawner(GpuSpawnerMixin, DockerSpawner):  # type: ignore[misc]
         help="Where the user's volume is mounted inside the container.",
     )
 
+    datasets = Tuple(
+        config=True,
+        help="The shared datasets (labhub.datasets.Dataset, from DATASETS): each is mounted "
+        "read-only at /datasets/<name> for the users in one of its groups, at every start.",
+    )
+
+    disk_quotas = Instance(
+        DiskQuotas,
+        args=(),
+        config=True,
+        help="Per-user disk quotas (labhub.diskquota, from QUOTA_ROOT and DISK_QUOTA*): with a "
+        "root, each home is a subvolume there, limited by the diskquota service.",
+    )
+    diskquota_socket = Unicode(
+        SOCKET, config=True, help="The diskquota service's Unix socket (a volume both mount)."
+    )
+
     @default("volumes")
     def _volumes_default(self) -> dict[str, str]:
         return {"{user_volume}": self.home_dir}
@@ -95,13 +121,39 @@ class LabSpawner(GpuSpawnerMixin, DockerSpawner):  # type: ignore[misc]
         return cls._shared_executor
 
     async def start(self) -> Any:
-        """Start the container, then wait (finely, bounded) until its server answers."""
+        """Start the container, then wait (finely, bounded) until its server answers.
+
+        The datasets are chosen here, not once per spawner: group membership changes
+        between starts.
+        """
+        groups = [g.name for g in self.user.groups]
+        self.read_only_volumes = binds_for(self.datasets, groups)
+        if self.disk_quotas.root:
+            await self._prepare_limited_home(self.disk_quotas.limit_for(self.user.name, groups))
         ip_port = await super().start()
         if self.ready_poll_budget > 0 and self.server is not None:
             ip, port = ip_port
             url = f"http://{ip}:{port}{self.server.base_url}"
             await wait_until_answering(url, self.ready_poll_budget)
         return ip_port
+
+    async def _prepare_limited_home(self, limit: int) -> None:
+        """Have the diskquota service make the home subvolume, then the volume bound to it.
+
+        A volume made before QUOTA_ROOT was set is a plain one, with no limit: refuse to
+        start on it rather than run without the quota.
+        """
+        volume = volume_name_for(self.user.name, self.network_name)
+        await request_home(volume, limit, self.diskquota_socket)
+        wanted = quota_home_options(self.disk_quotas.root, volume)
+        created = await self.docker(
+            "create_volume", volume, driver="local", driver_opts=wanted, labels=None
+        )
+        if (created.get("Options") or {}) != wanted:
+            raise DiskQuotaError(
+                f"volume {volume} predates QUOTA_ROOT and has no quota: move its files "
+                "into a quota home (docs/admin-guide.md#disk-quotas)"
+            )
 
     def template_namespace(self) -> dict[str, Any]:
         """Add `{user_volume}`: our collision-free volume name, usable in `volumes`."""
@@ -173,4 +225,6 @@ def spawner_config(settings: Settings) -> dict[str, Any]:
         "gpu_quota_user_hours": settings.gpu_quota_user_hours,
         "gpu_quota_group_hours": dict(settings.gpu_quota_group_hours),
         "http_timeout": 120,
+        "datasets": settings.datasets,
+        "disk_quotas": settings.disk_quotas,
     }

@@ -12,6 +12,7 @@ container still uses the volume, so it never removes a live user's files.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sqlite3
 import sys
@@ -21,6 +22,7 @@ import docker
 from docker.errors import APIError, NotFound
 
 from .contract import volume_name_for
+from .diskquota import SOCKET, request_removal
 from .settings import Settings
 
 DEFAULT_DB = "/srv/jupyterhub/jupyterhub.sqlite"
@@ -34,9 +36,14 @@ def user_exists(db_path: Path, username: str) -> bool:
 
 
 def remove_user_volume(
-    username: str, network: str, db_path: Path, client: docker.DockerClient
+    username: str,
+    network: str,
+    db_path: Path,
+    client: docker.DockerClient,
+    quota_socket: str = "",
 ) -> str:
-    """Remove the user's volume in the stack of `network` (DOCKER_NETWORK); return a
+    """Remove the user's volume in the stack of `network` (DOCKER_NETWORK), and with disk
+    quotas (`quota_socket`, the diskquota service's) its home subvolume; return a
     one-line report. Raises SystemExit on refusal."""
     volume = volume_name_for(username, network)
     if db_path.exists() and user_exists(db_path, username):
@@ -46,13 +53,16 @@ def remove_user_volume(
         )
     try:
         client.volumes.get(volume).remove()
+        report = f"removed {volume} ({username!r})"
     except NotFound:
-        return f"no volume {volume} for {username!r}: nothing to remove"
+        report = f"no volume {volume} for {username!r}"
     except APIError as error:
         raise SystemExit(
             f"volume {volume} is still in use or cannot be removed: {error}"
         ) from error
-    return f"removed {volume} ({username!r})"
+    if quota_socket and asyncio.run(request_removal(volume, quota_socket)):
+        return f"{report}; removed its home under QUOTA_ROOT"
+    return report if report.startswith("removed") else f"{report}: nothing to remove"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -60,8 +70,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("username", help="the JupyterHub username whose volume to remove")
     parser.add_argument("--db", default=DEFAULT_DB, type=Path, help="the hub's SQLite database")
     args = parser.parse_args(argv)
-    network = Settings.from_env(os.environ).docker_network
-    print(remove_user_volume(args.username, network, args.db, docker.from_env()))
+    settings = Settings.from_env(os.environ)
+    quota_socket = SOCKET if settings.disk_quotas.root else ""
+    print(
+        remove_user_volume(
+            args.username, settings.docker_network, args.db, docker.from_env(), quota_socket
+        )
+    )
     sys.exit(0)
 
 

@@ -90,12 +90,21 @@ class _User:
     url = "/user/alice/"
 
 
-def captured_create(tmp_path: Path, gpu: bool) -> tuple[str, bytes]:
-    """(target, body) of the create request LabSpawner.start() makes through docker-py."""
+class _Group:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def captured_create(
+    tmp_path: Path, gpu: bool, datasets: str = "", groups: tuple[str, ...] = ()
+) -> tuple[str, bytes]:
+    """(target, body) of the create request LabSpawner.start() makes through docker-py,
+    for a user in ``groups`` with DATASETS=``datasets``."""
     env = {
         **MINIMAL_ENV,
         "GPU_INVENTORY": "none",
         "GPU_DB": str(tmp_path / "gpu.sqlite"),
+        "DATASETS": datasets,
     }
     if gpu:
         inventory = tmp_path / "gpus.json"
@@ -106,7 +115,9 @@ def captured_create(tmp_path: Path, gpu: bool) -> tuple[str, bytes]:
     original = LabSpawner._client
     LabSpawner._client = client
     try:
-        spawner = LabSpawner(user=_User(), hub=Hub(), ready_poll_budget=0, **config)
+        user = _User()
+        user.groups = tuple(_Group(name) for name in groups)
+        spawner = LabSpawner(user=user, hub=Hub(), ready_poll_budget=0, **config)
         spawner.server = Server(base_url="/user/alice/")
         if gpu:
             spawner.user_options = {"profile": "gpu-1"}
@@ -145,6 +156,63 @@ def test_the_gpu_spawn_sends_one_explicit_device_request(
     assert json.loads(captured["cpu"][1])["HostConfig"]["DeviceRequests"] == []
     [request] = json.loads(captured["gpu"][1])["HostConfig"]["DeviceRequests"]
     assert request["Driver"] == "nvidia" and request["DeviceIDs"] == ["0"]
+
+
+# --- Datasets: the declared read-only binds, for members of their groups only ----------
+DATASETS = json.dumps(
+    [
+        {"name": "mnist", "source": "/srv/datasets/mnist"},
+        {"name": "scans", "source": "lab-scans", "groups": ["radiology"]},
+    ]
+)
+DATASET_POLICY = policy_from_env(
+    {"ALLOWED_IMAGES": IMAGE, "DOCKER_NETWORK": "labhub", "DATASETS": DATASETS}
+)
+
+
+@pytest.mark.parametrize(
+    ("groups", "mounted"),
+    [
+        ((), ["/srv/datasets/mnist:/datasets/mnist:ro"]),
+        (
+            ("radiology", "other"),
+            ["/srv/datasets/mnist:/datasets/mnist:ro", "lab-scans:/datasets/scans:ro"],
+        ),
+    ],
+    ids=["outside-the-group", "in-the-group"],
+)
+def test_datasets_are_mounted_read_only_for_their_groups_and_the_proxy_allows_them(
+    tmp_path: Path, groups: tuple[str, ...], mounted: list[str]
+) -> None:
+    target, body = captured_create(tmp_path, gpu=False, datasets=DATASETS, groups=groups)
+    binds = json.loads(body)["HostConfig"]["Binds"]
+    assert sorted(b for b in binds if ":/datasets/" in b) == mounted
+    assert json.loads(DATASET_POLICY("POST", target, body).body) == json.loads(body)
+    # Without DATASETS the proxy allows none of these mounts.
+    with pytest.raises(Refused, match="nor a declared dataset"):
+        check_request(POLICY, "POST", target, body)
+
+
+@pytest.mark.parametrize(
+    "bind",
+    [
+        "/srv/datasets/mnist:/datasets/mnist:rw",
+        "/srv/datasets/mnist:/datasets/mnist",
+        "/srv/datasets/mnist:/home/jovyan/mnist:ro",
+        "/srv/datasets:/datasets/mnist:ro",
+        "/srv/datasets/mnist/..:/datasets/mnist:ro",
+        "lab-scans:/datasets/scans:rw",
+        "lab-scans:/datasets/scans",
+        "/:/datasets/mnist:ro",
+        "/var/run/docker.sock:/datasets/mnist:ro",
+    ],
+)
+def test_a_dataset_bind_changed_in_any_part_is_refused(tmp_path: Path, bind: str) -> None:
+    target, body = captured_create(tmp_path, gpu=False, datasets=DATASETS, groups=("radiology",))
+    spec = json.loads(body)
+    spec["HostConfig"]["Binds"].append(bind)
+    with pytest.raises(Refused, match="nor a declared dataset"):
+        DATASET_POLICY("POST", target, json.dumps(spec).encode())
 
 
 def _host(change: Callable[[dict[str, Any]], object]) -> Callable[[dict[str, Any]], object]:

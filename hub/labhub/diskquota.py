@@ -1,0 +1,240 @@
+"""Disk quotas the kernel enforces: each user's home is a btrfs subvolume with a qgroup limit.
+
+With QUOTA_ROOT set (a host folder on btrfs with quotas enabled), a user's home volume
+is a `local` volume bound to ``QUOTA_ROOT/<volume name>``, a subvolume whose qgroup limit
+is the user's quota: past it, writes fail with EDQUOT ("Disk quota exceeded") and the
+rest of the disk stays free for everyone else.
+
+Why btrfs: project quotas need XFS built with quota support or ext4 with the v2 quota
+format, and neither is in every kernel (nor in the one labhub is tested on); btrfs qgroups
+are, and Docker's `local` driver binds a subvolume like any folder. Setting a qgroup limit
+needs CAP_SYS_ADMIN, so it is done by the `diskquota` service (`labhub-diskquota run`),
+not the hub: root in a container with CAP_SYS_ADMIN and CHOWN only, no network, no
+secret, no Docker socket, and only QUOTA_ROOT mounted. The hub asks it over a Unix socket
+to prepare a home (`request_home`) or delete a removed user's (`request_removal`); it
+accepts only user volume names and limits up to its own DISK_QUOTA_MAX.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .contract import CONTAINER_USER
+
+# Where the hub and the diskquota service meet (a volume both mount).
+SOCKET = "/run/labhub-diskquota/diskquota.sock"
+# `<DOCKER_NETWORK>-user-<escaped name>` (labhub.contract.volume_name_for): one path part.
+_VOLUME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}-user-[a-z0-9_-]{1,127}")
+
+
+class DiskQuotaError(RuntimeError):
+    """A home cannot be prepared or read; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class DiskQuotas:
+    """Who gets how many bytes: a user's own limit, else the largest of their groups',
+    else the default. ``root`` empty: quotas are off (plain named volumes)."""
+
+    root: str = ""
+    default: int = 0
+    groups: Mapping[str, int] = field(default_factory=dict)
+    users: Mapping[str, int] = field(default_factory=dict)
+
+    def limit_for(self, username: str, groups: Iterable[str]) -> int:
+        if username in self.users:
+            return self.users[username]
+        limits = [self.groups[g] for g in groups if g in self.groups]
+        return max(limits) if limits else self.default
+
+
+@dataclass(frozen=True)
+class Usage:
+    used: int
+    limit: int
+
+
+def _btrfs(*args: str) -> str:
+    result = subprocess.run(
+        ["btrfs", *args], capture_output=True, text=True, check=False, timeout=60
+    )
+    if result.returncode != 0:
+        raise DiskQuotaError(f"btrfs {' '.join(args)}: {result.stderr.strip()}")
+    return result.stdout
+
+
+def usage(home: Path) -> Usage:
+    """Bytes referenced by the home's subvolume and its limit (0: none), from its qgroup."""
+    output = _btrfs("qgroup", "show", "--raw", "-reF", str(home))
+    for line in output.splitlines():
+        columns = line.split()
+        if columns and columns[0].startswith("0/"):
+            limit = columns[3]
+            return Usage(int(columns[1]), 0 if limit == "none" else int(limit))
+    raise DiskQuotaError(f"{home}: no qgroup; run `btrfs quota enable` on QUOTA_ROOT's filesystem")
+
+
+def ensure_home(root: Path, volume: str, limit: int) -> Usage:
+    """Create ``root/volume`` as a subvolume owned by the container user, limited to
+    ``limit`` bytes (set again each time: the limit follows the settings)."""
+    if not is_home_volume(volume):
+        raise DiskQuotaError(f"{volume!r} is not a user volume name")
+    home = root / volume
+    if not home.exists():
+        _btrfs("subvolume", "create", str(home))
+        uid, gid = (int(part) for part in CONTAINER_USER.split(":"))
+        os.chown(home, uid, gid)
+    _btrfs("qgroup", "limit", str(limit), str(home))
+    return usage(home)
+
+
+def check_root(root: Path) -> None:
+    """QUOTA_ROOT must be on btrfs with quotas on, or no limit could be enforced."""
+    if not root.is_dir():
+        raise DiskQuotaError(f"QUOTA_ROOT={root} is not a folder here: create it on a btrfs fs")
+    try:
+        _btrfs("qgroup", "show", str(root))
+    except DiskQuotaError as error:
+        raise DiskQuotaError(
+            f"QUOTA_ROOT={root} has no btrfs quotas ({error}); it must be on btrfs, then "
+            f"run `btrfs quota enable {root}` once (docs/admin-guide.md#disk-quotas)"
+        ) from None
+
+
+def remove_home(root: Path, volume: str) -> bool:
+    """Delete the home subvolume of a user whose volume was removed; False if none."""
+    if not is_home_volume(volume):
+        raise DiskQuotaError(f"{volume!r} is not a user volume name")
+    home = root / volume
+    if not home.exists():
+        return False
+    _btrfs("subvolume", "delete", str(home))
+    return True
+
+
+async def _answer(
+    root: Path, most: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """One request per connection: {"volume", "limit": bytes} -> its usage;
+    {"volume", "remove": true} -> whether a home was deleted; or an error."""
+    try:
+        request = json.loads(await reader.readline())
+        volume = str(request["volume"])
+        answer: dict[str, object]
+        if request.get("remove") is True:
+            answer = {"removed": await asyncio.to_thread(remove_home, root, volume)}
+        else:
+            limit = request["limit"]
+            if not isinstance(limit, int) or isinstance(limit, bool) or not 0 < limit <= most:
+                raise DiskQuotaError(f"limit {limit!r} is not 1 to DISK_QUOTA_MAX={most} bytes")
+            found = await asyncio.to_thread(ensure_home, root, volume, limit)
+            answer = {"used": found.used, "limit": found.limit}
+    except (ValueError, KeyError, TypeError, DiskQuotaError) as error:
+        answer = {"error": str(error)}
+    writer.write(json.dumps(answer).encode() + b"\n")
+    await writer.drain()
+    writer.close()
+
+
+async def _ask(request: dict[str, object], socket_path: str) -> dict[str, Any]:
+    """Send one request to the diskquota service; its answer, or DiskQuotaError."""
+    try:
+        reader, writer = await asyncio.open_unix_connection(socket_path)
+    except OSError as error:
+        raise DiskQuotaError(
+            f"the diskquota service does not answer at {socket_path} ({error.strerror}): "
+            "see `make logs SERVICE=diskquota`"
+        ) from None
+    writer.write(json.dumps(request).encode() + b"\n")
+    await writer.drain()
+    answer: dict[str, Any] = json.loads(await reader.readline() or b"{}")
+    writer.close()
+    if "error" in answer or not answer:
+        raise DiskQuotaError(
+            f"diskquota refused {request['volume']}: {answer.get('error', 'no answer')}"
+        )
+    return answer
+
+
+async def request_home(volume: str, limit: int, socket_path: str = SOCKET) -> Usage:
+    """The hub's side: have the diskquota service prepare ``volume`` with ``limit`` bytes."""
+    answer = await _ask({"volume": volume, "limit": limit}, socket_path)
+    return Usage(answer["used"], answer["limit"])
+
+
+async def request_removal(volume: str, socket_path: str = SOCKET) -> bool:
+    """The hub's side: delete the home of a removed ``volume``; False if it had none."""
+    answer = await _ask({"volume": volume, "remove": True}, socket_path)
+    return bool(answer["removed"])
+
+
+def is_home_volume(name: str) -> bool:
+    """Whether ``name`` is a user volume's name: the only folders this service makes."""
+    return bool(_VOLUME.fullmatch(name))
+
+
+def report(root: Path) -> str:
+    """Every home under ``root``: its volume, MiB used and MiB allowed (for admins)."""
+    lines = [f"{'home volume':<60} {'used MiB':>10} {'limit MiB':>10}"]
+    for home in sorted(p for p in root.iterdir() if is_home_volume(p.name)):
+        found = usage(home)
+        limit = f"{found.limit / 2**20:.1f}" if found.limit else "none"
+        lines.append(f"{home.name:<60} {found.used / 2**20:>10.1f} {limit:>10}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """labhub-diskquota run: serve the hub's requests (QUOTA_ROOT, DISK_QUOTA_MAX from env);
+    labhub-diskquota report: each home's usage and limit (`make disk-usage`)."""
+    from .settings import parse_memory
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("command", choices=["run", "report"])
+    parser.add_argument("--socket", default=SOCKET)
+    args = parser.parse_args(argv)
+    if args.command == "report":
+        if not os.environ.get("QUOTA_ROOT"):
+            raise SystemExit("QUOTA_ROOT is empty: disk quotas are off (docs/admin-guide.md)")
+        print(report(Path(os.environ["QUOTA_ROOT"])))
+        return
+    # A socket left from an earlier run must not make a failing start look healthy.
+    Path(args.socket).unlink(missing_ok=True)
+    root = Path(os.environ.get("QUOTA_ROOT", ""))
+    if not os.environ.get("QUOTA_ROOT"):
+        print("diskquota: QUOTA_ROOT is empty: disk quotas are off, nothing to do", flush=True)
+        signal.pause()  # idle, so that the hub's dependency on this service holds either way
+    try:
+        most = parse_memory(os.environ.get("DISK_QUOTA_MAX", "1024G"))
+    except ValueError as error:
+        raise SystemExit(f"diskquota: DISK_QUOTA_MAX: {error}") from None
+    try:
+        check_root(root)
+    except DiskQuotaError as error:
+        raise SystemExit(f"diskquota: {error}") from None
+
+    async def serve() -> None:
+        server = await asyncio.start_unix_server(
+            lambda r, w: _answer(root, most, r, w), path=args.socket
+        )
+        # The hub runs as another uid. Its volume, mounted into the hub and this service
+        # alone, is what keeps everyone else away from the socket.
+        os.chmod(args.socket, 0o666)
+        print(f"diskquota: homes under {root}, at most {most} bytes each", flush=True)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main()

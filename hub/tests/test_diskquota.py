@@ -1,0 +1,100 @@
+"""Disk quotas: who gets which limit, what the settings accept, what the proxy lets the hub
+create (the kernel's enforcement is tests/test_disk_quota.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from labhub.contract import quota_home_options, volume_name_for
+from labhub.diskquota import DiskQuotas, is_home_volume
+from labhub.dockerpolicy import Policy, Refused, check_request
+from labhub.settings import Settings, SettingsError
+from minimal_env import MINIMAL_ENV
+
+pytestmark = pytest.mark.unit
+G = 1024**3
+QUOTAS = DiskQuotas("/srv/homes", 10 * G, {"thesis": 50 * G, "staff": 20 * G}, {"bob": 1 * G})
+
+
+@pytest.mark.parametrize(
+    ("user", "groups", "limit"),
+    [
+        ("alice", (), 10 * G),
+        ("alice", ("students",), 10 * G),
+        ("alice", ("staff", "thesis"), 50 * G),
+        ("bob", ("thesis",), 1 * G),
+    ],
+    ids=["default", "group-without-limit", "largest-group-limit", "user-override-wins"],
+)
+def test_a_users_own_limit_wins_then_their_largest_groups_then_the_default(
+    user: str, groups: tuple[str, ...], limit: int
+) -> None:
+    assert QUOTAS.limit_for(user, groups) == limit
+
+
+def test_the_settings_read_the_quotas_and_name_each_mistake() -> None:
+    env = {
+        **MINIMAL_ENV,
+        "QUOTA_ROOT": "/srv/homes",
+        "DISK_QUOTA": "10G",
+        "DISK_QUOTA_GROUPS": '{"thesis": "50G", "staff": "20G"}',
+        "DISK_QUOTA_USERS": '{"bob": "1G"}',
+    }
+    assert Settings.from_env(env).disk_quotas == QUOTAS
+    assert Settings.from_env(MINIMAL_ENV).disk_quotas.root == ""
+    bad = {
+        **env,
+        "QUOTA_ROOT": "srv/homes",
+        "DISK_QUOTA": "0G",
+        "DISK_QUOTA_GROUPS": '{"thesis": 50}',
+        "DISK_QUOTA_USERS": "[]",
+    }
+    with pytest.raises(SettingsError) as error:
+        Settings.from_env(bad)
+    for name in ("QUOTA_ROOT=", "DISK_QUOTA=", "DISK_QUOTA_GROUPS=", "DISK_QUOTA_USERS="):
+        assert name in str(error.value)
+
+
+POLICY = Policy(allowed_images=frozenset({"img"}), network="labhub", quota_root="/srv/homes")
+CREATE = "/v1.41/volumes/create"
+
+
+def volume_create(name: str, options: dict[str, str] | None) -> bytes:
+    return json.dumps({"Name": name, "Driver": "local", "DriverOpts": options}).encode()
+
+
+def test_a_quota_home_volume_passes_bound_onto_its_own_folder_only() -> None:
+    name = "labhub-user-alice"
+    allowed = check_request(
+        POLICY, "POST", CREATE, volume_create(name, quota_home_options("/srv/homes", name))
+    )
+    assert json.loads(allowed.body)["DriverOpts"]["device"] == "/srv/homes/labhub-user-alice"
+    for options in (
+        quota_home_options("/srv/homes", "labhub-user-bob"),
+        quota_home_options("/", name),
+        {**quota_home_options("/srv/homes", name), "o": "bind,rw,suid"},
+        {**quota_home_options("/srv/homes", name), "device": "/srv/homes/labhub-user-alice/.."},
+    ):
+        with pytest.raises(Refused, match="driver options"):
+            check_request(POLICY, "POST", CREATE, volume_create(name, options))
+    without_quotas = Policy(allowed_images=frozenset({"img"}), network="labhub")
+    with pytest.raises(Refused, match="driver options"):
+        body = volume_create(name, quota_home_options("", name))
+        check_request(without_quotas, "POST", CREATE, body)
+
+
+@given(
+    username=st.text(min_size=1, max_size=300),
+    network=st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,40}", fullmatch=True),
+)
+def test_the_service_accepts_every_user_volume_name(username: str, network: str) -> None:
+    """The diskquota service makes homes for any username the hub has, in any stack."""
+    assert is_home_volume(volume_name_for(username, network))
+
+
+@pytest.mark.parametrize("name", ["..", "../labhub-user-a", "labhub-user-a/b", "hub-data", ""])
+def test_no_other_name_is_a_home(name: str) -> None:
+    assert not is_home_volume(name)
