@@ -10,15 +10,19 @@ import sys
 
 from labhub.apiguard import guard_api_bodies
 from labhub.auth import authenticator_config
+from labhub.gpu.allocator import load_allocator
 from labhub.native import TEMPLATES as NATIVE_TEMPLATES
 from labhub.settings import Settings, SettingsError
 from labhub.spawner import spawner_config
 
 try:
     settings = Settings.from_env(os.environ)
+    # GPU inventory, profiles and database, loaded and checked now (not at the first spawn).
+    gpu_allocator = load_allocator(settings)
     authenticator_class, authenticator_traits = authenticator_config(settings)
 except SettingsError as error:
-    # A wrong setting stops start-up with a message naming the variable, not a traceback.
+    # A wrong setting (or a file it names) stops start-up with a message naming the
+    # variable, not a traceback.
     print(error, file=sys.stderr, flush=True)
     sys.exit(2)
 
@@ -65,7 +69,7 @@ if settings.auth == "native":
 
 # --- Spawner -------------------------------------------------------------------------
 c.JupyterHub.spawner_class = "labhub.spawner.LabSpawner"
-c.LabSpawner.update(spawner_config(settings))
+c.LabSpawner.update(spawner_config(settings, gpu_allocator))
 # Users may not change their server's environment through their own config files.
 c.Spawner.disable_user_config = True
 c.Spawner.default_url = "/lab/tree/mnist/MNIST.ipynb"
@@ -108,13 +112,10 @@ if settings.gpu_inventory != "none":
             "name": "gpus",
             # proxy-chp runs in its own container: it reaches the service by the hub's name.
             "url": "http://hub:10101",
-            "command": [sys.executable, "-m", "labhub.gpu.service"],
-            "environment": {
-                "GPU_DB": settings.gpu_db,
-                "GPU_INVENTORY": settings.gpu_inventory,
-                "GPU_IDLE_TIMEOUT": str(settings.gpu_idle_timeout),
-                "GPU_SERVICE_BIND": "0.0.0.0",
-            },
+            # proxy-chp reaches it from another container: listen on every interface.
+            "command": [sys.executable, "-m", "labhub.gpu.service", "--bind=0.0.0.0"],
+            # The service builds the same Settings from the same variables as the hub.
+            "environment": dict(os.environ),
             "oauth_no_confirm": True,
             # The hub stops if a managed service does not answer in time (default 30 s);
             # on a loaded host (many servers starting) Python start-up alone can take that.

@@ -112,6 +112,7 @@ class Settings:
     gpu_db: str = "/srv/jupyterhub/gpu.sqlite"
     gpu_queue: bool = False
     gpu_queue_timeout: int = 600
+    gpu_cull_every: int = 60
     gpu_quota_user_hours: float | None = None
     gpu_quota_group_hours: Mapping[str, float] = field(default_factory=dict)
     data_dir: str = "/srv/jupyterhub"
@@ -380,7 +381,7 @@ def _check_oauth_identities(
 
 
 def _gpu_settings(env: Mapping[str, str], data_dir: str, problems: list[str]) -> dict[str, Any]:
-    """GPU_PROFILES, GPU_DB, GPU_QUEUE, GPU_QUEUE_TIMEOUT and the GPU-hour quotas."""
+    """GPU_PROFILES, GPU_DB, GPU_QUEUE, GPU_QUEUE_TIMEOUT, GPU_CULL_EVERY and the quotas."""
 
     def get(name: str, default: str = "") -> str:
         return env.get(name, default).strip()
@@ -406,6 +407,14 @@ def _gpu_settings(env: Mapping[str, str], data_dir: str, problems: list[str]) ->
         problems.append(f"GPU_QUEUE_TIMEOUT={timeout!r} is not valid: seconds, e.g. 600")
     else:
         out["gpu_queue_timeout"] = int(timeout)
+    cull_every = get("GPU_CULL_EVERY", "60")
+    if not cull_every.isdigit() or int(cull_every) <= 0:
+        problems.append(
+            f"GPU_CULL_EVERY={cull_every!r} is not valid: seconds between two GPU idle "
+            "checks, e.g. 60"
+        )
+    else:
+        out["gpu_cull_every"] = int(cull_every)
     user_hours = get("GPU_QUOTA_USER_HOURS")
     if user_hours:
         try:
