@@ -67,6 +67,11 @@ class GpuAllocator:
     _reconciled: bool = field(default=False, init=False, repr=False)
     _reconcile_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
 
+    def __deepcopy__(self, memo: dict[int, object]) -> GpuAllocator:
+        """The same object: traitlets deep-copies every config value into each spawner, and
+        a copy per spawner would reconcile again (releasing other spawns' fresh records)."""
+        return self
+
     async def reconcile_once(
         self, observe: Callable[[], Awaitable[list[Allocation]]]
     ) -> tuple[list[str], list[str]]:

@@ -77,6 +77,17 @@ def test_the_allocator_carries_every_gpu_setting(tmp_path: Path) -> None:
     assert set(config) <= set(LabSpawner.class_trait_names())
 
 
+def test_every_spawner_of_the_hub_shares_the_one_allocator(tmp_path: Path) -> None:
+    """traitlets deep-copies config values; a copy per spawner would reconcile once per
+    spawner, releasing the records of spawns whose containers do not exist yet."""
+    settings = Settings.from_env(gpu_env(tmp_path))
+    allocator = load_allocator(settings)
+    config = Config()
+    config.LabSpawner.update(spawner_config(settings, allocator))
+    spawners = [LabSpawner(config=config, user=_User(), hub=Hub()) for _ in range(2)]
+    assert all(spawner.gpu_allocator is allocator for spawner in spawners)
+
+
 def test_no_inventory_means_cpu_profile_only(tmp_path: Path) -> None:
     settings = Settings.from_env({**MINIMAL_ENV, "GPU_DB": f"{tmp_path}/gpu.sqlite"})
     allocator = load_allocator(settings)
