@@ -277,11 +277,10 @@ class Store:
                 allocation = scheduler.allocate(state, holder, request, now)
             except scheduler.NoCapacity as e:
                 if queue and e.possible:  # committed: the refusal below is not a rollback
-                    waiting = scheduler.enqueue(state, holder, request, now)
-                    self._write_queue(conn, waiting.queue)
+                    self._write_queue(conn, state, scheduler.enqueue(state, holder, request, now))
                 refused = e
             else:
-                self._write_queue(conn, scheduler.with_allocation(state, allocation).queue)
+                self._write_queue(conn, state, scheduler.with_allocation(state, allocation))
                 self._insert(conn, allocation)
                 if allocation.device_ids:
                     self._log(conn, now, holder.user, "allocate", **allocation_to_json(allocation))
@@ -289,11 +288,13 @@ class Store:
             raise refused
         return allocation
 
-    def _write_queue(self, conn: sqlite3.Connection, queue: tuple[Waiting, ...]) -> None:
-        conn.execute("DELETE FROM queue")
+    def _write_queue(self, conn: sqlite3.Connection, before: State, after: State) -> None:
+        """Record the queue changes of one scheduler decision (most change nothing)."""
+        gone, new = set(before.queue) - set(after.queue), set(after.queue) - set(before.queue)
+        conn.executemany("DELETE FROM queue WHERE holder = ?", [(w.holder,) for w in gone])
         conn.executemany(
             "INSERT INTO queue VALUES (?, ?, ?)",
-            [(w.holder, w.request, w.since.isoformat()) for w in queue],
+            [(w.holder, w.request, w.since.isoformat()) for w in new],
         )
 
     def release(
