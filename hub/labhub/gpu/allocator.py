@@ -36,7 +36,8 @@ from labhub.gpu.store import Store
 from labhub.settings import Settings, SettingsError
 
 
-def _utcnow() -> datetime:
+def utcnow() -> datetime:
+    """The clock of every GPU record (UTC, aware)."""
     return datetime.now(UTC)
 
 
@@ -63,7 +64,7 @@ class GpuAllocator:
     poll_interval: float = 5.0
     """Seconds between two attempts of a waiting spawn: admin actions come from another
     process, so the queue polls the database."""
-    clock: Callable[[], datetime] = _utcnow
+    clock: Callable[[], datetime] = utcnow
     _reconciled: bool = field(default=False, init=False, repr=False)
     _reconcile_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
+from labhub.gpu.allocator import utcnow
 from labhub.gpu.hubclient import HubCall, server_path
 from labhub.gpu.inventory import Inventory, read_utilisation
 from labhub.gpu.scheduler import Reservation
@@ -28,10 +28,6 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; frame-ancestors 'self'; "
     "base-uri 'none'; form-action 'self'"
 )
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
 
 
 class _Handler(Protocol):
@@ -174,7 +170,7 @@ class DevicesHandler(AdminHandler):
 
 class UsageHandler(AdminHandler):
     async def get(self) -> None:
-        now = _now()
+        now = utcnow()
         usage = await asyncio.to_thread(self.store.usage, now)
         allocations = await asyncio.to_thread(self.store.allocations)
         self.finish(
@@ -210,7 +206,7 @@ class ReserveHandler(AdminHandler):
         reservation = Reservation(user=data.get("user"), group=data.get("group")) if data else None
         await asyncio.to_thread(
             self.store.set_reservation, self.inventory, device_id, reservation, self.admin_name,
-            _now(),
+            utcnow(),
         )  # fmt: skip
         self.finish({"device": device_id, "reserved_for": reservation and reservation.describe()})
 
@@ -222,7 +218,7 @@ class DrainHandler(AdminHandler):
         if not isinstance(drained, bool):
             raise web.HTTPError(400, 'send {"drained": true} or {"drained": false}')
         await asyncio.to_thread(
-            self.store.set_drained, self.inventory, device_id, drained, self.admin_name, _now()
+            self.store.set_drained, self.inventory, device_id, drained, self.admin_name, utcnow()
         )
         self.finish({"device": device_id, "drained": drained})
 
@@ -241,7 +237,7 @@ class RevokeHandler(AdminHandler):
                 "has the admin:servers scope",
             )  # fmt: skip
         await asyncio.to_thread(
-            self.store.record, self.admin_name, "revoke", _now(), holder=holder,
+            self.store.record, self.admin_name, "revoke", utcnow(), holder=holder,
             devices=list(allocation.device_ids),
         )  # fmt: skip
         # 202: the hub is stopping it; the spawner releases the devices when it has stopped.
@@ -254,7 +250,7 @@ class QuotaHandler(AdminHandler):
         if not subject.startswith(("user:", "group:")):
             raise web.HTTPError(400, f"subject {subject!r} must look like user:NAME or group:NAME")
         if action == "reset":
-            await asyncio.to_thread(self.store.reset, subject, self.admin_name, _now())
+            await asyncio.to_thread(self.store.reset, subject, self.admin_name, utcnow())
             self.finish({"subject": subject, "reset": True})
             return
         hours = self.body().get("hours")
@@ -267,7 +263,7 @@ class QuotaHandler(AdminHandler):
                 400,
                 f'send {{"hours": N}} with 0 < N <= {MAX_TOPUP_HOURS} GPU-hours to add this week',
             )
-        await asyncio.to_thread(self.store.topup, subject, float(hours), self.admin_name, _now())
+        await asyncio.to_thread(self.store.topup, subject, float(hours), self.admin_name, utcnow())
         self.finish({"subject": subject, "added_hours": hours})
 
 

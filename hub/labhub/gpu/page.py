@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 
 from jinja2 import Environment, PackageLoader, select_autoescape
-from labhub.gpu.api import AdminHandler, _now, devices_report
+from labhub.gpu.allocator import utcnow
+from labhub.gpu.api import AdminHandler, devices_report
 
 # Autoescaped, as JupyterHub's own pages: the admin page and the spawn page's profile choice.
 TEMPLATES = Environment(
@@ -20,7 +21,7 @@ TEMPLATES = Environment(
 class PageHandler(AdminHandler):
     async def get(self) -> None:
         report = await devices_report(self.store, self.inventory)
-        usage = await asyncio.to_thread(self.store.usage, _now())
+        usage = await asyncio.to_thread(self.store.usage, utcnow())
         audit = await asyncio.to_thread(self.store.audit, 50)
         page = TEMPLATES.get_template("gpus.html").render(
             devices=report["devices"],

@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -108,10 +107,6 @@ def make_app(
     )
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 def main() -> None:
     """Entry point for ``python -m labhub.gpu.service [--bind=ADDRESS]`` under the hub."""
     parser = argparse.ArgumentParser(prog="python -m labhub.gpu.service")
@@ -138,7 +133,7 @@ def main() -> None:
 
     async def cull() -> None:
         culled = await cull_idle_gpu_holders(
-            allocator.store, hub, settings.gpu_idle_timeout, _now()
+            allocator.store, hub, settings.gpu_idle_timeout, allocator.clock()
         )
         if culled:
             print(f"[gpus] culled idle GPU holders: {', '.join(culled)}", flush=True)
