@@ -14,6 +14,7 @@ from labhub import course
 from labhub.apiguard import guard_api_bodies
 from labhub.auth import authenticator_config, discover_endpoints, provider_ca_bundle
 from labhub.contract import WORKSPACE_DEFAULT_URL
+from labhub.gpu.allocator import load_allocator
 from labhub.native import TEMPLATES as NATIVE_TEMPLATES
 from labhub.settings import Settings, SettingsError, check_files, settings_environment
 from labhub.spawner import spawner_config
@@ -22,6 +23,8 @@ try:
     # Validation first, all problems at once: the variables, then the files they name.
     settings = Settings.from_env(os.environ)
     check_files(settings)
+    # GPU inventory and profiles, loaded and checked now (not at the first spawn page).
+    gpu_allocator = load_allocator(settings)
     # Then the start-up steps with effects: the provider's CA bundle file, OIDC discovery.
     provider_ca = provider_ca_bundle(settings)
     oidc = None
@@ -29,7 +32,8 @@ try:
         assert settings.oauth is not None
         oidc = discover_endpoints(settings.oauth, provider_ca)
 except SettingsError as error:
-    # A wrong setting stops start-up with a message naming the variable, not a traceback.
+    # A wrong setting (or a file it names) stops start-up with a message naming the
+    # variable, not a traceback.
     print(error, file=sys.stderr, flush=True)
     sys.exit(2)
 
@@ -77,7 +81,7 @@ if settings.auth == "native":
 
 # --- Spawner -------------------------------------------------------------------------
 c.JupyterHub.spawner_class = "labhub.spawner.LabSpawner"
-c.LabSpawner.update(spawner_config(settings))
+c.LabSpawner.update(spawner_config(settings, gpu_allocator))
 # Users may not change their server's environment through their own config files.
 c.Spawner.disable_user_config = True
 c.Spawner.default_url = WORKSPACE_DEFAULT_URL
@@ -142,9 +146,10 @@ if settings.gpu_inventory != "none":
             "name": "gpus",
             # proxy-chp runs in its own container: it reaches the service by the hub's name.
             "url": "http://hub:10101",
-            "command": [sys.executable, "-m", "labhub.gpu.service"],
-            # The service builds the same Settings from the same variables.
-            "environment": {**settings_environment(os.environ), "GPU_SERVICE_BIND": "0.0.0.0"},
+            # proxy-chp reaches it from another container: listen on every interface.
+            "command": [sys.executable, "-m", "labhub.gpu.service", "--bind=0.0.0.0"],
+            # The service builds the same Settings from the same variables as the hub.
+            "environment": settings_environment(os.environ),
             "oauth_no_confirm": True,
             # The hub stops if a managed service does not answer in time (default 30 s);
             # on a loaded host (many servers starting) Python start-up alone can take that.

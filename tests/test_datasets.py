@@ -22,6 +22,7 @@ import docker
 import pytest
 from jupyterhub.objects import Hub, Server
 from labhub.contract import OWNER_LABEL
+from labhub.gpu.allocator import load_allocator
 from labhub.settings import Settings
 from labhub.spawner import LabSpawner, spawner_config
 from minimal_env import MINIMAL_ENV
@@ -122,7 +123,7 @@ def server_of(world: dict[str, Any], groups: tuple[str, ...], tmp_path: Path) ->
         ready_poll_budget=0,
         cmd=["sh", "-c", "trap 'exit 0' TERM; sleep 300 & wait"],
         client_kwargs={"base_url": f"tcp://127.0.0.1:{world['port']}", "version": "1.41"},
-        **spawner_config(settings),
+        **spawner_config(settings, load_allocator(settings)),
     )
     spawner.server = Server(base_url=User.url)
     try:

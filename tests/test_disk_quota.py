@@ -26,6 +26,7 @@ import pytest
 from jupyterhub.objects import Hub, Server
 from labhub.contract import OWNER_LABEL, quota_home_options, volume_name_for
 from labhub.diskquota import DiskQuotaError, ensure_home, request_home, request_removal, usage
+from labhub.gpu.allocator import load_allocator
 from labhub.settings import Settings
 from labhub.spawner import LabSpawner, spawner_config
 from labhub.volumes import remove_user_volume
@@ -128,7 +129,7 @@ def server_of(
         cmd=["sh", "-c", "trap 'exit 0' TERM; sleep 300 & wait"],
         client_kwargs={"base_url": f"tcp://127.0.0.1:{world['port']}", "version": "1.41"},
         diskquota_socket=world["socket"],
-        **spawner_config(settings),
+        **spawner_config(settings, load_allocator(settings)),
     )
     spawner.server = Server(base_url=User.url)
     engine = docker.from_env()

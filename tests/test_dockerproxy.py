@@ -356,6 +356,7 @@ def test_labspawner_starts_and_stops_a_server_through_the_proxy(
 
     from jupyterhub.objects import Hub, Server
     from labhub.contract import OWNER_LABEL, volume_name_for
+    from labhub.gpu.allocator import load_allocator
     from labhub.settings import Settings
     from labhub.spawner import LabSpawner, spawner_config
 
@@ -387,7 +388,7 @@ def test_labspawner_starts_and_stops_a_server_through_the_proxy(
         # and ends at once on docker stop's SIGTERM.
         cmd=["sh", "-c", "trap 'exit 0' TERM; sleep 300 & wait"],
         client_kwargs={"base_url": f"tcp://127.0.0.1:{proxy_port}", "version": "1.41"},
-        **spawner_config(settings),
+        **spawner_config(settings, load_allocator(settings)),
     )
     spawner.server = Server(base_url=User.url)
     try:

@@ -30,7 +30,7 @@ from browser import ARTIFACTS, chromium, needs_chromium
 from fuzzing import FUZZ, json_body, segment
 from hypothesis import given
 from hypothesis import strategies as st
-from labhub.gpu.service import CONTENT_SECURITY_POLICY
+from labhub.gpu.api import CONTENT_SECURITY_POLICY
 from stacks import USERS_CREATED, Stack, ensure_base_image, launched_stack
 
 if TYPE_CHECKING:

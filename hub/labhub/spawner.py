@@ -27,6 +27,7 @@ from .contract import (
 )
 from .datasets import binds_for
 from .diskquota import SOCKET, DiskQuotaError, DiskQuotas, request_home
+from .gpu.allocator import GpuAllocator
 from .gpu.spawner import GpuSpawnerMixin
 from .settings import Settings
 
@@ -162,18 +163,24 @@ class LabSpawner(GpuSpawnerMixin, DockerSpawner):  # type: ignore[misc]
         return namespace
 
     @default("extra_host_config")
-    def _extra_host_config_default(self) -> dict[str, Any]:
-        return {
+    def _extra_host_config_default(self) -> Any:
+        """The hardening of every container, then this server's GPUs and profile limits."""
+        hardening = {
             "shm_size": self.shm_size,
             "pids_limit": self.pids_limit,
             "security_opt": ["no-new-privileges:true"],
             "cap_drop": ["ALL"],
             "init": False,  # tini is the image's entry point
         }
+        return lambda spawner: {**hardening, **spawner.gpu_host_config()}
 
     @default("extra_create_kwargs")
-    def _extra_create_kwargs_default(self) -> dict[str, Any]:
-        return {"user": CONTAINER_USER, "labels": {OWNER_LABEL: self.user.name}}
+    def _extra_create_kwargs_default(self) -> Any:
+        """The unprivileged user and the owner label, then this server's GPU labels."""
+        return lambda spawner: {
+            "user": CONTAINER_USER,
+            "labels": {OWNER_LABEL: spawner.user.name, **spawner.gpu_labels()},
+        }
 
 
 def kernel_culling_args(settings: Settings) -> list[str]:
@@ -194,8 +201,9 @@ def kernel_culling_args(settings: Settings) -> list[str]:
     ]
 
 
-def spawner_config(settings: Settings) -> dict[str, Any]:
-    """The LabSpawner traitlets that come from settings."""
+def spawner_config(settings: Settings, gpu_allocator: GpuAllocator) -> dict[str, Any]:
+    """The LabSpawner traitlets that come from settings, and the process's GPU allocator
+    (``labhub.gpu.allocator.load_allocator(settings)``)."""
     return {
         "image": settings.workspace_image,
         # Only the workspace image may be spawned, whatever a request asks for.
@@ -216,14 +224,8 @@ def spawner_config(settings: Settings) -> dict[str, Any]:
         # A cold TensorFlow image can take a while to start on a busy host; a queued
         # GPU spawn waits in start() for up to GPU_QUEUE_TIMEOUT on top of that.
         "start_timeout": 180 + (settings.gpu_queue_timeout if settings.gpu_queue else 0),
-        # GPUs (docs/gpus.md): the mixin's traits, one per GPU_* setting.
-        "gpu_inventory": settings.gpu_inventory,
-        "gpu_profiles": settings.gpu_profiles,
-        "gpu_db": settings.gpu_db,
-        "gpu_queue": settings.gpu_queue,
-        "gpu_queue_timeout": settings.gpu_queue_timeout,
-        "gpu_quota_user_hours": settings.gpu_quota_user_hours,
-        "gpu_quota_group_hours": dict(settings.gpu_quota_group_hours),
+        # GPUs (docs/gpus.md): every GPU_* setting reaches the spawner inside the allocator.
+        "gpu_allocator": gpu_allocator,
         "http_timeout": 120,
         "datasets": settings.datasets,
         "disk_quotas": settings.disk_quotas,

@@ -39,6 +39,7 @@ from labhub.dockerproxy import (
     read_request,
     upstream_request,
 )
+from labhub.gpu.allocator import load_allocator
 from labhub.settings import Settings
 from labhub.spawner import LabSpawner, spawner_config
 from minimal_env import MINIMAL_ENV
@@ -110,7 +111,8 @@ def captured_create(
         inventory = tmp_path / "gpus.json"
         inventory.write_text('{"devices": [{"id": "0", "model": "Test", "memory_mib": 1024}]}')
         env["GPU_INVENTORY"] = str(inventory)
-    config = spawner_config(Settings.from_env(env))
+    settings = Settings.from_env(env)
+    config = spawner_config(settings, load_allocator(settings))
     client = RecordingClient()
     original = LabSpawner._client
     LabSpawner._client = client

@@ -1,7 +1,10 @@
 """KERNEL_IDLE_TIMEOUT / KERNEL_CULL_CONNECTED: checked at start-up, and turned into
 jupyter-server's own culling options on the user's server command line."""
 
+from pathlib import Path
+
 import pytest
+from labhub.gpu.allocator import load_allocator
 from labhub.settings import Settings, SettingsError
 from labhub.spawner import kernel_culling_args, spawner_config
 
@@ -19,8 +22,11 @@ def settings(**overrides: str) -> Settings:
     return Settings.from_env({**GOOD, **overrides})
 
 
-def test_by_default_idle_kernels_go_after_30_minutes_even_with_a_tab_open() -> None:
-    assert spawner_config(settings())["args"] == [
+def test_by_default_idle_kernels_go_after_30_minutes_even_with_a_tab_open(
+    tmp_path: Path,
+) -> None:
+    lab = settings(GPU_DB=str(tmp_path / "gpu.sqlite"))
+    assert spawner_config(lab, load_allocator(lab))["args"] == [
         "--MappingKernelManager.cull_idle_timeout=1800",
         "--MappingKernelManager.cull_interval=300",
         "--MappingKernelManager.cull_connected=True",

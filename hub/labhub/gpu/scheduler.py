@@ -12,12 +12,15 @@ Rules (the invariants the property tests check):
 - a reserved device goes only to its user, or to a member of its group;
 - among the devices that fit, a device reserved for the requester comes first, then the
   least-loaded one (holders / capacity), then the lowest id;
-- a holder (``user`` or ``user/server``) has at most one allocation.
+- a holder (``user`` or ``user/server``) has at most one allocation;
+- the queue is first come, first served per kind of request: while spawns wait for the same
+  request (e.g. one whole GPU), only the oldest of them may be given devices; a holder is
+  never both waiting and holding.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from types import MappingProxyType
@@ -96,6 +99,15 @@ class Reservation:
         return f"user {self.user}" if self.user is not None else f"group {self.group}"
 
 
+@dataclass(frozen=True)
+class Waiting:
+    """A spawn waiting in the queue for ``request`` (a :meth:`GpuRequest.describe` text)."""
+
+    holder: str
+    request: str
+    since: datetime
+
+
 V = TypeVar("V")
 
 
@@ -111,6 +123,8 @@ class State:
     allocations: Mapping[str, Allocation] = field(default_factory=dict)
     reservations: Mapping[str, Reservation] = field(default_factory=dict)
     drained: frozenset[str] = frozenset()
+    queue: tuple[Waiting, ...] = ()
+    """Waiting spawns, oldest first."""
 
     def device(self, device_id: str) -> Device | None:
         return next((d for d in self.inventory if d.id == device_id), None)
@@ -119,6 +133,19 @@ class State:
         return tuple(
             sorted(a.holder for a in self.allocations.values() if device_id in a.device_ids)
         )
+
+    def first_in_line(self, request: GpuRequest) -> str | None:
+        """The oldest holder waiting for the same kind of request, if any."""
+        kind = request.describe()
+        return next((w.holder for w in self.queue if w.request == kind), None)
+
+    def position(self, holder_key: str) -> int | None:
+        """1 for the oldest waiter of its kind of request; None if not waiting."""
+        mine = next((w for w in self.queue if w.holder == holder_key), None)
+        if mine is None:
+            return None
+        same = [w.holder for w in self.queue if w.request == mine.request]
+        return same.index(holder_key) + 1
 
 
 @dataclass(frozen=True)
@@ -214,8 +241,10 @@ def busy(state: State, request: GpuRequest) -> tuple[DeviceBusy, ...]:
 def allocate(state: State, holder: Holder, request: GpuRequest, now: datetime) -> Allocation:
     """Choose devices for ``holder``; raise :class:`NoCapacity` when nothing fits.
 
-    The result is not recorded: pass it to :func:`with_allocation` (the store does both in
-    one transaction). A request for no GPU returns an allocation with no devices.
+    Nothing fits either when another spawn waits for the same kind of request ahead of
+    ``holder`` (first come, first served). The result is not recorded: pass it to
+    :func:`with_allocation` (the store does both in one transaction). A request for no GPU
+    returns an allocation with no devices.
     """
     if holder.key in state.allocations:
         raise AlreadyHolding(f"{holder.key} already holds GPUs; release them before allocating")
@@ -242,7 +271,8 @@ def allocate(state: State, holder: Holder, request: GpuRequest, now: datetime) -
         return (not reserved_for_me, load, tuple(int(p) for p in d.id.split(":")))
 
     free = sorted((d for d in kind if usable(d)), key=order)
-    if len(free) < need:
+    ahead = state.first_in_line(request)
+    if len(free) < need or ahead not in (None, holder.key):
         raise NoCapacity(request, busy(state, request), possible=len(kind) >= need)
     chosen = free[:need]
     if request.shared:
@@ -255,19 +285,38 @@ def allocate(state: State, holder: Holder, request: GpuRequest, now: datetime) -
 
 
 def with_allocation(state: State, allocation: Allocation) -> State:
-    """Record an allocation; refuses (via :func:`rebuild`) anything that would overbook."""
+    """Record an allocation (its holder leaves the queue); refuses (via :func:`rebuild`)
+    anything that would overbook."""
     if allocation.holder in state.allocations:
         raise AlreadyHolding(f"{allocation.holder} already holds GPUs")
     return rebuild(
         state.inventory, [*state.allocations.values(), allocation], state.reservations,
-        state.drained,
+        state.drained, leave_queue(state, allocation.holder).queue,
     )  # fmt: skip
 
 
+def enqueue(state: State, holder: Holder, request: GpuRequest, now: datetime) -> State:
+    """Put ``holder`` at the end of the queue (a no-op if it already waits).
+
+    Only a request that could ever be served waits, and a holder never waits while holding.
+    """
+    if holder.key in state.allocations:
+        raise AlreadyHolding(f"{holder.key} already holds GPUs; it cannot also wait for some")
+    if not request.wants_gpu or state.position(holder.key) is not None:
+        return state
+    waiting = Waiting(holder=holder.key, request=request.describe(), since=now)
+    return replace(state, queue=_in_line([*state.queue, waiting]))
+
+
+def leave_queue(state: State, holder_key: str) -> State:
+    """Take ``holder_key`` out of the queue (a no-op if it does not wait)."""
+    return replace(state, queue=tuple(w for w in state.queue if w.holder != holder_key))
+
+
 def release(state: State, holder_key: str) -> State:
-    """Forget ``holder_key``'s allocation (a no-op if it holds nothing)."""
+    """Forget ``holder_key``'s allocation and queue place (no-ops if it has neither)."""
     allocations = {k: a for k, a in state.allocations.items() if k != holder_key}
-    return replace(state, allocations=_frozen(allocations))
+    return replace(leave_queue(state, holder_key), allocations=_frozen(allocations))
 
 
 def reserve(state: State, device_id: str, reservation: Reservation | None) -> State:
@@ -299,8 +348,11 @@ def rebuild(
     allocations: Iterable[Allocation],
     reservations: Mapping[str, Reservation] | None = None,
     drained: Iterable[str] = (),
+    queue: Sequence[Waiting] = (),
 ) -> State:
     """Build a state from recorded or observed allocations, e.g. after a hub restart.
+
+    ``queue`` is ordered oldest first (by ``since``, then holder).
 
     Raises :class:`DoubleBooking` naming every device that would have too many holders, a
     holder of the wrong kind (a slice on an exclusive device or the reverse), or is not in
@@ -330,4 +382,9 @@ def rebuild(
         allocations=_frozen(by_holder),
         reservations=_frozen(reservations),
         drained=frozenset(drained),
+        queue=_in_line(queue),
     )
+
+
+def _in_line(queue: Iterable[Waiting]) -> tuple[Waiting, ...]:
+    return tuple(sorted(queue, key=lambda w: (w.since, w.holder)))

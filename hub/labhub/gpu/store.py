@@ -25,7 +25,7 @@ from typing import Any
 
 from labhub.gpu import quota, scheduler
 from labhub.gpu.inventory import Inventory
-from labhub.gpu.scheduler import Allocation, GpuRequest, Holder, Reservation, State
+from labhub.gpu.scheduler import Allocation, GpuRequest, Holder, Reservation, State, Waiting
 
 BUSY_TIMEOUT_S = 30.0
 
@@ -142,7 +142,11 @@ class Store:
             for r in conn.execute("SELECT * FROM reservations")
         }
         drained = [r["device_id"] for r in conn.execute("SELECT device_id FROM drained")]
-        return scheduler.rebuild(inventory, allocations, reservations, drained)
+        queue = [
+            Waiting(r["holder"], r["request"], datetime.fromisoformat(r["since"]))
+            for r in conn.execute("SELECT * FROM queue")
+        ]
+        return scheduler.rebuild(inventory, allocations, reservations, drained, queue)
 
     def state(self, inventory: Inventory) -> State:
         """The current scheduler state (raises DoubleBooking if the file was tampered with)."""
@@ -153,18 +157,9 @@ class Store:
         with self._tx() as conn:
             return [_row_to_allocation(r) for r in conn.execute("SELECT * FROM allocations")]
 
-    def queue_position(self, holder: str) -> int | None:
+    def queue_position(self, inventory: Inventory, holder: str) -> int | None:
         """1 for the oldest waiter of its kind of request; None if ``holder`` is not waiting."""
-        with self._tx() as conn:
-            row = conn.execute("SELECT * FROM queue WHERE holder = ?", (holder,)).fetchone()
-            if row is None:
-                return None
-            ahead = conn.execute(
-                "SELECT COUNT(*) FROM queue WHERE request = ? AND (since < ? OR "
-                "(since = ? AND holder < ?))",
-                (row["request"], row["since"], row["since"], holder),
-            ).fetchone()[0]
-            return int(ahead) + 1
+        return self.state(inventory).position(holder)
 
     def queue(self) -> list[tuple[str, str, str]]:
         """Waiting spawns, oldest first: (holder, request description, since)."""
@@ -277,30 +272,30 @@ class Store:
             if policy is not None and request.wants_gpu:
                 quota.check(self._quota_lines(conn, policy, holder.user, holder.groups, now))
             state = self._state(conn, inventory)
-            first = conn.execute(
-                "SELECT holder FROM queue WHERE request = ? ORDER BY since, holder LIMIT 1",
-                (request.describe(),),
-            ).fetchone()
             refused: scheduler.NoCapacity | None = None
             try:
-                if request.wants_gpu and first is not None and first["holder"] != holder.key:
-                    raise scheduler.NoCapacity(request, scheduler.busy(state, request), True)
                 allocation = scheduler.allocate(state, holder, request, now)
             except scheduler.NoCapacity as e:
                 if queue and e.possible:  # committed: the refusal below is not a rollback
-                    conn.execute(
-                        "INSERT OR IGNORE INTO queue VALUES (?, ?, ?)",
-                        (holder.key, request.describe(), now.isoformat()),
-                    )
+                    self._write_queue(conn, state, scheduler.enqueue(state, holder, request, now))
                 refused = e
             else:
-                conn.execute("DELETE FROM queue WHERE holder = ?", (holder.key,))
+                self._write_queue(conn, state, scheduler.with_allocation(state, allocation))
                 self._insert(conn, allocation)
                 if allocation.device_ids:
                     self._log(conn, now, holder.user, "allocate", **allocation_to_json(allocation))
         if refused is not None:
             raise refused
         return allocation
+
+    def _write_queue(self, conn: sqlite3.Connection, before: State, after: State) -> None:
+        """Record the queue changes of one scheduler decision (most change nothing)."""
+        gone, new = set(before.queue) - set(after.queue), set(after.queue) - set(before.queue)
+        conn.executemany("DELETE FROM queue WHERE holder = ?", [(w.holder,) for w in gone])
+        conn.executemany(
+            "INSERT INTO queue VALUES (?, ?, ?)",
+            [(w.holder, w.request, w.since.isoformat()) for w in new],
+        )
 
     def release(
         self, holder: str, now: datetime, actor: str = "hub", reason: str = "stopped"

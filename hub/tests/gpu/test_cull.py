@@ -7,10 +7,11 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from labhub.gpu.culler import cull_idle_gpu_holders
 from labhub.gpu.inventory import Inventory
 from labhub.gpu.scheduler import GpuRequest, Holder
-from labhub.gpu.service import cull_idle_gpu_holders
 from labhub.gpu.store import Store
+from minimal_env import MINIMAL_ENV
 
 from .conftest import NOW
 
@@ -88,6 +89,7 @@ def test_the_service_process_starts_and_refuses_anonymous_api_calls(tmp_path: ob
         port = s.getsockname()[1]
     env = {
         **os.environ,
+        **MINIMAL_ENV,
         "GPU_DB": f"{tmp_path}/gpu.sqlite",
         "GPU_INVENTORY": "none",
         "GPU_IDLE_TIMEOUT": "1800",

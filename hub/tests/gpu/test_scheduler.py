@@ -98,8 +98,21 @@ REQUESTS = st.sampled_from([s.GpuRequest(), ONE, s.GpuRequest(whole=2), SLICE])
 DEVICE_IDS = st.sampled_from(["0", "1", "2", "3"])
 
 
+def test_a_waiting_spawn_is_served_before_a_newcomer(inventory: Inventory) -> None:
+    state = state_with(inventory, ("ada", ONE), ("bob", ONE))
+    state = s.enqueue(state, s.Holder("cy"), ONE, NOW)
+    state = s.release(state, "ada")
+    with pytest.raises(s.NoCapacity) as err:  # a GPU is free, but cy was first
+        s.allocate(state, s.Holder("dan"), ONE, NOW)
+    assert err.value.possible
+    # a slice is another line: cy's wait for a whole GPU does not hold it up
+    assert s.allocate(state, s.Holder("dan"), SLICE, NOW).device_ids == ("2",)
+    granted = s.with_allocation(state, s.allocate(state, s.Holder("cy"), ONE, NOW))
+    assert granted.queue == () and granted.allocations["cy"].device_ids == ("0",)
+
+
 class SchedulerMachine(RuleBasedStateMachine):
-    """Random allocate/release/drain/reserve sequences never break the invariants."""
+    """Random allocate/wait/release/drain/reserve sequences never break the invariants."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -118,9 +131,12 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.clock += timedelta(minutes=1)
         if holder.key in self.state.allocations:
             return
+        ahead = self.state.first_in_line(request) if request.wants_gpu else None
         try:
             allocation = s.allocate(self.state, holder, request, self.clock)
         except s.NoCapacity as e:
+            if ahead not in (None, holder.key):
+                return  # first come, first served: someone waits for this kind ahead
             # refused only if fewer usable devices of the right kind than needed
             usable = [
                 d
@@ -136,7 +152,31 @@ class SchedulerMachine(RuleBasedStateMachine):
             assert device_id not in self.state.drained
             assert self._admits(device_id, holder)
         assert len(set(allocation.device_ids)) == len(allocation.device_ids)
+        # nobody else waiting for this kind of request was overtaken
+        assert ahead in (None, holder.key)
         self.state = s.with_allocation(self.state, allocation)
+
+    @rule(user=USERS, request=REQUESTS)
+    def wait(self, user: str, request: s.GpuRequest) -> None:
+        """A spawn joins the queue (as the store does when nothing fits and queueing is on)."""
+        self.clock += timedelta(minutes=1)
+        if user in self.state.allocations:
+            with pytest.raises(s.AlreadyHolding):
+                s.enqueue(self.state, s.Holder(user), request, self.clock)
+            return
+        before = self.state.queue
+        self.state = s.enqueue(self.state, s.Holder(user), request, self.clock)
+        if request.wants_gpu and all(w.holder != user for w in before):
+            assert self.state.queue[-1].holder == user  # the newest waits last
+        else:
+            assert self.state.queue == before
+
+    @precondition(lambda self: bool(self.state.queue))
+    @rule(data=st.data())
+    def give_up(self, data: st.DataObject) -> None:
+        holder = data.draw(st.sampled_from([w.holder for w in self.state.queue]))
+        self.state = s.leave_queue(self.state, holder)
+        assert self.state.position(holder) is None
 
     def _admits(self, device_id: str, holder: s.Holder) -> bool:
         reservation = self.state.reservations.get(device_id)
@@ -171,12 +211,23 @@ class SchedulerMachine(RuleBasedStateMachine):
             assert kinds <= {device.policy == "shared"}
 
     @invariant()
+    def the_queue_is_in_arrival_order_and_holds_no_holder(self) -> None:
+        queue = self.state.queue
+        assert [w.since for w in queue] == sorted(w.since for w in queue)
+        assert len({w.holder for w in queue}) == len(queue)
+        assert not {w.holder for w in queue} & set(self.state.allocations)
+        for w in queue:
+            same = [x.holder for x in queue if x.request == w.request]
+            assert self.state.position(w.holder) == same.index(w.holder) + 1
+
+    @invariant()
     def rebuild_round_trips(self) -> None:
         again = s.rebuild(
             self.inventory,
             list(self.state.allocations.values()),
             self.state.reservations,
             self.state.drained,
+            reversed(self.state.queue),
         )
         assert again == self.state
 

@@ -13,9 +13,10 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 from jupyterhub.services.auth import HubOAuth
+from labhub.gpu.api import CONTENT_SECURITY_POLICY
 from labhub.gpu.inventory import Device
 from labhub.gpu.scheduler import GpuRequest, Holder
-from labhub.gpu.service import CONTENT_SECURITY_POLICY, make_app
+from labhub.gpu.service import make_app
 from labhub.gpu.store import Store
 from tornado import web
 from tornado.httpclient import HTTPResponse

@@ -63,12 +63,12 @@ def test_queue_is_first_come_first_served(store: Store, inventory: Inventory) ->
         with pytest.raises(NoCapacity):
             store.allocate(inventory, Holder(name), ONE, when, queue=True)
     assert [h for h, _, _ in store.queue()] == ["early", "late"]
-    assert store.queue_position("late") == 2
+    assert store.queue_position(inventory, "late") == 2
     store.release("a", NOW + timedelta(minutes=3))
     with pytest.raises(NoCapacity):  # late may not overtake early
         store.allocate(inventory, Holder("late"), ONE, NOW + timedelta(minutes=4), queue=True)
     assert store.allocate(inventory, Holder("early"), ONE, NOW, queue=True).device_ids == ("0",)
-    assert store.queue_position("early") is None
+    assert store.queue_position(inventory, "early") is None
     store.leave_queue("late")
     assert store.queue() == []
 

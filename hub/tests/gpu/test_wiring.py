@@ -1,8 +1,12 @@
-"""The GPU mixin is wired into the lab's spawner, with every GPU_* setting as its trait."""
+"""The GPU mixin is wired into the lab's spawner through one GpuAllocator built from Settings."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,23 +14,44 @@ import docker
 import pytest
 from dockerspawner import DockerSpawner
 from jupyterhub.objects import Hub, Server
-from labhub.gpu.spawner import GpuSpawnerMixin, load_context
-from labhub.settings import Settings
+from labhub.gpu.allocator import load_allocator
+from labhub.gpu.inventory import Device
+from labhub.gpu.scheduler import GpuRequest, Holder
+from labhub.gpu.spawner import GpuSpawnerMixin
+from labhub.settings import Settings, SettingsError
 from labhub.spawner import LabSpawner, spawner_config
 from minimal_env import MINIMAL_ENV
 from traitlets.config import Config
 
+from .conftest import NOW
+
 pytestmark = pytest.mark.unit
 
-ENV = {
-    **MINIMAL_ENV,
-    "GPU_INVENTORY": "/srv/labhub/gpus.json",
-    "GPU_PROFILES": "/srv/labhub/profiles.json",
-    "GPU_QUEUE": "true",
-    "GPU_QUEUE_TIMEOUT": "300",
-    "GPU_QUOTA_USER_HOURS": "10",
-    "GPU_QUOTA_GROUP_HOURS": '{"students": 50}',
+HUB_DIR = Path(__file__).resolve().parents[2]
+ONE_GPU = '{"devices": [{"id": "0", "model": "Test", "memory_mib": 1024}]}'
+PROFILES = {
+    "profiles": [
+        {"slug": "small", "display_name": "Small", "cpu_limit": 0.5, "mem_limit": "1G"},
+        {"slug": "gpu", "display_name": "GPU", "gpu": 1, "groups": ["students"]},
+    ]
 }
+
+
+def gpu_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
+    """A valid environment with a declared inventory and profiles file in ``tmp_path``."""
+    (tmp_path / "gpus.json").write_text(ONE_GPU)
+    (tmp_path / "profiles.json").write_text(json.dumps(PROFILES))
+    return {
+        **MINIMAL_ENV,
+        "GPU_INVENTORY": str(tmp_path / "gpus.json"),
+        "GPU_PROFILES": str(tmp_path / "profiles.json"),
+        "GPU_DB": str(tmp_path / "gpu.sqlite"),
+        "GPU_QUEUE": "true",
+        "GPU_QUEUE_TIMEOUT": "300",
+        "GPU_QUOTA_USER_HOURS": "10",
+        "GPU_QUOTA_GROUP_HOURS": '{"students": 50}',
+        **overrides,
+    }
 
 
 def test_mixin_comes_before_dockerspawner() -> None:
@@ -34,26 +59,83 @@ def test_mixin_comes_before_dockerspawner() -> None:
     assert mro.index(GpuSpawnerMixin) < mro.index(DockerSpawner)
 
 
-def test_spawner_config_carries_every_gpu_setting() -> None:
-    config = spawner_config(Settings.from_env(ENV))
+def test_the_allocator_carries_every_gpu_setting(tmp_path: Path) -> None:
+    settings = Settings.from_env(gpu_env(tmp_path))
+    allocator = load_allocator(settings)
+    assert allocator.inventory == (Device(id="0", model="Test", memory_mib=1024),)
+    assert [p.slug for p in allocator.profiles] == ["small", "gpu"]
+    assert allocator.store.path == tmp_path / "gpu.sqlite"
+    assert (allocator.queue, allocator.queue_timeout) == (True, 300)
+    assert allocator.quota.user_hours == 10.0
+    assert allocator.quota.group_hours == {"students": 50.0}
+    config = spawner_config(settings, allocator)
     assert config["remove"] is True
-    assert config["gpu_inventory"] == "/srv/labhub/gpus.json"
-    assert config["gpu_profiles"] == "/srv/labhub/profiles.json"
-    assert config["gpu_db"] == "/srv/jupyterhub/gpu.sqlite"
-    assert config["gpu_queue"] is True
-    assert config["gpu_queue_timeout"] == 300
-    assert config["gpu_quota_user_hours"] == 10.0
-    assert config["gpu_quota_group_hours"] == {"students": 50.0}
+    assert config["gpu_allocator"] is allocator
     # A queued spawn waits inside start(): the start timeout leaves room for it.
     assert config["start_timeout"] == 180 + 300
     # Every key is a trait LabSpawner really has (a typo would be ignored by traitlets).
     assert set(config) <= set(LabSpawner.class_trait_names())
 
 
-def test_no_inventory_means_cpu_profile_only(tmp_path: object) -> None:
-    ctx = load_context("none", "", f"{tmp_path}/gpu.sqlite")
-    assert ctx.inventory == ()
-    assert [p.slug for p in ctx.profiles] == ["cpu"]
+def test_every_spawner_of_the_hub_shares_the_one_allocator(tmp_path: Path) -> None:
+    """traitlets deep-copies config values; a copy per spawner would reconcile once per
+    spawner, releasing the records of spawns whose containers do not exist yet."""
+    settings = Settings.from_env(gpu_env(tmp_path))
+    allocator = load_allocator(settings)
+    config = Config()
+    config.LabSpawner.update(spawner_config(settings, allocator))
+    spawners = [LabSpawner(config=config, user=_User(), hub=Hub()) for _ in range(2)]
+    assert all(spawner.gpu_allocator is allocator for spawner in spawners)
+
+
+def test_no_inventory_means_cpu_profile_only(tmp_path: Path) -> None:
+    settings = Settings.from_env({**MINIMAL_ENV, "GPU_DB": f"{tmp_path}/gpu.sqlite"})
+    allocator = load_allocator(settings)
+    assert allocator.inventory == ()
+    assert [p.slug for p in allocator.profiles] == ["cpu"]
+
+
+@pytest.mark.parametrize(
+    ("broken", "content", "expected"),
+    [
+        ("profiles.json", "{not json", "not valid JSON"),
+        ("profiles.json", '{"profiles": [{"slug": "x"}]}', "display_name"),
+        ("gpus.json", '{"devices": [{"id": "0", "model": "T"}]}', "memory_mib"),
+    ],
+    ids=["profiles-syntax", "profiles-schema", "inventory-schema"],
+)
+def test_a_broken_gpu_file_names_its_variable_file_and_problem(
+    tmp_path: Path, broken: str, content: str, expected: str
+) -> None:
+    env = gpu_env(tmp_path)
+    (tmp_path / broken).write_text(content)
+    variable = "GPU_PROFILES" if broken == "profiles.json" else "GPU_INVENTORY"
+    with pytest.raises(SettingsError) as error:
+        load_allocator(Settings.from_env(env))
+    [problem] = error.value.problems
+    assert problem.startswith(f"{variable}={tmp_path / broken}: ")
+    assert expected in problem
+
+
+def test_a_missing_profiles_file_stops_the_hub_at_start_up(tmp_path: Path) -> None:
+    """jupyterhub_config.py as the hub loads it: exit 2 and the message, before any spawn."""
+    env = gpu_env(tmp_path, GPU_PROFILES=str(tmp_path / "nowhere.json"))
+    loader = (
+        "from traitlets.config import Config\n"
+        "c = Config()\n"
+        f"exec(compile(open({str(HUB_DIR / 'jupyterhub_config.py')!r}).read(), 'cfg', 'exec'))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", loader],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert f"GPU_PROFILES={tmp_path / 'nowhere.json'}: " in done.stderr
+    assert "no such file" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 class _Base:
@@ -77,37 +159,23 @@ class _User:
     groups: tuple[object, ...] = ()
 
 
-def test_a_server_gone_behind_the_hubs_back_frees_its_gpu(tmp_path: object) -> None:
+def test_a_server_gone_behind_the_hubs_back_frees_its_gpu(tmp_path: Path) -> None:
     """JupyterHub skips stop() for a dead container, but always runs the post-stop hook."""
-    from labhub.gpu.inventory import Device
-    from labhub.gpu.scheduler import GpuRequest, Holder
-    from labhub.gpu.store import Store
-
-    from .conftest import NOW
 
     class Spawner(GpuSpawnerMixin, _Base):  # type: ignore[misc]
         pass
 
-    db = f"{tmp_path}/gpu.sqlite"
-    inventory = tmp_path / "gpus.json"  # type: ignore[operator]
-    inventory.write_text('{"devices": [{"id": "0", "model": "Test", "memory_mib": 1024}]}')
-    spawner = Spawner(gpu_inventory=str(inventory), gpu_db=db)
+    allocator = load_allocator(Settings.from_env(gpu_env(tmp_path)))
+    spawner = Spawner(gpu_allocator=allocator)
     spawner.user, spawner.name, spawner.remove, spawner.object_id = _User(), "", True, "abc"
-    store = Store(db)
-    devices = (Device(id="0", model="Test", memory_mib=1024),)
-    store.allocate(
-        devices,
-        Holder("ada"),
-        GpuRequest(whole=1),
-        NOW,
-    )
-    assert store.allocations()[0].device_ids == ("0",)
+    allocator.store.allocate(allocator.inventory, Holder("ada"), GpuRequest(whole=1), NOW)
+    assert allocator.store.allocations()[0].device_ids == ("0",)
 
     asyncio.run(spawner.run_post_stop_hook())
 
     assert spawner.calls == ["remove", "post_stop_hook"]
-    assert store.allocations() == []
-    assert store.audit()[0].detail["reason"] == "server gone"
+    assert allocator.store.allocations() == []
+    assert allocator.store.audit()[0].detail["reason"] == "server gone"
 
 
 class _RecordingDocker(docker.APIClient):
@@ -129,23 +197,12 @@ class _RecordingDocker(docker.APIClient):
         return {"Id": "0123456789ab"}
 
 
-def host_config_sent(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> dict[str, Any]:
-    """What the hub's LabSpawner, configured from `env` as jupyterhub_config.py does it, asks
-    Docker for when a user starts a server without choosing a profile."""
-    client = _RecordingDocker()
-    monkeypatch.setattr(LabSpawner, "_client", client)
-    monkeypatch.setattr(GpuSpawnerMixin, "_gpu_reconciled", False)
-    config = Config()
-    config.LabSpawner.update(spawner_config(Settings.from_env({**LAB_ENV, **env})))
-    spawner = LabSpawner(config=config, user=_User(), hub=Hub(), server=Server(base_url="/u/"))
+class _Group:
+    name = "students"
 
-    async def spawn_request() -> None:
-        await spawner.gpu_assign()
-        await spawner.create_object()
 
-    asyncio.run(spawn_request())
-    [created] = client.created
-    return dict(created["host_config"])
+class _Student(_User):
+    groups = (_Group(),)
 
 
 LAB_ENV = {
@@ -155,11 +212,39 @@ LAB_ENV = {
 }
 
 
+def lab_spawner(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], user: object = None
+) -> tuple[LabSpawner, _RecordingDocker]:
+    """The hub's LabSpawner, configured from `env` as jupyterhub_config.py does it."""
+    client = _RecordingDocker()
+    monkeypatch.setattr(LabSpawner, "_client", client)
+    settings = Settings.from_env({**LAB_ENV, **env})
+    config = Config()
+    config.LabSpawner.update(spawner_config(settings, load_allocator(settings)))
+    spawner = LabSpawner(
+        config=config, user=user or _User(), hub=Hub(), server=Server(base_url="/u/")
+    )
+    return spawner, client
+
+
+def spawn(spawner: LabSpawner, client: _RecordingDocker, profile: str | None) -> dict[str, Any]:
+    """The container create request of one spawn with ``profile`` (None: no choice)."""
+    spawner.user_options = {"profile": profile} if profile else {}
+
+    async def spawn_request() -> None:
+        await spawner.gpu_assign()
+        await spawner.create_object()
+
+    asyncio.run(spawn_request())
+    return client.created[-1]
+
+
 def test_the_default_cpu_profile_keeps_the_lab_limits(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """No profiles file: the container gets USER_CPU_LIMIT and USER_MEM_LIMIT."""
-    sent = host_config_sent(monkeypatch, {"GPU_DB": f"{tmp_path}/gpu.sqlite"})
+    spawner, client = lab_spawner(monkeypatch, {"GPU_DB": f"{tmp_path}/gpu.sqlite"})
+    sent = spawn(spawner, client, None)["host_config"]
     assert (sent["CpuQuota"], sent["CpuPeriod"]) == (150_000, 100_000)  # 1.5 CPUs
     assert sent["Memory"] == 3 * 1024**3
     assert not sent.get("DeviceRequests")  # and no GPU
@@ -169,11 +254,43 @@ def test_a_profile_with_its_own_limits_replaces_the_lab_limits(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """The contrast: the same request with a profile that sets limits gets those."""
-    profiles = tmp_path / "profiles.json"
-    profiles.write_text(
-        '{"profiles": [{"slug": "small", "display_name": "Small", "cpu_limit": 0.5,'
-        ' "mem_limit": "1G"}]}'
-    )
-    env = {"GPU_DB": f"{tmp_path}/gpu.sqlite", "GPU_PROFILES": str(profiles)}
-    sent = host_config_sent(monkeypatch, env)
+    spawner, client = lab_spawner(monkeypatch, gpu_env(tmp_path))
+    created = spawn(spawner, client, "small")
+    sent = created["host_config"]
     assert (sent["CpuQuota"], sent["Memory"]) == (50_000, 1024**3)
+    # what jupyter-resource-usage shows the user is the profile's limit, not the lab's
+    assert (created["environment"]["CPU_LIMIT"], created["environment"]["MEM_LIMIT"]) == (
+        "0.5",
+        str(1024**3),
+    )
+
+
+def test_a_respawn_with_another_profile_keeps_nothing_of_the_first(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """One spawner object, a GPU spawn then a CPU one: devices, labels, visible devices and
+    limits all follow the current allocation, and no trait of the spawner is rewritten."""
+    spawner, client = lab_spawner(monkeypatch, gpu_env(tmp_path), _Student())
+    configured = (spawner.cpu_limit, spawner.mem_limit, dict(spawner.environment))
+
+    gpu = spawn(spawner, client, "gpu")
+    [request] = gpu["host_config"]["DeviceRequests"]
+    assert request["DeviceIDs"] == ["0"]
+    assert gpu["labels"]["labhub.gpu.holder"] == "ada"
+    assert gpu["environment"]["NVIDIA_VISIBLE_DEVICES"] == "0"
+    assert gpu["host_config"]["Memory"] == 3 * 1024**3  # the gpu profile sets no limits
+
+    asyncio.run(spawner.gpu_release("stopped"))
+    cpu = spawn(spawner, client, "small")
+    assert cpu["host_config"]["DeviceRequests"] == []
+    assert not any(label.startswith("labhub.gpu.") for label in cpu["labels"])
+    assert cpu["environment"]["NVIDIA_VISIBLE_DEVICES"] == "void"
+    assert cpu["host_config"]["Memory"] == 1024**3
+    assert (spawner.cpu_limit, spawner.mem_limit, dict(spawner.environment)) == configured
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "soon"])
+def test_a_wrong_gpu_cull_every_names_its_variable(value: str) -> None:
+    with pytest.raises(SettingsError, match=f"GPU_CULL_EVERY='{value}' is not valid"):
+        Settings.from_env({**MINIMAL_ENV, "GPU_CULL_EVERY": value})
+    assert Settings.from_env({**MINIMAL_ENV, "GPU_CULL_EVERY": "15"}).gpu_cull_every == 15

@@ -8,7 +8,7 @@ from typing import Any
 
 import docker
 import pytest
-from labhub.gpu import docker as gpu_docker
+from labhub.gpu import devicerequests
 from labhub.gpu.inventory import Inventory
 from labhub.gpu.scheduler import GpuRequest, Holder, State, allocate, rebuild, with_allocation
 from labhub.gpu.store import Store
@@ -26,12 +26,12 @@ def create(docker_client: docker.APIClient) -> Iterator[Create]:
     created: list[str] = []
 
     def make(allocation: Any) -> dict[str, Any]:
-        host_config = docker_client.create_host_config(**gpu_docker.host_config(allocation))
+        host_config = docker_client.create_host_config(**devicerequests.host_config(allocation))
         container = docker_client.create_container(
             IMAGE,
             command=["true"],
-            environment=gpu_docker.environment(allocation),
-            labels={**TEST_LABEL, **gpu_docker.labels(allocation)},
+            environment=devicerequests.environment(allocation),
+            labels={**TEST_LABEL, **devicerequests.labels(allocation)},
             host_config=host_config,
         )
         created.append(container["Id"])
@@ -81,7 +81,7 @@ def test_restart_rebuilds_every_assignment(
         create(allocation)
     observed = [
         a
-        for a in gpu_docker.observed_allocations(docker_client, NOW)
+        for a in devicerequests.observed_allocations(docker_client, NOW)
         if a.holder in state.allocations
     ]
     gpu_holders = {k: a for k, a in state.allocations.items() if a.device_ids}
@@ -103,7 +103,7 @@ def test_unlabelled_gpu_container_still_holds_its_device(
     )  # fmt: skip
     try:
         inspect = docker_client.inspect_container(container["Id"])
-        allocation = gpu_docker.allocation_from_inspect(inspect, NOW)
+        allocation = devicerequests.allocation_from_inspect(inspect, NOW)
         assert allocation is not None
         assert allocation.device_ids == ("1",)
         assert allocation.holder == "container:" + inspect["Name"].lstrip("/")

@@ -1,0 +1,35 @@
+"""The admin service's HTML page (``/services/gpus/``) and the GPU templates.
+
+The page is the autoescaped template ``templates/gpus.html`` with no inline script or style;
+its buttons call the JSON API (:mod:`labhub.gpu.api`) from ``static/gpus.js``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+from labhub.gpu.allocator import utcnow
+from labhub.gpu.api import AdminHandler, devices_report
+
+# Autoescaped, as JupyterHub's own pages: the admin page and the spawn page's profile choice.
+TEMPLATES = Environment(
+    loader=PackageLoader("labhub.gpu", "templates"), autoescape=select_autoescape(["html"])
+)
+
+
+class PageHandler(AdminHandler):
+    async def get(self) -> None:
+        report = await devices_report(self.store, self.inventory)
+        usage = await asyncio.to_thread(self.store.usage, utcnow())
+        audit = await asyncio.to_thread(self.store.audit, 50)
+        page = TEMPLATES.get_template("gpus.html").render(
+            devices=report["devices"],
+            queue=report["queue"],
+            usage=sorted(usage.items()),
+            audit=audit,
+            api=self.settings["api_prefix"],
+            xsrf=self.xsrf_token.decode(),
+            static_url=self.static_url,
+        )
+        self.finish(page)
