@@ -23,7 +23,6 @@ import requests
 
 from . import course
 from .contract import volume_name_for
-from .gpu.inventory import Device
 from .settings import NetworkSettings, Settings, SettingsError
 from .settingsdoc import stale, write
 
@@ -63,8 +62,7 @@ def settings_docs(root: Path, check: bool) -> int:
 def z2jh_values() -> int:
     """Print the Zero to JupyterHub values for the settings in the environment."""
     from .auth import authenticator_config, discover_endpoints
-    from .gpu.inventory import InventoryError, detect_inventory, load_inventory
-    from .gpu.profiles import ProfileError, default_profiles, load_profiles
+    from .gpu.allocator import load_gpu_files
     from .z2jh import to_yaml, values
 
     try:
@@ -76,18 +74,8 @@ def z2jh_values() -> int:
             assert settings.oauth is not None
             oidc = discover_endpoints(settings.oauth, "")
         _, traits = authenticator_config(settings, oidc=oidc)
-        if settings.gpu_inventory == "none":
-            inventory: tuple[Device, ...] = ()
-        elif settings.gpu_inventory == "auto":
-            inventory = detect_inventory()
-        else:
-            inventory = load_inventory(settings.gpu_inventory)
-        profiles = (
-            load_profiles(settings.gpu_profiles)
-            if settings.gpu_profiles
-            else default_profiles(inventory)
-        )
-    except (SettingsError, InventoryError, ProfileError) as error:
+        inventory, profiles = load_gpu_files(settings)
+    except SettingsError as error:
         print(error, file=sys.stderr)
         return 2
     print("# Zero to JupyterHub values made by `labhub z2jh-values`: docs/scale-out.md")

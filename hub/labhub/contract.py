@@ -17,6 +17,9 @@ from escapism import escape
 OWNER_LABEL = "labhub.user"
 # The workspace image's unprivileged user (jovyan:users); the proxy refuses uid 0.
 CONTAINER_USER = "1000:100"
+# The workspace's TensorFlow keeps to this many MiB of a shared GPU slice
+# (mnist_workspace.env.GPU_LIMIT_VAR reads it; a test checks the two agree).
+GPU_MEMORY_LIMIT_ENV = "GPU_MEMORY_LIMIT_MB"
 # Where the user's volume is mounted, and the page a new server opens: the notebook.
 HOME_DIR = "/home/jovyan"
 WORKSPACE_DEFAULT_URL = "/lab/tree/mnist/MNIST.ipynb"

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from .contract import CONTAINER_USER, HOME_DIR, WORKSPACE_DEFAULT_URL
+from .contract import CONTAINER_USER, GPU_MEMORY_LIMIT_ENV, HOME_DIR, WORKSPACE_DEFAULT_URL
 from .gpu.inventory import Device
 from .gpu.profiles import Profile
 from .settings import NetworkSettings, Settings
@@ -41,8 +41,6 @@ _LABHUB_TRAITS: Mapping[str, str | None] = {
 GPU_RESOURCE = "nvidia.com/gpu"
 SHARED_GPU_RESOURCE = "nvidia.com/gpu.shared"
 _MIG_MODEL = re.compile(r" MIG (?P<profile>\d+g\.\d+gb)$")
-# Read by the workspace: TensorFlow's logical device limit on a shared slice, in MiB.
-GPU_MEMORY_LIMIT_ENV = "GPU_MEMORY_LIMIT_MB"
 
 # Run by the chart's jupyterhub_config.py (hub.extraConfig, with `c` and `get_config` in
 # scope): each user is offered, and KubeSpawner accepts, only the profiles open to their

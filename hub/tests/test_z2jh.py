@@ -293,3 +293,12 @@ def test_cli_names_a_broken_profiles_file(
         monkeypatch.setenv(name, value)
     assert cli.main(["z2jh-values"]) == 2
     assert str(broken) in capsys.readouterr().err
+
+
+def test_the_hub_and_the_workspace_name_the_gpu_memory_cap_alike() -> None:
+    """Two packages, two processes: the variable the spawner sets is the one TensorFlow's
+    set-up in the workspace reads."""
+    from labhub.contract import GPU_MEMORY_LIMIT_ENV
+    from mnist_workspace.env import GPU_LIMIT_VAR
+
+    assert GPU_MEMORY_LIMIT_ENV == GPU_LIMIT_VAR

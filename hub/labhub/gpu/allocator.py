@@ -160,13 +160,7 @@ def load_inventory_setting(setting: str) -> Inventory:
     return detect_inventory() if setting == "auto" else load_inventory(setting)
 
 
-def load_allocator(settings: Settings) -> GpuAllocator:
-    """Load and check the inventory, the profiles and the database named by the settings.
-
-    Blocking (nvidia-smi, files, SQLite): call it once at start-up. Raises one
-    :class:`SettingsError` naming each variable, its file and what is wrong with it.
-    """
-    problems: list[str] = []
+def _load_files(settings: Settings, problems: list[str]) -> tuple[Inventory, tuple[Profile, ...]]:
     inventory: Inventory = ()
     try:
         inventory = load_inventory_setting(settings.gpu_inventory)
@@ -180,6 +174,27 @@ def load_allocator(settings: Settings) -> GpuAllocator:
             profiles = default_profiles(inventory)
     except (ProfileError, InventoryError, OSError) as e:
         problems.append(f"GPU_PROFILES={settings.gpu_profiles}: {e}")
+    return inventory, profiles
+
+
+def load_gpu_files(settings: Settings) -> tuple[Inventory, tuple[Profile, ...]]:
+    """The inventory and the profiles the settings name, checked; no database opened
+    (for `labhub z2jh-values`). Raises one :class:`SettingsError`."""
+    problems: list[str] = []
+    files = _load_files(settings, problems)
+    if problems:
+        raise SettingsError(problems)
+    return files
+
+
+def load_allocator(settings: Settings) -> GpuAllocator:
+    """Load and check the inventory, the profiles and the database named by the settings.
+
+    Blocking (nvidia-smi, files, SQLite): call it once at start-up. Raises one
+    :class:`SettingsError` naming each variable, its file and what is wrong with it.
+    """
+    problems: list[str] = []
+    inventory, profiles = _load_files(settings, problems)
     store = None
     try:
         store = Store(settings.gpu_db)

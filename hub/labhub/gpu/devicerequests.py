@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 import docker
+from labhub.contract import GPU_MEMORY_LIMIT_ENV
 from labhub.gpu.scheduler import Allocation
 
 LABEL_PREFIX = "labhub.gpu."
@@ -50,7 +51,7 @@ def environment(allocation: Allocation) -> dict[str, str]:
     """
     env = {"NVIDIA_VISIBLE_DEVICES": ",".join(allocation.device_ids) or "void"}
     if allocation.shared and allocation.memory_cap_mib is not None:
-        env["GPU_MEMORY_LIMIT_MB"] = str(allocation.memory_cap_mib)
+        env[GPU_MEMORY_LIMIT_ENV] = str(allocation.memory_cap_mib)
     return env
 
 

@@ -45,6 +45,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from jupyterhub.traitlets import ByteSpecification
+from labhub.contract import GPU_MEMORY_LIMIT_ENV
 from labhub.gpu import devicerequests
 from labhub.gpu.allocator import GpuAllocator
 from labhub.gpu.page import TEMPLATES
@@ -208,7 +209,7 @@ class GpuSpawnerMixin(LoggingConfigurable):
         """The spawner's environment, with this server's devices and its profile's limits."""
         env: dict[str, str] = super().get_env()  # type: ignore[misc]
         if self._gpu_allocation is not None:
-            env.pop("GPU_MEMORY_LIMIT_MB", None)
+            env.pop(GPU_MEMORY_LIMIT_ENV, None)
             env.update(devicerequests.environment(self._gpu_allocation))
         profile = self._gpu_profile
         if profile is not None and profile.cpu_limit is not None:
