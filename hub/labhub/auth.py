@@ -220,4 +220,6 @@ def authenticator_config(
         if config.get("manage_groups"):
             # Groups come from the provider's claim (userinfo or ID token), e.g. "groups".
             config["auth_state_groups_key"] = f"oauth_user.{oauth.groups_claim}"
+    if settings.login_service:
+        config["login_service"] = settings.login_service
     return AUTHENTICATOR_CLASSES[settings.auth], config

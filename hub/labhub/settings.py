@@ -114,6 +114,8 @@ class Settings:
     gpu_queue_timeout: int = 600
     gpu_quota_user_hours: float | None = None
     gpu_quota_group_hours: Mapping[str, float] = field(default_factory=dict)
+    # OAuth modes: the login button's "Sign in with ..." name (LOGIN_SERVICE).
+    login_service: str = ""
     data_dir: str = "/srv/jupyterhub"
     debug: bool = False
     subdomains: bool = False
@@ -207,6 +209,15 @@ class Settings:
             oauth = _oauth_settings(auth, env, domain, https_port or 443, problems)
             _check_oauth_identities(auth, oauth, admin_users, allowed_users, problems)
 
+        login_service = get("LOGIN_SERVICE")
+        if login_service and auth not in OAUTH_CHOICES:
+            problems.append(
+                f"LOGIN_SERVICE={login_service!r} names the button of an OAuth login; "
+                f"AUTH={auth} shows a username and password form: leave it empty"
+            )
+        elif len(login_service) > 60:
+            problems.append("LOGIN_SERVICE is longer than 60 characters: use a short name")
+
         mem_limit = convert("USER_MEM_LIMIT", "4G", parse_memory, "a size such as 2G or 512M")
         shm_size = convert("USER_SHM_SIZE", "1G", parse_memory, "a size such as 1G")
         if mem_limit is not None and mem_limit < 256 * 1024**2:
@@ -280,6 +291,7 @@ class Settings:
             extra_ca_file=get("EXTRA_CA_FILE"),
             gpu_inventory=gpu_inventory,
             **gpu,
+            login_service=login_service,
             data_dir=data_dir,
             debug=get("HUB_DEBUG", "false").lower() == "true",
             subdomains=subdomains == "true",
