@@ -11,11 +11,12 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-AUTH_CHOICES = ("native", "shared-password", "github", "google", "generic", "cilogon")
+AUTH_CHOICES = ("native", "shared-password", "github", "google", "generic", "cilogon", "ldap")
 OAUTH_CHOICES = ("github", "google", "generic", "cilogon")
 # Names of a role, not of a person: any provider may give them to anyone (on GitHub the
 # account `admin` belongs to a stranger), so they never name an admin in OAuth modes.
@@ -116,6 +117,18 @@ class Settings:
     gpu_quota_group_hours: Mapping[str, float] = field(default_factory=dict)
     # OAuth modes: the login button's "Sign in with ..." name (LOGIN_SERVICE).
     login_service: str = ""
+    # AUTH=ldap (_ldap_settings): the directory, how a login finds its entry, its groups.
+    ldap_url: str = ""
+    ldap_host: str = ""
+    ldap_port: int = 0
+    # ldapauthenticator's tls_strategy: before_bind (StartTLS), on_connect (ldaps) or insecure.
+    ldap_tls: str = "before_bind"
+    ldap_bind_dn_template: str = ""
+    ldap_user_search_base: str = ""
+    ldap_search_user: str = ""
+    ldap_search_password: str = ""
+    ldap_username_attribute: str = "uid"
+    ldap_group_search_base: str = ""
     data_dir: str = "/srv/jupyterhub"
     debug: bool = False
     subdomains: bool = False
@@ -217,6 +230,7 @@ class Settings:
             )
         elif len(login_service) > 60:
             problems.append("LOGIN_SERVICE is longer than 60 characters: use a short name")
+        ldap = _ldap_settings(get, problems) if auth == "ldap" else {}
 
         mem_limit = convert("USER_MEM_LIMIT", "4G", parse_memory, "a size such as 2G or 512M")
         shm_size = convert("USER_SHM_SIZE", "1G", parse_memory, "a size such as 1G")
@@ -292,6 +306,7 @@ class Settings:
             gpu_inventory=gpu_inventory,
             **gpu,
             login_service=login_service,
+            **ldap,
             data_dir=data_dir,
             debug=get("HUB_DEBUG", "false").lower() == "true",
             subdomains=subdomains == "true",
@@ -446,6 +461,107 @@ def _gpu_settings(env: Mapping[str, str], data_dir: str, problems: list[str]) ->
             problems.append(hint)
         else:
             out["gpu_quota_group_hours"] = {str(k): float(v) for k, v in parsed.items()}
+    return out
+
+
+def _ldap_settings(get: Callable[..., str], problems: list[str]) -> dict[str, Any]:
+    """AUTH=ldap: LDAP_URL, LDAP_ALLOW_PLAINTEXT, how a login finds its entry, the groups.
+
+    Passwords cross the network, so the directory is spoken to over TLS (ldaps://, or
+    StartTLS on ldap://) checked against the system CAs and EXTRA_CA_FILE; plain LDAP
+    only with LDAP_ALLOW_PLAINTEXT=true. ldap3 checks the certificate's DNS names only,
+    so the URL names the host as its certificate does, never by IP address.
+    """
+    out: dict[str, Any] = {}
+    url = get("LDAP_URL")
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if (
+        parts.scheme not in ("ldap", "ldaps")
+        or not parts.hostname
+        or port == -1
+        or (parts.path not in ("", "/") or parts.query or parts.fragment or parts.username)
+    ):
+        problems.append(
+            f"LDAP_URL={url!r} is not a directory address: use ldaps://ldap.uni.edu (TLS, "
+            "port 636) or ldap://ldap.uni.edu (StartTLS, port 389), with :port if another"
+        )
+        return out
+    plaintext = get("LDAP_ALLOW_PLAINTEXT", "false").lower()
+    if plaintext not in ("true", "false"):
+        problems.append(f"LDAP_ALLOW_PLAINTEXT={plaintext!r} is not valid: use true or false")
+    elif plaintext == "true" and parts.scheme == "ldaps":
+        problems.append(
+            "LDAP_ALLOW_PLAINTEXT=true contradicts LDAP_URL=ldaps://...: TLS is on; "
+            "set LDAP_ALLOW_PLAINTEXT=false"
+        )
+    tls = {"ldaps": "on_connect", "ldap": "before_bind"}[parts.scheme]
+    if plaintext == "true":
+        tls = "insecure"
+    host = parts.hostname
+    try:
+        ipaddress.ip_address(host)
+        is_ip = True
+    except ValueError:
+        is_ip = False
+    if is_ip and tls != "insecure":
+        problems.append(
+            f"LDAP_URL={url!r} names the directory by IP address: the hub checks the "
+            "directory's TLS certificate against its DNS names, so use the host name the "
+            "certificate carries, e.g. ldaps://ldap.uni.edu"
+        )
+    out.update(
+        ldap_url=url,
+        ldap_host=host,
+        ldap_port=port or (636 if tls == "on_connect" else 389),
+        ldap_tls=tls,
+    )
+
+    template = get("LDAP_BIND_DN_TEMPLATE")
+    search_base = get("LDAP_USER_SEARCH_BASE")
+    search_user, search_password = get("LDAP_SEARCH_USER"), get("LDAP_SEARCH_PASSWORD")
+    if bool(template) == bool(search_base):
+        problems.append(
+            "AUTH=ldap needs exactly one of LDAP_BIND_DN_TEMPLATE (the entry's DN with "
+            "{username}, e.g. uid={username},ou=people,dc=uni,dc=edu) or LDAP_USER_SEARCH_BASE "
+            "(search-then-bind, e.g. ou=people,dc=uni,dc=edu; Active Directory)"
+        )
+    rest = template.replace("{username}", "", 1)
+    if template and (rest == template or "{" in rest or "}" in rest):
+        problems.append(
+            f"LDAP_BIND_DN_TEMPLATE={template!r} must hold {{username}} once and no other "
+            "braces, e.g. uid={username},ou=people,dc=uni,dc=edu"
+        )
+    if bool(search_user) != bool(search_password):
+        problems.append(
+            "LDAP_SEARCH_USER and LDAP_SEARCH_PASSWORD go together: the DN and password of "
+            "the account that searches for users (both empty: an anonymous search)"
+        )
+    if search_user and not search_base:
+        problems.append("LDAP_SEARCH_USER is only used with LDAP_USER_SEARCH_BASE: set it too")
+    attribute = get("LDAP_USERNAME_ATTRIBUTE", "uid")
+    if not re.match(r"^[A-Za-z][A-Za-z0-9-]*$", attribute):
+        problems.append(
+            f"LDAP_USERNAME_ATTRIBUTE={attribute!r} is not an attribute name: uid (OpenLDAP) "
+            "or sAMAccountName (Active Directory)"
+        )
+    group_base = get("LDAP_GROUP_SEARCH_BASE")
+    if (get("ALLOWED_GROUPS") or get("ADMIN_GROUPS")) and not group_base:
+        problems.append(
+            "ALLOWED_GROUPS/ADMIN_GROUPS need LDAP_GROUP_SEARCH_BASE with AUTH=ldap: the "
+            "directory entry the groups are under, e.g. ou=groups,dc=uni,dc=edu"
+        )
+    out.update(
+        ldap_bind_dn_template=template,
+        ldap_user_search_base=search_base,
+        ldap_search_user=search_user,
+        ldap_search_password=search_password,
+        ldap_username_attribute=attribute,
+        ldap_group_search_base=group_base,
+    )
     return out
 
 
