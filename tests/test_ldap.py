@@ -218,15 +218,37 @@ def test_ldap_injection_in_the_username_finds_nobody(directory: Directory, usern
     assert "uid=alice" not in directory.log_after(mark)
 
 
+# In the hub's container: its settings from its environment, with LDAP_URL changed.
+LDAPS_LOGIN = """
+import asyncio, json, os
+from traitlets.config import Config
+from labhub.auth import authenticator_config
+from labhub.ldap import LabLDAPAuthenticator
+from labhub.settings import Settings
+env = {**os.environ, "LDAP_URL": "ldaps://%s:1636"}
+_, traits = authenticator_config(Settings.from_env(env))
+hub = LabLDAPAuthenticator(config=Config({"LabLDAPAuthenticator": traits}))
+model = asyncio.run(hub.authenticate(None, {"username": "alice", "password": "%s"}))
+print(json.dumps([traits["tls_strategy"], traits["server_port"], model["groups"]]))
+"""
+
+
+def test_ldaps_on_connect_logs_in_too(directory: Directory) -> None:
+    """LDAP_URL=ldaps://... (TLS from the first byte, as many AD set-ups), run with the
+    hub's own settings code and CA bundle in its container."""
+    code = LDAPS_LOGIN % (HOST, PASSWORDS["alice"])
+    result = directory.stack.compose("exec", "-T", "hub", "python", "-c", code)
+    assert result.stdout.strip().splitlines()[-1] == '["on_connect", 1636, ["students"]]'
+
+
 @needs_chromium
 def test_chromium_logs_a_student_in_through_the_form(directory: Directory) -> None:
     with chromium(directory.stack) as browser:
         page = browser.new_page()
-        page.goto(directory.stack.base_url + "/hub/login?next=/hub/home")
-        page.fill("#username_input", "alice")
-        page.fill("#password_input", PASSWORDS["alice"])
-        page.click("#login_submit")
-        page.wait_for_url("**/hub/home")
+        directory.stack.browser_login(
+            page, "alice", next_url="/hub/home", password=PASSWORDS["alice"]
+        )
+        assert page.url == directory.stack.base_url + "/hub/home", page.url
         assert "alice" in page.content()
 
 

@@ -3,6 +3,7 @@ logic (groups, admins, refusals) without a directory; tests/test_ldap.py has one
 
 import asyncio
 import ssl
+import time
 from typing import Any
 
 import pytest
@@ -268,3 +269,29 @@ def test_outside_the_groups_is_a_403_with_the_clear_message(
 def test_allowed_users_pass_without_a_group() -> None:
     hub = authenticator(allowed_group_names={"students"}, allowed_users={"carol"})
     assert asyncio.run(hub.check_allowed("carol", {"name": "carol", "groups": []})) is True
+
+
+def test_a_slow_directory_does_not_stall_the_hub(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ldap3 blocks; ldapauthenticator calls it on the event loop. Here the loop keeps
+    serving other requests (a ticker) while a login waits 0.5 s for the directory."""
+
+    async def slow(self: Any, handler: Any, data: dict[str, str]) -> None:
+        time.sleep(0.5)  # what ldap3 does while the directory answers slowly
+
+    monkeypatch.setattr(LDAPAuthenticator, "authenticate", slow)
+
+    async def login_while_ticking() -> int:
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        ticker = asyncio.create_task(tick())
+        await authenticator().authenticate(None, {"username": "alice", "password": "pw"})
+        ticker.cancel()
+        return ticks
+
+    assert asyncio.run(login_while_ticking()) >= 20
