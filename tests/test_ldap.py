@@ -245,26 +245,44 @@ def test_ldaps_on_connect_logs_in_too(directory: Directory) -> None:
 def test_chromium_logs_a_student_in_through_the_form(directory: Directory) -> None:
     with chromium(directory.stack) as browser:
         page = browser.new_page()
+        # Six tries: on a host busy with other stacks, Chromium showed its error page
+        # (chrome-error://) three times in a row in one of five runs.
         directory.stack.browser_login(
-            page, "alice", next_url="/hub/home", password=PASSWORDS["alice"]
+            page, "alice", attempts=6, next_url="/hub/home", password=PASSWORDS["alice"]
         )
-        assert page.url == directory.stack.base_url + "/hub/home", page.url
+        # The form's answer may still be on its way when browser_login returns.
+        page.wait_for_url(directory.stack.base_url + "/hub/home", timeout=60_000)
         assert "alice" in page.content()
 
 
-def test_an_unknown_ca_is_refused(directory: Directory) -> None:
-    """The directory, restarted with a certificate for the same name from a CA the hub
-    does not trust (an impostor's): the login stops at TLS with the directory's 502
-    page, and the impostor never sees the password."""
-    real = directory.workdir / "real"
-    real.mkdir()
-    impostor_ca = directory.workdir / "impostor-ca"
-    impostor_ca.mkdir()
-    make_campus_ca(impostor_ca, "impostor CA")
-    for name in ("tls.crt", "tls.key"):
-        shutil.copy2(directory.certs_dir / name, real / name)
+@pytest.mark.parametrize(
+    ("impostor", "name", "reason"),
+    [
+        (True, HOST, "certificate verify failed"),
+        (False, "other.uni.test", "match any name"),
+    ],
+    ids=["unknown-ca", "campus-ca-other-name"],
+)
+def test_a_certificate_the_hub_should_not_trust_is_refused(
+    directory: Directory, impostor: bool, name: str, reason: str
+) -> None:
+    """The directory, restarted with a certificate for its name from a CA the hub does
+    not trust (an impostor's), or from the campus CA for another host (any campus
+    server's): the login stops at TLS with the directory's 502 page, and no password
+    reaches the directory."""
+    workdir = directory.workdir / f"{name}-{impostor}"
+    real, issuer = workdir / "real", workdir / "ca"
+    real.mkdir(parents=True)
+    issuer.mkdir()
+    if impostor:
+        make_campus_ca(issuer, "impostor CA")
+    else:
+        for ca_file in ("campus-ca.crt", "campus-ca.key"):
+            shutil.copy2(directory.stack.certs_dir / ca_file, issuer / ca_file)
+    for tls_file in ("tls.crt", "tls.key"):
+        shutil.copy2(directory.certs_dir / tls_file, real / tls_file)
     try:
-        issue_certificate(impostor_ca, directory.certs_dir, f"DNS:{HOST}", HOST)
+        issue_certificate(issuer, directory.certs_dir, f"DNS:{name}", name)
         directory.container.restart()
         _wait_healthy(directory.container)
         mark = directory.log_mark()
@@ -273,14 +291,14 @@ def test_an_unknown_ca_is_refused(directory: Directory) -> None:
         assert DIRECTORY_FAILED in page
         assert not client.logged_in
         # No bind with a name (the health check's anonymous ones have none): neither the
-        # search account's password nor alice's reached the impostor.
+        # search account's password nor alice's reached the directory.
         logs = directory.log_after(mark)
         assert not re.search(r'BIND dn="[^"]+"', logs), logs[-2000:]
         hub_log = directory.stack.compose("logs", "--no-color", "--tail=50", "hub").stdout
-        assert "CERTIFICATE_VERIFY_FAILED" in hub_log or "certificate verify failed" in hub_log
+        assert reason in hub_log, hub_log[-3000:]
     finally:
-        for name in ("tls.crt", "tls.key"):
-            shutil.copy2(real / name, directory.certs_dir / name)
+        for tls_file in ("tls.crt", "tls.key"):
+            shutil.copy2(real / tls_file, directory.certs_dir / tls_file)
         directory.container.restart()
         _wait_healthy(directory.container)
     # The real certificate back: the same login works again.

@@ -77,8 +77,10 @@ class LabLDAPAuthenticator(LDAPAuthenticator):  # type: ignore[misc]
         user["auth_state"]["ldap_groups"] = groups
         if self.group_search_base:
             user["groups"] = groups
-        if self.admin_group_names.intersection(groups):
-            user["admin"] = True
+        if self.admin_group_names:
+            # Decided at every login, so that leaving the group ends admin rights too.
+            in_group = bool(self.admin_group_names.intersection(groups))
+            user["admin"] = in_group or user["name"] in self.admin_users
         return user
 
     def _authenticate_blocking(self, handler: Any, data: dict[str, str]) -> Any:

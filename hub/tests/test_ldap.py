@@ -229,9 +229,22 @@ def test_directory_groups_become_hub_groups_and_admin_groups_admins(
     assert model["auth_state"] == {"user_attributes": {}, "ldap_groups": ["gpu", "staff"]}
 
 
-def test_others_keep_the_admin_flag_unset(monkeypatch: pytest.MonkeyPatch) -> None:
-    model, _ = login_as(monkeypatch, ["students"], admin_group_names={"staff"})
-    assert model is not None and "admin" not in model
+@pytest.mark.parametrize(
+    ("config", "admin"),
+    [
+        ({"admin_group_names": {"staff"}}, False),
+        ({"admin_group_names": {"staff"}, "admin_users": {"alice"}}, True),
+        ({}, None),
+    ],
+    ids=["left-the-admin-group", "named-admin", "no-admin-groups"],
+)
+def test_outside_the_admin_groups_is_no_admin(
+    monkeypatch: pytest.MonkeyPatch, config: dict[str, Any], admin: bool | None
+) -> None:
+    """False, not unset: JupyterHub keeps an unset flag, so a former staff member would
+    stay admin."""
+    model, _ = login_as(monkeypatch, ["students"], **config)
+    assert model is not None and model.get("admin") is admin
 
 
 def test_an_unreachable_or_untrusted_directory_is_a_502_that_says_so(
