@@ -55,6 +55,19 @@ class Directory:
         response = client.login(username, password, follow=False)
         return client, response.text, response.status_code
 
+    def modify(self, ldif: str) -> None:
+        """Change entries as the directory's manager (an IT admin editing a group)."""
+        command = ["ldapmodify", "-Q", "-Y", "EXTERNAL", "-H", "ldapi:///"]
+        result = subprocess.run(
+            ["docker", "exec", "-i", self.container.name, *command],
+            input=ldif,
+            text=True,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+
     def log_mark(self) -> int:
         """Where the directory's log ends now, for `log_after`."""
         return len(self.container.logs())
@@ -239,6 +252,37 @@ def test_ldaps_on_connect_logs_in_too(directory: Directory) -> None:
     code = LDAPS_LOGIN % (HOST, PASSWORDS["alice"])
     result = directory.stack.compose("exec", "-T", "hub", "python", "-c", code)
     assert result.stdout.strip().splitlines()[-1] == '["on_connect", 1636, ["students"]]'
+
+
+def set_members(directory: Directory, members: dict[str, str]) -> None:
+    """Make each group's members exactly the given person (groupOfNames needs one)."""
+    directory.modify(
+        "".join(
+            f"dn: cn={group},ou=groups,dc=uni,dc=test\nchangetype: modify\nreplace: member\n"
+            f"member: uid={person},ou=people,dc=uni,dc=test\n\n"
+            for group, person in members.items()
+        )
+    )
+
+
+def test_groups_and_admin_rights_follow_the_directory_at_the_next_login(
+    directory: Directory,
+) -> None:
+    """IT moves bob from staff to students: at his next login the hub's groups say so
+    and he is no longer an admin."""
+    staff, _, _ = directory.login("bob", PASSWORDS["bob"])
+    assert staff.api("GET", "/user").json()["admin"] is True
+    try:
+        set_members(directory, {"staff": "nobody", "students": "bob"})
+        client, page, status = directory.login("bob", PASSWORDS["bob"])
+        assert status == 302 and client.logged_in, page[:500]
+        model = client.api("GET", "/user").json()
+        assert (model["admin"], model["groups"]) == (False, ["students"])
+        assert client.api("GET", "/users").status_code == 403
+    finally:
+        set_members(directory, {"staff": "bob", "students": "alice"})
+    client, page, status = directory.login("bob", PASSWORDS["bob"])
+    assert client.api("GET", "/user").json()["admin"] is True
 
 
 @needs_chromium

@@ -9,4 +9,4 @@ done
 if [[ ! -s /var/lib/ldap-test/data.mdb ]]; then
     slapadd -f /opt/ldap/slapd.conf -l /opt/ldap/seed.ldif
 fi
-exec slapd -f /opt/ldap/slapd.conf -h "ldap://:1389/ ldaps://:1636/" -d stats
+exec slapd -f /opt/ldap/slapd.conf -h "ldap://:1389/ ldaps://:1636/ ldapi:///" -d stats
