@@ -285,6 +285,17 @@ def test_groups_and_admin_rights_follow_the_directory_at_the_next_login(
     assert client.api("GET", "/user").json()["admin"] is True
 
 
+def test_no_password_reaches_the_logs(directory: Directory) -> None:
+    """After the logins above (right, wrong and refused): the search account's and the
+    users' passwords appear in no service's log."""
+    directory.login("alice", PASSWORDS["alice"])
+    directory.login("eve", PASSWORDS["eve"])
+    logs = directory.stack.compose("logs", "--no-color").stdout
+    assert "labhub" in logs  # the logs were read
+    for secret in ["search-account-password", *PASSWORDS.values()]:
+        assert secret not in logs, secret
+
+
 @needs_chromium
 def test_chromium_logs_a_student_in_through_the_form(directory: Directory) -> None:
     with chromium(directory.stack) as browser:
