@@ -35,6 +35,12 @@ Admins ($(value_of ADMIN_USERS)) log in with SHARED_ADMIN_PASSWORD. Show the pas
   grep -E '^SHARED_(USER|ADMIN)_PASSWORD=' ${env_file}
 MSG
     ;;
+  ldap)
+    cat <<MSG
+Students and staff log in with their campus directory username and password
+($(value_of LDAP_URL)); who may and who is admin: ALLOWED_GROUPS, ADMIN_GROUPS (docs/ldap.md).
+MSG
+    ;;
   *) echo "Log in with $(value_of AUTH) (AUTH in ${env_file})." ;;
 esac
 if [[ -f certs/labhub-ca.crt ]]; then

@@ -168,10 +168,16 @@ class Stack:
         return client
 
     def browser_login(
-        self, page: Any, username: str, attempts: int = 3, next_url: str = ""
+        self,
+        page: Any,
+        username: str,
+        attempts: int = 3,
+        next_url: str = "",
+        password: str | None = None,
     ) -> None:
         """Log `username` in on a Playwright page through the hub's form, as a student would
-        (then on to `next_url`, e.g. /hub/admin, rather than the spawn page).
+        (then on to `next_url`, e.g. /hub/admin, rather than the spawn page). `password`:
+        an account this stack does not make (a directory's), else `ensure_account`'s.
 
         Containers starting on this host (other tests') change its network interfaces, and
         Chromium then aborts requests in flight (ERR_NETWORK_CHANGED, a chrome-error://
@@ -179,7 +185,7 @@ class Stack:
         """
         from playwright.sync_api import Error
 
-        password = self.ensure_account(username)
+        password = password or self.ensure_account(username)
         for attempt in range(attempts):
             try:
                 page.goto(self.base_url + "/hub/login" + (f"?next={next_url}" if next_url else ""))

@@ -35,6 +35,7 @@ from urllib.parse import parse_qs, urlencode, urljoin, urlparse
 import docker
 import pytest
 import requests
+from campus_ca import issue_certificate, make_campus_ca
 from docker.models.containers import Container
 from hubclient import HubClient
 from stacks import (
@@ -104,37 +105,6 @@ def _build_provider_image(workdir: Path) -> None:
     _run("docker", "build", "-q", "-f", str(dockerfile), "-t", IMAGE, str(context))
 
 
-def _make_campus_ca(out: Path) -> None:
-    """A CA like a university's own: campus-ca.crt/.key in `out`, valid two days."""
-    _run(
-        *["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"],
-        *["-nodes", "-days", "2", "-subj", "/CN=labhub test campus CA"],
-        *["-keyout", str(out / "campus-ca.key"), "-out", str(out / "campus-ca.crt")],
-        *["-addext", "basicConstraints=critical,CA:TRUE,pathlen:0"],
-        *["-addext", "keyUsage=critical,keyCertSign,cRLSign"],
-    )
-
-
-def _issue_certificate(certs: Path, out: Path, ip: str) -> None:
-    """A server certificate for the provider's IP from the campus CA in `certs`."""
-    ext = out / "ext.cnf"
-    ext.write_text(
-        f"subjectAltName=IP:{ip}\nextendedKeyUsage=serverAuth\n"
-        "keyUsage=critical,digitalSignature\nbasicConstraints=critical,CA:FALSE\n"
-    )
-    key, csr, crt = (str(out / name) for name in ("tls.key", "tls.csr", "tls.crt"))
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    _run("openssl", "req", *ec, "-keyout", key, "-out", csr, "-subj", "/CN=oidc-provider")
-    ca = ["-CA", str(certs / "campus-ca.crt"), "-CAkey", str(certs / "campus-ca.key")]
-    _run(
-        *["openssl", "x509", "-req", "-in", csr, *ca, "-CAcreateserial", "-days", "2"],
-        *["-sha256", "-extfile", str(ext), "-out", crt],
-    )
-    # The provider runs as uid 1000 in its container; a throwaway test key.
-    for name in ("tls.key", "tls.crt"):
-        (out / name).chmod(0o644)
-
-
 def _wait_for_discovery(issuer: str, ca_file: str, container: Container) -> None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -170,7 +140,7 @@ def oidc_stack(
     provider_dir.mkdir()
     provider_dir.chmod(0o755)
     _run("bash", "scripts/make-certs.sh", env={**os.environ, "CERTS_DIR": str(certs)})
-    _make_campus_ca(certs)
+    make_campus_ca(certs)
     secret = base64.urlsafe_b64encode(os.urandom(32)).decode().rstrip("=")
     api = docker.from_env()
     with contextlib.ExitStack() as cleanup:
@@ -213,7 +183,7 @@ def oidc_stack(
         container.reload()
         ip = container.attrs["NetworkSettings"]["Networks"][name]["IPAddress"]
         issuer = f"https://{ip}:8443"
-        _issue_certificate(certs, provider_dir, ip)
+        issue_certificate(certs, provider_dir, f"IP:{ip}", "oidc-provider")
         (provider_dir / "issuer").write_text(issuer + "\n")
         ca_file = str(certs / "campus-ca.crt")
         _wait_for_discovery(issuer, ca_file, container)

@@ -29,6 +29,8 @@ AUTHENTICATOR_CLASSES = {
     "google": "labhub.providers.GoogleOAuthenticator",
     "generic": "labhub.providers.GenericOAuthenticator",
     "cilogon": "labhub.providers.CILogonOAuthenticator",
+    # ldapauthenticator's, with directory groups, admin groups and a clear 403 (ldap.py).
+    "ldap": "labhub.ldap.LabLDAPAuthenticator",
 }
 
 # Shown (with 403) to someone the provider signed in but this hub does not allow.
@@ -153,6 +155,9 @@ def authenticator_config(
             config["admin_password"] = settings.shared_admin_password
         return AUTHENTICATOR_CLASSES["shared-password"], config
 
+    if settings.auth == "ldap":
+        return AUTHENTICATOR_CLASSES["ldap"], _ldap_config(settings, common, ca_bundle)
+
     oauth = settings.oauth
     assert oauth is not None, "Settings.from_env sets oauth for every OAuth provider"
     config = {
@@ -216,4 +221,43 @@ def authenticator_config(
         if config.get("manage_groups"):
             # Groups come from the provider's claim (userinfo or ID token), e.g. "groups".
             config["auth_state_groups_key"] = f"oauth_user.{oauth.groups_claim}"
+    if settings.login_service:
+        config["login_service"] = settings.login_service
     return AUTHENTICATOR_CLASSES[settings.auth], config
+
+
+def _ldap_config(settings: Settings, common: dict[str, Any], ca_bundle: str) -> dict[str, Any]:
+    """LabLDAPAuthenticator's traits: TLS checked against the CA bundle, bind or search."""
+    config: dict[str, Any] = {
+        **common,
+        # Directory accounts, proven by their password: JupyterHub admits and makes them admins.
+        "admin_users": set(settings.admin_users),
+        "server_address": settings.ldap_host,
+        "server_port": settings.ldap_port,
+        "tls_strategy": settings.ldap_tls,
+        "user_attribute": settings.ldap_username_attribute,
+        "allowed_group_names": set(settings.allowed_groups),
+        "admin_group_names": set(settings.admin_groups),
+        "allow_all": not (settings.allowed_users or settings.allowed_groups),
+    }
+    if settings.ldap_tls != "insecure":
+        # ldap3 checks no certificate unless told to; then the CA and the host name.
+        tls: dict[str, Any] = {"validate": ssl.CERT_REQUIRED}
+        if ca_bundle:
+            tls["ca_certs_file"] = ca_bundle
+        config["tls_kwargs"] = tls
+    if settings.ldap_bind_dn_template:
+        config["bind_dn_template"] = [settings.ldap_bind_dn_template]
+    else:
+        config.update(
+            lookup_dn=True,
+            user_search_base=settings.ldap_user_search_base,
+            lookup_dn_search_user=settings.ldap_search_user or None,
+            lookup_dn_search_password=settings.ldap_search_password or None,
+            lookup_dn_user_dn_attribute=settings.ldap_username_attribute,
+        )
+    if settings.ldap_group_search_base:
+        config["group_search_base"] = settings.ldap_group_search_base
+        # JupyterHub keeps each user's groups as the directory lists them at login.
+        config["manage_groups"] = True
+    return config

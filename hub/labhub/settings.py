@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Any
 from .datasets import Dataset, DatasetsError, load_datasets
 from .diskquota import DiskQuotas
 
-AUTH_CHOICES = ("native", "shared-password", "github", "google", "generic", "cilogon")
+AUTH_CHOICES = ("native", "shared-password", "github", "google", "generic", "cilogon", "ldap")
 OAUTH_CHOICES = ("github", "google", "generic", "cilogon")
 # Names of a role, not of a person: any provider may give them to anyone (on GitHub the
 # account `admin` belongs to a stranger), so they never name an admin in OAuth modes.
@@ -147,6 +148,20 @@ def quota_root(raw: str) -> str:
         raise ValueError(
             "is not valid: use an absolute host folder on btrfs such as /srv/labhub-homes "
             "(no spaces, ':' or '..'), or leave it empty for no quotas"
+        )
+    return raw
+
+
+def login_service(raw: str) -> str:
+    if len(raw) > 60:
+        raise ValueError("is longer than 60 characters: use a short name")
+    return raw
+
+
+def ldap_attribute(raw: str) -> str:
+    if not re.match(r"^[A-Za-z][A-Za-z0-9-]*$", raw):
+        raise ValueError(
+            "is not an attribute name: uid (OpenLDAP) or sAMAccountName (Active Directory)"
         )
     return raw
 
@@ -424,7 +439,8 @@ SECTIONS: tuple[Section, ...] = (
                 choice(AUTH_CHOICES),
                 "native (default: each person their own account and password, kept in the "
                 "hub's database, no external service), github, google, generic (any OpenID "
-                "Connect provider: Keycloak, Azure AD, ...), cilogon, or shared-password "
+                "Connect provider: Keycloak, Azure AD, ...), cilogon, ldap (the campus "
+                "directory, LDAP or Active Directory: docs/ldap.md), or shared-password "
                 "(workshop mode, see WORKSHOP_MODE). docs/security.md#login compares them; "
                 "docs/admin-guide.md sets them up.",
                 "auth",
@@ -452,14 +468,14 @@ SECTIONS: tuple[Section, ...] = (
                 "ALLOWED_GROUPS",
                 "",
                 names,
-                "generic and cilogon: provider groups allowed to log in.",
+                "generic, cilogon and ldap: provider or directory groups allowed to log in.",
                 "allowed_groups",
             ),
             Setting(
                 "ADMIN_GROUPS",
                 "",
                 names,
-                "generic and cilogon: provider groups whose members are admins.",
+                "generic, cilogon and ldap: provider or directory groups whose members are admins.",
                 "admin_groups",
             ),
             Setting(
@@ -611,6 +627,87 @@ SECTIONS: tuple[Section, ...] = (
                 "cilogon (required): the entity ID of the university's identity provider, as "
                 "listed at https://cilogon.org/idplist/, e.g. https://idp.uni.edu/idp/shibboleth.",
                 "cilogon_idp",
+            ),
+            Setting(
+                "LOGIN_SERVICE",
+                "",
+                login_service,
+                'OAuth modes: the login button\'s name, "Sign in with <LOGIN_SERVICE>" (e.g. '
+                "University SSO). Empty: the provider's name (GitHub, Google, CILogon) or, for "
+                "generic, its host.",
+                "login_service",
+            ),
+        ),
+    ),
+    Section(
+        "LDAP / Active Directory login (AUTH=ldap, docs/ldap.md)",
+        "",
+        (
+            Setting(
+                "LDAP_URL",
+                "",
+                text,
+                "The directory: ldaps://host (TLS, port 636) or ldap://host (StartTLS, port "
+                "389), :port if another; the host name on its certificate (never an IP). The "
+                "certificate is checked against the system CAs and EXTRA_CA_FILE.",
+                "ldap_url",
+            ),
+            Setting(
+                "LDAP_ALLOW_PLAINTEXT",
+                "false",
+                boolean,
+                "true with ldap://...: plain LDAP, passwords readable on the wire.",
+                "ldap_allow_plaintext",
+            ),
+            Setting(
+                "LDAP_BIND_DN_TEMPLATE",
+                "",
+                text,
+                "One of this or LDAP_USER_SEARCH_BASE: the user's DN with {username} "
+                "(OpenLDAP), e.g. uid={username},ou=people,dc=uni,dc=edu.",
+                "ldap_bind_dn_template",
+            ),
+            Setting(
+                "LDAP_USER_SEARCH_BASE",
+                "",
+                text,
+                "Search-then-bind (Active Directory): the base searched for the entry whose "
+                "LDAP_USERNAME_ATTRIBUTE is the username, e.g. ou=people,dc=uni,dc=edu.",
+                "ldap_user_search_base",
+            ),
+            Setting(
+                "LDAP_SEARCH_USER",
+                "",
+                text,
+                "The read-only service account's DN that searches (with LDAP_SEARCH_PASSWORD; "
+                "both empty: an anonymous search).",
+                "ldap_search_user",
+            ),
+            Setting(
+                "LDAP_SEARCH_PASSWORD",
+                "",
+                text,
+                "The service account's password.",
+                "ldap_search_password",
+                secret=True,
+            ),
+            Setting(
+                "LDAP_USERNAME_ATTRIBUTE",
+                "uid",
+                ldap_attribute,
+                "uid (OpenLDAP) or sAMAccountName (Active Directory).",
+                "ldap_username_attribute",
+            ),
+            Setting(
+                "LDAP_GROUP_SEARCH_BASE",
+                "",
+                text,
+                "Where the groups are (e.g. ou=groups,dc=uni,dc=edu): each group listing the "
+                "user (member/uniqueMember) becomes a hub group named by its cn, which "
+                "ALLOWED_GROUPS, ADMIN_GROUPS, GPU profiles and quotas name. Needed for "
+                "ALLOWED_GROUPS/ADMIN_GROUPS. No ALLOWED_GROUPS and no ALLOWED_USERS: every "
+                "account in the directory may log in.",
+                "ldap_group_search_base",
             ),
         ),
     ),
@@ -1133,6 +1230,20 @@ class Settings:
     shm_size: int
     pids_limit: int
     idle_timeout: int
+    # OAuth modes: the login button's "Sign in with ..." name (LOGIN_SERVICE).
+    login_service: str
+    # AUTH=ldap (_check_ldap): the directory, how a login finds its entry, its groups.
+    ldap_url: str
+    ldap_host: str
+    ldap_port: int
+    # ldapauthenticator's tls_strategy: before_bind (StartTLS), on_connect (ldaps) or insecure.
+    ldap_tls: str
+    ldap_bind_dn_template: str
+    ldap_user_search_base: str
+    ldap_search_user: str
+    ldap_search_password: str
+    ldap_username_attribute: str
+    ldap_group_search_base: str
     # DATASETS (labhub.datasets): read-only mounts under /datasets, per group.
     datasets: tuple[Dataset, ...]
     # QUOTA_ROOT and the DISK_QUOTA* limits; root "" means quotas are off.
@@ -1180,6 +1291,14 @@ class Settings:
             _check_oauth(auth, values, problems)
             _check_oauth_identities(auth, values, problems)
             values["oauth"] = _oauth_settings(values)
+        if values.get("login_service") and auth not in OAUTH_CHOICES:
+            problems.append(
+                f"LOGIN_SERVICE={values['login_service']!r} names the button of an OAuth "
+                f"login; AUTH={auth} shows a username and password form: leave it empty"
+            )
+        values.update(ldap_host="", ldap_port=0, ldap_tls="")
+        if auth == "ldap":
+            _check_ldap(values, problems)
         _storage(values, problems)
         if values.get("monitoring") and not values.get("prometheus_api_token"):
             problems.append(
@@ -1195,6 +1314,86 @@ class Settings:
         if problems:
             raise SettingsError(problems)
         return cls(**_pick(cls, values))
+
+
+def _check_ldap(values: dict[str, Any], problems: list[str]) -> None:
+    """AUTH=ldap: the directory's address and TLS, how a login finds its entry, the groups.
+
+    Passwords cross the network, so the directory is spoken to over TLS (ldaps://, or
+    StartTLS on ldap://) checked against the system CAs and EXTRA_CA_FILE; plain LDAP
+    only with LDAP_ALLOW_PLAINTEXT=true. ldap3 checks the certificate's DNS names only,
+    so the URL names the host as its certificate does, never by IP address.
+    """
+    url: str = values.get("ldap_url", "")
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if (
+        parts.scheme not in ("ldap", "ldaps")
+        or not parts.hostname
+        or port == -1
+        or (parts.path not in ("", "/") or parts.query or parts.fragment or parts.username)
+    ):
+        problems.append(
+            f"LDAP_URL={url!r} is not a directory address: use ldaps://ldap.uni.edu (TLS, "
+            "port 636) or ldap://ldap.uni.edu (StartTLS, port 389), with :port if another"
+        )
+    else:
+        plaintext = values.get("ldap_allow_plaintext", False)
+        if plaintext and parts.scheme == "ldaps":
+            problems.append(
+                "LDAP_ALLOW_PLAINTEXT=true contradicts LDAP_URL=ldaps://...: TLS is on; "
+                "set LDAP_ALLOW_PLAINTEXT=false"
+            )
+        tls = {"ldaps": "on_connect", "ldap": "before_bind"}[parts.scheme]
+        if plaintext:
+            tls = "insecure"
+        host = parts.hostname
+        try:
+            ipaddress.ip_address(host)
+            is_ip = True
+        except ValueError:
+            is_ip = False
+        if is_ip and tls != "insecure":
+            problems.append(
+                f"LDAP_URL={url!r} names the directory by IP address: the hub checks the "
+                "directory's TLS certificate against its DNS names, so use the host name the "
+                "certificate carries, e.g. ldaps://ldap.uni.edu"
+            )
+        values.update(
+            ldap_host=host, ldap_port=port or (636 if tls == "on_connect" else 389), ldap_tls=tls
+        )
+    template: str = values.get("ldap_bind_dn_template", "")
+    search_base: str = values.get("ldap_user_search_base", "")
+    search_user: str = values.get("ldap_search_user", "")
+    search_password: str = values.get("ldap_search_password", "")
+    if bool(template) == bool(search_base):
+        problems.append(
+            "AUTH=ldap needs exactly one of LDAP_BIND_DN_TEMPLATE (the entry's DN with "
+            "{username}, e.g. uid={username},ou=people,dc=uni,dc=edu) or LDAP_USER_SEARCH_BASE "
+            "(search-then-bind, e.g. ou=people,dc=uni,dc=edu; Active Directory)"
+        )
+    rest = template.replace("{username}", "", 1)
+    if template and (rest == template or "{" in rest or "}" in rest):
+        problems.append(
+            f"LDAP_BIND_DN_TEMPLATE={template!r} must hold {{username}} once and no other "
+            "braces, e.g. uid={username},ou=people,dc=uni,dc=edu"
+        )
+    if bool(search_user) != bool(search_password):
+        problems.append(
+            "LDAP_SEARCH_USER and LDAP_SEARCH_PASSWORD go together: the DN and password of "
+            "the account that searches for users (both empty: an anonymous search)"
+        )
+    if search_user and not search_base:
+        problems.append("LDAP_SEARCH_USER is only used with LDAP_USER_SEARCH_BASE: set it too")
+    groups = values.get("allowed_groups") or values.get("admin_groups")
+    if groups and not values.get("ldap_group_search_base"):
+        problems.append(
+            "ALLOWED_GROUPS/ADMIN_GROUPS need LDAP_GROUP_SEARCH_BASE with AUTH=ldap: the "
+            "directory entry the groups are under, e.g. ou=groups,dc=uni,dc=edu"
+        )
 
 
 def _storage(values: dict[str, Any], problems: list[str]) -> None:

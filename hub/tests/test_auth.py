@@ -340,3 +340,31 @@ def test_the_real_authenticator_accepts_every_trait(env: dict[str, str]) -> None
             assert actual.keys() == value.keys(), key
         else:
             assert actual == value, key
+
+
+@pytest.mark.parametrize(
+    ("env", "default"),
+    [
+        ({"AUTH": "github", "GITHUB_ALLOWED_ORGS": "lab"}, None),  # OAuthenticator's "GitHub"
+        (GENERIC, "idp.example.edu"),
+    ],
+    ids=["github", "generic"],
+)
+def test_login_service_names_the_oauth_button(env: dict[str, str], default: str | None) -> None:
+    _, traits = config({**OAUTH, **env})
+    assert traits.get("login_service") == default
+    _, traits = config({**OAUTH, **env, "LOGIN_SERVICE": "University SSO"})
+    assert traits["login_service"] == "University SSO"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({**BASE, "LOGIN_SERVICE": "University SSO"}, "AUTH=native shows a username and"),
+        ({**GENERIC, "LOGIN_SERVICE": "x" * 61}, "is longer than 60 characters"),
+    ],
+    ids=["native-has-a-form", "too-long"],
+)
+def test_a_wrong_login_service_is_refused(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        Settings.from_env(env)

@@ -69,7 +69,7 @@ def test_public_url_carries_a_non_default_port() -> None:
 @pytest.mark.parametrize(
     ("overrides", "variable"),
     [
-        ({"AUTH": "ldap"}, "AUTH='ldap' is unknown"),
+        ({"AUTH": "kerberos"}, "AUTH='kerberos' is unknown"),
         ({"DOMAIN": "https://x.edu"}, "DOMAIN="),
         ({"HTTPS_PORT": "abc"}, "HTTPS_PORT="),
         ({"HTTPS_PORT": "70000"}, "HTTPS_PORT='70000'"),
