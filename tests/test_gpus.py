@@ -31,6 +31,7 @@ from fuzzing import FUZZ, json_body, segment
 from hypothesis import given
 from hypothesis import strategies as st
 from labhub.gpu.api import CONTENT_SECURITY_POLICY
+from monitoring import NVML_METRICS, dashboard_queries, prometheus_of, query, wait_for_data
 from stacks import USERS_CREATED, Stack, ensure_base_image, launched_stack
 
 if TYPE_CHECKING:
@@ -666,3 +667,34 @@ def test_gpu_admin_api_fuzz_never_5xx(
         assert "message" in response.json() or response.ok, (method, path, response.text[:300])
     else:
         assert response.status_code == 400 and "nginx" in response.text, (method, path)
+
+
+def test_prometheus_scrapes_the_gpu_service_and_every_gpu_panel_has_data(
+    gpu_stack: Stack, admin: Admin
+) -> None:
+    """MONITORING on the GPU stack: its Prometheus reads the GPU service with the metrics
+    token, and every GPU panel of the dashboard has data once a student holds a GPU
+    (the NVML panels only need a valid query: no NVML on this host)."""
+    token = gpu_stack.value("PROMETHEUS_API_TOKEN")
+    url = f"{gpu_stack.base_url}/services/gpus/metrics"
+    refused = requests.get(url, verify=gpu_stack.ca_file, timeout=30)
+    assert refused.status_code == 403 and "labhub_gpu" not in refused.text
+    [name] = admin.users(1, gpu_group=True)
+    admin.start({name: "gpu-1"})
+    try:
+        scraped = requests.get(
+            url, headers={"Authorization": f"Bearer {token}"}, verify=gpu_stack.ca_file, timeout=30
+        )
+        assert scraped.status_code == 200
+        assert 'labhub_gpu_holders{device="0",model="Test A100"}' in scraped.text
+        with prometheus_of(gpu_stack) as prometheus:
+            assert wait_for_data(prometheus, ['up{job="labhub-gpus"} == 1']) == []
+            queries = dashboard_queries(gpu=True)
+            measured = [q for q in queries if not any(m in q for m in NVML_METRICS)]
+            assert wait_for_data(prometheus, measured) == []
+            for nvml in set(queries) - set(measured):
+                query(prometheus, nvml)  # Prometheus accepts it; no data without NVML
+            held = query(prometheus, "sum(labhub_gpu_holders)")
+            assert float(held[0]["value"][1]) >= 1
+    finally:
+        admin.stop(name)

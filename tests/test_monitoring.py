@@ -5,50 +5,20 @@ dashboard has data."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 import requests
+from monitoring import DASHBOARD, dashboard_queries, prometheus_of, query, wait_for_data
 from stacks import REPO, Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
-DASHBOARD = REPO / "compose/monitoring/grafana/dashboards/labhub.json"
-
 
 @pytest.fixture(scope="module")
 def prometheus(stack: Stack) -> Iterator[str]:
-    """Prometheus from the stack's own compose file (profile monitoring), removed after."""
-    stack.compose("--profile", "monitoring", "up", "-d", "--wait", "prometheus")
-    try:
-        yield f"http://127.0.0.1:{stack.value('PROMETHEUS_PORT')}"
-    finally:
-        stack.compose("--profile", "monitoring", "rm", "--stop", "--force", "-v", "prometheus")
-
-
-def query(prometheus: str, expr: str) -> list[dict[str, Any]]:
-    response = requests.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=10)
-    response.raise_for_status()
-    result: list[dict[str, Any]] = response.json()["data"]["result"]
-    return result
-
-
-def wait_for_data(prometheus: str, exprs: list[str], timeout: float = 150) -> list[str]:
-    """The expressions that still return nothing after `timeout` (scrapes are every 15 s)."""
-    deadline = time.monotonic() + timeout
-    missing = list(exprs)
-    while missing and time.monotonic() < deadline:
-        missing = [expr for expr in missing if not query(prometheus, expr)]
-        if missing:
-            time.sleep(5)
-    return missing
-
-
-def dashboard_queries() -> list[str]:
-    dashboard = json.loads(DASHBOARD.read_text())
-    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    with prometheus_of(stack) as url:
+        yield url
 
 
 def test_prometheus_scrapes_the_hub_with_its_token(prometheus: str) -> None:
@@ -80,7 +50,7 @@ def test_every_dashboard_panel_has_data_after_a_student_spawns(
 ) -> None:
     student = stack.login(username)
     student.start_server(username)
-    queries = dashboard_queries()
+    queries = dashboard_queries(gpu=False)
     assert len(queries) >= 8
     assert wait_for_data(prometheus, queries) == []
     running = query(prometheus, "jupyterhub_running_servers")

@@ -6,8 +6,14 @@ set -euo pipefail
 umask 077
 printf '%s' "$PROMETHEUS_API_TOKEN" >/var/lib/prometheus/hub-token
 unset PROMETHEUS_API_TOKEN
+# The GPU service runs only with GPUs (GPU_INVENTORY not none): scrape it then.
+config=/var/lib/prometheus/prometheus.yml
+cp /etc/labhub/prometheus.yml "$config"
+if [[ "${GPU_INVENTORY:-none}" != none ]]; then
+  cat /etc/labhub/prometheus-gpus.yml >>"$config"
+fi
 exec prometheus \
-  --config.file=/etc/labhub/prometheus.yml \
+  --config.file="$config" \
   --storage.tsdb.path=/var/lib/prometheus/data \
   --storage.tsdb.retention.time="${PROMETHEUS_RETENTION:-30d}" \
   --web.listen-address=0.0.0.0:9090

@@ -34,6 +34,9 @@ API (JSON bodies; :mod:`labhub.gpu.api`):
 - ``POST api/devices/{id}/drain``    ``{"drained": true|false}``.
 - ``POST api/holders/{holder}/revoke`` stops the holder's server through the hub REST API.
 - ``POST api/quota/{subject}/topup`` ``{"hours": 5}``; ``POST api/quota/{subject}/reset``.
+
+``GET metrics``: Prometheus text (:mod:`labhub.gpu.metrics`) for a bearer of
+PROMETHEUS_API_TOKEN, outside the hub's OAuth (Prometheus has no browser).
 """
 
 from __future__ import annotations
@@ -62,7 +65,9 @@ from labhub.gpu.api import (
 from labhub.gpu.culler import cull_idle_gpu_holders
 from labhub.gpu.hubclient import hub_api_caller
 from labhub.gpu.inventory import Inventory
+from labhub.gpu.metrics import MetricsHandler
 from labhub.gpu.page import PageHandler
+from labhub.gpu.quota import QuotaPolicy
 from labhub.gpu.store import Store
 from labhub.settings import Settings, SettingsError
 from tornado import web
@@ -78,6 +83,8 @@ def make_app(
     prefix: str,
     hub_api_url: str,
     hub_api_token: str,
+    quota_policy: QuotaPolicy | None = None,
+    metrics_token: str | None = None,
 ) -> web.Application:
     """The tornado application; ``prefix`` is JUPYTERHUB_SERVICE_PREFIX (``/services/gpus/``)."""
     api = url_path_join(prefix, "api/")
@@ -93,9 +100,12 @@ def make_app(
             (api + r"holders/(.+)/revoke", RevokeHandler),
             (api + r"quota/([^/]+)/(topup|reset)", QuotaHandler),
             (api + ".*", UnknownApiPathHandler),
+            (url_path_join(prefix, "metrics"), MetricsHandler),
         ],
         gpu_store=store,
         gpu_inventory=inventory,
+        gpu_quota=quota_policy or QuotaPolicy(),
+        metrics_token=metrics_token,
         hub_auth=hub_auth,
         api_prefix=api,
         hub=hub_api_caller(hub_api_url, hub_api_token),
@@ -125,6 +135,7 @@ def main() -> None:
     app = make_app(
         allocator.store, allocator.inventory, hub_auth,
         os.environ["JUPYTERHUB_SERVICE_PREFIX"], hub_api_url, token,
+        allocator.quota, settings.prometheus_api_token,
     )  # fmt: skip
     port = int(os.environ["JUPYTERHUB_SERVICE_URL"].rsplit(":", 1)[1].split("/")[0])
     app.listen(port, address=args.bind)

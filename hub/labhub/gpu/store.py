@@ -181,6 +181,20 @@ class Store:
         ledger = self._ledger(conn, "usage", quota.iso_week(now))
         return quota.usage_this_week(ledger, running, now)
 
+    def week_ledgers(self, now: datetime) -> tuple[dict[str, float], dict[str, float]]:
+        """(GPU-hours used, hours topped up) per subject this ISO week."""
+        with self._tx() as conn:
+            return self._usage(conn, now), self._ledger(conn, "topups", quota.iso_week(now))
+
+    def event_counts(self) -> dict[tuple[str, str], int]:
+        """Audit entries counted by (action, reason); reason "" where there is none."""
+        with self._tx() as conn:
+            rows = conn.execute(
+                "SELECT action, COALESCE(json_extract(detail, '$.reason'), '') AS reason, "
+                "COUNT(*) AS n FROM audit GROUP BY action, reason"
+            ).fetchall()
+        return {(r["action"], str(r["reason"])): r["n"] for r in rows}
+
     def quota_lines(
         self, policy: quota.QuotaPolicy, user: str, groups: frozenset[str], now: datetime
     ) -> list[quota.QuotaLine]:

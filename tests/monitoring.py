@@ -1,0 +1,53 @@
+"""A stack's Prometheus (compose profile "monitoring") and queries against it, for the
+monitoring tests of the CPU stack and the GPU stack."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import requests
+from stacks import REPO, Stack
+
+DASHBOARD = REPO / "compose/monitoring/grafana/dashboards/labhub.json"
+# Read from NVML (nvidia-smi) in the hub container: no data on a host without it.
+NVML_METRICS = ("labhub_gpu_utilisation_ratio", "labhub_gpu_memory_used_bytes")
+
+
+@contextlib.contextmanager
+def prometheus_of(stack: Stack) -> Iterator[str]:
+    """The stack's own Prometheus service, started from its compose file, removed after."""
+    stack.compose("--profile", "monitoring", "up", "-d", "--wait", "prometheus")
+    try:
+        yield f"http://127.0.0.1:{stack.value('PROMETHEUS_PORT')}"
+    finally:
+        stack.compose("--profile", "monitoring", "rm", "--stop", "--force", "-v", "prometheus")
+
+
+def query(prometheus: str, expr: str) -> list[dict[str, Any]]:
+    """An instant query; raises on a query Prometheus refuses (a broken panel)."""
+    response = requests.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=10)
+    response.raise_for_status()
+    result: list[dict[str, Any]] = response.json()["data"]["result"]
+    return result
+
+
+def wait_for_data(prometheus: str, exprs: list[str], timeout: float = 150) -> list[str]:
+    """The expressions that still return nothing after `timeout` (scrapes are every 15 s)."""
+    deadline = time.monotonic() + timeout
+    missing = list(exprs)
+    while missing and time.monotonic() < deadline:
+        missing = [expr for expr in missing if not query(prometheus, expr)]
+        if missing:
+            time.sleep(5)
+    return missing
+
+
+def dashboard_queries(gpu: bool) -> list[str]:
+    """Every panel query of the shipped dashboard, of the GPU panels or of the others."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    return [expr for expr in exprs if ("labhub_gpu" in expr) == gpu]
