@@ -2,7 +2,8 @@
 
 import pytest
 from labhub.cli import main
-from minimal_env import MINIMAL_ENV
+
+from testsupport.minimal_env import MINIMAL_ENV
 
 pytestmark = pytest.mark.unit
 

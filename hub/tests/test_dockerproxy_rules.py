@@ -16,7 +16,6 @@ from typing import Any
 import docker
 import pytest
 import requests
-from acme_companion import RELOAD_EXEC
 from hypothesis import assume, given
 from hypothesis import strategies as st
 from jupyterhub.objects import Hub, Server
@@ -41,7 +40,9 @@ from labhub.dockerproxy import (
 )
 from labhub.settings import Settings
 from labhub.spawner import LabSpawner, spawner_config
-from minimal_env import MINIMAL_ENV
+
+from testsupport.acme_companion import RELOAD_EXEC
+from testsupport.minimal_env import MINIMAL_ENV
 
 pytestmark = pytest.mark.unit
 IMAGE = "labhub/workspace:0.1.0"

@@ -13,8 +13,9 @@ from jupyterhub.objects import Hub, Server
 from labhub.gpu.spawner import GpuSpawnerMixin, load_context
 from labhub.settings import Settings
 from labhub.spawner import LabSpawner, spawner_config
-from minimal_env import MINIMAL_ENV
 from traitlets.config import Config
+
+from testsupport.minimal_env import MINIMAL_ENV
 
 pytestmark = pytest.mark.unit
 
