@@ -2,6 +2,8 @@
 
 import pytest
 from labhub.cli import main
+from labhub.settings import Settings
+from labhub.spawner import spawner_config
 
 from testsupport.minimal_env import MINIMAL_ENV
 
@@ -28,3 +30,14 @@ def test_every_wrong_setting_is_listed_with_its_fix(
     err = capsys.readouterr().err
     assert "USER_MEM_LIMIT='lots' is not valid: a size such as 2G or 512M" in err
     assert "IDLE_TIMEOUT='-1' is not valid" in err
+
+
+def test_container_prefix_is_what_the_spawner_names_containers_with(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`make down` removes what starts with this: it must be the spawner's own prefix."""
+    settings = Settings.from_env({**MINIMAL_ENV, "DOCKER_NETWORK": "course2"})
+    assert main(["container-prefix", "course2"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.endswith("\n")
+    assert printed.rstrip("\n") == spawner_config(settings)["prefix"] + "-"
