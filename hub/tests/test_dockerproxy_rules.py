@@ -19,7 +19,7 @@ import requests
 from hypothesis import assume, given
 from hypothesis import strategies as st
 from jupyterhub.objects import Hub, Server
-from labhub.contract import CONTAINER_USER, OWNER_LABEL, container_name_prefix
+from labhub.contract import CONTAINER_USER, OWNER_LABEL, container_name_prefix, volume_prefix
 from labhub.dockerpolicy import (
     Allowed,
     FrontendPolicy,
@@ -47,6 +47,9 @@ from testsupport.minimal_env import MINIMAL_ENV
 pytestmark = pytest.mark.unit
 IMAGE = "labhub/workspace:0.1.0"
 POLICY = Policy(allowed_images=frozenset({IMAGE}), network="labhub")
+# What the spawner names this stack's containers and volumes (labhub.contract).
+CONTAINER_PREFIX = container_name_prefix(POLICY.network)
+VOLUME_PREFIX = volume_prefix(POLICY.network)
 CREATE = "/v1.41/containers/create"
 
 
@@ -206,7 +209,7 @@ MUTATIONS: dict[str, tuple[Callable[[dict[str, Any]], object], str]] = {
         "bind",
     ),
     "bind-propagation": (
-        _host(lambda h: h.update(Binds=["labhub-user-alice:/home/jovyan:rshared"])),
+        _host(lambda h: h.update(Binds=[f"{VOLUME_PREFIX}alice:/home/jovyan:rshared"])),
         "bind",
     ),
     "bind-other-volume": (_host(lambda h: h.update(Binds=["hub-data:/srv:rw"])), "bind"),
@@ -279,7 +282,9 @@ def test_any_host_config_key_labspawner_does_not_send_is_refused_by_name(key: st
     assume(key.casefold() not in sent)
     spec["HostConfig"][key] = None
     with pytest.raises(Refused, match=f"HostConfig: {key} not allowed"):
-        check_request(POLICY, "POST", CREATE + "?name=labhub-user-a", json.dumps(spec).encode())
+        check_request(
+            POLICY, "POST", CREATE + f"?name={CONTAINER_PREFIX}a", json.dumps(spec).encode()
+        )
 
 
 # --- Routes ---------------------------------------------------------------------------
@@ -315,8 +320,8 @@ def test_any_host_config_key_labspawner_does_not_send_is_refused_by_name(key: st
         ("DELETE", "/containers/create", None, "create"),
         ("GET", "/v1.41/containers/create/json", None, "create"),
         ("POST", "/v1.41/containers/json/kill?signal=SIGKILL", None, "json"),
-        ("GET", "/v1.41/volumes/labhub-user-alice", None, None),
-        ("DELETE", "/v1.41/volumes/labhub-user-alice", None, None),
+        ("GET", f"/v1.41/volumes/{VOLUME_PREFIX}alice", None, None),
+        ("DELETE", f"/v1.41/volumes/{VOLUME_PREFIX}alice", None, None),
     ],
 )
 def test_what_the_hub_needs_passes_and_single_containers_are_owner_checked(
@@ -353,7 +358,7 @@ def test_what_the_hub_needs_passes_and_single_containers_are_owner_checked(
         ("DELETE", "/v1.41/containers/abc?force=1&force=0", b"", "twice"),
         ("POST", "/v1.41/containers/abc/start?detachKeys=ctrl-x", b"", "detachKeys"),
         ("GET", "/v1.41/containers/json?filters=notjson", b"", "filters"),
-        ("DELETE", "/v1.41/volumes/labhub-user-a?force=1", b"", "force"),
+        ("DELETE", f"/v1.41/volumes/{VOLUME_PREFIX}a?force=1", b"", "force"),
         ("POST", "/v1.41/containers/create?name=postgres", b"{}", "must start with"),
         ("POST", "/v1.41/containers/create", b"{}", "must start with"),
         ("POST", "/v1.20/containers/abc/start", b'{"Privileged": true}', "no request body"),
@@ -397,7 +402,7 @@ def good_spec() -> dict[str, Any]:
             "NetworkMode": "labhub",
             "CapDrop": ["ALL"],
             "SecurityOpt": ["no-new-privileges:true"],
-            "Binds": ["labhub-user-alice:/home/jovyan:rw"],
+            "Binds": [f"{VOLUME_PREFIX}alice:/home/jovyan:rw"],
         },
     }
 
@@ -420,7 +425,7 @@ GOOD = json.dumps(good_spec())[1:-1]  # the members of a good body, to splice in
 )
 def test_create_bodies_that_docker_reads_differently_are_refused(body: str, reason: str) -> None:
     with pytest.raises(Refused, match=reason):
-        check_request(POLICY, "POST", CREATE + "?name=labhub-user-alice", body.encode())
+        check_request(POLICY, "POST", CREATE + f"?name={CONTAINER_PREFIX}alice", body.encode())
 
 
 def test_a_lowercase_key_is_read_as_docker_reads_it() -> None:
@@ -428,16 +433,18 @@ def test_a_lowercase_key_is_read_as_docker_reads_it() -> None:
     spec["hostconfig"] = spec.pop("HostConfig")
     spec["hostconfig"]["memory"] = spec["hostconfig"].pop("Memory")
     allowed = check_request(
-        POLICY, "POST", CREATE + "?name=labhub-user-a", json.dumps(spec).encode()
+        POLICY, "POST", CREATE + f"?name={CONTAINER_PREFIX}a", json.dumps(spec).encode()
     )
     assert json.loads(allowed.body) == spec
     spec["hostconfig"]["memory"] = POLICY.max_memory + 1
     with pytest.raises(Refused, match="Memory="):
-        check_request(POLICY, "POST", CREATE + "?name=labhub-user-a", json.dumps(spec).encode())
+        check_request(
+            POLICY, "POST", CREATE + f"?name={CONTAINER_PREFIX}a", json.dumps(spec).encode()
+        )
 
 
 def test_a_volume_bound_to_a_host_path_is_refused() -> None:
-    volume = {"Name": "labhub-user-evil", "Driver": "local"}
+    volume = {"Name": f"{VOLUME_PREFIX}evil", "Driver": "local"}
     bind = {**volume, "DriverOpts": {"type": "none", "o": "bind", "device": "/"}}
     for body, reason in (
         (bind, "driver options"),
@@ -521,7 +528,7 @@ def test_the_engine_gets_a_request_built_from_the_checked_parts_only() -> None:
 
 def test_the_forwarded_body_is_re_serialised_not_the_clients_bytes() -> None:
     spaced = json.dumps(good_spec(), indent=4).encode()
-    allowed = check_request(POLICY, "POST", CREATE + "?name=labhub-user-a", spaced)
+    allowed = check_request(POLICY, "POST", CREATE + f"?name={CONTAINER_PREFIX}a", spaced)
     assert allowed.body != spaced and json.loads(allowed.body) == good_spec()
 
 
@@ -600,7 +607,7 @@ def test_each_instance_gets_its_own_policy() -> None:
         hub("GET", "/v1.41/events", b"")
     assert front("GET", "/v1.41/events", b"").target == "/v1.41/events"
     with pytest.raises(Refused, match="not needed by nginx-proxy"):
-        front("POST", CREATE + "?name=labhub-user-a", json.dumps(good_spec()).encode())
+        front("POST", CREATE + f"?name={CONTAINER_PREFIX}a", json.dumps(good_spec()).encode())
 
 
 def read(*chunks: bytes, eof: bool = False) -> tuple[RequestHead, bytes]:
