@@ -250,7 +250,7 @@ def test_restoring_one_users_files_leaves_the_hub_and_others_running(
         stack.run(client, alice, "import os; os.remove('/home/jovyan/thesis.txt')")
         client.stop_server(alice)
         bob_client, bob_token = started_user(stack, bob)
-        bob_container = user_container(bob).id
+        bob_container = user_container(STACK, bob).id
         admin = stack.admin()
         assert admin.api("POST", f"/users/{username}-newer").status_code == 201
         USERS_CREATED.append(f"{username}-newer")
@@ -261,7 +261,7 @@ def test_restoring_one_users_files_leaves_the_hub_and_others_running(
         assert "hub and databases untouched" in restore.stdout
 
     assert hub_start_time(stack) == hub_started, "the hub was restarted"
-    assert user_container(bob).id == bob_container
+    assert user_container(STACK, bob).id == bob_container
     assert routed(stack, bob, bob_token), "bob's running server stopped answering"
     assert admin.api("GET", f"/users/{username}-newer").status_code == 200
     client.start_server(alice)
