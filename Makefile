@@ -72,9 +72,18 @@ up: preflight env stack-owner certs build ## Set everything up and start the pla
 	       "(make logs SERVICE=hub for more)" >&2; exit 1; }
 	@ENV_FILE=$(ENV_FILE) scripts/print-welcome.sh
 
+# Users' containers first, found by the name prefix the spawner gives them: the hub image
+# says what it is (labhub.contract owns it). Without that image nothing is stopped, as
+# netguard's step below needs it too.
+USER_CONTAINER_PREFIX = docker run --rm --pull never --network none \
+  labhub/hub:$(call env_value,LABHUB_VERSION) labhub container-prefix '$(call env_value,DOCKER_NETWORK)'
+
 .PHONY: down
 down: ## Stop the platform and users' servers (users' files and the hub database stay)
-	@docker ps -aq --filter 'name=^$(call env_value,DOCKER_NETWORK)-user-' | xargs -r docker rm -f >/dev/null
+	@prefix="$$($(USER_CONTAINER_PREFIX))" || { echo "make down: nothing stopped: the hub image" \
+	  "labhub/hub:$(call env_value,LABHUB_VERSION) did not answer (make build makes it)" >&2; exit 1; }; \
+	docker ps -a --format '{{.Names}}' | awk -v prefix="$$prefix" 'index($$0, prefix) == 1' \
+	  | xargs -r docker rm -f >/dev/null
 	$(COMPOSE) --profile monitoring down
 	@# Only now, with no user container left: netguard's rules go (stopping it keeps them).
 	$(COMPOSE) run --rm --no-deps netguard labhub-netguard remove

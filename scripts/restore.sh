@@ -35,8 +35,9 @@ if [[ -z "${ONLY_USERS:-}" ]]; then
   for archive in "${folder}"/volumes/*.tar.gz; do
     [[ -e "${archive}" ]] && volumes+=("$(basename "${archive}" .tar.gz)")
   done
-  # User containers are named <DOCKER_NETWORK>-user-<name> (labhub.spawner).
-  mapfile -t running < <(docker ps --format '{{.Names}}' --filter "name=^${network}-user-")
+  # User containers' names start with what labhub.contract says (the hub image tells).
+  prefix="$(docker run --rm --network none "${helper_image}" labhub container-prefix "${network}")"
+  mapfile -t running < <(docker ps --format '{{.Names}}' | awk -v p="${prefix}" 'index($0, p) == 1')
   for name in "${running[@]}"; do
     [[ -n "${name}" ]] && problems+=("server ${name} is running: a whole restore needs every user server stopped (admin panel: Stop All); or restore files only (ONLY_USERS)")
   done

@@ -16,8 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hubclient import HubClient
 from stacks import Stack
+
+from testsupport.hubclient import HubClient
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 PORT = 8765

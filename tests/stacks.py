@@ -8,7 +8,6 @@ it, with its own list of users to clean up."""
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import os
 import subprocess
@@ -19,9 +18,14 @@ from typing import Any
 
 import docker
 import pytest
-from hubclient import HubClient, run_in_kernel
+from labhub.contract import volume_name_for
 
-REPO = Path(__file__).resolve().parents[1]
+from testsupport.containers import user_containers
+from testsupport.hubclient import HubClient, run_in_kernel
+from testsupport.images import REPO
+
+# tests/test_gpus.py imports it from here, until it imports testsupport.images itself.
+
 # Every test user, whatever stack it ran on: their containers and volumes go at teardown.
 USERS_CREATED: list[str] = []
 # Several test stacks can run side by side on one engine (another name, other ports).
@@ -29,20 +33,6 @@ STACK = os.environ.get("LABHUB_TEST_STACK", "labhubtest")
 HTTPS_PORT = int(os.environ.get("LABHUB_TEST_HTTPS_PORT", "18443"))
 # The images' tag: another one lets two checkouts test side by side on one engine.
 VERSION = os.environ.get("LABHUB_TEST_VERSION", "test")
-# The Dockerfiles' base image; small test containers run it too.
-BASE_IMAGE = "debian:trixie-slim"
-
-
-@functools.cache
-def ensure_base_image() -> str:
-    """BASE_IMAGE, pulled or (no registry) built with debootstrap when the engine lacks it.
-
-    Integration tests that run before any stack is built need it on a fresh machine.
-    """
-    subprocess.run(
-        ["bash", "scripts/build-base-image.sh", BASE_IMAGE], cwd=REPO, check=True, timeout=1800
-    )
-    return BASE_IMAGE
 
 
 def run_make(
@@ -205,10 +195,8 @@ class Stack:
 
 
 def _remove_user_resources(network: str, usernames: list[str] | None = None) -> None:
-    from labhub.contract import volume_name_for
-
     api = docker.from_env()
-    for container in api.containers.list(all=True, filters={"name": f"{network}-user-"}):
+    for container in user_containers(network):
         container.remove(force=True)
     for name in usernames or []:
         # A volume still in use (409) belongs to a user of another stack that is still up:

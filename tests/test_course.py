@@ -31,9 +31,10 @@ import docker
 import pytest
 import requests
 from browser import ARTIFACTS, chromium, needs_chromium
-from hubclient import HubClient, Kernel, token_session, user_websocket
 from labhub.course import nbgitpuller_link
 from stacks import HTTPS_PORT, STACK, USERS_CREATED, VERSION, Stack, launched_stack
+
+from testsupport.hubclient import HubClient, Kernel, token_session, user_websocket
 
 pytestmark = pytest.mark.e2e
 

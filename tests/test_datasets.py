@@ -25,9 +25,11 @@ from labhub.contract import OWNER_LABEL
 from labhub.gpu.allocator import load_allocator
 from labhub.settings import Settings
 from labhub.spawner import LabSpawner, spawner_config
-from minimal_env import MINIMAL_ENV
-from stacks import STACK, ensure_base_image
+from stacks import STACK
 from test_dockerproxy import running_proxy
+
+from testsupport.images import ensure_base_image
+from testsupport.minimal_env import MINIMAL_ENV
 
 pytestmark = pytest.mark.integration
 TEST_LABEL = "labhub.test=datasets"

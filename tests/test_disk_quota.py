@@ -31,9 +31,11 @@ from labhub.settings import Settings
 from labhub.spawner import LabSpawner, spawner_config
 from labhub.volumes import remove_user_volume
 from loopfs import btrfs_with_quotas
-from minimal_env import MINIMAL_ENV
-from stacks import STACK, ensure_base_image
+from stacks import STACK
 from test_dockerproxy import running_proxy
+
+from testsupport.images import ensure_base_image
+from testsupport.minimal_env import MINIMAL_ENV
 
 pytestmark = pytest.mark.integration
 MIB = 1024**2

@@ -26,9 +26,21 @@ from typing import Any
 
 import docker
 import pytest
-from acme_companion import RELOAD_EXEC
-from minimal_env import MINIMAL_ENV
-from stacks import STACK, ensure_base_image
+import requests
+from labhub.contract import (
+    CONTAINER_USER,
+    OWNER_LABEL,
+    container_name_prefix,
+    volume_name_for,
+    volume_prefix,
+)
+from stacks import STACK
+
+from testsupport.acme_companion import RELOAD_EXEC
+from testsupport.containers import user_container, user_containers
+from testsupport.images import ensure_base_image
+from testsupport.minimal_env import MINIMAL_ENV
+from testsupport.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -81,16 +93,20 @@ def running_proxy(**settings: str) -> Iterator[int]:
         text=True,
     )
     client = docker.APIClient(base_url=f"tcp://127.0.0.1:{port}", version="1.41", timeout=10)
+
+    def answers() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"the proxy exited with {process.returncode}")
+        return bool(client.ping())
+
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                client.ping()
-                break
-            except Exception:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise
-                time.sleep(0.2)
+        wait_until(
+            answers,
+            30,
+            "the proxy to answer /_ping",
+            interval=0.2,
+            ignoring=(requests.ConnectionError, docker.errors.APIError),
+        )
         yield port
     finally:
         client.close()
@@ -117,8 +133,8 @@ def workspace_kwargs(image: str, network: str, volume: str, **extra: Any) -> dic
     return {
         "image": image,
         "command": ["sleep", "60"],
-        "user": "1000:100",
-        "labels": {"labhub.user": "proxytest", "labhub.test": "dockerproxy"},
+        "user": CONTAINER_USER,
+        "labels": {OWNER_LABEL: "proxytest", "labhub.test": "dockerproxy"},
         "network_mode": network,
         "volumes": {volume: {"bind": "/home/jovyan", "mode": "rw"}},
         "security_opt": ["no-new-privileges:true"],
@@ -143,10 +159,11 @@ def refused(call: Any) -> str:
 def test_a_workspace_container_passes_and_privilege_or_exec_are_refused(
     proxied: docker.DockerClient, engine: docker.DockerClient, network: str, image: str
 ) -> None:
-    volume = f"{network}-user-proxytest-{uuid.uuid4().hex[:6]}"
+    prefix = container_name_prefix(network)
+    volume = volume_prefix(network) + f"proxytest-{uuid.uuid4().hex[:6]}"
     try:
         container = proxied.containers.create(
-            **workspace_kwargs(image, network, volume), name=f"{network}-user-ok"
+            **workspace_kwargs(image, network, volume), name=prefix + "ok"
         )
         container.start()
         container.reload()
@@ -162,7 +179,7 @@ def test_a_workspace_container_passes_and_privilege_or_exec_are_refused(
         message = refused(
             lambda: proxied.containers.create(
                 **workspace_kwargs(image, network, volume, privileged=True),
-                name=f"{network}-user-priv",
+                name=prefix + "priv",
             )
         )
         assert "Privileged not allowed" in message
@@ -172,16 +189,14 @@ def test_a_workspace_container_passes_and_privilege_or_exec_are_refused(
         host_bind = workspace_kwargs(image, network, volume)
         host_bind["volumes"] = {"/": {"bind": "/host", "mode": "ro"}}
         assert "bind" in refused(
-            lambda: proxied.containers.create(**host_bind, name=f"{network}-user-bind")
+            lambda: proxied.containers.create(**host_bind, name=prefix + "bind")
         )
         # Another image (here: the hub's, which holds the hub's code): refused.
         other = {**workspace_kwargs(image, network, volume), "image": "labhub/hub:test"}
-        assert "image" in refused(
-            lambda: proxied.containers.create(**other, name=f"{network}-user-other")
-        )
+        assert "image" in refused(lambda: proxied.containers.create(**other, name=prefix + "other"))
         # Nothing of the refused create reached the engine.
         names = {c.name for c in engine.containers.list(all=True, filters={"network": network})}
-        assert f"{network}-user-priv" not in names
+        assert prefix + "priv" not in names
 
         container.remove(force=True)
     finally:
@@ -198,14 +213,14 @@ def test_raw_requests_docker_would_read_differently_are_refused(
     api = proxied.api
     base = {
         "Image": image,
-        "User": "1000:100",
+        "User": CONTAINER_USER,
         "HostConfig": {
             "NetworkMode": network,
             "SecurityOpt": ["no-new-privileges:true"],
             "CapDrop": ["ALL"],
         },
     }
-    url = api._url("/containers/create") + f"?name={network}-user-raw"
+    url = api._url("/containers/create") + f"?name={container_name_prefix(network)}raw"
     bodies = [
         {**base, "Privileged": True},  # top-level HostConfig field
         {**base, "HostConfig": {**base["HostConfig"], "privileged": True}},  # key case
@@ -330,7 +345,9 @@ def test_the_same_create_sent_plainly_is_refused_by_the_policy(
     proxy_port: int, engine: docker.DockerClient, network: str, image: str
 ) -> None:
     """The smuggled request itself, sent as a request of its own: 403 (not a framing issue)."""
-    answer = send_raw(proxy_port, privileged_create(image, f"{network}-user-plain"))
+    answer = send_raw(
+        proxy_port, privileged_create(image, container_name_prefix(network) + "plain")
+    )
     assert answer.startswith(b"HTTP/1.1 403 "), answer[:300]
     assert not engine.containers.list(all=True, filters={"label": SMUGGLED})
 
@@ -355,13 +372,11 @@ def test_labspawner_starts_and_stops_a_server_through_the_proxy(
     import asyncio
 
     from jupyterhub.objects import Hub, Server
-    from labhub.contract import OWNER_LABEL, volume_name_for
     from labhub.gpu.allocator import load_allocator
     from labhub.settings import Settings
     from labhub.spawner import LabSpawner, spawner_config
 
     username = f"proxytest{uuid.uuid4().hex[:6]}"
-    mine = {"label": f"{OWNER_LABEL}={username}"}
 
     class User:
         name = username
@@ -393,21 +408,23 @@ def test_labspawner_starts_and_stops_a_server_through_the_proxy(
     spawner.server = Server(base_url=User.url)
     try:
         ip, _ = asyncio.run(spawner.start())
-        [container] = engine.containers.list(filters=mine)
-        assert container.name == f"{network}-user-{username}"
+        container = user_container(network, username)
+        assert container.name == container_name_prefix(network) + username
         assert container.attrs["NetworkSettings"]["Networks"][network]["IPAddress"] == ip
         assert container.attrs["HostConfig"]["Memory"] == 256 * 1024**2
         asyncio.run(spawner.stop())
         # Removed (AutoRemove may still be finishing when stop() returns).
-        deadline = time.monotonic() + 10
-        while engine.api.containers(all=True, filters=mine) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not engine.api.containers(all=True, filters=mine)
+        wait_until(
+            lambda: not user_containers(network, username),
+            10,
+            f"{username}'s container to be removed",
+            interval=0.2,
+        )
     finally:
         LabSpawner._client = None
-        for leftover in engine.api.containers(all=True, filters=mine):
+        for leftover in user_containers(network, username):
             with contextlib.suppress(docker.errors.NotFound):
-                engine.api.remove_container(leftover["Id"], force=True)
+                leftover.remove(force=True)
         with contextlib.suppress(docker.errors.NotFound):
             engine.volumes.get(volume_name_for(username, network)).remove(force=True)
 

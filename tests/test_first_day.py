@@ -5,13 +5,14 @@ hand, into docs/user-guide.md)."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 from browser import ARTIFACTS, CHROMIUM, chromium
-from hubclient import HubClient, Kernel, Terminal
 from stacks import Stack
+
+from testsupport.hubclient import HubClient, Kernel, Terminal
+from testsupport.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -69,12 +70,13 @@ def test_terminal_notebook_and_tensorboard_work_together(stack: Stack, username:
     # The launcher's TensorBoard tile reads ~/logs: both the terminal's and the
     # notebook's runs must be listed (it re-reads the folder every 15 s).
     wanted = ("mnist-train-fast-", "notebook-lenet/", "notebook-strong/")
-    deadline = time.monotonic() + 120
-    runs = tensorboard_runs(client, stack, username, token)
-    while not all(any(run.startswith(w) for run in runs) for w in wanted):
-        assert time.monotonic() < deadline, f"TensorBoard lists {runs}, not {wanted}"
-        time.sleep(5)
-        runs = tensorboard_runs(client, stack, username, token)
+    wait_until(
+        lambda: tensorboard_runs(client, stack, username, token),
+        120,
+        f"TensorBoard to list {wanted}",
+        done=lambda runs: all(any(run.startswith(w) for run in runs) for w in wanted),
+        interval=5,
+    )
     if Path(CHROMIUM).exists():
         screenshot_tensorboard(stack, username, token, ARTIFACTS / "tensorboard-runs.png")
     client.stop_server(username)

@@ -30,7 +30,6 @@ from pathlib import Path
 
 import pytest
 import requests
-from hubclient import HubClient
 from origin_probe import (
     CHROMIUM,
     admin_follows_the_link,
@@ -39,6 +38,9 @@ from origin_probe import (
 )
 from origin_probe import PORT as PROBE_PORT
 from stacks import REPO, STACK, Stack
+
+from testsupport.hubclient import HubClient
+from testsupport.waiting import wait_until
 
 # The proxy with the image's defaults listens next to the test stack's own port.
 DEFAULTS_PORT = int(os.environ.get("LABHUB_TEST_HTTPS_PORT", "18443")) + 1
@@ -267,15 +269,16 @@ def front_defaults(stack: Stack, nobodys_dir: Path) -> Iterator[HubClient]:
     )
     client = HubClient(f"https://localhost:{DEFAULTS_PORT}", defaults.ca_file)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if client.session.get(client.url("/hub/login"), timeout=10).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            assert time.monotonic() < deadline, docker_logs(name)
-            time.sleep(1)
+        try:
+            wait_until(
+                lambda: client.session.get(client.url("/hub/login"), timeout=10).status_code,
+                60,
+                "the defaults proxy to serve /hub/login",
+                done=lambda status: status == 200,
+                ignoring=(requests.RequestException,),
+            )
+        except TimeoutError as error:
+            raise AssertionError(docker_logs(name)) from error
         yield client
     finally:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)

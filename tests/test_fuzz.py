@@ -15,10 +15,11 @@ from typing import Any
 
 import pytest
 import requests
-from fuzzing import FUZZ, json_body, segment
 from hypothesis import given
 from hypothesis import strategies as st
 from stacks import HTTPS_PORT, Stack
+
+from testsupport.fuzzing import FUZZ, json_body, segment
 
 pytestmark = pytest.mark.e2e
 

@@ -27,12 +27,14 @@ import docker
 import pytest
 import requests
 from browser import ARTIFACTS, chromium, needs_chromium
-from fuzzing import FUZZ, json_body, segment
 from hypothesis import given
 from hypothesis import strategies as st
 from labhub.gpu.api import CONTENT_SECURITY_POLICY
 from monitoring import NVML_METRICS, dashboard_queries, prometheus_of, query, wait_for_data
-from stacks import USERS_CREATED, Stack, ensure_base_image, launched_stack
+from stacks import USERS_CREATED, Stack, launched_stack
+
+from testsupport.fuzzing import FUZZ, json_body, segment
+from testsupport.images import ensure_base_image
 
 if TYPE_CHECKING:
     from playwright.sync_api import ConsoleMessage, Page

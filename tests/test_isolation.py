@@ -21,20 +21,22 @@ import json
 import socket
 import subprocess
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import docker
 import pytest
 import requests
-from hubclient import HubClient
 from labhub.netguard import chain_names, ruleset
 from labhub.netguard_service import apply, docker_backend, missing, remove
 from labhub.settings import NetworkSettings
 from stacks import HTTPS_PORT, STACK, USERS_CREATED, Stack, users_network_for
+
+from testsupport.containers import user_container
+from testsupport.hubclient import HubClient
+from testsupport.waiting import wait_until
 
 # A probe waits this long for an answer; DROP shows as a timeout after it.
 PROBE_SECONDS = 3.0
@@ -139,7 +141,7 @@ else:
 """,
     )
     assert started == "listening"
-    container = docker.from_env().containers.list(filters={"label": f"labhub.user={bob}"})[0]
+    container = user_container(STACK, bob)
     yield Students(
         alice,
         bob,
@@ -211,16 +213,19 @@ def lan_host() -> Iterator[tuple[str, int]]:
         )
         listener = subprocess.Popen(["ip", "netns", "exec", namespace, "python3", "-c", server])
         # Control: the host itself reaches it (so the path exists).
-        for _ in range(50):
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection((lan_ip, port), timeout=1) as connection,
-            ):
-                assert connection.recv(16) == b"lan"
-                break
-            time.sleep(0.1)
-        else:
-            raise AssertionError("the stand-in LAN host does not answer from the host")
+
+        def answers() -> bytes:
+            with socket.create_connection((lan_ip, port), timeout=1) as connection:
+                return connection.recv(16)
+
+        wait_until(
+            answers,
+            10,
+            "the stand-in LAN host to answer the host itself",
+            done=lambda greeting: greeting == b"lan",
+            interval=0.1,
+            ignoring=(OSError,),
+        )
         yield lan_ip, port
     finally:
         if listener is not None:
@@ -240,15 +245,6 @@ def host_address() -> str:
 
 def chain_rules(chain: str) -> str:
     return docker_backend().listing(chain)
-
-
-def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"not within {seconds} s: {what}")
 
 
 def netguard_with(stack: Stack, **overrides: str) -> None:
@@ -352,7 +348,7 @@ def test_lan_is_off_by_default_and_on_with_user_lan_access(
         # Positive control: the same probe connects once the guard allows the LAN.
         try:
             netguard_with(stack, USER_LAN_ACCESS="true")
-            wait_for(
+            wait_until(
                 lambda: "private ranges" not in chain_rules(FORWARD_CHAIN),
                 30,
                 "netguard applied USER_LAN_ACCESS=true",
@@ -360,7 +356,7 @@ def test_lan_is_off_by_default_and_on_with_user_lan_access(
             assert probe_from_alice(stack, students, [(lan_ip, port)])[target] == "open:lan"
         finally:
             stack.compose("up", "-d", "--no-deps", "netguard")
-            wait_for(
+            wait_until(
                 lambda: "private ranges" in chain_rules(FORWARD_CHAIN),
                 30,
                 "netguard back to USER_LAN_ACCESS=false",
@@ -380,13 +376,13 @@ def test_rules_survive_a_guard_restart_and_come_back_after_a_flush(
     target = f"{students.bob_ip}:{BOB_PORT}"
     assert probe_from_alice(stack, students, [(students.bob_ip, BOB_PORT)])[target] == "timeout"
     guard.start()
-    wait_for(lambda: healthy(f"{STACK}-netguard-1"), 60, "netguard healthy after its restart")
+    wait_until(lambda: healthy(f"{STACK}-netguard-1"), 60, "netguard healthy after its restart")
     assert chain_rules(FORWARD_CHAIN) == before
     # Someone flushes our chain (a firewall reload would): the guard puts it back.
     iptables = docker_backend()
     iptables.change("-F", FORWARD_CHAIN)
     assert "-A " not in chain_rules(FORWARD_CHAIN)
-    wait_for(lambda: chain_rules(FORWARD_CHAIN) == before, 20, "rules re-applied after a flush")
+    wait_until(lambda: chain_rules(FORWARD_CHAIN) == before, 20, "rules re-applied after a flush")
     assert "re-applied" in guard.logs(tail=20).decode()
     assert probe_from_alice(stack, students, [(students.bob_ip, BOB_PORT)])[target] == "timeout"
 

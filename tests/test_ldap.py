@@ -26,8 +26,9 @@ import pytest
 from browser import chromium, needs_chromium
 from campus_ca import issue_certificate, make_campus_ca
 from docker.models.containers import Container
-from hubclient import HubClient
 from stacks import HTTPS_PORT, REPO, STACK, USERS_CREATED, Stack, launched_stack, users_network_for
+
+from testsupport.hubclient import HubClient
 
 pytestmark = pytest.mark.e2e
 

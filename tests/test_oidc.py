@@ -26,7 +26,6 @@ import os
 import re
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,6 @@ import pytest
 import requests
 from campus_ca import issue_certificate, make_campus_ca
 from docker.models.containers import Container
-from hubclient import HubClient
 from stacks import (
     HTTPS_PORT,
     REPO,
@@ -48,6 +46,9 @@ from stacks import (
     launched_stack,
     users_network_for,
 )
+
+from testsupport.hubclient import HubClient
+from testsupport.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -106,20 +107,26 @@ def _build_provider_image(workdir: Path) -> None:
 
 
 def _wait_for_discovery(issuer: str, ca_file: str, container: Container) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        with contextlib.suppress(requests.ConnectionError):
-            response = requests.get(
-                f"{issuer}/.well-known/openid-configuration", verify=ca_file, timeout=5
-            )
-            if response.status_code == 200 and response.json()["issuer"] == issuer:
-                return
+    def discovered() -> bool:
         container.reload()
         if container.status != "running":
-            break
-        time.sleep(0.5)
-    logs = container.logs().decode(errors="replace")
-    raise AssertionError(f"the OIDC provider did not come up at {issuer}:\n{logs}")
+            raise AssertionError(f"the OIDC provider stopped ({container.status})")
+        response = requests.get(
+            f"{issuer}/.well-known/openid-configuration", verify=ca_file, timeout=5
+        )
+        return response.status_code == 200 and response.json()["issuer"] == issuer
+
+    try:
+        wait_until(
+            discovered,
+            120,
+            f"the OIDC provider's discovery at {issuer}",
+            interval=0.5,
+            ignoring=(requests.ConnectionError,),
+        )
+    except (AssertionError, TimeoutError) as error:
+        logs = container.logs().decode(errors="replace")
+        raise AssertionError(f"{error}; the provider's log:\n{logs}") from error
 
 
 @pytest.fixture(scope="module")

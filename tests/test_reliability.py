@@ -18,8 +18,11 @@ from pathlib import Path
 import docker
 import pytest
 import requests
-from hubclient import HubClient, Kernel
 from stacks import STACK, USERS_CREATED, VERSION, Stack
+
+from testsupport.containers import user_container
+from testsupport.hubclient import HubClient, Kernel
+from testsupport.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -29,27 +32,20 @@ ROUTES_BACK_WITHIN = 60.0
 
 
 # --- helpers -------------------------------------------------------------------------
-def user_container(username: str) -> docker.models.containers.Container:
-    """The user's container in this stack (found by the spawner's `labhub.user` label)."""
-    found = docker.from_env().containers.list(
-        all=True, filters={"label": f"labhub.user={username}", "name": f"{STACK}-user-"}
-    )
-    assert len(found) == 1, f"{len(found)} containers for {username}"
-    return found[0]
-
-
 def wait_hub_healthy(stack: Stack, timeout: float = 180) -> float:
     """Poll the hub's health endpoint through nginx; return the seconds it took."""
     session = requests.Session()
     session.trust_env = False
     session.verify = stack.ca_file
     start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        with contextlib.suppress(requests.RequestException):
-            if session.get(stack.base_url + "/hub/health", timeout=5).status_code == 200:
-                return time.monotonic() - start
-        time.sleep(1)
-    raise TimeoutError(f"the hub was not healthy within {timeout} s")
+    wait_until(
+        lambda: session.get(stack.base_url + "/hub/health", timeout=5).status_code,
+        timeout,
+        "the hub's /hub/health to answer 200",
+        done=lambda status: status == 200,
+        ignoring=(requests.RequestException,),
+    )
+    return time.monotonic() - start
 
 
 def server_status(stack: Stack, username: str, token: str) -> requests.Response:
@@ -83,7 +79,7 @@ def started_user(stack: Stack, username: str) -> tuple[HubClient, str]:
 # --- hub restart ------------------------------------------------------------------------
 def test_hub_restart_keeps_servers_running_and_reachable(stack: Stack, username: str) -> None:
     client, token = started_user(stack, username)
-    before = user_container(username).id
+    before = user_container(STACK, username).id
     kernel = Kernel(stack.base_url, stack.ca_file, username, token)
     kernel.execute("x = 6 * 7\nopen('/home/jovyan/notes.txt', 'w').write('before restart')")
     assert routed(stack, username, token)  # also fills the server's token cache
@@ -102,7 +98,7 @@ def test_hub_restart_keeps_servers_running_and_reachable(stack: Stack, username:
     stack.compose("restart", "hub")
     wait_hub_healthy(stack)
 
-    container = user_container(username)
+    container = user_container(STACK, username)
     assert container.id == before, "the hub restart replaced the user's container"
     assert container.status == "running"
     # The hub picked the server back up: ready, same container, same kernel state, files.
@@ -127,12 +123,15 @@ def test_proxy_restart_restores_every_route(stack: Stack, username: str) -> None
     restarted = time.monotonic()
     # A restarted configurable-http-proxy has an empty routing table: until the hub
     # re-adds the routes, /user/<name>/ falls through to the hub.
-    missing = set(users)
-    while missing and time.monotonic() - restarted < ROUTES_BACK_WITHIN + 30:
-        missing = {name for name, (_, token) in users.items() if not routed(stack, name, token)}
-        time.sleep(1)
+    wait_until(
+        lambda: sorted(
+            name for name, (_, token) in users.items() if not routed(stack, name, token)
+        ),
+        ROUTES_BACK_WITHIN + 30,
+        "every user's route back in the restarted proxy (names: still missing)",
+        done=lambda missing: not missing,
+    )
     took = time.monotonic() - restarted
-    assert not missing, f"routes still missing after {took:.0f} s: {sorted(missing)}"
     assert took <= ROUTES_BACK_WITHIN, f"routes came back after {took:.0f} s"
     print(f"every route back {took:.1f} s after the proxy restart")
     for name, (client, _) in users.items():
@@ -144,21 +143,19 @@ def test_proxy_restart_restores_every_route(stack: Stack, username: str) -> None
 def test_killed_container_starts_again_with_files(stack: Stack, username: str) -> None:
     client, _ = started_user(stack, username)
     stack.run(client, username, "open('/home/jovyan/data.csv', 'w').write('a,b\\n1,2\\n')")
-    killed = user_container(username)
+    killed = user_container(STACK, username)
     killed.kill()
 
     # The user just asks again: the hub polls the dead container and starts a new one.
-    deadline = time.monotonic() + 120
-    while True:
+    def asked_again() -> bool:
         response = client.api("POST", f"/users/{username}/server")
-        if response.status_code in (201, 202):
-            break
         # 400 "already running" until the hub's poll has noticed the dead container.
-        assert response.status_code == 400, response.text
-        assert time.monotonic() < deadline, "the hub never noticed the killed container"
-        time.sleep(2)
+        assert response.status_code in (201, 202, 400), response.text
+        return response.status_code != 400
+
+    wait_until(asked_again, 120, "the hub to notice the killed container", interval=2)
     client.wait_ready(username)
-    assert user_container(username).id != killed.id
+    assert user_container(STACK, username).id != killed.id
     output = stack.run(client, username, "print(open('/home/jovyan/data.csv').read())")
     assert output == "a,b\n1,2\n\n"
     client.stop_server(username)
@@ -226,7 +223,7 @@ def test_whole_restore_refuses_while_servers_run_and_names_each(
     stack: Stack, username: str
 ) -> None:
     started_user(stack, username)
-    container = user_container(username).name
+    container = user_container(STACK, username).name
     hub_started = hub_start_time(stack)
     with tempfile.TemporaryDirectory() as tmp:
         folder = backup_of(stack, tmp, username)
@@ -253,7 +250,7 @@ def test_restoring_one_users_files_leaves_the_hub_and_others_running(
         stack.run(client, alice, "import os; os.remove('/home/jovyan/thesis.txt')")
         client.stop_server(alice)
         bob_client, bob_token = started_user(stack, bob)
-        bob_container = user_container(bob).id
+        bob_container = user_container(STACK, bob).id
         admin = stack.admin()
         assert admin.api("POST", f"/users/{username}-newer").status_code == 201
         USERS_CREATED.append(f"{username}-newer")
@@ -264,7 +261,7 @@ def test_restoring_one_users_files_leaves_the_hub_and_others_running(
         assert "hub and databases untouched" in restore.stdout
 
     assert hub_start_time(stack) == hub_started, "the hub was restarted"
-    assert user_container(bob).id == bob_container
+    assert user_container(STACK, bob).id == bob_container
     assert routed(stack, bob, bob_token), "bob's running server stopped answering"
     assert admin.api("GET", f"/users/{username}-newer").status_code == 200
     client.start_server(alice)
@@ -340,7 +337,7 @@ def test_image_upgrade_keeps_every_users_files(
         "open('/home/jovyan/mine.txt', 'w').write('untouched')\n"
         "print(open('/home/jovyan/.mnist_workspace_version').read().strip())",
     ).strip()
-    old_image = user_container(username).image.id
+    old_image = user_container(STACK, username).image.id
 
     # The upgrade: point the stack at the new version and recreate the services.
     set_env_value(stack.env_file, "LABHUB_VERSION", upgrade_tag)
@@ -349,7 +346,7 @@ def test_image_upgrade_keeps_every_users_files(
     client = stack.login(username)
     client.stop_server(username)
     client.start_server(username)
-    container = user_container(username)
+    container = user_container(STACK, username)
     assert container.image.id != old_image
     assert container.image.tags == [f"labhub/workspace:{upgrade_tag}"]
 

@@ -25,8 +25,10 @@ from urllib.parse import urlparse
 import docker
 import pytest
 import requests
-from hubclient import HubClient
 from stacks import STACK, USERS_CREATED, VERSION, Stack
+
+from testsupport.containers import user_container
+from testsupport.hubclient import HubClient
 
 pytestmark = pytest.mark.e2e
 
@@ -49,14 +51,6 @@ class Watch:
 
     polls: int = 0
     failures: list[str] = field(default_factory=list)
-
-
-def container_of(username: str) -> Any:
-    """The user's container (found by the spawner's label)."""
-    api = docker.from_env()
-    found = api.containers.list(filters={"label": f"labhub.user={username}"})
-    assert len(found) == 1, f"{username}: {found}"
-    return found[0]
 
 
 def forget(clients: dict[str, HubClient]) -> None:
@@ -470,7 +464,7 @@ print(json.dumps({"returncode": p.returncode, "peak_mib": int(lines[-1]) if line
 
 
 def test_memory_hog_is_killed_and_others_keep_serving(stack: Stack, pair: Pair) -> None:
-    limit_mib = int(container_of(pair.alice).attrs["HostConfig"]["Memory"]) // 2**20
+    limit_mib = int(user_container(STACK, pair.alice).attrs["HostConfig"]["Memory"]) // 2**20
     assert limit_mib > 0, "alice's container has no memory limit"
     code = MEMORY_HOG.replace("LIMIT_MIB", str(limit_mib))
     seen, watch = while_watching(stack, pair, lambda: in_alice(stack, pair, code))
@@ -589,7 +583,7 @@ def test_odd_usernames_get_distinct_safe_volumes_on_the_real_stack(stack: Stack)
     try:
         for name, client in clients.items():
             client.start_server(name)
-            mounts = container_of(name).attrs["Mounts"]
+            mounts = user_container(STACK, name).attrs["Mounts"]
             home = [m for m in mounts if m["Destination"] == "/home/jovyan"]
             assert len(home) == 1 and home[0]["Type"] == "volume", mounts
             volumes[name] = home[0]["Name"]

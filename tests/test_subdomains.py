@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hubclient import HubClient, run_in_kernel
 from origin_probe import (
     CHROMIUM,
     admin_follows_the_link,
@@ -23,6 +22,8 @@ from origin_probe import (
 )
 from origin_probe import PORT as PROBE_PORT
 from stacks import HTTPS_PORT, USERS_CREATED, Stack, launched_stack
+
+from testsupport.hubclient import HubClient, run_in_kernel
 
 pytestmark = pytest.mark.e2e
 DOMAIN = "lab.localhost"

@@ -9,7 +9,9 @@ from collections.abc import Iterator
 
 import docker
 import pytest
-from stacks import HTTPS_PORT, STACK, USERS_CREATED, Stack, ensure_base_image, launched_stack
+from stacks import HTTPS_PORT, STACK, USERS_CREATED, Stack, launched_stack
+
+from testsupport.images import ensure_base_image
 
 pytestmark = pytest.mark.e2e
 

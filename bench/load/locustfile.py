@@ -254,14 +254,14 @@ def _remove_students(**_: Any) -> None:
     import contextlib
 
     import docker
-    from labhub.contract import volume_name_for
+    from labhub.contract import OWNER_LABEL, container_name_prefix, volume_name_for
 
     api = docker.from_env()
     network = ENV.get("DOCKER_NETWORK", ENV["STACK_NAME"])
-    prefix = f"{network}-user-"
+    prefix = f"^{container_name_prefix(network)}"
     for name in _started:
         for container in api.containers.list(
-            all=True, filters={"label": f"labhub.user={name}", "name": prefix}
+            all=True, filters={"label": f"{OWNER_LABEL}={name}", "name": prefix}
         ):
             container.remove(force=True)
         with contextlib.suppress(docker.errors.NotFound):

@@ -42,6 +42,7 @@ from typing import Any
 
 import docker
 import requests
+from labhub.contract import OWNER_LABEL, container_name_prefix, volume_name_for
 
 # --- Setup -----------------------------------------------------------------------------
 
@@ -60,7 +61,7 @@ class Target:
     base_url: str
     ca_file: str
     stack_name: str  # compose project: the hub is <stack_name>-hub-1
-    network: str  # user containers are <network>-user-<name>
+    network: str  # DOCKER_NETWORK: user containers and volumes are named after it
     version: str
     admin_name: str
     admin_password: str
@@ -213,9 +214,12 @@ def stop(session: Session, timeout: float = 120) -> None:
 
 
 def container_of(api: docker.DockerClient, target: Target, username: str) -> Any:
-    found = api.containers.list(
-        filters={"label": f"labhub.user={username}", "name": f"{target.network}-user-"}
-    )
+    """The user's running container, named and labelled as labhub.contract says."""
+    filters = {
+        "label": f"{OWNER_LABEL}={username}",
+        "name": f"^{container_name_prefix(target.network)}",
+    }
+    found = api.containers.list(filters=filters)
     return found[0] if found else None
 
 
@@ -461,8 +465,6 @@ def main() -> int:
 
 def cleanup(target: Target, api: docker.DockerClient, created: list[Session]) -> None:
     """Stop and delete every user this run created, and remove their volumes."""
-    from labhub.contract import volume_name_for
-
     with contextlib.suppress(Exception):
         admin = Session(target, target.admin_name, target.admin_password)
         for session in created:

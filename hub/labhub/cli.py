@@ -8,6 +8,9 @@ labhub settings-docs     write .env.example and docs/settings.md from the settin
 labhub z2jh-values       print the same lab as Zero to JupyterHub values (YAML)
 labhub course-link       print an nbgitpuller link for course material in git; with
                          --group, show it to that group on the hub's pages (docs/course.md)
+labhub container-prefix NETWORK
+                         what the name of every user container of that stack starts
+                         with (`make down` and scripts/restore.sh find them by it)
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 import requests
 
 from . import course
-from .contract import volume_name_for
+from .contract import container_name_prefix, volume_name_for
 from .settings import NetworkSettings, Settings, SettingsError
 from .settingsdoc import stale, write
 
@@ -136,6 +139,12 @@ def course_link(args: argparse.Namespace) -> int:
     return 0
 
 
+def print_container_prefix(network: str) -> int:
+    """Print the user containers' name prefix, so shell never spells it out itself."""
+    print(container_name_prefix(network))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="labhub", description=__doc__.split("\n", 1)[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -154,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     link.add_argument("--group", default="", help="JupyterHub group whose pages show the link")
     link.add_argument("--title", default="", help="the link's text (default: the repo's name)")
     link.add_argument("--remove", action="store_true", help="take the link off the group")
+    prefix = commands.add_parser(
+        "container-prefix", help="what every user container's name starts with"
+    )
+    prefix.add_argument("network", help="the stack's DOCKER_NETWORK")
     args = parser.parse_args(argv)
     if args.command == "check-settings":
         return check_settings()
@@ -165,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         return course_link(args)
     if args.command == "user-volumes":
         return user_volumes(args.db, args.network)
+    if args.command == "container-prefix":
+        return print_container_prefix(args.network)
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -5,8 +5,12 @@ from pathlib import Path
 
 import pytest
 from labhub.cli import main
+from labhub.gpu.allocator import load_allocator
+from labhub.settings import Settings
 from labhub.settingsdoc import GENERATED
-from minimal_env import MINIMAL_ENV
+from labhub.spawner import spawner_config
+
+from testsupport.minimal_env import MINIMAL_ENV
 
 pytestmark = pytest.mark.unit
 
@@ -57,3 +61,16 @@ def test_settings_docs_writes_the_generated_files_and_check_reports_drift(
     assert main(["settings-docs", "--root", str(tmp_path), "--check"]) == 1
     assert "docs/settings.md differs" in capsys.readouterr().out
     assert (tmp_path / "docs/settings.md").read_text() == "edited by hand\n"
+
+
+def test_container_prefix_is_what_the_spawner_names_containers_with(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """`make down` removes what starts with this: it must be the spawner's own prefix."""
+    env = {**MINIMAL_ENV, "DOCKER_NETWORK": "course2", "GPU_DB": str(tmp_path / "gpu.sqlite")}
+    settings = Settings.from_env(env)
+    assert main(["container-prefix", "course2"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.endswith("\n")
+    config = spawner_config(settings, load_allocator(settings))
+    assert printed.rstrip("\n") == config["prefix"] + "-"

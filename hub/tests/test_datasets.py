@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from labhub.datasets import Dataset, DatasetsError, binds_for, load_datasets
 from labhub.settings import Settings, SettingsError
-from minimal_env import MINIMAL_ENV
+
+from testsupport.minimal_env import MINIMAL_ENV
 
 pytestmark = pytest.mark.unit
 

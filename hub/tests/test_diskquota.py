@@ -12,7 +12,8 @@ from labhub.contract import quota_home_options, volume_name_for
 from labhub.diskquota import DiskQuotas, is_home_volume
 from labhub.dockerpolicy import Policy, Refused, check_request
 from labhub.settings import Settings, SettingsError
-from minimal_env import MINIMAL_ENV
+
+from testsupport.minimal_env import MINIMAL_ENV
 
 pytestmark = pytest.mark.unit
 G = 1024**3

@@ -16,11 +16,10 @@ from typing import Any
 import docker
 import pytest
 import requests
-from acme_companion import RELOAD_EXEC
 from hypothesis import assume, given
 from hypothesis import strategies as st
 from jupyterhub.objects import Hub, Server
-from labhub.contract import CONTAINER_USER, OWNER_LABEL, container_name_prefix
+from labhub.contract import CONTAINER_USER, OWNER_LABEL, container_name_prefix, volume_prefix
 from labhub.dockerpolicy import (
     Allowed,
     FrontendPolicy,
@@ -42,11 +41,16 @@ from labhub.dockerproxy import (
 from labhub.gpu.allocator import load_allocator
 from labhub.settings import Settings
 from labhub.spawner import LabSpawner, spawner_config
-from minimal_env import MINIMAL_ENV
+
+from testsupport.acme_companion import RELOAD_EXEC
+from testsupport.minimal_env import MINIMAL_ENV
 
 pytestmark = pytest.mark.unit
 IMAGE = "labhub/workspace:0.1.0"
 POLICY = Policy(allowed_images=frozenset({IMAGE}), network="labhub")
+# What the spawner names this stack's containers and volumes (labhub.contract).
+CONTAINER_PREFIX = container_name_prefix(POLICY.network)
+VOLUME_PREFIX = volume_prefix(POLICY.network)
 CREATE = "/v1.41/containers/create"
 
 
@@ -275,7 +279,7 @@ MUTATIONS: dict[str, tuple[Callable[[dict[str, Any]], object], str]] = {
         "bind",
     ),
     "bind-propagation": (
-        _host(lambda h: h.update(Binds=["labhub-user-alice:/home/jovyan:rshared"])),
+        _host(lambda h: h.update(Binds=[f"{VOLUME_PREFIX}alice:/home/jovyan:rshared"])),
         "bind",
     ),
     "bind-other-volume": (_host(lambda h: h.update(Binds=["hub-data:/srv:rw"])), "bind"),
@@ -348,7 +352,9 @@ def test_any_host_config_key_labspawner_does_not_send_is_refused_by_name(key: st
     assume(key.casefold() not in sent)
     spec["HostConfig"][key] = None
     with pytest.raises(Refused, match=f"HostConfig: {key} not allowed"):
-        check_request(POLICY, "POST", CREATE + "?name=labhub-user-a", json.dumps(spec).encode())
+        check_request(
+            POLICY, "POST", CREATE + f"?name={CONTAINER_PREFIX}a", json.dumps(spec).encode()
+        )
 
 
 # --- Routes ---------------------------------------------------------------------------
@@ -384,8 +390,8 @@ def test_any_host_config_key_labspawner_does_not_send_is_refused_by_name(key: st
         ("DELETE", "/containers/create", None, "create"),
         ("GET", "/v1.41/containers/create/json", None, "create"),
         ("POST", "/v1.41/containers/json/kill?signal=SIGKILL", None, "json"),
-        ("GET", "/v1.41/volumes/labhub-user-alice", None, None),
-        ("DELETE", "/v1.41/volumes/labhub-user-alice", None, None),
+        ("GET", f"/v1.41/volumes/{VOLUME_PREFIX}alice", None, None),
+        ("DELETE", f"/v1.41/volumes/{VOLUME_PREFIX}alice", None, None),
     ],
 )
 def test_what_the_hub_needs_passes_and_single_containers_are_owner_checked(
@@ -422,7 +428,7 @@ def test_what_the_hub_needs_passes_and_single_containers_are_owner_checked(
         ("DELETE", "/v1.41/containers/abc?force=1&force=0", b"", "twice"),
         ("POST", "/v1.41/containers/abc/start?detachKeys=ctrl-x", b"", "detachKeys"),
         ("GET", "/v1.41/containers/json?filters=notjson", b"", "filters"),
-        ("DELETE", "/v1.41/volumes/labhub-user-a?force=1", b"", "force"),
+        ("DELETE", f"/v1.41/volumes/{VOLUME_PREFIX}a?force=1", b"", "force"),
         ("POST", "/v1.41/containers/create?name=postgres", b"{}", "must start with"),
         ("POST", "/v1.41/containers/create", b"{}", "must start with"),
         ("POST", "/v1.20/containers/abc/start", b'{"Privileged": true}', "no request body"),
@@ -466,7 +472,7 @@ def good_spec() -> dict[str, Any]:
             "NetworkMode": "labhub",
             "CapDrop": ["ALL"],
             "SecurityOpt": ["no-new-privileges:true"],
-            "Binds": ["labhub-user-alice:/home/jovyan:rw"],
+            "Binds": [f"{VOLUME_PREFIX}alice:/home/jovyan:rw"],
         },
     }
 
@@ -489,7 +495,7 @@ GOOD = json.dumps(good_spec())[1:-1]  # the members of a good body, to splice in
 )
 def test_create_bodies_that_docker_reads_differently_are_refused(body: str, reason: str) -> None:
     with pytest.raises(Refused, match=reason):
-        check_request(POLICY, "POST", CREATE + "?name=labhub-user-alice", body.encode())
+        check_request(POLICY, "POST", CREATE + f"?name={CONTAINER_PREFIX}alice", body.encode())
 
 
 def test_a_lowercase_key_is_read_as_docker_reads_it() -> None:
@@ -497,16 +503,18 @@ def test_a_lowercase_key_is_read_as_docker_reads_it() -> None:
     spec["hostconfig"] = spec.pop("HostConfig")
     spec["hostconfig"]["memory"] = spec["hostconfig"].pop("Memory")
     allowed = check_request(
-        POLICY, "POST", CREATE + "?name=labhub-user-a", json.dumps(spec).encode()
+        POLICY, "POST", CREATE + f"?name={CONTAINER_PREFIX}a", json.dumps(spec).encode()
     )
     assert json.loads(allowed.body) == spec
     spec["hostconfig"]["memory"] = POLICY.max_memory + 1
     with pytest.raises(Refused, match="Memory="):
-        check_request(POLICY, "POST", CREATE + "?name=labhub-user-a", json.dumps(spec).encode())
+        check_request(
+            POLICY, "POST", CREATE + f"?name={CONTAINER_PREFIX}a", json.dumps(spec).encode()
+        )
 
 
 def test_a_volume_bound_to_a_host_path_is_refused() -> None:
-    volume = {"Name": "labhub-user-evil", "Driver": "local"}
+    volume = {"Name": f"{VOLUME_PREFIX}evil", "Driver": "local"}
     bind = {**volume, "DriverOpts": {"type": "none", "o": "bind", "device": "/"}}
     for body, reason in (
         (bind, "driver options"),
@@ -590,7 +598,7 @@ def test_the_engine_gets_a_request_built_from_the_checked_parts_only() -> None:
 
 def test_the_forwarded_body_is_re_serialised_not_the_clients_bytes() -> None:
     spaced = json.dumps(good_spec(), indent=4).encode()
-    allowed = check_request(POLICY, "POST", CREATE + "?name=labhub-user-a", spaced)
+    allowed = check_request(POLICY, "POST", CREATE + f"?name={CONTAINER_PREFIX}a", spaced)
     assert allowed.body != spaced and json.loads(allowed.body) == good_spec()
 
 
@@ -669,7 +677,7 @@ def test_each_instance_gets_its_own_policy() -> None:
         hub("GET", "/v1.41/events", b"")
     assert front("GET", "/v1.41/events", b"").target == "/v1.41/events"
     with pytest.raises(Refused, match="not needed by nginx-proxy"):
-        front("POST", CREATE + "?name=labhub-user-a", json.dumps(good_spec()).encode())
+        front("POST", CREATE + f"?name={CONTAINER_PREFIX}a", json.dumps(good_spec()).encode())
 
 
 def read(*chunks: bytes, eof: bool = False) -> tuple[RequestHead, bytes]:

@@ -9,7 +9,8 @@ import docker
 import pytest
 from labhub.contract import volume_name_for
 from labhub.volumes import remove_user_volume
-from stacks import ensure_base_image
+
+from testsupport.images import ensure_base_image
 
 pytestmark = pytest.mark.integration
 # A stack name no real stack uses: the test's volumes never meet a real user's.

@@ -23,8 +23,9 @@ from labhub.gpu.profiles import Profile, default_profiles
 from labhub.gpu.scheduler import GpuRequest
 from labhub.settings import NetworkSettings, Settings, parse_memory
 from labhub.z2jh import PROFILES_BY_GROUP, quantity, to_yaml, values
-from minimal_env import MINIMAL_ENV
 from traitlets.config import Config
+
+from testsupport.minimal_env import MINIMAL_ENV
 
 pytestmark = pytest.mark.unit
 

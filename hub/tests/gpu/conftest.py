@@ -10,7 +10,8 @@ import docker
 import pytest
 from labhub.gpu.inventory import Device, Inventory
 from labhub.gpu.store import Store
-from stacks import BASE_IMAGE, ensure_base_image
+
+from testsupport.images import BASE_IMAGE, ensure_base_image
 
 TEST_LABEL = {"labhub.test": "gpu"}
 IMAGE = BASE_IMAGE

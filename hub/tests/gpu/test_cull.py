@@ -11,7 +11,8 @@ from labhub.gpu.culler import cull_idle_gpu_holders
 from labhub.gpu.inventory import Inventory
 from labhub.gpu.scheduler import GpuRequest, Holder
 from labhub.gpu.store import Store
-from minimal_env import MINIMAL_ENV
+
+from testsupport.minimal_env import MINIMAL_ENV
 
 from .conftest import NOW
 

@@ -7,7 +7,6 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from fuzzing import FUZZ, json_value
 from hypothesis import given
 from hypothesis import strategies as st
 from labhub.gpu.inventory import Device
@@ -16,6 +15,8 @@ from labhub.gpu.service import make_app
 from labhub.gpu.store import Store
 from tornado import web
 from tornado.testing import AsyncHTTPTestCase
+
+from testsupport.fuzzing import FUZZ, json_value
 
 from .conftest import NOW
 

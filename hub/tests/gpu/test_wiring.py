@@ -20,8 +20,9 @@ from labhub.gpu.scheduler import GpuRequest, Holder
 from labhub.gpu.spawner import GpuSpawnerMixin
 from labhub.settings import Settings, SettingsError
 from labhub.spawner import LabSpawner, spawner_config
-from minimal_env import MINIMAL_ENV
 from traitlets.config import Config
+
+from testsupport.minimal_env import MINIMAL_ENV
 
 from .conftest import NOW
 

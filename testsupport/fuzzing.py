@@ -18,7 +18,7 @@ FUZZ = settings(
 )
 # Names of users/groups the fuzzer may touch: never a real user's.
 segment = st.text(
-    alphabet=st.characters(exclude_categories=("Cs",), exclude_characters="/?#"),
+    alphabet=st.characters(exclude_categories=["Cs"], exclude_characters="/?#"),
     max_size=40,
 ).map(lambda s: "fz" + s)
 json_value = st.recursive(

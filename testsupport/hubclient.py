@@ -14,6 +14,8 @@ from urllib.parse import urlparse
 import requests
 import websocket
 
+from testsupport.waiting import wait_until
+
 
 @dataclass
 class HubClient:
@@ -86,26 +88,30 @@ class HubClient:
         return self.wait_ready(username, timeout)
 
     def wait_ready(self, username: str, timeout: float = 300) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            model = self.api("GET", f"/users/{username}").json()
-            server = model.get("servers", {}).get("")
-            if server and server.get("ready"):
-                return dict(model)
-            if not server or (not server.get("pending") and not server.get("ready")):
-                raise AssertionError(f"{username}'s spawn failed: {model}")
-            time.sleep(1)
-        raise TimeoutError(f"{username}'s server was not ready within {timeout} s")
+        """The user's model once the hub reports their server ready; a failed spawn raises."""
+
+        def model() -> dict[str, Any]:
+            user: dict[str, Any] = self.api("GET", f"/users/{username}").json()
+            server = user.get("servers", {}).get("")
+            if not server or not (server.get("pending") or server.get("ready")):
+                raise AssertionError(f"{username}'s spawn failed: {user}")
+            return user
+
+        return wait_until(
+            model,
+            timeout,
+            f"{username}'s server to be ready",
+            done=lambda user: user["servers"][""].get("ready"),
+        )
 
     def stop_server(self, username: str, timeout: float = 120) -> None:
         self.api("DELETE", f"/users/{username}/server")
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            model = self.api("GET", f"/users/{username}").json()
-            if not model.get("servers"):
-                return
-            time.sleep(1)
-        raise TimeoutError(f"{username}'s server did not stop within {timeout} s")
+        wait_until(
+            lambda: self.api("GET", f"/users/{username}").json().get("servers"),
+            timeout,
+            f"{username}'s server to stop",
+            done=lambda servers: not servers,
+        )
 
 
 def token_session(ca_file: str, token: str) -> requests.Session:
