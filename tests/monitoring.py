@@ -20,7 +20,8 @@ NVML_METRICS = ("labhub_gpu_utilisation_ratio", "labhub_gpu_memory_used_bytes")
 @contextlib.contextmanager
 def prometheus_of(stack: Stack) -> Iterator[str]:
     """The stack's own Prometheus service, started from its compose file, removed after."""
-    stack.compose("--profile", "monitoring", "up", "-d", "--wait", "prometheus")
+    # --build: the image of this checkout, not one left by an earlier run under the tag.
+    stack.compose("--profile", "monitoring", "up", "-d", "--build", "--wait", "prometheus")
     try:
         yield f"http://127.0.0.1:{stack.value('PROMETHEUS_PORT')}"
     finally:
