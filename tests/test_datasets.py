@@ -20,16 +20,13 @@ from typing import Any
 
 import docker
 import pytest
-from jupyterhub.objects import Hub, Server
 from labhub.contract import OWNER_LABEL
-from labhub.gpu.allocator import load_allocator
-from labhub.settings import Settings
-from labhub.spawner import LabSpawner, spawner_config
+from labhub.spawner import LabSpawner
 from stacks import STACK
 from test_dockerproxy import running_proxy
 
 from testsupport.images import ensure_base_image
-from testsupport.minimal_env import MINIMAL_ENV
+from testsupport.spawners import proxied_spawner
 
 pytestmark = pytest.mark.integration
 TEST_LABEL = "labhub.test=datasets"
@@ -89,45 +86,16 @@ def world(
                 engine.volumes.get(name).remove(force=True)
 
 
-class _Group:
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-
 @contextlib.contextmanager
 def server_of(world: dict[str, Any], groups: tuple[str, ...], tmp_path: Path) -> Iterator[str]:
     """Start a user's server with LabSpawner through the proxy; yield its container id.
     (Its home volume goes with the network, in `world`'s teardown.)"""
     username = f"dstest{uuid.uuid4().hex[:6]}"
-
-    class User:
-        name = username
-        admin = False
-        url = f"/user/{username}/"
-
-    User.groups = tuple(_Group(g) for g in groups)  # type: ignore[attr-defined]
-    settings = Settings.from_env(
-        {
-            **MINIMAL_ENV,
-            "WORKSPACE_IMAGE": world["image"],
-            "DOCKER_NETWORK": world["network"],
-            "USER_MEM_LIMIT": "256M",
-            "GPU_INVENTORY": "none",
-            "GPU_DB": str(tmp_path / "gpu.sqlite"),
-            # The same DATASETS as the proxy's environment, as compose passes it to both.
-            "DATASETS": world["datasets"],
-        }
-    )
-    LabSpawner._client = None  # the class caches its client: make one for this proxy
-    spawner = LabSpawner(
-        user=User(),
-        hub=Hub(),
-        ready_poll_budget=0,
-        cmd=["sh", "-c", "trap 'exit 0' TERM; sleep 300 & wait"],
-        client_kwargs={"base_url": f"tcp://127.0.0.1:{world['port']}", "version": "1.41"},
-        **spawner_config(settings, load_allocator(settings)),
-    )
-    spawner.server = Server(base_url=User.url)
+    spawner = proxied_spawner(
+        world["port"], world["image"], world["network"], tmp_path, username, groups,
+        # The same DATASETS as the proxy's environment, as compose passes it to both.
+        env={"DATASETS": world["datasets"]},
+    )  # fmt: skip
     try:
         asyncio.run(spawner.start())
         assert spawner.container_id

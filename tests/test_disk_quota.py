@@ -23,19 +23,16 @@ from typing import Any
 
 import docker
 import pytest
-from jupyterhub.objects import Hub, Server
 from labhub.contract import OWNER_LABEL, quota_home_options, volume_name_for
 from labhub.diskquota import DiskQuotaError, ensure_home, request_home, request_removal, usage
-from labhub.gpu.allocator import load_allocator
-from labhub.settings import Settings
-from labhub.spawner import LabSpawner, spawner_config
+from labhub.spawner import LabSpawner
 from labhub.volumes import remove_user_volume
 from loopfs import btrfs_with_quotas
 from stacks import STACK
 from test_dockerproxy import running_proxy
 
 from testsupport.images import ensure_base_image
-from testsupport.minimal_env import MINIMAL_ENV
+from testsupport.spawners import proxied_spawner
 
 pytestmark = pytest.mark.integration
 MIB = 1024**2
@@ -88,11 +85,6 @@ def world(btrfs_root: Path, service: str) -> Iterator[dict[str, Any]]:
             volume.remove(force=True)
 
 
-class _Group:
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-
 @contextlib.contextmanager
 def server_of(
     world: dict[str, Any],
@@ -104,36 +96,15 @@ def server_of(
     """A user's server started by LabSpawner through the proxy; yields its container id."""
     username = username or f"quota{uuid.uuid4().hex[:6]}"
 
-    class User:
-        name = username
-        admin = False
-        url = f"/user/{username}/"
-
-    User.groups = tuple(_Group(g) for g in groups)  # type: ignore[attr-defined]
-    settings = Settings.from_env(
-        {
-            **MINIMAL_ENV,
-            "WORKSPACE_IMAGE": world["image"],
-            "DOCKER_NETWORK": world["network"],
-            "USER_MEM_LIMIT": "256M",
-            "GPU_INVENTORY": "none",
-            "GPU_DB": str(tmp_path / "gpu.sqlite"),
+    spawner = proxied_spawner(
+        world["port"], world["image"], world["network"], tmp_path, username, groups,
+        env={
             "QUOTA_ROOT": str(btrfs_root),
             "DISK_QUOTA": "20M",
             "DISK_QUOTA_GROUPS": '{"thesis": "60M"}',
-        }
-    )
-    LabSpawner._client = None  # the class caches its client: make one for this proxy
-    spawner = LabSpawner(
-        user=User(),
-        hub=Hub(),
-        ready_poll_budget=0,
-        cmd=["sh", "-c", "trap 'exit 0' TERM; sleep 300 & wait"],
-        client_kwargs={"base_url": f"tcp://127.0.0.1:{world['port']}", "version": "1.41"},
+        },
         diskquota_socket=world["socket"],
-        **spawner_config(settings, load_allocator(settings)),
-    )
-    spawner.server = Server(base_url=User.url)
+    )  # fmt: skip
     engine = docker.from_env()
     try:
         asyncio.run(spawner.start())

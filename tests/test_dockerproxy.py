@@ -39,7 +39,7 @@ from stacks import STACK
 from testsupport.acme_companion import RELOAD_EXEC
 from testsupport.containers import user_container, user_containers
 from testsupport.images import ensure_base_image
-from testsupport.minimal_env import MINIMAL_ENV
+from testsupport.spawners import proxied_spawner
 from testsupport.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -371,41 +371,10 @@ def test_labspawner_starts_and_stops_a_server_through_the_proxy(
     remove) all pass the policy and reach the real engine; nothing else is needed."""
     import asyncio
 
-    from jupyterhub.objects import Hub, Server
-    from labhub.gpu.allocator import load_allocator
-    from labhub.settings import Settings
-    from labhub.spawner import LabSpawner, spawner_config
+    from labhub.spawner import LabSpawner
 
     username = f"proxytest{uuid.uuid4().hex[:6]}"
-
-    class User:
-        name = username
-        admin = False
-        groups: tuple[object, ...] = ()
-        url = f"/user/{username}/"
-
-    settings = Settings.from_env(
-        {
-            **MINIMAL_ENV,
-            "WORKSPACE_IMAGE": image,
-            "DOCKER_NETWORK": network,
-            "USER_MEM_LIMIT": "256M",
-            "GPU_INVENTORY": "none",
-            "GPU_DB": str(tmp_path / "gpu.sqlite"),
-        }
-    )
-    LabSpawner._client = None  # the class caches its client: make one for this proxy
-    spawner = LabSpawner(
-        user=User(),
-        hub=Hub(),
-        ready_poll_budget=0,
-        # The base image has no Jupyter: a shell that ignores DockerSpawner's arguments
-        # and ends at once on docker stop's SIGTERM.
-        cmd=["sh", "-c", "trap 'exit 0' TERM; sleep 300 & wait"],
-        client_kwargs={"base_url": f"tcp://127.0.0.1:{proxy_port}", "version": "1.41"},
-        **spawner_config(settings, load_allocator(settings)),
-    )
-    spawner.server = Server(base_url=User.url)
+    spawner = proxied_spawner(proxy_port, image, network, tmp_path, username)
     try:
         ip, _ = asyncio.run(spawner.start())
         container = user_container(network, username)

@@ -123,6 +123,8 @@ def gpu_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "GPU_QUEUE": "true",
         "GPU_QUEUE_TIMEOUT": str(QUEUE_TIMEOUT),
         "CONCURRENT_SPAWN_LIMIT": "40",
+        # A quota no test reaches, so that the quota panel of the dashboard has data.
+        "GPU_QUOTA_GROUP_HOURS": json.dumps({GROUP: 1000}),
     }
     with launched_stack(tmp_path_factory, STACK, HTTPS_PORT, extra) as running:
         yield running

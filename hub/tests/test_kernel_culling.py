@@ -8,18 +8,13 @@ from labhub.gpu.allocator import load_allocator
 from labhub.settings import Settings, SettingsError
 from labhub.spawner import kernel_culling_args, spawner_config
 
-pytestmark = pytest.mark.unit
+from testsupport.minimal_env import MINIMAL_ENV
 
-GOOD = {
-    "DOMAIN": "gpu.lab.example.edu",
-    "CONFIGPROXY_AUTH_TOKEN": "a" * 64,
-    "ADMIN_USERS": "prof",
-    "ADMIN_INITIAL_PASSWORD": "b" * 24,
-}
+pytestmark = pytest.mark.unit
 
 
 def settings(**overrides: str) -> Settings:
-    return Settings.from_env({**GOOD, **overrides})
+    return Settings.from_env({**MINIMAL_ENV, **overrides})
 
 
 def test_by_default_idle_kernels_go_after_30_minutes_even_with_a_tab_open(
