@@ -273,6 +273,9 @@ def launched_stack(
     finally:
         if os.environ.get("LABHUB_TEST_LOGS"):
             print(stack.compose("logs", "--no-color", "--tail=300", check=False).stdout)
+        # Users' containers first: compose cannot remove a network they are still on.
+        for container in user_containers(name):
+            container.remove(force=True)
         stack.compose("--profile", "monitoring", "down", "-v", "--remove-orphans", check=False)
         # The admin too: tests log in as admin, and a login spawns a server (and a volume).
         _remove_user_resources(name, [*USERS_CREATED, *stack.admins])
