@@ -262,6 +262,13 @@ def launched_stack(
     stack = Stack(
         env_file, certs, f"https://{domain}:{https_port}", f"http://{domain}:{https_port - 363}"
     )
+    running = subprocess.run(
+        ["docker", "ps", "-q", "--filter", f"label=com.docker.compose.project={name}"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    if running:
+        # Never take over (and at teardown remove) a stack another fixture runs.
+        pytest.fail(f"a stack named {name} is already running: give this fixture its own name")
     up = stack.make("up", check=False)
     if up.returncode != 0:
         logs = stack.compose("logs", "--no-color", "--tail=200", check=False).stdout

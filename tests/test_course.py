@@ -36,6 +36,9 @@ from stacks import HTTPS_PORT, STACK, USERS_CREATED, VERSION, Stack, launched_st
 
 from testsupport.hubclient import HubClient, Kernel, token_session, user_websocket
 
+# A stack of its own (its egress rule and kernel timeout), beside the session's stack.
+NAME, PORT = f"{STACK}course", HTTPS_PORT + 3
+
 pytestmark = pytest.mark.e2e
 
 OCTET = HTTPS_PORT & 255
@@ -163,7 +166,7 @@ def campus_git() -> Iterator[CampusGit]:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, campus_git: CampusGit) -> Iterator[Stack]:
     extra = {"USER_EGRESS_ALLOW": f"{GIT_IP}/32", "KERNEL_IDLE_TIMEOUT": str(KERNEL_IDLE_TIMEOUT)}
-    with launched_stack(tmp_path_factory, STACK, HTTPS_PORT, extra) as running:
+    with launched_stack(tmp_path_factory, NAME, PORT, extra) as running:
         yield running
 
 
