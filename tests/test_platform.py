@@ -148,7 +148,7 @@ def test_a_wrong_setting_stops_the_hub_with_its_name(stack: Stack) -> None:
             "run",
             "--rm",
             "-e",
-            "AUTH=ldap",
+            "AUTH=kerberos",
             "-e",
             "CONFIGPROXY_AUTH_TOKEN=" + "x" * 40,
             "-e",
@@ -160,7 +160,7 @@ def test_a_wrong_setting_stops_the_hub_with_its_name(stack: Stack) -> None:
         timeout=120,
     )
     assert result.returncode == 2
-    assert "AUTH='ldap' is unknown" in result.stderr
+    assert "AUTH='kerberos' is unknown" in result.stderr
     assert "Traceback" not in result.stderr
 
 
