@@ -218,6 +218,24 @@ def users_network_for(https_port: int) -> dict[str, str]:
     }
 
 
+def create_users_network(name: str, https_port: int) -> Any:
+    """The users' network of the stack on `https_port`, made before the stack as compose
+    would make it (bridge name, subnet, range), so that a provider can join it first."""
+    layout = users_network_for(https_port)
+    return docker.from_env().networks.create(
+        name,
+        driver="bridge",
+        options={"com.docker.network.bridge.name": layout["USERS_BRIDGE"]},
+        ipam=docker.types.IPAMConfig(
+            pool_configs=[
+                docker.types.IPAMPool(
+                    subnet=layout["USERS_SUBNET"], iprange=layout["USERS_IP_RANGE"]
+                )
+            ]
+        ),
+    )
+
+
 @contextlib.contextmanager
 def launched_stack(
     tmp_path_factory: pytest.TempPathFactory,

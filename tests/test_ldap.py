@@ -26,7 +26,15 @@ import pytest
 from browser import chromium, needs_chromium
 from campus_ca import issue_certificate, make_campus_ca
 from docker.models.containers import Container
-from stacks import HTTPS_PORT, REPO, STACK, USERS_CREATED, Stack, launched_stack, users_network_for
+from stacks import (
+    HTTPS_PORT,
+    REPO,
+    STACK,
+    USERS_CREATED,
+    Stack,
+    create_users_network,
+    launched_stack,
+)
 
 from testsupport.hubclient import HubClient
 
@@ -118,19 +126,7 @@ def directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Directory]:
     issue_certificate(certs, server_certs, f"DNS:{HOST}", HOST)
     api = docker.from_env()
     with contextlib.ExitStack() as cleanup:
-        layout = users_network_for(PORT)
-        network = api.networks.create(
-            NAME,
-            driver="bridge",
-            options={"com.docker.network.bridge.name": layout["USERS_BRIDGE"]},
-            ipam=docker.types.IPAMConfig(
-                pool_configs=[
-                    docker.types.IPAMPool(
-                        subnet=layout["USERS_SUBNET"], iprange=layout["USERS_IP_RANGE"]
-                    )
-                ]
-            ),
-        )
+        network = create_users_network(NAME, PORT)
         cleanup.callback(network.remove)
         container = api.containers.create(
             IMAGE,

@@ -43,8 +43,8 @@ from stacks import (
     USERS_CREATED,
     VERSION,
     Stack,
+    create_users_network,
     launched_stack,
-    users_network_for,
 )
 
 from testsupport.hubclient import HubClient
@@ -153,19 +153,7 @@ def oidc_stack(
     with contextlib.ExitStack() as cleanup:
         # The stack's users' network, made first (as compose would make it: bridge name,
         # subnet and range from tests/stacks.py), so that the provider can join it.
-        layout = users_network_for(port)
-        network = api.networks.create(
-            name,
-            driver="bridge",
-            options={"com.docker.network.bridge.name": layout["USERS_BRIDGE"]},
-            ipam=docker.types.IPAMConfig(
-                pool_configs=[
-                    docker.types.IPAMPool(
-                        subnet=layout["USERS_SUBNET"], iprange=layout["USERS_IP_RANGE"]
-                    )
-                ]
-            ),
-        )
+        network = create_users_network(name, port)
         cleanup.callback(network.remove)
         container = api.containers.run(
             IMAGE,
