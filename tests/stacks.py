@@ -186,7 +186,9 @@ class Stack:
                 page.click("#login_submit")
                 page.wait_for_load_state("domcontentloaded")
             except Error as error:
-                if "ERR_NETWORK_CHANGED" not in str(error) or attempt == attempts - 1:
+                # Either the error itself, or Chromium swapping in its error page mid-way.
+                aborted = any(m in str(error) for m in ("ERR_NETWORK_CHANGED", "chrome-error://"))
+                if not aborted or attempt == attempts - 1:
                     raise
                 continue
             if not page.url.startswith("chrome-error://"):
