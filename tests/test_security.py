@@ -500,8 +500,9 @@ print(json.dumps({"written_mib": written >> 20, "seconds": round(seconds, 1), "e
 
 
 def test_disk_filler_leaves_others_serving(stack: Stack, pair: Pair) -> None:
-    """No per-user disk quota exists (docs/security.md): we only show the others keep
-    serving while 2 GiB are written, and that the filler's file is gone after."""
+    """Nothing bounds the container's writable layer (docs/security.md; homes have
+    QUOTA_ROOT): we only show the others keep serving while 2 GiB are written to /tmp,
+    and that the filler's file is gone after."""
     code = DISK_FILLER.replace("GIB", "2")
     seen, watch = while_watching(stack, pair, lambda: in_alice(stack, pair, code))
     print(f"disk filler: {seen}, bystander polls {watch}")
