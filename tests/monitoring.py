@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import requests
 from stacks import REPO, Stack
+
+from testsupport.waiting import wait_until
 
 DASHBOARD = REPO / "compose/monitoring/grafana/dashboards/labhub.json"
 # Read from NVML (nvidia-smi) in the hub container: no data on a host without it.
@@ -38,12 +39,14 @@ def query(prometheus: str, expr: str) -> list[dict[str, Any]]:
 
 def wait_for_data(prometheus: str, exprs: list[str], timeout: float = 150) -> list[str]:
     """The expressions that still return nothing after `timeout` (scrapes are every 15 s)."""
-    deadline = time.monotonic() + timeout
     missing = list(exprs)
-    while missing and time.monotonic() < deadline:
-        missing = [expr for expr in missing if not query(prometheus, expr)]
-        if missing:
-            time.sleep(5)
+
+    def still_missing() -> list[str]:
+        missing[:] = [expr for expr in missing if not query(prometheus, expr)]
+        return missing
+
+    with contextlib.suppress(TimeoutError):
+        wait_until(still_missing, timeout, "data for every query", done=lambda m: not m, interval=5)
     return missing
 
 

@@ -196,11 +196,9 @@ class Stack:
         raise AssertionError(f"{username}'s login never reached the hub: {page.url}")
 
 
-def _remove_user_resources(network: str, usernames: list[str] | None = None) -> None:
+def _remove_user_volumes(network: str, usernames: list[str]) -> None:
     api = docker.from_env()
-    for container in user_containers(network):
-        container.remove(force=True)
-    for name in usernames or []:
+    for name in usernames:
         # A volume still in use (409) belongs to a user of another stack that is still up:
         # that stack's own teardown removes it.
         with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
@@ -305,5 +303,5 @@ def launched_stack(
             container.remove(force=True)
         stack.compose("--profile", "monitoring", "down", "-v", "--remove-orphans", check=False)
         # The admin too: tests log in as admin, and a login spawns a server (and a volume).
-        _remove_user_resources(name, [*USERS_CREATED, *stack.admins])
+        _remove_user_volumes(name, [*USERS_CREATED, *stack.admins])
         stack.remove_netguard_rules()

@@ -18,10 +18,11 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from testsupport.waiting import wait_until
 
 STATE_ROOT = Path("/var/lib/labhub-test-swarm")
 RUN_ROOT = Path("/run/labhub-test-swarm")
@@ -152,15 +153,13 @@ class Swarm:
         )  # fmt: skip
 
     def _wait_for_engine(self, node: Node) -> None:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
+        def answering() -> bool:
             if node.process is not None and node.process.poll() is not None:
                 log = (STATE_ROOT / node.name / "dockerd.log").read_text()[-2000:]
                 raise RuntimeError(f"dockerd of {node.name} exited:\n{log}")
-            if node.docker("version", check=False, timeout=10):
-                return
-            time.sleep(0.5)
-        raise RuntimeError(f"dockerd of {node.name} did not answer within 90 s")
+            return bool(node.docker("version", check=False, timeout=10))
+
+        wait_until(answering, 90, f"dockerd of {node.name} to answer", interval=0.5)
 
     def close(self) -> None:
         """Remove every engine, mount, namespace, link and rule this cluster made."""

@@ -9,11 +9,12 @@ labhub itself is not built yet (docs/scale-out.md).
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 from swarm import Swarm, run
+
+from testsupport.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -33,9 +34,8 @@ CLIENT = (
 
 def wait_for_running_task(swarm: Swarm, service: str, timeout: float = 120) -> str:
     """The node ID of the service's running task (node names are all this host's name)."""
-    deadline = time.monotonic() + timeout
-    states = ""
-    while time.monotonic() < deadline:
+
+    def running_node() -> str:
         tasks = swarm.manager.docker("service", "ps", "--quiet", "--no-trunc", service).split()
         states = swarm.manager.docker(
             "inspect", "--type", "task", "--format", "{{.Status.State}} {{.NodeID}}", *tasks
@@ -44,8 +44,9 @@ def wait_for_running_task(swarm: Swarm, service: str, timeout: float = 120) -> s
             state, _, node_id = line.partition(" ")  # no node yet while pending
             if state == "running":
                 return node_id
-        time.sleep(1)
-    raise AssertionError(f"service {service} has no running task after {timeout} s:\n{states}")
+        return ""
+
+    return wait_until(running_node, timeout, f"a running task of service {service}")
 
 
 def test_a_task_on_a_worker_answers_a_container_on_the_manager_over_the_overlay() -> None:
