@@ -20,11 +20,10 @@ import docker
 import pytest
 from labhub.contract import volume_name_for
 
+from testsupport.browsing import network_changed
 from testsupport.containers import user_containers
 from testsupport.hubclient import HubClient, run_in_kernel
 from testsupport.images import REPO
-
-# tests/test_gpus.py imports it from here, until it imports testsupport.images itself.
 
 # Every test user, whatever stack it ran on: their containers and volumes go at teardown.
 USERS_CREATED: list[str] = []
@@ -169,9 +168,8 @@ class Stack:
         (then on to `next_url`, e.g. /hub/admin, rather than the spawn page). `password`:
         an account this stack does not make (a directory's), else `ensure_account`'s.
 
-        Containers starting on this host (other tests') change its network interfaces, and
-        Chromium then aborts requests in flight (ERR_NETWORK_CHANGED, a chrome-error://
-        page), which a student's laptop never sees: only that is tried again.
+        Tried again only for Chromium's reactions to this host's network changes
+        (testsupport.browsing).
         """
         from playwright.sync_api import Error
 
@@ -186,9 +184,7 @@ class Stack:
                 page.click("#login_submit")
                 page.wait_for_load_state("domcontentloaded")
             except Error as error:
-                # Either the error itself, or Chromium swapping in its error page mid-way.
-                aborted = any(m in str(error) for m in ("ERR_NETWORK_CHANGED", "chrome-error://"))
-                if not aborted or attempt == attempts - 1:
+                if not network_changed(error) or attempt == attempts - 1:
                     raise
                 continue
             if not page.url.startswith("chrome-error://"):

@@ -8,6 +8,8 @@ import pytest
 from browser import ARTIFACTS, chromium, needs_chromium
 from stacks import Stack
 
+from testsupport.browsing import network_changed
+
 pytestmark = pytest.mark.e2e
 
 
@@ -45,7 +47,7 @@ def test_student_logs_in_and_sees_the_mnist_notebook(stack: Stack, username: str
                 except AssertionError:
                     # Other containers starting on this host change its interfaces and
                     # Chromium drops requests in flight; reload only for that reason.
-                    if attempt == 2 or not any("ERR_NETWORK_CHANGED" in f for f in failed):
+                    if attempt == 2 or not any(network_changed(f) for f in failed):
                         raise
                     failed.clear()
                     page.reload()

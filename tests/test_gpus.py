@@ -19,8 +19,8 @@ import os
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import docker
@@ -33,6 +33,7 @@ from labhub.gpu.api import CONTENT_SECURITY_POLICY
 from monitoring import NVML_METRICS, dashboard_queries, prometheus_of, query, wait_for_data
 from stacks import USERS_CREATED, Stack, launched_stack
 
+from testsupport.browsing import despite_network_changes, network_changed
 from testsupport.fuzzing import FUZZ, json_body, segment
 from testsupport.images import ensure_base_image
 
@@ -44,7 +45,6 @@ pytestmark = pytest.mark.e2e
 STACK = os.environ.get("LABHUB_GPU_TEST_STACK", "labhubgpu")
 HTTPS_PORT = int(os.environ.get("LABHUB_GPU_TEST_HTTPS_PORT", "19443"))
 QUEUE_TIMEOUT = 60
-T = TypeVar("T")
 GROUP = "gpu"
 
 INVENTORY = {
@@ -521,30 +521,11 @@ def chromium_page(stack: Stack, name: str) -> Iterator[Page]:
                 page.screenshot(path=str(ARTIFACTS / f"{name}.png"), timeout=10_000)
 
 
-def despite_network_changes(navigate: Callable[[], T]) -> T:
-    """``navigate()``, again (up to 5 tries) while Chromium aborts it for a network change.
-
-    Containers starting on this host (other tests' too) add network interfaces; Chromium
-    then drops requests in flight (ERR_NETWORK_CHANGED) and shows its error page, which
-    interrupts the next navigation. A lab's laptop never sees this.
-    """
-    from playwright.sync_api import Error
-
-    for attempt in range(5):
-        try:
-            return navigate()
-        except Error as e:
-            if attempt == 4 or not ("ERR_NETWORK_CHANGED" in str(e) or "chrome-error:" in str(e)):
-                raise
-            time.sleep(1)  # let the error page finish loading
-    raise AssertionError("unreachable")
-
-
 def console_errors(message: ConsoleMessage) -> list[str]:
     """A console error (a refused inline script among them), except the favicon's 404 and
     requests Chromium aborted for a network change (see despite_network_changes)."""
     favicon = message.location.get("url", "").endswith("/favicon.ico")
-    network_change = "ERR_NETWORK_CHANGED" in message.text
+    network_change = network_changed(message.text)
     return [message.text] if message.type == "error" and not (favicon or network_change) else []
 
 
@@ -607,7 +588,7 @@ def test_admin_page_in_a_browser_revokes_a_quoting_holder_without_running_its_na
         if answer is None:
             # It reached the hub, but Chromium dropped it while it waited for the answer
             # (a container stopping changes this host's interfaces too).
-            assert "ERR_NETWORK_CHANGED" in (sent.value.failure or ""), sent.value.failure
+            assert network_changed(sent.value.failure or ""), sent.value.failure
         else:
             assert answer.status in (200, 202), answer.text()
 
