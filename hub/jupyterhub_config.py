@@ -130,14 +130,27 @@ c.JupyterHub.services.append(
 c.JupyterHub.template_vars = {"announcement": course.announcement}
 
 # --- GPUs (docs/gpus.md) ---------------------------------------------------------------
-# The admin page and API at /services/gpus/ (hub OAuth; JupyterHub's admin role has
-# access:services, students' "user" role does not, so they get 403). It also stops GPU
-# holders idle for GPU_IDLE_TIMEOUT seconds, sooner than the idle culler above.
+# The admin page and API at /services/gpus/, and the students' api/me (their GPU session,
+# its warnings and extensions). Every user may pass the hub's OAuth for the service (and
+# their server's token gets the same access, LabSpawner's server_token_scopes); the
+# service itself answers 403 on every admin page and endpoint to anyone not an admin.
+# It also stops GPU holders by the rules of labhub.gpu.reclaim (idle GPU, session
+# length, GPU_IDLE_TIMEOUT), sooner than the idle culler above.
 if settings.gpu_inventory != "none":
+    c.JupyterHub.load_roles.append(
+        {"name": "user", "scopes": ["self", "access:services!service=gpus"]}
+    )
     c.JupyterHub.load_roles.append(
         {
             "name": "gpus-service",
-            "scopes": ["admin:servers", "list:users", "read:users:name", "read:users:activity"],
+            "scopes": [
+                "admin:servers",
+                "list:users",
+                "read:users:name",
+                "read:users:activity",
+                # api/me: the quota that applies to a student depends on their groups.
+                "read:users:groups",
+            ],
             "services": ["gpus"],
         }
     )

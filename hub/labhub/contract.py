@@ -20,6 +20,9 @@ CONTAINER_USER = "1000:100"
 # The workspace's TensorFlow keeps to this many MiB of a shared GPU slice
 # (mnist_workspace.env.GPU_LIMIT_VAR reads it; a test checks the two agree).
 GPU_MEMORY_LIMIT_ENV = "GPU_MEMORY_LIMIT_MB"
+# The absolute URL of the GPU service's student API (api/me, docs/gpus.md) as a user's
+# server reaches it; set by the spawner only when the stack has a GPU service.
+GPU_STATUS_URL_ENV = "LABHUB_GPU_STATUS_URL"
 # Where the user's volume is mounted, and the page a new server opens: the notebook.
 HOME_DIR = "/home/jovyan"
 WORKSPACE_DEFAULT_URL = "/lab/tree/mnist/MNIST.ipynb"

@@ -950,6 +950,47 @@ SECTIONS: tuple[Section, ...] = (
                 "How often, in seconds, the GPU service looks for idle GPU holders.",
                 "gpu_cull_every",
             ),
+            # Reclaiming GPUs (labhub.gpu.reclaim, docs/gpus.md#reclaim): all in seconds.
+            Setting(
+                "GPU_UTILISATION_IDLE_TIMEOUT",
+                "1800",
+                integer(0, None, "seconds, e.g. 1800, or 0 to turn the rule off"),
+                "Stop a GPU holder whose devices showed no utilisation (NVML, nvidia-smi) for "
+                "this many seconds, however fresh its hub activity; its files stay. 0: off. "
+                "Off by itself on hosts without nvidia-smi.",
+                "gpu_utilisation_idle_timeout",
+            ),
+            Setting(
+                "GPU_UTILISATION_WARN",
+                "300",
+                integer(0, None, "seconds, e.g. 300"),
+                "Seconds before a stop (idle GPU or session length) from which JupyterLab and "
+                "the hub page warn the student.",
+                "gpu_utilisation_warn",
+            ),
+            Setting(
+                "GPU_SESSION_MAX",
+                "28800",
+                integer(0, None, "seconds, e.g. 28800 (8 hours), or 0 for no limit"),
+                "Longest a server may hold a GPU before it is stopped (files kept), unless "
+                "extended. 0: no limit.",
+                "gpu_session_max",
+            ),
+            Setting(
+                "GPU_SESSION_EXTENSION",
+                "7200",
+                integer(1, None, "seconds, e.g. 7200 (2 hours)"),
+                "Seconds one extension adds to a GPU session (students extend from JupyterLab "
+                "or the hub page).",
+                "gpu_session_extension",
+            ),
+            Setting(
+                "GPU_SESSION_EXTENSIONS",
+                "2",
+                integer(0, 100, "a whole number of extensions from 0 to 100, e.g. 2"),
+                "How many times a student may extend one GPU session. 0: never.",
+                "gpu_session_extensions",
+            ),
         ),
     ),
     Section(
@@ -1262,6 +1303,11 @@ class Settings:
     gpu_quota_group_hours: Mapping[str, float]
     gpu_idle_timeout: int
     gpu_cull_every: int
+    gpu_utilisation_idle_timeout: int
+    gpu_utilisation_warn: int
+    gpu_session_max: int
+    gpu_session_extension: int
+    gpu_session_extensions: int
     configproxy_auth_token: str
     # The hub's "prometheus" service token (read:metrics only); "" = no such service.
     prometheus_api_token: str | None
@@ -1300,6 +1346,7 @@ class Settings:
         if auth == "ldap":
             _check_ldap(values, problems)
         _storage(values, problems)
+        _check_gpu_reclaim(values, problems)
         if values.get("monitoring") and not values.get("prometheus_api_token"):
             problems.append(
                 "MONITORING=true needs PROMETHEUS_API_TOKEN, the token Prometheus reads the "
@@ -1314,6 +1361,21 @@ class Settings:
         if problems:
             raise SettingsError(problems)
         return cls(**_pick(cls, values))
+
+
+def _check_gpu_reclaim(values: Mapping[str, Any], problems: list[str]) -> None:
+    """A warning window as long as the rule it warns about would warn from the start."""
+    warn = values.get("gpu_utilisation_warn")
+    for name, attr in (
+        ("GPU_UTILISATION_IDLE_TIMEOUT", "gpu_utilisation_idle_timeout"),
+        ("GPU_SESSION_MAX", "gpu_session_max"),
+    ):
+        limit = values.get(attr)
+        if warn is not None and limit and warn >= limit:
+            problems.append(
+                f"GPU_UTILISATION_WARN={warn} is not shorter than {name}={limit}: a student "
+                f"would be warned from the start; make it smaller, e.g. {limit // 6}"
+            )
 
 
 def _check_ldap(values: dict[str, Any], problems: list[str]) -> None:

@@ -19,6 +19,7 @@ from traitlets import Float, Instance, Int, Tuple, Unicode, default
 
 from .contract import (
     CONTAINER_USER,
+    GPU_STATUS_URL_ENV,
     HOME_DIR,
     OWNER_LABEL,
     container_prefix,
@@ -201,9 +202,23 @@ def kernel_culling_args(settings: Settings) -> list[str]:
     ]
 
 
+# A user's server reaches the GPU service through configurable-http-proxy's public port,
+# the one port of the proxy netguard lets it open; the proxy routes /services/gpus/ there.
+GPU_STATUS_URL = "http://proxy-chp:8000/services/gpus/api/me"
+# The server's own token (JUPYTERHUB_API_TOKEN): JupyterHub's "server" role, plus access to
+# the GPU service so that JupyterLab can read api/me and extend its session.
+GPU_SERVER_TOKEN_SCOPES = [
+    "users:activity!user",
+    "access:servers!server",
+    "access:services!service=gpus",
+]
+
+
 def spawner_config(settings: Settings, gpu_allocator: GpuAllocator) -> dict[str, Any]:
     """The LabSpawner traitlets that come from settings, and the process's GPU allocator
     (``labhub.gpu.allocator.load_allocator(settings)``)."""
+    gpu_service = settings.gpu_inventory != "none"
+    gpu_status = {GPU_STATUS_URL_ENV: GPU_STATUS_URL} if gpu_service else {}
     return {
         "image": settings.workspace_image,
         # Only the workspace image may be spawned, whatever a request asks for.
@@ -218,7 +233,7 @@ def spawner_config(settings: Settings, gpu_allocator: GpuAllocator) -> dict[str,
         # Container names carry the stack's network name, so two stacks never collide.
         "name_template": "{prefix}-{username}",
         "prefix": container_prefix(settings.docker_network),
-        "environment": {"NVIDIA_VISIBLE_DEVICES": "void"},
+        "environment": {"NVIDIA_VISIBLE_DEVICES": "void", **gpu_status},
         "args": kernel_culling_args(settings),
         "debug": settings.debug,
         # A cold TensorFlow image can take a while to start on a busy host; a queued
@@ -229,4 +244,5 @@ def spawner_config(settings: Settings, gpu_allocator: GpuAllocator) -> dict[str,
         "http_timeout": 120,
         "datasets": settings.datasets,
         "disk_quotas": settings.disk_quotas,
+        **({"server_token_scopes": GPU_SERVER_TOKEN_SCOPES} if gpu_service else {}),
     }

@@ -343,6 +343,20 @@ def test_gpu_cull_every_is_a_setting() -> None:
     assert "GPU_CULL_EVERY='0' is not valid" in problems(GPU_CULL_EVERY="0")
 
 
+def test_gpu_reclaiming_rules_have_defaults_and_a_warning_shorter_than_the_rule() -> None:
+    s = settings()
+    assert (s.gpu_utilisation_idle_timeout, s.gpu_utilisation_warn) == (1800, 300)
+    assert (s.gpu_session_max, s.gpu_session_extension, s.gpu_session_extensions) == (
+        28800, 7200, 2,
+    )  # fmt: skip
+    assert settings(GPU_UTILISATION_IDLE_TIMEOUT="0", GPU_SESSION_MAX="0").gpu_session_max == 0
+    message = problems(GPU_UTILISATION_IDLE_TIMEOUT="600", GPU_UTILISATION_WARN="600")
+    assert "GPU_UTILISATION_WARN=600 is not shorter than GPU_UTILISATION_IDLE_TIMEOUT=600" in (
+        message
+    )
+    assert "GPU_SESSION_EXTENSIONS='-1' is not valid" in problems(GPU_SESSION_EXTENSIONS="-1")
+
+
 def test_the_gpu_service_builds_the_same_settings_from_its_environment() -> None:
     hub_env = {**GOOD, "GPU_INVENTORY": "auto", "PATH": "/usr/bin", "USERS_SUBNET": "10.0.0.0/8"}
     service_env = settings_environment(hub_env)

@@ -65,8 +65,12 @@ class StaticHandler(ServiceHandler, web.StaticFileHandler):
     """The page's script and style, with the same headers as the page."""
 
 
-class AdminHandler(ServiceHandler, HubOAuthenticated, web.RequestHandler):  # type: ignore[misc]
-    """Base: hub OAuth login, then 403 unless the user is a JupyterHub admin."""
+class UserHandler(ServiceHandler, HubOAuthenticated, web.RequestHandler):  # type: ignore[misc]
+    """Base: hub OAuth login (a cookie, or a token with access to the service).
+
+    Every user may pass the hub's check (students need ``api/me`` from their servers), so
+    nothing here is admin-only: :class:`AdminHandler` is.
+    """
 
     @property
     def store(self) -> Store:
@@ -98,14 +102,10 @@ class AdminHandler(ServiceHandler, HubOAuthenticated, web.RequestHandler):  # ty
         super().check_xsrf_cookie()
 
     def prepare(self) -> None:
-        user = self.current_user
-        if user is None:
+        if self.current_user is None:
             if self.request.path.startswith(self.settings["api_prefix"]):
                 raise web.HTTPError(403, "log in to the hub first")
             self.redirect(self.get_login_url())
-            return
-        if not user.get("admin"):
-            raise web.HTTPError(403, f"{user.get('name')} is not a JupyterHub admin")
 
     def body(self) -> dict[str, Any]:
         try:
@@ -125,6 +125,20 @@ class AdminHandler(ServiceHandler, HubOAuthenticated, web.RequestHandler):  # ty
         exc = kwargs.get("exc_info", (None, None))[1]
         message = getattr(exc, "log_message", None) or self._reason
         self.finish({"status": status_code, "message": message})
+
+
+class AdminHandler(UserHandler):
+    """Base of every admin page and endpoint: 403 unless the user is a JupyterHub admin.
+
+    A student's server token passes the hub's check for this service (it may read
+    ``api/me``), so this check is the only thing between it and the admin API.
+    """
+
+    def prepare(self) -> None:
+        super().prepare()
+        user = self.current_user
+        if user is not None and not user.get("admin"):
+            raise web.HTTPError(403, f"{user.get('name')} is not a JupyterHub admin")
 
 
 async def devices_report(store: Store, inventory: Inventory) -> dict[str, Any]:

@@ -12,19 +12,27 @@ Run by the hub as a managed service (hub/jupyterhub_config.py)::
     c.JupyterHub.load_roles.append({
         "name": "gpus-service",
         "services": ["gpus"],
-        "scopes": ["admin:servers", "list:users", "read:users:name", "read:users:activity"],
+        "scopes": ["admin:servers", "list:users", "read:users:name", "read:users:activity",
+                   "read:users:groups"],
     })
-    # only admins may open it: JupyterHub's admin role has access:services, the default
-    # user role ("self") does not, so a student gets 403 from the hub's OAuth and the API.
+    # every user may pass the hub's OAuth (api/me); the admin pages check admin themselves.
 
 It builds the same ``Settings`` as the hub from the same variables, and the same
 :class:`~labhub.gpu.allocator.GpuAllocator` (inventory and database) with
-``load_allocator``. With ``GPU_IDLE_TIMEOUT`` it stops every GPU holder idle for longer,
-every ``GPU_CULL_EVERY`` seconds (:mod:`labhub.gpu.culler`). The hub sets
+``load_allocator``. Every ``GPU_CULL_EVERY`` seconds it applies the reclaiming rules
+(:mod:`labhub.gpu.reclaim`: no GPU utilisation, session length, hub inactivity) and stops
+the holders whose time is up (:mod:`labhub.gpu.culler`). The hub sets
 ``JUPYTERHUB_API_TOKEN``, ``JUPYTERHUB_API_URL``, ``JUPYTERHUB_SERVICE_PREFIX`` and
 ``JUPYTERHUB_SERVICE_URL``.
 
-API (JSON bodies; :mod:`labhub.gpu.api`):
+Students (any user; :mod:`labhub.gpu.me`), with their browser login or their server's
+token:
+
+- ``GET  api/me``         the user's GPU servers: devices, idle-since, when each rule stops
+  it, extensions left, the warning to show; GPU-hours left; the utilisation rule.
+- ``POST api/me/extend``  ``{"server": ""}``: one more GPU_SESSION_EXTENSION (409 when none).
+
+Admins only (every other route answers 403 to anyone else; :mod:`labhub.gpu.api`):
 
 - ``GET  api/devices``   devices, model, memory, utilisation (NVML), holders and since when,
   reservation, drain flag; plus the queue.
@@ -62,12 +70,15 @@ from labhub.gpu.api import (
     UnknownApiPathHandler,
     UsageHandler,
 )
-from labhub.gpu.culler import cull_idle_gpu_holders
+from labhub.gpu.culler import Reclaimer
 from labhub.gpu.hubclient import hub_api_caller
-from labhub.gpu.inventory import Inventory
+from labhub.gpu.inventory import Inventory, read_utilisation
+from labhub.gpu.me import ExtendHandler, MeHandler
 from labhub.gpu.metrics import MetricsHandler
 from labhub.gpu.page import PageHandler
+from labhub.gpu.profiles import Profile
 from labhub.gpu.quota import QuotaPolicy
+from labhub.gpu.reclaim import Rules
 from labhub.gpu.store import Store
 from labhub.settings import Settings, SettingsError
 from tornado import web
@@ -85,13 +96,23 @@ def make_app(
     hub_api_token: str,
     quota_policy: QuotaPolicy | None = None,
     metrics_token: str | None = None,
+    rules: Rules | None = None,
+    profiles: tuple[Profile, ...] = (),
 ) -> web.Application:
-    """The tornado application; ``prefix`` is JUPYTERHUB_SERVICE_PREFIX (``/services/gpus/``)."""
+    """The tornado application; ``prefix`` is JUPYTERHUB_SERVICE_PREFIX (``/services/gpus/``).
+
+    ``rules``: the reclaiming rules (:mod:`labhub.gpu.reclaim`), none in force if omitted;
+    the application's ``gpu_reclaimer`` applies them.
+    """
     api = url_path_join(prefix, "api/")
+    hub = hub_api_caller(hub_api_url, hub_api_token)
+    rules = rules or Rules(0, 0, 0, 1, 0, 0, nvml=False)
     return web.Application(
         [
             (prefix, PageHandler),
             (url_path_join(prefix, "oauth_callback"), OAuthCallbackHandler),
+            (api + "me", MeHandler),
+            (api + "me/extend", ExtendHandler),
             (api + "devices", DevicesHandler),
             (api + "usage", UsageHandler),
             (api + "audit", AuditHandler),
@@ -106,14 +127,30 @@ def make_app(
         gpu_inventory=inventory,
         gpu_quota=quota_policy or QuotaPolicy(),
         metrics_token=metrics_token,
+        gpu_profiles=profiles,
+        gpu_reclaimer=Reclaimer(store, hub, rules, read_utilisation),
         hub_auth=hub_auth,
         api_prefix=api,
-        hub=hub_api_caller(hub_api_url, hub_api_token),
+        hub=hub,
         cookie_secret=os.urandom(32),
         xsrf_cookies=True,
         static_path=str(STATIC_DIR),
         static_url_prefix=url_path_join(prefix, "static/"),
         static_handler_class=StaticHandler,
+    )
+
+
+def rules_from(settings: Settings, nvml: bool) -> Rules:
+    """The reclaiming rules the settings ask for; ``nvml``: whether utilisation is readable
+    (nvidia-smi answered at start-up), without which the utilisation rule is off."""
+    return Rules(
+        idle_timeout_s=settings.gpu_utilisation_idle_timeout,
+        warn_s=settings.gpu_utilisation_warn,
+        session_max_s=settings.gpu_session_max,
+        extension_s=settings.gpu_session_extension,
+        extensions=settings.gpu_session_extensions,
+        hub_idle_timeout_s=settings.gpu_idle_timeout,
+        nvml=nvml,
     )
 
 
@@ -132,22 +169,22 @@ def main() -> None:
         sys.exit(2)
     token, hub_api_url = os.environ["JUPYTERHUB_API_TOKEN"], os.environ["JUPYTERHUB_API_URL"]
     hub_auth = HubOAuth(api_token=token, cache_max_age=60)
+    rules = rules_from(settings, nvml=bool(read_utilisation()))
     app = make_app(
         allocator.store, allocator.inventory, hub_auth,
         os.environ["JUPYTERHUB_SERVICE_PREFIX"], hub_api_url, token,
-        allocator.quota, settings.prometheus_api_token,
+        allocator.quota, settings.prometheus_api_token, rules, allocator.profiles,
     )  # fmt: skip
     port = int(os.environ["JUPYTERHUB_SERVICE_URL"].rsplit(":", 1)[1].split("/")[0])
     app.listen(port, address=args.bind)
     print(f"[gpus] admin service on port {port}, {len(allocator.inventory)} device(s)", flush=True)
-    hub = hub_api_caller(hub_api_url, token)
+    print(f"[gpus] reclaiming: utilisation rule {rules.utilisation_rule()}", flush=True)
+    reclaimer: Reclaimer = app.settings["gpu_reclaimer"]
 
     async def cull() -> None:
-        culled = await cull_idle_gpu_holders(
-            allocator.store, hub, settings.gpu_idle_timeout, allocator.clock()
-        )
-        if culled:
-            print(f"[gpus] culled idle GPU holders: {', '.join(culled)}", flush=True)
+        stopped = await reclaimer.run(allocator.clock())
+        for holder, reason in stopped:
+            print(f"[gpus] stopped GPU holder {holder}: {reason}", flush=True)
 
     PeriodicCallback(cull, settings.gpu_cull_every * 1000).start()
     IOLoop.current().start()

@@ -8,8 +8,9 @@ record are atomic and nothing is double-booked.
 Methods block (a few ms): call them from async code with ``asyncio.to_thread``.
 
 Tables: ``allocations`` (one row per holder), ``reservations``, ``drained``, ``queue``
-(waiting spawns, oldest first), ``usage`` (GPU-hours per ISO week and subject), ``topups``
-and the append-only ``audit`` log (every allocation, release and admin action).
+(waiting spawns, oldest first), ``usage`` (GPU-hours per ISO week and subject), ``topups``,
+``extensions`` (session extensions taken, per holder and allocation start) and the
+append-only ``audit`` log (every allocation, release, admin action, warning and cull).
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ CREATE TABLE IF NOT EXISTS usage (
     week TEXT NOT NULL, subject TEXT NOT NULL, hours REAL NOT NULL, PRIMARY KEY (week, subject));
 CREATE TABLE IF NOT EXISTS topups (
     week TEXT NOT NULL, subject TEXT NOT NULL, hours REAL NOT NULL, PRIMARY KEY (week, subject));
+CREATE TABLE IF NOT EXISTS extensions (
+    holder TEXT NOT NULL, since TEXT NOT NULL, used INTEGER NOT NULL,
+    PRIMARY KEY (holder, since));
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, actor TEXT NOT NULL,
     action TEXT NOT NULL, detail TEXT NOT NULL);
@@ -102,6 +106,10 @@ def allocation_from_json(data: Mapping[str, Any]) -> Allocation:
         weight=data["weight"],
         since=datetime.fromisoformat(data["since"]),
     )
+
+
+class ExtensionRefused(Exception):
+    """No extension for this holder; the message is for the student."""
 
 
 class Store:
@@ -222,7 +230,45 @@ class Store:
                 for r in rows
             ]
 
+    def extensions_used(self) -> dict[str, int]:
+        """Holder -> session extensions taken since its current allocation started."""
+        with self._tx() as conn:
+            rows = conn.execute(
+                "SELECT e.holder, e.used FROM extensions e JOIN allocations a "
+                "ON a.holder = e.holder AND a.since = e.since"
+            ).fetchall()
+        return {r["holder"]: r["used"] for r in rows}
+
     # -- writing ------------------------------------------------------------------------
+
+    def extend(self, holder: str, allowed: int, actor: str, now: datetime) -> int:
+        """Take one more session extension for ``holder``'s GPU allocation; return how many
+        it has taken. Raises ``LookupError`` when the holder holds no GPU and
+        :class:`ExtensionRefused` when all ``allowed`` are taken. Audited as ``extend``."""
+        with self._tx() as conn:
+            row = conn.execute(
+                "SELECT since, device_ids FROM allocations WHERE holder = ?", (holder,)
+            ).fetchone()
+            if row is None or not json.loads(row["device_ids"]):
+                raise LookupError(holder)
+            used_row = conn.execute(
+                "SELECT used FROM extensions WHERE holder = ? AND since = ?",
+                (holder, row["since"]),
+            ).fetchone()
+            used = used_row["used"] if used_row else 0
+            if used >= allowed:
+                raise ExtensionRefused(
+                    f"no extension left: this GPU session had its {allowed} extension(s)"
+                    if allowed
+                    else "GPU sessions cannot be extended here (GPU_SESSION_EXTENSIONS is 0)"
+                )
+            # Rows of earlier allocations of this holder are spent: keep the table small.
+            conn.execute("DELETE FROM extensions WHERE holder = ?", (holder,))
+            conn.execute(
+                "INSERT INTO extensions VALUES (?, ?, ?)", (holder, row["since"], used + 1)
+            )
+            self._log(conn, now, actor, "extend", holder=holder, extensions_used=used + 1)
+            return used + 1
 
     def _log(
         self, conn: sqlite3.Connection, now: datetime, actor: str, action: str, **detail: Any

@@ -10,6 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from labhub.gpu.inventory import Device
+from labhub.gpu.profiles import Profile
+from labhub.gpu.quota import QuotaPolicy
+from labhub.gpu.reclaim import Rules
 from labhub.gpu.scheduler import GpuRequest, Holder
 from labhub.gpu.service import make_app
 from labhub.gpu.store import Store
@@ -60,7 +63,19 @@ class FakeHubApi(web.RequestHandler):
         self.set_status(202)
 
 
+class FakeHubUsers(web.RequestHandler):
+    """GET /hub/api/users/NAME: the user's model with the profile each server was started with."""
+
+    def get(self, user: str) -> None:
+        if user not in USERS:
+            raise web.HTTPError(404)
+        server = {"ready": True, "user_options": {"profile": "gpu-1"}}
+        self.finish({**USERS[user], "servers": {"": server}})
+
+
 ACTION_FIELDS = ("user", "group", "drained", "hours")
+PROFILES = (Profile(slug="gpu-1", display_name="One A100", gpu=GpuRequest(whole=1)),)
+RULES = Rules(1800, 300, 3600, 1800, 1, 0, nvml=True)
 
 
 class ServiceTest(AsyncHTTPTestCase):
@@ -72,10 +87,17 @@ class ServiceTest(AsyncHTTPTestCase):
         self.store = Store(f"{self.tmp.name}/gpu.sqlite")
         app = make_app(
             self.store, INVENTORY, FakeHubAuth(), "/services/gpus/",
-            self.get_url("/hub/api/"), "service-token",
+            self.get_url("/hub/api/"), "service-token", QuotaPolicy(user_hours=10),
+            rules=RULES, profiles=PROFILES,
         )  # fmt: skip
         app.settings["deleted"] = []
-        app.add_handlers(".*", [(r"/hub/api/users/([^/]+)/server", FakeHubApi)])
+        app.add_handlers(
+            ".*",
+            [
+                (r"/hub/api/users/([^/]+)/server", FakeHubApi),
+                (r"/hub/api/users/([^/]+)", FakeHubUsers),
+            ],
+        )
         return app
 
     def call(self, path: str, user: str, body: object = None) -> tuple[int, Any]:
@@ -100,6 +122,33 @@ class ServiceTest(AsyncHTTPTestCase):
             assert "not a JupyterHub admin" in body["message"]
         assert self.call("api/devices/0/drain", "ada", {"drained": True})[0] == 403
         assert self.call("api/devices", "")[0] == 403
+
+    def test_a_student_reads_their_own_gpu_session_only(self) -> None:
+        code, body = self.call("api/me", "ada")
+        assert (code, body["servers"], body["gpu_hours_left"]) == (200, {}, 10)
+        assert body["utilisation_rule"] == {"enabled": True, "idle_minutes": 30, "warn_minutes": 5}
+        self.store.allocate(INVENTORY, Holder("ada"), GpuRequest(whole=1), NOW)
+        self.store.allocate(INVENTORY, Holder("root"), GpuRequest(whole=1), NOW)
+        code, body = self.call("api/me", "ada")
+        assert body["user"] == "ada" and list(body["servers"]) == [""]
+        entry = body["servers"][""]
+        assert entry["profile"] == "gpu-1" and entry["display_name"] == "One A100"
+        assert [d["model"] for d in entry["devices"]] == ["Test A100"]
+        assert entry["length_stop_at"] == "2025-11-24T10:00:00Z"
+        assert entry["extensions_left"] == 1 and entry["idle_since"] is None
+
+    def test_a_student_extends_once_then_is_refused(self) -> None:
+        assert self.call("api/me/extend", "ada", {"server": ""})[0] == 404
+        self.store.allocate(INVENTORY, Holder("ada"), GpuRequest(whole=1), NOW)
+        code, entry = self.call("api/me/extend", "ada", {"server": ""})
+        assert code == 200, entry
+        assert entry["length_stop_at"] == "2025-11-24T10:30:00Z"
+        assert entry["extensions_left"] == 0
+        code, body = self.call("api/me/extend", "ada", {"server": ""})
+        assert code == 409 and "no extension left" in body["error"]
+        assert self.call("api/me/extend", "ada", {"server": 3})[0] == 400
+        extend = self.store.audit()[0]
+        assert (extend.actor, extend.action, extend.detail["holder"]) == ("ada", "extend", "ada")
 
     def test_anonymous_page_redirects_to_hub_login(self) -> None:
         response = self.fetch("/services/gpus/", follow_redirects=False)

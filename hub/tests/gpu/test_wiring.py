@@ -14,6 +14,7 @@ import docker
 import pytest
 from dockerspawner import DockerSpawner
 from jupyterhub.objects import Hub, Server
+from labhub.contract import GPU_STATUS_URL_ENV
 from labhub.gpu.allocator import load_allocator
 from labhub.gpu.inventory import Device
 from labhub.gpu.scheduler import GpuRequest, Holder
@@ -76,6 +77,10 @@ def test_the_allocator_carries_every_gpu_setting(tmp_path: Path) -> None:
     assert config["start_timeout"] == 180 + 300
     # Every key is a trait LabSpawner really has (a typo would be ignored by traitlets).
     assert set(config) <= set(LabSpawner.class_trait_names())
+    # JupyterLab finds the GPU service's api/me, and its server's token may read it.
+    assert config["environment"][GPU_STATUS_URL_ENV] == "http://proxy-chp:8000/services/gpus/api/me"
+    assert "access:services!service=gpus" in config["server_token_scopes"]
+    assert {"users:activity!user", "access:servers!server"} <= set(config["server_token_scopes"])
 
 
 def test_every_spawner_of_the_hub_shares_the_one_allocator(tmp_path: Path) -> None:
@@ -94,6 +99,10 @@ def test_no_inventory_means_cpu_profile_only(tmp_path: Path) -> None:
     allocator = load_allocator(settings)
     assert allocator.inventory == ()
     assert [p.slug for p in allocator.profiles] == ["cpu"]
+    # No GPU service: JupyterLab is told nothing and says "CPU only".
+    config = spawner_config(settings, allocator)
+    assert GPU_STATUS_URL_ENV not in config["environment"]
+    assert "server_token_scopes" not in config
 
 
 @pytest.mark.parametrize(
