@@ -13,8 +13,10 @@ from typing import Any, Protocol
 
 from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
 from labhub.gpu.allocator import utcnow
+from labhub.gpu.culler import Reclaimer
 from labhub.gpu.hubclient import HubCall, server_path
 from labhub.gpu.inventory import Inventory, read_utilisation
+from labhub.gpu.reclaim import Rules
 from labhub.gpu.scheduler import Reservation
 from labhub.gpu.store import Store, allocation_to_json
 from tornado import web
@@ -141,9 +143,14 @@ class AdminHandler(UserHandler):
             raise web.HTTPError(403, f"{user.get('name')} is not a JupyterHub admin")
 
 
-async def devices_report(store: Store, inventory: Inventory) -> dict[str, Any]:
-    """Everything the devices view shows, as JSON."""
+async def devices_report(
+    store: Store, inventory: Inventory, reclaimer: Reclaimer | None = None
+) -> dict[str, Any]:
+    """Everything the devices view shows, as JSON; with ``reclaimer``, each holder's
+    idle-since and when the reclaiming rules would stop it (``reclaim``)."""
     state = await asyncio.to_thread(store.state, inventory)
+    extensions = await asyncio.to_thread(store.extensions_used) if reclaimer else {}
+    now = utcnow()
     drained = await asyncio.to_thread(store.drained_since)
     queue = await asyncio.to_thread(store.queue)
     utilisation = await asyncio.to_thread(read_utilisation)
@@ -165,7 +172,16 @@ async def devices_report(store: Store, inventory: Inventory) -> dict[str, Any]:
                 "drained_since": drained.get(d.id),
                 "reserved_for": reservation.describe() if reservation else None,
                 "holders": [
-                    {"holder": a.holder, "user": a.user, "since": a.since.isoformat()}
+                    {
+                        "holder": a.holder,
+                        "user": a.user,
+                        "since": a.since.isoformat(),
+                        **(
+                            {"reclaim": reclaimer.status(a, extensions.get(a.holder, 0), now)}
+                            if reclaimer
+                            else {}
+                        ),
+                    }
                     for a in state.allocations.values()
                     if d.id in a.device_ids
                 ],
@@ -174,12 +190,27 @@ async def devices_report(store: Store, inventory: Inventory) -> dict[str, Any]:
     return {
         "devices": devices,
         "queue": [{"holder": h, "request": r, "since": s} for h, r, s in queue],
+        **({"rules": rules_report(reclaimer.rules)} if reclaimer else {}),
+    }
+
+
+def rules_report(rules: Rules) -> dict[str, Any]:
+    """The reclaiming rules in force, for the admin page and api/devices."""
+    return {
+        "utilisation": rules.utilisation_rule(),
+        "session_max_seconds": rules.session_max_s or None,
+        "extension_seconds": rules.extension_s,
+        "extensions": rules.extensions,
+        "hub_idle_seconds": rules.hub_idle_timeout_s or None,
+        "warn_seconds": rules.warn_s,
     }
 
 
 class DevicesHandler(AdminHandler):
     async def get(self) -> None:
-        self.finish(await devices_report(self.store, self.inventory))
+        self.finish(
+            await devices_report(self.store, self.inventory, self.settings["gpu_reclaimer"])
+        )
 
 
 class UsageHandler(AdminHandler):

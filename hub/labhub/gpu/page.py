@@ -20,12 +20,13 @@ TEMPLATES = Environment(
 
 class PageHandler(AdminHandler):
     async def get(self) -> None:
-        report = await devices_report(self.store, self.inventory)
+        report = await devices_report(self.store, self.inventory, self.settings["gpu_reclaimer"])
         usage = await asyncio.to_thread(self.store.usage, utcnow())
         audit = await asyncio.to_thread(self.store.audit, 50)
         page = TEMPLATES.get_template("gpus.html").render(
             devices=report["devices"],
             queue=report["queue"],
+            rules=report["rules"],
             usage=sorted(usage.items()),
             audit=audit,
             api=self.settings["api_prefix"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
@@ -159,12 +160,24 @@ class ServiceTest(AsyncHTTPTestCase):
         self.store.allocate(INVENTORY, Holder("ada"), GpuRequest(whole=1), NOW)
         code, body = self.call("api/devices", "root")
         assert code == 200
-        assert body["devices"][0]["holders"] == [
-            {"holder": "ada", "user": "ada", "since": NOW.isoformat()}
-        ]
+        [holder] = body["devices"][0]["holders"]
+        assert holder.pop("reclaim")["length_stop_at"] == "2025-11-24T10:00:00Z"
+        assert holder == {"holder": "ada", "user": "ada", "since": NOW.isoformat()}
         assert body["devices"][1]["holders"] == []
         code, page = self.call("", "root")
         assert code == 200 and "Test A100" in page and "revoke ada" in page
+        # The rules in force, and when each holder's session ends.
+        assert "utilisation rule on: a holder whose GPU shows no use for 30 min" in page
+        assert "session ends 2025-11-24T10:00:00Z (1 extension(s) left)" in page
+
+    def test_the_page_and_api_say_when_the_utilisation_rule_is_off(self) -> None:
+        reclaimer = self._app.settings["gpu_reclaimer"]
+        reclaimer.rules = replace(RULES, nvml=False)
+        page = self.call("", "root")[1]
+        assert "utilisation rule off: no NVML (nvidia-smi) on this host" in page
+        rule = self.call("api/me", "ada")[1]["utilisation_rule"]
+        assert rule == {"enabled": False, "reason": "no NVML (nvidia-smi) on this host"}
+        assert self.call("api/devices", "root")[1]["rules"]["utilisation"] == rule
 
     def test_reserve_drain_and_audit(self) -> None:
         assert self.call("api/devices/0/reserve", "root", {"group": "nlp"})[1] == {
