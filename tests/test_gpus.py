@@ -5,9 +5,8 @@ The only stand-in is NVIDIA's container hook (tests/fake-gpu, on dockerd's PATH)
 then registers its "nvidia" device driver and starts containers with `--gpus device=N`.
 Where the engine has no such driver these tests skip, saying why.
 
-Inventory: GPUs 0 and 1 exclusive, GPU 2 shared by at most 2 holders (4096 MiB each).
-Profiles: cpu for everyone; gpu-1 and gpu-shared for the JupyterHub group `gpu` only.
-The queue is on (GPU_QUEUE=true) with a short timeout, so a spawn that finds no GPU waits.
+Inventory and profiles: tests/gpustack.py. The queue is on (GPU_QUEUE=true) with a short
+timeout, so a spawn that finds no GPU waits.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ import json
 import os
 import subprocess
 import time
-import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -27,6 +25,16 @@ import docker
 import pytest
 import requests
 from browser import ARTIFACTS, chromium, needs_chromium
+from gpustack import (
+    GROUP,
+    INVENTORY,
+    Admin,
+    container_of,
+    devices_of,
+    env_of,
+    gpu_config_dir,
+    nvidia_driver_missing,
+)
 from hypothesis import given
 from hypothesis import strategies as st
 from labhub.gpu.api import CONTENT_SECURITY_POLICY
@@ -35,7 +43,6 @@ from stacks import USERS_CREATED, Stack, launched_stack
 
 from testsupport.browsing import despite_network_changes, network_changed
 from testsupport.fuzzing import FUZZ, json_body, segment
-from testsupport.images import ensure_base_image
 
 if TYPE_CHECKING:
     from playwright.sync_api import ConsoleMessage, Page
@@ -45,77 +52,14 @@ pytestmark = pytest.mark.e2e
 STACK = os.environ.get("LABHUB_GPU_TEST_STACK", "labhubgpu")
 HTTPS_PORT = int(os.environ.get("LABHUB_GPU_TEST_HTTPS_PORT", "19443"))
 QUEUE_TIMEOUT = 60
-GROUP = "gpu"
-
-INVENTORY = {
-    "devices": [
-        {"id": "0", "uuid": "GPU-test-0", "model": "Test A100", "memory_mib": 40960},
-        {"id": "1", "uuid": "GPU-test-1", "model": "Test A100", "memory_mib": 40960},
-        {
-            "id": "2",
-            "model": "Test T4",
-            "memory_mib": 15360,
-            "policy": "shared",
-            "max_holders": 2,
-            "memory_cap_mib": 4096,
-        },
-    ]
-}
-PROFILES = {
-    "profiles": [
-        {"slug": "cpu", "display_name": "CPU only", "cpu_limit": 1, "mem_limit": "2G"},
-        {
-            "slug": "gpu-shared",
-            "display_name": "Shared GPU slice",
-            "gpu": "shared",
-            "cpu_limit": 1,
-            "mem_limit": "2G",
-            "groups": [GROUP],
-        },
-        {
-            "slug": "gpu-1",
-            "display_name": "One whole GPU",
-            "gpu": 1,
-            "cpu_limit": 1,
-            "mem_limit": "2G",
-            "groups": [GROUP],
-        },
-    ]
-}
-
-
-def _nvidia_driver_missing() -> str | None:
-    """Why GPU containers cannot start on this engine, or None when they can."""
-    try:
-        client = docker.from_env()
-        client.containers.run(
-            ensure_base_image(),
-            ["true"],
-            remove=True,
-            device_requests=[docker.types.DeviceRequest(device_ids=["0"], capabilities=[["gpu"]])],
-        )
-    except docker.errors.DockerException as e:
-        return (
-            f"the Docker engine cannot start a container with --gpus device=0 ({e}); "
-            "start dockerd with tests/fake-gpu on its PATH (as .ci/run does) or use a GPU host"
-        )
-    return None
-
-
-# --- the stack and its users ----------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def gpu_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    reason = _nvidia_driver_missing()
+    reason = nvidia_driver_missing()
     if reason:
         pytest.skip(reason)
-    config = tmp_path_factory.mktemp("gpu-config")
-    (config / "gpus.json").write_text(json.dumps(INVENTORY))
-    (config / "profiles.json").write_text(json.dumps(PROFILES))
-    config.chmod(0o755)
-    for name in ("gpus.json", "profiles.json"):
-        (config / name).chmod(0o644)
+    config = gpu_config_dir(tmp_path_factory.mktemp("gpu-config"))
     extra = {
         "GPU_CONFIG_DIR": str(config),
         "GPU_INVENTORY": "/srv/labhub/gpus.json",
@@ -130,110 +74,6 @@ def gpu_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield running
 
 
-class Admin:
-    """The hub's and the GPU service's REST APIs with an admin token."""
-
-    def __init__(self, stack: Stack) -> None:
-        self.stack = stack
-        self.token = stack.login("admin").new_token("admin")
-        self.http = requests.Session()
-        self.http.trust_env = False
-        self.http.verify = stack.ca_file
-        self.http.headers["Authorization"] = f"token {self.token}"
-
-    def hub(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        kwargs.setdefault("timeout", 120)
-        return self.http.request(method, f"{self.stack.base_url}/hub/api{path}", **kwargs)
-
-    def gpus(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        return self.http.request(
-            method, f"{self.stack.base_url}/services/gpus/api/{path}", timeout=120, **kwargs
-        )
-
-    def holders(self) -> dict[str, list[str]]:
-        """Device id -> holders, as the admin API reports them."""
-        response = self.gpus("GET", "devices")
-        assert response.status_code == 200, response.text
-        devices = response.json()["devices"]
-        return {d["id"]: sorted(h["holder"] for h in d["holders"]) for d in devices}
-
-    def users(self, count: int, gpu_group: bool) -> list[str]:
-        names = [f"gpu-{uuid.uuid4().hex[:8]}" for _ in range(count)]
-        USERS_CREATED.extend(names)
-        response = self.hub("POST", "/users", json={"usernames": names})
-        assert response.status_code == 201, response.text
-        if gpu_group:
-            self.hub("POST", f"/groups/{GROUP}")  # 201, or 409 when it exists
-            response = self.hub("POST", f"/groups/{GROUP}/users", json={"users": names})
-            assert response.status_code == 200, response.text
-        return names
-
-    def spawn(self, name: str, profile: str) -> requests.Response:
-        return self.hub("POST", f"/users/{name}/server", json={"profile": profile})
-
-    def start(self, profiles: dict[str, str]) -> None:
-        """Ask for every user's server with its profile at once, then wait until all are ready."""
-        for name, profile in profiles.items():
-            assert self.spawn(name, profile).status_code in (201, 202)
-        for name in profiles:
-            self.wait(name, ready=True)
-
-    def server(self, name: str) -> dict[str, Any] | None:
-        servers: dict[str, Any] = self.hub("GET", f"/users/{name}").json().get("servers", {})
-        return servers.get("")
-
-    def wait(self, name: str, ready: bool, timeout: float = 300) -> dict[str, Any] | None:
-        """Until the server is ready (ready=True) or gone (ready=False)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            server = self.server(name)
-            if ready and server and server.get("ready"):
-                return server
-            if not ready and not server:
-                return None
-            if ready and not server:
-                raise AssertionError(f"{name}'s spawn failed: {self.last_progress(name)}")
-            time.sleep(1)
-        raise TimeoutError(f"{name}: server not {'ready' if ready else 'gone'} in {timeout} s")
-
-    def stopping(self, name: str, within: float = 15) -> bool:
-        """Whether the server is stopping or gone (polled for ``within`` seconds)."""
-        deadline = time.monotonic() + within
-        while time.monotonic() < deadline:
-            server = self.server(name)
-            if server is None or server.get("pending") == "stop":
-                return True
-            time.sleep(0.5)
-        return False
-
-    def stop(self, *names: str) -> None:
-        for name in names:
-            self.hub("DELETE", f"/users/{name}/server")
-        for name in names:
-            self.wait(name, ready=False, timeout=120)
-
-    def last_progress(self, name: str) -> str:
-        return self.progress(name, until=lambda _: False, timeout=5)
-
-    def progress(self, name: str, until: Any, timeout: float = 30) -> str:
-        """Read the spawn's progress events until `until(message)`; return that message."""
-        last = ""
-        with (
-            contextlib.suppress(requests.RequestException),
-            self.hub(
-                "GET", f"/users/{name}/server/progress", stream=True, timeout=timeout
-            ) as response,
-        ):
-            for line in response.iter_lines(decode_unicode=True):
-                if not line or not line.startswith("data:"):
-                    continue
-                event = json.loads(line[5:])
-                last = str(event.get("message", ""))
-                if until(last) or event.get("failed") or event.get("ready"):
-                    return last
-        return last
-
-
 @pytest.fixture(scope="module")
 def admin(gpu_stack: Stack) -> Admin:
     return Admin(gpu_stack)
@@ -246,23 +86,9 @@ def engine() -> Iterator[docker.DockerClient]:
     client.close()
 
 
-def container_of(engine: docker.DockerClient, name: str) -> dict[str, Any]:
-    """`docker inspect` of the user's container in our stack."""
-    found = engine.containers.list(
-        all=True, filters={"label": f"labhub.user={name}", "name": f"{STACK}-user-"}
-    )
-    assert len(found) == 1, f"{name}: {len(found)} containers"
-    attrs: dict[str, Any] = found[0].attrs
-    return attrs
-
-
-def devices_of(inspect: dict[str, Any]) -> list[str]:
-    requests_ = inspect["HostConfig"].get("DeviceRequests") or []
-    return [d for r in requests_ if r["Driver"] == "nvidia" for d in r["DeviceIDs"]]
-
-
-def env_of(inspect: dict[str, Any]) -> dict[str, str]:
-    return dict(item.split("=", 1) for item in inspect["Config"]["Env"])
+def in_stack(engine: docker.DockerClient, name: str) -> dict[str, Any]:
+    """`docker inspect` of the user's container in this module's stack."""
+    return container_of(engine, STACK, name)
 
 
 # --- the tests -----------------------------------------------------------------------
@@ -275,7 +101,7 @@ def test_containers_get_exactly_their_devices_and_release_them_on_stop(
     admin.start({whole: "gpu-1", shared: "gpu-shared", cpu: "cpu"})
 
     holders = admin.holders()
-    whole_box = container_of(engine, whole)
+    whole_box = in_stack(engine, whole)
     [device] = devices_of(whole_box)
     assert device in ("0", "1")
     [request] = whole_box["HostConfig"]["DeviceRequests"]
@@ -284,13 +110,13 @@ def test_containers_get_exactly_their_devices_and_release_them_on_stop(
     assert "GPU_MEMORY_LIMIT_MB" not in env_of(whole_box)
     assert holders[device] == [whole]
 
-    shared_box = container_of(engine, shared)
+    shared_box = in_stack(engine, shared)
     assert devices_of(shared_box) == ["2"]
     assert env_of(shared_box)["NVIDIA_VISIBLE_DEVICES"] == "2"
     assert env_of(shared_box)["GPU_MEMORY_LIMIT_MB"] == "4096"
     assert holders["2"] == [shared]
 
-    cpu_box = container_of(engine, cpu)
+    cpu_box = in_stack(engine, cpu)
     assert devices_of(cpu_box) == []
     assert env_of(cpu_box)["NVIDIA_VISIBLE_DEVICES"] == "void"
     # The profile's limits reach the engine too.
@@ -356,9 +182,11 @@ def test_non_admins_get_403_from_the_gpu_service(gpu_stack: Stack, admin: Admin)
         json={"drained": True},
     )
     assert revoke.status_code == 403
-    # An admin gets the page.
+    # An admin gets the page; no nvidia-smi in this hub: the utilisation rule is off, and
+    # the page says why.
     page = admin.http.get(f"{gpu_stack.base_url}/services/gpus/", timeout=60)
     assert page.status_code == 200 and "Test A100" in page.text
+    assert "utilisation rule off: no NVML (nvidia-smi) on this host" in page.text
 
 
 def test_twenty_users_at_once_never_double_book(admin: Admin, engine: docker.DockerClient) -> None:
@@ -391,7 +219,7 @@ def test_twenty_users_at_once_never_double_book(admin: Admin, engine: docker.Doc
     assert admin.server(waited) is None
     holders = admin.holders()
     assert sorted(holders["0"] + holders["1"]) == sorted(ready)
-    assert {devices_of(container_of(engine, n))[0] for n in ready} == {"0", "1"}
+    assert {devices_of(in_stack(engine, n))[0] for n in ready} == {"0", "1"}
     # The 18 others waited in the queue for GPU_QUEUE_TIMEOUT, then were refused; none
     # left a container or a place in the queue behind.
     assert admin.gpus("GET", "devices").json()["queue"] == []
@@ -408,7 +236,7 @@ def test_hub_restart_keeps_every_assignment(
     first, second, third = admin.users(3, gpu_group=True)
     admin.start({first: "gpu-1", second: "gpu-1", third: "gpu-shared"})
     before = admin.holders()
-    boxes = {n: container_of(engine, n)["Id"] for n in (first, second, third)}
+    boxes = {n: in_stack(engine, n)["Id"] for n in (first, second, third)}
 
     gpu_stack.compose("restart", "hub")
     deadline = time.monotonic() + 180
@@ -421,17 +249,17 @@ def test_hub_restart_keeps_every_assignment(
     assert admin.holders() == before
     for name, box in boxes.items():
         assert admin.server(name)["ready"], name
-        assert container_of(engine, name)["Id"] == box
+        assert in_stack(engine, name)["Id"] == box
     # Nothing was freed: the next whole-GPU spawn finds both exclusive GPUs busy and waits.
     [late] = admin.users(1, gpu_group=True)
     assert admin.spawn(late, "gpu-1").status_code == 202
     message = admin.progress(late, until=lambda m: "in the queue" in m)
     assert "number 1 in the queue" in message
     # When a holder stops, the waiting spawn gets its GPU.
-    freed = devices_of(container_of(engine, first))
+    freed = devices_of(in_stack(engine, first))
     admin.stop(first)
     admin.wait(late, ready=True, timeout=QUEUE_TIMEOUT + 120)
-    assert devices_of(container_of(engine, late)) == freed
+    assert devices_of(in_stack(engine, late)) == freed
     admin.stop(late, second, third)
     assert admin.holders() == {"0": [], "1": [], "2": []}
     actions = [e["action"] for e in admin.gpus("GET", "audit?limit=50").json()["entries"]]
@@ -445,7 +273,7 @@ def test_queued_spawn_gets_the_gpu_an_admin_revokes(
     for name in (first, second):
         assert admin.spawn(name, "gpu-1").status_code in (201, 202)
         admin.wait(name, ready=True)
-    taken = devices_of(container_of(engine, first))
+    taken = devices_of(in_stack(engine, first))
 
     assert admin.spawn(waiting, "gpu-1").status_code == 202
     message = admin.progress(waiting, until=lambda m: "in the queue" in m)
@@ -458,7 +286,7 @@ def test_queued_spawn_gets_the_gpu_an_admin_revokes(
     assert revoke.status_code in (200, 202), revoke.text
     admin.wait(first, ready=False, timeout=120)
     admin.wait(waiting, ready=True, timeout=QUEUE_TIMEOUT + 120)
-    assert devices_of(container_of(engine, waiting)) == taken
+    assert devices_of(in_stack(engine, waiting)) == taken
     assert admin.holders()[taken[0]] == [waiting]
     entries = admin.gpus("GET", "audit?limit=50").json()["entries"]
     assert any(e["action"] == "revoke" and e["detail"]["holder"] == first for e in entries)
@@ -468,7 +296,7 @@ def test_queued_spawn_gets_the_gpu_an_admin_revokes(
 def test_a_killed_container_frees_its_gpu(admin: Admin, engine: docker.DockerClient) -> None:
     [name] = admin.users(1, gpu_group=True)
     admin.start({name: "gpu-1"})
-    box = container_of(engine, name)
+    box = in_stack(engine, name)
     [device] = devices_of(box)
     assert admin.holders()[device] == [name]
 
@@ -544,7 +372,7 @@ def test_admin_page_in_a_browser_revokes_a_quoting_holder_without_running_its_na
         added = admin.hub("POST", f"/groups/{GROUP}/users", json={"users": [QUOTING_NAME]})
     assert added.status_code == 200, added.text
     admin.start({QUOTING_NAME: "gpu-1"})
-    [device] = devices_of(container_of(engine, QUOTING_NAME))
+    [device] = devices_of(in_stack(engine, QUOTING_NAME))
     assert admin.holders()[device] == [QUOTING_NAME]
 
     with chromium_page(gpu_stack, "gpu-admin-page") as page:
