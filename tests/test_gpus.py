@@ -168,14 +168,21 @@ def test_non_admins_get_403_from_the_gpu_service(gpu_stack: Stack, admin: Admin)
     [student] = admin.users(1, gpu_group=True)
     client = gpu_stack.login(student)
     token = client.new_token(student)
-    for path in ("", "api/devices", "api/usage", "api/audit"):
+    for path in ("api/devices", "api/usage", "api/audit"):
         url = f"{gpu_stack.base_url}/services/gpus/{path}"
         # With the student's API token...
         response = client.session.get(url, headers={"Authorization": f"token {token}"})
         assert response.status_code == 403, (path, response.status_code)
-        # ...and with the student's browser session (the hub's OAuth refuses).
+        # ...and with the student's browser session (through the hub's OAuth).
         response = client.session.get(url, allow_redirects=True, timeout=60)
         assert response.status_code == 403, (path, response.status_code, response.url)
+    # The admin page sends a student (the hub's Services menu) to their own GPU page.
+    mine = client.session.get(f"{gpu_stack.base_url}/services/gpus/", timeout=60)
+    assert mine.url == f"{gpu_stack.base_url}/services/gpus/me", mine.url
+    assert mine.status_code == 200 and "My GPU session" in mine.text
+    assert "Test A100" not in mine.text and "revoke" not in mine.text
+    # No nvidia-smi in this hub: the utilisation rule is off, and the page says why.
+    assert "No stop for an idle GPU here: no NVML (nvidia-smi) on this host." in mine.text
     revoke = client.session.post(
         f"{gpu_stack.base_url}/services/gpus/api/devices/0/drain",
         headers={"Authorization": f"token {token}"},

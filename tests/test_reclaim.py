@@ -271,7 +271,6 @@ def test_a_session_reaches_its_length_is_extended_once_then_stops(
 
 
 ADMIN_ENDPOINTS = [
-    ("GET", ""),
     ("GET", "api/devices"),
     ("GET", "api/usage"),
     ("GET", "api/audit"),
@@ -305,6 +304,10 @@ def test_a_students_server_token_reads_api_me_but_no_admin_endpoint(
         )  # fmt: skip
         assert response.status_code == 403, (path, response.status_code, response.text[:200])
         assert "is not a JupyterHub admin" in response.json()["message"], path
+    # The admin page itself sends the token to the student's own page.
+    page = token.get(f"{reclaim_stack.base_url}/services/gpus/", timeout=30)
+    assert page.url.endswith("/services/gpus/me") and "My GPU session" in page.text
+    assert victim not in page.text and "revoke" not in page.text
     assert admin.server(victim)["ready"]
     devices = admin.gpus("GET", "devices").json()["devices"]
     assert all(not d["drained_since"] and not d["reserved_for"] for d in devices)

@@ -1,8 +1,10 @@
-"""The students' API: ``api/me`` and ``api/me/extend`` (docs/gpus.md, contract-me.md).
+"""The students' API, ``api/me`` and ``api/me/extend`` (docs/gpus.md, contract-me.md), and
+their page, ``/services/gpus/me``.
 
-A student's JupyterLab reads it with its server's own token (``JUPYTERHUB_API_TOKEN``, at
-the URL in ``LABHUB_GPU_STATUS_URL``); the hub page with the browser's login. Each answer is
-about the token's user only: the user's name comes from the hub, never from the request.
+A student's JupyterLab reads the API with its server's own token (``JUPYTERHUB_API_TOKEN``,
+at the URL in ``LABHUB_GPU_STATUS_URL``); the page (the hub's *Services* menu, *gpus*) with
+the browser's login. Each answer is about the logged-in user only: the user's name comes
+from the hub, never from the request.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from labhub.gpu.api import UserHandler
 from labhub.gpu.culler import Reclaimer
 from labhub.gpu.hubclient import HubCall
 from labhub.gpu.inventory import Inventory
+from labhub.gpu.page import TEMPLATES
 from labhub.gpu.profiles import Profile
 from labhub.gpu.quota import QuotaPolicy
 from labhub.gpu.scheduler import Allocation, Holder
@@ -100,6 +103,22 @@ class MeHandler(UserHandler):
                 "servers": await self.servers(model),
             }
         )
+
+
+class MePageHandler(MeHandler):
+    """The same as ``api/me``, as a page with an *extend* button per session."""
+
+    async def get(self) -> None:
+        model = await self.hub_model()
+        page = TEMPLATES.get_template("me.html").render(
+            rule=self.reclaimer.rules.utilisation_rule(),
+            hours_left=await self.hours_left(model),
+            servers=await self.servers(model),
+            api=self.settings["api_prefix"],
+            xsrf=self.xsrf_token.decode(),
+            static_url=self.static_url,
+        )
+        self.finish(page)
 
 
 class ExtendHandler(MeHandler):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 
 from jinja2 import Environment, PackageLoader, select_autoescape
+from jupyterhub.utils import url_path_join
 from labhub.gpu.allocator import utcnow
 from labhub.gpu.api import AdminHandler, devices_report
 
@@ -19,6 +20,16 @@ TEMPLATES = Environment(
 
 
 class PageHandler(AdminHandler):
+    """The admin page; anyone else who opens the service (the hub's *Services* menu) is sent
+    to their own GPU session page, ``me``."""
+
+    def prepare(self) -> None:
+        user = self.current_user
+        if user is not None and not user.get("admin"):
+            self.redirect(url_path_join(self.request.path, "me"))
+            return
+        super().prepare()
+
     async def get(self) -> None:
         report = await devices_report(self.store, self.inventory, self.settings["gpu_reclaimer"])
         usage = await asyncio.to_thread(self.store.usage, utcnow())

@@ -31,6 +31,8 @@ token:
 - ``GET  api/me``         the user's GPU servers: devices, idle-since, when each rule stops
   it, extensions left, the warning to show; GPU-hours left; the utilisation rule.
 - ``POST api/me/extend``  ``{"server": ""}``: one more GPU_SESSION_EXTENSION (409 when none).
+- ``GET  me``             the same as a page, with an *extend* button; the service's root
+  sends anyone not an admin there.
 
 Admins only (every other route answers 403 to anyone else; :mod:`labhub.gpu.api`):
 
@@ -73,7 +75,7 @@ from labhub.gpu.api import (
 from labhub.gpu.culler import Reclaimer
 from labhub.gpu.hubclient import hub_api_caller
 from labhub.gpu.inventory import Inventory, read_utilisation
-from labhub.gpu.me import ExtendHandler, MeHandler
+from labhub.gpu.me import ExtendHandler, MeHandler, MePageHandler
 from labhub.gpu.metrics import MetricsHandler
 from labhub.gpu.page import PageHandler
 from labhub.gpu.profiles import Profile
@@ -110,6 +112,7 @@ def make_app(
     return web.Application(
         [
             (prefix, PageHandler),
+            (url_path_join(prefix, "me"), MePageHandler),
             (url_path_join(prefix, "oauth_callback"), OAuthCallbackHandler),
             (api + "me", MeHandler),
             (api + "me/extend", ExtendHandler),

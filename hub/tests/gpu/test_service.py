@@ -117,10 +117,15 @@ class ServiceTest(AsyncHTTPTestCase):
         return response.code, json.loads(text) if text.startswith("{") else text
 
     def test_non_admins_get_403_everywhere(self) -> None:
-        for path in ("", "api/devices", "api/usage", "api/audit"):
+        for path in ("api/devices", "api/usage", "api/audit"):
             code, body = self.call(path, "ada")
             assert code == 403, path
             assert "not a JupyterHub admin" in body["message"]
+        # The admin page sends a student to their own GPU session page instead.
+        response = self.fetch(
+            "/services/gpus/", headers={"X-Test-User": "ada"}, follow_redirects=False
+        )
+        assert (response.code, response.headers["Location"]) == (302, "/services/gpus/me")
         assert self.call("api/devices/0/drain", "ada", {"drained": True})[0] == 403
         assert self.call("api/devices", "")[0] == 403
 
@@ -150,6 +155,21 @@ class ServiceTest(AsyncHTTPTestCase):
         assert self.call("api/me/extend", "ada", {"server": 3})[0] == 400
         extend = self.store.audit()[0]
         assert (extend.actor, extend.action, extend.detail["holder"]) == ("ada", "extend", "ada")
+
+    def test_a_students_page_shows_the_session_and_extends_it(self) -> None:
+        code, page = self.call("me", "ada")
+        assert code == 200 and "None of your servers holds a GPU." in page
+        assert "GPU-hours left this week: 10.0" in page
+        self.store.allocate(INVENTORY, Holder("ada"), GpuRequest(whole=1), NOW)
+        self.store.allocate(INVENTORY, Holder("root"), GpuRequest(whole=1), NOW)
+        page = self.call("me", "ada")[1]
+        assert "One A100" in page and "session ends at 2025-11-24T10:00:00Z" in page
+        assert 'data-action="extend" data-server=""' in page
+        assert "root" not in page  # another user's GPU is not shown
+        # The page's button: a cookie-authenticated POST, with the XSRF token.
+        assert self.call("api/me/extend", "ada", {"server": ""})[0] == 200
+        page = self.call("me", "ada")[1]
+        assert "0 extension(s) left" in page and 'data-action="extend"' not in page
 
     def test_anonymous_page_redirects_to_hub_login(self) -> None:
         response = self.fetch("/services/gpus/", follow_redirects=False)
