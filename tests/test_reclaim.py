@@ -22,10 +22,12 @@ from typing import Any
 import docker
 import pytest
 import requests
+from browser import ARTIFACTS, chromium, needs_chromium
 from gpustack import INVENTORY, Admin, devices_of, env_of, gpu_config_dir, nvidia_driver_missing
 from labhub.contract import GPU_STATUS_URL_ENV, volume_name_for
 from stacks import Stack, launched_stack
 
+from testsupport.browsing import despite_network_changes
 from testsupport.containers import user_container
 from testsupport.hubclient import token_session
 from testsupport.images import REPO
@@ -268,6 +270,45 @@ def test_a_session_reaches_its_length_is_extended_once_then_stops(
     entries = culls(admin, name)
     assert any(e["action"] == "extend" and e["actor"] == name for e in entries)
     assert any(e["action"] == "cull" and e["detail"]["reason"] == "session-length" for e in entries)
+
+
+@needs_chromium
+def test_a_student_extends_the_session_on_the_hub_page_in_a_browser(
+    reclaim_stack: Stack, admin: Admin, gpu_config: Path
+) -> None:
+    """The hub's way (Services -> gpus): the service's root lands a student on their GPU
+    page, whose button extends the session once; the page then offers no more."""
+    from playwright.sync_api import expect
+
+    set_utilisation(gpu_config, {})
+    [name] = admin.users(1, gpu_group=True)
+    admin.start({name: "gpu-1"})
+    before = admin.gpus("GET", "devices").json()
+    with chromium(reclaim_stack) as browser:
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        try:
+            reclaim_stack.browser_login(page, name, next_url="/hub/home")
+
+            def services_menu_gpus() -> None:
+                page.goto(reclaim_stack.base_url + "/hub/home")
+                page.get_by_role("button", name="Services").click()
+                page.get_by_role("link", name="gpus").click()
+                page.wait_for_url("**/services/gpus/me")
+
+            despite_network_changes(services_menu_gpus)
+            expect(page.locator("body")).to_contain_text("1 extension(s) left")
+            page.get_by_role("button", name="extend this session").click()
+            expect(page.locator("body")).to_contain_text("0 extension(s) left")
+            assert page.get_by_role("button", name="extend this session").count() == 0
+        finally:
+            page.screenshot(path=str(ARTIFACTS / "reclaim-extend.png"))
+    assert errors == [], errors
+    entries = culls(admin, name)
+    assert [e["actor"] for e in entries if e["action"] == "extend"] == [name]
+    assert before["rules"]["extensions"] == 1
+    admin.stop(name)
 
 
 ADMIN_ENDPOINTS = [
