@@ -59,8 +59,12 @@ class Reclaimer:
         utilisation: dict[str, Utilisation] = {}
         if self.rules.utilisation_rule_on:
             utilisation = await asyncio.to_thread(self.read_utilisation)
+        # Forget holders gone since the last round (stopped, or a new allocation).
         live = {(a.holder, a.since) for a in allocations}
         self.clocks = {key: clock for key, clock in self.clocks.items() if key in live}
+        holders = {a.holder for a in allocations}
+        self.warned = {w for w in self.warned if w[0] in holders}
+        self.last_activity = {h: t for h, t in self.last_activity.items() if h in holders}
         stopped: list[tuple[str, str]] = []
         for allocation in allocations:
             info = await self._server(allocation.holder)
@@ -120,7 +124,6 @@ class Reclaimer:
             devices=list(allocation.device_ids), reason=stop.reason, since=_iso(started),
             seconds=int((now - started).total_seconds()),
         )  # fmt: skip
-        self.warned = {w for w in self.warned if w[0] != allocation.holder}
         return True
 
     def status(self, allocation: Allocation, extensions_used: int, now: datetime) -> dict[str, Any]:

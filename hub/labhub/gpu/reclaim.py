@@ -66,6 +66,13 @@ class Rules:
         return since + timedelta(seconds=self.session_max_s + extensions_used * self.extension_s)
 
 
+# No rule in force (an application built without settings, e.g. in unit tests).
+NO_RULES = Rules(
+    idle_timeout_s=0, warn_s=0, session_max_s=0, extension_s=1, extensions=0,
+    hub_idle_timeout_s=0, nvml=False,
+)  # fmt: skip
+
+
 def minutes(seconds: int) -> int | float:
     """Whole minutes where they are whole (30), else to two places (0.25)."""
     return seconds // 60 if seconds % 60 == 0 else round(seconds / 60, 2)
@@ -173,5 +180,5 @@ def warning_text(warning: Warn, idle_since: datetime | None, now: datetime) -> s
         return f"GPU session limit: this server stops at {at} unless you extend it."
     if warning.reason == "hub-idle":
         return f"No activity: this server stops at {at} unless you use it."
-    idle_for = minutes(int((now - (idle_since or now)).total_seconds()) // 60 * 60)
+    idle_for = int((now - (idle_since or now)).total_seconds() // 60)
     return f"No GPU use for {idle_for} min: this server stops at {at} unless it uses its GPU."

@@ -80,7 +80,7 @@ from labhub.gpu.metrics import MetricsHandler
 from labhub.gpu.page import PageHandler
 from labhub.gpu.profiles import Profile
 from labhub.gpu.quota import QuotaPolicy
-from labhub.gpu.reclaim import Rules
+from labhub.gpu.reclaim import NO_RULES, Rules
 from labhub.gpu.store import Store
 from labhub.settings import Settings, SettingsError
 from tornado import web
@@ -108,7 +108,7 @@ def make_app(
     """
     api = url_path_join(prefix, "api/")
     hub = hub_api_caller(hub_api_url, hub_api_token)
-    rules = rules or Rules(0, 0, 0, 1, 0, 0, nvml=False)
+    rules = rules or NO_RULES
     return web.Application(
         [
             (prefix, PageHandler),
