@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -104,22 +104,6 @@ def families(
     ]  # fmt: skip
 
 
-def quota_limits(
-    policy: quota.QuotaPolicy, users: Iterable[str], topups: Mapping[str, float]
-) -> dict[str, float]:
-    """Each subject's limit this week: the per-user quota for every user seen, each
-    group's quota, plus top-ups."""
-    limits: dict[str, float] = {}
-    if policy.user_hours is not None:
-        for user in users:
-            subject = quota.user_subject(user)
-            limits[subject] = policy.user_hours + topups.get(subject, 0.0)
-    for group, value in policy.group_hours.items():
-        subject = quota.group_subject(group)
-        limits[subject] = value + topups.get(subject, 0.0)
-    return limits
-
-
 class _Snapshot:
     """A collector of metric families made beforehand (prometheus_client's exposition)."""
 
@@ -158,7 +142,15 @@ class MetricsHandler(web.RequestHandler):
         users = [s.split(":", 1)[1] for s in used if s.startswith("user:")]
         registry = CollectorRegistry(auto_describe=False)
         registry.register(
-            _Snapshot(families(report, used, quota_limits(policy, users, topups), events, now))
+            _Snapshot(
+                families(
+                    report,
+                    used,
+                    quota.limits(policy, users, policy.group_hours, topups),
+                    events,
+                    now,
+                )
+            )
         )
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.finish(generate_latest(registry))

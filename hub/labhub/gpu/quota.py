@@ -104,6 +104,21 @@ def usage_this_week(
     return used
 
 
+def limits(
+    policy: QuotaPolicy, users: Iterable[str], groups: Iterable[str], topups: Mapping[str, float]
+) -> dict[str, float]:
+    """Each subject's limit this week, top-ups included: the per-user quota for each of
+    ``users``, and the quota of each of ``groups`` that has one (in that order)."""
+    out: dict[str, float] = {}
+    if policy.user_hours is not None:
+        for user in users:
+            out[user_subject(user)] = policy.user_hours
+    for group in groups:
+        if group in policy.group_hours:
+            out[group_subject(group)] = policy.group_hours[group]
+    return {subject: limit + topups.get(subject, 0.0) for subject, limit in out.items()}
+
+
 def lines_for(
     policy: QuotaPolicy,
     user: str,
@@ -112,15 +127,9 @@ def lines_for(
     topups: Mapping[str, float],
 ) -> list[QuotaLine]:
     """The quotas that apply to ``user`` this week, given usage and top-ups per subject."""
-    limits: list[tuple[str, float]] = []
-    if policy.user_hours is not None:
-        limits.append((user_subject(user), policy.user_hours))
-    for group in sorted(groups):
-        if group in policy.group_hours:
-            limits.append((group_subject(group), policy.group_hours[group]))
     return [
-        QuotaLine(subject=s, limit=limit + topups.get(s, 0.0), used=used.get(s, 0.0))
-        for s, limit in limits
+        QuotaLine(subject=s, limit=limit, used=used.get(s, 0.0))
+        for s, limit in limits(policy, [user], sorted(groups), topups).items()
     ]
 
 
