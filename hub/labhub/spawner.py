@@ -206,8 +206,9 @@ def spawner_config(settings: Settings, gpu_allocator: GpuAllocator) -> dict[str,
     (``labhub.gpu.allocator.load_allocator(settings)``)."""
     return {
         "image": settings.workspace_image,
-        # Only the workspace image may be spawned, whatever a request asks for.
-        "allowed_images": {"TensorFlow workspace": settings.workspace_image},
+        # The profile picks the image (GpuSpawnerMixin, from the allow-list WORKSPACE_IMAGES);
+        # a request naming one itself (user_options "image") gets DockerSpawner's 400.
+        "allowed_images": {},
         "network_name": settings.docker_network,
         "use_internal_ip": True,
         "remove": True,
