@@ -34,7 +34,8 @@ preflight: ## Check Docker, Compose, free ports, disk and debootstrap (install t
 	@HTTP_PORT=$(call env_value,HTTP_PORT) HTTPS_PORT=$(call env_value,HTTPS_PORT) \
 	  BIND_ADDRESS=$(call env_value,BIND_ADDRESS) STACK_NAME=$(call env_value,STACK_NAME) \
 	  BASE_IMAGE=$(call env_value,BASE_IMAGE) WORKSPACE_IMAGE=$(WORKSPACE_IMAGE) \
-	  TENSORFLOW_PACKAGE='$(call env_value,TENSORFLOW_PACKAGE)' ENV_FILE=$(ENV_FILE) \
+	  TENSORFLOW_PACKAGE='$(call env_value,TENSORFLOW_PACKAGE)' TORCH_IMAGES='$(TORCH_IMAGES)' \
+	  ENV_FILE=$(ENV_FILE) \
 	  scripts/preflight.sh
 
 .PHONY: env
