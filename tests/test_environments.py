@@ -260,3 +260,41 @@ def test_a_profile_naming_an_unlisted_image_stops_the_hub(env_stack: Stack) -> N
         "WORKSPACE_IMAGES in .env, or name one of those"
     ) in done.stderr, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
+
+
+NOTEBOOK_IN_THE_IMAGE = """
+set -e
+cp -r /opt/workspace/mnist /tmp/nb && cd /tmp/nb
+jupyter nbconvert --to notebook --execute --ExecutePreprocessor.timeout=900 \
+    --output /tmp/nb/run.ipynb MNIST.ipynb 2>/tmp/nbconvert.log ||
+    { tail -40 /tmp/nbconvert.log; exit 1; }
+python - <<'PY'
+import json
+notebook = json.load(open("/tmp/nb/run.ipynb"))
+print("kernel", notebook["metadata"]["kernelspec"]["name"])
+for cell in notebook["cells"]:
+    for output in cell.get("outputs", []):
+        text = output.get("text", "")
+        print("".join(text) if isinstance(text, list) else text, end="")
+PY
+ls "$MNIST_LOGS_DIR"
+"""
+
+
+def test_the_mnist_notebook_runs_top_to_bottom_in_the_pytorch_image() -> None:
+    """The same MNIST.ipynb as the TensorFlow workspace (its kernel renamed at build time),
+    on a small subset, with no network: LeNet, the strong recipe and TensorBoard logs."""
+    done = subprocess.run(
+        [
+            "docker", "run", "--rm", "--network", "none",
+            "-e", "MNIST_NOTEBOOK_SUBSET=1500", "-e", "MNIST_NOTEBOOK_EPOCHS=1",
+            "-e", "MPLBACKEND=Agg", "--entrypoint", "bash", TORCH_IMAGE, "-c",
+            NOTEBOOK_IN_THE_IMAGE,
+        ],
+        capture_output=True, text=True, timeout=1500,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "kernel pytorch" in done.stdout
+    assert "on torch" in done.stdout  # the first cell's "Keras 3.x on torch - ..."
+    assert "LeNet test accuracy" in done.stdout and "strong test accuracy" in done.stdout
+    assert "notebook-lenet" in done.stdout and "notebook-strong" in done.stdout
