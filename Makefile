@@ -18,6 +18,10 @@ PY := $(VENV)/bin/python
 # for a variable wins, as in docker compose --env-file and scripts/init-env.sh.
 env_value = $(shell { grep -E '^$(1)=' $(ENV_FILE) 2>/dev/null || grep -E '^$(1)=' .env.example; } | tail -n1 | cut -d= -f2-)
 WORKSPACE_IMAGE = labhub/workspace:$(call env_value,LABHUB_VERSION)
+# The PyTorch workspace images WORKSPACE_IMAGES lists (labhub/workspace-torch:<tag>): built
+# only when offered, as its CUDA wheels are some GBs that a lab without it need not fetch.
+comma := ,
+TORCH_IMAGES = $(filter labhub/workspace-torch:%,$(subst $(comma), ,$(call env_value,WORKSPACE_IMAGES)))
 
 .PHONY: help
 help: ## List the targets
@@ -30,7 +34,8 @@ preflight: ## Check Docker, Compose, free ports, disk and debootstrap (install t
 	@HTTP_PORT=$(call env_value,HTTP_PORT) HTTPS_PORT=$(call env_value,HTTPS_PORT) \
 	  BIND_ADDRESS=$(call env_value,BIND_ADDRESS) STACK_NAME=$(call env_value,STACK_NAME) \
 	  BASE_IMAGE=$(call env_value,BASE_IMAGE) WORKSPACE_IMAGE=$(WORKSPACE_IMAGE) \
-	  TENSORFLOW_PACKAGE='$(call env_value,TENSORFLOW_PACKAGE)' ENV_FILE=$(ENV_FILE) \
+	  TENSORFLOW_PACKAGE='$(call env_value,TENSORFLOW_PACKAGE)' TORCH_IMAGES='$(TORCH_IMAGES)' \
+	  ENV_FILE=$(ENV_FILE) \
 	  scripts/preflight.sh
 
 .PHONY: env
@@ -55,8 +60,14 @@ build: env base-image ## Build the hub, proxy and workspace images
 	$(COMPOSE) build
 	docker build -f images/workspace/Dockerfile \
 	  --build-arg BASE_IMAGE=$(call env_value,BASE_IMAGE) \
-	  --build-arg TENSORFLOW_PACKAGE='$(call env_value,TENSORFLOW_PACKAGE)' \
+	  --build-arg FRAMEWORK_PACKAGE='$(call env_value,TENSORFLOW_PACKAGE)' \
 	  -t $(WORKSPACE_IMAGE) .
+	@# The PyTorch workspace, the same Dockerfile, only when WORKSPACE_IMAGES offers it.
+	$(foreach image,$(TORCH_IMAGES),docker build -f images/workspace/Dockerfile \
+	  --build-arg BASE_IMAGE=$(call env_value,BASE_IMAGE) \
+	  --build-arg FRAMEWORK_PACKAGE='$(call env_value,TORCH_PACKAGE)' \
+	  --build-arg KERAS_BACKEND=torch --build-arg KERNEL_NAME=pytorch \
+	  --build-arg KERNEL_DISPLAY_NAME=PyTorch -t $(image) . &&) true
 
 .PHONY: up
 up: preflight env stack-owner certs build ## Set everything up and start the platform

@@ -3,7 +3,8 @@
 #
 #   HTTP_PORT=80 HTTPS_PORT=443 BIND_ADDRESS=0.0.0.0 STACK_NAME=labhub \
 #   BASE_IMAGE=debian:trixie-slim WORKSPACE_IMAGE=labhub/workspace:0.1.0 \
-#   TENSORFLOW_PACKAGE='tensorflow[and-cuda]==2.21.0' scripts/preflight.sh
+#   TENSORFLOW_PACKAGE='tensorflow[and-cuda]==2.21.0' [TORCH_IMAGES=labhub/workspace-torch:0.1.0] \
+#   scripts/preflight.sh
 #
 # Checks: a Docker engine that answers, the Compose v2 plugin, openssl, the host ports free
 # on BIND_ADDRESS (or published by this very stack: `make up` on a running stack is normal),
@@ -22,6 +23,8 @@ stack="${STACK_NAME:?set STACK_NAME}"
 base_image="${BASE_IMAGE:?set BASE_IMAGE}"
 workspace_image="${WORKSPACE_IMAGE:?set WORKSPACE_IMAGE}"
 tensorflow_package="${TENSORFLOW_PACKAGE:-}"
+# The PyTorch workspace images make build builds (WORKSPACE_IMAGES lists them).
+torch_images="${TORCH_IMAGES:-}"
 env_file="${ENV_FILE:-.env}"
 [[ -f "$env_file" ]] || env_file="$env_file (make env creates it from .env.example)"
 # Disk needed under Docker's root, in GB: the workspace image (about 7 GB with CUDA,
@@ -30,6 +33,9 @@ env_file="${ENV_FILE:-.env}"
 NEED_GB_GPU=12
 NEED_GB_CPU=6
 NEED_GB_REBUILD=2
+# The PyTorch workspace: 6.7 GB (PyPI's torch brings CUDA, on CPU-only hosts too), plus
+# its 3.2 GB of wheels while it builds.
+NEED_GB_TORCH=10
 
 log() { printf '[preflight] %s\n' "$*" >&2; }
 missing=()
@@ -117,6 +123,11 @@ if [[ "$engine" == true ]]; then
   else
     need_gb=$NEED_GB_GPU what="the images (CUDA workspace)"
   fi
+  for image in $torch_images; do
+    if ! docker image inspect "$image" >/dev/null 2>&1; then
+      need_gb=$((need_gb + NEED_GB_TORCH)) what="$what and $image"
+    fi
+  done
   free_kb="$(df -Pk "$docker_root" 2>/dev/null | awk 'NR==2 {print $4}')"
   if [[ "$free_kb" =~ ^[0-9]+$ ]] && ((free_kb < need_gb * 1024 * 1024)); then
     missing_piece "disk: $((free_kb / 1024 / 1024)) GB free under $docker_root, $what need $need_gb GB" \

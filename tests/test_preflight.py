@@ -182,6 +182,19 @@ NOT_READY = "make up: this machine is missing what the platform needs"
             ["disk: 4 GB free", "the images (CPU-only workspace) need 6 GB"],
         ),
         (
+            Host(
+                free_gb=12,
+                settings={
+                    "TENSORFLOW_PACKAGE": "tensorflow-cpu==2.21.0",
+                    "TORCH_IMAGES": "labhub/workspace-torch:0.1.0",
+                },
+            ),
+            [
+                "disk: 12 GB free",
+                "the images (CPU-only workspace) and labhub/workspace-torch:0.1.0 need 16 GB",
+            ],
+        ),
+        (
             Host(images=(), registry=False, debootstrap=False),
             ["debootstrap: debian:trixie-slim is not in the engine", "sudo apt-get install"],
         ),
@@ -197,6 +210,7 @@ NOT_READY = "make up: this machine is missing what the platform needs"
         "port-taken-on-another-address",
         "disk-low-cuda",
         "disk-low-cpu",
+        "disk-low-torch",
         "no-registry-no-debootstrap",
     ],
 )

@@ -515,7 +515,9 @@ def test_disk_filler_leaves_others_serving(stack: Stack, pair: Pair) -> None:
 
 
 def test_user_config_cannot_change_the_server_environment(stack: Stack, username: str) -> None:
-    """~/.jupyter config and a user-site .pth would run in the server if loaded."""
+    """~/.jupyter config and a user-site .pth would run in the server if loaded. The .pth
+    does run in the student's own kernels: ~/.local is where `pip install --user` puts
+    their packages (issue 18), for their kernels, never for the server."""
     client = stack.login(username)
     client.start_server(username)
     planted = stack.run(
@@ -524,7 +526,7 @@ def test_user_config_cannot_change_the_server_environment(stack: Stack, username
         """
 import os, sys, sysconfig
 payload = ("import os; os.environ['LABHUB_PROBE'] = 'loaded'; "
-           "open('/home/jovyan/.probe-{0}', 'w').write('loaded')")
+           "open('/home/jovyan/.probe-{0}-%d' % os.getpid(), 'w').write('loaded')")
 os.makedirs("/home/jovyan/.jupyter", exist_ok=True)
 for name in ("jupyter_server_config.py", "jupyter_notebook_config.py"):
     with open(f"/home/jovyan/.jupyter/{name}", "w") as f:
@@ -555,14 +557,20 @@ print(json.dumps({
     "probe_in_kernel_env": "LABHUB_PROBE" in os.environ,
     "disable_user_config": "JUPYTERHUB_DISABLE_USER_CONFIG=1" in environ,
     "markers": glob.glob("/home/jovyan/.probe-*"),
+    "server_pid": server,
+    "kernel_pid": os.getpid(),
 }))
 """,
         ).strip()
     )
     assert "jupyterhub-singleuser" in seen["server_cmd"] or "jupyter" in seen["server_cmd"], seen
     assert seen["disable_user_config"], seen
-    assert not seen["probe_in_server_env"] and not seen["probe_in_kernel_env"], seen
-    assert seen["markers"] == [], seen
+    assert not seen["probe_in_server_env"], seen
+    # Only the student's kernels ran the .pth; nothing ran in the server.
+    assert seen["probe_in_kernel_env"], seen
+    assert all(m.startswith("/home/jovyan/.probe-pth-") for m in seen["markers"]), seen
+    assert f"/home/jovyan/.probe-pth-{seen['kernel_pid']}" in seen["markers"], seen
+    assert not [m for m in seen["markers"] if m.endswith(f"-{seen['server_pid']}")], seen
     client.stop_server(username)
 
 

@@ -81,9 +81,12 @@ class HubClient:
         response.raise_for_status()
         return str(response.json()["token"])
 
-    def start_server(self, username: str, timeout: float = 300) -> dict[str, Any]:
-        """Ask for the server, then wait until the hub reports it ready."""
-        response = self.api("POST", f"/users/{username}/server")
+    def start_server(
+        self, username: str, timeout: float = 300, options: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Ask for the server (with `options`, e.g. a spawn profile), then wait until the
+        hub reports it ready."""
+        response = self.api("POST", f"/users/{username}/server", json=options)
         assert response.status_code in (201, 202, 400), response.text
         return self.wait_ready(username, timeout)
 
@@ -143,12 +146,19 @@ class Kernel:
     its state survives a disruption.
     """
 
-    def __init__(self, base_url: str, ca_file: str, username: str, token: str) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        ca_file: str,
+        username: str,
+        token: str,
+        kernel_name: str = "tensorflow-gpu",
+    ) -> None:
         self.base_url, self.ca_file = base_url.rstrip("/"), ca_file
         self.username, self.token = username, token
         self.http = token_session(ca_file, token)
         self.api = f"{self.base_url}/user/{username}/api/kernels"
-        response = self.http.post(self.api, json={"name": "tensorflow-gpu"}, timeout=60)
+        response = self.http.post(self.api, json={"name": kernel_name}, timeout=60)
         response.raise_for_status()
         self.id = response.json()["id"]
 
@@ -228,10 +238,17 @@ class Kernel:
 
 
 def run_in_kernel(
-    base_url: str, ca_file: str, username: str, token: str, code: str, timeout: float = 300
+    base_url: str,
+    ca_file: str,
+    username: str,
+    token: str,
+    code: str,
+    timeout: float = 300,
+    kernel_name: str = "tensorflow-gpu",
 ) -> str:
-    """Start a kernel in the user's server, run `code`, shut it down; return stdout."""
-    kernel = Kernel(base_url, ca_file, username, token)
+    """Start a kernel (the TensorFlow workspace's, or `kernel_name`) in the user's server,
+    run `code`, shut it down; return stdout."""
+    kernel = Kernel(base_url, ca_file, username, token, kernel_name)
     try:
         return kernel.execute(code, timeout=timeout)
     finally:

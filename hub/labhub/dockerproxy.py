@@ -50,6 +50,7 @@ from .dockerpolicy import (
     check_request,
     inspect_target,
 )
+from .settings import names
 
 log = logging.getLogger("labhub.dockerproxy")
 
@@ -263,9 +264,13 @@ def policy_from_env(env: dict[str, str]) -> Check:
         return lambda method, target, body: check_frontend_request(frontend, method, target, body)
     if kind != "hub":
         raise SystemExit(f"dockerproxy: PROXY_POLICY={kind!r}: use hub or frontend")
-    images = frozenset(i for i in env.get("ALLOWED_IMAGES", "").split(",") if i)
+    # The workspace image and WORKSPACE_IMAGES (compose joins them), in .env's list grammar.
+    images = names(env.get("ALLOWED_IMAGES", ""))
     if not images:
-        raise SystemExit("dockerproxy: ALLOWED_IMAGES is empty: set it to the workspace image")
+        raise SystemExit(
+            "dockerproxy: ALLOWED_IMAGES is empty: set it to the workspace image (and "
+            "WORKSPACE_IMAGES)"
+        )
     network = env.get("DOCKER_NETWORK", "labhub")
     try:
         datasets = load_datasets(env.get("DATASETS", ""), network)

@@ -268,6 +268,17 @@ def tagged_image(raw: str) -> str:
     return raw
 
 
+def tagged_images(raw: str) -> tuple[str, ...]:
+    """Images separated by commas or spaces, each with an explicit tag; empty: none."""
+    images = []
+    for image in sorted(names(raw)):
+        try:
+            images.append(tagged_image(image))
+        except ValueError as error:
+            raise ValueError(f"holds {image!r}, which {error}") from None
+    return tuple(images)
+
+
 def gpu_inventory(raw: str) -> str:
     if raw not in ("none", "auto") and not raw.startswith("/"):
         raise ValueError(
@@ -1106,6 +1117,26 @@ SECTIONS: tuple[Section, ...] = (
                 "hosts, tensorflow-cpu==2.21.0 for CPU-only hosts.",
             ),
             Setting(
+                "WORKSPACE_IMAGES",
+                "",
+                tagged_images,
+                "More images for users' servers, besides the workspace image: the allow-list "
+                'a spawn profile picks from (GPU_PROFILES, a profile\'s "image"), separated '
+                "by commas, each with its tag, e.g. labhub/workspace-torch:0.1.0 (the PyTorch "
+                "workspace, which `make build` then builds). The Docker proxy creates "
+                "containers from these and the workspace image only. Empty: the workspace "
+                "image only.",
+                "workspace_images",
+            ),
+            Setting(
+                "TORCH_PACKAGE",
+                "torch==2.15.0",
+                text,
+                "PyTorch build in labhub/workspace-torch (built when WORKSPACE_IMAGES lists "
+                "it). PyPI's Linux wheel brings CUDA and runs on CPU-only hosts too (PyPI has "
+                "no CPU-only build for Linux x86-64).",
+            ),
+            Setting(
                 "TRUST_HOST_CAS",
                 "true",
                 boolean,
@@ -1315,6 +1346,13 @@ class Settings:
     data_dir: str
     extra_ca_bundle: str
     workspace_image: str
+    # WORKSPACE_IMAGES: the other images profiles may name (see allowed_images).
+    workspace_images: tuple[str, ...]
+
+    @property
+    def allowed_images(self) -> tuple[str, ...]:
+        """Every image a user's server may run: the workspace image, then WORKSPACE_IMAGES."""
+        return tuple(dict.fromkeys((self.workspace_image, *self.workspace_images)))
 
     @property
     def public_url(self) -> str:

@@ -221,8 +221,9 @@ def spawner_config(settings: Settings, gpu_allocator: GpuAllocator) -> dict[str,
     gpu_status = {GPU_STATUS_URL_ENV: GPU_STATUS_URL} if gpu_service else {}
     return {
         "image": settings.workspace_image,
-        # Only the workspace image may be spawned, whatever a request asks for.
-        "allowed_images": {"TensorFlow workspace": settings.workspace_image},
+        # The profile picks the image (GpuSpawnerMixin, from the allow-list WORKSPACE_IMAGES);
+        # a request naming one itself (user_options "image") gets DockerSpawner's 400.
+        "allowed_images": {},
         "network_name": settings.docker_network,
         "use_internal_ip": True,
         "remove": True,

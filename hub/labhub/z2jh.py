@@ -167,6 +167,8 @@ def profile_list(
             }
             if limits:
                 override["extra_resource_limits"] = limits
+            if profile.image and profile.image != settings.workspace_image:
+                override["image"] = profile.image
             cap = _shared_cap_mib(inventory) if profile.gpu.shared else None
             if cap is not None:
                 override["environment"] = {GPU_MEMORY_LIMIT_ENV: str(cap)}

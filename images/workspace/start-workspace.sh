@@ -19,4 +19,8 @@ mkdir -p "${MNIST_LOGS_DIR:-${HOME}/logs}"
 # The %tensorboard magic reaches TensorBoard through jupyter-server-proxy.
 export TENSORBOARD_PROXY_URL="${JUPYTERHUB_SERVICE_PREFIX:-/}proxy/%PORT%/"
 
+# The server ignores the student's `pip install --user` packages (~/.local), so nothing in
+# the home changes it; its kernels (their kernel spec) and terminals (profile-venv.sh) see them.
+export PYTHONNOUSERSITE=1
+
 exec jupyterhub-singleuser "$@"

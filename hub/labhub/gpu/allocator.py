@@ -29,6 +29,7 @@ from labhub.gpu.profiles import (
     load_profiles,
     profiles_for,
     resolve,
+    with_images,
 )
 from labhub.gpu.quota import QuotaLine, QuotaPolicy
 from labhub.gpu.scheduler import Allocation, Holder, NoCapacity
@@ -172,6 +173,7 @@ def _load_files(settings: Settings, problems: list[str]) -> tuple[Inventory, tup
             profiles = load_profiles(settings.gpu_profiles)
         else:
             profiles = default_profiles(inventory)
+        profiles = with_images(profiles, settings.allowed_images)
     except (ProfileError, InventoryError, OSError) as e:
         problems.append(f"GPU_PROFILES={settings.gpu_profiles}: {e}")
     return inventory, profiles

@@ -1,7 +1,8 @@
-"""Spawn profiles: CPU/memory limits and a GPU request, visible per JupyterHub group.
+"""Spawn profiles: CPU/memory limits, a GPU request and an image, visible per JupyterHub group.
 
 Seams: ``GPU_PROFILES=/path/profiles.json`` -> :func:`load_profiles` (validated against
-``profiles.schema.json``); unset -> :func:`default_profiles` for the inventory.
+``profiles.schema.json``); unset -> :func:`default_profiles` for the inventory. Then
+:func:`with_images` gives each profile its image from the admin's allow-list.
 :func:`profiles_for` lists what a user may pick (spawn page), :func:`resolve` checks a request
 (spawn page *and* REST API ``user_options``) and raises :class:`ProfileNotAllowed`.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, cast
@@ -32,6 +33,8 @@ class Profile:
     mem_limit: int | None = None
     description: str = ""
     groups: frozenset[str] = frozenset()
+    # The server's image; None until with_images() fills in the workspace image.
+    image: str | None = None
 
     def allows(self, groups: Iterable[str], is_admin: bool) -> bool:
         return is_admin or not self.groups or bool(self.groups.intersection(groups))
@@ -91,6 +94,7 @@ def load_profiles(path: str | Path) -> tuple[Profile, ...]:
             mem_limit=size(p),
             gpu=_gpu(p.get("gpu", "none")),
             groups=frozenset(p.get("groups", [])),
+            image=p.get("image"),
         )
         for p in data["profiles"]
     )
@@ -99,6 +103,21 @@ def load_profiles(path: str | Path) -> tuple[Profile, ...]:
         if slugs.count(slug) > 1:
             raise ProfileError(f"{source}: profile slug {slug!r} appears twice; rename one")
     return profiles
+
+
+def with_images(profiles: Iterable[Profile], allowed: Sequence[str]) -> tuple[Profile, ...]:
+    """Each profile with its image: the one it names, which must be in ``allowed`` (the
+    workspace image first, then WORKSPACE_IMAGES), else the workspace image."""
+    out = []
+    for profile in profiles:
+        if profile.image is not None and profile.image not in allowed:
+            raise ProfileError(
+                f"profile {profile.slug!r} names the image {profile.image!r}, which "
+                f"is not on the allow-list ({', '.join(allowed)}): add it to WORKSPACE_IMAGES "
+                "in .env, or name one of those"
+            )
+        out.append(replace(profile, image=profile.image or allowed[0]))
+    return tuple(out)
 
 
 def default_profiles(inventory: Inventory) -> tuple[Profile, ...]:

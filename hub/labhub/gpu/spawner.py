@@ -15,14 +15,16 @@ Wiring (the whole of it)::
     c.Spawner.start_timeout = settings.gpu_queue_timeout + 120   # queueing happens in start()
 
 Every decision is the :class:`~labhub.gpu.allocator.GpuAllocator`'s; the mixin only carries
-the result to Docker through DockerSpawner's own hooks, and never rewrites a trait:
+the result to Docker through DockerSpawner's own hooks, and rewrites one trait, ``image``
+(the profile's):
 
 - ``options_form`` / ``options_from_form``: the profiles the user's groups allow, with free
   GPUs and quota left; the choice arrives as ``user_options["profile"]`` (REST API too).
-- ``start``: :meth:`gpu_assign` first (profile, quota, scheduling or queueing), and a
-  release if the start fails. The allocation then reaches the container through the
-  callables ``extra_host_config`` (:meth:`gpu_host_config`: device requests and the
-  profile's limits) and ``extra_create_kwargs`` (:meth:`gpu_labels`), and ``get_env``.
+- ``start``: :meth:`gpu_assign` first (profile, quota, scheduling or queueing; the server's
+  image is the profile's), and a release if the start fails. The allocation then reaches
+  the container through the callables ``extra_host_config`` (:meth:`gpu_host_config`:
+  device requests and the profile's limits) and ``extra_create_kwargs``
+  (:meth:`gpu_labels`), and ``get_env``.
   A subclass that sets its own ``extra_host_config`` or ``extra_create_kwargs`` adds these
   (as ``labhub.spawner.LabSpawner`` does).
 - ``stop``, ``run_post_stop_hook`` (stop, cull, crash detected by poll, admin revoke):
@@ -166,6 +168,10 @@ class GpuSpawnerMixin(LoggingConfigurable):
             self._gpu_waiting = False
             self._gpu_event.set()
         self._gpu_profile, self._gpu_allocation = profile, allocation
+        if profile.image is not None:
+            # The profile decides the environment; a user_options "image" is refused by
+            # DockerSpawner itself, as LabSpawner allows none (allowed_images empty).
+            self.image = profile.image
         self.log.info("GPU allocation for %s: %s", holder.key, allocation.device_ids or "none")
         return allocation
 

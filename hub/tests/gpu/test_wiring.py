@@ -304,3 +304,57 @@ def test_a_wrong_gpu_cull_every_names_its_variable(value: str) -> None:
     with pytest.raises(SettingsError, match=f"GPU_CULL_EVERY='{value}' is not valid"):
         Settings.from_env({**MINIMAL_ENV, "GPU_CULL_EVERY": value})
     assert Settings.from_env({**MINIMAL_ENV, "GPU_CULL_EVERY": "15"}).gpu_cull_every == 15
+
+
+TORCH = "labhub/workspace-torch:0.1.0"
+
+
+def environments_env(tmp_path: Path, image: str = TORCH) -> dict[str, str]:
+    """The lab's two environments: the workspace image (cpu) and a profile naming `image`."""
+    profiles = {
+        "profiles": [
+            {"slug": "cpu", "display_name": "TensorFlow"},
+            {"slug": "torch", "display_name": "PyTorch", "image": image},
+        ]
+    }
+    (tmp_path / "profiles.json").write_text(json.dumps(profiles))
+    return {
+        "GPU_PROFILES": str(tmp_path / "profiles.json"),
+        "GPU_DB": f"{tmp_path}/gpu.sqlite",
+        "WORKSPACE_IMAGES": TORCH,
+    }
+
+
+def test_each_profile_spawns_its_own_image(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    spawner, client = lab_spawner(monkeypatch, environments_env(tmp_path))
+    assert spawn(spawner, client, "torch")["image"] == TORCH
+    asyncio.run(spawner.gpu_release("stopped"))
+    assert spawn(spawner, client, "cpu")["image"] == "labhub/workspace:0.1.0"
+
+
+def test_a_request_naming_an_image_itself_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Only a profile picks the image (and profiles are per group): DockerSpawner's own
+    user_options "image" gets a 400, even for an image on the allow-list."""
+    from tornado import web
+
+    spawner, client = lab_spawner(monkeypatch, environments_env(tmp_path))
+    spawner.user_options = {"profile": "cpu", "image": TORCH}
+    with pytest.raises(web.HTTPError) as error:
+        asyncio.run(spawner.start())
+    assert error.value.status_code == 400
+    assert client.created == []
+    assert spawner.gpu_allocator is not None and spawner.gpu_allocator.store.allocations() == []
+
+
+def test_a_profile_naming_an_image_off_the_list_stops_the_hub(tmp_path: Path) -> None:
+    env = {**LAB_ENV, **environments_env(tmp_path, image="labhub/hub:0.1.0")}
+    with pytest.raises(SettingsError) as error:
+        load_allocator(Settings.from_env(env))
+    [problem] = error.value.problems
+    assert problem.startswith(
+        f"GPU_PROFILES={tmp_path / 'profiles.json'}: profile 'torch' names the image "
+        "'labhub/hub:0.1.0', which is not on the allow-list"
+    )
+    assert "add it to WORKSPACE_IMAGES" in problem

@@ -1,8 +1,10 @@
-"""The console commands that need a Keras backend: they check for it before importing Keras.
+"""The console commands that need a Keras backend: they choose it before importing Keras.
 
-The package is built and tested on TensorFlow, which pip installs only through the
-`tensorflow` extra (the image installs tensorflow-cpu or tensorflow[and-cuda] itself).
-Without a backend, `import keras` would end in a traceback; this names the extra instead.
+The package is built and tested on TensorFlow and on PyTorch, which pip installs only
+through the `tensorflow` and `torch` extras (the images install them themselves). The
+commands run on `KERAS_BACKEND` when it is set (each image sets its own), else on the
+first of those installed. Without one, `import keras` would end in a traceback; this
+names the extras instead.
 """
 
 from __future__ import annotations
@@ -13,29 +15,36 @@ from collections.abc import Sequence
 
 from mnist_workspace import env
 
-# Extras that install a backend this package is tested on (pyproject.toml): Keras's
-# backend name (also its module's name) -> the extra.
-BACKEND_EXTRAS = {"tensorflow": "tensorflow"}
+# Extras that install a backend this package is tested on (pyproject.toml), in the order
+# they are preferred: Keras's backend name (also its module's name) -> the extra.
+BACKEND_EXTRAS = {"tensorflow": "tensorflow", "torch": "torch"}
 
 
 class BackendMissing(RuntimeError):
-    """The Keras backend (KERAS_BACKEND, default tensorflow) cannot be imported."""
+    """No Keras backend can be imported (KERAS_BACKEND's, or any of BACKEND_EXTRAS)."""
 
 
-def require_backend(command: str) -> None:
-    """Raise BackendMissing, naming what to install, unless Keras's backend is importable."""
-    backend = env.keras_backend()
+def _installed(module: str) -> bool:
     try:
-        if importlib.util.find_spec(backend) is not None:
-            return
+        return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):  # a name that is no module at all
-        pass
+        return False
+
+
+def require_backend(command: str) -> str:
+    """The Keras backend to run on, made Keras's choice; raise BackendMissing, naming what
+    to install, when it cannot be imported."""
+    installed = tuple(b for b in BACKEND_EXTRAS if _installed(b))
+    backend = env.keras_backend(installed)
+    if _installed(backend):
+        env.use_keras_backend(backend)
+        return backend
     extras = " or ".join(f"pip install 'mnist-workspace[{extra}]'" for extra in BACKEND_EXTRAS)
-    if backend in BACKEND_EXTRAS:
+    if backend in BACKEND_EXTRAS and not installed:
         raise BackendMissing(
-            f"{command} needs TensorFlow, which is not installed. Install the package with "
-            f"its backend: {extras} (on a host without a GPU, `pip install tensorflow-cpu` "
-            "gives the same backend, smaller)"
+            f"{command} needs a Keras backend, TensorFlow or PyTorch, and neither is "
+            f"installed. Install the package with one: {extras} (on a host without a GPU, "
+            "`pip install tensorflow-cpu` gives the TensorFlow backend, smaller)"
         )
     raise BackendMissing(
         f"{command}: {env.BACKEND_VAR}={backend} names a Keras backend that is not "

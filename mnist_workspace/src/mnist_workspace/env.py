@@ -35,9 +35,15 @@ def logs_dir() -> Path | None:
     return Path(value).expanduser() if value else None
 
 
-def keras_backend() -> str:
-    """`KERAS_BACKEND`: the backend Keras will import (its own default: tensorflow)."""
-    return os.environ.get(BACKEND_VAR, "").strip() or "tensorflow"
+def keras_backend(installed: tuple[str, ...] = ()) -> str:
+    """`KERAS_BACKEND` (the images set it), else the first of `installed`, else tensorflow,
+    Keras's own default."""
+    return os.environ.get(BACKEND_VAR, "").strip() or next(iter(installed), "tensorflow")
+
+
+def use_keras_backend(backend: str) -> None:
+    """Make Keras, imported after this, run on `backend`."""
+    os.environ[BACKEND_VAR] = backend
 
 
 def gpu_memory_limit_mb() -> int | None:

@@ -1,8 +1,9 @@
 """GPU manners for a shared lab GPU: grow memory on demand, honour the per-user cap.
 
 TensorFlow grabs all GPU memory by default, which locks every other user out of a
-shared card. This runs before any model is built; on the CPU, or on the JAX and PyTorch
-backends, it changes nothing but the mixed-precision policy, when asked for.
+shared card; PyTorch allocates on demand, but nothing bounds it. This runs before any
+model is built; on the CPU, or on the JAX backend, it changes nothing but the
+mixed-precision policy, when asked for.
 """
 
 from __future__ import annotations
@@ -33,7 +34,10 @@ def configure(mixed_precision: bool = False) -> str:
 
 
 def _share_gpus(limit: int | None) -> str:
-    """Memory growth, or one capped logical device per GPU, on TensorFlow."""
+    """Memory growth, or one capped logical device per GPU, on TensorFlow; the cap as a
+    memory fraction of each GPU on PyTorch."""
+    if keras.backend.backend() == "torch":
+        return _share_torch_gpus(limit)
     if keras.backend.backend() != "tensorflow":
         return f"backend {keras.backend.backend()}: no GPU settings applied"
     import tensorflow as tf
@@ -52,6 +56,20 @@ def _share_gpus(limit: int | None) -> str:
         return f"{len(gpus)} GPU(s): already initialised, settings unchanged"
     how = "memory growth" if limit is None else f"memory cap {limit} MiB"
     return f"{len(gpus)} GPU(s): {how}"
+
+
+def _share_torch_gpus(limit: int | None) -> str:
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if not count:
+        return "no GPU visible: running on the CPU"
+    if limit is None:
+        return f"{count} GPU(s): memory on demand"
+    for index in range(count):
+        total = torch.cuda.get_device_properties(index).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, limit * 2**20 / total), index)
+    return f"{count} GPU(s): memory cap {limit} MiB"
 
 
 def _gpu_visible() -> bool:

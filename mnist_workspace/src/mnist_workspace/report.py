@@ -74,10 +74,17 @@ def figure_to_array(fig: Figure) -> np.ndarray:
 
 
 def write_tensorboard_images(logdir: Path, images: dict[str, np.ndarray], step: int = 0) -> bool:
-    """Write RGBA arrays as TensorBoard images under `logdir/test`; False without TensorFlow,
-    whose summary writer TensorBoard's file format needs on every backend."""
+    """Write RGBA arrays as TensorBoard images under `logdir/test`, with TensorFlow's summary
+    writer or else PyTorch's; False with neither."""
     if importlib.util.find_spec("tensorflow") is None:
-        return False
+        if importlib.util.find_spec("torch") is None:
+            return False
+        from torch.utils.tensorboard import SummaryWriter
+
+        with SummaryWriter(str(logdir / "test")) as writer:
+            for name, array in images.items():
+                writer.add_image(name, array, step, dataformats="HWC")
+        return True
     import tensorflow as tf
 
     writer = tf.summary.create_file_writer(str(logdir / "test"))

@@ -7,7 +7,6 @@ split comes out of the training set; the test set is only used once, at the end.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import time
@@ -60,6 +59,41 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizer
     return keras.optimizers.Adam(learning_rate=lr, **averaging)
 
 
+class EpochScalars(keras.callbacks.Callback):
+    """Each epoch's metrics as TensorBoard scalars (epoch_loss, epoch_accuracy, ...) in the
+    runs train/ and validation/, as Keras's own TensorBoard callback writes them on
+    TensorFlow; through PyTorch's summary writer, for the torch backend."""
+
+    def __init__(self, logdir: Path) -> None:
+        super().__init__()
+        self.logdir = logdir
+        self._writers: dict[str, Any] = {}
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._writers = {
+            run: SummaryWriter(str(self.logdir / run)) for run in ("train", "validation")
+        }
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        for key, value in (logs or {}).items():
+            run, name = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
+            self._writers[run].add_scalar(f"epoch_{name}", float(value), epoch)
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        for writer in self._writers.values():
+            writer.close()
+
+
+def tensorboard_callback(logdir: str | Path) -> keras.callbacks.Callback:
+    """TensorBoard logs on the backend in use: Keras's own callback on TensorFlow (scalars,
+    histograms, graph), the epoch scalars on PyTorch (Keras's callback needs TensorFlow)."""
+    if keras.backend.backend() == "tensorflow":
+        return keras.callbacks.TensorBoard(str(logdir), histogram_freq=1, write_graph=True)
+    return EpochScalars(Path(logdir))
+
+
 def make_callbacks(config: TrainConfig) -> list[keras.callbacks.Callback]:
     """Validation on the averaged weights under --ema, annealing as the report concluded,
     and TensorBoard when a logdir is given."""
@@ -77,10 +111,8 @@ def make_callbacks(config: TrainConfig) -> list[keras.callbacks.Callback]:
                 min_lr=PLATEAU_MIN_LR,
             )
         )
-    if config.logdir and importlib.util.find_spec("tensorflow") is not None:
-        callbacks.append(
-            keras.callbacks.TensorBoard(config.logdir, histogram_freq=1, write_graph=True)
-        )
+    if config.logdir:
+        callbacks.append(tensorboard_callback(config.logdir))
     return callbacks
 
 
