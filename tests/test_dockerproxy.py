@@ -30,6 +30,7 @@ import requests
 from labhub.contract import (
     CONTAINER_USER,
     OWNER_LABEL,
+    USER_LOG_CONFIG,
     container_name_prefix,
     volume_name_for,
 )
@@ -145,6 +146,7 @@ def workspace_kwargs(image: str, network: str, volume: str, **extra: Any) -> dic
         "shm_size": "64m",
         "read_only": True,
         "tmpfs": {"/tmp": tmp_options(64 << 20)},
+        "log_config": USER_LOG_CONFIG,
         "environment": {"NVIDIA_VISIBLE_DEVICES": "void"},
         "detach": True,
         **extra,

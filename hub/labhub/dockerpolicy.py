@@ -26,6 +26,7 @@ from urllib.parse import parse_qsl, urlencode
 from .contract import (
     CONTAINER_USER,
     OWNER_LABEL,
+    USER_LOG_CONFIG,
     container_name_prefix,
     quota_home_options,
     volume_name_for,
@@ -460,6 +461,7 @@ def check_host_config(policy: Policy, value: Any) -> None:
     if host.get("init"):
         raise Refused("Init must be false (tini is the image's entry point)")
     _check_writable_layer(host, memory)
+    _check_log(host.get("logconfig"))
     requests = host.get("devicerequests") or []
     if not isinstance(requests, list) or len(requests) > 1:
         raise Refused("DeviceRequests: at most one NVIDIA device request")
@@ -486,6 +488,7 @@ _HOST_KEYS = (
     "DeviceRequests",
     "ReadonlyRootfs",
     "Tmpfs",
+    "LogConfig",
 )
 # The /tmp memory file system's options (labhub.spawner.tmp_options); `size=` is required.
 _TMPFS_FLAGS = frozenset({"rw", "exec", "noexec", "nosuid", "nodev", "mode=1777"})
@@ -512,6 +515,16 @@ def _check_writable_layer(host: dict[str, Any], memory: int) -> None:
         raise Refused(
             f"Tmpfs /tmp {options!r}: only {', '.join(sorted(_TMPFS_FLAGS))} besides size="
         )
+
+
+def _check_log(value: Any) -> None:
+    """Exactly the rotated log LabSpawner asks for: the log is on the host's disk and the
+    container writes it."""
+    if value is None:
+        raise Refused(f"LogConfig is required: exactly {USER_LOG_CONFIG}")
+    log = _keys("LogConfig", value, USER_LOG_CONFIG)
+    if log != _folded(USER_LOG_CONFIG):
+        raise Refused(f"LogConfig={value!r}: only {USER_LOG_CONFIG} (a rotated, bounded log)")
 
 
 def _check_cpu(policy: Policy, host: dict[str, Any]) -> None:

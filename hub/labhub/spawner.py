@@ -21,6 +21,7 @@ from .contract import (
     CONTAINER_USER,
     HOME_DIR,
     OWNER_LABEL,
+    USER_LOG_CONFIG,
     container_prefix,
     quota_home_options,
     volume_name_for,
@@ -183,6 +184,8 @@ class LabSpawner(GpuSpawnerMixin, DockerSpawner):  # type: ignore[misc]
             # No writable layer: it lives on the host's disk, with no bound on this engine
             # (docs/security.md#the-writable-layer).
             "read_only": True,
+            # The container's log lives there too: rotated, bounded.
+            "log_config": USER_LOG_CONFIG,
         }
 
         def host_config(spawner: LabSpawner) -> dict[str, Any]:

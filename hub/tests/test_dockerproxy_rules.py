@@ -20,7 +20,13 @@ import requests
 from hypothesis import assume, given
 from hypothesis import strategies as st
 from jupyterhub.objects import Hub, Server
-from labhub.contract import CONTAINER_USER, OWNER_LABEL, container_name_prefix, volume_prefix
+from labhub.contract import (
+    CONTAINER_USER,
+    OWNER_LABEL,
+    USER_LOG_CONFIG,
+    container_name_prefix,
+    volume_prefix,
+)
 from labhub.dockerpolicy import (
     Allowed,
     FrontendPolicy,
@@ -374,6 +380,16 @@ MUTATIONS: dict[str, tuple[Callable[[dict[str, Any]], object], str]] = {
         "exactly one",
     ),
     "tmp-missing": (_host(lambda h: h.pop("Tmpfs")), "Tmpfs"),
+    # The container's log is on the host's disk too, and the container writes it.
+    "log-unrotated": (
+        _host(lambda h: h.update(LogConfig={"Type": "json-file", "Config": {}})),
+        "LogConfig",
+    ),
+    "log-bigger": (
+        _host(lambda h: h["LogConfig"]["Config"].update({"max-size": "10g"})),
+        "LogConfig",
+    ),
+    "log-missing": (_host(lambda h: h.pop("LogConfig")), "LogConfig is required"),
 }
 
 
@@ -418,6 +434,7 @@ def test_any_host_config_key_labspawner_does_not_send_is_refused_by_name(key: st
     sent = {"memory", "memoryswap", "shmsize", "networkmode", "capdrop", "securityopt"}
     sent |= {"binds", "links", "cpuquota", "cpuperiod", "nanocpus", "pidslimit"}
     sent |= {"autoremove", "init", "mounts", "devicerequests", "readonlyrootfs", "tmpfs"}
+    sent |= {"logconfig"}
     assume(key.casefold() not in sent)
     spec["HostConfig"][key] = None
     with pytest.raises(Refused, match=f"HostConfig: {key} not allowed"):
@@ -544,6 +561,7 @@ def good_spec() -> dict[str, Any]:
             "Binds": [f"{VOLUME_PREFIX}alice:/home/jovyan:rw"],
             "ReadonlyRootfs": True,
             "Tmpfs": {"/tmp": "rw,exec,nosuid,nodev,size=1073741824,mode=1777"},
+            "LogConfig": USER_LOG_CONFIG,
         },
     }
 
