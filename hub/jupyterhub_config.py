@@ -15,7 +15,7 @@ from labhub.apiguard import guard_api_bodies
 from labhub.auth import authenticator_config, discover_endpoints, provider_ca_bundle
 from labhub.contract import WORKSPACE_DEFAULT_URL
 from labhub.gpu.allocator import load_allocator
-from labhub.native import TEMPLATES as NATIVE_TEMPLATES
+from labhub.native import TEMPLATES as HUB_TEMPLATES
 from labhub.settings import Settings, SettingsError, check_files, settings_environment
 from labhub.spawner import spawner_config
 
@@ -75,9 +75,9 @@ c.JupyterHub.log_level = "DEBUG" if settings.debug else "INFO"
 authenticator_class, authenticator_traits = authenticator_config(settings, provider_ca, oidc)
 c.JupyterHub.authenticator_class = authenticator_class
 c[authenticator_class.rsplit(".", 1)[-1]].update(authenticator_traits)
-if settings.auth == "native":
-    # labhub's sign-up page (with the class's sign-up code) before NativeAuthenticator's.
-    c.JupyterHub.template_paths = [NATIVE_TEMPLATES]
+# labhub's pages before JupyterHub's: the sign-up page (with the class's sign-up code,
+# AUTH=native), the home and spawn pages (the named-server pattern, NAMED_SERVERS).
+c.JupyterHub.template_paths = [HUB_TEMPLATES]
 
 # --- Spawner -------------------------------------------------------------------------
 c.JupyterHub.spawner_class = "labhub.spawner.LabSpawner"
@@ -85,6 +85,10 @@ c.LabSpawner.update(spawner_config(settings, gpu_allocator))
 # Users may not change their server's environment through their own config files.
 c.Spawner.disable_user_config = True
 c.Spawner.default_url = WORKSPACE_DEFAULT_URL
+# Named servers on the same home (NAMED_SERVERS besides the default one): a CPU server
+# to edit in, a GPU server next to it only to train. The GPU allocator books per server.
+c.JupyterHub.allow_named_servers = settings.named_servers > 0
+c.JupyterHub.named_server_limit_per_user = settings.named_servers
 
 # --- Idle culler ---------------------------------------------------------------------
 c.JupyterHub.load_roles = [

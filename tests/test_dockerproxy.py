@@ -30,10 +30,11 @@ import requests
 from labhub.contract import (
     CONTAINER_USER,
     OWNER_LABEL,
+    USER_LOG_CONFIG,
     container_name_prefix,
     volume_name_for,
-    volume_prefix,
 )
+from labhub.spawner import tmp_options
 from stacks import STACK
 
 from testsupport.acme_companion import RELOAD_EXEC
@@ -143,6 +144,9 @@ def workspace_kwargs(image: str, network: str, volume: str, **extra: Any) -> dic
         "mem_limit": "512m",
         "nano_cpus": 500_000_000,
         "shm_size": "64m",
+        "read_only": True,
+        "tmpfs": {"/tmp": tmp_options(64 << 20)},
+        "log_config": USER_LOG_CONFIG,
         "environment": {"NVIDIA_VISIBLE_DEVICES": "void"},
         "detach": True,
         **extra,
@@ -160,7 +164,8 @@ def test_a_workspace_container_passes_and_privilege_or_exec_are_refused(
     proxied: docker.DockerClient, engine: docker.DockerClient, network: str, image: str
 ) -> None:
     prefix = container_name_prefix(network)
-    volume = volume_prefix(network) + f"proxytest-{uuid.uuid4().hex[:6]}"
+    # The owner's own home: the proxy lets a container mount no other user volume.
+    volume = volume_name_for("proxytest", network)
     try:
         container = proxied.containers.create(
             **workspace_kwargs(image, network, volume), name=prefix + "ok"

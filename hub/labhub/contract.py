@@ -17,6 +17,10 @@ from escapism import escape
 OWNER_LABEL = "labhub.user"
 # The workspace image's unprivileged user (jovyan:users); the proxy refuses uid 0.
 CONTAINER_USER = "1000:100"
+# Docker's log of a user container sits on the host's disk, and anyone in the container
+# can write to it (the server's standard output, /proc/1/fd/1): rotated, two files of
+# 10 MiB at most. The spawner sends exactly this; the proxy accepts nothing else.
+USER_LOG_CONFIG = {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "2"}}
 # The workspace's TensorFlow keeps to this many MiB of a shared GPU slice
 # (mnist_workspace.env.GPU_LIMIT_VAR reads it; a test checks the two agree).
 GPU_MEMORY_LIMIT_ENV = "GPU_MEMORY_LIMIT_MB"

@@ -26,8 +26,10 @@ from urllib.parse import parse_qsl, urlencode
 from .contract import (
     CONTAINER_USER,
     OWNER_LABEL,
+    USER_LOG_CONFIG,
     container_name_prefix,
     quota_home_options,
+    volume_name_for,
     volume_prefix,
 )
 
@@ -352,6 +354,16 @@ def check_container_create(policy: Policy, spec: dict[str, Any]) -> None:
     for required in ("image", "user", "labels", "hostconfig"):
         if required not in config:
             raise Refused(f"create body: {required} is required")
+    _check_home_is_the_owners(policy, config["labels"][OWNER_LABEL], _folded(config["hostconfig"]))
+
+
+def _check_home_is_the_owners(policy: Policy, owner: str, host: dict[str, Any]) -> None:
+    """A container mounts no user volume but its owner's: every server of a user (named
+    servers too) shares that user's one home, and nobody else's."""
+    home = volume_name_for(owner, policy.network)
+    for bind in host.get("binds") or []:
+        if bind not in policy.dataset_binds and bind.split(":", 1)[0] != home:
+            raise Refused(f"bind {bind!r}: a container of {owner!r} mounts only {home}")
 
 
 def _image(policy: Policy, value: Any) -> None:
@@ -448,6 +460,8 @@ def check_host_config(policy: Policy, value: Any) -> None:
             _bool(key, host[key])
     if host.get("init"):
         raise Refused("Init must be false (tini is the image's entry point)")
+    _check_writable_layer(host, memory)
+    _check_log(host.get("logconfig"))
     requests = host.get("devicerequests") or []
     if not isinstance(requests, list) or len(requests) > 1:
         raise Refused("DeviceRequests: at most one NVIDIA device request")
@@ -472,7 +486,45 @@ _HOST_KEYS = (
     "Init",
     "Mounts",
     "DeviceRequests",
+    "ReadonlyRootfs",
+    "Tmpfs",
+    "LogConfig",
 )
+# The /tmp memory file system's options (labhub.spawner.tmp_options); `size=` is required.
+_TMPFS_FLAGS = frozenset({"rw", "exec", "noexec", "nosuid", "nodev", "mode=1777"})
+
+
+def _check_writable_layer(host: dict[str, Any], memory: int) -> None:
+    """A read-only root and a sized /tmp: the writable layer sits on the host's disk with
+    no bound on overlay2 over ext4, so a container gets none (docs/security.md)."""
+    if host.get("readonlyrootfs") is not True:
+        raise Refused("ReadonlyRootfs must be true (the writable layer has no size bound)")
+    tmpfs = host.get("tmpfs")
+    if not isinstance(tmpfs, dict) or list(tmpfs) != ["/tmp"]:
+        raise Refused(f"Tmpfs={tmpfs!r}: exactly one, at /tmp, with a size")
+    options = tmpfs["/tmp"]
+    if not isinstance(options, str):
+        raise Refused(f"Tmpfs /tmp options {options!r} are not a string")
+    sizes = [o for o in options.split(",") if o.startswith("size=")]
+    others = [o for o in options.split(",") if not o.startswith("size=")]
+    if len(sizes) != 1 or not re.fullmatch(r"size=[0-9]{1,15}", sizes[0]):
+        raise Refused(f"Tmpfs /tmp {options!r}: give exactly one size=<bytes>")
+    if not 1 <= int(sizes[0][5:]) <= memory:
+        raise Refused(f"Tmpfs /tmp {options!r}: the size must be 1 to Memory ({memory})")
+    if not set(others) <= _TMPFS_FLAGS:
+        raise Refused(
+            f"Tmpfs /tmp {options!r}: only {', '.join(sorted(_TMPFS_FLAGS))} besides size="
+        )
+
+
+def _check_log(value: Any) -> None:
+    """Exactly the rotated log LabSpawner asks for: the log is on the host's disk and the
+    container writes it."""
+    if value is None:
+        raise Refused(f"LogConfig is required: exactly {USER_LOG_CONFIG}")
+    log = _keys("LogConfig", value, USER_LOG_CONFIG)
+    if log != _folded(USER_LOG_CONFIG):
+        raise Refused(f"LogConfig={value!r}: only {USER_LOG_CONFIG} (a rotated, bounded log)")
 
 
 def _check_cpu(policy: Policy, host: dict[str, Any]) -> None:

@@ -755,6 +755,26 @@ SECTIONS: tuple[Section, ...] = (
                 "pids_limit",
             ),
             Setting(
+                "USER_TMP_SIZE",
+                "1G",
+                memory_at_least("16M", "pip and JupyterLab need room for temporary files"),
+                "Size of /tmp per user server, a memory file system: its files count against "
+                "the server's memory limit, so it is cut to half of that limit. The rest of "
+                "the container is read-only: /tmp and the home are all a student can write, "
+                "and nobody fills the host's disk through /tmp "
+                "(docs/security.md#the-writable-layer).",
+                "tmp_size",
+            ),
+            Setting(
+                "NAMED_SERVERS",
+                "1",
+                integer(0, 10, "how many named servers each user may have, 0 to 10"),
+                "Named servers each user may have besides the default one, on the same home: "
+                "keep a CPU server for editing and start a GPU server next to it only to train "
+                "(docs/user-guide.md#edit-on-a-cpu-train-on-a-gpu). 0 turns them off.",
+                "named_servers",
+            ),
+            Setting(
                 "IDLE_TIMEOUT",
                 "3600",
                 integer(1, None, "seconds, e.g. 3600"),
@@ -1301,6 +1321,9 @@ class Settings:
     cpu_limit: float
     shm_size: int
     pids_limit: int
+    tmp_size: int
+    # Named servers per user besides the default one (0: off).
+    named_servers: int
     idle_timeout: int
     # OAuth modes: the login button's "Sign in with ..." name (LOGIN_SERVICE).
     login_service: str

@@ -22,6 +22,7 @@ from .contract import (
     GPU_STATUS_URL_ENV,
     HOME_DIR,
     OWNER_LABEL,
+    USER_LOG_CONFIG,
     container_prefix,
     quota_home_options,
     volume_name_for,
@@ -71,6 +72,14 @@ class LabSpawner(GpuSpawnerMixin, DockerSpawner):  # type: ignore[misc]
         "1g",
         config=True,
         help="Size of /dev/shm, which deep-learning data loaders use for shared memory.",
+    )
+    tmp_size = Int(
+        1024**3,
+        config=True,
+        help="Bytes of /tmp, a memory file system (USER_TMP_SIZE): the container's root is "
+        "read-only, so /tmp and the home are all the user can write. Its files count "
+        "against the server's memory limit: cut to half of it, so that a full /tmp is "
+        "'No space left on device', not the kernel's OOM killer.",
     )
     docker_threads = Int(
         4,
@@ -165,15 +174,29 @@ class LabSpawner(GpuSpawnerMixin, DockerSpawner):  # type: ignore[misc]
 
     @default("extra_host_config")
     def _extra_host_config_default(self) -> Any:
-        """The hardening of every container, then this server's GPUs and profile limits."""
+        """The hardening of every container, then this server's GPUs and profile limits,
+        then its /tmp (at most half the memory limit those leave)."""
         hardening = {
             "shm_size": self.shm_size,
             "pids_limit": self.pids_limit,
             "security_opt": ["no-new-privileges:true"],
             "cap_drop": ["ALL"],
             "init": False,  # tini is the image's entry point
+            # No writable layer: it lives on the host's disk, with no bound on this engine
+            # (docs/security.md#the-writable-layer).
+            "read_only": True,
+            # The container's log lives there too: rotated, bounded.
+            "log_config": USER_LOG_CONFIG,
         }
-        return lambda spawner: {**hardening, **spawner.gpu_host_config()}
+
+        def host_config(spawner: LabSpawner) -> dict[str, Any]:
+            config = {**hardening, **spawner.gpu_host_config()}
+            memory = config.get("mem_limit", spawner.mem_limit)
+            size = spawner.tmp_size if memory is None else min(spawner.tmp_size, memory // 2)
+            config["tmpfs"] = {"/tmp": tmp_options(size)}
+            return config
+
+        return host_config
 
     @default("extra_create_kwargs")
     def _extra_create_kwargs_default(self) -> Any:
@@ -182,6 +205,12 @@ class LabSpawner(GpuSpawnerMixin, DockerSpawner):  # type: ignore[misc]
             "user": CONTAINER_USER,
             "labels": {OWNER_LABEL: spawner.user.name, **spawner.gpu_labels()},
         }
+
+
+def tmp_options(size: int) -> str:
+    """The /tmp memory file system's mount options: sized, sticky like any /tmp, programs
+    may run from it (pip builds), no set-uid files or devices."""
+    return f"rw,exec,nosuid,nodev,size={size},mode=1777"
 
 
 def kernel_culling_args(settings: Settings) -> list[str]:
@@ -231,8 +260,9 @@ def spawner_config(settings: Settings, gpu_allocator: GpuAllocator) -> dict[str,
         "cpu_limit": settings.cpu_limit,
         "shm_size": str(settings.shm_size),
         "pids_limit": settings.pids_limit,
-        # Container names carry the stack's network name, so two stacks never collide.
-        "name_template": "{prefix}-{username}",
+        "tmp_size": settings.tmp_size,
+        # Container names carry the stack's network name, so two stacks never collide;
+        # DockerSpawner's own name_template adds `--<server name>` for a named server.
         "prefix": container_prefix(settings.docker_network),
         "environment": {"NVIDIA_VISIBLE_DEVICES": "void", **gpu_status},
         "args": kernel_culling_args(settings),

@@ -11,6 +11,7 @@ import asyncio
 import json
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import docker
@@ -19,7 +20,13 @@ import requests
 from hypothesis import assume, given
 from hypothesis import strategies as st
 from jupyterhub.objects import Hub, Server
-from labhub.contract import CONTAINER_USER, OWNER_LABEL, container_name_prefix, volume_prefix
+from labhub.contract import (
+    CONTAINER_USER,
+    OWNER_LABEL,
+    USER_LOG_CONFIG,
+    container_name_prefix,
+    volume_prefix,
+)
 from labhub.dockerpolicy import (
     Allowed,
     FrontendPolicy,
@@ -101,10 +108,16 @@ class _Group:
 
 
 def captured_create(
-    tmp_path: Path, gpu: bool, datasets: str = "", groups: tuple[str, ...] = ()
+    tmp_path: Path,
+    gpu: bool,
+    datasets: str = "",
+    groups: tuple[str, ...] = (),
+    server_name: str = "",
+    **traits: Any,
 ) -> tuple[str, bytes]:
     """(target, body) of the create request LabSpawner.start() makes through docker-py,
-    for a user in ``groups`` with DATASETS=``datasets``."""
+    for a user in ``groups`` with DATASETS=``datasets``, for the server ``server_name``
+    ("" the default one), with LabSpawner ``traits`` on top of the settings'."""
     env = {
         **MINIMAL_ENV,
         "GPU_INVENTORY": "none",
@@ -116,15 +129,17 @@ def captured_create(
         inventory.write_text('{"devices": [{"id": "0", "model": "Test", "memory_mib": 1024}]}')
         env["GPU_INVENTORY"] = str(inventory)
     settings = Settings.from_env(env)
-    config = spawner_config(settings, load_allocator(settings))
+    config = {**spawner_config(settings, load_allocator(settings)), **traits}
     client = RecordingClient()
     original = LabSpawner._client
     LabSpawner._client = client
     try:
         user = _User()
         user.groups = tuple(_Group(name) for name in groups)
-        spawner = LabSpawner(user=user, hub=Hub(), ready_poll_budget=0, **config)
-        spawner.server = Server(base_url="/user/alice/")
+        # A named server's name comes from its database row (Spawner.name).
+        named = SimpleNamespace(name=server_name, server=None) if server_name else None
+        spawner = LabSpawner(user=user, hub=Hub(), orm_spawner=named, ready_poll_budget=0, **config)
+        spawner.server = Server(base_url=f"/user/alice/{server_name}")
         if gpu:
             spawner.user_options = {"profile": "gpu-1"}
         asyncio.run(spawner.start())
@@ -154,6 +169,33 @@ def test_what_labspawner_sends_passes_and_is_forwarded_as_checked(
     assert json.loads(allowed.body) == json.loads(body)
     spec = json.loads(body)
     assert spec["User"] == CONTAINER_USER and spec["Labels"][OWNER_LABEL] == "alice"
+
+
+def test_a_named_server_has_its_own_container_on_the_users_one_home(tmp_path: Path) -> None:
+    """alice's `train` server: a container name of its own that the proxy accepts, the
+    same home volume as her default server, a read-only root and the sized /tmp."""
+    target, body = captured_create(tmp_path, gpu=False, server_name="train")
+    allowed = check_request(POLICY, "POST", target, body)
+    assert allowed.target == f"{CREATE}?name={CONTAINER_PREFIX}alice--train"
+    host = json.loads(body)["HostConfig"]
+    assert host["Binds"] == [f"{VOLUME_PREFIX}alice:/home/jovyan:rw"]
+    assert host["ReadonlyRootfs"] is True
+    assert host["Tmpfs"] == {"/tmp": f"rw,exec,nosuid,nodev,size={1024**3},mode=1777"}
+
+
+def test_tmp_is_cut_to_half_a_smaller_memory_limit(tmp_path: Path) -> None:
+    """/tmp's files are memory: the spawner keeps /tmp to half the memory limit the
+    container really gets (a profile's too), so a full /tmp is ENOSPC, not an OOM kill."""
+    target, body = captured_create(tmp_path, gpu=False)
+    host = json.loads(body)["HostConfig"]
+    assert f"size={1024**3}," in host["Tmpfs"]["/tmp"]  # USER_TMP_SIZE's default, 1G
+    check_request(POLICY, "POST", target, body)
+    (tmp_path / "small").mkdir()
+    small = captured_create(tmp_path / "small", gpu=False, mem_limit="512M")
+    small_host = json.loads(small[1])["HostConfig"]
+    assert small_host["Memory"] == 512 * 1024**2
+    assert f"size={256 * 1024**2}," in small_host["Tmpfs"]["/tmp"]
+    check_request(POLICY, "POST", *small)
 
 
 def test_the_gpu_spawn_sends_one_explicit_device_request(
@@ -307,6 +349,47 @@ MUTATIONS: dict[str, tuple[Callable[[dict[str, Any]], object], str]] = {
     "network-disabled-odd": (lambda s: s.update(NetworkDisabled="no"), "NetworkDisabled"),
     "exposed-udp": (lambda s: s.update(ExposedPorts={"53/udp": {}}), "ExposedPorts"),
     "no-host-config": (lambda s: s.pop("HostConfig"), "hostconfig is required"),
+    # Every server of alice's (named ones too) mounts alice's home, nobody else's.
+    "bind-another-users-home": (
+        _host(lambda h: h.update(Binds=[f"{VOLUME_PREFIX}bob:/home/jovyan:rw"])),
+        "mounts only",
+    ),
+    "bind-another-users-home-elsewhere": (
+        _host(lambda h: h["Binds"].append(f"{VOLUME_PREFIX}bob:/mnt:ro")),
+        "mounts only",
+    ),
+    # The writable layer has no bound on this engine: a read-only root, a sized /tmp.
+    "root-writable": (_host(lambda h: h.update(ReadonlyRootfs=False)), "ReadonlyRootfs"),
+    "root-writable-unset": (_host(lambda h: h.pop("ReadonlyRootfs")), "ReadonlyRootfs"),
+    "tmp-unsized": (_host(lambda h: h.update(Tmpfs={"/tmp": "rw,mode=1777"})), "size="),
+    "tmp-over-memory": (
+        _host(lambda h: h.update(Tmpfs={"/tmp": f"size={h['Memory'] + 1}"})),
+        "the size must be",
+    ),
+    "tmp-two-sizes": (
+        _host(lambda h: h.update(Tmpfs={"/tmp": f"size=1024,size={h['Memory'] * 9}"})),
+        "exactly one size",
+    ),
+    "tmp-size-with-unit": (_host(lambda h: h.update(Tmpfs={"/tmp": "size=900g"})), "size="),
+    "tmp-odd-option": (
+        _host(lambda h: h.update(Tmpfs={"/tmp": "size=1024,uid=0,mode=4777"})),
+        "only",
+    ),
+    "tmp-elsewhere-too": (
+        _host(lambda h: h["Tmpfs"].update({"/var/tmp": "size=1024"})),
+        "exactly one",
+    ),
+    "tmp-missing": (_host(lambda h: h.pop("Tmpfs")), "Tmpfs"),
+    # The container's log is on the host's disk too, and the container writes it.
+    "log-unrotated": (
+        _host(lambda h: h.update(LogConfig={"Type": "json-file", "Config": {}})),
+        "LogConfig",
+    ),
+    "log-bigger": (
+        _host(lambda h: h["LogConfig"]["Config"].update({"max-size": "10g"})),
+        "LogConfig",
+    ),
+    "log-missing": (_host(lambda h: h.pop("LogConfig")), "LogConfig is required"),
 }
 
 
@@ -344,11 +427,14 @@ def test_any_host_config_key_labspawner_does_not_send_is_refused_by_name(key: st
             "NetworkMode": "labhub",
             "CapDrop": ["ALL"],
             "SecurityOpt": ["no-new-privileges:true"],
+            "ReadonlyRootfs": True,
+            "Tmpfs": {"/tmp": "size=1024"},
         },
     }
     sent = {"memory", "memoryswap", "shmsize", "networkmode", "capdrop", "securityopt"}
     sent |= {"binds", "links", "cpuquota", "cpuperiod", "nanocpus", "pidslimit"}
-    sent |= {"autoremove", "init", "mounts", "devicerequests"}
+    sent |= {"autoremove", "init", "mounts", "devicerequests", "readonlyrootfs", "tmpfs"}
+    sent |= {"logconfig"}
     assume(key.casefold() not in sent)
     spec["HostConfig"][key] = None
     with pytest.raises(Refused, match=f"HostConfig: {key} not allowed"):
@@ -473,6 +559,9 @@ def good_spec() -> dict[str, Any]:
             "CapDrop": ["ALL"],
             "SecurityOpt": ["no-new-privileges:true"],
             "Binds": [f"{VOLUME_PREFIX}alice:/home/jovyan:rw"],
+            "ReadonlyRootfs": True,
+            "Tmpfs": {"/tmp": "rw,exec,nosuid,nodev,size=1073741824,mode=1777"},
+            "LogConfig": USER_LOG_CONFIG,
         },
     }
 

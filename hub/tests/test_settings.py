@@ -91,6 +91,9 @@ def test_public_url_carries_a_non_default_port() -> None:
         ({"USER_MEM_LIMIT": "100M"}, "USER_MEM_LIMIT='100M' is below 256M"),
         ({"USER_CPU_LIMIT": "-1"}, "USER_CPU_LIMIT="),
         ({"USER_PIDS_LIMIT": "0"}, "USER_PIDS_LIMIT="),
+        ({"USER_TMP_SIZE": "1M"}, "USER_TMP_SIZE='1M' is below 16M"),
+        ({"NAMED_SERVERS": "-1"}, "NAMED_SERVERS="),
+        ({"NAMED_SERVERS": "11"}, "NAMED_SERVERS="),
         ({"IDLE_TIMEOUT": "1h"}, "IDLE_TIMEOUT="),
         ({"WORKSPACE_IMAGE": "labhub/workspace:latest"}, "WORKSPACE_IMAGE"),
         ({"WORKSPACE_IMAGE": "labhub/workspace"}, "WORKSPACE_IMAGE"),
@@ -439,6 +442,15 @@ def test_jupyterhub_config_hands_the_gpu_service_the_hubs_settings(
     hub = Settings.from_env(os.environ)
     assert Settings.from_env(service["environment"]) == hub
     assert hub.gpu_idle_timeout == 900
+
+
+@pytest.mark.parametrize(("named", "allowed"), [("1", True), ("3", True), ("0", False)])
+def test_named_servers_follow_their_setting(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, named: str, allowed: bool
+) -> None:
+    c = run_hub_config(monkeypatch, {**GOOD, "NAMED_SERVERS": named}, tmp_path)
+    assert c.JupyterHub.allow_named_servers is allowed
+    assert c.JupyterHub.named_server_limit_per_user == int(named)
 
 
 def test_a_broken_ca_file_stops_the_hub_with_its_name_whatever_the_login(
