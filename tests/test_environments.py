@@ -3,8 +3,8 @@ workspace image (on the allow-list WORKSPACE_IMAGES) spawns it through the hub, 
 MNIST LeNet trains there; a student's `pip install --user` survives a server restart in
 both environments; the Docker proxy creates containers from the listed images only.
 
-The stack is this module's own (profiles file, WORKSPACE_IMAGES), under
-LABHUB_ENV_TEST_STACK / LABHUB_ENV_TEST_HTTPS_PORT.
+The stack is this module's own (profiles file, WORKSPACE_IMAGES): the session stack's
+name + "env", its port + 10.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import subprocess
 import uuid
 import zipfile
@@ -21,6 +20,8 @@ from collections.abc import Iterator
 import docker
 import pytest
 from labhub.contract import container_name_prefix
+from stacks import HTTPS_PORT as SESSION_HTTPS_PORT
+from stacks import STACK as SESSION_STACK
 from stacks import USERS_CREATED, VERSION, Stack, launched_stack
 
 from testsupport.containers import user_containers
@@ -28,8 +29,7 @@ from testsupport.hubclient import HubClient, Terminal, run_in_kernel
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
-STACK = os.environ.get("LABHUB_ENV_TEST_STACK", "labhubenv")
-HTTPS_PORT = int(os.environ.get("LABHUB_ENV_TEST_HTTPS_PORT", "19643"))
+STACK, HTTPS_PORT = f"{SESSION_STACK}env", SESSION_HTTPS_PORT + 10
 TORCH_IMAGE = f"labhub/workspace-torch:{VERSION}"
 WORKSPACE_IMAGE = f"labhub/workspace:{VERSION}"
 PROFILES = {

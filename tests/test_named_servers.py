@@ -29,10 +29,10 @@ import docker
 import pytest
 import requests
 from browser import chromium, needs_chromium
+from gpustack import nvidia_driver_missing
 from labhub.contract import OWNER_LABEL, container_name_prefix, volume_name_for
 from stacks import USERS_CREATED, Stack, launched_stack
 from test_dockerproxy import refused, running_proxy, workspace_kwargs
-from test_gpus import _nvidia_driver_missing
 
 from testsupport.browsing import despite_network_changes
 from testsupport.containers import user_containers
@@ -40,8 +40,9 @@ from testsupport.hubclient import HubClient, run_in_kernel
 from testsupport.images import ensure_base_image
 from testsupport.waiting import wait_until
 
-STACK = os.environ.get("LABHUB_GPU_TEST_STACK", "lhhomesgpu")
-HTTPS_PORT = int(os.environ.get("LABHUB_GPU_TEST_HTTPS_PORT", "25543"))
+# A GPU stack of its own, beside test_gpus' and test_reclaim's (+1).
+STACK = os.environ.get("LABHUB_GPU_TEST_STACK", "labhubgpu") + "named"
+HTTPS_PORT = int(os.environ.get("LABHUB_GPU_TEST_HTTPS_PORT", "19443")) + 2
 MIB = 1 << 20
 TMP_SIZE = 256 * MIB
 GPU_IDLE_TIMEOUT = 90
@@ -59,7 +60,7 @@ PROFILES = {
 
 @pytest.fixture(scope="module")
 def homes_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    reason = _nvidia_driver_missing()
+    reason = nvidia_driver_missing()
     if reason:
         pytest.skip(reason)
     config = tmp_path_factory.mktemp("homes-gpu-config")
