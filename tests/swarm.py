@@ -7,6 +7,7 @@ cluster"): `nsenter --net` and not `ip netns exec` (which remounts /sys and hide
 cgroup v1 mounts), an explicit ACCEPT for traffic between the bridge's ports (Docker's
 FORWARD policy is DROP), no IPVS in the kernel (services use `--endpoint-mode dnsrr`), no
 default route in the namespaces (nothing leaves the machine) and `--no-resolve-image`.
+Each engine runs with `--no-new-privileges`, as labhub's Swarm mode requires.
 Everything is removed afterwards by the names and process IDs this run made.
 """
 
@@ -148,6 +149,9 @@ class Swarm:
                 "--data-root", str(state / "data"), "--exec-root", str(runtime / "exec"),
                 "--pidfile", str(runtime / "dockerd.pid"), "-H", f"unix://{node.socket}",
                 "--cgroup-parent", node.name,
+                # labhub's Swarm mode needs it: the service API (1.41) has no per-service
+                # no-new-privileges (docs/scale-out.md).
+                "--no-new-privileges",
             ],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
