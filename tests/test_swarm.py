@@ -7,8 +7,9 @@ and a container on the manager reaches it over an attachable overlay network in
 
 On that cluster, labhub's first Swarm slice: LabSwarmSpawner, with every Docker call
 through the real Docker proxy (PROXY_POLICY=swarm) in front of the manager, places users'
-servers, hardened, on the nodes of their homes; the proxy refuses dangerous services
-before the engine sees them. What is not built yet is listed in docs/scale-out.md.
+servers, hardened, on the nodes of their homes, driven from this process and by a real
+JupyterHub in a container on the manager; the proxy refuses dangerous services before
+the engine sees them. What is not built yet is listed in docs/scale-out.md.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import contextlib
 import http.client
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -102,6 +104,22 @@ PREFIX = container_prefix(NETWORK)
 USER_SERVER = SERVER.replace("8080", "8888").replace("$ENV{NODE}", "$ENV{JUPYTERHUB_USER}")
 
 
+# JupyterHub, CHP and the hub's dependencies come from this stack's hub image; labhub's
+# own code from this checkout, mounted over it.
+HUB_IMAGE = f"labhub/hub:{os.environ.get('LABHUB_TEST_VERSION', 'test')}"
+CHECKOUT = Path(__file__).parents[1]
+# The same stand-in speaking just enough HTTP for the hub and its proxy: it names the user
+# and the path it was asked for.
+USER_HTTP_SERVER = (
+    "use IO::Socket::INET; my $s = IO::Socket::INET->new(LocalPort => 8888, Listen => 5, "
+    "ReuseAddr => 1) or die $!; while (my $c = $s->accept) { my ($path) = <$c> =~ "
+    "m{^[A-Z]+ (\\S+)}; while (my $h = <$c>) { last if $h =~ /^\\r?\\n$/ } "
+    'my $b = qq({"user": "$ENV{JUPYTERHUB_USER}", "path": "$path"}); '
+    'print $c "HTTP/1.0 200 OK\\r\\nContent-Type: application/json\\r\\n'
+    'Content-Length: " . length($b) . "\\r\\n\\r\\n$b"; close $c }'
+)
+
+
 def client_for(host: str) -> str:
     """A perl one-liner that prints the first line `host`:8888 answers (exit 1 after 20 s)."""
     return CLIENT.replace("'web'", f"'{host}'").replace("8080", "8888").replace("1..60", "1..20")
@@ -169,7 +187,7 @@ def unused_port() -> int:
 def cluster() -> Iterator[Cluster]:
     """Three engines, the lab's attachable overlay network, and labhub's Docker proxy
     (PROXY_POLICY=swarm) on loopback in front of the manager's socket."""
-    with Swarm(3, images=[IMAGE]) as swarm:
+    with Swarm(3, images=[IMAGE], manager_images=[HUB_IMAGE]) as swarm:
         swarm.manager.docker("network", "create", "--driver", "overlay", "--attachable", NETWORK)
         port = unused_port()
         env = {
@@ -395,3 +413,148 @@ def test_the_hub_cannot_touch_a_service_that_is_not_a_users(cluster: Cluster) ->
         assert manager.docker("service", "ls", "--quiet", "--filter", "name=lhswarm-infra")
     finally:
         manager.docker("service", "rm", "lhswarm-infra")
+
+
+# --- A real JupyterHub on the manager ---------------------------------------------------
+# What the test sends the hub, from a container on the overlay network (the host has no
+# way onto the nodes' networks): one request, its status and body as JSON.
+HUB_CLIENT = """
+import json, sys, urllib.error, urllib.request
+method, url, token = sys.argv[1:4]
+request = urllib.request.Request(
+    url, method=method, data=b"" if method == "POST" else None,
+    headers={"Authorization": "token " + token},
+)
+try:
+    response = urllib.request.urlopen(request, timeout=30)
+except urllib.error.HTTPError as error:
+    print(json.dumps({"status": error.code, "body": error.read().decode()}))
+except OSError:  # not listening yet
+    print(json.dumps({"status": 0, "body": ""}))
+else:
+    print(json.dumps({"status": response.status, "body": response.read().decode()}))
+"""
+
+
+@dataclass
+class RunningHub:
+    manager: Node
+    client: str
+    url: str
+    token: str
+
+    def request(self, method: str, path: str) -> tuple[int, str]:
+        """(status, body) of one request to the hub's public port (status 0: refused)."""
+        url = f"{self.url}{path}"
+        output = self.manager.docker(
+            "exec", self.client, "python", "-c", HUB_CLIENT, method, url, self.token
+        )
+        answer = json.loads(output)
+        return answer["status"], answer["body"]
+
+    def api(self, method: str, path: str) -> int:
+        return self.request(method, f"/hub/api{path}")[0]
+
+    def servers(self, user: str) -> dict[str, Any]:
+        status, body = self.request("GET", f"/hub/api/users/{user}")
+        assert status == 200, body
+        servers: dict[str, Any] = json.loads(body)["servers"]
+        return servers
+
+    def ready(self, user: str) -> bool:
+        return bool(self.servers(user).get("", {}).get("ready"))
+
+
+@pytest.fixture(scope="module")
+def hub(cluster: Cluster) -> Iterator[RunningHub]:
+    """JupyterHub (its config: tests/swarm-hub) in a container on the manager, on the lab's
+    overlay network and, apart from it, on an internal network with labhub's Docker proxy,
+    the only holder of the manager's socket, as in compose/docker-compose.yml."""
+    manager = cluster.swarm.manager
+    docker_api, proxy, hub_name = (
+        f"{NETWORK}-docker-api",
+        f"{NETWORK}-docker-proxy",
+        f"{NETWORK}-hub",
+    )
+    source = ("-v", f"{CHECKOUT / 'hub'}:/src/hub:ro", "--env", "PYTHONPATH=/src/hub")
+    manager.docker("network", "create", "--internal", docker_api)
+    manager.docker(
+        "run", "--detach", "--name", proxy, "--network", docker_api, "--user", "root",
+        "-v", f"{manager.socket}:/var/run/docker.sock", *source,
+        "--env", "PROXY_POLICY=swarm", "--env", f"ALLOWED_IMAGES={IMAGE}",
+        "--env", f"DOCKER_NETWORK={NETWORK}", HUB_IMAGE, "python", "-m", "labhub.dockerproxy",
+    )  # fmt: skip
+    token = secrets.token_hex(32)
+    env = {
+        **MINIMAL_ENV,
+        "DOCKER_NETWORK": NETWORK,
+        "WORKSPACE_IMAGE": IMAGE,
+        "SWARM_TEST_DOCKER_URL": f"tcp://{proxy}:2375",
+        "SWARM_TEST_SERVER_CMD": json.dumps(["perl", "-e", USER_HTTP_SERVER, "--"]),
+        "SWARM_TEST_HUB_NAME": hub_name,
+        "SWARM_TEST_TOKEN": token,
+        "CONFIGPROXY_AUTH_TOKEN": secrets.token_hex(32),
+    }
+    manager.docker(
+        "create", "--name", hub_name, "--network", NETWORK, *source,
+        "-v", f"{CHECKOUT / 'tests/swarm-hub/jupyterhub_config.py'}:/etc/jupyterhub_config.py:ro",
+        *[arg for name, value in env.items() for arg in ("--env", f"{name}={value}")],
+        HUB_IMAGE,
+    )  # fmt: skip
+    manager.docker("network", "connect", docker_api, hub_name)
+    manager.docker("start", hub_name)
+    client = f"{NETWORK}-hub-client"
+    manager.docker(
+        "run", "--detach", "--name", client, "--network", NETWORK, "--entrypoint", "sleep",
+        HUB_IMAGE, "infinity",
+    )  # fmt: skip
+    running = RunningHub(manager, client, f"http://{hub_name}:8000", token)
+
+    def answers() -> bool:
+        return running.api("GET", "/") == 200
+
+    try:
+        wait_until(answers, 120, "JupyterHub on the manager to answer", interval=1)
+        yield running
+    finally:
+        for name in (hub_name, proxy):  # shown when a test fails
+            logs = subprocess.run(
+                ["docker", "-H", f"unix://{manager.socket}", "logs", "--tail", "60", name],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            print(f"--- {name}\n{logs.stdout}{logs.stderr}")
+
+
+def test_a_real_jupyterhub_spawns_users_on_the_swarm_through_the_proxy(
+    cluster: Cluster, hub: RunningHub
+) -> None:
+    users = ("hubann", "hubben")
+    for user in users:
+        assert hub.api("POST", f"/users/{user}") == 201
+        assert hub.api("POST", f"/users/{user}/server") in (201, 202)
+    for user in users:
+        wait_until(lambda user=user: hub.ready(user), 150, f"{user}'s server to be ready")
+    nodes = {}
+    for user in users:
+        # Through the hub's proxy (CHP) to the service by name over the overlay.
+        status, answer = hub.request("GET", f"/user/{user}/api")
+        assert status == 200, answer
+        assert json.loads(answer) == {"user": user, "path": f"/user/{user}/api"}
+        nodes[user] = cluster.running_node(f"{PREFIX}-{user}")
+        constraints = cluster.swarm.manager.docker(
+            "service", "inspect", "--format", "{{json .Spec.TaskTemplate.Placement.Constraints}}",
+            f"{PREFIX}-{user}",
+        )  # fmt: skip
+        assert json.loads(constraints) == [f"node.id=={nodes[user]}"]
+    # The hub holds no Docker socket: its only way to the engine is the proxy.
+    manager = cluster.swarm.manager
+    mounts = manager.docker("inspect", "--format", "{{json .Mounts}}", f"{NETWORK}-hub")
+    assert "docker.sock" not in mounts
+    # Stopped and started again through the hub: the same node (the state in its database).
+    user = users[0]
+    assert hub.api("DELETE", f"/users/{user}/server") in (202, 204)
+    wait_until(lambda: not hub.servers(user), 60, f"{user}'s server to stop")
+    assert not manager.docker("service", "ls", "--quiet", "--filter", f"name={PREFIX}-{user}")
+    assert hub.api("POST", f"/users/{user}/server") in (201, 202)
+    wait_until(lambda: hub.ready(user), 150, f"{user}'s server to be ready again")
+    assert cluster.running_node(f"{PREFIX}-{user}") == nodes[user]
