@@ -24,7 +24,7 @@ import socket
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ import pytest
 from jupyterhub.objects import Hub, Server
 from labhub.contract import OWNER_LABEL, container_prefix, volume_name_for
 from labhub.settings import Settings
+from labhub.swarmplacement import SwarmNode, node_for
 from labhub.swarmspawner import HOME_NODE_STATE, LabSwarmSpawner, swarm_spawner_config
 from swarm import Node, Swarm, run
 
@@ -288,7 +289,7 @@ def test_one_users_server_cannot_reach_anothers(cluster: Cluster) -> None:
     assert "hello from bob" not in reached
 
 
-def test_a_stopped_users_next_spawn_lands_on_their_home_node_not_the_least_busy(
+def test_a_stopped_users_next_spawn_lands_on_their_home_not_where_a_first_spawn_goes(
     cluster: Cluster,
 ) -> None:
     cluster.start("alice")
@@ -296,22 +297,28 @@ def test_a_stopped_users_next_spawn_lands_on_their_home_node_not_the_least_busy(
     home = cluster.states["alice"][HOME_NODE_STATE]
     manager = cluster.swarm.manager
     assert not manager.docker("service", "ls", "--quiet", "--filter", f"name={PREFIX}-alice")
-    # New users fill the least busy nodes until alice's home is busier than another node.
-    newcomers: list[str] = []
-    while True:
-        load = Counter(node.node_id for node in cluster.swarm.nodes)
-        load.update(running_homes(cluster))
-        if load[home] > min(load.values()):
-            break
-        assert len(newcomers) < len(cluster.swarm.nodes), load  # each fills a least busy node
-        newcomers.append(f"user{len(newcomers)}")
-        cluster.start(newcomers[-1])
+    newcomers = make_first_spawns_go_elsewhere(cluster, home, "user", cluster.start)
     cluster.start("alice")
     assert cluster.running_node(f"{PREFIX}-alice") == home
     # Her files are still there: the same volume, on the same node.
     assert volume_name_for("alice", NETWORK) in cluster.node(home).docker("volume", "ls", "-q")
     for user in newcomers:
         cluster.stop(user)
+
+
+def make_first_spawns_go_elsewhere(
+    cluster: Cluster, home: str, prefix: str, start: Callable[[str], object]
+) -> list[str]:
+    """Start new users (`<prefix>0`, ...) until a first spawn would no longer be placed on
+    node `home`, so a spawn that lands there was not simply a first spawn's choice."""
+    nodes = [SwarmNode(node.node_id, ready=True, active=True) for node in cluster.swarm.nodes]
+    newcomers: list[str] = []
+    while node_for(None, nodes, Counter(running_homes(cluster))) == home:
+        # Each lands on `home` (the first-spawn choice), which soon makes it the busier.
+        assert len(newcomers) < 2 * len(nodes), Counter(running_homes(cluster))
+        newcomers.append(f"{prefix}{len(newcomers)}")
+        start(newcomers[-1])
+    return newcomers
 
 
 def running_homes(cluster: Cluster) -> list[str]:
@@ -461,6 +468,12 @@ class RunningHub:
         servers: dict[str, Any] = json.loads(body)["servers"]
         return servers
 
+    def spawn(self, user: str) -> None:
+        """Create the user if new, start their server, wait until the hub says it is ready."""
+        assert self.api("POST", f"/users/{user}") in (201, 409)
+        assert self.api("POST", f"/users/{user}/server") in (201, 202)
+        wait_until(lambda: self.ready(user), 150, f"{user}'s server to be ready")
+
     def ready(self, user: str) -> bool:
         return bool(self.servers(user).get("", {}).get("ready"))
 
@@ -530,10 +543,7 @@ def test_a_real_jupyterhub_spawns_users_on_the_swarm_through_the_proxy(
 ) -> None:
     users = ("hubann", "hubben")
     for user in users:
-        assert hub.api("POST", f"/users/{user}") == 201
-        assert hub.api("POST", f"/users/{user}/server") in (201, 202)
-    for user in users:
-        wait_until(lambda user=user: hub.ready(user), 150, f"{user}'s server to be ready")
+        hub.spawn(user)
     nodes = {}
     for user in users:
         # Through the hub's proxy (CHP) to the service by name over the overlay.
@@ -555,6 +565,6 @@ def test_a_real_jupyterhub_spawns_users_on_the_swarm_through_the_proxy(
     assert hub.api("DELETE", f"/users/{user}/server") in (202, 204)
     wait_until(lambda: not hub.servers(user), 60, f"{user}'s server to stop")
     assert not manager.docker("service", "ls", "--quiet", "--filter", f"name={PREFIX}-{user}")
-    assert hub.api("POST", f"/users/{user}/server") in (201, 202)
-    wait_until(lambda: hub.ready(user), 150, f"{user}'s server to be ready again")
+    make_first_spawns_go_elsewhere(cluster, nodes[user], "hubnew", hub.spawn)
+    hub.spawn(user)
     assert cluster.running_node(f"{PREFIX}-{user}") == nodes[user]
