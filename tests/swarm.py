@@ -7,6 +7,7 @@ cluster"): `nsenter --net` and not `ip netns exec` (which remounts /sys and hide
 cgroup v1 mounts), an explicit ACCEPT for traffic between the bridge's ports (Docker's
 FORWARD policy is DROP), no IPVS in the kernel (services use `--endpoint-mode dnsrr`), no
 default route in the namespaces (nothing leaves the machine) and `--no-resolve-image`.
+Each engine runs with `--no-new-privileges`, as labhub's Swarm mode requires.
 Everything is removed afterwards by the names and process IDs this run made.
 """
 
@@ -71,9 +72,17 @@ def _free_subnet() -> ipaddress.IPv4Network:
 
 
 class Swarm:
-    """`with Swarm(3) as swarm:` a manager (`swarm.nodes[0]`) and two workers."""
+    """`with Swarm(3) as swarm:` a manager (`swarm.nodes[0]`) and two workers.
 
-    def __init__(self, size: int, images: Sequence[str] = ()) -> None:
+    `images` are copied to every node, `manager_images` to the manager only.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        images: Sequence[str] = (),
+        manager_images: Sequence[str] = (),
+    ) -> None:
         tag = f"{os.getpid() % 10000:04d}"
         self.bridge = f"lhswbr{tag}"
         subnet = _free_subnet()
@@ -81,6 +90,7 @@ class Swarm:
         self.prefix = subnet.prefixlen
         self.nodes = [Node(f"lhsw{tag}n{i}", str(hosts[9 + i])) for i in range(size)]
         self.images = images
+        self.manager_images = manager_images
         self._forward_rule = ["FORWARD", "-i", self.bridge, "-o", self.bridge, "-j", "ACCEPT"]
 
     @property
@@ -109,14 +119,14 @@ class Swarm:
         run("iptables", "-I", *self._forward_rule)
         for node in self.nodes:
             self._start(node)
-        archive = STATE_ROOT / f"{self.bridge}-images.tar"
-        if self.images:
-            # The nodes have no registry in these tests: the images go over as a file.
-            run("docker", "save", "--output", str(archive), *self.images, timeout=600)
+        # The nodes have no registry in these tests: the images go over as files.
+        archive = self._archive("images", self.images)
+        manager_archive = self._archive("manager-images", self.manager_images)
         for node in self.nodes:
             self._wait_for_engine(node)
-            if self.images:
-                node.docker("load", "--quiet", "--input", str(archive), timeout=600)
+            for tar in (archive, manager_archive if node is self.manager else None):
+                if tar is not None:
+                    node.docker("load", "--quiet", "--input", str(tar), timeout=900)
         manager = self.manager
         manager.docker("swarm", "init", "--advertise-addr", manager.address)
         token = manager.docker("swarm", "join-token", "-q", "worker").strip()
@@ -127,6 +137,13 @@ class Swarm:
             )  # fmt: skip
         for node in self.nodes:
             node.node_id = node.docker("info", "--format", "{{.Swarm.NodeID}}").strip()
+
+    def _archive(self, kind: str, images: Sequence[str]) -> Path | None:
+        if not images:
+            return None
+        archive = STATE_ROOT / f"{self.bridge}-{kind}.tar"
+        run("docker", "save", "--output", str(archive), *images, timeout=900)
+        return archive
 
     def _start(self, node: Node) -> None:
         host_end, node_end = f"{node.name}h", f"{node.name}c"
@@ -148,6 +165,9 @@ class Swarm:
                 "--data-root", str(state / "data"), "--exec-root", str(runtime / "exec"),
                 "--pidfile", str(runtime / "dockerd.pid"), "-H", f"unix://{node.socket}",
                 "--cgroup-parent", node.name,
+                # labhub's Swarm mode needs it: the service API (1.41) has no per-service
+                # no-new-privileges (docs/scale-out.md).
+                "--no-new-privileges",
             ],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
@@ -180,7 +200,8 @@ class Swarm:
                 shutil.rmtree(root, ignore_errors=True)
             run("ip", "netns", "del", node.name, check=False)
             run("ip", "link", "del", f"{node.name}h", check=False)
-        (STATE_ROOT / f"{self.bridge}-images.tar").unlink(missing_ok=True)
+        for kind in ("images", "manager-images"):
+            (STATE_ROOT / f"{self.bridge}-{kind}.tar").unlink(missing_ok=True)
         run("iptables", "-D", *self._forward_rule, check=False)
         run("ip", "link", "del", self.bridge, check=False)
 

@@ -4,7 +4,9 @@ Two policies, one per client of the proxy:
 
 * `Policy` (the hub): only the calls DockerSpawner and `labhub.volumes` make, and a
   container-create body only if every key in it is one LabSpawner sends, with every
-  value inside its bounds (an allow-list: an unknown key anywhere is refused by name);
+  value inside its bounds (an allow-list: an unknown key anywhere is refused by name).
+  In Swarm mode (`check_swarm_request`, the proxy in front of the manager) the same
+  policy admits the service calls of `labhub.swarmspawner.LabSwarmSpawner` instead;
 * `FrontendPolicy` (nginx-proxy and acme-companion, `compose/nginx-proxy.yml`): read
   container metadata and events, and reload the nginx-proxy container.
 
@@ -43,7 +45,8 @@ class Refused(Exception):
 
 @dataclass(frozen=True)
 class Allowed:
-    """A checked request: the target and body to forward, the container to owner-check.
+    """A checked request: the target and body to forward, the object to owner-check
+    (a container, or with `owned_kind` "service" a Swarm service).
 
     `body` is the checked JSON re-serialised, never the client's bytes.
     """
@@ -52,6 +55,7 @@ class Allowed:
     version: str = ""
     owned_container: str | None = None
     body: bytes = b""
+    owned_kind: str = "container"
 
 
 @dataclass(frozen=True)
@@ -603,16 +607,181 @@ def check_volume_create(policy: Policy, spec: dict[str, Any]) -> None:
 
 def inspect_target(allowed: Allowed) -> str:
     """The inspect the relay makes for the owner check (same API version as the request)."""
+    if allowed.owned_kind == "service":
+        return f"{allowed.version}/services/{allowed.owned_container}"
     return f"{allowed.version}/containers/{allowed.owned_container}/json"
 
 
-def check_owner(container: str, status: int, inspected: bytes) -> None:
-    """Refuse unless the inspected container carries the owner label (404s pass through)."""
+def check_owner(name: str, status: int, inspected: bytes, kind: str = "container") -> None:
+    """Refuse unless the inspected container (or service) carries the owner label (404s
+    pass through). A container's labels are under Config, a service's under Spec."""
     if status == 404:
         return  # the engine answers the real request with its own 404
     try:
-        labels = (json.loads(inspected).get("Config") or {}).get("Labels") or {}
+        where = "Spec" if kind == "service" else "Config"
+        labels = (json.loads(inspected).get(where) or {}).get("Labels") or {}
     except (ValueError, AttributeError) as error:
-        raise Refused(f"cannot read the labels of container {container!r}") from error
+        raise Refused(f"cannot read the labels of {kind} {name!r}") from error
     if not labels.get(OWNER_LABEL):
-        raise Refused(f"container {container!r} is not a labhub user container")
+        raise Refused(f"{kind} {name!r} is not a labhub user {kind}")
+
+
+# --- Swarm mode: the manager's service API (labhub.swarmspawner) ------------------------
+def check_swarm_request(policy: Policy, method: str, target: str, body: bytes) -> Allowed:
+    """The hub's request to a Swarm manager, checked; raises Refused unless
+    LabSwarmSpawner would make it."""
+    path, params = split_target(target)
+    if method != "POST" and body:
+        raise Refused(f"{method} {path} takes no request body")
+    found = _match_swarm_route(policy, method, path, params, body)
+    if found is None:
+        raise Refused(f"{method} {path} is not needed by the hub in Swarm mode")
+    return found
+
+
+def _match_swarm_route(
+    policy: Policy, method: str, path: str, params: dict[str, str], body: bytes
+) -> Allowed | None:
+    if method == "GET" and (m := _route(r"/(?:_ping|version|info)", path)):
+        return Allowed(path + _query(params, {}), m["version"] or "")
+    if method == "GET" and (m := _route(r"/nodes", path)):
+        # Placement reads every node's ID, state and availability.
+        return Allowed(path + _query(params, {"filters": _filters}), m["version"] or "")
+    if method == "GET" and (m := _route(r"/services", path)):
+        if OWNER_LABEL not in _filter_values(params, "label"):
+            raise Refused(f"list services with filters={{'label': [{OWNER_LABEL!r}]}} only")
+        return Allowed(path + _query(params, {"filters": _filters}), m["version"] or "")
+    if method == "GET" and (m := _route(r"/tasks", path)):
+        services = _filter_values(params, "service")
+        prefix = container_name_prefix(policy.network)
+        if not services or not all(name.startswith(prefix) for name in services):
+            raise Refused(f"list tasks of user services only (filters service={prefix}*)")
+        return Allowed(path + _query(params, {"filters": _filters}), m["version"] or "")
+    if method == "POST" and (m := _route(r"/services/create", path)):
+        spec = parse_json(body)
+        check_service_create(policy, spec)
+        return Allowed(path + _query(params, {}), m["version"] or "", body=_dumps(spec))
+    if method in ("GET", "DELETE") and (m := _route(rf"/services/(?P<id>{_NAME})", path)):
+        queries: dict[str, Accepts | None] = {"insertDefaults": _BOOL} if method == "GET" else {}
+        return Allowed(path + _query(params, queries), m["version"] or "", m["id"], b"", "service")
+    if method == "GET" and (m := _route(rf"/images/(?P<image>{_IMAGE})/json", path)):
+        if m["image"] not in policy.allowed_images:
+            raise Refused(f"image {m['image']!r} is not an allowed workspace image")
+        return Allowed(path + _query(params, {}), m["version"] or "")
+    return None
+
+
+def _filter_values(params: dict[str, str], key: str) -> list[str]:
+    """The values of one key of `filters=` (docker-py sends lists; Docker also takes
+    {value: true} maps)."""
+    raw = params.get("filters") or "{}"
+    if not _filters(raw):
+        raise Refused(f"filters={raw!r} is not a short JSON object")
+    values = json.loads(raw).get(key) or []
+    return [str(v) for v in (values if isinstance(values, list) else values.keys())]
+
+
+def check_service_create(policy: Policy, spec: dict[str, Any]) -> None:
+    """The service LabSwarmSpawner creates (labhub.swarmspawner.service_spec), nothing more."""
+    service = _keys("service", spec, ("Name", "Labels", "TaskTemplate", "EndpointSpec"))
+    name = service.get("name")
+    prefix = container_name_prefix(policy.network)
+    if not isinstance(name, str) or not re.fullmatch(_NAME, name) or not name.startswith(prefix):
+        raise Refused(f"service name {name!r} must start with {prefix!r}")
+    _labels(policy, service.get("labels"))
+    endpoint = _keys("EndpointSpec", service.get("endpointspec"), ("Mode",))
+    if endpoint.get("mode") != "dnsrr":
+        raise Refused("EndpointSpec must be {Mode: dnsrr}: no routing mesh, no published ports")
+    task = _keys(
+        "TaskTemplate",
+        service.get("tasktemplate"),
+        ("ContainerSpec", "Resources", "Placement", "Networks"),
+    )
+    for required in ("containerspec", "resources", "placement", "networks"):
+        if required not in task:
+            raise Refused(f"TaskTemplate: {required} is required")
+    _check_container_spec(policy, task["containerspec"])
+    _check_service_resources(policy, task["resources"])
+    placement = _keys("Placement", task["placement"], ("Constraints",))
+    constraints = _strings("Constraints", placement.get("constraints"), 1)
+    if len(constraints) != 1 or not re.fullmatch(r"node\.id==[A-Za-z0-9]{1,64}", constraints[0]):
+        raise Refused(f"Placement: exactly one node.id==<node> constraint, not {constraints!r}")
+    networks = task["networks"]
+    if networks != [{"Target": policy.network}]:
+        raise Refused(f"Networks={networks!r}: only [{{Target: {policy.network!r}}}]")
+
+
+_CONTAINER_SPEC_KEYS = (
+    "Image",
+    "Command",
+    "Args",
+    "Env",
+    "User",
+    "Labels",
+    "Mounts",
+    "CapabilityDrop",
+    "Init",
+)
+
+
+def _check_container_spec(policy: Policy, value: Any) -> None:
+    spec = _keys("ContainerSpec", value, _CONTAINER_SPEC_KEYS)
+    for required in ("image", "user", "labels", "capabilitydrop"):
+        if required not in spec:
+            raise Refused(f"ContainerSpec: {required} is required")
+    _image(policy, spec["image"])
+    _user(policy, spec["user"])
+    _labels(policy, spec["labels"])
+    if spec.get("command") is not None:
+        raise Refused("Command must be null: the image's entry point runs Args")
+    _null_or(_strings)("Args", spec.get("args"))
+    _null_or(_strings)("Env", spec.get("env"))
+    if [str(c).upper() for c in _strings("CapabilityDrop", spec["capabilitydrop"])] != ["ALL"]:
+        raise Refused("services must drop all capabilities (CapabilityDrop: [ALL])")
+    if "init" in spec and _bool("Init", spec["init"]):
+        raise Refused("Init must be false (tini is the image's entry point)")
+    mounts = spec.get("mounts") or []
+    if not isinstance(mounts, list) or len(mounts) > 2:
+        raise Refused("Mounts: the user's volume and /dev/shm only")
+    for mount in mounts:
+        _check_service_mount(policy, mount)
+
+
+def _check_service_mount(policy: Policy, value: Any) -> None:
+    """The user's named volume (no volume options: they can bind a host path) or a sized
+    tmpfs at /dev/shm; never a bind."""
+    mount = _keys("Mounts[]", value, ("Target", "Source", "Type", "ReadOnly", "TmpfsOptions"))
+    target = mount.get("target")
+    if not isinstance(target, str) or not re.fullmatch(r"/[A-Za-z0-9_./-]*", target):
+        raise Refused(f"mount target {target!r} is not a plain absolute path")
+    if "readonly" in mount:
+        _bool("ReadOnly", mount["readonly"])
+    kind, source = mount.get("type"), mount.get("source")
+    if kind == "volume":
+        prefix = volume_prefix(policy.network)
+        if not isinstance(source, str) or not re.fullmatch(_NAME, source):
+            raise Refused(f"volume mount source {source!r} is not a plain volume name")
+        if not source.startswith(prefix) or "tmpfsoptions" in mount:
+            raise Refused(f"volume {source!r} is not a user volume ({prefix}*)")
+        return
+    if kind == "tmpfs" and target == "/dev/shm" and source in (None, ""):
+        options = _keys("TmpfsOptions", mount.get("tmpfsoptions"), ("SizeBytes",))
+        _int_in("TmpfsOptions.SizeBytes", options.get("sizebytes"), 1, policy.max_shm)
+        return
+    raise Refused(
+        f"mount {kind}:{source}->{target} is not allowed: the user's volume and a tmpfs at "
+        "/dev/shm only (no binds)"
+    )
+
+
+def _check_service_resources(policy: Policy, value: Any) -> None:
+    """Memory, CPU and process limits, all three, within bounds; no reservations of
+    generic resources (GPUs come through the allocator, not yet in Swarm mode)."""
+    resources = _keys("Resources", value, ("Limits",))
+    limits = _keys("Resources.Limits", resources.get("limits"), ("NanoCPUs", "MemoryBytes", "Pids"))
+    for required in ("nanocpus", "memorybytes", "pids"):
+        if required not in limits:
+            raise Refused(f"Resources.Limits: {required} is required")
+    _int_in("MemoryBytes", limits["memorybytes"], 1, policy.max_memory)
+    _int_in("NanoCPUs", limits["nanocpus"], 1, policy.max_cpus * 10**9)
+    _int_in("Pids", limits["pids"], 1, policy.max_pids)

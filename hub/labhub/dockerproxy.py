@@ -48,6 +48,7 @@ from .dockerpolicy import (
     check_frontend_request,
     check_owner,
     check_request,
+    check_swarm_request,
     inspect_target,
 )
 from .settings import names
@@ -224,7 +225,7 @@ async def handle(
                 status, inspected = await asyncio.to_thread(
                     _inspect, socket_path, inspect_target(allowed)
                 )
-                check_owner(allowed.owned_container, status, inspected)
+                check_owner(allowed.owned_container, status, inspected, allowed.owned_kind)
                 # A plain inspect (DockerSpawner polls it): answer with the check's own.
                 if status == 200 and method == "GET" and allowed.target == inspect_target(allowed):
                     await _send_json(writer, 200, inspected)
@@ -250,7 +251,8 @@ async def handle(
 
 
 def policy_from_env(env: dict[str, str]) -> Check:
-    """PROXY_POLICY=hub (default: ALLOWED_IMAGES, DOCKER_NETWORK, DATASETS, QUOTA_ROOT) or frontend
+    """PROXY_POLICY=hub (default: ALLOWED_IMAGES, DOCKER_NETWORK, DATASETS, QUOTA_ROOT), swarm
+    (the hub in front of a Swarm manager: ALLOWED_IMAGES, DOCKER_NETWORK) or frontend
     (NGINX_PROXY_CONTAINER): which client this proxy serves."""
     kind = env.get("PROXY_POLICY", "hub")
     if kind == "frontend":
@@ -262,8 +264,8 @@ def policy_from_env(env: dict[str, str]) -> Check:
             )
         frontend = FrontendPolicy(nginx_container=nginx)
         return lambda method, target, body: check_frontend_request(frontend, method, target, body)
-    if kind != "hub":
-        raise SystemExit(f"dockerproxy: PROXY_POLICY={kind!r}: use hub or frontend")
+    if kind not in ("hub", "swarm"):
+        raise SystemExit(f"dockerproxy: PROXY_POLICY={kind!r}: use hub, swarm or frontend")
     # The workspace image and WORKSPACE_IMAGES (compose joins them), in .env's list grammar.
     images = names(env.get("ALLOWED_IMAGES", ""))
     if not images:
@@ -272,6 +274,17 @@ def policy_from_env(env: dict[str, str]) -> Check:
             "WORKSPACE_IMAGES)"
         )
     network = env.get("DOCKER_NETWORK", "labhub")
+    if kind == "swarm":
+        # In front of a Swarm manager: LabSwarmSpawner's service calls (no datasets or
+        # disk quotas in Swarm mode yet: refused rather than silently left out).
+        for unsupported in ("DATASETS", "QUOTA_ROOT"):
+            if env.get(unsupported):
+                raise SystemExit(
+                    f"dockerproxy: {unsupported} is not supported with PROXY_POLICY=swarm yet: "
+                    "leave it empty (docs/scale-out.md)"
+                )
+        swarm = Policy(allowed_images=images, network=network)
+        return lambda method, target, body: check_swarm_request(swarm, method, target, body)
     try:
         datasets = load_datasets(env.get("DATASETS", ""), network)
     except DatasetsError as error:

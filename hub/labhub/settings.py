@@ -27,6 +27,7 @@ from .diskquota import DiskQuotas
 
 AUTH_CHOICES = ("native", "shared-password", "github", "google", "generic", "cilogon", "ldap")
 OAUTH_CHOICES = ("github", "google", "generic", "cilogon")
+ENGINE_CHOICES = ("docker", "swarm")
 # Names of a role, not of a person: any provider may give them to anyone (on GitHub the
 # account `admin` belongs to a stranger), so they never name an admin in OAuth modes.
 ROLE_NAMES = frozenset({"admin", "administrator", "root", "superuser", "sysadmin", "jupyterhub"})
@@ -813,6 +814,15 @@ SECTIONS: tuple[Section, ...] = (
                 "Docker network shared by the hub and user containers.",
                 "docker_network",
             ),
+            Setting(
+                "ENGINE",
+                "docker",
+                choice(ENGINE_CHOICES),
+                "docker: everything on this one Docker host. swarm: user servers as Swarm "
+                "services on several hosts, not usable yet: `make up` refuses it and says what "
+                "is missing (docs/scale-out.md).",
+                "engine",
+            ),
         ),
     ),
     Section(
@@ -1348,6 +1358,8 @@ class Settings:
     kernel_cull_connected: bool
     concurrent_spawn_limit: int
     docker_network: str
+    # ENGINE: "docker" (one host); "swarm" is refused by _check_engine until it is wired.
+    engine: str
     gpu_inventory: str
     gpu_profiles: str
     gpu_db: str
@@ -1408,6 +1420,8 @@ class Settings:
             _check_ldap(values, problems)
         _storage(values, problems)
         _check_gpu_reclaim(values, problems)
+
+        _check_engine(values, problems)
         if values.get("monitoring") and not values.get("prometheus_api_token"):
             problems.append(
                 "MONITORING=true needs PROMETHEUS_API_TOKEN, the token Prometheus reads the "
@@ -1437,6 +1451,19 @@ def _check_gpu_reclaim(values: Mapping[str, Any], problems: list[str]) -> None:
                 f"GPU_UTILISATION_WARN={warn} is not shorter than {name}={limit}: a student "
                 f"would be warned from the start; make it smaller, e.g. {limit // 6}"
             )
+
+
+def _check_engine(values: Mapping[str, Any], problems: list[str]) -> None:
+    """ENGINE=swarm: the spawner and the proxy's rules exist (labhub.swarmspawner), the rest
+    of the Swarm mode does not; refused by name rather than run as a half mode."""
+    if values.get("engine") == "swarm":
+        problems.append(
+            "ENGINE=swarm is not usable yet: user servers can run as Swarm services "
+            "(LabSwarmSpawner), but `make up` does not yet deploy the hub as a Swarm service, "
+            "the GPU inventory across nodes, the image registry, a Docker proxy on every node "
+            "or the isolation between users' servers on the overlay network. Use ENGINE=docker "
+            "(docs/scale-out.md says what works)"
+        )
 
 
 def _check_ldap(values: dict[str, Any], problems: list[str]) -> None:

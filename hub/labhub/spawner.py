@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from dockerspawner import DockerSpawner
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from traitlets import Float, Instance, Int, Tuple, Unicode, default
+from traitlets.config import LoggingConfigurable
 
 from .contract import (
     CONTAINER_USER,
@@ -57,11 +58,15 @@ async def wait_until_answering(url: str, budget: float, interval: float = 0.1) -
     return False
 
 
-class LabSpawner(GpuSpawnerMixin, DockerSpawner):  # type: ignore[misc]
-    """DockerSpawner with the lab's defaults: limits, hardening and per-user volumes.
-
-    GpuSpawnerMixin comes first: profiles, GPU scheduling and release (labhub/gpu/spawner.py).
+class LabServerMixin(LoggingConfigurable):
+    """What every lab server has, whichever engine runs it: the limits, the user's named
+    volume at ``home_dir`` and a pool of threads for Docker calls. LabSpawner (one engine)
+    and labhub.swarmspawner.LabSwarmSpawner (a Swarm) both put it before their DockerSpawner.
     """
+
+    if TYPE_CHECKING:  # provided by DockerSpawner
+        network_name: str
+        user: Any
 
     pids_limit = Int(
         1024,
@@ -88,18 +93,45 @@ class LabSpawner(GpuSpawnerMixin, DockerSpawner):  # type: ignore[misc]
         "one, so one slow `docker stop` holds up everyone else's spawn.",
     )
     _shared_executor: ClassVar[ThreadPoolExecutor | None] = None
-    ready_poll_budget = Float(
-        30.0,
-        config=True,
-        help="Seconds start() polls the new server every 0.1 s before handing over to "
-        "the hub's own (exponential back-off) wait; 0 turns this off.",
-    )
     home_dir = Unicode(
         HOME_DIR,
         config=True,
         help="Where the user's volume is mounted inside the container.",
     )
 
+    @default("volumes")
+    def _volumes_default(self) -> dict[str, str]:
+        return {"{user_volume}": self.home_dir}
+
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        """One pool of ``docker_threads`` per spawner class (DockerSpawner has one thread)."""
+        cls = type(self)
+        if cls._shared_executor is None:
+            cls._shared_executor = ThreadPoolExecutor(
+                self.docker_threads, thread_name_prefix="docker"
+            )
+        return cls._shared_executor
+
+    def template_namespace(self) -> dict[str, Any]:
+        """Add `{user_volume}`: our collision-free volume name, usable in `volumes`."""
+        namespace: dict[str, Any] = super().template_namespace()  # type: ignore[misc]
+        namespace["user_volume"] = volume_name_for(self.user.name, self.network_name)
+        return namespace
+
+
+class LabSpawner(GpuSpawnerMixin, LabServerMixin, DockerSpawner):  # type: ignore[misc]
+    """DockerSpawner with the lab's defaults: limits, hardening and per-user volumes.
+
+    GpuSpawnerMixin comes first: profiles, GPU scheduling and release (labhub/gpu/spawner.py).
+    """
+
+    ready_poll_budget = Float(
+        30.0,
+        config=True,
+        help="Seconds start() polls the new server every 0.1 s before handing over to "
+        "the hub's own (exponential back-off) wait; 0 turns this off.",
+    )
     datasets = Tuple(
         config=True,
         help="The shared datasets (labhub.datasets.Dataset, from DATASETS): each is mounted "
@@ -116,20 +148,6 @@ class LabSpawner(GpuSpawnerMixin, DockerSpawner):  # type: ignore[misc]
     diskquota_socket = Unicode(
         SOCKET, config=True, help="The diskquota service's Unix socket (a volume both mount)."
     )
-
-    @default("volumes")
-    def _volumes_default(self) -> dict[str, str]:
-        return {"{user_volume}": self.home_dir}
-
-    @property
-    def executor(self) -> ThreadPoolExecutor:
-        """One pool of ``docker_threads`` for all LabSpawners (DockerSpawner has one thread)."""
-        cls = type(self)
-        if cls._shared_executor is None:
-            cls._shared_executor = ThreadPoolExecutor(
-                self.docker_threads, thread_name_prefix="docker"
-            )
-        return cls._shared_executor
 
     async def start(self) -> Any:
         """Start the container, then wait (finely, bounded) until its server answers.
@@ -165,12 +183,6 @@ class LabSpawner(GpuSpawnerMixin, DockerSpawner):  # type: ignore[misc]
                 f"volume {volume} predates QUOTA_ROOT and has no quota: move its files "
                 "into a quota home (docs/admin-guide.md#disk-quotas)"
             )
-
-    def template_namespace(self) -> dict[str, Any]:
-        """Add `{user_volume}`: our collision-free volume name, usable in `volumes`."""
-        namespace: dict[str, Any] = super().template_namespace()
-        namespace["user_volume"] = volume_name_for(self.user.name, self.network_name)
-        return namespace
 
     @default("extra_host_config")
     def _extra_host_config_default(self) -> Any:
@@ -243,9 +255,8 @@ GPU_SERVER_TOKEN_SCOPES = [
 ]
 
 
-def spawner_config(settings: Settings, gpu_allocator: GpuAllocator) -> dict[str, Any]:
-    """The LabSpawner traitlets that come from settings, and the process's GPU allocator
-    (``labhub.gpu.allocator.load_allocator(settings)``)."""
+def server_config(settings: Settings) -> dict[str, Any]:
+    """The traitlets from settings that every lab server takes, on one engine or a Swarm."""
     gpu_service = settings.gpu_inventory != "none"
     gpu_status = {GPU_STATUS_URL_ENV: GPU_STATUS_URL} if gpu_service else {}
     return {
@@ -255,7 +266,6 @@ def spawner_config(settings: Settings, gpu_allocator: GpuAllocator) -> dict[str,
         "allowed_images": {},
         "network_name": settings.docker_network,
         "use_internal_ip": True,
-        "remove": True,
         "mem_limit": settings.mem_limit,
         "cpu_limit": settings.cpu_limit,
         "shm_size": str(settings.shm_size),
@@ -267,13 +277,22 @@ def spawner_config(settings: Settings, gpu_allocator: GpuAllocator) -> dict[str,
         "environment": {"NVIDIA_VISIBLE_DEVICES": "void", **gpu_status},
         "args": kernel_culling_args(settings),
         "debug": settings.debug,
+        "http_timeout": 120,
+        **({"server_token_scopes": GPU_SERVER_TOKEN_SCOPES} if gpu_service else {}),
+    }
+
+
+def spawner_config(settings: Settings, gpu_allocator: GpuAllocator) -> dict[str, Any]:
+    """The LabSpawner traitlets that come from settings, and the process's GPU allocator
+    (``labhub.gpu.allocator.load_allocator(settings)``)."""
+    return {
+        **server_config(settings),
+        "remove": True,
         # A cold TensorFlow image can take a while to start on a busy host; a queued
         # GPU spawn waits in start() for up to GPU_QUEUE_TIMEOUT on top of that.
         "start_timeout": 180 + (settings.gpu_queue_timeout if settings.gpu_queue else 0),
         # GPUs (docs/gpus.md): every GPU_* setting reaches the spawner inside the allocator.
         "gpu_allocator": gpu_allocator,
-        "http_timeout": 120,
         "datasets": settings.datasets,
         "disk_quotas": settings.disk_quotas,
-        **({"server_token_scopes": GPU_SERVER_TOKEN_SCOPES} if gpu_service else {}),
     }

@@ -750,7 +750,7 @@ def test_the_front_can_do_nothing_else(method: str, target: str, body: bytes, re
     ("env", "message"),
     [
         ({}, "ALLOWED_IMAGES is empty"),
-        ({"PROXY_POLICY": "readonly"}, "use hub or frontend"),
+        ({"PROXY_POLICY": "readonly"}, "use hub, swarm or frontend"),
         ({"PROXY_POLICY": "frontend"}, "NGINX_PROXY_CONTAINER is empty"),
     ],
 )

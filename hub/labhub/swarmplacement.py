@@ -1,0 +1,103 @@
+"""Which Swarm node runs a user's server: pure policy, no Docker inside.
+
+A user's home is a named volume on one node (a Swarm has no shared storage here), so
+their server must run there. The first spawn picks the usable node running the fewest
+lab servers; from then on that node is the user's home and every spawn is pinned to it.
+A home on a node that is down, drained or gone is an error naming the node, never a
+silent fresh home elsewhere. `labhub.swarmspawner` does the I/O around these functions.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+# The one constraint a lab server's service carries (`service_spec` writes it).
+_PIN = re.compile(r"node\.id==(?P<node>[A-Za-z0-9]{1,64})")
+
+
+class NoNodeForServer(Exception):
+    """No node may run this server; the message names the node and what an admin can do."""
+
+
+@dataclass(frozen=True)
+class SwarmNode:
+    """What placement needs of a node: its ID, whether it is up and takes new tasks."""
+
+    id: str
+    ready: bool
+    active: bool
+
+    @property
+    def usable(self) -> bool:
+        return self.ready and self.active
+
+
+def nodes_from_api(listing: Iterable[Mapping[str, Any]]) -> list[SwarmNode]:
+    """The nodes of `GET /nodes` (docker-py `nodes()`), sorted by ID."""
+    nodes = [
+        SwarmNode(
+            id=str(node["ID"]),
+            ready=(node.get("Status") or {}).get("State") == "ready",
+            active=(node.get("Spec") or {}).get("Availability") == "active",
+        )
+        for node in listing
+    ]
+    return sorted(nodes, key=lambda node: node.id)
+
+
+def pin_constraint(node_id: str) -> str:
+    """The placement constraint that pins a service's task to one node."""
+    if not _PIN.fullmatch(f"node.id=={node_id}"):
+        raise ValueError(f"{node_id!r} is not a Swarm node ID")
+    return f"node.id=={node_id}"
+
+
+def pinned_node(constraints: Sequence[str]) -> str | None:
+    """The node a service is pinned to by `pin_constraint`, or None."""
+    for constraint in constraints:
+        if match := _PIN.fullmatch(constraint):
+            return match["node"]
+    return None
+
+
+def servers_per_node(services: Iterable[Mapping[str, Any]]) -> Counter[str]:
+    """How many lab servers each node runs, from `GET /services` (the lab's services only)."""
+    counts: Counter[str] = Counter()
+    for service in services:
+        template = (service.get("Spec") or {}).get("TaskTemplate") or {}
+        node = pinned_node((template.get("Placement") or {}).get("Constraints") or [])
+        if node is not None:
+            counts[node] += 1
+    return counts
+
+
+def node_for(home: str | None, nodes: Sequence[SwarmNode], load: Mapping[str, int]) -> str:
+    """The node a user's server runs on: their home node, or for a first spawn the usable
+    node with the fewest servers (ties: the lowest ID, so the choice is reproducible)."""
+    if home:
+        found = next((node for node in nodes if node.id == home), None)
+        if found is None:
+            raise NoNodeForServer(
+                f"the home volume is on node {home}, which has left the swarm: "
+                "rejoin it (docker swarm join) or restore the home onto another node"
+            )
+        if not found.ready:
+            raise NoNodeForServer(
+                f"the home volume is on node {home}, which is down: start its Docker engine"
+            )
+        if not found.active:
+            raise NoNodeForServer(
+                f"the home volume is on node {home}, which is drained or paused: "
+                f"`docker node update --availability active {home}` to spawn there again"
+            )
+        return home
+    usable = [node for node in nodes if node.usable]
+    if not usable:
+        raise NoNodeForServer(
+            "no node of the swarm is ready and active: check `docker node ls` on the manager"
+        )
+    return min(usable, key=lambda node: (load.get(node.id, 0), node.id)).id

@@ -1,0 +1,334 @@
+"""LabSwarmSpawner and the proxy's Swarm rules: what the spawner sends passes, anything more
+is refused.
+
+The service bodies are not written by hand: `swarm_start` runs the real
+`LabSwarmSpawner.start()` against a recording docker-py client that answers like a
+three-node Swarm manager, and keeps every request docker-py would have sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlencode
+
+import docker
+import pytest
+import requests
+from jupyterhub.objects import Hub, Server
+from labhub.contract import CONTAINER_USER, OWNER_LABEL, container_name_prefix, volume_prefix
+from labhub.dockerpolicy import (
+    Policy,
+    Refused,
+    check_owner,
+    check_swarm_request,
+    inspect_target,
+)
+from labhub.dockerproxy import policy_from_env
+from labhub.settings import Settings, SettingsError
+from labhub.swarmspawner import HOME_NODE_STATE, LabSwarmSpawner, swarm_spawner_config
+from tornado import web
+
+from testsupport.minimal_env import MINIMAL_ENV
+
+pytestmark = pytest.mark.unit
+
+SETTINGS = Settings.from_env(MINIMAL_ENV)
+IMAGE = SETTINGS.workspace_image
+POLICY = Policy(allowed_images=frozenset({IMAGE}), network=SETTINGS.docker_network)
+PREFIX = container_name_prefix(POLICY.network)
+CREATE = "/v1.41/services/create"
+
+
+class RecordingManager(docker.APIClient):  # type: ignore[misc]
+    """docker-py with the HTTP session replaced: records each request and answers like a
+    Swarm manager with the given nodes and lab services, where a created service's task
+    is running at once."""
+
+    def __init__(self, nodes: list[dict[str, Any]], services: list[dict[str, Any]]) -> None:
+        super().__init__(base_url="tcp://127.0.0.1:9", version="1.41")
+        self.nodes_answer, self.services_answer = nodes, services
+        self.sent: list[tuple[str, str, dict[str, Any] | None, str | None]] = []
+
+    def request(self, method: str, url: str, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        path = url.removeprefix("http://127.0.0.1:9/v1.41")
+        self.sent.append((method, path, kwargs.get("params"), kwargs.get("data")))
+        created = any(p == "/services/create" for _, p, _, _ in self.sent)
+        status, answer = 200, {}
+        if path == "/nodes":
+            answer = self.nodes_answer
+        elif path == "/services":
+            answer = self.services_answer
+        elif path == "/services/create":
+            status, answer = 201, {"ID": "svc123"}
+        elif path == "/tasks":
+            answer = [{"Status": {"State": "running"}}] if created else []
+        elif path.startswith("/images/"):
+            answer = {"Config": {"Cmd": ["start-notebook.py"]}}
+        elif path.startswith("/services/") and not created:
+            status, answer = 404, {"message": "service not found"}
+        elif path.startswith("/services/"):
+            answer = {"ID": "svc123", "Spec": {"Labels": {OWNER_LABEL: "alice"}}}
+        response = requests.Response()
+        response.status_code, response.url = status, url
+        response._content = json.dumps(answer).encode()
+        response.headers["Content-Type"] = "application/json"
+        return response
+
+
+class _User:
+    name = "alice"
+    admin = False
+    groups: tuple[object, ...] = ()
+    url = "/user/alice/"
+
+
+def node(node_id: str, state: str = "ready", availability: str = "active") -> dict[str, Any]:
+    return {"ID": node_id, "Status": {"State": state}, "Spec": {"Availability": availability}}
+
+
+def pinned(node_id: str) -> dict[str, Any]:
+    return {"Spec": {"TaskTemplate": {"Placement": {"Constraints": [f"node.id=={node_id}"]}}}}
+
+
+NODES = [node("n1"), node("n2"), node("n3")]
+
+
+def swarm_start(
+    nodes: list[dict[str, Any]] = NODES,
+    services: list[dict[str, Any]] = (),  # type: ignore[assignment]
+    state: dict[str, Any] | None = None,
+) -> tuple[LabSwarmSpawner, RecordingManager]:
+    """Run LabSwarmSpawner.start() for alice (with her saved spawner state) on a recording
+    manager; the spawner (for its state) and what it sent."""
+    client = RecordingManager(nodes, list(services))
+    original = LabSwarmSpawner._client
+    LabSwarmSpawner._client = client
+    try:
+        spawner = LabSwarmSpawner(user=_User(), hub=Hub(), **swarm_spawner_config(SETTINGS))
+        spawner.load_state(state or {})
+        spawner.server = Server(base_url="/user/alice/")
+        assert asyncio.run(spawner.start()) == (f"{PREFIX}alice", 8888)
+    finally:
+        LabSwarmSpawner._client = original
+    return spawner, client
+
+
+def created_body(client: RecordingManager) -> dict[str, Any]:
+    [data] = [d for _, path, _, d in client.sent if path == "/services/create"]
+    assert data is not None
+    body: dict[str, Any] = json.loads(data)
+    return body
+
+
+@pytest.fixture(scope="module")
+def sent_body() -> dict[str, Any]:
+    return created_body(swarm_start()[1])
+
+
+def test_what_labswarmspawner_sends_passes_and_is_forwarded_as_checked(
+    sent_body: dict[str, Any],
+) -> None:
+    body = json.dumps(sent_body).encode()
+    allowed = check_swarm_request(POLICY, "POST", CREATE, body)
+    assert json.loads(allowed.body) == sent_body
+    # LabSpawner's hardening and limits, in the service API's terms.
+    spec = sent_body["TaskTemplate"]["ContainerSpec"]
+    assert spec["User"] == CONTAINER_USER and spec["CapabilityDrop"] == ["ALL"]
+    assert spec["Labels"] == sent_body["Labels"] == {OWNER_LABEL: "alice"}
+    assert spec["Init"] is False
+    volume, shm = spec["Mounts"]
+    assert volume == {
+        "Target": "/home/jovyan",
+        "Source": f"{volume_prefix(POLICY.network)}alice",
+        "Type": "volume",
+        "ReadOnly": False,
+    }
+    assert shm["Type"] == "tmpfs" and shm["TmpfsOptions"] == {"SizeBytes": SETTINGS.shm_size}
+    assert sent_body["TaskTemplate"]["Resources"] == {
+        "Limits": {
+            "MemoryBytes": SETTINGS.mem_limit,
+            "NanoCPUs": int(SETTINGS.cpu_limit * 10**9),
+            "Pids": SETTINGS.pids_limit,
+        }
+    }
+    assert sent_body["EndpointSpec"] == {"Mode": "dnsrr"}
+    assert sent_body["TaskTemplate"]["Networks"] == [{"Target": POLICY.network}]
+
+
+def test_every_call_of_a_spawn_passes_the_proxy() -> None:
+    """Not just the create: the node and service lists, the inspects, the task polls."""
+    _, client = swarm_start()
+    for method, path, params, data in client.sent:
+        query = (
+            "" if not params else "?" + requests.models.RequestEncodingMixin._encode_params(params)
+        )
+        check_swarm_request(POLICY, method, f"/v1.41{path}{query}", (data or "").encode())
+
+
+def test_the_first_spawn_picks_the_least_busy_node_and_later_spawns_stay_there() -> None:
+    busy = [pinned("n1"), pinned("n1"), pinned("n2")]
+    spawner, client = swarm_start(services=busy)
+    constraints = created_body(client)["TaskTemplate"]["Placement"]["Constraints"]
+    assert constraints == ["node.id==n3"]
+    # Recorded in the state the hub keeps, and kept when the server stops.
+    spawner.clear_state()
+    saved = spawner.get_state()
+    assert saved[HOME_NODE_STATE] == "n3"
+    # n3 is now the busiest: the home wins all the same.
+    _, client = swarm_start(services=[*busy, pinned("n3"), pinned("n3")], state=saved)
+    assert created_body(client)["TaskTemplate"]["Placement"]["Constraints"] == ["node.id==n3"]
+
+
+def test_a_home_on_a_drained_node_is_a_503_naming_the_node() -> None:
+    drained = [node("n1"), node("n3", availability="drain")]
+    with pytest.raises(web.HTTPError, match="node n3, which is drained") as raised:
+        swarm_start(nodes=drained, state={HOME_NODE_STATE: "n3"})
+    assert raised.value.status_code == 503
+
+
+def _spec(change: Callable[[dict[str, Any]], object]) -> Callable[[dict[str, Any]], object]:
+    return lambda body: change(body["TaskTemplate"]["ContainerSpec"])
+
+
+HOST_BIND = {"Target": "/host", "Source": "/", "Type": "bind", "ReadOnly": False}
+# A named volume whose local driver options bind the host's root: a bind in disguise.
+DISGUISED_BIND = {
+    "Target": "/home/jovyan",
+    "Source": f"{volume_prefix(POLICY.network)}alice",
+    "Type": "volume",
+    "VolumeOptions": {"DriverConfig": {"Name": "local", "Options": {"o": "bind", "device": "/"}}},
+}
+# Each mutation takes the spawner's own body one step beyond what it sends.
+MUTATIONS: dict[str, tuple[Callable[[dict[str, Any]], object], str]] = {
+    "root": (_spec(lambda s: s.update(User="0:0")), "never root"),
+    "no-user": (_spec(lambda s: s.pop("User")), "user is required"),
+    "host-bind": (_spec(lambda s: s["Mounts"].append(HOST_BIND)), "Mounts: the user's volume"),
+    "bind-instead": (_spec(lambda s: s.update(Mounts=[HOST_BIND])), "no binds"),
+    "volume-options": (_spec(lambda s: s.update(Mounts=[DISGUISED_BIND])), "VolumeOptions"),
+    "other-volume": (
+        _spec(lambda s: s["Mounts"][0].update(Source="labhub-hub-data")),
+        "not a user volume",
+    ),
+    "shm-elsewhere": (_spec(lambda s: s["Mounts"][1].update(Target="/etc")), "no binds"),
+    "cap-add": (_spec(lambda s: s.update(CapabilityAdd=["SYS_ADMIN"])), "CapabilityAdd"),
+    "keep-caps": (_spec(lambda s: s.update(CapabilityDrop=["NET_RAW"])), "drop all"),
+    "privileges": (_spec(lambda s: s.update(Privileges={"SELinuxContext": {}})), "Privileges"),
+    "sysctls": (_spec(lambda s: s.update(Sysctls={"net.ipv4.ip_forward": "1"})), "Sysctls"),
+    "other-image": (_spec(lambda s: s.update(Image="debian:trixie-slim")), "not an allowed"),
+    "no-owner": (_spec(lambda s: s.update(Labels={})), OWNER_LABEL),
+    "no-pids-limit": (
+        lambda b: b["TaskTemplate"]["Resources"]["Limits"].pop("Pids"),
+        "pids is required",
+    ),
+    "memory-over-max": (
+        lambda b: b["TaskTemplate"]["Resources"]["Limits"].update(MemoryBytes=1 << 60),
+        "MemoryBytes=",
+    ),
+    "generic-resources": (
+        lambda b: b["TaskTemplate"]["Resources"].update(Reservations={"GenericResources": []}),
+        "Reservations",
+    ),
+    "anywhere": (
+        lambda b: b["TaskTemplate"]["Placement"].update(Constraints=["node.role==manager"]),
+        "exactly one node.id",
+    ),
+    "host-network": (
+        lambda b: b["TaskTemplate"].update(Networks=[{"Target": "host"}]),
+        "Networks=",
+    ),
+    "runtime": (
+        lambda b: b["TaskTemplate"].update(Runtime="plugin"),
+        "Runtime",
+    ),
+    "published-port": (
+        lambda b: b["EndpointSpec"].update(Ports=[{"TargetPort": 8888, "PublishedPort": 80}]),
+        "Ports",
+    ),
+    "other-name": (lambda b: b.update(Name="labhub-hub"), "must start with"),
+    "global-mode": (lambda b: b.update(Mode={"Global": {}}), "Mode"),
+}
+
+
+@pytest.mark.parametrize("mutation", sorted(MUTATIONS))
+def test_each_step_beyond_what_labswarmspawner_sends_is_refused(
+    sent_body: dict[str, Any], mutation: str
+) -> None:
+    body = copy.deepcopy(sent_body)
+    change, reason = MUTATIONS[mutation]
+    change(body)
+    with pytest.raises(Refused, match=reason):
+        check_swarm_request(POLICY, "POST", CREATE, json.dumps(body).encode())
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "reason"),
+    [
+        ("GET", "/v1.41/services", "list services with filters"),
+        ("GET", "/v1.41/services?" + urlencode({"filters": '{"label":["x"]}'}), "only"),
+        ("GET", "/v1.41/tasks", "user services only"),
+        ("GET", "/v1.41/tasks?" + urlencode({"filters": '{"service":["hub"]}'}), "user services"),
+        ("GET", "/v1.41/tasks?filters=notjson", "not a short JSON"),
+        ("POST", "/v1.41/services/svc123/update?version=3", "not needed"),
+        ("GET", "/v1.41/services/svc123/logs", "not needed"),
+        ("POST", "/v1.41/nodes/n1/update?version=3", "not needed"),
+        ("DELETE", "/v1.41/nodes/n1", "not needed"),
+        ("GET", "/v1.41/swarm", "not needed"),
+        ("GET", "/v1.41/secrets", "not needed"),
+        ("POST", "/v1.41/containers/create?name=labhub-user-x", "not needed"),
+        ("POST", "/v1.41/networks/create", "not needed"),
+        ("GET", "/v1.41/images/debian:trixie-slim/json", "not an allowed"),
+    ],
+)
+def test_everything_else_in_swarm_mode_is_refused(method: str, target: str, reason: str) -> None:
+    with pytest.raises(Refused, match=reason):
+        check_swarm_request(POLICY, method, target, b"")
+
+
+def test_one_service_is_owner_checked_by_its_spec_labels() -> None:
+    allowed = check_swarm_request(POLICY, "DELETE", "/v1.41/services/svc123", b"")
+    assert (allowed.owned_container, allowed.owned_kind) == ("svc123", "service")
+    assert inspect_target(allowed) == "/v1.41/services/svc123"
+    check_owner(
+        "svc123", 200, json.dumps({"Spec": {"Labels": {OWNER_LABEL: "a"}}}).encode(), "service"
+    )
+    # The hub's own service (or anyone else's) carries no owner label.
+    with pytest.raises(Refused, match="not a labhub user service"):
+        check_owner("hub", 200, json.dumps({"Spec": {"Labels": {}}}).encode(), "service")
+    # A container's owner label under Config does not make a service one.
+    config_only = {"Config": {"Labels": {OWNER_LABEL: "a"}}, "Spec": {}}
+    with pytest.raises(Refused, match="not a labhub user service"):
+        check_owner("odd", 200, json.dumps(config_only).encode(), "service")
+
+
+def test_the_swarm_proxy_refuses_what_swarm_mode_does_not_do_yet() -> None:
+    base = {"PROXY_POLICY": "swarm", "ALLOWED_IMAGES": IMAGE}
+    for unsupported in ("DATASETS", "QUOTA_ROOT"):
+        with pytest.raises(SystemExit, match=f"{unsupported} is not supported"):
+            policy_from_env({**base, unsupported: "x"})
+    check = policy_from_env(base)
+    with pytest.raises(Refused, match="not needed by the hub in Swarm mode"):
+        check("POST", "/v1.41/containers/create?name=labhub-user-a", b"{}")
+
+
+@pytest.mark.parametrize(
+    ("engine", "problem"),
+    [
+        ("docker", None),
+        ("swarm", "ENGINE=swarm is not usable yet: user servers can run as Swarm services"),
+        ("kubernetes", "ENGINE='kubernetes' is unknown: choose one of docker, swarm"),
+    ],
+)
+def test_make_up_refuses_engine_swarm_naming_what_is_missing(
+    engine: str, problem: str | None
+) -> None:
+    """`make up` runs `labhub check-settings`, which lists these problems and exits 2."""
+    if problem is None:
+        assert Settings.from_env({**MINIMAL_ENV, "ENGINE": engine}).engine == engine
+        return
+    with pytest.raises(SettingsError, match=re.escape(problem)):
+        Settings.from_env({**MINIMAL_ENV, "ENGINE": engine})
