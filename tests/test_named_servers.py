@@ -273,9 +273,16 @@ def test_a_student_starts_the_gpu_server_from_the_home_page_in_a_browser(
     student = new_student(homes_stack)
     student.start("", "cpu")
     with chromium(homes_stack) as browser:
-        page = browser.new_page()
-        # Other runs on this host start containers: Chromium may see network changes.
-        homes_stack.browser_login(page, student.name, attempts=8, next_url="/hub/home")
+        # The student's own login (their session's cookies): this test is about the pages
+        # after it, and the login form is tested elsewhere (tests/test_browser.py).
+        context = browser.new_context()
+        context.add_cookies(
+            [
+                {"name": c.name, "value": c.value or "", "url": homes_stack.base_url + c.path}
+                for c in student.client.session.cookies
+            ]
+        )
+        page = context.new_page()
         despite_network_changes(lambda: page.goto(homes_stack.base_url + "/hub/home"))
         expect(page.locator("#named-server-pattern")).to_contain_text("train on a GPU")
         despite_network_changes(lambda: page.click("#train-on-a-gpu"))

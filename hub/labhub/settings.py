@@ -760,7 +760,7 @@ SECTIONS: tuple[Section, ...] = (
                 "1G",
                 memory_at_least("16M", "pip and JupyterLab need room for temporary files"),
                 "Size of /tmp per user server, a memory file system: its files count against "
-                "the server's memory limit, so it is cut to half of that limit. The rest of "
+                "the server's memory limit, so it is at most half of that limit. The rest of "
                 "the container is read-only: /tmp and the home are all a student can write, "
                 "and nobody fills the host's disk through /tmp "
                 "(docs/security.md#the-writable-layer).",
