@@ -2,12 +2,12 @@
 
 Besides NVIDIA's container hook (tests/fake-gpu, as in test_gpus.py), the hub gets a
 stand-in nvidia-smi (tests/fake-nvml, mounted by its compose.yml into this stack's hub
-only, out of dockerd's PATH) that reports the
-utilisation this module writes. The rules run in seconds here: a holder whose GPU reads 0 %
-is warned, then stopped, though its "open tab" keeps the hub's activity fresh; one under
-load is kept; a session reaches its length, is extended once with the server's own token,
-then stops. JupyterLab's side is played from inside the user's container, with the URL and
-token the spawner gave it. Each stop is checked at the hub, the engine and the audit log.
+only, out of dockerd's PATH) that reports the utilisation this module writes. The rules
+run in seconds here: a holder whose GPU reads 0 % is warned, then stopped, though its
+"open tab" keeps the hub's activity fresh; one under load is kept; a session reaches its
+length, is extended once with the server's own token, then stops. JupyterLab's side is
+played from inside the user's container, with the URL and token the spawner gave it. Each
+stop is checked at the hub, the engine and the audit log.
 """
 
 from __future__ import annotations
