@@ -1,12 +1,13 @@
 """GPUs come back when they are not used (issue 18), end to end on a GPU test stack.
 
 Besides NVIDIA's container hook (tests/fake-gpu, as in test_gpus.py), the hub gets a
-stand-in nvidia-smi (tests/fake-gpu/compose.yml, this stack only) that reports the
-utilisation this module writes. The rules run in seconds here: a holder whose GPU reads 0 %
-is warned, then stopped, though its "open tab" keeps the hub's activity fresh; one under
-load is kept; a session reaches its length, is extended once with the server's own token,
-then stops. JupyterLab's side is played from inside the user's container, with the URL and
-token the spawner gave it. Each stop is checked at the hub, the engine and the audit log.
+stand-in nvidia-smi (tests/fake-nvml, mounted by its compose.yml into this stack's hub
+only, out of dockerd's PATH) that reports the utilisation this module writes. The rules
+run in seconds here: a holder whose GPU reads 0 % is warned, then stopped, though its
+"open tab" keeps the hub's activity fresh; one under load is kept; a session reaches its
+length, is extended once with the server's own token, then stops. JupyterLab's side is
+played from inside the user's container, with the URL and token the spawner gave it. Each
+stop is checked at the hub, the engine and the audit log.
 """
 
 from __future__ import annotations
@@ -86,15 +87,16 @@ def reclaim_stack(tmp_path_factory: pytest.TempPathFactory, gpu_config: Path) ->
     }
     with launched_stack(tmp_path_factory, STACK, HTTPS_PORT, extra) as running:
         # The same hub again, with the stand-in nvidia-smi mounted (this stack only).
-        subprocess.run(
+        recreated = subprocess.run(
             [
                 "docker", "compose", "-f", "compose/docker-compose.yml",
-                "-f", "tests/fake-gpu/compose.yml", "--env-file", str(running.env_file),
+                "-f", "tests/fake-nvml/compose.yml", "--env-file", str(running.env_file),
                 "up", "-d", "--wait", "hub",
             ],
-            cwd=REPO, check=True, capture_output=True, text=True, timeout=600,
+            cwd=REPO, capture_output=True, text=True, timeout=600,
             env={**os.environ, "LABHUB_ENV_FILE": str(running.env_file)},
         )  # fmt: skip
+        assert recreated.returncode == 0, recreated.stdout + recreated.stderr
         yield running
 
 
