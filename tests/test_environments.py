@@ -19,11 +19,13 @@ from collections.abc import Iterator
 
 import docker
 import pytest
+from browser import ARTIFACTS, chromium, needs_chromium
 from labhub.contract import container_name_prefix
 from stacks import HTTPS_PORT as SESSION_HTTPS_PORT
 from stacks import STACK as SESSION_STACK
 from stacks import USERS_CREATED, VERSION, Stack, launched_stack
 
+from testsupport.browsing import network_changed
 from testsupport.containers import user_containers
 from testsupport.hubclient import HubClient, Terminal, run_in_kernel
 
@@ -135,6 +137,47 @@ def test_a_pytorch_profile_server_runs_the_mnist_lenet(env_stack: Stack, student
     assert (params, epochs) == ("1199882", "1")
     assert float(accuracy) > 0.7, output  # one epoch on 1,800 images; chance is 0.1
     client.stop_server(student)
+
+
+@needs_chromium
+def test_jupyterlab_opens_the_notebook_on_the_pytorch_kernel(
+    env_stack: Stack, student: str
+) -> None:
+    """In a real browser: the PyTorch server's JupyterLab opens MNIST.ipynb on its own
+    kernel (the notebook names it, so no kernel-choice dialog), idle and ready."""
+    from playwright.sync_api import expect
+
+    # The server first: a new container changes this host's interfaces, and Chromium drops
+    # requests in flight when they change (testsupport.browsing).
+    start(env_stack, student, "pytorch")
+    with chromium(env_stack) as browser:
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        failed: list[str] = []
+        page.on(
+            "requestfailed",
+            lambda request: failed.append(f"{request.method} {request.url}: {request.failure}"),
+        )
+        try:
+            env_stack.browser_login(page, student)
+            page.wait_for_url(f"**/user/{student}/lab/**", timeout=300_000)
+            kernel = page.get_by_role("button", name="PyTorch | Idle")
+            for attempt in range(3):
+                try:
+                    expect(kernel.first).to_be_visible(timeout=90_000)
+                    break
+                except AssertionError:
+                    if attempt == 2 or not any(network_changed(f) for f in failed):
+                        raise
+                    failed.clear()
+                    page.reload()
+            expect(
+                page.locator(".lm-TabBar-tabLabel", has_text="MNIST.ipynb").first
+            ).to_be_visible()
+            expect(page.get_by_text("Select Kernel")).to_have_count(0)
+        finally:
+            page.screenshot(path=str(ARTIFACTS / "browser-pytorch-jupyterlab.png"))
+            (ARTIFACTS / "browser-pytorch-failed-requests.txt").write_text("\n".join(failed))
+    env_stack.login(student).stop_server(student)
 
 
 @pytest.mark.parametrize("profile", ["tensorflow", "pytorch"])

@@ -25,8 +25,9 @@ c.ServerProxy.servers = {
     }
 }
 
-# One kernel, "TensorFlow-GPU" (installed in the image): without this, ipykernel's
-# built-in "Python 3" kernel, the same environment under another name, is listed too.
+# One kernel, "TensorFlow-GPU" (or "PyTorch" in the PyTorch workspace; installed in the
+# image): without this, ipykernel's built-in "Python 3" kernel, the same environment under
+# another name, is listed too.
 c.KernelSpecManager.ensure_native_kernel = False
 
 # No language servers are installed, so jupyter-lsp would only search for them at every
