@@ -16,6 +16,8 @@ from testsupport.waiting import wait_until
 DASHBOARD = REPO / "compose/monitoring/grafana/dashboards/labhub.json"
 # Read from NVML (nvidia-smi) in the hub container: no data on a host without it.
 NVML_METRICS = ("labhub_gpu_utilisation_ratio", "labhub_gpu_memory_used_bytes")
+# Counters with no series until the event happens once (a culler stopping a server).
+EVENT_METRICS = ("labhub_culls_total",)
 
 
 @contextlib.contextmanager
@@ -50,8 +52,22 @@ def wait_for_data(prometheus: str, exprs: list[str], timeout: float = 150) -> li
     return missing
 
 
-def dashboard_queries(gpu: bool) -> list[str]:
-    """Every panel query of the shipped dashboard, of the GPU panels or of the others."""
+def panel_queries() -> list[str]:
+    """Every panel query of the shipped dashboard."""
     dashboard = json.loads(DASHBOARD.read_text())
-    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
-    return [expr for expr in exprs if ("labhub_gpu" in expr) == gpu]
+    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+
+
+def dashboard_queries(gpu: bool) -> list[str]:
+    """The panel queries that have data on a running stack, of the GPU panels or of the
+    others (the event panels' are `event_queries`)."""
+    return [
+        expr
+        for expr in panel_queries()
+        if ("labhub_gpu" in expr) == gpu and not any(m in expr for m in EVENT_METRICS)
+    ]
+
+
+def event_queries() -> list[str]:
+    """The panel queries of events a test stack may never see (a cull)."""
+    return [expr for expr in panel_queries() if any(m in expr for m in EVENT_METRICS)]

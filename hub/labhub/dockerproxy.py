@@ -43,9 +43,11 @@ from .dockerpolicy import (
     MAX_BODY,
     Allowed,
     FrontendPolicy,
+    MetricsPolicy,
     Policy,
     Refused,
     check_frontend_request,
+    check_metrics_request,
     check_owner,
     check_request,
     inspect_target,
@@ -249,9 +251,12 @@ async def handle(
 
 
 def policy_from_env(env: dict[str, str]) -> Check:
-    """PROXY_POLICY=hub (default: ALLOWED_IMAGES, DOCKER_NETWORK, DATASETS, QUOTA_ROOT) or frontend
-    (NGINX_PROXY_CONTAINER): which client this proxy serves."""
+    """PROXY_POLICY=hub (default: ALLOWED_IMAGES, DOCKER_NETWORK, DATASETS, QUOTA_ROOT), frontend
+    (NGINX_PROXY_CONTAINER) or metrics (DOCKER_NETWORK): which client this proxy serves."""
     kind = env.get("PROXY_POLICY", "hub")
+    if kind == "metrics":
+        readable = MetricsPolicy(network=env.get("DOCKER_NETWORK", "labhub"))
+        return lambda method, target, body: check_metrics_request(readable, method, target, body)
     if kind == "frontend":
         nginx = env.get("NGINX_PROXY_CONTAINER", "")
         if not nginx:
@@ -262,7 +267,7 @@ def policy_from_env(env: dict[str, str]) -> Check:
         frontend = FrontendPolicy(nginx_container=nginx)
         return lambda method, target, body: check_frontend_request(frontend, method, target, body)
     if kind != "hub":
-        raise SystemExit(f"dockerproxy: PROXY_POLICY={kind!r}: use hub or frontend")
+        raise SystemExit(f"dockerproxy: PROXY_POLICY={kind!r}: use hub, frontend or metrics")
     images = frozenset(i for i in env.get("ALLOWED_IMAGES", "").split(",") if i)
     if not images:
         raise SystemExit("dockerproxy: ALLOWED_IMAGES is empty: set it to the workspace image")

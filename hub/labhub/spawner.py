@@ -21,6 +21,7 @@ from .contract import (
     CONTAINER_USER,
     HOME_DIR,
     OWNER_LABEL,
+    SERVER_LABEL,
     container_prefix,
     quota_home_options,
     volume_name_for,
@@ -176,10 +177,14 @@ class LabSpawner(GpuSpawnerMixin, DockerSpawner):  # type: ignore[misc]
 
     @default("extra_create_kwargs")
     def _extra_create_kwargs_default(self) -> Any:
-        """The unprivileged user and the owner label, then this server's GPU labels."""
+        """The unprivileged user, the owner and server labels, then this server's GPU labels."""
         return lambda spawner: {
             "user": CONTAINER_USER,
-            "labels": {OWNER_LABEL: spawner.user.name, **spawner.gpu_labels()},
+            "labels": {
+                OWNER_LABEL: spawner.user.name,
+                SERVER_LABEL: spawner.name,
+                **spawner.gpu_labels(),
+            },
         }
 
 
