@@ -18,6 +18,8 @@ DASHBOARD = REPO / "compose/monitoring/grafana/dashboards/labhub.json"
 NVML_METRICS = ("labhub_gpu_utilisation_ratio", "labhub_gpu_memory_used_bytes")
 # Counters with no series until the event happens once (a culler stopping a server).
 EVENT_METRICS = ("labhub_culls_total",)
+# Only with QUOTA_ROOT (btrfs homes).
+QUOTA_METRICS = ("labhub_home_used_bytes", "labhub_home_limit_bytes")
 
 
 @contextlib.contextmanager
@@ -52,22 +54,19 @@ def wait_for_data(prometheus: str, exprs: list[str], timeout: float = 150) -> li
     return missing
 
 
-def panel_queries() -> list[str]:
-    """Every panel query of the shipped dashboard."""
+def panel_queries(metrics: tuple[str, ...] = ()) -> list[str]:
+    """Every panel query of the shipped dashboard, or those that read one of `metrics`."""
     dashboard = json.loads(DASHBOARD.read_text())
-    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    return [expr for expr in exprs if not metrics or any(m in expr for m in metrics)]
 
 
 def dashboard_queries(gpu: bool) -> list[str]:
-    """The panel queries that have data on a running stack, of the GPU panels or of the
-    others (the event panels' are `event_queries`)."""
+    """The panel queries that have data on any running stack, of the GPU panels or of the
+    others (not those of events or of disk quotas)."""
+    rare = EVENT_METRICS + QUOTA_METRICS
     return [
         expr
         for expr in panel_queries()
-        if ("labhub_gpu" in expr) == gpu and not any(m in expr for m in EVENT_METRICS)
+        if ("labhub_gpu" in expr) == gpu and not any(m in expr for m in rare)
     ]
-
-
-def event_queries() -> list[str]:
-    """The panel queries of events a test stack may never see (a cull)."""
-    return [expr for expr in panel_queries() if any(m in expr for m in EVENT_METRICS)]

@@ -134,6 +134,8 @@ def test_the_container_metrics_read_the_engine_through_a_read_only_proxy(tmp_pat
     }
     assert on_proxy_network == {"container-metrics", "metrics-docker-proxy"}
     assert exporter["cap_drop"] == ["ALL"] and exporter["read_only"] is True
+    # The homes' usage socket, not the hub's (which makes and deletes homes).
+    assert [v["source"] for v in exporter["volumes"]] == ["diskquota-usage"]  # type: ignore[attr-defined]
 
 
 def test_the_diskquota_service_holds_quota_root_and_nothing_else(tmp_path: Path) -> None:
@@ -144,5 +146,6 @@ def test_the_diskquota_service_holds_quota_root_and_nothing_else(tmp_path: Path)
     assert {v["target"] for v in quota["volumes"]} == {  # type: ignore[attr-defined]
         "/srv/quota-off",
         "/run/labhub-diskquota",
+        "/run/labhub-diskquota-usage",
     }
     assert "SYS_ADMIN" not in str(services["hub"].get("cap_add"))

@@ -15,16 +15,21 @@ import pytest
 import requests
 from browser import ARTIFACTS, CHROMIUM, chromium
 from docker.models.containers import Container
+from labhub import diskquota
+from labhub.contract import volume_name_for
 from labhub.dockerpolicy import metrics_list_filters
+from loopfs import btrfs_with_quotas
 from monitoring import (
     DASHBOARD,
+    EVENT_METRICS,
+    QUOTA_METRICS,
     dashboard_queries,
-    event_queries,
+    panel_queries,
     prometheus_of,
     query,
     wait_for_data,
 )
-from stacks import REPO, STACK, Stack
+from stacks import HTTPS_PORT, REPO, STACK, Stack, launched_stack
 
 from testsupport.browsing import despite_network_changes
 from testsupport.containers import user_container
@@ -74,7 +79,7 @@ def test_every_dashboard_panel_has_data_after_a_student_spawns(
     running = query(prometheus, "jupyterhub_running_servers")
     assert float(running[0]["value"][1]) >= 1
     # Culls show once a culler stopped a server: here, only that Prometheus takes them.
-    for expr in event_queries():
+    for expr in panel_queries(EVENT_METRICS):
         query(prometheus, expr)
 
 
@@ -224,3 +229,49 @@ def test_the_exporters_proxy_reads_user_containers_stats_and_nothing_else(
     # At the engine: the student's server still runs.
     mine.reload()
     assert mine.status == "running"
+
+
+# A second stack, with disk quotas: its name and port follow the default stack's.
+QUOTA_STACK, QUOTA_PORT = f"{STACK}q", HTTPS_PORT + 1
+WRITE_30M = """
+import os
+with open("/home/jovyan/blob.bin", "wb") as f:
+    f.write(os.urandom(30 << 20))
+    f.flush()
+    os.fsync(f.fileno())
+os.sync()
+print("written")
+"""
+
+
+@pytest.fixture(scope="module")
+def quota_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Path]]:
+    """A stack with QUOTA_ROOT on a btrfs this test makes on a loop device (100 MiB each)."""
+    with btrfs_with_quotas() as root:
+        extra = {"QUOTA_ROOT": str(root), "DISK_QUOTA": "100M"}
+        with launched_stack(tmp_path_factory, QUOTA_STACK, QUOTA_PORT, extra) as stack:
+            yield stack, root
+
+
+def test_a_students_home_is_measured_as_its_qgroup_counts_it(
+    quota_stack: tuple[Stack, Path], username: str
+) -> None:
+    stack, root = quota_stack
+    with prometheus_of(stack) as prometheus:
+        student = stack.login(username)
+        student.start_server(username)
+        assert "written" in stack.run(student, username, WRITE_30M)
+        used = f'labhub_home_used_bytes{{user="{username}"}}'
+        wait_until(
+            lambda: value(prometheus, used),
+            150,
+            f"Prometheus to see {username}'s 30 MiB home (bytes)",
+            done=lambda seen: seen >= 30 * 2**20,
+            interval=5,
+        )
+        # At the filesystem: the qgroup of the student's home subvolume, read on the host.
+        home = diskquota.usage(root / volume_name_for(username, QUOTA_STACK))
+        assert value(prometheus, used) == pytest.approx(home.used, rel=0.1)
+        limit = value(prometheus, f'labhub_home_limit_bytes{{user="{username}"}}')
+        assert limit == home.limit == 100 * 2**20
+        assert wait_for_data(prometheus, panel_queries(QUOTA_METRICS)) == []

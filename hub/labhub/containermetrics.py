@@ -9,7 +9,9 @@ does not come in time is left out and counted in `labhub_container_stats_failed`
 
 CPU is a counter (seconds of CPU time since the container started): Prometheus's `rate()`
 turns it into cores in use. Memory is what `docker stats` shows: usage less the inactive
-page cache. Disk is not measured here (docs/monitoring.md says where it is).
+page cache. Disk, with QUOTA_ROOT: the home's usage and limit as its btrfs qgroup counts
+them, read from the diskquota service's usage socket (`labhub.diskquota.read_usage`), for
+the users whose server runs; without quotas there is no such socket and no disk metric.
 
 Run: labhub-container-metrics (DOCKER_HOST, DOCKER_NETWORK, LISTEN_PORT from the environment).
 """
@@ -30,7 +32,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from tornado import httpclient, web
 
-from .contract import OWNER_LABEL, SERVER_LABEL
+from . import diskquota
+from .contract import OWNER_LABEL, SERVER_LABEL, volume_name_for
 from .dockerpolicy import metrics_list_filters
 from .gpu.metrics import Snapshot
 
@@ -73,8 +76,10 @@ def usage_of(labels: Mapping[str, str], stats: Mapping[str, Any]) -> Usage | Non
     )
 
 
-def families(samples: Iterable[Usage], failed: int) -> list[Metric]:
-    """The metric families of one scrape."""
+def families(
+    samples: Iterable[Usage], failed: int, homes: Mapping[str, diskquota.Usage]
+) -> list[Metric]:
+    """The metric families of one scrape; ``homes``: each user's home, by user."""
     labels = ["user", "server"]
     cpu = CounterMetricFamily(
         "labhub_container_cpu_seconds",
@@ -99,13 +104,25 @@ def families(samples: Iterable[Usage], failed: int) -> list[Metric]:
         f"User containers whose stats did not come within {SCRAPE_BUDGET} s this scrape",
     )
     missed.add_metric([], failed)
-    return [cpu, memory, limit, missed]
+    home_used = GaugeMetricFamily(
+        "labhub_home_used_bytes", "Bytes in a user's home (btrfs qgroup)", labels=["user"]
+    )
+    home_limit = GaugeMetricFamily(
+        "labhub_home_limit_bytes", "A user's disk quota (QUOTA_ROOT)", labels=["user"]
+    )
+    for user, home in sorted(homes.items()):
+        home_used.add_metric([user], home.used)
+        if home.limit:
+            home_limit.add_metric([user], home.limit)
+    return [cpu, memory, limit, missed, home_used, home_limit]
 
 
 class Engine:
     """The two reads the exporter makes, through its Docker socket proxy."""
 
-    def __init__(self, docker_host: str, network: str) -> None:
+    def __init__(
+        self, docker_host: str, network: str, usage_socket: str = diskquota.USAGE_SOCKET
+    ) -> None:
         if not docker_host.startswith("tcp://"):
             raise SystemExit(
                 f"labhub-container-metrics: DOCKER_HOST={docker_host!r}: give the metrics "
@@ -113,6 +130,7 @@ class Engine:
             )
         self.base = "http://" + docker_host.removeprefix("tcp://")
         self.network = network
+        self.usage_socket = usage_socket
         self.http = httpclient.AsyncHTTPClient(force_instance=True, max_clients=PARALLEL)
 
     async def _get(self, path: str) -> Any:
@@ -148,6 +166,24 @@ class Engine:
                 samples.append(sample)
         return samples, failed
 
+    async def homes(self) -> dict[str, diskquota.Usage]:
+        """Every home's usage by volume name, from the diskquota service; none without
+        quotas (no socket) or when it does not answer within the budget."""
+        if not os.path.exists(self.usage_socket):
+            return {}
+        try:
+            return await asyncio.wait_for(diskquota.read_usage(self.usage_socket), SCRAPE_BUDGET)
+        except (diskquota.DiskQuotaError, TimeoutError) as error:
+            log.warning("homes' usage not read: %s", error)
+            return {}
+
+    def users_homes(
+        self, samples: Iterable[Usage], homes: Mapping[str, diskquota.Usage]
+    ) -> dict[str, diskquota.Usage]:
+        """The homes of the users whose server runs, by user."""
+        volumes = {sample.user: volume_name_for(sample.user, self.network) for sample in samples}
+        return {user: homes[volume] for user, volume in volumes.items() if volume in homes}
+
 
 class MetricsHandler(web.RequestHandler):
     """GET /metrics: Prometheus text, read at the engine now."""
@@ -155,13 +191,13 @@ class MetricsHandler(web.RequestHandler):
     async def get(self) -> None:
         engine: Engine = self.settings["engine"]
         try:
-            samples, failed = await engine.scrape()
+            (samples, failed), homes = await asyncio.gather(engine.scrape(), engine.homes())
         except (httpclient.HTTPError, OSError) as error:
             raise web.HTTPError(
                 502, f"the Docker proxy did not list user containers: {error}"
             ) from error
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(Snapshot(families(samples, failed)))
+        registry.register(Snapshot(families(samples, failed, engine.users_homes(samples, homes))))
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.finish(generate_latest(registry))
 

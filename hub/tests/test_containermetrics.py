@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 import pytest
-from labhub import containermetrics
+from labhub import containermetrics, diskquota
 from labhub.containermetrics import Engine, Usage, families, usage_of
 from labhub.contract import OWNER_LABEL, SERVER_LABEL
 from prometheus_client.parser import text_string_to_metric_families
@@ -49,12 +49,20 @@ def test_a_stopped_container_has_no_sample() -> None:
 
 
 def test_a_scrape_is_labelled_by_user_and_server() -> None:
-    made = families([Usage("bo", "gpu", 1.0, 5, 9), Usage("ada", "", 2.0, 7, 9)], failed=1)
+    made = families(
+        [Usage("bo", "gpu", 1.0, 5, 9), Usage("ada", "", 2.0, 7, 9)],
+        failed=1,
+        homes={"ada": diskquota.Usage(used=3, limit=40), "bo": diskquota.Usage(used=4, limit=0)},
+    )
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in made for s in f.samples}
     assert samples[("labhub_container_cpu_seconds_total", (("server", ""), ("user", "ada")))] == 2
     assert samples[("labhub_container_memory_bytes", (("server", "gpu"), ("user", "bo")))] == 5
     assert samples[("labhub_container_memory_limit_bytes", (("server", ""), ("user", "ada")))] == 9
     assert samples[("labhub_container_stats_failed", ())] == 1
+    assert samples[("labhub_home_used_bytes", (("user", "bo"),))] == 4
+    assert samples[("labhub_home_limit_bytes", (("user", "ada"),))] == 40
+    # No quota, no limit series (rather than a limit of 0 bytes).
+    assert ("labhub_home_limit_bytes", (("user", "bo"),)) not in samples
 
 
 class FakeEngine(web.RequestHandler):
