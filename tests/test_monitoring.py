@@ -275,3 +275,20 @@ def test_a_students_home_is_measured_as_its_qgroup_counts_it(
         limit = value(prometheus, f'labhub_home_limit_bytes{{user="{username}"}}')
         assert limit == home.limit == 100 * 2**20
         assert wait_for_data(prometheus, panel_queries(QUOTA_METRICS)) == []
+
+
+def test_a_student_with_a_quota_starts_their_server_again(
+    quota_stack: tuple[Stack, Path], username: str
+) -> None:
+    """Once the student's server ran, their home is 0700 to them: the diskquota service
+    (no CAP_DAC_OVERRIDE) must set the limit again without opening it (it failed so,
+    "Permission denied", and the second start answered 500)."""
+    stack, root = quota_stack
+    student = stack.login(username)
+    student.start_server(username)
+    assert "written" in stack.run(student, username, WRITE_30M)
+    student.stop_server(username)
+    student.start_server(username)
+    home = root / volume_name_for(username, QUOTA_STACK)
+    assert home.stat().st_mode & 0o777 == 0o700
+    assert diskquota.usage(home).limit == 100 * 2**20

@@ -77,15 +77,32 @@ def _btrfs(*args: str) -> str:
     return result.stdout
 
 
-def usage(home: Path) -> Usage:
-    """Bytes referenced by the home's subvolume and its limit (0: none), from its qgroup."""
-    output = _btrfs("qgroup", "show", "--raw", "-reF", str(home))
-    for line in output.splitlines():
+def _home_qgroups(root: Path) -> dict[str, str]:
+    """Each home's qgroup ("0/<subvolume id>") by volume name, read on ``root`` itself:
+    a home is 0700 to its student, and this service (no CAP_DAC_OVERRIDE) cannot open it."""
+    qgroups = {}
+    for line in _btrfs("subvolume", "list", "-o", str(root)).splitlines():
+        # ID 256 gen 13 top level 5 path <path from the filesystem's top>
+        head, _, path = line.partition(" path ")
+        name = Path(path).name
+        if head.startswith("ID ") and is_home_volume(name):
+            qgroups[name] = f"0/{head.split()[1]}"
+    return qgroups
+
+
+def homes_usage(root: Path) -> dict[str, Usage]:
+    """Every home under ``root`` by volume name: bytes used and allowed (0: no limit).
+    Two btrfs calls on ``root``, however many homes there are."""
+    volumes = {qgroup: volume for volume, qgroup in _home_qgroups(root).items()}
+    found = {}
+    for line in _btrfs("qgroup", "show", "--raw", "-re", str(root)).splitlines():
         columns = line.split()
-        if columns and columns[0].startswith("0/"):
+        if columns and columns[0] in volumes:
             limit = columns[3]
-            return Usage(int(columns[1]), 0 if limit == "none" else int(limit))
-    raise DiskQuotaError(f"{home}: no qgroup; run `btrfs quota enable` on QUOTA_ROOT's filesystem")
+            found[volumes[columns[0]]] = Usage(
+                int(columns[1]), 0 if limit == "none" else int(limit)
+            )
+    return dict(sorted(found.items()))
 
 
 def ensure_home(root: Path, volume: str, limit: int) -> Usage:
@@ -98,8 +115,22 @@ def ensure_home(root: Path, volume: str, limit: int) -> Usage:
         _btrfs("subvolume", "create", str(home))
         uid, gid = (int(part) for part in CONTAINER_USER.split(":"))
         os.chown(home, uid, gid)
-    _btrfs("qgroup", "limit", str(limit), str(home))
+    qgroup = _home_qgroups(root).get(volume)
+    if qgroup is None:
+        raise DiskQuotaError(f"{home} is not a btrfs subvolume: move it away, then start again")
+    # By qgroup id on QUOTA_ROOT: once the student's server ran, the home is 0700 to them.
+    _btrfs("qgroup", "limit", str(limit), qgroup, str(root))
     return usage(home)
+
+
+def usage(home: Path) -> Usage:
+    """One home's bytes used and limit (0: none), read on its QUOTA_ROOT."""
+    found = homes_usage(home.parent).get(home.name)
+    if found is None:
+        raise DiskQuotaError(
+            f"{home}: no qgroup; run `btrfs quota enable` on QUOTA_ROOT's filesystem"
+        )
+    return found
 
 
 def check_root(root: Path) -> None:
@@ -185,30 +216,6 @@ async def request_removal(volume: str, socket_path: str = SOCKET) -> bool:
 def is_home_volume(name: str) -> bool:
     """Whether ``name`` is a user volume's name: the only folders this service makes."""
     return bool(_VOLUME.fullmatch(name))
-
-
-def homes_usage(root: Path) -> dict[str, Usage]:
-    """Every home under ``root`` by volume name: bytes used and allowed.
-
-    Read with two calls on ``root`` itself, not one per home: a home is 0700 to its
-    student, and this service (no CAP_DAC_OVERRIDE) cannot open it.
-    """
-    qgroups = {}
-    for line in _btrfs("subvolume", "list", "-o", str(root)).splitlines():
-        # ID 256 gen 13 top level 5 path <path from the filesystem's top>
-        head, _, path = line.partition(" path ")
-        name = Path(path).name
-        if head.startswith("ID ") and is_home_volume(name):
-            qgroups[f"0/{head.split()[1]}"] = name
-    found = {}
-    for line in _btrfs("qgroup", "show", "--raw", "-re", str(root)).splitlines():
-        columns = line.split()
-        if columns and columns[0] in qgroups:
-            limit = columns[3]
-            found[qgroups[columns[0]]] = Usage(
-                int(columns[1]), 0 if limit == "none" else int(limit)
-            )
-    return dict(sorted(found.items()))
 
 
 def report(root: Path) -> str:

@@ -128,3 +128,21 @@ def test_the_homes_usage_is_read_from_the_root_not_from_each_home(
     found = diskquota.homes_usage(Path("/srv/homes"))
     assert found == {"lab-user-ada": Usage(31526912, 104857600)}
     assert {args[-1] for args in calls} == {"/srv/homes"}
+
+
+def test_an_existing_home_gets_its_limit_by_qgroup_id_on_the_root(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A second start: the home exists and is 0700 to the student, so no btrfs call may
+    name it (the service cannot open it)."""
+    (tmp_path / "lab-user-ada").mkdir(mode=0o700)
+    calls = []
+
+    def btrfs(*args: str) -> str:
+        calls.append(args)
+        return SUBVOLUMES if args[0] == "subvolume" else QGROUPS
+
+    monkeypatch.setattr(diskquota, "_btrfs", btrfs)
+    assert diskquota.ensure_home(tmp_path, "lab-user-ada", 104857600).used == 31526912
+    assert ("qgroup", "limit", "104857600", "0/256", str(tmp_path)) in calls
+    assert {args[-1] for args in calls} == {str(tmp_path)}
