@@ -20,17 +20,23 @@ NVML_METRICS = ("labhub_gpu_utilisation_ratio", "labhub_gpu_memory_used_bytes")
 EVENT_METRICS = ("labhub_culls_total",)
 # Only with QUOTA_ROOT (btrfs homes).
 QUOTA_METRICS = ("labhub_home_used_bytes", "labhub_home_limit_bytes")
+# The compose profile "monitoring": removed together after a test, so that no later test
+# finds a socket holder it does not expect.
+MONITORING_SERVICES = ("prometheus", "container-metrics", "metrics-docker-proxy")
 
 
 @contextlib.contextmanager
 def prometheus_of(stack: Stack) -> Iterator[str]:
     """The stack's own Prometheus service, started from its compose file, removed after."""
     # --build: the image of this checkout, not one left by an earlier run under the tag.
+    # Its dependencies (the per-user exporter and its Docker proxy) start with it.
     stack.compose("--profile", "monitoring", "up", "-d", "--build", "--wait", "prometheus")
     try:
         yield f"http://127.0.0.1:{stack.value('PROMETHEUS_PORT')}"
     finally:
-        stack.compose("--profile", "monitoring", "rm", "--stop", "--force", "-v", "prometheus")
+        stack.compose(
+            "--profile", "monitoring", "rm", "--stop", "--force", "-v", *MONITORING_SERVICES
+        )
 
 
 def query(prometheus: str, expr: str) -> list[dict[str, Any]]:
