@@ -16,7 +16,7 @@ import requests
 from browser import ARTIFACTS, CHROMIUM, chromium
 from docker.models.containers import Container
 from labhub import diskquota
-from labhub.contract import volume_name_for
+from labhub.contract import OWNER_LABEL, volume_name_for
 from labhub.dockerpolicy import metrics_list_filters
 from loopfs import btrfs_with_quotas
 from monitoring import (
@@ -33,6 +33,7 @@ from stacks import HTTPS_PORT, REPO, STACK, Stack, launched_stack
 
 from testsupport.browsing import despite_network_changes
 from testsupport.containers import user_container
+from testsupport.images import ensure_base_image
 from testsupport.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -197,8 +198,25 @@ def compose_service(name: str) -> Container:
     return found[0]
 
 
+@pytest.fixture
+def other_stacks_user() -> Iterator[Container]:
+    """A user container as another stack on this engine would have one: the owner label,
+    not this stack's network."""
+    container = docker.from_env().containers.run(
+        ensure_base_image(),
+        ["sleep", "300"],
+        labels={OWNER_LABEL: "intruder", "labhub.test": "monitoring"},
+        network_mode="none",
+        detach=True,
+    )
+    try:
+        yield container
+    finally:
+        container.remove(force=True)
+
+
 def test_the_exporters_proxy_reads_user_containers_stats_and_nothing_else(
-    stack: Stack, prometheus: str, username: str
+    stack: Stack, prometheus: str, username: str, other_stacks_user: Container
 ) -> None:
     """A compromised exporter, attacking from its own container with raw requests."""
     student = stack.login(username)
@@ -215,6 +233,11 @@ def test_the_exporters_proxy_reads_user_containers_stats_and_nothing_else(
     refused = [
         ("GET", f"/containers/{hub.id}/stats?stream=false", "not a labhub user container"),
         ("GET", f"/containers/{exporter.id}/stats?stream=false", "not a labhub user container"),
+        (
+            "GET",
+            f"/containers/{other_stacks_user.id}/stats?stream=false",
+            "not a user container of this stack",
+        ),
         ("GET", "/containers/json?all=1", "user containers only"),
         # A user container's inspect shows its environment: the user's hub API token.
         ("GET", f"/containers/{mine.id}/json", "not needed by the metrics exporter"),

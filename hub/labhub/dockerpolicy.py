@@ -53,6 +53,8 @@ class Allowed:
     version: str = ""
     owned_container: str | None = None
     body: bytes = b""
+    # Set when the owned container must also be on this network (one stack's users only).
+    owner_network: str = ""
 
 
 @dataclass(frozen=True)
@@ -277,7 +279,12 @@ def check_metrics_request(policy: MetricsPolicy, method: str, target: str, body:
         if params.get("stream") not in ("0", "false", "False"):
             raise Refused("stats must be one sample (stream=false), never a stream")
         queries: dict[str, Accepts | None] = {"stream": None, "one-shot": _BOOL}
-        return Allowed(path + _query(params, queries), m["version"] or "", m["id"])
+        return Allowed(
+            path + _query(params, queries),
+            m["version"] or "",
+            m["id"],
+            owner_network=policy.network,
+        )
     raise Refused(f"{method} {path} is not needed by the metrics exporter")
 
 
@@ -593,13 +600,18 @@ def inspect_target(allowed: Allowed) -> str:
     return f"{allowed.version}/containers/{allowed.owned_container}/json"
 
 
-def check_owner(container: str, status: int, inspected: bytes) -> None:
-    """Refuse unless the inspected container carries the owner label (404s pass through)."""
+def check_owner(container: str, status: int, inspected: bytes, network: str = "") -> None:
+    """Refuse unless the inspected container carries the owner label and, with `network`,
+    is on that network (404s pass through)."""
     if status == 404:
         return  # the engine answers the real request with its own 404
     try:
-        labels = (json.loads(inspected).get("Config") or {}).get("Labels") or {}
+        found = json.loads(inspected)
+        labels = (found.get("Config") or {}).get("Labels") or {}
+        networks = (found.get("NetworkSettings") or {}).get("Networks") or {}
     except (ValueError, AttributeError) as error:
         raise Refused(f"cannot read the labels of container {container!r}") from error
     if not labels.get(OWNER_LABEL):
         raise Refused(f"container {container!r} is not a labhub user container")
+    if network and network not in networks:
+        raise Refused(f"container {container!r} is not a user container of this stack ({network})")

@@ -225,7 +225,7 @@ async def handle(
                 status, inspected = await asyncio.to_thread(
                     _inspect, socket_path, inspect_target(allowed)
                 )
-                check_owner(allowed.owned_container, status, inspected)
+                check_owner(allowed.owned_container, status, inspected, allowed.owner_network)
                 # A plain inspect (DockerSpawner polls it): answer with the check's own.
                 if status == 200 and method == "GET" and allowed.target == inspect_target(allowed):
                     await _send_json(writer, 200, inspected)

@@ -456,6 +456,27 @@ def test_only_labelled_containers_may_be_touched() -> None:
         check_owner("odd", 200, b"[]")
 
 
+def test_the_exporter_reads_its_own_stacks_user_containers_only() -> None:
+    """A user container of another stack on the same engine carries the label too."""
+    allowed = check_metrics_request(METRICS, "GET", "/containers/x/stats?stream=0", b"")
+    assert allowed.owner_network == "labhub"
+
+    def inspected(*networks: str) -> bytes:
+        return json.dumps(
+            {
+                "Config": {"Labels": {OWNER_LABEL: "ada"}},
+                "NetworkSettings": {"Networks": {name: {} for name in networks}},
+            }
+        ).encode()
+
+    check_owner("x", 200, inspected("labhub"), allowed.owner_network)
+    for networks in ((), ("lab2",), ("bridge",)):
+        with pytest.raises(Refused, match="not a user container of this stack"):
+            check_owner("x", 200, inspected(*networks), allowed.owner_network)
+    # The hub's own checks do not ask for a network.
+    assert check_request(POLICY, "POST", "/containers/x/stop", b"").owner_network == ""
+
+
 def test_the_owner_check_inspects_with_the_requests_api_version() -> None:
     allowed = check_request(POLICY, "DELETE", "/v1.41/containers/json?force=1", b"")
     assert inspect_target(allowed) == "/v1.41/containers/json/json"
