@@ -114,9 +114,28 @@ def test_prometheus_comes_with_its_profile_on_a_network_of_its_own(tmp_path: Pat
     prometheus = services["prometheus"]
     assert set(prometheus["networks"]) == {"metrics"}  # type: ignore[arg-type]
     assert "metrics" in services["hub"]["networks"]  # type: ignore[operator]
-    assert socket_holders(services) == {"docker-proxy"}
+    assert socket_holders(services) == {"docker-proxy", "metrics-docker-proxy"}
     assert [p["host_ip"] for p in prometheus["ports"]] == ["127.0.0.1"]  # type: ignore[attr-defined]
     assert prometheus["cap_drop"] == ["ALL"]
+
+
+def test_the_container_metrics_read_the_engine_through_a_read_only_proxy(tmp_path: Path) -> None:
+    """The exporter holds no socket; its proxy reads for it (PROXY_POLICY=metrics), and
+    only the exporter reaches that proxy."""
+    services = rendered(tmp_path, "docker-compose.yml", profiles="monitoring")
+    exporter, proxy = services["container-metrics"], services["metrics-docker-proxy"]
+    assert proxy["environment"]["PROXY_POLICY"] == "metrics"  # type: ignore[index]
+    assert exporter["environment"]["DOCKER_HOST"] == "tcp://metrics-docker-proxy:2375"  # type: ignore[index]
+    assert set(exporter["networks"]) == {"metrics", "metrics-docker-api"}  # type: ignore[arg-type]
+    on_proxy_network = {
+        name
+        for name, service in services.items()
+        if "metrics-docker-api" in (service.get("networks") or {})  # type: ignore[operator]
+    }
+    assert on_proxy_network == {"container-metrics", "metrics-docker-proxy"}
+    assert exporter["cap_drop"] == ["ALL"] and exporter["read_only"] is True
+    # The homes' usage socket, not the hub's (which makes and deletes homes).
+    assert [v["source"] for v in exporter["volumes"]] == ["diskquota-usage"]  # type: ignore[attr-defined]
 
 
 def test_the_diskquota_service_holds_quota_root_and_nothing_else(tmp_path: Path) -> None:
@@ -127,5 +146,6 @@ def test_the_diskquota_service_holds_quota_root_and_nothing_else(tmp_path: Path)
     assert {v["target"] for v in quota["volumes"]} == {  # type: ignore[attr-defined]
         "/srv/quota-off",
         "/run/labhub-diskquota",
+        "/run/labhub-diskquota-usage",
     }
     assert "SYS_ADMIN" not in str(services["hub"].get("cap_add"))

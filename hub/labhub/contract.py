@@ -15,6 +15,8 @@ from escapism import escape
 # The label on every user container; its value is the JupyterHub username. The proxy
 # lets the hub inspect, start, stop or remove only containers that carry it.
 OWNER_LABEL = "labhub.user"
+# The server's name ("" for a user's default server): the per-user metrics report it.
+SERVER_LABEL = "labhub.server"
 # The workspace image's unprivileged user (jovyan:users); the proxy refuses uid 0.
 CONTAINER_USER = "1000:100"
 # Docker's log of a user container sits on the host's disk, and anyone in the container

@@ -12,7 +12,9 @@ needs CAP_SYS_ADMIN, so it is done by the `diskquota` service (`labhub-diskquota
 not the hub: root in a container with CAP_SYS_ADMIN and CHOWN only, no network, no
 secret, no Docker socket, and only QUOTA_ROOT mounted. The hub asks it over a Unix socket
 to prepare a home (`request_home`) or delete a removed user's (`request_removal`); it
-accepts only user volume names and limits up to its own DISK_QUOTA_MAX.
+accepts only user volume names and limits up to its own DISK_QUOTA_MAX. On a second
+socket, which reads nothing, it answers every home's usage and limit (`read_usage`, for
+the per-user metrics of `labhub.containermetrics`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from .contract import CONTAINER_USER
 
 # Where the hub and the diskquota service meet (a volume both mount).
 SOCKET = "/run/labhub-diskquota/diskquota.sock"
+# Where the metrics exporter reads every home's usage (another volume, read-only service).
+USAGE_SOCKET = "/run/labhub-diskquota-usage/usage.sock"
 # `<DOCKER_NETWORK>-user-<escaped name>` (labhub.contract.volume_name_for): one path part.
 _VOLUME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}-user-[a-z0-9_-]{1,127}")
 
@@ -73,15 +77,32 @@ def _btrfs(*args: str) -> str:
     return result.stdout
 
 
-def usage(home: Path) -> Usage:
-    """Bytes referenced by the home's subvolume and its limit (0: none), from its qgroup."""
-    output = _btrfs("qgroup", "show", "--raw", "-reF", str(home))
-    for line in output.splitlines():
+def _home_qgroups(root: Path) -> dict[str, str]:
+    """Each home's qgroup ("0/<subvolume id>") by volume name, read on ``root`` itself:
+    a home is 0700 to its student, and this service (no CAP_DAC_OVERRIDE) cannot open it."""
+    qgroups = {}
+    for line in _btrfs("subvolume", "list", "-o", str(root)).splitlines():
+        # ID 256 gen 13 top level 5 path <path from the filesystem's top>
+        head, _, path = line.partition(" path ")
+        name = Path(path).name
+        if head.startswith("ID ") and is_home_volume(name):
+            qgroups[name] = f"0/{head.split()[1]}"
+    return qgroups
+
+
+def homes_usage(root: Path) -> dict[str, Usage]:
+    """Every home under ``root`` by volume name: bytes used and allowed (0: no limit).
+    Two btrfs calls on ``root``, however many homes there are."""
+    volumes = {qgroup: volume for volume, qgroup in _home_qgroups(root).items()}
+    found = {}
+    for line in _btrfs("qgroup", "show", "--raw", "-re", str(root)).splitlines():
         columns = line.split()
-        if columns and columns[0].startswith("0/"):
+        if columns and columns[0] in volumes:
             limit = columns[3]
-            return Usage(int(columns[1]), 0 if limit == "none" else int(limit))
-    raise DiskQuotaError(f"{home}: no qgroup; run `btrfs quota enable` on QUOTA_ROOT's filesystem")
+            found[volumes[columns[0]]] = Usage(
+                int(columns[1]), 0 if limit == "none" else int(limit)
+            )
+    return dict(sorted(found.items()))
 
 
 def ensure_home(root: Path, volume: str, limit: int) -> Usage:
@@ -94,8 +115,22 @@ def ensure_home(root: Path, volume: str, limit: int) -> Usage:
         _btrfs("subvolume", "create", str(home))
         uid, gid = (int(part) for part in CONTAINER_USER.split(":"))
         os.chown(home, uid, gid)
-    _btrfs("qgroup", "limit", str(limit), str(home))
+    qgroup = _home_qgroups(root).get(volume)
+    if qgroup is None:
+        raise DiskQuotaError(f"{home} is not a btrfs subvolume: move it away, then start again")
+    # By qgroup id on QUOTA_ROOT: once the student's server ran, the home is 0700 to them.
+    _btrfs("qgroup", "limit", str(limit), qgroup, str(root))
     return usage(home)
+
+
+def usage(home: Path) -> Usage:
+    """One home's bytes used and limit (0: none), read on its QUOTA_ROOT."""
+    found = homes_usage(home.parent).get(home.name)
+    if found is None:
+        raise DiskQuotaError(
+            f"{home}: no qgroup; run `btrfs quota enable` on QUOTA_ROOT's filesystem"
+        )
+    return found
 
 
 def check_root(root: Path) -> None:
@@ -186,11 +221,37 @@ def is_home_volume(name: str) -> bool:
 def report(root: Path) -> str:
     """Every home under ``root``: its volume, MiB used and MiB allowed (for admins)."""
     lines = [f"{'home volume':<60} {'used MiB':>10} {'limit MiB':>10}"]
-    for home in sorted(p for p in root.iterdir() if is_home_volume(p.name)):
-        found = usage(home)
+    for volume, found in homes_usage(root).items():
         limit = f"{found.limit / 2**20:.1f}" if found.limit else "none"
-        lines.append(f"{home.name:<60} {found.used / 2**20:>10.1f} {limit:>10}")
+        lines.append(f"{volume:<60} {found.used / 2**20:>10.1f} {limit:>10}")
     return "\n".join(lines)
+
+
+async def _answer_usage(root: Path, writer: asyncio.StreamWriter) -> None:
+    """The usage socket: every home's {"volume": [used, limit]}, whatever is sent (nothing
+    is read), or {"error": ...}."""
+    try:
+        found = await asyncio.to_thread(homes_usage, root)
+        answer: dict[str, object] = {v: [u.used, u.limit] for v, u in found.items()}
+    except DiskQuotaError as error:
+        answer = {"error": str(error)}
+    writer.write(json.dumps(answer).encode() + b"\n")
+    await writer.drain()
+    writer.close()
+
+
+async def read_usage(socket_path: str = USAGE_SOCKET) -> dict[str, Usage]:
+    """The exporter's side: every home's usage by volume name; DiskQuotaError if the
+    service does not answer (quotas off: no socket)."""
+    try:
+        reader, writer = await asyncio.open_unix_connection(socket_path)
+    except OSError as error:
+        raise DiskQuotaError(f"no disk usage at {socket_path} ({error.strerror})") from None
+    answer: dict[str, Any] = json.loads(await reader.readline() or b"{}")
+    writer.close()
+    if "error" in answer:
+        raise DiskQuotaError(f"diskquota could not read the homes: {answer['error']}")
+    return {volume: Usage(used, limit) for volume, (used, limit) in answer.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -201,6 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("command", choices=["run", "report"])
     parser.add_argument("--socket", default=SOCKET)
+    parser.add_argument("--usage-socket", default=USAGE_SOCKET)
     args = parser.parse_args(argv)
     if args.command == "report":
         if not os.environ.get("QUOTA_ROOT"):
@@ -209,6 +271,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     # A socket left from an earlier run must not make a failing start look healthy.
     Path(args.socket).unlink(missing_ok=True)
+    Path(args.usage_socket).unlink(missing_ok=True)
     root = Path(os.environ.get("QUOTA_ROOT", ""))
     if not os.environ.get("QUOTA_ROOT"):
         print("diskquota: QUOTA_ROOT is empty: disk quotas are off, nothing to do", flush=True)
@@ -223,15 +286,19 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"diskquota: {error}") from None
 
     async def serve() -> None:
+        usage_server = await asyncio.start_unix_server(
+            lambda _, w: _answer_usage(root, w), path=args.usage_socket
+        )
         server = await asyncio.start_unix_server(
             lambda r, w: _answer(root, most, r, w), path=args.socket
         )
-        # The hub runs as another uid. Its volume, mounted into the hub and this service
-        # alone, is what keeps everyone else away from the socket.
+        # The hub and the exporter run as another uid. Each socket's volume, mounted into
+        # this service and that one client alone, keeps everyone else away from it.
         os.chmod(args.socket, 0o666)
+        os.chmod(args.usage_socket, 0o666)
         print(f"diskquota: homes under {root}, at most {most} bytes each", flush=True)
-        async with server:
-            await server.serve_forever()
+        async with usage_server, server:
+            await asyncio.gather(usage_server.serve_forever(), server.serve_forever())
 
     asyncio.run(serve())
 

@@ -1,6 +1,6 @@
 """What the Docker socket proxy lets through: pure rules, no I/O.
 
-Two policies, one per client of the proxy:
+Three policies, one per client of the proxy:
 
 * `Policy` (the hub): only the calls DockerSpawner and `labhub.volumes` make, and a
   container-create body only if every key in it is one LabSpawner sends, with every
@@ -8,12 +8,15 @@ Two policies, one per client of the proxy:
   In Swarm mode (`check_swarm_request`, the proxy in front of the manager) the same
   policy admits the service calls of `labhub.swarmspawner.LabSwarmSpawner` instead;
 * `FrontendPolicy` (nginx-proxy and acme-companion, `compose/nginx-proxy.yml`): read
-  container metadata and events, and reload the nginx-proxy container.
+  container metadata and events, and reload the nginx-proxy container;
+* `MetricsPolicy` (`labhub.containermetrics`, MONITORING=true): list the stack's user
+  containers and read one sample of a user container's resource use, nothing else.
 
-`check_request` / `check_frontend_request` return an `Allowed`: the request-target
-rebuilt from what was checked (route and known query parameters, re-encoded), which
-is all the relay forwards, and the container whose owner label the relay must verify
-first. The relay (`labhub.dockerproxy`) does the HTTP framing and the I/O.
+`check_request` / `check_frontend_request` / `check_metrics_request` return an
+`Allowed`: the request-target rebuilt from what was checked (route and known query
+parameters, re-encoded), which is all the relay forwards, and the container whose owner
+label the relay must verify first. The relay (`labhub.dockerproxy`) does the HTTP
+framing and the I/O.
 """
 
 from __future__ import annotations
@@ -56,6 +59,8 @@ class Allowed:
     owned_container: str | None = None
     body: bytes = b""
     owned_kind: str = "container"
+    # Set when the owned container must also be on this network (one stack's users only).
+    owner_network: str = ""
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,14 @@ class FrontendPolicy:
     """What nginx-proxy's docker-gen and acme-companion may do: read, and reload nginx."""
 
     nginx_container: str
+
+
+@dataclass(frozen=True)
+class MetricsPolicy:
+    """What the container-metrics exporter may read: the list of its stack's user
+    containers (on `network`) and each one's stats, one sample at a time."""
+
+    network: str
 
 
 # --- Request targets ------------------------------------------------------------------
@@ -251,6 +264,39 @@ def check_frontend_request(
             raise Refused("exec start takes exactly {Detach: false, Tty: false}")
         return Allowed(path + _query(params, {}), m["version"] or "", body=_dumps(start))
     raise Refused(f"{method} {path} is not needed by nginx-proxy")
+
+
+def check_metrics_request(policy: MetricsPolicy, method: str, target: str, body: bytes) -> Allowed:
+    """The exporter's request, checked: its stack's user containers and one stats sample
+    of a user container (the relay checks the owner label), nothing else."""
+    path, params = split_target(target)
+    if method != "GET" or body:
+        raise Refused(f"{method} {path}: the metrics exporter only reads (GET, no body)")
+    if m := _route(r"/(?:_ping|version)", path):
+        return Allowed(path + _query(params, {}), m["version"] or "")
+    if m := _route(r"/containers/json", path):
+        wanted = metrics_list_filters(policy.network)
+        given = params.get("filters", "")
+        if set(params) != {"filters"} or not _filters(given) or json.loads(given) != wanted:
+            raise Refused(f"the exporter lists its stack's user containers only: filters={wanted}")
+        # The filters we checked, written by us (not the client's bytes).
+        return Allowed(f"{path}?{urlencode({'filters': json.dumps(wanted)})}", m["version"] or "")
+    if m := _route(rf"/containers/(?P<id>{_NAME})/stats", path):
+        if params.get("stream") not in ("0", "false", "False"):
+            raise Refused("stats must be one sample (stream=false), never a stream")
+        queries: dict[str, Accepts | None] = {"stream": None, "one-shot": _BOOL}
+        return Allowed(
+            path + _query(params, queries),
+            m["version"] or "",
+            m["id"],
+            owner_network=policy.network,
+        )
+    raise Refused(f"{method} {path} is not needed by the metrics exporter")
+
+
+def metrics_list_filters(network: str) -> dict[str, list[str]]:
+    """The one container list the exporter makes: user containers on the stack's network."""
+    return {"label": [OWNER_LABEL], "network": [network]}
 
 
 # acme-companion 2.5's reload_nginx (app/functions.sh) in the two-container setup:
@@ -612,18 +658,25 @@ def inspect_target(allowed: Allowed) -> str:
     return f"{allowed.version}/containers/{allowed.owned_container}/json"
 
 
-def check_owner(name: str, status: int, inspected: bytes, kind: str = "container") -> None:
-    """Refuse unless the inspected container (or service) carries the owner label (404s
-    pass through). A container's labels are under Config, a service's under Spec."""
+def check_owner(
+    name: str, status: int, inspected: bytes, *, kind: str = "container", network: str = ""
+) -> None:
+    """Refuse unless the inspected container (or service) carries the owner label and,
+    with `network`, is on that network (404s pass through). A container's labels are under
+    Config, a service's under Spec."""
     if status == 404:
         return  # the engine answers the real request with its own 404
     try:
+        found = json.loads(inspected)
         where = "Spec" if kind == "service" else "Config"
-        labels = (json.loads(inspected).get(where) or {}).get("Labels") or {}
+        labels = (found.get(where) or {}).get("Labels") or {}
+        networks = (found.get("NetworkSettings") or {}).get("Networks") or {}
     except (ValueError, AttributeError) as error:
         raise Refused(f"cannot read the labels of {kind} {name!r}") from error
     if not labels.get(OWNER_LABEL):
         raise Refused(f"{kind} {name!r} is not a labhub user {kind}")
+    if network and network not in networks:
+        raise Refused(f"{kind} {name!r} is not a user {kind} of this stack ({network})")
 
 
 # --- Swarm mode: the manager's service API (labhub.swarmspawner) ------------------------

@@ -43,9 +43,11 @@ from .dockerpolicy import (
     MAX_BODY,
     Allowed,
     FrontendPolicy,
+    MetricsPolicy,
     Policy,
     Refused,
     check_frontend_request,
+    check_metrics_request,
     check_owner,
     check_request,
     check_swarm_request,
@@ -225,7 +227,10 @@ async def handle(
                 status, inspected = await asyncio.to_thread(
                     _inspect, socket_path, inspect_target(allowed)
                 )
-                check_owner(allowed.owned_container, status, inspected, allowed.owned_kind)
+                check_owner(
+                    allowed.owned_container, status, inspected,
+                    kind=allowed.owned_kind, network=allowed.owner_network,
+                )  # fmt: skip
                 # A plain inspect (DockerSpawner polls it): answer with the check's own.
                 if status == 200 and method == "GET" and allowed.target == inspect_target(allowed):
                     await _send_json(writer, 200, inspected)
@@ -252,9 +257,12 @@ async def handle(
 
 def policy_from_env(env: dict[str, str]) -> Check:
     """PROXY_POLICY=hub (default: ALLOWED_IMAGES, DOCKER_NETWORK, DATASETS, QUOTA_ROOT), swarm
-    (the hub in front of a Swarm manager: ALLOWED_IMAGES, DOCKER_NETWORK) or frontend
-    (NGINX_PROXY_CONTAINER): which client this proxy serves."""
+    (the hub in front of a Swarm manager: ALLOWED_IMAGES, DOCKER_NETWORK), frontend
+    (NGINX_PROXY_CONTAINER) or metrics (DOCKER_NETWORK): which client this proxy serves."""
     kind = env.get("PROXY_POLICY", "hub")
+    if kind == "metrics":
+        readable = MetricsPolicy(network=env.get("DOCKER_NETWORK", "labhub"))
+        return lambda method, target, body: check_metrics_request(readable, method, target, body)
     if kind == "frontend":
         nginx = env.get("NGINX_PROXY_CONTAINER", "")
         if not nginx:
@@ -265,7 +273,7 @@ def policy_from_env(env: dict[str, str]) -> Check:
         frontend = FrontendPolicy(nginx_container=nginx)
         return lambda method, target, body: check_frontend_request(frontend, method, target, body)
     if kind not in ("hub", "swarm"):
-        raise SystemExit(f"dockerproxy: PROXY_POLICY={kind!r}: use hub, swarm or frontend")
+        raise SystemExit(f"dockerproxy: PROXY_POLICY={kind!r}: use hub, swarm, frontend or metrics")
     # The workspace image and WORKSPACE_IMAGES (compose joins them), in .env's list grammar.
     images = names(env.get("ALLOWED_IMAGES", ""))
     if not images:

@@ -23,6 +23,7 @@ from .contract import (
     GPU_STATUS_URL_ENV,
     HOME_DIR,
     OWNER_LABEL,
+    SERVER_LABEL,
     USER_LOG_CONFIG,
     container_prefix,
     quota_home_options,
@@ -212,10 +213,14 @@ class LabSpawner(GpuSpawnerMixin, LabServerMixin, DockerSpawner):  # type: ignor
 
     @default("extra_create_kwargs")
     def _extra_create_kwargs_default(self) -> Any:
-        """The unprivileged user and the owner label, then this server's GPU labels."""
+        """The unprivileged user, the owner and server labels, then this server's GPU labels."""
         return lambda spawner: {
             "user": CONTAINER_USER,
-            "labels": {OWNER_LABEL: spawner.user.name, **spawner.gpu_labels()},
+            "labels": {
+                OWNER_LABEL: spawner.user.name,
+                SERVER_LABEL: spawner.name,
+                **spawner.gpu_labels(),
+            },
         }
 
 

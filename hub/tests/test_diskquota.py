@@ -4,12 +4,14 @@ create (the kernel's enforcement is tests/test_disk_quota.py)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from labhub import diskquota
 from labhub.contract import quota_home_options, volume_name_for
-from labhub.diskquota import DiskQuotas, is_home_volume
+from labhub.diskquota import DiskQuotas, Usage, is_home_volume
 from labhub.dockerpolicy import Policy, Refused, check_request
 from labhub.settings import Settings, SettingsError
 
@@ -99,3 +101,48 @@ def test_the_service_accepts_every_user_volume_name(username: str, network: str)
 @pytest.mark.parametrize("name", ["..", "../labhub-user-a", "labhub-user-a/b", "hub-data", ""])
 def test_no_other_name_is_a_home(name: str) -> None:
     assert not is_home_volume(name)
+
+
+# btrfs-progs 6.14's answers on a QUOTA_ROOT (one home, 30 MiB of 100 MiB; names shortened).
+SUBVOLUMES = "ID 256 gen 13 top level 5 path lab-user-ada\n"
+QGROUPS = """\
+Qgroupid    Referenced    Exclusive  Max referenced  Max exclusive   Path
+--------    ----------    ---------  --------------  -------------   ----
+0/5              16384        16384            none           none   <toplevel>
+0/256         31526912     31526912       104857600           none   lab-user-ada
+0/257             16384        16384            none           none   not-a-home
+"""
+
+
+def test_the_homes_usage_is_read_from_the_root_not_from_each_home(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A home is 0700 to its student: only QUOTA_ROOT itself is given to btrfs."""
+    calls = []
+
+    def btrfs(*args: str) -> str:
+        calls.append(args)
+        return SUBVOLUMES if args[0] == "subvolume" else QGROUPS
+
+    monkeypatch.setattr(diskquota, "_btrfs", btrfs)
+    found = diskquota.homes_usage(Path("/srv/homes"))
+    assert found == {"lab-user-ada": Usage(31526912, 104857600)}
+    assert {args[-1] for args in calls} == {"/srv/homes"}
+
+
+def test_an_existing_home_gets_its_limit_by_qgroup_id_on_the_root(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A second start: the home exists and is 0700 to the student, so no btrfs call may
+    name it (the service cannot open it)."""
+    (tmp_path / "lab-user-ada").mkdir(mode=0o700)
+    calls = []
+
+    def btrfs(*args: str) -> str:
+        calls.append(args)
+        return SUBVOLUMES if args[0] == "subvolume" else QGROUPS
+
+    monkeypatch.setattr(diskquota, "_btrfs", btrfs)
+    assert diskquota.ensure_home(tmp_path, "lab-user-ada", 104857600).used == 31526912
+    assert ("qgroup", "limit", "104857600", "0/256", str(tmp_path)) in calls
+    assert {args[-1] for args in calls} == {str(tmp_path)}

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+from urllib.parse import urlencode
 
 import docker
 import pytest
@@ -30,9 +31,11 @@ from labhub.contract import (
 from labhub.dockerpolicy import (
     Allowed,
     FrontendPolicy,
+    MetricsPolicy,
     Policy,
     Refused,
     check_frontend_request,
+    check_metrics_request,
     check_owner,
     check_request,
     inspect_target,
@@ -539,6 +542,27 @@ def test_only_labelled_containers_may_be_touched() -> None:
         check_owner("odd", 200, b"[]")
 
 
+def test_the_exporter_reads_its_own_stacks_user_containers_only() -> None:
+    """A user container of another stack on the same engine carries the label too."""
+    allowed = check_metrics_request(METRICS, "GET", "/containers/x/stats?stream=0", b"")
+    assert allowed.owner_network == "labhub"
+
+    def inspected(*networks: str) -> bytes:
+        return json.dumps(
+            {
+                "Config": {"Labels": {OWNER_LABEL: "ada"}},
+                "NetworkSettings": {"Networks": {name: {} for name in networks}},
+            }
+        ).encode()
+
+    check_owner("x", 200, inspected("labhub"), network=allowed.owner_network)
+    for networks in ((), ("lab2",), ("bridge",)):
+        with pytest.raises(Refused, match="not a user container of this stack"):
+            check_owner("x", 200, inspected(*networks), network=allowed.owner_network)
+    # The hub's own checks do not ask for a network.
+    assert check_request(POLICY, "POST", "/containers/x/stop", b"").owner_network == ""
+
+
 def test_the_owner_check_inspects_with_the_requests_api_version() -> None:
     allowed = check_request(POLICY, "DELETE", "/v1.41/containers/json?force=1", b"")
     assert inspect_target(allowed) == "/v1.41/containers/json/json"
@@ -746,11 +770,88 @@ def test_the_front_can_do_nothing_else(method: str, target: str, body: bytes, re
         check_frontend_request(FRONT, method, target, body)
 
 
+# --- The container-metrics exporter's read-only endpoint -----------------------------
+METRICS = MetricsPolicy(network="labhub")
+USER_LIST = "/v1.41/containers/json?" + urlencode(
+    {"filters": json.dumps({"label": [OWNER_LABEL], "network": ["labhub"]})}
+)
+
+
+@pytest.mark.parametrize(
+    ("target", "owned"),
+    [
+        ("/v1.41/_ping", None),
+        ("/v1.41/version", None),
+        (USER_LIST, None),
+        ("/v1.41/containers/abc123/stats?stream=false&one-shot=true", "abc123"),
+        ("/containers/abc123/stats?stream=0", "abc123"),
+    ],
+)
+def test_the_exporter_lists_user_containers_and_reads_their_stats(
+    target: str, owned: str | None
+) -> None:
+    """A stats read names its container, so the relay checks the owner label first."""
+    allowed = check_metrics_request(METRICS, "GET", target, b"")
+    assert allowed.owned_container == owned
+
+
+def test_the_exporters_list_is_rebuilt_from_the_checked_filters() -> None:
+    spaced = "/containers/json?" + urlencode(
+        {"filters": '{"label": ["labhub.user"],  "network": ["labhub"]}'}
+    )
+    allowed = check_metrics_request(METRICS, "GET", spaced, b"")
+    assert allowed.target == USER_LIST.removeprefix("/v1.41")
+
+
+def _user_list(**filters: list[str]) -> str:
+    return "/containers/json?" + urlencode({"filters": json.dumps(filters)})
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "reason"),
+    [
+        ("GET", "/v1.41/containers/json", "user containers only"),
+        ("GET", "/v1.41/containers/json?all=1", "user containers only"),
+        ("GET", USER_LIST + "&all=1", "user containers only"),
+        ("GET", _user_list(network=["labhub"]), "user containers only"),
+        ("GET", _user_list(label=[OWNER_LABEL], network=["other"]), "user containers only"),
+        ("GET", _user_list(label=[OWNER_LABEL]), "user containers only"),
+        ("GET", "/containers/abc123/stats", "stream=false"),
+        ("GET", "/containers/abc123/stats?stream=true", "stream=false"),
+        ("GET", "/containers/abc123/stats?stream=0&size=1", "not needed here"),
+        ("GET", "/containers/abc123/json", "not needed by the metrics exporter"),
+        ("GET", "/containers/abc123/logs?stdout=1", "not needed by the metrics exporter"),
+        ("GET", "/containers/abc123/top", "not needed by the metrics exporter"),
+        ("GET", "/containers/abc123/archive?path=%2Fetc", "not needed by the metrics exporter"),
+        ("GET", "/v1.41/info", "not needed by the metrics exporter"),
+        ("GET", "/v1.41/events", "not needed by the metrics exporter"),
+        ("GET", "/v1.41/volumes", "not needed by the metrics exporter"),
+        ("POST", "/containers/abc123/stop", "only reads"),
+        ("POST", "/containers/abc123/exec", "only reads"),
+        ("POST", "/v1.41/containers/create", "only reads"),
+        ("DELETE", "/containers/abc123", "only reads"),
+    ],
+)
+def test_the_exporter_can_read_nothing_else(method: str, target: str, reason: str) -> None:
+    with pytest.raises(Refused, match=reason):
+        check_metrics_request(METRICS, method, target, b"")
+
+
+def test_the_metrics_instance_gets_the_stacks_network() -> None:
+    readable = policy_from_env({"PROXY_POLICY": "metrics", "DOCKER_NETWORK": "lab2"})
+    lab2 = "/containers/json?" + urlencode(
+        {"filters": json.dumps({"label": [OWNER_LABEL], "network": ["lab2"]})}
+    )
+    assert readable("GET", lab2, b"").target == lab2
+    with pytest.raises(Refused, match="user containers only"):
+        readable("GET", USER_LIST, b"")
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [
         ({}, "ALLOWED_IMAGES is empty"),
-        ({"PROXY_POLICY": "readonly"}, "use hub, swarm or frontend"),
+        ({"PROXY_POLICY": "readonly"}, "use hub, swarm, frontend or metrics"),
         ({"PROXY_POLICY": "frontend"}, "NGINX_PROXY_CONTAINER is empty"),
     ],
 )

@@ -294,15 +294,15 @@ def test_one_service_is_owner_checked_by_its_spec_labels() -> None:
     assert (allowed.owned_container, allowed.owned_kind) == ("svc123", "service")
     assert inspect_target(allowed) == "/v1.41/services/svc123"
     check_owner(
-        "svc123", 200, json.dumps({"Spec": {"Labels": {OWNER_LABEL: "a"}}}).encode(), "service"
+        "svc123", 200, json.dumps({"Spec": {"Labels": {OWNER_LABEL: "a"}}}).encode(), kind="service"
     )
     # The hub's own service (or anyone else's) carries no owner label.
     with pytest.raises(Refused, match="not a labhub user service"):
-        check_owner("hub", 200, json.dumps({"Spec": {"Labels": {}}}).encode(), "service")
+        check_owner("hub", 200, json.dumps({"Spec": {"Labels": {}}}).encode(), kind="service")
     # A container's owner label under Config does not make a service one.
     config_only = {"Config": {"Labels": {OWNER_LABEL: "a"}}, "Spec": {}}
     with pytest.raises(Refused, match="not a labhub user service"):
-        check_owner("odd", 200, json.dumps(config_only).encode(), "service")
+        check_owner("odd", 200, json.dumps(config_only).encode(), kind="service")
 
 
 def test_the_swarm_proxy_refuses_what_swarm_mode_does_not_do_yet() -> None:

@@ -4,8 +4,8 @@ At each scrape, from the same record and inventory the admin page shows: per dev
 utilisation and memory (NVML, where the host has it), holders, capacity and drain flag;
 the queue; GPU-hours per user and group this ISO week against their quota; and, from the
 append-only audit log, how many allocations, releases (by reason: idle, stopped, revoked,
-...) and admin actions there have been. `families` is pure; `MetricsHandler` serves it
-to a bearer of PROMETHEUS_API_TOKEN (docs/monitoring.md).
+...), culls (by reason) and admin actions there have been. `families` is pure;
+`MetricsHandler` serves it to a bearer of PROMETHEUS_API_TOKEN (docs/monitoring.md).
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from prometheus_client.metrics_core import Metric
 from tornado import web
 
 MIB = 1024**2
+# The reason of a "cull" audit entry that names none: the idle cull, which recorded none.
+DEFAULT_CULL_REASON = "hub-idle"
 
 
 def families(
@@ -100,11 +102,25 @@ def families(
         counted.add_metric([action, reason], count)
     return [
         utilisation, memory_used, memory_total, holders, capacity, drained, queued, oldest,
-        hours, quota_hours, counted,
+        hours, quota_hours, counted, culls(events),
     ]  # fmt: skip
 
 
-class _Snapshot:
+def culls(events: Mapping[tuple[str, str], int]) -> CounterMetricFamily:
+    """Servers stopped by a culler, by reason ("hub-idle", "gpu-utilisation-idle",
+    "session-length", ...): the audit entries of action "cull"."""
+    by_reason: dict[str, int] = {}
+    for (action, reason), count in events.items():
+        if action == "cull":
+            key = reason or DEFAULT_CULL_REASON
+            by_reason[key] = by_reason.get(key, 0) + count
+    family = CounterMetricFamily("labhub_culls", "Servers culled, by reason", labels=["reason"])
+    for reason, count in sorted(by_reason.items()):
+        family.add_metric([reason], count)
+    return family
+
+
+class Snapshot:
     """A collector of metric families made beforehand (prometheus_client's exposition)."""
 
     def __init__(self, made: list[Metric]) -> None:
@@ -142,7 +158,7 @@ class MetricsHandler(web.RequestHandler):
         users = [s.split(":", 1)[1] for s in used if s.startswith("user:")]
         registry = CollectorRegistry(auto_describe=False)
         registry.register(
-            _Snapshot(
+            Snapshot(
                 families(
                     report,
                     used,

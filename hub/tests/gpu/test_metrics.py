@@ -79,6 +79,17 @@ class MetricsTest(AsyncHTTPTestCase):
         assert got[("labhub_gpu_events_total", (("action", "allocate"), ("reason", "")))] == 2
         assert got[("labhub_gpu_events_total", (("action", "release"), ("reason", "idle")))] == 1
 
+    def test_a_recorded_cull_is_scraped_as_a_cull(self) -> None:
+        """Through the store's real audit log and the handler, as Prometheus reads it."""
+        now = utcnow()
+        self.store.record("gpu-idle-culler", "cull", now, holder="ada/", idle_seconds=900)
+        self.store.record("gpu-culler", "cull", now, holder="bo/", reason="session-length")
+        code, text = self.scrape()
+        assert code == 200
+        got = samples(text)
+        assert got[("labhub_culls_total", (("reason", "hub-idle"),))] == 1
+        assert got[("labhub_culls_total", (("reason", "session-length"),))] == 1
+
     def test_without_the_token_there_is_nothing(self) -> None:
         for authorization in (None, "Bearer wrong", f"Basic {TOKEN}", "Bearer "):
             code, text = self.scrape(authorization)
@@ -100,3 +111,19 @@ def test_the_oldest_waits_time_is_read_from_the_queue() -> None:
     made = metrics.families(report, {}, {}, {}, NOW + timedelta(seconds=90))
     oldest = next(f for f in made if f.name == "labhub_gpu_queue_oldest_wait_seconds")
     assert [s.value for s in oldest.samples] == [90.0]
+
+
+def test_culls_are_counted_by_reason_and_an_unnamed_reason_is_the_idle_cull() -> None:
+    """The GPU idle culler's entries carry no reason (hub-idle); newer ones name theirs."""
+    events = {
+        ("cull", ""): 2,
+        ("cull", "hub-idle"): 1,
+        ("cull", "session-length"): 4,
+        ("release", "idle"): 7,
+    }
+    made = metrics.families({"devices": [], "queue": []}, {}, {}, events, NOW)
+    family = next(f for f in made if f.name == "labhub_culls")
+    assert {s.labels["reason"]: s.value for s in family.samples} == {
+        "hub-idle": 3,
+        "session-length": 4,
+    }

@@ -1,0 +1,227 @@
+"""Per-user container CPU and memory for Prometheus (MONITORING=true, docs/monitoring.md).
+
+At each scrape: the stack's user containers (label `labhub.user`, on DOCKER_NETWORK), then
+one stats sample of each (`stream=false&one-shot=true`: no second sample a second later),
+all at once, the whole within SCRAPE_BUDGET seconds. The Docker API is read through a
+socket proxy of its own (PROXY_POLICY=metrics, `labhub.dockerpolicy.check_metrics_request`)
+that allows exactly these two reads, for user containers only. A container whose sample
+does not come in time is left out and counted in `labhub_container_stats_failed`.
+
+CPU is a counter (seconds of CPU time since the container started): Prometheus's `rate()`
+turns it into cores in use. Memory is what `docker stats` shows: usage less the inactive
+page cache. Disk, with QUOTA_ROOT: the home's usage and limit as its btrfs qgroup counts
+them, read from the diskquota service's usage socket (`labhub.diskquota.read_usage`), for
+the users whose server runs; without quotas there is no such socket and no disk metric.
+
+Run: labhub-container-metrics (DOCKER_HOST, DOCKER_NETWORK, LISTEN_PORT from the environment).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from tornado import httpclient, web
+
+from . import diskquota
+from .contract import OWNER_LABEL, SERVER_LABEL, volume_name_for
+from .dockerpolicy import metrics_list_filters
+from .gpu.metrics import Snapshot
+
+log = logging.getLogger("labhub.containermetrics")
+
+# A scrape answers within this (Prometheus's scrape timeout is 10 s); late samples are dropped.
+SCRAPE_BUDGET = 8.0
+# Stats calls in flight at once: the engine and the proxy are shared with the hub.
+PARALLEL = 16
+
+
+@dataclass(frozen=True)
+class Usage:
+    """One container's sample: whose it is, and what it uses."""
+
+    user: str
+    server: str
+    cpu_seconds: float
+    memory_bytes: int
+    memory_limit_bytes: int
+
+
+def usage_of(labels: Mapping[str, str], stats: Mapping[str, Any]) -> Usage | None:
+    """A user container's stats read the way `docker stats` reads them (cgroup v1 or v2);
+    None for a container that is not running (the engine answers with empty stats)."""
+    memory = stats.get("memory_stats") or {}
+    cpu = (stats.get("cpu_stats") or {}).get("cpu_usage") or {}
+    if "usage" not in memory or "total_usage" not in cpu:
+        return None
+    counters = memory.get("stats") or {}
+    # cgroup v1 calls it total_inactive_file, v2 inactive_file: page cache the kernel can drop.
+    inactive = counters.get("total_inactive_file", counters.get("inactive_file", 0))
+    used = memory["usage"] - inactive if inactive < memory["usage"] else memory["usage"]
+    return Usage(
+        user=labels[OWNER_LABEL],
+        server=labels.get(SERVER_LABEL, ""),
+        cpu_seconds=cpu["total_usage"] / 1e9,
+        memory_bytes=used,
+        memory_limit_bytes=memory.get("limit", 0),
+    )
+
+
+def families(
+    samples: Iterable[Usage], failed: int, homes: Mapping[str, diskquota.Usage]
+) -> list[Metric]:
+    """The metric families of one scrape; ``homes``: each user's home, by user."""
+    labels = ["user", "server"]
+    cpu = CounterMetricFamily(
+        "labhub_container_cpu_seconds",
+        "CPU time a user's server has used since it started (rate(): cores in use)",
+        labels=labels,
+    )
+    memory = GaugeMetricFamily(
+        "labhub_container_memory_bytes",
+        "Memory a user's server uses, page cache it can drop excluded (as docker stats)",
+        labels=labels,
+    )
+    limit = GaugeMetricFamily(
+        "labhub_container_memory_limit_bytes", "A user's server's memory limit", labels=labels
+    )
+    for sample in sorted(samples, key=lambda s: (s.user, s.server)):
+        names = [sample.user, sample.server]
+        cpu.add_metric(names, sample.cpu_seconds)
+        memory.add_metric(names, sample.memory_bytes)
+        limit.add_metric(names, sample.memory_limit_bytes)
+    missed = GaugeMetricFamily(
+        "labhub_container_stats_failed",
+        f"User containers whose stats did not come within {SCRAPE_BUDGET} s this scrape",
+    )
+    missed.add_metric([], failed)
+    home_used = GaugeMetricFamily(
+        "labhub_home_used_bytes", "Bytes in a user's home (btrfs qgroup)", labels=["user"]
+    )
+    home_limit = GaugeMetricFamily(
+        "labhub_home_limit_bytes", "A user's disk quota (QUOTA_ROOT)", labels=["user"]
+    )
+    for user, home in sorted(homes.items()):
+        home_used.add_metric([user], home.used)
+        if home.limit:
+            home_limit.add_metric([user], home.limit)
+    return [cpu, memory, limit, missed, home_used, home_limit]
+
+
+class Engine:
+    """The two reads the exporter makes, through its Docker socket proxy."""
+
+    def __init__(
+        self, docker_host: str, network: str, usage_socket: str = diskquota.USAGE_SOCKET
+    ) -> None:
+        if not docker_host.startswith("tcp://"):
+            raise SystemExit(
+                f"labhub-container-metrics: DOCKER_HOST={docker_host!r}: give the metrics "
+                "Docker proxy as tcp://HOST:PORT"
+            )
+        self.base = "http://" + docker_host.removeprefix("tcp://")
+        self.network = network
+        self.usage_socket = usage_socket
+        self.http = httpclient.AsyncHTTPClient(force_instance=True, max_clients=PARALLEL)
+
+    async def _get(self, path: str) -> Any:
+        response = await self.http.fetch(self.base + path, request_timeout=SCRAPE_BUDGET)
+        return json.loads(response.body)
+
+    async def user_containers(self) -> list[dict[str, Any]]:
+        filters = json.dumps(metrics_list_filters(self.network))
+        found: list[dict[str, Any]] = await self._get(
+            "/containers/json?" + urlencode({"filters": filters})
+        )
+        return found
+
+    async def usage(self, container: Mapping[str, Any]) -> Usage | None:
+        stats = await self._get(f"/containers/{container['Id']}/stats?stream=false&one-shot=true")
+        return usage_of(container.get("Labels") or {}, stats)
+
+    async def scrape(self) -> tuple[list[Usage], int]:
+        """Every running user container's usage, and how many did not answer in time."""
+        containers = await self.user_containers()
+        tasks = [asyncio.ensure_future(self.usage(container)) for container in containers]
+        if not tasks:
+            return [], 0
+        done, pending = await asyncio.wait(tasks, timeout=SCRAPE_BUDGET)
+        for task in pending:
+            task.cancel()
+        samples, failed = [], len(pending)
+        for task in done:
+            if task.exception() is not None:
+                log.warning("stats of a user container failed: %s", task.exception())
+                failed += 1
+            elif (sample := task.result()) is not None:
+                samples.append(sample)
+        return samples, failed
+
+    async def homes(self) -> dict[str, diskquota.Usage]:
+        """Every home's usage by volume name, from the diskquota service; none without
+        quotas (no socket) or when it does not answer within the budget."""
+        if not os.path.exists(self.usage_socket):
+            return {}
+        try:
+            return await asyncio.wait_for(diskquota.read_usage(self.usage_socket), SCRAPE_BUDGET)
+        except (diskquota.DiskQuotaError, TimeoutError) as error:
+            log.warning("homes' usage not read: %s", error)
+            return {}
+
+    def users_homes(
+        self, samples: Iterable[Usage], homes: Mapping[str, diskquota.Usage]
+    ) -> dict[str, diskquota.Usage]:
+        """The homes of the users whose server runs, by user."""
+        volumes = {sample.user: volume_name_for(sample.user, self.network) for sample in samples}
+        return {user: homes[volume] for user, volume in volumes.items() if volume in homes}
+
+
+class MetricsHandler(web.RequestHandler):
+    """GET /metrics: Prometheus text, read at the engine now."""
+
+    async def get(self) -> None:
+        engine: Engine = self.settings["engine"]
+        try:
+            (samples, failed), homes = await asyncio.gather(engine.scrape(), engine.homes())
+        except (httpclient.HTTPError, OSError) as error:
+            raise web.HTTPError(
+                502, f"the Docker proxy did not list user containers: {error}"
+            ) from error
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(Snapshot(families(samples, failed, engine.users_homes(samples, homes))))
+        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.finish(generate_latest(registry))
+
+
+def make_app(engine: Engine) -> web.Application:
+    return web.Application([(r"/metrics", MetricsHandler)], engine=engine)
+
+
+def main() -> None:
+    """Serve /metrics on LISTEN_PORT (9180) for Prometheus on the metrics network."""
+    logging.basicConfig(level=logging.INFO, format="[container-metrics] %(levelname)s %(message)s")
+    network = os.environ.get("DOCKER_NETWORK", "")
+    if not network:
+        raise SystemExit("labhub-container-metrics: DOCKER_NETWORK is empty: the stack's network")
+    engine = Engine(os.environ.get("DOCKER_HOST", ""), network)
+    port = int(os.environ.get("LISTEN_PORT", "9180"))
+
+    async def serve() -> None:
+        make_app(engine).listen(port)
+        log.info("per-user container metrics on :%d/metrics (network %s)", port, network)
+        await asyncio.Event().wait()
+
+    asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""The per-user container metrics: how a stats sample is read, and a scrape's bounds."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import pytest
+from labhub import containermetrics, diskquota
+from labhub.containermetrics import Engine, Usage, families, usage_of
+from labhub.contract import OWNER_LABEL, SERVER_LABEL
+from prometheus_client.parser import text_string_to_metric_families
+from tornado import web
+from tornado.httpclient import AsyncHTTPClient
+from tornado.httpserver import HTTPServer
+from tornado.testing import bind_unused_port
+
+pytestmark = pytest.mark.unit
+
+LABELS = {OWNER_LABEL: "ada", SERVER_LABEL: ""}
+
+
+def stats(
+    usage: int, inactive: dict[str, int], cpu_ns: int, limit: int = 3 << 30
+) -> dict[str, Any]:
+    """The parts of an engine's stats answer (one-shot) that the exporter reads."""
+    return {
+        "cpu_stats": {"cpu_usage": {"total_usage": cpu_ns}},
+        "precpu_stats": {"cpu_usage": {"total_usage": 0}},
+        "memory_stats": {"usage": usage, "limit": limit, "stats": {"rss": 1, **inactive}},
+    }
+
+
+@pytest.mark.parametrize(
+    "inactive",
+    [{"total_inactive_file": 100 << 20, "inactive_file": 5}, {"inactive_file": 100 << 20}],
+    ids=["cgroup-v1", "cgroup-v2"],
+)
+def test_memory_is_usage_less_the_inactive_page_cache(inactive: dict[str, int]) -> None:
+    sample = usage_of(LABELS, stats(400 << 20, inactive, cpu_ns=2_500_000_000))
+    assert sample == Usage("ada", "", 2.5, 300 << 20, 3 << 30)
+
+
+def test_a_stopped_container_has_no_sample() -> None:
+    """The engine answers a container that is not running with empty stats."""
+    assert usage_of(LABELS, {"cpu_stats": {"cpu_usage": {}}, "memory_stats": {}}) is None
+
+
+def test_a_scrape_is_labelled_by_user_and_server() -> None:
+    made = families(
+        [Usage("bo", "gpu", 1.0, 5, 9), Usage("ada", "", 2.0, 7, 9)],
+        failed=1,
+        homes={"ada": diskquota.Usage(used=3, limit=40), "bo": diskquota.Usage(used=4, limit=0)},
+    )
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in made for s in f.samples}
+    assert samples[("labhub_container_cpu_seconds_total", (("server", ""), ("user", "ada")))] == 2
+    assert samples[("labhub_container_memory_bytes", (("server", "gpu"), ("user", "bo")))] == 5
+    assert samples[("labhub_container_memory_limit_bytes", (("server", ""), ("user", "ada")))] == 9
+    assert samples[("labhub_container_stats_failed", ())] == 1
+    assert samples[("labhub_home_used_bytes", (("user", "bo"),))] == 4
+    assert samples[("labhub_home_limit_bytes", (("user", "ada"),))] == 40
+    # No quota, no limit series (rather than a limit of 0 bytes).
+    assert ("labhub_home_limit_bytes", (("user", "bo"),)) not in samples
+
+
+class FakeEngine(web.RequestHandler):
+    """The two reads of the metrics proxy: a list of three, and their stats. `slow` never
+    answers within the budget; `broken` answers 500."""
+
+    async def get(self, container: str | None = None) -> None:
+        if container is None:
+            self.finish(
+                json.dumps(
+                    [
+                        {"Id": name, "Labels": {OWNER_LABEL: name}}
+                        for name in ("ada", "slow", "broken")
+                    ]
+                )
+            )
+            return
+        if container == "broken":
+            raise web.HTTPError(500)
+        if container == "slow":
+            await asyncio.sleep(3)
+        self.finish(json.dumps(stats(10 << 20, {}, cpu_ns=10**9)))
+
+
+def test_a_scrape_reports_what_came_in_time_and_counts_the_rest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One stats call per container, in parallel, the scrape within its budget: the
+    exporter's /metrics read over HTTP while the engine stalls on one container."""
+    monkeypatch.setattr(containermetrics, "SCRAPE_BUDGET", 1.0)
+    routes = [(r"/containers/json", FakeEngine), (r"/containers/([a-z]+)/stats", FakeEngine)]
+
+    async def scenario() -> tuple[float, str]:
+        engine_socket, engine_port = bind_unused_port()
+        engine_server = HTTPServer(web.Application(routes))
+        engine_server.add_sockets([engine_socket])
+        exporter_socket, exporter_port = bind_unused_port()
+        exporter = HTTPServer(
+            containermetrics.make_app(Engine(f"tcp://127.0.0.1:{engine_port}", "lab"))
+        )
+        exporter.add_sockets([exporter_socket])
+        client = AsyncHTTPClient(force_instance=True)
+        try:
+            started = time.monotonic()
+            response = await client.fetch(f"http://127.0.0.1:{exporter_port}/metrics")
+            return time.monotonic() - started, response.body.decode()
+        finally:
+            client.close()
+            exporter.stop()
+            engine_server.stop()
+
+    elapsed, text = asyncio.run(scenario())
+    assert elapsed < 2
+    got = {
+        (s.name, s.labels.get("user")): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+    }
+    assert got[("labhub_container_memory_bytes", "ada")] == 10 << 20
+    assert ("labhub_container_memory_bytes", "slow") not in got
+    assert got[("labhub_container_stats_failed", None)] == 2
