@@ -49,7 +49,7 @@ function duration(seconds: number): string {
 }
 
 /** The item's one line and its tooltip. */
-export function describe(status: IStatus): { text: string; title: string } {
+function describe(status: IStatus): { text: string; title: string } {
   if (!status.gpu) {
     return { text: 'CPU only', title: 'This server has no GPU.' };
   }
