@@ -464,15 +464,20 @@ def test_a_cpu_server_says_cpu_only_in_jupyterlab(stack: Stack, username: str) -
     student.start_server(username)
     with chromium_page(stack, "lab-status-cpu") as page:
         errors: list[str] = []
+        dropped: list[str] = []
         # The lab's own errors (the hub's login and home pages are not under test here).
         page.on(
             "pageerror",
             lambda error: errors.append(str(error)) if "/lab" in page.url else None,
         )
+        page.on("requestfailed", lambda request: dropped.append(str(request.failure)))
         item = open_lab(stack, page, username)
         expect(item).to_have_text("CPU only")
         # NVIDIA's dashboard is served too (it finds no NVML here: no GPU shown).
         assert {"labhub-status", "jupyterlab-nvdashboard"} <= set(lab_extensions(page))
+        if any(network_changed(f) for f in dropped):
+            # JupyterLab's own unhandled rejection for a request Chromium dropped.
+            errors = [e for e in errors if e != "Failed to fetch"]
         assert errors == [], errors
     student.stop_server(username)
 
