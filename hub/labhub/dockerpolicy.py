@@ -167,12 +167,24 @@ def _route(pattern: str, path: str) -> re.Match[str] | None:
 
 def check_request(policy: Policy, method: str, target: str, body: bytes) -> Allowed:
     """The hub's request, checked; raises Refused unless DockerSpawner would make it."""
+    return _checked(_match_hub_route, "the hub", policy, method, target, body)
+
+
+def _checked(
+    match: Callable[[Policy, str, str, dict[str, str], bytes], Allowed | None],
+    client: str,
+    policy: Policy,
+    method: str,
+    target: str,
+    body: bytes,
+) -> Allowed:
+    """`match`'s Allowed for the request, or Refused naming what the `client` never sends."""
     path, params = split_target(target)
     if method != "POST" and body:
         raise Refused(f"{method} {path} takes no request body")
-    found = _match_hub_route(policy, method, path, params, body)
+    found = match(policy, method, path, params, body)
     if found is None:
-        raise Refused(f"{method} {path} is not needed by the hub")
+        raise Refused(f"{method} {path} is not needed by {client}")
     return found
 
 
@@ -683,13 +695,7 @@ def check_owner(
 def check_swarm_request(policy: Policy, method: str, target: str, body: bytes) -> Allowed:
     """The hub's request to a Swarm manager, checked; raises Refused unless
     LabSwarmSpawner would make it."""
-    path, params = split_target(target)
-    if method != "POST" and body:
-        raise Refused(f"{method} {path} takes no request body")
-    found = _match_swarm_route(policy, method, path, params, body)
-    if found is None:
-        raise Refused(f"{method} {path} is not needed by the hub in Swarm mode")
-    return found
+    return _checked(_match_swarm_route, "the hub in Swarm mode", policy, method, target, body)
 
 
 def _match_swarm_route(
