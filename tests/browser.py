@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 from stacks import REPO, Stack
 
+from testsupport.browsing import network_changed
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = REPO / "test-artifacts"
 needs_chromium = pytest.mark.skipif(
@@ -60,3 +62,30 @@ def chromium(stack: Stack, server_cert: Path | None = None) -> Iterator[Any]:
             yield browser
         finally:
             browser.close()
+
+
+def open_the_notebook(
+    stack: Stack, page: Any, username: str, kernel: str, failed: list[str]
+) -> None:
+    """Log `username` in and wait for their JupyterLab with MNIST.ipynb open on `kernel`
+    ("TensorFlow-GPU", "PyTorch") and idle, as a student sees it after logging in.
+
+    `failed` is filled by the caller's requestfailed handler: the lab is reloaded (twice
+    at most) only when Chromium dropped requests for a network change on this host
+    (testsupport.browsing), never for anything else.
+    """
+    from playwright.sync_api import expect
+
+    stack.browser_login(page, username)
+    page.wait_for_url(f"**/user/{username}/lab/**", timeout=300_000)
+    idle = page.get_by_role("button", name=f"{kernel} | Idle")
+    for attempt in range(3):
+        try:
+            expect(idle.first).to_be_visible(timeout=90_000)
+            break
+        except AssertionError:
+            if attempt == 2 or not any(network_changed(f) for f in failed):
+                raise
+            failed.clear()
+            page.reload()
+    expect(page.locator(".lm-TabBar-tabLabel", has_text="MNIST.ipynb").first).to_be_visible()

@@ -5,10 +5,8 @@ test-artifacts/ for a person to look at."""
 from __future__ import annotations
 
 import pytest
-from browser import ARTIFACTS, chromium, needs_chromium
+from browser import ARTIFACTS, chromium, needs_chromium, open_the_notebook
 from stacks import Stack
-
-from testsupport.browsing import network_changed
 
 pytestmark = pytest.mark.e2e
 
@@ -37,22 +35,7 @@ def test_student_logs_in_and_sees_the_mnist_notebook(stack: Stack, username: str
             ),
         )
         try:
-            stack.browser_login(page, username)
-            page.wait_for_url(f"**/user/{username}/lab/**", timeout=300_000)
-            kernel = page.get_by_role("button", name="TensorFlow-GPU | Idle")
-            for attempt in range(3):
-                try:
-                    expect(kernel.first).to_be_visible(timeout=90_000)
-                    break
-                except AssertionError:
-                    # Other containers starting on this host change its interfaces and
-                    # Chromium drops requests in flight; reload only for that reason.
-                    if attempt == 2 or not any(network_changed(f) for f in failed):
-                        raise
-                    failed.clear()
-                    page.reload()
-            tab = page.locator(".lm-TabBar-tabLabel", has_text="MNIST.ipynb")
-            expect(tab.first).to_be_visible()
+            open_the_notebook(stack, page, username, "TensorFlow-GPU", failed)
             expect(page.locator(".jp-Notebook .jp-Cell").first).to_be_visible()
         finally:
             page.screenshot(path=str(ARTIFACTS / "browser-jupyterlab.png"))

@@ -19,13 +19,12 @@ from collections.abc import Iterator
 
 import docker
 import pytest
-from browser import ARTIFACTS, chromium, needs_chromium
+from browser import ARTIFACTS, chromium, needs_chromium, open_the_notebook
 from labhub.contract import container_name_prefix
 from stacks import HTTPS_PORT as SESSION_HTTPS_PORT
 from stacks import STACK as SESSION_STACK
 from stacks import USERS_CREATED, VERSION, Stack, launched_stack
 
-from testsupport.browsing import network_changed
 from testsupport.containers import user_containers
 from testsupport.hubclient import HubClient, Terminal, run_in_kernel
 
@@ -158,21 +157,7 @@ def test_jupyterlab_opens_the_notebook_on_the_pytorch_kernel(
             lambda request: failed.append(f"{request.method} {request.url}: {request.failure}"),
         )
         try:
-            env_stack.browser_login(page, student)
-            page.wait_for_url(f"**/user/{student}/lab/**", timeout=300_000)
-            kernel = page.get_by_role("button", name="PyTorch | Idle")
-            for attempt in range(3):
-                try:
-                    expect(kernel.first).to_be_visible(timeout=90_000)
-                    break
-                except AssertionError:
-                    if attempt == 2 or not any(network_changed(f) for f in failed):
-                        raise
-                    failed.clear()
-                    page.reload()
-            expect(
-                page.locator(".lm-TabBar-tabLabel", has_text="MNIST.ipynb").first
-            ).to_be_visible()
+            open_the_notebook(env_stack, page, student, "PyTorch", failed)
             expect(page.get_by_text("Select Kernel")).to_have_count(0)
         finally:
             page.screenshot(path=str(ARTIFACTS / "browser-pytorch-jupyterlab.png"))
