@@ -15,9 +15,7 @@ from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlencode
 
-import docker
 import pytest
-import requests
 from hypothesis import assume, given
 from hypothesis import strategies as st
 from jupyterhub.objects import Hub, Server
@@ -54,6 +52,7 @@ from labhub.spawner import LabSpawner, spawner_config
 
 from testsupport.acme_companion import RELOAD_EXEC
 from testsupport.minimal_env import MINIMAL_ENV
+from testsupport.recording import RecordingAPIClient
 
 pytestmark = pytest.mark.unit
 IMAGE = "labhub/workspace:0.1.0"
@@ -65,37 +64,25 @@ CREATE = "/v1.41/containers/create"
 
 
 # --- What LabSpawner really sends -----------------------------------------------------
-class RecordingClient(docker.APIClient):  # type: ignore[misc]
-    """docker-py with the HTTP session replaced: records each request, answers like an
-    engine that has the image and no container yet."""
+class RecordingClient(RecordingAPIClient):
+    """Answers like an engine that has the image and no container yet."""
 
-    def __init__(self) -> None:
-        super().__init__(base_url="tcp://127.0.0.1:9", version="1.41")
-        self.sent: list[tuple[str, str, dict[str, Any] | None, str | None]] = []
-
-    def request(self, method: str, url: str, **kwargs: Any) -> requests.Response:  # type: ignore[override]
-        path = url.removeprefix("http://127.0.0.1:9")
-        self.sent.append((method, path, kwargs.get("params"), kwargs.get("data")))
-        created = any(p.endswith("/containers/create") for _, p, _, _ in self.sent)
-        status, answer = 200, {}
+    def answer(self, path: str) -> tuple[int, Any]:
+        created = self.sent_to("/containers/create")
         if path.endswith("/containers/json"):
-            answer = []
-        elif path.endswith("/containers/create"):
-            status, answer = 201, {"Id": "abc123", "Warnings": []}
-        elif path.endswith("/start"):
-            status = 204
-        elif "/images/" in path:
-            answer = {"Config": {"Cmd": ["start-notebook.py"]}}
-        elif "/containers/" in path and not created:
-            status, answer = 404, {"message": "No such container"}
-        elif "/containers/" in path:
+            return 200, []
+        if path.endswith("/containers/create"):
+            return 201, {"Id": "abc123", "Warnings": []}
+        if path.endswith("/start"):
+            return 204, {}
+        if "/images/" in path:
+            return 200, {"Config": {"Cmd": ["start-notebook.py"]}}
+        if "/containers/" in path and not created:
+            return 404, {"message": "No such container"}
+        if "/containers/" in path:
             networks = {"labhub": {"IPAddress": "10.0.0.5"}}
-            answer = {"Id": "abc123", "NetworkSettings": {"Networks": networks}}
-        response = requests.Response()
-        response.status_code, response.url = status, url
-        response._content = b"" if status == 204 else json.dumps(answer).encode()
-        response.headers["Content-Type"] = "application/json"
-        return response
+            return 200, {"Id": "abc123", "NetworkSettings": {"Networks": networks}}
+        return 200, {}
 
 
 class _User:

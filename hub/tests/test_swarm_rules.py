@@ -16,7 +16,6 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
-import docker
 import pytest
 import requests
 from jupyterhub.objects import Hub, Server
@@ -34,6 +33,7 @@ from labhub.swarmspawner import HOME_NODE_STATE, LabSwarmSpawner, swarm_spawner_
 from tornado import web
 
 from testsupport.minimal_env import MINIMAL_ENV
+from testsupport.recording import RecordingAPIClient
 
 pytestmark = pytest.mark.unit
 
@@ -44,40 +44,31 @@ PREFIX = container_name_prefix(POLICY.network)
 CREATE = "/v1.41/services/create"
 
 
-class RecordingManager(docker.APIClient):  # type: ignore[misc]
-    """docker-py with the HTTP session replaced: records each request and answers like a
-    Swarm manager with the given nodes and lab services, where a created service's task
-    is running at once."""
+class RecordingManager(RecordingAPIClient):
+    """Answers like a Swarm manager with the given nodes and lab services, where a created
+    service's task is running at once."""
 
     def __init__(self, nodes: list[dict[str, Any]], services: list[dict[str, Any]]) -> None:
-        super().__init__(base_url="tcp://127.0.0.1:9", version="1.41")
+        super().__init__(strip="/v1.41")
         self.nodes_answer, self.services_answer = nodes, services
-        self.sent: list[tuple[str, str, dict[str, Any] | None, str | None]] = []
 
-    def request(self, method: str, url: str, **kwargs: Any) -> requests.Response:  # type: ignore[override]
-        path = url.removeprefix("http://127.0.0.1:9/v1.41")
-        self.sent.append((method, path, kwargs.get("params"), kwargs.get("data")))
-        created = any(p == "/services/create" for _, p, _, _ in self.sent)
-        status, answer = 200, {}
+    def answer(self, path: str) -> tuple[int, Any]:
+        created = self.sent_to("/services/create")
         if path == "/nodes":
-            answer = self.nodes_answer
-        elif path == "/services":
-            answer = self.services_answer
-        elif path == "/services/create":
-            status, answer = 201, {"ID": "svc123"}
-        elif path == "/tasks":
-            answer = [{"Status": {"State": "running"}}] if created else []
-        elif path.startswith("/images/"):
-            answer = {"Config": {"Cmd": ["start-notebook.py"]}}
-        elif path.startswith("/services/") and not created:
-            status, answer = 404, {"message": "service not found"}
-        elif path.startswith("/services/"):
-            answer = {"ID": "svc123", "Spec": {"Labels": {OWNER_LABEL: "alice"}}}
-        response = requests.Response()
-        response.status_code, response.url = status, url
-        response._content = json.dumps(answer).encode()
-        response.headers["Content-Type"] = "application/json"
-        return response
+            return 200, self.nodes_answer
+        if path == "/services":
+            return 200, self.services_answer
+        if path == "/services/create":
+            return 201, {"ID": "svc123"}
+        if path == "/tasks":
+            return 200, [{"Status": {"State": "running"}}] if created else []
+        if path.startswith("/images/"):
+            return 200, {"Config": {"Cmd": ["start-notebook.py"]}}
+        if path.startswith("/services/") and not created:
+            return 404, {"message": "service not found"}
+        if path.startswith("/services/"):
+            return 200, {"ID": "svc123", "Spec": {"Labels": {OWNER_LABEL: "alice"}}}
+        return 200, {}
 
 
 class _User:
