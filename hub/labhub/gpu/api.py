@@ -203,6 +203,8 @@ def rules_report(rules: Rules) -> dict[str, Any]:
         "extensions": rules.extensions,
         "hub_idle_seconds": rules.hub_idle_timeout_s or None,
         "warn_seconds": rules.warn_s,
+        "kernel_idle_seconds": rules.kernel_idle_timeout_s or None,
+        "kernel_cull_connected": rules.kernel_cull_connected,
     }
 
 

@@ -42,6 +42,9 @@ class Rules:
     extensions: int
     hub_idle_timeout_s: int
     nvml: bool
+    # Not the service's to apply (jupyter-server culls inside each server), shown beside.
+    kernel_idle_timeout_s: int = 0
+    kernel_cull_connected: bool = False
 
     @property
     def utilisation_rule_on(self) -> bool:

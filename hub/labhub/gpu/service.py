@@ -154,6 +154,8 @@ def rules_from(settings: Settings, nvml: bool) -> Rules:
         extensions=settings.gpu_session_extensions,
         hub_idle_timeout_s=settings.gpu_idle_timeout,
         nvml=nvml,
+        kernel_idle_timeout_s=settings.kernel_idle_timeout,
+        kernel_cull_connected=settings.kernel_cull_connected,
     )
 
 

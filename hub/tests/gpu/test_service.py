@@ -188,7 +188,18 @@ class ServiceTest(AsyncHTTPTestCase):
         assert code == 200 and "Test A100" in page and "revoke ada" in page
         # The rules in force, and when each holder's session ends.
         assert "utilisation rule on: a holder whose GPU shows no use for 30 min" in page
+        assert "idle kernels are kept (KERNEL_IDLE_TIMEOUT=0)" in page
         assert "session ends 2025-11-24T10:00:00Z (1 extension(s) left)" in page
+
+    def test_the_page_shows_kernel_culling_as_the_servers_apply_it(self) -> None:
+        reclaimer = self._app.settings["gpu_reclaimer"]
+        for connected, tabs in ((True, "even with"), (False, "unless")):
+            reclaimer.rules = replace(
+                RULES, kernel_idle_timeout_s=900, kernel_cull_connected=connected
+            )
+            page = self.call("", "root")[1]
+            assert f"shut down after 900 s, {tabs} a notebook tab" in page
+            assert self.call("api/devices", "root")[1]["rules"]["kernel_idle_seconds"] == 900
 
     def test_the_page_and_api_say_when_the_utilisation_rule_is_off(self) -> None:
         reclaimer = self._app.settings["gpu_reclaimer"]
