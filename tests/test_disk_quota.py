@@ -46,10 +46,21 @@ def btrfs_root() -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def service(btrfs_root: Path) -> Iterator[str]:
-    """The diskquota service serving btrfs_root on a socket of its own; yields the socket."""
+    """The diskquota service serving btrfs_root on sockets of its own (the hub's, and the
+    usage socket beside it); yields the hub's socket."""
     socket_path = str(btrfs_root.parent / "diskquota.sock")
+    usage_path = str(btrfs_root.parent / "usage.sock")
     process = subprocess.Popen(
-        [sys.executable, "-m", "labhub.diskquota", "run", "--socket", socket_path],
+        [
+            sys.executable,
+            "-m",
+            "labhub.diskquota",
+            "run",
+            "--socket",
+            socket_path,
+            "--usage-socket",
+            usage_path,
+        ],
         env={**os.environ, "QUOTA_ROOT": str(btrfs_root), "DISK_QUOTA_MAX": "100M"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
