@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from labhub.contract import volume_name_for
+from labhub.contract import volume_name_for, volume_prefix
 from labhub.diskquota import DiskQuotaError, Usage, read_usage
 from labhub.gpu.hubclient import HubCall
 
@@ -55,7 +55,8 @@ class Homes:
 
     async def table(self, hub: HubCall) -> list[dict[str, Any]]:
         """The admin page's rows, most used first: user (the volume's name for a home whose
-        user is gone), bytes used, limit (None: none) and percent of it used."""
+        user is gone), bytes used, limit (None: none) and percent of it used. This stack's
+        homes only, should another stack share QUOTA_ROOT."""
         usage = await self.usage()
         users = {volume_name_for(name, self.network): name for name in await user_names(hub)}
         rows = [
@@ -65,6 +66,7 @@ class Homes:
                 "percent": round(100 * found.used / found.limit, 1) if found.limit else None,
             }
             for volume, found in usage.items()
+            if volume.startswith(volume_prefix(self.network))
         ]
         return sorted(rows, key=lambda row: (-row["used_bytes"], row["user"]))
 
