@@ -139,8 +139,9 @@ c.JupyterHub.template_vars = {"announcement": course.announcement}
 # their server's token gets the same access, LabSpawner's server_token_scopes); the
 # service itself answers 403 on every admin page and endpoint to anyone not an admin.
 # It also stops GPU holders by the rules of labhub.gpu.reclaim (idle GPU, session
-# length, GPU_IDLE_TIMEOUT), sooner than the idle culler above.
-if settings.gpu_inventory != "none":
+# length, GPU_IDLE_TIMEOUT), sooner than the idle culler above. With QUOTA_ROOT it runs
+# without GPUs too: api/me and the admin page also show the homes' disk usage and limits.
+if settings.gpu_service:
     c.JupyterHub.load_roles.append(
         {"name": "user", "scopes": ["self", "access:services!service=gpus"]}
     )

@@ -149,3 +149,10 @@ def test_the_diskquota_service_holds_quota_root_and_nothing_else(tmp_path: Path)
         "/run/labhub-diskquota-usage",
     }
     assert "SYS_ADMIN" not in str(services["hub"].get("cap_add"))
+    # The hub reads the homes' usage (api/me, the admin page's Homes table), read-only.
+    [usage] = [
+        v
+        for v in services["hub"]["volumes"]  # type: ignore[attr-defined]
+        if v["target"] == "/run/labhub-diskquota-usage"
+    ]
+    assert usage["source"] == "diskquota-usage" and usage["read_only"] is True

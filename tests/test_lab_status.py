@@ -32,7 +32,7 @@ import requests
 import test_gpus
 from browser import ARTIFACTS, needs_chromium
 from gpustack import Admin, container_of, devices_of
-from labhub_status.status import GPU_MEMORY_LIMIT_ENV, GPU_STATUS_URL_ENV
+from labhub_status.status import GPU_MEMORY_LIMIT_ENV, GPU_STATUS_URL_ENV, home_text
 from stacks import VERSION, Stack
 from test_gpus import chromium_page
 
@@ -324,6 +324,42 @@ def test_a_cpu_server_says_cpu_only_and_has_nothing_to_extend(lab_server: Any) -
     refused = lab.post("labhub/extend", headers=AUTH)
     assert refused.status_code == 404
     assert "no GPU service" in refused.json()["message"]
+
+
+@pytest.mark.unit
+def test_the_home_shows_its_usage_and_limit_on_cpu_and_gpu_servers(
+    lab_server: Any, gpu_lab: LabServer, service: FakeGpuService
+) -> None:
+    """With QUOTA_ROOT, api/me carries the student's home; the status says it in a few words
+    (index.ts puts it after "CPU only" or the GPU's figures)."""
+    service.answer_me({**api_me(), "home": {"used_bytes": 31_457_280, "limit_bytes": 104_857_600}})
+    cpu = lab_server({"NVIDIA_VISIBLE_DEVICES": "void", GPU_STATUS_URL_ENV: service.url})
+    status = cpu.status()
+    assert (status["gpu"], status["home"], status["service"]) == (False, "home 30 of 100 MB", "ok")
+    service.answer_me({**api_me(), "home": {"used_bytes": 1_288_490_189, "limit_bytes": 5 << 30}})
+    assert gpu_lab.status()["home"] == "home 1.2 of 5 GB"
+    service.answer_me(api_me())  # no QUOTA_ROOT: no "home", nothing said
+    assert gpu_lab.status()["home"] is None
+
+
+@pytest.mark.parametrize(
+    ("home", "said"),
+    [
+        ({"used_bytes": 0, "limit_bytes": 10 << 30}, "home 0 of 10 GB"),
+        ({"used_bytes": 2 << 30, "limit_bytes": None}, "home 2 GB"),
+        ({"used_bytes": 512 << 10, "limit_bytes": None}, "home 0.5 MB"),
+        ({"used_bytes": 1_610_612_736, "limit_bytes": 1 << 30}, "home 1.5 of 1 GB"),
+        (None, None),
+        ({"used_bytes": "lots"}, None),
+        ([1, 2], None),
+    ],
+    ids=["empty", "no-limit", "small", "over", "absent", "not-a-number", "not-an-object"],
+)
+@pytest.mark.unit
+def test_the_home_is_said_in_the_larger_unit_and_nothing_odd_gets_through(
+    home: Any, said: str | None
+) -> None:
+    assert home_text(home) == said
 
 
 @pytest.mark.unit

@@ -1390,6 +1390,12 @@ class Settings:
         return tuple(dict.fromkeys((self.workspace_image, *self.workspace_images)))
 
     @property
+    def gpu_service(self) -> bool:
+        """Whether the `gpus` service runs: for GPUs (GPU_INVENTORY), and for the students'
+        home usage in its api/me (QUOTA_ROOT) on a hub without GPUs too."""
+        return self.gpu_inventory != "none" or bool(self.disk_quotas.root)
+
+    @property
     def public_url(self) -> str:
         port = "" if self.https_port == 443 else f":{self.https_port}"
         return f"https://{self.domain}{port}"

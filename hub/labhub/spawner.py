@@ -262,7 +262,7 @@ GPU_SERVER_TOKEN_SCOPES = [
 
 def server_config(settings: Settings) -> dict[str, Any]:
     """The traitlets from settings that every lab server takes, on one engine or a Swarm."""
-    gpu_service = settings.gpu_inventory != "none"
+    gpu_service = settings.gpu_service
     gpu_status = {GPU_STATUS_URL_ENV: GPU_STATUS_URL} if gpu_service else {}
     return {
         "image": settings.workspace_image,

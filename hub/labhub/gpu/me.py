@@ -16,6 +16,7 @@ from urllib.parse import quote
 from labhub.gpu.allocator import utcnow
 from labhub.gpu.api import UserHandler
 from labhub.gpu.culler import Reclaimer
+from labhub.gpu.homes import Homes
 from labhub.gpu.hubclient import HubCall
 from labhub.gpu.inventory import Inventory
 from labhub.gpu.page import TEMPLATES
@@ -93,6 +94,11 @@ class MeHandler(UserHandler):
         )
         return round(min(line.left for line in lines), 3) if lines else None
 
+    async def home(self) -> dict[str, int | None] | None:
+        """The user's home disk usage and limit; None without QUOTA_ROOT or before it exists."""
+        homes: Homes | None = self.settings["homes"]
+        return await homes.of(self.user_name) if homes else None
+
     async def get(self) -> None:
         model = await self.hub_model()
         self.finish(
@@ -101,6 +107,7 @@ class MeHandler(UserHandler):
                 "gpu_hours_left": await self.hours_left(model),
                 "utilisation_rule": self.reclaimer.rules.utilisation_rule(),
                 "servers": await self.servers(model),
+                "home": await self.home(),
             }
         )
 

@@ -7,11 +7,14 @@ its buttons call the JSON API (:mod:`labhub.gpu.api`) from ``static/gpus.js``.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from jupyterhub.utils import url_path_join
+from labhub.diskquota import DiskQuotaError
 from labhub.gpu.allocator import utcnow
 from labhub.gpu.api import AdminHandler, devices_report
+from labhub.gpu.homes import Homes
 
 # Autoescaped, as JupyterHub's own pages: the admin page and the spawn page's profile choice.
 TEMPLATES = Environment(
@@ -34,14 +37,28 @@ class PageHandler(AdminHandler):
         report = await devices_report(self.store, self.inventory, self.settings["gpu_reclaimer"])
         usage = await asyncio.to_thread(self.store.usage, utcnow())
         audit = await asyncio.to_thread(self.store.audit, 50)
+        homes, homes_error = await self.homes()
         page = TEMPLATES.get_template("gpus.html").render(
             devices=report["devices"],
             queue=report["queue"],
             rules=report["rules"],
             usage=sorted(usage.items()),
             audit=audit,
+            quotas=self.settings["homes"] is not None,
+            homes=homes,
+            homes_error=homes_error,
             api=self.settings["api_prefix"],
             xsrf=self.xsrf_token.decode(),
             static_url=self.static_url,
         )
         self.finish(page)
+
+    async def homes(self) -> tuple[list[dict[str, Any]], str | None]:
+        """The *Homes* table's rows, or why they could not be read (said on the page)."""
+        homes: Homes | None = self.settings["homes"]
+        if homes is None:
+            return [], None
+        try:
+            return await homes.table(self.settings["hub"]), None
+        except DiskQuotaError as error:
+            return [], str(error)

@@ -59,6 +59,7 @@ from typing import Any
 
 from jupyterhub.services.auth import HubOAuth
 from jupyterhub.utils import url_path_join
+from labhub.diskquota import USAGE_SOCKET
 from labhub.gpu.allocator import load_allocator
 from labhub.gpu.api import (
     AuditHandler,
@@ -73,6 +74,7 @@ from labhub.gpu.api import (
     UsageHandler,
 )
 from labhub.gpu.culler import Reclaimer
+from labhub.gpu.homes import Homes
 from labhub.gpu.hubclient import hub_api_caller
 from labhub.gpu.inventory import Inventory, read_utilisation
 from labhub.gpu.me import ExtendHandler, MeHandler, MePageHandler
@@ -100,11 +102,13 @@ def make_app(
     metrics_token: str | None = None,
     rules: Rules | None = None,
     profiles: tuple[Profile, ...] = (),
+    homes: Homes | None = None,
 ) -> web.Application:
     """The tornado application; ``prefix`` is JUPYTERHUB_SERVICE_PREFIX (``/services/gpus/``).
 
     ``rules``: the reclaiming rules (:mod:`labhub.gpu.reclaim`), none in force if omitted;
-    the application's ``gpu_reclaimer`` applies them.
+    the application's ``gpu_reclaimer`` applies them. ``homes``: where the homes' disk usage
+    is read (QUOTA_ROOT), for api/me and the page's *Homes* table; none without quotas.
     """
     api = url_path_join(prefix, "api/")
     hub = hub_api_caller(hub_api_url, hub_api_token)
@@ -131,6 +135,7 @@ def make_app(
         gpu_quota=quota_policy or QuotaPolicy(),
         metrics_token=metrics_token,
         gpu_profiles=profiles,
+        homes=homes,
         gpu_reclaimer=Reclaimer(store, hub, rules, read_utilisation),
         hub_auth=hub_auth,
         api_prefix=api,
@@ -175,10 +180,11 @@ def main() -> None:
     token, hub_api_url = os.environ["JUPYTERHUB_API_TOKEN"], os.environ["JUPYTERHUB_API_URL"]
     hub_auth = HubOAuth(api_token=token, cache_max_age=60)
     rules = rules_from(settings, nvml=bool(read_utilisation()))
+    homes = Homes(USAGE_SOCKET, settings.docker_network) if settings.disk_quotas.root else None
     app = make_app(
         allocator.store, allocator.inventory, hub_auth,
         os.environ["JUPYTERHUB_SERVICE_PREFIX"], hub_api_url, token,
-        allocator.quota, settings.prometheus_api_token, rules, allocator.profiles,
+        allocator.quota, settings.prometheus_api_token, rules, allocator.profiles, homes,
     )  # fmt: skip
     port = int(os.environ["JUPYTERHUB_SERVICE_URL"].rsplit(":", 1)[1].split("/")[0])
     app.listen(port, address=args.bind)

@@ -105,6 +105,32 @@ def test_no_inventory_means_cpu_profile_only(tmp_path: Path) -> None:
     assert "server_token_scopes" not in config
 
 
+def test_quotas_without_gpus_still_run_the_service_for_the_home_usage(tmp_path: Path) -> None:
+    """QUOTA_ROOT, no GPUs: the gpus service runs (api/me carries the home's usage), and
+    JupyterLab is told where it is, with a token that may read it."""
+    env = {**MINIMAL_ENV, "GPU_DB": f"{tmp_path}/gpu.sqlite", "QUOTA_ROOT": "/srv/homes"}
+    settings = Settings.from_env(env)
+    config = spawner_config(settings, load_allocator(settings))
+    assert config["environment"][GPU_STATUS_URL_ENV].endswith("/services/gpus/api/me")
+    assert "access:services!service=gpus" in config["server_token_scopes"]
+    loader = (
+        "from traitlets.config import Config\n"
+        "c = Config()\n"
+        f"exec(compile(open({str(HUB_DIR / 'jupyterhub_config.py')!r}).read(), 'cfg', 'exec'))\n"
+        "print([s['name'] for s in c.JupyterHub.services])"
+    )
+    for quota_root, runs in (("/srv/homes", True), ("", False)):
+        done = subprocess.run(
+            [sys.executable, "-c", loader],
+            env={**os.environ, **env, "QUOTA_ROOT": quota_root, "HUB_DATA_DIR": str(tmp_path)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        assert ("'gpus'" in done.stdout) is runs, (quota_root, done.stdout)
+
+
 @pytest.mark.parametrize(
     ("broken", "content", "expected"),
     [

@@ -67,10 +67,25 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def home_text(home: Any) -> str | None:
+    """api/me's "home" as the status line says it: "home 1.2 of 5 GB" (GB and MB of 2^30 and
+    2^20 bytes, as DISK_QUOTA=5G means), "home 30 MB" without a limit; None without one."""
+    if not isinstance(home, Mapping) or (used := _number(home.get("used_bytes"))) is None:
+        return None
+    limit = _number(home.get("limit_bytes"))
+    unit, name = (2**30, "GB") if max(used, limit or 0) >= 2**30 else (2**20, "MB")
+
+    def size(value: float) -> str:
+        return f"{value / unit:.1f}".removesuffix(".0")
+
+    return f"home {size(used)} of {size(limit)} {name}" if limit else f"home {size(used)} {name}"
+
+
 def combine(
     facts: ContainerFacts, me: Mapping[str, Any] | None, problem: str | None, now: datetime
 ) -> dict[str, Any]:
-    """The status the frontend shows. ``me`` is api/me's JSON (None when there is none),
+    """The status the frontend shows (GPU or not, the home's disk usage with QUOTA_ROOT).
+    ``me`` is api/me's JSON (None when there is none),
     ``problem`` why not (None when the service is simply absent or answered).
 
     The devices are the container's own (``NVIDIA_VISIBLE_DEVICES``); the service only adds
@@ -116,5 +131,6 @@ def combine(
         "length_stop_in_s": seconds_until(entry.get("length_stop_at"), now),
         "extensions_left": extensions if isinstance(extensions, int) and extensions > 0 else 0,
         "warning": _text(entry.get("warning")),
+        "home": home_text(me.get("home")) if me is not None else None,
         "service": service,
     }

@@ -1,8 +1,9 @@
 /**
  * labhub's status-bar item: this server's GPU (or "CPU only"), its memory cap on a shared
- * slice, GPU-hours left this week and the time before an idle or length stop. A warning
- * from the GPU service becomes a notification, with "Extend session" while extensions are
- * left. Everything comes from the server extension's labhub/status (labhub_status/).
+ * slice, GPU-hours left this week, the time before an idle or length stop and, with disk
+ * quotas, the home's usage and limit. A warning from the GPU service becomes a notification,
+ * with "Extend session" while extensions are left. Everything comes from the server
+ * extension's labhub/status (labhub_status/).
  */
 import {
   JupyterFrontEnd,
@@ -36,6 +37,8 @@ interface IStatus {
   length_stop_in_s: number | null;
   extensions_left: number;
   warning: string | null;
+  /** "home 1.2 of 5 GB" with disk quotas (QUOTA_ROOT), else null. */
+  home: string | null;
   service: string;
 }
 
@@ -51,7 +54,8 @@ function duration(seconds: number): string {
 /** The item's one line and its tooltip. */
 function describe(status: IStatus): { text: string; title: string } {
   if (!status.gpu) {
-    return { text: 'CPU only', title: 'This server has no GPU.' };
+    const text = ['CPU only', status.home].filter(Boolean).join(' · ');
+    return { text, title: 'This server has no GPU.' };
   }
   const devices = status.devices
     .map(d => `GPU ${d.id}${d.model ? ` (${d.model})` : ''}`)
@@ -75,6 +79,9 @@ function describe(status: IStatus): { text: string; title: string } {
   }
   if (status.length_stop_in_s !== null) {
     parts.push(`session ends in ${duration(status.length_stop_in_s)}`);
+  }
+  if (status.home) {
+    parts.push(status.home);
   }
   const title = [
     status.display_name ?? status.profile ?? 'GPU server',
