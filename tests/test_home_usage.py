@@ -31,7 +31,7 @@ from testsupport.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 # A stack of its own beside the default one (conftest's), as test_storage_stack does.
-NAME, PORT = f"{STACK}home", HTTPS_PORT + 2
+NAME, PORT = f"{STACK}home", HTTPS_PORT + 11
 MIB = 2**20
 
 READ_ME = """
