@@ -1,7 +1,8 @@
 """The monitoring profile on a running stack: a real Prometheus scrapes the hub with its
 read:metrics token, that token reads nothing else, every panel of the shipped dashboard
 has data, a student's CPU and memory are measured as the engine sees them, and the
-exporter's Docker proxy reads nothing but user containers' stats."""
+exporter's Docker proxy reads nothing but user containers' stats, and the idle culler's
+stops show in the culls panel."""
 
 from __future__ import annotations
 
@@ -29,10 +30,10 @@ from monitoring import (
     query,
     wait_for_data,
 )
-from stacks import HTTPS_PORT, REPO, STACK, Stack, launched_stack
+from stacks import HTTPS_PORT, REPO, STACK, USERS_CREATED, Stack, launched_stack
 
 from testsupport.browsing import despite_network_changes
-from testsupport.containers import user_container
+from testsupport.containers import user_container, user_containers
 from testsupport.images import ensure_base_image
 from testsupport.waiting import wait_until
 
@@ -79,7 +80,8 @@ def test_every_dashboard_panel_has_data_after_a_student_spawns(
     assert wait_for_data(prometheus, queries) == []
     running = query(prometheus, "jupyterhub_running_servers")
     assert float(running[0]["value"][1]) >= 1
-    # Culls show once a culler stopped a server: here, only that Prometheus takes them.
+    # Culls show once a culler stopped a server (test_the_idle_cullers_stops_...): here,
+    # only that Prometheus takes the query.
     for expr in panel_queries(EVENT_METRICS):
         query(prometheus, expr)
 
@@ -315,3 +317,57 @@ def test_a_student_with_a_quota_starts_their_server_again(
     home = root / volume_name_for(username, QUOTA_STACK)
     assert home.stat().st_mode & 0o777 == 0o700
     assert diskquota.usage(home).limit == 100 * 2**20
+
+
+# A third stack whose idle culler stops a server idle for a minute (checked every minute).
+CULL_STACK, CULL_PORT, CULL_IDLE_TIMEOUT = f"{STACK}c", HTTPS_PORT + 2, 60
+
+
+@pytest.fixture(scope="module")
+def culling_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    extra = {"IDLE_TIMEOUT": str(CULL_IDLE_TIMEOUT)}
+    with launched_stack(tmp_path_factory, CULL_STACK, CULL_PORT, extra) as stack:
+        yield stack
+
+
+def test_the_idle_cullers_stops_are_counted_in_the_culls_panel(
+    culling_stack: Stack, username: str
+) -> None:
+    """A server without a GPU left idle is stopped by the hub-wide idle culler: the culls
+    panel shows it as "hub-idle"; a student stopping their own server is no cull."""
+    stack = culling_stack
+    hub_culls = 'labhub_culls_total{job="jupyterhub",reason="hub-idle"}'
+    with prometheus_of(stack) as prometheus:
+        # The series is there at 0 before any cull, so that increase() counts the first.
+        assert wait_for_data(prometheus, [hub_culls]) == []
+        assert value(prometheus, hub_culls) == 0
+        # Stopped by its owner well within the idle timeout: not a cull.
+        stopper, idler = f"{username}-own", username
+        USERS_CREATED.append(stopper)
+        client = stack.login(stopper)
+        client.start_server(stopper)
+        client.stop_server(stopper)
+        # Left idle: the culler stops it within the timeout and one round of the culler.
+        student = stack.login(idler)
+        student.start_server(idler)
+        wait_until(
+            lambda: student.api("GET", f"/users/{idler}").json().get("servers"),
+            CULL_IDLE_TIMEOUT + 60 + 60,
+            f"the idle culler to stop {idler}'s server",
+            done=lambda servers: not servers,
+            interval=5,
+        )
+        # At the engine: the server's container is gone (the home volume stays).
+        assert user_containers(CULL_STACK, idler) == []
+        wait_until(
+            lambda: value(prometheus, hub_culls),
+            60,
+            "Prometheus to scrape the hub's count of the cull",
+            done=lambda seen: seen > 0,
+            interval=5,
+        )
+        assert value(prometheus, hub_culls) == 1
+        # The dashboard's own culls query returns that cull, by reason.
+        [panel] = panel_queries(EVENT_METRICS)
+        by_reason = {r["metric"]["reason"]: float(r["value"][1]) for r in query(prometheus, panel)}
+        assert by_reason.get("hub-idle", 0) > 0, by_reason
