@@ -232,7 +232,16 @@ def test_the_exporters_proxy_reads_user_containers_stats_and_nothing_else(
     listing = urllib.parse.urlencode({"filters": json.dumps(metrics_list_filters(STACK))})
     status, answer = proxied(exporter, "GET", f"/containers/json?{listing}")
     assert status == 200 and mine.id in answer and hub.id not in answer
+    # Disk usage: the sizes of this stack's user volumes, none of the engine's images,
+    # containers, or other volumes.
+    status, answer = proxied(exporter, "GET", "/system/df")
+    sizes = json.loads(answer.split("\r\n\r\n", 1)[1])
+    assert status == 200 and list(sizes) == ["Volumes"], answer[:300]
+    assert volume_name_for(username, STACK) in sizes["Volumes"]
+    assert all(name.startswith(f"{STACK}-user-") for name in sizes["Volumes"]), sizes
     refused = [
+        ("GET", "/system/df?type=volume", "takes no parameters"),
+        ("GET", "/system/info", "not needed by the metrics exporter"),
         ("GET", f"/containers/{hub.id}/stats?stream=false", "not a labhub user container"),
         ("GET", f"/containers/{exporter.id}/stats?stream=false", "not a labhub user container"),
         (
@@ -256,8 +265,31 @@ def test_the_exporters_proxy_reads_user_containers_stats_and_nothing_else(
     assert mine.status == "running"
 
 
-# A second stack, with disk quotas: its name and port follow the default stack's.
-QUOTA_STACK, QUOTA_PORT = f"{STACK}q", HTTPS_PORT + 1
+def test_without_quotas_a_students_home_is_measured_as_the_engine_sizes_it(
+    stack: Stack, prometheus: str, username: str
+) -> None:
+    student = stack.login(username)
+    student.start_server(username)
+    assert "written" in stack.run(student, username, WRITE_30M)
+    # The proxy asks the engine at most every 5 min: a restarted one asks at the next scrape.
+    compose_service("metrics-docker-proxy").restart()
+    used = f'labhub_home_used_bytes{{user="{username}"}}'
+    wait_until(
+        lambda: value(prometheus, used),
+        150,
+        f"Prometheus to see {username}'s 30 MiB home (bytes)",
+        done=lambda seen: seen >= 30 * 2**20,
+        interval=5,
+    )
+    # At the engine: the size of the student's home volume, as `docker system df -v`.
+    volumes = docker.from_env().df()["Volumes"]
+    [home] = [v for v in volumes if v["Name"] == volume_name_for(username, STACK)]
+    assert value(prometheus, used) == pytest.approx(home["UsageData"]["Size"], rel=0.1)
+    # No quota, no limit series; the disk panel's use query has data.
+    assert query(prometheus, f'labhub_home_limit_bytes{{user="{username}"}}') == []
+    assert wait_for_data(prometheus, panel_queries(("labhub_home_used_bytes",))) == []
+
+
 WRITE_30M = """
 import os
 with open("/home/jovyan/blob.bin", "wb") as f:
@@ -267,6 +299,9 @@ with open("/home/jovyan/blob.bin", "wb") as f:
 os.sync()
 print("written")
 """
+
+# A second stack, with disk quotas: its name and port follow the default stack's.
+QUOTA_STACK, QUOTA_PORT = f"{STACK}q", HTTPS_PORT + 1
 
 
 @pytest.fixture(scope="module")
