@@ -31,7 +31,10 @@ def prometheus_of(stack: Stack) -> Iterator[str]:
     """The stack's own Prometheus service, started from its compose file, removed after."""
     # --build: the image of this checkout, not one left by an earlier run under the tag.
     # Its dependencies (the per-user exporter and its Docker proxy) start with it.
-    stack.compose("--profile", "monitoring", "up", "-d", "--build", "--wait", "prometheus")
+    started = stack.compose(
+        "--profile", "monitoring", "up", "-d", "--build", "--wait", "prometheus", check=False
+    )
+    assert started.returncode == 0, f"the monitoring profile did not start: {started.stderr}"
     try:
         yield f"http://127.0.0.1:{stack.value('PROMETHEUS_PORT')}"
     finally:

@@ -192,6 +192,19 @@ def proxied(exporter: Container, method: str, target: str) -> tuple[int, str]:
     return int(answer.split(" ", 2)[1]), answer
 
 
+def fresh_disk_usage(exporter: Container) -> None:
+    """Restart the exporter's proxy, which asks the engine's disk usage at most every
+    5 min, so that its next answer is read now; wait until it answers again."""
+    compose_service("metrics-docker-proxy").restart()
+    wait_until(
+        lambda: proxied(exporter, "GET", "/_ping")[0],
+        30,
+        "the restarted metrics proxy to answer",
+        done=lambda status: status == 200,
+        ignoring=(AssertionError,),
+    )
+
+
 def compose_service(name: str) -> Container:
     """The running container of this test stack's compose service `name`."""
     labels = [f"com.docker.compose.project={STACK}", f"com.docker.compose.service={name}"]
@@ -233,12 +246,15 @@ def test_the_exporters_proxy_reads_user_containers_stats_and_nothing_else(
     status, answer = proxied(exporter, "GET", f"/containers/json?{listing}")
     assert status == 200 and mine.id in answer and hub.id not in answer
     # Disk usage: the sizes of this stack's user volumes, none of the engine's images,
-    # containers, or other volumes.
+    # containers, or other volumes (the hub's, other stacks' users').
+    fresh_disk_usage(exporter)
     status, answer = proxied(exporter, "GET", "/system/df")
     sizes = json.loads(answer.split("\r\n\r\n", 1)[1])
     assert status == 200 and list(sizes) == ["Volumes"], answer[:300]
     assert volume_name_for(username, STACK) in sizes["Volumes"]
     assert all(name.startswith(f"{STACK}-user-") for name in sizes["Volumes"]), sizes
+    engine_volumes = {volume["Name"] for volume in docker.from_env().df()["Volumes"]}
+    assert set(sizes["Volumes"]) < engine_volumes
     refused = [
         ("GET", "/system/df?type=volume", "takes no parameters"),
         ("GET", "/system/info", "not needed by the metrics exporter"),
@@ -271,8 +287,7 @@ def test_without_quotas_a_students_home_is_measured_as_the_engine_sizes_it(
     student = stack.login(username)
     student.start_server(username)
     assert "written" in stack.run(student, username, WRITE_30M)
-    # The proxy asks the engine at most every 5 min: a restarted one asks at the next scrape.
-    compose_service("metrics-docker-proxy").restart()
+    fresh_disk_usage(compose_service("container-metrics"))
     used = f'labhub_home_used_bytes{{user="{username}"}}'
     wait_until(
         lambda: value(prometheus, used),
