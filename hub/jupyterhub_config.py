@@ -14,6 +14,7 @@ from labhub import course
 from labhub.apiguard import guard_api_bodies
 from labhub.auth import authenticator_config, discover_endpoints, provider_ca_bundle
 from labhub.contract import WORKSPACE_DEFAULT_URL
+from labhub.culls import IDLE_CULLER, log_and_count_culls
 from labhub.gpu.allocator import load_allocator
 from labhub.native import TEMPLATES as HUB_TEMPLATES
 from labhub.settings import Settings, SettingsError, check_files, settings_environment
@@ -46,7 +47,12 @@ guard_api_bodies()
 c.JupyterHub.bind_url = "http://:8000"
 c.JupyterHub.public_url = settings.public_url
 # Every cookie (the XSRF one too) is Secure: the hub is only ever reached over https.
-c.JupyterHub.tornado_settings = {"cookie_options": {"secure": True}}
+# Requests are logged as JupyterHub logs them, and the idle culler's stops are counted
+# (labhub_culls_total{reason="hub-idle"} on /hub/metrics, labhub.culls).
+c.JupyterHub.tornado_settings = {
+    "cookie_options": {"secure": True},
+    "log_function": log_and_count_culls,
+}
 if settings.subdomains:
     # Each user's server at https://<user>.DOMAIN/: browsers keep users' pages apart.
     c.JupyterHub.subdomain_host = settings.public_url
@@ -95,12 +101,12 @@ c.JupyterHub.load_roles = [
     {
         "name": "idle-culler",
         "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
-        "services": ["idle-culler"],
+        "services": [IDLE_CULLER],
     }
 ]
 c.JupyterHub.services = [
     {
-        "name": "idle-culler",
+        "name": IDLE_CULLER,
         "command": [
             sys.executable,
             "-m",

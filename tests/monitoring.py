@@ -18,7 +18,8 @@ DASHBOARD = REPO / "compose/monitoring/grafana/dashboards/labhub.json"
 NVML_METRICS = ("labhub_gpu_utilisation_ratio", "labhub_gpu_memory_used_bytes")
 # Counters with no series until the event happens once (a culler stopping a server).
 EVENT_METRICS = ("labhub_culls_total",)
-# Only with QUOTA_ROOT (btrfs homes).
+# The homes' disk: the limit only with QUOTA_ROOT; without it, the use is read from the
+# engine every 5 min, so a home made since shows up to 5 min later.
 QUOTA_METRICS = ("labhub_home_used_bytes", "labhub_home_limit_bytes")
 # The compose profile "monitoring": removed together after a test, so that no later test
 # finds a socket holder it does not expect.
@@ -30,7 +31,10 @@ def prometheus_of(stack: Stack) -> Iterator[str]:
     """The stack's own Prometheus service, started from its compose file, removed after."""
     # --build: the image of this checkout, not one left by an earlier run under the tag.
     # Its dependencies (the per-user exporter and its Docker proxy) start with it.
-    stack.compose("--profile", "monitoring", "up", "-d", "--build", "--wait", "prometheus")
+    started = stack.compose(
+        "--profile", "monitoring", "up", "-d", "--build", "--wait", "prometheus", check=False
+    )
+    assert started.returncode == 0, f"the monitoring profile did not start: {started.stderr}"
     try:
         yield f"http://127.0.0.1:{stack.value('PROMETHEUS_PORT')}"
     finally:

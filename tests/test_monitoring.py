@@ -1,7 +1,8 @@
 """The monitoring profile on a running stack: a real Prometheus scrapes the hub with its
 read:metrics token, that token reads nothing else, every panel of the shipped dashboard
 has data, a student's CPU and memory are measured as the engine sees them, and the
-exporter's Docker proxy reads nothing but user containers' stats."""
+exporter's Docker proxy reads nothing but user containers' stats, and the idle culler's
+stops show in the culls panel."""
 
 from __future__ import annotations
 
@@ -29,10 +30,10 @@ from monitoring import (
     query,
     wait_for_data,
 )
-from stacks import HTTPS_PORT, REPO, STACK, Stack, launched_stack
+from stacks import HTTPS_PORT, REPO, STACK, USERS_CREATED, Stack, launched_stack
 
 from testsupport.browsing import despite_network_changes
-from testsupport.containers import user_container
+from testsupport.containers import user_container, user_containers
 from testsupport.images import ensure_base_image
 from testsupport.waiting import wait_until
 
@@ -79,7 +80,8 @@ def test_every_dashboard_panel_has_data_after_a_student_spawns(
     assert wait_for_data(prometheus, queries) == []
     running = query(prometheus, "jupyterhub_running_servers")
     assert float(running[0]["value"][1]) >= 1
-    # Culls show once a culler stopped a server: here, only that Prometheus takes them.
+    # Culls show once a culler stopped a server (test_the_idle_cullers_stops_...): here,
+    # only that Prometheus takes the query.
     for expr in panel_queries(EVENT_METRICS):
         query(prometheus, expr)
 
@@ -190,6 +192,19 @@ def proxied(exporter: Container, method: str, target: str) -> tuple[int, str]:
     return int(answer.split(" ", 2)[1]), answer
 
 
+def fresh_disk_usage(exporter: Container) -> None:
+    """Restart the exporter's proxy, which asks the engine's disk usage at most every
+    5 min, so that its next answer is read now; wait until it answers again."""
+    compose_service("metrics-docker-proxy").restart()
+    wait_until(
+        lambda: proxied(exporter, "GET", "/_ping")[0],
+        30,
+        "the restarted metrics proxy to answer",
+        done=lambda status: status == 200,
+        ignoring=(AssertionError,),
+    )
+
+
 def compose_service(name: str) -> Container:
     """The running container of this test stack's compose service `name`."""
     labels = [f"com.docker.compose.project={STACK}", f"com.docker.compose.service={name}"]
@@ -230,7 +245,19 @@ def test_the_exporters_proxy_reads_user_containers_stats_and_nothing_else(
     listing = urllib.parse.urlencode({"filters": json.dumps(metrics_list_filters(STACK))})
     status, answer = proxied(exporter, "GET", f"/containers/json?{listing}")
     assert status == 200 and mine.id in answer and hub.id not in answer
+    # Disk usage: the sizes of this stack's user volumes, none of the engine's images,
+    # containers, or other volumes (the hub's, other stacks' users').
+    fresh_disk_usage(exporter)
+    status, answer = proxied(exporter, "GET", "/system/df")
+    sizes = json.loads(answer.split("\r\n\r\n", 1)[1])
+    assert status == 200 and list(sizes) == ["Volumes"], answer[:300]
+    assert volume_name_for(username, STACK) in sizes["Volumes"]
+    assert all(name.startswith(f"{STACK}-user-") for name in sizes["Volumes"]), sizes
+    engine_volumes = {volume["Name"] for volume in docker.from_env().df()["Volumes"]}
+    assert set(sizes["Volumes"]) < engine_volumes
     refused = [
+        ("GET", "/system/df?type=volume", "takes no parameters"),
+        ("GET", "/system/info", "not needed by the metrics exporter"),
         ("GET", f"/containers/{hub.id}/stats?stream=false", "not a labhub user container"),
         ("GET", f"/containers/{exporter.id}/stats?stream=false", "not a labhub user container"),
         (
@@ -254,8 +281,30 @@ def test_the_exporters_proxy_reads_user_containers_stats_and_nothing_else(
     assert mine.status == "running"
 
 
-# A second stack, with disk quotas: its name and port follow the default stack's.
-QUOTA_STACK, QUOTA_PORT = f"{STACK}q", HTTPS_PORT + 1
+def test_without_quotas_a_students_home_is_measured_as_the_engine_sizes_it(
+    stack: Stack, prometheus: str, username: str
+) -> None:
+    student = stack.login(username)
+    student.start_server(username)
+    assert "written" in stack.run(student, username, WRITE_30M)
+    fresh_disk_usage(compose_service("container-metrics"))
+    used = f'labhub_home_used_bytes{{user="{username}"}}'
+    wait_until(
+        lambda: value(prometheus, used),
+        150,
+        f"Prometheus to see {username}'s 30 MiB home (bytes)",
+        done=lambda seen: seen >= 30 * 2**20,
+        interval=5,
+    )
+    # At the engine: the size of the student's home volume, as `docker system df -v`.
+    volumes = docker.from_env().df()["Volumes"]
+    [home] = [v for v in volumes if v["Name"] == volume_name_for(username, STACK)]
+    assert value(prometheus, used) == pytest.approx(home["UsageData"]["Size"], rel=0.1)
+    # No quota, no limit series; the disk panel's use query has data.
+    assert query(prometheus, f'labhub_home_limit_bytes{{user="{username}"}}') == []
+    assert wait_for_data(prometheus, panel_queries(("labhub_home_used_bytes",))) == []
+
+
 WRITE_30M = """
 import os
 with open("/home/jovyan/blob.bin", "wb") as f:
@@ -265,6 +314,9 @@ with open("/home/jovyan/blob.bin", "wb") as f:
 os.sync()
 print("written")
 """
+
+# A second stack, with disk quotas: its name and port follow the default stack's.
+QUOTA_STACK, QUOTA_PORT = f"{STACK}q", HTTPS_PORT + 1
 
 
 @pytest.fixture(scope="module")
@@ -315,3 +367,57 @@ def test_a_student_with_a_quota_starts_their_server_again(
     home = root / volume_name_for(username, QUOTA_STACK)
     assert home.stat().st_mode & 0o777 == 0o700
     assert diskquota.usage(home).limit == 100 * 2**20
+
+
+# A third stack whose idle culler stops a server idle for a minute (checked every minute).
+CULL_STACK, CULL_PORT, CULL_IDLE_TIMEOUT = f"{STACK}c", HTTPS_PORT + 2, 60
+
+
+@pytest.fixture(scope="module")
+def culling_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    extra = {"IDLE_TIMEOUT": str(CULL_IDLE_TIMEOUT)}
+    with launched_stack(tmp_path_factory, CULL_STACK, CULL_PORT, extra) as stack:
+        yield stack
+
+
+def test_the_idle_cullers_stops_are_counted_in_the_culls_panel(
+    culling_stack: Stack, username: str
+) -> None:
+    """A server without a GPU left idle is stopped by the hub-wide idle culler: the culls
+    panel shows it as "hub-idle"; a student stopping their own server is no cull."""
+    stack = culling_stack
+    hub_culls = 'labhub_culls_total{job="jupyterhub",reason="hub-idle"}'
+    with prometheus_of(stack) as prometheus:
+        # The series is there at 0 before any cull, so that increase() counts the first.
+        assert wait_for_data(prometheus, [hub_culls]) == []
+        assert value(prometheus, hub_culls) == 0
+        # Stopped by its owner well within the idle timeout: not a cull.
+        stopper, idler = f"{username}-own", username
+        USERS_CREATED.append(stopper)
+        client = stack.login(stopper)
+        client.start_server(stopper)
+        client.stop_server(stopper)
+        # Left idle: the culler stops it within the timeout and one round of the culler.
+        student = stack.login(idler)
+        student.start_server(idler)
+        wait_until(
+            lambda: student.api("GET", f"/users/{idler}").json().get("servers"),
+            CULL_IDLE_TIMEOUT + 60 + 60,
+            f"the idle culler to stop {idler}'s server",
+            done=lambda servers: not servers,
+            interval=5,
+        )
+        # At the engine: the server's container is gone (the home volume stays).
+        assert user_containers(CULL_STACK, idler) == []
+        wait_until(
+            lambda: value(prometheus, hub_culls),
+            60,
+            "Prometheus to scrape the hub's count of the cull",
+            done=lambda seen: seen > 0,
+            interval=5,
+        )
+        assert value(prometheus, hub_culls) == 1
+        # The dashboard's own culls query returns that cull, by reason.
+        [panel] = panel_queries(EVENT_METRICS)
+        by_reason = {r["metric"]["reason"]: float(r["value"][1]) for r in query(prometheus, panel)}
+        assert by_reason.get("hub-idle", 0) > 0, by_reason

@@ -9,9 +9,12 @@ does not come in time is left out and counted in `labhub_container_stats_failed`
 
 CPU is a counter (seconds of CPU time since the container started): Prometheus's `rate()`
 turns it into cores in use. Memory is what `docker stats` shows: usage less the inactive
-page cache. Disk, with QUOTA_ROOT: the home's usage and limit as its btrfs qgroup counts
-them, read from the diskquota service's usage socket (`labhub.diskquota.read_usage`), for
-the users whose server runs; without quotas there is no such socket and no disk metric.
+page cache. Disk, for the users whose server runs: with QUOTA_ROOT, the home's usage and
+limit as its btrfs qgroup counts them, read from the diskquota service's usage socket
+(`labhub.diskquota.read_usage`); without quotas (no such socket), the home volume's size
+as the engine's disk usage (`GET /system/df`) counts it, which the proxy reads from the
+engine at most once every DISK_USAGE_EVERY seconds and cuts down to the stack's user
+volumes.
 
 Run: labhub-container-metrics (DOCKER_HOST, DOCKER_NETWORK, LISTEN_PORT from the environment).
 """
@@ -105,7 +108,10 @@ def families(
     )
     missed.add_metric([], failed)
     home_used = GaugeMetricFamily(
-        "labhub_home_used_bytes", "Bytes in a user's home (btrfs qgroup)", labels=["user"]
+        "labhub_home_used_bytes",
+        "Bytes in a user's home (its btrfs qgroup with QUOTA_ROOT, else the engine's "
+        "volume size, read at most every few minutes)",
+        labels=["user"],
     )
     home_limit = GaugeMetricFamily(
         "labhub_home_limit_bytes", "A user's disk quota (QUOTA_ROOT)", labels=["user"]
@@ -167,13 +173,17 @@ class Engine:
         return samples, failed
 
     async def homes(self) -> dict[str, diskquota.Usage]:
-        """Every home's usage by volume name, from the diskquota service; none without
-        quotas (no socket) or when it does not answer within the budget."""
-        if not os.path.exists(self.usage_socket):
-            return {}
+        """Every home's usage by volume name: from the diskquota service with quotas (its
+        socket exists), else the volumes' sizes from the engine's disk usage; none when
+        it does not answer within the budget."""
         try:
-            return await asyncio.wait_for(diskquota.read_usage(self.usage_socket), SCRAPE_BUDGET)
-        except (diskquota.DiskQuotaError, TimeoutError) as error:
+            if os.path.exists(self.usage_socket):
+                return await asyncio.wait_for(
+                    diskquota.read_usage(self.usage_socket), SCRAPE_BUDGET
+                )
+            sizes: dict[str, int] = (await self._get("/system/df"))["Volumes"]
+            return {volume: diskquota.Usage(used=size, limit=0) for volume, size in sizes.items()}
+        except (diskquota.DiskQuotaError, TimeoutError, httpclient.HTTPError, OSError) as error:
             log.warning("homes' usage not read: %s", error)
             return {}
 

@@ -10,7 +10,9 @@ Three policies, one per client of the proxy:
 * `FrontendPolicy` (nginx-proxy and acme-companion, `compose/nginx-proxy.yml`): read
   container metadata and events, and reload the nginx-proxy container;
 * `MetricsPolicy` (`labhub.containermetrics`, MONITORING=true): list the stack's user
-  containers and read one sample of a user container's resource use, nothing else.
+  containers, read one sample of a user container's resource use, and the sizes of the
+  stack's user volumes (`GET /system/df`, answered by the relay from a cached call and
+  cut down to those volumes by `user_volume_sizes`), nothing else.
 
 `check_request` / `check_frontend_request` / `check_metrics_request` return an
 `Allowed`: the request-target rebuilt from what was checked (route and known query
@@ -61,6 +63,9 @@ class Allowed:
     owned_kind: str = "container"
     # Set when the owned container must also be on this network (one stack's users only).
     owner_network: str = ""
+    # Set for GET /system/df: the relay answers itself with the sizes of this stack's user
+    # volumes (`user_volume_sizes`), from one engine call every DISK_USAGE_EVERY seconds.
+    volumes_of: str = ""
 
 
 @dataclass(frozen=True)
@@ -303,7 +308,30 @@ def check_metrics_request(policy: MetricsPolicy, method: str, target: str, body:
             m["id"],
             owner_network=policy.network,
         )
+    if m := _route(r"/system/df", path):
+        if params:
+            raise Refused("disk usage takes no parameters")
+        return Allowed(path, m["version"] or "", volumes_of=policy.network)
     raise Refused(f"{method} {path} is not needed by the metrics exporter")
+
+
+# The engine answers GET /system/df by sizing every image, every container's writable
+# layer and every volume (it reads every file of every volume): the relay calls it at most
+# once in this many seconds, whatever the exporter asks.
+DISK_USAGE_EVERY = 300.0
+
+
+def user_volume_sizes(disk_usage: Mapping[str, Any], network: str) -> dict[str, int]:
+    """What the exporter gets of the engine's disk usage: each user volume of the stack
+    on `network` and its size in bytes (none of the engine's images, containers, or other
+    stacks' volumes). A volume the engine did not size (-1) is left out."""
+    prefix = volume_prefix(network)
+    sizes = {}
+    for volume in disk_usage.get("Volumes") or []:
+        size = (volume.get("UsageData") or {}).get("Size", -1)
+        if str(volume.get("Name", "")).startswith(prefix) and size >= 0:
+            sizes[volume["Name"]] = size
+    return sizes
 
 
 def metrics_list_filters(network: str) -> dict[str, list[str]]:

@@ -23,6 +23,10 @@ one request:
    the client's head is forwarded;
 5. it streams the engine's answer back and closes both connections.
 
+One request is answered by the relay itself: the metrics exporter's `GET /system/df`
+(`DiskUsage`), from one engine call every DISK_USAGE_EVERY seconds, cut down to the
+sizes of its stack's user volumes.
+
 Run: python -m labhub.dockerproxy (settings from the environment, see `main`).
 """
 
@@ -35,11 +39,14 @@ import logging
 import os
 import re
 import socket
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from .datasets import DatasetsError, load_datasets
 from .dockerpolicy import (
+    DISK_USAGE_EVERY,
     MAX_BODY,
     Allowed,
     FrontendPolicy,
@@ -52,6 +59,7 @@ from .dockerpolicy import (
     check_request,
     check_swarm_request,
     inspect_target,
+    user_volume_sizes,
 )
 from .settings import names
 
@@ -162,8 +170,8 @@ async def _read_some(reader: asyncio.StreamReader) -> bytes:
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, socket_path: str) -> None:
-        super().__init__("docker", timeout=30)
+    def __init__(self, socket_path: str, timeout: float = 30) -> None:
+        super().__init__("docker", timeout=timeout)
         self.socket_path = socket_path
 
     def connect(self) -> None:
@@ -172,14 +180,39 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
         self.sock.connect(self.socket_path)
 
 
-def _inspect(socket_path: str, target: str) -> tuple[int, bytes]:
-    connection = _UnixHTTPConnection(socket_path)
+def _inspect(socket_path: str, target: str, timeout: float = 30) -> tuple[int, bytes]:
+    connection = _UnixHTTPConnection(socket_path, timeout)
     try:
         connection.request("GET", target)
         response = connection.getresponse()
         return response.status, response.read()
     finally:
         connection.close()
+
+
+@dataclass
+class DiskUsage:
+    """The engine's disk usage, read at most once every `every` seconds whatever the
+    client asks (the engine reads every file of every volume to answer it)."""
+
+    socket_path: str
+    every: float = DISK_USAGE_EVERY
+    read_at: float = float("-inf")
+    usage: dict[str, Any] = field(default_factory=dict)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def answer(self, allowed: Allowed) -> bytes:
+        """`{"Volumes": {name: bytes}}` for the stack's user volumes (`allowed.volumes_of`)."""
+        async with self.lock:  # one engine call at a time, the others wait for its answer
+            if time.monotonic() - self.read_at >= self.every:
+                status, body = await asyncio.to_thread(
+                    _inspect, self.socket_path, allowed.target, self.every
+                )
+                if status != 200:
+                    raise OSError(f"the engine answered {status} to {allowed.target}")
+                self.usage, self.read_at = json.loads(body), time.monotonic()
+        sizes = user_volume_sizes(self.usage, allowed.volumes_of)
+        return json.dumps({"Volumes": sizes}).encode()
 
 
 async def _respond(writer: asyncio.StreamWriter, status: int, message: str) -> None:
@@ -205,6 +238,7 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 async def handle(
     check: Check,
     socket_path: str,
+    disk_usage: DiskUsage,
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
 ) -> None:
@@ -223,6 +257,9 @@ async def handle(
         method, target = head.method, head.target
         try:
             allowed = check(method, target, body)
+            if allowed.volumes_of:
+                await _send_json(writer, 200, await disk_usage.answer(allowed))
+                return
             if allowed.owned_container is not None:
                 status, inspected = await asyncio.to_thread(
                     _inspect, socket_path, inspect_target(allowed)
@@ -316,9 +353,11 @@ def main() -> None:
     # running it on the host use 127.0.0.1.
     host = os.environ.get("LISTEN_HOST", "0.0.0.0")
 
+    disk_usage = DiskUsage(socket_path)
+
     async def serve() -> None:
         server = await asyncio.start_server(
-            lambda r, w: handle(check, socket_path, r, w), host=host, port=port
+            lambda r, w: handle(check, socket_path, disk_usage, r, w), host=host, port=port
         )
         log.info("forwarding checked requests to %s on %s:%d", socket_path, host, port)
         async with server:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from labhub import containermetrics, diskquota
 from labhub.containermetrics import Engine, Usage, families, usage_of
-from labhub.contract import OWNER_LABEL, SERVER_LABEL
+from labhub.contract import OWNER_LABEL, SERVER_LABEL, volume_name_for
 from prometheus_client.parser import text_string_to_metric_families
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient
@@ -124,3 +124,51 @@ def test_a_scrape_reports_what_came_in_time_and_counts_the_rest(
     assert got[("labhub_container_memory_bytes", "ada")] == 10 << 20
     assert ("labhub_container_memory_bytes", "slow") not in got
     assert got[("labhub_container_stats_failed", None)] == 2
+
+
+class EngineWithVolumes(web.RequestHandler):
+    """The metrics proxy of a stack without quotas: one user container (ada's), its
+    stats, and the stack's user volumes' sizes (what the proxy makes of /system/df)."""
+
+    def get(self, what: str) -> None:
+        answers: dict[str, Any] = {
+            "containers/json": [{"Id": "a1", "Labels": {OWNER_LABEL: "ada"}}],
+            "containers/a1/stats": stats(10 << 20, {}, cpu_ns=10**9),
+            "system/df": {
+                "Volumes": {
+                    volume_name_for("ada", "lab"): 42 << 20,
+                    volume_name_for("bo", "lab"): 1,
+                }
+            },
+        }
+        self.finish(json.dumps(answers[what]))
+
+
+def test_without_quotas_a_running_users_home_is_its_volumes_size(tmp_path: Any) -> None:
+    """No diskquota socket: the home's bytes come from the engine's disk usage, for the
+    users whose server runs only (bo's server does not), and with no limit series."""
+
+    async def scenario() -> str:
+        engine_socket, engine_port = bind_unused_port()
+        engine_server = HTTPServer(web.Application([(r"/(.+)", EngineWithVolumes)]))
+        engine_server.add_sockets([engine_socket])
+        engine = Engine(f"tcp://127.0.0.1:{engine_port}", "lab", str(tmp_path / "no.sock"))
+        exporter_socket, exporter_port = bind_unused_port()
+        exporter = HTTPServer(containermetrics.make_app(engine))
+        exporter.add_sockets([exporter_socket])
+        client = AsyncHTTPClient(force_instance=True)
+        try:
+            response = await client.fetch(f"http://127.0.0.1:{exporter_port}/metrics")
+            return response.body.decode()
+        finally:
+            client.close()
+            exporter.stop()
+            engine_server.stop()
+
+    got = {
+        (s.name, s.labels.get("user")): s.value
+        for f in text_string_to_metric_families(asyncio.run(scenario()))
+        for s in f.samples
+    }
+    homes = {key: value for key, value in got.items() if key[0].startswith("labhub_home")}
+    assert homes == {("labhub_home_used_bytes", "ada"): 42 << 20}

@@ -37,9 +37,11 @@ from labhub.dockerpolicy import (
     check_owner,
     check_request,
     inspect_target,
+    user_volume_sizes,
 )
 from labhub.dockerproxy import (
     BadRequest,
+    DiskUsage,
     RequestHead,
     parse_head,
     policy_from_env,
@@ -822,6 +824,77 @@ def _user_list(**filters: list[str]) -> str:
 def test_the_exporter_can_read_nothing_else(method: str, target: str, reason: str) -> None:
     with pytest.raises(Refused, match=reason):
         check_metrics_request(METRICS, method, target, b"")
+
+
+@pytest.mark.parametrize("target", ["/v1.41/system/df", "/system/df"])
+def test_the_exporter_reads_disk_usage_cut_to_its_stacks_volumes(target: str) -> None:
+    allowed = check_metrics_request(METRICS, "GET", target, b"")
+    assert (allowed.target, allowed.volumes_of, allowed.owned_container) == (target, "labhub", None)
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "reason"),
+    [
+        # API 1.42's type=... is ignored by older engines: no parameter is let through.
+        ("GET", "/system/df?type=volume", "takes no parameters"),
+        ("GET", "/system/df?verbose=1", "takes no parameters"),
+        ("POST", "/system/df", "only reads"),
+        ("GET", "/system/info", "not needed by the metrics exporter"),
+        ("GET", "/system/df/x", "not needed by the metrics exporter"),
+    ],
+)
+def test_disk_usage_is_the_plain_read_only(method: str, target: str, reason: str) -> None:
+    with pytest.raises(Refused, match=reason):
+        check_metrics_request(METRICS, method, target, b"")
+
+
+# The parts of an engine's GET /system/df answer (API 1.41) that matter here.
+DISK_USAGE = {
+    "LayersSize": 10**10,
+    "Images": [{"Id": "sha256:1", "RepoTags": ["labhub/hub:1"], "Size": 10**9}],
+    "Containers": [{"Id": "c1", "Names": ["/labhub-hub-1"], "Labels": {"a": "b"}}],
+    "Volumes": [
+        {"Name": f"{VOLUME_PREFIX}ada", "Labels": {}, "UsageData": {"Size": 5 << 20}},
+        {"Name": f"{VOLUME_PREFIX}bo", "UsageData": {"Size": -1, "RefCount": -1}},
+        {"Name": "lab2-user-ada", "UsageData": {"Size": 7 << 20}},
+        {"Name": "labhub-hub-data", "UsageData": {"Size": 1 << 20}},
+    ],
+}
+
+
+def test_the_exporter_gets_only_the_sizes_of_its_stacks_user_volumes() -> None:
+    """No image, container, hub volume or other stack's volume; an unsized one left out."""
+    assert user_volume_sizes(DISK_USAGE, "labhub") == {f"{VOLUME_PREFIX}ada": 5 << 20}
+    assert user_volume_sizes(DISK_USAGE, "lab2") == {"lab2-user-ada": 7 << 20}
+    assert user_volume_sizes({"Volumes": None}, "labhub") == {}
+
+
+def test_disk_usage_is_read_from_the_engine_at_most_once_per_period(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Many asks at once, then again within the period: one engine call; after it, one
+    more. The answer holds the stack's user volumes' sizes and nothing else."""
+    calls: list[str] = []
+
+    def engine(socket_path: str, target: str, timeout: float) -> tuple[int, bytes]:
+        calls.append(target)
+        return 200, json.dumps(DISK_USAGE).encode()
+
+    monkeypatch.setattr("labhub.dockerproxy._inspect", engine)
+    allowed = check_metrics_request(METRICS, "GET", "/v1.41/system/df", b"")
+    cache = DiskUsage("/nowhere.sock", every=300)
+
+    async def asks(times: int) -> list[bytes]:
+        return list(await asyncio.gather(*(cache.answer(allowed) for _ in range(times))))
+
+    answers = asyncio.run(asks(5))
+    assert calls == ["/v1.41/system/df"]
+    assert all(json.loads(a) == {"Volumes": {f"{VOLUME_PREFIX}ada": 5 << 20}} for a in answers)
+    asyncio.run(asks(1))
+    assert len(calls) == 1
+    cache.read_at -= 300
+    asyncio.run(asks(1))
+    assert len(calls) == 2
 
 
 def test_the_metrics_instance_gets_the_stacks_network() -> None:
