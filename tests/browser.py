@@ -76,8 +76,16 @@ def open_the_notebook(
     """
     from playwright.sync_api import expect
 
-    stack.browser_login(page, username)
-    page.wait_for_url(f"**/user/{username}/lab/**", timeout=300_000)
+    def reached(url: str) -> bool:
+        return f"/user/{username}/lab" in url or url.startswith("chrome-error://")
+
+    for attempt in range(3):
+        stack.browser_login(page, username)
+        page.wait_for_url(reached, timeout=300_000)
+        if not page.url.startswith("chrome-error://"):
+            break
+        if attempt == 2:
+            raise AssertionError(f"{username}'s lab never loaded: {page.url}")
     idle = page.get_by_role("button", name=f"{kernel} | Idle")
     for attempt in range(3):
         try:

@@ -181,8 +181,10 @@ class Stack:
                     return  # the form went through before the network changed
                 page.fill("#username_input", username)
                 page.fill("#password_input", password)
-                page.click("#login_submit")
-                page.wait_for_load_state("domcontentloaded")
+                # Until the answer to the form's POST has loaded (the hub's next page or
+                # Chromium's error page), not just the login page that sent it.
+                with page.expect_navigation(wait_until="domcontentloaded"):
+                    page.click("#login_submit")
             except Error as error:
                 if not network_changed(error) or attempt == attempts - 1:
                     raise

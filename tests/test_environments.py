@@ -216,10 +216,13 @@ def test_pip_install_user_survives_a_server_restart(
 
 CREATE_AS_THE_HUB = """
 import sys, docker
+from labhub.contract import USER_LOG_CONFIG
+from labhub.spawner import tmp_options
 api = docker.APIClient(base_url="tcp://docker-proxy:2375", version="1.41")
 host = api.create_host_config(
     mem_limit=2**30, pids_limit=64, network_mode=sys.argv[3], cap_drop=["ALL"],
     security_opt=["no-new-privileges:true"], cpu_period=100000, cpu_quota=100000,
+    read_only=True, tmpfs={"/tmp": tmp_options(2**29)}, log_config=USER_LOG_CONFIG,
 )
 try:
     api.create_container(image=sys.argv[1], name=sys.argv[2], user="1000:100",
