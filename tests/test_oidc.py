@@ -58,6 +58,8 @@ USERS = json.loads((PROVIDER_SRC / "users.json").read_text())
 # Its own stack name and ports, next to (not instead of) the session's default stack.
 NAME = f"{STACK}-oidc"
 PORT = HTTPS_PORT + 5
+# What the campus calls its login (the button would otherwise read the issuer's host:port).
+LOGIN_SERVICE = "University SSO"
 CLIENT_ID = "labhub"
 STATE_COOKIE = "oauthenticator-state"
 
@@ -196,6 +198,7 @@ def oidc_stack(
             # A named admin who is, at this provider, a visitor (issue 14, item 3).
             "ADMIN_USERS": "kim",
             "EXTRA_CA_FILE": ca_file,
+            "LOGIN_SERVICE": LOGIN_SERVICE,
         }
         stack = cleanup.enter_context(launched_stack(tmp_path_factory, name, port, extra))
         trust = certs / "browser-trust.pem"
@@ -272,6 +275,15 @@ def test_student_in_an_allowed_group_logs_in(oidc: Oidc) -> None:
     assert model["name"] == "ann"
     assert model["admin"] is False
     assert model["groups"] == ["students"]
+
+
+def test_the_login_button_names_the_campus_service(oidc: Oidc) -> None:
+    """LOGIN_SERVICE on the hub's login page, where a student reads it, instead of the
+    provider's host and port."""
+    page = oidc.client().session.get(oidc.stack.base_url + "/hub/login")
+    assert page.status_code == 200, page.text[:300]
+    assert f"Sign in with {LOGIN_SERVICE}" in page.text, page.text[:2000]
+    assert urlparse(oidc.provider.issuer).netloc not in page.text
 
 
 def test_student_starts_a_server_after_signing_in(oidc: Oidc) -> None:
