@@ -116,6 +116,20 @@ def value(prometheus: str, expr: str) -> float:
     return float(result[0]["value"][1]) if result else 0.0
 
 
+def seen_30_mib_home(prometheus: str, username: str) -> str:
+    """Wait until Prometheus has `username`'s home at 30 MiB or more (the test wrote it);
+    return the series' query, to compare with what the engine or the filesystem says."""
+    used = f'labhub_home_used_bytes{{user="{username}"}}'
+    wait_until(
+        lambda: value(prometheus, used),
+        150,
+        f"Prometheus to see {username}'s 30 MiB home (bytes)",
+        done=lambda seen: seen >= 30 * 2**20,
+        interval=5,
+    )
+    return used
+
+
 def engine_memory(container: Container) -> int:
     """What `docker stats` shows, read at the engine: usage less the inactive page cache."""
     memory = container.stats(stream=False)["memory_stats"]
@@ -288,14 +302,7 @@ def test_without_quotas_a_students_home_is_measured_as_the_engine_sizes_it(
     student.start_server(username)
     assert "written" in stack.run(student, username, WRITE_30M)
     fresh_disk_usage(compose_service("container-metrics"))
-    used = f'labhub_home_used_bytes{{user="{username}"}}'
-    wait_until(
-        lambda: value(prometheus, used),
-        150,
-        f"Prometheus to see {username}'s 30 MiB home (bytes)",
-        done=lambda seen: seen >= 30 * 2**20,
-        interval=5,
-    )
+    used = seen_30_mib_home(prometheus, username)
     # At the engine: the size of the student's home volume, as `docker system df -v`.
     volumes = docker.from_env().df()["Volumes"]
     [home] = [v for v in volumes if v["Name"] == volume_name_for(username, STACK)]
@@ -336,14 +343,7 @@ def test_a_students_home_is_measured_as_its_qgroup_counts_it(
         student = stack.login(username)
         student.start_server(username)
         assert "written" in stack.run(student, username, WRITE_30M)
-        used = f'labhub_home_used_bytes{{user="{username}"}}'
-        wait_until(
-            lambda: value(prometheus, used),
-            150,
-            f"Prometheus to see {username}'s 30 MiB home (bytes)",
-            done=lambda seen: seen >= 30 * 2**20,
-            interval=5,
-        )
+        used = seen_30_mib_home(prometheus, username)
         # At the filesystem: the qgroup of the student's home subvolume, read on the host.
         home = diskquota.usage(root / volume_name_for(username, QUOTA_STACK))
         assert value(prometheus, used) == pytest.approx(home.used, rel=0.1)
