@@ -10,13 +10,15 @@ import hashlib
 import shutil
 import subprocess
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
+from labhub.contract import WORKSPACE_DEFAULT_URL
 from stacks import REPO, Stack
 
-from testsupport.browsing import network_changed
+from testsupport.browsing import despite_network_changes, network_changed
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = REPO / "test-artifacts"
@@ -70,9 +72,9 @@ def open_the_notebook(
     """Log `username` in and wait for their JupyterLab with MNIST.ipynb open on `kernel`
     ("TensorFlow-GPU", "PyTorch") and idle, as a student sees it after logging in.
 
-    `failed` is filled by the caller's requestfailed handler: the lab is reloaded (twice
-    at most) only when Chromium dropped requests for a network change on this host
-    (testsupport.browsing), never for anything else.
+    `failed` is filled by the caller's requestfailed handler: the notebook is opened
+    again (twice at most) only when Chromium dropped requests for a network change on
+    this host (testsupport.browsing), never for anything else.
     """
     from playwright.sync_api import expect
 
@@ -86,6 +88,7 @@ def open_the_notebook(
             break
         if attempt == 2:
             raise AssertionError(f"{username}'s lab never loaded: {page.url}")
+    notebook = f"{stack.base_url}/user/{username}{WORKSPACE_DEFAULT_URL}"
     idle = page.get_by_role("button", name=f"{kernel} | Idle")
     for attempt in range(3):
         try:
@@ -95,5 +98,7 @@ def open_the_notebook(
             if attempt == 2 or not any(network_changed(f) for f in failed):
                 raise
             failed.clear()
-            page.reload()
+            # The notebook's own URL, as the hub first sends a student there: a reload
+            # would restore JupyterLab's saved layout, which may not have the notebook yet.
+            despite_network_changes(partial(page.goto, notebook))
     expect(page.locator(".lm-TabBar-tabLabel", has_text="MNIST.ipynb").first).to_be_visible()
