@@ -420,7 +420,11 @@ def test_the_spawner_reads_the_image_by_digest_through_the_proxy_on_the_manager(
     the image on the manager, which holds it as the build host, by digest through docker-py,
     which escapes the "@"."""
     spawner = cluster.spawner("bob", cluster.worker.node_id)
-    inspected = asyncio.run(spawner.docker("inspect_image", cluster.pinned))
+
+    async def inspect() -> dict[str, Any]:
+        return dict(await spawner.docker("inspect_image", cluster.pinned))
+
+    inspected = asyncio.run(inspect())
     assert inspected["RepoDigests"] == [cluster.pinned]
     other = cluster.pinned.split("@")[0] + "%40sha256:" + "b" * 64
     status, answer = raw_request(cluster.proxy_port, "GET", f"/v1.41/images/{other}/json")
