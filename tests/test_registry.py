@@ -459,3 +459,31 @@ def test_a_registry_that_is_down_stops_only_spawns_on_nodes_without_the_image(
         assert "No such image" in message and "docker service ps" in message
     finally:
         asyncio.run(spawner.stop())
+
+
+def make_push(tmp_path: Path, env: str) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "env").write_text(env)
+    return subprocess.run(
+        ["make", "--no-print-directory", "push", f"ENV_FILE={tmp_path / 'env'}",
+         f"PUSHED_IMAGES={tmp_path / 'pushed.env'}"],
+        cwd=CHECKOUT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.unit
+def test_make_push_without_a_registry_says_which_setting_is_missing_and_records_nothing(
+    tmp_path: Path,
+) -> None:
+    pushed = make_push(tmp_path, "LABHUB_VERSION=regtest\n")
+    assert pushed.returncode != 0
+    assert "REGISTRY is empty in the env file" in pushed.stderr
+    assert not (tmp_path / "pushed.env").exists()
+
+
+@pytest.mark.integration
+def test_make_push_of_an_image_not_built_here_says_make_build(tmp_path: Path) -> None:
+    pushed = make_push(tmp_path, "LABHUB_VERSION=never-built\nREGISTRY=127.0.0.1:9/labhub\n")
+    assert pushed.returncode != 0
+    assert "labhub/workspace:never-built is not built on this Docker host" in pushed.stderr
+    assert "make build" in pushed.stderr
+    assert not (tmp_path / "pushed.env").exists()
