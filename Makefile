@@ -69,6 +69,14 @@ build: env base-image ## Build the hub, proxy and workspace images
 	  --build-arg KERAS_BACKEND=torch --build-arg KERNEL_NAME=pytorch \
 	  --build-arg KERNEL_DISPLAY_NAME=PyTorch -t $(image) . &&) true
 
+# ENGINE=swarm: the nodes pull the users' image from REGISTRY by the digest recorded here
+# (docs/scale-out.md, "Images"). Without REGISTRY nothing changes: images stay local.
+PUSHED_IMAGES ?= pushed-images.env
+
+.PHONY: push
+push: ## Push the workspace image to REGISTRY and record its digest (after make build)
+	@REGISTRY=$(call env_value,REGISTRY) scripts/push-images.sh $(WORKSPACE_IMAGE) $(PUSHED_IMAGES)
+
 .PHONY: up
 up: preflight env stack-owner certs build ## Set everything up and start the platform
 	@# Settings are checked before anything starts: a wrong value is listed with its fix.

@@ -29,6 +29,8 @@ STATE_ROOT = Path("/var/lib/labhub-test-swarm")
 RUN_ROOT = Path("/run/labhub-test-swarm")
 # A /24 per run inside this range; checked against the host's routes before use.
 ADDRESS_RANGE = ipaddress.IPv4Network("10.233.0.0/16")
+# Where a test's registry listens, on the manager's address (tests/test_registry.py).
+REGISTRY_PORT = 5000
 
 
 def run(*args: str, check: bool = True, timeout: float = 120, **kwargs: object) -> str:
@@ -74,7 +76,9 @@ def _free_subnet() -> ipaddress.IPv4Network:
 class Swarm:
     """`with Swarm(3) as swarm:` a manager (`swarm.nodes[0]`) and two workers.
 
-    `images` are copied to every node, `manager_images` to the manager only.
+    `images` are copied to every node, `manager_images` to the manager only. With
+    `insecure_registry`, every engine pulls over plain HTTP from `swarm.registry` (the
+    manager's address): the test's registry, on the test bridge only.
     """
 
     def __init__(
@@ -82,6 +86,7 @@ class Swarm:
         size: int,
         images: Sequence[str] = (),
         manager_images: Sequence[str] = (),
+        insecure_registry: bool = False,
     ) -> None:
         tag = f"{os.getpid() % 10000:04d}"
         self.bridge = f"lhswbr{tag}"
@@ -91,6 +96,7 @@ class Swarm:
         self.nodes = [Node(f"lhsw{tag}n{i}", str(hosts[9 + i])) for i in range(size)]
         self.images = images
         self.manager_images = manager_images
+        self.insecure_registry = insecure_registry
         self._forward_rule = ["FORWARD", "-i", self.bridge, "-o", self.bridge, "-j", "ACCEPT"]
 
     @property
@@ -100,6 +106,11 @@ class Swarm:
     @property
     def workers(self) -> list[Node]:
         return self.nodes[1:]
+
+    @property
+    def registry(self) -> str:
+        """host:port of a registry in the manager's namespace, for `insecure_registry`."""
+        return f"{self.manager.address}:{REGISTRY_PORT}"
 
     def __enter__(self) -> Swarm:
         try:
@@ -168,6 +179,7 @@ class Swarm:
                 # labhub's Swarm mode needs it: the service API (1.41) has no per-service
                 # no-new-privileges (docs/scale-out.md).
                 "--no-new-privileges",
+                *(["--insecure-registry", self.registry] if self.insecure_registry else []),
             ],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip

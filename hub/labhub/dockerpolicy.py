@@ -106,11 +106,15 @@ class MetricsPolicy:
 # --- Request targets ------------------------------------------------------------------
 # No percent-encoding, no empty or dot segments in the path: the engine decodes
 # `%2F` and cleans `..`, so such a path could name a route other than the one checked.
-_PATH = re.compile(r"/[A-Za-z0-9_.:/-]*")
+# The one escape allowed is %40 ("@" of an image's digest reference, which docker-py
+# escapes), read as "@" before any route is matched and sent on as "@".
+_PATH = re.compile(r"/(?:[A-Za-z0-9_.:/@-]|%40)*")
 _QUERY = re.compile(r"[A-Za-z0-9_.~%&=+*-]*")
 _VERSION = r"(?P<version>/v[0-9]{1,2}\.[0-9]{1,3})?"
 _NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,253}"
 _IMAGE = r"[a-z0-9][a-z0-9._/-]{0,254}(?::[A-Za-z0-9_.-]{1,128})?"
+# An image by digest in a registry (labhub.registry): host[:port]/name@sha256:<hex>.
+_DIGEST_IMAGE = r"[a-z0-9][a-z0-9._:/-]{0,254}@sha256:[0-9a-f]{64}"
 _BOOL = re.compile(r"(?:0|1|true|false|True|False)").fullmatch
 _INT = re.compile(r"-?[0-9]{1,10}").fullmatch
 _SIGNAL = re.compile(r"(?:SIG)?[A-Z0-9]{1,8}|[0-9]{1,2}").fullmatch
@@ -123,6 +127,7 @@ def split_target(target: str) -> tuple[str, dict[str, str]]:
     path, _, query = target.partition("?")
     if not _PATH.fullmatch(path) or "//" in path or re.search(r"/\.\.?(?:/|$)", path):
         raise Refused(f"path {path!r} is not a plain API path (no %-escapes, // or dot segments)")
+    path = path.replace("%40", "@")
     if not _QUERY.fullmatch(query):
         raise Refused(f"query {query!r} has characters an API query does not need")
     try:
@@ -751,7 +756,9 @@ def _match_swarm_route(
     if method in ("GET", "DELETE") and (m := _route(rf"/services/(?P<id>{_NAME})", path)):
         queries: dict[str, Accepts | None] = {"insertDefaults": _BOOL} if method == "GET" else {}
         return Allowed(path + _query(params, queries), m["version"] or "", m["id"], b"", "service")
-    if method == "GET" and (m := _route(rf"/images/(?P<image>{_IMAGE})/json", path)):
+    if method == "GET" and (
+        m := _route(rf"/images/(?P<image>{_IMAGE}|{_DIGEST_IMAGE})/json", path)
+    ):
         if m["image"] not in policy.allowed_images:
             raise Refused(f"image {m['image']!r} is not an allowed workspace image")
         return Allowed(path + _query(params, {}), m["version"] or "")

@@ -61,6 +61,7 @@ from .dockerpolicy import (
     inspect_target,
     user_volume_sizes,
 )
+from .registry import check_pinned
 from .settings import names
 
 log = logging.getLogger("labhub.dockerproxy")
@@ -328,6 +329,7 @@ def policy_from_env(env: dict[str, str]) -> Check:
                     f"dockerproxy: {unsupported} is not supported with PROXY_POLICY=swarm yet: "
                     "leave it empty (docs/scale-out.md)"
                 )
+        _check_pinned_images(env.get("REGISTRY", ""), images)
         swarm = Policy(allowed_images=images, network=network)
         return lambda method, target, body: check_swarm_request(swarm, method, target, body)
     try:
@@ -341,6 +343,18 @@ def policy_from_env(env: dict[str, str]) -> Check:
         quota_root=env.get("QUOTA_ROOT", ""),
     )
     return lambda method, target, body: check_request(policy, method, target, body)
+
+
+def _check_pinned_images(registry: str, images: frozenset[str]) -> None:
+    """With REGISTRY, the proxy of a Swarm manager admits that registry's digest references
+    only (what `make push` recorded): a tag could be pointed at other bytes."""
+    if not registry:
+        return
+    for image in sorted(images):
+        try:
+            check_pinned(registry, image)
+        except ValueError as error:
+            raise SystemExit(f"dockerproxy: ALLOWED_IMAGES holds {error}") from None
 
 
 def main() -> None:

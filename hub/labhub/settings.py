@@ -24,6 +24,7 @@ from typing import Any
 
 from .datasets import Dataset, DatasetsError, load_datasets
 from .diskquota import DiskQuotas
+from .registry import check_pinned, registry_address
 
 AUTH_CHOICES = ("native", "shared-password", "github", "google", "generic", "cilogon", "ldap")
 OAUTH_CHOICES = ("github", "google", "generic", "cilogon")
@@ -1167,6 +1168,16 @@ SECTIONS: tuple[Section, ...] = (
                 "no CPU-only build for Linux x86-64).",
             ),
             Setting(
+                "REGISTRY",
+                "",
+                registry_address,
+                "ENGINE=swarm: the registry every node pulls the users' image from, "
+                "host[:port][/path], e.g. registry.lab.example.edu:5000/labhub. `make push` "
+                "pushes the workspace image there and records its digest (pushed-images.env); "
+                "servers run that digest, never a tag. Empty: no registry (one host).",
+                "registry",
+            ),
+            Setting(
                 "TRUST_HOST_CAS",
                 "true",
                 boolean,
@@ -1383,6 +1394,8 @@ class Settings:
     workspace_image: str
     # WORKSPACE_IMAGES: the other images profiles may name (see allowed_images).
     workspace_images: tuple[str, ...]
+    # REGISTRY (labhub.registry): where Swarm nodes pull the workspace image by digest.
+    registry: str
 
     @property
     def allowed_images(self) -> tuple[str, ...]:
@@ -1428,6 +1441,7 @@ class Settings:
         _check_gpu_reclaim(values, problems)
 
         _check_engine(values, problems)
+        _check_registry(values, problems)
         if values.get("monitoring") and not values.get("prometheus_api_token"):
             problems.append(
                 "MONITORING=true needs PROMETHEUS_API_TOKEN, the token Prometheus reads the "
@@ -1466,10 +1480,20 @@ def _check_engine(values: Mapping[str, Any], problems: list[str]) -> None:
         problems.append(
             "ENGINE=swarm is not usable yet: user servers can run as Swarm services "
             "(LabSwarmSpawner), but `make up` does not yet deploy the hub as a Swarm service, "
-            "the GPU inventory across nodes, the image registry, a Docker proxy on every node "
+            "the GPU inventory across nodes, a Docker proxy on every node "
             "or the isolation between users' servers on the overlay network. Use ENGINE=docker "
             "(docs/scale-out.md says what works)"
         )
+
+
+def _check_registry(values: Mapping[str, Any], problems: list[str]) -> None:
+    """ENGINE=swarm with REGISTRY: the users' image is that registry's digest reference."""
+    registry, image = values.get("registry"), values.get("workspace_image")
+    if values.get("engine") == "swarm" and registry and image:
+        try:
+            check_pinned(registry, image)
+        except ValueError as error:
+            problems.append(f"WORKSPACE_IMAGE={error}")
 
 
 def _check_ldap(values: dict[str, Any], problems: list[str]) -> None:

@@ -10,6 +10,9 @@ Placement is `labhub.swarmplacement`'s: the first spawn picks a node, which is r
 in the spawner's state (the hub's database) and kept across stops, so every later spawn
 lands where the user's files are.
 
+With REGISTRY, the image is that registry's digest reference only (`make push` records
+it; labhub.registry), and a node that cannot get it ends the spawn at once, saying so.
+
 Not here yet (docs/scale-out.md): GPUs, datasets and disk quotas. The service API of
 Engine 20.10 (API 1.41) has no `no-new-privileges`: the nodes' engines run with
 `--no-new-privileges`, which applies it to every container, tasks included.
@@ -36,6 +39,7 @@ from tornado import web
 from traitlets import Float, Unicode
 
 from .contract import CONTAINER_USER, OWNER_LABEL, volume_name_for
+from .registry import check_pinned
 from .settings import Settings
 from .spawner import LabServerMixin, server_config
 from .swarmplacement import (
@@ -110,6 +114,12 @@ class LabSwarmSpawner(LabServerMixin, SwarmSpawner):  # type: ignore[misc]
         help="The Swarm node ID holding this user's home volume: chosen at the first spawn "
         "(labhub.swarmplacement), then kept in the spawner's state across stops.",
     )
+    registry = Unicode(
+        "",
+        config=True,
+        help="REGISTRY: the nodes pull the image from there, so it must be that registry's "
+        "digest reference (labhub.registry); empty: the image is on the nodes already.",
+    )
     task_timeout = Float(
         30.0,
         config=True,
@@ -131,7 +141,7 @@ class LabSwarmSpawner(LabServerMixin, SwarmSpawner):  # type: ignore[misc]
             ServerService(
                 name=self.service_name,
                 user=self.user.name,
-                image=self.image,
+                image=self.service_image(),
                 args=await self.get_command(),
                 env=self.get_env(),
                 volume=volume_name_for(self.user.name, self.network_name),
@@ -155,6 +165,45 @@ class LabSwarmSpawner(LabServerMixin, SwarmSpawner):  # type: ignore[misc]
             await asyncio.sleep(0.2)
         return service
 
+    def service_image(self) -> str:
+        """The image the service runs: with a registry, only its digest reference, so every
+        node runs the bytes `make push` recorded, whatever a tag points to later."""
+        if not self.registry:
+            return str(self.image)
+        try:
+            return check_pinned(self.registry, self.image)
+        except ValueError as error:
+            raise web.HTTPError(500, f"{self.user.name}'s server cannot start: {error}") from None
+
+    async def start_object(self) -> None:
+        """SwarmSpawner's wait for a running task, except that a node which could not get
+        the image ends the spawn at once, naming the image and the registry: the Swarm
+        would otherwise retry the task until start_timeout with no word why."""
+        waiting = asyncio.ensure_future(super().start_object())
+        try:
+            while not waiting.done():
+                await asyncio.wait({waiting}, timeout=1)
+                if not waiting.done() and (problem := await self.image_pull_failure()):
+                    raise web.HTTPError(503, f"{self.user.name}'s server cannot start: {problem}")
+            waiting.result()
+        finally:
+            waiting.cancel()
+
+    async def image_pull_failure(self) -> str:
+        """Why a task of this service was rejected for want of its image, or ""."""
+        tasks = await self.docker("tasks", filters={"service": self.service_name})
+        for task in tasks:
+            status = task.get("Status") or {}
+            if status.get("State") == "rejected" and "No such image" in status.get("Err", ""):
+                source = f"the registry {self.registry}" if self.registry else "its engine"
+                return (
+                    f"node {task.get('NodeID')} could not get the image {self.service_image()} "
+                    f"from {source} ({status['Err']}): is the registry up and does the node "
+                    f"trust it? (`docker service ps --no-trunc {self.service_name}` on the "
+                    "manager shows every try)"
+                )
+        return ""
+
     def get_state(self) -> dict[str, Any]:
         state: dict[str, Any] = super().get_state()
         if self.home_node:
@@ -171,4 +220,4 @@ class LabSwarmSpawner(LabServerMixin, SwarmSpawner):  # type: ignore[misc]
 
 def swarm_spawner_config(settings: Settings) -> dict[str, Any]:
     """The LabSwarmSpawner traitlets that come from settings (no GPUs, datasets or quotas)."""
-    return {**server_config(settings), "start_timeout": 180}
+    return {**server_config(settings), "start_timeout": 180, "registry": settings.registry}

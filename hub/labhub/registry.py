@@ -1,0 +1,47 @@
+"""Images through a registry: what a digest reference is, and where `make push` puts them.
+
+In Swarm mode each node pulls the users' image from a registry on the LAN (REGISTRY).
+`make push` (scripts/push-images.sh) pushes the workspace image to
+`<REGISTRY>/workspace:<version>` and records what the registry answered, the immutable
+`<REGISTRY>/workspace@sha256:<digest>`, as WORKSPACE_IMAGE in its record file. The hub
+creates services with that reference only and the Docker proxy allows that reference
+only: a tag can be moved in the registry to other bytes, a digest cannot.
+"""
+
+from __future__ import annotations
+
+import re
+
+# host[:port] then an optional path: registry.lab.example.edu:5000/labhub
+_REGISTRY = re.compile(
+    r"(?P<host>[a-z0-9](?:[a-z0-9.-]{0,253}[a-z0-9])?)(?::(?P<port>[0-9]{1,5}))?"
+    r"(?P<path>(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*)"
+)
+_DIGEST_REFERENCE = re.compile(r"(?P<name>[a-z0-9][a-z0-9._:/-]{0,254})@sha256:[0-9a-f]{64}")
+
+
+def registry_address(raw: str) -> str:
+    """REGISTRY: empty (no registry) or `host[:port][/path]`, no scheme, no tag."""
+    if raw and not _REGISTRY.fullmatch(raw):
+        raise ValueError(
+            "is not a registry address: host[:port][/path] in lower case, without https:// "
+            "or a tag, e.g. registry.lab.example.edu:5000/labhub"
+        )
+    return raw
+
+
+def is_digest_reference(image: str) -> bool:
+    """`name@sha256:<64 hex>`: an image that no push can change."""
+    return bool(_DIGEST_REFERENCE.fullmatch(image))
+
+
+def check_pinned(registry: str, image: str) -> str:
+    """`image` if it is a digest reference in `registry`; else ValueError saying the fix."""
+    match = _DIGEST_REFERENCE.fullmatch(image)
+    if match is None or not match["name"].startswith(f"{registry}/"):
+        raise ValueError(
+            f"{image!r} is not an image of REGISTRY={registry} by digest "
+            f"({registry}/workspace@sha256:...): run `make push`, which pushes the workspace "
+            "image and records its digest reference as WORKSPACE_IMAGE"
+        )
+    return image
