@@ -167,6 +167,8 @@ def lab_cluster(size: int, manager_images: Sequence[str] = ()) -> Iterator[Clust
             LabSwarmSpawner.client_kwargs = {"base_url": f"tcp://127.0.0.1:{port}"}
             yield Cluster(swarm, port)
         finally:
+            if LabSwarmSpawner._client is not None:
+                LabSwarmSpawner._client.close()  # its kept-alive connections to the proxy
             LabSwarmSpawner._client = None
             proxy.terminate()
             log = proxy.communicate(timeout=30)[0]
