@@ -64,7 +64,7 @@ class Spawn:
     requested_at: float = float("nan")  # time.time() of the request
     task_running: float = float("nan")  # request -> the engine's task state became running
     started: float = float("nan")  # request -> start() returned
-    ready: float = float("nan")  # request -> the server answered the hub's side after that
+    ready: float = float("nan")  # request -> start() returned, then the server answered
     node: str = ""  # n0 (the manager), n1, ...: where its task runs
 
 
