@@ -37,7 +37,7 @@ from labhub.registry import check_pinned, is_digest_reference, registry_address
 from labhub.settings import Settings, SettingsError
 from labhub.swarmspawner import HOME_NODE_STATE, LabSwarmSpawner, swarm_spawner_config
 from swarm import STATE_ROOT, Swarm, run
-from test_swarm import proxy_answers, raw_request, unused_port, wait_for_running_task
+from swarmlab import proxy_answers, raw_request, unused_port, wait_for_running_task
 from tornado import web
 
 from testsupport.minimal_env import MINIMAL_ENV

@@ -14,63 +14,38 @@ the engine sees them. What is not built yet is listed in docs/scale-out.md.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import http.client
 import json
 import os
 import secrets
-import socket
 import subprocess
-import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from jupyterhub.objects import Hub, Server
-from labhub.contract import OWNER_LABEL, container_prefix, volume_name_for
-from labhub.settings import Settings
+from labhub.contract import OWNER_LABEL, volume_name_for
 from labhub.swarmplacement import SwarmNode, node_for
-from labhub.swarmspawner import HOME_NODE_STATE, LabSwarmSpawner, swarm_spawner_config
+from labhub.swarmspawner import HOME_NODE_STATE
 from swarm import Node, Swarm, run
+from swarmlab import (
+    CLIENT,
+    IMAGE,
+    NETWORK,
+    PREFIX,
+    SERVER,
+    Cluster,
+    client_for,
+    lab_cluster,
+    raw_request,
+    wait_for_running_task,
+)
 
 from testsupport.minimal_env import MINIMAL_ENV
 from testsupport.waiting import wait_until
 
 pytestmark = pytest.mark.integration
-
-# Any image every node has; the base image is what every labhub image is built from.
-IMAGE = "debian:trixie-slim"
-# perl-base is in every Debian image: a one-line TCP server and client.
-SERVER = (
-    "use IO::Socket::INET; my $s = IO::Socket::INET->new(LocalPort => 8080, Listen => 5, "
-    'ReuseAddr => 1) or die $!; while (my $c = $s->accept) { print $c "hello from $ENV{NODE}\\n"; '
-    "close $c }"
-)
-CLIENT = (
-    "use IO::Socket::INET; for (1..60) { my $c = IO::Socket::INET->new(PeerAddr => 'web', "
-    "PeerPort => 8080, Timeout => 2); if ($c) { print scalar <$c>; exit 0 } sleep 1 } exit 1"
-)
-
-
-def wait_for_running_task(swarm: Swarm, service: str, timeout: float = 120) -> str:
-    """The node ID of the service's running task (node names are all this host's name)."""
-
-    def running_node() -> str:
-        tasks = swarm.manager.docker("service", "ps", "--quiet", "--no-trunc", service).split()
-        states = swarm.manager.docker(
-            "inspect", "--type", "task", "--format", "{{.Status.State}} {{.NodeID}}", *tasks
-        )
-        for line in states.splitlines():
-            state, _, node_id = line.partition(" ")  # no node yet while pending
-            if state == "running":
-                return node_id
-        return ""
-
-    return wait_until(running_node, timeout, f"a running task of service {service}")
 
 
 def test_a_task_on_a_worker_answers_a_container_on_the_manager_over_the_overlay() -> None:
@@ -98,13 +73,6 @@ def test_a_task_on_a_worker_answers_a_container_on_the_manager_over_the_overlay(
 
 
 # --- labhub on the cluster: LabSwarmSpawner through the proxy in front of the manager -----
-NETWORK = os.environ.get("LABHUB_TEST_STACK", "lhswarm")
-PREFIX = container_prefix(NETWORK)
-# The user's "server": answers one line naming the user on the port the hub expects;
-# "--" ends perl's own options before the server arguments the spawner adds.
-USER_SERVER = SERVER.replace("8080", "8888").replace("$ENV{NODE}", "$ENV{JUPYTERHUB_USER}")
-
-
 # JupyterHub, CHP and the hub's dependencies come from this stack's hub image; labhub's
 # own code from this checkout, mounted over it.
 HUB_IMAGE = f"labhub/hub:{os.environ.get('LABHUB_TEST_VERSION', 'test')}"
@@ -121,118 +89,12 @@ USER_HTTP_SERVER = (
 )
 
 
-def client_for(host: str) -> str:
-    """A perl one-liner that prints the first line `host`:8888 answers (exit 1 after 20 s)."""
-    return CLIENT.replace("'web'", f"'{host}'").replace("8080", "8888").replace("1..60", "1..20")
-
-
-@dataclass
-class Cluster:
-    swarm: Swarm
-    proxy_port: int
-    # Each user's spawner state, kept between spawns as the hub keeps it in its database.
-    states: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def spawner(self, user: str) -> LabSwarmSpawner:
-        """A LabSwarmSpawner for `user` (with their saved state) whose Docker calls all go
-        through the proxy."""
-        settings = Settings.from_env(
-            {**MINIMAL_ENV, "DOCKER_NETWORK": NETWORK, "WORKSPACE_IMAGE": IMAGE}
-        )
-        spawner = LabSwarmSpawner(
-            user=_User(user), hub=Hub(), cmd=["perl", "-e", USER_SERVER, "--"],
-            **swarm_spawner_config(settings),
-        )  # fmt: skip
-        spawner.load_state(self.states.get(user, {}))
-        spawner.server = Server(base_url=f"/user/{user}/")
-        return spawner
-
-    def start(self, user: str) -> LabSwarmSpawner:
-        """Start `user`'s server unless it runs, and save the state, as the hub does."""
-        spawner = self.spawner(user)
-        if not asyncio.run(spawner.get_object()):
-            assert asyncio.run(spawner.start()) == (f"{PREFIX}-{user}", 8888)
-        self.states[user] = spawner.get_state()
-        return spawner
-
-    def stop(self, user: str) -> None:
-        """Stop `user`'s server; the state left (the home node) is saved, as the hub does."""
-        spawner = self.spawner(user)
-        asyncio.run(spawner.stop())
-        spawner.clear_state()
-        self.states[user] = spawner.get_state()
-
-    def running_node(self, service: str) -> str:
-        return wait_for_running_task(self.swarm, service)
-
-    def node(self, node_id: str) -> Node:
-        return next(node for node in self.swarm.nodes if node.node_id == node_id)
-
-
-class _User:
-    admin = False
-    groups: tuple[object, ...] = ()
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.url = f"/user/{name}/"
-
-
-def unused_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    """Three engines, the lab's attachable overlay network, and labhub's Docker proxy
-    (PROXY_POLICY=swarm) on loopback in front of the manager's socket."""
-    with Swarm(3, images=[IMAGE], manager_images=[HUB_IMAGE]) as swarm:
-        swarm.manager.docker("network", "create", "--driver", "overlay", "--attachable", NETWORK)
-        port = unused_port()
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(Path(__file__).parents[1] / "hub"),
-            "PROXY_POLICY": "swarm",
-            "ALLOWED_IMAGES": IMAGE,
-            "DOCKER_NETWORK": NETWORK,
-            "DOCKER_SOCKET": str(swarm.manager.socket),
-            "LISTEN_HOST": "127.0.0.1",
-            "LISTEN_PORT": str(port),
-        }
-        proxy = subprocess.Popen(
-            [sys.executable, "-m", "labhub.dockerproxy"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        try:
-            wait_until(lambda: proxy_answers(port), 30, "the Docker proxy to answer", interval=0.2)
-            LabSwarmSpawner._client = None
-            LabSwarmSpawner.client_kwargs = {"base_url": f"tcp://127.0.0.1:{port}"}
-            yield Cluster(swarm, port)
-        finally:
-            LabSwarmSpawner._client = None
-            proxy.terminate()
-            log = proxy.communicate(timeout=30)[0]
-            print(log.decode(errors="replace")[-4000:])  # shown when a test fails
-
-
-def proxy_answers(port: int) -> bool:
-    with contextlib.suppress(OSError):
-        return raw_request(port, "GET", "/v1.41/_ping")[0] == 200
-    return False
-
-
-def raw_request(port: int, method: str, target: str, body: bytes = b"") -> tuple[int, str]:
-    """One request on a fresh connection, as an attacker holding the hub's access sends it."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    try:
-        headers = {"Content-Type": "application/json"} if body else {}
-        connection.request(method, target, body=body or None, headers=headers)
-        response = connection.getresponse()
-        return response.status, response.read().decode(errors="replace")
-    finally:
-        connection.close()
+    """Three engines with the lab's overlay network and Docker proxy (tests/swarmlab.py);
+    the manager also holds the hub image."""
+    with lab_cluster(3, manager_images=[HUB_IMAGE]) as running:
+        yield running
 
 
 def test_two_users_run_on_the_nodes_placement_chose_hardened_and_reachable_over_the_overlay(

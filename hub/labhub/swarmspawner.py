@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,6 +107,17 @@ def service_spec(server: ServerService) -> dict[str, Any]:
     }
 
 
+_placement_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def placement_lock() -> asyncio.Lock:
+    """The lock that makes first spawns choose their nodes one after the other: one per
+    event loop (the hub has one; an asyncio lock cannot be shared between loops)."""
+    return _placement_locks.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+
+
 class LabSwarmSpawner(LabServerMixin, SwarmSpawner):  # type: ignore[misc]
     """SwarmSpawner with LabSpawner's limits and hardening, pinned to the user's home node."""
 
@@ -132,29 +144,35 @@ class LabSwarmSpawner(LabServerMixin, SwarmSpawner):  # type: ignore[misc]
         if self.mem_limit is None or self.cpu_limit is None:
             raise web.HTTPError(500, "LabSwarmSpawner needs mem_limit and cpu_limit (settings)")
         nodes = nodes_from_api(await self.docker("nodes"))
-        services = await self.docker("services", filters={"label": OWNER_LABEL})
-        try:
-            node = node_for(self.home_node or None, nodes, servers_per_node(services))
-        except NoNodeForServer as error:
-            raise web.HTTPError(503, f"{self.user.name}'s server cannot start: {error}") from None
-        spec = service_spec(
-            ServerService(
-                name=self.service_name,
-                user=self.user.name,
-                image=self.service_image(),
-                args=await self.get_command(),
-                env=self.get_env(),
-                volume=volume_name_for(self.user.name, self.network_name),
-                home_dir=self.home_dir,
-                network=self.network_name,
-                node=node,
-                mem_limit=int(self.mem_limit),
-                nano_cpus=int(self.cpu_limit * 1e9),
-                pids_limit=self.pids_limit,
-                shm_size=parse_bytes(self.shm_size),
+        args = await self.get_command()
+        # From the count of servers per node until this service is counted too: concurrent
+        # first spawns would otherwise all read the same counts and pick the same node.
+        async with placement_lock():
+            services = await self.docker("services", filters={"label": OWNER_LABEL})
+            try:
+                node = node_for(self.home_node or None, nodes, servers_per_node(services))
+            except NoNodeForServer as error:
+                raise web.HTTPError(
+                    503, f"{self.user.name}'s server cannot start: {error}"
+                ) from None
+            spec = service_spec(
+                ServerService(
+                    name=self.service_name,
+                    user=self.user.name,
+                    image=self.service_image(),
+                    args=args,
+                    env=self.get_env(),
+                    volume=volume_name_for(self.user.name, self.network_name),
+                    home_dir=self.home_dir,
+                    network=self.network_name,
+                    node=node,
+                    mem_limit=int(self.mem_limit),
+                    nano_cpus=int(self.cpu_limit * 1e9),
+                    pids_limit=self.pids_limit,
+                    shm_size=parse_bytes(self.shm_size),
+                )
             )
-        )
-        service: dict[str, Any] = await self.docker("create_service", **spec)
+            service: dict[str, Any] = await self.docker("create_service", **spec)
         self.home_node = node
         deadline = time.monotonic() + self.task_timeout
         while not await self.docker("tasks", filters={"service": self.service_name}):

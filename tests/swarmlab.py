@@ -1,0 +1,193 @@
+"""labhub on the test Swarm (tests/swarm.py): the Docker proxy in front of the manager and
+LabSwarmSpawner through it, shared by tests/test_swarm.py and the cluster benchmark
+(bench/cluster/).
+
+`with lab_cluster(3) as cluster:` a cluster whose nodes hold the base image, the lab's
+attachable overlay network, and labhub's Docker proxy (PROXY_POLICY=swarm) on loopback,
+the only way LabSwarmSpawner reaches the manager. Users' servers are a one-line perl
+server in the base image (the TensorFlow workspace image is not copied to the nodes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jupyterhub.objects import Hub, Server
+from labhub.contract import container_prefix
+from labhub.settings import Settings
+from labhub.swarmspawner import LabSwarmSpawner, swarm_spawner_config
+from swarm import Node, Swarm
+
+from testsupport.minimal_env import MINIMAL_ENV
+from testsupport.waiting import wait_until
+
+# Any image every node has; the base image is what every labhub image is built from.
+IMAGE = "debian:trixie-slim"
+# perl-base is in every Debian image: a one-line TCP server and client.
+SERVER = (
+    "use IO::Socket::INET; my $s = IO::Socket::INET->new(LocalPort => 8080, Listen => 5, "
+    'ReuseAddr => 1) or die $!; while (my $c = $s->accept) { print $c "hello from $ENV{NODE}\\n"; '
+    "close $c }"
+)
+
+
+def client(host: str, port: int, tries: int, pause: float = 1) -> str:
+    """A perl one-liner that prints the first line `host`:`port` answers, trying `tries`
+    times `pause` seconds apart (exit 1 if it never does)."""
+    return (
+        f"use IO::Socket::INET; for (1..{tries}) {{ my $c = IO::Socket::INET->new("
+        f"PeerAddr => '{host}', PeerPort => {port}, Timeout => 2); if ($c) {{ "
+        f"print scalar <$c>; exit 0 }} select(undef, undef, undef, {pause}) }} exit 1"
+    )
+
+
+CLIENT = client("web", 8080, 60)
+
+NETWORK = os.environ.get("LABHUB_TEST_STACK", "lhswarm")
+PREFIX = container_prefix(NETWORK)
+# The user's "server": answers one line naming the user on the port the hub expects;
+# "--" ends perl's own options before the server arguments the spawner adds.
+USER_SERVER = SERVER.replace("8080", "8888").replace("$ENV{NODE}", "$ENV{JUPYTERHUB_USER}")
+
+
+def client_for(host: str) -> str:
+    """A perl one-liner that prints the first line `host`:8888 answers (exit 1 after 20 s)."""
+    return client(host, 8888, 20)
+
+
+def wait_for_running_task(swarm: Swarm, service: str, timeout: float = 120) -> str:
+    """The node ID of the service's running task (node names are all this host's name)."""
+
+    def running_node() -> str:
+        tasks = swarm.manager.docker("service", "ps", "--quiet", "--no-trunc", service).split()
+        states = swarm.manager.docker(
+            "inspect", "--type", "task", "--format", "{{.Status.State}} {{.NodeID}}", *tasks
+        )
+        for line in states.splitlines():
+            state, _, node_id = line.partition(" ")  # no node yet while pending
+            if state == "running":
+                return node_id
+        return ""
+
+    return wait_until(running_node, timeout, f"a running task of service {service}")
+
+
+@dataclass
+class Cluster:
+    swarm: Swarm
+    proxy_port: int
+    # Each user's spawner state, kept between spawns as the hub keeps it in its database.
+    states: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def spawner(self, user: str) -> LabSwarmSpawner:
+        """A LabSwarmSpawner for `user` (with their saved state) whose Docker calls all go
+        through the proxy."""
+        settings = Settings.from_env(
+            {**MINIMAL_ENV, "DOCKER_NETWORK": NETWORK, "WORKSPACE_IMAGE": IMAGE}
+        )
+        spawner = LabSwarmSpawner(
+            user=_User(user), hub=Hub(), cmd=["perl", "-e", USER_SERVER, "--"],
+            **swarm_spawner_config(settings),
+        )  # fmt: skip
+        spawner.load_state(self.states.get(user, {}))
+        spawner.server = Server(base_url=f"/user/{user}/")
+        return spawner
+
+    def start(self, user: str) -> LabSwarmSpawner:
+        """Start `user`'s server unless it runs, and save the state, as the hub does."""
+        spawner = self.spawner(user)
+        if not asyncio.run(spawner.get_object()):
+            assert asyncio.run(spawner.start()) == (f"{PREFIX}-{user}", 8888)
+        self.states[user] = spawner.get_state()
+        return spawner
+
+    def stop(self, user: str) -> None:
+        """Stop `user`'s server; the state left (the home node) is saved, as the hub does."""
+        spawner = self.spawner(user)
+        asyncio.run(spawner.stop())
+        spawner.clear_state()
+        self.states[user] = spawner.get_state()
+
+    def running_node(self, service: str) -> str:
+        return wait_for_running_task(self.swarm, service)
+
+    def node(self, node_id: str) -> Node:
+        return next(node for node in self.swarm.nodes if node.node_id == node_id)
+
+
+class _User:
+    admin = False
+    groups: tuple[object, ...] = ()
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.url = f"/user/{name}/"
+
+
+def unused_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def lab_cluster(size: int, manager_images: Sequence[str] = ()) -> Iterator[Cluster]:
+    """`size` engines, the lab's attachable overlay network, and labhub's Docker proxy
+    (PROXY_POLICY=swarm) on loopback in front of the manager's socket."""
+    with Swarm(size, images=[IMAGE], manager_images=manager_images) as swarm:
+        swarm.manager.docker("network", "create", "--driver", "overlay", "--attachable", NETWORK)
+        port = unused_port()
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(Path(__file__).parents[1] / "hub"),
+            "PROXY_POLICY": "swarm",
+            "ALLOWED_IMAGES": IMAGE,
+            "DOCKER_NETWORK": NETWORK,
+            "DOCKER_SOCKET": str(swarm.manager.socket),
+            "LISTEN_HOST": "127.0.0.1",
+            "LISTEN_PORT": str(port),
+        }
+        proxy = subprocess.Popen(
+            [sys.executable, "-m", "labhub.dockerproxy"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            wait_until(lambda: proxy_answers(port), 30, "the Docker proxy to answer", interval=0.2)
+            LabSwarmSpawner._client = None
+            LabSwarmSpawner.client_kwargs = {"base_url": f"tcp://127.0.0.1:{port}"}
+            yield Cluster(swarm, port)
+        finally:
+            if LabSwarmSpawner._client is not None:
+                LabSwarmSpawner._client.close()  # its kept-alive connections to the proxy
+            LabSwarmSpawner._client = None
+            proxy.terminate()
+            log = proxy.communicate(timeout=30)[0]
+            print(log.decode(errors="replace")[-4000:])  # shown when a test fails
+
+
+def proxy_answers(port: int) -> bool:
+    with contextlib.suppress(OSError):
+        return raw_request(port, "GET", "/v1.41/_ping")[0] == 200
+    return False
+
+
+def raw_request(port: int, method: str, target: str, body: bytes = b"") -> tuple[int, str]:
+    """One request on a fresh connection, as an attacker holding the hub's access sends it."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        headers = {"Content-Type": "application/json"} if body else {}
+        connection.request(method, target, body=body or None, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.read().decode(errors="replace")
+    finally:
+        connection.close()
