@@ -106,9 +106,9 @@ class GpuAllocator:
             if profile.gpu.wants_gpu:
                 kind = "shared" if profile.gpu.shared else "exclusive"
                 free = sum(
-                    d.capacity - len(state.holders_of(d.id))
+                    d.capacity - len(state.holders_of(d.key))
                     for d in self.inventory
-                    if d.policy == kind and d.id not in state.drained
+                    if d.policy == kind and d.key not in state.drained
                 )
             out.append(Choice(profile, free))
         return out, lines
@@ -119,11 +119,15 @@ class GpuAllocator:
         slug: str | None,
         is_admin: bool,
         waiting: Callable[[str], None] = lambda message: None,
+        nodes: Callable[[], Awaitable[tuple[frozenset[str] | None, frozenset[str]]]] | None = None,
     ) -> tuple[Profile, Allocation]:
         """Check the profile ``slug`` (None: the first allowed) and the quota, then schedule.
 
         With ``queue`` on, a request that could be served later waits for up to
         ``queue_timeout`` seconds, telling ``waiting`` its place in line after each try.
+        On a Swarm, ``nodes`` answers before each try where the server may run and which
+        nodes are down (:func:`labhub.gpu.scheduler.allocate`): a node may leave or come
+        back while a spawn waits.
         """
         profile = resolve(self.profiles, slug, holder.groups, is_admin)
         policy = self.quota if self.quota.enabled else None
@@ -131,10 +135,11 @@ class GpuAllocator:
         deadline = loop.time() + self.queue_timeout
         try:
             while True:
+                allowed, down = await nodes() if nodes else (None, frozenset[str]())
                 try:
                     allocation = await asyncio.to_thread(
                         self.store.allocate, self.inventory, holder, profile.gpu, self.clock(),
-                        policy, self.queue,
+                        policy, self.queue, allowed, down,
                     )  # fmt: skip
                     return profile, allocation
                 except NoCapacity as e:

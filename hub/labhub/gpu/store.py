@@ -320,8 +320,13 @@ class Store:
         now: datetime,
         policy: quota.QuotaPolicy | None = None,
         queue: bool = False,
+        nodes: frozenset[str] | None = None,
+        down: frozenset[str] = frozenset(),
     ) -> Allocation:
         """Release what ``holder`` held, then schedule ``request`` and record it, atomically.
+
+        ``nodes`` and ``down``: on a Swarm, where the server may run and which nodes take no
+        task now (:func:`labhub.gpu.scheduler.allocate`).
 
         Raises ``QuotaExceeded`` or ``NoCapacity``. With ``queue=True`` the holder joins
         the queue on ``NoCapacity`` (call again to retry); while spawns wait for the same
@@ -334,10 +339,11 @@ class Store:
             state = self._state(conn, inventory)
             refused: scheduler.NoCapacity | None = None
             try:
-                allocation = scheduler.allocate(state, holder, request, now)
+                allocation = scheduler.allocate(state, holder, request, now, nodes, down)
             except scheduler.NoCapacity as e:
                 if queue and e.possible:  # committed: the refusal below is not a rollback
-                    self._write_queue(conn, state, scheduler.enqueue(state, holder, request, now))
+                    waiting = scheduler.enqueue(state, holder, request, now, nodes)
+                    self._write_queue(conn, state, waiting)
                 refused = e
             else:
                 self._write_queue(conn, state, scheduler.with_allocation(state, allocation))
