@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from docker.types import (
@@ -40,6 +41,7 @@ from .settings import Settings
 from .spawner import LabServerMixin, server_config
 from .swarmplacement import (
     NoNodeForServer,
+    SwarmNode,
     node_for,
     nodes_from_api,
     pin_constraint,
@@ -67,6 +69,8 @@ class ServerService:
     nano_cpus: int
     pids_limit: int
     shm_size: int
+    gpu_labels: Mapping[str, str] = field(default_factory=dict)
+    """The GPU booking on the service (labhub.swarmgpu), which the Docker proxy checks."""
 
 
 def service_spec(server: ServerService) -> dict[str, Any]:
@@ -96,7 +100,7 @@ def service_spec(server: ServerService) -> dict[str, Any]:
     )
     return {
         "name": server.name,
-        "labels": labels,
+        "labels": {**labels, **server.gpu_labels},
         "task_template": task,
         "endpoint_spec": EndpointSpec(mode="dnsrr"),
     }
@@ -124,7 +128,7 @@ class LabSwarmSpawner(LabServerMixin, SwarmSpawner):  # type: ignore[misc]
         nodes = nodes_from_api(await self.docker("nodes"))
         services = await self.docker("services", filters={"label": OWNER_LABEL})
         try:
-            node = node_for(self.home_node or None, nodes, servers_per_node(services))
+            node = self.placement_node(nodes, services)
         except NoNodeForServer as error:
             raise web.HTTPError(503, f"{self.user.name}'s server cannot start: {error}") from None
         spec = service_spec(
@@ -142,6 +146,7 @@ class LabSwarmSpawner(LabServerMixin, SwarmSpawner):  # type: ignore[misc]
                 nano_cpus=int(self.cpu_limit * 1e9),
                 pids_limit=self.pids_limit,
                 shm_size=parse_bytes(self.shm_size),
+                gpu_labels=self.service_gpu_labels(),
             )
         )
         service: dict[str, Any] = await self.docker("create_service", **spec)
@@ -154,6 +159,15 @@ class LabSwarmSpawner(LabServerMixin, SwarmSpawner):  # type: ignore[misc]
                 )
             await asyncio.sleep(0.2)
         return service
+
+    def placement_node(self, nodes: list[SwarmNode], services: list[dict[str, Any]]) -> str:
+        """The node this server runs on (raises NoNodeForServer): `swarmplacement`'s choice;
+        the GPU spawner pins it to its devices' node instead."""
+        return node_for(self.home_node or None, nodes, servers_per_node(services))
+
+    def service_gpu_labels(self) -> dict[str, str]:
+        """The GPU booking to put on the service: none here (labhub.swarmgpu adds it)."""
+        return {}
 
     def get_state(self) -> dict[str, Any]:
         state: dict[str, Any] = super().get_state()

@@ -112,6 +112,19 @@ class ExtensionRefused(Exception):
     """No extension for this holder; the message is for the student."""
 
 
+def booked_devices(path: str | Path, holder: str) -> tuple[str, ...] | None:
+    """The devices the record at ``path`` books for ``holder`` (None: no booking), read
+    only: for the Swarm Docker proxy, which must never write the hub's record."""
+    uri = f"{Path(path).resolve().as_uri()}?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S)
+    try:
+        row = conn.execute("SELECT device_ids FROM allocations WHERE holder = ?", (holder,))
+        found = row.fetchone()
+    finally:
+        conn.close()
+    return tuple(json.loads(found[0])) if found else None
+
+
 class Store:
     """The GPU allocation database at ``path`` (created on first use)."""
 
