@@ -74,7 +74,8 @@ def _free_subnet() -> ipaddress.IPv4Network:
 class Swarm:
     """`with Swarm(3) as swarm:` a manager (`swarm.nodes[0]`) and two workers.
 
-    `images` are copied to every node, `manager_images` to the manager only.
+    `images` are copied to every node, `manager_images` to the manager only;
+    `dockerd_args` are added to every node's dockerd command line.
     """
 
     def __init__(
@@ -82,6 +83,7 @@ class Swarm:
         size: int,
         images: Sequence[str] = (),
         manager_images: Sequence[str] = (),
+        dockerd_args: Sequence[str] = (),
     ) -> None:
         tag = f"{os.getpid() % 10000:04d}"
         self.bridge = f"lhswbr{tag}"
@@ -91,6 +93,8 @@ class Swarm:
         self.nodes = [Node(f"lhsw{tag}n{i}", str(hosts[9 + i])) for i in range(size)]
         self.images = images
         self.manager_images = manager_images
+        # Extra options for every node's dockerd (e.g. a stand-in GPU runtime).
+        self.dockerd_args = list(dockerd_args)
         self._forward_rule = ["FORWARD", "-i", self.bridge, "-o", self.bridge, "-j", "ACCEPT"]
 
     @property
@@ -167,7 +171,7 @@ class Swarm:
                 "--cgroup-parent", node.name,
                 # labhub's Swarm mode needs it: the service API (1.41) has no per-service
                 # no-new-privileges (docs/scale-out.md).
-                "--no-new-privileges",
+                "--no-new-privileges", *self.dockerd_args,
             ],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
