@@ -17,17 +17,19 @@ import contextlib
 import http.client
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from jupyterhub.objects import Hub, Server
 from labhub.contract import GPU_DEVICES_LABEL, GPU_HOLDER_LABEL, OWNER_LABEL, container_prefix
 from labhub.gpu.allocator import GpuAllocator
+from labhub.gpu.api import devices_report
 from labhub.gpu.inventory import Device
 from labhub.gpu.profiles import default_profiles
 from labhub.gpu.store import Store, booked_devices
@@ -65,6 +67,8 @@ class GpuCluster:
     proxy_port: int
     allocator: GpuAllocator
     db: Path
+    # The spawners of running servers, as the hub keeps them.
+    running: dict[str, LabSwarmGpuSpawner] = field(default_factory=dict)
 
     def spawner(self, user: str) -> LabSwarmGpuSpawner:
         settings = Settings.from_env(
@@ -81,6 +85,7 @@ class GpuCluster:
     def start(self, user: str) -> LabSwarmGpuSpawner:
         spawner = self.spawner(user)
         asyncio.run(spawner.start())
+        self.running[user] = spawner
         return spawner
 
     def node(self, node_id: str) -> Node:
@@ -257,3 +262,37 @@ def test_the_proxy_gives_no_one_a_gpu_the_record_does_not_book_them(cluster: Gpu
     cluster.swarm.manager.docker("service", "rm", f"{PREFIX}-mallory")
     if bob is not None:
         asyncio.run(bob.stop())
+
+
+def test_a_gpu_nodes_engine_stopping_releases_its_holders_and_shows_on_the_admin_report(
+    cluster: GpuCluster,
+) -> None:
+    worker = cluster.swarm.workers[0]
+    on_worker = {
+        user: spawner
+        for user, spawner in cluster.running.items()
+        if booked_devices(cluster.db, user) and spawner.home_node == worker.node_id
+    }
+    assert on_worker, cluster.running
+    assert all(asyncio.run(s.poll()) is None for s in on_worker.values())
+    assert worker.process is not None
+    os.killpg(worker.process.pid, signal.SIGTERM)  # the engine stops its containers
+    worker.process.wait(timeout=60)
+
+    def worker_down() -> bool:
+        listing = cluster.swarm.manager.docker("node", "inspect", worker.node_id)
+        return json.loads(listing)[0]["Status"]["State"] == "down"
+
+    wait_until(worker_down, 120, "the manager to see the worker down", interval=2)
+    for user, spawner in on_worker.items():
+        assert asyncio.run(spawner.poll()) == f"node {worker.node_id} is down", user
+        asyncio.run(spawner.run_post_stop_hook())  # what the hub does when poll says so
+        assert booked_devices(cluster.db, user) is None, user
+        services = cluster.swarm.manager.docker("service", "ls", "--format", "{{.Name}}")
+        assert spawner.service_name not in services.split()
+    report = asyncio.run(devices_report(cluster.allocator.store, cluster.allocator.inventory))
+    for device in report["devices"]:
+        assert (device["node_down_since"] is not None) == (device["node"] == worker.node_id)
+    # No GPU of the down node is given; the manager's GPU is busy: all busy.
+    with pytest.raises(web.HTTPError, match="busy"):
+        cluster.start("eve")

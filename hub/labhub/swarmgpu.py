@@ -21,6 +21,7 @@ reservations, drain: all the allocator's, as on one host). What differs on a Swa
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
@@ -110,9 +111,16 @@ class LabSwarmGpuSpawner(GpuSpawnerMixin, LabSwarmSpawner):
 
     async def gpu_placement(self) -> tuple[frozenset[str] | None, frozenset[str]]:
         listing, ids = await self._node_ids()
-        return where_gpus_may_go(
+        allowed, down = where_gpus_may_go(
             self._allocator.inventory, ids, nodes_from_api(listing), self.home_node
         )
+        await self._record_nodes_down(down)
+        return allowed, down
+
+    async def _record_nodes_down(self, down: frozenset[str]) -> None:
+        """For the admin page (labhub.gpu.api): which GPU nodes are down, as seen now."""
+        store, now = self._allocator.store, self._allocator.clock()
+        await asyncio.to_thread(store.record_nodes_down, down, now)
 
     async def gpu_observed(self) -> list[Allocation]:
         services = await self.docker("services", filters={"label": OWNER_LABEL})
@@ -141,6 +149,29 @@ class LabSwarmGpuSpawner(GpuSpawnerMixin, LabSwarmSpawner):
             _, ids = await self._node_ids()
             self._gpu_node_id = ids.get(split_key(allocation.device_ids[0])[1], "")
         return allocation
+
+    async def poll(self) -> Any:
+        """Also stopped, for the hub, when its GPUs' node is down or has left the swarm: the
+        service would wait there forever ("pending"), holding its devices. The hub then runs
+        the post-stop hook, which releases them and removes the service (a node that comes
+        back then stops the old task)."""
+        status = await super().poll()
+        allocation = self._gpu_allocation
+        if status is not None or allocation is None or not allocation.device_ids:
+            return status
+        listing, ids = await self._node_ids()
+        nodes = nodes_from_api(listing)
+        _, down = where_gpus_may_go(self._allocator.inventory, ids, nodes, "")
+        await self._record_nodes_down(down)
+        home = next((node for node in nodes if node.id == self.home_node), None)
+        if home is None or not home.ready:
+            where = "has left the swarm" if home is None else "is down"
+            self.log.warning(
+                "%s's GPUs (%s) are on node %s, which %s: server counted as stopped",
+                self.user.name, ", ".join(allocation.device_ids), self.home_node, where,
+            )  # fmt: skip
+            return f"node {self.home_node} {where}"
+        return None
 
     def service_gpu_labels(self) -> dict[str, str]:
         allocation = self._gpu_allocation

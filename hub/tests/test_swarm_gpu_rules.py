@@ -29,6 +29,7 @@ from labhub.dockerpolicy import (
 )
 from labhub.dockerproxy import verify_gpu_claim
 from labhub.gpu.allocator import GpuAllocator
+from labhub.gpu.api import devices_report
 from labhub.gpu.inventory import Device, Inventory
 from labhub.gpu.profiles import default_profiles
 from labhub.gpu.store import Store, booked_devices
@@ -223,6 +224,36 @@ def test_a_restarted_hub_reads_the_bookings_back_from_the_services(
     [recorded] = allocator.store.allocations()
     assert found.device_ids == recorded.device_ids == ("0@gpu-a",)
     assert (found.holder, found.since) == (recorded.holder, recorded.since)
+
+
+@pytest.mark.parametrize("gone", ["down", "left"])
+def test_a_gpu_server_whose_node_went_away_is_stopped_and_its_device_released(
+    allocator: GpuAllocator, gone: str
+) -> None:
+    spawner, _ = gpu_start(allocator, "ada")
+    client = Manager(NODES)
+    client.sent.append(("POST", "/services/create", None, "{}"))  # the service exists
+    LabSwarmGpuSpawner._client = client
+    try:
+        assert asyncio.run(spawner.poll()) is None
+        client.node_list = [node("nodeaaa", "gpu-a", state="down")] if gone == "down" else []
+        client.node_list += NODES[1:]
+        status = asyncio.run(spawner.poll())
+        assert status == f"node nodeaaa {'is down' if gone == 'down' else 'has left the swarm'}"
+        asyncio.run(spawner.run_post_stop_hook())  # what the hub does when poll says so
+    finally:
+        LabSwarmGpuSpawner._client = None
+    assert booked_devices(allocator.store.path, "ada") is None
+    # The admin page's report names the node and when it went (labhub.gpu.api).
+    report = asyncio.run(devices_report(allocator.store, INVENTORY))
+    states = {d["id"]: (d["node"], d["node_down_since"]) for d in report["devices"]}
+    assert states["0@gpu-b"] == ("gpu-b", None)
+    assert states["0@gpu-a"][0] == "gpu-a" and states["0@gpu-a"][1] is not None
+    actions = [entry.action for entry in allocator.store.audit()]
+    assert "node-down" in actions
+    # Back up: seen at the next spawn, the mark goes.
+    gpu_start(allocator, "bob", state={HOME_NODE_STATE: "nodeaaa"})
+    assert allocator.store.nodes_down_since() == {}
 
 
 def _env(value: list[str]) -> Callable[[dict[str, Any]], object]:

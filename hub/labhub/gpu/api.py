@@ -152,6 +152,7 @@ async def devices_report(
     extensions = await asyncio.to_thread(store.extensions_used) if reclaimer else {}
     now = utcnow()
     drained = await asyncio.to_thread(store.drained_since)
+    nodes_down = await asyncio.to_thread(store.nodes_down_since)
     queue = await asyncio.to_thread(store.queue)
     utilisation = await asyncio.to_thread(read_utilisation)
     devices = []
@@ -163,6 +164,7 @@ async def devices_report(
             {
                 "id": d.key,
                 "node": d.node or None,
+                "node_down_since": nodes_down.get(d.node) if d.node else None,
                 "uuid": d.uuid,
                 "model": d.model,
                 "memory_mib": d.memory_mib,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -39,6 +39,8 @@ CREATE TABLE IF NOT EXISTS reservations (
     device_id TEXT PRIMARY KEY, user TEXT, grp TEXT, since TEXT NOT NULL, actor TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS drained (
     device_id TEXT PRIMARY KEY, since TEXT NOT NULL, actor TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS nodes_down (
+    node TEXT PRIMARY KEY, since TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS queue (
     holder TEXT PRIMARY KEY, request TEXT NOT NULL, since TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS usage (
@@ -440,6 +442,23 @@ class Store:
                     "INSERT INTO drained VALUES (?, ?, ?)", (device_id, now.isoformat(), actor)
                 )
             self._log(conn, now, actor, "drain" if drained else "undrain", device=device_id)
+
+    def record_nodes_down(self, down: Iterable[str], now: datetime) -> None:
+        """On a Swarm: the inventory nodes that are down or gone now, as the hub last saw
+        them (each GPU spawn and poll); a node still down keeps its first ``since``."""
+        now_down = set(down)
+        with self._tx() as conn:
+            known = {r["node"] for r in conn.execute("SELECT node FROM nodes_down")}
+            for node in sorted(known - now_down):
+                conn.execute("DELETE FROM nodes_down WHERE node = ?", (node,))
+                self._log(conn, now, "hub", "node-up", node=node)
+            for node in sorted(now_down - known):
+                conn.execute("INSERT INTO nodes_down VALUES (?, ?)", (node, now.isoformat()))
+                self._log(conn, now, "hub", "node-down", node=node)
+
+    def nodes_down_since(self) -> Mapping[str, str]:
+        with self._tx() as conn:
+            return {r["node"]: r["since"] for r in conn.execute("SELECT * FROM nodes_down")}
 
     def drained_since(self) -> Mapping[str, str]:
         with self._tx() as conn:
