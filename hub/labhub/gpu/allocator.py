@@ -172,6 +172,7 @@ def _load_files(settings: Settings, problems: list[str]) -> tuple[Inventory, tup
         inventory = load_inventory_setting(settings.gpu_inventory)
     except (InventoryError, OSError) as e:
         problems.append(f"GPU_INVENTORY={settings.gpu_inventory}: {e}")
+    _check_nodes(settings, inventory, problems)
     profiles: tuple[Profile, ...] = ()
     try:
         if settings.gpu_profiles:
@@ -182,6 +183,26 @@ def _load_files(settings: Settings, problems: list[str]) -> tuple[Inventory, tup
     except (ProfileError, InventoryError, OSError) as e:
         problems.append(f"GPU_PROFILES={settings.gpu_profiles}: {e}")
     return inventory, profiles
+
+
+def _check_nodes(settings: Settings, inventory: Inventory, problems: list[str]) -> None:
+    """On a Swarm every device names its node (labhub.swarmgpu); on one host none does."""
+    swarm = settings.engine == "swarm"
+    if swarm and settings.gpu_inventory == "auto":
+        problems.append(
+            "GPU_INVENTORY=auto detects the hub's own host only; with ENGINE=swarm declare "
+            "every node's devices in a file, each with its node (docs/scale-out.md)"
+        )
+    elif swarm and any(not d.node for d in inventory):
+        problems.append(
+            f"GPU_INVENTORY={settings.gpu_inventory}: with ENGINE=swarm every device needs its "
+            '"node" (the node\'s hostname or ID in `docker node ls`)'
+        )
+    elif not swarm and any(d.node for d in inventory):
+        problems.append(
+            f"GPU_INVENTORY={settings.gpu_inventory}: devices name a node, but ENGINE is "
+            f"{settings.engine!r}: remove the nodes, or set ENGINE=swarm"
+        )
 
 
 def load_gpu_files(settings: Settings) -> tuple[Inventory, tuple[Profile, ...]]:

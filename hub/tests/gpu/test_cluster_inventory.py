@@ -10,6 +10,7 @@ given.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -18,8 +19,12 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from labhub.gpu import scheduler as s
+from labhub.gpu.allocator import load_gpu_files
 from labhub.gpu.inventory import Device, Inventory, InventoryError, load_inventory, split_key
 from labhub.gpu.reclaim import devices_busy
+from labhub.settings import Settings, SettingsError
+
+from testsupport.minimal_env import MINIMAL_ENV
 
 from .conftest import NOW
 
@@ -85,6 +90,36 @@ def test_a_wrong_cluster_inventory_is_refused_by_name(
 ) -> None:
     with pytest.raises(InventoryError, match=message):
         load_inventory(write(tmp_path, devices))
+
+
+@pytest.mark.parametrize(
+    ("engine", "devices", "message"),
+    [
+        ("swarm", "auto", "GPU_INVENTORY=auto detects the hub's own host only"),
+        ("swarm", [{"id": "0", "model": "A", "memory_mib": 1}], 'every device needs its "node"'),
+        (
+            "docker",
+            [{"id": "0", "model": "A", "memory_mib": 1, "node": "gpu-a"}],
+            "devices name a node, but ENGINE is 'docker'",
+        ),
+    ],
+    ids=["swarm-auto", "swarm-without-nodes", "one-host-with-nodes"],
+)
+def test_an_inventory_that_does_not_fit_the_engine_stops_the_hub(
+    tmp_path: Path, engine: str, devices: list[dict[str, object]] | str, message: str
+) -> None:
+    inventory = devices if isinstance(devices, str) else str(write(tmp_path, devices))
+    settings = Settings.from_env({**MINIMAL_ENV, "GPU_INVENTORY": inventory})
+    with pytest.raises(SettingsError) as error:
+        load_gpu_files(replace(settings, engine=engine))  # ENGINE=swarm: refused at start-up yet
+    assert any(message in problem for problem in error.value.problems), error.value.problems
+
+
+def test_a_cluster_inventory_on_a_swarm_loads(tmp_path: Path) -> None:
+    path = write(tmp_path, [{"id": "0", "model": "A", "memory_mib": 1, "node": "gpu-a"}])
+    settings = Settings.from_env({**MINIMAL_ENV, "GPU_INVENTORY": str(path)})
+    inventory, _ = load_gpu_files(replace(settings, engine="swarm"))
+    assert [d.key for d in inventory] == ["0@gpu-a"]
 
 
 def test_two_whole_gpus_come_from_one_node() -> None:
