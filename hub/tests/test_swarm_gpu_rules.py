@@ -200,6 +200,23 @@ def test_a_home_on_a_node_without_gpus_is_refused_naming_the_node(
         gpu_start(allocator, "ada", state={HOME_NODE_STATE: "nodeccc"})
 
 
+def test_the_spawn_page_counts_only_the_gpus_a_user_could_get(allocator: GpuAllocator) -> None:
+    def form(state: dict[str, Any], nodes: list[dict[str, Any]] = NODES) -> str:
+        LabSwarmGpuSpawner._client = Manager(nodes)
+        try:
+            config = swarm_gpu_spawner_config(SETTINGS, allocator)
+            spawner = LabSwarmGpuSpawner(user=_User("ada"), hub=Hub(), **config)
+            spawner.load_state(state)
+            return str(asyncio.run(spawner.gpu_options_form()))
+        finally:
+            LabSwarmGpuSpawner._client = None
+
+    assert "(2 free now)" in form({})
+    assert "(1 free now)" in form({HOME_NODE_STATE: "nodeaaa"})
+    assert "(0 free now)" in form({HOME_NODE_STATE: "nodeccc"})
+    assert "(1 free now)" in form({}, [node("nodeaaa", "gpu-a", state="down"), *NODES[1:]])
+
+
 def test_a_down_nodes_gpu_is_not_given(allocator: GpuAllocator) -> None:
     down = [node("nodeaaa", "gpu-a", state="down"), *NODES[1:]]
     _, body = gpu_start(allocator, "ada", nodes=down)

@@ -93,9 +93,17 @@ class GpuAllocator:
             return result
 
     async def choices(
-        self, user: str, groups: frozenset[str], is_admin: bool
+        self,
+        user: str,
+        groups: frozenset[str],
+        is_admin: bool,
+        nodes: frozenset[str] | None = None,
+        down: frozenset[str] = frozenset(),
     ) -> tuple[list[Choice], list[QuotaLine]]:
-        """The profiles ``user`` may pick with their free slots, and the quotas that apply."""
+        """The profiles ``user`` may pick with their free slots, and the quotas that apply.
+
+        On a Swarm only the slots of ``nodes`` (the user's home node; None: any) that are
+        not ``down`` count."""
         state = await asyncio.to_thread(self.store.state, self.inventory)
         lines = await asyncio.to_thread(
             self.store.quota_lines, self.quota, user, groups, self.clock()
@@ -108,7 +116,10 @@ class GpuAllocator:
                 free = sum(
                     d.capacity - len(state.holders_of(d.key))
                     for d in self.inventory
-                    if d.policy == kind and d.key not in state.drained
+                    if d.policy == kind
+                    and d.key not in state.drained
+                    and d.node not in down
+                    and (nodes is None or d.node in nodes)
                 )
             out.append(Choice(profile, free))
         return out, lines

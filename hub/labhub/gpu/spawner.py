@@ -118,8 +118,9 @@ class GpuSpawnerMixin(LoggingConfigurable):
     async def gpu_options_form(self) -> str:
         """Radio buttons for the allowed profiles, free devices and quota left."""
         holder = self._gpu_holder()
+        nodes, down = await self.gpu_placement()
         choices, quota = await self._allocator.choices(
-            holder.user, holder.groups, bool(self.user.admin)
+            holder.user, holder.groups, bool(self.user.admin), nodes, down
         )
         if not quota and len(choices) == 1 and choices[0].free is None:
             return ""  # nothing to choose: JupyterHub spawns without showing a form
