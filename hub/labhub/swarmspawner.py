@@ -10,7 +10,8 @@ Placement is `labhub.swarmplacement`'s: the first spawn picks a node, which is r
 in the spawner's state (the hub's database) and kept across stops, so every later spawn
 lands where the user's files are.
 
-Not here yet (docs/scale-out.md): GPUs, datasets and disk quotas. The service API of
+GPUs are the subclass `labhub.swarmgpu.LabSwarmGpuSpawner`'s. Not here yet
+(docs/scale-out.md): datasets and disk quotas. The service API of
 Engine 20.10 (API 1.41) has no `no-new-privileges`: the nodes' engines run with
 `--no-new-privileges`, which applies it to every container, tasks included.
 """
