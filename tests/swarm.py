@@ -76,7 +76,8 @@ def _free_subnet() -> ipaddress.IPv4Network:
 class Swarm:
     """`with Swarm(3) as swarm:` a manager (`swarm.nodes[0]`) and two workers.
 
-    `images` are copied to every node, `manager_images` to the manager only. With
+    `images` are copied to every node, `manager_images` to the manager only;
+    `dockerd_args` are added to every node's dockerd command line. With
     `insecure_registry`, every engine pulls over plain HTTP from `swarm.registry` (the
     manager's address): the test's registry, on the test bridge only.
     """
@@ -87,6 +88,7 @@ class Swarm:
         images: Sequence[str] = (),
         manager_images: Sequence[str] = (),
         insecure_registry: bool = False,
+        dockerd_args: Sequence[str] = (),
     ) -> None:
         tag = f"{os.getpid() % 10000:04d}"
         self.bridge = f"lhswbr{tag}"
@@ -97,6 +99,8 @@ class Swarm:
         self.images = images
         self.manager_images = manager_images
         self.insecure_registry = insecure_registry
+        # Extra options for every node's dockerd (e.g. a stand-in GPU runtime).
+        self.dockerd_args = list(dockerd_args)
         self._forward_rule = ["FORWARD", "-i", self.bridge, "-o", self.bridge, "-j", "ACCEPT"]
 
     @property
@@ -178,7 +182,7 @@ class Swarm:
                 "--cgroup-parent", node.name,
                 # labhub's Swarm mode needs it: the service API (1.41) has no per-service
                 # no-new-privileges (docs/scale-out.md).
-                "--no-new-privileges",
+                "--no-new-privileges", *self.dockerd_args,
                 *(["--insecure-registry", self.registry] if self.insecure_registry else []),
             ],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,

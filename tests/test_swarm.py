@@ -196,6 +196,7 @@ def service_body(**container: Any) -> bytes:
     spec = {
         "Image": IMAGE, "Args": ["sleep", "600"], "User": "1000:100",
         "Labels": {OWNER_LABEL: "mallory"}, "CapabilityDrop": ["ALL"],
+        "Env": ["NVIDIA_VISIBLE_DEVICES=void"],  # every lab service names its devices
         **container,
     }  # fmt: skip
     return json.dumps(

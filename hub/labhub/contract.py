@@ -29,6 +29,13 @@ GPU_MEMORY_LIMIT_ENV = "GPU_MEMORY_LIMIT_MB"
 # The absolute URL of the GPU service's student API (api/me, docs/gpus.md) as a user's
 # server reaches it; set by the spawner only when the stack has a GPU service.
 GPU_STATUS_URL_ENV = "LABHUB_GPU_STATUS_URL"
+# Swarm mode (labhub.swarmgpu): a GPU service's booking, on the service's labels: its
+# holder ("user" or "user/server") and its devices as the allocator booked them
+# ("0@gpu-a,1@gpu-a"). The Docker proxy checks them against the GPU record, and the
+# nodes' NVIDIA runtime reads the variable (set on every service: "void" for none).
+GPU_HOLDER_LABEL = "labhub.gpu.holder"
+GPU_DEVICES_LABEL = "labhub.gpu.devices"
+VISIBLE_DEVICES_ENV = "NVIDIA_VISIBLE_DEVICES"
 # Where the user's volume is mounted, and the page a new server opens: the notebook.
 HOME_DIR = "/home/jovyan"
 WORKSPACE_DEFAULT_URL = "/lab/tree/mnist/MNIST.ipynb"

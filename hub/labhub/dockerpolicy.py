@@ -32,8 +32,11 @@ from urllib.parse import parse_qsl, urlencode
 
 from .contract import (
     CONTAINER_USER,
+    GPU_DEVICES_LABEL,
+    GPU_HOLDER_LABEL,
     OWNER_LABEL,
     USER_LOG_CONFIG,
+    VISIBLE_DEVICES_ENV,
     container_name_prefix,
     quota_home_options,
     volume_name_for,
@@ -66,6 +69,9 @@ class Allowed:
     # Set for GET /system/df: the relay answers itself with the sizes of this stack's user
     # volumes (`user_volume_sizes`), from one engine call every DISK_USAGE_EVERY seconds.
     volumes_of: str = ""
+    # Set for a Swarm service asking for GPUs: the relay checks it against the GPU record
+    # and the node list (`check_gpu_claim`) before the manager sees the service.
+    gpu_claim: GpuClaim | None = None
 
 
 @dataclass(frozen=True)
@@ -752,7 +758,10 @@ def _match_swarm_route(
     if method == "POST" and (m := _route(r"/services/create", path)):
         spec = parse_json(body)
         check_service_create(policy, spec)
-        return Allowed(path + _query(params, {}), m["version"] or "", body=_dumps(spec))
+        claim = service_gpu_claim(spec)
+        return Allowed(
+            path + _query(params, {}), m["version"] or "", body=_dumps(spec), gpu_claim=claim
+        )
     if method in ("GET", "DELETE") and (m := _route(rf"/services/(?P<id>{_NAME})", path)):
         queries: dict[str, Accepts | None] = {"insertDefaults": _BOOL} if method == "GET" else {}
         return Allowed(path + _query(params, queries), m["version"] or "", m["id"], b"", "service")
@@ -879,3 +888,95 @@ def _check_service_resources(policy: Policy, value: Any) -> None:
     _int_in("MemoryBytes", limits["memorybytes"], 1, policy.max_memory)
     _int_in("NanoCPUs", limits["nanocpus"], 1, policy.max_cpus * 10**9)
     _int_in("Pids", limits["pids"], 1, policy.max_pids)
+
+
+# --- Swarm mode: GPUs (labhub.swarmgpu) ---------------------------------------------------
+# Engine 20.10's service API has no device requests: the nodes run NVIDIA's runtime, which
+# gives a task the devices its NVIDIA_VISIBLE_DEVICES names (an image's own value, `all` in
+# CUDA images, unless the service sets it). So every service sets it, to `void` or to
+# exactly the devices the allocator booked for its holder on the node it is pinned to.
+_NVIDIA_DEVICES_DIR = "/var/run/nvidia-container-devices"  # the runtime's mount-based choice
+_DEVICE_ID = r"[0-9]{1,3}(?::[0-9]{1,3})?"
+_DEVICE_KEY = re.compile(rf"(?P<id>{_DEVICE_ID})@(?P<node>[A-Za-z0-9][A-Za-z0-9_.-]{{0,63}})")
+
+
+@dataclass(frozen=True)
+class GpuClaim:
+    """What a GPU service asks for: its holder's booked devices (`0@gpu-a`, one node) and
+    the node ID it is pinned to. The relay verifies it with `check_gpu_claim`."""
+
+    holder: str
+    devices: tuple[str, ...]
+    node: str
+    node_id: str
+
+
+def service_gpu_claim(spec: dict[str, Any]) -> GpuClaim | None:
+    """The service's GPU claim (None: no GPU), from an already checked create body.
+
+    Refuses an NVIDIA_VISIBLE_DEVICES that is missing, given twice, `all`/`none` or not the
+    devices its labels book, any other NVIDIA_* variable, a mount at the runtime's
+    device-list directory, and a holder that is not the service's owner.
+    """
+    service = _folded(spec)
+    labels: dict[str, str] = service["labels"]
+    container = _folded(_folded(service["tasktemplate"])["containerspec"])
+    for mount in container.get("mounts") or []:
+        target = str(_folded(mount).get("target"))
+        if target.rstrip("/") == _NVIDIA_DEVICES_DIR or target.startswith(_NVIDIA_DEVICES_DIR):
+            raise Refused(f"mount target {target!r} would choose GPUs past the allocator")
+    nvidia = [e for e in container.get("env") or [] if e.upper().startswith("NVIDIA_")]
+    if len(nvidia) != 1 or not nvidia[0].startswith(f"{VISIBLE_DEVICES_ENV}="):
+        raise Refused(
+            f"Env {nvidia!r}: exactly one {VISIBLE_DEVICES_ENV}=<booked devices or void> and no "
+            "other NVIDIA_* variable (the nodes' NVIDIA runtime reads them; an image may say all)"
+        )
+    value = nvidia[0].partition("=")[2]
+    holder, booked = labels.get(GPU_HOLDER_LABEL), labels.get(GPU_DEVICES_LABEL)
+    if value == "void":
+        if holder is not None or booked is not None:
+            raise Refused(f"GPU labels on a service whose {VISIBLE_DEVICES_ENV} is void")
+        return None
+    ids = value.split(",")
+    if not all(re.fullmatch(_DEVICE_ID, i) for i in ids):
+        raise Refused(
+            f"{VISIBLE_DEVICES_ENV}={value!r}: only device ids the allocator booked "
+            "(never all, none or a UUID)"
+        )
+    keys = (booked or "").split(",")
+    found = [_DEVICE_KEY.fullmatch(key) for key in keys]
+    nodes = {match["node"] for match in found if match}
+    if not holder or not all(found) or len(nodes) != 1:
+        raise Refused(
+            f"a GPU service needs the {GPU_HOLDER_LABEL} label and {GPU_DEVICES_LABEL} naming "
+            f"its devices on one node (<id>@<node>), not {booked!r}"
+        )
+    if [match["id"] for match in found if match] != ids:
+        raise Refused(f"{VISIBLE_DEVICES_ENV}={value!r} is not the booked {booked!r}")
+    if holder.partition("/")[0] != labels[OWNER_LABEL]:
+        raise Refused(f"GPU holder {holder!r} is not the service's owner {labels[OWNER_LABEL]!r}")
+    constraints = _folded(_folded(service["tasktemplate"])["placement"])["constraints"]
+    return GpuClaim(holder, tuple(keys), nodes.pop(), constraints[0].partition("==")[2])
+
+
+def check_gpu_claim(
+    claim: GpuClaim, booked: tuple[str, ...] | None, nodes: list[dict[str, Any]]
+) -> None:
+    """Refuse unless the GPU record books exactly these devices for the holder and the
+    service is pinned to the node they are on (`nodes`: the manager's `GET /nodes`)."""
+    if booked is None or sorted(booked) != sorted(claim.devices):
+        raise Refused(
+            f"{claim.holder} asks for {', '.join(claim.devices)} but the GPU record books "
+            f"{', '.join(booked) if booked else 'nothing'} for it"
+        )
+    named = [
+        str(node.get("ID"))
+        for node in nodes
+        if claim.node in (node.get("ID"), (node.get("Description") or {}).get("Hostname"))
+    ]
+    if named != [claim.node_id]:
+        where = ", ".join(named) or "not in the swarm"
+        raise Refused(
+            f"{claim.holder}'s GPUs are on node {claim.node} ({where}), but the service is "
+            f"pinned to {claim.node_id}"
+        )

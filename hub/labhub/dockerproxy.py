@@ -39,6 +39,7 @@ import logging
 import os
 import re
 import socket
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ from .dockerpolicy import (
     Policy,
     Refused,
     check_frontend_request,
+    check_gpu_claim,
     check_metrics_request,
     check_owner,
     check_request,
@@ -61,6 +63,7 @@ from .dockerpolicy import (
     inspect_target,
     user_volume_sizes,
 )
+from .gpu.store import booked_devices
 from .registry import check_pinned
 from .settings import names
 
@@ -236,14 +239,35 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         await writer.drain()
 
 
+def verify_gpu_claim(gpu_db: str, socket_path: str, allowed: Allowed) -> None:
+    """A Swarm GPU service: the record at GPU_DB books exactly its devices for its holder,
+    on the node it is pinned to (read from the manager's node list). Blocking."""
+    claim = allowed.gpu_claim
+    if claim is None:
+        return
+    if not gpu_db:
+        raise Refused("this proxy has no GPU record (GPU_DB): GPU services are refused")
+    try:
+        booked = booked_devices(gpu_db, claim.holder)
+    except sqlite3.Error as error:
+        raise Refused(f"cannot read the GPU record {gpu_db}: {error}") from error
+    status, nodes = _inspect(socket_path, f"{allowed.version}/nodes")
+    if status != 200:
+        raise Refused(f"cannot read the node list (the engine answered {status})")
+    check_gpu_claim(claim, booked, json.loads(nodes))
+
+
 async def handle(
     check: Check,
     socket_path: str,
     disk_usage: DiskUsage,
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
+    gpu_db: str = "",
 ) -> None:
-    """Read one request, check it, send the engine a new one built from it, stream back."""
+    """Read one request, check it, send the engine a new one built from it, stream back.
+
+    ``gpu_db``: the hub's GPU record (PROXY_POLICY=swarm), read only, for GPU services."""
     method, target = "?", "?"
     try:
         try:
@@ -261,6 +285,8 @@ async def handle(
             if allowed.volumes_of:
                 await _send_json(writer, 200, await disk_usage.answer(allowed))
                 return
+            if allowed.gpu_claim is not None:
+                await asyncio.to_thread(verify_gpu_claim, gpu_db, socket_path, allowed)
             if allowed.owned_container is not None:
                 status, inspected = await asyncio.to_thread(
                     _inspect, socket_path, inspect_target(allowed)
@@ -368,10 +394,12 @@ def main() -> None:
     host = os.environ.get("LISTEN_HOST", "0.0.0.0")
 
     disk_usage = DiskUsage(socket_path)
+    # PROXY_POLICY=swarm: the hub's GPU record (its data volume, mounted read-only).
+    gpu_db = os.environ.get("GPU_DB", "")
 
     async def serve() -> None:
         server = await asyncio.start_server(
-            lambda r, w: handle(check, socket_path, disk_usage, r, w), host=host, port=port
+            lambda r, w: handle(check, socket_path, disk_usage, r, w, gpu_db), host=host, port=port
         )
         log.info("forwarding checked requests to %s on %s:%d", socket_path, host, port)
         async with server:

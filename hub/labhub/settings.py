@@ -1480,7 +1480,7 @@ def _check_engine(values: Mapping[str, Any], problems: list[str]) -> None:
         problems.append(
             "ENGINE=swarm is not usable yet: user servers can run as Swarm services "
             "(LabSwarmSpawner), but `make up` does not yet deploy the hub as a Swarm service, "
-            "the GPU inventory across nodes, a Docker proxy on every node "
+            "a Docker proxy on every node "
             "or the isolation between users' servers on the overlay network. Use ENGINE=docker "
             "(docs/scale-out.md says what works)"
         )

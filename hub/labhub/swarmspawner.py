@@ -13,7 +13,8 @@ lands where the user's files are.
 With REGISTRY, the image is that registry's digest reference only (`make push` records
 it; labhub.registry), and a node that cannot get it ends the spawn at once, saying so.
 
-Not here yet (docs/scale-out.md): GPUs, datasets and disk quotas. The service API of
+GPUs are the subclass `labhub.swarmgpu.LabSwarmGpuSpawner`'s. Not here yet
+(docs/scale-out.md): datasets and disk quotas. The service API of
 Engine 20.10 (API 1.41) has no `no-new-privileges`: the nodes' engines run with
 `--no-new-privileges`, which applies it to every container, tasks included.
 """
@@ -23,7 +24,8 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from docker.types import (
@@ -45,6 +47,7 @@ from .settings import Settings
 from .spawner import LabServerMixin, server_config
 from .swarmplacement import (
     NoNodeForServer,
+    SwarmNode,
     node_for,
     nodes_from_api,
     pin_constraint,
@@ -72,6 +75,8 @@ class ServerService:
     nano_cpus: int
     pids_limit: int
     shm_size: int
+    gpu_labels: Mapping[str, str] = field(default_factory=dict)
+    """The GPU booking on the service (labhub.swarmgpu), which the Docker proxy checks."""
 
 
 def service_spec(server: ServerService) -> dict[str, Any]:
@@ -101,7 +106,7 @@ def service_spec(server: ServerService) -> dict[str, Any]:
     )
     return {
         "name": server.name,
-        "labels": labels,
+        "labels": {**labels, **server.gpu_labels},
         "task_template": task,
         "endpoint_spec": EndpointSpec(mode="dnsrr"),
     }
@@ -150,7 +155,7 @@ class LabSwarmSpawner(LabServerMixin, SwarmSpawner):  # type: ignore[misc]
         async with placement_lock():
             services = await self.docker("services", filters={"label": OWNER_LABEL})
             try:
-                node = node_for(self.home_node or None, nodes, servers_per_node(services))
+                node = self.placement_node(nodes, services)
             except NoNodeForServer as error:
                 raise web.HTTPError(
                     503, f"{self.user.name}'s server cannot start: {error}"
@@ -170,6 +175,7 @@ class LabSwarmSpawner(LabServerMixin, SwarmSpawner):  # type: ignore[misc]
                     nano_cpus=int(self.cpu_limit * 1e9),
                     pids_limit=self.pids_limit,
                     shm_size=parse_bytes(self.shm_size),
+                    gpu_labels=self.service_gpu_labels(),
                 )
             )
             service: dict[str, Any] = await self.docker("create_service", **spec)
@@ -221,6 +227,15 @@ class LabSwarmSpawner(LabServerMixin, SwarmSpawner):  # type: ignore[misc]
                     "manager shows every try)"
                 )
         return ""
+
+    def placement_node(self, nodes: list[SwarmNode], services: list[dict[str, Any]]) -> str:
+        """The node this server runs on (raises NoNodeForServer): `swarmplacement`'s choice;
+        the GPU spawner pins it to its devices' node instead."""
+        return node_for(self.home_node or None, nodes, servers_per_node(services))
+
+    def service_gpu_labels(self) -> dict[str, str]:
+        """The GPU booking to put on the service: none here (labhub.swarmgpu adds it)."""
+        return {}
 
     def get_state(self) -> dict[str, Any]:
         state: dict[str, Any] = super().get_state()

@@ -93,9 +93,17 @@ class GpuAllocator:
             return result
 
     async def choices(
-        self, user: str, groups: frozenset[str], is_admin: bool
+        self,
+        user: str,
+        groups: frozenset[str],
+        is_admin: bool,
+        nodes: frozenset[str] | None = None,
+        down: frozenset[str] = frozenset(),
     ) -> tuple[list[Choice], list[QuotaLine]]:
-        """The profiles ``user`` may pick with their free slots, and the quotas that apply."""
+        """The profiles ``user`` may pick with their free slots, and the quotas that apply.
+
+        On a Swarm only the slots of ``nodes`` (the user's home node; None: any) that are
+        not ``down`` count."""
         state = await asyncio.to_thread(self.store.state, self.inventory)
         lines = await asyncio.to_thread(
             self.store.quota_lines, self.quota, user, groups, self.clock()
@@ -106,9 +114,12 @@ class GpuAllocator:
             if profile.gpu.wants_gpu:
                 kind = "shared" if profile.gpu.shared else "exclusive"
                 free = sum(
-                    d.capacity - len(state.holders_of(d.id))
+                    d.capacity - len(state.holders_of(d.key))
                     for d in self.inventory
-                    if d.policy == kind and d.id not in state.drained
+                    if d.policy == kind
+                    and d.key not in state.drained
+                    and d.node not in down
+                    and (nodes is None or d.node in nodes)
                 )
             out.append(Choice(profile, free))
         return out, lines
@@ -119,11 +130,15 @@ class GpuAllocator:
         slug: str | None,
         is_admin: bool,
         waiting: Callable[[str], None] = lambda message: None,
+        nodes: Callable[[], Awaitable[tuple[frozenset[str] | None, frozenset[str]]]] | None = None,
     ) -> tuple[Profile, Allocation]:
         """Check the profile ``slug`` (None: the first allowed) and the quota, then schedule.
 
         With ``queue`` on, a request that could be served later waits for up to
         ``queue_timeout`` seconds, telling ``waiting`` its place in line after each try.
+        On a Swarm, ``nodes`` answers before each try where the server may run and which
+        nodes are down (:func:`labhub.gpu.scheduler.allocate`): a node may leave or come
+        back while a spawn waits.
         """
         profile = resolve(self.profiles, slug, holder.groups, is_admin)
         policy = self.quota if self.quota.enabled else None
@@ -131,10 +146,11 @@ class GpuAllocator:
         deadline = loop.time() + self.queue_timeout
         try:
             while True:
+                allowed, down = await nodes() if nodes else (None, frozenset[str]())
                 try:
                     allocation = await asyncio.to_thread(
                         self.store.allocate, self.inventory, holder, profile.gpu, self.clock(),
-                        policy, self.queue,
+                        policy, self.queue, allowed, down,
                     )  # fmt: skip
                     return profile, allocation
                 except NoCapacity as e:
@@ -167,6 +183,7 @@ def _load_files(settings: Settings, problems: list[str]) -> tuple[Inventory, tup
         inventory = load_inventory_setting(settings.gpu_inventory)
     except (InventoryError, OSError) as e:
         problems.append(f"GPU_INVENTORY={settings.gpu_inventory}: {e}")
+    _check_nodes(settings, inventory, problems)
     profiles: tuple[Profile, ...] = ()
     try:
         if settings.gpu_profiles:
@@ -177,6 +194,26 @@ def _load_files(settings: Settings, problems: list[str]) -> tuple[Inventory, tup
     except (ProfileError, InventoryError, OSError) as e:
         problems.append(f"GPU_PROFILES={settings.gpu_profiles}: {e}")
     return inventory, profiles
+
+
+def _check_nodes(settings: Settings, inventory: Inventory, problems: list[str]) -> None:
+    """On a Swarm every device names its node (labhub.swarmgpu); on one host none does."""
+    swarm = settings.engine == "swarm"
+    if swarm and settings.gpu_inventory == "auto":
+        problems.append(
+            "GPU_INVENTORY=auto detects the hub's own host only; with ENGINE=swarm declare "
+            "every node's devices in a file, each with its node (docs/scale-out.md)"
+        )
+    elif swarm and any(not d.node for d in inventory):
+        problems.append(
+            f"GPU_INVENTORY={settings.gpu_inventory}: with ENGINE=swarm every device needs its "
+            '"node" (the node\'s hostname or ID in `docker node ls`)'
+        )
+    elif not swarm and any(d.node for d in inventory):
+        problems.append(
+            f"GPU_INVENTORY={settings.gpu_inventory}: devices name a node, but ENGINE is "
+            f"{settings.engine!r}: remove the nodes, or set ENGINE=swarm"
+        )
 
 
 def load_gpu_files(settings: Settings) -> tuple[Inventory, tuple[Profile, ...]]:

@@ -119,8 +119,8 @@ class UserHandler(ServiceHandler, HubOAuthenticated, web.RequestHandler):  # typ
         return data
 
     def known_device(self, device_id: str) -> None:
-        if device_id not in {d.id for d in self.inventory}:
-            known = ", ".join(d.id for d in self.inventory) or "none"
+        if device_id not in {d.key for d in self.inventory}:
+            known = ", ".join(d.key for d in self.inventory) or "none"
             raise web.HTTPError(404, f"no device {device_id!r}; known devices: {known}")
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
@@ -152,15 +152,19 @@ async def devices_report(
     extensions = await asyncio.to_thread(store.extensions_used) if reclaimer else {}
     now = utcnow()
     drained = await asyncio.to_thread(store.drained_since)
+    nodes_down = await asyncio.to_thread(store.nodes_down_since)
     queue = await asyncio.to_thread(store.queue)
     utilisation = await asyncio.to_thread(read_utilisation)
     devices = []
     for d in inventory:
-        util = utilisation.get(d.id.split(":")[0])
-        reservation = state.reservations.get(d.id)
+        # nvidia-smi runs where the service runs: another node's GPUs have no figures here.
+        util = None if d.node else utilisation.get(d.id.split(":")[0])
+        reservation = state.reservations.get(d.key)
         devices.append(
             {
-                "id": d.id,
+                "id": d.key,
+                "node": d.node or None,
+                "node_down_since": nodes_down.get(d.node) if d.node else None,
                 "uuid": d.uuid,
                 "model": d.model,
                 "memory_mib": d.memory_mib,
@@ -169,7 +173,7 @@ async def devices_report(
                 "memory_cap_mib": d.memory_cap_mib,
                 "utilisation_percent": util.gpu_percent if util else None,
                 "memory_used_mib": util.memory_used_mib if util else None,
-                "drained_since": drained.get(d.id),
+                "drained_since": drained.get(d.key),
                 "reserved_for": reservation.describe() if reservation else None,
                 "holders": [
                     {
@@ -183,7 +187,7 @@ async def devices_report(
                         ),
                     }
                     for a in state.allocations.values()
-                    if d.id in a.device_ids
+                    if d.key in a.device_ids
                 ],
             }
         )

@@ -18,11 +18,12 @@ from datetime import datetime
 from typing import Any
 
 import docker
-from labhub.contract import GPU_MEMORY_LIMIT_ENV
+from labhub.contract import GPU_HOLDER_LABEL, GPU_MEMORY_LIMIT_ENV, VISIBLE_DEVICES_ENV
+from labhub.gpu.inventory import split_key
 from labhub.gpu.scheduler import Allocation
 
 LABEL_PREFIX = "labhub.gpu."
-LABEL_HOLDER = LABEL_PREFIX + "holder"
+LABEL_HOLDER = GPU_HOLDER_LABEL
 LABEL_USER = LABEL_PREFIX + "user"
 LABEL_GROUPS = LABEL_PREFIX + "groups"
 LABEL_SHARED = LABEL_PREFIX + "shared"
@@ -49,7 +50,8 @@ def environment(allocation: Allocation) -> dict[str, str]:
     on a host where ``nvidia`` is (wrongly) the default runtime they would see every GPU.
     The workspace gives TensorFlow ``GPU_MEMORY_LIMIT_MB`` (MiB) as a logical device limit.
     """
-    env = {"NVIDIA_VISIBLE_DEVICES": ",".join(allocation.device_ids) or "void"}
+    local = [split_key(key)[0] for key in allocation.device_ids]  # "0@gpu-a" -> "0" on gpu-a
+    env = {VISIBLE_DEVICES_ENV: ",".join(local) or "void"}
     if allocation.shared and allocation.memory_cap_mib is not None:
         env[GPU_MEMORY_LIMIT_ENV] = str(allocation.memory_cap_mib)
     return env
@@ -88,6 +90,14 @@ def allocation_from_inspect(inspect: Mapping[str, Any], now: datetime) -> Alloca
         return None
     found: Mapping[str, str] = (inspect.get("Config") or {}).get("Labels") or {}
     name = str(inspect.get("Name", "")).lstrip("/") or str(inspect.get("Id", ""))[:12]
+    return allocation_from_labels(found, device_ids, name, now)
+
+
+def allocation_from_labels(
+    found: Mapping[str, str], device_ids: tuple[str, ...], name: str, now: datetime
+) -> Allocation:
+    """The allocation of a container or Swarm service called ``name`` holding ``device_ids``,
+    from its :func:`labels` (holder ``container:<name>`` when they are missing)."""
     holder = found.get(LABEL_HOLDER) or f"container:{name}"
     cap = found.get(LABEL_MEMORY_CAP)
     groups = found.get(LABEL_GROUPS, "")

@@ -57,9 +57,11 @@ class Device:
     policy: Policy = "exclusive"
     max_holders: int = 1
     memory_cap_mib: int | None = None
+    node: str = ""
+    """The Swarm node the device is on (its hostname or node ID); '' on one host."""
 
     def __post_init__(self) -> None:
-        where = f"device {self.id!r}"
+        where = f"device {self.key!r}"
         if self.policy == "exclusive":
             if self.max_holders != 1:
                 raise InventoryError(
@@ -82,12 +84,34 @@ class Device:
             )
 
     @property
+    def key(self) -> str:
+        """What the scheduler books: the device on its node (``0@gpu-a``), or on one host
+        its id alone. Two nodes' GPU 0 are two devices."""
+        return device_key(self.id, self.node)
+
+    @property
     def capacity(self) -> int:
         """How many servers may hold this device at once."""
         return self.max_holders if self.policy == "shared" else 1
 
 
 Inventory = tuple[Device, ...]
+
+
+def device_key(device_id: str, node: str = "") -> str:
+    """A device's booking key: ``<id>@<node>`` on a Swarm, ``<id>`` on one host."""
+    return f"{device_id}@{node}" if node else device_id
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """(device id as the node's NVIDIA runtime takes it, node) of a booking key."""
+    device_id, _, node = key.partition("@")
+    return device_id, node
+
+
+def nodes_of(inventory: Inventory) -> frozenset[str]:
+    """The nodes an inventory names ('' for a single host's devices)."""
+    return frozenset(d.node for d in inventory)
 
 
 def _schema() -> dict[str, Any]:
@@ -139,9 +163,17 @@ def load_inventory(path: str | Path) -> Inventory:
     devices = tuple(Device(**item) for item in data["devices"])
     seen: set[str] = set()
     for device in devices:
-        if device.id in seen:
-            raise InventoryError(f"{source}: device id {device.id!r} appears twice; keep one")
-        seen.add(device.id)
+        if device.key in seen:
+            where = f" on node {device.node!r}" if device.node else ""
+            raise InventoryError(
+                f"{source}: device id {device.id!r}{where} appears twice; keep one"
+            )
+        seen.add(device.key)
+    if len({bool(d.node) for d in devices}) > 1:
+        raise InventoryError(
+            f"{source}: some devices name a node and some do not; on a Swarm give every "
+            "device its node, on one host none"
+        )
     return devices
 
 

@@ -57,7 +57,7 @@ class MeHandler(UserHandler):
         profiles: tuple[Profile, ...] = self.settings["gpu_profiles"]
         slug = options.get("profile")
         profile = next((p for p in profiles if p.slug == slug), None)
-        models = {d.id: d.model for d in inventory}
+        models = {d.key: d.model for d in inventory}
         return {
             "profile": profile.slug if profile else slug,
             "display_name": profile.display_name if profile else None,

@@ -13,6 +13,9 @@ Rules (the invariants the property tests check):
 - among the devices that fit, a device reserved for the requester comes first, then the
   least-loaded one (holders / capacity), then the lowest id;
 - a holder (``user`` or ``user/server``) has at most one allocation;
+- on a Swarm, devices are booked by (node, device) (:attr:`Device.key`, ``0@gpu-a``); all
+  the devices of one allocation are on one node, one of the nodes the server may run on,
+  and never on a node that is down;
 - the queue is first come, first served per kind of request: while spawns wait for the same
   request (e.g. one whole GPU), only the oldest of them may be given devices; a holder is
   never both waiting and holding.
@@ -20,6 +23,7 @@ Rules (the invariants the property tests check):
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -127,16 +131,16 @@ class State:
     """Waiting spawns, oldest first."""
 
     def device(self, device_id: str) -> Device | None:
-        return next((d for d in self.inventory if d.id == device_id), None)
+        return next((d for d in self.inventory if d.key == device_id), None)
 
     def holders_of(self, device_id: str) -> tuple[str, ...]:
         return tuple(
             sorted(a.holder for a in self.allocations.values() if device_id in a.device_ids)
         )
 
-    def first_in_line(self, request: GpuRequest) -> str | None:
+    def first_in_line(self, request: GpuRequest, nodes: frozenset[str] | None = None) -> str | None:
         """The oldest holder waiting for the same kind of request, if any."""
-        kind = request.describe()
+        kind = queue_kind(request, nodes)
         return next((w.holder for w in self.queue if w.request == kind), None)
 
     def position(self, holder_key: str) -> int | None:
@@ -167,13 +171,32 @@ class SchedulingError(Exception):
 class NoCapacity(SchedulingError):
     """Nothing fits right now. ``possible`` is False when it never could on this inventory."""
 
-    def __init__(self, request: GpuRequest, busy: tuple[DeviceBusy, ...], possible: bool):
+    def __init__(
+        self,
+        request: GpuRequest,
+        busy: tuple[DeviceBusy, ...],
+        possible: bool,
+        nodes: frozenset[str] | None = None,
+    ):
         self.request = request
         self.busy = busy
         self.possible = possible
+        self.nodes = nodes
+        """The Swarm nodes the server was limited to (its home node), if any."""
         super().__init__(self.admin_message())
 
+    def _where(self) -> str:
+        if not self.nodes:
+            return "this host"
+        return f"node {', '.join(sorted(self.nodes))}"
+
     def student_message(self) -> str:
+        if not self.possible and self.nodes:
+            return (
+                f"This server asks for {self.request.describe()}, which {self._where()} (where "
+                "your files are) cannot provide. Choose another profile, or ask an admin to "
+                "move your home to a node with such GPUs."
+            )
         if not self.possible:
             return (
                 f"This server asks for {self.request.describe()}, which this host cannot provide. "
@@ -187,8 +210,8 @@ class NoCapacity(SchedulingError):
     def admin_message(self) -> str:
         if not self.possible:
             return (
-                f"No {self.request.describe()} on this inventory; add devices with that policy "
-                "or remove the profile."
+                f"No {self.request.describe()} on {self._where()} in the inventory; add devices "
+                "with that policy there, move the user's home, or remove the profile."
             )
         parts = []
         for b in self.busy:
@@ -226,20 +249,39 @@ def busy(state: State, request: GpuRequest) -> tuple[DeviceBusy, ...]:
     """Holders, drain and reservation of every device of the kind ``request`` needs."""
     return tuple(
         DeviceBusy(
-            device_id=d.id,
+            device_id=d.key,
             model=d.model,
-            holders=state.holders_of(d.id),
+            holders=state.holders_of(d.key),
             capacity=d.capacity,
-            drained=d.id in state.drained,
-            reserved_for=r.describe() if (r := state.reservations.get(d.id)) else None,
+            drained=d.key in state.drained,
+            reserved_for=r.describe() if (r := state.reservations.get(d.key)) else None,
         )
         for d in state.inventory
         if _fits(d, request)
     )
 
 
-def allocate(state: State, holder: Holder, request: GpuRequest, now: datetime) -> Allocation:
+def queue_kind(request: GpuRequest, nodes: frozenset[str] | None = None) -> str:
+    """The line a request waits in: its kind, and on a Swarm the nodes it may run on (a
+    spawn waiting for its home node's GPU holds up no one who could use another node)."""
+    where = f" on {', '.join(sorted(nodes))}" if nodes else ""
+    return request.describe() + where
+
+
+def allocate(
+    state: State,
+    holder: Holder,
+    request: GpuRequest,
+    now: datetime,
+    nodes: frozenset[str] | None = None,
+    down: frozenset[str] = frozenset(),
+) -> Allocation:
     """Choose devices for ``holder``; raise :class:`NoCapacity` when nothing fits.
+
+    On a Swarm, ``nodes`` are the nodes the server may run on (its home node once it has
+    one; None: any) and ``down`` the nodes that take no task now: their devices are not
+    given, but count as possible later (the spawn may wait for them). Every device of one
+    allocation is on one node.
 
     Nothing fits either when another spawn waits for the same kind of request ahead of
     ``holder`` (first come, first served). The result is not recorded: pass it to
@@ -254,34 +296,40 @@ def allocate(state: State, holder: Holder, request: GpuRequest, now: datetime) -
     )  # fmt: skip
     if not request.wants_gpu:
         return base
-    kind = [d for d in state.inventory if _fits(d, request)]
+    kind = [d for d in state.inventory if _fits(d, request) and (nodes is None or d.node in nodes)]
     need = 1 if request.shared else request.whole
 
     def usable(d: Device) -> bool:
-        reservation = state.reservations.get(d.id)
+        reservation = state.reservations.get(d.key)
         return (
-            d.id not in state.drained
+            d.key not in state.drained
+            and d.node not in down
             and (reservation is None or reservation.admits(holder))
-            and len(state.holders_of(d.id)) < d.capacity
+            and len(state.holders_of(d.key)) < d.capacity
         )
 
-    def order(d: Device) -> tuple[bool, float, tuple[int, ...]]:
-        reserved_for_me = d.id in state.reservations
-        load = len(state.holders_of(d.id)) / d.capacity
-        return (not reserved_for_me, load, tuple(int(p) for p in d.id.split(":")))
+    def order(d: Device) -> tuple[bool, float, str, tuple[int, ...]]:
+        reserved_for_me = d.key in state.reservations
+        load = len(state.holders_of(d.key)) / d.capacity
+        return (not reserved_for_me, load, d.node, tuple(int(p) for p in d.id.split(":")))
 
     free = sorted((d for d in kind if usable(d)), key=order)
-    ahead = state.first_in_line(request)
-    if len(free) < need or ahead not in (None, holder.key):
-        raise NoCapacity(request, busy(state, request), possible=len(kind) >= need)
-    chosen = free[:need]
+    # One node per allocation: the node of the best device among those with enough free.
+    per_node = {node: [d for d in free if d.node == node] for node in {d.node for d in free}}
+    enough = [devices for devices in per_node.values() if len(devices) >= need]
+    most_of_kind = max(Counter(d.node for d in kind).values(), default=0)
+    ahead = state.first_in_line(request, nodes)
+    if not enough or ahead not in (None, holder.key):
+        shown = busy(replace(state, inventory=tuple(kind)), request)
+        raise NoCapacity(request, shown, possible=most_of_kind >= need, nodes=nodes)
+    chosen = min(enough, key=lambda devices: order(devices[0]))[:need]
     if request.shared:
         device = chosen[0]
         return replace(
-            base, device_ids=(device.id,), shared=True, memory_cap_mib=device.memory_cap_mib,
+            base, device_ids=(device.key,), shared=True, memory_cap_mib=device.memory_cap_mib,
             weight=1 / device.capacity,
         )  # fmt: skip
-    return replace(base, device_ids=tuple(d.id for d in chosen), weight=float(need))
+    return replace(base, device_ids=tuple(d.key for d in chosen), weight=float(need))
 
 
 def with_allocation(state: State, allocation: Allocation) -> State:
@@ -295,7 +343,13 @@ def with_allocation(state: State, allocation: Allocation) -> State:
     )  # fmt: skip
 
 
-def enqueue(state: State, holder: Holder, request: GpuRequest, now: datetime) -> State:
+def enqueue(
+    state: State,
+    holder: Holder,
+    request: GpuRequest,
+    now: datetime,
+    nodes: frozenset[str] | None = None,
+) -> State:
     """Put ``holder`` at the end of the queue (a no-op if it already waits).
 
     Only a request that could ever be served waits, and a holder never waits while holding.
@@ -304,7 +358,7 @@ def enqueue(state: State, holder: Holder, request: GpuRequest, now: datetime) ->
         raise AlreadyHolding(f"{holder.key} already holds GPUs; it cannot also wait for some")
     if not request.wants_gpu or state.position(holder.key) is not None:
         return state
-    waiting = Waiting(holder=holder.key, request=request.describe(), since=now)
+    waiting = Waiting(holder=holder.key, request=queue_kind(request, nodes), since=now)
     return replace(state, queue=_in_line([*state.queue, waiting]))
 
 
@@ -339,7 +393,7 @@ def drain(state: State, device_id: str, drained: bool = True) -> State:
 
 def _known(state: State, device_id: str) -> None:
     if state.device(device_id) is None:
-        known = ", ".join(d.id for d in state.inventory) or "none"
+        known = ", ".join(d.key for d in state.inventory) or "none"
         raise KeyError(f"no device {device_id!r} in the inventory (known: {known})")
 
 
@@ -366,7 +420,7 @@ def rebuild(
         by_holder[a.holder] = a
         for device_id in a.device_ids:
             holders.setdefault(device_id, []).append(a.holder)
-    devices = {d.id: d for d in inventory}
+    devices = {d.key: d for d in inventory}
     conflicts: dict[str, tuple[str, ...]] = {}
     for device_id, names in holders.items():
         device = devices.get(device_id)

@@ -118,8 +118,9 @@ class GpuSpawnerMixin(LoggingConfigurable):
     async def gpu_options_form(self) -> str:
         """Radio buttons for the allowed profiles, free devices and quota left."""
         holder = self._gpu_holder()
+        nodes, down = await self.gpu_placement()
         choices, quota = await self._allocator.choices(
-            holder.user, holder.groups, bool(self.user.admin)
+            holder.user, holder.groups, bool(self.user.admin), nodes, down
         )
         if not quota and len(choices) == 1 and choices[0].free is None:
             return ""  # nothing to choose: JupyterHub spawns without showing a form
@@ -156,8 +157,9 @@ class GpuSpawnerMixin(LoggingConfigurable):
         self._gpu_waiting = True
         try:
             profile, allocation = await allocator.allocate(
-                holder, self.user_options.get("profile"), is_admin, self._gpu_emit
-            )
+                holder, self.user_options.get("profile"), is_admin, self._gpu_emit,
+                self.gpu_placement,
+            )  # fmt: skip
         except UnknownProfile as e:
             raise web.HTTPError(400, str(e)) from e
         except (ProfileNotAllowed, QuotaExceeded) as e:
@@ -175,17 +177,24 @@ class GpuSpawnerMixin(LoggingConfigurable):
         self.log.info("GPU allocation for %s: %s", holder.key, allocation.device_ids or "none")
         return allocation
 
-    async def _gpu_reconcile(self, allocator: GpuAllocator) -> None:
-        async def observe() -> list[Allocation]:
-            return await asyncio.wrap_future(
-                self.executor.submit(
-                    devicerequests.observed_allocations, self.client, allocator.clock(),
-                    f"{self.prefix}-",
-                )
-            )  # fmt: skip
+    async def gpu_placement(self) -> tuple[frozenset[str] | None, frozenset[str]]:
+        """Where this server may get devices: (inventory nodes it may run on, nodes down).
+        One host: anywhere, nothing down; the Swarm spawner (labhub.swarmgpu) narrows it."""
+        return None, frozenset()
 
+    async def gpu_observed(self) -> list[Allocation]:
+        """The allocations the engine's objects hold (reconciled once after a restart):
+        here every GPU container's device requests and labels."""
+        return await asyncio.wrap_future(
+            self.executor.submit(
+                devicerequests.observed_allocations, self.client, self._allocator.clock(),
+                f"{self.prefix}-",
+            )
+        )  # fmt: skip
+
+    async def _gpu_reconcile(self, allocator: GpuAllocator) -> None:
         try:
-            released, adopted = await allocator.reconcile_once(observe)
+            released, adopted = await allocator.reconcile_once(self.gpu_observed)
         except DoubleBooking as e:
             self.log.error("GPU record not reconciled: %s", e)
             raise web.HTTPError(

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -39,6 +39,8 @@ CREATE TABLE IF NOT EXISTS reservations (
     device_id TEXT PRIMARY KEY, user TEXT, grp TEXT, since TEXT NOT NULL, actor TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS drained (
     device_id TEXT PRIMARY KEY, since TEXT NOT NULL, actor TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS nodes_down (
+    node TEXT PRIMARY KEY, since TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS queue (
     holder TEXT PRIMARY KEY, request TEXT NOT NULL, since TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS usage (
@@ -110,6 +112,19 @@ def allocation_from_json(data: Mapping[str, Any]) -> Allocation:
 
 class ExtensionRefused(Exception):
     """No extension for this holder; the message is for the student."""
+
+
+def booked_devices(path: str | Path, holder: str) -> tuple[str, ...] | None:
+    """The devices the record at ``path`` books for ``holder`` (None: no booking), read
+    only: for the Swarm Docker proxy, which must never write the hub's record."""
+    uri = f"{Path(path).resolve().as_uri()}?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S)
+    try:
+        row = conn.execute("SELECT device_ids FROM allocations WHERE holder = ?", (holder,))
+        found = row.fetchone()
+    finally:
+        conn.close()
+    return tuple(json.loads(found[0])) if found else None
 
 
 class Store:
@@ -320,8 +335,13 @@ class Store:
         now: datetime,
         policy: quota.QuotaPolicy | None = None,
         queue: bool = False,
+        nodes: frozenset[str] | None = None,
+        down: frozenset[str] = frozenset(),
     ) -> Allocation:
         """Release what ``holder`` held, then schedule ``request`` and record it, atomically.
+
+        ``nodes`` and ``down``: on a Swarm, where the server may run and which nodes take no
+        task now (:func:`labhub.gpu.scheduler.allocate`).
 
         Raises ``QuotaExceeded`` or ``NoCapacity``. With ``queue=True`` the holder joins
         the queue on ``NoCapacity`` (call again to retry); while spawns wait for the same
@@ -334,10 +354,11 @@ class Store:
             state = self._state(conn, inventory)
             refused: scheduler.NoCapacity | None = None
             try:
-                allocation = scheduler.allocate(state, holder, request, now)
+                allocation = scheduler.allocate(state, holder, request, now, nodes, down)
             except scheduler.NoCapacity as e:
                 if queue and e.possible:  # committed: the refusal below is not a rollback
-                    self._write_queue(conn, state, scheduler.enqueue(state, holder, request, now))
+                    waiting = scheduler.enqueue(state, holder, request, now, nodes)
+                    self._write_queue(conn, state, waiting)
                 refused = e
             else:
                 self._write_queue(conn, state, scheduler.with_allocation(state, allocation))
@@ -421,6 +442,23 @@ class Store:
                     "INSERT INTO drained VALUES (?, ?, ?)", (device_id, now.isoformat(), actor)
                 )
             self._log(conn, now, actor, "drain" if drained else "undrain", device=device_id)
+
+    def record_nodes_down(self, down: Iterable[str], now: datetime) -> None:
+        """On a Swarm: the inventory nodes that are down or gone now, as the hub last saw
+        them (each GPU spawn and poll); a node still down keeps its first ``since``."""
+        now_down = set(down)
+        with self._tx() as conn:
+            known = {r["node"] for r in conn.execute("SELECT node FROM nodes_down")}
+            for node in sorted(known - now_down):
+                conn.execute("DELETE FROM nodes_down WHERE node = ?", (node,))
+                self._log(conn, now, "hub", "node-up", node=node)
+            for node in sorted(now_down - known):
+                conn.execute("INSERT INTO nodes_down VALUES (?, ?)", (node, now.isoformat()))
+                self._log(conn, now, "hub", "node-down", node=node)
+
+    def nodes_down_since(self) -> Mapping[str, str]:
+        with self._tx() as conn:
+            return {r["node"]: r["since"] for r in conn.execute("SELECT * FROM nodes_down")}
 
     def drained_since(self) -> Mapping[str, str]:
         with self._tx() as conn:
