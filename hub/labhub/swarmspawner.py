@@ -121,6 +121,7 @@ class LabSwarmSpawner(LabServerMixin, SwarmSpawner):  # type: ignore[misc]
         """Choose the node, create the service pinned there, wait for its task."""
         if self.mem_limit is None or self.cpu_limit is None:
             raise web.HTTPError(500, "LabSwarmSpawner needs mem_limit and cpu_limit (settings)")
+        self.reload_home_node()
         nodes = nodes_from_api(await self.docker("nodes"))
         services = await self.docker("services", filters={"label": OWNER_LABEL})
         try:
@@ -154,6 +155,16 @@ class LabSwarmSpawner(LabServerMixin, SwarmSpawner):  # type: ignore[misc]
                 )
             await asyncio.sleep(0.2)
         return service
+
+    def reload_home_node(self) -> None:
+        """The home node as the hub's database has it now: `labhub move-home` (an admin
+        command, another process) changes it there while the server is stopped."""
+        if self.orm_spawner is None:
+            return
+        self.db.refresh(self.orm_spawner, ["state"])
+        state = self.orm_spawner.state or {}
+        if HOME_NODE_STATE in state:
+            self.home_node = state[HOME_NODE_STATE]
 
     def get_state(self) -> dict[str, Any]:
         state: dict[str, Any] = super().get_state()
