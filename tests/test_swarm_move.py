@@ -161,7 +161,7 @@ class Lab:
         )
         row = self.orm_spawner(user)
         spawner = LabSwarmSpawner(
-            user=_User(user), hub=Hub(), orm_spawner=row, db=self.db, cmd=SERVER_CMD,
+            user=_User(user), hub=Hub(), orm_spawner=row, cmd=SERVER_CMD,
             **swarm_spawner_config(settings),
         )  # fmt: skip
         spawner.load_state(row.state or {})

@@ -32,6 +32,7 @@ from docker.types import (
 )
 from docker.utils import parse_bytes
 from dockerspawner import SwarmSpawner
+from sqlalchemy.orm import object_session
 from tornado import web
 from traitlets import Float, Unicode
 
@@ -158,10 +159,12 @@ class LabSwarmSpawner(LabServerMixin, SwarmSpawner):  # type: ignore[misc]
 
     def reload_home_node(self) -> None:
         """The home node as the hub's database has it now: `labhub move-home` (an admin
-        command, another process) changes it there while the server is stopped."""
-        if self.orm_spawner is None:
+        command, another process) changes it there while the server is stopped. Through
+        the ORM object's own session (Spawner.db is deprecated)."""
+        session = object_session(self.orm_spawner) if self.orm_spawner is not None else None
+        if session is None:
             return
-        self.db.refresh(self.orm_spawner, ["state"])
+        session.refresh(self.orm_spawner, ["state"])
         state = self.orm_spawner.state or {}
         if HOME_NODE_STATE in state:
             self.home_node = state[HOME_NODE_STATE]

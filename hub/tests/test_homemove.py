@@ -296,7 +296,7 @@ def test_the_switch_writes_the_new_node_into_the_hubs_database_and_the_spawner_r
     path, db = hub_db
     plan = plan_move("alice", "nodeB", read_home(path, "alice"), PROXIES, NETWORK)
     spawner_row = orm.User.find(db, "alice").orm_spawners[""]
-    spawner = LabSwarmSpawner(user=SimpleNamespace(name="alice"), orm_spawner=spawner_row, db=db)
+    spawner = LabSwarmSpawner(user=SimpleNamespace(name="alice"), orm_spawner=spawner_row)
     spawner.load_state(spawner_row.state)
     assert spawner.home_node == "nodeA"
     switch_home(path, plan)
