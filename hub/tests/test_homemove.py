@@ -15,11 +15,14 @@ from typing import Any
 
 import pytest
 from jupyterhub import orm
+from labhub import cli
 from labhub.dockerpolicy import Policy, Refused, check_node_request
 from labhub.dockerproxy import BadRequest, ChunkedBody, RequestHead, parse_head
 from labhub.homemove import HomeRow, MoveFailed, MoveRefused, plan_move, read_home, switch_home
 from labhub.hometar import BadHomeArchive, Manifest, copy_helper, manifest_of, rewrite
 from labhub.swarmspawner import HOME_NODE_STATE, LabSwarmSpawner
+
+from testsupport.minimal_env import MINIMAL_ENV
 
 pytestmark = pytest.mark.unit
 
@@ -318,3 +321,20 @@ def test_a_server_started_during_the_copy_is_not_switched(hub_db: tuple[Path, An
     with sqlite3.connect(path) as raw:
         [state] = raw.execute("SELECT state FROM spawners").fetchone()
     assert json.loads(state)[HOME_NODE_STATE] == "nodeA"
+
+
+def test_the_command_refuses_with_the_reason_and_exit_2(
+    hub_db: tuple[Path, Any], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, db = hub_db
+    for name, value in {**MINIMAL_ENV, "DOCKER_NETWORK": NETWORK}.items():
+        monkeypatch.setenv(name, value)
+    proxies = [f"--proxy={node}={url}" for node, url in PROXIES.items()]
+    assert cli.main(["move-home", "alice", "nodeB", "--proxy=nodeA", f"--db={path}"]) == 2
+    assert "give NODE_ID=tcp://HOST:PORT" in capsys.readouterr().err
+    assert cli.main(["move-home", "bob", "nodeB", *proxies, f"--db={path}"]) == 2
+    assert "'bob' has no server in the hub's database" in capsys.readouterr().err
+    orm.User.find(db, "alice").orm_spawners[""].server = orm.Server()
+    db.commit()
+    assert cli.main(["move-home", "alice", "nodeB", *proxies, f"--db={path}"]) == 2
+    assert "refused: alice's server is running" in capsys.readouterr().err
