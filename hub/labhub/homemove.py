@@ -21,7 +21,7 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -185,17 +185,21 @@ def move_home(
 ) -> None:
     """Copy, check, switch, then remove (or keep) the old volume; MoveRefused or MoveFailed
     before the switch leave the old home the one in use."""
-    for engine in (source, target):
-        engine.check_identity()
-    if not source.has_volume(plan.volume):
+    try:
+        for engine in (source, target):
+            engine.check_identity()
+        found = (source.has_volume(plan.volume), target.has_volume(plan.volume))
+    except (APIError, OSError) as error:
+        raise MoveRefused(f"cannot ask the nodes' proxies: {error}") from error
+    if not found[0]:
         raise MoveRefused(f"node {plan.source} has no volume {plan.volume}: nothing to move")
-    if target.has_volume(plan.volume):
+    if found[1]:
         raise MoveRefused(
             f"node {plan.target} already has a volume {plan.volume} (an earlier copy?): "
             f"remove it there (docker volume rm {plan.volume}) after checking it, then move"
         )
-    target.api.create_volume(plan.volume, driver="local")
     try:
+        target.api.create_volume(plan.volume, driver="local")
         sent = _copy(plan, source, target, say)
         with target.helper(plan.user) as helper:
             copied = manifest_of(target.archive(helper))
@@ -207,7 +211,8 @@ def move_home(
         say(f"checked: {len(copied.entries)} entries, manifest sha256 {copied.digest()} on both")
         switch_home(db_path, plan)
     except (MoveFailed, BadHomeArchive, APIError, OSError) as error:
-        target.api.remove_volume(plan.volume, force=True)
+        with suppress(NotFound):
+            target.api.remove_volume(plan.volume, force=True)
         raise MoveFailed(
             f"{error}. Nothing switched: {plan.user}'s home is still {plan.volume} on node "
             f"{plan.source}; the copy on node {plan.target} was removed"
