@@ -122,6 +122,7 @@ def rewrite(
         with tarfile.open(fileobj=source, mode="r|") as archive:
             for member in archive:
                 fresh = checked(member)
+                _check_not_through_a_link(fresh.name, seen)
                 yield fresh.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
                 digest = hashlib.sha256()
                 if fresh.isreg():
@@ -137,6 +138,15 @@ def rewrite(
     if not seen.entries or TOP not in seen.entries:
         raise BadHomeArchive(f"the archive has no {TOP}/ folder")
     yield b"\0" * (2 * tarfile.BLOCKSIZE)
+
+
+def _check_not_through_a_link(name: str, seen: Manifest) -> None:
+    """No member below a symbolic link sent earlier: the engine would write through it
+    (an archive of a real home never lists anything below a link)."""
+    for parent in PurePosixPath(name).parents:
+        entry = seen.entries.get(str(parent))
+        if entry is not None and entry.kind == "symlink":
+            raise BadHomeArchive(f"{name!r} is below the symbolic link {str(parent)!r}")
 
 
 def _entry(member: tarfile.TarInfo, sha256: str, seen: Manifest) -> Entry:

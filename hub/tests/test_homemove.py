@@ -115,11 +115,13 @@ def test_a_changed_byte_mode_or_missing_file_is_a_difference_by_name() -> None:
         (member("other/x"), "not inside jovyan/"),
         (member("jovyan/h", tarfile.LNKTYPE, linkname="/etc/shadow"), "not inside jovyan/"),
         (member("jovyan/h", tarfile.LNKTYPE, linkname="jovyan/later"), "not before it"),
+        (member("jovyan/etc/passwd"), "below the symbolic link 'jovyan/etc'"),
     ],
     ids=lambda value: value if isinstance(value, str) else value.name,
 )
 def test_a_member_no_lab_server_makes_stops_the_stream_before_it(evil: Any, reason: str) -> None:
-    chunks = rewrite(io.BytesIO(tar_of(HOME[0], (evil, b"x"))))
+    to_etc = member("jovyan/etc", tarfile.SYMTYPE, 0o777, linkname="/etc")
+    chunks = rewrite(io.BytesIO(tar_of(HOME[0], (to_etc, b""), (evil, b"x"))))
     first = next(chunks)  # the folder before it passes
     assert b"jovyan" in first
     with pytest.raises(BadHomeArchive, match=reason):
