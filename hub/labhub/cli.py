@@ -11,6 +11,9 @@ labhub course-link       print an nbgitpuller link for course material in git; w
 labhub container-prefix NETWORK
                          what the name of every user container of that stack starts
                          with (`make down` and scripts/restore.sh find them by it)
+labhub move-home USER NODE --proxy NODE=URL ...
+                         Swarm mode: move a stopped user's home volume to another node
+                         through the nodes' Docker proxies, check it, switch (docs/scale-out.md)
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from . import course
 from .contract import container_name_prefix, volume_name_for
 from .settings import NetworkSettings, Settings, SettingsError
 from .settingsdoc import stale, write
+from .volumes import DEFAULT_DB
 
 # Before volumes were named per stack, every stack used the default stack's names.
 SHARED_VOLUME_NETWORK = "labhub"
@@ -139,6 +143,40 @@ def course_link(args: argparse.Namespace) -> int:
     return 0
 
 
+def move_home(args: argparse.Namespace) -> int:
+    """Move the user's home to the node (exit 2 refused, 1 failed, the old home in use)."""
+    from . import homemove
+
+    settings = Settings.from_env(os.environ)
+    proxies: dict[str, str] = {}
+    for pair in args.proxy:
+        node, equals, url = pair.partition("=")
+        if not equals or not node or not url.startswith("tcp://"):
+            print(
+                f"labhub move-home: --proxy {pair!r}: give NODE_ID=tcp://HOST:PORT", file=sys.stderr
+            )
+            return 2
+        proxies[node] = url
+    network, image = settings.docker_network, settings.workspace_image
+    try:
+        row = homemove.read_home(args.db, args.user)
+        plan = homemove.plan_move(args.user, args.node, row, proxies, network)
+        homemove.move_home(
+            plan,
+            homemove.NodeEngine(plan.source, plan.source_proxy, network, image),
+            homemove.NodeEngine(plan.target, plan.target_proxy, network, image),
+            args.db,
+            keep_old=args.keep_old,
+        )
+    except homemove.MoveRefused as error:
+        print(f"labhub move-home: refused: {error}", file=sys.stderr)
+        return 2
+    except homemove.MoveFailed as error:
+        print(f"labhub move-home: failed: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def print_container_prefix(network: str) -> int:
     """Print the user containers' name prefix, so shell never spells it out itself."""
     print(container_name_prefix(network))
@@ -167,6 +205,18 @@ def main(argv: list[str] | None = None) -> int:
         "container-prefix", help="what every user container's name starts with"
     )
     prefix.add_argument("network", help="the stack's DOCKER_NETWORK")
+    move = commands.add_parser("move-home", help="move a user's home to another Swarm node")
+    move.add_argument("user", help="the JupyterHub username (their server stopped)")
+    move.add_argument("node", help="the Swarm node ID to move to (docker node ls)")
+    move.add_argument(
+        "--proxy", action="append", default=[], metavar="NODE=URL",
+        help="a node's Docker proxy (PROXY_POLICY=node), for the old and the new node",
+    )  # fmt: skip
+    move.add_argument("--keep-old", action="store_true", help="keep the old node's volume")
+    move.add_argument(
+        "--db", type=Path, default=Path(DEFAULT_DB),
+        help="the hub's SQLite database",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.command == "check-settings":
         return check_settings()
@@ -178,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         return course_link(args)
     if args.command == "user-volumes":
         return user_volumes(args.db, args.network)
+    if args.command == "move-home":
+        return move_home(args)
     if args.command == "container-prefix":
         return print_container_prefix(args.network)
     parser.error(f"unknown command {args.command}")

@@ -6,7 +6,9 @@ Three policies, one per client of the proxy:
   container-create body only if every key in it is one LabSpawner sends, with every
   value inside its bounds (an allow-list: an unknown key anywhere is refused by name).
   In Swarm mode (`check_swarm_request`, the proxy in front of the manager) the same
-  policy admits the service calls of `labhub.swarmspawner.LabSwarmSpawner` instead;
+  policy admits the service calls of `labhub.swarmspawner.LabSwarmSpawner` instead, and
+  in front of each node's engine (`check_node_request`, PROXY_POLICY=node) the users'
+  volumes and the never-started copy helper `labhub.homemove` moves homes with;
 * `FrontendPolicy` (nginx-proxy and acme-companion, `compose/nginx-proxy.yml`): read
   container metadata and events, and reload the nginx-proxy container;
 * `MetricsPolicy` (`labhub.containermetrics`, MONITORING=true): list the stack's user
@@ -34,6 +36,7 @@ from .contract import (
     CONTAINER_USER,
     GPU_DEVICES_LABEL,
     GPU_HOLDER_LABEL,
+    HOME_DIR,
     OWNER_LABEL,
     USER_LOG_CONFIG,
     VISIBLE_DEVICES_ENV,
@@ -42,6 +45,7 @@ from .contract import (
     volume_name_for,
     volume_prefix,
 )
+from .hometar import PARENT, copy_helper, copy_helper_prefix
 
 MAX_BODY = 1024 * 1024
 _GIB = 1024**3
@@ -72,6 +76,9 @@ class Allowed:
     # Set for a Swarm service asking for GPUs: the relay checks it against the GPU record
     # and the node list (`check_gpu_claim`) before the manager sees the service.
     gpu_claim: GpuClaim | None = None
+    # Set for a node's tar upload (PUT .../archive): the relay streams the body through
+    # labhub.hometar.rewrite, checking and re-writing every member, instead of reading it.
+    tar_upload: bool = False
 
 
 @dataclass(frozen=True)
@@ -980,3 +987,56 @@ def check_gpu_claim(
             f"{claim.holder}'s GPUs are on node {claim.node} ({where}), but the service is "
             f"pinned to {claim.node_id}"
         )
+
+
+# --- The proxy in front of each node's engine (labhub.homemove) -------------------------
+def check_node_request(policy: Policy, method: str, target: str, body: bytes) -> Allowed:
+    """A request to one node's engine, checked: users' volumes (create, inspect, remove)
+    and a never-started copy helper on one user's volume (labhub.hometar.copy_helper):
+    create it, read its home as a tar, put a checked tar back (streamed: `tar_upload`),
+    remove it. No start, exec or attach: nothing runs."""
+    return _checked(_match_node_route, "a node's home moves", policy, method, target, body)
+
+
+def _match_node_route(
+    policy: Policy, method: str, path: str, params: dict[str, str], body: bytes
+) -> Allowed | None:
+    if method == "GET" and (m := _route(r"/(?:_ping|version|info)", path)):
+        return Allowed(path + _query(params, {}), m["version"] or "")
+    if method == "POST" and (m := _route(r"/volumes/create", path)):
+        volume = parse_json(body)
+        check_volume_create(Policy(frozenset(), policy.network), volume)
+        return Allowed(path + _query(params, {}), m["version"] or "", body=_dumps(volume))
+    if method in ("GET", "DELETE") and (m := _route(rf"/volumes/(?P<name>{_NAME})", path)):
+        if not m["name"].startswith(prefix := volume_prefix(policy.network)):
+            raise Refused(f"volume {m['name']!r} is not a user volume ({prefix}*)")
+        return Allowed(path + _query(params, {}), m["version"] or "")
+    helper = re.escape(copy_helper_prefix(policy.network)) + "[0-9a-f]{16}"
+    if method == "POST" and (m := _route(r"/containers/create", path)):
+        name = params.get("name", "")
+        if not re.fullmatch(helper, name):
+            raise Refused(f"container name {name!r}: only copy helpers ({helper})")
+        spec = parse_json(body)
+        owner = (spec.get("Labels") or {}).get(OWNER_LABEL)
+        image = spec.get("Image")
+        if not isinstance(owner, str) or not owner or image not in policy.allowed_images:
+            raise Refused("a copy helper names its user (label) and an allowed image")
+        if spec != copy_helper(policy.network, owner, str(image)):
+            raise Refused("only the copy helper of labhub.hometar.copy_helper, exactly")
+        return Allowed(path + _query(params, {"name": None}), m["version"] or "", body=_dumps(spec))
+    one = _route(rf"/containers/(?P<id>{helper})(?P<action>/archive)?", path)
+    if one is None:
+        return None
+    if method == "GET" and one["action"]:
+        home = re.compile(re.escape(HOME_DIR)).fullmatch
+        return Allowed(path + _query(params, {"path": home}), one["version"] or "", one["id"])
+    if method == "PUT" and one["action"]:
+        parent = re.compile(re.escape(PARENT)).fullmatch
+        queries: dict[str, Accepts | None] = {"path": parent, "noOverwriteDirNonDir": _BOOL}
+        target = path + _query(params, queries)
+        return Allowed(target, one["version"] or "", one["id"], tar_upload=True)
+    if method == "DELETE" and not one["action"]:
+        false = re.compile("0|false|False").fullmatch
+        queries = {"v": false, "link": false, "force": _BOOL}
+        return Allowed(path + _query(params, queries), one["version"] or "", one["id"])
+    return None

@@ -23,6 +23,10 @@ one request:
    the client's head is forwarded;
 5. it streams the engine's answer back and closes both connections.
 
+A node's proxy (PROXY_POLICY=node) takes one streamed body: a home's tar upload, sent
+chunked (`ChunkedBody`, strict) and forwarded as a new tar written member by member from
+the checked fields (`labhub.hometar.rewrite`), never as the client's bytes.
+
 One request is answered by the relay itself: the metrics exporter's `GET /system/df`
 (`DiskUsage`), from one engine call every DISK_USAGE_EVERY seconds, cut down to the
 sizes of its stack's user volumes.
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import io
 import json
 import logging
 import os
@@ -57,6 +62,7 @@ from .dockerpolicy import (
     check_frontend_request,
     check_gpu_claim,
     check_metrics_request,
+    check_node_request,
     check_owner,
     check_request,
     check_swarm_request,
@@ -64,6 +70,7 @@ from .dockerpolicy import (
     user_volume_sizes,
 )
 from .gpu.store import booked_devices
+from .hometar import BadHomeArchive, rewrite
 from .registry import check_pinned
 from .settings import names
 
@@ -92,10 +99,14 @@ class RequestHead:
     method: str
     target: str
     content_length: int
+    # `Transfer-Encoding: chunked` (only where `chunked_ok`: a node's tar upload).
+    chunked: bool = False
 
 
-def parse_head(head: bytes) -> RequestHead:
-    """Validate a raw head (up to and including the blank line) and read it."""
+def parse_head(head: bytes, chunked_ok: bool = False) -> RequestHead:
+    """Validate a raw head (up to and including the blank line) and read it; with
+    `chunked_ok`, exactly `Transfer-Encoding: chunked` and no Content-Length may stand in
+    for a Content-Length."""
     if len(head) > MAX_HEAD:
         raise BadRequest(f"request head longer than {MAX_HEAD} bytes")
     if not head.endswith(b"\r\n\r\n") or not head.isascii():
@@ -109,6 +120,7 @@ def parse_head(head: bytes) -> RequestHead:
     if len(lines) - 1 > MAX_HEADERS:
         raise BadRequest(f"more than {MAX_HEADERS} header lines")
     lengths: list[bytes] = []
+    encodings: list[bytes] = []
     for line in lines[1:]:
         if line[:1] in (b" ", b"\t"):
             raise BadRequest("obs-fold (a header line starting with a space) is not accepted")
@@ -119,9 +131,12 @@ def parse_head(head: bytes) -> RequestHead:
         if not _FIELD_VALUE.fullmatch(value):
             raise BadRequest(f"header {name.decode()} has control characters in its value")
         if name.lower() == b"transfer-encoding":
-            raise BadRequest("Transfer-Encoding is not accepted: send a Content-Length")
+            encodings.append(value)
         if name.lower() == b"content-length":
             lengths.append(value)
+    chunked = chunked_ok and encodings == [b"chunked"] and not lengths
+    if encodings and not chunked:
+        raise BadRequest("Transfer-Encoding is not accepted: send a Content-Length")
     if len(lengths) > 1:
         raise BadRequest("Content-Length given more than once")
     length = 0
@@ -131,7 +146,8 @@ def parse_head(head: bytes) -> RequestHead:
         length = int(lengths[0])
     if length > MAX_BODY:
         raise BadRequest(f"request body of {length} bytes is larger than {MAX_BODY}")
-    return RequestHead(request_line["method"].decode(), request_line["target"].decode(), length)
+    method, target = request_line["method"].decode(), request_line["target"].decode()
+    return RequestHead(method, target, length, chunked)
 
 
 def upstream_request(method: str, allowed: Allowed) -> bytes:
@@ -145,20 +161,26 @@ def upstream_request(method: str, allowed: Allowed) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + allowed.body
 
 
-async def read_request(reader: asyncio.StreamReader) -> tuple[RequestHead, bytes]:
+async def read_request(
+    reader: asyncio.StreamReader, chunked_ok: bool = False
+) -> tuple[RequestHead, bytes]:
     """One request's head and body; BadRequest for bad framing or pipelined extra bytes.
 
     Reads in chunks into a buffer of its own, so bytes that came with the request
     beyond its body (a pipelined second request) are seen, without waiting for them.
-    Bytes sent later are never read: the connection closes after one answer.
+    Bytes sent later are never read: the connection closes after one answer. A chunked
+    body (`chunked_ok`) is not read here: the bytes after the head are returned, the
+    start of the stream `ChunkedBody` reads.
     """
     received = bytearray()
     while (end := received.find(b"\r\n\r\n")) < 0:
         if len(received) > MAX_HEAD:
             raise BadRequest(f"request head longer than {MAX_HEAD} bytes")
         received += await _read_some(reader)
-    head = parse_head(bytes(received[: end + 4]))
+    head = parse_head(bytes(received[: end + 4]), chunked_ok)
     body = received[end + 4 :]
+    if head.chunked:
+        return head, bytes(body)
     while len(body) < head.content_length:
         body += await _read_some(reader)
     if len(body) > head.content_length:
@@ -188,6 +210,96 @@ def _inspect(socket_path: str, target: str, timeout: float = 30) -> tuple[int, b
     connection = _UnixHTTPConnection(socket_path, timeout)
     try:
         connection.request("GET", target)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+class ChunkedBody(io.RawIOBase):
+    """A chunked request body, read strictly, as a blocking file (for a worker thread):
+    `<hex size>CRLF<data>CRLF` up to `0CRLF CRLF`; no chunk extensions, no trailers."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, loop: asyncio.AbstractEventLoop, start: bytes
+    ) -> None:
+        self._reader, self._loop = reader, loop
+        self._buffer = bytearray(start)
+        self._left = 0  # bytes left in the current chunk
+        self._done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def _more(self) -> None:
+        future = asyncio.run_coroutine_threadsafe(_read_some(self._reader), self._loop)
+        self._buffer += future.result(REQUEST_TIMEOUT)
+
+    def _line(self) -> bytes:
+        while (end := self._buffer.find(b"\r\n")) < 0:
+            if len(self._buffer) > 64:
+                raise BadRequest("a chunk size line longer than 64 bytes")
+            self._more()
+        line = bytes(self._buffer[:end])
+        del self._buffer[: end + 2]
+        return line
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        if self._done:
+            return 0
+        if not self._left:
+            size = self._line()
+            if not re.fullmatch(rb"[0-9A-Fa-f]{1,8}", size):
+                raise BadRequest(f"chunk size {size[:20]!r} is not 1 to 8 hex digits")
+            self._left = int(size, 16)
+            if not self._left:
+                if self._line() != b"" or self._buffer:
+                    raise BadRequest("no trailers and nothing after the last chunk")
+                self._done = True
+                return 0
+        if not self._buffer:
+            self._more()
+        count = min(len(buffer), self._left, len(self._buffer))
+        buffer[:count] = self._buffer[:count]
+        del self._buffer[:count]
+        self._left -= count
+        if not self._left and self._line() != b"":
+            raise BadRequest("a chunk's data is not followed by CRLF")
+        return count
+
+    def drain(self, most: int) -> None:
+        """Read the rest of the body (a tar's zero padding), at most `most` bytes."""
+        while self.read(65536):
+            most -= 65536
+            if most < 0:
+                raise BadRequest("bytes after the end of the tar archive")
+
+
+def _put_tar(socket_path: str, allowed: Allowed, body: ChunkedBody) -> tuple[int, bytes]:
+    """Stream the client's tar to the engine through `hometar.rewrite` (chunked): the
+    engine gets only re-written, checked members. Refused on the first bad member; the
+    engine then sees the stream cut off, without its last chunk."""
+    connection = _UnixHTTPConnection(socket_path)
+    try:
+        connection.putrequest("PUT", allowed.target, skip_host=True, skip_accept_encoding=True)
+        for name, value in (
+            ("Host", "docker"),
+            ("Content-Type", "application/x-tar"),
+            ("Transfer-Encoding", "chunked"),
+            ("Connection", "close"),
+        ):
+            connection.putheader(name, value)
+        connection.endheaders()
+        try:
+            for chunk in rewrite(body):
+                if chunk:
+                    connection.send(f"{len(chunk):X}\r\n".encode() + chunk + b"\r\n")
+            body.drain(1024 * 1024)
+            connection.send(b"0\r\n\r\n")
+        except BadHomeArchive as error:
+            raise Refused(f"tar upload: {error}") from None
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the engine answered before the end (an error): its answer is read below
         response = connection.getresponse()
         return response.status, response.read()
     finally:
@@ -224,7 +336,7 @@ async def _respond(writer: asyncio.StreamWriter, status: int, message: str) -> N
 
 
 async def _send_json(writer: asyncio.StreamWriter, status: int, payload: bytes) -> None:
-    reason = {200: "OK", 400: "Bad Request", 403: "Forbidden", 502: "Bad Gateway"}[status]
+    reason = http.client.responses.get(status, "Unknown")
     writer.write(
         f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
@@ -264,14 +376,16 @@ async def handle(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
     gpu_db: str = "",
+    uploads: bool = False,
 ) -> None:
     """Read one request, check it, send the engine a new one built from it, stream back.
 
-    ``gpu_db``: the hub's GPU record (PROXY_POLICY=swarm), read only, for GPU services."""
+    ``gpu_db``: the hub's GPU record (PROXY_POLICY=swarm), read only, for GPU services.
+    With ``uploads`` (a node's proxy), a chunked tar upload is streamed through the checks."""
     method, target = "?", "?"
     try:
         try:
-            head, body = await asyncio.wait_for(read_request(reader), REQUEST_TIMEOUT)
+            head, body = await asyncio.wait_for(read_request(reader, uploads), REQUEST_TIMEOUT)
         except TimeoutError:
             await _respond(writer, 400, f"bad request: not complete within {REQUEST_TIMEOUT} s")
             return
@@ -281,7 +395,12 @@ async def handle(
             return
         method, target = head.method, head.target
         try:
-            allowed = check(method, target, body)
+            allowed = check(method, target, b"" if head.chunked else body)
+            if head.chunked != allowed.tar_upload:
+                await _respond(
+                    writer, 400, "bad request: a tar upload, and only a tar upload, is sent chunked"
+                )
+                return
             if allowed.volumes_of:
                 await _send_json(writer, 200, await disk_usage.answer(allowed))
                 return
@@ -299,10 +418,18 @@ async def handle(
                 if status == 200 and method == "GET" and allowed.target == inspect_target(allowed):
                     await _send_json(writer, 200, inspected)
                     return
+            if allowed.tar_upload:
+                source = ChunkedBody(reader, asyncio.get_running_loop(), body)
+                status, answer = await asyncio.to_thread(_put_tar, socket_path, allowed, source)
+                await _send_json(writer, status, answer or b"{}")
+                return
             up_reader, up_writer = await asyncio.open_unix_connection(socket_path)
         except Refused as refused:
             log.warning("refused %s %s: %s", method, target.split("?", 1)[0], refused)
             await _respond(writer, 403, f"refused by labhub docker proxy: {refused}")
+            return
+        except BadRequest as error:
+            await _respond(writer, 400, f"bad request: {error}")
             return
         except OSError as error:
             await _respond(writer, 502, f"cannot reach the Docker socket: {error}")
@@ -321,7 +448,8 @@ async def handle(
 
 def policy_from_env(env: dict[str, str]) -> Check:
     """PROXY_POLICY=hub (default: ALLOWED_IMAGES, DOCKER_NETWORK, DATASETS, QUOTA_ROOT), swarm
-    (the hub in front of a Swarm manager: ALLOWED_IMAGES, DOCKER_NETWORK), frontend
+    (the hub in front of a Swarm manager: ALLOWED_IMAGES, DOCKER_NETWORK), node (in front of
+    each Swarm node's engine, for home moves: ALLOWED_IMAGES, DOCKER_NETWORK), frontend
     (NGINX_PROXY_CONTAINER) or metrics (DOCKER_NETWORK): which client this proxy serves."""
     kind = env.get("PROXY_POLICY", "hub")
     if kind == "metrics":
@@ -336,8 +464,10 @@ def policy_from_env(env: dict[str, str]) -> Check:
             )
         frontend = FrontendPolicy(nginx_container=nginx)
         return lambda method, target, body: check_frontend_request(frontend, method, target, body)
-    if kind not in ("hub", "swarm"):
-        raise SystemExit(f"dockerproxy: PROXY_POLICY={kind!r}: use hub, swarm, frontend or metrics")
+    if kind not in ("hub", "swarm", "node"):
+        raise SystemExit(
+            f"dockerproxy: PROXY_POLICY={kind!r}: use hub, swarm, node, frontend or metrics"
+        )
     # The workspace image and WORKSPACE_IMAGES (compose joins them), in .env's list grammar.
     images = names(env.get("ALLOWED_IMAGES", ""))
     if not images:
@@ -346,6 +476,10 @@ def policy_from_env(env: dict[str, str]) -> Check:
             "WORKSPACE_IMAGES)"
         )
     network = env.get("DOCKER_NETWORK", "labhub")
+    if kind == "node":
+        # In front of one node's engine: users' volumes and copy helpers (labhub.homemove).
+        node = Policy(allowed_images=images, network=network)
+        return lambda method, target, body: check_node_request(node, method, target, body)
     if kind == "swarm":
         # In front of a Swarm manager: LabSwarmSpawner's service calls (no datasets or
         # disk quotas in Swarm mode yet: refused rather than silently left out).
@@ -396,10 +530,13 @@ def main() -> None:
     disk_usage = DiskUsage(socket_path)
     # PROXY_POLICY=swarm: the hub's GPU record (its data volume, mounted read-only).
     gpu_db = os.environ.get("GPU_DB", "")
+    uploads = os.environ.get("PROXY_POLICY") == "node"
 
     async def serve() -> None:
         server = await asyncio.start_server(
-            lambda r, w: handle(check, socket_path, disk_usage, r, w, gpu_db), host=host, port=port
+            lambda r, w: handle(check, socket_path, disk_usage, r, w, gpu_db, uploads),
+            host=host,
+            port=port,
         )
         log.info("forwarding checked requests to %s on %s:%d", socket_path, host, port)
         async with server:

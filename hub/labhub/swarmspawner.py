@@ -38,6 +38,7 @@ from docker.types import (
 )
 from docker.utils import parse_bytes
 from dockerspawner import SwarmSpawner
+from sqlalchemy.orm import object_session
 from tornado import web
 from traitlets import Float, Unicode
 
@@ -148,6 +149,7 @@ class LabSwarmSpawner(LabServerMixin, SwarmSpawner):  # type: ignore[misc]
         """Choose the node, create the service pinned there, wait for its task."""
         if self.mem_limit is None or self.cpu_limit is None:
             raise web.HTTPError(500, "LabSwarmSpawner needs mem_limit and cpu_limit (settings)")
+        self.reload_home_node()
         nodes = nodes_from_api(await self.docker("nodes"))
         args = await self.get_command()
         # From the count of servers per node until this service is counted too: concurrent
@@ -236,6 +238,18 @@ class LabSwarmSpawner(LabServerMixin, SwarmSpawner):  # type: ignore[misc]
     def service_gpu_labels(self) -> dict[str, str]:
         """The GPU booking to put on the service: none here (labhub.swarmgpu adds it)."""
         return {}
+
+    def reload_home_node(self) -> None:
+        """The home node as the hub's database has it now: `labhub move-home` (an admin
+        command, another process) changes it there while the server is stopped. Through
+        the ORM object's own session (Spawner.db is deprecated)."""
+        session = object_session(self.orm_spawner) if self.orm_spawner is not None else None
+        if session is None:
+            return
+        session.refresh(self.orm_spawner, ["state"])
+        state = self.orm_spawner.state or {}
+        if HOME_NODE_STATE in state:
+            self.home_node = state[HOME_NODE_STATE]
 
     def get_state(self) -> dict[str, Any]:
         state: dict[str, Any] = super().get_state()

@@ -911,7 +911,7 @@ def test_the_metrics_instance_gets_the_stacks_network() -> None:
     ("env", "message"),
     [
         ({}, "ALLOWED_IMAGES is empty"),
-        ({"PROXY_POLICY": "readonly"}, "use hub, swarm, frontend or metrics"),
+        ({"PROXY_POLICY": "readonly"}, "use hub, swarm, node, frontend or metrics"),
         ({"PROXY_POLICY": "frontend"}, "NGINX_PROXY_CONTAINER is empty"),
     ],
 )

@@ -1,0 +1,263 @@
+"""Move a user's home to another Swarm node: `labhub move-home <user> <node>`.
+
+In Swarm mode a user's home is a volume on one node and their server runs there (the node
+is in the spawner's state in the hub's database, `labhub.swarmspawner.HOME_NODE_STATE`).
+Moving it, with the server stopped: copy the volume from the old node to the new one as
+a tar stream through each node's Docker proxy (`PROXY_POLICY=node`; a never-started copy
+helper container is the handle on the volume), read the copy back and compare it member
+by member with what was sent (type, mode, owner, size, link, SHA-256), and only then
+switch the home node in the hub's database; last, remove the old volume (or keep it,
+`--keep-old`). A failure before the switch removes the new copy and leaves the old home
+the one in use.
+
+`plan_move` is the pure part (what the database and the command line allow); `move_home`
+does the I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+from docker.errors import APIError, NotFound
+
+from .contract import HOME_DIR, volume_name_for
+from .hometar import (
+    PARENT,
+    BadHomeArchive,
+    ChunkReader,
+    Manifest,
+    copy_helper,
+    copy_helper_prefix,
+    manifest_of,
+    rewrite,
+)
+from .swarmspawner import HOME_NODE_STATE
+
+# Docker API version of the nodes' engines (Engine 20.10); fixed, so no version probe.
+API_VERSION = "1.41"
+# How long the old volume may stay in use by the stopped server's task container.
+OLD_VOLUME_WAIT = 60.0
+# A progress line every this many bytes copied.
+PROGRESS_EVERY = 256 * 1024 * 1024
+
+
+class MoveRefused(Exception):
+    """The move cannot start; the message says why and what to do."""
+
+
+class MoveFailed(Exception):
+    """The move stopped before the switch: the old home is still the one in use."""
+
+
+@dataclass(frozen=True)
+class HomeRow:
+    """The user's default server in the hub's database: its row, whether it runs, its state."""
+
+    spawner_id: int
+    running: bool
+    state: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class MovePlan:
+    user: str
+    volume: str
+    spawner_id: int
+    state: dict[str, Any]
+    source: str
+    target: str
+    source_proxy: str
+    target_proxy: str
+
+
+def plan_move(
+    user: str, target: str, row: HomeRow | None, proxies: Mapping[str, str], network: str
+) -> MovePlan:
+    """What to move from where, or MoveRefused naming the reason and the fix."""
+    if row is None:
+        raise MoveRefused(f"{user!r} has no server in the hub's database: nothing to move")
+    if row.running:
+        raise MoveRefused(
+            f"{user}'s server is running (or starting): stop it first (admin page, or "
+            f"DELETE /hub/api/users/{user}/server), then move"
+        )
+    source = row.state.get(HOME_NODE_STATE)
+    if not source:
+        raise MoveRefused(
+            f"{user!r} has no home node yet (never started on the swarm): the first start "
+            "places it, nothing to move"
+        )
+    if source == target:
+        raise MoveRefused(f"{user}'s home is already on node {target}")
+    for node in (source, target):
+        if node not in proxies:
+            raise MoveRefused(
+                f"no Docker proxy given for node {node}: add --proxy {node}=tcp://HOST:2375 "
+                "(the node proxy, PROXY_POLICY=node, on that node)"
+            )
+    return MovePlan(
+        user, volume_name_for(user, network), row.spawner_id, row.state, source, target,
+        proxies[source], proxies[target],
+    )  # fmt: skip
+
+
+# --- The hub's database ------------------------------------------------------------------
+def read_home(db_path: Path, user: str) -> HomeRow | None:
+    """The user's default server's row (JupyterHub's `spawners` table)."""
+    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as db:
+        found = db.execute(
+            "SELECT spawners.id, spawners.server_id, spawners.state FROM spawners "
+            "JOIN users ON users.id = spawners.user_id WHERE users.name = ? AND spawners.name = ''",
+            (user,),
+        ).fetchone()
+    if found is None:
+        return None
+    return HomeRow(found[0], found[1] is not None, json.loads(found[2] or "{}"))
+
+
+def switch_home(db_path: Path, plan: MovePlan) -> None:
+    """Record the new home node, only if the server is still stopped; MoveFailed otherwise."""
+    state = {**plan.state, HOME_NODE_STATE: plan.target}
+    with sqlite3.connect(db_path) as db:
+        changed = db.execute(
+            "UPDATE spawners SET state = ? WHERE id = ? AND server_id IS NULL",
+            (json.dumps(state), plan.spawner_id),
+        ).rowcount
+    if changed != 1:
+        raise MoveFailed(f"{plan.user}'s server was started during the copy: not switched")
+
+
+# --- The nodes, through their proxies ---------------------------------------------------------
+class NodeEngine:
+    """One node's engine through its Docker proxy: users' volumes and copy helpers."""
+
+    def __init__(self, node: str, url: str, network: str, image: str) -> None:
+        self.node, self.network, self.image = node, network, image
+        self.api = docker.APIClient(base_url=url, version=API_VERSION, timeout=300)
+
+    def check_identity(self) -> None:
+        """The proxy given for this node is in front of that node's engine."""
+        found = (self.api.info().get("Swarm") or {}).get("NodeID")
+        if found != self.node:
+            raise MoveRefused(
+                f"the proxy given for node {self.node} is in front of node {found or 'none'}: "
+                "check the --proxy addresses"
+            )
+
+    def has_volume(self, volume: str) -> bool:
+        try:
+            self.api.inspect_volume(volume)
+        except NotFound:
+            return False
+        return True
+
+    @contextmanager
+    def helper(self, user: str) -> Iterator[str]:
+        """A never-started container on `user`'s volume, removed afterwards."""
+        name = copy_helper_prefix(self.network) + secrets.token_hex(8)
+        self.api.create_container_from_config(copy_helper(self.network, user, self.image), name)
+        try:
+            yield name
+        finally:
+            self.api.remove_container(name, force=True)
+
+    def archive(self, helper: str) -> ChunkReader:
+        stream, _ = self.api.get_archive(helper, HOME_DIR)
+        return ChunkReader(stream)
+
+
+def move_home(
+    plan: MovePlan,
+    source: NodeEngine,
+    target: NodeEngine,
+    db_path: Path,
+    keep_old: bool = False,
+    say: Callable[[str], None] = print,
+) -> None:
+    """Copy, check, switch, then remove (or keep) the old volume; MoveRefused or MoveFailed
+    before the switch leave the old home the one in use."""
+    try:
+        for engine in (source, target):
+            engine.check_identity()
+        found = (source.has_volume(plan.volume), target.has_volume(plan.volume))
+    except (APIError, OSError) as error:
+        raise MoveRefused(f"cannot ask the nodes' proxies: {error}") from error
+    if not found[0]:
+        raise MoveRefused(f"node {plan.source} has no volume {plan.volume}: nothing to move")
+    if found[1]:
+        raise MoveRefused(
+            f"node {plan.target} already has a volume {plan.volume} (an earlier copy?): "
+            f"remove it there (docker volume rm {plan.volume}) after checking it, then move"
+        )
+    try:
+        target.api.create_volume(plan.volume, driver="local")
+        sent = _copy(plan, source, target, say)
+        with target.helper(plan.user) as helper:
+            copied = manifest_of(target.archive(helper))
+        if differences := sent.differences(copied):
+            raise MoveFailed(
+                f"the copy on node {plan.target} differs from the home on node {plan.source}: "
+                + "; ".join(differences)
+            )
+        say(f"checked: {len(copied.entries)} entries, manifest sha256 {copied.digest()} on both")
+        switch_home(db_path, plan)
+    except (MoveFailed, BadHomeArchive, APIError, OSError) as error:
+        with suppress(NotFound):
+            target.api.remove_volume(plan.volume, force=True)
+        raise MoveFailed(
+            f"{error}. Nothing switched: {plan.user}'s home is still {plan.volume} on node "
+            f"{plan.source}; the copy on node {plan.target} was removed"
+        ) from error
+    say(f"switched: {plan.user}'s home is now on node {plan.target}")
+    if keep_old:
+        say(f"kept the old volume {plan.volume} on node {plan.source} (--keep-old)")
+        return
+    _remove_old_volume(plan, source, say)
+
+
+def _remove_old_volume(plan: MovePlan, source: NodeEngine, say: Callable[[str], None]) -> None:
+    """Remove the old volume once the stopped server's task container is gone (the node
+    removes it within seconds of the service); say so if it is still in use after that."""
+    deadline = time.monotonic() + OLD_VOLUME_WAIT
+    while True:
+        try:
+            source.api.remove_volume(plan.volume)
+        except APIError as error:
+            if error.status_code != 409 or time.monotonic() > deadline:
+                say(
+                    f"the move is done, but the old volume {plan.volume} on node {plan.source} "
+                    f"was not removed ({error.explanation}): remove it there later with "
+                    f"`docker volume rm {plan.volume}`"
+                )
+                return
+            time.sleep(2)
+        else:
+            say(f"removed the old volume {plan.volume} on node {plan.source}")
+            return
+
+
+def _copy(
+    plan: MovePlan, source: NodeEngine, target: NodeEngine, say: Callable[[str], None]
+) -> Manifest:
+    """Stream the home from the source node's volume into the target's; what was sent."""
+    sent = Manifest()
+    reported = [0]
+
+    def progress(seen: Manifest) -> None:
+        if seen.bytes - reported[0] >= PROGRESS_EVERY:
+            reported[0] = seen.bytes
+            say(f"copying {plan.user}'s home: {seen.bytes >> 20} MiB, {len(seen.entries)} entries")
+
+    with source.helper(plan.user) as old, target.helper(plan.user) as new:
+        target.api.put_archive(new, PARENT, rewrite(source.archive(old), sent, progress))
+    say(f"copied {sent.bytes >> 20} MiB, {len(sent.entries)} entries to node {plan.target}")
+    return sent

@@ -1,0 +1,342 @@
+"""Moving a home between Swarm nodes, without an engine: the tar checks (labhub.hometar),
+the node proxy's rules (`check_node_request`), its strict chunked reader, the move's plan
+and its switch in a real JupyterHub database. On a real Swarm: tests/test_swarm_move.py."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import sqlite3
+import tarfile
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from jupyterhub import orm
+from labhub import cli
+from labhub.dockerpolicy import Policy, Refused, check_node_request
+from labhub.dockerproxy import BadRequest, ChunkedBody, RequestHead, parse_head
+from labhub.homemove import HomeRow, MoveFailed, MoveRefused, plan_move, read_home, switch_home
+from labhub.hometar import BadHomeArchive, Manifest, copy_helper, manifest_of, rewrite
+from labhub.swarmspawner import HOME_NODE_STATE, LabSwarmSpawner
+
+from testsupport.minimal_env import MINIMAL_ENV
+
+pytestmark = pytest.mark.unit
+
+NETWORK = "lab"
+IMAGE = "labhub/workspace:1"
+POLICY = Policy(allowed_images=frozenset({IMAGE}), network=NETWORK)
+HELPER = "lab-homecopy-0123456789abcdef"
+
+
+def member(name: str, kind: bytes = tarfile.REGTYPE, mode: int = 0o644, **fields: Any) -> Any:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.uid, info.gid = kind, mode, 1000, 100
+    for key, value in fields.items():
+        setattr(info, key, value)
+    return info
+
+
+def tar_of(*members: tuple[tarfile.TarInfo, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for info, data in members:
+            info.size = len(data) if info.isreg() else 0
+            archive.addfile(info, io.BytesIO(data) if info.isreg() else None)
+    return buffer.getvalue()
+
+
+HOME = (
+    (member("jovyan", tarfile.DIRTYPE, 0o6750), b""),  # docker-stacks sets g+s on folders
+    (member("jovyan/notes.txt", mode=0o600), b"precious data\n"),
+    (member("jovyan/link", tarfile.SYMTYPE, 0o777, linkname="notes.txt"), b""),
+    (member("jovyan/hard", tarfile.LNKTYPE, linkname="jovyan/notes.txt"), b""),
+    (member("jovyan/big.bin"), bytes(range(256)) * 5000),
+)
+
+
+def test_a_home_goes_through_unchanged_and_its_manifest_counts_every_member() -> None:
+    sent = Manifest()
+    copied = b"".join(rewrite(io.BytesIO(tar_of(*HOME)), sent))
+    assert sent.bytes == 14 + 256 * 5000
+    assert set(sent.entries) == {"jovyan", "jovyan/notes.txt", "jovyan/link", "jovyan/hard",
+                                 "jovyan/big.bin"}  # fmt: skip
+    with tarfile.open(fileobj=io.BytesIO(copied)) as archive:
+        again = {m.name: (m.type, m.mode, m.uid, m.gid, m.linkname) for m in archive}
+        data = archive.extractfile("jovyan/big.bin")
+        assert data is not None and data.read() == bytes(range(256)) * 5000
+    assert again["jovyan"] == (tarfile.DIRTYPE, 0o6750, 1000, 100, "")
+    assert again["jovyan/link"] == (tarfile.SYMTYPE, 0o777, 1000, 100, "notes.txt")
+    assert manifest_of(io.BytesIO(copied)).differences(sent) == []
+
+
+def test_a_hard_link_compares_as_its_file_whichever_name_came_first() -> None:
+    other_order = (
+        HOME[0],
+        (member("jovyan/hard", mode=0o600), b"precious data\n"),
+        (member("jovyan/notes.txt", tarfile.LNKTYPE, linkname="jovyan/hard"), b""),
+        *HOME[2:3],
+        HOME[4],
+    )
+    assert manifest_of(io.BytesIO(tar_of(*other_order))).differences(
+        manifest_of(io.BytesIO(tar_of(*HOME)))
+    ) == []  # fmt: skip
+
+
+def test_a_changed_byte_mode_or_missing_file_is_a_difference_by_name() -> None:
+    sent = manifest_of(io.BytesIO(tar_of(*HOME)))
+    changed = list(HOME)
+    changed[1] = (member("jovyan/notes.txt", mode=0o600), b"PRECIOUS data\n")
+    differences = manifest_of(io.BytesIO(tar_of(*changed))).differences(sent)
+    assert [d.split(":")[0] for d in differences] == ["jovyan/hard", "jovyan/notes.txt"]
+    changed[1] = (member("jovyan/notes.txt", mode=0o644), b"precious data\n")
+    assert manifest_of(io.BytesIO(tar_of(*changed))).differences(sent)
+    assert (
+        manifest_of(io.BytesIO(tar_of(*HOME[:4]))).differences(sent)[0].startswith("jovyan/big.bin")
+    )
+
+
+@pytest.mark.parametrize(
+    ("evil", "reason"),
+    [
+        (member("jovyan/sda", tarfile.BLKTYPE), "only files, folders and links"),
+        (member("jovyan/null", tarfile.CHRTYPE), "only files, folders and links"),
+        (member("jovyan/fifo", tarfile.FIFOTYPE), "only files, folders and links"),
+        (member("jovyan/sh", mode=0o4755), "set-user/group-ID"),
+        (member("jovyan/sg", mode=0o2755), "set-user/group-ID"),
+        (member("jovyan/rootfile", uid=0), "owned by 0:100"),
+        (member("jovyan/staff", gid=50), "owned by 1000:50"),
+        (member("../etc/cron.d/x"), "not inside jovyan/"),
+        (member("jovyan/../../etc/x"), "not inside jovyan/"),
+        (member("/etc/x"), "not inside jovyan/"),
+        (member("other/x"), "not inside jovyan/"),
+        (member("jovyan/h", tarfile.LNKTYPE, linkname="/etc/shadow"), "not inside jovyan/"),
+        (member("jovyan/h", tarfile.LNKTYPE, linkname="jovyan/later"), "not before it"),
+        (member("jovyan/etc/passwd"), "below the symbolic link 'jovyan/etc'"),
+    ],
+    ids=lambda value: value if isinstance(value, str) else value.name,
+)
+def test_a_member_no_lab_server_makes_stops_the_stream_before_it(evil: Any, reason: str) -> None:
+    to_etc = member("jovyan/etc", tarfile.SYMTYPE, 0o777, linkname="/etc")
+    chunks = rewrite(io.BytesIO(tar_of(HOME[0], (to_etc, b""), (evil, b"x"))))
+    first = next(chunks)  # the folder before it passes
+    assert b"jovyan" in first
+    with pytest.raises(BadHomeArchive, match=reason):
+        list(chunks)
+
+
+def test_extended_attributes_such_as_file_capabilities_are_not_written_on() -> None:
+    capable = member("jovyan/ping", mode=0o755)
+    capable.pax_headers = {"SCHILY.xattr.security.capability": "\x01\x00\x00\x02"}
+    copied = b"".join(rewrite(io.BytesIO(tar_of(HOME[0], (capable, b"#!")))))
+    assert b"SCHILY" not in copied and b"capability" not in copied
+
+
+@pytest.mark.parametrize("broken", [b"", b"not a tar" * 100, tar_of(*HOME)[:1500]])
+def test_a_broken_or_empty_stream_is_refused(broken: bytes) -> None:
+    with pytest.raises(BadHomeArchive):
+        list(rewrite(io.BytesIO(broken)))
+
+
+# --- The node proxy's rules -------------------------------------------------------------
+def node(method: str, target: str, body: Any = None) -> Any:
+    raw = json.dumps(body).encode() if body is not None else b""
+    return check_node_request(POLICY, method, target, raw)
+
+
+def test_a_move_gets_what_it_needs_from_a_node() -> None:
+    assert node("GET", "/v1.41/info").target == "/v1.41/info"
+    volume = {"Name": "lab-user-alice", "Driver": "local", "DriverOpts": {}, "Labels": None}
+    assert node("POST", "/v1.41/volumes/create", volume).body
+    assert node("GET", "/v1.41/volumes/lab-user-alice")
+    assert node("DELETE", "/v1.41/volumes/lab-user-alice")
+    created = node(
+        "POST", f"/v1.41/containers/create?name={HELPER}", copy_helper(NETWORK, "alice", IMAGE)
+    )
+    assert json.loads(created.body)["HostConfig"]["Binds"] == [
+        "lab-user-alice:/home/jovyan:rw,nocopy"
+    ]
+    read = node("GET", f"/v1.41/containers/{HELPER}/archive?path=%2Fhome%2Fjovyan")
+    assert read.owned_container == HELPER and not read.tar_upload
+    upload = node("PUT", f"/v1.41/containers/{HELPER}/archive?path=%2Fhome")
+    assert upload.tar_upload and upload.owned_container == HELPER
+    assert node("DELETE", f"/v1.41/containers/{HELPER}?v=False&link=False&force=True")
+
+
+def changed_helper(**host: Any) -> dict[str, Any]:
+    body: dict[str, Any] = copy_helper(NETWORK, "alice", IMAGE)
+    return {**body, "HostConfig": {**body["HostConfig"], **host}}
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "body"),
+    [
+        ("POST", f"/containers/{HELPER}/start", None),
+        ("POST", f"/containers/{HELPER}/exec", {"Cmd": ["sh"]}),
+        ("POST", f"/containers/{HELPER}/attach", None),
+        ("GET", f"/containers/{HELPER}/archive?path=/etc", None),
+        ("GET", f"/containers/{HELPER}/archive?path=/home", None),
+        ("PUT", f"/containers/{HELPER}/archive?path=/", None),
+        ("PUT", f"/containers/{HELPER}/archive?path=/home&copyUIDGID=1", None),
+        ("GET", "/containers/lab-user-alice.1.abc/archive?path=/home/jovyan", None),
+        ("PUT", "/containers/lab-user-alice.1.abc/archive?path=/home", None),
+        ("DELETE", "/containers/lab-user-alice.1.abc", None),
+        ("POST", "/containers/create?name=lab-user-alice", copy_helper(NETWORK, "alice", IMAGE)),
+        ("POST", f"/containers/create?name={HELPER}", changed_helper(Binds=["/:/home/jovyan"])),
+        ("POST", f"/containers/create?name={HELPER}", changed_helper(Privileged=True)),
+        ("POST", f"/containers/create?name={HELPER}", changed_helper(CapDrop=[])),
+        ("POST", f"/containers/create?name={HELPER}", changed_helper(NetworkMode="host")),
+        (
+            "POST",
+            f"/containers/create?name={HELPER}",
+            changed_helper(Binds=["lab-user-bob:/home/jovyan:rw,nocopy"]),
+        ),
+        ("POST", f"/containers/create?name={HELPER}", copy_helper(NETWORK, "alice", "debian:13")),
+        ("POST", f"/containers/create?name={HELPER}", copy_helper("other", "alice", IMAGE)),
+        (
+            "POST",
+            "/volumes/create",
+            {"Name": "lab-user-a", "DriverOpts": {"type": "none", "o": "bind", "device": "/"}},
+        ),
+        ("POST", "/volumes/create", {"Name": "hub-data"}),
+        ("DELETE", "/volumes/hub-data", None),
+        ("GET", "/containers/json", None),
+        ("POST", "/services/create", {}),
+        ("GET", "/nodes", None),
+    ],
+)
+def test_everything_else_is_refused_by_a_nodes_proxy(method: str, target: str, body: Any) -> None:
+    with pytest.raises(Refused):
+        node(method, target, body)
+
+
+# --- Its chunked reader -------------------------------------------------------------------
+def read_chunked(raw: bytes) -> bytes:
+    async def read() -> bytes:
+        reader = asyncio.StreamReader()
+        reader.feed_data(raw)
+        reader.feed_eof()
+        body = ChunkedBody(reader, asyncio.get_running_loop(), b"")
+        return await asyncio.to_thread(body.read)
+
+    return asyncio.run(read())
+
+
+def test_a_chunked_body_is_read_whole() -> None:
+    assert read_chunked(b"5\r\nhello\r\n1\r\n!\r\n0\r\n\r\n") == b"hello!"
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"5;ext=1\r\nhello\r\n0\r\n\r\n", "hex digits"),
+        (b"+5\r\nhello\r\n0\r\n\r\n", "hex digits"),
+        (b"5\nhello\r\n0\r\n\r\n", "hex digits"),
+        (b"123456789\r\n", "hex digits"),
+        (b"5\r\nhelloX\r\n0\r\n\r\n", "followed by CRLF"),
+        (b"5\r\nhello\r\n0\r\nTrailer: x\r\n\r\n", "no trailers"),
+        (b"5\r\nhello\r\n0\r\n\r\nGET / HTTP/1.1\r\n\r\n", "nothing after"),
+        (b"5\r\nhel", "closed"),
+    ],
+)
+def test_a_chunked_body_the_engine_could_read_differently_is_a_bad_request(
+    raw: bytes, reason: str
+) -> None:
+    with pytest.raises(BadRequest, match=reason):
+        read_chunked(raw)
+
+
+def test_only_a_nodes_proxy_takes_a_chunked_head_and_only_without_a_length() -> None:
+    head = b"PUT /containers/x/archive HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+    assert parse_head(head, chunked_ok=True) == RequestHead("PUT", "/containers/x/archive", 0, True)
+    with pytest.raises(BadRequest, match="Transfer-Encoding"):
+        parse_head(head)
+    for other in (
+        b"gzip, chunked",
+        b"chunked\r\nContent-Length: 5",
+        b"chunked\r\nTransfer-Encoding: chunked",
+    ):
+        bad = head.replace(b"chunked", other)
+        with pytest.raises(BadRequest, match=r"Transfer-Encoding|more than once"):
+            parse_head(bad, chunked_ok=True)
+
+
+# --- The plan and the switch --------------------------------------------------------------
+PROXIES = {"nodeA": "tcp://a:2375", "nodeB": "tcp://b:2375"}
+
+
+@pytest.mark.parametrize(
+    ("row", "target", "reason"),
+    [
+        (None, "nodeB", "no server in the hub's database"),
+        (HomeRow(1, True, {HOME_NODE_STATE: "nodeA"}), "nodeB", "server is running"),
+        (HomeRow(1, False, {}), "nodeB", "no home node yet"),
+        (HomeRow(1, False, {HOME_NODE_STATE: "nodeA"}), "nodeA", "already on node nodeA"),
+        (HomeRow(1, False, {HOME_NODE_STATE: "nodeA"}), "nodeC", "--proxy nodeC=tcp://"),
+        (HomeRow(1, False, {HOME_NODE_STATE: "nodeZ"}), "nodeB", "--proxy nodeZ=tcp://"),
+    ],
+)
+def test_a_move_that_cannot_start_says_why(row: HomeRow | None, target: str, reason: str) -> None:
+    with pytest.raises(MoveRefused, match=reason):
+        plan_move("alice", target, row, PROXIES, NETWORK)
+
+
+@pytest.fixture
+def hub_db(tmp_path: Path) -> tuple[Path, Any]:
+    path = tmp_path / "jupyterhub.sqlite"
+    db = orm.new_session_factory(f"sqlite:///{path}")()
+    user = orm.User(name="alice")
+    db.add(user)
+    db.add(orm.Spawner(user=user, name="", state={HOME_NODE_STATE: "nodeA", "other": 1}))
+    db.commit()
+    return path, db
+
+
+def test_the_switch_writes_the_new_node_into_the_hubs_database_and_the_spawner_reads_it(
+    hub_db: tuple[Path, Any],
+) -> None:
+    path, db = hub_db
+    plan = plan_move("alice", "nodeB", read_home(path, "alice"), PROXIES, NETWORK)
+    spawner_row = orm.User.find(db, "alice").orm_spawners[""]
+    spawner = LabSwarmSpawner(user=SimpleNamespace(name="alice"), orm_spawner=spawner_row)
+    spawner.load_state(spawner_row.state)
+    assert spawner.home_node == "nodeA"
+    switch_home(path, plan)
+    assert read_home(path, "alice") == HomeRow(
+        plan.spawner_id, False, {HOME_NODE_STATE: "nodeB", "other": 1}
+    )
+    # The hub's own spawner (state loaded long ago) reads the switch at its next start.
+    spawner.reload_home_node()
+    assert spawner.home_node == "nodeB"
+
+
+def test_a_server_started_during_the_copy_is_not_switched(hub_db: tuple[Path, Any]) -> None:
+    path, db = hub_db
+    plan = plan_move("alice", "nodeB", read_home(path, "alice"), PROXIES, NETWORK)
+    orm.User.find(db, "alice").orm_spawners[""].server = orm.Server()
+    db.commit()
+    with pytest.raises(MoveFailed, match="started during the copy"):
+        switch_home(path, plan)
+    with sqlite3.connect(path) as raw:
+        [state] = raw.execute("SELECT state FROM spawners").fetchone()
+    assert json.loads(state)[HOME_NODE_STATE] == "nodeA"
+
+
+def test_the_command_refuses_with_the_reason_and_exit_2(
+    hub_db: tuple[Path, Any], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, db = hub_db
+    for name, value in {**MINIMAL_ENV, "DOCKER_NETWORK": NETWORK}.items():
+        monkeypatch.setenv(name, value)
+    proxies = [f"--proxy={node}={url}" for node, url in PROXIES.items()]
+    assert cli.main(["move-home", "alice", "nodeB", "--proxy=nodeA", f"--db={path}"]) == 2
+    assert "give NODE_ID=tcp://HOST:PORT" in capsys.readouterr().err
+    assert cli.main(["move-home", "bob", "nodeB", *proxies, f"--db={path}"]) == 2
+    assert "'bob' has no server in the hub's database" in capsys.readouterr().err
+    orm.User.find(db, "alice").orm_spawners[""].server = orm.Server()
+    db.commit()
+    assert cli.main(["move-home", "alice", "nodeB", *proxies, f"--db={path}"]) == 2
+    assert "refused: alice's server is running" in capsys.readouterr().err

@@ -1,0 +1,382 @@
+"""Moving a user's home between Swarm nodes, on a real two-engine Swarm (tests/swarm.py).
+
+Each node's engine is behind labhub's Docker proxy with `PROXY_POLICY=node` (here on
+loopback, in front of that node's socket); the manager's too, with `PROXY_POLICY=swarm`,
+for LabSwarmSpawner. The hub's database is a real JupyterHub database (its ORM, in a
+file) that the spawner reads its state from and `labhub move-home` writes to, as in the
+hub container. A user writes files on their home node, stops, is moved, starts: the
+server runs on the new node with the same files, modes, links and owner. A move while
+the server runs is refused; a copy that does not match what was sent is not switched to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jupyterhub import orm
+from jupyterhub.objects import Hub
+from labhub import homemove
+from labhub.contract import container_prefix, volume_name_for
+from labhub.hometar import copy_helper, copy_helper_prefix
+from labhub.settings import Settings
+from labhub.swarmspawner import HOME_NODE_STATE, LabSwarmSpawner, swarm_spawner_config
+from swarm import Node, Swarm, run
+
+from testsupport.minimal_env import MINIMAL_ENV
+from testsupport.waiting import wait_until
+
+pytestmark = pytest.mark.integration
+
+NETWORK = os.environ.get("LABHUB_TEST_STACK", "lhswmove")
+PREFIX = container_prefix(NETWORK)
+TAG = f"{os.getpid() % 10000:04d}"
+# The base image with the workspace's home folder, owned as in the workspace image.
+IMAGE = f"labhub-test/swarmmove-home:{TAG}"
+DOCKERFILE = (
+    "FROM debian:trixie-slim\n"
+    "RUN mkdir -p /home/jovyan && chown 1000:100 /home/jovyan && chmod 0750 /home/jovyan\n"
+)
+# The user's "server": sleeps until stopped (perl-base is in every Debian image; as PID 1 it
+# needs its own TERM handler; `--` ends perl's options before the spawner's arguments).
+SERVER_CMD = ["perl", "-e", "$SIG{TERM} = sub { exit 0 }; sleep", "--"]
+HUB_SRC = str(Path(__file__).parents[1] / "hub")
+# What a user makes in their home: a folder, a private file, a symbolic and a hard link,
+# and 3 MB of random bytes.
+WRITE_FILES = (
+    "cd /home/jovyan && mkdir -p work/deep && printf 'precious data\\n' > work/notes.txt && "
+    "chmod 600 work/notes.txt && ln -s work/notes.txt link && ln work/notes.txt hard && "
+    "head -c 3000000 /dev/urandom > work/deep/big.bin && chmod 700 work/deep"
+)
+# Every entry with its type, mode, numeric owner, size and link target; every file's digest.
+LIST_FILES = (
+    "cd /home/jovyan && find . -printf '%P %y %m %U:%G %s %l\\n' | sort && "
+    "find . -type f -exec sha256sum {} + | sort"
+)
+
+
+@pytest.fixture(scope="module")
+def image() -> Iterator[str]:
+    run("docker", "build", "--quiet", "--tag", IMAGE, "-", input=DOCKERFILE, timeout=300)
+    try:
+        yield IMAGE
+    finally:
+        run("docker", "image", "rm", IMAGE, check=False)
+
+
+def unused_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def proxy(policy: str, node: Node) -> Iterator[int]:
+    """labhub's Docker proxy with `policy` on loopback in front of `node`'s socket."""
+    port = unused_port()
+    env = {
+        **os.environ, "PYTHONPATH": HUB_SRC, "PROXY_POLICY": policy, "ALLOWED_IMAGES": IMAGE,
+        "DOCKER_NETWORK": NETWORK, "DOCKER_SOCKET": str(node.socket),
+        "LISTEN_HOST": "127.0.0.1", "LISTEN_PORT": str(port),
+    }  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", "labhub.dockerproxy"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: answers(port), 30, f"the {policy} proxy to answer", interval=0.2)
+        yield port
+    finally:
+        process.terminate()
+        print(process.communicate(timeout=30)[0].decode(errors="replace")[-3000:])
+
+
+def answers(port: int) -> bool:
+    with contextlib.suppress(OSError):
+        return raw_request(port, "GET", "/v1.41/_ping")[0] == 200
+    return False
+
+
+def raw_request(
+    port: int, method: str, target: str, body: bytes = b"", chunked: bool = False
+) -> tuple[int, str]:
+    """One request on a fresh connection, as a client of the proxy may send it."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        if chunked:
+            connection.request(method, target, body=iter([body]), encode_chunked=True)
+        else:
+            headers = {"Content-Type": "application/json"} if body else {}
+            connection.request(method, target, body=body or None, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.read().decode(errors="replace")
+    finally:
+        connection.close()
+
+
+class _User:
+    admin = False
+    groups: tuple[object, ...] = ()
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.url = f"/user/{name}/"
+
+
+@dataclass
+class Lab:
+    """The cluster, its proxies and the hub's database, driven as the hub drives them."""
+
+    swarm: Swarm
+    node_ports: dict[str, int]
+    db_path: Path
+    db: Any
+
+    def orm_spawner(self, user: str) -> orm.Spawner:
+        found = orm.User.find(self.db, user)
+        if found is None:
+            found = orm.User(name=user)
+            self.db.add(found)
+            self.db.add(orm.Spawner(user=found, name=""))
+            self.db.commit()
+        spawner: orm.Spawner = found.orm_spawners[""]
+        return spawner
+
+    def spawner(self, user: str) -> LabSwarmSpawner:
+        settings = Settings.from_env(
+            {**MINIMAL_ENV, "DOCKER_NETWORK": NETWORK, "WORKSPACE_IMAGE": IMAGE}
+        )
+        row = self.orm_spawner(user)
+        spawner = LabSwarmSpawner(
+            user=_User(user), hub=Hub(), orm_spawner=row, cmd=SERVER_CMD,
+            **swarm_spawner_config(settings),
+        )  # fmt: skip
+        spawner.load_state(row.state or {})
+        return spawner
+
+    def start(self, user: str) -> str:
+        """Start `user`'s server as the hub does (the row marks it running); its node."""
+        row = self.orm_spawner(user)
+        row.server = orm.Server(base_url=f"/user/{user}/")
+        self.db.commit()
+        spawner = self.spawner(user)
+        asyncio.run(spawner.start())
+        row.state = spawner.get_state()
+        self.db.commit()
+        return self.running_node(f"{PREFIX}-{user}")
+
+    def stop(self, user: str) -> None:
+        row = self.orm_spawner(user)
+        spawner = self.spawner(user)
+        asyncio.run(spawner.stop())
+        spawner.clear_state()
+        row.state, row.server = spawner.get_state(), None
+        self.db.commit()
+
+    def home_node(self, user: str) -> str:
+        self.db.expire_all()
+        return str(self.orm_spawner(user).state[HOME_NODE_STATE])
+
+    def running_node(self, service: str) -> str:
+        return self.running_task(service)[0]
+
+    def running_task(self, service: str) -> tuple[str, str]:
+        """(node ID, task ID) of the service's running task."""
+
+        def running() -> tuple[str, str] | None:
+            tasks = self.swarm.manager.docker("service", "ps", "-q", "--no-trunc", service).split()
+            states = self.swarm.manager.docker(
+                "inspect", "--type", "task", "--format", "{{.Status.State}} {{.NodeID}} {{.ID}}",
+                *tasks,
+            )  # fmt: skip
+            found = [
+                line.split()[1:] for line in states.splitlines() if line.startswith("running ")
+            ]
+            return (found[0][0], found[0][1]) if found else None
+
+        found = wait_until(running, 120, f"a running task of {service}")
+        assert found is not None
+        return found
+
+    def node(self, node_id: str) -> Node:
+        return next(node for node in self.swarm.nodes if node.node_id == node_id)
+
+    def in_server(self, user: str, script: str) -> str:
+        """Run `script` in `user`'s running server (as the server's user, 1000:100)."""
+        node_id, task = self.running_task(f"{PREFIX}-{user}")
+        node = self.node(node_id)
+        label = f"label=com.docker.swarm.task.id={task}"
+        container = wait_until(
+            lambda: node.docker("ps", "--quiet", "--filter", label).strip(), 60, "the task"
+        )
+        return node.docker("exec", container, "sh", "-c", script)
+
+    def volume_nodes(self, user: str) -> set[str]:
+        volume = volume_name_for(user, NETWORK)
+        return {n.node_id for n in self.swarm.nodes if volume in n.docker("volume", "ls", "-q")}
+
+    def proxies(self) -> list[str]:
+        return [f"--proxy={node}=tcp://127.0.0.1:{port}" for node, port in self.node_ports.items()]
+
+    def move_home(self, user: str, node: str) -> subprocess.CompletedProcess[str]:
+        """`labhub move-home` as an admin runs it in the hub container."""
+        env = {
+            **MINIMAL_ENV, "PATH": os.environ["PATH"], "PYTHONPATH": HUB_SRC,
+            "DOCKER_NETWORK": NETWORK, "WORKSPACE_IMAGE": IMAGE,
+        }  # fmt: skip
+        command = [sys.executable, "-m", "labhub.cli", "move-home", user, node, *self.proxies()]
+        command.append(f"--db={self.db_path}")
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def lab(image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    with Swarm(2, images=[image]) as swarm, contextlib.ExitStack() as stack:
+        swarm.manager.docker("network", "create", "--driver", "overlay", "--attachable", NETWORK)
+        manager_port = stack.enter_context(proxy("swarm", swarm.manager))
+        ports = {node.node_id: stack.enter_context(proxy("node", node)) for node in swarm.nodes}
+        db_path = tmp_path_factory.mktemp("hub") / "jupyterhub.sqlite"
+        db = orm.new_session_factory(f"sqlite:///{db_path}")()
+        LabSwarmSpawner._client = None
+        LabSwarmSpawner.client_kwargs = {"base_url": f"tcp://127.0.0.1:{manager_port}"}
+        try:
+            yield Lab(swarm, ports, db_path, db)
+        finally:
+            LabSwarmSpawner._client = None
+            db.close()
+
+
+def test_a_moved_home_has_the_same_files_and_owner_and_the_server_follows_it(lab: Lab) -> None:
+    old = lab.start("alice")
+    lab.in_server("alice", WRITE_FILES)
+    before = lab.in_server("alice", LIST_FILES)
+    assert "work/notes.txt f 600 1000:100 14" in before and "link l 777" in before
+    [new] = [node.node_id for node in lab.swarm.nodes if node.node_id != old]
+
+    running = lab.move_home("alice", new)
+    assert running.returncode == 2, running.stderr
+    assert "alice's server is running" in running.stderr
+    assert lab.volume_nodes("alice") == {old}
+
+    lab.stop("alice")
+    moved = lab.move_home("alice", new)
+    assert moved.returncode == 0, moved.stderr
+    assert "checked: " in moved.stdout and f"now on node {new}" in moved.stdout, moved.stdout
+    assert lab.home_node("alice") == new
+    assert lab.volume_nodes("alice") == {new}  # the old volume is removed
+
+    assert lab.start("alice") == new
+    after = lab.in_server("alice", LIST_FILES)
+    assert after == before
+    # The volume's root too: the server's user owns it, with its mode (0750 in the image).
+    assert lab.in_server("alice", "stat -c '%u:%g %a' /home/jovyan").strip() == "1000:100 750"
+    lab.stop("alice")
+
+
+def test_a_copy_that_differs_from_what_was_sent_is_not_switched_to(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = lab.start("carol")
+    lab.in_server("carol", WRITE_FILES)
+    before = lab.in_server("carol", LIST_FILES)
+    lab.stop("carol")
+    [new] = [node.node_id for node in lab.swarm.nodes if node.node_id != old]
+    plan = homemove.plan_move(
+        "carol", new, homemove.read_home(lab.db_path, "carol"),
+        {node: f"tcp://127.0.0.1:{port}" for node, port in lab.node_ports.items()}, NETWORK,
+    )  # fmt: skip
+    source = homemove.NodeEngine(old, plan.source_proxy, NETWORK, IMAGE)
+    target = homemove.NodeEngine(new, plan.target_proxy, NETWORK, IMAGE)
+    upload = target.api.put_archive
+
+    def corrupted(container: str, path: str, data: Iterator[bytes]) -> bool:
+        """The upload with one file's content changed on the way (same length)."""
+        return bool(upload(container, path, (c.replace(b"precious", b"PRECIOUS") for c in data)))
+
+    target.api.put_archive = corrupted  # type: ignore[method-assign]
+    monkeypatch.setattr(homemove, "PROGRESS_EVERY", 1 << 20)
+    said: list[str] = []
+    with pytest.raises(homemove.MoveFailed, match="differs") as failed:
+        homemove.move_home(plan, source, target, lab.db_path, say=said.append)
+    # A progress line once a MiB was copied (every 256 MiB in a real move).
+    assert any(line.startswith("copying carol's home: 2 MiB, ") for line in said), said
+    assert f"still {volume_name_for('carol', NETWORK)} on node {old}" in str(failed.value)
+    assert "work/notes.txt" in str(failed.value)
+    assert lab.home_node("carol") == old
+    assert lab.volume_nodes("carol") == {old}
+    assert lab.start("carol") == old
+    assert lab.in_server("carol", LIST_FILES) == before
+    lab.stop("carol")
+
+
+def tar_of(*members: tuple[tarfile.TarInfo, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for member, data in members:
+            member.size = len(data) if member.isreg() else 0
+            archive.addfile(member, io.BytesIO(data) if member.isreg() else None)
+    return buffer.getvalue()
+
+
+def member(name: str, kind: bytes = tarfile.REGTYPE, mode: int = 0o644, uid: int = 1000) -> Any:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.uid, info.gid = kind, mode, uid, 100
+    return info
+
+
+def test_the_node_proxy_refuses_what_a_move_never_sends_before_the_engine_sees_it(
+    lab: Lab,
+) -> None:
+    node = lab.swarm.workers[0]
+    port = lab.node_ports[node.node_id]
+    volume = volume_name_for("mallory", NETWORK)
+    helper = copy_helper_prefix(NETWORK) + "0123456789abcdef"
+    body: dict[str, Any] = copy_helper(NETWORK, "mallory", IMAGE)
+    host = body["HostConfig"]
+    for attack in (
+        {**body, "HostConfig": {**host, "Binds": ["/:/home/jovyan"]}},
+        {**body, "HostConfig": {**host, "Privileged": True}},
+    ):
+        status, answer = raw_request(
+            port, "POST", f"/v1.41/containers/create?name={helper}", json.dumps(attack).encode()
+        )
+        assert status == 403, answer
+    assert helper not in node.docker("ps", "-a", "--format", "{{.Names}}")
+    # The copy helper itself is created, and can never be started.
+    status, answer = raw_request(
+        port, "POST", f"/v1.41/containers/create?name={helper}", json.dumps(body).encode()
+    )
+    assert status == 201, answer
+    try:
+        assert raw_request(port, "POST", f"/v1.41/containers/{helper}/start")[0] == 403
+        assert "running" not in node.docker("inspect", "--format", "{{.State.Status}}", helper)
+        for evil, why in (
+            (member("jovyan/disk", tarfile.BLKTYPE), "only files, folders and links"),
+            (member("jovyan/sh", mode=0o4755, uid=1000), "set-user/group-ID"),
+            (member("jovyan/rootfile", uid=0), "owned by 0:100"),
+            (member("../../etc/evil"), "not inside jovyan/"),
+        ):
+            upload = tar_of((member("jovyan", tarfile.DIRTYPE, 0o755), b""), (evil, b"x"))
+            target = f"/v1.41/containers/{helper}/archive?path=%2Fhome"
+            status, answer = raw_request(port, "PUT", target, upload, chunked=True)
+            assert status == 403 and why in answer, answer
+        listing = node.docker(
+            "run", "--rm", "-v", f"{volume}:/v", IMAGE, "find", "/v", "-mindepth", "1"
+        )
+        assert listing == ""
+    finally:
+        raw_request(port, "DELETE", f"/v1.41/containers/{helper}?force=1")
+        node.docker("volume", "rm", volume, check=False)
