@@ -205,8 +205,7 @@ class LabSpawner(GpuSpawnerMixin, LabServerMixin, DockerSpawner):  # type: ignor
         def host_config(spawner: LabSpawner) -> dict[str, Any]:
             config = {**hardening, **spawner.gpu_host_config()}
             memory = config.get("mem_limit", spawner.mem_limit)
-            size = spawner.tmp_size if memory is None else min(spawner.tmp_size, memory // 2)
-            config["tmpfs"] = {"/tmp": tmp_options(size)}
+            config["tmpfs"] = {"/tmp": tmp_options(tmp_bytes(spawner.tmp_size, memory))}
             return config
 
         return host_config
@@ -222,6 +221,12 @@ class LabSpawner(GpuSpawnerMixin, LabServerMixin, DockerSpawner):  # type: ignor
                 **spawner.gpu_labels(),
             },
         }
+
+
+def tmp_bytes(tmp_size: int, memory_limit: int | None) -> int:
+    """The size of /tmp, a memory file system: USER_TMP_SIZE, cut to half the memory limit
+    so that a full /tmp is "No space left on device", not the kernel's OOM killer."""
+    return tmp_size if memory_limit is None else min(tmp_size, memory_limit // 2)
 
 
 def tmp_options(size: int) -> str:
