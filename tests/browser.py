@@ -7,10 +7,10 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import re
 import shutil
 import subprocess
-from collections.abc import Iterator
-from functools import partial
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,8 @@ from testsupport.browsing import despite_network_changes, network_changed
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = REPO / "test-artifacts"
+# Loads of a lab page while Chromium keeps dropping its requests (see load_lab).
+LOADS = 5
 needs_chromium = pytest.mark.skipif(
     not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed"
 )
@@ -66,39 +68,60 @@ def chromium(stack: Stack, server_cert: Path | None = None) -> Iterator[Any]:
             browser.close()
 
 
-def open_the_notebook(
-    stack: Stack, page: Any, username: str, kernel: str, failed: list[str]
-) -> None:
-    """Log `username` in and wait for their JupyterLab with MNIST.ipynb open on `kernel`
-    ("TensorFlow-GPU", "PyTorch") and idle, as a student sees it after logging in.
+def load_lab(page: Any, navigate: Callable[[], object], ready: Callable[[], None]) -> None:
+    """``navigate()`` to a JupyterLab, then ``ready()`` (Playwright expectations).
 
-    `failed` is filled by the caller's requestfailed handler: the notebook is opened
-    again (twice at most) only when Chromium dropped requests for a network change on
-    this host (testsupport.browsing), never for anything else.
+    Chromium on this host drops requests when other containers change its network
+    interfaces (testsupport.browsing): a lab whose login, scripts or theme were dropped is
+    loaded again by ``navigate()`` (LOADS times at most), as a person would; any other
+    failure is the test's finding.
     """
     from playwright.sync_api import expect
 
-    def reached(url: str) -> bool:
-        return f"/user/{username}/lab" in url or url.startswith("chrome-error://")
+    dropped: list[str] = []
 
-    for attempt in range(3):
-        stack.browser_login(page, username)
-        page.wait_for_url(reached, timeout=300_000)
-        if not page.url.startswith("chrome-error://"):
-            break
-        if attempt == 2:
-            raise AssertionError(f"{username}'s lab never loaded: {page.url}")
-    notebook = f"{stack.base_url}/user/{username}{WORKSPACE_DEFAULT_URL}"
-    idle = page.get_by_role("button", name=f"{kernel} | Idle")
-    for attempt in range(3):
-        try:
-            expect(idle.first).to_be_visible(timeout=90_000)
-            break
-        except AssertionError:
-            if attempt == 2 or not any(network_changed(f) for f in failed):
-                raise
-            failed.clear()
-            # The notebook's own URL, as the hub first sends a student there: a reload
-            # would restore JupyterLab's saved layout, which may not have the notebook yet.
-            despite_network_changes(partial(page.goto, notebook))
+    def record(request: Any) -> None:
+        dropped.append(str(request.failure))
+
+    page.on("requestfailed", record)
+    try:
+        for attempt in range(LOADS):
+            dropped.clear()
+            despite_network_changes(navigate)
+            try:
+                ready()
+                # A dropped stylesheet shows an error dialog that would block every click.
+                expect(page.locator(".jp-Dialog")).to_have_count(0)
+                return
+            except AssertionError:
+                if attempt == LOADS - 1 or not any(network_changed(f) for f in dropped):
+                    raise
+    finally:
+        page.remove_listener("requestfailed", record)
+
+
+def open_the_notebook(stack: Stack, page: Any, username: str, kernel: str) -> None:
+    """Log `username` in and wait for their (running) JupyterLab with MNIST.ipynb open on
+    `kernel` ("TensorFlow-GPU", "PyTorch") and idle, as a student sees it after logging in.
+
+    Loaded again by its own URL (load_lab): a reload would restore JupyterLab's saved
+    layout, which may not have the notebook yet.
+    """
+    from playwright.sync_api import expect
+
+    lab = re.compile(re.escape(f"{stack.base_url}/user/{username}/lab"))
+
+    def ready() -> None:
+        expect(page).to_have_url(lab, timeout=120_000)
+        expect(page.get_by_role("button", name=f"{kernel} | Idle").first).to_be_visible(
+            timeout=90_000
+        )
+
+    load_lab(
+        page,
+        lambda: stack.browser_login(
+            page, username, next_url=f"/user/{username}{WORKSPACE_DEFAULT_URL}"
+        ),
+        ready,
+    )
     expect(page.locator(".lm-TabBar-tabLabel", has_text="MNIST.ipynb").first).to_be_visible()

@@ -1,4 +1,5 @@
-"""A btrfs filesystem with quotas on, made on a loop device for a test and always removed."""
+"""A btrfs filesystem with quotas on, made on a loop device for a test and always removed,
+and a test stack whose homes have quotas on it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from stacks import Stack, launched_stack
 
 
 def run(*args: str) -> str:
@@ -39,3 +41,18 @@ def btrfs_with_quotas(size: str = "512M") -> Iterator[Path]:
     finally:
         run("losetup", "-d", device)
         shutil.rmtree(base)
+
+
+@contextlib.contextmanager
+def stack_with_quotas(
+    tmp_path_factory: pytest.TempPathFactory,
+    name: str,
+    https_port: int,
+    extra_env: dict[str, str] | None = None,
+) -> Iterator[tuple[Stack, Path]]:
+    """`launched_stack` with QUOTA_ROOT on a btrfs made here and DISK_QUOTA=100M (and
+    `extra_env` on top); yields the running stack and the quota root."""
+    with btrfs_with_quotas() as root:
+        extra = {"QUOTA_ROOT": str(root), "DISK_QUOTA": "100M", **(extra_env or {})}
+        with launched_stack(tmp_path_factory, name, https_port, extra) as stack:
+            yield stack, root

@@ -35,7 +35,7 @@ def test_student_logs_in_and_sees_the_mnist_notebook(stack: Stack, username: str
             ),
         )
         try:
-            open_the_notebook(stack, page, username, "TensorFlow-GPU", failed)
+            open_the_notebook(stack, page, username, "TensorFlow-GPU")
             expect(page.locator(".jp-Notebook .jp-Cell").first).to_be_visible()
         finally:
             page.screenshot(path=str(ARTIFACTS / "browser-jupyterlab.png"))

@@ -157,7 +157,7 @@ def test_jupyterlab_opens_the_notebook_on_the_pytorch_kernel(
             lambda request: failed.append(f"{request.method} {request.url}: {request.failure}"),
         )
         try:
-            open_the_notebook(env_stack, page, student, "PyTorch", failed)
+            open_the_notebook(env_stack, page, student, "PyTorch")
             expect(page.get_by_text("Select Kernel")).to_have_count(0)
         finally:
             page.screenshot(path=str(ARTIFACTS / "browser-pytorch-jupyterlab.png"))

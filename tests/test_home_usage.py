@@ -20,8 +20,8 @@ import pytest
 from browser import needs_chromium
 from labhub import diskquota
 from labhub.contract import volume_name_for
-from loopfs import btrfs_with_quotas
-from stacks import HTTPS_PORT, STACK, Stack, launched_stack
+from loopfs import stack_with_quotas
+from stacks import HTTPS_PORT, STACK, Stack
 from test_gpus import chromium_page
 from test_lab_status import open_lab
 from test_monitoring import WRITE_30M
@@ -46,10 +46,8 @@ print(json.dumps(json.load(urllib.request.urlopen(request, timeout=30))["home"])
 
 @pytest.fixture(scope="module")
 def quota_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Path]]:
-    with btrfs_with_quotas() as root:
-        extra = {"QUOTA_ROOT": str(root), "DISK_QUOTA": "100M"}
-        with launched_stack(tmp_path_factory, NAME, PORT, extra) as stack:
-            yield stack, root
+    with stack_with_quotas(tmp_path_factory, NAME, PORT) as (stack, root):
+        yield stack, root
 
 
 def homes_row(page: str, username: str) -> list[str]:

@@ -19,7 +19,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,13 +30,13 @@ import docker
 import pytest
 import requests
 import test_gpus
-from browser import ARTIFACTS, needs_chromium
+from browser import ARTIFACTS, load_lab, needs_chromium
 from gpustack import Admin, container_of, devices_of
 from labhub_status.status import GPU_MEMORY_LIMIT_ENV, GPU_STATUS_URL_ENV, home_text
 from stacks import VERSION, Stack
 from test_gpus import chromium_page
 
-from testsupport.browsing import despite_network_changes, network_changed
+from testsupport.browsing import network_changed
 from testsupport.images import REPO
 from testsupport.waiting import wait_until
 
@@ -429,34 +429,6 @@ def test_the_env_names_are_the_hubs() -> None:
 
 
 # --- in the workspace's JupyterLab, in a real browser ---------------------------------
-
-
-# Loads of a lab page while Chromium keeps dropping its requests (see load_lab).
-ATTEMPTS = 5
-
-
-def load_lab(page: Any, navigate: Callable[[], object], ready: Callable[[], None]) -> None:
-    """``navigate()`` to a JupyterLab, then ``ready()`` (Playwright expectations).
-
-    Chromium on this host drops requests when other containers change its network
-    interfaces (testsupport.browsing): a lab whose login, scripts or theme were dropped is
-    loaded again (up to ATTEMPTS times), as a person would; any other failure is the finding.
-    """
-    from playwright.sync_api import expect
-
-    dropped: list[str] = []
-    page.on("requestfailed", lambda request: dropped.append(str(request.failure)))
-    for attempt in range(ATTEMPTS):
-        dropped.clear()
-        despite_network_changes(navigate)
-        try:
-            ready()
-            # A dropped stylesheet shows an error dialog that would block every click.
-            expect(page.locator(".jp-Dialog")).to_have_count(0)
-            return
-        except AssertionError:
-            if attempt == ATTEMPTS - 1 or not any(network_changed(f) for f in dropped):
-                raise
 
 
 def open_lab(stack: Stack, page: Any, username: str) -> Any:

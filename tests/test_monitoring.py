@@ -19,7 +19,7 @@ from docker.models.containers import Container
 from labhub import diskquota
 from labhub.contract import OWNER_LABEL, volume_name_for
 from labhub.dockerpolicy import metrics_list_filters
-from loopfs import btrfs_with_quotas
+from loopfs import stack_with_quotas
 from monitoring import (
     DASHBOARD,
     EVENT_METRICS,
@@ -329,10 +329,8 @@ QUOTA_STACK, QUOTA_PORT = f"{STACK}q", HTTPS_PORT + 1
 @pytest.fixture(scope="module")
 def quota_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Path]]:
     """A stack with QUOTA_ROOT on a btrfs this test makes on a loop device (100 MiB each)."""
-    with btrfs_with_quotas() as root:
-        extra = {"QUOTA_ROOT": str(root), "DISK_QUOTA": "100M"}
-        with launched_stack(tmp_path_factory, QUOTA_STACK, QUOTA_PORT, extra) as stack:
-            yield stack, root
+    with stack_with_quotas(tmp_path_factory, QUOTA_STACK, QUOTA_PORT) as (stack, root):
+        yield stack, root
 
 
 def test_a_students_home_is_measured_as_its_qgroup_counts_it(

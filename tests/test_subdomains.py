@@ -8,12 +8,16 @@ runs with DOMAIN=lab.localhost; like browsers (RFC 6761), this process resolves 
 
 from __future__ import annotations
 
+import json
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from browser import chromium, needs_chromium
+from loopfs import stack_with_quotas
 from origin_probe import (
     CHROMIUM,
     admin_follows_the_link,
@@ -21,7 +25,9 @@ from origin_probe import (
     serving_code,
 )
 from origin_probe import PORT as PROBE_PORT
-from stacks import HTTPS_PORT, USERS_CREATED, Stack, launched_stack
+from stacks import HTTPS_PORT, USERS_CREATED, Stack
+from test_home_usage import READ_ME
+from test_lab_status import open_lab
 
 from testsupport.hubclient import HubClient, run_in_kernel
 
@@ -53,9 +59,10 @@ def localhost_names() -> Iterator[None]:
 def subdomain_stack(
     tmp_path_factory: pytest.TempPathFactory, localhost_names: None
 ) -> Iterator[Stack]:
-    with launched_stack(
-        tmp_path_factory, "labhubsub", PORT, {"DOMAIN": DOMAIN, "SUBDOMAINS": "true"}
-    ) as running:
+    """With disk quotas, so that the GPU service runs (its api/me says the home's usage)
+    without GPUs."""
+    extra = {"DOMAIN": DOMAIN, "SUBDOMAINS": "true"}
+    with stack_with_quotas(tmp_path_factory, "labhubsub", PORT, extra) as (running, _):
         yield running
 
 
@@ -128,3 +135,38 @@ def test_a_students_page_cannot_act_as_the_admin_who_opens_it(
         made = forget_tokens_made_by_the_page(admin)
         bob.stop_server(username)
     assert not made, "the page made a token"
+
+
+def test_a_students_server_reaches_the_gpu_services_api_me(
+    subdomain_stack: Stack, username: str
+) -> None:
+    """The service is on a host of its own with subdomains (gpus--service.DOMAIN): the
+    server's LABHUB_GPU_STATUS_URL must still reach its api/me from inside the container."""
+    client = subdomain_stack.login(username)
+    client.start_server(username)
+    try:
+        user_origin = f"https://{username}.{DOMAIN}:{PORT}"
+        token = client.new_token(username)
+        output = run_in_kernel(user_origin, subdomain_stack.ca_file, username, token, READ_ME)
+        home = json.loads(output.strip().splitlines()[-1])
+        assert home["limit_bytes"] == 100 * 2**20, output
+    finally:
+        client.stop_server(username)
+
+
+@needs_chromium
+def test_the_lab_status_item_shows_on_the_users_origin(
+    subdomain_stack: Stack, username: str
+) -> None:
+    from playwright.sync_api import expect
+
+    client = subdomain_stack.login(username)
+    client.start_server(username)
+    try:
+        with chromium(subdomain_stack, subdomain_stack.certs_dir / f"{DOMAIN}.crt") as browser:
+            page = browser.new_page()
+            item = open_lab(subdomain_stack, page, username)
+            assert page.url.startswith(f"https://{username}.{DOMAIN}:{PORT}/"), page.url
+            expect(item).to_have_text(re.compile(r"CPU only · home [\d.]+ of 100 MB"))
+    finally:
+        client.stop_server(username)

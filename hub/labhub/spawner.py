@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from dockerspawner import DockerSpawner
+from jupyterhub.utils import subdomain_hook_idna
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from traitlets import Float, Instance, Int, Tuple, Unicode, default
 from traitlets.config import LoggingConfigurable
@@ -205,8 +206,7 @@ class LabSpawner(GpuSpawnerMixin, LabServerMixin, DockerSpawner):  # type: ignor
         def host_config(spawner: LabSpawner) -> dict[str, Any]:
             config = {**hardening, **spawner.gpu_host_config()}
             memory = config.get("mem_limit", spawner.mem_limit)
-            size = spawner.tmp_size if memory is None else min(spawner.tmp_size, memory // 2)
-            config["tmpfs"] = {"/tmp": tmp_options(size)}
+            config["tmpfs"] = {"/tmp": tmp_options(tmp_bytes(spawner.tmp_size, memory))}
             return config
 
         return host_config
@@ -222,6 +222,12 @@ class LabSpawner(GpuSpawnerMixin, LabServerMixin, DockerSpawner):  # type: ignor
                 **spawner.gpu_labels(),
             },
         }
+
+
+def tmp_bytes(tmp_size: int, memory_limit: int | None) -> int:
+    """The size of /tmp, a memory file system: USER_TMP_SIZE, cut to half the memory limit
+    so that a full /tmp is "No space left on device", not the kernel's OOM killer."""
+    return tmp_size if memory_limit is None else min(tmp_size, memory_limit // 2)
 
 
 def tmp_options(size: int) -> str:
@@ -248,9 +254,23 @@ def kernel_culling_args(settings: Settings) -> list[str]:
     ]
 
 
-# A user's server reaches the GPU service through configurable-http-proxy's public port,
-# the one port of the proxy netguard lets it open; the proxy routes /services/gpus/ there.
-GPU_STATUS_URL = "http://proxy-chp:8000/services/gpus/api/me"
+def gpu_status_url(settings: Settings) -> str:
+    """The GPU service's api/me as a user's server reaches it: through configurable-http-proxy's
+    public port, the one port of the proxy netguard lets it open.
+
+    With SUBDOMAINS the proxy routes by host name, and JupyterHub serves each service on a
+    host of its own (its default subdomain hook: gpus--service.DOMAIN); at proxy-chp's own
+    name the request would reach the hub, which sends it to that host. So the URL names
+    that host, which compose makes an alias of proxy-chp on the users' network.
+    """
+    host = (
+        subdomain_hook_idna("gpus", settings.domain, "service")
+        if settings.subdomains
+        else "proxy-chp"
+    )
+    return f"http://{host}:8000/services/gpus/api/me"
+
+
 # The server's own token (JUPYTERHUB_API_TOKEN): JupyterHub's "server" role, plus access to
 # the GPU service so that JupyterLab can read api/me and extend its session.
 GPU_SERVER_TOKEN_SCOPES = [
@@ -263,7 +283,7 @@ GPU_SERVER_TOKEN_SCOPES = [
 def server_config(settings: Settings) -> dict[str, Any]:
     """The traitlets from settings that every lab server takes, on one engine or a Swarm."""
     gpu_service = settings.gpu_service
-    gpu_status = {GPU_STATUS_URL_ENV: GPU_STATUS_URL} if gpu_service else {}
+    gpu_status = {GPU_STATUS_URL_ENV: gpu_status_url(settings)} if gpu_service else {}
     return {
         "image": settings.workspace_image,
         # The profile picks the image (GpuSpawnerMixin, from the allow-list WORKSPACE_IMAGES);

@@ -2,9 +2,10 @@
 
 `values()` turns the validated `Settings`, the network settings, the spawn profiles and
 the GPU inventory into values for the Zero to JupyterHub Helm chart, so that a lab moving
-to its university's cluster keeps its login rules, limits, profiles per group, GPU
-requests, idle culling and the users' network rules. What has no equivalent there is
-listed in docs/scale-out.md. Pure: the caller loads the files and runs OIDC discovery.
+to its university's cluster keeps its login rules, limits, profiles per group (and their
+images), GPU requests, named servers, the read-only root with its sized /tmp, idle server
+and kernel culling, the home's size and the users' network rules. What has no equivalent
+there is listed in docs/scale-out.md. Pure: the caller loads the files and runs OIDC discovery.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .contract import CONTAINER_USER, GPU_MEMORY_LIMIT_ENV, HOME_DIR, WORKSPACE_
 from .gpu.inventory import Device
 from .gpu.profiles import Profile
 from .settings import NetworkSettings, Settings
+from .spawner import kernel_culling_args, tmp_bytes
 
 # The chart's hub image carries these upstream classes; labhub's subclasses add
 # behaviour (docs/scale-out.md says which) that the chart's image does not have.
@@ -41,6 +43,10 @@ _LABHUB_TRAITS: Mapping[str, str | None] = {
 GPU_RESOURCE = "nvidia.com/gpu"
 SHARED_GPU_RESOURCE = "nvidia.com/gpu.shared"
 _MIG_MODEL = re.compile(r" MIG (?P<profile>\d+g\.\d+gb)$")
+# The workspace image's command (its Dockerfile's CMD; a test checks they agree): it puts
+# the MNIST workspace into the home before it starts jupyterhub-singleuser. The chart's
+# default command, jupyterhub-singleuser itself, would skip that.
+WORKSPACE_COMMAND = ["start-workspace.sh"]
 
 # Run by the chart's jupyterhub_config.py (hub.extraConfig, with `c` and `get_config` in
 # scope): each user is offered, and KubeSpawner accepts, only the profiles open to their
@@ -183,6 +189,40 @@ def profile_list(
     return out, groups
 
 
+def kubespawner_config(settings: Settings) -> dict[str, Any]:
+    """KubeSpawner traits the chart has no key for (set through `hub.config`): the
+    read-only root and no capabilities, as on Docker, and the kernel culling options."""
+    return {
+        "container_security_context": {
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "args": kernel_culling_args(settings),
+    }
+
+
+def memory_volumes(
+    settings: Settings, profiles: Sequence[Profile]
+) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """The writable places besides the home, as on Docker: /dev/shm (USER_SHM_SIZE) and /tmp
+    (USER_TMP_SIZE), both memory-backed `emptyDir`s that count against the memory limit.
+
+    One size of /tmp for every profile (a profile's override would replace the chart's
+    volumes, the home's among them): half the smallest memory limit of any profile at most.
+    """
+    smallest = min([settings.mem_limit, *(p.mem_limit for p in profiles if p.mem_limit)])
+    places = (
+        ("shm", "/dev/shm", settings.shm_size),
+        ("tmp", "/tmp", tmp_bytes(settings.tmp_size, smallest)),
+    )
+    volumes = [
+        {"name": name, "emptyDir": {"medium": "Memory", "sizeLimit": quantity(size)}}
+        for name, _, size in places
+    ]
+    mounts = [{"name": name, "mountPath": path} for name, path, _ in places]
+    return volumes, mounts
+
+
 def network_policy(network: NetworkSettings) -> dict[str, Any]:
     """netguard's rules as the chart's NetworkPolicy: users reach the hub and the proxy
     only, private ranges only when allowed, the internet unless USER_INTERNET=false."""
@@ -211,10 +251,33 @@ def values(
     image, _, tag = settings.workspace_image.rpartition(":")
     uid, gid = (int(part) for part in CONTAINER_USER.split(":"))
     choices, by_group = profile_list(profiles, inventory, settings)
+    extra_volumes, extra_mounts = memory_volumes(settings, profiles)
+    storage: dict[str, Any] = {
+        "type": "dynamic",
+        # One home per user, in every server of theirs (named servers too), as on Docker;
+        # KubeSpawner's default, claim-{user_server}, gives each server a PVC of its own.
+        "dynamic": {"pvcNameTemplate": "claim-{username}"},
+        "homeMountPath": HOME_DIR,
+        "extraVolumes": extra_volumes,
+        "extraVolumeMounts": extra_mounts,
+    }
+    if settings.disk_quotas.root:
+        # The PVC's size: the storage class enforces it (block volumes do; many NFS
+        # provisioners do not). Per group or user sizes are not carried (docs/scale-out.md).
+        storage["capacity"] = quantity(settings.disk_quotas.default)
+    named = (
+        {"allowNamedServers": True, "namedServerLimitPerUser": settings.named_servers}
+        if settings.named_servers
+        else {"allowNamedServers": False}
+    )
     return {
         "hub": {
-            "config": hub_config(settings, authenticator_traits),
+            "config": {
+                **hub_config(settings, authenticator_traits),
+                "KubeSpawner": kubespawner_config(settings),
+            },
             "concurrentSpawnLimit": settings.concurrent_spawn_limit,
+            **named,
             "authenticatePrometheus": True,
             "extraConfig": {"labhub-profiles": PROFILES_BY_GROUP},
         },
@@ -233,21 +296,11 @@ def values(
             "uid": uid,
             "fsGid": gid,
             "defaultUrl": WORKSPACE_DEFAULT_URL,
+            "cmd": WORKSPACE_COMMAND,
             "cpu": {"limit": settings.cpu_limit},
             "memory": {"limit": settings.mem_limit},
             "allowPrivilegeEscalation": False,
-            "storage": {
-                "type": "dynamic",
-                "homeMountPath": HOME_DIR,
-                # /dev/shm for data loaders, as USER_SHM_SIZE gives it on Docker.
-                "extraVolumes": [
-                    {
-                        "name": "shm",
-                        "emptyDir": {"medium": "Memory", "sizeLimit": quantity(settings.shm_size)},
-                    }
-                ],
-                "extraVolumeMounts": [{"name": "shm", "mountPath": "/dev/shm"}],
-            },
+            "storage": storage,
             "networkPolicy": network_policy(network),
         },
         "cull": {"enabled": True, "timeout": settings.idle_timeout, "every": 60},

@@ -22,7 +22,7 @@ from labhub.gpu.inventory import Device
 from labhub.gpu.profiles import Profile, default_profiles
 from labhub.gpu.scheduler import GpuRequest
 from labhub.settings import NetworkSettings, Settings, parse_memory
-from labhub.z2jh import PROFILES_BY_GROUP, quantity, to_yaml, values
+from labhub.z2jh import PROFILES_BY_GROUP, WORKSPACE_COMMAND, quantity, to_yaml, values
 from traitlets.config import Config
 
 from testsupport.minimal_env import MINIMAL_ENV
@@ -113,11 +113,24 @@ def test_the_values_pass_the_charts_schema_for_every_login(auth: str) -> None:
     assert yaml.safe_load(to_yaml(generated)) == generated
 
 
-def test_a_wrong_value_fails_the_charts_schema() -> None:
-    """The schema check can fail: a misspelt key is refused, as helm would."""
-    broken = copy.deepcopy(lab_values())
-    broken["singleuser"]["memory"]["limmit"] = "4Gi"
-    with pytest.raises(jsonschema.ValidationError, match="limmit"):
+@pytest.mark.parametrize(
+    ("path", "misspelt"),
+    [
+        ("singleuser.memory.limit", "limmit"),
+        ("hub.allowNamedServers", "allowNamedServer"),
+        ("hub.namedServerLimitPerUser", "namedServersLimitPerUser"),
+        ("singleuser.storage.capacity", "capacitty"),
+    ],
+)
+def test_a_misspelt_key_fails_the_charts_schema(path: str, misspelt: str) -> None:
+    """The schema check can fail: each key we write, misspelt, is refused, as helm would."""
+    broken = copy.deepcopy(lab_values(QUOTA_ROOT="/srv/labhub-homes"))
+    *parents, key = path.split(".")
+    node = broken
+    for parent in parents:
+        node = node[parent]
+    node[misspelt] = node.pop(key)
+    with pytest.raises(jsonschema.ValidationError, match=misspelt):
         jsonschema.validate(broken, chart_schema())
 
 
@@ -142,11 +155,45 @@ def test_limits_network_and_culling_follow_the_settings() -> None:
     )  # fmt: skip
     single = generated["singleuser"]
     assert single["memory"]["limit"] == 6 * 1024**3
-    assert single["storage"]["extraVolumes"][0]["emptyDir"]["sizeLimit"] == "512Mi"
+    volumes = {v["name"]: v["emptyDir"] for v in single["storage"]["extraVolumes"]}
+    assert volumes["shm"] == {"medium": "Memory", "sizeLimit": "512Mi"}
     rules = single["networkPolicy"]["egressAllowRules"]
     assert rules["privateIPs"] is True and rules["nonPrivateIPs"] is False
     assert single["networkPolicy"]["egress"] == [{"to": [{"ipBlock": {"cidr": "10.1.2.3/32"}}]}]
     assert generated["cull"] == {"enabled": True, "timeout": 900, "every": 60}
+
+
+def test_named_servers_tmp_and_home_size_follow_the_settings() -> None:
+    generated = lab_values(
+        NAMED_SERVERS="3",
+        USER_MEM_LIMIT="3G",
+        USER_TMP_SIZE="2G",
+        QUOTA_ROOT="/srv/labhub-homes",
+        DISK_QUOTA="20G",
+    )
+    jsonschema.validate(generated, chart_schema())
+    hub, storage = generated["hub"], generated["singleuser"]["storage"]
+    assert (hub["allowNamedServers"], hub["namedServerLimitPerUser"]) == (True, 3)
+    # /tmp in memory as on Docker, cut to half the smallest memory limit (USER_MEM_LIMIT 3G
+    # here; the profiles' 32G is larger).
+    tmp = {v["name"]: v["emptyDir"] for v in storage["extraVolumes"]}["tmp"]
+    assert tmp == {"medium": "Memory", "sizeLimit": "1536Mi"}
+    assert {"name": "tmp", "mountPath": "/tmp"} in storage["extraVolumeMounts"]
+    assert storage["capacity"] == "20Gi"
+    # Named servers off; no quota root: the chart's own PVC size.
+    plain = lab_values(NAMED_SERVERS="0")
+    assert plain["hub"]["allowNamedServers"] is False
+    assert "namedServerLimitPerUser" not in plain["hub"]
+    assert "capacity" not in plain["singleuser"]["storage"]
+
+
+def test_a_users_named_servers_share_their_home() -> None:
+    generated = lab_values(NAMED_SERVERS="2")
+
+    async def claims() -> set[str]:
+        return {spawner_for(generated, [], False, server).pvc_name for server in ("", "gpu")}
+
+    assert asyncio.run(claims()) == {"claim-alice"}
 
 
 def test_quantity_uses_binary_units() -> None:
@@ -170,7 +217,9 @@ def kube_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(kube_config_module, "KUBE_CONFIG_DEFAULT_LOCATION", str(path))
 
 
-def spawner_for(generated: dict[str, Any], groups: list[str], admin: bool) -> KubeSpawner:
+def spawner_for(
+    generated: dict[str, Any], groups: list[str], admin: bool, server: str = ""
+) -> KubeSpawner:
     """A real KubeSpawner configured the way the chart's hub runs hub.extraConfig.
 
     Call it inside a running event loop: KubeSpawner makes its API client there."""
@@ -184,12 +233,24 @@ def spawner_for(generated: dict[str, Any], groups: list[str], admin: bool) -> Ku
         return node
 
     config = Config()
+    # What the chart's jupyterhub_config.py makes of the singleuser keys we write...
+    single = generated["singleuser"]
+    config.KubeSpawner.image = f"{single['image']['name']}:{single['image']['tag']}"
+    config.KubeSpawner.cmd = single["cmd"]
+    config.KubeSpawner.volumes = single["storage"]["extraVolumes"]
+    config.KubeSpawner.volume_mounts = single["storage"]["extraVolumeMounts"]
+    config.KubeSpawner.pvc_name_template = single["storage"]["dynamic"]["pvcNameTemplate"]
+    # ...then hub.config, then hub.extraConfig.
+    for section, traits in generated["hub"]["config"].items():
+        config[section].update(traits)
     exec(PROFILES_BY_GROUP, {"c": config, "get_config": get_config})
     user = SimpleNamespace(
         name="alice", id=1, url="/user/alice/", admin=admin,
         groups=[SimpleNamespace(name=name) for name in groups],
     )  # fmt: skip
-    return KubeSpawner(config=config, user=user, _mock=True)
+    # A named server's name comes from its database row.
+    named = {"orm_spawner": SimpleNamespace(name=server, server=None)} if server else {}
+    return KubeSpawner(config=config, user=user, _mock=True, **named)
 
 
 async def with_profile(
@@ -232,12 +293,8 @@ def test_gpu_profiles_ask_the_device_plugin_for_the_same_devices() -> None:
 
 
 async def pod_manifest(generated: dict[str, Any], slug: str) -> dict[str, Any]:
-    """The pod KubeSpawner would create, with the chart's singleuser values applied."""
+    """The pod KubeSpawner would create from the values (the home's PVC aside)."""
     spawner = await with_profile(generated, [], slug, admin=True)
-    single = generated["singleuser"]
-    spawner.image = f"{single['image']['name']}:{single['image']['tag']}"
-    spawner.volumes = single["storage"]["extraVolumes"]
-    spawner.volume_mounts = single["storage"]["extraVolumeMounts"]
     pod = await spawner.get_pod_manifest()
     manifest: dict[str, Any] = spawner.api.api_client.sanitize_for_serialization(pod)
     return manifest
@@ -250,6 +307,15 @@ def test_the_pod_kubespawner_makes_passes_kubernetes_schemas(slug: str) -> None:
     container = manifest["spec"]["containers"][0]
     assert set(container["resources"]["limits"]) >= {"cpu", "memory"}
     assert {"name": "shm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+    # As on Docker: a read-only root, no capabilities, /tmp the one writable place besides
+    # the home and /dev/shm, and jupyter-server's kernel culling.
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert security["allowPrivilegeEscalation"] is False
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+    assert "--MappingKernelManager.cull_idle_timeout=1800" in container["args"]
+    assert "--MappingKernelManager.cull_busy=False" in container["args"]
 
 
 def test_a_broken_pod_fails_kubernetes_schemas() -> None:
@@ -262,6 +328,36 @@ def test_a_broken_pod_fails_kubernetes_schemas() -> None:
     manifest["spec"]["containers"][0]["volumeMounts"][0]["readOnly"] = "yes"
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(manifest, KUBERNETES, strict=True)
+    manifest = asyncio.run(pod_manifest(lab_values(), "cpu"))
+    security = manifest["spec"]["containers"][0]["securityContext"]
+    security["readOnlyRootFileSystem"] = security.pop("readOnlyRootFilesystem")
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(manifest, KUBERNETES, strict=True)
+
+
+def test_the_pods_command_is_the_workspace_images() -> None:
+    """KubeSpawner passes options (kernel culling) only with a command set; the image's own
+    command is the one that puts the workspace into the home."""
+    dockerfile = Path(__file__).resolve().parents[2] / "images/workspace/Dockerfile"
+    [cmd] = [line for line in dockerfile.read_text().splitlines() if line.startswith("CMD ")]
+    assert json.loads(cmd.removeprefix("CMD ")) == WORKSPACE_COMMAND
+
+
+def test_kernel_culling_off_leaves_the_servers_args_alone() -> None:
+    assert lab_values(KERNEL_IDLE_TIMEOUT="0")["hub"]["config"]["KubeSpawner"]["args"] == []
+
+
+def test_a_profiles_image_from_workspace_images_is_its_pods_image() -> None:
+    env = {**MINIMAL_ENV, **NETWORK_ENV, "WORKSPACE_IMAGES": "labhub/workspace-torch:0.1.0"}
+    settings = Settings.from_env(env)
+    torch = Profile("torch", "PyTorch", image="labhub/workspace-torch:0.1.0")
+    generated = values(settings, NetworkSettings.from_env(env), (*PROFILES, torch), INVENTORY, {})
+    jsonschema.validate(generated, chart_schema())
+    manifest = asyncio.run(pod_manifest(generated, "torch"))
+    assert manifest["spec"]["containers"][0]["image"] == "labhub/workspace-torch:0.1.0"
+    assert asyncio.run(pod_manifest(generated, "cpu"))["spec"]["containers"][0]["image"] == (
+        settings.workspace_image
+    )
 
 
 def test_default_profiles_map_too() -> None:

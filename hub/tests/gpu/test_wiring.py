@@ -79,6 +79,11 @@ def test_the_allocator_carries_every_gpu_setting(tmp_path: Path) -> None:
     assert set(config) <= set(LabSpawner.class_trait_names())
     # JupyterLab finds the GPU service's api/me, and its server's token may read it.
     assert config["environment"][GPU_STATUS_URL_ENV] == "http://proxy-chp:8000/services/gpus/api/me"
+    # With subdomains, the service's own host (proxy-chp's alias), where the proxy routes it.
+    subdomains = Settings.from_env(gpu_env(tmp_path, SUBDOMAINS="true", DOMAIN="lab.uni.edu"))
+    assert spawner_config(subdomains, allocator)["environment"][GPU_STATUS_URL_ENV] == (
+        "http://gpus--service.lab.uni.edu:8000/services/gpus/api/me"
+    )
     assert "access:services!service=gpus" in config["server_token_scopes"]
     assert {"users:activity!user", "access:servers!server"} <= set(config["server_token_scopes"])
 
