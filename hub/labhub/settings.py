@@ -818,9 +818,9 @@ SECTIONS: tuple[Section, ...] = (
                 "ENGINE",
                 "docker",
                 choice(ENGINE_CHOICES),
-                "docker: everything on this one Docker host. swarm: user servers as Swarm "
-                "services on several hosts, not usable yet: `make up` refuses it and says what "
-                "is missing (docs/scale-out.md).",
+                "docker: everything on this one Docker host. swarm: `make up` on a Swarm "
+                "manager, each user's server a Swarm service on a node; without GPUs, DATASETS, "
+                "QUOTA_ROOT, named servers and MONITORING yet (docs/scale-out.md).",
                 "engine",
             ),
         ),
@@ -1358,7 +1358,7 @@ class Settings:
     kernel_cull_connected: bool
     concurrent_spawn_limit: int
     docker_network: str
-    # ENGINE: "docker" (one host); "swarm" is refused by _check_engine until it is wired.
+    # ENGINE: "docker" (one host); "swarm": users' servers as Swarm services (_check_engine).
     engine: str
     gpu_inventory: str
     gpu_profiles: str
@@ -1460,16 +1460,27 @@ def _check_gpu_reclaim(values: Mapping[str, Any], problems: list[str]) -> None:
 
 
 def _check_engine(values: Mapping[str, Any], problems: list[str]) -> None:
-    """ENGINE=swarm: the spawner and the proxy's rules exist (labhub.swarmspawner), the rest
-    of the Swarm mode does not; refused by name rather than run as a half mode."""
-    if values.get("engine") == "swarm":
-        problems.append(
-            "ENGINE=swarm is not usable yet: user servers can run as Swarm services "
-            "(LabSwarmSpawner), but `make up` does not yet deploy the hub as a Swarm service, "
-            "the GPU inventory across nodes, the image registry, a Docker proxy on every node "
-            "or the isolation between users' servers on the overlay network. Use ENGINE=docker "
-            "(docs/scale-out.md says what works)"
-        )
+    """ENGINE=swarm: `make up` runs the platform on a Swarm manager (compose/swarm.yml);
+    each feature without a Swarm counterpart yet is refused by name, never silently dropped."""
+    if values.get("engine") != "swarm":
+        return
+    missing = {
+        "GPU_INVENTORY": values.get("gpu_inventory", "none") != "none"
+        and "GPUs across nodes (set GPU_INVENTORY=none)",
+        "DATASETS": values.get("datasets_source")
+        and "shared datasets on the nodes (leave DATASETS empty)",
+        "QUOTA_ROOT": values.get("quota_root")
+        and "disk quotas on the nodes' homes (leave QUOTA_ROOT empty)",
+        "NAMED_SERVERS": values.get("named_servers")
+        and "named servers: each would choose its own node and find another, empty home "
+        "there (set NAMED_SERVERS=0)",
+        "MONITORING": values.get("monitoring")
+        and "the users' servers' metrics: the exporter reads one engine, the servers run on "
+        "every node (set MONITORING=false)",
+    }
+    for name, what in missing.items():
+        if what:
+            problems.append(f"{name} is not available with ENGINE=swarm yet: {what}")
 
 
 def _check_ldap(values: dict[str, Any], problems: list[str]) -> None:
