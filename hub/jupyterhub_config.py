@@ -92,6 +92,12 @@ if settings.engine == "swarm":
     # node, through the Docker proxy in front of the manager (PROXY_POLICY=swarm).
     c.JupyterHub.spawner_class = "labhub.swarmspawner.LabSwarmSpawner"
     c.LabSwarmSpawner.update(swarm_spawner_config(settings))
+    # Users' servers reach the hub by its container name (compose/swarm.yml), on whichever
+    # overlay network they share with it; the spawner connects these two to a user's network.
+    if not (settings.hub_container and settings.chp_container):
+        sys.exit("ENGINE=swarm: HUB_CONTAINER and CHP_CONTAINER are not set: start with make up")
+    c.JupyterHub.hub_connect_url = f"http://{settings.hub_container}:8081"
+    c.LabSwarmSpawner.frontend_containers = [settings.hub_container, settings.chp_container]
 else:
     c.JupyterHub.spawner_class = "labhub.spawner.LabSpawner"
     c.LabSpawner.update(spawner_config(settings, gpu_allocator))

@@ -27,7 +27,8 @@ import pytest
 from labhub.contract import container_prefix, volume_name_for
 from stacks import HTTPS_PORT, STACK, VERSION, Stack, users_network_for
 from swarm import Node, Swarm, run
-from test_swarm import wait_for_running_task
+from test_compose import rendered
+from test_swarm import unused_port, wait_for_running_task
 
 from testsupport.hubclient import token_session
 from testsupport.images import REPO
@@ -41,9 +42,11 @@ WORKSPACE_IMAGE = f"labhub/workspace:{VERSION}"
 PREFIX = container_prefix(STACK)
 
 
-def swarm_env(workdir: Path, manager_address: str) -> Path:
+def swarm_env(
+    workdir: Path, manager_address: str, ports: tuple[int, int] = (HTTPS_PORT, HTTPS_PORT - 363)
+) -> Path:
     """A test stack's .env (tests/stacks.py's launched_stack) for ENGINE=swarm, nginx on the
-    manager's address."""
+    manager's address, on `ports` (HTTPS, HTTP)."""
     certs = workdir / "certs"
     certs.mkdir()
     values = {
@@ -54,8 +57,8 @@ def swarm_env(workdir: Path, manager_address: str) -> Path:
         # The certificate names the address this host reaches nginx at.
         "LAN_ADDRESSES": manager_address,
         "BIND_ADDRESS": manager_address,
-        "HTTP_PORT": str(HTTPS_PORT - 363),
-        "HTTPS_PORT": str(HTTPS_PORT),
+        "HTTPS_PORT": str(ports[0]),
+        "HTTP_PORT": str(ports[1]),
         "CERTS_DIR": str(certs),
         "LABHUB_VERSION": VERSION,
         "TENSORFLOW_PACKAGE": "tensorflow-cpu==2.21.0",
@@ -63,6 +66,8 @@ def swarm_env(workdir: Path, manager_address: str) -> Path:
         "USER_MEM_LIMIT": "3G",
         # Refused with ENGINE=swarm (labhub check-settings), on by default.
         "NAMED_SERVERS": "0",
+        # Swarm mode has no egress rules of its own yet; the test nodes have no route out.
+        "USER_INTERNET": "false",
         # Compose's single-host file still names them, though Swarm mode does not use them.
         **users_network_for(HTTPS_PORT),
         "LOGIN_RATE_LIMIT": "100000",
@@ -145,12 +150,31 @@ def swarm_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SwarmStack
             running.make("down")
 
 
+def test_swarm_override_keeps_the_proxy_in_front_and_drops_the_single_host_guards(
+    tmp_path: Path,
+) -> None:
+    """compose/swarm.yml as `make up` renders it: the hub and CHP on the lab's overlay under
+    the names the hub is given, the proxy's Swarm rules, no netguard or diskquota."""
+    services = rendered(tmp_path, "docker-compose.yml", "swarm.yml")
+    assert set(services) == {"proxy", "proxy-chp", "hub", "docker-proxy"}
+    hub, chp, proxy = services["hub"], services["proxy-chp"], services["docker-proxy"]
+    names = {"HUB_CONTAINER": hub["container_name"], "CHP_CONTAINER": chp["container_name"]}
+    assert names == {"HUB_CONTAINER": "labhub-hub", "CHP_CONTAINER": "labhub-proxy-chp"}
+    assert names.items() <= hub["environment"].items()  # type: ignore[attr-defined]
+    assert set(hub["depends_on"]) == {"docker-proxy", "proxy-chp"}  # type: ignore[arg-type]
+    assert set(hub["networks"]) == {"labhub", "docker-api", "metrics"}  # type: ignore[arg-type]
+    assert set(chp["networks"]) == {"labhub", "frontend"}  # type: ignore[arg-type]
+    assert proxy["environment"]["PROXY_POLICY"] == "swarm"  # type: ignore[index]
+    assert not any("docker.sock" in str(v) for v in hub.get("volumes", []))  # type: ignore[attr-defined]
+
+
 def test_make_up_with_engine_swarm_on_an_engine_not_in_a_swarm_says_docker_swarm_init(
     tmp_path: Path,
 ) -> None:
     """This host's own engine is in no Swarm: `make up` stops before building anything."""
     assert "inactive" in run("docker", "info", "--format", "{{.Swarm.LocalNodeState}}")
-    env_file = swarm_env(tmp_path, "127.0.0.1")
+    # Ports free on this host's loopback (the cluster's are in the manager's namespace).
+    env_file = swarm_env(tmp_path, "127.0.0.1", (unused_port(), unused_port()))
     up = make("up", env_file, os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock"))
     assert up.returncode == 2, up.stdout[-2000:]
     assert "is not in a Swarm" in up.stderr and "docker swarm init" in up.stderr, up.stderr
@@ -165,10 +189,11 @@ def test_make_up_on_a_swarm_serves_tls_logins_and_spawns_each_server_as_a_servic
 ) -> None:
     stack, manager = swarm_stack.stack, swarm_stack.manager
     users = ("swann", "swbob")
-    nodes = {}
+    nodes, clients = {}, {}
     for user in users:
         # Sign-up and login through nginx over TLS, checked against the stack's own CA.
-        client = stack.client()
+        # Not following the hub's redirects: they name DOMAIN (localhost), not the manager.
+        client = clients[user] = stack.client()
         login = client.login(user, stack.ensure_account(user), follow=False)
         assert login.status_code == 302 and client.logged_in, login.text[:300]
         client.start_server(user, timeout=600)
@@ -204,7 +229,7 @@ def test_make_up_on_a_swarm_serves_tls_logins_and_spawns_each_server_as_a_servic
     assert "PROXY_POLICY=swarm" in json.loads(proxy_env)
     # Stopped through the hub: the service is gone.
     for user in users:
-        stack.login(user).stop_server(user)
+        clients[user].stop_server(user)
         assert not manager.docker("service", "ls", "--quiet", "--filter", f"name={PREFIX}-{user}")
 
 
@@ -214,7 +239,9 @@ def test_make_up_refuses_a_swarm_worker_naming_the_manager(swarm_stack: SwarmSta
     assert up.returncode == 2, up.stdout[-2000:]
     assert "is a Swarm worker, not a manager" in up.stderr, up.stderr[-2000:]
     assert "make up on a manager" in up.stderr
-    assert not worker.docker("ps", "--all", "--quiet")
+    assert not worker.docker(
+        "ps", "--all", "--quiet", "--filter", f"label=com.docker.compose.project={STACK}"
+    )
 
 
 def test_make_down_removes_the_platform_and_the_overlay_but_keeps_the_homes(

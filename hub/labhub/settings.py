@@ -1242,6 +1242,22 @@ SECTIONS: tuple[Section, ...] = (
                 "The users' image: labhub/workspace:LABHUB_VERSION.",
                 "workspace_image",
             ),
+            Setting(
+                "HUB_CONTAINER",
+                "",
+                optional(docker_name),
+                "ENGINE=swarm: the hub's container name (compose/swarm.yml): users' servers "
+                "reach the hub by it, and the spawner connects it to their networks.",
+                "hub_container",
+            ),
+            Setting(
+                "CHP_CONTAINER",
+                "",
+                optional(docker_name),
+                "ENGINE=swarm: configurable-http-proxy's container name (compose/swarm.yml), "
+                "which the spawner connects to users' networks too.",
+                "chp_container",
+            ),
         ),
         in_env_file=False,
     ),
@@ -1383,6 +1399,9 @@ class Settings:
     workspace_image: str
     # WORKSPACE_IMAGES: the other images profiles may name (see allowed_images).
     workspace_images: tuple[str, ...]
+    # ENGINE=swarm: the containers that reach users' servers, by name (compose/swarm.yml).
+    hub_container: str | None
+    chp_container: str | None
 
     @property
     def allowed_images(self) -> tuple[str, ...]:
