@@ -211,6 +211,12 @@ def test_make_up_on_a_swarm_serves_tls_logins_and_spawns_each_server_as_a_servic
             f"{PREFIX}-{user}",
         )  # fmt: skip
         assert json.loads(constraints) == [f"node.id=={nodes[user]}"]
+        # It reached the hub (the token check above) by the hub's container name.
+        env = manager.docker(
+            "service", "inspect", "--format", "{{json .Spec.TaskTemplate.ContainerSpec.Env}}",
+            f"{PREFIX}-{user}",
+        )  # fmt: skip
+        assert f"JUPYTERHUB_API_URL=http://{STACK}-hub:8081/hub/api" in json.loads(env)
         home = swarm_stack.node(nodes[user])
         assert volume_name_for(user, STACK) in home.docker("volume", "ls", "--quiet").split()
     # Two first spawns spread over both nodes: one server runs on the worker, reached over
@@ -262,3 +268,19 @@ def test_make_down_removes_the_platform_and_the_overlay_but_keeps_the_homes(
         for volume in node.docker("volume", "ls", "--quiet").split()
     ]
     assert {volume_name_for(user, STACK) for user in ("swann", "swbob")} <= set(homes)
+
+
+@pytest.mark.parametrize("target", ["backup", "restore"])
+def test_backup_and_restore_refuse_swarm_mode_rather_than_miss_the_nodes_homes(
+    tmp_path: Path, target: str
+) -> None:
+    env_file = swarm_env(tmp_path, "127.0.0.1")
+    backups = tmp_path / "backups"
+    result = subprocess.run(
+        ["make", "--no-print-directory", target, f"ENV_FILE={env_file}",
+         f"BACKUP_ROOT={backups}", f"BACKUP={backups}/x"],
+        cwd=REPO, text=True, capture_output=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert f"make {target}: not available with ENGINE=swarm yet" in result.stderr
+    assert not backups.exists()
