@@ -7,11 +7,21 @@ SHELL := /bin/bash
 ENV_FILE ?= .env
 # FRONT=nginx-proxy: nginxproxy/nginx-proxy (+ Let's Encrypt) in front instead of our nginx.
 FRONT ?= builtin
-COMPOSE_FILES := -f compose/docker-compose.yml $(if $(filter nginx-proxy,$(FRONT)),-f compose/nginx-proxy.yml)
+# ENGINE=swarm in .env: the same project on a Swarm manager, users' servers as Swarm
+# services (compose/swarm.yml, docs/scale-out.md).
+SWARM = $(filter swarm,$(call env_value,ENGINE))
+COMPOSE_FILES = -f compose/docker-compose.yml $(if $(filter nginx-proxy,$(FRONT)),-f compose/nginx-proxy.yml) \
+  $(if $(SWARM),-f compose/swarm.yml)
+# BUILD=no: use the images already on the engine (built on another machine and loaded, or
+# pulled); `make up` builds nothing.
+BUILD ?= yes
 # MONITORING=true in .env adds Prometheus (compose profile "monitoring"); `make down`
 # stops it whatever the setting is now.
 MONITORING_PROFILE = $(if $(filter true,$(shell printf '%s' '$(call env_value,MONITORING)' | tr '[:upper:]' '[:lower:]')),--profile monitoring)
-COMPOSE = LABHUB_ENV_FILE=$(abspath $(ENV_FILE)) docker compose $(COMPOSE_FILES) --env-file $(ENV_FILE) $(MONITORING_PROFILE)
+# The engine socket the Docker proxies hold: the one DOCKER_HOST names, if it names one
+# (the manager of a test cluster on this machine), else the usual one.
+ENGINE_SOCKET = $(or $(patsubst unix://%,%,$(filter unix://%,$(DOCKER_HOST))),/var/run/docker.sock)
+COMPOSE = ENGINE_SOCKET=$(ENGINE_SOCKET) LABHUB_ENV_FILE=$(abspath $(ENV_FILE)) docker compose $(COMPOSE_FILES) --env-file $(ENV_FILE) $(MONITORING_PROFILE)
 VENV := .venv
 PY := $(VENV)/bin/python
 # Read a value from .env (after `make env`), falling back to .env.example. The last line
@@ -78,7 +88,7 @@ push: ## Push the workspace image to REGISTRY and record its digest (after make 
 	@REGISTRY=$(call env_value,REGISTRY) scripts/push-images.sh $(WORKSPACE_IMAGE) $(PUSHED_IMAGES)
 
 .PHONY: up
-up: preflight env stack-owner certs build ## Set everything up and start the platform
+up: preflight env swarm-manager stack-owner certs $(if $(filter no,$(BUILD)),,build) ## Set everything up and start the platform
 	@# Settings are checked before anything starts: a wrong value is listed with its fix.
 	@# GPU_CONFIG_DIR is mounted as for the hub: DATASETS may name a file in it.
 	@docker run --rm --network none --env-file $(ENV_FILE) \
@@ -86,10 +96,16 @@ up: preflight env stack-owner certs build ## Set everything up and start the pla
 	  labhub/hub:$(call env_value,LABHUB_VERSION) \
 	  labhub check-settings || \
 	  { echo "make up: fix the settings above in $(ENV_FILE), then run make up again" >&2; exit 2; }
+	@$(if $(SWARM),scripts/swarm-manager.sh network '$(call env_value,DOCKER_NETWORK)')
 	@$(COMPOSE) up -d --wait || { $(COMPOSE) logs --no-color --tail=40 hub >&2; \
 	  echo "make up: a service did not become healthy; the hub's last lines are above" \
 	       "(make logs SERVICE=hub for more)" >&2; exit 1; }
 	@ENV_FILE=$(ENV_FILE) scripts/print-welcome.sh
+
+# ENGINE=swarm: this engine must be a Swarm manager (checked before anything is built).
+.PHONY: swarm-manager
+swarm-manager: env
+	@$(if $(SWARM),scripts/swarm-manager.sh check)
 
 # Users' containers first, found by the name prefix the spawner gives them: the hub image
 # says what it is (labhub.contract owns it). Without that image nothing is stopped, as
@@ -102,10 +118,17 @@ down: ## Stop the platform and users' servers (users' files and the hub database
 	@prefix="$$($(USER_CONTAINER_PREFIX))" || { echo "make down: nothing stopped: the hub image" \
 	  "labhub/hub:$(call env_value,LABHUB_VERSION) did not answer (make build makes it)" >&2; exit 1; }; \
 	docker ps -a --format '{{.Names}}' | awk -v prefix="$$prefix" 'index($$0, prefix) == 1' \
-	  | xargs -r docker rm -f >/dev/null
+	  | xargs -r docker rm -f >/dev/null$(if $(SWARM),; \
+	docker service ls --format '{{.Name}}' | awk -v prefix="$$prefix" 'index($$0, prefix) == 1' \
+	  | xargs -r docker service rm >/dev/null)
 	$(COMPOSE) --profile monitoring down
+ifeq ($(SWARM),)
 	@# Only now, with no user container left: netguard's rules go (stopping it keeps them).
 	$(COMPOSE) run --rm --no-deps netguard labhub-netguard remove
+else
+	@# The overlay network make up made, once the users' tasks have left it.
+	@scripts/swarm-manager.sh remove-network '$(call env_value,DOCKER_NETWORK)'
+endif
 
 .PHONY: logs
 logs: ## Follow the logs (of every service, or SERVICE=hub|proxy|proxy-chp|docker-proxy|netguard|diskquota)
@@ -116,18 +139,23 @@ doctor: ## Check this host (GPU set-up) and the stack (settings, services, certi
 	@ENV_FILE=$(ENV_FILE) scripts/doctor.sh
 
 # Backups go to BACKUP_ROOT/<UTC timestamp>/ (gitignored); see docs/reliability.md.
+# With ENGINE=swarm the homes are on every node, and these read one engine's volumes.
+not_in_swarm_mode = { echo "make $(1): not available with ENGINE=swarm yet: it reads one engine's" \
+  "volumes, and the users' homes are on every node (docs/scale-out.md)" >&2; exit 2; }
 BACKUP_ROOT ?= backups
 RESTORE = STACK_NAME=$(call env_value,STACK_NAME) DOCKER_NETWORK=$(call env_value,DOCKER_NETWORK) \
   LABHUB_VERSION=$(call env_value,LABHUB_VERSION) ONLY_USERS='$(ONLY_USERS)' scripts/restore.sh
 
 .PHONY: backup
 backup: ## Back up the hub and GPU databases and every user volume into backups/<time>/
+	@$(if $(SWARM),$(call not_in_swarm_mode,backup))
 	@STACK_NAME=$(call env_value,STACK_NAME) DOCKER_NETWORK=$(call env_value,DOCKER_NETWORK) \
 	  LABHUB_VERSION=$(call env_value,LABHUB_VERSION) \
 	  BACKUP_ROOT=$(BACKUP_ROOT) ONLY_USERS='$(ONLY_USERS)' scripts/backup.sh
 
 .PHONY: restore
 restore: ## Restore a backup: make restore BACKUP=backups/<time> [ONLY_USERS="alice bob"]
+	@$(if $(SWARM),$(call not_in_swarm_mode,restore))
 	@test -n "$(BACKUP)" || { echo "usage: make restore BACKUP=backups/<time> [ONLY_USERS=...]"; exit 2; }
 	@# Whole restore: databases + files, hub stopped meanwhile; ONLY_USERS: those users'
 	@# files only, hub untouched. Every check runs first; a refusal changes nothing.

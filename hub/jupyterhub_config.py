@@ -19,6 +19,7 @@ from labhub.gpu.allocator import load_allocator
 from labhub.native import TEMPLATES as HUB_TEMPLATES
 from labhub.settings import Settings, SettingsError, check_files, settings_environment
 from labhub.spawner import spawner_config
+from labhub.swarmspawner import swarm_spawner_config
 
 try:
     # Validation first, all problems at once: the variables, then the files they name.
@@ -86,8 +87,20 @@ c[authenticator_class.rsplit(".", 1)[-1]].update(authenticator_traits)
 c.JupyterHub.template_paths = [HUB_TEMPLATES]
 
 # --- Spawner -------------------------------------------------------------------------
-c.JupyterHub.spawner_class = "labhub.spawner.LabSpawner"
-c.LabSpawner.update(spawner_config(settings, gpu_allocator))
+if settings.engine == "swarm":
+    # ENGINE=swarm (docs/scale-out.md): each user's server a Swarm service on their home's
+    # node, through the Docker proxy in front of the manager (PROXY_POLICY=swarm).
+    c.JupyterHub.spawner_class = "labhub.swarmspawner.LabSwarmSpawner"
+    c.LabSwarmSpawner.update(swarm_spawner_config(settings))
+    # Users' servers reach the hub by its container name (compose/swarm.yml), on whichever
+    # overlay network they share with it; the spawner connects these two to a user's network.
+    if not (settings.hub_container and settings.chp_container):
+        sys.exit("ENGINE=swarm: HUB_CONTAINER and CHP_CONTAINER are not set: start with make up")
+    c.JupyterHub.hub_connect_url = f"http://{settings.hub_container}:8081"
+    c.LabSwarmSpawner.frontend_containers = [settings.hub_container, settings.chp_container]
+else:
+    c.JupyterHub.spawner_class = "labhub.spawner.LabSpawner"
+    c.LabSpawner.update(spawner_config(settings, gpu_allocator))
 # Users may not change their server's environment through their own config files.
 c.Spawner.disable_user_config = True
 c.Spawner.default_url = WORKSPACE_DEFAULT_URL

@@ -12,22 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.client
+import json
 import os
-import socket
-import subprocess
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from jupyterhub.objects import Hub, Server
-from labhub.contract import container_prefix
+from labhub.contract import OWNER_LABEL, container_prefix
 from labhub.settings import Settings
 from labhub.swarmspawner import LabSwarmSpawner, swarm_spawner_config
 from swarm import Node, Swarm
 
+from testsupport.dockerproxy import running_proxy
 from testsupport.minimal_env import MINIMAL_ENV
 from testsupport.waiting import wait_until
 
@@ -96,7 +93,7 @@ class Cluster:
             {**MINIMAL_ENV, "DOCKER_NETWORK": NETWORK, "WORKSPACE_IMAGE": IMAGE}
         )
         spawner = LabSwarmSpawner(
-            user=_User(user), hub=Hub(), cmd=["perl", "-e", USER_SERVER, "--"],
+            user=HubUser(user), hub=Hub(), cmd=["perl", "-e", USER_SERVER, "--"],
             **swarm_spawner_config(settings),
         )  # fmt: skip
         spawner.load_state(self.states.get(user, {}))
@@ -125,7 +122,9 @@ class Cluster:
         return next(node for node in self.swarm.nodes if node.node_id == node_id)
 
 
-class _User:
+class HubUser:
+    """The part of a JupyterHub user a spawner reads, for spawners driven without a hub."""
+
     admin = False
     groups: tuple[object, ...] = ()
 
@@ -134,10 +133,21 @@ class _User:
         self.url = f"/user/{name}/"
 
 
-def unused_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+@contextlib.contextmanager
+def spawners_through(
+    port: int, spawner_class: type[LabSwarmSpawner] = LabSwarmSpawner
+) -> Iterator[None]:
+    """Every `spawner_class`'s Docker calls go to the proxy on `port` until the block ends
+    (DockerSpawner keeps one client per class: it is closed, with its kept-alive
+    connections, afterwards)."""
+    spawner_class._client = None
+    spawner_class.client_kwargs = {"base_url": f"tcp://127.0.0.1:{port}"}
+    try:
+        yield
+    finally:
+        if spawner_class._client is not None:
+            spawner_class._client.close()
+        spawner_class._client = None
 
 
 @contextlib.contextmanager
@@ -146,48 +156,47 @@ def lab_cluster(size: int, manager_images: Sequence[str] = ()) -> Iterator[Clust
     (PROXY_POLICY=swarm) on loopback in front of the manager's socket."""
     with Swarm(size, images=[IMAGE], manager_images=manager_images) as swarm:
         swarm.manager.docker("network", "create", "--driver", "overlay", "--attachable", NETWORK)
-        port = unused_port()
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(Path(__file__).parents[1] / "hub"),
-            "PROXY_POLICY": "swarm",
-            "ALLOWED_IMAGES": IMAGE,
-            "DOCKER_NETWORK": NETWORK,
-            "DOCKER_SOCKET": str(swarm.manager.socket),
-            "LISTEN_HOST": "127.0.0.1",
-            "LISTEN_PORT": str(port),
-        }
-        proxy = subprocess.Popen(
-            [sys.executable, "-m", "labhub.dockerproxy"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        try:
-            wait_until(lambda: proxy_answers(port), 30, "the Docker proxy to answer", interval=0.2)
-            LabSwarmSpawner._client = None
-            LabSwarmSpawner.client_kwargs = {"base_url": f"tcp://127.0.0.1:{port}"}
+        with (
+            running_proxy(
+                PROXY_POLICY="swarm",
+                ALLOWED_IMAGES=IMAGE,
+                DOCKER_NETWORK=NETWORK,
+                DOCKER_SOCKET=str(swarm.manager.socket),
+            ) as port,
+            spawners_through(port),
+        ):
             yield Cluster(swarm, port)
-        finally:
-            if LabSwarmSpawner._client is not None:
-                LabSwarmSpawner._client.close()  # its kept-alive connections to the proxy
-            LabSwarmSpawner._client = None
-            proxy.terminate()
-            log = proxy.communicate(timeout=30)[0]
-            print(log.decode(errors="replace")[-4000:])  # shown when a test fails
 
 
-def proxy_answers(port: int) -> bool:
-    with contextlib.suppress(OSError):
-        return raw_request(port, "GET", "/v1.41/_ping")[0] == 200
-    return False
-
-
-def raw_request(port: int, method: str, target: str, body: bytes = b"") -> tuple[int, str]:
-    """One request on a fresh connection, as an attacker holding the hub's access sends it."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    try:
-        headers = {"Content-Type": "application/json"} if body else {}
-        connection.request(method, target, body=body or None, headers=headers)
-        response = connection.getresponse()
-        return response.status, response.read().decode(errors="replace")
-    finally:
-        connection.close()
+def service_body(
+    user: str = "mallory",
+    *,
+    image: str = IMAGE,
+    network: str = NETWORK,
+    node_id: str = "x" * 25,
+    visible: str = "void",
+    labels: dict[str, str] | None = None,
+    **container: Any,
+) -> bytes:
+    """A service create body as LabSwarmSpawner sends it for `user` (every lab service
+    names its GPUs, `void` for none), with `container` merged into its ContainerSpec: what
+    an attacker holding the hub's access to the proxy would start from."""
+    spec = {
+        "Image": image, "Args": ["sleep", "600"], "User": "1000:100",
+        "Labels": {OWNER_LABEL: user}, "CapabilityDrop": ["ALL"],
+        "Env": [f"NVIDIA_VISIBLE_DEVICES={visible}"],
+        **container,
+    }  # fmt: skip
+    return json.dumps(
+        {
+            "Name": f"{container_prefix(network)}-{user}",
+            "Labels": {OWNER_LABEL: user, **(labels or {})},
+            "TaskTemplate": {
+                "ContainerSpec": spec,
+                "Resources": {"Limits": {"NanoCPUs": 10**9, "MemoryBytes": 1 << 28, "Pids": 64}},
+                "Placement": {"Constraints": [f"node.id=={node_id}"]},
+                "Networks": [{"Target": network}],
+            },
+            "EndpointSpec": {"Mode": "dnsrr"},
+        }
+    ).encode()

@@ -23,8 +23,8 @@ import pytest
 from labhub.contract import OWNER_LABEL
 from labhub.spawner import LabSpawner
 from stacks import STACK
-from test_dockerproxy import running_proxy
 
+from testsupport.dockerproxy import running_proxy
 from testsupport.images import ensure_base_image
 from testsupport.spawners import proxied_spawner
 

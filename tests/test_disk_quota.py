@@ -29,8 +29,8 @@ from labhub.spawner import LabSpawner
 from labhub.volumes import remove_user_volume
 from loopfs import btrfs_with_quotas
 from stacks import STACK
-from test_dockerproxy import running_proxy
 
+from testsupport.dockerproxy import running_proxy
 from testsupport.images import ensure_base_image
 from testsupport.spawners import proxied_spawner
 

@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,7 +23,6 @@ from typing import Any
 
 import docker
 import pytest
-import requests
 from labhub.contract import (
     CONTAINER_USER,
     OWNER_LABEL,
@@ -39,6 +35,7 @@ from stacks import STACK
 
 from testsupport.acme_companion import RELOAD_EXEC
 from testsupport.containers import user_container, user_containers
+from testsupport.dockerproxy import running_proxy
 from testsupport.images import ensure_base_image
 from testsupport.spawners import proxied_spawner
 from testsupport.waiting import wait_until
@@ -47,12 +44,6 @@ pytestmark = pytest.mark.integration
 
 # Containers a smuggled request would create carry this label; none may ever exist.
 SMUGGLED = "labhub.test=dockerproxy-smuggled"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -79,41 +70,6 @@ def network(engine: docker.DockerClient) -> Iterator[str]:
         for container in engine.containers.list(all=True, filters={"network": name}):
             container.remove(force=True)
         net.remove()
-
-
-@contextlib.contextmanager
-def running_proxy(**settings: str) -> Iterator[int]:
-    """`python -m labhub.dockerproxy` with these settings on a free loopback port, up
-    (it answers /_ping) until the block ends; its log is printed afterwards."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "labhub.dockerproxy"],
-        env={**os.environ, **settings, "LISTEN_HOST": "127.0.0.1", "LISTEN_PORT": str(port)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    client = docker.APIClient(base_url=f"tcp://127.0.0.1:{port}", version="1.41", timeout=10)
-
-    def answers() -> bool:
-        if process.poll() is not None:
-            raise AssertionError(f"the proxy exited with {process.returncode}")
-        return bool(client.ping())
-
-    try:
-        wait_until(
-            answers,
-            30,
-            "the proxy to answer /_ping",
-            interval=0.2,
-            ignoring=(requests.ConnectionError, docker.errors.APIError),
-        )
-        yield port
-    finally:
-        client.close()
-        process.terminate()
-        output, _ = process.communicate(timeout=30)
-        print(output)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -37,6 +36,7 @@ from stacks import VERSION, Stack
 from test_gpus import chromium_page
 
 from testsupport.browsing import network_changed
+from testsupport.dockerproxy import free_port
 from testsupport.images import REPO
 from testsupport.waiting import wait_until
 
@@ -50,12 +50,6 @@ EXTENSION = REPO / "images" / "workspace" / "labhub-status"
 SERVER_TOKEN = "server-token-of-ada"  # JUPYTERHUB_API_TOKEN: what the service must receive
 LOGIN_TOKEN = "login-token"  # jupyter-server's own login
 BASE = "/user/ada/"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _iso(delta: timedelta) -> str:
@@ -189,7 +183,7 @@ def lab_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         (config / "jupyter_server_config.json").write_text(
             json.dumps({"ServerApp": {"jpserver_extensions": {"labhub_status": True}}})
         )
-        port = _free_port()
+        port = free_port()
         log = home / "server.log"
         env = {
             "PATH": os.environ["PATH"],
@@ -304,7 +298,7 @@ def test_a_failing_service_leaves_what_the_container_knows(
 
 @pytest.mark.unit
 def test_an_unreachable_service_leaves_what_the_container_knows(lab_server: Any) -> None:
-    closed = f"http://127.0.0.1:{_free_port()}/services/gpus/api/me"
+    closed = f"http://127.0.0.1:{free_port()}/services/gpus/api/me"
     lab = lab_server({"NVIDIA_VISIBLE_DEVICES": "0", GPU_STATUS_URL_ENV: closed})
     status = lab.status()
     assert status["devices"] == [
@@ -522,7 +516,7 @@ def workspace_lab(stack: Stack, service: FakeGpuService) -> Iterator[str]:
     """The workspace image's own JupyterLab (the stack built it from this checkout) in a
     container on the host's network, as a GPU server on the shared slice whose GPU service is
     the stand-in above; yields its URL with the login token."""
-    port = _free_port()
+    port = free_port()
     client = docker.from_env()
     container = client.containers.run(
         f"labhub/workspace:{VERSION}",

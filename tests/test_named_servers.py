@@ -32,10 +32,11 @@ from browser import chromium, needs_chromium
 from gpustack import nvidia_driver_missing
 from labhub.contract import OWNER_LABEL, container_name_prefix, volume_name_for
 from stacks import USERS_CREATED, Stack, launched_stack
-from test_dockerproxy import refused, running_proxy, workspace_kwargs
+from test_dockerproxy import refused, workspace_kwargs
 
 from testsupport.browsing import despite_network_changes
 from testsupport.containers import user_containers
+from testsupport.dockerproxy import running_proxy
 from testsupport.hubclient import HubClient, run_in_kernel
 from testsupport.images import ensure_base_image
 from testsupport.waiting import wait_until

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from stacks import REPO, Stack, run_make
 
+from testsupport.dockerproxy import free_port
+
 PREFLIGHT = REPO / "scripts" / "preflight.sh"
 SETTINGS = {
     "HTTP_PORT": "80",
@@ -295,12 +297,6 @@ def test_root_on_debian_installs_missing_packages(tmp_path: Path, host: Host, pa
 
 
 # --- The real machine ------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

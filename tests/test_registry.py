@@ -22,7 +22,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,16 +29,17 @@ from typing import Any
 
 import pytest
 from jupyterhub.objects import Hub, Server
-from labhub.contract import OWNER_LABEL, container_prefix
+from labhub.contract import container_prefix
 from labhub.dockerpolicy import Policy, Refused, check_swarm_request
 from labhub.dockerproxy import policy_from_env
 from labhub.registry import check_pinned, is_digest_reference, registry_address
 from labhub.settings import Settings, SettingsError
 from labhub.swarmspawner import HOME_NODE_STATE, LabSwarmSpawner, swarm_spawner_config
 from swarm import STATE_ROOT, Swarm, run
-from swarmlab import proxy_answers, raw_request, unused_port, wait_for_running_task
+from swarmlab import HubUser, service_body, spawners_through, wait_for_running_task
 from tornado import web
 
+from testsupport.dockerproxy import raw_request, running_proxy
 from testsupport.minimal_env import MINIMAL_ENV
 from testsupport.waiting import wait_until
 
@@ -107,29 +107,6 @@ def test_swarm_settings_with_a_registry_refuse_a_workspace_image_by_tag() -> Non
     assert Settings.from_env({**MINIMAL_ENV}).registry == ""
 
 
-def service_create(image: str, network: str = "labhub") -> bytes:
-    """A service body as LabSwarmSpawner sends it, with `image`."""
-    return json.dumps(
-        {
-            "Name": f"{container_prefix(network)}-mallory",
-            "Labels": {OWNER_LABEL: "mallory"},
-            "TaskTemplate": {
-                "ContainerSpec": {
-                    "Image": image,
-                    "Args": ["sleep", "600"],
-                    "User": "1000:100",
-                    "Labels": {OWNER_LABEL: "mallory"},
-                    "CapabilityDrop": ["ALL"],
-                },
-                "Resources": {"Limits": {"NanoCPUs": 10**9, "MemoryBytes": 1 << 28, "Pids": 64}},
-                "Placement": {"Constraints": ["node.id==" + "x" * 25]},
-                "Networks": [{"Target": network}],
-            },
-            "EndpointSpec": {"Mode": "dnsrr"},
-        }
-    ).encode()
-
-
 # The same name with another tag or digest, the local tag, another image.
 NOT_THE_PINNED_IMAGE = [
     f"{REGISTRY}/workspace:0.1.0",
@@ -144,9 +121,10 @@ NOT_THE_PINNED_IMAGE = [
 def test_the_swarm_proxy_creates_services_of_the_recorded_digest_only(image: str) -> None:
     policy = Policy(allowed_images=frozenset({PINNED}), network="labhub")
     target = "/v1.41/services/create"
-    assert check_swarm_request(policy, "POST", target, service_create(PINNED)).target == target
+    pinned = service_body(image=PINNED, network="labhub")
+    assert check_swarm_request(policy, "POST", target, pinned).target == target
     with pytest.raises(Refused, match="not an allowed workspace image"):
-        check_swarm_request(policy, "POST", target, service_create(image))
+        check_swarm_request(policy, "POST", target, service_body(image=image, network="labhub"))
 
 
 @pytest.mark.unit
@@ -172,21 +150,12 @@ def test_a_swarm_proxy_with_a_registry_refuses_to_start_on_a_tag() -> None:
     assert policy_from_env({**env, "ALLOWED_IMAGES": PINNED})
 
 
-class _User:
-    admin = False
-    groups: tuple[object, ...] = ()
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.url = f"/user/{name}/"
-
-
 def swarm_spawner(user: str, image: str, registry: str, network: str) -> LabSwarmSpawner:
     settings = Settings.from_env(
         {**MINIMAL_ENV, "DOCKER_NETWORK": network, "WORKSPACE_IMAGE": image, "REGISTRY": registry}
     )
     spawner = LabSwarmSpawner(
-        user=_User(user), hub=Hub(), cmd=["perl", "-e", USER_SERVER, "--"],
+        user=HubUser(user), hub=Hub(), cmd=["perl", "-e", USER_SERVER, "--"],
         **swarm_spawner_config(settings),
     )  # fmt: skip
     spawner.server = Server(base_url=f"/user/{user}/")
@@ -306,28 +275,16 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryCluste
             assert pushed.returncode == 0, pushed.stdout + pushed.stderr
             [pinned] = re.findall(r"(?m)^WORKSPACE_IMAGE=(\S+)$", record.read_text())
             manager.docker("network", "create", "--driver", "overlay", "--attachable", NETWORK)
-            port = unused_port()
-            proxy = subprocess.Popen(
-                [sys.executable, "-m", "labhub.dockerproxy"],
-                env={
-                    **os.environ, "PYTHONPATH": str(CHECKOUT / "hub"), "PROXY_POLICY": "swarm",
-                    "ALLOWED_IMAGES": pinned, "REGISTRY": registry_setting,
-                    "DOCKER_NETWORK": NETWORK, "DOCKER_SOCKET": str(manager.socket),
-                    "LISTEN_HOST": "127.0.0.1", "LISTEN_PORT": str(port),
-                },
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-            try:
-                wait_until(lambda: proxy_answers(port), 30, "the Docker proxy", interval=0.2)
-                LabSwarmSpawner._client = None
-                LabSwarmSpawner.client_kwargs = {"base_url": f"tcp://127.0.0.1:{port}"}
+            with (
+                running_proxy(
+                    PROXY_POLICY="swarm", ALLOWED_IMAGES=pinned, REGISTRY=registry_setting,
+                    DOCKER_NETWORK=NETWORK, DOCKER_SOCKET=str(manager.socket),
+                ) as port,
+                spawners_through(port),
+            ):  # fmt: skip
                 yield RegistryCluster(
                     swarm, registry_setting, root / "registry.log", pinned, port, registry
                 )
-            finally:
-                LabSwarmSpawner._client = None
-                proxy.terminate()
-                print(proxy.communicate(timeout=30)[0].decode(errors="replace")[-4000:])
         finally:
             stop(registry)
             print((root / "registry.log").read_text()[-3000:])  # shown when a test fails
@@ -397,7 +354,10 @@ def test_the_proxy_refuses_a_service_of_any_image_but_the_recorded_digest(
         "base-image": BASE_IMAGE,
     }[image]
     status, answer = raw_request(
-        cluster.proxy_port, "POST", "/v1.41/services/create", service_create(attack, NETWORK)
+        cluster.proxy_port,
+        "POST",
+        "/v1.41/services/create",
+        service_body(image=attack, network=NETWORK),
     )
     assert status == 403 and "not an allowed workspace image" in answer, answer
     services = cluster.swarm.manager.docker("service", "ls", "--format", "{{.Name}}").split()
@@ -405,7 +365,7 @@ def test_the_proxy_refuses_a_service_of_any_image_but_the_recorded_digest(
     # The same request with the recorded digest reaches the engine: the refusal was the image.
     status, answer = raw_request(
         cluster.proxy_port, "POST", "/v1.41/services/create",
-        service_create(cluster.pinned, NETWORK),
+        service_body(image=cluster.pinned, network=NETWORK),
     )  # fmt: skip
     assert status == 201, answer
     created = json.loads(answer)["ID"]

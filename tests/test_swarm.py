@@ -38,10 +38,11 @@ from swarmlab import (
     Cluster,
     client_for,
     lab_cluster,
-    raw_request,
+    service_body,
     wait_for_running_task,
 )
 
+from testsupport.dockerproxy import raw_request
 from testsupport.minimal_env import MINIMAL_ENV
 from testsupport.waiting import wait_until
 
@@ -189,29 +190,6 @@ def running_homes(cluster: Cluster) -> list[str]:
         "service", "ls", "--quiet", "--filter", f"label={OWNER_LABEL}"
     ).split()
     return [cluster.running_node(name) for name in names]
-
-
-def service_body(**container: Any) -> bytes:
-    """A service LabSwarmSpawner would create, with `container` merged into its ContainerSpec."""
-    spec = {
-        "Image": IMAGE, "Args": ["sleep", "600"], "User": "1000:100",
-        "Labels": {OWNER_LABEL: "mallory"}, "CapabilityDrop": ["ALL"],
-        "Env": ["NVIDIA_VISIBLE_DEVICES=void"],  # every lab service names its devices
-        **container,
-    }  # fmt: skip
-    return json.dumps(
-        {
-            "Name": f"{PREFIX}-mallory",
-            "Labels": {OWNER_LABEL: "mallory"},
-            "TaskTemplate": {
-                "ContainerSpec": spec,
-                "Resources": {"Limits": {"NanoCPUs": 10**9, "MemoryBytes": 1 << 28, "Pids": 64}},
-                "Placement": {"Constraints": ["node.id==" + "x" * 25]},
-                "Networks": [{"Target": NETWORK}],
-            },
-            "EndpointSpec": {"Mode": "dnsrr"},
-        }
-    ).encode()
 
 
 @pytest.mark.parametrize(

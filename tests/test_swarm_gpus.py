@@ -13,21 +13,16 @@ allocator's record) in front of the manager, on loopback.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import http.client
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from jupyterhub.objects import Hub, Server
-from labhub.contract import GPU_DEVICES_LABEL, GPU_HOLDER_LABEL, OWNER_LABEL, container_prefix
+from labhub.contract import GPU_DEVICES_LABEL, GPU_HOLDER_LABEL, container_prefix
 from labhub.gpu.allocator import GpuAllocator
 from labhub.gpu.api import devices_report
 from labhub.gpu.inventory import Device
@@ -36,8 +31,10 @@ from labhub.gpu.store import Store, booked_devices
 from labhub.settings import Settings
 from labhub.swarmgpu import LabSwarmGpuSpawner, swarm_gpu_spawner_config
 from swarm import Node, Swarm
+from swarmlab import HubUser, service_body, spawners_through
 from tornado import web
 
+from testsupport.dockerproxy import raw_request, running_proxy
 from testsupport.images import BASE_IMAGE, ensure_base_image
 from testsupport.minimal_env import MINIMAL_ENV
 from testsupport.waiting import wait_until
@@ -50,15 +47,6 @@ PREFIX = container_prefix(NETWORK)
 RUNTIME = Path(__file__).parent / "fake-gpu" / "nvidia-container-runtime"
 # The user's server: anything that keeps running (the spawner appends its own arguments).
 SERVER = ["sh", "-c", "exec sleep 900", "sh"]
-
-
-class _User:
-    admin = False
-    groups: tuple[object, ...] = ()
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.url = f"/user/{name}/"
 
 
 @dataclass
@@ -75,7 +63,7 @@ class GpuCluster:
             {**MINIMAL_ENV, "DOCKER_NETWORK": NETWORK, "WORKSPACE_IMAGE": IMAGE}
         )
         spawner = LabSwarmGpuSpawner(
-            user=_User(user), hub=Hub(), cmd=SERVER,
+            user=HubUser(user), hub=Hub(), cmd=SERVER,
             **swarm_gpu_spawner_config(settings, self.allocator),
         )  # fmt: skip
         spawner.user_options = {"profile": "gpu-1"}
@@ -113,29 +101,6 @@ class GpuCluster:
         return sorted(listing.split())
 
 
-def unused_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def raw_request(port: int, method: str, target: str, body: bytes = b"") -> tuple[int, str]:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    try:
-        headers = {"Content-Type": "application/json"} if body else {}
-        connection.request(method, target, body=body or None, headers=headers)
-        response = connection.getresponse()
-        return response.status, response.read().decode(errors="replace")
-    finally:
-        connection.close()
-
-
-def proxy_answers(port: int) -> bool:
-    with contextlib.suppress(OSError):
-        return raw_request(port, "GET", "/v1.41/_ping")[0] == 200
-    return False
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GpuCluster]:
     if os.geteuid() != 0:
@@ -152,32 +117,17 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GpuCluster]:
         )
         db = tmp_path_factory.mktemp("gpu") / "gpu.sqlite"
         allocator = GpuAllocator(inventory, default_profiles(inventory), Store(db))
-        port = unused_port()
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(Path(__file__).parents[1] / "hub"),
-            "PROXY_POLICY": "swarm",
-            "ALLOWED_IMAGES": IMAGE,
-            "DOCKER_NETWORK": NETWORK,
-            "DOCKER_SOCKET": str(swarm.manager.socket),
-            "GPU_DB": str(db),
-            "LISTEN_HOST": "127.0.0.1",
-            "LISTEN_PORT": str(port),
-        }
-        proxy = subprocess.Popen(
-            [sys.executable, "-m", "labhub.dockerproxy"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        try:
-            wait_until(lambda: proxy_answers(port), 30, "the Docker proxy to answer", interval=0.2)
-            LabSwarmGpuSpawner._client = None
-            LabSwarmGpuSpawner.client_kwargs = {"base_url": f"tcp://127.0.0.1:{port}"}
+        with (
+            running_proxy(
+                PROXY_POLICY="swarm",
+                ALLOWED_IMAGES=IMAGE,
+                DOCKER_NETWORK=NETWORK,
+                DOCKER_SOCKET=str(swarm.manager.socket),
+                GPU_DB=str(db),
+            ) as port,
+            spawners_through(port, LabSwarmGpuSpawner),
+        ):
             yield GpuCluster(swarm, port, allocator, db)
-        finally:
-            LabSwarmGpuSpawner._client = None
-            proxy.terminate()
-            log = proxy.communicate(timeout=30)[0]
-            print(log.decode(errors="replace")[-4000:])  # shown when a test fails
 
 
 def test_three_gpu_users_each_see_exactly_their_device_on_its_node_and_a_fourth_is_refused(
@@ -207,44 +157,23 @@ def test_three_gpu_users_each_see_exactly_their_device_on_its_node_and_a_fourth_
     assert cluster.task(dan.service_name)[0].node_id == adas.split("@")[1]
 
 
-def gpu_service_body(
-    user: str, node_id: str, visible: str, labels: dict[str, str] | None = None
-) -> bytes:
-    """A service as LabSwarmGpuSpawner makes it, for `user`, with these GPU fields."""
-    service_labels = {OWNER_LABEL: user, **(labels or {})}
-    return json.dumps(
-        {
-            "Name": f"{PREFIX}-{user}",
-            "Labels": service_labels,
-            "TaskTemplate": {
-                "ContainerSpec": {
-                    "Image": IMAGE,
-                    "Args": ["sleep", "600"],
-                    "User": "1000:100",
-                    "Labels": {OWNER_LABEL: user},
-                    "CapabilityDrop": ["ALL"],
-                    "Env": [f"NVIDIA_VISIBLE_DEVICES={visible}"],
-                },
-                "Resources": {"Limits": {"NanoCPUs": 10**9, "MemoryBytes": 1 << 28, "Pids": 64}},
-                "Placement": {"Constraints": [f"node.id=={node_id}"]},
-                "Networks": [{"Target": NETWORK}],
-            },
-            "EndpointSpec": {"Mode": "dnsrr"},
-        }
-    ).encode()
-
-
 def test_the_proxy_gives_no_one_a_gpu_the_record_does_not_book_them(cluster: GpuCluster) -> None:
     bob = cluster.start("bob") if not booked_devices(cluster.db, "bob") else None
     [bobs] = booked_devices(cluster.db, "bob") or ()
     device_id, node_id = bobs.split("@")
     attacks = {
-        "every GPU": gpu_service_body("mallory", node_id, "all"),
-        "bob's GPU, booked as mallory's": gpu_service_body(
-            "mallory", node_id, device_id, {GPU_HOLDER_LABEL: "mallory", GPU_DEVICES_LABEL: bobs}
+        "every GPU": service_body(network=NETWORK, node_id=node_id, visible="all"),
+        "bob's GPU, booked as mallory's": service_body(
+            network=NETWORK,
+            node_id=node_id,
+            visible=device_id,
+            labels={GPU_HOLDER_LABEL: "mallory", GPU_DEVICES_LABEL: bobs},
         ),
-        "bob's GPU, as bob": gpu_service_body(
-            "mallory", node_id, device_id, {GPU_HOLDER_LABEL: "bob", GPU_DEVICES_LABEL: bobs}
+        "bob's GPU, as bob": service_body(
+            network=NETWORK,
+            node_id=node_id,
+            visible=device_id,
+            labels={GPU_HOLDER_LABEL: "bob", GPU_DEVICES_LABEL: bobs},
         ),
     }
     for attack, body in attacks.items():
@@ -255,7 +184,7 @@ def test_the_proxy_gives_no_one_a_gpu_the_record_does_not_book_them(cluster: Gpu
     # The same service without a GPU is created: the refusals were the GPU rules.
     status, answer = raw_request(
         cluster.proxy_port, "POST", "/v1.41/services/create",
-        gpu_service_body("mallory", node_id, "void"),
+        service_body(network=NETWORK, node_id=node_id),
     )  # fmt: skip
     assert status == 201, answer
     assert cluster.devices_seen(f"{PREFIX}-mallory") == []

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.client
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import tarfile
@@ -35,7 +33,9 @@ from labhub.hometar import copy_helper, copy_helper_prefix
 from labhub.settings import Settings
 from labhub.swarmspawner import HOME_NODE_STATE, LabSwarmSpawner, swarm_spawner_config
 from swarm import Node, Swarm, run
+from swarmlab import HubUser, spawners_through
 
+from testsupport.dockerproxy import raw_request, running_proxy
 from testsupport.minimal_env import MINIMAL_ENV
 from testsupport.waiting import wait_until
 
@@ -77,63 +77,14 @@ def image() -> Iterator[str]:
         run("docker", "image", "rm", IMAGE, check=False)
 
 
-def unused_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def proxy(policy: str, node: Node) -> Iterator[int]:
+def proxy(policy: str, node: Node) -> contextlib.AbstractContextManager[int]:
     """labhub's Docker proxy with `policy` on loopback in front of `node`'s socket."""
-    port = unused_port()
-    env = {
-        **os.environ, "PYTHONPATH": HUB_SRC, "PROXY_POLICY": policy, "ALLOWED_IMAGES": IMAGE,
-        "DOCKER_NETWORK": NETWORK, "DOCKER_SOCKET": str(node.socket),
-        "LISTEN_HOST": "127.0.0.1", "LISTEN_PORT": str(port),
-    }  # fmt: skip
-    process = subprocess.Popen(
-        [sys.executable, "-m", "labhub.dockerproxy"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        wait_until(lambda: answers(port), 30, f"the {policy} proxy to answer", interval=0.2)
-        yield port
-    finally:
-        process.terminate()
-        print(process.communicate(timeout=30)[0].decode(errors="replace")[-3000:])
-
-
-def answers(port: int) -> bool:
-    with contextlib.suppress(OSError):
-        return raw_request(port, "GET", "/v1.41/_ping")[0] == 200
-    return False
-
-
-def raw_request(
-    port: int, method: str, target: str, body: bytes = b"", chunked: bool = False
-) -> tuple[int, str]:
-    """One request on a fresh connection, as a client of the proxy may send it."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    try:
-        if chunked:
-            connection.request(method, target, body=iter([body]), encode_chunked=True)
-        else:
-            headers = {"Content-Type": "application/json"} if body else {}
-            connection.request(method, target, body=body or None, headers=headers)
-        response = connection.getresponse()
-        return response.status, response.read().decode(errors="replace")
-    finally:
-        connection.close()
-
-
-class _User:
-    admin = False
-    groups: tuple[object, ...] = ()
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.url = f"/user/{name}/"
+    return running_proxy(
+        PROXY_POLICY=policy,
+        ALLOWED_IMAGES=IMAGE,
+        DOCKER_NETWORK=NETWORK,
+        DOCKER_SOCKET=str(node.socket),
+    )
 
 
 @dataclass
@@ -161,7 +112,7 @@ class Lab:
         )
         row = self.orm_spawner(user)
         spawner = LabSwarmSpawner(
-            user=_User(user), hub=Hub(), orm_spawner=row, cmd=SERVER_CMD,
+            user=HubUser(user), hub=Hub(), orm_spawner=row, cmd=SERVER_CMD,
             **swarm_spawner_config(settings),
         )  # fmt: skip
         spawner.load_state(row.state or {})
@@ -250,13 +201,9 @@ def lab(image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         ports = {node.node_id: stack.enter_context(proxy("node", node)) for node in swarm.nodes}
         db_path = tmp_path_factory.mktemp("hub") / "jupyterhub.sqlite"
         db = orm.new_session_factory(f"sqlite:///{db_path}")()
-        LabSwarmSpawner._client = None
-        LabSwarmSpawner.client_kwargs = {"base_url": f"tcp://127.0.0.1:{manager_port}"}
-        try:
-            yield Lab(swarm, ports, db_path, db)
-        finally:
-            LabSwarmSpawner._client = None
-            db.close()
+        stack.enter_context(spawners_through(manager_port))
+        stack.callback(db.close)
+        yield Lab(swarm, ports, db_path, db)
 
 
 def test_a_moved_home_has_the_same_files_and_owner_and_the_server_follows_it(lab: Lab) -> None:

@@ -819,9 +819,9 @@ SECTIONS: tuple[Section, ...] = (
                 "ENGINE",
                 "docker",
                 choice(ENGINE_CHOICES),
-                "docker: everything on this one Docker host. swarm: user servers as Swarm "
-                "services on several hosts, not usable yet: `make up` refuses it and says what "
-                "is missing (docs/scale-out.md).",
+                "docker: everything on this one Docker host. swarm: `make up` on a Swarm "
+                "manager, each user's server a Swarm service on a node; without GPUs, DATASETS, "
+                "QUOTA_ROOT, named servers and MONITORING yet (docs/scale-out.md).",
                 "engine",
             ),
         ),
@@ -1253,6 +1253,22 @@ SECTIONS: tuple[Section, ...] = (
                 "The users' image: labhub/workspace:LABHUB_VERSION.",
                 "workspace_image",
             ),
+            Setting(
+                "HUB_CONTAINER",
+                "",
+                optional(docker_name),
+                "ENGINE=swarm: the hub's container name (compose/swarm.yml): users' servers "
+                "reach the hub by it, and the spawner connects it to their networks.",
+                "hub_container",
+            ),
+            Setting(
+                "CHP_CONTAINER",
+                "",
+                optional(docker_name),
+                "ENGINE=swarm: configurable-http-proxy's container name (compose/swarm.yml), "
+                "which the spawner connects to users' networks too.",
+                "chp_container",
+            ),
         ),
         in_env_file=False,
     ),
@@ -1369,7 +1385,7 @@ class Settings:
     kernel_cull_connected: bool
     concurrent_spawn_limit: int
     docker_network: str
-    # ENGINE: "docker" (one host); "swarm" is refused by _check_engine until it is wired.
+    # ENGINE: "docker" (one host); "swarm": users' servers as Swarm services (_check_engine).
     engine: str
     gpu_inventory: str
     gpu_profiles: str
@@ -1396,6 +1412,9 @@ class Settings:
     workspace_images: tuple[str, ...]
     # REGISTRY (labhub.registry): where Swarm nodes pull the workspace image by digest.
     registry: str
+    # ENGINE=swarm: the containers that reach users' servers, by name (compose/swarm.yml).
+    hub_container: str | None
+    chp_container: str | None
 
     @property
     def allowed_images(self) -> tuple[str, ...]:
@@ -1474,16 +1493,28 @@ def _check_gpu_reclaim(values: Mapping[str, Any], problems: list[str]) -> None:
 
 
 def _check_engine(values: Mapping[str, Any], problems: list[str]) -> None:
-    """ENGINE=swarm: the spawner and the proxy's rules exist (labhub.swarmspawner), the rest
-    of the Swarm mode does not; refused by name rather than run as a half mode."""
-    if values.get("engine") == "swarm":
-        problems.append(
-            "ENGINE=swarm is not usable yet: user servers can run as Swarm services "
-            "(LabSwarmSpawner), but `make up` does not yet deploy the hub as a Swarm service, "
-            "a Docker proxy on every node "
-            "or the isolation between users' servers on the overlay network. Use ENGINE=docker "
-            "(docs/scale-out.md says what works)"
-        )
+    """ENGINE=swarm: `make up` runs the platform on a Swarm manager (compose/swarm.yml);
+    each feature without a Swarm counterpart yet is refused by name, never silently dropped."""
+    if values.get("engine") != "swarm":
+        return
+    missing = {
+        "GPU_INVENTORY": values.get("gpu_inventory", "none") != "none"
+        and "GPUs across nodes: the scheduler exists (labhub.swarmgpu), `make up` does not "
+        "wire it yet (set GPU_INVENTORY=none)",
+        "DATASETS": values.get("datasets_source")
+        and "shared datasets on the nodes (leave DATASETS empty)",
+        "QUOTA_ROOT": values.get("quota_root")
+        and "disk quotas on the nodes' homes (leave QUOTA_ROOT empty)",
+        "NAMED_SERVERS": values.get("named_servers")
+        and "named servers: each would choose its own node and find another, empty home "
+        "there (set NAMED_SERVERS=0)",
+        "MONITORING": values.get("monitoring")
+        and "the users' servers' metrics: the exporter reads one engine, the servers run on "
+        "every node (set MONITORING=false)",
+    }
+    for name, what in missing.items():
+        if what:
+            problems.append(f"{name} is not available with ENGINE=swarm yet: {what}")
 
 
 def _check_registry(values: Mapping[str, Any], problems: list[str]) -> None:

@@ -293,14 +293,18 @@ def test_generated_files_match_the_table(path: str) -> None:
     assert not diff, f"{path} differs from hub/labhub/settings.py; run make settings-docs:\n{diff}"
 
 
+COMPOSE_FILES = ("docker-compose.yml", "swarm.yml")
+
+
 def test_env_example_lists_every_setting_but_what_compose_sets() -> None:
     in_example = set(env_example_values())
     compose_set = {
         s.name for section in SECTIONS if not section.in_env_file for s in section.settings
     }
     assert in_example == {s.name for s in TABLE} - compose_set
-    # ... and those compose does set, for the hub, whatever .env says.
-    compose = (REPO / "compose/docker-compose.yml").read_text()
+    # ... and those compose does set, for the hub, whatever .env says (with ENGINE=swarm
+    # the names of the containers, in compose/swarm.yml).
+    compose = "".join((REPO / f"compose/{name}").read_text() for name in COMPOSE_FILES)
     for name in compose_set:
         assert re.search(rf"^\s+{name}: \S", compose, re.MULTILINE), name
 

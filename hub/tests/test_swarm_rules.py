@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
-import re
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
@@ -28,7 +27,7 @@ from labhub.dockerpolicy import (
     inspect_target,
 )
 from labhub.dockerproxy import policy_from_env
-from labhub.settings import Settings, SettingsError
+from labhub.settings import Settings
 from labhub.swarmspawner import HOME_NODE_STATE, LabSwarmSpawner, swarm_spawner_config
 from tornado import web
 
@@ -304,22 +303,3 @@ def test_the_swarm_proxy_refuses_what_swarm_mode_does_not_do_yet() -> None:
     check = policy_from_env(base)
     with pytest.raises(Refused, match="not needed by the hub in Swarm mode"):
         check("POST", "/v1.41/containers/create?name=labhub-user-a", b"{}")
-
-
-@pytest.mark.parametrize(
-    ("engine", "problem"),
-    [
-        ("docker", None),
-        ("swarm", "ENGINE=swarm is not usable yet: user servers can run as Swarm services"),
-        ("kubernetes", "ENGINE='kubernetes' is unknown: choose one of docker, swarm"),
-    ],
-)
-def test_make_up_refuses_engine_swarm_naming_what_is_missing(
-    engine: str, problem: str | None
-) -> None:
-    """`make up` runs `labhub check-settings`, which lists these problems and exits 2."""
-    if problem is None:
-        assert Settings.from_env({**MINIMAL_ENV, "ENGINE": engine}).engine == engine
-        return
-    with pytest.raises(SettingsError, match=re.escape(problem)):
-        Settings.from_env({**MINIMAL_ENV, "ENGINE": engine})

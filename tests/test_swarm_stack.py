@@ -1,0 +1,287 @@
+"""`make up` with ENGINE=swarm: the platform on a real Swarm, a student logged in over TLS.
+
+On a two-engine test cluster (tests/swarm.py) the README's own `make up`, pointed at the
+manager's engine with DOCKER_HOST, checks the engine is a manager, makes the lab's overlay
+network and starts nginx, CHP, the hub (LabSwarmSpawner) and the Docker proxy
+(PROXY_POLICY=swarm) there. Students sign up and log in through nginx over TLS from this
+host; each server is a Swarm service whose task runs on a node placement chose, reached
+through CHP over the overlay. `make down` removes it all but the users' files. An engine
+that is not a manager is refused with what to run.
+
+The images reach the nodes with `docker save | docker load` (no registry): the hub and
+nginx images to the manager, the workspace image (TensorFlow, JupyterLab) to every node.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from labhub.contract import container_prefix, volume_name_for
+from stacks import HTTPS_PORT, STACK, VERSION, Stack, users_network_for
+from swarm import Node, Swarm, run
+from swarmlab import wait_for_running_task
+from test_compose import rendered
+
+from testsupport.dockerproxy import free_port
+from testsupport.hubclient import token_session
+from testsupport.images import REPO
+
+# Two engines with the 2.4 GB workspace image loaded take minutes before make up starts.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
+
+HUB_IMAGE = f"labhub/hub:{VERSION}"
+PROXY_IMAGE = f"labhub/proxy:{VERSION}"
+WORKSPACE_IMAGE = f"labhub/workspace:{VERSION}"
+PREFIX = container_prefix(STACK)
+
+
+def swarm_env(
+    workdir: Path, manager_address: str, ports: tuple[int, int] = (HTTPS_PORT, HTTPS_PORT - 363)
+) -> Path:
+    """A test stack's .env (tests/stacks.py's launched_stack) for ENGINE=swarm, nginx on the
+    manager's address, on `ports` (HTTPS, HTTP)."""
+    certs = workdir / "certs"
+    certs.mkdir()
+    values = {
+        "ENGINE": "swarm",
+        "STACK_NAME": STACK,
+        "DOCKER_NETWORK": STACK,
+        "DOMAIN": "localhost",
+        # The certificate names the address this host reaches nginx at.
+        "LAN_ADDRESSES": manager_address,
+        "BIND_ADDRESS": manager_address,
+        "HTTPS_PORT": str(ports[0]),
+        "HTTP_PORT": str(ports[1]),
+        "CERTS_DIR": str(certs),
+        "LABHUB_VERSION": VERSION,
+        "TENSORFLOW_PACKAGE": "tensorflow-cpu==2.21.0",
+        "ADMIN_USERS": "admin",
+        "USER_MEM_LIMIT": "3G",
+        # Refused with ENGINE=swarm (labhub check-settings), on by default.
+        "NAMED_SERVERS": "0",
+        # Swarm mode has no egress rules of its own yet; the test nodes have no route out.
+        "USER_INTERNET": "false",
+        # Compose's single-host file still names them, though Swarm mode does not use them.
+        **users_network_for(HTTPS_PORT),
+        "LOGIN_RATE_LIMIT": "100000",
+    }
+    env_file = workdir / ".env"
+    env_file.write_text("".join(f"{key}={value}\n" for key, value in values.items()))
+    return env_file
+
+
+def make(
+    target: str, env_file: Path, docker_host: str, *args: str, timeout: float = 1800
+) -> subprocess.CompletedProcess[str]:
+    """`make TARGET` in this checkout, as an admin runs it, against the engine `docker_host`."""
+    return subprocess.run(
+        ["make", "--no-print-directory", target, f"ENV_FILE={env_file}", *args],
+        cwd=REPO, text=True, capture_output=True, timeout=timeout, check=False,
+        env={**os.environ, "DOCKER_HOST": docker_host},
+    )  # fmt: skip
+
+
+def reach_from_the_host(swarm: Swarm) -> None:
+    """Give this host the first address of the cluster's subnet on its bridge, so that it
+    reaches the manager as a browser on the LAN would (removed with the bridge)."""
+    subnet = ipaddress.ip_interface(f"{swarm.manager.address}/{swarm.prefix}").network
+    run("ip", "addr", "add", f"{next(subnet.hosts())}/{swarm.prefix}", "dev", swarm.bridge)
+
+
+@dataclass
+class SwarmStack:
+    swarm: Swarm
+    stack: Stack
+    env_file: Path
+    docker_host: str
+
+    @property
+    def manager(self) -> Node:
+        return self.swarm.manager
+
+    def make(self, target: str) -> subprocess.CompletedProcess[str]:
+        return make(target, self.env_file, self.docker_host)
+
+    def node(self, node_id: str) -> Node:
+        return next(node for node in self.swarm.nodes if node.node_id == node_id)
+
+
+@pytest.fixture(scope="module")
+def swarm_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SwarmStack]:
+    started = time.monotonic()
+    with Swarm(2, images=[WORKSPACE_IMAGE], manager_images=[HUB_IMAGE, PROXY_IMAGE]) as swarm:
+        print(f"cluster with the images: {time.monotonic() - started:.0f} s")
+        reach_from_the_host(swarm)
+        workdir = tmp_path_factory.mktemp("swarm-stack")
+        env_file = swarm_env(workdir, swarm.manager.address)
+        running = SwarmStack(
+            swarm,
+            Stack(
+                env_file,
+                workdir / "certs",
+                f"https://{swarm.manager.address}:{HTTPS_PORT}",
+                f"http://{swarm.manager.address}:{HTTPS_PORT - 363}",
+            ),
+            env_file,
+            f"unix://{swarm.manager.socket}",
+        )
+        started = time.monotonic()
+        # The images are loaded, and the nodes have no way to a registry: nothing is built.
+        up = make("up", env_file, running.docker_host, "BUILD=no")
+        print(f"make up: {time.monotonic() - started:.0f} s")
+        try:
+            assert up.returncode == 0, f"make up failed:\n{up.stdout[-4000:]}\n{up.stderr[-4000:]}"
+            yield running
+        finally:
+            for container in ("hub", "proxy-chp", "docker-proxy-1"):  # shown when a test fails
+                name = f"{STACK}-{container}"
+                logs = subprocess.run(
+                    ["docker", "-H", running.docker_host, "logs", "--tail=60", name],
+                    capture_output=True, text=True, check=False,
+                )  # fmt: skip
+                print(f"--- {container}\n{logs.stdout}{logs.stderr}")
+            running.make("down")
+
+
+def test_swarm_override_keeps_the_proxy_in_front_and_drops_the_single_host_guards(
+    tmp_path: Path,
+) -> None:
+    """compose/swarm.yml as `make up` renders it: the hub and CHP on the lab's overlay under
+    the names the hub is given, the proxy's Swarm rules, no netguard or diskquota."""
+    services = rendered(tmp_path, "docker-compose.yml", "swarm.yml")
+    assert set(services) == {"proxy", "proxy-chp", "hub", "docker-proxy"}
+    hub, chp, proxy = services["hub"], services["proxy-chp"], services["docker-proxy"]
+    names = {"HUB_CONTAINER": hub["container_name"], "CHP_CONTAINER": chp["container_name"]}
+    assert names == {"HUB_CONTAINER": "labhub-hub", "CHP_CONTAINER": "labhub-proxy-chp"}
+    assert names.items() <= hub["environment"].items()  # type: ignore[attr-defined]
+    assert set(hub["depends_on"]) == {"docker-proxy", "proxy-chp"}  # type: ignore[arg-type]
+    assert set(hub["networks"]) == {"labhub", "docker-api", "metrics"}  # type: ignore[arg-type]
+    assert set(chp["networks"]) == {"labhub", "frontend"}  # type: ignore[arg-type]
+    assert proxy["environment"]["PROXY_POLICY"] == "swarm"  # type: ignore[index]
+    assert not any("docker.sock" in str(v) for v in hub.get("volumes", []))  # type: ignore[attr-defined]
+
+
+def test_make_up_with_engine_swarm_on_an_engine_not_in_a_swarm_says_docker_swarm_init(
+    tmp_path: Path,
+) -> None:
+    """This host's own engine is in no Swarm: `make up` stops before building anything."""
+    assert "inactive" in run("docker", "info", "--format", "{{.Swarm.LocalNodeState}}")
+    # Ports free on this host's loopback (the cluster's are in the manager's namespace).
+    env_file = swarm_env(tmp_path, "127.0.0.1", (free_port(), free_port()))
+    up = make("up", env_file, os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock"))
+    assert up.returncode == 2, up.stdout[-2000:]
+    assert "is not in a Swarm" in up.stderr and "docker swarm init" in up.stderr, up.stderr
+    assert "Successfully built" not in up.stdout
+    assert not run(
+        "docker", "ps", "--all", "--quiet", "--filter", f"label=com.docker.compose.project={STACK}"
+    )
+
+
+def test_make_up_on_a_swarm_serves_tls_logins_and_spawns_each_server_as_a_service_on_a_node(
+    swarm_stack: SwarmStack,
+) -> None:
+    stack, manager = swarm_stack.stack, swarm_stack.manager
+    users = ("swann", "swbob")
+    nodes, clients = {}, {}
+    for user in users:
+        # Sign-up and login through nginx over TLS, checked against the stack's own CA.
+        # Not following the hub's redirects: they name DOMAIN (localhost), not the manager.
+        client = clients[user] = stack.client()
+        login = client.login(user, stack.ensure_account(user), follow=False)
+        assert login.status_code == 302 and client.logged_in, login.text[:300]
+        client.start_server(user, timeout=600)
+        # The server's API through nginx and CHP, over the overlay to the task: /api answers
+        # anyone, /api/status a token the server checks with the hub over the overlay.
+        response = client.session.get(stack.base_url + f"/user/{user}/api", timeout=60)
+        assert response.status_code == 200 and "version" in response.json(), response.text
+        session = token_session(stack.ca_file, client.new_token(user))
+        status = session.get(stack.base_url + f"/user/{user}/api/status", timeout=60)
+        assert status.status_code == 200 and "started" in status.json(), status.text[:300]
+        # A Swarm service, pinned to the node its task runs on, with the user's home there.
+        nodes[user] = wait_for_running_task(swarm_stack.swarm, f"{PREFIX}-{user}")
+        constraints = manager.docker(
+            "service", "inspect", "--format", "{{json .Spec.TaskTemplate.Placement.Constraints}}",
+            f"{PREFIX}-{user}",
+        )  # fmt: skip
+        assert json.loads(constraints) == [f"node.id=={nodes[user]}"]
+        # It reached the hub (the token check above) by the hub's container name.
+        env = manager.docker(
+            "service", "inspect", "--format", "{{json .Spec.TaskTemplate.ContainerSpec.Env}}",
+            f"{PREFIX}-{user}",
+        )  # fmt: skip
+        assert f"JUPYTERHUB_API_URL=http://{STACK}-hub:8081/hub/api" in json.loads(env)
+        home = swarm_stack.node(nodes[user])
+        assert volume_name_for(user, STACK) in home.docker("volume", "ls", "--quiet").split()
+    # Two first spawns spread over both nodes: one server runs on the worker, reached over
+    # the overlay from the manager's CHP.
+    assert set(nodes.values()) == {node.node_id for node in swarm_stack.swarm.nodes}
+    # The hub holds no Docker socket: it reaches the engine through the Swarm proxy only.
+    hub = json.loads(manager.docker("inspect", f"{STACK}-hub"))[0]
+    assert "docker.sock" not in json.dumps(hub["Mounts"])
+    assert "DOCKER_HOST=tcp://docker-proxy:2375" in hub["Config"]["Env"]
+    proxy = json.loads(manager.docker("inspect", f"{STACK}-docker-proxy-1"))[0]
+    [socket] = [m["Source"] for m in proxy["Mounts"] if m["Destination"] == "/var/run/docker.sock"]
+    assert socket == str(manager.socket)  # the manager's engine, not this host's
+    proxy_env = manager.docker(
+        "inspect", "--format", "{{json .Config.Env}}", f"{STACK}-docker-proxy-1"
+    )
+    assert "PROXY_POLICY=swarm" in json.loads(proxy_env)
+    # Stopped through the hub: the service is gone.
+    for user in users:
+        clients[user].stop_server(user)
+        assert not manager.docker("service", "ls", "--quiet", "--filter", f"name={PREFIX}-{user}")
+
+
+def test_make_up_refuses_a_swarm_worker_naming_the_manager(swarm_stack: SwarmStack) -> None:
+    worker = swarm_stack.swarm.workers[0]
+    up = make("up", swarm_stack.env_file, f"unix://{worker.socket}", "BUILD=no")
+    assert up.returncode == 2, up.stdout[-2000:]
+    assert "is a Swarm worker, not a manager" in up.stderr, up.stderr[-2000:]
+    assert "make up on a manager" in up.stderr
+    assert not worker.docker(
+        "ps", "--all", "--quiet", "--filter", f"label=com.docker.compose.project={STACK}"
+    )
+
+
+def test_make_down_removes_the_platform_and_the_overlay_but_keeps_the_homes(
+    swarm_stack: SwarmStack,
+) -> None:
+    manager = swarm_stack.manager
+    down = swarm_stack.make("down")
+    assert down.returncode == 0, down.stderr[-2000:]
+    assert not manager.docker(
+        "ps", "--all", "--quiet", "--filter", f"label=com.docker.compose.project={STACK}"
+    )
+    assert not manager.docker("service", "ls", "--quiet")
+    networks = manager.docker("network", "ls", "--format", "{{.Name}}").split()
+    assert STACK not in networks
+    homes = [
+        volume
+        for node in swarm_stack.swarm.nodes
+        for volume in node.docker("volume", "ls", "--quiet").split()
+    ]
+    assert {volume_name_for(user, STACK) for user in ("swann", "swbob")} <= set(homes)
+
+
+@pytest.mark.parametrize("target", ["backup", "restore"])
+def test_backup_and_restore_refuse_swarm_mode_rather_than_miss_the_nodes_homes(
+    tmp_path: Path, target: str
+) -> None:
+    env_file = swarm_env(tmp_path, "127.0.0.1")
+    backups = tmp_path / "backups"
+    result = subprocess.run(
+        ["make", "--no-print-directory", target, f"ENV_FILE={env_file}",
+         f"BACKUP_ROOT={backups}", f"BACKUP={backups}/x"],
+        cwd=REPO, text=True, capture_output=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert f"make {target}: not available with ENGINE=swarm yet" in result.stderr
+    assert not backups.exists()
