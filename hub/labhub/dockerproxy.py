@@ -328,7 +328,7 @@ def policy_from_env(env: dict[str, str]) -> Check:
                     f"dockerproxy: {unsupported} is not supported with PROXY_POLICY=swarm yet: "
                     "leave it empty (docs/scale-out.md)"
                 )
-        swarm = Policy(allowed_images=images, network=network)
+        swarm = Policy(allowed_images=images, network=network, frontend_containers=_frontends(env))
         return lambda method, target, body: check_swarm_request(swarm, method, target, body)
     try:
         datasets = load_datasets(env.get("DATASETS", ""), network)
@@ -341,6 +341,24 @@ def policy_from_env(env: dict[str, str]) -> Check:
         quota_root=env.get("QUOTA_ROOT", ""),
     )
     return lambda method, target, body: check_request(policy, method, target, body)
+
+
+def _frontends(env: dict[str, str]) -> frozenset[str]:
+    """FRONTEND_CONTAINERS: the containers the hub may connect to users' networks, by name
+    (a name of hex digits only could also be read as the prefix of another container's ID)."""
+    frontends = names(env.get("FRONTEND_CONTAINERS", ""))
+    if not frontends:
+        raise SystemExit(
+            "dockerproxy: FRONTEND_CONTAINERS is empty: set it to the names of the hub's and "
+            "CHP's containers (LabSwarmSpawner.frontend_containers), PROXY_POLICY=swarm"
+        )
+    for name in frontends:
+        if re.fullmatch(r"[0-9a-fA-F]+", name):
+            raise SystemExit(
+                f"dockerproxy: FRONTEND_CONTAINERS {name!r} looks like a container ID: "
+                "name the frontends with a name that is not only hex digits"
+            )
+    return frontends
 
 
 def main() -> None:
