@@ -178,12 +178,17 @@ class Cluster:
         return next(node for node in self.swarm.nodes if node.node_id == node_id)
 
     def task_container(self, user: str) -> tuple[Node, str]:
-        """The node running `user`'s server and its task's container there."""
+        """The node running `user`'s server and its task's container there (once the
+        container of a task stopped before is gone)."""
         node = self.node(self.running_node(f"{PREFIX}-{user}"))
-        [container] = node.docker(
-            "ps", "--quiet", "--filter", f"label=com.docker.swarm.service.name={PREFIX}-{user}"
-        ).split()
-        return node, container
+
+        def the_one() -> str:
+            containers = node.docker(
+                "ps", "--quiet", "--filter", f"label=com.docker.swarm.service.name={PREFIX}-{user}"
+            ).split()
+            return containers[0] if len(containers) == 1 else ""
+
+        return node, wait_until(the_one, 60, f"one running container of {user}'s server")
 
     def connects(self, user: str, host: str, port: int) -> str:
         """What one TCP connect from inside `user`'s server to host:port gives."""
