@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jupyterhub.objects import Hub, Server
-from labhub.contract import OWNER_LABEL, container_prefix
+from labhub.contract import OWNER_LABEL, container_prefix, user_network_name
 from labhub.settings import Settings
 from labhub.swarmspawner import LabSwarmSpawner, swarm_spawner_config
 from swarm import Node, Swarm
@@ -52,9 +52,23 @@ CLIENT = client("web", 8080, 60)
 
 NETWORK = os.environ.get("LABHUB_TEST_STACK", "lhswarm")
 PREFIX = container_prefix(NETWORK)
+# One TCP connection attempt from inside a container: "connected" or why not.
+CONNECT = (
+    "use IO::Socket::INET; my $c = IO::Socket::INET->new(PeerAddr => $ARGV[0], "
+    "PeerPort => $ARGV[1], Timeout => 3); print $c ? 'connected' : \"failed: $@\""
+)
 # The user's "server": answers one line naming the user on the port the hub expects;
 # "--" ends perl's own options before the server arguments the spawner adds.
 USER_SERVER = SERVER.replace("8080", "8888").replace("$ENV{NODE}", "$ENV{JUPYTERHUB_USER}")
+
+
+def frontend_for(network: str) -> str:
+    """The container on the manager that stands for the hub and CHP when spawners are
+    driven from the test process: the one container connected to each user's network."""
+    return f"{network}-frontend"
+
+
+FRONTEND = frontend_for(NETWORK)
 
 
 def client_for(host: str) -> str:
@@ -94,7 +108,7 @@ class Cluster:
         )
         spawner = LabSwarmSpawner(
             user=HubUser(user), hub=Hub(), cmd=["perl", "-e", USER_SERVER, "--"],
-            **swarm_spawner_config(settings),
+            frontend_containers=[FRONTEND], **swarm_spawner_config(settings),
         )  # fmt: skip
         spawner.load_state(self.states.get(user, {}))
         spawner.server = Server(base_url=f"/user/{user}/")
@@ -120,6 +134,30 @@ class Cluster:
 
     def node(self, node_id: str) -> Node:
         return next(node for node in self.swarm.nodes if node.node_id == node_id)
+
+    def task_container(self, user: str) -> tuple[Node, str]:
+        """The node running `user`'s server and its task's container there (once the
+        container of a task stopped before is gone)."""
+        node = self.node(self.running_node(f"{PREFIX}-{user}"))
+
+        def the_one() -> str:
+            containers = node.docker(
+                "ps", "--quiet", "--filter", f"label=com.docker.swarm.service.name={PREFIX}-{user}"
+            ).split()
+            return containers[0] if len(containers) == 1 else ""
+
+        return node, wait_until(the_one, 60, f"one running container of {user}'s server")
+
+    def connects(self, user: str, host: str, port: int) -> str:
+        """What one TCP connect from inside `user`'s server to host:port gives."""
+        node, container = self.task_container(user)
+        return node.docker("exec", container, "perl", "-e", CONNECT, host, str(port), timeout=60)
+
+    def from_frontend(self, user: str) -> str:
+        """The line `user`'s server answers the frontend container with (by service name)."""
+        return self.swarm.manager.docker(
+            "exec", FRONTEND, "perl", "-e", client_for(f"{PREFIX}-{user}"), check=False
+        ).strip()
 
 
 class HubUser:
@@ -151,20 +189,35 @@ def spawners_through(
 
 
 @contextlib.contextmanager
+def swarm_proxy(
+    swarm: Swarm, network: str = NETWORK, image: str = IMAGE, **settings: str
+) -> Iterator[int]:
+    """labhub's Docker proxy (PROXY_POLICY=swarm) on loopback in front of the manager's
+    socket, for the lab's `network` (which must exist), with the frontend container
+    (`frontend_for(network)`, from `image`, which the proxy admits unless `settings` say
+    ALLOWED_IMAGES) running on the manager."""
+    frontend = frontend_for(network)
+    swarm.manager.docker(
+        "run", "--detach", "--name", frontend, "--network", network, image, "sleep", "infinity"
+    )  # fmt: skip
+    defaults = {
+        "PROXY_POLICY": "swarm",
+        "ALLOWED_IMAGES": image,
+        "DOCKER_NETWORK": network,
+        "FRONTEND_CONTAINERS": frontend,
+        "DOCKER_SOCKET": str(swarm.manager.socket),
+    }
+    with running_proxy(**{**defaults, **settings}) as port:
+        yield port
+
+
+@contextlib.contextmanager
 def lab_cluster(size: int, manager_images: Sequence[str] = ()) -> Iterator[Cluster]:
     """`size` engines, the lab's attachable overlay network, and labhub's Docker proxy
     (PROXY_POLICY=swarm) on loopback in front of the manager's socket."""
     with Swarm(size, images=[IMAGE], manager_images=manager_images) as swarm:
         swarm.manager.docker("network", "create", "--driver", "overlay", "--attachable", NETWORK)
-        with (
-            running_proxy(
-                PROXY_POLICY="swarm",
-                ALLOWED_IMAGES=IMAGE,
-                DOCKER_NETWORK=NETWORK,
-                DOCKER_SOCKET=str(swarm.manager.socket),
-            ) as port,
-            spawners_through(port),
-        ):
+        with swarm_proxy(swarm) as port, spawners_through(port):
             yield Cluster(swarm, port)
 
 
@@ -195,7 +248,7 @@ def service_body(
                 "ContainerSpec": spec,
                 "Resources": {"Limits": {"NanoCPUs": 10**9, "MemoryBytes": 1 << 28, "Pids": 64}},
                 "Placement": {"Constraints": [f"node.id=={node_id}"]},
-                "Networks": [{"Target": network}],
+                "Networks": [{"Target": user_network_name(user, network)}],
             },
             "EndpointSpec": {"Mode": "dnsrr"},
         }

@@ -36,10 +36,17 @@ from labhub.registry import check_pinned, is_digest_reference, registry_address
 from labhub.settings import Settings, SettingsError
 from labhub.swarmspawner import HOME_NODE_STATE, LabSwarmSpawner, swarm_spawner_config
 from swarm import STATE_ROOT, Swarm, run
-from swarmlab import HubUser, service_body, spawners_through, wait_for_running_task
+from swarmlab import (
+    HubUser,
+    frontend_for,
+    service_body,
+    spawners_through,
+    swarm_proxy,
+    wait_for_running_task,
+)
 from tornado import web
 
-from testsupport.dockerproxy import raw_request, running_proxy
+from testsupport.dockerproxy import raw_request
 from testsupport.minimal_env import MINIMAL_ENV
 from testsupport.waiting import wait_until
 
@@ -156,7 +163,7 @@ def swarm_spawner(user: str, image: str, registry: str, network: str) -> LabSwar
     )
     spawner = LabSwarmSpawner(
         user=HubUser(user), hub=Hub(), cmd=["perl", "-e", USER_SERVER, "--"],
-        **swarm_spawner_config(settings),
+        frontend_containers=[frontend_for(network)], **swarm_spawner_config(settings),
     )  # fmt: skip
     spawner.server = Server(base_url=f"/user/{user}/")
     return spawner
@@ -276,9 +283,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryCluste
             [pinned] = re.findall(r"(?m)^WORKSPACE_IMAGE=(\S+)$", record.read_text())
             manager.docker("network", "create", "--driver", "overlay", "--attachable", NETWORK)
             with (
-                running_proxy(
-                    PROXY_POLICY="swarm", ALLOWED_IMAGES=pinned, REGISTRY=registry_setting,
-                    DOCKER_NETWORK=NETWORK, DOCKER_SOCKET=str(manager.socket),
+                swarm_proxy(
+                    swarm, NETWORK, BASE_IMAGE, ALLOWED_IMAGES=pinned, REGISTRY=registry_setting
                 ) as port,
                 spawners_through(port),
             ):  # fmt: skip

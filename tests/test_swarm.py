@@ -7,9 +7,10 @@ and a container on the manager reaches it over an attachable overlay network in
 
 On that cluster, labhub's first Swarm slice: LabSwarmSpawner, with every Docker call
 through the real Docker proxy (PROXY_POLICY=swarm) in front of the manager, places users'
-servers, hardened, on the nodes of their homes, driven from this process and by a real
-JupyterHub in a container on the manager; the proxy refuses dangerous services before
-the engine sees them. What is not built yet is listed in docs/scale-out.md.
+servers, hardened, on the nodes of their homes, each on an internal overlay network of its
+own that only the frontends (the hub's container) join, driven from this process and by a
+real JupyterHub in a container on the manager; the proxy refuses dangerous services and
+networks before the engine sees them. What is not built yet is listed in docs/scale-out.md.
 """
 
 from __future__ import annotations
@@ -25,18 +26,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from labhub.contract import OWNER_LABEL, volume_name_for
+from labhub.contract import OWNER_LABEL, user_network_name, volume_name_for
 from labhub.swarmplacement import SwarmNode, node_for
 from labhub.swarmspawner import HOME_NODE_STATE
 from swarm import Node, Swarm, run
 from swarmlab import (
     CLIENT,
+    FRONTEND,
     IMAGE,
     NETWORK,
     PREFIX,
     SERVER,
     Cluster,
-    client_for,
     lab_cluster,
     service_body,
     wait_for_running_task,
@@ -70,7 +71,8 @@ def test_a_task_on_a_worker_answers_a_container_on_the_manager_over_the_overlay(
     assert not any(node.name in run("ip", "netns", "list") for node in swarm.nodes)
     assert swarm.bridge not in run("ip", "link", "show")
     assert swarm.bridge not in run("iptables", "-S", "FORWARD")
-    assert "labhub-test-swarm/" not in Path("/proc/self/mounts").read_text()
+    mounts = Path("/proc/self/mounts").read_text()  # (other runs' clusters may be up)
+    assert not any(f"labhub-test-swarm/{node.name}" in mounts for node in swarm.nodes)
 
 
 # --- labhub on the cluster: LabSwarmSpawner through the proxy in front of the manager -----
@@ -125,31 +127,47 @@ def test_two_users_run_on_the_nodes_placement_chose_hardened_and_reachable_over_
     assert not [m for m in inspected["Mounts"] if m["Type"] == "bind"]
     status = home_node.docker("exec", container, "cat", "/proc/1/status")
     assert "NoNewPrivs:\t1" in status and "CapEff:\t0000000000000000" in status
-    # The servers answer by service name over the overlay (dnsrr), from the manager.
+    # The servers answer the frontend by service name over their own overlay (dnsrr).
     for user in ("alice", "bob"):
-        answer = cluster.swarm.manager.docker(
-            "run", "--rm", "--network", NETWORK, IMAGE, "perl", "-e", client_for(f"{PREFIX}-{user}")
-        )
-        assert answer.strip() == f"hello from {user}"
+        assert cluster.from_frontend(user) == f"hello from {user}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="not built yet: on one overlay network every task reaches every other; the "
-    "single-host netguard rules have no Swarm counterpart (docs/scale-out.md)",
-)
-def test_one_users_server_cannot_reach_anothers(cluster: Cluster) -> None:
-    cluster.start("alice")
-    cluster.start("bob")
-    node = cluster.node(cluster.running_node(f"{PREFIX}-alice"))
-    [container] = node.docker(
-        "ps", "--quiet", "--filter", f"label=com.docker.swarm.service.name={PREFIX}-alice"
-    ).split()
-    reached = node.docker(
-        "exec", container, "perl", "-e", client_for(f"{PREFIX}-bob"), check=False, timeout=60
+@pytest.mark.parametrize("where", ["different-nodes", "same-node"])
+def test_one_users_server_cannot_reach_anothers(cluster: Cluster, where: str) -> None:
+    if where == "different-nodes":
+        users = ("alice", "bob")  # placement spreads first spawns (the test above)
+    else:
+        users = ("carol", "dave")  # both homes recorded on one worker: pinned there
+        for user in users:
+            cluster.states.setdefault(user, {HOME_NODE_STATE: cluster.swarm.workers[0].node_id})
+    (one, other) = users
+    for user in users:
+        cluster.start(user)
+    nodes = {cluster.running_node(f"{PREFIX}-{user}") for user in users}
+    assert len(nodes) == (1 if where == "same-node" else 2)
+    node, container = cluster.task_container(other)
+    endpoints = json.loads(
+        node.docker("inspect", "--format", "{{json .NetworkSettings.Networks}}", container)
     )
-    assert "hello from bob" not in reached
+    assert list(endpoints) == [user_network_name(other, NETWORK)]
+    addresses = [endpoint["IPAddress"] for endpoint in endpoints.values()]
+    # Every way to the other's server fails: its service name does not resolve on one's
+    # network, its task's address has no route; the frontend reaches both at once.
+    for target in (f"{PREFIX}-{other}", *addresses):
+        reached = cluster.connects(one, target, 8888)
+        assert reached.startswith("failed"), (target, reached)
+        assert cluster.connects(one, f"{PREFIX}-{one}", 8888) == "connected"
+    for user in users:
+        assert cluster.from_frontend(user) == f"hello from {user}"
+    # Nor any node: no default route out of an internal network, so not the engines'
+    # ports either (2377 control, 7946 gossip), where a forged VXLAN packet could enter.
+    for peer in cluster.swarm.nodes:
+        port = 2377 if peer is cluster.swarm.manager else 7946
+        reached = cluster.connects(one, peer.address, port)
+        assert reached.startswith("failed"), (peer.name, reached)
+    node, container = cluster.task_container(one)
+    routes = node.docker("exec", container, "cat", "/proc/net/route").splitlines()[1:]
+    assert routes and not [route for route in routes if route.split()[1] == "00000000"], routes
 
 
 def test_a_stopped_users_next_spawn_lands_on_their_home_not_where_a_first_spawn_goes(
@@ -232,9 +250,84 @@ def test_the_proxy_refuses_a_dangerous_service_and_the_engine_never_sees_it(
     assert f"{PREFIX}-mallory" not in services
 
 
+def network_body(**change: Any) -> bytes:
+    """Mallory's network as LabSwarmSpawner makes it, with `change` merged in."""
+    network = {
+        "Name": user_network_name("mallory", NETWORK), "Driver": "overlay", "Internal": True,
+        "Attachable": True, "Labels": {OWNER_LABEL: "mallory"}, "CheckDuplicate": True,
+        **change,
+    }  # fmt: skip
+    return json.dumps(network).encode()
+
+
+def engine_networks(cluster: Cluster) -> list[str]:
+    return cluster.swarm.manager.docker("network", "ls", "--format", "{{.Name}}").split()
+
+
+@pytest.mark.parametrize(
+    ("attack", "change", "reason"),
+    [
+        # Reachable from the users' nodes' LAN and the internet, no longer internal.
+        ("not-internal", {"Internal": False}, "internal"),
+        # A subnet over the hub's or the LAN's addresses.
+        ("address-plan", {"IPAM": {"Config": [{"Subnet": "10.233.0.0/16"}]}}, "no ipam"),
+        ("bob's-name", {"Name": user_network_name("bob", NETWORK)}, "not the network of"),
+    ],
+)
+def test_the_proxy_refuses_a_network_beyond_the_users_own_and_the_engine_never_sees_it(
+    cluster: Cluster, attack: str, change: dict[str, Any], reason: str
+) -> None:
+    before = engine_networks(cluster)
+    status, answer = raw_request(
+        cluster.proxy_port, "POST", "/v1.41/networks/create", network_body(**change)
+    )
+    assert status == 403 and reason in answer, answer
+    assert engine_networks(cluster) == before
+
+
+def test_only_a_frontend_is_connected_to_a_users_network_through_the_proxy(
+    cluster: Cluster,
+) -> None:
+    cluster.start("alice")
+    cluster.start("bob")
+    bobs = user_network_name("bob", NETWORK)
+    manager = cluster.swarm.manager
+    # Alice's server's container, and a container on the manager that is not a frontend.
+    _, alices_task = cluster.task_container("alice")
+    manager.docker("run", "--detach", "--name", f"{NETWORK}-intruder", IMAGE, "sleep", "600")
+    # A network named like a user's but not made by the spawner (no owner label).
+    unlabelled = user_network_name("nobody", NETWORK)
+    manager.docker("network", "create", "--driver", "overlay", "--attachable", unlabelled)
+    try:
+        for network, container, reason in (
+            (bobs, alices_task, "only the frontends"),
+            (bobs, f"{NETWORK}-intruder", "only the frontends"),
+            (NETWORK, FRONTEND, "not a user's network"),
+            (unlabelled, FRONTEND, "not a labhub user network"),
+        ):
+            body = json.dumps({"Container": container}).encode()
+            status, answer = raw_request(
+                cluster.proxy_port, "POST", f"/v1.41/networks/{network}/connect", body
+            )
+            assert status == 403 and reason in answer, (network, container, answer)
+        joined = manager.docker("network", "inspect", "--format", "{{json .Containers}}", bobs)
+        # Besides the frontend, only the engine's own endpoint of the network on this node.
+        names = {c["Name"] for c in json.loads(joined).values()}
+        assert names == {FRONTEND, f"{bobs}-endpoint"}
+        assert "intruder" not in manager.docker("network", "inspect", unlabelled)
+    finally:
+        manager.docker("rm", "--force", f"{NETWORK}-intruder")
+        manager.docker("network", "rm", unlabelled)
+
+
 def test_the_same_service_without_the_attack_is_created_so_the_refusals_are_the_rules(
     cluster: Cluster,
 ) -> None:
+    # Mallory's own network first, through the proxy as the spawner makes it.
+    status, answer = raw_request(
+        cluster.proxy_port, "POST", "/v1.41/networks/create", network_body()
+    )
+    assert status == 201, answer
     status, answer = raw_request(
         cluster.proxy_port, "POST", "/v1.41/services/create", service_body()
     )
@@ -336,7 +429,8 @@ def hub(cluster: Cluster) -> Iterator[RunningHub]:
         "run", "--detach", "--name", proxy, "--network", docker_api, "--user", "root",
         "-v", f"{manager.socket}:/var/run/docker.sock", *source,
         "--env", "PROXY_POLICY=swarm", "--env", f"ALLOWED_IMAGES={IMAGE}",
-        "--env", f"DOCKER_NETWORK={NETWORK}", HUB_IMAGE, "python", "-m", "labhub.dockerproxy",
+        "--env", f"DOCKER_NETWORK={NETWORK}", "--env", f"FRONTEND_CONTAINERS={hub_name}",
+        HUB_IMAGE, "python", "-m", "labhub.dockerproxy",
     )  # fmt: skip
     token = secrets.token_hex(32)
     env = {
@@ -397,6 +491,9 @@ def test_a_real_jupyterhub_spawns_users_on_the_swarm_through_the_proxy(
             f"{PREFIX}-{user}",
         )  # fmt: skip
         assert json.loads(constraints) == [f"node.id=={nodes[user]}"]
+    # Each server reaches the hub's API (the hub is on its network), not the other server.
+    assert cluster.connects("hubann", f"{NETWORK}-hub", 8081) == "connected"
+    assert cluster.connects("hubann", f"{PREFIX}-hubben", 8888).startswith("failed")
     # The hub holds no Docker socket: its only way to the engine is the proxy.
     manager = cluster.swarm.manager
     mounts = manager.docker("inspect", "--format", "{{json .Mounts}}", f"{NETWORK}-hub")

@@ -31,10 +31,10 @@ from labhub.gpu.store import Store, booked_devices
 from labhub.settings import Settings
 from labhub.swarmgpu import LabSwarmGpuSpawner, swarm_gpu_spawner_config
 from swarm import Node, Swarm
-from swarmlab import HubUser, service_body, spawners_through
+from swarmlab import HubUser, frontend_for, service_body, spawners_through, swarm_proxy
 from tornado import web
 
-from testsupport.dockerproxy import raw_request, running_proxy
+from testsupport.dockerproxy import raw_request
 from testsupport.images import BASE_IMAGE, ensure_base_image
 from testsupport.minimal_env import MINIMAL_ENV
 from testsupport.waiting import wait_until
@@ -63,7 +63,7 @@ class GpuCluster:
             {**MINIMAL_ENV, "DOCKER_NETWORK": NETWORK, "WORKSPACE_IMAGE": IMAGE}
         )
         spawner = LabSwarmGpuSpawner(
-            user=HubUser(user), hub=Hub(), cmd=SERVER,
+            user=HubUser(user), hub=Hub(), cmd=SERVER, frontend_containers=[frontend_for(NETWORK)],
             **swarm_gpu_spawner_config(settings, self.allocator),
         )  # fmt: skip
         spawner.user_options = {"profile": "gpu-1"}
@@ -118,13 +118,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GpuCluster]:
         db = tmp_path_factory.mktemp("gpu") / "gpu.sqlite"
         allocator = GpuAllocator(inventory, default_profiles(inventory), Store(db))
         with (
-            running_proxy(
-                PROXY_POLICY="swarm",
-                ALLOWED_IMAGES=IMAGE,
-                DOCKER_NETWORK=NETWORK,
-                DOCKER_SOCKET=str(swarm.manager.socket),
-                GPU_DB=str(db),
-            ) as port,
+            swarm_proxy(swarm, NETWORK, IMAGE, GPU_DB=str(db)) as port,
             spawners_through(port, LabSwarmGpuSpawner),
         ):
             yield GpuCluster(swarm, port, allocator, db)

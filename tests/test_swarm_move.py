@@ -33,7 +33,7 @@ from labhub.hometar import copy_helper, copy_helper_prefix
 from labhub.settings import Settings
 from labhub.swarmspawner import HOME_NODE_STATE, LabSwarmSpawner, swarm_spawner_config
 from swarm import Node, Swarm, run
-from swarmlab import HubUser, spawners_through
+from swarmlab import HubUser, frontend_for, spawners_through, swarm_proxy
 
 from testsupport.dockerproxy import raw_request, running_proxy
 from testsupport.minimal_env import MINIMAL_ENV
@@ -77,10 +77,10 @@ def image() -> Iterator[str]:
         run("docker", "image", "rm", IMAGE, check=False)
 
 
-def proxy(policy: str, node: Node) -> contextlib.AbstractContextManager[int]:
-    """labhub's Docker proxy with `policy` on loopback in front of `node`'s socket."""
+def node_proxy(node: Node) -> contextlib.AbstractContextManager[int]:
+    """labhub's Docker proxy for a node's engine on loopback in front of `node`'s socket."""
     return running_proxy(
-        PROXY_POLICY=policy,
+        PROXY_POLICY="node",
         ALLOWED_IMAGES=IMAGE,
         DOCKER_NETWORK=NETWORK,
         DOCKER_SOCKET=str(node.socket),
@@ -113,7 +113,7 @@ class Lab:
         row = self.orm_spawner(user)
         spawner = LabSwarmSpawner(
             user=HubUser(user), hub=Hub(), orm_spawner=row, cmd=SERVER_CMD,
-            **swarm_spawner_config(settings),
+            frontend_containers=[frontend_for(NETWORK)], **swarm_spawner_config(settings),
         )  # fmt: skip
         spawner.load_state(row.state or {})
         return spawner
@@ -197,8 +197,8 @@ class Lab:
 def lab(image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     with Swarm(2, images=[image]) as swarm, contextlib.ExitStack() as stack:
         swarm.manager.docker("network", "create", "--driver", "overlay", "--attachable", NETWORK)
-        manager_port = stack.enter_context(proxy("swarm", swarm.manager))
-        ports = {node.node_id: stack.enter_context(proxy("node", node)) for node in swarm.nodes}
+        manager_port = stack.enter_context(swarm_proxy(swarm, NETWORK, image))
+        ports = {node.node_id: stack.enter_context(node_proxy(node)) for node in swarm.nodes}
         db_path = tmp_path_factory.mktemp("hub") / "jupyterhub.sqlite"
         db = orm.new_session_factory(f"sqlite:///{db_path}")()
         stack.enter_context(spawners_through(manager_port))

@@ -74,8 +74,24 @@ def volume_name_for(username: str, network: str) -> str:
     itself escaped), so two usernames never share a volume. Over-long names are cut
     and made unique again with a digest of the full name.
     """
+    return _per_user_name(volume_prefix(network), username)
+
+
+def user_network_prefix(network: str) -> str:
+    """What every user's own Swarm network of a stack is named with: `<DOCKER_NETWORK>-u-`
+    (never a prefix of a container's or volume's `<DOCKER_NETWORK>-user-`)."""
+    return f"{network}-u-"
+
+
+def user_network_name(username: str, network: str) -> str:
+    """The user's own overlay network in Swarm mode (LabSwarmSpawner creates it; the
+    proxy lets a service join only its owner's): distinct per user, as volume names are."""
+    return _per_user_name(user_network_prefix(network), username)
+
+
+def _per_user_name(prefix: str, username: str) -> str:
     escaped = str(escape(username, safe=_VOLUME_SAFE, escape_char="-")).lower()
-    name = volume_prefix(network) + escaped
+    name = prefix + escaped
     if len(name) > _MAX_VOLUME_NAME:
         digest = hashlib.sha256(username.encode("utf-8")).hexdigest()[:16]
         name = f"{name[: _MAX_VOLUME_NAME - 17]}_{digest}"

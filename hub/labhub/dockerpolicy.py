@@ -42,6 +42,8 @@ from .contract import (
     VISIBLE_DEVICES_ENV,
     container_name_prefix,
     quota_home_options,
+    user_network_name,
+    user_network_prefix,
     volume_name_for,
     volume_prefix,
 )
@@ -99,6 +101,8 @@ class Policy:
     max_pids: int = 65536
     max_shm: int = 64 * _GIB
     max_gpus: int = 16
+    # Swarm mode: the containers the hub may connect to a user's network (the hub, CHP).
+    frontend_containers: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -713,6 +717,8 @@ def inspect_target(allowed: Allowed) -> str:
     """The inspect the relay makes for the owner check (same API version as the request)."""
     if allowed.owned_kind == "service":
         return f"{allowed.version}/services/{allowed.owned_container}"
+    if allowed.owned_kind == "network":
+        return f"{allowed.version}/networks/{allowed.owned_container}"
     return f"{allowed.version}/containers/{allowed.owned_container}/json"
 
 
@@ -721,13 +727,13 @@ def check_owner(
 ) -> None:
     """Refuse unless the inspected container (or service) carries the owner label and,
     with `network`, is on that network (404s pass through). A container's labels are under
-    Config, a service's under Spec."""
+    Config, a service's under Spec, a network's at the top."""
     if status == 404:
         return  # the engine answers the real request with its own 404
     try:
         found = json.loads(inspected)
-        where = "Spec" if kind == "service" else "Config"
-        labels = (found.get(where) or {}).get("Labels") or {}
+        where = {"service": found.get("Spec"), "network": found}.get(kind, found.get("Config"))
+        labels = (where or {}).get("Labels") or {}
         networks = (found.get("NetworkSettings") or {}).get("Networks") or {}
     except (ValueError, AttributeError) as error:
         raise Refused(f"cannot read the labels of {kind} {name!r}") from error
@@ -778,7 +784,65 @@ def _match_swarm_route(
         if m["image"] not in policy.allowed_images:
             raise Refused(f"image {m['image']!r} is not an allowed workspace image")
         return Allowed(path + _query(params, {}), m["version"] or "")
-    return None
+    return _match_user_network_route(policy, method, path, params, body)
+
+
+def _match_user_network_route(
+    policy: Policy, method: str, path: str, params: dict[str, str], body: bytes
+) -> Allowed | None:
+    """A user's own network: create it as LabSwarmSpawner does, inspect it, connect a
+    frontend container to it. The relay checks the owner label of the network named."""
+    if method == "POST" and (m := _route(r"/networks/create", path)):
+        spec = parse_json(body)
+        check_user_network_create(policy, spec)
+        return Allowed(path + _query(params, {}), m["version"] or "", body=_dumps(spec))
+    one = _route(rf"/networks/(?P<name>{_NAME})(?P<action>/connect)?", path)
+    if one is None or (method, one["action"]) not in (("GET", None), ("POST", "/connect")):
+        return None
+    if not one["name"].startswith(prefix := user_network_prefix(policy.network)):
+        raise Refused(f"network {one['name']!r} is not a user's network ({prefix}*)")
+    version = one["version"] or ""
+    if method == "GET":
+        queries: dict[str, Accepts | None] = {"verbose": _BOOL}
+        return Allowed(path + _query(params, queries), version, one["name"], b"", "network")
+    connect = _keys("connect", parse_json(body), ("Container", "EndpointConfig"))
+    container = connect.get("container")
+    if not isinstance(container, str) or container not in policy.frontend_containers:
+        raise Refused(
+            f"only the frontends ({', '.join(sorted(policy.frontend_containers))}) join a "
+            f"user's network, not {container!r}"
+        )
+    if connect.get("endpointconfig"):
+        raise Refused("EndpointConfig must be empty (no fixed address, aliases or links)")
+    checked = {"Container": container}
+    return Allowed(path + _query(params, {}), version, one["name"], _dumps(checked), "network")
+
+
+def check_user_network_create(policy: Policy, spec: dict[str, Any]) -> None:
+    """The user's own network as LabSwarmSpawner makes it: named for the user in its owner
+    label, overlay, attachable, internal, no driver options or address plan."""
+    network = _keys(
+        "network",
+        spec,
+        ("Name", "Driver", "Options", "IPAM", "CheckDuplicate", "Labels", "Internal", "Attachable"),
+    )
+    labels = network.get("labels")
+    if not isinstance(labels, dict) or list(labels) != [OWNER_LABEL]:
+        raise Refused(f"a user's network carries exactly the {OWNER_LABEL} label")
+    user = labels[OWNER_LABEL]
+    if not isinstance(user, str) or network.get("name") != user_network_name(user, policy.network):
+        raise Refused(
+            f"network {network.get('name')!r} is not the network of its owner {user!r} "
+            f"({user_network_name(str(user), policy.network)!r})"
+        )
+    # CheckDuplicate: the engine allows two networks of one name without it.
+    expected = {"driver": "overlay", "attachable": True, "internal": True, "checkduplicate": True}
+    for key, value in expected.items():
+        if type(got := network.get(key)) is not type(value) or got != value:
+            raise Refused(f"a user's network is {expected}, not {key}={got!r}")
+    for key in ("options", "ipam"):
+        if network.get(key):
+            raise Refused(f"a user's network takes no {key} (driver options, address plans)")
 
 
 def _filter_values(params: dict[str, str], key: str) -> list[str]:
@@ -816,9 +880,18 @@ def check_service_create(policy: Policy, spec: dict[str, Any]) -> None:
     constraints = _strings("Constraints", placement.get("constraints"), 1)
     if len(constraints) != 1 or not re.fullmatch(r"node\.id==[A-Za-z0-9]{1,64}", constraints[0]):
         raise Refused(f"Placement: exactly one node.id==<node> constraint, not {constraints!r}")
-    networks = task["networks"]
-    if networks != [{"Target": policy.network}]:
-        raise Refused(f"Networks={networks!r}: only [{{Target: {policy.network!r}}}]")
+    _check_service_network(policy, service, task)
+
+
+def _check_service_network(policy: Policy, service: dict[str, Any], task: dict[str, Any]) -> None:
+    """The service joins its owner's network and nothing else; the task has the same owner."""
+    owner = service["labels"][OWNER_LABEL]
+    task_owner = _folded(task["containerspec"])["labels"].get(OWNER_LABEL)
+    if task_owner != owner:
+        raise Refused(f"the task's owner {task_owner!r} is not the service's ({owner!r})")
+    networks, own = task["networks"], user_network_name(owner, policy.network)
+    if networks != [{"Target": own}]:
+        raise Refused(f"Networks={networks!r}: only its owner's network [{{Target: {own!r}}}]")
 
 
 _CONTAINER_SPEC_KEYS = (

@@ -490,7 +490,7 @@ def policy_from_env(env: dict[str, str]) -> Check:
                     "leave it empty (docs/scale-out.md)"
                 )
         _check_pinned_images(env.get("REGISTRY", ""), images)
-        swarm = Policy(allowed_images=images, network=network)
+        swarm = Policy(allowed_images=images, network=network, frontend_containers=_frontends(env))
         return lambda method, target, body: check_swarm_request(swarm, method, target, body)
     try:
         datasets = load_datasets(env.get("DATASETS", ""), network)
@@ -515,6 +515,24 @@ def _check_pinned_images(registry: str, images: frozenset[str]) -> None:
             check_pinned(registry, image)
         except ValueError as error:
             raise SystemExit(f"dockerproxy: ALLOWED_IMAGES holds {error}") from None
+
+
+def _frontends(env: dict[str, str]) -> frozenset[str]:
+    """FRONTEND_CONTAINERS: the containers the hub may connect to users' networks, by name
+    (a name of hex digits only could also be read as the prefix of another container's ID)."""
+    frontends = names(env.get("FRONTEND_CONTAINERS", ""))
+    if not frontends:
+        raise SystemExit(
+            "dockerproxy: FRONTEND_CONTAINERS is empty: set it to the names of the hub's and "
+            "CHP's containers (LabSwarmSpawner.frontend_containers), PROXY_POLICY=swarm"
+        )
+    for name in frontends:
+        if re.fullmatch(r"[0-9a-fA-F]+", name):
+            raise SystemExit(
+                f"dockerproxy: FRONTEND_CONTAINERS {name!r} looks like a container ID: "
+                "name the frontends with a name that is not only hex digits"
+            )
+    return frontends
 
 
 def main() -> None:

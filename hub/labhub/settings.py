@@ -890,7 +890,8 @@ SECTIONS: tuple[Section, ...] = (
                 "USER_INTERNET",
                 "true",
                 boolean,
-                "May user containers open connections to the internet (pip install, datasets)?",
+                "May user containers open connections to the internet (pip install, datasets)? "
+                "ENGINE=swarm needs false (docs/scale-out.md).",
                 "internet",
             ),
             Setting(
@@ -1527,6 +1528,30 @@ def _check_registry(values: Mapping[str, Any], problems: list[str]) -> None:
             problems.append(f"WORKSPACE_IMAGE={error}")
 
 
+def _check_swarm_egress(values: Mapping[str, Any], problems: list[str]) -> None:
+    """ENGINE=swarm puts each user's server on an internal overlay network of its own, with
+    no way out (docs/scale-out.md, "Isolation"): the egress settings that open one cannot
+    hold there, so they are refused rather than silently ignored."""
+    if values.get("engine") != "swarm":
+        return
+    opened = [
+        name
+        for name, key in (
+            ("USER_INTERNET", "internet"),
+            ("USER_LAN_ACCESS", "lan_access"),
+            ("USER_EGRESS_ALLOW", "egress_allow"),
+        )
+        if values.get(key)
+    ]
+    if opened:
+        problems.append(
+            f"{', '.join(opened)}: with ENGINE=swarm users' servers reach only the hub and "
+            "its proxy (each is on an internal overlay network of its own; no internet, LAN "
+            "or other host): set USER_INTERNET=false, USER_LAN_ACCESS=false and "
+            "USER_EGRESS_ALLOW= empty (docs/scale-out.md)"
+        )
+
+
 def _check_ldap(values: dict[str, Any], problems: list[str]) -> None:
     """AUTH=ldap: the directory's address and TLS, how a login finds its entry, the groups.
 
@@ -1824,6 +1849,9 @@ class NetworkSettings:
         values = _read(_settings_of("netguard"), env, problems)
         if "subnet" in values:
             _check_layout(values, problems)
+        # ENGINE is the hub's setting, read by its own row (a bad value is the hub's problem).
+        engine = [setting for setting in _settings_of("hub") if setting.name == "ENGINE"]
+        _check_swarm_egress({**values, **_read(engine, env, [])}, problems)
         if problems:
             raise SettingsError(problems)
         return cls(**_pick(cls, values))

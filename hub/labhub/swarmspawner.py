@@ -3,8 +3,11 @@
 Same limits and hardening as LabSpawner's containers (`service_spec`), in the Swarm
 service API's own terms: the unprivileged user, every capability dropped, memory, CPU
 and process limits, /dev/shm as a sized tmpfs, the owner label, the user's named volume.
-The service joins the lab's attachable overlay network with a `dnsrr` endpoint (no
-routing mesh, no published port); the hub reaches it by its service name.
+The service joins only its user's own overlay network (`user_network_name`), attachable
+and internal, with a `dnsrr` endpoint (no routing mesh, no published port). The spawner
+makes that network on the user's first spawn and connects the frontends (the hub's and
+CHP's containers, `frontend_containers`) to it: they reach the server by its service name,
+and the server reaches nothing else: no other user's server, no node, no LAN or internet.
 
 Placement is `labhub.swarmplacement`'s: the first spawn picks a node, which is recorded
 in the spawner's state (the hub's database) and kept across stops, so every later spawn
@@ -28,6 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from docker.errors import APIError, NotFound
 from docker.types import (
     ContainerSpec,
     EndpointSpec,
@@ -40,9 +44,9 @@ from docker.utils import parse_bytes
 from dockerspawner import SwarmSpawner
 from sqlalchemy.orm import object_session
 from tornado import web
-from traitlets import Float, Unicode
+from traitlets import Float, List, Unicode
 
-from .contract import CONTAINER_USER, OWNER_LABEL, volume_name_for
+from .contract import CONTAINER_USER, OWNER_LABEL, user_network_name, volume_name_for
 from .registry import check_pinned
 from .settings import Settings
 from .spawner import LabServerMixin, server_config
@@ -144,12 +148,22 @@ class LabSwarmSpawner(LabServerMixin, SwarmSpawner):  # type: ignore[misc]
         help="Seconds to wait for a new service's task to appear (the manager makes it "
         "within a second; the task then starts under start_timeout).",
     )
+    frontend_containers = List(
+        Unicode(),
+        config=True,
+        help="Names of the containers on the manager that must reach users' servers (the "
+        "hub's, and configurable-http-proxy's when it runs apart), e.g. "
+        "['labhub-hub', 'labhub-proxy-chp']. Each user's server is on a network of its "
+        "own; the spawner connects these, and only these, to it. The Docker proxy must be "
+        "given the same list (FRONTEND_CONTAINERS).",
+    )
 
     async def create_object(self) -> dict[str, Any]:
         """Choose the node, create the service pinned there, wait for its task."""
         if self.mem_limit is None or self.cpu_limit is None:
             raise web.HTTPError(500, "LabSwarmSpawner needs mem_limit and cpu_limit (settings)")
         self.reload_home_node()
+        await self.join_user_network()
         nodes = nodes_from_api(await self.docker("nodes"))
         args = await self.get_command()
         # From the count of servers per node until this service is counted too: concurrent
@@ -171,7 +185,7 @@ class LabSwarmSpawner(LabServerMixin, SwarmSpawner):  # type: ignore[misc]
                     env=self.get_env(),
                     volume=volume_name_for(self.user.name, self.network_name),
                     home_dir=self.home_dir,
-                    network=self.network_name,
+                    network=self.user_network,
                     node=node,
                     mem_limit=int(self.mem_limit),
                     nano_cpus=int(self.cpu_limit * 1e9),
@@ -250,6 +264,55 @@ class LabSwarmSpawner(LabServerMixin, SwarmSpawner):  # type: ignore[misc]
         state = self.orm_spawner.state or {}
         if HOME_NODE_STATE in state:
             self.home_node = state[HOME_NODE_STATE]
+
+    async def get_ip_and_port(self) -> tuple[str, int]:
+        """The running task's address on the user's own network rather than the service's
+        name: a frontend joined to many users' networks can still resolve the name to the
+        task a restart replaced (on the test cluster the hub kept connecting to the old
+        address after a stop and start)."""
+        task = await self.get_task()
+        for attachment in (task or {}).get("NetworksAttachments") or []:
+            if (attachment.get("Network") or {}).get("Spec", {}).get("Name") == self.user_network:
+                for address in attachment.get("Addresses") or []:
+                    return str(address).partition("/")[0], int(self.port)
+        ip, port = await super().get_ip_and_port()
+        return str(ip), int(port)
+
+    @property
+    def user_network(self) -> str:
+        """The user's own overlay network (`network_name` stays the lab's: the volume's and
+        the services' names carry it)."""
+        return user_network_name(self.user.name, self.network_name)
+
+    async def join_user_network(self) -> None:
+        """Make the user's internal overlay network on their first spawn and connect the
+        frontends to it; kept across stops, so a later spawn costs one inspect."""
+        if not self.frontend_containers:
+            raise web.HTTPError(
+                500,
+                "LabSwarmSpawner.frontend_containers is empty: name the hub's (and CHP's) "
+                "containers, or no one could reach the users' servers",
+            )
+        network = await self._user_network_inspected()
+        joined = {c.get("Name") for c in (network.get("Containers") or {}).values()}
+        for container in self.frontend_containers:
+            if container not in joined:
+                await self.docker("connect_container_to_network", container, self.user_network)
+
+    async def _user_network_inspected(self) -> dict[str, Any]:
+        try:
+            return dict(await self.docker("inspect_network", self.user_network))
+        except NotFound:
+            pass
+        try:
+            await self.docker(
+                "create_network", self.user_network, driver="overlay", internal=True,
+                attachable=True, labels={OWNER_LABEL: self.user.name}, check_duplicate=True,
+            )  # fmt: skip
+        except APIError as error:
+            if error.status_code != 409:  # another of the user's servers made it meanwhile
+                raise
+        return dict(await self.docker("inspect_network", self.user_network))
 
     def get_state(self) -> dict[str, Any]:
         state: dict[str, Any] = super().get_state()

@@ -58,6 +58,8 @@ class SlowManager(RecordingAPIClient):
             return 201, {"ID": "svc"}
         if path == "/tasks":
             return 200, [{"Status": {"State": "running"}}]
+        if path.startswith("/networks/"):  # each user's network, the hub already on it
+            return 200, {"Containers": {"c1": {"Name": "labhub-hub"}}}
         if path.startswith("/images/"):
             return 200, {"Config": {"Cmd": ["start-notebook.py"]}}
         name = path.removeprefix("/services/")
@@ -77,7 +79,12 @@ class _User:
 async def spawn_together(users: list[str]) -> None:
     spawners = []
     for user in users:
-        spawner = LabSwarmSpawner(user=_User(user), hub=Hub(), **swarm_spawner_config(SETTINGS))
+        spawner = LabSwarmSpawner(
+            user=_User(user),
+            hub=Hub(),
+            frontend_containers=["labhub-hub"],
+            **swarm_spawner_config(SETTINGS),
+        )
         spawner.server = Server(base_url=f"/user/{user}/")
         spawners.append(spawner)
     await asyncio.gather(*(spawner.start() for spawner in spawners))

@@ -50,8 +50,11 @@ from testsupport.recording import RecordingAPIClient
 pytestmark = pytest.mark.unit
 
 SETTINGS = Settings.from_env(MINIMAL_ENV)
+FRONTENDS = ["labhub-hub"]
 POLICY = Policy(
-    allowed_images=frozenset({SETTINGS.workspace_image}), network=SETTINGS.docker_network
+    allowed_images=frozenset({SETTINGS.workspace_image}),
+    network=SETTINGS.docker_network,
+    frontend_containers=frozenset(FRONTENDS),
 )
 CREATE = "/v1.41/services/create"
 # Two GPU nodes; gpu-b's GPU 0 has the same id as gpu-a's: two devices all the same.
@@ -92,6 +95,8 @@ class Manager(RecordingAPIClient):
             return (201 if path.endswith("create") else 200), answers[path]
         if path.startswith("/images/"):
             return 200, {"Config": {"Cmd": ["start-notebook.py"]}}
+        if path.startswith("/networks/"):  # each user's network, the hub already on it
+            return 200, {"Containers": {"c1": {"Name": FRONTENDS[0]}}}
         if created:
             return 200, {"ID": "svc", "Spec": {"Labels": {OWNER_LABEL: "x"}}}
         return 404, {"message": "service not found"}
@@ -126,7 +131,9 @@ def gpu_start(
     LabSwarmGpuSpawner._client = client
     try:
         config = swarm_gpu_spawner_config(SETTINGS, allocator)
-        spawner = LabSwarmGpuSpawner(user=_User(user), hub=Hub(), **config)
+        spawner = LabSwarmGpuSpawner(
+            user=_User(user), hub=Hub(), frontend_containers=FRONTENDS, **config
+        )
         spawner.load_state(state or {})
         spawner.user_options = {"profile": profile}
         spawner.server = Server(base_url=f"/user/{user}/")
@@ -205,7 +212,9 @@ def test_the_spawn_page_counts_only_the_gpus_a_user_could_get(allocator: GpuAllo
         LabSwarmGpuSpawner._client = Manager(nodes)
         try:
             config = swarm_gpu_spawner_config(SETTINGS, allocator)
-            spawner = LabSwarmGpuSpawner(user=_User("ada"), hub=Hub(), **config)
+            spawner = LabSwarmGpuSpawner(
+                user=_User("ada"), hub=Hub(), frontend_containers=FRONTENDS, **config
+            )
             spawner.load_state(state)
             return str(asyncio.run(spawner.gpu_options_form()))
         finally:

@@ -18,7 +18,13 @@ from urllib.parse import urlencode
 import pytest
 import requests
 from jupyterhub.objects import Hub, Server
-from labhub.contract import CONTAINER_USER, OWNER_LABEL, container_name_prefix, volume_prefix
+from labhub.contract import (
+    CONTAINER_USER,
+    OWNER_LABEL,
+    container_name_prefix,
+    user_network_name,
+    volume_prefix,
+)
 from labhub.dockerpolicy import (
     Policy,
     Refused,
@@ -27,7 +33,7 @@ from labhub.dockerpolicy import (
     inspect_target,
 )
 from labhub.dockerproxy import policy_from_env
-from labhub.settings import Settings
+from labhub.settings import NetworkSettings, Settings, SettingsError
 from labhub.swarmspawner import HOME_NODE_STATE, LabSwarmSpawner, swarm_spawner_config
 from tornado import web
 
@@ -38,21 +44,42 @@ pytestmark = pytest.mark.unit
 
 SETTINGS = Settings.from_env(MINIMAL_ENV)
 IMAGE = SETTINGS.workspace_image
-POLICY = Policy(allowed_images=frozenset({IMAGE}), network=SETTINGS.docker_network)
+# The containers that reach users' servers (the hub's, CHP's), as the deployment names them.
+FRONTENDS = ["labhub-hub", "labhub-proxy-chp"]
+POLICY = Policy(
+    allowed_images=frozenset({IMAGE}),
+    network=SETTINGS.docker_network,
+    frontend_containers=frozenset(FRONTENDS),
+)
 PREFIX = container_name_prefix(POLICY.network)
 CREATE = "/v1.41/services/create"
+ALICES_NETWORK = user_network_name("alice", POLICY.network)
 
 
 class RecordingManager(RecordingAPIClient):
     """Answers like a Swarm manager with the given nodes and lab services, where a created
     service's task is running at once."""
 
-    def __init__(self, nodes: list[dict[str, Any]], services: list[dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        nodes: list[dict[str, Any]],
+        services: list[dict[str, Any]],
+        network: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(strip="/v1.41")
         self.nodes_answer, self.services_answer = nodes, services
+        # The user's network as the manager inspects it (None: not made yet).
+        self.network = network
 
     def answer(self, path: str) -> tuple[int, Any]:
         created = self.sent_to("/services/create")
+        if path == "/networks/create":
+            self.network = {"Name": ALICES_NETWORK, "Labels": {OWNER_LABEL: "alice"}}
+            return 201, {"Id": "net123"}
+        if path.startswith("/networks/") and path.endswith("/connect"):
+            return 200, {}
+        if path.startswith("/networks/"):
+            return (404, {"message": "not found"}) if self.network is None else (200, self.network)
         if path == "/nodes":
             return 200, self.nodes_answer
         if path == "/services":
@@ -92,14 +119,20 @@ def swarm_start(
     nodes: list[dict[str, Any]] = NODES,
     services: list[dict[str, Any]] = (),  # type: ignore[assignment]
     state: dict[str, Any] | None = None,
+    network: dict[str, Any] | None = None,
+    frontends: list[str] = FRONTENDS,
 ) -> tuple[LabSwarmSpawner, RecordingManager]:
     """Run LabSwarmSpawner.start() for alice (with her saved spawner state) on a recording
-    manager; the spawner (for its state) and what it sent."""
-    client = RecordingManager(nodes, list(services))
+    manager (with her `network` if made before); the spawner (for its state) and what it
+    sent."""
+    client = RecordingManager(nodes, list(services), network)
     original = LabSwarmSpawner._client
     LabSwarmSpawner._client = client
     try:
-        spawner = LabSwarmSpawner(user=_User(), hub=Hub(), **swarm_spawner_config(SETTINGS))
+        spawner = LabSwarmSpawner(
+            user=_User(), hub=Hub(), frontend_containers=frontends,
+            **swarm_spawner_config(SETTINGS),
+        )  # fmt: skip
         spawner.load_state(state or {})
         spawner.server = Server(base_url="/user/alice/")
         assert asyncio.run(spawner.start()) == (f"{PREFIX}alice", 8888)
@@ -108,8 +141,8 @@ def swarm_start(
     return spawner, client
 
 
-def created_body(client: RecordingManager) -> dict[str, Any]:
-    [data] = [d for _, path, _, d in client.sent if path == "/services/create"]
+def created_body(client: RecordingManager, path: str = "/services/create") -> dict[str, Any]:
+    [data] = [d for _, sent, _, d in client.sent if sent == path]
     assert data is not None
     body: dict[str, Any] = json.loads(data)
     return body
@@ -147,7 +180,9 @@ def test_what_labswarmspawner_sends_passes_and_is_forwarded_as_checked(
         }
     }
     assert sent_body["EndpointSpec"] == {"Mode": "dnsrr"}
-    assert sent_body["TaskTemplate"]["Networks"] == [{"Target": POLICY.network}]
+    # Her own network only: not the lab's, which the hub's other containers are on.
+    assert sent_body["TaskTemplate"]["Networks"] == [{"Target": ALICES_NETWORK}]
+    assert f"{POLICY.network}-u-alice" == ALICES_NETWORK
 
 
 def test_every_call_of_a_spawn_passes_the_proxy() -> None:
@@ -231,6 +266,30 @@ MUTATIONS: dict[str, tuple[Callable[[dict[str, Any]], object], str]] = {
         lambda b: b["TaskTemplate"].update(Networks=[{"Target": "host"}]),
         "Networks=",
     ),
+    "lab-network": (
+        lambda b: b["TaskTemplate"].update(Networks=[{"Target": POLICY.network}]),
+        "only its owner's network",
+    ),
+    "another-users-network": (
+        lambda b: b["TaskTemplate"].update(
+            Networks=[{"Target": user_network_name("bob", POLICY.network)}]
+        ),
+        "only its owner's network",
+    ),
+    "a-second-network": (
+        lambda b: b["TaskTemplate"]["Networks"].append({"Target": "labhub-u-bob"}),
+        "only its owner's network",
+    ),
+    # Relabelled as bob to join bob's network: the task still runs as alice's.
+    "service-of-another-owner": (
+        lambda b: (
+            b.update(Labels={OWNER_LABEL: "bob"}),
+            b["TaskTemplate"].update(
+                Networks=[{"Target": user_network_name("bob", POLICY.network)}]
+            ),
+        ),
+        "is not the service's",
+    ),
     "runtime": (
         lambda b: b["TaskTemplate"].update(Runtime="plugin"),
         "Runtime",
@@ -270,7 +329,14 @@ def test_each_step_beyond_what_labswarmspawner_sends_is_refused(
         ("GET", "/v1.41/swarm", "not needed"),
         ("GET", "/v1.41/secrets", "not needed"),
         ("POST", "/v1.41/containers/create?name=labhub-user-x", "not needed"),
-        ("POST", "/v1.41/networks/create", "not needed"),
+        ("POST", "/v1.41/networks/create", "exactly the labhub.user label"),
+        ("GET", "/v1.41/networks", "not needed"),
+        ("GET", "/v1.41/networks/labhub", "not a user's network"),
+        ("GET", "/v1.41/networks/labhub-docker-api", "not a user's network"),
+        ("POST", "/v1.41/networks/labhub/connect", "not a user's network"),
+        ("POST", "/v1.41/networks/labhub-u-alice/disconnect", "not needed"),
+        ("DELETE", "/v1.41/networks/labhub-u-alice", "not needed"),
+        ("POST", "/v1.41/networks/prune", "not needed"),
         ("GET", "/v1.41/images/debian:trixie-slim/json", "not an allowed"),
     ],
 )
@@ -296,10 +362,177 @@ def test_one_service_is_owner_checked_by_its_spec_labels() -> None:
 
 
 def test_the_swarm_proxy_refuses_what_swarm_mode_does_not_do_yet() -> None:
-    base = {"PROXY_POLICY": "swarm", "ALLOWED_IMAGES": IMAGE}
+    base = {"PROXY_POLICY": "swarm", "ALLOWED_IMAGES": IMAGE, "FRONTEND_CONTAINERS": "hub"}
     for unsupported in ("DATASETS", "QUOTA_ROOT"):
         with pytest.raises(SystemExit, match=f"{unsupported} is not supported"):
             policy_from_env({**base, unsupported: "x"})
     check = policy_from_env(base)
     with pytest.raises(Refused, match="not needed by the hub in Swarm mode"):
         check("POST", "/v1.41/containers/create?name=labhub-user-a", b"{}")
+
+
+# --- Each user's own network -------------------------------------------------------------
+NETWORK_CREATE = "/v1.41/networks/create"
+CONNECT = f"/v1.41/networks/{ALICES_NETWORK}/connect"
+
+
+def test_a_first_spawn_makes_the_users_internal_network_and_connects_the_frontends() -> None:
+    _, client = swarm_start()
+    paths = [path for _, path, _, _ in client.sent]
+    # Made and joined before the service that needs it.
+    assert paths.index("/networks/create") < paths.index("/services/create")
+    network = created_body(client, "/networks/create")
+    assert network["Name"] == ALICES_NETWORK and network["Labels"] == {OWNER_LABEL: "alice"}
+    assert network["Driver"] == "overlay" and network["Internal"] and network["Attachable"]
+    connected = [json.loads(d or "") for _, path, _, d in client.sent if path.endswith("/connect")]
+    assert [c["Container"] for c in connected] == FRONTENDS
+    allowed = check_swarm_request(POLICY, "POST", NETWORK_CREATE, json.dumps(network).encode())
+    assert json.loads(allowed.body) == network
+    for connect in connected:
+        allowed = check_swarm_request(POLICY, "POST", CONNECT, json.dumps(connect).encode())
+        # The relay checks the network's owner label before it connects anything.
+        assert (allowed.owned_container, allowed.owned_kind) == (ALICES_NETWORK, "network")
+
+
+def test_a_later_spawn_finds_the_network_and_frontends_and_only_inspects() -> None:
+    joined = {
+        "Name": ALICES_NETWORK,
+        "Labels": {OWNER_LABEL: "alice"},
+        "Containers": {f"id{i}": {"Name": name} for i, name in enumerate(FRONTENDS)},
+    }
+    _, client = swarm_start(network=joined)
+    assert not client.sent_to("/networks/create") and not client.sent_to("/connect")
+    assert [p for _, p, _, _ in client.sent if p.startswith("/networks")] == [
+        f"/networks/{ALICES_NETWORK}"
+    ]
+
+
+def test_a_spawner_with_no_frontends_is_a_500_saying_what_to_set() -> None:
+    with pytest.raises(web.HTTPError, match="frontend_containers is empty") as raised:
+        swarm_start(frontends=[])
+    assert raised.value.status_code == 500
+
+
+@pytest.fixture(scope="module")
+def sent_network() -> dict[str, Any]:
+    return created_body(swarm_start()[1], "/networks/create")
+
+
+# Each takes the spawner's own network one step further.
+NETWORK_MUTATIONS: dict[str, tuple[Callable[[dict[str, Any]], object], str]] = {
+    "another-users-name": (lambda n: n.update(Name="labhub-u-bob"), "not the network of"),
+    "lab-network-name": (lambda n: n.update(Name=POLICY.network), "not the network of"),
+    "no-owner": (lambda n: n.update(Labels={}), "exactly the labhub.user label"),
+    "extra-label": (lambda n: n["Labels"].update({"labhub.server": ""}), "exactly the"),
+    "not-internal": (lambda n: n.update(Internal=False), "internal"),
+    "internal-omitted": (lambda n: n.pop("Internal"), "internal"),
+    "not-attachable": (lambda n: n.update(Attachable=False), "attachable"),
+    # A second network of the same name (the engine allows it without CheckDuplicate).
+    "duplicate-name": (lambda n: n.update(CheckDuplicate=False), "checkduplicate"),
+    "internal-as-1": (lambda n: n.update(Internal=1), "internal"),
+    "bridge": (lambda n: n.update(Driver="bridge"), "driver"),
+    "macvlan-on-the-lan": (
+        lambda n: n.update(Driver="macvlan", Options={"parent": "eth0"}),
+        "driver",
+    ),
+    "driver-options": (
+        lambda n: n.update(Options={"com.docker.network.driver.mtu": "9000"}),
+        "no options",
+    ),
+    # An address plan over the hub's or the LAN's addresses.
+    "ipam": (lambda n: n.update(IPAM={"Config": [{"Subnet": "10.0.0.0/8"}]}), "no ipam"),
+    "ingress": (lambda n: n.update(Ingress=True), "Ingress"),
+    "config-from": (lambda n: n.update(ConfigFrom={"Network": "x"}), "ConfigFrom"),
+    "ipv6": (lambda n: n.update(EnableIPv6=True), "EnableIPv6"),
+    "scope": (lambda n: n.update(Scope="local"), "Scope"),
+}
+
+
+@pytest.mark.parametrize("mutation", sorted(NETWORK_MUTATIONS))
+def test_each_step_beyond_the_users_network_is_refused(
+    sent_network: dict[str, Any], mutation: str
+) -> None:
+    body = copy.deepcopy(sent_network)
+    change, reason = NETWORK_MUTATIONS[mutation]
+    change(body)
+    with pytest.raises(Refused, match=reason):
+        check_swarm_request(POLICY, "POST", NETWORK_CREATE, json.dumps(body).encode())
+
+
+@pytest.mark.parametrize(
+    ("connect", "reason"),
+    [
+        # A user's server (its service's task container) joining another user's network.
+        ({"Container": f"{PREFIX}bob.1.x7q2"}, "only the frontends"),
+        ({"Container": "labhub-docker-proxy"}, "only the frontends"),
+        ({"Container": ["labhub-hub"]}, "only the frontends"),
+        ({"Container": "labhub-hub", "EndpointConfig": {"IPAddress": "10.0.1.2"}}, "empty"),
+        # An alias would let the hub's container answer for another name on this network.
+        ({"Container": "labhub-hub", "EndpointConfig": {"Aliases": ["x"]}}, "empty"),
+        ({"Container": "labhub-hub", "Force": True}, "Force"),
+    ],
+)
+def test_only_a_frontend_connects_to_a_users_network(connect: dict[str, Any], reason: str) -> None:
+    with pytest.raises(Refused, match=reason):
+        check_swarm_request(POLICY, "POST", CONNECT, json.dumps(connect).encode())
+
+
+def test_what_is_forwarded_of_a_connect_is_the_checked_container_only() -> None:
+    body = json.dumps({"container": "labhub-hub", "EndpointConfig": None}).encode()
+    assert check_swarm_request(POLICY, "POST", CONNECT, body).body == b'{"Container":"labhub-hub"}'
+
+
+def test_a_network_is_owner_checked_by_its_own_labels() -> None:
+    allowed = check_swarm_request(POLICY, "GET", f"/v1.41/networks/{ALICES_NETWORK}", b"")
+    assert inspect_target(allowed) == f"/v1.41/networks/{ALICES_NETWORK}"
+    check_owner("n", 200, json.dumps({"Labels": {OWNER_LABEL: "a"}}).encode(), kind="network")
+    # Named like a user's network but made by someone else, without the label.
+    with pytest.raises(Refused, match="not a labhub user network"):
+        check_owner("n", 200, json.dumps({"Labels": {}}).encode(), kind="network")
+
+
+@pytest.mark.parametrize(
+    ("frontends", "problem"),
+    [("", "FRONTEND_CONTAINERS is empty"), ("labhub-hub,cafe", "'cafe' looks like a container")],
+)
+def test_the_swarm_proxy_needs_the_frontends_by_name(frontends: str, problem: str) -> None:
+    env = {"PROXY_POLICY": "swarm", "ALLOWED_IMAGES": IMAGE, "FRONTEND_CONTAINERS": frontends}
+    with pytest.raises(SystemExit, match=problem):
+        policy_from_env(env)
+
+
+# The users' network's layout (.env.example's values), which NetworkSettings requires.
+NETWORK_ENV = {
+    "USERS_BRIDGE": "labhub-users",
+    "USERS_SUBNET": "172.31.240.0/20",
+    "USERS_IP_RANGE": "172.31.248.0/21",
+    "HUB_USERS_IP": "172.31.240.2",
+    "PROXY_USERS_IP": "172.31.240.3",
+}
+
+
+@pytest.mark.parametrize(
+    ("egress", "refused"),
+    [
+        ({"USER_INTERNET": "true"}, "USER_INTERNET"),
+        ({"USER_INTERNET": "false", "USER_LAN_ACCESS": "true"}, "USER_LAN_ACCESS"),
+        ({"USER_INTERNET": "false", "USER_EGRESS_ALLOW": "10.1.2.3"}, "USER_EGRESS_ALLOW"),
+        ({"USER_INTERNET": "false"}, None),
+    ],
+)
+def test_swarm_mode_refuses_the_egress_its_internal_networks_cannot_give(
+    egress: dict[str, str], refused: str | None
+) -> None:
+    """`make up` runs `labhub check-settings`, which reads these with NetworkSettings."""
+    for engine in ("swarm", "docker"):
+        try:
+            NetworkSettings.from_env({**NETWORK_ENV, "ENGINE": engine, **egress})
+        except SettingsError as error:
+            problems = error.problems
+        else:
+            problems = []
+        if engine == "docker" or refused is None:  # one host keeps every egress setting
+            assert not problems
+        else:
+            [problem] = problems
+            assert problem.startswith(f"{refused}:") and "USER_INTERNET=false" in problem

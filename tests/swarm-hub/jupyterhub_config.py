@@ -15,6 +15,8 @@ c.JupyterHub.spawner_class = "labhub.swarmspawner.LabSwarmSpawner"
 c.LabSwarmSpawner.update(swarm_spawner_config(settings))
 # The proxy's address; the hub holds no Docker socket.
 c.LabSwarmSpawner.client_kwargs = {"base_url": os.environ["SWARM_TEST_DOCKER_URL"]}
+# The hub runs CHP itself: its container is the one joined to each user's network.
+c.LabSwarmSpawner.frontend_containers = [os.environ["SWARM_TEST_HUB_NAME"]]
 # A stand-in for the workspace server (the TensorFlow image stays off the test nodes).
 c.LabSwarmSpawner.cmd = json.loads(os.environ["SWARM_TEST_SERVER_CMD"])
 c.Spawner.start_timeout = 120
