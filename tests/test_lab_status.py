@@ -12,6 +12,7 @@ notification and its "Extend session" button. Screenshots in test-artifacts/lab-
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -414,6 +415,30 @@ def test_status_and_extend_need_the_servers_login_and_xsrf(
     assert [seen[0] for seen in service.seen] == ["POST", "GET"]
 
 
+@pytest.mark.parametrize(
+    ("devices", "gpu"),
+    [("void", False), ("none", False), ("", False), ("0", True), ("0:1, 2", True)],
+    ids=["void", "none", "empty", "one", "mig-and-one"],
+)
+@pytest.mark.unit
+def test_the_images_server_config_loads_the_gpu_dashboard_with_devices_only(
+    monkeypatch: pytest.MonkeyPatch, devices: str, gpu: bool
+) -> None:
+    """images/workspace/jupyter_server_config.py, read as Jupyter reads it, with the
+    NVIDIA_VISIBLE_DEVICES the spawner sets (the image's own default is "void")."""
+    from traitlets.config.loader import PyFileConfigLoader
+
+    monkeypatch.setenv("NVIDIA_VISIBLE_DEVICES", devices)
+    config = PyFileConfigLoader(
+        "jupyter_server_config.py", path=str(EXTENSION.parent)
+    ).load_config()
+    assert config.ServerApp.jpserver_extensions == {
+        "jupyter_lsp": False,
+        "jupyterlab_nvdashboard": gpu,
+    }
+    assert ("app_settings_dir" in config.LabApp) is not gpu
+
+
 @pytest.mark.unit
 def test_the_env_names_are_the_hubs() -> None:
     import labhub.contract as contract
@@ -425,10 +450,15 @@ def test_the_env_names_are_the_hubs() -> None:
 # --- in the workspace's JupyterLab, in a real browser ---------------------------------
 
 
+DASHBOARD = "jupyterlab-nvdashboard"  # NVIDIA's GPU dashboard, as JupyterLab names it
+# A route of its server extension: 200 where the extension is loaded, 404 where it is not.
+DASHBOARD_ROUTE = "nvdashboard/accelerators/check"
+
+
 def open_lab(stack: Stack, page: Any, username: str) -> Any:
     """Log in, open the user's (already running) JupyterLab; return the status item once
-    it shows what labhub/status answered (it says "…" until then) and the GPU dashboard's
-    panel is there."""
+    it shows what labhub/status answered (it says "…" until then) and JupyterLab has
+    activated its extensions."""
     from playwright.sync_api import expect
 
     item = page.locator("#labhub-status")
@@ -440,20 +470,32 @@ def open_lab(stack: Stack, page: Any, username: str) -> Any:
     def ready() -> None:
         assert "/hub/login" not in page.url, f"{username} is not logged in: {page.url}"
         expect(item).not_to_have_text("…", timeout=120_000)
-        # NVIDIA's dashboard loaded too (its panel; without NVML it shows no GPU).
-        expect(page.get_by_role("tab", name="GPU Dashboards")).to_be_visible(timeout=60_000)
+        # The file browser's tab: JupyterLab's sidebar is built.
+        expect(page.get_by_role("tab", name="File Browser")).to_be_visible(timeout=60_000)
 
     load_lab(page, navigate, ready)
     return item
 
 
-def lab_extensions(page: Any) -> list[str]:
-    """The prebuilt extensions this JupyterLab page was served with."""
-    names: list[str] = page.evaluate(
+def lab_page_config(page: Any) -> dict[str, Any]:
+    """The page configuration this JupyterLab page was served with (its extensions)."""
+    config: dict[str, Any] = page.evaluate(
         "JSON.parse(document.getElementById('jupyter-config-data').textContent)"
-        ".federated_extensions.map(e => e.name)"
     )
-    return names
+    return config
+
+
+def dashboard_route_status(stack: Stack, username: str) -> int:
+    """The HTTP status of the dashboard's server route on the user's running server, asked
+    through nginx and the proxy with the user's own token."""
+    client = stack.login(username)
+    token = client.new_token(username)
+    response = client.session.get(
+        f"{stack.base_url}/user/{username}/{DASHBOARD_ROUTE}",
+        headers={"Authorization": f"token {token}"},
+        timeout=60,
+    )
+    return response.status_code
 
 
 @pytest.mark.e2e
@@ -471,14 +513,24 @@ def test_a_cpu_server_says_cpu_only_in_jupyterlab(stack: Stack, username: str) -
             "pageerror",
             lambda error: errors.append(str(error)) if "/lab" in page.url else None,
         )
-        page.on("requestfailed", lambda request: dropped.append(str(request.failure)))
+        page.on("requestfailed", lambda request: dropped.append(f"{request.url} {request.failure}"))
         item = open_lab(stack, page, username)
         expect(item).to_have_text("CPU only")
-        # NVIDIA's dashboard is served too (it finds no NVML here: no GPU shown).
-        assert {"labhub-status", "jupyterlab-nvdashboard"} <= set(lab_extensions(page))
-        if any(network_changed(f) for f in dropped):
-            # JupyterLab's own unhandled rejection for a request Chromium dropped.
-            errors = [e for e in errors if e != "Failed to fetch"]
+        # No GPU, no GPU dashboard: its panel is off in JupyterLab, its server extension is
+        # not loaded (the route it would serve is not there).
+        config = lab_page_config(page)
+        assert "labhub-status" in [e["name"] for e in config["federated_extensions"]]
+        assert DASHBOARD in config["disabledExtensions"]
+        expect(page.get_by_role("tab", name="GPU Dashboards")).to_have_count(0)
+        assert dashboard_route_status(stack, username) == 404
+        # JupyterLab's own errors for requests Chromium dropped: a fetch, or a script chunk
+        # ("Loading chunk N failed. (error: URL)").
+        lost = [f.split(" ", 1)[0] for f in dropped if network_changed(f)]
+        errors = [
+            e
+            for e in errors
+            if not (lost and (e == "Failed to fetch" or any(url in e for url in lost)))
+        ]
         assert errors == [], errors
     student.stop_server(username)
 
@@ -502,6 +554,11 @@ def test_a_gpu_server_shows_its_own_device_in_jupyterlab(
         with chromium_page(gpu_stack, "lab-status-gpu") as page:
             item = open_lab(gpu_stack, page, name)
             expect(item).to_contain_text(f"GPU {device} (Test A100) · gpu-1")
+            # NVIDIA's dashboard: its panel (without NVML here it shows no GPU) and its
+            # server extension's route.
+            expect(page.get_by_role("tab", name="GPU Dashboards")).to_be_visible()
+            assert DASHBOARD not in lab_page_config(page)["disabledExtensions"]
+            assert dashboard_route_status(gpu_stack, name) == 200
             # GPU_SESSION_MAX's 8 h, shown rounded: "8 h 0 min" at first, then "7 h 59 min".
             expect(item).to_contain_text(re.compile(r"session ends in [78] h"))
             assert f"GPU {other}" not in item.inner_text()
@@ -511,36 +568,94 @@ def test_a_gpu_server_shows_its_own_device_in_jupyterlab(
         admin.stop(name)
 
 
-@pytest.fixture
-def workspace_lab(stack: Stack, service: FakeGpuService) -> Iterator[str]:
+@contextlib.contextmanager
+def workspace_server(environment: dict[str, str]) -> Iterator[tuple[str, Any]]:
     """The workspace image's own JupyterLab (the stack built it from this checkout) in a
-    container on the host's network, as a GPU server on the shared slice whose GPU service is
-    the stand-in above; yields its URL with the login token."""
+    container on the host's network, with the image's server configuration and the
+    container environment given; yields its base URL and the container, then removes it."""
     port = free_port()
     client = docker.from_env()
     container = client.containers.run(
         f"labhub/workspace:{VERSION}",
         ["jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
          f"--IdentityProvider.token={LOGIN_TOKEN}"],
-        environment={
-            "NVIDIA_VISIBLE_DEVICES": "2",
-            GPU_MEMORY_LIMIT_ENV: "4096",
-            GPU_STATUS_URL_ENV: service.url,
-            "JUPYTERHUB_API_TOKEN": SERVER_TOKEN,
-        },
+        environment={"JUPYTERHUB_API_TOKEN": SERVER_TOKEN, **environment},
         network_mode="host", detach=True, labels={"labhub.test": "test_lab_status"},
     )  # fmt: skip
     try:
-        url = f"http://127.0.0.1:{port}/lab?token={LOGIN_TOKEN}"
+        base = f"http://127.0.0.1:{port}/"
         wait_until(
-            lambda: local_session().get(url, timeout=5).status_code == 200,
+            lambda: local_session().get(f"{base}lab", headers=AUTH, timeout=5).status_code
+            == 200,
             120, "the workspace's JupyterLab", ignoring=(OSError,),
         )  # fmt: skip
-        yield url
+        yield base, container
     finally:
         if os.environ.get("LABHUB_TEST_LOGS"):
             print(container.logs().decode(errors="replace")[-5000:])
         container.remove(force=True)
+
+
+@pytest.fixture
+def workspace_lab(stack: Stack, service: FakeGpuService) -> Iterator[str]:
+    """The workspace image's JupyterLab as a GPU server on the shared slice whose GPU
+    service is the stand-in above; yields its URL with the login token."""
+    with workspace_server(
+        {
+            "NVIDIA_VISIBLE_DEVICES": "2",
+            GPU_MEMORY_LIMIT_ENV: "4096",
+            GPU_STATUS_URL_ENV: service.url,
+        }
+    ) as (base, _):
+        yield f"{base}lab?token={LOGIN_TOKEN}"
+
+
+def served_page_config(base: str) -> dict[str, Any]:
+    """The page configuration JupyterLab's HTML carries (what its front end loads)."""
+    html = local_session().get(f"{base}lab", headers=AUTH, timeout=30).text
+    found = re.search(
+        r'<script id="jupyter-config-data" type="application/json">(.*?)</script>', html, re.S
+    )
+    assert found, html[:2000]
+    config: dict[str, Any] = json.loads(found.group(1))
+    return config
+
+
+@pytest.mark.parametrize(("devices", "gpu"), [("void", False), ("2", True)], ids=["cpu", "gpu"])
+@pytest.mark.integration
+def test_the_gpu_dashboard_is_loaded_on_gpu_servers_only(
+    stack: Stack, service: FakeGpuService, devices: str, gpu: bool
+) -> None:
+    """NVIDIA's dashboard costs every start its server extension's import (docs/benchmarks.md):
+    the image loads it, and shows its panel, only when the spawner gave the container devices.
+    labhub's status and the image's JupyterLab settings are there on both kinds of server."""
+    service.answer_me(api_me())
+    with workspace_server({"NVIDIA_VISIBLE_DEVICES": devices, GPU_STATUS_URL_ENV: service.url}) as (
+        base,
+        container,
+    ):
+        session = local_session()
+        route = session.get(f"{base}{DASHBOARD_ROUTE}", headers=AUTH, timeout=30)
+        assert route.status_code == (200 if gpu else 404), route.text[:300]
+        logs = container.logs().decode(errors="replace")
+        assert ("Registered jupyterlab_nvdashboard server extension" in logs) is gpu, logs[-3000:]
+        config = served_page_config(base)
+        assert DASHBOARD in [e["name"] for e in config["federated_extensions"]]
+        assert (DASHBOARD in config["disabledExtensions"]) is not gpu
+        # The status extension, whatever the kind of server.
+        status = session.get(f"{base}labhub/status", headers=AUTH, timeout=30).json()
+        assert (status["gpu"], status["service"]) == (gpu, "ok")
+        # The image's overrides (overrides.json) hold on both: no update checks, no news.
+        notification = session.get(
+            f"{base}lab/api/settings/@jupyterlab/apputils-extension:notification",
+            headers=AUTH,
+            timeout=30,
+        ).json()["schema"]["properties"]
+        defaults = (
+            notification["checkForUpdates"]["default"],
+            notification["fetchNews"]["default"],
+        )
+        assert defaults == (False, "false")
 
 
 @pytest.mark.integration
