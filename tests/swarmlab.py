@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -24,7 +25,7 @@ from labhub.settings import Settings
 from labhub.swarmspawner import LabSwarmSpawner, swarm_spawner_config
 from swarm import Node, Swarm
 
-from testsupport.dockerproxy import running_proxy
+from testsupport.dockerproxy import raw_request, running_proxy
 from testsupport.minimal_env import MINIMAL_ENV
 from testsupport.waiting import wait_until
 
@@ -118,7 +119,7 @@ class Cluster:
         """Start `user`'s server unless it runs, and save the state, as the hub does."""
         spawner = self.spawner(user)
         if not asyncio.run(spawner.get_object()):
-            assert asyncio.run(spawner.start()) == (f"{PREFIX}-{user}", 8888)
+            assert_reached_on_its_network(asyncio.run(spawner.start()))
         self.states[user] = spawner.get_state()
         return spawner
 
@@ -253,3 +254,28 @@ def service_body(
             "EndpointSpec": {"Mode": "dnsrr"},
         }
     ).encode()
+
+
+def assert_reached_on_its_network(address: tuple[str, int]) -> None:
+    """What a started LabSwarmSpawner gives the hub: its task's address on the user's own
+    network (an IP, not the service's name) and the server's port."""
+    ip, port = address
+    assert ipaddress.ip_address(ip) and port == 8888, address
+
+
+def network_body(user: str = "mallory", network: str = NETWORK, **change: Any) -> bytes:
+    """`user`'s own network as LabSwarmSpawner makes it, with `change` merged in."""
+    body = {
+        "Name": user_network_name(user, network), "Driver": "overlay", "Internal": True,
+        "Attachable": True, "Labels": {OWNER_LABEL: user}, "CheckDuplicate": True,
+        **change,
+    }  # fmt: skip
+    return json.dumps(body).encode()
+
+
+def make_user_network(port: int, user: str = "mallory", network: str = NETWORK) -> None:
+    """`user`'s network made through the proxy on `port` unless it exists (409), as the
+    spawner makes it before a service (a service may join its owner's network only)."""
+    body = network_body(user, network)
+    status, answer = raw_request(port, "POST", "/v1.41/networks/create", body)
+    assert status in (201, 409), answer

@@ -38,7 +38,9 @@ from labhub.swarmspawner import HOME_NODE_STATE, LabSwarmSpawner, swarm_spawner_
 from swarm import STATE_ROOT, Swarm, run
 from swarmlab import (
     HubUser,
+    assert_reached_on_its_network,
     frontend_for,
+    make_user_network,
     service_body,
     spawners_through,
     swarm_proxy,
@@ -151,7 +153,12 @@ def test_the_swarm_proxy_inspects_the_recorded_digest_as_docker_py_escapes_it() 
 
 @pytest.mark.unit
 def test_a_swarm_proxy_with_a_registry_refuses_to_start_on_a_tag() -> None:
-    env = {"PROXY_POLICY": "swarm", "REGISTRY": REGISTRY, "DOCKER_NETWORK": "labhub"}
+    env = {
+        "PROXY_POLICY": "swarm",
+        "REGISTRY": REGISTRY,
+        "DOCKER_NETWORK": "labhub",
+        "FRONTEND_CONTAINERS": "labhub-hub",
+    }
     with pytest.raises(SystemExit, match=r"ALLOWED_IMAGES holds .*workspace:0\.1\.0.*make push"):
         policy_from_env({**env, "ALLOWED_IMAGES": f"{REGISTRY}/workspace:0.1.0"})
     assert policy_from_env({**env, "ALLOWED_IMAGES": PINNED})
@@ -303,7 +310,7 @@ def worker_images(cluster: RegistryCluster) -> list[str]:
 
 def run_server(cluster: RegistryCluster, user: str, home: str) -> LabSwarmSpawner:
     spawner = cluster.spawner(user, home)
-    assert asyncio.run(spawner.start()) == (f"{container_prefix(NETWORK)}-{user}", 8888)
+    assert_reached_on_its_network(asyncio.run(spawner.start()))
     return spawner
 
 
@@ -369,6 +376,7 @@ def test_the_proxy_refuses_a_service_of_any_image_but_the_recorded_digest(
     services = cluster.swarm.manager.docker("service", "ls", "--format", "{{.Name}}").split()
     assert f"{container_prefix(NETWORK)}-mallory" not in services
     # The same request with the recorded digest reaches the engine: the refusal was the image.
+    make_user_network(cluster.proxy_port, network=NETWORK)
     status, answer = raw_request(
         cluster.proxy_port, "POST", "/v1.41/services/create",
         service_body(image=cluster.pinned, network=NETWORK),

@@ -39,6 +39,8 @@ from swarmlab import (
     SERVER,
     Cluster,
     lab_cluster,
+    make_user_network,
+    network_body,
     service_body,
     wait_for_running_task,
 )
@@ -250,16 +252,6 @@ def test_the_proxy_refuses_a_dangerous_service_and_the_engine_never_sees_it(
     assert f"{PREFIX}-mallory" not in services
 
 
-def network_body(**change: Any) -> bytes:
-    """Mallory's network as LabSwarmSpawner makes it, with `change` merged in."""
-    network = {
-        "Name": user_network_name("mallory", NETWORK), "Driver": "overlay", "Internal": True,
-        "Attachable": True, "Labels": {OWNER_LABEL: "mallory"}, "CheckDuplicate": True,
-        **change,
-    }  # fmt: skip
-    return json.dumps(network).encode()
-
-
 def engine_networks(cluster: Cluster) -> list[str]:
     return cluster.swarm.manager.docker("network", "ls", "--format", "{{.Name}}").split()
 
@@ -323,11 +315,7 @@ def test_only_a_frontend_is_connected_to_a_users_network_through_the_proxy(
 def test_the_same_service_without_the_attack_is_created_so_the_refusals_are_the_rules(
     cluster: Cluster,
 ) -> None:
-    # Mallory's own network first, through the proxy as the spawner makes it.
-    status, answer = raw_request(
-        cluster.proxy_port, "POST", "/v1.41/networks/create", network_body()
-    )
-    assert status == 201, answer
+    make_user_network(cluster.proxy_port)  # Mallory's own, as the spawner makes it
     status, answer = raw_request(
         cluster.proxy_port, "POST", "/v1.41/services/create", service_body()
     )

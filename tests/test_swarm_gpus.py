@@ -31,7 +31,14 @@ from labhub.gpu.store import Store, booked_devices
 from labhub.settings import Settings
 from labhub.swarmgpu import LabSwarmGpuSpawner, swarm_gpu_spawner_config
 from swarm import Node, Swarm
-from swarmlab import HubUser, frontend_for, service_body, spawners_through, swarm_proxy
+from swarmlab import (
+    HubUser,
+    frontend_for,
+    make_user_network,
+    service_body,
+    spawners_through,
+    swarm_proxy,
+)
 from tornado import web
 
 from testsupport.dockerproxy import raw_request
@@ -176,6 +183,7 @@ def test_the_proxy_gives_no_one_a_gpu_the_record_does_not_book_them(cluster: Gpu
     services = cluster.swarm.manager.docker("service", "ls", "--format", "{{.Name}}").split()
     assert f"{PREFIX}-mallory" not in services
     # The same service without a GPU is created: the refusals were the GPU rules.
+    make_user_network(cluster.proxy_port, network=NETWORK)
     status, answer = raw_request(
         cluster.proxy_port, "POST", "/v1.41/services/create",
         service_body(network=NETWORK, node_id=node_id),

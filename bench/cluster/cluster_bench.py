@@ -10,14 +10,14 @@ running. Every spawn is LabSwarmSpawner.start() through the proxy, and measures:
   placement, service, scheduling, the container's start on its node);
 * start() returned: when the spawner saw the task running (DockerSpawner's SwarmSpawner
   polls after 1 s, then 1.5 times longer each time);
-* ready: after that, the server answered its first connection by service name over the
-  overlay network, from a container on the manager (where the hub runs), polled every
-  0.1 s; this includes one `docker exec` into that container (measured alone, too);
+* ready: after that, the server answered its first connection at its task's address on
+  its user's own overlay network, from the frontend container on the manager (where the
+  hub runs), polled every 0.1 s; this includes one `docker exec` into that container (measured alone, too);
 * the node each server runs on, read from the manager's tasks, per batch and in total.
 
 The server is the tests' one-line perl server in the base image, not JupyterLab (the
 2.3 GB workspace image is not copied to the nodes): the figures are the Swarm path's cost
-(placement, service, task, overlay, DNS), not JupyterLab's start-up. All nodes share this
+(placement, the user's network, service, task, overlay), not JupyterLab's start-up. All nodes share this
 machine's cores, so a bigger cluster shows the spread and the overhead, not a speed-up.
 
 Usage (as root: the clusters are network namespaces and engines on this machine):
@@ -46,13 +46,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from labhub.contract import OWNER_LABEL
-from swarmlab import IMAGE, NETWORK, PREFIX, Cluster, client, lab_cluster
+from swarmlab import FRONTEND, IMAGE, PREFIX, Cluster, client, lab_cluster
 
 # The clusters compared, in nodes; the first is the baseline of the ratios.
 SIZES = (1, 3)
 PROBE_INTERVAL = 0.1
 SPAWN_TIMEOUT = 300.0
-PROBER = "cluster-bench-prober"
 
 
 @dataclass
@@ -76,10 +75,11 @@ async def spawn(cluster: Cluster, probes: ThreadPoolExecutor, result: Spawn) -> 
     try:
         address = await asyncio.wait_for(spawner.start(), SPAWN_TIMEOUT)
         result.started = time.monotonic() - start
-        if tuple(address) != (service, 8888):
-            raise RuntimeError(f"start() returned {address}, not ({service}, 8888)")
+        ip, port = address
+        if port != 8888:
+            raise RuntimeError(f"start() returned {address}, not port 8888")
         loop = asyncio.get_running_loop()
-        answer = await loop.run_in_executor(probes, first_answer, cluster, service)
+        answer = await loop.run_in_executor(probes, first_answer, cluster, ip)
         if answer != f"hello from {result.user}":
             raise RuntimeError(f"{service} answered {answer!r} over the overlay")
         result.ready = time.monotonic() - start
@@ -90,12 +90,13 @@ async def spawn(cluster: Cluster, probes: ThreadPoolExecutor, result: Spawn) -> 
         cluster.states[result.user] = spawner.get_state()
 
 
-def first_answer(cluster: Cluster, service: str) -> str:
-    """The first line `service` answers on port 8888, asked from the prober on the manager
-    (where the hub runs) every PROBE_INTERVAL until SPAWN_TIMEOUT."""
+def first_answer(cluster: Cluster, address: str) -> str:
+    """The first line the server at `address` (its task's, on its user's network) answers on
+    port 8888, asked from the frontend container on the manager (where the hub runs, joined
+    to every user's network) every PROBE_INTERVAL until SPAWN_TIMEOUT."""
     tries = int(SPAWN_TIMEOUT / PROBE_INTERVAL)
     answer = cluster.swarm.manager.docker(
-        "exec", PROBER, "perl", "-e", client(service, 8888, tries, PROBE_INTERVAL),
+        "exec", FRONTEND, "perl", "-e", client(address, 8888, tries, PROBE_INTERVAL),
         check=False, timeout=SPAWN_TIMEOUT + 30,
     )  # fmt: skip
     return answer.strip()
@@ -138,10 +139,6 @@ async def spawn_batch(cluster: Cluster, probes: ThreadPoolExecutor, batch: list[
 
 def bench_cluster(cluster: Cluster, users: int, batch_size: int) -> dict[str, Any]:
     """Spawn `users` servers `batch_size` at a time on `cluster`; the figures of one size."""
-    manager = cluster.swarm.manager
-    manager.docker(
-        "run", "--detach", "--name", PROBER, "--network", NETWORK, IMAGE, "sleep", "infinity"
-    )
     spawns = [Spawn(user=f"student{i:02d}", batch=i // batch_size + 1) for i in range(users)]
     batches = [spawns[i : i + batch_size] for i in range(0, users, batch_size)]
     walls = []
