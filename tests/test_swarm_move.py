@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import json
 import os
 import subprocess
@@ -35,6 +34,7 @@ from labhub.swarmspawner import HOME_NODE_STATE, LabSwarmSpawner, swarm_spawner_
 from swarm import Node, Swarm, run
 from swarmlab import HubUser, frontend_for, spawners_through, swarm_proxy
 
+from testsupport.archives import tar_of
 from testsupport.dockerproxy import raw_request, running_proxy
 from testsupport.minimal_env import MINIMAL_ENV
 from testsupport.waiting import wait_until
@@ -267,15 +267,6 @@ def test_a_copy_that_differs_from_what_was_sent_is_not_switched_to(
     assert lab.start("carol") == old
     assert lab.in_server("carol", LIST_FILES) == before
     lab.stop("carol")
-
-
-def tar_of(*members: tuple[tarfile.TarInfo, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
-        for member, data in members:
-            member.size = len(data) if member.isreg() else 0
-            archive.addfile(member, io.BytesIO(data) if member.isreg() else None)
-    return buffer.getvalue()
 
 
 def member(name: str, kind: bytes = tarfile.REGTYPE, mode: int = 0o644, uid: int = 1000) -> Any:

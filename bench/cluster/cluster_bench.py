@@ -12,13 +12,14 @@ running. Every spawn is LabSwarmSpawner.start() through the proxy, and measures:
   polls after 1 s, then 1.5 times longer each time);
 * ready: after that, the server answered its first connection at its task's address on
   its user's own overlay network, from the frontend container on the manager (where the
-  hub runs), polled every 0.1 s; this includes one `docker exec` into that container (measured alone, too);
+  hub runs), polled every 0.1 s; this includes one `docker exec` into that container
+  (measured alone, too);
 * the node each server runs on, read from the manager's tasks, per batch and in total.
 
 The server is the tests' one-line perl server in the base image, not JupyterLab (the
 2.3 GB workspace image is not copied to the nodes): the figures are the Swarm path's cost
-(placement, the user's network, service, task, overlay), not JupyterLab's start-up. All nodes share this
-machine's cores, so a bigger cluster shows the spread and the overhead, not a speed-up.
+(placement, the user's network, service, task, overlay), not JupyterLab's start-up. All
+nodes share this machine's cores, so a bigger cluster shows the spread and the overhead, not a speed-up.
 
 Usage (as root: the clusters are network namespaces and engines on this machine):
 

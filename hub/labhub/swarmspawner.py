@@ -6,8 +6,9 @@ and process limits, /dev/shm as a sized tmpfs, the owner label, the user's named
 The service joins only its user's own overlay network (`user_network_name`), attachable
 and internal, with a `dnsrr` endpoint (no routing mesh, no published port). The spawner
 makes that network on the user's first spawn and connects the frontends (the hub's and
-CHP's containers, `frontend_containers`) to it: they reach the server at its task's address
-on that network (`get_ip_and_port`), and the server reaches nothing else: no other user's server, no node, no LAN or internet.
+CHP's containers, `frontend_containers`) to it: they reach the server at its task's
+address on that network (`get_ip_and_port`), and the server reaches nothing else: no
+other user's server, no node, no LAN or internet.
 
 Placement is `labhub.swarmplacement`'s: the first spawn picks a node, which is recorded
 in the spawner's state (the hub's database) and kept across stops, so every later spawn

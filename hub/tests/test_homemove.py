@@ -22,6 +22,7 @@ from labhub.homemove import HomeRow, MoveFailed, MoveRefused, plan_move, read_ho
 from labhub.hometar import BadHomeArchive, Manifest, copy_helper, manifest_of, rewrite
 from labhub.swarmspawner import HOME_NODE_STATE, LabSwarmSpawner
 
+from testsupport.archives import tar_of
 from testsupport.minimal_env import MINIMAL_ENV
 
 pytestmark = pytest.mark.unit
@@ -38,15 +39,6 @@ def member(name: str, kind: bytes = tarfile.REGTYPE, mode: int = 0o644, **fields
     for key, value in fields.items():
         setattr(info, key, value)
     return info
-
-
-def tar_of(*members: tuple[tarfile.TarInfo, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
-        for info, data in members:
-            info.size = len(data) if info.isreg() else 0
-            archive.addfile(info, io.BytesIO(data) if info.isreg() else None)
-    return buffer.getvalue()
 
 
 HOME = (

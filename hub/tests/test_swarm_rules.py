@@ -37,7 +37,7 @@ from labhub.settings import NetworkSettings, Settings, SettingsError
 from labhub.swarmspawner import HOME_NODE_STATE, LabSwarmSpawner, swarm_spawner_config
 from tornado import web
 
-from testsupport.minimal_env import MINIMAL_ENV
+from testsupport.minimal_env import MINIMAL_ENV, NETWORK_ENV
 from testsupport.recording import RecordingAPIClient
 
 pytestmark = pytest.mark.unit
@@ -499,16 +499,6 @@ def test_the_swarm_proxy_needs_the_frontends_by_name(frontends: str, problem: st
     env = {"PROXY_POLICY": "swarm", "ALLOWED_IMAGES": IMAGE, "FRONTEND_CONTAINERS": frontends}
     with pytest.raises(SystemExit, match=problem):
         policy_from_env(env)
-
-
-# The users' network's layout (.env.example's values), which NetworkSettings requires.
-NETWORK_ENV = {
-    "USERS_BRIDGE": "labhub-users",
-    "USERS_SUBNET": "172.31.240.0/20",
-    "USERS_IP_RANGE": "172.31.248.0/21",
-    "HUB_USERS_IP": "172.31.240.2",
-    "PROXY_USERS_IP": "172.31.240.3",
-}
 
 
 @pytest.mark.parametrize(

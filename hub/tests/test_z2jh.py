@@ -25,19 +25,12 @@ from labhub.settings import NetworkSettings, Settings, parse_memory
 from labhub.z2jh import PROFILES_BY_GROUP, WORKSPACE_COMMAND, quantity, to_yaml, values
 from traitlets.config import Config
 
-from testsupport.minimal_env import MINIMAL_ENV
+from testsupport.minimal_env import MINIMAL_ENV, NETWORK_ENV
 
 pytestmark = pytest.mark.unit
 
 CHART_SCHEMA = Path(__file__).resolve().parents[2].parent / "shared/z2jh/values.schema.json"
 KUBERNETES = "1.33"
-NETWORK_ENV = {
-    "USERS_BRIDGE": "labhub-users",
-    "USERS_SUBNET": "172.31.240.0/20",
-    "USERS_IP_RANGE": "172.31.248.0/21",
-    "HUB_USERS_IP": "172.31.240.2",
-    "PROXY_USERS_IP": "172.31.240.3",
-}
 INVENTORY = (
     Device(id="0", model="NVIDIA A100 80GB", memory_mib=81920),
     Device(id="1:0", model="NVIDIA A100 80GB MIG 1g.10gb", memory_mib=10240),
