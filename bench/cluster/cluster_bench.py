@@ -19,7 +19,8 @@ running. Every spawn is LabSwarmSpawner.start() through the proxy, and measures:
 The server is the tests' one-line perl server in the base image, not JupyterLab (the
 2.3 GB workspace image is not copied to the nodes): the figures are the Swarm path's cost
 (placement, the user's network, service, task, overlay), not JupyterLab's start-up. All
-nodes share this machine's cores, so a bigger cluster shows the spread and the overhead, not a speed-up.
+nodes share this machine's cores, so a bigger cluster shows the spread and the overhead,
+not a speed-up.
 
 Usage (as root: the clusters are network namespaces and engines on this machine):
 
