@@ -175,11 +175,11 @@ venv: $(VENV)/.installed
 
 .PHONY: lint
 lint: venv ## ruff, mypy, hadolint, shellcheck
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check . tests/fake-gpu/nvidia-container-runtime
+	$(VENV)/bin/ruff format --check . tests/fake-gpu/nvidia-container-runtime
 	$(VENV)/bin/mypy
 	$(VENV)/bin/hadolint images/*/Dockerfile tests/oidc-provider/Dockerfile
-	shellcheck scripts/*.sh images/*/*.sh .ci/run tests/fake-gpu/*
+	shellcheck scripts/*.sh images/*/*.sh .ci/run tests/fake-gpu/nvidia-container-runtime-hook
 
 # .env.example and docs/settings.md come from the table in hub/labhub/settings.py.
 .PHONY: settings-docs
