@@ -176,13 +176,22 @@ def test_make_up_with_engine_swarm_on_an_engine_not_in_a_swarm_says_docker_swarm
     assert "inactive" in run("docker", "info", "--format", "{{.Swarm.LocalNodeState}}")
     # Ports free on this host's loopback (the cluster's are in the manager's namespace).
     env_file = swarm_env(tmp_path, "127.0.0.1", (free_port(), free_port()))
+    # The session's own single-host stack of this name may be up on this engine: make up
+    # must add nothing to it.
+    project = (
+        "docker",
+        "ps",
+        "--all",
+        "--quiet",
+        "--filter",
+        f"label=com.docker.compose.project={STACK}",
+    )
+    before = run(*project)
     up = make("up", env_file, os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock"))
     assert up.returncode == 2, up.stdout[-2000:]
     assert "is not in a Swarm" in up.stderr and "docker swarm init" in up.stderr, up.stderr
     assert "Successfully built" not in up.stdout
-    assert not run(
-        "docker", "ps", "--all", "--quiet", "--filter", f"label=com.docker.compose.project={STACK}"
-    )
+    assert run(*project) == before
 
 
 def test_make_up_on_a_swarm_serves_tls_logins_and_spawns_each_server_as_a_service_on_a_node(
