@@ -8,26 +8,23 @@ host; each server is a Swarm service whose task runs on a node placement chose, 
 through CHP over the overlay. `make down` removes it all but the users' files. An engine
 that is not a manager is refused with what to run.
 
-The images reach the nodes with `docker save | docker load` (no registry): the hub and
-nginx images to the manager, the workspace image (TensorFlow, JupyterLab) to every node.
+The cluster and `make up` on it: tests/swarmstack.py.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import subprocess
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from labhub.contract import container_prefix, volume_name_for
-from stacks import HTTPS_PORT, STACK, VERSION, Stack, users_network_for
-from swarm import Node, Swarm, run
+from labhub.contract import volume_name_for
+from stacks import STACK
+from swarm import run
 from swarmlab import wait_for_running_task
+from swarmstack import PREFIX, SwarmStack, make, swarm_env, swarm_stack_up
 from test_compose import rendered
 
 from testsupport.dockerproxy import free_port
@@ -37,118 +34,11 @@ from testsupport.images import REPO
 # Two engines with the 2.4 GB workspace image loaded take minutes before make up starts.
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
 
-HUB_IMAGE = f"labhub/hub:{VERSION}"
-PROXY_IMAGE = f"labhub/proxy:{VERSION}"
-WORKSPACE_IMAGE = f"labhub/workspace:{VERSION}"
-PREFIX = container_prefix(STACK)
-
-
-def swarm_env(
-    workdir: Path, manager_address: str, ports: tuple[int, int] = (HTTPS_PORT, HTTPS_PORT - 363)
-) -> Path:
-    """A test stack's .env (tests/stacks.py's launched_stack) for ENGINE=swarm, nginx on the
-    manager's address, on `ports` (HTTPS, HTTP)."""
-    certs = workdir / "certs"
-    certs.mkdir()
-    values = {
-        "ENGINE": "swarm",
-        "STACK_NAME": STACK,
-        "DOCKER_NETWORK": STACK,
-        "DOMAIN": "localhost",
-        # The certificate names the address this host reaches nginx at.
-        "LAN_ADDRESSES": manager_address,
-        "BIND_ADDRESS": manager_address,
-        "HTTPS_PORT": str(ports[0]),
-        "HTTP_PORT": str(ports[1]),
-        "CERTS_DIR": str(certs),
-        "LABHUB_VERSION": VERSION,
-        "TENSORFLOW_PACKAGE": "tensorflow-cpu==2.21.0",
-        "ADMIN_USERS": "admin",
-        "USER_MEM_LIMIT": "3G",
-        # Refused with ENGINE=swarm (labhub check-settings), on by default.
-        "NAMED_SERVERS": "0",
-        # Swarm mode has no egress rules of its own yet; the test nodes have no route out.
-        "USER_INTERNET": "false",
-        # Compose's single-host file still names them, though Swarm mode does not use them.
-        **users_network_for(HTTPS_PORT),
-        "LOGIN_RATE_LIMIT": "100000",
-    }
-    env_file = workdir / ".env"
-    env_file.write_text("".join(f"{key}={value}\n" for key, value in values.items()))
-    return env_file
-
-
-def make(
-    target: str, env_file: Path, docker_host: str, *args: str, timeout: float = 1800
-) -> subprocess.CompletedProcess[str]:
-    """`make TARGET` in this checkout, as an admin runs it, against the engine `docker_host`."""
-    return subprocess.run(
-        ["make", "--no-print-directory", target, f"ENV_FILE={env_file}", *args],
-        cwd=REPO, text=True, capture_output=True, timeout=timeout, check=False,
-        env={**os.environ, "DOCKER_HOST": docker_host},
-    )  # fmt: skip
-
-
-def reach_from_the_host(swarm: Swarm) -> None:
-    """Give this host the first address of the cluster's subnet on its bridge, so that it
-    reaches the manager as a browser on the LAN would (removed with the bridge)."""
-    subnet = ipaddress.ip_interface(f"{swarm.manager.address}/{swarm.prefix}").network
-    run("ip", "addr", "add", f"{next(subnet.hosts())}/{swarm.prefix}", "dev", swarm.bridge)
-
-
-@dataclass
-class SwarmStack:
-    swarm: Swarm
-    stack: Stack
-    env_file: Path
-    docker_host: str
-
-    @property
-    def manager(self) -> Node:
-        return self.swarm.manager
-
-    def make(self, target: str) -> subprocess.CompletedProcess[str]:
-        return make(target, self.env_file, self.docker_host)
-
-    def node(self, node_id: str) -> Node:
-        return next(node for node in self.swarm.nodes if node.node_id == node_id)
-
 
 @pytest.fixture(scope="module")
 def swarm_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SwarmStack]:
-    started = time.monotonic()
-    with Swarm(2, images=[WORKSPACE_IMAGE], manager_images=[HUB_IMAGE, PROXY_IMAGE]) as swarm:
-        print(f"cluster with the images: {time.monotonic() - started:.0f} s")
-        reach_from_the_host(swarm)
-        workdir = tmp_path_factory.mktemp("swarm-stack")
-        env_file = swarm_env(workdir, swarm.manager.address)
-        running = SwarmStack(
-            swarm,
-            Stack(
-                env_file,
-                workdir / "certs",
-                f"https://{swarm.manager.address}:{HTTPS_PORT}",
-                f"http://{swarm.manager.address}:{HTTPS_PORT - 363}",
-            ),
-            env_file,
-            f"unix://{swarm.manager.socket}",
-        )
-        started = time.monotonic()
-        # The images are loaded, and the nodes have no way to a registry: nothing is built.
-        up = make("up", env_file, running.docker_host, "BUILD=no")
-        print(f"make up: {time.monotonic() - started:.0f} s")
-        try:
-            assert up.returncode == 0, f"make up failed:\n{up.stdout[-4000:]}\n{up.stderr[-4000:]}"
-            yield running
-        finally:
-            for container in ("hub", "proxy-chp", "docker-proxy-1"):  # shown when a test fails
-                name = f"{STACK}-{container}"
-                logs = subprocess.run(
-                    ["docker", "-H", running.docker_host, "logs", "--tail=60", name],
-                    capture_output=True, text=True, check=False,
-                )  # fmt: skip
-                print(f"--- {container}\n{logs.stdout}{logs.stderr}")
-            running.make("down")
+    with swarm_stack_up(tmp_path_factory.mktemp("swarm-stack")) as running:
+        yield running
 
 
 def test_swarm_override_keeps_the_proxy_in_front_and_drops_the_single_host_guards(

@@ -1,0 +1,150 @@
+"""`make up` with ENGINE=swarm on a test cluster (tests/swarm.py), for the tests that need the
+whole platform on a Swarm: the .env, `make` against the manager's engine, and
+`swarm_stack_up`, a cluster with the platform up on it.
+
+The images reach the nodes with `docker save | docker load` (no registry) unless a test
+brings them another way: the hub and proxy images to the manager, the workspace image
+(TensorFlow, JupyterLab) to every node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import subprocess
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from labhub.contract import container_prefix
+from stacks import HTTPS_PORT, STACK, VERSION, Stack, users_network_for
+from swarm import Node, Swarm, run
+
+from testsupport.images import REPO
+
+HUB_IMAGE = f"labhub/hub:{VERSION}"
+PROXY_IMAGE = f"labhub/proxy:{VERSION}"
+WORKSPACE_IMAGE = f"labhub/workspace:{VERSION}"
+PREFIX = container_prefix(STACK)
+
+
+def swarm_env(
+    workdir: Path,
+    manager_address: str,
+    ports: tuple[int, int] = (HTTPS_PORT, HTTPS_PORT - 363),
+    extra: Mapping[str, str] = {},
+) -> Path:
+    """A test stack's .env (tests/stacks.py's launched_stack) for ENGINE=swarm, nginx on the
+    manager's address, on `ports` (HTTPS, HTTP); `extra` adds or overrides variables."""
+    certs = workdir / "certs"
+    certs.mkdir()
+    values = {
+        "ENGINE": "swarm",
+        "STACK_NAME": STACK,
+        "DOCKER_NETWORK": STACK,
+        "DOMAIN": "localhost",
+        # The certificate names the address this host reaches nginx at.
+        "LAN_ADDRESSES": manager_address,
+        "BIND_ADDRESS": manager_address,
+        "HTTPS_PORT": str(ports[0]),
+        "HTTP_PORT": str(ports[1]),
+        "CERTS_DIR": str(certs),
+        "LABHUB_VERSION": VERSION,
+        "TENSORFLOW_PACKAGE": "tensorflow-cpu==2.21.0",
+        "ADMIN_USERS": "admin",
+        "USER_MEM_LIMIT": "3G",
+        # Refused with ENGINE=swarm (labhub check-settings), on by default.
+        "NAMED_SERVERS": "0",
+        # Swarm mode has no egress rules of its own yet; the test nodes have no route out.
+        "USER_INTERNET": "false",
+        # Compose's single-host file still names them, though Swarm mode does not use them.
+        **users_network_for(HTTPS_PORT),
+        "LOGIN_RATE_LIMIT": "100000",
+        **extra,
+    }
+    env_file = workdir / ".env"
+    env_file.write_text("".join(f"{key}={value}\n" for key, value in values.items()))
+    return env_file
+
+
+def make(
+    target: str, env_file: Path, docker_host: str, *args: str, timeout: float = 1800
+) -> subprocess.CompletedProcess[str]:
+    """`make TARGET` in this checkout, as an admin runs it, against the engine `docker_host`."""
+    return subprocess.run(
+        ["make", "--no-print-directory", target, f"ENV_FILE={env_file}", *args],
+        cwd=REPO, text=True, capture_output=True, timeout=timeout, check=False,
+        env={**os.environ, "DOCKER_HOST": docker_host},
+    )  # fmt: skip
+
+
+def reach_from_the_host(swarm: Swarm) -> None:
+    """Give this host the first address of the cluster's subnet on its bridge, so that it
+    reaches the manager as a browser on the LAN would (removed with the bridge)."""
+    subnet = ipaddress.ip_interface(f"{swarm.manager.address}/{swarm.prefix}").network
+    run("ip", "addr", "add", f"{next(subnet.hosts())}/{swarm.prefix}", "dev", swarm.bridge)
+
+
+@dataclass
+class SwarmStack:
+    swarm: Swarm
+    stack: Stack
+    env_file: Path
+    docker_host: str
+
+    @property
+    def manager(self) -> Node:
+        return self.swarm.manager
+
+    def make(self, target: str) -> subprocess.CompletedProcess[str]:
+        return make(target, self.env_file, self.docker_host)
+
+    def node(self, node_id: str) -> Node:
+        return next(node for node in self.swarm.nodes if node.node_id == node_id)
+
+
+@contextlib.contextmanager
+def swarm_stack_up(
+    workdir: Path,
+    size: int = 2,
+    extra: Mapping[str, str] = {},
+    images: Sequence[str] = (WORKSPACE_IMAGE,),
+    manager_images: Sequence[str] = (HUB_IMAGE, PROXY_IMAGE),
+) -> Iterator[SwarmStack]:
+    """A `size`-engine test cluster with the platform up on it by `make up BUILD=no` (the
+    images loaded, `extra` in its .env); `make down` and the cluster removed after. The
+    hub's, CHP's and the proxy's last log lines are printed, for a failing test."""
+    started = time.monotonic()
+    with Swarm(size, images=list(images), manager_images=list(manager_images)) as swarm:
+        print(f"cluster with the images: {time.monotonic() - started:.0f} s")
+        reach_from_the_host(swarm)
+        env_file = swarm_env(workdir, swarm.manager.address, extra=extra)
+        running = SwarmStack(
+            swarm,
+            Stack(
+                env_file,
+                workdir / "certs",
+                f"https://{swarm.manager.address}:{HTTPS_PORT}",
+                f"http://{swarm.manager.address}:{HTTPS_PORT - 363}",
+            ),
+            env_file,
+            f"unix://{swarm.manager.socket}",
+        )
+        started = time.monotonic()
+        # The images are loaded, and the nodes have no way to a registry: nothing is built.
+        up = make("up", env_file, running.docker_host, "BUILD=no")
+        print(f"make up: {time.monotonic() - started:.0f} s")
+        try:
+            assert up.returncode == 0, f"make up failed:\n{up.stdout[-4000:]}\n{up.stderr[-4000:]}"
+            yield running
+        finally:
+            for container in ("hub", "proxy-chp", "docker-proxy-1"):  # shown when a test fails
+                name = f"{STACK}-{container}"
+                logs = subprocess.run(
+                    ["docker", "-H", running.docker_host, "logs", "--tail=60", name],
+                    capture_output=True, text=True, check=False,
+                )  # fmt: skip
+                print(f"--- {container}\n{logs.stdout}{logs.stderr}")
+            running.make("down")
