@@ -19,6 +19,7 @@ from labhub.gpu.allocator import load_allocator
 from labhub.native import TEMPLATES as HUB_TEMPLATES
 from labhub.settings import Settings, SettingsError, check_files, settings_environment
 from labhub.spawner import spawner_config
+from labhub.swarmgpu import swarm_gpu_spawner_config
 from labhub.swarmspawner import swarm_spawner_config
 
 try:
@@ -90,8 +91,13 @@ c.JupyterHub.template_paths = [HUB_TEMPLATES]
 if settings.engine == "swarm":
     # ENGINE=swarm (docs/scale-out.md): each user's server a Swarm service on their home's
     # node, through the Docker proxy in front of the manager (PROXY_POLICY=swarm).
-    c.JupyterHub.spawner_class = "labhub.swarmspawner.LabSwarmSpawner"
-    c.LabSwarmSpawner.update(swarm_spawner_config(settings))
+    if gpu_allocator.inventory:
+        # GPUs across nodes (labhub.swarmgpu): the allocator picks node and device.
+        c.JupyterHub.spawner_class = "labhub.swarmgpu.LabSwarmGpuSpawner"
+        c.LabSwarmGpuSpawner.update(swarm_gpu_spawner_config(settings, gpu_allocator))
+    else:
+        c.JupyterHub.spawner_class = "labhub.swarmspawner.LabSwarmSpawner"
+        c.LabSwarmSpawner.update(swarm_spawner_config(settings))
     # Users' servers reach the hub by its container name (compose/swarm.yml), on whichever
     # overlay network they share with it; the spawner connects these two to a user's network.
     if not (settings.hub_container and settings.chp_container):

@@ -1499,9 +1499,6 @@ def _check_engine(values: Mapping[str, Any], problems: list[str]) -> None:
     if values.get("engine") != "swarm":
         return
     missing = {
-        "GPU_INVENTORY": values.get("gpu_inventory", "none") != "none"
-        and "GPUs across nodes: the scheduler exists (labhub.swarmgpu), `make up` does not "
-        "wire it yet (set GPU_INVENTORY=none)",
         "DATASETS": values.get("datasets_source")
         and "shared datasets on the nodes (leave DATASETS empty)",
         "QUOTA_ROOT": values.get("quota_root")
@@ -1516,6 +1513,20 @@ def _check_engine(values: Mapping[str, Any], problems: list[str]) -> None:
     for name, what in missing.items():
         if what:
             problems.append(f"{name} is not available with ENGINE=swarm yet: {what}")
+    _check_swarm_gpu_db(values, problems)
+
+
+def _check_swarm_gpu_db(values: Mapping[str, Any], problems: list[str]) -> None:
+    """ENGINE=swarm with GPUs: the Docker proxy checks each GPU service against the record,
+    through a read-only mount of the hub's data volume (compose/swarm.yml): it must be there."""
+    gpu_db, data_dir = values.get("gpu_db", ""), values.get("data_dir", "")
+    in_volume = Path(data_dir) in Path(gpu_db).parents
+    if values.get("gpu_inventory", "none") != "none" and not in_volume:
+        problems.append(
+            f"GPU_DB={gpu_db}: with ENGINE=swarm and GPUs the record must be in the hub's data "
+            f"volume ({data_dir}), which the Docker proxy reads: leave GPU_DB unset or put it "
+            f"under {data_dir}"
+        )
 
 
 def _check_registry(values: Mapping[str, Any], problems: list[str]) -> None:

@@ -28,7 +28,6 @@ def test_an_unknown_engine_is_refused_with_the_choices() -> None:
 
 
 SWARM_GAPS = [
-    ("GPU_INVENTORY", "auto", "GPUs across nodes"),
     ("DATASETS", '[{"name": "mnist", "source": "/srv/datasets/mnist"}]', "shared datasets"),
     ("QUOTA_ROOT", "/srv/homes", "disk quotas"),
     ("NAMED_SERVERS", "2", "named servers"),

@@ -244,6 +244,9 @@ def load_allocator(settings: Settings) -> GpuAllocator:
         )
     if problems or store is None:
         raise SettingsError(problems)
+    if settings.engine == "swarm" and inventory:
+        # The Docker proxy reads the record through a read-only mount (labhub.dockerproxy).
+        store.hold_open()
     return GpuAllocator(
         inventory=inventory,
         profiles=profiles,

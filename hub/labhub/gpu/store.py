@@ -142,6 +142,13 @@ class Store:
         conn.row_factory = sqlite3.Row
         return conn
 
+    def hold_open(self) -> None:
+        """Keep one connection open for this store's life. While one is open SQLite keeps the
+        record's -wal and -shm files, without which a reader on a read-only mount of its
+        folder (the Swarm Docker proxy's GPU_DB) cannot open it at all."""
+        self._held = self._connect()
+        self._held.execute("SELECT 1 FROM allocations LIMIT 1").fetchall()
+
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         conn = self._connect()
