@@ -59,14 +59,27 @@ class Node:
         return run("docker", "-H", f"unix://{self.socket}", *args, check=check, timeout=timeout)
 
 
+def _other_clusters_networks() -> list[ipaddress.IPv4Network]:
+    """The networks of other test clusters' nodes, which leave no route on the host (until
+    a test gives the host an address there): read in each node's network namespace."""
+    namespaces = [line.split()[0] for line in run("ip", "netns", "list").splitlines() if line]
+    return [
+        ipaddress.IPv4Network(word, strict=False)
+        for name in namespaces
+        if name.startswith("lhsw")
+        for word in run("nsenter", f"--net=/run/netns/{name}", "ip", "-4", "-o", "addr").split()
+        if "/" in word and word[0].isdigit()
+    ]
+
+
 def _free_subnet() -> ipaddress.IPv4Network:
-    """A /24 of ADDRESS_RANGE that no host route or address uses."""
+    """A /24 of ADDRESS_RANGE that no host route or address, and no other test cluster, uses."""
     used = [
         ipaddress.IPv4Network(word, strict=False)
         for line in run("ip", "-4", "route", "show", "table", "all").splitlines()
         for word in line.split()[:1]
         if word[0].isdigit()
-    ]
+    ] + _other_clusters_networks()
     for candidate in ADDRESS_RANGE.subnets(new_prefix=24):
         if not any(candidate.overlaps(network) for network in used):
             return candidate
