@@ -94,9 +94,11 @@ def nvidia_driver_missing() -> str | None:
 class Admin:
     """The hub's and the GPU service's REST APIs with an admin token."""
 
-    def __init__(self, stack: Stack) -> None:
+    def __init__(self, stack: Stack, token: str = "") -> None:
+        """`token`: an admin's token got elsewhere (e.g. with a login not following the
+        hub's redirects); by default one from logging in as admin."""
         self.stack = stack
-        self.token = stack.login("admin").new_token("admin")
+        self.token = token or stack.login("admin").new_token("admin")
         self.http = requests.Session()
         self.http.trust_env = False
         self.http.verify = stack.ca_file

@@ -1,0 +1,155 @@
+"""GPUs through `make up` with ENGINE=swarm: a student's GPU server on the device's node.
+
+On a two-engine test cluster (tests/swarmstack.py) whose engines run the stand-in NVIDIA
+runtime as their default (tests/fake-gpu, as tests/test_swarm_gpus.py), `make up` with a
+GPU_INVENTORY file naming the worker's node ID for its one GPU (id 1) wires
+LabSwarmGpuSpawner into the hub and gives the Docker proxy the hub's GPU record read-only.
+A student logs in through nginx over TLS and picks the GPU profile on the spawn form: the
+task runs on the worker and sees exactly `/dev/nvidia1`; the admin's api/devices shows the
+booking on that node; a second student asking for a GPU is told all are busy; a stop frees
+it. Without this wiring `make up` stops at check-settings (GPU_INVENTORY refused).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from gpustack import Admin
+from stacks import STACK, USERS_CREATED, Stack
+from swarm import Swarm
+from swarmlab import wait_for_running_task
+from swarmstack import PREFIX, SwarmStack, swarm_stack_up
+
+from testsupport.waiting import wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
+
+RUNTIME = Path(__file__).parent / "fake-gpu" / "nvidia-container-runtime"
+# The one GPU, on the worker: a server that gets it runs away from the hub's node.
+DEVICE_ID = "1"
+PROFILES = {
+    "profiles": [
+        {"slug": "cpu", "display_name": "CPU only", "cpu_limit": 1, "mem_limit": "2G"},
+        # Within the test nodes' two cores (a task asking more than a node has fails).
+        {"slug": "gpu-1", "display_name": "One whole GPU", "gpu": 1, "cpu_limit": 1,
+         "mem_limit": "3G"},
+    ]
+}  # fmt: skip
+
+
+def gpu_files(folder: Path, swarm: Swarm) -> dict[str, str]:
+    """GPU_CONFIG_DIR with the inventory (the worker's node ID: all nodes share a hostname)
+    and the profiles, readable by the hub; the .env lines that name them."""
+    worker = swarm.workers[0].node_id
+    inventory = {
+        "devices": [{"id": DEVICE_ID, "model": "Fake A100", "memory_mib": 40960, "node": worker}]
+    }
+    (folder / "gpus.json").write_text(json.dumps(inventory))
+    (folder / "profiles.json").write_text(json.dumps(PROFILES))
+    folder.chmod(0o755)
+    for name in ("gpus.json", "profiles.json"):
+        (folder / name).chmod(0o644)
+    return {
+        "GPU_CONFIG_DIR": str(folder),
+        "GPU_INVENTORY": "/srv/labhub/gpus.json",
+        "GPU_PROFILES": "/srv/labhub/profiles.json",
+    }
+
+
+@pytest.fixture(scope="module")
+def gpu_swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SwarmStack]:
+    config = tmp_path_factory.mktemp("gpu-config")
+    runtime = ["--add-runtime", f"nvidia={RUNTIME}", "--default-runtime", "nvidia"]
+    with swarm_stack_up(
+        tmp_path_factory.mktemp("swarm-gpu-stack"),
+        dockerd_args=runtime,
+        extra_for=lambda swarm: gpu_files(config, swarm),
+    ) as running:
+        yield running
+
+
+def token_of(stack: Stack, user: str) -> str:
+    """A token of `user`, logged in without following the hub's redirects (they name
+    DOMAIN, localhost, not the manager this host reaches nginx at)."""
+    client = stack.client()
+    login = client.login(user, stack.ensure_account(user), follow=False)
+    assert login.status_code == 302 and client.logged_in, login.text[:300]
+    return client.new_token(user)
+
+
+def devices_in_task(swarm_stack: SwarmStack, node_id: str, service: str) -> list[str]:
+    """The /dev/nvidia* device nodes the service's task sees, on its node."""
+    node = swarm_stack.node(node_id)
+    [container] = node.docker(
+        "ps", "-q", "--filter", f"label=com.docker.swarm.service.name={service}"
+    ).split()
+    listing = node.docker("exec", container, "sh", "-c", "ls /dev | grep '^nvidia' || true")
+    return sorted(listing.split())
+
+
+def test_a_student_picks_a_gpu_on_the_form_and_runs_on_its_node_with_exactly_that_device(
+    gpu_swarm: SwarmStack,
+) -> None:
+    stack, worker = gpu_swarm.stack, gpu_swarm.swarm.workers[0].node_id
+    admin = Admin(stack, token_of(stack, "admin"))
+    first, second = "gpuann", "gpubob"
+    USERS_CREATED.extend((first, second))
+    client = stack.client()
+    login = client.login(first, stack.ensure_account(first), follow=False)
+    assert login.status_code == 302 and client.logged_in, login.text[:300]
+    # The spawn page offers the GPU profile with the cluster's free devices.
+    page = client.session.get(stack.base_url + "/hub/spawn", allow_redirects=False, timeout=60)
+    assert page.status_code == 200 and "One whole GPU" in page.text, page.text[:500]
+    assert "(1 free now)" in page.text
+    form = client.session.post(
+        stack.base_url + f"/hub/spawn/{first}",
+        data={"profile": "gpu-1", "_xsrf": client.xsrf()},
+        allow_redirects=False,
+        timeout=120,
+    )
+    assert form.status_code == 302, form.text[:500]
+    admin.wait(first, ready=True, timeout=600)
+
+    # The task runs on the device's node (not the hub's) and sees exactly its device.
+    service = f"{PREFIX}-{first}"
+    assert wait_for_running_task(gpu_swarm.swarm, service) == worker
+    assert devices_in_task(gpu_swarm, worker, service) == [f"nvidia{DEVICE_ID}"]
+    # The admin's view: the booking, with its node.
+    [device] = admin.gpus("GET", "devices").json()["devices"]
+    assert device["node"] == worker, device
+    assert [h["holder"] for h in device["holders"]] == [first], device
+
+    # A second student asking for a GPU while the only one is taken: busy, no server.
+    other = stack.client()
+    assert other.login(second, stack.ensure_account(second), follow=False).status_code == 302
+    refused = other.api("POST", f"/users/{second}/server", json={"profile": "gpu-1"})
+    if refused.status_code in (201, 202):  # a slow spawn: the hub answers, then it fails
+        wait_until(lambda: admin.server(second) is None, 120, f"{second}'s spawn to fail")
+        message = admin.last_progress(second)
+    else:
+        message = refused.text
+    assert "busy" in message, (refused.status_code, message)
+    assert admin.holders() == {f"{DEVICE_ID}@{worker}": [first]}
+
+    # A stop frees the device: the second student gets it, on the worker.
+    admin.stop(first)
+    assert admin.holders() == {f"{DEVICE_ID}@{worker}": []}
+    assert admin.spawn(second, "gpu-1").status_code in (201, 202)
+    admin.wait(second, ready=True, timeout=600)
+    assert wait_for_running_task(gpu_swarm.swarm, f"{PREFIX}-{second}") == worker
+    admin.stop(second)
+
+
+def test_the_proxy_reads_current_bookings_from_a_read_only_mount_of_the_record(
+    gpu_swarm: SwarmStack,
+) -> None:
+    """The Docker proxy mounts the hub's data volume read-only and is given GPU_DB; that it
+    reads the current bookings there is the test above: it creates each GPU service only
+    when the record books its devices for its holder (labhub.dockerproxy.verify_gpu_claim)."""
+    proxy = json.loads(gpu_swarm.manager.docker("inspect", f"{STACK}-docker-proxy-1"))[0]
+    [record] = [m for m in proxy["Mounts"] if m["Destination"] == "/srv/jupyterhub"]
+    assert record["RW"] is False
+    assert "GPU_DB=/srv/jupyterhub/gpu.sqlite" in proxy["Config"]["Env"]
