@@ -21,7 +21,11 @@ MONITORING_PROFILE = $(if $(filter true,$(shell printf '%s' '$(call env_value,MO
 # The engine socket the Docker proxies hold: the one DOCKER_HOST names, if it names one
 # (the manager of a test cluster on this machine), else the usual one.
 ENGINE_SOCKET = $(or $(patsubst unix://%,%,$(filter unix://%,$(DOCKER_HOST))),/var/run/docker.sock)
-COMPOSE = ENGINE_SOCKET=$(ENGINE_SOCKET) LABHUB_ENV_FILE=$(abspath $(ENV_FILE)) docker compose $(COMPOSE_FILES) --env-file $(ENV_FILE) $(MONITORING_PROFILE)
+# ENGINE=swarm with REGISTRY: the users' images by the digests `make push` recorded
+# (PUSHED_IMAGES, below), which compose gives the hub and the Docker proxy.
+PINNED = $(and $(SWARM),$(call env_value,REGISTRY))
+COMPOSE = ENGINE_SOCKET=$(ENGINE_SOCKET) LABHUB_ENV_FILE=$(abspath $(ENV_FILE)) docker compose $(COMPOSE_FILES) --env-file $(ENV_FILE) \
+  $(if $(PINNED),$(addprefix --env-file ,$(wildcard $(PUSHED_IMAGES)))) $(MONITORING_PROFILE)
 VENV := .venv
 PY := $(VENV)/bin/python
 # Read a value from .env (after `make env`), falling back to .env.example. The last line
@@ -31,7 +35,8 @@ WORKSPACE_IMAGE = labhub/workspace:$(call env_value,LABHUB_VERSION)
 # The PyTorch workspace images WORKSPACE_IMAGES lists (labhub/workspace-torch:<tag>): built
 # only when offered, as its CUDA wheels are some GBs that a lab without it need not fetch.
 comma := ,
-TORCH_IMAGES = $(filter labhub/workspace-torch:%,$(subst $(comma), ,$(call env_value,WORKSPACE_IMAGES)))
+USERS_IMAGES = $(WORKSPACE_IMAGE) $(subst $(comma), ,$(call env_value,WORKSPACE_IMAGES))
+TORCH_IMAGES = $(filter labhub/workspace-torch:%,$(USERS_IMAGES))
 
 .PHONY: help
 help: ## List the targets
@@ -79,19 +84,27 @@ build: env base-image ## Build the hub, proxy and workspace images
 	  --build-arg KERAS_BACKEND=torch --build-arg KERNEL_NAME=pytorch \
 	  --build-arg KERNEL_DISPLAY_NAME=PyTorch -t $(image) . &&) true
 
-# ENGINE=swarm: the nodes pull the users' image from REGISTRY by the digest recorded here
-# (docs/scale-out.md, "Images"). Without REGISTRY nothing changes: images stay local.
+# ENGINE=swarm: the nodes pull the users' images (the workspace image, WORKSPACE_IMAGES)
+# from REGISTRY by the digests recorded here (docs/scale-out.md, "Images"). Without
+# REGISTRY nothing changes: images stay local.
 PUSHED_IMAGES ?= pushed-images.env
 
 .PHONY: push
-push: ## Push the workspace image to REGISTRY and record its digest (after make build)
-	@REGISTRY=$(call env_value,REGISTRY) scripts/push-images.sh $(WORKSPACE_IMAGE) $(PUSHED_IMAGES)
+push: ## Push the users' images to REGISTRY and record their digests (after make build)
+	@REGISTRY=$(call env_value,REGISTRY) scripts/push-images.sh $(PUSHED_IMAGES) $(USERS_IMAGES)
+
+# ENGINE=swarm with REGISTRY: make up stops unless every users' image here is the one
+# make push recorded (pushed, and not built again since).
+.PHONY: pushed-images
+pushed-images: env
+	@$(if $(PINNED),scripts/push-images.sh --check $(PUSHED_IMAGES) $(USERS_IMAGES))
 
 .PHONY: up
-up: preflight env swarm-manager stack-owner certs $(if $(filter no,$(BUILD)),,build) ## Set everything up and start the platform
+up: preflight env swarm-manager stack-owner certs $(if $(filter no,$(BUILD)),,build) pushed-images ## Set everything up and start the platform
 	@# Settings are checked before anything starts: a wrong value is listed with its fix.
 	@# GPU_CONFIG_DIR is mounted as for the hub: DATASETS may name a file in it.
 	@docker run --rm --network none --env-file $(ENV_FILE) \
+	  $(if $(PINNED),--env-file $(PUSHED_IMAGES) -e WORKSPACE_IMAGE=$(WORKSPACE_IMAGE)) \
 	  $(if $(call env_value,GPU_CONFIG_DIR),-v $(call env_value,GPU_CONFIG_DIR):/srv/labhub:ro) \
 	  labhub/hub:$(call env_value,LABHUB_VERSION) \
 	  labhub check-settings || \

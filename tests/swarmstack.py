@@ -4,14 +4,17 @@ whole platform on a Swarm: the .env, `make` against the manager's engine, and
 
 The images reach the nodes with `docker save | docker load` (no registry) unless a test
 brings them another way: the hub and proxy images to the manager, the workspace image
-(TensorFlow, JupyterLab) to every node.
+(TensorFlow, JupyterLab) to every node. With `registry`, Debian's docker-registry runs in
+the manager's network namespace (`start_registry`) and the nodes pull from it what they lack.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -23,6 +26,7 @@ from stacks import HTTPS_PORT, STACK, VERSION, Stack, users_network_for
 from swarm import Node, Swarm, run
 
 from testsupport.images import REPO
+from testsupport.waiting import wait_until
 
 HUB_IMAGE = f"labhub/hub:{VERSION}"
 PROXY_IMAGE = f"labhub/proxy:{VERSION}"
@@ -93,13 +97,17 @@ class SwarmStack:
     stack: Stack
     env_file: Path
     docker_host: str
+    # make's arguments for this stack (the record of `make push`, with a registry).
+    make_args: tuple[str, ...] = ()
+    # The test registry's log (its access log too), with a registry.
+    registry_log: Path | None = None
 
     @property
     def manager(self) -> Node:
         return self.swarm.manager
 
     def make(self, target: str) -> subprocess.CompletedProcess[str]:
-        return make(target, self.env_file, self.docker_host)
+        return make(target, self.env_file, self.docker_host, *self.make_args)
 
     def node(self, node_id: str) -> Node:
         return next(node for node in self.swarm.nodes if node.node_id == node_id)
@@ -114,18 +122,35 @@ def swarm_stack_up(
     manager_images: Sequence[str] = (HUB_IMAGE, PROXY_IMAGE),
     dockerd_args: Sequence[str] = (),
     extra_for: Callable[[Swarm], Mapping[str, str]] = lambda swarm: {},
+    registry: bool = False,
 ) -> Iterator[SwarmStack]:
     """A `size`-engine test cluster with the platform up on it by `make up BUILD=no` (the
     images loaded, `extra` in its .env, and what `extra_for` makes of the cluster, e.g. an
     inventory naming node IDs; `dockerd_args` for every node's engine); `make down` and the
     cluster removed after. The hub's, CHP's and the proxy's last log lines are printed, for
-    a failing test."""
+    a failing test.
+
+    With `registry`: a registry in the manager's namespace that every engine pulls from,
+    REGISTRY=<it>/labhub in the .env, and the real `make push` (from the manager, which then
+    needs the users' images in `manager_images`) before `make up`."""
     started = time.monotonic()
-    with Swarm(
-        size, images=list(images), manager_images=list(manager_images), dockerd_args=dockerd_args
-    ) as swarm:
+    with (
+        Swarm(
+            size, images=list(images), manager_images=list(manager_images),
+            insecure_registry=registry, dockerd_args=dockerd_args,
+        ) as swarm,
+        contextlib.ExitStack() as cleanup,
+    ):  # fmt: skip
         print(f"cluster with the images: {time.monotonic() - started:.0f} s")
         reach_from_the_host(swarm)
+        registry_log, make_args = None, ()
+        if registry:
+            registry_root = workdir / "registry"
+            registry_root.mkdir()
+            cleanup.callback(stop_registry, start_registry(swarm, registry_root))
+            registry_log = registry_root / "registry.log"
+            extra = {**extra, "REGISTRY": f"{swarm.registry}/labhub"}
+            make_args = (f"PUSHED_IMAGES={workdir / 'pushed-images.env'}",)
         env_file = swarm_env(workdir, swarm.manager.address, extra={**extra, **extra_for(swarm)})
         running = SwarmStack(
             swarm,
@@ -137,10 +162,17 @@ def swarm_stack_up(
             ),
             env_file,
             f"unix://{swarm.manager.socket}",
+            make_args,
+            registry_log,
         )
+        if registry:
+            started = time.monotonic()
+            pushed = running.make("push")
+            print(f"make push: {time.monotonic() - started:.0f} s")
+            assert pushed.returncode == 0, pushed.stdout[-4000:] + pushed.stderr[-4000:]
         started = time.monotonic()
         # The images are loaded, and the nodes have no way to a registry: nothing is built.
-        up = make("up", env_file, running.docker_host, "BUILD=no")
+        up = make("up", env_file, running.docker_host, "BUILD=no", *make_args)
         print(f"make up: {time.monotonic() - started:.0f} s")
         try:
             assert up.returncode == 0, f"make up failed:\n{up.stdout[-4000:]}\n{up.stderr[-4000:]}"
@@ -154,3 +186,41 @@ def swarm_stack_up(
                 )  # fmt: skip
                 print(f"--- {container}\n{logs.stdout}{logs.stderr}")
             running.make("down")
+            if registry_log is not None:
+                print(registry_log.read_text()[-3000:])
+
+
+def start_registry(swarm: Swarm, root: Path) -> subprocess.Popen[bytes]:
+    """Debian's docker-registry on the manager's address, storage under `root`."""
+    config = root / "config.yml"
+    config.write_text(
+        json.dumps(  # YAML is a superset of JSON
+            {
+                "version": 0.1,
+                "log": {"level": "info", "accesslog": {"disabled": False}},
+                "storage": {"filesystem": {"rootdirectory": str(root / "data")}},
+                "http": {"addr": swarm.registry},
+            }
+        )
+    )
+    log = (root / "registry.log").open("ab")
+    process = subprocess.Popen(
+        ["nsenter", f"--net=/run/netns/{swarm.manager.name}", "docker-registry", "serve",
+         str(config)],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+
+    def answers() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"docker-registry exited:\n{(root / 'registry.log').read_text()}")
+        probe = ("curl", "--silent", "--fail", f"http://{swarm.registry}/v2/")
+        return bool(run("nsenter", f"--net=/run/netns/{swarm.manager.name}", *probe, check=False))
+
+    wait_until(answers, 30, "the test registry to answer", interval=0.2)
+    return process
+
+
+def stop_registry(process: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    process.wait(timeout=30)

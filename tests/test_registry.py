@@ -16,11 +16,9 @@ engine of this machine included. A lab uses TLS with its CA (docs/scale-out.md, 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import re
-import signal
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -46,6 +44,7 @@ from swarmlab import (
     swarm_proxy,
     wait_for_running_task,
 )
+from swarmstack import start_registry, stop_registry
 from tornado import web
 
 from testsupport.dockerproxy import raw_request
@@ -230,42 +229,6 @@ class RegistryCluster:
         return spawner
 
 
-def start_registry(swarm: Swarm, root: Path) -> subprocess.Popen[bytes]:
-    """Debian's docker-registry on the manager's address, storage under `root`."""
-    config = root / "config.yml"
-    config.write_text(
-        json.dumps(  # YAML is a superset of JSON
-            {
-                "version": 0.1,
-                "log": {"level": "info", "accesslog": {"disabled": False}},
-                "storage": {"filesystem": {"rootdirectory": str(root / "data")}},
-                "http": {"addr": swarm.registry},
-            }
-        )
-    )
-    log = (root / "registry.log").open("ab")
-    process = subprocess.Popen(
-        ["nsenter", f"--net=/run/netns/{swarm.manager.name}", "docker-registry", "serve",
-         str(config)],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-
-    def answers() -> bool:
-        if process.poll() is not None:
-            raise RuntimeError(f"docker-registry exited:\n{(root / 'registry.log').read_text()}")
-        probe = ("curl", "--silent", "--fail", f"http://{swarm.registry}/v2/")
-        return bool(run("nsenter", f"--net=/run/netns/{swarm.manager.name}", *probe, check=False))
-
-    wait_until(answers, 30, "the test registry to answer", interval=0.2)
-    return process
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    process.wait(timeout=30)
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryCluster]:
     """Two engines; a registry on the manager; the base image built (loaded) on the manager
@@ -287,7 +250,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryCluste
                 env={**os.environ, "DOCKER_HOST": f"unix://{manager.socket}"},
             )  # fmt: skip
             assert pushed.returncode == 0, pushed.stdout + pushed.stderr
-            [pinned] = re.findall(r"(?m)^WORKSPACE_IMAGE=(\S+)$", record.read_text())
+            [pinned] = re.findall(
+                rf"(?m)^IMAGE_DIGESTS=labhub/workspace:{VERSION}=(\S+)$", record.read_text()
+            )
             manager.docker("network", "create", "--driver", "overlay", "--attachable", NETWORK)
             with (
                 swarm_proxy(
@@ -299,7 +264,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryCluste
                     swarm, registry_setting, root / "registry.log", pinned, port, registry
                 )
         finally:
-            stop(registry)
+            stop_registry(registry)
             print((root / "registry.log").read_text()[-3000:])  # shown when a test fails
     assert not list(STATE_ROOT.glob(f"{swarm.bridge}-*"))
 
@@ -411,7 +376,7 @@ def test_a_registry_that_is_down_stops_only_spawns_on_nodes_without_the_image(
 ) -> None:
     service = f"{container_prefix(NETWORK)}-carol"
     assert cluster.process is not None
-    stop(cluster.process)
+    stop_registry(cluster.process)
     # The worker pulled the image before: it runs without the registry.
     spawner = run_server(cluster, "carol", cluster.worker.node_id)
     asyncio.run(spawner.stop())

@@ -71,7 +71,7 @@ from .dockerpolicy import (
 )
 from .gpu.store import booked_devices
 from .hometar import BadHomeArchive, rewrite
-from .registry import check_pinned
+from .registry import check_pinned, image_digests
 from .settings import names
 
 log = logging.getLogger("labhub.dockerproxy")
@@ -448,7 +448,8 @@ async def handle(
 
 def policy_from_env(env: dict[str, str]) -> Check:
     """PROXY_POLICY=hub (default: ALLOWED_IMAGES, DOCKER_NETWORK, DATASETS, QUOTA_ROOT), swarm
-    (the hub in front of a Swarm manager: ALLOWED_IMAGES, DOCKER_NETWORK), node (in front of
+    (the hub in front of a Swarm manager: ALLOWED_IMAGES, DOCKER_NETWORK, with REGISTRY their
+    IMAGE_DIGESTS), node (in front of
     each Swarm node's engine, for home moves: ALLOWED_IMAGES, DOCKER_NETWORK), frontend
     (NGINX_PROXY_CONTAINER) or metrics (DOCKER_NETWORK): which client this proxy serves."""
     kind = env.get("PROXY_POLICY", "hub")
@@ -489,7 +490,7 @@ def policy_from_env(env: dict[str, str]) -> Check:
                     f"dockerproxy: {unsupported} is not supported with PROXY_POLICY=swarm yet: "
                     "leave it empty (docs/scale-out.md)"
                 )
-        _check_pinned_images(env.get("REGISTRY", ""), images)
+        images = _pinned_images(env, images)
         swarm = Policy(allowed_images=images, network=network, frontend_containers=_frontends(env))
         return lambda method, target, body: check_swarm_request(swarm, method, target, body)
     try:
@@ -505,16 +506,24 @@ def policy_from_env(env: dict[str, str]) -> Check:
     return lambda method, target, body: check_request(policy, method, target, body)
 
 
-def _check_pinned_images(registry: str, images: frozenset[str]) -> None:
+def _pinned_images(env: dict[str, str], images: frozenset[str]) -> frozenset[str]:
     """With REGISTRY, the proxy of a Swarm manager admits that registry's digest references
-    only (what `make push` recorded): a tag could be pointed at other bytes."""
+    only: each of ALLOWED_IMAGES as `make push` recorded it (IMAGE_DIGESTS), since a tag
+    could be pointed at other bytes."""
+    registry = env.get("REGISTRY", "")
     if not registry:
-        return
-    for image in sorted(images):
+        return images
+    try:
+        digests = image_digests(env.get("IMAGE_DIGESTS", ""))
+    except ValueError as error:
+        raise SystemExit(f"dockerproxy: IMAGE_DIGESTS {error}") from None
+    pinned = frozenset(digests.get(image, image) for image in images)
+    for image in sorted(pinned):
         try:
             check_pinned(registry, image)
         except ValueError as error:
             raise SystemExit(f"dockerproxy: ALLOWED_IMAGES holds {error}") from None
+    return pinned
 
 
 def _frontends(env: dict[str, str]) -> frozenset[str]:

@@ -1,11 +1,12 @@
 """Images through a registry: what a digest reference is, and where `make push` puts them.
 
-In Swarm mode each node pulls the users' image from a registry on the LAN (REGISTRY).
-`make push` (scripts/push-images.sh) pushes the workspace image to
-`<REGISTRY>/workspace:<version>` and records what the registry answered, the immutable
-`<REGISTRY>/workspace@sha256:<digest>`, as WORKSPACE_IMAGE in its record file. The hub
-creates services with that reference only and the Docker proxy allows that reference
-only: a tag can be moved in the registry to other bytes, a digest cannot.
+In Swarm mode each node pulls the users' images from a registry on the LAN (REGISTRY).
+`make push` (scripts/push-images.sh) pushes the workspace image and every WORKSPACE_IMAGES
+image (`labhub/workspace:<version>` to `<REGISTRY>/workspace:<version>`) and records what
+the registry answered, the immutable `<REGISTRY>/workspace@sha256:<digest>`, as
+IMAGE_DIGESTS (`<local tag>=<digest reference>`, comma separated) in its record file. The
+hub creates services with those references only and the Docker proxy allows those
+references only: a tag can be moved in the registry to other bytes, a digest cannot.
 """
 
 from __future__ import annotations
@@ -41,7 +42,22 @@ def check_pinned(registry: str, image: str) -> str:
     if match is None or not match["name"].startswith(f"{registry}/"):
         raise ValueError(
             f"{image!r} is not an image of REGISTRY={registry} by digest "
-            f"({registry}/workspace@sha256:...): run `make push`, which pushes the workspace "
-            "image and records its digest reference as WORKSPACE_IMAGE"
+            f"({registry}/workspace@sha256:...): run `make push`, which pushes the users' "
+            "images and records their digest references (IMAGE_DIGESTS in pushed-images.env)"
         )
     return image
+
+
+def image_digests(raw: str) -> dict[str, str]:
+    """IMAGE_DIGESTS, as `make push` records it: `<local tag>=<digest reference>`, comma
+    separated; empty: none."""
+    digests: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        tag, _, reference = item.partition("=")
+        if not tag or not is_digest_reference(reference):
+            raise ValueError(
+                f"holds {item!r}, which is not <image:tag>=<name>@sha256:<64 hex digits>: "
+                "run `make push`, which writes this list"
+            )
+        digests[tag] = reference
+    return digests

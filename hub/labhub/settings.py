@@ -24,7 +24,7 @@ from typing import Any
 
 from .datasets import Dataset, DatasetsError, load_datasets
 from .diskquota import DiskQuotas
-from .registry import check_pinned, registry_address
+from .registry import check_pinned, image_digests, registry_address
 
 AUTH_CHOICES = ("native", "shared-password", "github", "google", "generic", "cilogon", "ldap")
 OAUTH_CHOICES = ("github", "google", "generic", "cilogon")
@@ -1179,6 +1179,16 @@ SECTIONS: tuple[Section, ...] = (
                 "registry",
             ),
             Setting(
+                "IMAGE_DIGESTS",
+                "",
+                image_digests,
+                "ENGINE=swarm with REGISTRY: each users' image by the digest `make push` "
+                "recorded, <local tag>=<REGISTRY>/<name>@sha256:<digest>, comma separated. "
+                "Written by `make push` to pushed-images.env, which `make up` reads: do not "
+                "set it in .env. Empty: no registry.",
+                "image_digests",
+            ),
+            Setting(
                 "TRUST_HOST_CAS",
                 "true",
                 boolean,
@@ -1413,6 +1423,8 @@ class Settings:
     workspace_images: tuple[str, ...]
     # REGISTRY (labhub.registry): where Swarm nodes pull the workspace image by digest.
     registry: str
+    # IMAGE_DIGESTS (make push): each allowed image's digest reference in REGISTRY.
+    image_digests: Mapping[str, str]
     # ENGINE=swarm: the containers that reach users' servers, by name (compose/swarm.yml).
     hub_container: str | None
     chp_container: str | None
@@ -1421,6 +1433,11 @@ class Settings:
     def allowed_images(self) -> tuple[str, ...]:
         """Every image a user's server may run: the workspace image, then WORKSPACE_IMAGES."""
         return tuple(dict.fromkeys((self.workspace_image, *self.workspace_images)))
+
+    def pinned_image(self, image: str) -> str:
+        """The reference a server of `image` runs: its digest reference from `make push`
+        (IMAGE_DIGESTS, Swarm mode with REGISTRY), else `image` itself."""
+        return self.image_digests.get(image, image)
 
     @property
     def gpu_service(self) -> bool:
@@ -1530,13 +1547,24 @@ def _check_swarm_gpu_db(values: Mapping[str, Any], problems: list[str]) -> None:
 
 
 def _check_registry(values: Mapping[str, Any], problems: list[str]) -> None:
-    """ENGINE=swarm with REGISTRY: the users' image is that registry's digest reference."""
-    registry, image = values.get("registry"), values.get("workspace_image")
-    if values.get("engine") == "swarm" and registry and image:
-        try:
-            check_pinned(registry, image)
-        except ValueError as error:
-            problems.append(f"WORKSPACE_IMAGE={error}")
+    """ENGINE=swarm with REGISTRY: every users' image (the workspace image, WORKSPACE_IMAGES)
+    runs as that registry's digest reference, recorded by `make push` (IMAGE_DIGESTS)."""
+    registry, digests = values.get("registry"), values.get("image_digests") or {}
+    if values.get("engine") != "swarm" or not registry:
+        if digests:
+            problems.append(
+                "IMAGE_DIGESTS is only for ENGINE=swarm with REGISTRY (make push records it): "
+                "leave it empty"
+            )
+        return
+    images = [("WORKSPACE_IMAGE", values.get("workspace_image"))]
+    images += [("WORKSPACE_IMAGES", image) for image in values.get("workspace_images") or ()]
+    for name, image in images:
+        if image:
+            try:
+                check_pinned(registry, digests.get(image, image))
+            except ValueError as error:
+                problems.append(f"{name}={error}")
 
 
 def _check_swarm_egress(values: Mapping[str, Any], problems: list[str]) -> None:

@@ -285,7 +285,8 @@ def server_config(settings: Settings) -> dict[str, Any]:
     gpu_service = settings.gpu_service
     gpu_status = {GPU_STATUS_URL_ENV: gpu_status_url(settings)} if gpu_service else {}
     return {
-        "image": settings.workspace_image,
+        # By the digest `make push` recorded, in Swarm mode with REGISTRY (IMAGE_DIGESTS).
+        "image": settings.pinned_image(settings.workspace_image),
         # The profile picks the image (GpuSpawnerMixin, from the allow-list WORKSPACE_IMAGES);
         # a request naming one itself (user_options "image") gets DockerSpawner's 400.
         "allowed_images": {},

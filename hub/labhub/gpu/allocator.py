@@ -190,7 +190,7 @@ def _load_files(settings: Settings, problems: list[str]) -> tuple[Inventory, tup
             profiles = load_profiles(settings.gpu_profiles)
         else:
             profiles = default_profiles(inventory)
-        profiles = with_images(profiles, settings.allowed_images)
+        profiles = with_images(profiles, settings.allowed_images, settings.pinned_image)
     except (ProfileError, InventoryError, OSError) as e:
         problems.append(f"GPU_PROFILES={settings.gpu_profiles}: {e}")
     return inventory, profiles

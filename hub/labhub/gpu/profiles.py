@@ -10,7 +10,7 @@ Seams: ``GPU_PROFILES=/path/profiles.json`` -> :func:`load_profiles` (validated 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -105,9 +105,14 @@ def load_profiles(path: str | Path) -> tuple[Profile, ...]:
     return profiles
 
 
-def with_images(profiles: Iterable[Profile], allowed: Sequence[str]) -> tuple[Profile, ...]:
+def with_images(
+    profiles: Iterable[Profile],
+    allowed: Sequence[str],
+    pinned: Callable[[str], str] = lambda image: image,
+) -> tuple[Profile, ...]:
     """Each profile with its image: the one it names, which must be in ``allowed`` (the
-    workspace image first, then WORKSPACE_IMAGES), else the workspace image."""
+    workspace image first, then WORKSPACE_IMAGES), else the workspace image; then as
+    ``pinned`` gives it (its digest reference from `make push`, in Swarm mode)."""
     out = []
     for profile in profiles:
         if profile.image is not None and profile.image not in allowed:
@@ -116,7 +121,7 @@ def with_images(profiles: Iterable[Profile], allowed: Sequence[str]) -> tuple[Pr
                 f"is not on the allow-list ({', '.join(allowed)}): add it to WORKSPACE_IMAGES "
                 "in .env, or name one of those"
             )
-        out.append(replace(profile, image=profile.image or allowed[0]))
+        out.append(replace(profile, image=pinned(profile.image or allowed[0])))
     return tuple(out)
 
 
