@@ -26,6 +26,7 @@ from testsupport.images import REPO
 
 HUB_IMAGE = f"labhub/hub:{VERSION}"
 PROXY_IMAGE = f"labhub/proxy:{VERSION}"
+EGRESS_IMAGE = f"labhub/egress:{VERSION}"
 WORKSPACE_IMAGE = f"labhub/workspace:{VERSION}"
 PREFIX = container_prefix(STACK)
 
@@ -111,7 +112,7 @@ def swarm_stack_up(
     size: int = 2,
     extra: Mapping[str, str] = {},
     images: Sequence[str] = (WORKSPACE_IMAGE,),
-    manager_images: Sequence[str] = (HUB_IMAGE, PROXY_IMAGE),
+    manager_images: Sequence[str] = (HUB_IMAGE, PROXY_IMAGE, EGRESS_IMAGE),
 ) -> Iterator[SwarmStack]:
     """A `size`-engine test cluster with the platform up on it by `make up BUILD=no` (the
     images loaded, `extra` in its .env); `make down` and the cluster removed after. The
