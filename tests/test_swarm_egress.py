@@ -305,7 +305,8 @@ def cluster() -> Iterator[Cluster]:
             conf.write_text(egress_config(swarm, out))
             conf.chmod(0o644)
             manager.docker(
-                "run", "--detach", "--name", EGRESS, "--network", out,
+                "run", "--detach", "--name", EGRESS, "--network", out, "--cap-drop", "ALL",
+                "--security-opt", "no-new-privileges:true",
                 "--volume", f"{conf}:/etc/squid/squid.conf:ro", EGRESS_IMAGE,
             )  # fmt: skip
             with (

@@ -58,7 +58,6 @@ def squid_conf(rules: EgressRules) -> str:
         "# USER_EGRESS_ALLOW (labhub.egress); do not edit, run make up again.",
         f"http_port {EGRESS_PORT}",
         "cache deny all",
-        "cache_effective_user proxy",
         "pid_filename /run/squid/squid.pid",
         "access_log stdio:/dev/stdout",
         "cache_log stdio:/dev/stderr",
