@@ -65,13 +65,18 @@ base-image: env ## Pull the base image, or build it offline with debootstrap
 	@scripts/build-base-image.sh $(call env_value,BASE_IMAGE)
 
 .PHONY: build
-build: env base-image ## Build the hub, proxy and workspace images
+build: env base-image ## Build the hub, proxy, workspace and egress images
 	@TRUST_HOST_CAS=$(call env_value,TRUST_HOST_CAS) scripts/stage-extra-ca.sh
 	$(COMPOSE) build
 	docker build -f images/workspace/Dockerfile \
 	  --build-arg BASE_IMAGE=$(call env_value,BASE_IMAGE) \
 	  --build-arg FRAMEWORK_PACKAGE='$(call env_value,TENSORFLOW_PACKAGE)' \
 	  -t $(WORKSPACE_IMAGE) .
+	@# Swarm mode's egress proxy (compose/swarm.yml), small: built whatever ENGINE says, so
+	@# that the image is at hand to copy to a manager.
+	docker build -f images/egress/Dockerfile \
+	  --build-arg BASE_IMAGE=$(call env_value,BASE_IMAGE) \
+	  -t labhub/egress:$(call env_value,LABHUB_VERSION) .
 	@# The PyTorch workspace, the same Dockerfile, only when WORKSPACE_IMAGES offers it.
 	$(foreach image,$(TORCH_IMAGES),docker build -f images/workspace/Dockerfile \
 	  --build-arg BASE_IMAGE=$(call env_value,BASE_IMAGE) \
