@@ -47,6 +47,7 @@ from swarmlab import (
     swarm_proxy,
 )
 from swarmstack import EGRESS_IMAGE
+from test_compose import rendered
 
 from testsupport.dockerproxy import raw_request
 from testsupport.minimal_env import MINIMAL_ENV, NETWORK_ENV
@@ -212,6 +213,25 @@ def test_the_proxy_removes_and_disconnects_nothing_else(
 def test_a_remove_is_owner_checked_by_the_networks_labels() -> None:
     allowed = check_swarm_request(POLICY, "DELETE", f"/v1.41/networks/{ALICES}", b"")
     assert (allowed.owned_container, allowed.owned_kind) == (ALICES, "network")
+
+
+@pytest.mark.integration
+def test_make_up_starts_the_egress_proxy_as_a_frontend_of_every_users_network(
+    tmp_path: Path,
+) -> None:
+    """compose/swarm.yml as `make up` renders it: the egress container under the name the
+    hub and the Docker proxy are given, unprivileged, its rules mounted read-only, its own
+    network on EGRESS_SUBNET."""
+    services = rendered(tmp_path, "docker-compose.yml", "swarm.yml")
+    egress, hub, proxy = services["egress"], services["hub"], services["docker-proxy"]
+    name = egress["container_name"]
+    assert hub["environment"]["EGRESS_CONTAINER"] == name  # type: ignore[index]
+    assert name in proxy["environment"]["FRONTEND_CONTAINERS"].split(",")  # type: ignore[index]
+    assert egress["cap_drop"] == ["ALL"] and "no-new-privileges:true" in egress["security_opt"]  # type: ignore[operator]
+    [conf] = egress["volumes"]  # type: ignore[misc]
+    assert conf["target"] == "/etc/squid/squid.conf" and conf["read_only"]  # type: ignore[index]
+    assert conf["source"].endswith(".build/egress/squid.conf")  # type: ignore[index]
+    assert set(egress["networks"]) == {"egress"}  # type: ignore[arg-type]
 
 
 # --- On a test cluster: the real Squid, the real proxy, real engines -----------------------
