@@ -71,7 +71,7 @@ never() {
     docker network ls --quiet --filter driver=bridge \
       | xargs -r docker network inspect --format '{{range .IPAM.Config}}{{println .Subnet}}{{end}}'
   } | while read -r net; do
-    [[ -n "$net" ]] && printf -- '--never %s\n' "$net"
+    if [[ -n "$net" ]]; then printf -- '--never %s\n' "$net"; fi
   done
 }
 

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import ipaddress
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -50,6 +51,7 @@ from swarmstack import EGRESS_IMAGE
 from test_compose import rendered
 
 from testsupport.dockerproxy import raw_request
+from testsupport.images import REPO
 from testsupport.minimal_env import MINIMAL_ENV, NETWORK_ENV
 from testsupport.recording import RecordingAPIClient
 from testsupport.waiting import wait_until
@@ -291,24 +293,21 @@ def from_manager(swarm: Swarm, address: str, port: int) -> bool:
 
 
 def egress_config(swarm: Swarm, out_network: str) -> str:
-    """The egress proxy's squid.conf as `make up` writes it: USER_EGRESS_ALLOW the listed
-    address (no internet, no LAN); never the nodes, the Swarm's address pool, the
-    manager's own Docker networks."""
-    info = json.loads(swarm.manager.docker("info", "--format", "{{json .Swarm.Cluster}}"))
-    # Engine 20.10 reports no pool when `swarm init` was given none: Docker's default.
-    pool = info.get("DefaultAddrPool") or ["10.0.0.0/8"]
-    never = [*pool, *(node.address for node in swarm.nodes)]
-    for network in ("bridge", "docker_gwbridge", out_network):
-        never += swarm.manager.docker(
-            "network", "inspect", "--format", "{{range .IPAM.Config}}{{.Subnet}} {{end}}", network
-        ).split()
-    return squid_conf(
-        EgressRules(
-            internet=False, lan_access=False,
-            allow=(ipaddress.IPv4Network(LISTED),),
-            never=tuple(ipaddress.IPv4Network(n) for n in never),
-        )
-    )  # fmt: skip
+    """The egress proxy's squid.conf as `make egress-conf` writes it (the script's --never
+    list read from the manager, then `labhub egress-conf`), for USER_EGRESS_ALLOW the
+    listed address, no internet, no LAN."""
+    manager = {**os.environ, "DOCKER_HOST": f"unix://{swarm.manager.socket}"}
+    never = run("bash", "scripts/swarm-manager.sh", "never", cwd=REPO, env=manager).split()
+    settings = {**MINIMAL_ENV, **NETWORK_ENV, "USER_INTERNET": "false", "USER_EGRESS_ALLOW": LISTED}
+    conf = run(sys.executable, "-m", "labhub.cli", "egress-conf", *never,
+               env={**os.environ, **settings})  # fmt: skip
+    # The nodes, the Swarm's address pool and the manager's bridge networks are listed.
+    assert set(never[0::2]) == {"--never"}
+    subnets = swarm.manager.docker(
+        "network", "inspect", "--format", "{{range .IPAM.Config}}{{.Subnet}} {{end}}", out_network
+    ).split()
+    assert {*(node.address for node in swarm.nodes), "10.0.0.0/8", *subnets} <= set(never[1::2])
+    return conf
 
 
 @pytest.fixture(scope="module")
