@@ -70,13 +70,18 @@ base-image: env ## Pull the base image, or build it offline with debootstrap
 	@scripts/build-base-image.sh $(call env_value,BASE_IMAGE)
 
 .PHONY: build
-build: env base-image ## Build the hub, proxy and workspace images
+build: env base-image ## Build the hub, proxy, workspace and egress images
 	@TRUST_HOST_CAS=$(call env_value,TRUST_HOST_CAS) scripts/stage-extra-ca.sh
 	$(COMPOSE) build
 	docker build -f images/workspace/Dockerfile \
 	  --build-arg BASE_IMAGE=$(call env_value,BASE_IMAGE) \
 	  --build-arg FRAMEWORK_PACKAGE='$(call env_value,TENSORFLOW_PACKAGE)' \
 	  -t $(WORKSPACE_IMAGE) .
+	@# Swarm mode's egress proxy (compose/swarm.yml), small: built whatever ENGINE says, so
+	@# that the image is at hand to copy to a manager.
+	docker build -f images/egress/Dockerfile \
+	  --build-arg BASE_IMAGE=$(call env_value,BASE_IMAGE) \
+	  -t labhub/egress:$(call env_value,LABHUB_VERSION) .
 	@# The PyTorch workspace, the same Dockerfile, only when WORKSPACE_IMAGES offers it.
 	$(foreach image,$(TORCH_IMAGES),docker build -f images/workspace/Dockerfile \
 	  --build-arg BASE_IMAGE=$(call env_value,BASE_IMAGE) \
@@ -110,10 +115,22 @@ up: preflight env swarm-manager stack-owner certs $(if $(filter no,$(BUILD)),,bu
 	  labhub check-settings || \
 	  { echo "make up: fix the settings above in $(ENV_FILE), then run make up again" >&2; exit 2; }
 	@$(if $(SWARM),scripts/swarm-manager.sh network '$(call env_value,DOCKER_NETWORK)')
+	@$(if $(SWARM),$(MAKE) --no-print-directory egress-conf)
 	@$(COMPOSE) up -d --wait || { $(COMPOSE) logs --no-color --tail=40 hub >&2; \
 	  echo "make up: a service did not become healthy; the hub's last lines are above" \
 	       "(make logs SERVICE=hub for more)" >&2; exit 1; }
 	@ENV_FILE=$(ENV_FILE) scripts/print-welcome.sh
+
+# ENGINE=swarm: the egress proxy's rules (labhub.egress) from the settings and the Swarm,
+# written where compose/swarm.yml mounts them; `make up` writes them again each time.
+EGRESS_CONF = .build/egress/squid.conf
+.PHONY: egress-conf
+egress-conf: env
+	@mkdir -p $(dir $(EGRESS_CONF))
+	@docker run --rm --network none --env-file $(ENV_FILE) \
+	  labhub/hub:$(call env_value,LABHUB_VERSION) \
+	  labhub egress-conf $$(scripts/swarm-manager.sh never) > $(EGRESS_CONF).partial
+	@chmod 644 $(EGRESS_CONF).partial && mv $(EGRESS_CONF).partial $(EGRESS_CONF)
 
 # ENGINE=swarm: this engine must be a Swarm manager (checked before anything is built).
 .PHONY: swarm-manager

@@ -104,6 +104,10 @@ if settings.engine == "swarm":
         sys.exit("ENGINE=swarm: HUB_CONTAINER and CHP_CONTAINER are not set: start with make up")
     c.JupyterHub.hub_connect_url = f"http://{settings.hub_container}:8081"
     c.LabSwarmSpawner.frontend_containers = [settings.hub_container, settings.chp_container]
+    # The users' way out (labhub.egress): joined to their networks like the frontends.
+    if settings.egress_container:
+        c.LabSwarmSpawner.frontend_containers.append(settings.egress_container)
+        c.LabSwarmSpawner.egress_proxy = settings.egress_container
 else:
     c.JupyterHub.spawner_class = "labhub.spawner.LabSpawner"
     c.LabSpawner.update(spawner_config(settings, gpu_allocator))

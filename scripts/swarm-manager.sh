@@ -4,6 +4,10 @@
 #   scripts/swarm-manager.sh check                 this engine is a Swarm manager
 #   scripts/swarm-manager.sh network NAME          the lab's attachable overlay network, made if missing
 #   scripts/swarm-manager.sh remove-network NAME   removed, once the users' tasks on it are gone
+#   scripts/swarm-manager.sh never                 what the egress proxy never forwards to, as
+#                                                  --never arguments: every node's address, the
+#                                                  Swarm's overlay address pool, the manager's
+#                                                  bridge networks (its own addresses on them)
 #
 # The engine is Docker's usual one: DOCKER_HOST if set, else the local socket.
 set -euo pipefail
@@ -57,9 +61,24 @@ remove_network() {
   exit 1
 }
 
+never() {
+  local net pool
+  # Engine 20.10 reports no pool when `swarm init` was given none: Docker's default.
+  pool="$(docker info --format '{{range .Swarm.Cluster.DefaultAddrPool}}{{println .}}{{end}}')"
+  {
+    docker node ls --quiet | xargs -r docker node inspect --format '{{.Status.Addr}}'
+    echo "${pool:-10.0.0.0/8}"
+    docker network ls --quiet --filter driver=bridge \
+      | xargs -r docker network inspect --format '{{range .IPAM.Config}}{{println .Subnet}}{{end}}'
+  } | while read -r net; do
+    if [[ -n "$net" ]]; then printf -- '--never %s\n' "$net"; fi
+  done
+}
+
 case "${1:-}" in
   check) check ;;
+  never) never ;;
   network) network "${2:?usage: $0 network NAME}" ;;
   remove-network) remove_network "${2:?usage: $0 remove-network NAME}" ;;
-  *) echo "usage: $0 check | network NAME | remove-network NAME" >&2; exit 2 ;;
+  *) echo "usage: $0 check | network NAME | remove-network NAME | never" >&2; exit 2 ;;
 esac

@@ -30,6 +30,7 @@ from testsupport.waiting import wait_until
 
 HUB_IMAGE = f"labhub/hub:{VERSION}"
 PROXY_IMAGE = f"labhub/proxy:{VERSION}"
+EGRESS_IMAGE = f"labhub/egress:{VERSION}"
 WORKSPACE_IMAGE = f"labhub/workspace:{VERSION}"
 PREFIX = container_prefix(STACK)
 
@@ -119,7 +120,7 @@ def swarm_stack_up(
     size: int = 2,
     extra: Mapping[str, str] = {},
     images: Sequence[str] = (WORKSPACE_IMAGE,),
-    manager_images: Sequence[str] = (HUB_IMAGE, PROXY_IMAGE),
+    manager_images: Sequence[str] = (HUB_IMAGE, PROXY_IMAGE, EGRESS_IMAGE),
     dockerd_args: Sequence[str] = (),
     extra_for: Callable[[Swarm], Mapping[str, str]] = lambda swarm: {},
     registry: bool = False,

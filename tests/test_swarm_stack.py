@@ -47,7 +47,7 @@ def test_swarm_override_keeps_the_proxy_in_front_and_drops_the_single_host_guard
     """compose/swarm.yml as `make up` renders it: the hub and CHP on the lab's overlay under
     the names the hub is given, the proxy's Swarm rules, no netguard or diskquota."""
     services = rendered(tmp_path, "docker-compose.yml", "swarm.yml")
-    assert set(services) == {"proxy", "proxy-chp", "hub", "docker-proxy"}
+    assert set(services) == {"proxy", "proxy-chp", "hub", "docker-proxy", "egress"}
     hub, chp, proxy = services["hub"], services["proxy-chp"], services["docker-proxy"]
     names = {"HUB_CONTAINER": hub["container_name"], "CHP_CONTAINER": chp["container_name"]}
     assert names == {"HUB_CONTAINER": "labhub-hub", "CHP_CONTAINER": "labhub-proxy-chp"}

@@ -11,6 +11,10 @@ labhub course-link       print an nbgitpuller link for course material in git; w
 labhub container-prefix NETWORK
                          what the name of every user container of that stack starts
                          with (`make down` and scripts/restore.sh find them by it)
+labhub egress-conf --never NET ...
+                         Swarm mode: the egress proxy's squid.conf from USER_INTERNET,
+                         USER_LAN_ACCESS and USER_EGRESS_ALLOW (labhub.egress); never
+                         EGRESS_SUBNET, nor each --never (the nodes, the overlay ranges)
 labhub move-home USER NODE --proxy NODE=URL ...
                          Swarm mode: move a stopped user's home volume to another node
                          through the nodes' Docker proxies, check it, switch (docs/scale-out.md)
@@ -27,7 +31,7 @@ from typing import Any
 
 import requests
 
-from . import course
+from . import course, egress
 from .contract import container_name_prefix, volume_name_for
 from .settings import NetworkSettings, Settings, SettingsError
 from .settingsdoc import stale, write
@@ -177,6 +181,25 @@ def move_home(args: argparse.Namespace) -> int:
     return 0
 
 
+def egress_conf(never: list[str]) -> int:
+    """Print the egress proxy's squid.conf for the settings in the environment (exit 2
+    with the problems, or on a --never value that is no address or network)."""
+    try:
+        net = NetworkSettings.from_env(os.environ)
+        excluded = egress.networks(never)
+    except SettingsError as error:
+        print(error, file=sys.stderr)
+        return 2
+    except ValueError as error:
+        print(f"labhub egress-conf: --never {error}", file=sys.stderr)
+        return 2
+    rules = egress.EgressRules(
+        net.internet, net.lan_access, net.egress_allow, (*excluded, net.egress_subnet)
+    )
+    print(egress.squid_conf(rules), end="")
+    return 0
+
+
 def print_container_prefix(network: str) -> int:
     """Print the user containers' name prefix, so shell never spells it out itself."""
     print(container_name_prefix(network))
@@ -205,6 +228,11 @@ def main(argv: list[str] | None = None) -> int:
         "container-prefix", help="what every user container's name starts with"
     )
     prefix.add_argument("network", help="the stack's DOCKER_NETWORK")
+    conf = commands.add_parser("egress-conf", help="Swarm mode: the egress proxy's squid.conf")
+    conf.add_argument(
+        "--never", action="append", default=[], metavar="NET",
+        help="an address or network no user reaches (a node, an overlay range)",
+    )  # fmt: skip
     move = commands.add_parser("move-home", help="move a user's home to another Swarm node")
     move.add_argument("user", help="the JupyterHub username (their server stopped)")
     move.add_argument("node", help="the Swarm node ID to move to (docker node ls)")
@@ -230,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         return user_volumes(args.db, args.network)
     if args.command == "move-home":
         return move_home(args)
+    if args.command == "egress-conf":
+        return egress_conf(args.never)
     if args.command == "container-prefix":
         return print_container_prefix(args.network)
     parser.error(f"unknown command {args.command}")

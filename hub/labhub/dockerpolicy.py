@@ -791,13 +791,15 @@ def _match_user_network_route(
     policy: Policy, method: str, path: str, params: dict[str, str], body: bytes
 ) -> Allowed | None:
     """A user's own network: create it as LabSwarmSpawner does, inspect it, connect a
-    frontend container to it. The relay checks the owner label of the network named."""
+    frontend container to it, and (a deleted user's) disconnect a frontend and remove it.
+    The relay checks the owner label of the network named."""
     if method == "POST" and (m := _route(r"/networks/create", path)):
         spec = parse_json(body)
         check_user_network_create(policy, spec)
         return Allowed(path + _query(params, {}), m["version"] or "", body=_dumps(spec))
-    one = _route(rf"/networks/(?P<name>{_NAME})(?P<action>/connect)?", path)
-    if one is None or (method, one["action"]) not in (("GET", None), ("POST", "/connect")):
+    one = _route(rf"/networks/(?P<name>{_NAME})(?P<action>/connect|/disconnect)?", path)
+    actions = (("GET", None), ("POST", "/connect"), ("POST", "/disconnect"), ("DELETE", None))
+    if one is None or (method, one["action"]) not in actions:
         return None
     if not one["name"].startswith(prefix := user_network_prefix(policy.network)):
         raise Refused(f"network {one['name']!r} is not a user's network ({prefix}*)")
@@ -805,6 +807,10 @@ def _match_user_network_route(
     if method == "GET":
         queries: dict[str, Accepts | None] = {"verbose": _BOOL}
         return Allowed(path + _query(params, queries), version, one["name"], b"", "network")
+    if method == "DELETE":
+        return Allowed(path + _query(params, {}), version, one["name"], b"", "network")
+    if one["action"] == "/disconnect":
+        return _frontend_disconnect(policy, path + _query(params, {}), version, one["name"], body)
     connect = _keys("connect", parse_json(body), ("Container", "EndpointConfig"))
     container = connect.get("container")
     if not isinstance(container, str) or container not in policy.frontend_containers:
@@ -816,6 +822,24 @@ def _match_user_network_route(
         raise Refused("EndpointConfig must be empty (no fixed address, aliases or links)")
     checked = {"Container": container}
     return Allowed(path + _query(params, {}), version, one["name"], _dumps(checked), "network")
+
+
+def _frontend_disconnect(
+    policy: Policy, target: str, version: str, network: str, body: bytes
+) -> Allowed:
+    """A frontend leaves a deleted user's network (LabSwarmSpawner.delete_forever), not
+    forced: no one else's endpoint is cut off it, and a user's task is never touched."""
+    disconnect = _keys("disconnect", parse_json(body), ("Container", "Force"))
+    container = disconnect.get("container")
+    if not isinstance(container, str) or container not in policy.frontend_containers:
+        raise Refused(
+            f"only the frontends ({', '.join(sorted(policy.frontend_containers))}) leave a "
+            f"user's network, not {container!r}"
+        )
+    if disconnect.get("force") not in (None, False):
+        raise Refused("Force must be false (a frontend leaves a network as itself)")
+    checked = {"Container": container}
+    return Allowed(target, version, network, _dumps(checked), "network")
 
 
 def check_user_network_create(policy: Policy, spec: dict[str, Any]) -> None:

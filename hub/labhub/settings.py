@@ -891,7 +891,7 @@ SECTIONS: tuple[Section, ...] = (
                 "true",
                 boolean,
                 "May user containers open connections to the internet (pip install, datasets)? "
-                "ENGINE=swarm needs false (docs/scale-out.md).",
+                "With ENGINE=swarm through the egress proxy (docs/scale-out.md).",
                 "internet",
             ),
             Setting(
@@ -902,6 +902,15 @@ SECTIONS: tuple[Section, ...] = (
                 "mirror, a licence server), comma-separated: 10.1.2.3,10.20.0.0/24. DNS to "
                 "the host's name servers is always allowed.",
                 "egress_allow",
+            ),
+            Setting(
+                "EGRESS_SUBNET",
+                "172.31.239.0/24",
+                ipv4_network,
+                "ENGINE=swarm: the egress proxy's own network on the manager (its way out); "
+                "users never reach it, nor the manager through it. Outside USERS_SUBNET and "
+                "the campus LAN.",
+                "egress_subnet",
             ),
         ),
         reader="netguard",
@@ -1280,6 +1289,14 @@ SECTIONS: tuple[Section, ...] = (
                 "which the spawner connects to users' networks too.",
                 "chp_container",
             ),
+            Setting(
+                "EGRESS_CONTAINER",
+                "",
+                optional(docker_name),
+                "ENGINE=swarm: the egress proxy's container name (compose/swarm.yml): joined "
+                "to users' networks like the hub, their servers' HTTP(S) proxy.",
+                "egress_container",
+            ),
         ),
         in_env_file=False,
     ),
@@ -1428,6 +1445,7 @@ class Settings:
     # ENGINE=swarm: the containers that reach users' servers, by name (compose/swarm.yml).
     hub_container: str | None
     chp_container: str | None
+    egress_container: str | None
 
     @property
     def allowed_images(self) -> tuple[str, ...]:
@@ -1565,30 +1583,6 @@ def _check_registry(values: Mapping[str, Any], problems: list[str]) -> None:
                 check_pinned(registry, digests.get(image, image))
             except ValueError as error:
                 problems.append(f"{name}={error}")
-
-
-def _check_swarm_egress(values: Mapping[str, Any], problems: list[str]) -> None:
-    """ENGINE=swarm puts each user's server on an internal overlay network of its own, with
-    no way out (docs/scale-out.md, "Isolation"): the egress settings that open one cannot
-    hold there, so they are refused rather than silently ignored."""
-    if values.get("engine") != "swarm":
-        return
-    opened = [
-        name
-        for name, key in (
-            ("USER_INTERNET", "internet"),
-            ("USER_LAN_ACCESS", "lan_access"),
-            ("USER_EGRESS_ALLOW", "egress_allow"),
-        )
-        if values.get(key)
-    ]
-    if opened:
-        problems.append(
-            f"{', '.join(opened)}: with ENGINE=swarm users' servers reach only the hub and "
-            "its proxy (each is on an internal overlay network of its own; no internet, LAN "
-            "or other host): set USER_INTERNET=false, USER_LAN_ACCESS=false and "
-            "USER_EGRESS_ALLOW= empty (docs/scale-out.md)"
-        )
 
 
 def _check_ldap(values: dict[str, Any], problems: list[str]) -> None:
@@ -1880,6 +1874,7 @@ class NetworkSettings:
     lan_access: bool
     internet: bool
     egress_allow: tuple[ipaddress.IPv4Network, ...]
+    egress_subnet: ipaddress.IPv4Network
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> NetworkSettings:
@@ -1888,9 +1883,6 @@ class NetworkSettings:
         values = _read(_settings_of("netguard"), env, problems)
         if "subnet" in values:
             _check_layout(values, problems)
-        # ENGINE is the hub's setting, read by its own row (a bad value is the hub's problem).
-        engine = [setting for setting in _settings_of("hub") if setting.name == "ENGINE"]
-        _check_swarm_egress({**values, **_read(engine, env, [])}, problems)
         if problems:
             raise SettingsError(problems)
         return cls(**_pick(cls, values))

@@ -8,7 +8,9 @@ and internal, with a `dnsrr` endpoint (no routing mesh, no published port). The 
 makes that network on the user's first spawn and connects the frontends (the hub's and
 CHP's containers, `frontend_containers`) to it: they reach the server at its task's
 address on that network (`get_ip_and_port`), and the server reaches nothing else: no
-other user's server, no node, no LAN or internet.
+other user's server, no node, no LAN or internet, except through the egress proxy (one of
+the frontends, `egress_proxy`; labhub.egress). A deleted user's network goes with them
+(`delete_forever`).
 
 Placement is `labhub.swarmplacement`'s: the first spawn picks a node, which is recorded
 in the spawner's state (the hub's database) and kept across stops, so every later spawn
@@ -26,6 +28,7 @@ Engine 20.10 (API 1.41) has no `no-new-privileges`: the nodes' engines run with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import weakref
 from collections.abc import Mapping
@@ -48,6 +51,7 @@ from tornado import web
 from traitlets import Float, List, Unicode
 
 from .contract import CONTAINER_USER, OWNER_LABEL, user_network_name, volume_name_for
+from .egress import proxy_environment
 from .registry import check_pinned
 from .settings import Settings
 from .spawner import LabServerMixin, server_config
@@ -158,6 +162,23 @@ class LabSwarmSpawner(LabServerMixin, SwarmSpawner):  # type: ignore[misc]
         "own; the spawner connects these, and only these, to it. The Docker proxy must be "
         "given the same list (FRONTEND_CONTAINERS).",
     )
+
+    egress_proxy = Unicode(
+        "",
+        config=True,
+        help="The egress proxy's container name (compose/swarm.yml; labhub.egress): users' "
+        "servers get HTTP_PROXY/HTTPS_PROXY pointing at it, their only way out. It must be "
+        "one of frontend_containers, so that it joins each user's network. Empty: no way out.",
+    )
+
+    def get_env(self) -> dict[str, str]:
+        """The server's environment, with the egress proxy's variables when there is one
+        (the other frontends are reached directly, on the user's network)."""
+        env: dict[str, str] = super().get_env()
+        if self.egress_proxy:
+            direct = [c for c in self.frontend_containers if c != self.egress_proxy]
+            env.update(proxy_environment(self.egress_proxy, direct))
+        return env
 
     async def create_object(self) -> dict[str, Any]:
         """Choose the node, create the service pinned there, wait for its task."""
@@ -314,6 +335,41 @@ class LabSwarmSpawner(LabServerMixin, SwarmSpawner):  # type: ignore[misc]
             if error.status_code != 409:  # another of the user's servers made it meanwhile
                 raise
         return dict(await self.docker("inspect_network", self.user_network))
+
+    async def delete_forever(self) -> None:
+        """A deleted user's server leaves nothing on the Swarm but their home: the service
+        (if still there), then the frontends' connections and the user's network (the
+        engine removes a network only once its endpoints are gone). A named server's
+        deletion removes its service only: the network is the user's."""
+        with contextlib.suppress(NotFound):
+            await self.docker("remove_service", self.service_name)
+        if self.name:
+            return
+        try:
+            network = await self.docker("inspect_network", self.user_network)
+        except NotFound:
+            return
+        for endpoint in (network.get("Containers") or {}).values():
+            if endpoint.get("Name") in self.frontend_containers:
+                await self.docker(
+                    "disconnect_container_from_network", endpoint["Name"], self.user_network
+                )
+        await self._remove_user_network()
+
+    async def _remove_user_network(self) -> None:
+        """Remove the user's network once the removed service's task has let go of it (the
+        engine answers 403 "has active endpoints" meanwhile), within task_timeout."""
+        deadline = time.monotonic() + self.task_timeout
+        while True:
+            try:
+                await self.docker("remove_network", self.user_network)
+                return
+            except NotFound:
+                return
+            except APIError as error:
+                if error.status_code != 403 or time.monotonic() > deadline:
+                    raise
+            await asyncio.sleep(0.5)
 
     def get_state(self) -> dict[str, Any]:
         state: dict[str, Any] = super().get_state()

@@ -33,11 +33,11 @@ from labhub.dockerpolicy import (
     inspect_target,
 )
 from labhub.dockerproxy import policy_from_env
-from labhub.settings import NetworkSettings, Settings, SettingsError
+from labhub.settings import Settings
 from labhub.swarmspawner import HOME_NODE_STATE, LabSwarmSpawner, swarm_spawner_config
 from tornado import web
 
-from testsupport.minimal_env import MINIMAL_ENV, NETWORK_ENV
+from testsupport.minimal_env import MINIMAL_ENV
 from testsupport.recording import RecordingAPIClient
 
 pytestmark = pytest.mark.unit
@@ -334,8 +334,7 @@ def test_each_step_beyond_what_labswarmspawner_sends_is_refused(
         ("GET", "/v1.41/networks/labhub", "not a user's network"),
         ("GET", "/v1.41/networks/labhub-docker-api", "not a user's network"),
         ("POST", "/v1.41/networks/labhub/connect", "not a user's network"),
-        ("POST", "/v1.41/networks/labhub-u-alice/disconnect", "not needed"),
-        ("DELETE", "/v1.41/networks/labhub-u-alice", "not needed"),
+        ("POST", "/v1.41/networks/labhub-u-alice/disconnect", "only the frontends"),
         ("POST", "/v1.41/networks/prune", "not needed"),
         ("GET", "/v1.41/images/debian:trixie-slim/json", "not an allowed"),
     ],
@@ -499,30 +498,3 @@ def test_the_swarm_proxy_needs_the_frontends_by_name(frontends: str, problem: st
     env = {"PROXY_POLICY": "swarm", "ALLOWED_IMAGES": IMAGE, "FRONTEND_CONTAINERS": frontends}
     with pytest.raises(SystemExit, match=problem):
         policy_from_env(env)
-
-
-@pytest.mark.parametrize(
-    ("egress", "refused"),
-    [
-        ({"USER_INTERNET": "true"}, "USER_INTERNET"),
-        ({"USER_INTERNET": "false", "USER_LAN_ACCESS": "true"}, "USER_LAN_ACCESS"),
-        ({"USER_INTERNET": "false", "USER_EGRESS_ALLOW": "10.1.2.3"}, "USER_EGRESS_ALLOW"),
-        ({"USER_INTERNET": "false"}, None),
-    ],
-)
-def test_swarm_mode_refuses_the_egress_its_internal_networks_cannot_give(
-    egress: dict[str, str], refused: str | None
-) -> None:
-    """`make up` runs `labhub check-settings`, which reads these with NetworkSettings."""
-    for engine in ("swarm", "docker"):
-        try:
-            NetworkSettings.from_env({**NETWORK_ENV, "ENGINE": engine, **egress})
-        except SettingsError as error:
-            problems = error.problems
-        else:
-            problems = []
-        if engine == "docker" or refused is None:  # one host keeps every egress setting
-            assert not problems
-        else:
-            [problem] = problems
-            assert problem.startswith(f"{refused}:") and "USER_INTERNET=false" in problem
