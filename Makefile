@@ -97,10 +97,17 @@ up: preflight env swarm-manager stack-owner certs $(if $(filter no,$(BUILD)),,bu
 	  labhub check-settings || \
 	  { echo "make up: fix the settings above in $(ENV_FILE), then run make up again" >&2; exit 2; }
 	@$(if $(SWARM),scripts/swarm-manager.sh network '$(call env_value,DOCKER_NETWORK)')
+	@$(if $(SWARM),scripts/swarm-manager.sh node-proxies $(NODE_PROXIES) \
+	  labhub/hub:$(call env_value,LABHUB_VERSION) '$(call env_value,NODE_DOCKER_SOCKET)' \
+	  '$(call env_value,DOCKER_NETWORK)' $(WORKSPACE_IMAGE))
 	@$(COMPOSE) up -d --wait || { $(COMPOSE) logs --no-color --tail=40 hub >&2; \
 	  echo "make up: a service did not become healthy; the hub's last lines are above" \
 	       "(make logs SERVICE=hub for more)" >&2; exit 1; }
 	@ENV_FILE=$(ENV_FILE) scripts/print-welcome.sh
+
+# ENGINE=swarm: the nodes' Docker proxies, a global service and its network of this name
+# (compose/swarm.yml spells it too, for the hub).
+NODE_PROXIES = '$(call env_value,DOCKER_NETWORK)-node-proxy'
 
 # ENGINE=swarm: this engine must be a Swarm manager (checked before anything is built).
 .PHONY: swarm-manager
@@ -128,7 +135,16 @@ ifeq ($(SWARM),)
 else
 	@# The overlay network make up made, once the users' tasks have left it.
 	@scripts/swarm-manager.sh remove-network '$(call env_value,DOCKER_NETWORK)'
+	@scripts/swarm-manager.sh remove-node-proxies $(NODE_PROXIES)
 endif
+
+# ENGINE=swarm: labhub move-home in the hub's container, which finds every node's proxy.
+.PHONY: move-home
+move-home: ## Swarm mode: move a stopped user's home to another node: make move-home USER=alice NODE=<node id>
+	@test "$(origin USER)" = "command line" -a -n "$(NODE)" || \
+	  { echo "usage: make move-home USER=<hub user> NODE=<node id from docker node ls>" >&2; exit 2; }
+	@$(if $(SWARM),,{ echo "make move-home: only with ENGINE=swarm (one host has one node)" >&2; exit 2; })
+	$(COMPOSE) exec -T hub labhub move-home '$(USER)' '$(NODE)'
 
 .PHONY: logs
 logs: ## Follow the logs (of every service, or SERVICE=hub|proxy|proxy-chp|docker-proxy|netguard|diskquota)

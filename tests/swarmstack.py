@@ -14,7 +14,7 @@ import ipaddress
 import os
 import subprocess
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,14 +112,17 @@ def swarm_stack_up(
     extra: Mapping[str, str] = {},
     images: Sequence[str] = (WORKSPACE_IMAGE,),
     manager_images: Sequence[str] = (HUB_IMAGE, PROXY_IMAGE),
+    prepare: Callable[[Swarm], None] = lambda swarm: None,
 ) -> Iterator[SwarmStack]:
     """A `size`-engine test cluster with the platform up on it by `make up BUILD=no` (the
-    images loaded, `extra` in its .env); `make down` and the cluster removed after. The
-    hub's, CHP's and the proxy's last log lines are printed, for a failing test."""
+    images loaded, `extra` in its .env, `prepare` run on the cluster first); `make down` and
+    the cluster removed after. The hub's, CHP's and the proxy's last log lines are printed,
+    for a failing test."""
     started = time.monotonic()
     with Swarm(size, images=list(images), manager_images=list(manager_images)) as swarm:
         print(f"cluster with the images: {time.monotonic() - started:.0f} s")
         reach_from_the_host(swarm)
+        prepare(swarm)
         env_file = swarm_env(workdir, swarm.manager.address, extra=extra)
         running = SwarmStack(
             swarm,

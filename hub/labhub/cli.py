@@ -11,7 +11,7 @@ labhub course-link       print an nbgitpuller link for course material in git; w
 labhub container-prefix NETWORK
                          what the name of every user container of that stack starts
                          with (`make down` and scripts/restore.sh find them by it)
-labhub move-home USER NODE --proxy NODE=URL ...
+labhub move-home USER NODE [--proxy NODE=URL ...]
                          Swarm mode: move a stopped user's home volume to another node
                          through the nodes' Docker proxies, check it, switch (docs/scale-out.md)
 """
@@ -159,6 +159,13 @@ def move_home(args: argparse.Namespace) -> int:
         proxies[node] = url
     network, image = settings.docker_network, settings.workspace_image
     try:
+        if not proxies:
+            if not settings.node_proxy_service:
+                raise homemove.MoveRefused(
+                    "NODE_PROXY_SERVICE is not set: run this in the hub's container "
+                    "(make move-home USER=... NODE=...), or give each node's --proxy"
+                )
+            proxies = homemove.find_node_proxies(settings.node_proxy_service)
         row = homemove.read_home(args.db, args.user)
         plan = homemove.plan_move(args.user, args.node, row, proxies, network)
         homemove.move_home(
@@ -210,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     move.add_argument("node", help="the Swarm node ID to move to (docker node ls)")
     move.add_argument(
         "--proxy", action="append", default=[], metavar="NODE=URL",
-        help="a node's Docker proxy (PROXY_POLICY=node), for the old and the new node",
+        help="a node's Docker proxy (PROXY_POLICY=node), for the old and the new node; "
+        "without it, the node proxies `make up` deployed are found by themselves",
     )  # fmt: skip
     move.add_argument("--keep-old", action="store_true", help="keep the old node's volume")
     move.add_argument(

@@ -824,6 +824,15 @@ SECTIONS: tuple[Section, ...] = (
                 "QUOTA_ROOT, named servers and MONITORING yet (docs/scale-out.md).",
                 "engine",
             ),
+            Setting(
+                "NODE_DOCKER_SOCKET",
+                "/var/run/docker.sock",
+                absolute_path("/var/run/docker.sock"),
+                "ENGINE=swarm: each node's engine socket, which `make up` gives that node's "
+                "Docker proxy (home moves, docs/scale-out.md); may name the node as Swarm "
+                "templates do, e.g. /run/engines/{{.Node.ID}}.sock.",
+                "node_docker_socket",
+            ),
         ),
     ),
     Section(
@@ -1270,6 +1279,14 @@ SECTIONS: tuple[Section, ...] = (
                 "which the spawner connects to users' networks too.",
                 "chp_container",
             ),
+            Setting(
+                "NODE_PROXY_SERVICE",
+                "",
+                optional(docker_name),
+                "ENGINE=swarm: the Swarm service of the nodes' Docker proxies (compose/swarm.yml), "
+                "found by `labhub move-home` at tasks.<it>.",
+                "node_proxy_service",
+            ),
         ),
         in_env_file=False,
     ),
@@ -1388,6 +1405,8 @@ class Settings:
     docker_network: str
     # ENGINE: "docker" (one host); "swarm": users' servers as Swarm services (_check_engine).
     engine: str
+    # ENGINE=swarm: the socket each node's Docker proxy holds (a Swarm mount template).
+    node_docker_socket: str
     gpu_inventory: str
     gpu_profiles: str
     gpu_db: str
@@ -1416,6 +1435,8 @@ class Settings:
     # ENGINE=swarm: the containers that reach users' servers, by name (compose/swarm.yml).
     hub_container: str | None
     chp_container: str | None
+    # ENGINE=swarm: the nodes' Docker proxies' service (labhub.homemove finds its tasks).
+    node_proxy_service: str | None
 
     @property
     def allowed_images(self) -> tuple[str, ...]:

@@ -267,8 +267,8 @@ PROXIES = {"nodeA": "tcp://a:2375", "nodeB": "tcp://b:2375"}
         (HomeRow(1, True, {HOME_NODE_STATE: "nodeA"}), "nodeB", "server is running"),
         (HomeRow(1, False, {}), "nodeB", "no home node yet"),
         (HomeRow(1, False, {HOME_NODE_STATE: "nodeA"}), "nodeA", "already on node nodeA"),
-        (HomeRow(1, False, {HOME_NODE_STATE: "nodeA"}), "nodeC", "--proxy nodeC=tcp://"),
-        (HomeRow(1, False, {HOME_NODE_STATE: "nodeZ"}), "nodeB", "--proxy nodeZ=tcp://"),
+        (HomeRow(1, False, {HOME_NODE_STATE: "nodeA"}), "nodeC", "no Docker proxy .* node nodeC"),
+        (HomeRow(1, False, {HOME_NODE_STATE: "nodeZ"}), "nodeB", "no Docker proxy .* node nodeZ"),
     ],
 )
 def test_a_move_that_cannot_start_says_why(row: HomeRow | None, target: str, reason: str) -> None:
