@@ -64,7 +64,8 @@ remove_network() {
 # mount template such as /run/engines/{{.Node.ID}}.sock where nodes share one filesystem),
 # for home moves (labhub.homemove). Its own internal overlay network NAME, which only the
 # hub's container joins (compose/swarm.yml): no published port, no routing mesh, no way
-# from a user's network. Made anew at each make up, so it runs this version's image.
+# from a user's network. Made anew at each make up, so it runs this version's image. Its
+# health check is the proxy's /_ping, not the hub image's (a Swarm task runs once healthy).
 node_proxies() {
   local name="$1" image="$2" sock="$3" lab_network="$4" allowed="$5" attempt replicas
   docker service rm "$name" >/dev/null 2>&1 || true
@@ -78,6 +79,8 @@ node_proxies() {
     --mount "type=bind,source=${sock},target=/var/run/docker.sock" \
     --env PROXY_POLICY=node --env DOCKER_NETWORK="$lab_network" \
     --env ALLOWED_IMAGES="$allowed" \
+    --health-cmd "curl -fsS -o /dev/null http://127.0.0.1:2375/_ping" \
+    --health-interval 10s --health-timeout 5s --health-retries 3 --health-start-period 5s \
     "$image" python -m labhub.dockerproxy >/dev/null
   # A global service runs one task per node: wait until each node's runs.
   for attempt in $(seq 60); do
@@ -91,8 +94,9 @@ node_proxies() {
     [[ "$attempt" == 60 ]] || sleep 2
   done
   echo "make up: the nodes' Docker proxies (${name}) do not all run after 120 s (${replicas:-none})." >&2
-  echo "  docker service ps --no-trunc ${name} shows why: the image ${image} on every node," \
-       "the socket ${sock} (NODE_DOCKER_SOCKET) on every node?" >&2
+  docker service ps --no-trunc --format '  node {{.Node}}: {{.CurrentState}} {{.Error}}' "$name" >&2
+  echo "  Is the image ${image} on every node, and the socket ${sock}" \
+       "(NODE_DOCKER_SOCKET) there? (docker service ps --no-trunc ${name})" >&2
   exit 1
 }
 
