@@ -155,7 +155,8 @@ doctor: ## Check this host (GPU set-up) and the stack (settings, services, certi
 	@ENV_FILE=$(ENV_FILE) scripts/doctor.sh
 
 # Backups go to BACKUP_ROOT/<UTC timestamp>/ (gitignored); see docs/reliability.md.
-# With ENGINE=swarm the homes are on every node, and these read one engine's volumes.
+# With ENGINE=swarm the homes are on every node: make backup reads each on its node (through
+# the hub's container and that node's proxy); restore reads one engine's volumes.
 not_in_swarm_mode = { echo "make $(1): not available with ENGINE=swarm yet: it reads one engine's" \
   "volumes, and the users' homes are on every node (docs/scale-out.md)" >&2; exit 2; }
 BACKUP_ROOT ?= backups
@@ -164,8 +165,7 @@ RESTORE = STACK_NAME=$(call env_value,STACK_NAME) DOCKER_NETWORK=$(call env_valu
 
 .PHONY: backup
 backup: ## Back up the hub and GPU databases and every user volume into backups/<time>/
-	@$(if $(SWARM),$(call not_in_swarm_mode,backup))
-	@STACK_NAME=$(call env_value,STACK_NAME) DOCKER_NETWORK=$(call env_value,DOCKER_NETWORK) \
+	@ENGINE=$(call env_value,ENGINE) STACK_NAME=$(call env_value,STACK_NAME) DOCKER_NETWORK=$(call env_value,DOCKER_NETWORK) \
 	  LABHUB_VERSION=$(call env_value,LABHUB_VERSION) \
 	  BACKUP_ROOT=$(BACKUP_ROOT) ONLY_USERS='$(ONLY_USERS)' scripts/backup.sh
 

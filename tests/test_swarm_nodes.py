@@ -7,12 +7,14 @@ host's engine on each: NODE_DOCKER_SOCKET names each node's socket by its node I
 mount template), through links this test makes. Proven: one proxy task per node, each
 answering for its own engine; the hub's container reaches them and a user's server does
 not; `make move-home` finds them by itself and moves a user's home, and the user's next
-spawn through the hub runs on the new node with their file; `make down` removes them.
+spawn through the hub runs on the new node with their file; `make backup` reads that home
+on its node through them; `make down` removes them.
 """
 
 from __future__ import annotations
 
 import json
+import tarfile
 from collections.abc import Iterator
 
 import pytest
@@ -179,6 +181,26 @@ def test_make_move_home_finds_the_node_proxies_and_the_next_spawn_runs_there_wit
     text = swarm_stack.node(new_node).docker("exec", container, "cat", "/home/jovyan/moved.txt")
     assert text.strip() == "kept across nodes"
     student.stop_server(USER)
+
+
+def test_make_backup_reads_each_home_on_its_node(
+    swarm_stack: SwarmStack, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The user's home, on the node it was moved to, is read there through that node's
+    proxy; the admin, never started, has no home to read and is skipped."""
+    root = tmp_path_factory.mktemp("backups")
+    backup = make(
+        "backup", swarm_stack.env_file, swarm_stack.docker_host, f"BACKUP_ROOT={root}",
+        timeout=600,
+    )  # fmt: skip
+    assert backup.returncode == 0, backup.stdout[-3000:] + backup.stderr[-3000:]
+    [folder] = root.iterdir()
+    archive = folder / "volumes" / f"{volume_name_for(USER, STACK)}.tar.gz"
+    with tarfile.open(archive) as tar:
+        member = tar.extractfile("jovyan/moved.txt")
+        assert member is not None and member.read() == b"kept across nodes\n"
+        assert tar.getmember("jovyan").uid == 1000
+    assert "1 volumes" in backup.stdout and "backup: admin skipped" in backup.stdout
 
 
 def test_make_move_home_names_its_arguments(swarm_stack: SwarmStack) -> None:

@@ -14,6 +14,9 @@ labhub container-prefix NETWORK
 labhub move-home USER NODE [--proxy NODE=URL ...]
                          Swarm mode: move a stopped user's home volume to another node
                          through the nodes' Docker proxies, check it, switch (docs/scale-out.md)
+labhub home-archive USER
+                         Swarm mode: the user's home as a tar on stdout, read on its node
+                         through that node's Docker proxy (make backup)
 """
 
 from __future__ import annotations
@@ -159,13 +162,7 @@ def move_home(args: argparse.Namespace) -> int:
         proxies[node] = url
     network, image = settings.docker_network, settings.workspace_image
     try:
-        if not proxies:
-            if not settings.node_proxy_service:
-                raise homemove.MoveRefused(
-                    "NODE_PROXY_SERVICE is not set: run this in the hub's container "
-                    "(make move-home USER=... NODE=...), or give each node's --proxy"
-                )
-            proxies = homemove.find_node_proxies(settings.node_proxy_service)
+        proxies = proxies or _deployed_node_proxies(settings, "make move-home USER=... NODE=...")
         row = homemove.read_home(args.db, args.user)
         plan = homemove.plan_move(args.user, args.node, row, proxies, network)
         homemove.move_home(
@@ -180,6 +177,41 @@ def move_home(args: argparse.Namespace) -> int:
         return 2
     except homemove.MoveFailed as error:
         print(f"labhub move-home: failed: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _deployed_node_proxies(settings: Settings, how: str) -> dict[str, str]:
+    """The node proxies `make up` deployed, by node ID (labhub.homemove.find_node_proxies)."""
+    from . import homemove
+
+    if not settings.node_proxy_service:
+        raise homemove.MoveRefused(
+            f"NODE_PROXY_SERVICE is not set: run this in the hub's container ({how})"
+        )
+    return homemove.find_node_proxies(settings.node_proxy_service)
+
+
+def home_archive(args: argparse.Namespace) -> int:
+    """Write the user's home as a tar to stdout, from its node (exit 2: no home to read)."""
+    from docker.errors import DockerException
+
+    from . import homemove
+
+    settings = Settings.from_env(os.environ)
+    try:
+        proxies = _deployed_node_proxies(settings, "make backup")
+        homemove.archive_home(
+            args.user, args.db, proxies, settings.docker_network, settings.workspace_image,
+            sys.stdout.buffer,
+        )  # fmt: skip
+    except homemove.MoveRefused as error:
+        print(f"labhub home-archive: {error}", file=sys.stderr)
+        return 2
+    except (DockerException, OSError) as error:
+        print(
+            f"labhub home-archive: {args.user}'s home could not be read: {error}", file=sys.stderr
+        )
         return 1
     return 0
 
@@ -225,6 +257,13 @@ def main(argv: list[str] | None = None) -> int:
         "--db", type=Path, default=Path(DEFAULT_DB),
         help="the hub's SQLite database",
     )  # fmt: skip
+    archive = commands.add_parser(
+        "home-archive", help="a user's home as a tar on stdout, read on its Swarm node"
+    )
+    archive.add_argument("user", help="the JupyterHub username")
+    archive.add_argument(
+        "--db", type=Path, default=Path(DEFAULT_DB), help="the hub's SQLite database"
+    )
     args = parser.parse_args(argv)
     if args.command == "check-settings":
         return check_settings()
@@ -238,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         return user_volumes(args.db, args.network)
     if args.command == "move-home":
         return move_home(args)
+    if args.command == "home-archive":
+        return home_archive(args)
     if args.command == "container-prefix":
         return print_container_prefix(args.network)
     parser.error(f"unknown command {args.command}")

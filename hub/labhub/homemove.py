@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import docker
 from docker.errors import APIError, DockerException, NotFound
@@ -247,6 +247,35 @@ def move_home(
         say(f"kept the old volume {plan.volume} on node {plan.source} (--keep-old)")
         return
     _remove_old_volume(plan, source, say)
+
+
+def archive_home(
+    user: str, db_path: Path, proxies: Mapping[str, str], network: str, image: str, out: BinaryIO
+) -> int:
+    """Write `user`'s home as a tar (members under `jovyan/`, as the engine archives it) from
+    their home node, through its proxy, to `out`; the bytes written. A running server keeps
+    running (a file written meanwhile may be caught half-way). MoveRefused when there is
+    no home to read, naming why."""
+    row = read_home(db_path, user)
+    node = (row.state if row else {}).get(HOME_NODE_STATE)
+    if not node:
+        raise MoveRefused(f"{user!r} has no home node yet (never started on the swarm)")
+    if node not in proxies:
+        raise MoveRefused(
+            f"no Docker proxy answers for node {node}, where {user}'s home is: is the node up "
+            "(docker node ls), and its node proxy's task running there?"
+        )
+    engine = NodeEngine(node, proxies[node], network, image)
+    engine.check_identity()
+    volume = volume_name_for(user, network)
+    if not engine.has_volume(volume):
+        raise MoveRefused(f"node {node} has no volume {volume}")
+    written = 0
+    with engine.helper(user) as helper:
+        archive = engine.archive(helper)
+        while chunk := archive.read(1 << 20):
+            written += out.write(chunk)
+    return written
 
 
 def _remove_old_volume(plan: MovePlan, source: NodeEngine, say: Callable[[str], None]) -> None:
