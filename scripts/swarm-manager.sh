@@ -101,9 +101,16 @@ node_proxies() {
 }
 
 remove_node_proxies() {
-  local name="$1"
+  local name="$1" attempt
   docker service rm "$name" >/dev/null 2>&1 || true
   remove_network "$name"
+  # The manager keeps its local copy of a removed overlay network until its own task left it.
+  for attempt in $(seq 30); do
+    docker network inspect "$name" >/dev/null 2>&1 || return 0
+    [[ "$attempt" == 30 ]] || sleep 1
+  done
+  echo "make down: the network ${name} is still listed after 30 s (docker network inspect ${name})" >&2
+  exit 1
 }
 
 case "${1:-}" in
