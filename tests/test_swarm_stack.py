@@ -53,7 +53,9 @@ def test_swarm_override_keeps_the_proxy_in_front_and_drops_the_single_host_guard
     assert names == {"HUB_CONTAINER": "labhub-hub", "CHP_CONTAINER": "labhub-proxy-chp"}
     assert names.items() <= hub["environment"].items()  # type: ignore[attr-defined]
     assert set(hub["depends_on"]) == {"docker-proxy", "proxy-chp"}  # type: ignore[arg-type]
-    assert set(hub["networks"]) == {"labhub", "docker-api", "metrics"}  # type: ignore[arg-type]
+    # node-proxies: the nodes' Docker proxies' network (tests/test_swarm_nodes.py).
+    assert set(hub["networks"]) == {"labhub", "docker-api", "metrics", "node-proxies"}  # type: ignore[arg-type]
+    assert hub["environment"]["NODE_PROXY_SERVICE"] == "labhub-node-proxy"  # type: ignore[index]
     assert set(chp["networks"]) == {"labhub", "frontend"}  # type: ignore[arg-type]
     assert proxy["environment"]["PROXY_POLICY"] == "swarm"  # type: ignore[index]
     assert not any("docker.sock" in str(v) for v in hub.get("volumes", []))  # type: ignore[attr-defined]
