@@ -116,10 +116,17 @@ up: preflight env swarm-manager stack-owner certs $(if $(filter no,$(BUILD)),,bu
 	  { echo "make up: fix the settings above in $(ENV_FILE), then run make up again" >&2; exit 2; }
 	@$(if $(SWARM),scripts/swarm-manager.sh network '$(call env_value,DOCKER_NETWORK)')
 	@$(if $(SWARM),$(MAKE) --no-print-directory egress-conf)
+	@$(if $(SWARM),scripts/swarm-manager.sh node-proxies $(NODE_PROXIES) \
+	  labhub/hub:$(call env_value,LABHUB_VERSION) '$(call env_value,NODE_DOCKER_SOCKET)' \
+	  '$(call env_value,DOCKER_NETWORK)' $(WORKSPACE_IMAGE))
 	@$(COMPOSE) up -d --wait || { $(COMPOSE) logs --no-color --tail=40 hub >&2; \
 	  echo "make up: a service did not become healthy; the hub's last lines are above" \
 	       "(make logs SERVICE=hub for more)" >&2; exit 1; }
 	@ENV_FILE=$(ENV_FILE) scripts/print-welcome.sh
+
+# ENGINE=swarm: the nodes' Docker proxies, a global service and its network of this name
+# (compose/swarm.yml spells it too, for the hub).
+NODE_PROXIES = '$(call env_value,DOCKER_NETWORK)-node-proxy'
 
 # ENGINE=swarm: the egress proxy's rules (labhub.egress) from the settings and the Swarm,
 # written where compose/swarm.yml mounts them; `make up` writes them again each time.
@@ -158,7 +165,16 @@ ifeq ($(SWARM),)
 else
 	@# The overlay network make up made, once the users' tasks have left it.
 	@scripts/swarm-manager.sh remove-network '$(call env_value,DOCKER_NETWORK)'
+	@scripts/swarm-manager.sh remove-node-proxies $(NODE_PROXIES)
 endif
+
+# ENGINE=swarm: labhub move-home in the hub's container, which finds every node's proxy.
+.PHONY: move-home
+move-home: ## Swarm mode: move a stopped user's home to another node: make move-home USER=alice NODE=<node id>
+	@test "$(origin USER)" = "command line" -a -n "$(NODE)" || \
+	  { echo "usage: make move-home USER=<hub user> NODE=<node id from docker node ls>" >&2; exit 2; }
+	@$(if $(SWARM),,{ echo "make move-home: only with ENGINE=swarm (one host has one node)" >&2; exit 2; })
+	$(COMPOSE) exec -T hub labhub move-home '$(USER)' '$(NODE)'
 
 .PHONY: logs
 logs: ## Follow the logs (of every service, or SERVICE=hub|proxy|proxy-chp|docker-proxy|netguard|diskquota)
@@ -169,7 +185,8 @@ doctor: ## Check this host (GPU set-up) and the stack (settings, services, certi
 	@ENV_FILE=$(ENV_FILE) scripts/doctor.sh
 
 # Backups go to BACKUP_ROOT/<UTC timestamp>/ (gitignored); see docs/reliability.md.
-# With ENGINE=swarm the homes are on every node, and these read one engine's volumes.
+# With ENGINE=swarm the homes are on every node: make backup reads each on its node (through
+# the hub's container and that node's proxy); restore reads one engine's volumes.
 not_in_swarm_mode = { echo "make $(1): not available with ENGINE=swarm yet: it reads one engine's" \
   "volumes, and the users' homes are on every node (docs/scale-out.md)" >&2; exit 2; }
 BACKUP_ROOT ?= backups
@@ -178,8 +195,7 @@ RESTORE = STACK_NAME=$(call env_value,STACK_NAME) DOCKER_NETWORK=$(call env_valu
 
 .PHONY: backup
 backup: ## Back up the hub and GPU databases and every user volume into backups/<time>/
-	@$(if $(SWARM),$(call not_in_swarm_mode,backup))
-	@STACK_NAME=$(call env_value,STACK_NAME) DOCKER_NETWORK=$(call env_value,DOCKER_NETWORK) \
+	@ENGINE=$(call env_value,ENGINE) STACK_NAME=$(call env_value,STACK_NAME) DOCKER_NETWORK=$(call env_value,DOCKER_NETWORK) \
 	  LABHUB_VERSION=$(call env_value,LABHUB_VERSION) \
 	  BACKUP_ROOT=$(BACKUP_ROOT) ONLY_USERS='$(ONLY_USERS)' scripts/backup.sh
 

@@ -13,6 +13,11 @@
 # during the backup may be caught half-way, so stop servers first for a point-in-time
 # copy of users' files. ONLY_USERS="alice bob" archives only those users' volumes (the
 # databases are always backed up whole). The last line printed is the backup folder.
+#
+# ENGINE=swarm: the homes are on every node. The hub's container reads each through its
+# node's Docker proxy (`labhub home-archive`, docs/scale-out.md); the archive's members are
+# under jovyan/ (the engine's archive of /home/jovyan), not ./, and make restore does not
+# read such a backup yet.
 set -euo pipefail
 
 stack="${STACK_NAME:?set STACK_NAME (make backup reads it from .env)}"
@@ -52,9 +57,29 @@ helper -v "${hub_volume}:/srv/jupyterhub" "${helper_image}" sh -c '
   labhub user-volumes /backup/jupyterhub.sqlite "$0" | cut -f1,2 >/backup/users.tsv
 ' "${network}"
 
+# ENGINE=swarm: one user's home from its node, through the hub's container (exit 2 of
+# labhub home-archive: no home to read, said on stderr).
+archive_on_its_node() {
+  local user="$1" archive="${folder}/volumes/$2.tar.gz" status=0
+  docker exec "${stack}-hub" labhub home-archive "${user}" | gzip >"${archive}" || status=$?
+  case "${status}" in
+    0) return 0 ;;
+    2) rm -f "${archive}"; echo "backup: ${user} skipped (above)"; return 1 ;;
+    *) echo "backup: ${user}'s home could not be read (above): the backup is incomplete" >&2
+       exit 1 ;;
+  esac
+}
+
 count=0
 while IFS=$'\t' read -r user volume; do
   if [[ -n "${ONLY_USERS:-}" && " ${ONLY_USERS} " != *" ${user} "* ]]; then
+    continue
+  fi
+  if [[ "${ENGINE:-docker}" == swarm ]]; then
+    echo "backup: ${user} (${volume}, on its node)"
+    if archive_on_its_node "${user}" "${volume}"; then
+      count=$((count + 1))
+    fi
     continue
   fi
   if ! docker volume inspect "${volume}" >/dev/null 2>&1; then

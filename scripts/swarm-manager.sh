@@ -8,6 +8,9 @@
 #                                                  --never arguments: every node's address, the
 #                                                  Swarm's overlay address pool, the manager's
 #                                                  bridge networks (its own addresses on them)
+#   scripts/swarm-manager.sh node-proxies NAME IMAGE SOCKET NETWORK ALLOWED_IMAGES
+#                                                  a Docker proxy on every node (PROXY_POLICY=node)
+#   scripts/swarm-manager.sh remove-node-proxies NAME
 #
 # The engine is Docker's usual one: DOCKER_HOST if set, else the local socket.
 set -euo pipefail
@@ -75,10 +78,68 @@ never() {
   done
 }
 
+# A global service of labhub's Docker proxy in front of each node's engine (SOCKET, a Swarm
+# mount template such as /run/engines/{{.Node.ID}}.sock where nodes share one filesystem),
+# for home moves (labhub.homemove). Its own internal overlay network NAME, which only the
+# hub's container joins (compose/swarm.yml): no published port, no routing mesh, no way
+# from a user's network. Made anew at each make up, so it runs this version's image. Its
+# health check is the proxy's /_ping, not the hub image's (a Swarm task runs once healthy).
+node_proxies() {
+  local name="$1" image="$2" sock="$3" lab_network="$4" allowed="$5" attempt replicas
+  docker service rm "$name" >/dev/null 2>&1 || true
+  if ! docker network inspect "$name" >/dev/null 2>&1; then
+    docker network create --driver overlay --attachable --internal \
+      --label labhub.node-proxies=true "$name" >/dev/null
+  fi
+  docker service create --detach --quiet --name "$name" --mode global \
+    --network "$name" --endpoint-mode dnsrr --no-resolve-image \
+    --read-only --user root --label labhub.node-proxies=true \
+    --mount "type=bind,source=${sock},target=/var/run/docker.sock" \
+    --env PROXY_POLICY=node --env DOCKER_NETWORK="$lab_network" \
+    --env ALLOWED_IMAGES="$allowed" \
+    --health-cmd "curl -fsS -o /dev/null http://127.0.0.1:2375/_ping" \
+    --health-interval 10s --health-timeout 5s --health-retries 3 --health-start-period 5s \
+    "$image" python -m labhub.dockerproxy >/dev/null
+  # A global service runs one task per node: wait until each node's runs.
+  for attempt in $(seq 60); do
+    replicas="$(docker service ls --filter "name=${name}" --format '{{.Name}} {{.Replicas}}' \
+      | awk -v name="$name" '$1 == name {print $2}')"
+    if [[ "$replicas" =~ ^([0-9]+)/([0-9]+)$ && "${BASH_REMATCH[1]}" == "${BASH_REMATCH[2]}" \
+          && "${BASH_REMATCH[2]}" != 0 ]]; then
+      echo "a Docker proxy runs on each of the ${BASH_REMATCH[2]} nodes (${name})"
+      return 0
+    fi
+    [[ "$attempt" == 60 ]] || sleep 2
+  done
+  echo "make up: the nodes' Docker proxies (${name}) do not all run after 120 s (${replicas:-none})." >&2
+  docker service ps --no-trunc --format '  node {{.Node}}: {{.CurrentState}} {{.Error}}' "$name" >&2
+  echo "  Is the image ${image} on every node, and the socket ${sock}" \
+       "(NODE_DOCKER_SOCKET) there? (docker service ps --no-trunc ${name})" >&2
+  exit 1
+}
+
+remove_node_proxies() {
+  local name="$1" attempt
+  docker service rm "$name" >/dev/null 2>&1 || true
+  remove_network "$name"
+  # The manager keeps its local copy of a removed overlay network until its own task left it.
+  for attempt in $(seq 30); do
+    docker network inspect "$name" >/dev/null 2>&1 || return 0
+    [[ "$attempt" == 30 ]] || sleep 1
+  done
+  echo "make down: the network ${name} is still listed after 30 s (docker network inspect ${name})" >&2
+  exit 1
+}
+
 case "${1:-}" in
   check) check ;;
   never) never ;;
   network) network "${2:?usage: $0 network NAME}" ;;
   remove-network) remove_network "${2:?usage: $0 remove-network NAME}" ;;
-  *) echo "usage: $0 check | network NAME | remove-network NAME | never" >&2; exit 2 ;;
+  node-proxies)
+    [[ $# == 6 ]] || { echo "usage: $0 node-proxies NAME IMAGE SOCKET NETWORK ALLOWED_IMAGES" >&2; exit 2; }
+    node_proxies "$2" "$3" "$4" "$5" "$6" ;;
+  remove-node-proxies) remove_node_proxies "${2:?usage: $0 remove-node-proxies NAME}" ;;
+  *) echo "usage: $0 check | network NAME | remove-network NAME | node-proxies ..." \
+          "| remove-node-proxies NAME | never" >&2; exit 2 ;;
 esac

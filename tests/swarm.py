@@ -108,6 +108,7 @@ class Swarm:
         subnet = _free_subnet()
         hosts = list(subnet.hosts())
         self.prefix = subnet.prefixlen
+        self._subnet = subnet
         self.nodes = [Node(f"lhsw{tag}n{i}", str(hosts[9 + i])) for i in range(size)]
         self.images = images
         self.manager_images = manager_images
@@ -144,6 +145,9 @@ class Swarm:
         STATE_ROOT.mkdir(parents=True, exist_ok=True)
         run("ip", "link", "add", self.bridge, "type", "bridge")
         run("ip", "link", "set", self.bridge, "up")
+        # The subnet's route, at once: the next run's _free_subnet sees it as taken (the
+        # nodes' addresses are in their namespaces; gone with the bridge).
+        run("ip", "route", "add", str(self._subnet), "dev", self.bridge)
         run("iptables", "-I", *self._forward_rule)
         for node in self.nodes:
             self._start(node)

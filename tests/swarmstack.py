@@ -114,13 +114,23 @@ class SwarmStack:
         return next(node for node in self.swarm.nodes if node.node_id == node_id)
 
 
+def link_each_nodes_socket(swarm: Swarm, engines: Path) -> str:
+    """What a real node has at one path, its own engine's socket: here one link per node ID
+    (the nodes share this host's filesystem, where /var/run/docker.sock is this host's
+    engine). Returns the NODE_DOCKER_SOCKET template that names them."""
+    engines.mkdir()
+    for node in swarm.nodes:
+        (engines / f"{node.node_id}.sock").symlink_to(node.socket)
+    return f"{engines}/{{{{.Node.ID}}}}.sock"
+
+
 @contextlib.contextmanager
 def swarm_stack_up(
     workdir: Path,
     size: int = 2,
     extra: Mapping[str, str] = {},
-    images: Sequence[str] = (WORKSPACE_IMAGE,),
-    manager_images: Sequence[str] = (HUB_IMAGE, PROXY_IMAGE, EGRESS_IMAGE),
+    images: Sequence[str] = (WORKSPACE_IMAGE, HUB_IMAGE),
+    manager_images: Sequence[str] = (PROXY_IMAGE, EGRESS_IMAGE),
     dockerd_args: Sequence[str] = (),
     extra_for: Callable[[Swarm], Mapping[str, str]] = lambda swarm: {},
     registry: bool = False,
@@ -128,8 +138,9 @@ def swarm_stack_up(
     """A `size`-engine test cluster with the platform up on it by `make up BUILD=no` (the
     images loaded, `extra` in its .env, and what `extra_for` makes of the cluster, e.g. an
     inventory naming node IDs; `dockerd_args` for every node's engine); `make down` and the
-    cluster removed after. The hub's, CHP's and the proxy's last log lines are printed, for
-    a failing test.
+    cluster removed after. The nodes' Docker proxies run the hub image on every node, each
+    at its own engine's socket (`link_each_nodes_socket`). The hub's, CHP's and the proxy's
+    last log lines are printed, for a failing test.
 
     With `registry`: a registry in the manager's namespace that every engine pulls from,
     REGISTRY=<it>/labhub in the .env, and the real `make push` (from the manager, which then
@@ -152,7 +163,12 @@ def swarm_stack_up(
             registry_log = registry_root / "registry.log"
             extra = {**extra, "REGISTRY": f"{swarm.registry}/labhub"}
             make_args = (f"PUSHED_IMAGES={workdir / 'pushed-images.env'}",)
-        env_file = swarm_env(workdir, swarm.manager.address, extra={**extra, **extra_for(swarm)})
+        sockets = link_each_nodes_socket(swarm, workdir / "engines")
+        env_file = swarm_env(
+            workdir,
+            swarm.manager.address,
+            extra={"NODE_DOCKER_SOCKET": sockets, **extra, **extra_for(swarm)},
+        )
         running = SwarmStack(
             swarm,
             Stack(

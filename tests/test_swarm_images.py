@@ -35,6 +35,7 @@ from stacks import STACK
 from swarm import run
 from swarmlab import HubUser, service_body, wait_for_running_task
 from swarmstack import (
+    EGRESS_IMAGE,
     HUB_IMAGE,
     PREFIX,
     PROXY_IMAGE,
@@ -178,8 +179,10 @@ def registry_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SwarmSt
     try:
         with swarm_stack_up(
             tmp_path_factory.mktemp("swarm-images"),
-            images=(),  # the worker gets nothing but what it pulls
-            manager_images=(HUB_IMAGE, PROXY_IMAGE, WORKSPACE_IMAGE, EXTRA_IMAGE),
+            # The worker gets nothing but the hub image (its node proxy runs it) and what
+            # it pulls.
+            images=(HUB_IMAGE,),
+            manager_images=(PROXY_IMAGE, EGRESS_IMAGE, WORKSPACE_IMAGE, EXTRA_IMAGE),
             extra={"WORKSPACE_IMAGES": EXTRA_IMAGE},
             registry=True,
         ) as running:
@@ -233,7 +236,9 @@ def test_make_up_runs_the_pushed_digest_on_a_node_that_pulls_it_from_the_registr
             manager.docker("inspect", "--format", "{{json .Config.Env}}", f"{STACK}-{container}")
         )
         assert f"IMAGE_DIGESTS={','.join(f'{k}={v}' for k, v in digests.items())}" in env
-    assert not worker.docker("image", "ls", "--quiet").strip()  # nothing loaded on the worker
+    hub_image = worker.docker("image", "inspect", "--format", "{{.Id}}", HUB_IMAGE).strip()
+    # Nothing but the hub image loaded on the worker.
+    assert worker.docker("image", "ls", "--quiet", "--no-trunc").split() == [hub_image]
     users = ("imgann", "imgbob")
     clients, nodes = {}, {}
     for user in users:
@@ -261,7 +266,10 @@ def test_make_up_runs_the_pushed_digest_on_a_node_that_pulls_it_from_the_registr
         "ps", "--quiet", "--filter", f"label=com.docker.swarm.service.name={PREFIX}-{on_worker}"
     ).split()
     image_id = worker.docker("inspect", "--format", "{{.Image}}", container).strip()
-    assert worker.docker("image", "ls", "--quiet", "--no-trunc").split() == [image_id]
+    assert set(worker.docker("image", "ls", "--quiet", "--no-trunc").split()) == {
+        image_id,
+        hub_image,
+    }
     digest = pinned.split("@", 1)[1]
     assert stack.registry_log is not None
     log = stack.registry_log.read_text()

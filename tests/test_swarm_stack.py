@@ -53,7 +53,9 @@ def test_swarm_override_keeps_the_proxy_in_front_and_drops_the_single_host_guard
     assert names == {"HUB_CONTAINER": "labhub-hub", "CHP_CONTAINER": "labhub-proxy-chp"}
     assert names.items() <= hub["environment"].items()  # type: ignore[attr-defined]
     assert set(hub["depends_on"]) == {"docker-proxy", "proxy-chp"}  # type: ignore[arg-type]
-    assert set(hub["networks"]) == {"labhub", "docker-api", "metrics"}  # type: ignore[arg-type]
+    # node-proxies: the nodes' Docker proxies' network (tests/test_swarm_nodes.py).
+    assert set(hub["networks"]) == {"labhub", "docker-api", "metrics", "node-proxies"}  # type: ignore[arg-type]
+    assert hub["environment"]["NODE_PROXY_SERVICE"] == "labhub-node-proxy"  # type: ignore[index]
     assert set(chp["networks"]) == {"labhub", "frontend"}  # type: ignore[arg-type]
     assert proxy["environment"]["PROXY_POLICY"] == "swarm"  # type: ignore[index]
     assert not any("docker.sock" in str(v) for v in hub.get("volumes", []))  # type: ignore[attr-defined]
@@ -170,8 +172,9 @@ def test_make_down_removes_the_platform_and_the_overlay_but_keeps_the_homes(
     assert {volume_name_for(user, STACK) for user in ("swann", "swbob")} <= set(homes)
 
 
-@pytest.mark.parametrize("target", ["backup", "restore"])
-def test_backup_and_restore_refuse_swarm_mode_rather_than_miss_the_nodes_homes(
+# make backup reads each home on its node in Swarm mode (tests/test_swarm_nodes.py).
+@pytest.mark.parametrize("target", ["restore"])
+def test_restore_refuses_swarm_mode_rather_than_miss_the_nodes_homes(
     tmp_path: Path, target: str
 ) -> None:
     env_file = swarm_env(tmp_path, "127.0.0.1")

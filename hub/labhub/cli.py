@@ -15,9 +15,12 @@ labhub egress-conf --never NET ...
                          Swarm mode: the egress proxy's squid.conf from USER_INTERNET,
                          USER_LAN_ACCESS and USER_EGRESS_ALLOW (labhub.egress); never
                          EGRESS_SUBNET, nor each --never (the nodes, the overlay ranges)
-labhub move-home USER NODE --proxy NODE=URL ...
+labhub move-home USER NODE [--proxy NODE=URL ...]
                          Swarm mode: move a stopped user's home volume to another node
                          through the nodes' Docker proxies, check it, switch (docs/scale-out.md)
+labhub home-archive USER
+                         Swarm mode: the user's home as a tar on stdout, read on its node
+                         through that node's Docker proxy (make backup)
 """
 
 from __future__ import annotations
@@ -163,6 +166,7 @@ def move_home(args: argparse.Namespace) -> int:
         proxies[node] = url
     network, image = settings.docker_network, settings.workspace_image
     try:
+        proxies = proxies or _deployed_node_proxies(settings, "make move-home USER=... NODE=...")
         row = homemove.read_home(args.db, args.user)
         plan = homemove.plan_move(args.user, args.node, row, proxies, network)
         homemove.move_home(
@@ -197,6 +201,41 @@ def egress_conf(never: list[str]) -> int:
         net.internet, net.lan_access, net.egress_allow, (*excluded, net.egress_subnet)
     )
     print(egress.squid_conf(rules), end="")
+    return 0
+
+
+def _deployed_node_proxies(settings: Settings, how: str) -> dict[str, str]:
+    """The node proxies `make up` deployed, by node ID (labhub.homemove.find_node_proxies)."""
+    from . import homemove
+
+    if not settings.node_proxy_service:
+        raise homemove.MoveRefused(
+            f"NODE_PROXY_SERVICE is not set: run this in the hub's container ({how})"
+        )
+    return homemove.find_node_proxies(settings.node_proxy_service)
+
+
+def home_archive(args: argparse.Namespace) -> int:
+    """Write the user's home as a tar to stdout, from its node (exit 2: no home to read)."""
+    from docker.errors import DockerException
+
+    from . import homemove
+
+    settings = Settings.from_env(os.environ)
+    try:
+        proxies = _deployed_node_proxies(settings, "make backup")
+        homemove.archive_home(
+            args.user, args.db, proxies, settings.docker_network, settings.workspace_image,
+            sys.stdout.buffer,
+        )  # fmt: skip
+    except homemove.MoveRefused as error:
+        print(f"labhub home-archive: {error}", file=sys.stderr)
+        return 2
+    except (DockerException, OSError) as error:
+        print(
+            f"labhub home-archive: {args.user}'s home could not be read: {error}", file=sys.stderr
+        )
+        return 1
     return 0
 
 
@@ -238,13 +277,21 @@ def main(argv: list[str] | None = None) -> int:
     move.add_argument("node", help="the Swarm node ID to move to (docker node ls)")
     move.add_argument(
         "--proxy", action="append", default=[], metavar="NODE=URL",
-        help="a node's Docker proxy (PROXY_POLICY=node), for the old and the new node",
+        help="a node's Docker proxy (PROXY_POLICY=node), for the old and the new node; "
+        "without it, the node proxies `make up` deployed are found by themselves",
     )  # fmt: skip
     move.add_argument("--keep-old", action="store_true", help="keep the old node's volume")
     move.add_argument(
         "--db", type=Path, default=Path(DEFAULT_DB),
         help="the hub's SQLite database",
     )  # fmt: skip
+    archive = commands.add_parser(
+        "home-archive", help="a user's home as a tar on stdout, read on its Swarm node"
+    )
+    archive.add_argument("user", help="the JupyterHub username")
+    archive.add_argument(
+        "--db", type=Path, default=Path(DEFAULT_DB), help="the hub's SQLite database"
+    )
     args = parser.parse_args(argv)
     if args.command == "check-settings":
         return check_settings()
@@ -260,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         return move_home(args)
     if args.command == "egress-conf":
         return egress_conf(args.never)
+    if args.command == "home-archive":
+        return home_archive(args)
     if args.command == "container-prefix":
         return print_container_prefix(args.network)
     parser.error(f"unknown command {args.command}")

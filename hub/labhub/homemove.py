@@ -18,16 +18,17 @@ from __future__ import annotations
 
 import json
 import secrets
+import socket
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import docker
-from docker.errors import APIError, NotFound
+from docker.errors import APIError, DockerException, NotFound
 
 from .contract import HOME_DIR, volume_name_for
 from .hometar import (
@@ -46,6 +47,8 @@ from .swarmspawner import HOME_NODE_STATE
 API_VERSION = "1.41"
 # How long the old volume may stay in use by the stopped server's task container.
 OLD_VOLUME_WAIT = 60.0
+# The port every node proxy listens on (labhub.dockerproxy's LISTEN_PORT default).
+NODE_PROXY_PORT = 2375
 # A progress line every this many bytes copied.
 PROGRESS_EVERY = 256 * 1024 * 1024
 
@@ -101,8 +104,9 @@ def plan_move(
     for node in (source, target):
         if node not in proxies:
             raise MoveRefused(
-                f"no Docker proxy given for node {node}: add --proxy {node}=tcp://HOST:2375 "
-                "(the node proxy, PROXY_POLICY=node, on that node)"
+                f"no Docker proxy answers for node {node}: is the node up (docker node ls), "
+                "and its node proxy's task running there (docker service ps "
+                "<DOCKER_NETWORK>-node-proxy)? `make up` deploys them"
             )
     return MovePlan(
         user, volume_name_for(user, network), row.spawner_id, row.state, source, target,
@@ -137,6 +141,27 @@ def switch_home(db_path: Path, plan: MovePlan) -> None:
 
 
 # --- The nodes, through their proxies ---------------------------------------------------------
+def find_node_proxies(service: str, port: int = NODE_PROXY_PORT) -> dict[str, str]:
+    """Each node's proxy, by the node ID its engine gives: every task of the node proxies'
+    global service, at the addresses `tasks.<service>` resolves to (dnsrr). A task that does
+    not answer is left out: its node is then refused by name (plan_move)."""
+    try:
+        found = socket.getaddrinfo(f"tasks.{service}", port, socket.AF_INET, socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        raise MoveRefused(
+            f"no node proxy found at tasks.{service} ({error}): `make up` deploys them "
+            "(docker service ps " + service + " on the manager)"
+        ) from error
+    proxies = {}
+    for address in sorted({str(entry[4][0]) for entry in found}):
+        url = f"tcp://{address}:{port}"
+        with suppress(APIError, OSError, DockerException):
+            info = docker.APIClient(base_url=url, version=API_VERSION, timeout=10).info()
+            if node := (info.get("Swarm") or {}).get("NodeID"):
+                proxies[node] = url
+    return proxies
+
+
 class NodeEngine:
     """One node's engine through its Docker proxy: users' volumes and copy helpers."""
 
@@ -222,6 +247,35 @@ def move_home(
         say(f"kept the old volume {plan.volume} on node {plan.source} (--keep-old)")
         return
     _remove_old_volume(plan, source, say)
+
+
+def archive_home(
+    user: str, db_path: Path, proxies: Mapping[str, str], network: str, image: str, out: BinaryIO
+) -> int:
+    """Write `user`'s home as a tar (members under `jovyan/`, as the engine archives it) from
+    their home node, through its proxy, to `out`; the bytes written. A running server keeps
+    running (a file written meanwhile may be caught half-way). MoveRefused when there is
+    no home to read, naming why."""
+    row = read_home(db_path, user)
+    node = (row.state if row else {}).get(HOME_NODE_STATE)
+    if not node:
+        raise MoveRefused(f"{user!r} has no home node yet (never started on the swarm)")
+    if node not in proxies:
+        raise MoveRefused(
+            f"no Docker proxy answers for node {node}, where {user}'s home is: is the node up "
+            "(docker node ls), and its node proxy's task running there?"
+        )
+    engine = NodeEngine(node, proxies[node], network, image)
+    engine.check_identity()
+    volume = volume_name_for(user, network)
+    if not engine.has_volume(volume):
+        raise MoveRefused(f"node {node} has no volume {volume}")
+    written = 0
+    with engine.helper(user) as helper:
+        archive = engine.archive(helper)
+        while chunk := archive.read(1 << 20):
+            written += out.write(chunk)
+    return written
 
 
 def _remove_old_volume(plan: MovePlan, source: NodeEngine, say: Callable[[str], None]) -> None:

@@ -824,6 +824,15 @@ SECTIONS: tuple[Section, ...] = (
                 "QUOTA_ROOT, named servers and MONITORING yet (docs/scale-out.md).",
                 "engine",
             ),
+            Setting(
+                "NODE_DOCKER_SOCKET",
+                "/var/run/docker.sock",
+                absolute_path("/var/run/docker.sock"),
+                "ENGINE=swarm: each node's engine socket, which `make up` gives that node's "
+                "Docker proxy (home moves, docs/scale-out.md); may name the node as Swarm "
+                "templates do, e.g. /run/engines/{{.Node.ID}}.sock.",
+                "node_docker_socket",
+            ),
         ),
     ),
     Section(
@@ -1297,6 +1306,14 @@ SECTIONS: tuple[Section, ...] = (
                 "to users' networks like the hub, their servers' HTTP(S) proxy.",
                 "egress_container",
             ),
+            Setting(
+                "NODE_PROXY_SERVICE",
+                "",
+                optional(docker_name),
+                "ENGINE=swarm: the Swarm service of the nodes' Docker proxies (compose/swarm.yml), "
+                "found by `labhub move-home` at tasks.<it>.",
+                "node_proxy_service",
+            ),
         ),
         in_env_file=False,
     ),
@@ -1415,6 +1432,8 @@ class Settings:
     docker_network: str
     # ENGINE: "docker" (one host); "swarm": users' servers as Swarm services (_check_engine).
     engine: str
+    # ENGINE=swarm: the socket each node's Docker proxy holds (a Swarm mount template).
+    node_docker_socket: str
     gpu_inventory: str
     gpu_profiles: str
     gpu_db: str
@@ -1446,6 +1465,8 @@ class Settings:
     hub_container: str | None
     chp_container: str | None
     egress_container: str | None
+    # ENGINE=swarm: the nodes' Docker proxies' service (labhub.homemove finds its tasks).
+    node_proxy_service: str | None
 
     @property
     def allowed_images(self) -> tuple[str, ...]:

@@ -18,7 +18,15 @@ from jupyterhub import orm
 from labhub import cli
 from labhub.dockerpolicy import Policy, Refused, check_node_request
 from labhub.dockerproxy import BadRequest, ChunkedBody, RequestHead, parse_head
-from labhub.homemove import HomeRow, MoveFailed, MoveRefused, plan_move, read_home, switch_home
+from labhub.homemove import (
+    HomeRow,
+    MoveFailed,
+    MoveRefused,
+    archive_home,
+    plan_move,
+    read_home,
+    switch_home,
+)
 from labhub.hometar import BadHomeArchive, Manifest, copy_helper, manifest_of, rewrite
 from labhub.swarmspawner import HOME_NODE_STATE, LabSwarmSpawner
 
@@ -267,8 +275,8 @@ PROXIES = {"nodeA": "tcp://a:2375", "nodeB": "tcp://b:2375"}
         (HomeRow(1, True, {HOME_NODE_STATE: "nodeA"}), "nodeB", "server is running"),
         (HomeRow(1, False, {}), "nodeB", "no home node yet"),
         (HomeRow(1, False, {HOME_NODE_STATE: "nodeA"}), "nodeA", "already on node nodeA"),
-        (HomeRow(1, False, {HOME_NODE_STATE: "nodeA"}), "nodeC", "--proxy nodeC=tcp://"),
-        (HomeRow(1, False, {HOME_NODE_STATE: "nodeZ"}), "nodeB", "--proxy nodeZ=tcp://"),
+        (HomeRow(1, False, {HOME_NODE_STATE: "nodeA"}), "nodeC", "no Docker proxy .* node nodeC"),
+        (HomeRow(1, False, {HOME_NODE_STATE: "nodeZ"}), "nodeB", "no Docker proxy .* node nodeZ"),
     ],
 )
 def test_a_move_that_cannot_start_says_why(row: HomeRow | None, target: str, reason: str) -> None:
@@ -332,3 +340,26 @@ def test_the_command_refuses_with_the_reason_and_exit_2(
     db.commit()
     assert cli.main(["move-home", "alice", "nodeB", *proxies, f"--db={path}"]) == 2
     assert "refused: alice's server is running" in capsys.readouterr().err
+
+
+def test_without_proxies_the_commands_need_the_deployed_ones_and_name_what_is_missing(
+    hub_db: tuple[Path, Any], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, _ = hub_db
+    for name, value in {**MINIMAL_ENV, "DOCKER_NETWORK": NETWORK}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("NODE_PROXY_SERVICE", raising=False)
+    assert cli.main(["move-home", "alice", "nodeB", f"--db={path}"]) == 2
+    assert "NODE_PROXY_SERVICE is not set" in capsys.readouterr().err
+    assert cli.main(["home-archive", "alice", f"--db={path}"]) == 2
+    assert "NODE_PROXY_SERVICE is not set" in capsys.readouterr().err
+
+
+def test_a_home_archive_names_a_user_without_a_home_or_a_node_without_a_proxy(
+    hub_db: tuple[Path, Any],
+) -> None:
+    path, _ = hub_db
+    with pytest.raises(MoveRefused, match="'bob' has no home node yet"):
+        archive_home("bob", path, PROXIES, NETWORK, IMAGE, io.BytesIO())
+    with pytest.raises(MoveRefused, match="no Docker proxy answers for node nodeA"):
+        archive_home("alice", path, {"nodeB": "tcp://b:2375"}, NETWORK, IMAGE, io.BytesIO())

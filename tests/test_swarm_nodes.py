@@ -1,0 +1,205 @@
+"""A Docker proxy on every node, deployed by `make up` with ENGINE=swarm, and what uses it.
+
+On a two-engine test cluster (tests/swarmstack.py) the real `make up` starts a global
+service of labhub's Docker proxy (PROXY_POLICY=node) on its own internal overlay network.
+Every node shares this host's filesystem here, so `/var/run/docker.sock` would be this
+host's engine on each: NODE_DOCKER_SOCKET names each node's socket by its node ID (a Swarm
+mount template), through links this test makes. Proven: one proxy task per node, each
+answering for its own engine; the hub's container reaches them and a user's server does
+not; `make move-home` finds them by itself and moves a user's home, and the user's next
+spawn through the hub runs on the new node with their file; `make backup` reads that home
+on its node through them; `make down` removes them.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from collections.abc import Iterator
+
+import pytest
+from labhub.contract import volume_name_for
+from stacks import STACK
+from swarmlab import CONNECT, wait_for_running_task
+from swarmstack import (
+    PREFIX,
+    SwarmStack,
+    make,
+    swarm_stack_up,
+)
+
+from testsupport.hubclient import HubClient
+from testsupport.waiting import wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
+
+NODE_PROXIES = f"{STACK}-node-proxy"
+HUB = f"{STACK}-hub"
+USER = "nodemover"
+# The node ID the engine behind a proxy gives, asked from inside the hub's container.
+ASK_NODE = (
+    "import json, sys, urllib.request; "
+    "print(json.load(urllib.request.urlopen(f'http://{sys.argv[1]}:2375/info', timeout=10))"
+    "['Swarm']['NodeID'])"
+)
+
+
+@pytest.fixture(scope="module")
+def swarm_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SwarmStack]:
+    # swarm_stack_up loads the hub image on every node and links each node's socket.
+    with swarm_stack_up(tmp_path_factory.mktemp("swarm-nodes")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def proxy_addresses(swarm_stack: SwarmStack) -> list[str]:
+    """The node proxies' task addresses, as the hub's container resolves them (dnsrr)."""
+    hosts = swarm_stack.manager.docker("exec", HUB, "getent", "ahostsv4", f"tasks.{NODE_PROXIES}")
+    return sorted({line.split()[0] for line in hosts.splitlines()})
+
+
+@pytest.fixture(scope="module")
+def student(swarm_stack: SwarmStack) -> HubClient:
+    client = swarm_stack.stack.client()
+    login = client.login(USER, swarm_stack.stack.ensure_account(USER), follow=False)
+    assert login.status_code == 302 and client.logged_in, login.text[:300]
+    return client
+
+
+def task_container(swarm_stack: SwarmStack, user: str) -> tuple[str, str]:
+    """The node running `user`'s server and its task's container there."""
+    node_id = wait_for_running_task(swarm_stack.swarm, f"{PREFIX}-{user}")
+    node = swarm_stack.node(node_id)
+
+    def the_one() -> str:
+        found = node.docker(
+            "ps", "--quiet", "--filter", f"label=com.docker.swarm.service.name={PREFIX}-{user}"
+        ).split()
+        return found[0] if len(found) == 1 else ""
+
+    return node_id, wait_until(the_one, 60, f"one running container of {user}'s server")
+
+
+def test_make_up_runs_one_node_proxy_on_each_node_answering_for_its_own_engine(
+    swarm_stack: SwarmStack, proxy_addresses: list[str]
+) -> None:
+    manager, nodes = swarm_stack.manager, {node.node_id for node in swarm_stack.swarm.nodes}
+    tasks = manager.docker(
+        "service", "ps", "--filter", "desired-state=running", "--format", "{{.ID}}", NODE_PROXIES
+    ).split()
+    states = manager.docker(
+        "inspect", "--type", "task", "--format", "{{.Status.State}} {{.NodeID}}", *tasks
+    ).splitlines()
+    assert sorted(states) == sorted(f"running {node}" for node in nodes)
+    spec = json.loads(manager.docker("service", "inspect", NODE_PROXIES))[0]["Spec"]
+    container = spec["TaskTemplate"]["ContainerSpec"]
+    assert "PROXY_POLICY=node" in container["Env"]
+    assert spec["EndpointSpec"]["Mode"] == "dnsrr" and not spec["EndpointSpec"].get("Ports")
+    network = json.loads(manager.docker("network", "inspect", NODE_PROXIES))[0]
+    assert network["Internal"] and network["Driver"] == "overlay"
+    # From the hub's container, each task answers for the engine of the node it runs on.
+    answers = {
+        manager.docker("exec", HUB, "python3", "-c", ASK_NODE, address).strip()
+        for address in proxy_addresses
+    }
+    assert len(proxy_addresses) == 2 and answers == nodes
+    # Only the hub joins the node proxies' network on the manager (besides the proxies).
+    joined = json.loads(manager.docker("network", "inspect", NODE_PROXIES))[0]["Containers"]
+    others = {
+        entry["Name"]
+        for entry in joined.values()
+        # The proxy's own task, and the network's load-balancer endpoint on this node.
+        if not entry["Name"].startswith(f"{NODE_PROXIES}.")
+        and entry["Name"] != f"{NODE_PROXIES}-endpoint"
+    }
+    assert others == {HUB}
+
+
+def test_a_users_server_cannot_reach_the_node_proxies(
+    swarm_stack: SwarmStack, student: HubClient, proxy_addresses: list[str]
+) -> None:
+    student.start_server(USER, timeout=600)
+    node_id, container = task_container(swarm_stack, USER)
+    node = swarm_stack.node(node_id)
+    for address in proxy_addresses:
+        tried = node.docker("exec", container, "perl", "-e", CONNECT, address, "2375", timeout=60)
+        assert tried.startswith("failed"), (address, tried)
+    by_name = node.docker(
+        "exec", container, "getent", "hosts", f"tasks.{NODE_PROXIES}", check=False
+    )
+    assert not by_name.strip()
+    # The hub reaches them all along.
+    assert manager_asks(swarm_stack, proxy_addresses[0])
+
+
+def manager_asks(swarm_stack: SwarmStack, address: str) -> str:
+    return swarm_stack.manager.docker("exec", HUB, "python3", "-c", ASK_NODE, address).strip()
+
+
+def test_make_move_home_finds_the_node_proxies_and_the_next_spawn_runs_there_with_the_file(
+    swarm_stack: SwarmStack, student: HubClient
+) -> None:
+    student.start_server(USER, timeout=600)
+    old_node, container = task_container(swarm_stack, USER)
+    swarm_stack.node(old_node).docker(
+        "exec", container, "sh", "-c", "echo 'kept across nodes' > /home/jovyan/moved.txt"
+    )
+    student.stop_server(USER)
+    [new_node] = {node.node_id for node in swarm_stack.swarm.nodes} - {old_node}
+    moved = make(
+        "move-home", swarm_stack.env_file, swarm_stack.docker_host, f"USER={USER}",
+        f"NODE={new_node}", timeout=600,
+    )  # fmt: skip
+    assert moved.returncode == 0, moved.stdout[-3000:] + moved.stderr[-3000:]
+    assert f"switched: {USER}'s home is now on node {new_node}" in moved.stdout
+    volume = volume_name_for(USER, STACK)
+    assert volume in swarm_stack.node(new_node).docker("volume", "ls", "--quiet").split()
+    # The next spawn through the hub runs on the new node and finds the file there.
+    student.start_server(USER, timeout=600)
+    running_on, container = task_container(swarm_stack, USER)
+    assert running_on == new_node
+    text = swarm_stack.node(new_node).docker("exec", container, "cat", "/home/jovyan/moved.txt")
+    assert text.strip() == "kept across nodes"
+    student.stop_server(USER)
+
+
+def test_make_backup_reads_each_home_on_its_node(
+    swarm_stack: SwarmStack, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The user's home, on the node it was moved to, is read there through that node's
+    proxy; the admin, never started, has no home to read and is skipped."""
+    root = tmp_path_factory.mktemp("backups")
+    backup = make(
+        "backup", swarm_stack.env_file, swarm_stack.docker_host, f"BACKUP_ROOT={root}",
+        timeout=600,
+    )  # fmt: skip
+    assert backup.returncode == 0, backup.stdout[-3000:] + backup.stderr[-3000:]
+    [folder] = root.iterdir()
+    archive = folder / "volumes" / f"{volume_name_for(USER, STACK)}.tar.gz"
+    with tarfile.open(archive) as tar:
+        member = tar.extractfile("jovyan/moved.txt")
+        assert member is not None and member.read() == b"kept across nodes\n"
+        assert tar.getmember("jovyan").uid == 1000
+    assert "1 volumes" in backup.stdout and "backup: admin skipped" in backup.stdout
+
+
+def test_make_move_home_names_its_arguments(swarm_stack: SwarmStack) -> None:
+    missing = make("move-home", swarm_stack.env_file, swarm_stack.docker_host, f"USER={USER}")
+    assert missing.returncode == 2 and "usage: make move-home USER=" in missing.stderr
+
+
+def test_make_down_removes_the_node_proxies_and_their_network(swarm_stack: SwarmStack) -> None:
+    manager = swarm_stack.manager
+    down = swarm_stack.make("down")
+    assert down.returncode == 0, down.stderr[-2000:]
+    assert NODE_PROXIES not in manager.docker("service", "ls", "--format", "{{.Name}}").split()
+    assert NODE_PROXIES not in manager.docker("network", "ls", "--format", "{{.Name}}").split()
+    # Each node's proxy container is gone from its node.
+    wait_until(
+        lambda: all(
+            not node.docker("ps", "--quiet", "--filter", f"name={NODE_PROXIES}")
+            for node in swarm_stack.swarm.nodes
+        ),
+        60,
+        "the node proxies' containers to stop",
+    )
