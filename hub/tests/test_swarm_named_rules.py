@@ -8,6 +8,7 @@ import asyncio
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from jupyterhub.objects import Hub, Server
 from labhub.contract import OWNER_LABEL, volume_name_for
 from labhub.dockerpolicy import Policy, Refused, check_swarm_request
 from labhub.dockerproxy import policy_from_env
+from labhub.homemove import HomeRow, MoveFailed, MoveRefused, plan_move, read_home, switch_home
 from labhub.settings import Settings
 from labhub.swarmplacement import pinned_node
 from labhub.swarmspawner import HOME_NODE_STATE, LabSwarmSpawner, swarm_spawner_config
@@ -265,3 +267,45 @@ def test_a_node_without_a_datasets_folder_ends_the_spawn_naming_the_node_and_the
     assert "node n1 has no folder /srv/datasets/mnist for a dataset" in str(
         failed.value.log_message
     )
+
+
+@pytest.fixture
+def hub_file(tmp_path: Path) -> tuple[Path, Session]:
+    """A JupyterHub database file: alice's default server stopped on nodeA, and her named
+    server `train`."""
+    path = tmp_path / "jupyterhub.sqlite"
+    session = orm.new_session_factory(f"sqlite:///{path}")()
+    user = orm.User(name="alice")
+    session.add(user)
+    session.add(orm.Spawner(user=user, name="", state={HOME_NODE_STATE: "nodeA"}))
+    session.add(orm.Spawner(user=user, name="train", state={HOME_NODE_STATE: "nodeA"}))
+    session.commit()
+    return path, session
+
+
+PROXIES = {"nodeA": "tcp://a:2375", "nodeB": "tcp://b:2375"}
+
+
+def test_move_home_is_refused_while_a_named_server_of_the_user_runs(
+    hub_file: tuple[Path, Session],
+) -> None:
+    """The old check looked at the default server only: the home was copied under a running
+    named server, which kept writing to the old copy."""
+    path, session = hub_file
+    plan_move("alice", "nodeB", read_home(path, "alice"), PROXIES, POLICY.network)
+    orm.User.find(session, "alice").orm_spawners["train"].server = orm.Server()
+    session.commit()
+    with pytest.raises(MoveRefused, match="or a named server of theirs: stop them first"):
+        plan_move("alice", "nodeB", read_home(path, "alice"), PROXIES, POLICY.network)
+
+
+def test_a_named_server_started_during_the_copy_stops_the_switch(
+    hub_file: tuple[Path, Session],
+) -> None:
+    path, session = hub_file
+    plan = plan_move("alice", "nodeB", read_home(path, "alice"), PROXIES, POLICY.network)
+    orm.User.find(session, "alice").orm_spawners["train"].server = orm.Server()
+    session.commit()
+    with pytest.raises(MoveFailed, match="started during the copy"):
+        switch_home(path, plan)
+    assert read_home(path, "alice") == HomeRow(plan.spawner_id, True, {HOME_NODE_STATE: "nodeA"})
