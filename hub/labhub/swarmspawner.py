@@ -256,6 +256,8 @@ class LabSwarmSpawner(LabServerMixin, SwarmSpawner):  # type: ignore[misc]
                 if not waiting.done() and (
                     problem := await self.image_pull_failure() or await self.dataset_failure()
                 ):
+                    if self.object_id:  # or the Swarm retries its task on, while stopped
+                        await self.remove_object()
                     raise web.HTTPError(503, f"{self.user.name}'s server cannot start: {problem}")
             waiting.result()
         finally:

@@ -86,6 +86,8 @@ class Manager(RecordingAPIClient):
         if path.startswith("/images/"):
             return 200, {"Config": {"Cmd": ["start-notebook.py"]}}
         name = path.removeprefix("/services/")
+        if name == "svc":  # the service by its ID: removed
+            return 200, {}
         if name in self.created:
             return 200, {"ID": "svc", "Spec": {"Labels": self.created[name]["Labels"]}}
         return 404, {"message": "service not found"}
@@ -261,8 +263,11 @@ def test_a_node_without_a_datasets_folder_ends_the_spawn_naming_the_node_and_the
     db: Session,
 ) -> None:
     """The old spawner waited out start_timeout while the Swarm retried the task."""
+    manager = Manager(task_error=MISSING_FOLDER)
     with pytest.raises(web.HTTPError) as failed:
-        spawn(db, Manager(task_error=MISSING_FOLDER), ("alice", ""))
+        spawn(db, manager, ("alice", ""))
+    # The service is removed: its task is not retried on while the hub counts it stopped.
+    assert ("DELETE", "/services/svc") in [(method, path) for method, path, _, _ in manager.sent]
     assert failed.value.status_code == 503
     assert "node n1 has no folder /srv/datasets/mnist for a dataset" in str(
         failed.value.log_message
