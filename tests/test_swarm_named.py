@@ -9,7 +9,8 @@ path) is readable in the server and not writable, though its folder is writable 
 anyone on the host: the mount is read-only. Against the Swarm proxy with the same
 DATASETS, a service that binds another host folder or mounts the dataset writable is
 refused (403) and the manager has no such service, while the same service with the
-dataset read-only is created.
+dataset read-only is created. A student in the group of a dataset whose folder no node
+has gets a failed spawn naming the node and the folder, at once.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,7 +57,13 @@ def dataset() -> Iterator[Path]:
 
 
 def datasets_value(folder: Path) -> str:
-    return json.dumps([{"name": "mnist", "source": str(folder)}])
+    """The mnist folder for everyone, and for the group `lost` a folder no node has."""
+    return json.dumps(
+        [
+            {"name": "mnist", "source": str(folder)},
+            {"name": "lost", "source": str(folder.parent / "lost"), "groups": ["lost"]},
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -155,3 +163,30 @@ def test_the_swarm_proxy_allows_the_dataset_read_only_and_no_other_bind(
         removed, answer = raw_request(port, "DELETE", f"/v1.41/services/{body['Name']}")
         assert removed == 200, answer
     student.stop("")
+
+
+def test_a_dataset_folder_missing_on_the_node_fails_the_spawn_naming_node_and_folder(
+    named_stack: SwarmStack, dataset: Path
+) -> None:
+    """Not a task the Swarm retries until the start timeout (180 s) with no word why."""
+    student = new_student(named_stack.stack)
+    admin = named_stack.stack.admin()
+    grouped = admin.api("POST", "/groups/lost", json={"users": [student.name]})
+    assert grouped.status_code == 201, grouped.text
+    started = time.monotonic()
+    response = student.client.api("POST", student.servers_path(""), json={})
+    if response.status_code < 400:  # a slow spawn: the message comes as its progress ends
+        progress = student.client.api("GET", f"/users/{student.name}/server/progress", stream=True)
+        events = [line for line in progress.iter_lines(decode_unicode=True) if "failed" in line]
+        message = events[-1] if events else ""
+    else:
+        message = response.text
+    assert time.monotonic() - started < 90, message
+    missing = dataset.parent / "lost"
+    nodes = {node.node_id for node in named_stack.swarm.nodes}
+    assert f"has no folder {missing} for a dataset" in message, message
+    assert any(f"node {node} has no folder" in message for node in nodes), message
+    student.wait("", ready=False)
+    assert not named_stack.manager.docker(
+        "service", "ls", "-q", "--filter", f"name={PREFIX}-{student.name}"
+    )
