@@ -60,8 +60,6 @@ def swarm_env(
         "TENSORFLOW_PACKAGE": "tensorflow-cpu==2.21.0",
         "ADMIN_USERS": "admin",
         "USER_MEM_LIMIT": "3G",
-        # Refused with ENGINE=swarm (labhub check-settings), on by default.
-        "NAMED_SERVERS": "0",
         # Swarm mode has no egress rules of its own yet; the test nodes have no route out.
         "USER_INTERNET": "false",
         # Compose's single-host file still names them, though Swarm mode does not use them.

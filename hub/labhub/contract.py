@@ -89,9 +89,19 @@ def user_network_name(username: str, network: str) -> str:
     return _per_user_name(user_network_prefix(network), username)
 
 
+def user_server_name(username: str, network: str) -> str:
+    """DockerSpawner's name for a user's default server (container or Swarm service):
+    `<prefix>-<escaped user>`, escaped as DockerSpawner's `escape` does; a named server's
+    adds `--<escaped server>` (an escaped name never holds `--`)."""
+    return container_name_prefix(network) + _escaped(username)
+
+
+def _escaped(username: str) -> str:
+    return str(escape(username, safe=_VOLUME_SAFE, escape_char="-")).lower()
+
+
 def _per_user_name(prefix: str, username: str) -> str:
-    escaped = str(escape(username, safe=_VOLUME_SAFE, escape_char="-")).lower()
-    name = prefix + escaped
+    name = prefix + _escaped(username)
     if len(name) > _MAX_VOLUME_NAME:
         digest = hashlib.sha256(username.encode("utf-8")).hexdigest()[:16]
         name = f"{name[: _MAX_VOLUME_NAME - 17]}_{digest}"

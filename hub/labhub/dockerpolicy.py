@@ -44,6 +44,7 @@ from .contract import (
     quota_home_options,
     user_network_name,
     user_network_prefix,
+    user_server_name,
     volume_name_for,
     volume_prefix,
 )
@@ -905,6 +906,29 @@ def check_service_create(policy: Policy, spec: dict[str, Any]) -> None:
     if len(constraints) != 1 or not re.fullmatch(r"node\.id==[A-Za-z0-9]{1,64}", constraints[0]):
         raise Refused(f"Placement: exactly one node.id==<node> constraint, not {constraints!r}")
     _check_service_network(policy, service, task)
+    _check_service_owner(policy, name, service["labels"][OWNER_LABEL])
+    _check_service_home(policy, service["labels"][OWNER_LABEL], task["containerspec"])
+
+
+def _check_service_owner(policy: Policy, name: str, owner: str) -> None:
+    """A service is named for its owner: their default server (DockerSpawner's
+    `<prefix>-<user>`) or one of their named servers (`<prefix>-<user>--<server>`)."""
+    own = user_server_name(owner, policy.network)
+    if name != own and not re.fullmatch(re.escape(own) + r"--[a-z0-9-]{1,200}", name):
+        raise Refused(
+            f"service {name!r} is not a server of its owner {owner!r} ({own}[--<server>])"
+        )
+
+
+def _check_service_home(policy: Policy, owner: str, container: Any) -> None:
+    """Every server of a user (named servers too) mounts that user's one home volume and
+    nobody else's; datasets are checked by `_check_service_mount`."""
+    home = volume_name_for(owner, policy.network)
+    for mount in _folded(container).get("mounts") or []:
+        kind, source, target = (_folded(mount).get(key) for key in ("type", "source", "target"))
+        dataset = f"{source}:{target}:ro" in policy.dataset_binds
+        if kind == "volume" and not dataset and source != home:
+            raise Refused(f"a service of {owner!r} mounts only its own home {home}")
 
 
 def _check_service_network(policy: Policy, service: dict[str, Any], task: dict[str, Any]) -> None:
@@ -948,8 +972,8 @@ def _check_container_spec(policy: Policy, value: Any) -> None:
     if "init" in spec and _bool("Init", spec["init"]):
         raise Refused("Init must be false (tini is the image's entry point)")
     mounts = spec.get("mounts") or []
-    if not isinstance(mounts, list) or len(mounts) > 2:
-        raise Refused("Mounts: the user's volume and /dev/shm only")
+    if not isinstance(mounts, list) or len(mounts) > 2 + len(policy.dataset_binds):
+        raise Refused("Mounts: the user's volume, /dev/shm and the declared datasets only")
     for mount in mounts:
         _check_service_mount(policy, mount)
 
@@ -964,6 +988,18 @@ def _check_service_mount(policy: Policy, value: Any) -> None:
     if "readonly" in mount:
         _bool("ReadOnly", mount["readonly"])
     kind, source = mount.get("type"), mount.get("source")
+    if f"{source}:{target}:ro" in policy.dataset_binds:
+        # A declared dataset (labhub.datasets), read-only, as `Dataset.bind` says.
+        if kind != ("bind" if str(source).startswith("/") else "volume"):
+            raise Refused(f"dataset {source!r} is mounted as a {kind}, not as declared")
+        if mount.get("readonly") is not True or set(mount) - {
+            "target",
+            "source",
+            "type",
+            "readonly",
+        }:
+            raise Refused(f"dataset {source!r} is mounted read-only (ReadOnly: true), no options")
+        return
     if kind == "volume":
         prefix = volume_prefix(policy.network)
         if not isinstance(source, str) or not re.fullmatch(_NAME, source):
@@ -976,8 +1012,8 @@ def _check_service_mount(policy: Policy, value: Any) -> None:
         _int_in("TmpfsOptions.SizeBytes", options.get("sizebytes"), 1, policy.max_shm)
         return
     raise Refused(
-        f"mount {kind}:{source}->{target} is not allowed: the user's volume and a tmpfs at "
-        "/dev/shm only (no binds)"
+        f"mount {kind}:{source}->{target} is not allowed: the user's volume, a tmpfs at "
+        "/dev/shm and the declared datasets (read-only); no binds besides"
     )
 
 

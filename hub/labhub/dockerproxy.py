@@ -482,28 +482,37 @@ def policy_from_env(env: dict[str, str]) -> Check:
         node = Policy(allowed_images=images, network=network)
         return lambda method, target, body: check_node_request(node, method, target, body)
     if kind == "swarm":
-        # In front of a Swarm manager: LabSwarmSpawner's service calls (no datasets or
-        # disk quotas in Swarm mode yet: refused rather than silently left out).
-        for unsupported in ("DATASETS", "QUOTA_ROOT"):
-            if env.get(unsupported):
-                raise SystemExit(
-                    f"dockerproxy: {unsupported} is not supported with PROXY_POLICY=swarm yet: "
-                    "leave it empty (docs/scale-out.md)"
-                )
+        # In front of a Swarm manager: LabSwarmSpawner's service calls, the datasets
+        # read-only (no disk quotas in Swarm mode yet: refused rather than left out).
+        if env.get("QUOTA_ROOT"):
+            raise SystemExit(
+                "dockerproxy: QUOTA_ROOT is not supported with PROXY_POLICY=swarm yet: "
+                "leave it empty (docs/scale-out.md)"
+            )
         images = _pinned_images(env, images)
-        swarm = Policy(allowed_images=images, network=network, frontend_containers=_frontends(env))
+        swarm = Policy(
+            allowed_images=images,
+            network=network,
+            frontend_containers=_frontends(env),
+            dataset_binds=_dataset_binds(env, network),
+        )
         return lambda method, target, body: check_swarm_request(swarm, method, target, body)
+    policy = Policy(
+        allowed_images=images,
+        network=network,
+        dataset_binds=_dataset_binds(env, network),
+        quota_root=env.get("QUOTA_ROOT", ""),
+    )
+    return lambda method, target, body: check_request(policy, method, target, body)
+
+
+def _dataset_binds(env: dict[str, str], network: str) -> frozenset[str]:
+    """The declared datasets' read-only binds (DATASETS), the only host mounts allowed."""
     try:
         datasets = load_datasets(env.get("DATASETS", ""), network)
     except DatasetsError as error:
         raise SystemExit(f"dockerproxy: {error}") from None
-    policy = Policy(
-        allowed_images=images,
-        network=network,
-        dataset_binds=frozenset(dataset.bind for dataset in datasets),
-        quota_root=env.get("QUOTA_ROOT", ""),
-    )
-    return lambda method, target, body: check_request(policy, method, target, body)
+    return frozenset(dataset.bind for dataset in datasets)
 
 
 def _pinned_images(env: dict[str, str], images: frozenset[str]) -> frozenset[str]:

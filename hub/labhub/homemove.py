@@ -63,7 +63,8 @@ class MoveFailed(Exception):
 
 @dataclass(frozen=True)
 class HomeRow:
-    """The user's default server in the hub's database: its row, whether it runs, its state."""
+    """The user's default server in the hub's database: its row, whether it or any other
+    server of the user (named servers share the home) runs, its state."""
 
     spawner_id: int
     running: bool
@@ -90,8 +91,8 @@ def plan_move(
         raise MoveRefused(f"{user!r} has no server in the hub's database: nothing to move")
     if row.running:
         raise MoveRefused(
-            f"{user}'s server is running (or starting): stop it first (admin page, or "
-            f"DELETE /hub/api/users/{user}/server), then move"
+            f"{user}'s server is running (or starting), or a named server of theirs: stop "
+            f"them first (admin page, or DELETE /hub/api/users/{user}/server), then move"
         )
     source = row.state.get(HOME_NODE_STATE)
     if not source:
@@ -116,28 +117,42 @@ def plan_move(
 
 # --- The hub's database ------------------------------------------------------------------
 def read_home(db_path: Path, user: str) -> HomeRow | None:
-    """The user's default server's row (JupyterHub's `spawners` table)."""
+    """The user's default server's row (JupyterHub's `spawners` table); running if any of
+    the user's servers runs."""
     with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as db:
         found = db.execute(
-            "SELECT spawners.id, spawners.server_id, spawners.state FROM spawners "
+            "SELECT spawners.id, spawners.state, "
+            f"EXISTS ({_ANY_SERVER_OF_THE_USER}) FROM spawners "
             "JOIN users ON users.id = spawners.user_id WHERE users.name = ? AND spawners.name = ''",
             (user,),
         ).fetchone()
     if found is None:
         return None
-    return HomeRow(found[0], found[1] is not None, json.loads(found[2] or "{}"))
+    return HomeRow(found[0], bool(found[2]), json.loads(found[1] or "{}"))
+
+
+# A server of the `spawners` row's user that runs (or starts): its default or a named one.
+_ANY_SERVER_OF_THE_USER = (
+    "SELECT 1 FROM spawners AS other WHERE other.user_id = spawners.user_id "
+    "AND other.server_id IS NOT NULL"
+)
 
 
 def switch_home(db_path: Path, plan: MovePlan) -> None:
-    """Record the new home node, only if the server is still stopped; MoveFailed otherwise."""
+    """Record the new home node, only if all the user's servers are still stopped;
+    MoveFailed otherwise."""
     state = {**plan.state, HOME_NODE_STATE: plan.target}
     with sqlite3.connect(db_path) as db:
         changed = db.execute(
-            "UPDATE spawners SET state = ? WHERE id = ? AND server_id IS NULL",
+            "UPDATE spawners SET state = ? WHERE id = ? "
+            f"AND NOT EXISTS ({_ANY_SERVER_OF_THE_USER})",
             (json.dumps(state), plan.spawner_id),
         ).rowcount
     if changed != 1:
-        raise MoveFailed(f"{plan.user}'s server was started during the copy: not switched")
+        raise MoveFailed(
+            f"{plan.user}'s server (or a named server of theirs) was started during the "
+            "copy: not switched"
+        )
 
 
 # --- The nodes, through their proxies ---------------------------------------------------------

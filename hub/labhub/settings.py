@@ -820,8 +820,8 @@ SECTIONS: tuple[Section, ...] = (
                 "docker",
                 choice(ENGINE_CHOICES),
                 "docker: everything on this one Docker host. swarm: `make up` on a Swarm "
-                "manager, each user's server a Swarm service on a node; without GPUs, DATASETS, "
-                "QUOTA_ROOT, named servers and MONITORING yet (docs/scale-out.md).",
+                "manager, each user's server a Swarm service on a node; without GPUs, "
+                "QUOTA_ROOT and MONITORING yet (docs/scale-out.md).",
                 "engine",
             ),
             Setting(
@@ -1066,7 +1066,8 @@ SECTIONS: tuple[Section, ...] = (
                 "path of a JSON file in GPU_CONFIG_DIR (e.g. /srv/labhub/datasets.json). Each "
                 "entry: name, source (an absolute host folder or a Docker volume), optional "
                 "groups (JupyterHub groups; none = every user), e.g. "
-                '[{"name": "mnist", "source": "/srv/datasets/mnist"}]. Empty: none.',
+                '[{"name": "mnist", "source": "/srv/datasets/mnist"}]. Empty: none. '
+                "ENGINE=swarm: every node needs the folder (or volume) at the same path.",
                 "datasets_source",
             ),
             Setting(
@@ -1555,13 +1556,8 @@ def _check_engine(values: Mapping[str, Any], problems: list[str]) -> None:
     if values.get("engine") != "swarm":
         return
     missing = {
-        "DATASETS": values.get("datasets_source")
-        and "shared datasets on the nodes (leave DATASETS empty)",
         "QUOTA_ROOT": values.get("quota_root")
         and "disk quotas on the nodes' homes (leave QUOTA_ROOT empty)",
-        "NAMED_SERVERS": values.get("named_servers")
-        and "named servers: each would choose its own node and find another, empty home "
-        "there (set NAMED_SERVERS=0)",
         "MONITORING": values.get("monitoring")
         and "the users' servers' metrics: the exporter reads one engine, the servers run on "
         "every node (set MONITORING=false)",

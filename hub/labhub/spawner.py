@@ -100,6 +100,11 @@ class LabServerMixin(LoggingConfigurable):
         config=True,
         help="Where the user's volume is mounted inside the container.",
     )
+    datasets = Tuple(
+        config=True,
+        help="The shared datasets (labhub.datasets.Dataset, from DATASETS): each is mounted "
+        "read-only at /datasets/<name> for the users in one of its groups, at every start.",
+    )
 
     @default("volumes")
     def _volumes_default(self) -> dict[str, str]:
@@ -134,12 +139,6 @@ class LabSpawner(GpuSpawnerMixin, LabServerMixin, DockerSpawner):  # type: ignor
         help="Seconds start() polls the new server every 0.1 s before handing over to "
         "the hub's own (exponential back-off) wait; 0 turns this off.",
     )
-    datasets = Tuple(
-        config=True,
-        help="The shared datasets (labhub.datasets.Dataset, from DATASETS): each is mounted "
-        "read-only at /datasets/<name> for the users in one of its groups, at every start.",
-    )
-
     disk_quotas = Instance(
         DiskQuotas,
         args=(),

@@ -15,6 +15,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .contract import OWNER_LABEL
+
 # The one constraint a lab server's service carries (`service_spec` writes it).
 _PIN = re.compile(r"node\.id==(?P<node>[A-Za-z0-9]{1,64})")
 
@@ -73,6 +75,19 @@ def servers_per_node(services: Iterable[Mapping[str, Any]]) -> Counter[str]:
         if node is not None:
             counts[node] += 1
     return counts
+
+
+def users_node(services: Iterable[Mapping[str, Any]], user: str) -> str | None:
+    """The node a service of `user` is pinned to, or None: every server of a user runs
+    on their one home node, and two first spawns at once must not split it."""
+    for service in services:
+        spec = service.get("Spec") or {}
+        if (spec.get("Labels") or {}).get(OWNER_LABEL) == user:
+            template = spec.get("TaskTemplate") or {}
+            node = pinned_node((template.get("Placement") or {}).get("Constraints") or [])
+            if node is not None:
+                return node
+    return None
 
 
 def node_for(home: str | None, nodes: Sequence[SwarmNode], load: Mapping[str, int]) -> str:

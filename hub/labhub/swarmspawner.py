@@ -19,8 +19,14 @@ lands where the user's files are.
 With REGISTRY, the image is that registry's digest reference only (`make push` records
 it; labhub.registry), and a node that cannot get it ends the spawn at once, saying so.
 
+Every server of a user (named servers too) runs on the user's one home node, with the
+one home volume: the node recorded for any of the user's servers, or, for first spawns
+of two servers at once, the node the other's service was just pinned to. DATASETS are
+read-only mounts of the same host folder (or named volume) on every node; a node that
+lacks one ends the spawn at once, naming the node and the folder.
+
 GPUs are the subclass `labhub.swarmgpu.LabSwarmGpuSpawner`'s. Not here yet
-(docs/scale-out.md): datasets and disk quotas. The service API of
+(docs/scale-out.md): disk quotas. The service API of
 Engine 20.10 (API 1.41) has no `no-new-privileges`: the nodes' engines run with
 `--no-new-privileges`, which applies it to every container, tasks included.
 """
@@ -51,6 +57,7 @@ from tornado import web
 from traitlets import Float, List, Unicode
 
 from .contract import CONTAINER_USER, OWNER_LABEL, user_network_name, volume_name_for
+from .datasets import binds_for
 from .egress import proxy_environment
 from .registry import check_pinned
 from .settings import Settings
@@ -62,10 +69,13 @@ from .swarmplacement import (
     nodes_from_api,
     pin_constraint,
     servers_per_node,
+    users_node,
 )
 
 # The spawner's state key of the home node (kept by the hub in its database).
 HOME_NODE_STATE = "home_node"
+# What a node's engine says of a task whose bind source is not there (Engine 20.10).
+_MISSING_BIND = "bind source path does not exist:"
 
 
 @dataclass(frozen=True)
@@ -87,6 +97,8 @@ class ServerService:
     shm_size: int
     gpu_labels: Mapping[str, str] = field(default_factory=dict)
     """The GPU booking on the service (labhub.swarmgpu), which the Docker proxy checks."""
+    datasets: Mapping[str, str] = field(default_factory=dict)
+    """The user's datasets, source -> target (`labhub.datasets.binds_for`): read-only."""
 
 
 def service_spec(server: ServerService) -> dict[str, Any]:
@@ -102,6 +114,7 @@ def service_spec(server: ServerService) -> dict[str, Any]:
             # A named volume on the node (the local driver, no options: never a host path).
             Mount(target=server.home_dir, source=server.volume, type="volume"),
             Mount(target="/dev/shm", source=None, type="tmpfs", tmpfs_size=server.shm_size),
+            *dataset_mounts(server.datasets),
         ],
         cap_drop=["ALL"],
         init=False,  # tini is the image's entry point
@@ -120,6 +133,20 @@ def service_spec(server: ServerService) -> dict[str, Any]:
         "task_template": task,
         "endpoint_spec": EndpointSpec(mode="dnsrr"),
     }
+
+
+def dataset_mounts(datasets: Mapping[str, str]) -> list[Mount]:
+    """Each dataset read-only: a host folder (the same path on every node) as a bind, a
+    named volume as a volume (the proxy allows exactly `labhub.datasets.Dataset.bind`)."""
+    return [
+        Mount(
+            target=target,
+            source=source,
+            type="bind" if source.startswith("/") else "volume",
+            read_only=True,
+        )
+        for source, target in datasets.items()
+    ]
 
 
 _placement_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
@@ -192,6 +219,7 @@ class LabSwarmSpawner(LabServerMixin, SwarmSpawner):  # type: ignore[misc]
         # first spawns would otherwise all read the same counts and pick the same node.
         async with placement_lock():
             services = await self.docker("services", filters={"label": OWNER_LABEL})
+            self.home_node = self.home_node or users_node(services, self.user.name) or ""
             try:
                 node = self.placement_node(nodes, services)
             except NoNodeForServer as error:
@@ -214,6 +242,7 @@ class LabSwarmSpawner(LabServerMixin, SwarmSpawner):  # type: ignore[misc]
                     pids_limit=self.pids_limit,
                     shm_size=parse_bytes(self.shm_size),
                     gpu_labels=self.service_gpu_labels(),
+                    datasets=binds_for(self.datasets, [g.name for g in self.user.groups]),
                 )
             )
             service: dict[str, Any] = await self.docker("create_service", **spec)
@@ -245,7 +274,11 @@ class LabSwarmSpawner(LabServerMixin, SwarmSpawner):  # type: ignore[misc]
         try:
             while not waiting.done():
                 await asyncio.wait({waiting}, timeout=1)
-                if not waiting.done() and (problem := await self.image_pull_failure()):
+                if not waiting.done() and (
+                    problem := await self.image_pull_failure() or await self.dataset_failure()
+                ):
+                    if self.object_id:  # or the Swarm retries its task on, while stopped
+                        await self.remove_object()
                     raise web.HTTPError(503, f"{self.user.name}'s server cannot start: {problem}")
             waiting.result()
         finally:
@@ -266,6 +299,22 @@ class LabSwarmSpawner(LabServerMixin, SwarmSpawner):  # type: ignore[misc]
                 )
         return ""
 
+    async def dataset_failure(self) -> str:
+        """Why a task of this service was rejected for want of a dataset's folder on its
+        node, or "" (the Swarm would retry it until start_timeout, saying nothing)."""
+        tasks = await self.docker("tasks", filters={"service": self.service_name})
+        for task in tasks:
+            status = task.get("Status") or {}
+            error = status.get("Err", "")
+            if status.get("State") == "rejected" and _MISSING_BIND in error:
+                path = error.partition(_MISSING_BIND)[2].strip()
+                return (
+                    f"node {task.get('NodeID')} has no folder {path} for a dataset "
+                    "(DATASETS): every node needs each dataset's folder at the same path; "
+                    f"create or mount it there ({error})"
+                )
+        return ""
+
     def placement_node(self, nodes: list[SwarmNode], services: list[dict[str, Any]]) -> str:
         """The node this server runs on (raises NoNodeForServer): `swarmplacement`'s choice;
         the GPU spawner pins it to its devices' node instead."""
@@ -278,14 +327,21 @@ class LabSwarmSpawner(LabServerMixin, SwarmSpawner):  # type: ignore[misc]
     def reload_home_node(self) -> None:
         """The home node as the hub's database has it now: `labhub move-home` (an admin
         command, another process) changes it there while the server is stopped. Through
-        the ORM object's own session (Spawner.db is deprecated)."""
+        the ORM object's own session (Spawner.db is deprecated). One home per user: the
+        default server's record first (the one move-home switches), then this server's,
+        then any other of the user's servers' (a named server spawned first)."""
         session = object_session(self.orm_spawner) if self.orm_spawner is not None else None
         if session is None:
             return
-        session.refresh(self.orm_spawner, ["state"])
-        state = self.orm_spawner.state or {}
-        if HOME_NODE_STATE in state:
-            self.home_node = state[HOME_NODE_STATE]
+        rows = self.orm_spawner.user.orm_spawners
+        for row in (rows.get(""), self.orm_spawner, *rows.values()):
+            if row is None:
+                continue
+            session.refresh(row, ["state"])
+            state = row.state or {}
+            if HOME_NODE_STATE in state:
+                self.home_node = state[HOME_NODE_STATE]
+                return
 
     async def get_ip_and_port(self) -> tuple[str, int]:
         """The running task's address on the user's own network rather than the service's
@@ -386,5 +442,10 @@ class LabSwarmSpawner(LabServerMixin, SwarmSpawner):  # type: ignore[misc]
 
 
 def swarm_spawner_config(settings: Settings) -> dict[str, Any]:
-    """The LabSwarmSpawner traitlets that come from settings (no GPUs, datasets or quotas)."""
-    return {**server_config(settings), "start_timeout": 180, "registry": settings.registry}
+    """The LabSwarmSpawner traitlets that come from settings (no GPUs or quotas)."""
+    return {
+        **server_config(settings),
+        "start_timeout": 180,
+        "registry": settings.registry,
+        "datasets": settings.datasets,
+    }

@@ -13,8 +13,8 @@ from testsupport.minimal_env import MINIMAL_ENV
 pytestmark = pytest.mark.unit
 
 
-# The default settings but named servers, which Swarm mode refuses (below).
-SWARM_ENV = {**MINIMAL_ENV, "NAMED_SERVERS": "0"}
+# The default settings (named servers included: every server of a user on their home node).
+SWARM_ENV = MINIMAL_ENV
 
 
 @pytest.mark.parametrize("engine", ["docker", "swarm"])
@@ -28,9 +28,7 @@ def test_an_unknown_engine_is_refused_with_the_choices() -> None:
 
 
 SWARM_GAPS = [
-    ("DATASETS", '[{"name": "mnist", "source": "/srv/datasets/mnist"}]', "shared datasets"),
     ("QUOTA_ROOT", "/srv/homes", "disk quotas"),
-    ("NAMED_SERVERS", "2", "named servers"),
     ("MONITORING", "true", "metrics"),
 ]
 
