@@ -27,6 +27,7 @@ from swarm import Node, Swarm
 
 from testsupport.dockerproxy import raw_request, running_proxy
 from testsupport.minimal_env import MINIMAL_ENV
+from testsupport.swarmstandins import HubUser
 from testsupport.waiting import wait_until
 
 # Any image every node has; the base image is what every labhub image is built from.
@@ -159,17 +160,6 @@ class Cluster:
         return self.swarm.manager.docker(
             "exec", FRONTEND, "perl", "-e", client_for(f"{PREFIX}-{user}"), check=False
         ).strip()
-
-
-class HubUser:
-    """The part of a JupyterHub user a spawner reads, for spawners driven without a hub."""
-
-    admin = False
-    groups: tuple[object, ...] = ()
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.url = f"/user/{name}/"
 
 
 @contextlib.contextmanager

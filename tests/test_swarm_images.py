@@ -34,7 +34,7 @@ from labhub.settings import Settings, SettingsError
 from labhub.swarmspawner import LabSwarmSpawner, swarm_spawner_config
 from stacks import STACK
 from swarm import run
-from swarmlab import HubUser, service_body, wait_for_running_task
+from swarmlab import service_body, wait_for_running_task
 from swarmstack import (
     EGRESS_IMAGE,
     HUB_IMAGE,
@@ -48,6 +48,7 @@ from swarmstack import (
 
 from testsupport.images import REPO
 from testsupport.minimal_env import MINIMAL_ENV
+from testsupport.swarmstandins import HubUser
 
 REGISTRY = "registry.lab.example.edu:5000/labhub"
 WORKSPACE_PINNED = f"{REGISTRY}/workspace@sha256:{'a' * 64}"

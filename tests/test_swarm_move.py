@@ -32,11 +32,12 @@ from labhub.hometar import copy_helper, copy_helper_prefix
 from labhub.settings import Settings
 from labhub.swarmspawner import HOME_NODE_STATE, LabSwarmSpawner, swarm_spawner_config
 from swarm import Node, Swarm, run
-from swarmlab import HubUser, frontend_for, spawners_through, swarm_proxy
+from swarmlab import frontend_for, spawners_through, swarm_proxy
 
 from testsupport.archives import tar_of
 from testsupport.dockerproxy import raw_request, running_proxy
 from testsupport.minimal_env import MINIMAL_ENV
+from testsupport.swarmstandins import HubUser
 from testsupport.waiting import wait_until
 
 pytestmark = pytest.mark.integration

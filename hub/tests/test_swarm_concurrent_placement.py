@@ -9,13 +9,9 @@ as they do through the Docker proxy, and whose service list includes what was cr
 from __future__ import annotations
 
 import asyncio
-import json
-import time
 from collections import Counter
-from typing import Any
 
 import pytest
-import requests
 from jupyterhub.objects import Hub, Server
 from labhub.contract import OWNER_LABEL
 from labhub.settings import Settings
@@ -23,64 +19,18 @@ from labhub.swarmplacement import servers_per_node
 from labhub.swarmspawner import LabSwarmSpawner, swarm_spawner_config
 
 from testsupport.minimal_env import MINIMAL_ENV
-from testsupport.recording import RecordingAPIClient
+from testsupport.swarmstandins import HubUser, SlowManager
 
 pytestmark = pytest.mark.unit
 
 SETTINGS = Settings.from_env(MINIMAL_ENV)
-NODES = [
-    {"ID": node_id, "Status": {"State": "ready"}, "Spec": {"Availability": "active"}}
-    for node_id in ("n1", "n2", "n3")
-]
-
-
-class SlowManager(RecordingAPIClient):
-    """A Swarm manager where every call takes 20 ms and a created service is listed (and its
-    task running) from then on."""
-
-    def __init__(self) -> None:
-        super().__init__(strip="/v1.41")
-        self.created: dict[str, dict[str, Any]] = {}
-
-    def request(self, method: str, url: str, **kwargs: Any) -> requests.Response:
-        time.sleep(0.02)
-        if url.endswith("/services/create"):
-            body = json.loads(kwargs["data"])
-            self.created[body["Name"]] = body
-        return super().request(method, url, **kwargs)
-
-    def answer(self, path: str) -> tuple[int, Any]:
-        if path == "/nodes":
-            return 200, NODES
-        if path == "/services":
-            return 200, [{"Spec": body} for body in list(self.created.values())]
-        if path == "/services/create":
-            return 201, {"ID": "svc"}
-        if path == "/tasks":
-            return 200, [{"Status": {"State": "running"}}]
-        if path.startswith("/networks/"):  # each user's network, the hub already on it
-            return 200, {"Containers": {"c1": {"Name": "labhub-hub"}}}
-        if path.startswith("/images/"):
-            return 200, {"Config": {"Cmd": ["start-notebook.py"]}}
-        name = path.removeprefix("/services/")
-        if name in self.created:
-            return 200, {"ID": "svc", "Spec": {"Labels": self.created[name]["Labels"]}}
-        return 404, {"message": "service not found"}
-
-
-class _User:
-    admin = False
-    groups: tuple[object, ...] = ()
-
-    def __init__(self, name: str) -> None:
-        self.name, self.url = name, f"/user/{name}/"
 
 
 async def spawn_together(users: list[str]) -> None:
     spawners = []
     for user in users:
         spawner = LabSwarmSpawner(
-            user=_User(user),
+            user=HubUser(user),
             hub=Hub(),
             frontend_containers=["labhub-hub"],
             **swarm_spawner_config(SETTINGS),

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 from jupyterhub import orm
 from jupyterhub.objects import Hub, Server
 from labhub.contract import OWNER_LABEL, volume_name_for
@@ -26,7 +24,7 @@ from sqlalchemy.orm import Session
 from tornado import web
 
 from testsupport.minimal_env import MINIMAL_ENV
-from testsupport.recording import RecordingAPIClient
+from testsupport.swarmstandins import HubUser, SlowManager
 
 pytestmark = pytest.mark.unit
 
@@ -50,57 +48,6 @@ MISSING_FOLDER = (
 )
 
 
-class Manager(RecordingAPIClient):
-    """A three-node Swarm manager where every call takes 20 ms (as through the proxy) and a
-    created service is listed from then on, its task running (or, with `task_error`,
-    rejected by its node)."""
-
-    def __init__(self, task_error: str = "") -> None:
-        super().__init__(strip="/v1.41")
-        self.created: dict[str, dict[str, Any]] = {}
-        self.task_error = task_error
-
-    def request(self, method: str, url: str, **kwargs: Any) -> requests.Response:
-        time.sleep(0.02)
-        if url.endswith("/services/create"):
-            body = json.loads(kwargs["data"])
-            self.created[body["Name"]] = body
-        return super().request(method, url, **kwargs)
-
-    def answer(self, path: str) -> tuple[int, Any]:
-        if path == "/nodes":
-            return 200, [
-                {"ID": n, "Status": {"State": "ready"}, "Spec": {"Availability": "active"}}
-                for n in ("n1", "n2", "n3")
-            ]
-        if path == "/services":
-            return 200, [{"Spec": body} for body in list(self.created.values())]
-        if path == "/services/create":
-            return 201, {"ID": "svc"}
-        if path == "/tasks" and self.task_error:
-            return 200, [{"NodeID": "n1", "Status": {"State": "rejected", "Err": self.task_error}}]
-        if path == "/tasks":
-            return 200, [{"Status": {"State": "running"}}]
-        if path.startswith("/networks/"):  # each user's network, the hub already on it
-            return 200, {"Containers": {"c1": {"Name": "labhub-hub"}}}
-        if path.startswith("/images/"):
-            return 200, {"Config": {"Cmd": ["start-notebook.py"]}}
-        name = path.removeprefix("/services/")
-        if name == "svc":  # the service by its ID: removed
-            return 200, {}
-        if name in self.created:
-            return 200, {"ID": "svc", "Spec": {"Labels": self.created[name]["Labels"]}}
-        return 404, {"message": "service not found"}
-
-
-class _User:
-    admin = False
-    groups: tuple[object, ...] = ()
-
-    def __init__(self, name: str) -> None:
-        self.name, self.url = name, f"/user/{name}/"
-
-
 @pytest.fixture
 def db() -> Iterator[Session]:
     """A real (in-memory) JupyterHub database: a spawner's name and state are its rows."""
@@ -117,7 +64,7 @@ def spawner_for(db: Session, user: str, server: str = "") -> LabSwarmSpawner:
     db.add(orm_spawner)
     db.commit()
     spawner = LabSwarmSpawner(
-        user=_User(user), orm_spawner=orm_spawner, hub=Hub(), frontend_containers=FRONTENDS,
+        user=HubUser(user), orm_spawner=orm_spawner, hub=Hub(), frontend_containers=FRONTENDS,
         **swarm_spawner_config(SETTINGS),
     )  # fmt: skip
     spawner.server = Server(base_url=f"/user/{user}/{server}/" if server else f"/user/{user}/")
@@ -131,7 +78,7 @@ def test_named_servers_and_datasets_are_accepted_with_engine_swarm() -> None:
     policy_from_env({**env, "DATASETS": json.dumps(DATASETS)})
 
 
-def spawn(db: Session, manager: Manager, *servers: tuple[str, str]) -> list[LabSwarmSpawner]:
+def spawn(db: Session, manager: SlowManager, *servers: tuple[str, str]) -> list[LabSwarmSpawner]:
     """Start these (user, server) at once against `manager`, then record their state as
     the hub does; their spawners."""
     original = LabSwarmSpawner._client
@@ -153,7 +100,7 @@ def spawn(db: Session, manager: Manager, *servers: tuple[str, str]) -> list[LabS
 
 def test_first_spawns_of_two_servers_of_one_user_at_once_share_one_node(db: Session) -> None:
     """The old spawner placed each server by load: alice's two servers split over nodes."""
-    manager = Manager()
+    manager = SlowManager()
     alice, alice_train, _ = spawn(db, manager, ("alice", ""), ("alice", "train"), ("bob", ""))
     nodes = {
         name: pinned_node(body["TaskTemplate"]["Placement"]["Constraints"])
@@ -175,7 +122,7 @@ def test_a_named_server_started_later_goes_to_the_home_node_the_database_records
 ) -> None:
     """The default server ran (on the least busy node), then stopped: its node is in the
     hub's database. Named servers started later (two at once) go there, not by load."""
-    manager = Manager()
+    manager = SlowManager()
     [alice] = spawn(db, manager, ("alice", ""))
     home = alice.home_node
     manager.created.clear()  # stopped: no service left to read the node from
@@ -197,7 +144,7 @@ def test_a_named_server_started_later_goes_to_the_home_node_the_database_records
 
 def sent_service() -> dict[str, Any]:
     """What LabSwarmSpawner sends to create alice's server `train`, with the datasets."""
-    manager = Manager()
+    manager = SlowManager()
     spawn(orm.new_session_factory("sqlite://")(), manager, ("alice", "train"))
     return manager.created[f"{PREFIX}alice--train"]
 
@@ -263,7 +210,7 @@ def test_a_node_without_a_datasets_folder_ends_the_spawn_naming_the_node_and_the
     db: Session,
 ) -> None:
     """The old spawner waited out start_timeout while the Swarm retried the task."""
-    manager = Manager(task_error=MISSING_FOLDER)
+    manager = SlowManager(task_error=MISSING_FOLDER)
     with pytest.raises(web.HTTPError) as failed:
         spawn(db, manager, ("alice", ""))
     # The service is removed: its task is not retried on while the hub counts it stopped.

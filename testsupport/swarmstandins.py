@@ -1,0 +1,68 @@
+"""Stand-ins for driving LabSwarmSpawner without a hub or an engine: the part of a
+JupyterHub user a spawner reads, and a Swarm manager that records what it is sent."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import requests
+
+from testsupport.recording import RecordingAPIClient
+
+NODES = [
+    {"ID": node_id, "Status": {"State": "ready"}, "Spec": {"Availability": "active"}}
+    for node_id in ("n1", "n2", "n3")
+]
+
+
+class HubUser:
+    """The part of a JupyterHub user a spawner reads, for spawners driven without a hub."""
+
+    admin = False
+    groups: tuple[object, ...] = ()
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.url = f"/user/{name}/"
+
+
+class SlowManager(RecordingAPIClient):
+    """A three-node Swarm manager where every call takes 20 ms (so concurrent spawns
+    interleave) and a created service is listed from then on, its task running (or, with
+    `task_error`, rejected by its node)."""
+
+    def __init__(self, task_error: str = "") -> None:
+        super().__init__(strip="/v1.41")
+        self.created: dict[str, dict[str, Any]] = {}
+        self.task_error = task_error
+
+    def request(self, method: str, url: str, **kwargs: Any) -> requests.Response:
+        time.sleep(0.02)
+        if url.endswith("/services/create"):
+            body = json.loads(kwargs["data"])
+            self.created[body["Name"]] = body
+        return super().request(method, url, **kwargs)
+
+    def answer(self, path: str) -> tuple[int, Any]:
+        if path == "/nodes":
+            return 200, NODES
+        if path == "/services":
+            return 200, [{"Spec": body} for body in list(self.created.values())]
+        if path == "/services/create":
+            return 201, {"ID": "svc"}
+        if path == "/tasks" and self.task_error:
+            return 200, [{"NodeID": "n1", "Status": {"State": "rejected", "Err": self.task_error}}]
+        if path == "/tasks":
+            return 200, [{"Status": {"State": "running"}}]
+        if path.startswith("/networks/"):  # each user's network, the hub already on it
+            return 200, {"Containers": {"c1": {"Name": "labhub-hub"}}}
+        if path.startswith("/images/"):
+            return 200, {"Config": {"Cmd": ["start-notebook.py"]}}
+        name = path.removeprefix("/services/")
+        if name == "svc":  # the service by its ID: removed
+            return 200, {}
+        if name in self.created:
+            return 200, {"ID": "svc", "Spec": {"Labels": self.created[name]["Labels"]}}
+        return 404, {"message": "service not found"}
