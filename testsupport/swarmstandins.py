@@ -31,19 +31,23 @@ class HubUser:
 class SlowManager(RecordingAPIClient):
     """A three-node Swarm manager where every call takes 20 ms (so concurrent spawns
     interleave) and a created service is listed from then on, its task running (or, with
-    `task_error`, rejected by its node)."""
+    `task_error`, rejected by its node); removed by its ID once, it is gone after."""
 
     def __init__(self, task_error: str = "") -> None:
         super().__init__(strip="/v1.41")
         self.created: dict[str, dict[str, Any]] = {}
         self.task_error = task_error
+        self.removed = False
 
     def request(self, method: str, url: str, **kwargs: Any) -> requests.Response:
         time.sleep(0.02)
         if url.endswith("/services/create"):
             body = json.loads(kwargs["data"])
             self.created[body["Name"]] = body
-        return super().request(method, url, **kwargs)
+        response = super().request(method, url, **kwargs)
+        if method == "DELETE" and url.endswith("/services/svc"):
+            self.removed = True
+        return response
 
     def answer(self, path: str) -> tuple[int, Any]:
         if path == "/nodes":
@@ -61,8 +65,8 @@ class SlowManager(RecordingAPIClient):
         if path.startswith("/images/"):
             return 200, {"Config": {"Cmd": ["start-notebook.py"]}}
         name = path.removeprefix("/services/")
-        if name == "svc":  # the service by its ID: removed
-            return 200, {}
+        if name == "svc":  # the service by its ID: removed, once; then gone
+            return (404, {"message": "service svc not found"}) if self.removed else (200, {})
         if name in self.created:
             return 200, {"ID": "svc", "Spec": {"Labels": self.created[name]["Labels"]}}
         return 404, {"message": "service not found"}

@@ -163,6 +163,9 @@ def placement_lock() -> asyncio.Lock:
 class LabSwarmSpawner(LabServerMixin, SwarmSpawner):  # type: ignore[misc]
     """SwarmSpawner with LabSpawner's limits and hardening, pinned to the user's home node."""
 
+    # DockerSpawner's trait, the service's ID ("" once removed), typed for the checker only.
+    object_id: str
+
     home_node = Unicode(
         "",
         help="The Swarm node ID holding this user's home volume: chosen at the first spawn "
@@ -279,10 +282,18 @@ class LabSwarmSpawner(LabServerMixin, SwarmSpawner):  # type: ignore[misc]
                 ):
                     if self.object_id:  # or the Swarm retries its task on, while stopped
                         await self.remove_object()
+                        self.object_id = ""  # nothing left for the hub's stop to remove
                     raise web.HTTPError(503, f"{self.user.name}'s server cannot start: {problem}")
             waiting.result()
         finally:
             waiting.cancel()
+
+    async def remove_object(self) -> None:
+        """SwarmSpawner's removal, except when a failed start already removed the service:
+        the stop the hub sends after that failure has nothing to remove (a second removal
+        would fail at the engine, or at the proxy, which finds no owner label)."""
+        if self.object_id:
+            await super().remove_object()
 
     async def image_pull_failure(self) -> str:
         """Why a task of this service was rejected for want of its image, or ""."""

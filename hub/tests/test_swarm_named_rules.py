@@ -211,14 +211,24 @@ def test_a_node_without_a_datasets_folder_ends_the_spawn_naming_the_node_and_the
 ) -> None:
     """The old spawner waited out start_timeout while the Swarm retried the task."""
     manager = SlowManager(task_error=MISSING_FOLDER)
-    with pytest.raises(web.HTTPError) as failed:
-        spawn(db, manager, ("alice", ""))
-    # The service is removed: its task is not retried on while the hub counts it stopped.
-    assert ("DELETE", "/services/svc") in [(method, path) for method, path, _, _ in manager.sent]
-    assert failed.value.status_code == 503
-    assert "node n1 has no folder /srv/datasets/mnist for a dataset" in str(
-        failed.value.log_message
-    )
+    spawner = spawner_for(db, "alice", "")
+    original, LabSwarmSpawner._client = LabSwarmSpawner._client, manager
+    try:
+        with pytest.raises(web.HTTPError) as failed:
+            asyncio.run(asyncio.wait_for(spawner.start(), 30))
+        # The service is removed: its task is not retried on while the hub counts it stopped.
+        removals = [(m, p) for m, p, _, _ in manager.sent if m == "DELETE"]
+        assert removals == [("DELETE", "/services/svc")]
+        assert failed.value.status_code == 503
+        assert "node n1 has no folder /srv/datasets/mnist for a dataset" in str(
+            failed.value.log_message
+        )
+        # The hub then stops the same spawner: it must not remove the service again (the
+        # engine answers 404, the proxy 403 for want of an owner label: the stop would fail).
+        asyncio.run(spawner.stop())
+    finally:
+        LabSwarmSpawner._client = original
+    assert [(m, p) for m, p, _, _ in manager.sent if m == "DELETE"] == removals
 
 
 @pytest.fixture
