@@ -813,16 +813,22 @@ def _match_user_network_route(
     if one["action"] == "/disconnect":
         return _frontend_disconnect(policy, path + _query(params, {}), version, one["name"], body)
     connect = _keys("connect", parse_json(body), ("Container", "EndpointConfig"))
-    container = connect.get("container")
-    if not isinstance(container, str) or container not in policy.frontend_containers:
-        raise Refused(
-            f"only the frontends ({', '.join(sorted(policy.frontend_containers))}) join a "
-            f"user's network, not {container!r}"
-        )
+    container = _frontend(policy, connect.get("container"), "join")
     if connect.get("endpointconfig"):
         raise Refused("EndpointConfig must be empty (no fixed address, aliases or links)")
     checked = {"Container": container}
     return Allowed(path + _query(params, {}), version, one["name"], _dumps(checked), "network")
+
+
+def _frontend(policy: Policy, container: object, verb: str) -> str:
+    """`container` if it is one of the frontends, the only containers that join or leave a
+    user's network."""
+    if not isinstance(container, str) or container not in policy.frontend_containers:
+        raise Refused(
+            f"only the frontends ({', '.join(sorted(policy.frontend_containers))}) {verb} a "
+            f"user's network, not {container!r}"
+        )
+    return container
 
 
 def _frontend_disconnect(
@@ -831,12 +837,7 @@ def _frontend_disconnect(
     """A frontend leaves a deleted user's network (LabSwarmSpawner.delete_forever), not
     forced: no one else's endpoint is cut off it, and a user's task is never touched."""
     disconnect = _keys("disconnect", parse_json(body), ("Container", "Force"))
-    container = disconnect.get("container")
-    if not isinstance(container, str) or container not in policy.frontend_containers:
-        raise Refused(
-            f"only the frontends ({', '.join(sorted(policy.frontend_containers))}) leave a "
-            f"user's network, not {container!r}"
-        )
+    container = _frontend(policy, disconnect.get("container"), "leave")
     if disconnect.get("force") not in (None, False):
         raise Refused("Force must be false (a frontend leaves a network as itself)")
     checked = {"Container": container}
