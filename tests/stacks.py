@@ -35,9 +35,15 @@ VERSION = os.environ.get("LABHUB_TEST_VERSION", "test")
 
 
 def run_make(
-    *targets: str, env_file: Path, cwd: Path = REPO, check: bool = False, timeout: float = 3600
+    *targets: str,
+    env_file: Path,
+    cwd: Path = REPO,
+    check: bool = False,
+    timeout: float = 3600,
+    docker_host: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """`make TARGETS ENV_FILE=env_file` in a checkout (this one by default), output kept."""
+    """`make TARGETS ENV_FILE=env_file` in a checkout (this one by default), output kept;
+    TARGETS may hold make's `NAME=value` arguments. With `docker_host`, against that engine."""
     return subprocess.run(
         ["make", "--no-print-directory", *targets, f"ENV_FILE={env_file}"],
         cwd=cwd,
@@ -45,6 +51,7 @@ def run_make(
         capture_output=True,
         check=check,
         timeout=timeout,
+        env={**os.environ, "DOCKER_HOST": docker_host} if docker_host else None,
     )
 
 

@@ -22,10 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from labhub.contract import container_prefix
-from stacks import HTTPS_PORT, STACK, VERSION, Stack, users_network_for
+from stacks import HTTPS_PORT, STACK, VERSION, Stack, run_make, users_network_for
 from swarm import Node, Swarm, run
 
-from testsupport.images import REPO
 from testsupport.waiting import wait_until
 
 HUB_IMAGE = f"labhub/hub:{VERSION}"
@@ -76,11 +75,7 @@ def make(
     target: str, env_file: Path, docker_host: str, *args: str, timeout: float = 1800
 ) -> subprocess.CompletedProcess[str]:
     """`make TARGET` in this checkout, as an admin runs it, against the engine `docker_host`."""
-    return subprocess.run(
-        ["make", "--no-print-directory", target, f"ENV_FILE={env_file}", *args],
-        cwd=REPO, text=True, capture_output=True, timeout=timeout, check=False,
-        env={**os.environ, "DOCKER_HOST": docker_host},
-    )  # fmt: skip
+    return run_make(target, *args, env_file=env_file, docker_host=docker_host, timeout=timeout)
 
 
 def reach_from_the_host(swarm: Swarm) -> None:

@@ -33,6 +33,7 @@ from labhub.dockerproxy import policy_from_env
 from labhub.registry import check_pinned, is_digest_reference, registry_address
 from labhub.settings import Settings, SettingsError
 from labhub.swarmspawner import HOME_NODE_STATE, LabSwarmSpawner, swarm_spawner_config
+from stacks import run_make
 from swarm import STATE_ROOT, Swarm, run
 from swarmlab import (
     HubUser,
@@ -51,7 +52,6 @@ from testsupport.dockerproxy import raw_request
 from testsupport.minimal_env import MINIMAL_ENV
 from testsupport.waiting import wait_until
 
-CHECKOUT = Path(__file__).parents[1]
 REGISTRY = "registry.lab.example.edu:5000/labhub"
 PINNED = f"{REGISTRY}/workspace@sha256:{'a' * 64}"
 
@@ -243,11 +243,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryCluste
             env_file, record = root / "env", root / "pushed-images.env"
             registry_setting = f"{swarm.registry}/labhub"
             env_file.write_text(f"LABHUB_VERSION={VERSION}\nREGISTRY={registry_setting}\n")
-            pushed = subprocess.run(
-                ["make", "--no-print-directory", "push", f"ENV_FILE={env_file}",
-                 f"PUSHED_IMAGES={record}"],
-                cwd=CHECKOUT, capture_output=True, text=True, timeout=300, check=False,
-                env={**os.environ, "DOCKER_HOST": f"unix://{manager.socket}"},
+            pushed = run_make(
+                "push", f"PUSHED_IMAGES={record}", env_file=env_file,
+                docker_host=f"unix://{manager.socket}", timeout=300,
             )  # fmt: skip
             assert pushed.returncode == 0, pushed.stdout + pushed.stderr
             [pinned] = re.findall(
@@ -402,11 +400,9 @@ def test_a_registry_that_is_down_stops_only_spawns_on_nodes_without_the_image(
 
 def make_push(tmp_path: Path, env: str) -> subprocess.CompletedProcess[str]:
     (tmp_path / "env").write_text(env)
-    return subprocess.run(
-        ["make", "--no-print-directory", "push", f"ENV_FILE={tmp_path / 'env'}",
-         f"PUSHED_IMAGES={tmp_path / 'pushed.env'}"],
-        cwd=CHECKOUT, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+    return run_make(
+        "push", f"PUSHED_IMAGES={tmp_path / 'pushed.env'}", env_file=tmp_path / "env", timeout=120
+    )
 
 
 @pytest.mark.unit

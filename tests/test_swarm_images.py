@@ -32,7 +32,7 @@ from labhub.dockerproxy import policy_from_env
 from labhub.gpu.profiles import Profile, with_images
 from labhub.settings import Settings, SettingsError
 from labhub.swarmspawner import LabSwarmSpawner, swarm_spawner_config
-from stacks import STACK
+from stacks import STACK, run_make
 from swarm import run
 from swarmlab import service_body, wait_for_running_task
 from swarmstack import (
@@ -46,7 +46,6 @@ from swarmstack import (
     swarm_stack_up,
 )
 
-from testsupport.images import REPO
 from testsupport.minimal_env import MINIMAL_ENV
 from testsupport.swarmstandins import HubUser
 
@@ -331,11 +330,12 @@ def pushed_images_check(
     (tmp_path / ".env").write_text(env)
     if record is not None:
         (tmp_path / "pushed-images.env").write_text(record)
-    return subprocess.run(
-        ["make", "--no-print-directory", "pushed-images", f"ENV_FILE={tmp_path / '.env'}",
-         f"PUSHED_IMAGES={tmp_path / 'pushed-images.env'}"],
-        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+    return run_make(
+        "pushed-images",
+        f"PUSHED_IMAGES={tmp_path / 'pushed-images.env'}",
+        env_file=tmp_path / ".env",
+        timeout=120,
+    )
 
 
 @pytest.mark.unit
