@@ -37,6 +37,13 @@ WORKSPACE_IMAGE = labhub/workspace:$(call env_value,LABHUB_VERSION)
 comma := ,
 USERS_IMAGES = $(WORKSPACE_IMAGE) $(subst $(comma), ,$(call env_value,WORKSPACE_IMAGES))
 TORCH_IMAGES = $(filter labhub/workspace-torch:%,$(USERS_IMAGES))
+# ENGINE=swarm: what every node runs besides the users' images, the hub image (each node's
+# Docker proxy and the copy helpers of homes); with REGISTRY the nodes pull it as they do those.
+HUB_IMAGE = labhub/hub:$(call env_value,LABHUB_VERSION)
+NODES_IMAGES = $(USERS_IMAGES) $(HUB_IMAGE)
+# A shell word for an image a node runs: with REGISTRY, the digest reference make push
+# recorded (checked before by the pushed-images step), else the image's tag.
+node_image = $(if $(PINNED),"$$(scripts/push-images.sh --ref $(PUSHED_IMAGES) $(1))",$(1))
 
 .PHONY: help
 help: ## List the targets
@@ -95,14 +102,14 @@ build: env base-image ## Build the hub, proxy, workspace and egress images
 PUSHED_IMAGES ?= pushed-images.env
 
 .PHONY: push
-push: ## Push the users' images to REGISTRY and record their digests (after make build)
-	@REGISTRY=$(call env_value,REGISTRY) scripts/push-images.sh $(PUSHED_IMAGES) $(USERS_IMAGES)
+push: ## Push the images the nodes run to REGISTRY and record their digests (after make build)
+	@REGISTRY=$(call env_value,REGISTRY) scripts/push-images.sh $(PUSHED_IMAGES) $(NODES_IMAGES)
 
 # ENGINE=swarm with REGISTRY: make up stops unless every users' image here is the one
 # make push recorded (pushed, and not built again since).
 .PHONY: pushed-images
 pushed-images: env
-	@$(if $(PINNED),scripts/push-images.sh --check $(PUSHED_IMAGES) $(USERS_IMAGES))
+	@$(if $(PINNED),scripts/push-images.sh --check $(PUSHED_IMAGES) $(NODES_IMAGES))
 
 .PHONY: up
 up: preflight env swarm-manager stack-owner certs $(if $(filter no,$(BUILD)),,build) pushed-images ## Set everything up and start the platform
@@ -116,9 +123,10 @@ up: preflight env swarm-manager stack-owner certs $(if $(filter no,$(BUILD)),,bu
 	  { echo "make up: fix the settings above in $(ENV_FILE), then run make up again" >&2; exit 2; }
 	@$(if $(SWARM),scripts/swarm-manager.sh network '$(call env_value,DOCKER_NETWORK)')
 	@$(if $(SWARM),$(MAKE) --no-print-directory egress-conf)
+	@# The node proxies run the hub image and allow copy helpers of it only (Settings.copy_helper_image).
 	@$(if $(SWARM),scripts/swarm-manager.sh node-proxies $(NODE_PROXIES) \
-	  labhub/hub:$(call env_value,LABHUB_VERSION) '$(call env_value,NODE_DOCKER_SOCKET)' \
-	  '$(call env_value,DOCKER_NETWORK)' $(WORKSPACE_IMAGE))
+	  $(call node_image,$(HUB_IMAGE)) '$(call env_value,NODE_DOCKER_SOCKET)' \
+	  '$(call env_value,DOCKER_NETWORK)' $(call node_image,$(HUB_IMAGE)))
 	@$(COMPOSE) up -d --wait || { $(COMPOSE) logs --no-color --tail=40 hub >&2; \
 	  echo "make up: a service did not become healthy; the hub's last lines are above" \
 	       "(make logs SERVICE=hub for more)" >&2; exit 1; }

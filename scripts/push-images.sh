@@ -1,30 +1,45 @@
 #!/usr/bin/env bash
-# make push: push the users' images to REGISTRY and record the registry's digest for each.
+# make push: push the images the Swarm nodes run (the users' images and the hub image, which
+# the nodes' Docker proxies run) to REGISTRY and record the registry's digest for each.
 # make up (ENGINE=swarm with REGISTRY) checks the record first (--check).
-# Swarm nodes pull the users' images by those digests (docs/scale-out.md, "Images"): the hub
-# and the Docker proxy take them from the record (IMAGE_DIGESTS), so a tag moved later in the
-# registry changes nothing that runs.
+# Swarm nodes pull those images by these digests (docs/scale-out.md, "Images"): the hub
+# and the Docker proxy take them from the record (IMAGE_DIGESTS), make up the node proxies'
+# (--ref), so a tag moved later in the registry changes nothing that runs.
 # usage: REGISTRY=host[:port][/path] push-images.sh RECORD_FILE LOCAL_IMAGE...
 #        push-images.sh --check RECORD_FILE LOCAL_IMAGE...
+#        push-images.sh --ref RECORD_FILE LOCAL_IMAGE   (prints its digest reference)
 set -euo pipefail
 
-usage="usage: REGISTRY=... push-images.sh [--check] RECORD_FILE LOCAL_IMAGE..."
-check=
-if [ "${1:-}" = --check ]; then
-  check=yes
-  shift
-fi
+usage="usage: REGISTRY=... push-images.sh [--check|--ref] RECORD_FILE LOCAL_IMAGE..."
+mode=push
+case "${1:-}" in
+  --check | --ref)
+    mode=${1#--}
+    shift
+    ;;
+esac
 record=${1:?$usage}
 shift
 [ "$#" -gt 0 ] || { echo "$usage" >&2; exit 2; }
 
 # The digest reference the record holds for a local image, or nothing.
 recorded() {
+  [ -f "$record" ] || return 0
   sed -n 's/^IMAGE_DIGESTS=//p' "$record" | tail -n1 | tr ',' '\n' |
     awk -F= -v image="$1" '$1 == image { print $2 }'
 }
 
-if [ -n "$check" ]; then
+if [ "$mode" = ref ]; then
+  pinned=$(recorded "$1")
+  if [ -z "$pinned" ]; then
+    echo "make up: $record has no digest for $1: run make push" >&2
+    exit 1
+  fi
+  echo "$pinned"
+  exit 0
+fi
+
+if [ "$mode" = check ]; then
   # make up: every image is in the record, and the image this engine has under its tag is
   # the one pushed (its RepoDigests name the recorded reference; a rebuild moves the tag).
   if [ ! -f "$record" ]; then
@@ -90,7 +105,7 @@ for image in "$@"; do
   echo "make push: $image is ${remote%:*}@$digest"
 done
 {
-  echo "# Written by make push: the users' images as $REGISTRY holds them, by digest."
+  echo "# Written by make push: the images the nodes run as $REGISTRY holds them, by digest."
   echo "IMAGE_DIGESTS=$(IFS=,; echo "${entries[*]}")"
 } >"$record.partial"
 mv "$record.partial" "$record"

@@ -32,6 +32,8 @@ PROXY_IMAGE = f"labhub/proxy:{VERSION}"
 EGRESS_IMAGE = f"labhub/egress:{VERSION}"
 WORKSPACE_IMAGE = f"labhub/workspace:{VERSION}"
 PREFIX = container_prefix(STACK)
+# The nodes' Docker proxies' global service, as `make up` names it (the Makefile's NODE_PROXIES).
+NODE_PROXIES = f"{STACK}-node-proxy"
 
 
 def swarm_env(

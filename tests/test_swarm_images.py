@@ -38,6 +38,7 @@ from swarmlab import service_body, wait_for_running_task
 from swarmstack import (
     EGRESS_IMAGE,
     HUB_IMAGE,
+    NODE_PROXIES,
     PREFIX,
     PROXY_IMAGE,
     WORKSPACE_IMAGE,
@@ -52,6 +53,7 @@ from testsupport.swarmstandins import HubUser
 REGISTRY = "registry.lab.example.edu:5000/labhub"
 WORKSPACE_PINNED = f"{REGISTRY}/workspace@sha256:{'a' * 64}"
 TORCH_PINNED = f"{REGISTRY}/workspace-torch@sha256:{'b' * 64}"
+HUB_PINNED = f"{REGISTRY}/hub@sha256:{'c' * 64}"
 SWARM_ENV = {
     **MINIMAL_ENV,
     "ENGINE": "swarm",
@@ -61,8 +63,11 @@ SWARM_ENV = {
     "WORKSPACE_IMAGE": "labhub/workspace:0.1.0",
     "WORKSPACE_IMAGES": "labhub/workspace-torch:0.1.0",
 }
-# What `make push` records for both.
-DIGESTS = f"labhub/workspace:0.1.0={WORKSPACE_PINNED},labhub/workspace-torch:0.1.0={TORCH_PINNED}"
+# What `make push` records for both users' images and the hub image (the nodes' proxies').
+DIGESTS = (
+    f"labhub/workspace:0.1.0={WORKSPACE_PINNED},labhub/workspace-torch:0.1.0={TORCH_PINNED},"
+    f"labhub/hub:0.1.0={HUB_PINNED}"
+)
 
 
 def settings_problems(env: dict[str, str]) -> str:
@@ -86,6 +91,14 @@ def test_swarm_settings_run_each_users_image_by_the_digest_make_push_recorded() 
     assert config["image"] == WORKSPACE_PINNED
     spawner = LabSwarmSpawner(user=HubUser("alice"), hub=Hub(), **config)
     assert spawner.service_image() == WORKSPACE_PINNED
+    # The copy helpers of backups and moves run the nodes' proxies' image, as pulled.
+    assert settings.copy_helper_image == HUB_PINNED
+
+
+@pytest.mark.unit
+def test_without_a_registry_the_copy_helpers_run_the_hub_image_by_tag() -> None:
+    env = {**SWARM_ENV, "REGISTRY": "", "LABHUB_VERSION": "2.0.1"}
+    assert Settings.from_env(env).copy_helper_image == "labhub/hub:2.0.1"
 
 
 @pytest.mark.unit
@@ -99,8 +112,13 @@ def test_swarm_settings_run_each_users_image_by_the_digest_make_push_recorded() 
             f"labhub/workspace-torch:0.1.0=elsewhere.edu/workspace-torch@sha256:{'b' * 64}",
             "WORKSPACE_IMAGES='elsewhere.edu/workspace-torch",
         ),
+        (
+            f"labhub/workspace:0.1.0={WORKSPACE_PINNED},"
+            f"labhub/workspace-torch:0.1.0={TORCH_PINNED}",
+            "LABHUB_VERSION='labhub/hub:0.1.0'",
+        ),
     ],
-    ids=["no-record", "workspace-images-not-pushed", "another-registry"],
+    ids=["no-record", "workspace-images-not-pushed", "another-registry", "hub-not-pushed"],
 )
 def test_a_users_image_without_a_digest_of_the_registry_is_refused_naming_make_push(
     digests: str, missing: str
@@ -190,10 +208,10 @@ def registry_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SwarmSt
     try:
         with swarm_stack_up(
             tmp_path_factory.mktemp("swarm-images"),
-            # The worker gets nothing but the hub image (its node proxy runs it) and what
-            # it pulls.
-            images=(HUB_IMAGE,),
-            manager_images=(PROXY_IMAGE, EGRESS_IMAGE, WORKSPACE_IMAGE, EXTRA_IMAGE),
+            # The worker gets no image but what it pulls: the hub image for its node
+            # proxy, the workspace image for a server.
+            images=(),
+            manager_images=(HUB_IMAGE, PROXY_IMAGE, EGRESS_IMAGE, WORKSPACE_IMAGE, EXTRA_IMAGE),
             extra={"WORKSPACE_IMAGES": EXTRA_IMAGE},
             registry=True,
         ) as running:
@@ -234,23 +252,32 @@ def test_make_up_runs_the_pushed_digest_on_a_node_that_pulls_it_from_the_registr
     stack, manager, worker = registry_stack, registry_stack.manager, registry_stack.swarm.workers[0]
     registry = f"{stack.swarm.registry}/labhub"
     version = WORKSPACE_IMAGE.rsplit(":", 1)[1]
-    # make push recorded both users' images, each as the registry's own digest for its tag.
+    # make push recorded both users' images and the hub image, each as the registry's own
+    # digest for its tag.
     digests = recorded(stack)
     assert digests == {
         WORKSPACE_IMAGE: f"{registry}/workspace@{registry_digest(stack, 'workspace', version)}",
         EXTRA_IMAGE: f"{registry}/workspace-extra@"
         + registry_digest(stack, "workspace-extra", version),
+        HUB_IMAGE: f"{registry}/hub@{registry_digest(stack, 'hub', version)}",
     }
-    pinned = digests[WORKSPACE_IMAGE]
+    pinned, hub_pinned = digests[WORKSPACE_IMAGE], digests[HUB_IMAGE]
     # make up gave the record to the hub and the proxy.
     for container in ("hub", "docker-proxy-1"):
         env = json.loads(
             manager.docker("inspect", "--format", "{{json .Config.Env}}", f"{STACK}-{container}")
         )
         assert f"IMAGE_DIGESTS={','.join(f'{k}={v}' for k, v in digests.items())}" in env
-    hub_image = worker.docker("image", "inspect", "--format", "{{.Id}}", HUB_IMAGE).strip()
-    # Nothing but the hub image loaded on the worker.
+    # The worker's node proxy runs the hub image it pulled by digest, its only image yet.
+    assert json.loads(
+        worker.docker("image", "inspect", "--format", "{{json .RepoDigests}}", hub_pinned)
+    ) == [hub_pinned]
+    hub_image = worker.docker("image", "inspect", "--format", "{{.Id}}", hub_pinned).strip()
     assert worker.docker("image", "ls", "--quiet", "--no-trunc").split() == [hub_image]
+    proxy_task = worker.docker(
+        "ps", "--quiet", "--filter", f"label=com.docker.swarm.service.name={NODE_PROXIES}"
+    ).split()
+    assert len(proxy_task) == 1
     users = ("imgann", "imgbob")
     clients, nodes = {}, {}
     for user in users:
@@ -282,6 +309,14 @@ def test_make_up_runs_the_pushed_digest_on_a_node_that_pulls_it_from_the_registr
         image_id,
         hub_image,
     }
+    # make backup reads the worker's home through its proxy, with a copy helper of the image
+    # the worker pulled for that proxy (it has no workspace image under a tag).
+    backup = make(
+        "backup", stack.env_file, stack.docker_host,
+        f"BACKUP_ROOT={stack.env_file.parent / 'backups'}", f"ONLY_USERS={on_worker}",
+    )  # fmt: skip
+    assert backup.returncode == 0, backup.stdout[-3000:] + backup.stderr[-3000:]
+    assert f"backup: {on_worker} (" in backup.stdout and "on its node" in backup.stdout
     digest = pinned.split("@", 1)[1]
     assert stack.registry_log is not None
     log = stack.registry_log.read_text()
@@ -361,3 +396,16 @@ def test_make_up_stops_on_a_record_without_a_users_image_naming_make_push(tmp_pa
     )
     assert checked.returncode != 0
     assert "has no digest for labhub/workspace-torch:0.1.0: run make push" in checked.stderr
+
+
+@pytest.mark.unit
+def test_make_up_stops_on_a_record_without_the_hub_image_the_node_proxies_run(
+    tmp_path: Path,
+) -> None:
+    env = "LABHUB_VERSION=0.1.0\nENGINE=swarm\nREGISTRY=registry.lab.example.edu:5000/labhub\n"
+    # Recorded by a make push that pushed the users' images only.
+    checked = pushed_images_check(
+        tmp_path, env, f"IMAGE_DIGESTS=labhub/workspace:0.1.0={WORKSPACE_PINNED}\n"
+    )
+    assert checked.returncode != 0
+    assert "has no digest for labhub/hub:0.1.0: run make push" in checked.stderr

@@ -22,6 +22,7 @@ from labhub.contract import volume_name_for
 from stacks import STACK
 from swarmlab import CONNECT, wait_for_running_task
 from swarmstack import (
+    NODE_PROXIES,
     PREFIX,
     SwarmStack,
     make,
@@ -33,7 +34,6 @@ from testsupport.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
 
-NODE_PROXIES = f"{STACK}-node-proxy"
 HUB = f"{STACK}-hub"
 USER = "nodemover"
 # The node ID the engine behind a proxy gives, asked from inside the hub's container.

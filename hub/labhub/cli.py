@@ -164,7 +164,7 @@ def move_home(args: argparse.Namespace) -> int:
             )
             return 2
         proxies[node] = url
-    network, image = settings.docker_network, settings.workspace_image
+    network, image = settings.docker_network, settings.copy_helper_image
     try:
         proxies = proxies or _deployed_node_proxies(settings, "make move-home USER=... NODE=...")
         row = homemove.read_home(args.db, args.user)
@@ -225,7 +225,7 @@ def home_archive(args: argparse.Namespace) -> int:
     try:
         proxies = _deployed_node_proxies(settings, "make backup")
         homemove.archive_home(
-            args.user, args.db, proxies, settings.docker_network, settings.workspace_image,
+            args.user, args.db, proxies, settings.docker_network, settings.copy_helper_image,
             sys.stdout.buffer,
         )  # fmt: skip
     except homemove.MoveRefused as error:

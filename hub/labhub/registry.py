@@ -42,8 +42,9 @@ def check_pinned(registry: str, image: str) -> str:
     if match is None or not match["name"].startswith(f"{registry}/"):
         raise ValueError(
             f"{image!r} is not an image of REGISTRY={registry} by digest "
-            f"({registry}/workspace@sha256:...): run `make push`, which pushes the users' "
-            "images and records their digest references (IMAGE_DIGESTS in pushed-images.env)"
+            f"({registry}/workspace@sha256:...): run `make push`, which pushes the images "
+            "the nodes run and records their digest references (IMAGE_DIGESTS in "
+            "pushed-images.env)"
         )
     return image
 

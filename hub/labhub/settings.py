@@ -1152,6 +1152,7 @@ SECTIONS: tuple[Section, ...] = (
                 "0.1.0",
                 text,
                 "Version tag of the labhub images.",
+                "labhub_version",
             ),
             Setting(
                 "BASE_IMAGE",
@@ -1455,6 +1456,7 @@ class Settings:
     debug: bool
     data_dir: str
     extra_ca_bundle: str
+    labhub_version: str
     workspace_image: str
     # WORKSPACE_IMAGES: the other images profiles may name (see allowed_images).
     workspace_images: tuple[str, ...]
@@ -1478,6 +1480,18 @@ class Settings:
         """The reference a server of `image` runs: its digest reference from `make push`
         (IMAGE_DIGESTS, Swarm mode with REGISTRY), else `image` itself."""
         return self.image_digests.get(image, image)
+
+    @property
+    def hub_image(self) -> str:
+        """The hub image (compose's, by tag): what the Swarm nodes' Docker proxies run."""
+        return f"labhub/hub:{self.labhub_version}"
+
+    @property
+    def copy_helper_image(self) -> str:
+        """The image of the copy helpers that read and write homes on Swarm nodes: the node
+        proxies' own, the one image every node runs (pulled by digest with REGISTRY), so it
+        is there on a node where no user's image ever was."""
+        return self.pinned_image(self.hub_image)
 
     @property
     def gpu_service(self) -> bool:
@@ -1594,6 +1608,8 @@ def _check_registry(values: Mapping[str, Any], problems: list[str]) -> None:
         return
     images = [("WORKSPACE_IMAGE", values.get("workspace_image"))]
     images += [("WORKSPACE_IMAGES", image) for image in values.get("workspace_images") or ()]
+    # The nodes' Docker proxies run the hub image, pulled as the users' images are.
+    images += [("LABHUB_VERSION", f"labhub/hub:{values.get('labhub_version')}")]
     for name, image in images:
         if image:
             try:
