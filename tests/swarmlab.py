@@ -95,6 +95,19 @@ def wait_for_running_task(swarm: Swarm, service: str, timeout: float = 120) -> s
     return wait_until(running_node, timeout, f"a running task of service {service}")
 
 
+def running_container(node: Node, service: str) -> str:
+    """The one running container of `service`'s task on `node` (once the container of a
+    task stopped before is gone)."""
+
+    def the_one() -> str:
+        containers = node.docker(
+            "ps", "--quiet", "--filter", f"label=com.docker.swarm.service.name={service}"
+        ).split()
+        return containers[0] if len(containers) == 1 else ""
+
+    return wait_until(the_one, 60, f"one running container of {service}")
+
+
 @dataclass
 class Cluster:
     swarm: Swarm
@@ -141,14 +154,7 @@ class Cluster:
         """The node running `user`'s server and its task's container there (once the
         container of a task stopped before is gone)."""
         node = self.node(self.running_node(f"{PREFIX}-{user}"))
-
-        def the_one() -> str:
-            containers = node.docker(
-                "ps", "--quiet", "--filter", f"label=com.docker.swarm.service.name={PREFIX}-{user}"
-            ).split()
-            return containers[0] if len(containers) == 1 else ""
-
-        return node, wait_until(the_one, 60, f"one running container of {user}'s server")
+        return node, running_container(node, f"{PREFIX}-{user}")
 
     def connects(self, user: str, host: str, port: int) -> str:
         """What one TCP connect from inside `user`'s server to host:port gives."""

@@ -23,8 +23,15 @@ import pytest
 from labhub.contract import volume_name_for
 from stacks import STACK
 from swarm import run
-from swarmlab import wait_for_running_task
-from swarmstack import PREFIX, SwarmStack, make, swarm_env, swarm_stack_up
+from swarmlab import running_container, wait_for_running_task
+from swarmstack import (
+    PREFIX,
+    WORKSPACE_IMAGE,
+    SwarmStack,
+    make,
+    swarm_env,
+    swarm_stack_up,
+)
 from test_compose import rendered
 
 from testsupport.dockerproxy import free_port
@@ -139,6 +146,36 @@ def test_make_up_on_a_swarm_serves_tls_logins_and_spawns_each_server_as_a_servic
     for user in users:
         clients[user].stop_server(user)
         assert not manager.docker("service", "ls", "--quiet", "--filter", f"name={PREFIX}-{user}")
+
+
+def test_a_home_from_before_swarm_mode_is_kept_on_its_node_at_the_first_spawn(
+    swarm_stack: SwarmStack,
+) -> None:
+    """A lab moving from one host to Swarm keeps its students' files: a user whose home
+    volume is already on a node (and who has no home node recorded) is placed there, even
+    where the load alone would choose the other node."""
+    stack, manager = swarm_stack.stack, swarm_stack.manager
+    # Another student's server makes one node the busier one; the old home goes there.
+    busy = stack.client()
+    assert busy.login("swann", stack.ensure_account("swann"), follow=False).status_code == 302
+    busy.start_server("swann", timeout=600)
+    node = swarm_stack.node(wait_for_running_task(swarm_stack.swarm, f"{PREFIX}-swann"))
+    user = "swold"
+    node.docker(
+        "run", "--rm", "--network", "none", "--user", "1000:100",
+        "--volume", f"{volume_name_for(user, STACK)}:/home/jovyan", WORKSPACE_IMAGE,
+        "sh", "-c", "echo written on one host > /home/jovyan/before-swarm.txt",
+    )  # fmt: skip
+    client = stack.client()
+    assert client.login(user, stack.ensure_account(user), follow=False).status_code == 302
+    client.start_server(user, timeout=600)
+    assert wait_for_running_task(swarm_stack.swarm, f"{PREFIX}-{user}") == node.node_id
+    container = running_container(node, f"{PREFIX}-{user}")
+    text = node.docker("exec", container, "cat", "/home/jovyan/before-swarm.txt")
+    assert text.strip() == "written on one host"
+    for name, session in ((user, client), ("swann", busy)):
+        session.stop_server(name)
+        assert not manager.docker("service", "ls", "--quiet", "--filter", f"name={PREFIX}-{name}")
 
 
 def test_make_up_refuses_a_swarm_worker_naming_the_manager(swarm_stack: SwarmStack) -> None:

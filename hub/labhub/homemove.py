@@ -177,6 +177,26 @@ def find_node_proxies(service: str, port: int = NODE_PROXY_PORT) -> dict[str, st
     return proxies
 
 
+def volume_holders(service: str, volume: str) -> tuple[frozenset[str], frozenset[str]]:
+    """The nodes whose proxies answered, and those of them that hold `volume` (for a first
+    spawn: labhub.swarmplacement.existing_home)."""
+    proxies = find_node_proxies(service)
+    holding = frozenset(
+        node
+        for node, url in proxies.items()
+        if _has_volume(docker.APIClient(base_url=url, version=API_VERSION, timeout=10), volume)
+    )
+    return frozenset(proxies), holding
+
+
+def _has_volume(api: docker.APIClient, volume: str) -> bool:
+    try:
+        api.inspect_volume(volume)
+    except NotFound:
+        return False
+    return True
+
+
 class NodeEngine:
     """One node's engine through its Docker proxy: users' volumes and copy helpers."""
 
@@ -194,11 +214,7 @@ class NodeEngine:
             )
 
     def has_volume(self, volume: str) -> bool:
-        try:
-            self.api.inspect_volume(volume)
-        except NotFound:
-            return False
-        return True
+        return _has_volume(self.api, volume)
 
     @contextmanager
     def helper(self, user: str) -> Iterator[str]:

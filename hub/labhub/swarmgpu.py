@@ -111,6 +111,7 @@ class LabSwarmGpuSpawner(GpuSpawnerMixin, LabSwarmSpawner):
 
     async def gpu_placement(self) -> tuple[frozenset[str] | None, frozenset[str]]:
         listing, ids = await self._node_ids()
+        await self.adopt_existing_home(nodes_from_api(listing))
         allowed, down = where_gpus_may_go(
             self._allocator.inventory, ids, nodes_from_api(listing), self.home_node
         )

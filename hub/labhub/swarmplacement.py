@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,3 +116,28 @@ def node_for(home: str | None, nodes: Sequence[SwarmNode], load: Mapping[str, in
             "no node of the swarm is ready and active: check `docker node ls` on the manager"
         )
     return min(usable, key=lambda node: (load.get(node.id, 0), node.id)).id
+
+
+def existing_home(
+    nodes: Sequence[SwarmNode], answered: Collection[str], holding: Collection[str]
+) -> str | None:
+    """Where a user with no recorded home node already has a home volume (made before the
+    lab moved to Swarm mode, or written back there): the one node holding it, asked through
+    the nodes' proxies (`answered`); None: none of the ready nodes has one. A node that is
+    down is not asked (its users are told when their home is recorded there)."""
+    if len(holding) > 1:
+        raise NoNodeForServer(
+            f"the home volume is on nodes {', '.join(sorted(holding))}: keep the one in use "
+            "and remove the other (docker volume rm on that node), or move one "
+            "(make move-home)"
+        )
+    if holding:
+        return next(iter(holding))
+    silent = sorted(node.id for node in nodes if node.ready and node.id not in answered)
+    if silent:
+        raise NoNodeForServer(
+            f"cannot tell whether node {', '.join(silent)} holds the home volume: its Docker "
+            "proxy does not answer (docker service ps <DOCKER_NETWORK>-node-proxy on the "
+            "manager; make up starts them)"
+        )
+    return None

@@ -65,6 +65,7 @@ from .spawner import LabServerMixin, server_config
 from .swarmplacement import (
     NoNodeForServer,
     SwarmNode,
+    existing_home,
     node_for,
     nodes_from_api,
     pin_constraint,
@@ -177,6 +178,13 @@ class LabSwarmSpawner(LabServerMixin, SwarmSpawner):  # type: ignore[misc]
         help="REGISTRY: the nodes pull the image from there, so it must be that registry's "
         "digest reference (labhub.registry); empty: the image is on the nodes already.",
     )
+    node_proxy_service = Unicode(
+        "",
+        config=True,
+        help="NODE_PROXY_SERVICE: the nodes' Docker proxies' service (make up deploys it). "
+        "A first spawn asks every node through it whether the user's home volume is there "
+        "already (a home from before Swarm mode): that node becomes the home. Empty: not asked.",
+    )
     task_timeout = Float(
         30.0,
         config=True,
@@ -217,6 +225,7 @@ class LabSwarmSpawner(LabServerMixin, SwarmSpawner):  # type: ignore[misc]
         self.reload_home_node()
         await self.join_user_network()
         nodes = nodes_from_api(await self.docker("nodes"))
+        await self.adopt_existing_home(nodes)
         args = await self.get_command()
         # From the count of servers per node until this service is counted too: concurrent
         # first spawns would otherwise all read the same counts and pick the same node.
@@ -334,6 +343,23 @@ class LabSwarmSpawner(LabServerMixin, SwarmSpawner):  # type: ignore[misc]
     def service_gpu_labels(self) -> dict[str, str]:
         """The GPU booking to put on the service: none here (labhub.swarmgpu adds it)."""
         return {}
+
+    async def adopt_existing_home(self, nodes: list[SwarmNode]) -> None:
+        """With no home node recorded, the node that already holds the user's home volume
+        (a lab that moved from one host keeps its students' files), asked through the
+        nodes' proxies; a 503 when the answer is unclear, never an empty home elsewhere."""
+        if self.home_node or not self.node_proxy_service:
+            return
+        from .homemove import MoveRefused, volume_holders
+
+        volume = volume_name_for(self.user.name, self.network_name)
+        try:
+            answered, holding = await asyncio.to_thread(
+                volume_holders, self.node_proxy_service, volume
+            )
+            self.home_node = existing_home(nodes, answered, holding) or ""
+        except (MoveRefused, NoNodeForServer) as error:
+            raise web.HTTPError(503, f"{self.user.name}'s server cannot start: {error}") from None
 
     def reload_home_node(self) -> None:
         """The home node as the hub's database has it now: `labhub move-home` (an admin
@@ -459,4 +485,5 @@ def swarm_spawner_config(settings: Settings) -> dict[str, Any]:
         "start_timeout": 180,
         "registry": settings.registry,
         "datasets": settings.datasets,
+        "node_proxy_service": settings.node_proxy_service or "",
     }

@@ -1,5 +1,6 @@
 """Swarm placement (labhub.swarmplacement): a home is sticky, new homes spread, a home on
-an unusable node is an error naming it. Properties over any cluster and any history."""
+an unusable node is an error naming it, a home already on a node is kept there. Properties
+over any cluster and any history."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from labhub.swarmplacement import (
     NoNodeForServer,
     SwarmNode,
+    existing_home,
     node_for,
     nodes_from_api,
     pin_constraint,
@@ -129,3 +131,27 @@ class LabOverTime(RuleBasedStateMachine):
 
 
 TestLabOverTime = LabOverTime.TestCase
+
+
+@given(nodes_st, st.data())
+def test_a_home_already_on_a_node_is_kept_and_an_unclear_answer_is_an_error(
+    nodes: list[SwarmNode], data: st.DataObject
+) -> None:
+    """Whatever the nodes' states: one holder is the home; two are an error naming both;
+    none is no home only when every ready node answered, else an error naming the silent."""
+    ids = [node.id for node in nodes]
+    answered = set(data.draw(st.lists(st.sampled_from(ids)) if ids else st.just([])))
+    holding = set(data.draw(st.lists(st.sampled_from(sorted(answered)))) if answered else set())
+    silent = sorted(node.id for node in nodes if node.ready and node.id not in answered)
+    if len(holding) > 1:
+        with pytest.raises(NoNodeForServer, match="the home volume is on nodes") as refused:
+            existing_home(nodes, answered, holding)
+        assert all(node in str(refused.value) for node in holding)
+    elif holding:
+        assert existing_home(nodes, answered, holding) == next(iter(holding))
+    elif silent:
+        with pytest.raises(NoNodeForServer, match="its Docker proxy does not answer") as refused:
+            existing_home(nodes, answered, holding)
+        assert ", ".join(silent) in str(refused.value)
+    else:
+        assert existing_home(nodes, answered, holding) is None
