@@ -10,11 +10,15 @@ through the real Docker proxy (PROXY_POLICY=swarm) in front of the manager, plac
 servers, hardened, on the nodes of their homes, each on an internal overlay network of its
 own that only the frontends (the hub's container) join, driven from this process and by a
 real JupyterHub in a container on the manager; the proxy refuses dangerous services and
-networks before the engine sees them. What is not built yet is listed in docs/scale-out.md.
+networks before the engine sees them. With HOME_NFS (a second proxy in front of the same
+manager) only each home's exact NFS volume options pass, and a spawn makes that volume on
+its node and, with no NFS client here, ends naming the export. What is not built yet is
+listed in docs/scale-out.md.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import secrets
@@ -26,9 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from labhub.contract import OWNER_LABEL, user_network_name, volume_name_for
+from jupyterhub.objects import Hub, Server
+from labhub.contract import OWNER_LABEL, nfs_home_options, user_network_name, volume_name_for
+from labhub.settings import Settings
 from labhub.swarmplacement import SwarmNode, node_for
-from labhub.swarmspawner import HOME_NODE_STATE
+from labhub.swarmspawner import HOME_NODE_STATE, LabSwarmSpawner, swarm_spawner_config
 from swarm import Node, Swarm, run
 from swarmlab import (
     CLIENT,
@@ -42,11 +48,14 @@ from swarmlab import (
     make_user_network,
     network_body,
     service_body,
+    spawners_through,
     wait_for_running_task,
 )
+from tornado import web
 
-from testsupport.dockerproxy import raw_request
+from testsupport.dockerproxy import raw_request, running_proxy
 from testsupport.minimal_env import MINIMAL_ENV
+from testsupport.swarmstandins import HubUser
 from testsupport.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -496,3 +505,138 @@ def test_a_real_jupyterhub_spawns_users_on_the_swarm_through_the_proxy(
     make_first_spawns_go_elsewhere(cluster, nodes[user], "hubnew", hub.spawn)
     hub.spawn(user)
     assert cluster.running_node(f"{PREFIX}-{user}") == nodes[user]
+
+
+# --- HOME_NFS: the proxy's volume options at the engine, and a spawn config-checked ------
+# No NFS client in this kernel (docs/scale-out.md): the volume's options are checked at
+# the engine, and the mount's failure must reach the user as its cause. TEST-NET-1: no
+# server answers there.
+NFS_EXPORT = "192.0.2.7:/export/homes"
+
+
+@pytest.fixture(scope="module")
+def nfs_proxy(cluster: Cluster) -> Iterator[int]:
+    """A second Swarm proxy in front of the same manager, with HOME_NFS (the frontend
+    container is the cluster's)."""
+    with running_proxy(
+        PROXY_POLICY="swarm", ALLOWED_IMAGES=IMAGE, DOCKER_NETWORK=NETWORK,
+        FRONTEND_CONTAINERS=FRONTEND, DOCKER_SOCKET=str(cluster.swarm.manager.socket),
+        HOME_NFS=NFS_EXPORT,
+    ) as port:  # fmt: skip
+        yield port
+
+
+def nfs_home_mount(user: str, options: dict[str, str]) -> dict[str, Any]:
+    return {
+        "Type": "volume",
+        "Source": volume_name_for(user, NETWORK),
+        "Target": "/home/jovyan",
+        "VolumeOptions": {"DriverConfig": {"Name": "local", "Options": options}},
+    }
+
+
+MALLORYS_NFS_HOME = nfs_home_options(NFS_EXPORT, volume_name_for("mallory", NETWORK))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"type": "none", "o": "bind", "device": "/"},  # the host's root, a bind in disguise
+        {**MALLORYS_NFS_HOME, "o": "addr=198.51.100.9,nfsvers=4,nosuid,nodev"},  # another server
+        {**MALLORYS_NFS_HOME, "device": f":/export/homes/{volume_name_for('bob', NETWORK)}"},
+        {**MALLORYS_NFS_HOME, "o": "addr=192.0.2.7,nfsvers=4"},  # set-user-ID files allowed
+    ],
+    ids=["host-bind", "another-server", "bobs-folder", "suid"],
+)
+def test_the_nfs_proxy_refuses_any_other_volume_options_and_the_engine_never_sees_them(
+    cluster: Cluster, nfs_proxy: int, options: dict[str, str]
+) -> None:
+    make_user_network(nfs_proxy)
+    body = service_body(Mounts=[nfs_home_mount("mallory", options)])
+    status, answer = raw_request(nfs_proxy, "POST", "/v1.41/services/create", body)
+    assert status == 403 and "must be exactly its NFS home" in answer, answer
+    assert (
+        f"{PREFIX}-mallory"
+        not in cluster.swarm.manager.docker("service", "ls", "--format", "{{.Name}}").split()
+    )
+    for node in cluster.swarm.nodes:
+        assert volume_name_for("mallory", NETWORK) not in node.docker("volume", "ls", "-q")
+
+
+def test_the_same_service_with_exactly_its_nfs_home_is_created_so_the_refusals_are_the_rules(
+    cluster: Cluster, nfs_proxy: int
+) -> None:
+    make_user_network(nfs_proxy)
+    body = service_body(Mounts=[nfs_home_mount("mallory", MALLORYS_NFS_HOME)])
+    status, answer = raw_request(nfs_proxy, "POST", "/v1.41/services/create", body)
+    assert status == 201, answer
+    created = json.loads(answer)["ID"]
+    try:
+        spec = cluster.swarm.manager.docker(
+            "service", "inspect", "--format", "{{json .Spec}}", created
+        )
+        [mount] = json.loads(spec)["TaskTemplate"]["ContainerSpec"]["Mounts"]
+        assert mount["VolumeOptions"]["DriverConfig"]["Options"] == MALLORYS_NFS_HOME
+    finally:
+        assert raw_request(nfs_proxy, "DELETE", f"/v1.41/services/{created}")[0] == 200
+
+
+class NfsHomeSpawner(LabSwarmSpawner):  # type: ignore[misc]
+    """LabSwarmSpawner with a Docker client of its own (through the HOME_NFS proxy)."""
+
+
+def test_a_spawn_with_home_nfs_makes_the_nfs_volume_and_names_the_mount_failure(
+    cluster: Cluster, nfs_proxy: int
+) -> None:
+    """Config-checked: the volume the node made has exactly the NFS options; the mount
+    fails (no NFS client here) and the spawn says so, its service removed."""
+    user, volume = "nfsuser", volume_name_for("nfsuser", NETWORK)
+    settings = Settings.from_env(
+        {**MINIMAL_ENV, "DOCKER_NETWORK": NETWORK, "WORKSPACE_IMAGE": IMAGE,
+         "ENGINE": "swarm", "HOME_NFS": NFS_EXPORT}
+    )  # fmt: skip
+    spawner = NfsHomeSpawner(
+        user=HubUser(user), hub=Hub(), cmd=["perl", "-e", "sleep 600", "--"],
+        frontend_containers=[FRONTEND], **swarm_spawner_config(settings),
+    )  # fmt: skip
+    spawner.server = Server(base_url=f"/user/{user}/")
+    with spawners_through(nfs_proxy, NfsHomeSpawner):
+        try:
+            with pytest.raises(web.HTTPError) as failed:
+                asyncio.run(asyncio.wait_for(spawner.start(), 150))
+            message = str(failed.value.log_message)
+            print(f"the spawn's error: {message}")
+            assert failed.value.status_code == 503, message
+            assert (
+                f"cannot mount the home 192.0.2.7:/export/homes/{volume} (HOME_NFS): check "
+                "that the node has an NFS client"
+            ) in message
+            # The service is gone: the Swarm does not retry the task on.
+            services = cluster.swarm.manager.docker("service", "ls", "--format", "{{.Name}}")
+            assert f"{PREFIX}-{user}" not in services.split()
+            # The node that tried made the volume, with exactly the NFS options.
+            made = [n for n in cluster.swarm.nodes if volume in n.docker("volume", "ls", "-q")]
+            assert [n.node_id for n in made] == [message.split("node ")[1].split()[0]]
+            inspected = json.loads(made[0].docker("volume", "inspect", volume))[0]
+            assert inspected["Driver"] == "local"
+            assert inspected["Options"] == {
+                "type": "nfs",
+                "o": "addr=192.0.2.7,nfsvers=4,nosuid,nodev",
+                "device": f":/export/homes/{volume}",
+            }
+            assert HOME_NODE_STATE not in spawner.get_state()
+        finally:
+            asyncio.run(spawner.delete_forever())
+            for node in cluster.swarm.nodes:
+                remove_volume(node, volume)
+
+
+def remove_volume(node: Node, volume: str) -> None:
+    """Remove `volume` from `node` once the removed service's failed task container, which
+    holds it, is gone too."""
+
+    def gone() -> bool:
+        node.docker("volume", "rm", "--force", volume, check=False)
+        return volume not in node.docker("volume", "ls", "--quiet").split()
+
+    wait_until(gone, 60, f"volume {volume} removed from {node.name}", interval=1)

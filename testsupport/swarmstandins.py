@@ -31,12 +31,13 @@ class HubUser:
 class SlowManager(RecordingAPIClient):
     """A three-node Swarm manager where every call takes 20 ms (so concurrent spawns
     interleave) and a created service is listed from then on, its task running (or, with
-    `task_error`, rejected by its node); removed by its ID once, it is gone after."""
+    `task_error`, ended by its node in `task_state`); removed by its ID once, it is gone
+    after."""
 
-    def __init__(self, task_error: str = "") -> None:
+    def __init__(self, task_error: str = "", task_state: str = "rejected") -> None:
         super().__init__(strip="/v1.41")
         self.created: dict[str, dict[str, Any]] = {}
-        self.task_error = task_error
+        self.task_error, self.task_state = task_error, task_state
         self.removed = False
 
     def request(self, method: str, url: str, **kwargs: Any) -> requests.Response:
@@ -57,7 +58,8 @@ class SlowManager(RecordingAPIClient):
         if path == "/services/create":
             return 201, {"ID": "svc"}
         if path == "/tasks" and self.task_error:
-            return 200, [{"NodeID": "n1", "Status": {"State": "rejected", "Err": self.task_error}}]
+            status = {"State": self.task_state, "Err": self.task_error}
+            return 200, [{"NodeID": "n1", "Status": status}]
         if path == "/tasks":
             return 200, [{"Status": {"State": "running"}}]
         if path.startswith("/networks/"):  # each user's network, the hub already on it

@@ -155,6 +155,13 @@ def move_home(args: argparse.Namespace) -> int:
     from . import homemove
 
     settings = Settings.from_env(os.environ)
+    if settings.home_nfs:
+        print(
+            f"labhub move-home: refused: the homes are on the NFS server ({settings.home_nfs}, "
+            "HOME_NFS), not on a node: there is nothing to move, any node runs the server",
+            file=sys.stderr,
+        )
+        return 2
     proxies: dict[str, str] = {}
     for pair in args.proxy:
         node, equals, url = pair.partition("=")
@@ -222,6 +229,13 @@ def home_archive(args: argparse.Namespace) -> int:
     from . import homemove
 
     settings = Settings.from_env(os.environ)
+    if settings.home_nfs:
+        print(
+            f"labhub home-archive: {args.user}'s home is on the NFS server ({settings.home_nfs}, "
+            "HOME_NFS), not on a node: back up that export on the server",
+            file=sys.stderr,
+        )
+        return 2
     try:
         proxies = _deployed_node_proxies(settings, "make backup")
         homemove.archive_home(

@@ -8,6 +8,8 @@ exactly like this. Both import these names, so the two sides cannot drift apart.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
+import re
 import string
 
 from escapism import escape
@@ -112,3 +114,49 @@ def quota_home_options(quota_root: str, volume: str) -> dict[str, str]:
     """The `local` driver's options of a home with a disk quota (QUOTA_ROOT set): bound
     onto the subvolume `<quota_root>/<volume>`, the only options the proxy allows."""
     return {"type": "none", "o": "bind", "device": f"{quota_root}/{volume}"}
+
+
+# HOME_NFS (Swarm mode): every home a folder of one NFS export, mounted by the `local`
+# driver on whichever node runs the server. Fixed options: NFS v4, no set-user-ID
+# programs and no device files from the server.
+NFS_MOUNT_FLAGS = "nfsvers=4,nosuid,nodev"
+_HOST_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_NFS_HOST = re.compile(rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*")
+_NFS_PATH = re.compile(r"/|(?:/[A-Za-z0-9_][A-Za-z0-9_.-]*)+")
+
+
+def nfs_export(raw: str) -> tuple[str, str]:
+    """HOME_NFS (`<server>:/export/path`) as (the mount's `addr=`, the export path).
+
+    Strict, because both go into mount options: a host name, an IPv4 address or an IPv6
+    address in brackets, then an absolute path of plain segments (no commas, `=`, spaces,
+    `..` or `.`, which could add options or leave the export). Raises ValueError."""
+    hint = (
+        "is not an NFS export: give <server>:/absolute/path, e.g. nfs.lab.example.edu:/export/"
+        "homes, 10.0.0.5:/homes or [2001:db8::5]:/homes (a host name or IP, then a path of "
+        "letters, digits, '_', '.' and '-': no commas, '=', spaces or '..'), or leave it empty"
+    )
+    if raw.startswith("["):
+        host, bracket, path = raw[1:].partition("]:")
+        try:
+            addr = str(ipaddress.IPv6Address(host)) if bracket and "%" not in host else ""
+        except ValueError:
+            addr = ""
+    else:
+        host, colon, path = raw.partition(":")
+        addr = host if colon and len(host) <= 253 and _NFS_HOST.fullmatch(host) else ""
+    if not addr or not _NFS_PATH.fullmatch(path) or len(path) > 1024:
+        raise ValueError(hint)
+    return addr, path
+
+
+def nfs_home_options(home_nfs: str, volume: str) -> dict[str, str]:
+    """The `local` driver's options of a home on HOME_NFS: the folder `<export>/<volume>`
+    of the server, with NFS_MOUNT_FLAGS. The spawner sends exactly these and the Docker
+    proxy allows exactly these (for the service's owner's own home), nothing else."""
+    addr, path = nfs_export(home_nfs)
+    return {
+        "type": "nfs",
+        "o": f"addr={addr},{NFS_MOUNT_FLAGS}",
+        "device": f":{path.rstrip('/')}/{volume}",
+    }

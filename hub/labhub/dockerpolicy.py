@@ -41,6 +41,7 @@ from .contract import (
     USER_LOG_CONFIG,
     VISIBLE_DEVICES_ENV,
     container_name_prefix,
+    nfs_home_options,
     quota_home_options,
     user_network_name,
     user_network_prefix,
@@ -104,6 +105,8 @@ class Policy:
     max_gpus: int = 16
     # Swarm mode: the containers the hub may connect to a user's network (the hub, CHP).
     frontend_containers: frozenset[str] = frozenset()
+    # Swarm mode, HOME_NFS: each home is mounted with exactly its NFS options, no others.
+    home_nfs: str = ""
 
 
 @dataclass(frozen=True)
@@ -980,9 +983,11 @@ def _check_container_spec(policy: Policy, value: Any) -> None:
 
 
 def _check_service_mount(policy: Policy, value: Any) -> None:
-    """The user's named volume (no volume options: they can bind a host path) or a sized
-    tmpfs at /dev/shm; never a bind."""
-    mount = _keys("Mounts[]", value, ("Target", "Source", "Type", "ReadOnly", "TmpfsOptions"))
+    """The user's named volume (no volume options: they can bind a host path; with HOME_NFS
+    exactly its NFS home's) or a sized tmpfs at /dev/shm; never a bind."""
+    mount = _keys(
+        "Mounts[]", value, ("Target", "Source", "Type", "ReadOnly", "TmpfsOptions", "VolumeOptions")
+    )
     target = mount.get("target")
     if not isinstance(target, str) or not re.fullmatch(r"/[A-Za-z0-9_./-]*", target):
         raise Refused(f"mount target {target!r} is not a plain absolute path")
@@ -1007,6 +1012,7 @@ def _check_service_mount(policy: Policy, value: Any) -> None:
             raise Refused(f"volume mount source {source!r} is not a plain volume name")
         if not source.startswith(prefix) or "tmpfsoptions" in mount:
             raise Refused(f"volume {source!r} is not a user volume ({prefix}*)")
+        _check_home_volume_options(policy, source, mount.get("volumeoptions"))
         return
     if kind == "tmpfs" and target == "/dev/shm" and source in (None, ""):
         options = _keys("TmpfsOptions", mount.get("tmpfsoptions"), ("SizeBytes",))
@@ -1016,6 +1022,27 @@ def _check_service_mount(policy: Policy, value: Any) -> None:
         f"mount {kind}:{source}->{target} is not allowed: the user's volume, a tmpfs at "
         "/dev/shm and the declared datasets (read-only); no binds besides"
     )
+
+
+def _check_home_volume_options(policy: Policy, volume: str, options: Any) -> None:
+    """No VolumeOptions on a home: the local driver's options can bind any host path
+    (type=none, o=bind, device=/) or mount any server. With HOME_NFS, exactly this
+    volume's NFS home (`labhub.contract.nfs_home_options`), and never without it."""
+    if not policy.home_nfs:
+        if options is not None:
+            raise Refused(
+                f"VolumeOptions on {volume!r} are not allowed: a home is a plain volume "
+                "(driver options can bind a host path)"
+            )
+        return
+    wanted = {
+        "DriverConfig": {"Name": "local", "Options": nfs_home_options(policy.home_nfs, volume)}
+    }
+    if options != wanted:
+        raise Refused(
+            f"VolumeOptions of {volume!r} must be exactly its NFS home (HOME_NFS) {wanted}, "
+            f"not {options!r}"
+        )
 
 
 def _check_service_resources(policy: Policy, value: Any) -> None:

@@ -50,6 +50,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .contract import nfs_export
 from .datasets import DatasetsError, load_datasets
 from .dockerpolicy import (
     DISK_USAGE_EVERY,
@@ -449,7 +450,7 @@ async def handle(
 def policy_from_env(env: dict[str, str]) -> Check:
     """PROXY_POLICY=hub (default: ALLOWED_IMAGES, DOCKER_NETWORK, DATASETS, QUOTA_ROOT), swarm
     (the hub in front of a Swarm manager: ALLOWED_IMAGES, DOCKER_NETWORK, with REGISTRY their
-    IMAGE_DIGESTS), node (in front of
+    IMAGE_DIGESTS, HOME_NFS), node (in front of
     each Swarm node's engine, for home moves: ALLOWED_IMAGES, DOCKER_NETWORK), frontend
     (NGINX_PROXY_CONTAINER) or metrics (DOCKER_NETWORK): which client this proxy serves."""
     kind = env.get("PROXY_POLICY", "hub")
@@ -468,6 +469,11 @@ def policy_from_env(env: dict[str, str]) -> Check:
     if kind not in ("hub", "swarm", "node"):
         raise SystemExit(
             f"dockerproxy: PROXY_POLICY={kind!r}: use hub, swarm, node, frontend or metrics"
+        )
+    if kind != "swarm" and env.get("HOME_NFS"):
+        raise SystemExit(
+            f"dockerproxy: HOME_NFS is only for PROXY_POLICY=swarm (the hub's proxy in front "
+            f"of a Swarm manager), not {kind}: leave it empty here"
         )
     # The workspace image and WORKSPACE_IMAGES (compose joins them), in .env's list grammar.
     images = names(env.get("ALLOWED_IMAGES", ""))
@@ -495,6 +501,7 @@ def policy_from_env(env: dict[str, str]) -> Check:
             network=network,
             frontend_containers=_frontends(env),
             dataset_binds=_dataset_binds(env, network),
+            home_nfs=_home_nfs(env),
         )
         return lambda method, target, body: check_swarm_request(swarm, method, target, body)
     policy = Policy(
@@ -504,6 +511,17 @@ def policy_from_env(env: dict[str, str]) -> Check:
         quota_root=env.get("QUOTA_ROOT", ""),
     )
     return lambda method, target, body: check_request(policy, method, target, body)
+
+
+def _home_nfs(env: dict[str, str]) -> str:
+    """HOME_NFS, checked as the settings check it (labhub.contract.nfs_export)."""
+    raw = env.get("HOME_NFS", "")
+    if raw:
+        try:
+            nfs_export(raw)
+        except ValueError as error:
+            raise SystemExit(f"dockerproxy: HOME_NFS={raw!r} {error}") from None
+    return raw
 
 
 def _dataset_binds(env: dict[str, str], network: str) -> frozenset[str]:

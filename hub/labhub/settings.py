@@ -22,6 +22,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from .contract import nfs_export
 from .datasets import Dataset, DatasetsError, load_datasets
 from .diskquota import DiskQuotas
 from .registry import check_pinned, image_digests, registry_address
@@ -151,6 +152,12 @@ def quota_root(raw: str) -> str:
             "is not valid: use an absolute host folder on btrfs such as /srv/labhub-homes "
             "(no spaces, ':' or '..'), or leave it empty for no quotas"
         )
+    return raw
+
+
+def home_nfs(raw: str) -> str:
+    if raw:
+        nfs_export(raw)  # the Docker proxy checks HOME_NFS with the same function
     return raw
 
 
@@ -833,6 +840,18 @@ SECTIONS: tuple[Section, ...] = (
                 "templates do, e.g. /run/engines/{{.Node.ID}}.sock.",
                 "node_docker_socket",
             ),
+            Setting(
+                "HOME_NFS",
+                "",
+                home_nfs,
+                "ENGINE=swarm: the NFS export holding every user's home, as <server>:/path "
+                "(a host name, IPv4 or [IPv6] address), e.g. nfs.lab.example.edu:/export/homes. "
+                "Each home is the folder <path>/<home volume name> there, which must exist; "
+                "every node needs an NFS client, and servers run on any node (no home node, "
+                "no move-home; back up the export on the server). Empty: homes are Docker "
+                "volumes on the node of each user's first spawn (docs/scale-out.md).",
+                "home_nfs",
+            ),
         ),
     ),
     Section(
@@ -1436,6 +1455,8 @@ class Settings:
     engine: str
     # ENGINE=swarm: the socket each node's Docker proxy holds (a Swarm mount template).
     node_docker_socket: str
+    # HOME_NFS (ENGINE=swarm): <server>:/export of the homes; "" homes on the nodes.
+    home_nfs: str
     gpu_inventory: str
     gpu_profiles: str
     gpu_db: str
@@ -1568,6 +1589,11 @@ def _check_engine(values: Mapping[str, Any], problems: list[str]) -> None:
     """ENGINE=swarm: `make up` runs the platform on a Swarm manager (compose/swarm.yml);
     each feature without a Swarm counterpart yet is refused by name, never silently dropped."""
     if values.get("engine") != "swarm":
+        if values.get("home_nfs"):
+            problems.append(
+                "HOME_NFS is only for ENGINE=swarm: on one host the homes are Docker volumes "
+                "on that host (leave HOME_NFS empty, or set ENGINE=swarm)"
+            )
         return
     missing = {
         "QUOTA_ROOT": values.get("quota_root")

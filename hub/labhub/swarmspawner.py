@@ -14,7 +14,10 @@ the frontends, `egress_proxy`; labhub.egress). A deleted user's network goes wit
 
 Placement is `labhub.swarmplacement`'s: the first spawn picks a node, which is recorded
 in the spawner's state (the hub's database) and kept across stops, so every later spawn
-lands where the user's files are.
+lands where the user's files are. With HOME_NFS the home is a folder of one NFS export
+(`labhub.contract.nfs_home_options`), mounted by whichever node runs the server: no home
+node, every spawn goes to the least busy node, and a node that cannot mount the export
+ends the spawn at once, naming the server and the path.
 
 With REGISTRY, the image is that registry's digest reference only (`make push` records
 it; labhub.registry), and a node that cannot get it ends the spawn at once, saying so.
@@ -44,6 +47,7 @@ from typing import Any
 from docker.errors import APIError, NotFound
 from docker.types import (
     ContainerSpec,
+    DriverConfig,
     EndpointSpec,
     Mount,
     Placement,
@@ -56,7 +60,13 @@ from sqlalchemy.orm import object_session
 from tornado import web
 from traitlets import Float, List, Unicode
 
-from .contract import CONTAINER_USER, OWNER_LABEL, user_network_name, volume_name_for
+from .contract import (
+    CONTAINER_USER,
+    OWNER_LABEL,
+    nfs_home_options,
+    user_network_name,
+    volume_name_for,
+)
 from .datasets import binds_for
 from .egress import proxy_environment
 from .registry import check_pinned
@@ -77,6 +87,8 @@ from .swarmplacement import (
 HOME_NODE_STATE = "home_node"
 # What a node's engine says of a task whose bind source is not there (Engine 20.10).
 _MISSING_BIND = "bind source path does not exist:"
+# ... and of a task whose volume the local driver could not mount (HOME_NFS).
+_FAILED_MOUNT = "failed to mount local volume"
 
 
 @dataclass(frozen=True)
@@ -100,6 +112,9 @@ class ServerService:
     """The GPU booking on the service (labhub.swarmgpu), which the Docker proxy checks."""
     datasets: Mapping[str, str] = field(default_factory=dict)
     """The user's datasets, source -> target (`labhub.datasets.binds_for`): read-only."""
+    home_options: Mapping[str, str] = field(default_factory=dict)
+    """The home volume's `local` driver options (`labhub.contract.nfs_home_options` with
+    HOME_NFS); empty: a plain volume on the node."""
 
 
 def service_spec(server: ServerService) -> dict[str, Any]:
@@ -112,8 +127,18 @@ def service_spec(server: ServerService) -> dict[str, Any]:
         user=CONTAINER_USER,
         labels=labels,
         mounts=[
-            # A named volume on the node (the local driver, no options: never a host path).
-            Mount(target=server.home_dir, source=server.volume, type="volume"),
+            # A named volume on the node: the local driver with no options, or with
+            # HOME_NFS exactly the NFS options the Docker proxy allows (never a host path).
+            Mount(
+                target=server.home_dir,
+                source=server.volume,
+                type="volume",
+                driver_config=(
+                    DriverConfig("local", dict(server.home_options))
+                    if server.home_options
+                    else None
+                ),
+            ),
             Mount(target="/dev/shm", source=None, type="tmpfs", tmpfs_size=server.shm_size),
             *dataset_mounts(server.datasets),
         ],
@@ -183,7 +208,16 @@ class LabSwarmSpawner(LabServerMixin, SwarmSpawner):  # type: ignore[misc]
         config=True,
         help="NODE_PROXY_SERVICE: the nodes' Docker proxies' service (make up deploys it). "
         "A first spawn asks every node through it whether the user's home volume is there "
-        "already (a home from before Swarm mode): that node becomes the home. Empty: not asked.",
+        "already (a home from before Swarm mode): that node becomes the home. Empty, or "
+        "with home_nfs: not asked.",
+    )
+    home_nfs = Unicode(
+        "",
+        config=True,
+        help="HOME_NFS: <server>:/export holding every user's home, the folder "
+        "<export>/<home volume name>, mounted with the local driver's NFS options "
+        "(labhub.contract.nfs_home_options) on the node that runs the server; no home node. "
+        "Empty: the home is a plain volume on the node of the user's first spawn.",
     )
     task_timeout = Float(
         30.0,
@@ -222,16 +256,21 @@ class LabSwarmSpawner(LabServerMixin, SwarmSpawner):  # type: ignore[misc]
         """Choose the node, create the service pinned there, wait for its task."""
         if self.mem_limit is None or self.cpu_limit is None:
             raise web.HTTPError(500, "LabSwarmSpawner needs mem_limit and cpu_limit (settings)")
-        self.reload_home_node()
+        if self.home_nfs:
+            self.home_node = ""  # shared storage: any node will do, none is recorded
+        else:
+            self.reload_home_node()
         await self.join_user_network()
         nodes = nodes_from_api(await self.docker("nodes"))
         await self.adopt_existing_home(nodes)
         args = await self.get_command()
+        volume = self.volume_name
         # From the count of servers per node until this service is counted too: concurrent
         # first spawns would otherwise all read the same counts and pick the same node.
         async with placement_lock():
             services = await self.docker("services", filters={"label": OWNER_LABEL})
-            self.home_node = self.home_node or users_node(services, self.user.name) or ""
+            if not self.home_nfs:
+                self.home_node = self.home_node or users_node(services, self.user.name) or ""
             try:
                 node = self.placement_node(nodes, services)
             except NoNodeForServer as error:
@@ -245,7 +284,7 @@ class LabSwarmSpawner(LabServerMixin, SwarmSpawner):  # type: ignore[misc]
                     image=self.service_image(),
                     args=args,
                     env=self.get_env(),
-                    volume=volume_name_for(self.user.name, self.network_name),
+                    volume=volume,
                     home_dir=self.home_dir,
                     network=self.user_network,
                     node=node,
@@ -255,10 +294,12 @@ class LabSwarmSpawner(LabServerMixin, SwarmSpawner):  # type: ignore[misc]
                     shm_size=parse_bytes(self.shm_size),
                     gpu_labels=self.service_gpu_labels(),
                     datasets=binds_for(self.datasets, [g.name for g in self.user.groups]),
+                    home_options=nfs_home_options(self.home_nfs, volume) if self.home_nfs else {},
                 )
             )
             service: dict[str, Any] = await self.docker("create_service", **spec)
-        self.home_node = node
+        if not self.home_nfs:
+            self.home_node = node
         deadline = time.monotonic() + self.task_timeout
         while not await self.docker("tasks", filters={"service": self.service_name}):
             if time.monotonic() > deadline:
@@ -280,20 +321,29 @@ class LabSwarmSpawner(LabServerMixin, SwarmSpawner):  # type: ignore[misc]
 
     async def start_object(self) -> None:
         """SwarmSpawner's wait for a running task, except that a node which could not get
-        the image ends the spawn at once, naming the image and the registry: the Swarm
-        would otherwise retry the task until start_timeout with no word why."""
+        the image, lacks a dataset's folder or cannot mount the NFS home ends the spawn at
+        once, naming what is missing, and the service is removed: the Swarm would otherwise
+        retry the task until start_timeout with no word why (or DockerSpawner would stop
+        at a failed task with the engine's raw error, the service left)."""
         waiting = asyncio.ensure_future(super().start_object())
         try:
-            while not waiting.done():
+            while True:
                 await asyncio.wait({waiting}, timeout=1)
-                if not waiting.done() and (
-                    problem := await self.image_pull_failure() or await self.dataset_failure()
+                if waiting.done() and not waiting.cancelled() and not waiting.exception():
+                    return
+                # Still waiting, or DockerSpawner gave up on a failed task with the
+                # engine's raw error: say why, if it is one we know.
+                if problem := (
+                    await self.image_pull_failure()
+                    or await self.dataset_failure()
+                    or await self.home_mount_failure()
                 ):
                     if self.object_id:  # or the Swarm retries its task on, while stopped
                         await self.remove_object()
                         self.object_id = ""  # nothing left for the hub's stop to remove
                     raise web.HTTPError(503, f"{self.user.name}'s server cannot start: {problem}")
-            waiting.result()
+                if waiting.done():
+                    waiting.result()
         finally:
             waiting.cancel()
 
@@ -335,6 +385,31 @@ class LabSwarmSpawner(LabServerMixin, SwarmSpawner):  # type: ignore[misc]
                 )
         return ""
 
+    async def home_mount_failure(self) -> str:
+        """Why a task of this service failed to mount the NFS home (HOME_NFS), or "": the
+        Swarm would retry it on and on, each try failing the same way."""
+        if not self.home_nfs:
+            return ""
+        tasks = await self.docker("tasks", filters={"service": self.service_name})
+        for task in tasks:
+            status = task.get("Status") or {}
+            error = status.get("Err", "")
+            if status.get("State") in ("rejected", "failed") and _FAILED_MOUNT in error:
+                device = nfs_home_options(self.home_nfs, self.volume_name)["device"]
+                server = self.home_nfs.rpartition(":")[0]
+                return (
+                    f"node {task.get('NodeID')} cannot mount the home {server}:"
+                    f"{device[1:]} (HOME_NFS): check that the node has an NFS client "
+                    "(nfs-common), reaches the server, and that the server exports that "
+                    f"folder to the node ({error})"
+                )
+        return ""
+
+    @property
+    def volume_name(self) -> str:
+        """The user's home volume (on HOME_NFS, also the folder's name in the export)."""
+        return volume_name_for(self.user.name, self.network_name)
+
     def placement_node(self, nodes: list[SwarmNode], services: list[dict[str, Any]]) -> str:
         """The node this server runs on (raises NoNodeForServer): `swarmplacement`'s choice;
         the GPU spawner pins it to its devices' node instead."""
@@ -348,7 +423,7 @@ class LabSwarmSpawner(LabServerMixin, SwarmSpawner):  # type: ignore[misc]
         """With no home node recorded, the node that already holds the user's home volume
         (a lab that moved from one host keeps its students' files), asked through the
         nodes' proxies; a 503 when the answer is unclear, never an empty home elsewhere."""
-        if self.home_node or not self.node_proxy_service:
+        if self.home_node or not self.node_proxy_service or self.home_nfs:
             return
         from .homemove import MoveRefused, volume_holders
 
@@ -486,4 +561,5 @@ def swarm_spawner_config(settings: Settings) -> dict[str, Any]:
         "registry": settings.registry,
         "datasets": settings.datasets,
         "node_proxy_service": settings.node_proxy_service or "",
+        "home_nfs": settings.home_nfs,
     }
