@@ -8,16 +8,26 @@ A student logs in through nginx over TLS and picks the GPU profile on the spawn 
 task runs on the worker and sees exactly `/dev/nvidia1`; the admin's api/devices shows the
 booking on that node; a second student asking for a GPU is told all are busy; a stop frees
 it. Without this wiring `make up` stops at check-settings (GPU_INVENTORY refused).
+
+The stack's IDLE_TIMEOUT is short (IDLE_TIMEOUT_S): the hub-wide idle culler stops a GPU
+server left idle, its service goes from the manager, its device is free for another
+student, its home stays on its node and the next spawn lands there; a server whose page is
+in use through nginx and configurable-http-proxy (on the user's overlay network) is kept.
+The other tests stop each server within seconds of its being ready, well within it.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
+import docker
 import pytest
 from gpustack import Admin
+from labhub.contract import volume_name_for
 from stacks import STACK, USERS_CREATED, Stack
 from swarm import Swarm
 from swarmlab import wait_for_running_task
@@ -38,6 +48,9 @@ PROFILES = {
          "mem_limit": "3G"},
     ]
 }  # fmt: skip
+# Servers idle this long are stopped by the idle culler, which looks every 60 s
+# (hub/jupyterhub_config.py); the hub reads the proxy's activity every 30 s.
+IDLE_TIMEOUT_S, CULL_EVERY_S, ACTIVITY_EVERY_S = 90, 60, 30
 
 
 def gpu_files(folder: Path, swarm: Swarm) -> dict[str, str]:
@@ -65,6 +78,7 @@ def gpu_swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SwarmStack]:
     runtime = ["--add-runtime", f"nvidia={RUNTIME}", "--default-runtime", "nvidia"]
     with swarm_stack_up(
         tmp_path_factory.mktemp("swarm-gpu-stack"),
+        extra={"IDLE_TIMEOUT": str(IDLE_TIMEOUT_S)},
         dockerd_args=runtime,
         extra_for=lambda swarm: gpu_files(config, swarm),
     ) as running:
@@ -153,3 +167,85 @@ def test_the_proxy_reads_current_bookings_from_a_read_only_mount_of_the_record(
     [record] = [m for m in proxy["Mounts"] if m["Destination"] == "/srv/jupyterhub"]
     assert record["RW"] is False
     assert "GPU_DB=/srv/jupyterhub/gpu.sqlite" in proxy["Config"]["Env"]
+
+
+def used(admin: Admin, user: str) -> bool:
+    """A request to the user's server through nginx and configurable-http-proxy, as an open
+    tab makes: activity the proxy records and the hub reads."""
+    response = admin.http.get(f"{admin.stack.base_url}/user/{user}/api/status", timeout=60)
+    assert response.status_code == 200, (response.status_code, response.text[:300])
+    return True
+
+
+def last_activity(server: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(server["last_activity"].replace("Z", "+00:00"))
+
+
+def test_an_idle_gpu_server_is_culled_its_device_freed_and_its_home_kept_on_its_node(
+    gpu_swarm: SwarmStack,
+) -> None:
+    stack, swarm = gpu_swarm.stack, gpu_swarm.swarm
+    worker = swarm.workers[0]
+    admin = Admin(stack, token_of(stack, "admin"))
+    manager = docker.APIClient(base_url=f"unix://{swarm.manager.socket}", version="1.41")
+    # Names the service's name keeps as they are (no "-" to escape).
+    keeper, idler, taker = users = ["cullkeeper", "cullidler", "culltaker"]
+    USERS_CREATED.extend(users)
+    created = admin.hub("POST", "/users", json={"usernames": users})
+    assert created.status_code == 201, created.text
+    # The keeper is ready first: without its activity reaching the hub, it would be
+    # culled no later than the idler.
+    assert admin.spawn(keeper, "cpu").status_code in (201, 202)
+    admin.wait(keeper, ready=True, timeout=600)
+    assert admin.spawn(idler, "gpu-1").status_code in (201, 202)
+    wait_until(
+        lambda: used(admin, keeper) and admin.wait(idler, ready=True, timeout=1),
+        600, f"{idler}'s GPU server to be ready", ignoring=(TimeoutError,), interval=5,
+    )  # fmt: skip
+    service = f"{PREFIX}-{idler}"
+    assert wait_for_running_task(swarm, service) == worker.node_id
+    [service_id] = [s["ID"] for s in manager.services() if s["Spec"]["Name"] == service]
+    # Idle kernels are culled inside the server (KERNEL_IDLE_TIMEOUT), as on one host.
+    args = manager.inspect_service(service_id)["Spec"]["TaskTemplate"]["ContainerSpec"]["Args"]
+    assert "--MappingKernelManager.cull_idle_timeout=1800" in args, args
+    assert admin.holders() == {f"{DEVICE_ID}@{worker.node_id}": [idler]}
+    [container] = worker.docker(
+        "ps", "-q", "--filter", f"label=com.docker.swarm.service.name={service}"
+    ).split()
+    # Through the engine, not the proxy: no activity the hub sees.
+    worker.docker("exec", container, "sh", "-c", "echo kept > /home/jovyan/culled.txt")
+    idle_since = last_activity(admin.server(idler) or {})
+
+    # Left idle: stopped by the idle culler within the timeout, one round and one read of
+    # the proxy's activity; the keeper, in use all along, stays.
+    wait_until(
+        lambda: used(admin, keeper) and admin.server(idler) is None,
+        IDLE_TIMEOUT_S + CULL_EVERY_S + ACTIVITY_EVERY_S + 60,
+        f"the idle culler to stop {idler}'s server",
+        interval=5,
+    )
+    metrics = admin.http.get(f"{stack.base_url}/hub/metrics", timeout=60).text
+    assert 'labhub_culls_total{reason="hub-idle"} 1.0' in metrics
+    kept = admin.server(keeper) or {}
+    assert kept.get("ready") and not kept.get("pending"), kept
+    assert last_activity(kept) > idle_since, (kept, idle_since)
+
+    # At the manager's engine: no service, and its tasks go with it.
+    assert manager.services(filters={"id": service_id}) == []
+    wait_until(
+        lambda: [t["ID"] for t in manager.tasks() if t["ServiceID"] == service_id],
+        60, f"the tasks of {service} to be removed", done=lambda tasks: not tasks,
+    )  # fmt: skip
+    # The device is free: the admin's view shows no holder, and another student gets it.
+    assert admin.holders() == {f"{DEVICE_ID}@{worker.node_id}": []}
+    # The home stays on its node, and the next spawn runs there, with the files.
+    worker.docker("volume", "inspect", volume_name_for(idler, STACK))
+    admin.start({taker: "gpu-1", idler: "cpu"})
+    assert wait_for_running_task(swarm, f"{PREFIX}-{taker}") == worker.node_id
+    assert admin.holders() == {f"{DEVICE_ID}@{worker.node_id}": [taker]}
+    assert wait_for_running_task(swarm, service) == worker.node_id
+    [container] = worker.docker(
+        "ps", "-q", "--filter", f"label=com.docker.swarm.service.name={service}"
+    ).split()
+    assert worker.docker("exec", container, "cat", "/home/jovyan/culled.txt") == "kept\n"
+    admin.stop(keeper, idler, taker)
