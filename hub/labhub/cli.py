@@ -21,11 +21,16 @@ labhub move-home USER NODE [--proxy NODE=URL ...]
 labhub home-archive USER
                          Swarm mode: the user's home as a tar on stdout, read on its node
                          through that node's Docker proxy (make backup)
+labhub home-restore USER [--check] [--db DB]
+                         Swarm mode: make the user's home on its node exactly the tar on
+                         stdin (members under jovyan/), checked back (make restore)
+labhub owner-label       the label that names a user server's owner (make restore)
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sqlite3
 import sys
@@ -35,7 +40,7 @@ from typing import Any
 import requests
 
 from . import course, egress
-from .contract import container_name_prefix, volume_name_for
+from .contract import OWNER_LABEL, container_name_prefix, volume_name_for
 from .settings import NetworkSettings, Settings, SettingsError
 from .settingsdoc import stale, write
 from .volumes import DEFAULT_DB
@@ -239,6 +244,40 @@ def home_archive(args: argparse.Namespace) -> int:
     return 0
 
 
+def home_restore(args: argparse.Namespace) -> int:
+    """Restore the user's home on its node from the tar on stdin (exit 2: refused, nothing
+    changed; 1: failed after the old volume was removed, the caller puts it back)."""
+    from . import homemove
+
+    settings = Settings.from_env(os.environ)
+    fix = (
+        f". Fix: if {args.user} never started, start their server once (the hub places the "
+        "home) and stop it; if the node is down, bring it back; or restore the others only "
+        "(ONLY_USERS without them)"
+    )
+    say = functools.partial(print, file=sys.stderr)
+    try:
+        proxies = _deployed_node_proxies(settings, "make restore")
+        node = homemove.home_node(args.user, homemove.read_home(args.db, args.user), proxies, fix)
+        engine = homemove.NodeEngine(
+            node, proxies[node], settings.docker_network, settings.workspace_image
+        )
+        homemove.restore_home(args.user, engine, sys.stdin.buffer, args.check, say)
+    except homemove.MoveRefused as error:
+        print(f"labhub home-restore: refused: {error}", file=sys.stderr)
+        return 2
+    except homemove.MoveFailed as error:
+        print(f"labhub home-restore: failed: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def print_owner_label() -> int:
+    """Print the label that names a user's servers' owner (make restore finds services by it)."""
+    print(OWNER_LABEL)
+    return 0
+
+
 def print_container_prefix(network: str) -> int:
     """Print the user containers' name prefix, so shell never spells it out itself."""
     print(container_name_prefix(network))
@@ -292,6 +331,18 @@ def main(argv: list[str] | None = None) -> int:
     archive.add_argument(
         "--db", type=Path, default=Path(DEFAULT_DB), help="the hub's SQLite database"
     )
+    restore = commands.add_parser(
+        "home-restore", help="restore a user's home on its Swarm node from a tar on stdin"
+    )
+    restore.add_argument("user", help="the JupyterHub username (their servers stopped)")
+    restore.add_argument(
+        "--check", action="store_true", help="check the archive and the node, change nothing"
+    )
+    restore.add_argument(
+        "--db", type=Path, default=Path(DEFAULT_DB),
+        help="the hub's SQLite database that records the home node",
+    )  # fmt: skip
+    commands.add_parser("owner-label", help="the label naming a user server's owner")
     args = parser.parse_args(argv)
     if args.command == "check-settings":
         return check_settings()
@@ -309,6 +360,10 @@ def main(argv: list[str] | None = None) -> int:
         return egress_conf(args.never)
     if args.command == "home-archive":
         return home_archive(args)
+    if args.command == "home-restore":
+        return home_restore(args)
+    if args.command == "owner-label":
+        return print_owner_label()
     if args.command == "container-prefix":
         return print_container_prefix(args.network)
     parser.error(f"unknown command {args.command}")
