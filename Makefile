@@ -193,12 +193,10 @@ doctor: ## Check this host (GPU set-up) and the stack (settings, services, certi
 	@ENV_FILE=$(ENV_FILE) scripts/doctor.sh
 
 # Backups go to BACKUP_ROOT/<UTC timestamp>/ (gitignored); see docs/reliability.md.
-# With ENGINE=swarm the homes are on every node: make backup reads each on its node (through
-# the hub's container and that node's proxy); restore reads one engine's volumes.
-not_in_swarm_mode = { echo "make $(1): not available with ENGINE=swarm yet: it reads one engine's" \
-  "volumes, and the users' homes are on every node (docs/scale-out.md)" >&2; exit 2; }
+# With ENGINE=swarm the homes are on every node: make backup reads each on its node and
+# make restore writes each back there (through the hub's container and that node's proxy).
 BACKUP_ROOT ?= backups
-RESTORE = STACK_NAME=$(call env_value,STACK_NAME) DOCKER_NETWORK=$(call env_value,DOCKER_NETWORK) \
+RESTORE = ENGINE=$(call env_value,ENGINE) STACK_NAME=$(call env_value,STACK_NAME) DOCKER_NETWORK=$(call env_value,DOCKER_NETWORK) \
   LABHUB_VERSION=$(call env_value,LABHUB_VERSION) ONLY_USERS='$(ONLY_USERS)' scripts/restore.sh
 
 .PHONY: backup
@@ -209,12 +207,13 @@ backup: ## Back up the hub and GPU databases and every user volume into backups/
 
 .PHONY: restore
 restore: ## Restore a backup: make restore BACKUP=backups/<time> [ONLY_USERS="alice bob"]
-	@$(if $(SWARM),$(call not_in_swarm_mode,restore))
 	@test -n "$(BACKUP)" || { echo "usage: make restore BACKUP=backups/<time> [ONLY_USERS=...]"; exit 2; }
 	@# Whole restore: databases + files, hub stopped meanwhile; ONLY_USERS: those users'
 	@# files only, hub untouched. Every check runs first; a refusal changes nothing.
+	@# ENGINE=swarm: the homes are written on their nodes through the running hub's
+	@# container, so scripts/restore.sh stops and starts the hub itself, after them.
 	@$(RESTORE) --check $(BACKUP)
-	@if [ -z "$(ONLY_USERS)" ]; then \
+	@if [ -z "$(ONLY_USERS)" ] && [ -z "$(SWARM)" ]; then \
 	  $(COMPOSE) stop hub; $(RESTORE) $(BACKUP); status=$$?; $(COMPOSE) start hub; exit $$status; \
 	else $(RESTORE) $(BACKUP); fi
 

@@ -14,6 +14,16 @@
 # --check only runs the checks and lists every reason to refuse (exit 1), changing nothing:
 # `make restore` runs it before it stops anything. A restored volume gets exactly the
 # backup's files. The current databases are kept beside them as *.before-restore-<time>.
+#
+# ENGINE=swarm: each home is written back on the user's home node (the one the hub's
+# database records; in a whole restore, the backup's database) through that node's Docker
+# proxy, by `labhub home-restore` in the hub's container, which reads every member back
+# and compares it with the archive. A user's server is a Swarm service: any of the
+# restored users' (whole: anyone's) refuses the restore. Before a home is replaced its
+# current files are saved beside the backup (before-restore-<time>/, `labhub
+# home-archive`) and put back if the restore of that home fails. A whole restore writes
+# the homes first, with the hub running (its container is the way to the nodes), then
+# stops the hub's container, restores the databases and starts it again.
 set -euo pipefail
 
 check_only=false
@@ -29,17 +39,17 @@ hub_volume="${stack}-hub-data"
   exit 1
 }
 
+swarm=false
+if [[ "${ENGINE:-docker}" == swarm ]]; then swarm=true; fi
+hub="${stack}-hub"
 problems=()
 volumes=()
+users=()
 if [[ -z "${ONLY_USERS:-}" ]]; then
   for archive in "${folder}"/volumes/*.tar.gz; do
-    [[ -e "${archive}" ]] && volumes+=("$(basename "${archive}" .tar.gz)")
-  done
-  # User containers' names start with what labhub.contract says (the hub image tells).
-  prefix="$(docker run --rm --network none "${helper_image}" labhub container-prefix "${network}")"
-  mapfile -t running < <(docker ps --format '{{.Names}}' | awk -v p="${prefix}" 'index($0, p) == 1')
-  for name in "${running[@]}"; do
-    [[ -n "${name}" ]] && problems+=("server ${name} is running: a whole restore needs every user server stopped (admin panel: Stop All); or restore files only (ONLY_USERS)")
+    [[ -e "${archive}" ]] || continue
+    volumes+=("$(basename "${archive}" .tar.gz)")
+    users+=("$(awk -F'\t' -v v="${volumes[-1]}" '$2 == v {print $1}' "${folder}/users.tsv")")
   done
 else
   for user in ${ONLY_USERS}; do
@@ -48,14 +58,54 @@ else
       problems+=("no files of ${user} in ${folder}")
     else
       volumes+=("${volume}")
+      users+=("${user}")
     fi
   done
 fi
-for volume in "${volumes[@]}"; do
-  if [[ -n "$(docker ps -q --filter "volume=${volume}")" ]]; then
-    problems+=("${volume} is in use by a running server: stop that server first")
+hub_tmp="/tmp/restore-$$.sqlite"
+db_option=()
+cleanup() {
+  if ((${#db_option[@]})); then docker exec --user 0 "${hub}" rm -f "${hub_tmp}" || true; fi
+}
+trap cleanup EXIT
+if [[ "${swarm}" == true ]]; then
+  # A user's servers are services labelled with their name (the hub image tells the label).
+  label="$(docker run --rm --network none "${helper_image}" labhub owner-label)"
+  if [[ -z "${ONLY_USERS:-}" ]]; then
+    for name in $(docker service ls --filter "label=${label}" --format '{{.Name}}'); do
+      problems+=("server ${name} is running: a whole restore needs every user server stopped (admin panel: Stop All); or restore files only (ONLY_USERS)")
+    done
+    # The home nodes a whole restore writes to are the ones the backup's database records.
+    docker cp "${folder}/jupyterhub.sqlite" "${hub}:${hub_tmp}"
+    db_option=(--db "${hub_tmp}")
   fi
-done
+  for user in ${ONLY_USERS:-}; do
+    for name in $(docker service ls --filter "label=${label}=${user}" --format '{{.Name}}'); do
+      problems+=("server ${name} of ${user} is running: stop it first")
+    done
+  done
+  # Each home's archive and node, checked where it will be written (nothing changes).
+  for i in "${!volumes[@]}"; do
+    if ! said="$(gzip -dc "${folder}/volumes/${volumes[i]}.tar.gz" |
+      docker exec -i "${hub}" labhub home-restore --check "${db_option[@]}" "${users[i]}" 2>&1)"; then
+      problems+=("${said##*$'\n'}")
+    fi
+  done
+elif [[ -z "${ONLY_USERS:-}" ]]; then
+  # User containers' names start with what labhub.contract says (the hub image tells).
+  prefix="$(docker run --rm --network none "${helper_image}" labhub container-prefix "${network}")"
+  mapfile -t running < <(docker ps --format '{{.Names}}' | awk -v p="${prefix}" 'index($0, p) == 1')
+  for name in "${running[@]}"; do
+    [[ -n "${name}" ]] && problems+=("server ${name} is running: a whole restore needs every user server stopped (admin panel: Stop All); or restore files only (ONLY_USERS)")
+  done
+fi
+if [[ "${swarm}" == false ]]; then
+  for volume in "${volumes[@]}"; do
+    if [[ -n "$(docker ps -q --filter "volume=${volume}")" ]]; then
+      problems+=("${volume} is in use by a running server: stop that server first")
+    fi
+  done
+fi
 if ((${#problems[@]})); then
   echo "restore: refused, nothing changed:" >&2
   printf '  - %s\n' "${problems[@]}" >&2
@@ -70,8 +120,53 @@ helper() {
     -v "${folder}:/backup:ro" "$@"
 }
 
+# ENGINE=swarm: one home on its node; its current files saved first, put back on failure.
+restore_on_its_node() {
+  local user="$1" volume="$2" saved="${keep}/$2.tar.gz" status=0
+  echo "restore: ${user} (${volume}, on its node)"
+  docker exec "${hub}" labhub home-archive "${db_option[@]}" "${user}" | gzip >"${saved}" ||
+    status=$?
+  case "${status}" in
+    0) ;;
+    2) rm -f "${saved}" ;; # no home there yet: nothing to keep
+    *) echo "restore: ${user}'s current home could not be saved (above): not restored" >&2
+       return 1 ;;
+  esac
+  status=0
+  gzip -dc "${folder}/volumes/${volume}.tar.gz" |
+    docker exec -i "${hub}" labhub home-restore "${db_option[@]}" "${user}" || status=$?
+  if ((status == 1)) && [[ -f "${saved}" ]]; then
+    echo "restore: putting ${user}'s home back as it was (${saved})" >&2
+    gzip -dc "${saved}" | docker exec -i "${hub}" labhub home-restore "${db_option[@]}" "${user}" ||
+      echo "restore: ${user}'s home could not be put back either: its files are in ${saved}" >&2
+  fi
+  return "${status}"
+}
+
+if [[ "${swarm}" == true ]]; then
+  keep="$(dirname "${folder}")/before-restore-$(date -u +%Y%m%dT%H%M%SZ)"
+  mkdir -m 0700 "${keep}"
+  for i in "${!volumes[@]}"; do
+    restore_on_its_node "${users[i]}" "${volumes[i]}" || {
+      echo "restore: stopped at ${users[i]}: homes before them were restored, the rest and" \
+        "the databases were not; their files before the restore are in ${keep}" >&2
+      exit 1
+    }
+  done
+  echo "restore: the homes' files before the restore are kept in ${keep}"
+  if [[ -z "${ONLY_USERS:-}" ]]; then
+    docker stop "${hub}" >/dev/null
+    trap 'docker start "${hub}" >/dev/null; cleanup' EXIT
+  fi
+  volumes=() # written above, on their nodes
+fi
+
 if [[ -z "${ONLY_USERS:-}" ]]; then
-  if [[ -n "$(docker ps -q --filter "volume=${hub_volume}")" ]]; then
+  # ENGINE=swarm: the Docker proxy reads the GPU database from the hub's volume, read-only
+  # (compose/swarm.yml), and keeps running; only the hub writes it.
+  writers=(--filter "volume=${hub_volume}")
+  if [[ "${swarm}" == true ]]; then writers=(--filter "name=^${hub}\$"); fi
+  if [[ -n "$(docker ps -q "${writers[@]}")" ]]; then
     echo "restore: the hub of ${stack} is running; stop it first (make restore does)" >&2
     exit 1
   fi
@@ -98,6 +193,7 @@ if [[ -z "${ONLY_USERS:-}" ]]; then
 fi
 
 count=0
+if [[ "${swarm}" == true ]]; then count="${#users[@]}"; fi
 for volume in "${volumes[@]}"; do
   echo "restore: ${volume}"
   docker volume create "${volume}" >/dev/null

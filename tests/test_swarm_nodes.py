@@ -8,20 +8,27 @@ mount template), through links this test makes. Proven: one proxy task per node,
 answering for its own engine; the hub's container reaches them and a user's server does
 not; `make move-home` finds them by itself and moves a user's home, and the user's next
 spawn through the hub runs on the new node with their file; `make backup` reads that home
-on its node through them; `make down` removes them.
+on its node through them, and `make restore` (one user's files, then whole) writes it back
+there, refused while the user's server runs; `make down` removes them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tarfile
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
+import requests
 from labhub.contract import volume_name_for
+from labhub.hometar import TOP
 from stacks import STACK
-from swarmlab import CONNECT, wait_for_running_task
+from swarmlab import CONNECT, running_container, wait_for_running_task
 from swarmstack import (
+    HUB_IMAGE,
     NODE_PROXIES,
     PREFIX,
     SwarmStack,
@@ -69,15 +76,7 @@ def student(swarm_stack: SwarmStack) -> HubClient:
 def task_container(swarm_stack: SwarmStack, user: str) -> tuple[str, str]:
     """The node running `user`'s server and its task's container there."""
     node_id = wait_for_running_task(swarm_stack.swarm, f"{PREFIX}-{user}")
-    node = swarm_stack.node(node_id)
-
-    def the_one() -> str:
-        found = node.docker(
-            "ps", "--quiet", "--filter", f"label=com.docker.swarm.service.name={PREFIX}-{user}"
-        ).split()
-        return found[0] if len(found) == 1 else ""
-
-    return node_id, wait_until(the_one, 60, f"one running container of {user}'s server")
+    return node_id, running_container(swarm_stack.node(node_id), f"{PREFIX}-{user}")
 
 
 def test_make_up_runs_one_node_proxy_on_each_node_answering_for_its_own_engine(
@@ -181,6 +180,128 @@ def test_make_backup_reads_each_home_on_its_node(
         assert member is not None and member.read() == b"kept across nodes\n"
         assert tar.getmember("jovyan").uid == 1000
     assert "1 volumes" in backup.stdout and "backup: admin skipped" in backup.stdout
+
+
+def home_on_its_node(swarm_stack: SwarmStack, node_id: str) -> dict[str, str]:
+    """Every path in the user's volume on that node, read at the engine: `owner kind
+    sha256` (the SHA-256 for files only)."""
+    listed = swarm_stack.node(node_id).docker(
+        "run", "--rm", "--network", "none", "--entrypoint", "", "-v",
+        f"{volume_name_for(USER, STACK)}:/h:ro", HUB_IMAGE, "sh", "-c",
+        "cd /h && find . -mindepth 1 -printf '%P\\t%U:%G %y\\n' && "
+        "find . -type f -exec sha256sum {} +",
+    )  # fmt: skip
+    found: dict[str, str] = {}
+    for line in listed.splitlines():
+        if "\t" in line:
+            name, _, value = line.partition("\t")
+            found[name] = found.get(name, "") + value
+        else:
+            digest, _, name = line.partition("  ./")
+            found[name] = found[name] + " " + digest
+    return found
+
+
+def home_in_the_backup(archive: Path) -> dict[str, str]:
+    """The same listing for the home in a backup's archive (a hard link is its file)."""
+    kinds = {tarfile.DIRTYPE: "d", tarfile.SYMTYPE: "l"}
+    found: dict[str, str] = {}
+    with tarfile.open(archive) as tar:
+        for member in tar:
+            name = member.name.removeprefix(f"{TOP}/")
+            if member.name == TOP:
+                continue
+            if member.islnk():
+                found[name] = found[member.linkname.removeprefix(f"{TOP}/")]
+                continue
+            found[name] = f"{member.uid}:{member.gid} {kinds.get(member.type, 'f')}"
+            if member.isreg():
+                data = tar.extractfile(member)
+                assert data is not None
+                found[name] += " " + hashlib.sha256(data.read()).hexdigest()
+    return found
+
+
+# In the user's server: the backed-up file's text, the deleted file back, the new one gone.
+AS_BACKED_UP = "cat ~/kept.txt && test -f ~/moved.txt && test ! -e ~/new.txt && echo as-backed-up"
+
+
+def test_make_restore_writes_the_backup_back_on_the_home_node_and_refuses_a_running_server(
+    swarm_stack: SwarmStack, student: HubClient, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Backed up, then changed: a restore while the server runs is refused and changes
+    nothing; stopped, ONLY_USERS and then a whole restore make the volume on the home node
+    exactly the backup's files again, which the next spawn there sees."""
+    student.start_server(USER, timeout=600)
+    home, container = task_container(swarm_stack, USER)
+    on_node = swarm_stack.node(home)
+    on_node.docker("exec", container, "sh", "-c", "echo v1 > /home/jovyan/kept.txt")
+    student.stop_server(USER)
+    root = tmp_path_factory.mktemp("restore")
+    backup = make(
+        "backup", swarm_stack.env_file, swarm_stack.docker_host, f"BACKUP_ROOT={root}",
+        timeout=600,
+    )  # fmt: skip
+    assert backup.returncode == 0, backup.stdout[-3000:] + backup.stderr[-3000:]
+    [folder] = root.iterdir()
+    backed_up = home_in_the_backup(folder / "volumes" / f"{volume_name_for(USER, STACK)}.tar.gz")
+    v1 = hashlib.sha256(b"v1\n").hexdigest()
+    assert backed_up["kept.txt"] == f"1000:100 f {v1}" and "moved.txt" in backed_up
+
+    def change_the_home(restored: bool = False) -> str:
+        """Start the server (on the home node: seeing the backed-up files, once restored),
+        then change, delete and add a file."""
+        student.start_server(USER, timeout=600)
+        running_on, container = task_container(swarm_stack, USER)
+        assert running_on == home
+        if restored:
+            seen = on_node.docker("exec", container, "sh", "-c", AS_BACKED_UP).split()
+            assert seen == ["v1", "as-backed-up"]
+        on_node.docker(
+            "exec", container, "sh", "-c",
+            "cd /home/jovyan && echo v2 > kept.txt && rm moved.txt && echo x > new.txt",
+        )  # fmt: skip
+        return container
+
+    def restore(*only: str) -> Any:
+        return make(
+            "restore", swarm_stack.env_file, swarm_stack.docker_host, f"BACKUP={folder}",
+            *only, timeout=900,
+        )  # fmt: skip
+
+    change_the_home()
+    refused = restore(f"ONLY_USERS={USER}")
+    assert refused.returncode != 0 and f"of {USER} is running: stop it first" in refused.stderr
+    changed = home_on_its_node(swarm_stack, home)
+    assert changed["kept.txt"] != backed_up["kept.txt"] and "new.txt" in changed
+    assert "moved.txt" not in changed
+    student.stop_server(USER)
+    restored = restore(f"ONLY_USERS={USER}")
+    assert restored.returncode == 0, restored.stdout[-3000:] + restored.stderr[-3000:]
+    assert home_on_its_node(swarm_stack, home) == backed_up
+    # The next spawn on the home node sees those files; changed again, then a whole restore.
+    change_the_home(restored=True)
+    student.stop_server(USER)
+    whole = restore()
+    assert whole.returncode == 0, whole.stdout[-3000:] + whole.stderr[-3000:]
+    assert "restore: databases and 1 volumes restored" in whole.stdout
+    assert home_on_its_node(swarm_stack, home) == backed_up
+    wait_until(lambda: hub_answers(student), 180, "the hub back after the whole restore")
+    student.start_server(USER, timeout=600)
+    running_on, container = task_container(swarm_stack, USER)
+    assert running_on == home
+    assert on_node.docker("exec", container, "sh", "-c", AS_BACKED_UP).split() == [
+        "v1",
+        "as-backed-up",
+    ]
+    student.stop_server(USER)
+
+
+def hub_answers(client: HubClient) -> bool:
+    try:
+        return client.api("GET", f"/users/{USER}").status_code == 200
+    except requests.RequestException:
+        return False
 
 
 def test_make_move_home_names_its_arguments(swarm_stack: SwarmStack) -> None:

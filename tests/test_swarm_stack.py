@@ -209,18 +209,22 @@ def test_make_down_removes_the_platform_and_the_overlay_but_keeps_the_homes(
     assert {volume_name_for(user, STACK) for user in ("swann", "swbob")} <= set(homes)
 
 
-# make backup reads each home on its node in Swarm mode (tests/test_swarm_nodes.py).
-@pytest.mark.parametrize("target", ["restore"])
-def test_restore_refuses_swarm_mode_rather_than_miss_the_nodes_homes(
-    tmp_path: Path, target: str
-) -> None:
+# make backup and make restore read and write each home on its node in Swarm mode
+# (tests/test_swarm_nodes.py); a backup that fails its checksums is refused before any.
+def test_restore_in_swarm_mode_refuses_a_damaged_backup_before_anything(tmp_path: Path) -> None:
     env_file = swarm_env(tmp_path, "127.0.0.1")
     backups = tmp_path / "backups"
+    folder = backups / "20261202T000000Z"
+    (folder / "volumes").mkdir(parents=True)
+    (folder / "volumes" / "x.tar.gz").write_bytes(b"as backed up")
+    subprocess.run(
+        "sha256sum volumes/x.tar.gz > SHA256SUMS", shell=True, cwd=folder, check=True
+    )  # fmt: skip
+    (folder / "volumes" / "x.tar.gz").write_bytes(b"damaged")
     result = subprocess.run(
-        ["make", "--no-print-directory", target, f"ENV_FILE={env_file}",
-         f"BACKUP_ROOT={backups}", f"BACKUP={backups}/x"],
+        ["make", "--no-print-directory", "restore", f"ENV_FILE={env_file}", f"BACKUP={folder}"],
         cwd=REPO, text=True, capture_output=True, timeout=120, check=False,
     )  # fmt: skip
-    assert result.returncode == 2
-    assert f"make {target}: not available with ENGINE=swarm yet" in result.stderr
-    assert not backups.exists()
+    assert result.returncode != 0
+    assert f"restore: {folder} fails its checksums, nothing restored" in result.stderr
+    assert [path.name for path in backups.iterdir()] == [folder.name]

@@ -21,11 +21,16 @@ labhub move-home USER NODE [--proxy NODE=URL ...]
 labhub home-archive USER
                          Swarm mode: the user's home as a tar on stdout, read on its node
                          through that node's Docker proxy (make backup)
+labhub home-restore USER [--check] [--db DB]
+                         Swarm mode: make the user's home on its node exactly the tar on
+                         stdin (members under jovyan/), checked back (make restore)
+labhub owner-label       the label that names a user server's owner (make restore)
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sqlite3
 import sys
@@ -35,7 +40,7 @@ from typing import Any
 import requests
 
 from . import course, egress
-from .contract import container_name_prefix, volume_name_for
+from .contract import OWNER_LABEL, container_name_prefix, volume_name_for
 from .settings import NetworkSettings, Settings, SettingsError
 from .settingsdoc import stale, write
 from .volumes import DEFAULT_DB
@@ -155,12 +160,10 @@ def move_home(args: argparse.Namespace) -> int:
     from . import homemove
 
     settings = Settings.from_env(os.environ)
-    if settings.home_nfs:
-        print(
-            f"labhub move-home: refused: the homes are on the NFS server ({settings.home_nfs}, "
-            "HOME_NFS), not on a node: there is nothing to move, any node runs the server",
-            file=sys.stderr,
-        )
+    if _homes_on_nfs(
+        settings, "move-home: refused: the homes are",
+        "there is nothing to move, any node runs the server",
+    ):  # fmt: skip
         return 2
     proxies: dict[str, str] = {}
     for pair in args.proxy:
@@ -211,6 +214,17 @@ def egress_conf(never: list[str]) -> int:
     return 0
 
 
+def _homes_on_nfs(settings: Settings, whose: str, what_to_do: str) -> bool:
+    """With HOME_NFS no home is on a node: say so (`labhub <whose> on the NFS server ...`)."""
+    if settings.home_nfs:
+        print(
+            f"labhub {whose} on the NFS server ({settings.home_nfs}, HOME_NFS), not on a node: "
+            f"{what_to_do}",
+            file=sys.stderr,
+        )
+    return bool(settings.home_nfs)
+
+
 def _deployed_node_proxies(settings: Settings, how: str) -> dict[str, str]:
     """The node proxies `make up` deployed, by node ID (labhub.homemove.find_node_proxies)."""
     from . import homemove
@@ -229,12 +243,9 @@ def home_archive(args: argparse.Namespace) -> int:
     from . import homemove
 
     settings = Settings.from_env(os.environ)
-    if settings.home_nfs:
-        print(
-            f"labhub home-archive: {args.user}'s home is on the NFS server ({settings.home_nfs}, "
-            "HOME_NFS), not on a node: back up that export on the server",
-            file=sys.stderr,
-        )
+    if _homes_on_nfs(
+        settings, f"home-archive: {args.user}'s home is", "back up that export on the server"
+    ):
         return 2
     try:
         proxies = _deployed_node_proxies(settings, "make backup")
@@ -250,6 +261,44 @@ def home_archive(args: argparse.Namespace) -> int:
             f"labhub home-archive: {args.user}'s home could not be read: {error}", file=sys.stderr
         )
         return 1
+    return 0
+
+
+def home_restore(args: argparse.Namespace) -> int:
+    """Restore the user's home on its node from the tar on stdin (exit 2: refused, nothing
+    changed; 1: failed after the old volume was removed, the caller puts it back)."""
+    from . import homemove
+
+    settings = Settings.from_env(os.environ)
+    if _homes_on_nfs(
+        settings, f"home-restore: refused: {args.user}'s home is", "restore it on the server"
+    ):
+        return 2
+    fix = (
+        f". Fix: if {args.user} never started, start their server once (the hub places the "
+        "home) and stop it; if the node is down, bring it back; or restore the others only "
+        "(ONLY_USERS without them)"
+    )
+    say = functools.partial(print, file=sys.stderr)
+    try:
+        proxies = _deployed_node_proxies(settings, "make restore")
+        node = homemove.home_node(args.user, homemove.read_home(args.db, args.user), proxies, fix)
+        engine = homemove.NodeEngine(
+            node, proxies[node], settings.docker_network, settings.copy_helper_image
+        )
+        homemove.restore_home(args.user, engine, sys.stdin.buffer, args.check, say)
+    except homemove.MoveRefused as error:
+        print(f"labhub home-restore: refused: {error}", file=sys.stderr)
+        return 2
+    except homemove.MoveFailed as error:
+        print(f"labhub home-restore: failed: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def print_owner_label() -> int:
+    """Print the label that names a user's servers' owner (make restore finds services by it)."""
+    print(OWNER_LABEL)
     return 0
 
 
@@ -306,6 +355,18 @@ def main(argv: list[str] | None = None) -> int:
     archive.add_argument(
         "--db", type=Path, default=Path(DEFAULT_DB), help="the hub's SQLite database"
     )
+    restore = commands.add_parser(
+        "home-restore", help="restore a user's home on its Swarm node from a tar on stdin"
+    )
+    restore.add_argument("user", help="the JupyterHub username (their servers stopped)")
+    restore.add_argument(
+        "--check", action="store_true", help="check the archive and the node, change nothing"
+    )
+    restore.add_argument(
+        "--db", type=Path, default=Path(DEFAULT_DB),
+        help="the hub's SQLite database that records the home node",
+    )  # fmt: skip
+    commands.add_parser("owner-label", help="the label naming a user server's owner")
     args = parser.parse_args(argv)
     if args.command == "check-settings":
         return check_settings()
@@ -323,6 +384,10 @@ def main(argv: list[str] | None = None) -> int:
         return egress_conf(args.never)
     if args.command == "home-archive":
         return home_archive(args)
+    if args.command == "home-restore":
+        return home_restore(args)
+    if args.command == "owner-label":
+        return print_owner_label()
     if args.command == "container-prefix":
         return print_container_prefix(args.network)
     parser.error(f"unknown command {args.command}")

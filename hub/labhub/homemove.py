@@ -11,11 +11,14 @@ switch the home node in the hub's database; last, remove the old volume (or keep
 the one in use.
 
 `plan_move` is the pure part (what the database and the command line allow); `move_home`
-does the I/O.
+does the I/O. The same pieces serve backups on the home node: `archive_home` reads a home
+there (make backup) and `restore_home` replaces it with an archive and reads it back
+(make restore).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import secrets
 import socket
@@ -25,7 +28,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
 import docker
 from docker.errors import APIError, DockerException, NotFound
@@ -45,7 +48,7 @@ from .swarmspawner import HOME_NODE_STATE
 
 # Docker API version of the nodes' engines (Engine 20.10); fixed, so no version probe.
 API_VERSION = "1.41"
-# How long the old volume may stay in use by the stopped server's task container.
+# How long a volume may stay in use by the stopped server's task container (move, restore).
 OLD_VOLUME_WAIT = 60.0
 # The port every node proxy listens on (labhub.dockerproxy's LISTEN_PORT default).
 NODE_PROXY_PORT = 2375
@@ -287,15 +290,7 @@ def archive_home(
     their home node, through its proxy, to `out`; the bytes written. A running server keeps
     running (a file written meanwhile may be caught half-way). MoveRefused when there is
     no home to read, naming why."""
-    row = read_home(db_path, user)
-    node = (row.state if row else {}).get(HOME_NODE_STATE)
-    if not node:
-        raise MoveRefused(f"{user!r} has no home node yet (never started on the swarm)")
-    if node not in proxies:
-        raise MoveRefused(
-            f"no Docker proxy answers for node {node}, where {user}'s home is: is the node up "
-            "(docker node ls), and its node proxy's task running there?"
-        )
+    node = home_node(user, read_home(db_path, user), proxies)
     engine = NodeEngine(node, proxies[node], network, image)
     engine.check_identity()
     volume = volume_name_for(user, network)
@@ -309,24 +304,94 @@ def archive_home(
     return written
 
 
+def home_node(user: str, row: HomeRow | None, proxies: Mapping[str, str], fix: str = "") -> str:
+    """The node `user`'s home is on (the hub's database says), whose proxy answers; else
+    MoveRefused naming why, then `fix`."""
+    node = (row.state if row else {}).get(HOME_NODE_STATE)
+    if not node:
+        raise MoveRefused(f"{user!r} has no home node yet (never started on the swarm){fix}")
+    if node not in proxies:
+        raise MoveRefused(
+            f"no Docker proxy answers for node {node}, where {user}'s home is: is the node up "
+            f"(docker node ls), and its node proxy's task running there?{fix}"
+        )
+    return str(node)
+
+
+def restore_home(
+    user: str, engine: NodeEngine, source: IO[bytes] | io.RawIOBase, check_only: bool = False,
+    say: Callable[[str], None] = print,
+) -> Manifest:  # fmt: skip
+    """Make `user`'s volume on `engine`'s node hold exactly the home archive read from
+    `source` (members under `jovyan/`, as `archive_home` writes them), owned 1000:100, and
+    check it by reading it back; what was written. `check_only`: read the whole archive
+    and check every member, changing nothing. MoveRefused before any change (the volume
+    in use, a bad member when checking); MoveFailed once the volume was replaced: the
+    caller puts the old home back (`archive_home` saved it first)."""
+    volume = volume_name_for(user, engine.network)
+    try:
+        engine.check_identity()
+        if check_only:
+            wanted = manifest_of(source)
+            say(f"{user}: {len(wanted.entries)} entries to restore on node {engine.node}")
+            return wanted
+    except BadHomeArchive as error:
+        raise MoveRefused(f"{user}'s archive: {error}") from error
+    except (APIError, OSError) as error:
+        raise MoveRefused(f"cannot ask node {engine.node}'s proxy: {error}") from error
+    try:
+        if engine.has_volume(volume):
+            remove_when_free(engine, volume)
+    except APIError as error:
+        raise MoveRefused(
+            f"the volume {volume} on node {engine.node} could not be replaced "
+            f"({error.explanation}): is a server of {user}'s still running there?"
+        ) from error
+    wanted = Manifest()
+    try:
+        engine.api.create_volume(volume, driver="local")
+        with engine.helper(user) as helper:
+            engine.api.put_archive(helper, PARENT, rewrite(source, wanted))
+        with engine.helper(user) as helper:
+            written = manifest_of(engine.archive(helper))
+    except (BadHomeArchive, APIError, OSError) as error:
+        raise MoveFailed(f"{user}'s home on node {engine.node}: {error}") from error
+    if differences := wanted.differences(written):
+        raise MoveFailed(
+            f"{user}'s home on node {engine.node} differs from the archive: "
+            + "; ".join(differences)
+        )
+    say(f"{user}: {len(written.entries)} entries on node {engine.node}, checked")
+    return written
+
+
 def _remove_old_volume(plan: MovePlan, source: NodeEngine, say: Callable[[str], None]) -> None:
-    """Remove the old volume once the stopped server's task container is gone (the node
-    removes it within seconds of the service); say so if it is still in use after that."""
+    """Remove the old volume once the stopped server's task container is gone; say so if it
+    is still in use after that."""
+    try:
+        remove_when_free(source, plan.volume)
+    except APIError as error:
+        say(
+            f"the move is done, but the old volume {plan.volume} on node {plan.source} "
+            f"was not removed ({error.explanation}): remove it there later with "
+            f"`docker volume rm {plan.volume}`"
+        )
+    else:
+        say(f"removed the old volume {plan.volume} on node {plan.source}")
+
+
+def remove_when_free(engine: NodeEngine, volume: str) -> None:
+    """Remove the volume, waiting while it is in use (a stopped server's task container is
+    removed by its node within seconds of the service): APIError after OLD_VOLUME_WAIT."""
     deadline = time.monotonic() + OLD_VOLUME_WAIT
     while True:
         try:
-            source.api.remove_volume(plan.volume)
+            engine.api.remove_volume(volume)
         except APIError as error:
             if error.status_code != 409 or time.monotonic() > deadline:
-                say(
-                    f"the move is done, but the old volume {plan.volume} on node {plan.source} "
-                    f"was not removed ({error.explanation}): remove it there later with "
-                    f"`docker volume rm {plan.volume}`"
-                )
-                return
+                raise
             time.sleep(2)
         else:
-            say(f"removed the old volume {plan.volume} on node {plan.source}")
             return
 
 

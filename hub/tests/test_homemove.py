@@ -14,17 +14,21 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from docker.errors import APIError, NotFound
 from jupyterhub import orm
-from labhub import cli
+from labhub import cli, homemove
 from labhub.dockerpolicy import Policy, Refused, check_node_request
 from labhub.dockerproxy import BadRequest, ChunkedBody, RequestHead, parse_head
 from labhub.homemove import (
     HomeRow,
     MoveFailed,
     MoveRefused,
+    NodeEngine,
     archive_home,
+    home_node,
     plan_move,
     read_home,
+    restore_home,
     switch_home,
 )
 from labhub.hometar import BadHomeArchive, Manifest, copy_helper, manifest_of, rewrite
@@ -353,6 +357,8 @@ def test_without_proxies_the_commands_need_the_deployed_ones_and_name_what_is_mi
     assert "NODE_PROXY_SERVICE is not set" in capsys.readouterr().err
     assert cli.main(["home-archive", "alice", f"--db={path}"]) == 2
     assert "NODE_PROXY_SERVICE is not set" in capsys.readouterr().err
+    assert cli.main(["home-restore", "alice", "--check", f"--db={path}"]) == 2
+    assert "refused: NODE_PROXY_SERVICE is not set" in capsys.readouterr().err
 
 
 def test_a_home_archive_names_a_user_without_a_home_or_a_node_without_a_proxy(
@@ -363,3 +369,114 @@ def test_a_home_archive_names_a_user_without_a_home_or_a_node_without_a_proxy(
         archive_home("bob", path, PROXIES, NETWORK, IMAGE, io.BytesIO())
     with pytest.raises(MoveRefused, match="no Docker proxy answers for node nodeA"):
         archive_home("alice", path, {"nodeB": "tcp://b:2375"}, NETWORK, IMAGE, io.BytesIO())
+
+
+class FakeNode:
+    """One node's engine as restore_home uses it: volumes holding a home archive each."""
+
+    def __init__(self, homes: dict[str, bytes], in_use: int = 0) -> None:
+        self.homes, self.in_use, self.calls = dict(homes), in_use, []
+        self.helpers: dict[str, str] = {}
+
+    def info(self) -> dict[str, Any]:
+        return {"Swarm": {"NodeID": "nodeA"}}
+
+    def inspect_volume(self, name: str) -> dict[str, str]:
+        if name not in self.homes:
+            raise NotFound("no such volume")
+        return {"Name": name}
+
+    def remove_volume(self, name: str) -> None:
+        self.calls.append("remove_volume")
+        if self.in_use:
+            self.in_use -= 1
+            raise APIError("in use", SimpleNamespace(status_code=409))  # type: ignore[arg-type]
+        del self.homes[name]
+
+    def create_volume(self, name: str, driver: str) -> None:
+        self.calls.append("create_volume")
+        self.homes[name] = b""
+
+    def create_container_from_config(self, config: dict[str, Any], name: str) -> None:
+        assert config == copy_helper(NETWORK, "alice", IMAGE)
+        self.helpers[name] = config["HostConfig"]["Binds"][0].split(":")[0]
+
+    def remove_container(self, name: str, force: bool) -> None:
+        del self.helpers[name]
+
+    def put_archive(self, name: str, path: str, data: Any) -> None:
+        assert path == "/home"
+        self.calls.append("put_archive")
+        self.homes[self.helpers[name]] += b"".join(data)
+
+    def get_archive(self, name: str, path: str) -> tuple[Any, dict[str, Any]]:
+        return iter([self.homes[self.helpers[name]]]), {}
+
+
+OLD_HOME = tar_of(HOME[0], (member("jovyan/stale.txt"), b"not in the backup\n"))
+VOLUME = "lab-user-alice"
+
+
+def node_engine(fake: FakeNode) -> NodeEngine:
+    engine = NodeEngine("nodeA", "tcp://a:2375", NETWORK, IMAGE)
+    engine.api = fake  # type: ignore[assignment]
+    return engine
+
+
+def test_a_restored_home_holds_exactly_the_archives_files_checked_back() -> None:
+    fake = FakeNode({VOLUME: OLD_HOME})
+    written = restore_home("alice", node_engine(fake), io.BytesIO(tar_of(*HOME)), say=str)
+    assert fake.calls == ["remove_volume", "create_volume", "put_archive"]
+    assert manifest_of(io.BytesIO(fake.homes[VOLUME])).differences(written) == []
+    assert "jovyan/stale.txt" not in written.entries and "jovyan/big.bin" in written.entries
+    assert not fake.helpers  # every copy helper removed
+
+
+def test_a_restore_check_or_refusal_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(homemove, "OLD_VOLUME_WAIT", -1.0)  # in use: no wait for it
+    fake = FakeNode({VOLUME: OLD_HOME})
+    checked = restore_home("alice", node_engine(fake), io.BytesIO(tar_of(*HOME)), True, str)
+    assert len(checked.entries) == len(HOME) and fake.calls == []
+    root_owned = member("jovyan/evil", uid=0)
+    with pytest.raises(MoveRefused, match="'jovyan/evil' is owned by 0:100"):
+        restore_home(
+            "alice", node_engine(fake), io.BytesIO(tar_of(HOME[0], (root_owned, b""))), True
+        )
+    busy = FakeNode({VOLUME: OLD_HOME}, in_use=1)
+    with pytest.raises(MoveRefused, match=r"could not be replaced .* still running there"):
+        restore_home("alice", node_engine(busy), io.BytesIO(tar_of(*HOME)), say=str)
+    assert busy.homes == {VOLUME: OLD_HOME} and fake.homes == {VOLUME: OLD_HOME}
+
+
+def test_a_restore_waits_for_the_stopped_servers_task_to_free_the_volume(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(homemove.time, "sleep", lambda seconds: None)
+    fake = FakeNode({VOLUME: OLD_HOME}, in_use=2)
+    written = restore_home("alice", node_engine(fake), io.BytesIO(tar_of(*HOME)), say=str)
+    assert fake.calls[:3] == ["remove_volume"] * 3 and "jovyan/stale.txt" not in written.entries
+
+
+def test_a_restore_that_breaks_after_the_old_volume_went_fails_for_the_put_back() -> None:
+    fake, whole = FakeNode({VOLUME: OLD_HOME}), tar_of(*HOME)
+    with pytest.raises(MoveFailed, match="alice's home on node nodeA: not a whole tar stream"):
+        restore_home("alice", node_engine(fake), io.BytesIO(whole[: len(whole) // 2]), say=str)
+    # The old volume is gone: scripts/restore.sh puts the saved home back (exit 1).
+    assert fake.calls[:2] == ["remove_volume", "create_volume"]
+
+
+@pytest.mark.parametrize(
+    ("row", "proxies", "reason"),
+    [
+        (None, PROXIES, r"'alice' has no home node yet .* Start alice's server once"),
+        (HomeRow(1, False, {}), PROXIES, "no home node yet"),
+        (HomeRow(1, False, {HOME_NODE_STATE: "nodeZ"}), PROXIES, "node nodeZ, where alice's"),
+    ],
+)
+def test_a_restore_names_a_home_without_a_known_node_and_the_fix(
+    row: HomeRow | None, proxies: dict[str, str], reason: str
+) -> None:
+    with pytest.raises(MoveRefused, match=reason):
+        home_node("alice", row, proxies, ". Start alice's server once")
+    row = HomeRow(1, False, {HOME_NODE_STATE: "nodeA"})
+    assert home_node("alice", row, PROXIES) == "nodeA"

@@ -256,7 +256,7 @@ def test_home_nfs_is_for_swarm_mode_only() -> None:
             policy_from_env(env)
 
 
-def test_move_home_and_home_archive_say_the_homes_are_on_the_nfs_server(
+def test_move_home_home_archive_and_home_restore_say_the_homes_are_on_the_nfs_server(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "jupyterhub.sqlite"
@@ -272,4 +272,6 @@ def test_move_home_and_home_archive_say_the_homes_are_on_the_nfs_server(
     )
     assert cli.main(["home-archive", "alice", f"--db={path}"]) == 2
     assert f"alice's home is on the NFS server ({EXPORT}, HOME_NFS)" in capsys.readouterr().err
+    assert cli.main(["home-restore", "alice", f"--db={path}"]) == 2
+    assert f"refused: alice's home is on the NFS server ({EXPORT}" in capsys.readouterr().err
     assert orm.User.find(db, "alice").orm_spawners[""].state == {HOME_NODE_STATE: "n1"}
