@@ -45,8 +45,12 @@ pytestmark = pytest.mark.integration
 NETWORK = os.environ.get("LABHUB_TEST_STACK", "lhswmove")
 PREFIX = container_prefix(NETWORK)
 TAG = f"{os.getpid() % 10000:04d}"
-# The base image with the workspace's home folder, owned as in the workspace image.
-IMAGE = f"labhub-test/swarmmove-home:{TAG}"
+# The base image with the workspace's home folder, owned as in the workspace image. It
+# stands for the workspace image and for the hub image (LABHUB_VERSION below), which the
+# nodes' proxies run and whose copy helpers `labhub move-home` makes
+# (Settings.copy_helper_image): both must be on every node.
+HUB_VERSION = f"swarmmove-{TAG}"
+IMAGE = f"labhub/hub:{HUB_VERSION}"
 DOCKERFILE = (
     "FROM debian:trixie-slim\n"
     "RUN mkdir -p /home/jovyan && chown 1000:100 /home/jovyan && chmod 0750 /home/jovyan\n"
@@ -187,7 +191,7 @@ class Lab:
         """`labhub move-home` as an admin runs it in the hub container."""
         env = {
             **MINIMAL_ENV, "PATH": os.environ["PATH"], "PYTHONPATH": HUB_SRC,
-            "DOCKER_NETWORK": NETWORK, "WORKSPACE_IMAGE": IMAGE,
+            "DOCKER_NETWORK": NETWORK, "WORKSPACE_IMAGE": IMAGE, "LABHUB_VERSION": HUB_VERSION,
         }  # fmt: skip
         command = [sys.executable, "-m", "labhub.cli", "move-home", user, node, *self.proxies()]
         command.append(f"--db={self.db_path}")
