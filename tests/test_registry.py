@@ -30,7 +30,7 @@ from jupyterhub.objects import Hub, Server
 from labhub.contract import container_prefix
 from labhub.dockerpolicy import Policy, Refused, check_swarm_request
 from labhub.dockerproxy import policy_from_env
-from labhub.registry import check_pinned, is_digest_reference, registry_address
+from labhub.registry import check_pinned, image_digests, is_digest_reference, registry_address
 from labhub.settings import Settings, SettingsError
 from labhub.swarmspawner import HOME_NODE_STATE, LabSwarmSpawner, swarm_spawner_config
 from stacks import run_make
@@ -239,7 +239,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryCluste
         registry = start_registry(swarm, root)
         try:
             manager = swarm.manager
+            # The base image stands for the workspace image and for the hub image (the
+            # nodes' proxies run it), which make push both pushes.
             manager.docker("tag", BASE_IMAGE, f"labhub/workspace:{VERSION}")
+            manager.docker("tag", BASE_IMAGE, f"labhub/hub:{VERSION}")
             env_file, record = root / "env", root / "pushed-images.env"
             registry_setting = f"{swarm.registry}/labhub"
             env_file.write_text(f"LABHUB_VERSION={VERSION}\nREGISTRY={registry_setting}\n")
@@ -248,9 +251,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryCluste
                 docker_host=f"unix://{manager.socket}", timeout=300,
             )  # fmt: skip
             assert pushed.returncode == 0, pushed.stdout + pushed.stderr
-            [pinned] = re.findall(
-                rf"(?m)^IMAGE_DIGESTS=labhub/workspace:{VERSION}=(\S+)$", record.read_text()
-            )
+            [recorded] = re.findall(r"(?m)^IMAGE_DIGESTS=(\S+)$", record.read_text())
+            pinned = image_digests(recorded)[f"labhub/workspace:{VERSION}"]
             manager.docker("network", "create", "--driver", "overlay", "--attachable", NETWORK)
             with (
                 swarm_proxy(
@@ -362,7 +364,8 @@ def test_the_spawner_reads_the_image_by_digest_through_the_proxy_on_the_manager(
         return dict(await spawner.docker("inspect_image", cluster.pinned))
 
     inspected = asyncio.run(inspect())
-    assert inspected["RepoDigests"] == [cluster.pinned]
+    # (The manager holds it as the hub image too, under that name's digest reference.)
+    assert cluster.pinned in inspected["RepoDigests"]
     other = cluster.pinned.split("@")[0] + "%40sha256:" + "b" * 64
     status, answer = raw_request(cluster.proxy_port, "GET", f"/v1.41/images/{other}/json")
     assert status == 403 and "not an allowed workspace image" in answer
