@@ -34,6 +34,7 @@ import functools
 import os
 import sqlite3
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -175,10 +176,11 @@ def move_home(args: argparse.Namespace) -> int:
             return 2
         proxies[node] = url
     network, image = settings.docker_network, settings.copy_helper_image
-    try:
-        proxies = proxies or _deployed_node_proxies(settings, "make move-home USER=... NODE=...")
+
+    def move() -> None:
+        found = proxies or _deployed_node_proxies(settings, "make move-home USER=... NODE=...")
         row = homemove.read_home(args.db, args.user)
-        plan = homemove.plan_move(args.user, args.node, row, proxies, network)
+        plan = homemove.plan_move(args.user, args.node, row, found, network)
         homemove.move_home(
             plan,
             homemove.NodeEngine(plan.source, plan.source_proxy, network, image),
@@ -186,13 +188,8 @@ def move_home(args: argparse.Namespace) -> int:
             args.db,
             keep_old=args.keep_old,
         )
-    except homemove.MoveRefused as error:
-        print(f"labhub move-home: refused: {error}", file=sys.stderr)
-        return 2
-    except homemove.MoveFailed as error:
-        print(f"labhub move-home: failed: {error}", file=sys.stderr)
-        return 1
-    return 0
+
+    return _exit_status("move-home", move)
 
 
 def egress_conf(never: list[str]) -> int:
@@ -211,6 +208,22 @@ def egress_conf(never: list[str]) -> int:
         net.internet, net.lan_access, net.egress_allow, (*excluded, net.egress_subnet)
     )
     print(egress.squid_conf(rules), end="")
+    return 0
+
+
+def _exit_status(command: str, action: Callable[[], object]) -> int:
+    """Run a home command's work: exit 2 when refused (nothing changed), 1 when it failed
+    part-way (labhub.homemove says what is left), 0 when done."""
+    from .homemove import MoveFailed, MoveRefused
+
+    try:
+        action()
+    except MoveRefused as error:
+        print(f"labhub {command}: refused: {error}", file=sys.stderr)
+        return 2
+    except MoveFailed as error:
+        print(f"labhub {command}: failed: {error}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -280,20 +293,16 @@ def home_restore(args: argparse.Namespace) -> int:
         "(ONLY_USERS without them)"
     )
     say = functools.partial(print, file=sys.stderr)
-    try:
+
+    def restore() -> None:
         proxies = _deployed_node_proxies(settings, "make restore")
         node = homemove.home_node(args.user, homemove.read_home(args.db, args.user), proxies, fix)
         engine = homemove.NodeEngine(
             node, proxies[node], settings.docker_network, settings.copy_helper_image
         )
         homemove.restore_home(args.user, engine, sys.stdin.buffer, args.check, say)
-    except homemove.MoveRefused as error:
-        print(f"labhub home-restore: refused: {error}", file=sys.stderr)
-        return 2
-    except homemove.MoveFailed as error:
-        print(f"labhub home-restore: failed: {error}", file=sys.stderr)
-        return 1
-    return 0
+
+    return _exit_status("home-restore", restore)
 
 
 def print_owner_label() -> int:
