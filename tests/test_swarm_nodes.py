@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,6 +78,19 @@ def task_container(swarm_stack: SwarmStack, user: str) -> tuple[str, str]:
     """The node running `user`'s server and its task's container there."""
     node_id = wait_for_running_task(swarm_stack.swarm, f"{PREFIX}-{user}")
     return node_id, running_container(swarm_stack.node(node_id), f"{PREFIX}-{user}")
+
+
+def backup_into(
+    swarm_stack: SwarmStack, root: Path
+) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """`make backup` into `root`, as an admin runs it: its run and the one backup folder."""
+    backup = make(
+        "backup", swarm_stack.env_file, swarm_stack.docker_host, f"BACKUP_ROOT={root}",
+        timeout=600,
+    )  # fmt: skip
+    assert backup.returncode == 0, backup.stdout[-3000:] + backup.stderr[-3000:]
+    [folder] = root.iterdir()
+    return backup, folder
 
 
 def test_make_up_runs_one_node_proxy_on_each_node_answering_for_its_own_engine(
@@ -167,13 +181,7 @@ def test_make_backup_reads_each_home_on_its_node(
 ) -> None:
     """The user's home, on the node it was moved to, is read there through that node's
     proxy; the admin, never started, has no home to read and is skipped."""
-    root = tmp_path_factory.mktemp("backups")
-    backup = make(
-        "backup", swarm_stack.env_file, swarm_stack.docker_host, f"BACKUP_ROOT={root}",
-        timeout=600,
-    )  # fmt: skip
-    assert backup.returncode == 0, backup.stdout[-3000:] + backup.stderr[-3000:]
-    [folder] = root.iterdir()
+    backup, folder = backup_into(swarm_stack, tmp_path_factory.mktemp("backups"))
     archive = folder / "volumes" / f"{volume_name_for(USER, STACK)}.tar.gz"
     with tarfile.open(archive) as tar:
         member = tar.extractfile("jovyan/moved.txt")
@@ -237,13 +245,7 @@ def test_make_restore_writes_the_backup_back_on_the_home_node_and_refuses_a_runn
     on_node = swarm_stack.node(home)
     on_node.docker("exec", container, "sh", "-c", "echo v1 > /home/jovyan/kept.txt")
     student.stop_server(USER)
-    root = tmp_path_factory.mktemp("restore")
-    backup = make(
-        "backup", swarm_stack.env_file, swarm_stack.docker_host, f"BACKUP_ROOT={root}",
-        timeout=600,
-    )  # fmt: skip
-    assert backup.returncode == 0, backup.stdout[-3000:] + backup.stderr[-3000:]
-    [folder] = root.iterdir()
+    _, folder = backup_into(swarm_stack, tmp_path_factory.mktemp("restore"))
     backed_up = home_in_the_backup(folder / "volumes" / f"{volume_name_for(USER, STACK)}.tar.gz")
     v1 = hashlib.sha256(b"v1\n").hexdigest()
     assert backed_up["kept.txt"] == f"1000:100 f {v1}" and "moved.txt" in backed_up
