@@ -23,7 +23,8 @@ labhub home-archive USER
                          through that node's Docker proxy (make backup)
 labhub home-restore USER [--check] [--db DB]
                          Swarm mode: make the user's home on its node exactly the tar on
-                         stdin (members under jovyan/), checked back (make restore)
+                         stdin (members under jovyan/, or ./ from one host), checked back
+                         (make restore)
 labhub owner-label       the label that names a user server's owner (make restore)
 """
 

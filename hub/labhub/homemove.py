@@ -323,7 +323,8 @@ def restore_home(
     say: Callable[[str], None] = print,
 ) -> Manifest:  # fmt: skip
     """Make `user`'s volume on `engine`'s node hold exactly the home archive read from
-    `source` (members under `jovyan/`, as `archive_home` writes them), owned 1000:100, and
+    `source` (members under `jovyan/`, as `archive_home` writes them, or `./` as a one-host
+    backup has them: `labhub.hometar.under_top`), owned 1000:100, and
     check it by reading it back; what was written. `check_only`: read the whole archive
     and check every member, changing nothing. MoveRefused before any change (the volume
     in use, a bad member when checking); MoveFailed once the volume was replaced: the
@@ -332,7 +333,7 @@ def restore_home(
     try:
         engine.check_identity()
         if check_only:
-            wanted = manifest_of(source)
+            wanted = manifest_of(source, one_host=True)
             say(f"{user}: {len(wanted.entries)} entries to restore on node {engine.node}")
             return wanted
     except BadHomeArchive as error:
@@ -351,7 +352,7 @@ def restore_home(
     try:
         engine.api.create_volume(volume, driver="local")
         with engine.helper(user) as helper:
-            engine.api.put_archive(helper, PARENT, rewrite(source, wanted))
+            engine.api.put_archive(helper, PARENT, rewrite(source, wanted, one_host=True))
         with engine.helper(user) as helper:
             written = manifest_of(engine.archive(helper))
     except (BadHomeArchive, APIError, OSError) as error:

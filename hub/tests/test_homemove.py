@@ -31,7 +31,7 @@ from labhub.homemove import (
     restore_home,
     switch_home,
 )
-from labhub.hometar import BadHomeArchive, Manifest, copy_helper, manifest_of, rewrite
+from labhub.hometar import BadHomeArchive, Manifest, copy_helper, manifest_of, rewrite, under_top
 from labhub.swarmspawner import HOME_NODE_STATE, LabSwarmSpawner
 
 from testsupport.archives import tar_of
@@ -480,3 +480,34 @@ def test_a_restore_names_a_home_without_a_known_node_and_the_fix(
         home_node("alice", row, proxies, ". Start alice's server once")
     row = HomeRow(1, False, {HOME_NODE_STATE: "nodeA"})
     assert home_node("alice", row, PROXIES) == "nodeA"
+
+
+# --- A backup made on one host: members `.` and `./...` ---------------------------------
+def one_host(*members: tuple[Any, bytes]) -> bytes:
+    """The same home as `tar -C <volume> .` on one host names it (scripts/backup.sh)."""
+    renamed = []
+    for info, data in members:
+        copy = info.replace(name="./" + info.name.removeprefix("jovyan").lstrip("/"))
+        if copy.islnk():
+            copy.linkname = "./" + info.linkname.removeprefix("jovyan/")
+        renamed.append((copy, data))
+    return tar_of(*renamed)
+
+
+def test_a_one_host_backup_restores_as_the_same_home() -> None:
+    assert [under_top(name) for name in (".", "./", "./a/b", "jovyan/c", "x")] == [
+        "jovyan", "jovyan", "jovyan/a/b", "jovyan/c", "x",
+    ]  # fmt: skip
+    fake = FakeNode({VOLUME: OLD_HOME})
+    written = restore_home("alice", node_engine(fake), io.BytesIO(one_host(*HOME)), say=str)
+    assert written == manifest_of(io.BytesIO(tar_of(*HOME)))
+    assert manifest_of(io.BytesIO(fake.homes[VOLUME])) == written
+    # Only a restore renames: a node's proxy and a move still take `jovyan/` members only.
+    with pytest.raises(BadHomeArchive, match=r"member '\.' is not inside jovyan/"):
+        manifest_of(io.BytesIO(one_host(HOME[0], HOME[1])))
+    with pytest.raises(MoveRefused, match=r"'jovyan/\.\./x' is not inside jovyan/"):
+        restore_home("alice", node_engine(fake), io.BytesIO(tar_of(*one_host_escape())), True, str)
+
+
+def one_host_escape() -> tuple[tuple[Any, bytes], ...]:
+    return ((member(".", tarfile.DIRTYPE, 0o755), b""), (member("./../x"), b"out\n"))
