@@ -197,7 +197,8 @@ doctor: ## Check this host (GPU set-up) and the stack (settings, services, certi
 # make restore writes each back there (through the hub's container and that node's proxy).
 BACKUP_ROOT ?= backups
 RESTORE = ENGINE=$(call env_value,ENGINE) STACK_NAME=$(call env_value,STACK_NAME) DOCKER_NETWORK=$(call env_value,DOCKER_NETWORK) \
-  LABHUB_VERSION=$(call env_value,LABHUB_VERSION) ONLY_USERS='$(ONLY_USERS)' scripts/restore.sh
+  LABHUB_VERSION=$(call env_value,LABHUB_VERSION) ONLY_USERS='$(ONLY_USERS)' NODE='$(NODE)' \
+  scripts/restore.sh
 
 .PHONY: backup
 backup: ## Back up the hub and GPU databases and every user volume into backups/<time>/
@@ -206,12 +207,13 @@ backup: ## Back up the hub and GPU databases and every user volume into backups/
 	  BACKUP_ROOT=$(BACKUP_ROOT) ONLY_USERS='$(ONLY_USERS)' scripts/backup.sh
 
 .PHONY: restore
-restore: ## Restore a backup: make restore BACKUP=backups/<time> [ONLY_USERS="alice bob"]
-	@test -n "$(BACKUP)" || { echo "usage: make restore BACKUP=backups/<time> [ONLY_USERS=...]"; exit 2; }
+restore: ## Restore a backup: make restore BACKUP=backups/<time> [ONLY_USERS="alice bob" [NODE=<node id>]]
+	@test -n "$(BACKUP)" || { echo "usage: make restore BACKUP=backups/<time> [ONLY_USERS=... [NODE=<node id>]]"; exit 2; }
 	@# Whole restore: databases + files, hub stopped meanwhile; ONLY_USERS: those users'
 	@# files only, hub untouched. Every check runs first; a refusal changes nothing.
 	@# ENGINE=swarm: the homes are written on their nodes through the running hub's
 	@# container, so scripts/restore.sh stops and starts the hub itself, after them.
+	@# NODE= (Swarm, with ONLY_USERS): onto that node, which becomes their home node.
 	@$(RESTORE) --check $(BACKUP)
 	@if [ -z "$(ONLY_USERS)" ] && [ -z "$(SWARM)" ]; then \
 	  $(COMPOSE) stop hub; $(RESTORE) $(BACKUP); status=$$?; $(COMPOSE) start hub; exit $$status; \

@@ -24,6 +24,11 @@
 # home-archive`) and put back if the restore of that home fails. A whole restore writes
 # the homes first, with the hub running (its container is the way to the nodes), then
 # stops the hub's container, restores the databases and starts it again.
+#
+# NODE=<node ID> (ENGINE=swarm, with ONLY_USERS): those users' homes are written on that
+# node instead, which then becomes their home node (`labhub home-restore --node`): for a
+# home node that is down, drained or gone. Refused, naming the fix, when that node is not
+# ready and active, or a user's home volume is on another node that answers.
 set -euo pipefail
 
 check_only=false
@@ -43,6 +48,15 @@ swarm=false
 if [[ "${ENGINE:-docker}" == swarm ]]; then swarm=true; fi
 hub="${stack}-hub"
 problems=()
+node_option=()
+if [[ -n "${NODE:-}" ]]; then
+  node_option=(--node "${NODE}")
+  if [[ "${swarm}" == false ]]; then
+    problems+=("NODE= is for ENGINE=swarm (one host has one node): leave it out")
+  elif [[ -z "${ONLY_USERS:-}" ]]; then
+    problems+=("NODE= goes with ONLY_USERS (a whole restore writes each home where the backup's database records it): name the users to restore onto ${NODE}")
+  fi
+fi
 volumes=()
 users=()
 if [[ -z "${ONLY_USERS:-}" ]]; then
@@ -87,7 +101,8 @@ if [[ "${swarm}" == true ]]; then
   # Each home's archive and node, checked where it will be written (nothing changes).
   for i in "${!volumes[@]}"; do
     if ! said="$(gzip -dc "${folder}/volumes/${volumes[i]}.tar.gz" |
-      docker exec -i "${hub}" labhub home-restore --check "${db_option[@]}" "${users[i]}" 2>&1)"; then
+      docker exec -i "${hub}" labhub home-restore --check "${db_option[@]}" "${node_option[@]}" \
+        "${users[i]}" 2>&1)"; then
       problems+=("${said##*$'\n'}")
     fi
   done
@@ -120,10 +135,11 @@ helper() {
     -v "${folder}:/backup:ro" "$@"
 }
 
-# ENGINE=swarm: one home on its node; its current files saved first, put back on failure.
+# ENGINE=swarm: one home on its node (or NODE); its current files saved first, put back on
+# failure (where they were: the home node is switched to NODE only once it is written).
 restore_on_its_node() {
   local user="$1" volume="$2" saved="${keep}/$2.tar.gz" status=0
-  echo "restore: ${user} (${volume}, on its node)"
+  echo "restore: ${user} (${volume}, on ${NODE:-its node})"
   docker exec "${hub}" labhub home-archive "${db_option[@]}" "${user}" | gzip >"${saved}" ||
     status=$?
   case "${status}" in
@@ -134,7 +150,8 @@ restore_on_its_node() {
   esac
   status=0
   gzip -dc "${folder}/volumes/${volume}.tar.gz" |
-    docker exec -i "${hub}" labhub home-restore "${db_option[@]}" "${user}" || status=$?
+    docker exec -i "${hub}" labhub home-restore "${db_option[@]}" "${node_option[@]}" "${user}" ||
+    status=$?
   if ((status == 1)) && [[ -f "${saved}" ]]; then
     echo "restore: putting ${user}'s home back as it was (${saved})" >&2
     gzip -dc "${saved}" | docker exec -i "${hub}" labhub home-restore "${db_option[@]}" "${user}" ||

@@ -9,12 +9,16 @@ answering for its own engine; the hub's container reaches them and a user's serv
 not; `make move-home` finds them by itself and moves a user's home, and the user's next
 spawn through the hub runs on the new node with their file; `make backup` reads that home
 on its node through them, and `make restore` (one user's files, then whole) writes it back
-there, refused while the user's server runs; `make down` removes them.
+there, refused while the user's server runs; with the home node drained, `make restore
+NODE=<the other node>` of a backup as one host writes it (members `./`) puts the home on
+that node and records it there, where the next spawn runs with the files; `make down`
+removes them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import subprocess
 import tarfile
@@ -61,6 +65,10 @@ def swarm_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SwarmStack
 
 @pytest.fixture(scope="module")
 def proxy_addresses(swarm_stack: SwarmStack) -> list[str]:
+    return proxies_answering(swarm_stack)
+
+
+def proxies_answering(swarm_stack: SwarmStack) -> list[str]:
     """The node proxies' task addresses, as the hub's container resolves them (dnsrr)."""
     hosts = swarm_stack.manager.docker("exec", HUB, "getent", "ahostsv4", f"tasks.{NODE_PROXIES}")
     return sorted({line.split()[0] for line in hosts.splitlines()})
@@ -297,6 +305,80 @@ def test_make_restore_writes_the_backup_back_on_the_home_node_and_refuses_a_runn
         "as-backed-up",
     ]
     student.stop_server(USER)
+
+
+def as_one_host_wrote_it(folder: Path, volume: str) -> None:
+    """Make the backup's archive of `volume` what scripts/backup.sh writes on one host
+    (`tar -C <volume> .`: members `./` and `./...`), and its checksums again."""
+    archive = folder / "volumes" / f"{volume}.tar.gz"
+    members = []
+    with tarfile.open(archive) as tar:
+        for info in tar:
+            data = tar.extractfile(info) if info.isreg() else None
+            members.append((info, data.read() if data is not None else b""))
+    with tarfile.open(archive, "w:gz") as tar:
+        for info, data in members:
+            info.name = "./" + info.name.removeprefix(TOP).lstrip("/")
+            if info.islnk():
+                info.linkname = "./" + info.linkname.removeprefix(f"{TOP}/")
+            tar.addfile(info, io.BytesIO(data))
+    subprocess.run(
+        "find . -type f ! -name SHA256SUMS -print0 | sort -z | xargs -0 sha256sum >SHA256SUMS",
+        shell=True, cwd=folder, check=True,
+    )  # fmt: skip
+
+
+def test_make_restore_node_puts_the_home_on_that_node_when_its_node_is_drained(
+    swarm_stack: SwarmStack, student: HubClient, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A backup as one host writes it, restored with NODE=<the other node>: refused while
+    the home node is active and holds the home (nothing written there), then, the home
+    node drained (its proxy gone), written on the other node and recorded as the home
+    node: the next spawn is pinned there and sees the backed-up files."""
+    student.start_server(USER, timeout=600)
+    home, container = task_container(swarm_stack, USER)
+    swarm_stack.node(home).docker("exec", container, "sh", "-c", "echo onto > ~/onto.txt")
+    student.stop_server(USER)
+    volume = volume_name_for(USER, STACK)
+    _, folder = backup_into(swarm_stack, tmp_path_factory.mktemp("restore-node"))
+    backed_up = home_in_the_backup(folder / "volumes" / f"{volume}.tar.gz")
+    assert backed_up["onto.txt"].startswith("1000:100 f")
+    as_one_host_wrote_it(folder, volume)
+    [other] = {node.node_id for node in swarm_stack.swarm.nodes} - {home}
+    manager, on_other = swarm_stack.manager, swarm_stack.node(other)
+
+    def restore_onto_other() -> Any:
+        return make(
+            "restore", swarm_stack.env_file, swarm_stack.docker_host, f"BACKUP={folder}",
+            f"ONLY_USERS={USER}", f"NODE={other}", timeout=900,
+        )  # fmt: skip
+
+    refused = restore_onto_other()
+    assert refused.returncode != 0 and f"{volume} is on node {home}" in refused.stderr
+    assert "make move-home" in refused.stderr
+    assert volume not in on_other.docker("volume", "ls", "--quiet").split()
+    manager.docker("node", "update", "--availability", "drain", home)
+    try:
+        # A drained node runs no task: its proxy's address leaves tasks.<service>.
+        wait_until(
+            lambda: len(proxies_answering(swarm_stack)) == 1, 120, "the drained node's proxy to go"
+        )
+        restored = restore_onto_other()
+        assert restored.returncode == 0, restored.stdout[-3000:] + restored.stderr[-3000:]
+        assert f"switched: {USER}'s home is now on node {other}" in restored.stderr
+        assert home_on_its_node(swarm_stack, other) == backed_up
+        student.start_server(USER, timeout=600)
+        running_on, container = task_container(swarm_stack, USER)
+        assert running_on == other
+        constraints = manager.docker(
+            "service", "inspect", f"{PREFIX}-{USER}", "--format",
+            "{{json .Spec.TaskTemplate.Placement.Constraints}}",
+        )  # fmt: skip
+        assert json.loads(constraints) == [f"node.id=={other}"]
+        assert on_other.docker("exec", container, "cat", "/home/jovyan/onto.txt").strip() == "onto"
+        student.stop_server(USER)
+    finally:
+        manager.docker("node", "update", "--availability", "active", home)
 
 
 def hub_answers(client: HubClient) -> bool:

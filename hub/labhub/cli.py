@@ -21,9 +21,11 @@ labhub move-home USER NODE [--proxy NODE=URL ...]
 labhub home-archive USER
                          Swarm mode: the user's home as a tar on stdout, read on its node
                          through that node's Docker proxy (make backup)
-labhub home-restore USER [--check] [--db DB]
+labhub home-restore USER [--check] [--db DB] [--node NODE]
                          Swarm mode: make the user's home on its node exactly the tar on
-                         stdin (members under jovyan/), checked back (make restore)
+                         stdin (members under jovyan/, or ./ from one host), checked back
+                         (make restore); --node: on that node instead, then recorded as
+                         the home node (make restore NODE=, the home node gone)
 labhub owner-label       the label that names a user server's owner (make restore)
 """
 
@@ -289,17 +291,23 @@ def home_restore(args: argparse.Namespace) -> int:
         return 2
     fix = (
         f". Fix: if {args.user} never started, start their server once (the hub places the "
-        "home) and stop it; if the node is down, bring it back; or restore the others only "
-        "(ONLY_USERS without them)"
+        "home) and stop it; if the node is down, bring it back, or restore onto another "
+        "node (make restore ... NODE=<node ID>); or restore the others only (ONLY_USERS "
+        "without them)"
     )
     say = functools.partial(print, file=sys.stderr)
+    network, image = settings.docker_network, settings.copy_helper_image
 
     def restore() -> None:
         proxies = _deployed_node_proxies(settings, "make restore")
+        if args.node:
+            homemove.restore_onto(
+                args.user, args.node, args.db, proxies, homemove.swarm_nodes(), network,
+                image, sys.stdin.buffer, args.check, say,
+            )  # fmt: skip
+            return
         node = homemove.home_node(args.user, homemove.read_home(args.db, args.user), proxies, fix)
-        engine = homemove.NodeEngine(
-            node, proxies[node], settings.docker_network, settings.copy_helper_image
-        )
+        engine = homemove.NodeEngine(node, proxies[node], network, image)
         homemove.restore_home(args.user, engine, sys.stdin.buffer, args.check, say)
 
     return _exit_status("home-restore", restore)
@@ -374,6 +382,11 @@ def main(argv: list[str] | None = None) -> int:
     restore.add_argument(
         "--db", type=Path, default=Path(DEFAULT_DB),
         help="the hub's SQLite database that records the home node",
+    )  # fmt: skip
+    restore.add_argument(
+        "--node", default="",
+        help="the Swarm node ID (docker node ls) to restore onto instead of the home node, "
+        "which becomes the home node (it must be ready and active)",
     )  # fmt: skip
     commands.add_parser("owner-label", help="the label naming a user server's owner")
     args = parser.parse_args(argv)

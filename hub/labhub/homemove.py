@@ -13,7 +13,8 @@ the one in use.
 `plan_move` is the pure part (what the database and the command line allow); `move_home`
 does the I/O. The same pieces serve backups on the home node: `archive_home` reads a home
 there (make backup) and `restore_home` replaces it with an archive and reads it back
-(make restore).
+(make restore); `restore_onto` writes it on a node the admin chose instead and switches
+the home node there, as a move does (make restore NODE=, when the home node is gone).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import secrets
 import socket
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,7 @@ from .hometar import (
     manifest_of,
     rewrite,
 )
+from .swarmplacement import SwarmNode, nodes_from_api
 from .swarmspawner import HOME_NODE_STATE
 
 # Docker API version of the nodes' engines (Engine 20.10); fixed, so no version probe.
@@ -93,10 +95,7 @@ def plan_move(
     if row is None:
         raise MoveRefused(f"{user!r} has no server in the hub's database: nothing to move")
     if row.running:
-        raise MoveRefused(
-            f"{user}'s server is running (or starting), or a named server of theirs: stop "
-            f"them first (admin page, or DELETE /hub/api/users/{user}/server), then move"
-        )
+        raise servers_running(user, "move")
     source = row.state.get(HOME_NODE_STATE)
     if not source:
         raise MoveRefused(
@@ -107,15 +106,88 @@ def plan_move(
         raise MoveRefused(f"{user}'s home is already on node {target}")
     for node in (source, target):
         if node not in proxies:
-            raise MoveRefused(
-                f"no Docker proxy answers for node {node}: is the node up (docker node ls), "
-                "and its node proxy's task running there (docker service ps "
-                "<DOCKER_NETWORK>-node-proxy)? `make up` deploys them"
-            )
+            raise no_proxy_answers(node)
     return MovePlan(
         user, volume_name_for(user, network), row.spawner_id, row.state, source, target,
         proxies[source], proxies[target],
     )  # fmt: skip
+
+
+def servers_running(user: str, then: str) -> MoveRefused:
+    """The refusal while any server of `user` runs, then what to do once they are stopped."""
+    return MoveRefused(
+        f"{user}'s server is running (or starting), or a named server of theirs: stop "
+        f"them first (admin page, or DELETE /hub/api/users/{user}/server), then {then}"
+    )
+
+
+def no_proxy_answers(node: str, where: str = "", fix: str = "") -> MoveRefused:
+    """The refusal for a node whose Docker proxy is not found (`where`: whose home is there)."""
+    return MoveRefused(
+        f"no Docker proxy answers for node {node}{where}: is the node up (docker node ls), "
+        "and its node proxy's task running there (docker service ps "
+        f"<DOCKER_NETWORK>-node-proxy)? `make up` deploys them{fix}"
+    )
+
+
+def check_restore_node(
+    user: str, node: str, row: HomeRow | None, nodes: Sequence[SwarmNode],
+    proxies: Mapping[str, str], holding: Collection[str], volume: str,
+) -> bool:  # fmt: skip
+    """Whether `user`'s home may be restored onto `node`, the admin's choice (`make restore
+    NODE=`, a node ID as `make move-home` takes it): True when the home node is then
+    switched there, False when it is the home node already; else MoveRefused naming why
+    and the fix. Nothing may be lost or hidden: `node` is ready and active and its proxy
+    answers, the user's servers are stopped, and no node whose proxy answered holds their
+    volume (`holding`), but the home node itself; a ready node that cannot be asked is
+    refused, but the recorded home node (drained nodes run no proxy)."""
+    if row is None:
+        raise MoveRefused(
+            f"{user!r} has no server in the hub's database, so no home node to record: "
+            "they log in once, then restore"
+        )
+    if row.running:
+        raise servers_running(user, "restore")
+    found = next((each for each in nodes if each.id == node), None)
+    if found is None:
+        raise MoveRefused(
+            f"there is no node {node} in the swarm: NODE= takes a node ID from "
+            "`docker node ls` on the manager"
+        )
+    if not found.ready:
+        raise MoveRefused(f"node {node} is down (docker node ls): choose a ready node")
+    if not found.active:
+        raise MoveRefused(
+            f"node {node} is drained or paused: `docker node update --availability active "
+            f"{node}` first, or choose another node"
+        )
+    if node not in proxies:
+        raise no_proxy_answers(node)
+    recorded = row.state.get(HOME_NODE_STATE) or ""
+    if recorded == node:
+        return False
+    if elsewhere := sorted(set(holding) - {node}):
+        raise MoveRefused(
+            f"{user}'s home volume {volume} is on node {', '.join(elsewhere)}: restore it "
+            f"there (without NODE=) and move it (make move-home), or check it and remove it "
+            f"there (docker volume rm {volume}), then restore with NODE="
+        )
+    if node in holding:
+        raise MoveRefused(
+            f"node {node} already has a volume {volume} (an earlier copy?), while {user}'s "
+            f"home is recorded on {f'node {recorded}' if recorded else 'no node'}: check it "
+            f"and remove it there (docker volume rm {volume}), then restore with NODE="
+        )
+    silent = sorted(
+        each.id for each in nodes if each.ready and each.id not in proxies and each.id != recorded
+    )
+    if silent:
+        raise MoveRefused(
+            f"cannot tell whether node {', '.join(silent)} holds {user}'s home volume: its "
+            "Docker proxy does not answer (a drained node runs none; docker service ps "
+            "<DOCKER_NETWORK>-node-proxy on the manager; make up starts them)"
+        )
+    return True
 
 
 # --- The hub's database ------------------------------------------------------------------
@@ -141,20 +213,20 @@ _ANY_SERVER_OF_THE_USER = (
 )
 
 
-def switch_home(db_path: Path, plan: MovePlan) -> None:
-    """Record the new home node, only if all the user's servers are still stopped;
-    MoveFailed otherwise."""
-    state = {**plan.state, HOME_NODE_STATE: plan.target}
+def switch_home(db_path: Path, user: str, row: HomeRow, node: str) -> None:
+    """Record `node` as the user's home node in their default server's row, only if all
+    their servers are still stopped; MoveFailed otherwise."""
+    state = {**row.state, HOME_NODE_STATE: node}
     with sqlite3.connect(db_path) as db:
         changed = db.execute(
             "UPDATE spawners SET state = ? WHERE id = ? "
             f"AND NOT EXISTS ({_ANY_SERVER_OF_THE_USER})",
-            (json.dumps(state), plan.spawner_id),
+            (json.dumps(state), row.spawner_id),
         ).rowcount
     if changed != 1:
         raise MoveFailed(
-            f"{plan.user}'s server (or a named server of theirs) was started during the "
-            "copy: not switched"
+            f"{user}'s server (or a named server of theirs) was started during the copy: "
+            "not switched"
         )
 
 
@@ -184,12 +256,27 @@ def volume_holders(service: str, volume: str) -> tuple[frozenset[str], frozenset
     """The nodes whose proxies answered, and those of them that hold `volume` (for a first
     spawn: labhub.swarmplacement.existing_home)."""
     proxies = find_node_proxies(service)
-    holding = frozenset(
+    return frozenset(proxies), holders(proxies, volume)
+
+
+def holders(proxies: Mapping[str, str], volume: str) -> frozenset[str]:
+    """The nodes, of those `proxies` front, that hold `volume`."""
+    return frozenset(
         node
         for node, url in proxies.items()
         if _has_volume(docker.APIClient(base_url=url, version=API_VERSION, timeout=10), volume)
     )
-    return frozenset(proxies), holding
+
+
+def swarm_nodes() -> list[SwarmNode]:
+    """The swarm's nodes, from the manager through the hub's Docker proxy (DOCKER_HOST,
+    PROXY_POLICY=swarm allows the node list)."""
+    try:
+        return nodes_from_api(docker.from_env(version=API_VERSION, timeout=30).api.nodes())
+    except (DockerException, OSError) as error:
+        raise MoveRefused(
+            f"cannot list the swarm's nodes through the hub's Docker proxy: {error}"
+        ) from error
 
 
 def _has_volume(api: docker.APIClient, volume: str) -> bool:
@@ -268,7 +355,7 @@ def move_home(
                 + "; ".join(differences)
             )
         say(f"checked: {len(copied.entries)} entries, manifest sha256 {copied.digest()} on both")
-        switch_home(db_path, plan)
+        switch_home(db_path, plan.user, HomeRow(plan.spawner_id, False, plan.state), plan.target)
     except (MoveFailed, BadHomeArchive, APIError, OSError) as error:
         with suppress(NotFound):
             target.api.remove_volume(plan.volume, force=True)
@@ -311,10 +398,7 @@ def home_node(user: str, row: HomeRow | None, proxies: Mapping[str, str], fix: s
     if not node:
         raise MoveRefused(f"{user!r} has no home node yet (never started on the swarm){fix}")
     if node not in proxies:
-        raise MoveRefused(
-            f"no Docker proxy answers for node {node}, where {user}'s home is: is the node up "
-            f"(docker node ls), and its node proxy's task running there?{fix}"
-        )
+        raise no_proxy_answers(node, f", where {user}'s home is", fix)
     return str(node)
 
 
@@ -323,7 +407,8 @@ def restore_home(
     say: Callable[[str], None] = print,
 ) -> Manifest:  # fmt: skip
     """Make `user`'s volume on `engine`'s node hold exactly the home archive read from
-    `source` (members under `jovyan/`, as `archive_home` writes them), owned 1000:100, and
+    `source` (members under `jovyan/`, as `archive_home` writes them, or `./` as a one-host
+    backup has them: `labhub.hometar.under_top`), owned 1000:100, and
     check it by reading it back; what was written. `check_only`: read the whole archive
     and check every member, changing nothing. MoveRefused before any change (the volume
     in use, a bad member when checking); MoveFailed once the volume was replaced: the
@@ -332,7 +417,7 @@ def restore_home(
     try:
         engine.check_identity()
         if check_only:
-            wanted = manifest_of(source)
+            wanted = manifest_of(source, one_host=True)
             say(f"{user}: {len(wanted.entries)} entries to restore on node {engine.node}")
             return wanted
     except BadHomeArchive as error:
@@ -351,7 +436,7 @@ def restore_home(
     try:
         engine.api.create_volume(volume, driver="local")
         with engine.helper(user) as helper:
-            engine.api.put_archive(helper, PARENT, rewrite(source, wanted))
+            engine.api.put_archive(helper, PARENT, rewrite(source, wanted, one_host=True))
         with engine.helper(user) as helper:
             written = manifest_of(engine.archive(helper))
     except (BadHomeArchive, APIError, OSError) as error:
@@ -363,6 +448,50 @@ def restore_home(
         )
     say(f"{user}: {len(written.entries)} entries on node {engine.node}, checked")
     return written
+
+
+def restore_onto(
+    user: str, node: str, db_path: Path, proxies: Mapping[str, str],
+    nodes: Sequence[SwarmNode], network: str, image: str, source: IO[bytes] | io.RawIOBase,
+    check_only: bool = False, say: Callable[[str], None] = print,
+) -> None:  # fmt: skip
+    """`restore_home` onto `node`, the admin's choice (make restore NODE=), through its
+    proxy, then record it as the user's home node, as a move does; refused as
+    `check_restore_node` says. A failure once the volume was written there removes it
+    and switches nothing (there was no volume of the user's there before)."""
+    volume = volume_name_for(user, network)
+    row = read_home(db_path, user)
+    try:
+        switch = check_restore_node(
+            user, node, row, nodes, proxies, holders(proxies, volume), volume
+        )
+    except (APIError, OSError) as error:
+        raise MoveRefused(f"cannot ask the nodes' proxies: {error}") from error
+    engine = NodeEngine(node, proxies[node], network, image)
+    if not switch or check_only:
+        restore_home(user, engine, source, check_only, say)
+        if switch:
+            say(f"{user}: the home node would become node {node}")
+        return
+    assert row is not None  # check_restore_node refuses a user without one
+    recorded = row.state.get(HOME_NODE_STATE)
+    try:
+        restore_home(user, engine, source, say=say)
+        switch_home(db_path, user, row, node)
+    except MoveFailed as error:
+        with suppress(APIError, OSError):
+            engine.api.remove_volume(volume, force=True)
+        raise MoveFailed(
+            f"{error}. Nothing switched: {user}'s home node is still "
+            f"{recorded or 'none'}; the volume written on node {node} was removed"
+        ) from error
+    say(f"switched: {user}'s home is now on node {node}")
+    if recorded:
+        say(
+            f"the volume {volume} on node {recorded}, {user}'s home before, is no longer "
+            f"used: once that node is back, check it and remove it there (docker volume rm "
+            f"{volume})"
+        )
 
 
 def _remove_old_volume(plan: MovePlan, source: NodeEngine, say: Callable[[str], None]) -> None:

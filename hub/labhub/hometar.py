@@ -9,7 +9,9 @@ owned by 1000:100, no set-user/group-ID file), and the tar sent on is written an
 the checked fields only, so nothing else of the client's bytes (devices, extended
 attributes such as file capabilities, foreign owners) reaches the engine. `Manifest` is
 what the move compares on both sides: each member's type, mode, owner, size, link target
-and content digest.
+and content digest. A restore also takes a backup made on one host (`scripts/backup.sh`
+archives a volume as `tar -C <volume> .`: members `.` and `./...`): `one_host` names
+those members under `jovyan/` before the checks, so what is sent on is the same either way.
 
 Pure: file objects in, bytes out; no Docker inside.
 """
@@ -113,14 +115,20 @@ def rewrite(
     source: IO[bytes] | io.RawIOBase,
     manifest: Manifest | None = None,
     progress: Callable[[Manifest], None] | None = None,
+    one_host: bool = False,
 ) -> Iterator[bytes]:
     """The home archive read from `source`, checked and written anew, in chunks; fills
     `manifest` on the way and calls `progress` after each member. The last chunk (the
-    end-of-archive blocks) comes only once every member passed."""
+    end-of-archive blocks) comes only once every member passed. `one_host`: members named
+    `.` and `./...` (a one-host backup) are taken as `jovyan` and `jovyan/...`."""
     seen = manifest if manifest is not None else Manifest()
     try:
         with tarfile.open(fileobj=source, mode="r|") as archive:
             for member in archive:
+                if one_host:
+                    member.name = under_top(member.name)
+                    if member.islnk():
+                        member.linkname = under_top(member.linkname)
                 fresh = checked(member)
                 _check_not_through_a_link(fresh.name, seen)
                 yield fresh.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
@@ -138,6 +146,14 @@ def rewrite(
     if not seen.entries or TOP not in seen.entries:
         raise BadHomeArchive(f"the archive has no {TOP}/ folder")
     yield b"\0" * (2 * tarfile.BLOCKSIZE)
+
+
+def under_top(name: str) -> str:
+    """A one-host backup's member name (`.`, `./x`) as the engine's archive of HOME_DIR
+    names it (`jovyan`, `jovyan/x`); any other name unchanged (and checked as it is)."""
+    if name in (".", "./"):
+        return TOP
+    return f"{TOP}/{name[2:]}" if name.startswith("./") else name
 
 
 def _check_not_through_a_link(name: str, seen: Manifest) -> None:
@@ -175,10 +191,10 @@ def _data(data: IO[bytes], size: int, digest: hashlib._Hash) -> Iterator[bytes]:
         yield b"\0" * (tarfile.BLOCKSIZE - remainder)
 
 
-def manifest_of(source: IO[bytes] | io.RawIOBase) -> Manifest:
+def manifest_of(source: IO[bytes] | io.RawIOBase, one_host: bool = False) -> Manifest:
     """The manifest of a home archive (every member checked as `rewrite` checks it)."""
     manifest = Manifest()
-    for _ in rewrite(source, manifest):
+    for _ in rewrite(source, manifest, one_host=one_host):
         pass
     return manifest
 

@@ -98,7 +98,8 @@ def node_for(home: str | None, nodes: Sequence[SwarmNode], load: Mapping[str, in
         if found is None:
             raise NoNodeForServer(
                 f"the home volume is on node {home}, which has left the swarm: "
-                "rejoin it (docker swarm join) or restore the home onto another node"
+                "rejoin it (docker swarm join), or restore the home from a backup onto another "
+                "node (make restore BACKUP=... ONLY_USERS=<user> NODE=<node ID>)"
             )
         if not found.ready:
             raise NoNodeForServer(

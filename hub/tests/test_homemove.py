@@ -25,13 +25,16 @@ from labhub.homemove import (
     MoveRefused,
     NodeEngine,
     archive_home,
+    check_restore_node,
     home_node,
     plan_move,
     read_home,
     restore_home,
+    restore_onto,
     switch_home,
 )
-from labhub.hometar import BadHomeArchive, Manifest, copy_helper, manifest_of, rewrite
+from labhub.hometar import BadHomeArchive, Manifest, copy_helper, manifest_of, rewrite, under_top
+from labhub.swarmplacement import SwarmNode
 from labhub.swarmspawner import HOME_NODE_STATE, LabSwarmSpawner
 
 from testsupport.archives import tar_of
@@ -308,7 +311,7 @@ def test_the_switch_writes_the_new_node_into_the_hubs_database_and_the_spawner_r
     spawner = LabSwarmSpawner(user=SimpleNamespace(name="alice"), orm_spawner=spawner_row)
     spawner.load_state(spawner_row.state)
     assert spawner.home_node == "nodeA"
-    switch_home(path, plan)
+    switch_home(path, "alice", HomeRow(plan.spawner_id, False, plan.state), plan.target)
     assert read_home(path, "alice") == HomeRow(
         plan.spawner_id, False, {HOME_NODE_STATE: "nodeB", "other": 1}
     )
@@ -323,7 +326,7 @@ def test_a_server_started_during_the_copy_is_not_switched(hub_db: tuple[Path, An
     orm.User.find(db, "alice").orm_spawners[""].server = orm.Server()
     db.commit()
     with pytest.raises(MoveFailed, match="started during the copy"):
-        switch_home(path, plan)
+        switch_home(path, "alice", HomeRow(plan.spawner_id, False, plan.state), plan.target)
     with sqlite3.connect(path) as raw:
         [state] = raw.execute("SELECT state FROM spawners").fetchone()
     assert json.loads(state)[HOME_NODE_STATE] == "nodeA"
@@ -386,7 +389,7 @@ class FakeNode:
             raise NotFound("no such volume")
         return {"Name": name}
 
-    def remove_volume(self, name: str) -> None:
+    def remove_volume(self, name: str, force: bool = False) -> None:
         self.calls.append("remove_volume")
         if self.in_use:
             self.in_use -= 1
@@ -480,3 +483,137 @@ def test_a_restore_names_a_home_without_a_known_node_and_the_fix(
         home_node("alice", row, proxies, ". Start alice's server once")
     row = HomeRow(1, False, {HOME_NODE_STATE: "nodeA"})
     assert home_node("alice", row, PROXIES) == "nodeA"
+
+
+# --- make restore NODE=: onto a node the admin chose ------------------------------------
+NODES = [SwarmNode("nodeA", True, False), SwarmNode("nodeB", True, True)]
+STOPPED = HomeRow(1, False, {HOME_NODE_STATE: "nodeA"})
+
+
+@pytest.mark.parametrize(
+    ("row", "node", "nodes", "proxies", "holding", "reason"),
+    [
+        (None, "nodeB", NODES, PROXIES, (), "'alice' has no server .* log in once"),
+        (HomeRow(1, True, {}), "nodeB", NODES, PROXIES, (), "server is running .* then restore"),
+        (STOPPED, "nodeC", NODES, PROXIES, (), "no node nodeC in the swarm: NODE= takes"),
+        (STOPPED, "nodeB", [NODES[0], SwarmNode("nodeB", False, True)], PROXIES, (), "down"),
+        (STOPPED, "nodeB", [NODES[0], SwarmNode("nodeB", True, False)], PROXIES, (), "drained"),
+        (STOPPED, "nodeB", NODES, {"nodeA": "tcp://a"}, (), "no Docker proxy .* node nodeB"),
+        # A home volume on a node that answers: restore there and move it, or remove it.
+        (STOPPED, "nodeB", NODES, PROXIES, ("nodeA",), "is on node nodeA: .*make move-home"),
+        (HomeRow(1, False, {}), "nodeB", NODES, PROXIES, ("nodeB",), "recorded on no node"),
+        # A ready node that cannot be asked may hold it, unless it is the home node itself.
+        (
+            HomeRow(1, False, {}), "nodeB", [*NODES, SwarmNode("nodeC", True, True)],
+            {"nodeB": "b"}, (), "cannot tell whether node nodeA, nodeC holds",
+        ),
+    ],
+)  # fmt: skip
+def test_a_restore_onto_a_chosen_node_that_could_lose_or_hide_files_says_why(
+    row: HomeRow | None, node: str, nodes: list[SwarmNode], proxies: dict[str, str],
+    holding: tuple[str, ...], reason: str,
+) -> None:  # fmt: skip
+    with pytest.raises(MoveRefused, match=reason):
+        check_restore_node("alice", node, row, nodes, proxies, holding, VOLUME)
+
+
+def test_a_restore_onto_a_chosen_node_switches_unless_it_is_the_home_node_already() -> None:
+    # The home node nodeA drained: no proxy runs there, its volume cannot be asked about.
+    drained_home = {"nodeB": "tcp://b:2375"}
+    assert check_restore_node("alice", "nodeB", STOPPED, NODES, drained_home, (), VOLUME)
+    up = [SwarmNode("nodeA", True, True), NODES[1]]
+    assert check_restore_node("alice", "nodeB", STOPPED, up, PROXIES, (), VOLUME)
+    home = HomeRow(1, False, {HOME_NODE_STATE: "nodeB"})
+    assert not check_restore_node("alice", "nodeB", home, NODES, PROXIES, ("nodeB",), VOLUME)
+
+
+@pytest.fixture
+def onto_b(
+    hub_db: tuple[Path, Any], monkeypatch: pytest.MonkeyPatch
+) -> tuple[Path, FakeNode, list[str]]:
+    """alice's home recorded on nodeA, drained; nodeB ready with no volume of hers."""
+    path, _ = hub_db
+    fake, said = FakeNode({}), []
+    monkeypatch.setattr(homemove, "holders", lambda proxies, volume: frozenset())
+    monkeypatch.setattr(homemove, "NodeEngine", lambda *args: node_engine(fake))
+    fake.info = lambda: {"Swarm": {"NodeID": "nodeA"}}  # type: ignore[method-assign]
+    return path, fake, said
+
+
+def restore_alice_onto_b(path: Path, archive: bytes, said: list[str], check: bool = False) -> None:
+    restore_onto(
+        "alice", "nodeB", path, {"nodeB": "tcp://b:2375"}, NODES, NETWORK, IMAGE,
+        io.BytesIO(archive), check, said.append,
+    )  # fmt: skip
+
+
+def test_a_restore_onto_a_chosen_node_writes_the_home_there_then_records_it(
+    onto_b: tuple[Path, FakeNode, list[str]],
+) -> None:
+    path, fake, said = onto_b
+    restore_alice_onto_b(path, tar_of(*HOME), said, check=True)
+    assert fake.calls == [] and read_home(path, "alice") == STOPPED_IN_DB
+    assert said[-1] == "alice: the home node would become node nodeB"
+    restore_alice_onto_b(path, tar_of(*HOME), said)
+    assert fake.calls == ["create_volume", "put_archive"]
+    assert manifest_of(io.BytesIO(fake.homes[VOLUME])) == manifest_of(io.BytesIO(tar_of(*HOME)))
+    assert read_home(path, "alice") == HomeRow(1, False, {HOME_NODE_STATE: "nodeB", "other": 1})
+    assert "switched: alice's home is now on node nodeB" in said
+    assert "on node nodeA, alice's home before, is no longer used" in said[-1]
+
+
+STOPPED_IN_DB = HomeRow(1, False, {HOME_NODE_STATE: "nodeA", "other": 1})
+
+
+def test_a_restore_onto_a_chosen_node_that_fails_removes_what_it_wrote_and_switches_nothing(
+    onto_b: tuple[Path, FakeNode, list[str]],
+) -> None:
+    path, fake, said = onto_b
+    whole = tar_of(*HOME)
+    with pytest.raises(MoveFailed, match="Nothing switched: alice's home node is still nodeA"):
+        restore_alice_onto_b(path, whole[: len(whole) // 2], said)
+    assert fake.homes == {} and read_home(path, "alice") == STOPPED_IN_DB
+
+
+def test_home_restore_takes_the_node_and_refuses_a_drained_one(
+    hub_db: tuple[Path, Any], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, _ = hub_db
+    for name, value in {**MINIMAL_ENV, "DOCKER_NETWORK": NETWORK}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(cli, "_deployed_node_proxies", lambda settings, how: PROXIES)
+    monkeypatch.setattr(homemove, "swarm_nodes", lambda: NODES)
+    monkeypatch.setattr(homemove, "holders", lambda proxies, volume: frozenset())
+    assert cli.main(["home-restore", "alice", "--check", "--node=nodeA", f"--db={path}"]) == 2
+    assert "refused: node nodeA is drained or paused" in capsys.readouterr().err
+
+
+# --- A backup made on one host: members `.` and `./...` ---------------------------------
+def one_host(*members: tuple[Any, bytes]) -> bytes:
+    """The same home as `tar -C <volume> .` on one host names it (scripts/backup.sh)."""
+    renamed = []
+    for info, data in members:
+        copy = info.replace(name="./" + info.name.removeprefix("jovyan").lstrip("/"))
+        if copy.islnk():
+            copy.linkname = "./" + info.linkname.removeprefix("jovyan/")
+        renamed.append((copy, data))
+    return tar_of(*renamed)
+
+
+def test_a_one_host_backup_restores_as_the_same_home() -> None:
+    assert [under_top(name) for name in (".", "./", "./a/b", "jovyan/c", "x")] == [
+        "jovyan", "jovyan", "jovyan/a/b", "jovyan/c", "x",
+    ]  # fmt: skip
+    fake = FakeNode({VOLUME: OLD_HOME})
+    written = restore_home("alice", node_engine(fake), io.BytesIO(one_host(*HOME)), say=str)
+    assert written == manifest_of(io.BytesIO(tar_of(*HOME)))
+    assert manifest_of(io.BytesIO(fake.homes[VOLUME])) == written
+    # Only a restore renames: a node's proxy and a move still take `jovyan/` members only.
+    with pytest.raises(BadHomeArchive, match=r"member '\.' is not inside jovyan/"):
+        manifest_of(io.BytesIO(one_host(HOME[0], HOME[1])))
+    with pytest.raises(MoveRefused, match=r"'jovyan/\.\./x' is not inside jovyan/"):
+        restore_home("alice", node_engine(fake), io.BytesIO(tar_of(*one_host_escape())), True, str)
+
+
+def one_host_escape() -> tuple[tuple[Any, bytes], ...]:
+    return ((member(".", tarfile.DIRTYPE, 0o755), b""), (member("./../x"), b"out\n"))

@@ -269,5 +269,5 @@ def test_a_named_server_started_during_the_copy_stops_the_switch(
     orm.User.find(session, "alice").orm_spawners["train"].server = orm.Server()
     session.commit()
     with pytest.raises(MoveFailed, match="started during the copy"):
-        switch_home(path, plan)
+        switch_home(path, plan.user, HomeRow(plan.spawner_id, False, plan.state), plan.target)
     assert read_home(path, "alice") == HomeRow(plan.spawner_id, True, {HOME_NODE_STATE: "nodeA"})
