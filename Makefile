@@ -127,6 +127,9 @@ up: preflight env swarm-manager stack-owner certs $(if $(filter no,$(BUILD)),,bu
 	@$(if $(SWARM),scripts/swarm-manager.sh node-proxies $(NODE_PROXIES) \
 	  $(call node_image,$(HUB_IMAGE)) '$(call env_value,NODE_DOCKER_SOCKET)' \
 	  '$(call env_value,DOCKER_NETWORK)' $(call node_image,$(HUB_IMAGE)))
+	@$(if $(and $(SWARM),$(MONITORING_PROFILE)),scripts/swarm-manager.sh metrics-proxies \
+	  $(METRICS_PROXIES) $(call node_image,$(HUB_IMAGE)) '$(call env_value,NODE_DOCKER_SOCKET)' \
+	  '$(call env_value,DOCKER_NETWORK)')
 	@$(COMPOSE) up -d --wait || { $(COMPOSE) logs --no-color --tail=40 hub >&2; \
 	  echo "make up: a service did not become healthy; the hub's last lines are above" \
 	       "(make logs SERVICE=hub for more)" >&2; exit 1; }
@@ -135,6 +138,9 @@ up: preflight env swarm-manager stack-owner certs $(if $(filter no,$(BUILD)),,bu
 # ENGINE=swarm: the nodes' Docker proxies, a global service and its network of this name
 # (compose/swarm.yml spells it too, for the hub).
 NODE_PROXIES = '$(call env_value,DOCKER_NETWORK)-node-proxy'
+# ENGINE=swarm, MONITORING=true: the nodes' read-only Docker proxies for the per-user
+# metrics, likewise (compose/swarm.yml spells it for the exporter).
+METRICS_PROXIES = '$(call env_value,DOCKER_NETWORK)-metrics-proxy'
 
 # ENGINE=swarm: the egress proxy's rules (labhub.egress) from the settings and the Swarm,
 # written where compose/swarm.yml mounts them; `make up` writes them again each time.
@@ -174,6 +180,7 @@ else
 	@# The overlay network make up made, once the users' tasks have left it.
 	@scripts/swarm-manager.sh remove-network '$(call env_value,DOCKER_NETWORK)'
 	@scripts/swarm-manager.sh remove-node-proxies $(NODE_PROXIES)
+	@scripts/swarm-manager.sh remove-node-proxies $(METRICS_PROXIES)
 endif
 
 # ENGINE=swarm: labhub move-home in the hub's container, which finds every node's proxy.

@@ -10,7 +10,10 @@
 #                                                  bridge networks (its own addresses on them)
 #   scripts/swarm-manager.sh node-proxies NAME IMAGE SOCKET NETWORK ALLOWED_IMAGES
 #                                                  a Docker proxy on every node (PROXY_POLICY=node)
-#   scripts/swarm-manager.sh remove-node-proxies NAME
+#   scripts/swarm-manager.sh metrics-proxies NAME IMAGE SOCKET NETWORK
+#                                                  a read-only one on every node, for the
+#                                                  per-user metrics (PROXY_POLICY=node-metrics)
+#   scripts/swarm-manager.sh remove-node-proxies NAME   either kind
 #
 # The engine is Docker's usual one: DOCKER_HOST if set, else the local socket.
 set -euo pipefail
@@ -80,12 +83,15 @@ never() {
 
 # A global service of labhub's Docker proxy in front of each node's engine (SOCKET, a Swarm
 # mount template such as /run/engines/{{.Node.ID}}.sock where nodes share one filesystem),
-# for home moves (labhub.homemove). Its own internal overlay network NAME, which only the
-# hub's container joins (compose/swarm.yml): no published port, no routing mesh, no way
-# from a user's network. Made anew at each make up, so it runs this version's image. Its
-# health check is the proxy's /_ping, not the hub image's (a Swarm task runs once healthy).
+# for home moves (labhub.homemove, POLICY node), or MONITORING=true's read-only one for the
+# per-user metrics (labhub.containermetrics, POLICY node-metrics). Its own internal overlay
+# network NAME, which only the hub's container (or the exporter's) joins (compose/swarm.yml):
+# no published port, no routing mesh, no way from a user's network. Made anew at each make
+# up, so it runs this version's image. Its health check is the proxy's /_ping, not the hub
+# image's (a Swarm task runs once healthy).
 node_proxies() {
-  local name="$1" image="$2" sock="$3" lab_network="$4" allowed="$5" attempt replicas
+  local name="$1" image="$2" sock="$3" lab_network="$4" policy="$5" attempt replicas
+  shift 5  # the rest: the policy's own --env arguments
   docker service rm "$name" >/dev/null 2>&1 || true
   if ! docker network inspect "$name" >/dev/null 2>&1; then
     docker network create --driver overlay --attachable --internal \
@@ -95,8 +101,7 @@ node_proxies() {
     --network "$name" --endpoint-mode dnsrr --no-resolve-image \
     --read-only --user root --label labhub.node-proxies=true \
     --mount "type=bind,source=${sock},target=/var/run/docker.sock" \
-    --env PROXY_POLICY=node --env DOCKER_NETWORK="$lab_network" \
-    --env ALLOWED_IMAGES="$allowed" \
+    --env PROXY_POLICY="$policy" --env DOCKER_NETWORK="$lab_network" "$@" \
     --health-cmd "curl -fsS -o /dev/null http://127.0.0.1:2375/_ping" \
     --health-interval 10s --health-timeout 5s --health-retries 3 --health-start-period 5s \
     "$image" python -m labhub.dockerproxy >/dev/null
@@ -138,8 +143,11 @@ case "${1:-}" in
   remove-network) remove_network "${2:?usage: $0 remove-network NAME}" ;;
   node-proxies)
     [[ $# == 6 ]] || { echo "usage: $0 node-proxies NAME IMAGE SOCKET NETWORK ALLOWED_IMAGES" >&2; exit 2; }
-    node_proxies "$2" "$3" "$4" "$5" "$6" ;;
+    node_proxies "$2" "$3" "$4" "$5" node --env ALLOWED_IMAGES="$6" ;;
+  metrics-proxies)
+    [[ $# == 5 ]] || { echo "usage: $0 metrics-proxies NAME IMAGE SOCKET NETWORK" >&2; exit 2; }
+    node_proxies "$2" "$3" "$4" "$5" node-metrics ;;
   remove-node-proxies) remove_node_proxies "${2:?usage: $0 remove-node-proxies NAME}" ;;
   *) echo "usage: $0 check | network NAME | remove-network NAME | node-proxies ..." \
-          "| remove-node-proxies NAME | never" >&2; exit 2 ;;
+          "| metrics-proxies ... | remove-node-proxies NAME | never" >&2; exit 2 ;;
 esac

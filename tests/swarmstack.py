@@ -31,9 +31,12 @@ HUB_IMAGE = f"labhub/hub:{VERSION}"
 PROXY_IMAGE = f"labhub/proxy:{VERSION}"
 EGRESS_IMAGE = f"labhub/egress:{VERSION}"
 WORKSPACE_IMAGE = f"labhub/workspace:{VERSION}"
+PROMETHEUS_IMAGE = f"labhub/prometheus:{VERSION}"
 PREFIX = container_prefix(STACK)
 # The nodes' Docker proxies' global service, as `make up` names it (the Makefile's NODE_PROXIES).
 NODE_PROXIES = f"{STACK}-node-proxy"
+# MONITORING=true: the nodes' read-only metrics proxies (the Makefile's METRICS_PROXIES).
+METRICS_PROXIES = f"{STACK}-metrics-proxy"
 
 
 def swarm_env(

@@ -5,8 +5,10 @@ manager's engine with DOCKER_HOST, checks the engine is a manager, makes the lab
 network and starts nginx, CHP, the hub (LabSwarmSpawner) and the Docker proxy
 (PROXY_POLICY=swarm) there. Students sign up and log in through nginx over TLS from this
 host; each server is a Swarm service whose task runs on a node placement chose, reached
-through CHP over the overlay. `make down` removes it all but the users' files. An engine
-that is not a manager is refused with what to run.
+through CHP over the overlay. With MONITORING=true, Prometheus on the manager's loopback
+has each node's servers' CPU and memory, read through that node's metrics proxy, which
+users cannot reach. `make down` removes it all but the users' files. An engine that is not
+a manager is refused with what to run.
 
 The cluster and `make up` on it: tests/swarmstack.py.
 """
@@ -18,14 +20,19 @@ import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from labhub.contract import volume_name_for
 from stacks import STACK
-from swarm import run
-from swarmlab import running_container, wait_for_running_task
+from swarm import Node, run
+from swarmlab import CONNECT, running_container, wait_for_running_task
 from swarmstack import (
+    EGRESS_IMAGE,
+    METRICS_PROXIES,
     PREFIX,
+    PROMETHEUS_IMAGE,
+    PROXY_IMAGE,
     WORKSPACE_IMAGE,
     SwarmStack,
     make,
@@ -37,6 +44,7 @@ from test_compose import rendered
 from testsupport.dockerproxy import free_port
 from testsupport.hubclient import token_session
 from testsupport.images import REPO
+from testsupport.waiting import wait_until
 
 # Two engines with the 2.4 GB workspace image loaded take minutes before make up starts.
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
@@ -44,7 +52,12 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
 
 @pytest.fixture(scope="module")
 def swarm_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SwarmStack]:
-    with swarm_stack_up(tmp_path_factory.mktemp("swarm-stack")) as running:
+    # MONITORING=true: Prometheus and the exporter on the manager, a metrics proxy on each node.
+    with swarm_stack_up(
+        tmp_path_factory.mktemp("swarm-stack"),
+        extra={"MONITORING": "true"},
+        manager_images=(PROXY_IMAGE, EGRESS_IMAGE, PROMETHEUS_IMAGE),
+    ) as running:
         yield running
 
 
@@ -66,6 +79,23 @@ def test_swarm_override_keeps_the_proxy_in_front_and_drops_the_single_host_guard
     assert set(chp["networks"]) == {"labhub", "frontend"}  # type: ignore[arg-type]
     assert proxy["environment"]["PROXY_POLICY"] == "swarm"  # type: ignore[index]
     assert not any("docker.sock" in str(v) for v in hub.get("volumes", []))  # type: ignore[attr-defined]
+
+
+def test_swarm_monitoring_reads_each_nodes_metrics_proxy_not_the_single_host_one(
+    tmp_path: Path,
+) -> None:
+    """MONITORING=true as `make up` renders it on a Swarm: the exporter reads the tasks of
+    the nodes' metrics proxies on their network (the Makefile's METRICS_PROXIES), and the
+    single-host proxy on the manager's socket is not started."""
+    services = rendered(tmp_path, "docker-compose.yml", "swarm.yml", profiles="monitoring")
+    assert {"prometheus", "container-metrics"} <= set(services)
+    assert "metrics-docker-proxy" not in services
+    exporter = services["container-metrics"]
+    env = exporter["environment"]
+    assert env["DOCKER_HOST"] == "tcp://tasks.labhub-metrics-proxy:2375"  # type: ignore[index]
+    assert set(exporter["networks"]) == {"metrics", "metrics-proxies"}  # type: ignore[arg-type]
+    assert not exporter.get("depends_on")
+    assert not any("docker.sock" in str(v) for v in exporter.get("volumes", []))  # type: ignore[attr-defined]
 
 
 def test_make_up_with_engine_swarm_on_an_engine_not_in_a_swarm_says_docker_swarm_init(
@@ -146,6 +176,92 @@ def test_make_up_on_a_swarm_serves_tls_logins_and_spawns_each_server_as_a_servic
     for user in users:
         clients[user].stop_server(user)
         assert not manager.docker("service", "ls", "--quiet", "--filter", f"name={PREFIX}-{user}")
+
+
+def prometheus_query(swarm_stack: SwarmStack, expr: str) -> list[dict[str, Any]]:
+    """An instant query to the stack's Prometheus, on the manager's loopback (PROMETHEUS_PORT,
+    the default), from inside the manager's network namespace."""
+    manager = swarm_stack.manager
+    answer = run(
+        "nsenter", f"--net=/run/netns/{manager.name}", "curl", "--silent", "--fail", "--get",
+        "--data-urlencode", f"query={expr}", "http://127.0.0.1:9090/api/v1/query",
+    )  # fmt: skip
+    result: list[dict[str, Any]] = json.loads(answer)["data"]["result"]
+    return result
+
+
+# The HTTP status a GET of argv[1] gets (urllib raises on 4xx: its code then).
+STATUS_OF = (
+    "import sys, urllib.request, urllib.error\n"
+    "try: print(urllib.request.urlopen(sys.argv[1], timeout=10).status)\n"
+    "except urllib.error.HTTPError as error: print(error.code)"
+)
+
+
+def metrics_proxy_address(node: Node) -> str:
+    """The address of `node`'s metrics proxy task on their network (the node's engine lists
+    its own endpoints on an overlay: the task's container is `<service>.<node>.<task>`)."""
+    network = json.loads(node.docker("network", "inspect", METRICS_PROXIES))[0]
+    [address] = [
+        endpoint["IPv4Address"].split("/")[0]
+        for endpoint in network["Containers"].values()
+        if endpoint["Name"].startswith(f"{METRICS_PROXIES}.")
+    ]
+    return str(address)
+
+
+def test_monitoring_on_a_swarm_measures_each_nodes_servers_through_its_own_proxy(
+    swarm_stack: SwarmStack,
+) -> None:
+    """Two students' servers, one on each node: Prometheus on the manager has each one's
+    CPU time and memory, labelled with the node the engine ran it on (so the worker's came
+    through the worker's metrics proxy), and the hub's own metrics. A student's server
+    cannot reach the metrics proxies: not by their tasks' name, not at their addresses; the
+    exporter reaches them but reads no more than its metrics."""
+    stack, swarm = swarm_stack.stack, swarm_stack.swarm
+    users = ("swann", "swbob")
+    nodes, clients = {}, {}
+    for user in users:
+        client = clients[user] = stack.client()
+        assert client.login(user, stack.ensure_account(user), follow=False).status_code == 302
+        client.start_server(user, timeout=600)
+        nodes[user] = wait_for_running_task(swarm, f"{PREFIX}-{user}")
+    assert set(nodes.values()) == {node.node_id for node in swarm.nodes}
+    [on_worker] = [user for user in users if nodes[user] == swarm.workers[0].node_id]
+
+    def measured() -> set[tuple[str, str, str]]:
+        series = [
+            sample["metric"]
+            for metric in ("labhub_container_cpu_seconds_total", "labhub_container_memory_bytes")
+            for sample in prometheus_query(swarm_stack, f"{metric} > 0")
+        ]
+        return {(s["__name__"], s.get("user", ""), s.get("node", "")) for s in series}
+
+    wanted = {
+        (metric, user, nodes[user])
+        for metric in ("labhub_container_cpu_seconds_total", "labhub_container_memory_bytes")
+        for user in users
+    }
+    wait_until(lambda: wanted <= measured(), 150, "both servers' CPU and memory in Prometheus")
+    assert prometheus_query(swarm_stack, 'up{job="jupyterhub"} == 1')
+    assert prometheus_query(swarm_stack, "labhub_container_proxies_failed == 0")
+    # The attack: from the worker's student's server, the metrics proxies' tasks (one on
+    # each node, on their own internal overlay network) by name and by address.
+    worker = swarm.workers[0]
+    container = running_container(worker, f"{PREFIX}-{on_worker}")
+    proxies = {node.node_id: metrics_proxy_address(node) for node in swarm.nodes}
+    for host in (f"tasks.{METRICS_PROXIES}", METRICS_PROXIES, *proxies.values()):
+        tried = worker.docker("exec", container, "perl", "-e", CONNECT, host, "2375")
+        assert tried.startswith("failed"), (host, tried)
+    # The exporter, which does reach them, gets no more than the metrics reads: the worker's
+    # proxy refuses an unfiltered list of its containers.
+    unfiltered = swarm_stack.manager.docker(
+        "exec", f"{STACK}-container-metrics-1", "python", "-c", STATUS_OF,
+        f"http://{proxies[worker.node_id]}:2375/containers/json",
+    )  # fmt: skip
+    assert unfiltered.strip() == "403", unfiltered
+    for user in users:
+        clients[user].stop_server(user)
 
 
 def test_a_home_from_before_swarm_mode_is_kept_on_its_node_at_the_first_spawn(

@@ -16,6 +16,14 @@ as the engine's disk usage (`GET /system/df`) counts it, which the proxy reads f
 engine at most once every DISK_USAGE_EVERY seconds and cuts down to the stack's user
 volumes.
 
+In Swarm mode the users' servers are task containers on every node: DOCKER_HOST names the
+tasks of a global service of such proxies, one in front of each node's engine
+(`tcp://tasks.<service>:2375`, PROXY_POLICY=node-metrics, on an overlay network users are
+not on), and each scrape reads every task `tasks.<service>` resolves to then
+(`labhub.swarmtasks`), each node's users' task containers and volumes, all at once. Each
+series then has the node's ID (`node`, empty on one host); a node whose proxy does not
+list its containers is left out and counted in `labhub_container_proxies_failed`.
+
 Run: labhub-container-metrics (DOCKER_HOST, DOCKER_NETWORK, LISTEN_PORT from the environment).
 """
 
@@ -39,6 +47,7 @@ from . import diskquota
 from .contract import OWNER_LABEL, SERVER_LABEL, volume_name_for
 from .dockerpolicy import metrics_list_filters
 from .gpu.metrics import Snapshot
+from .swarmtasks import task_addresses
 
 log = logging.getLogger("labhub.containermetrics")
 
@@ -46,6 +55,10 @@ log = logging.getLogger("labhub.containermetrics")
 SCRAPE_BUDGET = 8.0
 # Stats calls in flight at once: the engine and the proxy are shared with the hub.
 PARALLEL = 16
+# The label the Swarm agent gives each task's container: its node's ID.
+SWARM_NODE_LABEL = "com.docker.swarm.node.id"
+# DOCKER_HOST's host in Swarm mode: the tasks of the nodes' metrics proxies' service.
+_TASKS = "tasks."
 
 
 @dataclass(frozen=True)
@@ -57,6 +70,7 @@ class Usage:
     cpu_seconds: float
     memory_bytes: int
     memory_limit_bytes: int
+    node: str = ""
 
 
 def usage_of(labels: Mapping[str, str], stats: Mapping[str, Any]) -> Usage | None:
@@ -76,14 +90,19 @@ def usage_of(labels: Mapping[str, str], stats: Mapping[str, Any]) -> Usage | Non
         cpu_seconds=cpu["total_usage"] / 1e9,
         memory_bytes=used,
         memory_limit_bytes=memory.get("limit", 0),
+        node=labels.get(SWARM_NODE_LABEL, ""),
     )
 
 
 def families(
-    samples: Iterable[Usage], failed: int, homes: Mapping[str, diskquota.Usage]
+    samples: Iterable[Usage],
+    failed: int,
+    homes: Mapping[str, diskquota.Usage],
+    proxies_failed: int = 0,
 ) -> list[Metric]:
-    """The metric families of one scrape; ``homes``: each user's home, by user."""
-    labels = ["user", "server"]
+    """The metric families of one scrape; ``homes``: each user's home, by user;
+    ``proxies_failed``: the nodes' proxies that did not list their containers (Swarm)."""
+    labels = ["user", "server", "node"]
     cpu = CounterMetricFamily(
         "labhub_container_cpu_seconds",
         "CPU time a user's server has used since it started (rate(): cores in use)",
@@ -97,8 +116,8 @@ def families(
     limit = GaugeMetricFamily(
         "labhub_container_memory_limit_bytes", "A user's server's memory limit", labels=labels
     )
-    for sample in sorted(samples, key=lambda s: (s.user, s.server)):
-        names = [sample.user, sample.server]
+    for sample in sorted(samples, key=lambda s: (s.user, s.server, s.node)):
+        names = [sample.user, sample.server, sample.node]
         cpu.add_metric(names, sample.cpu_seconds)
         memory.add_metric(names, sample.memory_bytes)
         limit.add_metric(names, sample.memory_limit_bytes)
@@ -107,6 +126,11 @@ def families(
         f"User containers whose stats did not come within {SCRAPE_BUDGET} s this scrape",
     )
     missed.add_metric([], failed)
+    unlisted = GaugeMetricFamily(
+        "labhub_container_proxies_failed",
+        "Swarm nodes whose metrics proxy did not list its user containers this scrape",
+    )
+    unlisted.add_metric([], proxies_failed)
     home_used = GaugeMetricFamily(
         "labhub_home_used_bytes",
         "Bytes in a user's home (its btrfs qgroup with QUOTA_ROOT, else the engine's "
@@ -120,44 +144,69 @@ def families(
         home_used.add_metric([user], home.used)
         if home.limit:
             home_limit.add_metric([user], home.limit)
-    return [cpu, memory, limit, missed, home_used, home_limit]
+    return [cpu, memory, limit, missed, unlisted, home_used, home_limit]
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One scrape's reading of every proxy: the samples, the containers that missed the
+    budget, each running user's home, and the proxies that did not list their containers."""
+
+    samples: list[Usage]
+    failed: int
+    homes: dict[str, diskquota.Usage]
+    proxies_failed: int = 0
 
 
 class Engine:
-    """The two reads the exporter makes, through its Docker socket proxy."""
+    """The exporter's reads, through its Docker socket proxy (DOCKER_HOST=tcp://HOST:PORT),
+    or in Swarm mode through each node's (DOCKER_HOST=tcp://tasks.<service>:PORT)."""
 
     def __init__(
         self, docker_host: str, network: str, usage_socket: str = diskquota.USAGE_SOCKET
     ) -> None:
-        if not docker_host.startswith("tcp://"):
+        host, _, port = docker_host.removeprefix("tcp://").rpartition(":")
+        if not docker_host.startswith("tcp://") or not host or not port.isdigit():
             raise SystemExit(
                 f"labhub-container-metrics: DOCKER_HOST={docker_host!r}: give the metrics "
-                "Docker proxy as tcp://HOST:PORT"
+                "Docker proxy as tcp://HOST:PORT (Swarm mode: tcp://tasks.<service>:PORT)"
             )
-        self.base = "http://" + docker_host.removeprefix("tcp://")
+        self.host, self.port = host, int(port)
         self.network = network
+        self.swarm = host.startswith(_TASKS)
         self.usage_socket = usage_socket
         self.http = httpclient.AsyncHTTPClient(force_instance=True, max_clients=PARALLEL)
 
-    async def _get(self, path: str) -> Any:
-        response = await self.http.fetch(self.base + path, request_timeout=SCRAPE_BUDGET)
+    async def proxies(self) -> list[str]:
+        """The proxies to read this scrape: the one, or every node's task of the service
+        (socket.gaierror, an OSError, when none resolves)."""
+        if not self.swarm:
+            return [f"http://{self.host}:{self.port}"]
+        service = self.host.removeprefix(_TASKS)
+        addresses = await asyncio.to_thread(task_addresses, service, self.port)
+        return [f"http://{address}:{self.port}" for address in addresses]
+
+    async def _get(self, proxy: str, path: str) -> Any:
+        response = await self.http.fetch(proxy + path, request_timeout=SCRAPE_BUDGET)
         return json.loads(response.body)
 
-    async def user_containers(self) -> list[dict[str, Any]]:
-        filters = json.dumps(metrics_list_filters(self.network))
+    async def user_containers(self, proxy: str) -> list[dict[str, Any]]:
+        filters = json.dumps(metrics_list_filters(self.network, self.swarm))
         found: list[dict[str, Any]] = await self._get(
-            "/containers/json?" + urlencode({"filters": filters})
+            proxy, "/containers/json?" + urlencode({"filters": filters})
         )
         return found
 
-    async def usage(self, container: Mapping[str, Any]) -> Usage | None:
-        stats = await self._get(f"/containers/{container['Id']}/stats?stream=false&one-shot=true")
+    async def usage(self, proxy: str, container: Mapping[str, Any]) -> Usage | None:
+        stats = await self._get(
+            proxy, f"/containers/{container['Id']}/stats?stream=false&one-shot=true"
+        )
         return usage_of(container.get("Labels") or {}, stats)
 
-    async def scrape(self) -> tuple[list[Usage], int]:
+    async def scrape(self, proxy: str) -> tuple[list[Usage], int]:
         """Every running user container's usage, and how many did not answer in time."""
-        containers = await self.user_containers()
-        tasks = [asyncio.ensure_future(self.usage(container)) for container in containers]
+        containers = await self.user_containers(proxy)
+        tasks = [asyncio.ensure_future(self.usage(proxy, container)) for container in containers]
         if not tasks:
             return [], 0
         done, pending = await asyncio.wait(tasks, timeout=SCRAPE_BUDGET)
@@ -172,7 +221,7 @@ class Engine:
                 samples.append(sample)
         return samples, failed
 
-    async def homes(self) -> dict[str, diskquota.Usage]:
+    async def homes(self, proxy: str) -> dict[str, diskquota.Usage]:
         """Every home's usage by volume name: from the diskquota service with quotas (its
         socket exists), else the volumes' sizes from the engine's disk usage; none when
         it does not answer within the budget."""
@@ -181,7 +230,7 @@ class Engine:
                 return await asyncio.wait_for(
                     diskquota.read_usage(self.usage_socket), SCRAPE_BUDGET
                 )
-            sizes: dict[str, int] = (await self._get("/system/df"))["Volumes"]
+            sizes: dict[str, int] = (await self._get(proxy, "/system/df"))["Volumes"]
             return {volume: diskquota.Usage(used=size, limit=0) for volume, size in sizes.items()}
         except (diskquota.DiskQuotaError, TimeoutError, httpclient.HTTPError, OSError) as error:
             log.warning("homes' usage not read: %s", error)
@@ -194,6 +243,32 @@ class Engine:
         volumes = {sample.user: volume_name_for(sample.user, self.network) for sample in samples}
         return {user: homes[volume] for user, volume in volumes.items() if volume in homes}
 
+    async def read_one(self, proxy: str) -> Reading:
+        """One proxy's containers and, for their users, the homes on its engine."""
+        (samples, failed), homes = await asyncio.gather(self.scrape(proxy), self.homes(proxy))
+        return Reading(samples, failed, self.users_homes(samples, homes))
+
+    async def read(self) -> Reading:
+        """Every proxy's reading at once; raises the error of the first when none lists."""
+        proxies = await self.proxies()
+        found = await asyncio.gather(
+            *(self.read_one(proxy) for proxy in proxies), return_exceptions=True
+        )
+        readings = [reading for reading in found if isinstance(reading, Reading)]
+        errors = [error for error in found if not isinstance(error, Reading)]
+        for error in errors:
+            if not isinstance(error, (httpclient.HTTPError, OSError)):
+                raise error
+            log.warning("a metrics proxy did not list its containers: %s", error)
+        if errors and not readings:
+            raise errors[0]
+        return Reading(
+            samples=[sample for reading in readings for sample in reading.samples],
+            failed=sum(reading.failed for reading in readings),
+            homes={user: home for reading in readings for user, home in reading.homes.items()},
+            proxies_failed=len(errors),
+        )
+
 
 class MetricsHandler(web.RequestHandler):
     """GET /metrics: Prometheus text, read at the engine now."""
@@ -201,13 +276,17 @@ class MetricsHandler(web.RequestHandler):
     async def get(self) -> None:
         engine: Engine = self.settings["engine"]
         try:
-            (samples, failed), homes = await asyncio.gather(engine.scrape(), engine.homes())
+            reading = await engine.read()
         except (httpclient.HTTPError, OSError) as error:
             raise web.HTTPError(
                 502, f"the Docker proxy did not list user containers: {error}"
             ) from error
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(Snapshot(families(samples, failed, engine.users_homes(samples, homes))))
+        registry.register(
+            Snapshot(
+                families(reading.samples, reading.failed, reading.homes, reading.proxies_failed)
+            )
+        )
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.finish(generate_latest(registry))
 

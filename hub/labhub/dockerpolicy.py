@@ -14,7 +14,9 @@ Three policies, one per client of the proxy:
 * `MetricsPolicy` (`labhub.containermetrics`, MONITORING=true): list the stack's user
   containers, read one sample of a user container's resource use, and the sizes of the
   stack's user volumes (`GET /system/df`, answered by the relay from a cached call and
-  cut down to those volumes by `user_volume_sizes`), nothing else.
+  cut down to those volumes by `user_volume_sizes`), nothing else; in Swarm mode
+  (PROXY_POLICY=node-metrics, in front of each node's engine) the same reads of the
+  users' task containers on that node.
 
 `check_request` / `check_frontend_request` / `check_metrics_request` return an
 `Allowed`: the request-target rebuilt from what was checked (route and known query
@@ -119,9 +121,12 @@ class FrontendPolicy:
 @dataclass(frozen=True)
 class MetricsPolicy:
     """What the container-metrics exporter may read: the list of its stack's user
-    containers (on `network`) and each one's stats, one sample at a time."""
+    containers (on `network`) and each one's stats, one sample at a time. With `swarm`,
+    in front of a Swarm node's engine: its users' task containers, each on its owner's
+    own network (`labhub.contract.user_network_name`)."""
 
     network: str
+    swarm: bool = False
 
 
 # --- Request targets ------------------------------------------------------------------
@@ -318,7 +323,7 @@ def check_metrics_request(policy: MetricsPolicy, method: str, target: str, body:
     if m := _route(r"/(?:_ping|version)", path):
         return Allowed(path + _query(params, {}), m["version"] or "")
     if m := _route(r"/containers/json", path):
-        wanted = metrics_list_filters(policy.network)
+        wanted = metrics_list_filters(policy.network, policy.swarm)
         given = params.get("filters", "")
         if set(params) != {"filters"} or not _filters(given) or json.loads(given) != wanted:
             raise Refused(f"the exporter lists its stack's user containers only: filters={wanted}")
@@ -332,6 +337,7 @@ def check_metrics_request(policy: MetricsPolicy, method: str, target: str, body:
             path + _query(params, queries),
             m["version"] or "",
             m["id"],
+            owned_kind="task" if policy.swarm else "container",
             owner_network=policy.network,
         )
     if m := _route(r"/system/df", path):
@@ -360,8 +366,17 @@ def user_volume_sizes(disk_usage: Mapping[str, Any], network: str) -> dict[str, 
     return sizes
 
 
-def metrics_list_filters(network: str) -> dict[str, list[str]]:
-    """The one container list the exporter makes: user containers on the stack's network."""
+# The label the Swarm agent gives each task's container: the service's name.
+SWARM_SERVICE_LABEL = "com.docker.swarm.service.name"
+
+
+def metrics_list_filters(network: str, swarm: bool = False) -> dict[str, list[str]]:
+    """The one container list the exporter makes: user containers on the stack's network;
+    in Swarm mode (each on its owner's network) the users' task containers, named for the
+    stack's user services (the name filter is the engine's regular expression)."""
+    if swarm:
+        prefix = "^/" + re.escape(container_name_prefix(network))
+        return {"label": [OWNER_LABEL, SWARM_SERVICE_LABEL], "name": [prefix]}
     return {"label": [OWNER_LABEL], "network": [network]}
 
 
@@ -730,8 +745,9 @@ def check_owner(
     name: str, status: int, inspected: bytes, *, kind: str = "container", network: str = ""
 ) -> None:
     """Refuse unless the inspected container (or service) carries the owner label and,
-    with `network`, is on that network (404s pass through). A container's labels are under
-    Config, a service's under Spec, a network's at the top."""
+    with `network`, is on that network, or for a Swarm "task" container on its owner's own
+    network of that stack (404s pass through). A container's labels are under Config, a
+    service's under Spec, a network's at the top."""
     if status == 404:
         return  # the engine answers the real request with its own 404
     try:
@@ -743,6 +759,8 @@ def check_owner(
         raise Refused(f"cannot read the labels of {kind} {name!r}") from error
     if not labels.get(OWNER_LABEL):
         raise Refused(f"{kind} {name!r} is not a labhub user {kind}")
+    if kind == "task":
+        network = user_network_name(str(labels[OWNER_LABEL]), network)
     if network and network not in networks:
         raise Refused(f"{kind} {name!r} is not a user {kind} of this stack ({network})")
 

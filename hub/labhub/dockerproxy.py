@@ -452,10 +452,13 @@ def policy_from_env(env: dict[str, str]) -> Check:
     (the hub in front of a Swarm manager: ALLOWED_IMAGES, DOCKER_NETWORK, with REGISTRY their
     IMAGE_DIGESTS, HOME_NFS), node (in front of
     each Swarm node's engine, for home moves: ALLOWED_IMAGES, DOCKER_NETWORK), frontend
-    (NGINX_PROXY_CONTAINER) or metrics (DOCKER_NETWORK): which client this proxy serves."""
+    (NGINX_PROXY_CONTAINER), metrics (DOCKER_NETWORK) or node-metrics (the same, in front
+    of each Swarm node's engine): which client this proxy serves."""
     kind = env.get("PROXY_POLICY", "hub")
-    if kind == "metrics":
-        readable = MetricsPolicy(network=env.get("DOCKER_NETWORK", "labhub"))
+    if kind in ("metrics", "node-metrics"):
+        readable = MetricsPolicy(
+            network=env.get("DOCKER_NETWORK", "labhub"), swarm=kind == "node-metrics"
+        )
         return lambda method, target, body: check_metrics_request(readable, method, target, body)
     if kind == "frontend":
         nginx = env.get("NGINX_PROXY_CONTAINER", "")
@@ -468,7 +471,8 @@ def policy_from_env(env: dict[str, str]) -> Check:
         return lambda method, target, body: check_frontend_request(frontend, method, target, body)
     if kind not in ("hub", "swarm", "node"):
         raise SystemExit(
-            f"dockerproxy: PROXY_POLICY={kind!r}: use hub, swarm, node, frontend or metrics"
+            f"dockerproxy: PROXY_POLICY={kind!r}: use hub, swarm, node, frontend, metrics "
+            "or node-metrics"
         )
     if kind != "swarm" and env.get("HOME_NFS"):
         raise SystemExit(

@@ -47,6 +47,7 @@ from .hometar import (
 )
 from .swarmplacement import SwarmNode, nodes_from_api
 from .swarmspawner import HOME_NODE_STATE
+from .swarmtasks import task_addresses
 
 # Docker API version of the nodes' engines (Engine 20.10); fixed, so no version probe.
 API_VERSION = "1.41"
@@ -236,14 +237,14 @@ def find_node_proxies(service: str, port: int = NODE_PROXY_PORT) -> dict[str, st
     global service, at the addresses `tasks.<service>` resolves to (dnsrr). A task that does
     not answer is left out: its node is then refused by name (plan_move)."""
     try:
-        found = socket.getaddrinfo(f"tasks.{service}", port, socket.AF_INET, socket.SOCK_STREAM)
+        addresses = task_addresses(service, port)
     except socket.gaierror as error:
         raise MoveRefused(
             f"no node proxy found at tasks.{service} ({error}): `make up` deploys them "
             "(docker service ps " + service + " on the manager)"
         ) from error
     proxies = {}
-    for address in sorted({str(entry[4][0]) for entry in found}):
+    for address in addresses:
         url = f"tcp://{address}:{port}"
         with suppress(APIError, OSError, DockerException):
             info = docker.APIClient(base_url=url, version=API_VERSION, timeout=10).info()

@@ -827,8 +827,8 @@ SECTIONS: tuple[Section, ...] = (
                 "docker",
                 choice(ENGINE_CHOICES),
                 "docker: everything on this one Docker host. swarm: `make up` on a Swarm "
-                "manager, each user's server a Swarm service on a node; without GPUs, "
-                "QUOTA_ROOT and MONITORING yet (docs/scale-out.md).",
+                "manager, each user's server a Swarm service on a node; without GPUs and "
+                "QUOTA_ROOT yet (docs/scale-out.md).",
                 "engine",
             ),
             Setting(
@@ -1598,9 +1598,6 @@ def _check_engine(values: Mapping[str, Any], problems: list[str]) -> None:
     missing = {
         "QUOTA_ROOT": values.get("quota_root")
         and "disk quotas on the nodes' homes (leave QUOTA_ROOT empty)",
-        "MONITORING": values.get("monitoring")
-        and "the users' servers' metrics: the exporter reads one engine, the servers run on "
-        "every node (set MONITORING=false)",
     }
     for name, what in missing.items():
         if what:

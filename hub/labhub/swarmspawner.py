@@ -63,6 +63,7 @@ from traitlets import Float, List, Unicode
 from .contract import (
     CONTAINER_USER,
     OWNER_LABEL,
+    SERVER_LABEL,
     nfs_home_options,
     user_network_name,
     volume_name_for,
@@ -115,6 +116,9 @@ class ServerService:
     home_options: Mapping[str, str] = field(default_factory=dict)
     """The home volume's `local` driver options (`labhub.contract.nfs_home_options` with
     HOME_NFS); empty: a plain volume on the node."""
+    server: str = ""
+    """The server's name, "" for the user's default server: labelled on its task's
+    container, as LabSpawner labels its container, for the per-user metrics."""
 
 
 def service_spec(server: ServerService) -> dict[str, Any]:
@@ -125,7 +129,7 @@ def service_spec(server: ServerService) -> dict[str, Any]:
         args=server.args,
         env=server.env,
         user=CONTAINER_USER,
-        labels=labels,
+        labels={**labels, SERVER_LABEL: server.server},
         mounts=[
             # A named volume on the node: the local driver with no options, or with
             # HOME_NFS exactly the NFS options the Docker proxy allows (never a host path).
@@ -295,6 +299,7 @@ class LabSwarmSpawner(LabServerMixin, SwarmSpawner):  # type: ignore[misc]
                     gpu_labels=self.service_gpu_labels(),
                     datasets=binds_for(self.datasets, [g.name for g in self.user.groups]),
                     home_options=nfs_home_options(self.home_nfs, volume) if self.home_nfs else {},
+                    server=self.name,
                 )
             )
             service: dict[str, Any] = await self.docker("create_service", **spec)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from labhub import containermetrics, diskquota
-from labhub.containermetrics import Engine, Usage, families, usage_of
+from labhub.containermetrics import SWARM_NODE_LABEL, Engine, Usage, families, usage_of
 from labhub.contract import OWNER_LABEL, SERVER_LABEL, volume_name_for
 from prometheus_client.parser import text_string_to_metric_families
 from tornado import web
@@ -48,17 +48,22 @@ def test_a_stopped_container_has_no_sample() -> None:
     assert usage_of(LABELS, {"cpu_stats": {"cpu_usage": {}}, "memory_stats": {}}) is None
 
 
-def test_a_scrape_is_labelled_by_user_and_server() -> None:
+def test_a_scrape_is_labelled_by_user_server_and_node() -> None:
+    """On one host the node is empty (Prometheus stores no empty label)."""
     made = families(
-        [Usage("bo", "gpu", 1.0, 5, 9), Usage("ada", "", 2.0, 7, 9)],
+        [Usage("bo", "gpu", 1.0, 5, 9, node="n2"), Usage("ada", "", 2.0, 7, 9)],
         failed=1,
         homes={"ada": diskquota.Usage(used=3, limit=40), "bo": diskquota.Usage(used=4, limit=0)},
+        proxies_failed=2,
     )
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in made for s in f.samples}
-    assert samples[("labhub_container_cpu_seconds_total", (("server", ""), ("user", "ada")))] == 2
-    assert samples[("labhub_container_memory_bytes", (("server", "gpu"), ("user", "bo")))] == 5
-    assert samples[("labhub_container_memory_limit_bytes", (("server", ""), ("user", "ada")))] == 9
+    ada = (("node", ""), ("server", ""), ("user", "ada"))
+    bo = (("node", "n2"), ("server", "gpu"), ("user", "bo"))
+    assert samples[("labhub_container_cpu_seconds_total", ada)] == 2
+    assert samples[("labhub_container_memory_bytes", bo)] == 5
+    assert samples[("labhub_container_memory_limit_bytes", ada)] == 9
     assert samples[("labhub_container_stats_failed", ())] == 1
+    assert samples[("labhub_container_proxies_failed", ())] == 2
     assert samples[("labhub_home_used_bytes", (("user", "bo"),))] == 4
     assert samples[("labhub_home_limit_bytes", (("user", "ada"),))] == 40
     # No quota, no limit series (rather than a limit of 0 bytes).
@@ -172,3 +177,86 @@ def test_without_quotas_a_running_users_home_is_its_volumes_size(tmp_path: Any) 
     }
     homes = {key: value for key, value in got.items() if key[0].startswith("labhub_home")}
     assert homes == {("labhub_home_used_bytes", "ada"): 42 << 20}
+
+
+class NodeProxy(web.RequestHandler):
+    """One Swarm node's metrics proxy: its task containers (the Swarm agent's node label on
+    each), their stats and its volumes' sizes; `down` answers 500 to the list."""
+
+    def initialize(self, node: str, users: list[str], home_size: int) -> None:
+        self.node, self.users, self.home_size = node, users, home_size
+
+    def get(self, what: str) -> None:
+        if self.node == "down":
+            raise web.HTTPError(500)
+        if what == "containers/json":
+            assert "com.docker.swarm.service.name" in self.get_query_argument("filters")
+            labels = {SERVER_LABEL: "", SWARM_NODE_LABEL: self.node}
+            listed = [{"Id": u, "Labels": {OWNER_LABEL: u, **labels}} for u in self.users]
+            self.finish(json.dumps(listed))
+        elif what == "system/df":
+            # Both nodes hold a home for ada (an old copy on n2): the size read is n1's.
+            self.finish(json.dumps({"Volumes": {volume_name_for("ada", "lab"): self.home_size}}))
+        else:
+            self.finish(json.dumps(stats(10 << 20, {}, cpu_ns=10**9)))
+
+
+def test_in_swarm_mode_each_scrape_reads_every_nodes_proxy(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """DOCKER_HOST=tcp://tasks.<service>:PORT: every address that name resolves to at the
+    scrape is a node's proxy; each series names its node, a home is sized on the node of
+    its user's server, and a proxy that does not list is counted, the others reported."""
+    nodes = {
+        "127.0.0.1": ("n1", ["ada"], 42),
+        "127.0.0.2": ("n2", ["bo"], 7),
+        "127.0.0.3": ("down", [], 0),
+    }
+    asked: list[tuple[str, int]] = []
+
+    def resolved(service: str, port: int) -> list[str]:
+        asked.append((service, port))
+        return list(nodes)
+
+    monkeypatch.setattr(containermetrics, "task_addresses", resolved)
+
+    async def scenario(port: int) -> str:
+        servers = []
+        for address, (node, users, size) in nodes.items():
+            handler = (r"/(.+)", NodeProxy, {"node": node, "users": users, "home_size": size})
+            server = HTTPServer(web.Application([handler]))
+            server.listen(port, address)
+            servers.append(server)
+        engine = Engine(f"tcp://tasks.lab-metrics-proxy:{port}", "lab", str(tmp_path / "no.sock"))
+        exporter_socket, exporter_port = bind_unused_port()
+        exporter = HTTPServer(containermetrics.make_app(engine))
+        exporter.add_sockets([exporter_socket])
+        client = AsyncHTTPClient(force_instance=True)
+        try:
+            response = await client.fetch(f"http://127.0.0.1:{exporter_port}/metrics")
+            return response.body.decode()
+        finally:
+            client.close()
+            exporter.stop()
+            for server in servers:
+                server.stop()
+
+    probe, port = bind_unused_port()
+    probe.close()
+    got = {
+        (s.name, s.labels.get("user"), s.labels.get("node")): s.value
+        for f in text_string_to_metric_families(asyncio.run(scenario(port)))
+        for s in f.samples
+    }
+    assert asked == [("lab-metrics-proxy", port)]
+    assert got[("labhub_container_memory_bytes", "ada", "n1")] == 10 << 20
+    assert got[("labhub_container_memory_bytes", "bo", "n2")] == 10 << 20
+    assert got[("labhub_container_proxies_failed", None, None)] == 1
+    homes = {key: value for key, value in got.items() if key[0] == "labhub_home_used_bytes"}
+    assert homes == {("labhub_home_used_bytes", "ada", None): 42}
+
+
+def test_docker_host_must_name_a_tcp_proxy() -> None:
+    for wrong in ("unix:///var/run/docker.sock", "tcp://tasks.x", "tcp://:2375"):
+        with pytest.raises(SystemExit, match=r"tcp://tasks\.<service>:PORT"):
+            Engine(wrong, "lab")

@@ -24,6 +24,7 @@ from labhub.contract import (
     OWNER_LABEL,
     USER_LOG_CONFIG,
     container_name_prefix,
+    user_network_name,
     volume_prefix,
 )
 from labhub.dockerpolicy import (
@@ -826,6 +827,75 @@ def test_the_exporter_can_read_nothing_else(method: str, target: str, reason: st
         check_metrics_request(METRICS, method, target, b"")
 
 
+# Swarm mode: the same reads through each node's proxy (PROXY_POLICY=node-metrics).
+NODE_METRICS = MetricsPolicy(network="labhub", swarm=True)
+
+
+def _task_list(name: str) -> str:
+    """A list of task containers named by the engine's regular expression `name`."""
+    return _user_list(label=[OWNER_LABEL, "com.docker.swarm.service.name"], name=[name])
+
+
+TASK_LIST = _task_list(r"^/labhub\-user\-")
+
+
+def test_a_node_proxy_lists_the_stacks_task_containers_and_owner_checks_their_stats() -> None:
+    assert check_metrics_request(NODE_METRICS, "GET", TASK_LIST, b"").target == TASK_LIST
+    stats = check_metrics_request(NODE_METRICS, "GET", "/containers/c1/stats?stream=0", b"")
+    owned = (stats.owned_container, stats.owned_kind, stats.owner_network)
+    assert owned == ("c1", "task", "labhub")
+    node_proxy = policy_from_env({"PROXY_POLICY": "node-metrics", "DOCKER_NETWORK": "lab"})
+    assert node_proxy("GET", _task_list(r"^/lab\-user\-"), b"")
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        USER_LIST,  # one host's list: no task container is on the lab's network
+        _user_list(label=[OWNER_LABEL, "com.docker.swarm.service.name"]),
+        _task_list("^/"),
+        _task_list(r"^/lab2\-user\-"),
+    ],
+    ids=["one-host-list", "no-name", "any-name", "other-stack"],
+)
+def test_a_node_proxy_lists_nothing_but_the_stacks_task_containers(target: str) -> None:
+    with pytest.raises(Refused, match="user containers only"):
+        check_metrics_request(NODE_METRICS, "GET", target, b"")
+    # And the one-host proxy refuses the Swarm list.
+    with pytest.raises(Refused, match="user containers only"):
+        check_metrics_request(METRICS, "GET", TASK_LIST, b"")
+
+
+def _task(owner: str | None, *networks: str) -> bytes:
+    labels = {OWNER_LABEL: owner} if owner is not None else {}
+    attached = {network: {} for network in networks}
+    return json.dumps(
+        {"Config": {"Labels": labels}, "NetworkSettings": {"Networks": attached}}
+    ).encode()
+
+
+_NAMES = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=30)
+
+
+@given(owner=_NAMES, other=_NAMES)
+def test_a_task_container_is_read_only_on_its_owners_own_network(owner: str, other: str) -> None:
+    """The stats of a task container are read only when it carries an owner label and is
+    on that owner's own network of this stack: never on another user's, another stack's,
+    or only the lab's (the hub's or CHP's connections carry no owner label)."""
+    own, others = user_network_name(owner, "labhub"), user_network_name(other, "labhub")
+    assume(own != others)  # names are lower-cased, as JupyterHub's are
+    check_owner("c1", 200, _task(owner, own), kind="task", network="labhub")
+    for inspected in (
+        _task(owner, others),
+        _task(owner, user_network_name(owner, "lab2")),
+        _task(owner, "labhub"),
+        _task(None, own),
+        _task("", user_network_name("", "labhub")),
+    ):
+        with pytest.raises(Refused, match=r"not a labhub user task|not a user task of this stack"):
+            check_owner("c1", 200, inspected, kind="task", network="labhub")
+
+
 @pytest.mark.parametrize("target", ["/v1.41/system/df", "/system/df"])
 def test_the_exporter_reads_disk_usage_cut_to_its_stacks_volumes(target: str) -> None:
     allowed = check_metrics_request(METRICS, "GET", target, b"")
@@ -911,7 +981,7 @@ def test_the_metrics_instance_gets_the_stacks_network() -> None:
     ("env", "message"),
     [
         ({}, "ALLOWED_IMAGES is empty"),
-        ({"PROXY_POLICY": "readonly"}, "use hub, swarm, node, frontend or metrics"),
+        ({"PROXY_POLICY": "readonly"}, "use hub, swarm, node, frontend, metrics or node-metrics"),
         ({"PROXY_POLICY": "frontend"}, "NGINX_PROXY_CONTAINER is empty"),
     ],
 )

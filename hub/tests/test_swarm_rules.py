@@ -21,6 +21,7 @@ from jupyterhub.objects import Hub, Server
 from labhub.contract import (
     CONTAINER_USER,
     OWNER_LABEL,
+    SERVER_LABEL,
     container_name_prefix,
     user_network_name,
     volume_prefix,
@@ -162,7 +163,9 @@ def test_what_labswarmspawner_sends_passes_and_is_forwarded_as_checked(
     # LabSpawner's hardening and limits, in the service API's terms.
     spec = sent_body["TaskTemplate"]["ContainerSpec"]
     assert spec["User"] == CONTAINER_USER and spec["CapabilityDrop"] == ["ALL"]
-    assert spec["Labels"] == sent_body["Labels"] == {OWNER_LABEL: "alice"}
+    assert sent_body["Labels"] == {OWNER_LABEL: "alice"}
+    # The task's container also names its server (the per-user metrics read it there).
+    assert spec["Labels"] == {OWNER_LABEL: "alice", SERVER_LABEL: ""}
     assert spec["Init"] is False
     volume, shm = spec["Mounts"]
     assert volume == {

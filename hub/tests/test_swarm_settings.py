@@ -29,7 +29,6 @@ def test_an_unknown_engine_is_refused_with_the_choices() -> None:
 
 SWARM_GAPS = [
     ("QUOTA_ROOT", "/srv/homes", "disk quotas"),
-    ("MONITORING", "true", "metrics"),
 ]
 
 
@@ -42,3 +41,9 @@ def test_a_feature_swarm_mode_lacks_is_refused_by_name(name: str, value: str, wh
         Settings.from_env({**env, "ENGINE": "swarm"})
     [problem] = [p for p in refused.value.problems if p.startswith(name)]
     assert re.match(rf"{name} is not available with ENGINE=swarm yet: .*{what}", problem)
+
+
+def test_monitoring_is_accepted_in_swarm_mode() -> None:
+    """Each node's read-only metrics proxy serves the exporter (docs/monitoring.md)."""
+    env = {**SWARM_ENV, "ENGINE": "swarm", "MONITORING": "true", "PROMETHEUS_API_TOKEN": "p" * 64}
+    assert Settings.from_env(env).engine == "swarm"  # no problem raised
