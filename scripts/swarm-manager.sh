@@ -85,7 +85,7 @@ never() {
 # from a user's network. Made anew at each make up, so it runs this version's image. Its
 # health check is the proxy's /_ping, not the hub image's (a Swarm task runs once healthy).
 node_proxies() {
-  local name="$1" image="$2" sock="$3" lab_network="$4" allowed="$5" attempt replicas
+  local name="$1" image="$2" sock="$3" lab_network="$4" allowed="$5"
   docker service rm "$name" >/dev/null 2>&1 || true
   if ! docker network inspect "$name" >/dev/null 2>&1; then
     docker network create --driver overlay --attachable --internal \
@@ -100,25 +100,32 @@ node_proxies() {
     --health-cmd "curl -fsS -o /dev/null http://127.0.0.1:2375/_ping" \
     --health-interval 10s --health-timeout 5s --health-retries 3 --health-start-period 5s \
     "$image" python -m labhub.dockerproxy >/dev/null
-  # A global service runs one task per node: wait until each node's runs.
+  wait_global "$name" "a Docker proxy" \
+    "Is the image ${image} on every node, and the socket ${sock} (NODE_DOCKER_SOCKET) there?"
+}
+
+# A global service runs one task per node: wait until each node's runs, else say which
+# failed where, and what to check (HINT).
+wait_global() {
+  local name="$1" what="$2" hint="$3" attempt replicas
   for attempt in $(seq 60); do
     replicas="$(docker service ls --filter "name=${name}" --format '{{.Name}} {{.Replicas}}' \
       | awk -v name="$name" '$1 == name {print $2}')"
     if [[ "$replicas" =~ ^([0-9]+)/([0-9]+)$ && "${BASH_REMATCH[1]}" == "${BASH_REMATCH[2]}" \
           && "${BASH_REMATCH[2]}" != 0 ]]; then
-      echo "a Docker proxy runs on each of the ${BASH_REMATCH[2]} nodes (${name})"
+      echo "${what} runs on each of the ${BASH_REMATCH[2]} nodes (${name})"
       return 0
     fi
     [[ "$attempt" == 60 ]] || sleep 2
   done
-  echo "make up: the nodes' Docker proxies (${name}) do not all run after 120 s (${replicas:-none})." >&2
+  echo "make up: ${what} (${name}) does not run on every node after 120 s (${replicas:-none})." >&2
   docker service ps --no-trunc --format '  node {{.Node}}: {{.CurrentState}} {{.Error}}' "$name" >&2
-  echo "  Is the image ${image} on every node, and the socket ${sock}" \
-       "(NODE_DOCKER_SOCKET) there? (docker service ps --no-trunc ${name})" >&2
+  echo "  ${hint} (docker service ps --no-trunc ${name})" >&2
   exit 1
 }
 
-remove_node_proxies() {
+# A global service and its own network of the same name (the node proxies').
+remove_global() {
   local name="$1" attempt
   docker service rm "$name" >/dev/null 2>&1 || true
   remove_network "$name"
@@ -139,7 +146,7 @@ case "${1:-}" in
   node-proxies)
     [[ $# == 6 ]] || { echo "usage: $0 node-proxies NAME IMAGE SOCKET NETWORK ALLOWED_IMAGES" >&2; exit 2; }
     node_proxies "$2" "$3" "$4" "$5" "$6" ;;
-  remove-node-proxies) remove_node_proxies "${2:?usage: $0 remove-node-proxies NAME}" ;;
+  remove-node-proxies) remove_global "${2:?usage: $0 remove-node-proxies NAME}" ;;
   *) echo "usage: $0 check | network NAME | remove-network NAME | node-proxies ..." \
           "| remove-node-proxies NAME | never" >&2; exit 2 ;;
 esac
