@@ -11,6 +11,9 @@
 #   scripts/swarm-manager.sh node-proxies NAME IMAGE SOCKET NETWORK ALLOWED_IMAGES
 #                                                  a Docker proxy on every node (PROXY_POLICY=node)
 #   scripts/swarm-manager.sh remove-node-proxies NAME
+#   scripts/swarm-manager.sh diskquota NETWORK IMAGE QUOTA_ROOT DISK_QUOTA_MAX
+#                                                  the diskquota service on every node (QUOTA_ROOT)
+#   scripts/swarm-manager.sh remove-diskquota NETWORK
 #
 # The engine is Docker's usual one: DOCKER_HOST if set, else the local socket.
 set -euo pipefail
@@ -84,6 +87,8 @@ never() {
 # hub's container joins (compose/swarm.yml): no published port, no routing mesh, no way
 # from a user's network. Made anew at each make up, so it runs this version's image. Its
 # health check is the proxy's /_ping, not the hub image's (a Swarm task runs once healthy).
+# With QUOTA_ROOT it relays a home's quota to its node's diskquota service (below), whose
+# socket's volume it mounts (an empty volume without QUOTA_ROOT).
 node_proxies() {
   local name="$1" image="$2" sock="$3" lab_network="$4" allowed="$5"
   docker service rm "$name" >/dev/null 2>&1 || true
@@ -95,6 +100,7 @@ node_proxies() {
     --network "$name" --endpoint-mode dnsrr --no-resolve-image \
     --read-only --user root --label labhub.node-proxies=true \
     --mount "type=bind,source=${sock},target=/var/run/docker.sock" \
+    --mount "type=volume,source=$(diskquota_socket "$lab_network"),target=/run/labhub-diskquota" \
     --env PROXY_POLICY=node --env DOCKER_NETWORK="$lab_network" \
     --env ALLOWED_IMAGES="$allowed" \
     --health-cmd "curl -fsS -o /dev/null http://127.0.0.1:2375/_ping" \
@@ -124,7 +130,44 @@ wait_global() {
   exit 1
 }
 
-# A global service and its own network of the same name (the node proxies').
+# The Unix socket's volume between a node's diskquota service and that node's Docker proxy
+# alone (a local volume of this name on each node), named after the lab's network.
+diskquota_socket() {
+  echo "$1-diskquota-node-socket"
+}
+
+# QUOTA_ROOT (docs/admin-guide.md#disk-quotas): labhub's diskquota service on every node,
+# a global service NETWORK-diskquota making each home's btrfs subvolume there with its
+# limit. Root with CAP_SYS_ADMIN and CHOWN only, read-only, no secret, no Docker socket,
+# QUOTA_ROOT (the same path on every node) and its socket's volume only (its usage socket
+# is in a tmpfs: no one reads it on a Swarm yet). A Swarm task cannot have no network: it
+# gets an internal overlay network of its own that nothing else joins (not attachable),
+# and listens on none. The hub reaches it through the node's Docker proxy
+# (labhub.dockerproxy), which relays the checked request to that socket.
+diskquota() {
+  local lab_network="$1" image="$2" root="$3" most="$4" name="$1-diskquota"
+  docker service rm "$name" >/dev/null 2>&1 || true
+  if ! docker network inspect "$name" >/dev/null 2>&1; then
+    docker network create --driver overlay --internal --label labhub.diskquota=true \
+      "$name" >/dev/null
+  fi
+  docker service create --detach --quiet --name "$name" --mode global \
+    --network "$name" --endpoint-mode dnsrr --no-resolve-image \
+    --read-only --user root --cap-drop ALL --cap-add SYS_ADMIN --cap-add CHOWN \
+    --label labhub.diskquota=true \
+    --mount "type=bind,source=${root},target=${root}" \
+    --mount "type=volume,source=$(diskquota_socket "$lab_network"),target=/run/labhub-diskquota" \
+    --mount "type=tmpfs,target=/run/labhub-diskquota-usage" \
+    --env QUOTA_ROOT="$root" --env DISK_QUOTA_MAX="$most" \
+    --health-cmd "[ -S /run/labhub-diskquota/diskquota.sock ]" \
+    --health-interval 10s --health-timeout 5s --health-retries 3 --health-start-period 10s \
+    "$image" labhub-diskquota run >/dev/null
+  wait_global "$name" "labhub's diskquota service" \
+    "Is ${root} (QUOTA_ROOT) on btrfs with quotas on, on every node?"
+}
+
+
+# A global service and its own network of the same name (the node proxies', diskquota's).
 remove_global() {
   local name="$1" attempt
   docker service rm "$name" >/dev/null 2>&1 || true
@@ -147,6 +190,11 @@ case "${1:-}" in
     [[ $# == 6 ]] || { echo "usage: $0 node-proxies NAME IMAGE SOCKET NETWORK ALLOWED_IMAGES" >&2; exit 2; }
     node_proxies "$2" "$3" "$4" "$5" "$6" ;;
   remove-node-proxies) remove_global "${2:?usage: $0 remove-node-proxies NAME}" ;;
+  diskquota)
+    [[ $# == 5 ]] || { echo "usage: $0 diskquota NETWORK IMAGE QUOTA_ROOT DISK_QUOTA_MAX" >&2; exit 2; }
+    diskquota "$2" "$3" "$4" "$5" ;;
+  remove-diskquota) remove_global "${2:?usage: $0 remove-diskquota NETWORK}-diskquota" ;;
   *) echo "usage: $0 check | network NAME | remove-network NAME | node-proxies ..." \
-          "| remove-node-proxies NAME | never" >&2; exit 2 ;;
+          "| remove-node-proxies NAME | diskquota ... | remove-diskquota NETWORK | never" >&2
+     exit 2 ;;
 esac

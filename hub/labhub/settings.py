@@ -827,8 +827,8 @@ SECTIONS: tuple[Section, ...] = (
                 "docker",
                 choice(ENGINE_CHOICES),
                 "docker: everything on this one Docker host. swarm: `make up` on a Swarm "
-                "manager, each user's server a Swarm service on a node; without GPUs, "
-                "QUOTA_ROOT and MONITORING yet (docs/scale-out.md).",
+                "manager, each user's server a Swarm service on a node; without GPUs "
+                "and MONITORING yet (docs/scale-out.md).",
                 "engine",
             ),
             Setting(
@@ -1595,9 +1595,13 @@ def _check_engine(values: Mapping[str, Any], problems: list[str]) -> None:
                 "on that host (leave HOME_NFS empty, or set ENGINE=swarm)"
             )
         return
+    if values.get("quota_root") and values.get("home_nfs"):
+        problems.append(
+            "QUOTA_ROOT and HOME_NFS are both set: with HOME_NFS the homes are folders on the "
+            "NFS server, where the nodes' btrfs quotas cannot reach (limit them on the server); "
+            "leave one empty"
+        )
     missing = {
-        "QUOTA_ROOT": values.get("quota_root")
-        and "disk quotas on the nodes' homes (leave QUOTA_ROOT empty)",
         "MONITORING": values.get("monitoring")
         and "the users' servers' metrics: the exporter reads one engine, the servers run on "
         "every node (set MONITORING=false)",

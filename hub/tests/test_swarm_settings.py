@@ -28,7 +28,6 @@ def test_an_unknown_engine_is_refused_with_the_choices() -> None:
 
 
 SWARM_GAPS = [
-    ("QUOTA_ROOT", "/srv/homes", "disk quotas"),
     ("MONITORING", "true", "metrics"),
 ]
 
