@@ -123,6 +123,11 @@ up: preflight env swarm-manager stack-owner certs $(if $(filter no,$(BUILD)),,bu
 	  { echo "make up: fix the settings above in $(ENV_FILE), then run make up again" >&2; exit 2; }
 	@$(if $(SWARM),scripts/swarm-manager.sh network '$(call env_value,DOCKER_NETWORK)')
 	@$(if $(SWARM),$(MAKE) --no-print-directory egress-conf)
+	@# QUOTA_ROOT: the diskquota service on every node, which the node proxies relay to.
+	@$(if $(SWARM),scripts/swarm-manager.sh $(if $(call env_value,QUOTA_ROOT),diskquota \
+	  '$(call env_value,DOCKER_NETWORK)' $(call node_image,$(HUB_IMAGE)) \
+	  '$(call env_value,QUOTA_ROOT)' '$(call env_value,DISK_QUOTA_MAX)',remove-diskquota \
+	  '$(call env_value,DOCKER_NETWORK)'))
 	@# The node proxies run the hub image and allow copy helpers of it only (Settings.copy_helper_image).
 	@$(if $(SWARM),scripts/swarm-manager.sh node-proxies $(NODE_PROXIES) \
 	  $(call node_image,$(HUB_IMAGE)) '$(call env_value,NODE_DOCKER_SOCKET)' \
@@ -181,6 +186,7 @@ else
 	@scripts/swarm-manager.sh remove-network '$(call env_value,DOCKER_NETWORK)'
 	@scripts/swarm-manager.sh remove-node-proxies $(NODE_PROXIES)
 	@scripts/swarm-manager.sh remove-node-proxies $(METRICS_PROXIES)
+	@scripts/swarm-manager.sh remove-diskquota '$(call env_value,DOCKER_NETWORK)'
 endif
 
 # ENGINE=swarm: labhub move-home in the hub's container, which finds every node's proxy.

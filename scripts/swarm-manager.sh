@@ -14,6 +14,9 @@
 #                                                  a read-only one on every node, for the
 #                                                  per-user metrics (PROXY_POLICY=node-metrics)
 #   scripts/swarm-manager.sh remove-node-proxies NAME   either kind
+#   scripts/swarm-manager.sh diskquota NETWORK IMAGE QUOTA_ROOT DISK_QUOTA_MAX
+#                                                  the diskquota service on every node (QUOTA_ROOT)
+#   scripts/swarm-manager.sh remove-diskquota NETWORK
 #
 # The engine is Docker's usual one: DOCKER_HOST if set, else the local socket.
 set -euo pipefail
@@ -88,10 +91,12 @@ never() {
 # network NAME, which only the hub's container (or the exporter's) joins (compose/swarm.yml):
 # no published port, no routing mesh, no way from a user's network. Made anew at each make
 # up, so it runs this version's image. Its health check is the proxy's /_ping, not the hub
-# image's (a Swarm task runs once healthy).
+# image's (a Swarm task runs once healthy). With QUOTA_ROOT the home moves' one relays a
+# home's quota to its node's diskquota service (below), whose socket's volume it mounts (an
+# empty volume without QUOTA_ROOT): one of the policy's own arguments.
 node_proxies() {
-  local name="$1" image="$2" sock="$3" lab_network="$4" policy="$5" attempt replicas
-  shift 5  # the rest: the policy's own --env arguments
+  local name="$1" image="$2" sock="$3" lab_network="$4" policy="$5"
+  shift 5  # the rest: the policy's own --env and --mount arguments
   docker service rm "$name" >/dev/null 2>&1 || true
   if ! docker network inspect "$name" >/dev/null 2>&1; then
     docker network create --driver overlay --attachable --internal \
@@ -105,25 +110,69 @@ node_proxies() {
     --health-cmd "curl -fsS -o /dev/null http://127.0.0.1:2375/_ping" \
     --health-interval 10s --health-timeout 5s --health-retries 3 --health-start-period 5s \
     "$image" python -m labhub.dockerproxy >/dev/null
-  # A global service runs one task per node: wait until each node's runs.
+  wait_global "$name" "a Docker proxy" \
+    "Is the image ${image} on every node, and the socket ${sock} (NODE_DOCKER_SOCKET) there?"
+}
+
+# A global service runs one task per node: wait until each node's runs, else say which
+# failed where, and what to check (HINT).
+wait_global() {
+  local name="$1" what="$2" hint="$3" attempt replicas
   for attempt in $(seq 60); do
     replicas="$(docker service ls --filter "name=${name}" --format '{{.Name}} {{.Replicas}}' \
       | awk -v name="$name" '$1 == name {print $2}')"
     if [[ "$replicas" =~ ^([0-9]+)/([0-9]+)$ && "${BASH_REMATCH[1]}" == "${BASH_REMATCH[2]}" \
           && "${BASH_REMATCH[2]}" != 0 ]]; then
-      echo "a Docker proxy runs on each of the ${BASH_REMATCH[2]} nodes (${name})"
+      echo "${what} runs on each of the ${BASH_REMATCH[2]} nodes (${name})"
       return 0
     fi
     [[ "$attempt" == 60 ]] || sleep 2
   done
-  echo "make up: the nodes' Docker proxies (${name}) do not all run after 120 s (${replicas:-none})." >&2
+  echo "make up: ${what} (${name}) does not run on every node after 120 s (${replicas:-none})." >&2
   docker service ps --no-trunc --format '  node {{.Node}}: {{.CurrentState}} {{.Error}}' "$name" >&2
-  echo "  Is the image ${image} on every node, and the socket ${sock}" \
-       "(NODE_DOCKER_SOCKET) there? (docker service ps --no-trunc ${name})" >&2
+  echo "  ${hint} (docker service ps --no-trunc ${name})" >&2
   exit 1
 }
 
-remove_node_proxies() {
+# The Unix socket's volume between a node's diskquota service and that node's Docker proxy
+# alone (a local volume of this name on each node), named after the lab's network.
+diskquota_socket() {
+  echo "$1-diskquota-node-socket"
+}
+
+# QUOTA_ROOT (docs/admin-guide.md#disk-quotas): labhub's diskquota service on every node,
+# a global service NETWORK-diskquota making each home's btrfs subvolume there with its
+# limit. Root with CAP_SYS_ADMIN and CHOWN only, read-only, no secret, no Docker socket,
+# QUOTA_ROOT (the same path on every node) and its socket's volume only (its usage socket
+# is in a tmpfs: no one reads it on a Swarm yet). A Swarm task cannot have no network: it
+# gets an internal overlay network of its own that nothing else joins (not attachable),
+# and listens on none. The hub reaches it through the node's Docker proxy
+# (labhub.dockerproxy), which relays the checked request to that socket.
+diskquota() {
+  local lab_network="$1" image="$2" root="$3" most="$4" name="$1-diskquota"
+  docker service rm "$name" >/dev/null 2>&1 || true
+  if ! docker network inspect "$name" >/dev/null 2>&1; then
+    docker network create --driver overlay --internal --label labhub.diskquota=true \
+      "$name" >/dev/null
+  fi
+  docker service create --detach --quiet --name "$name" --mode global \
+    --network "$name" --endpoint-mode dnsrr --no-resolve-image \
+    --read-only --user root --cap-drop ALL --cap-add SYS_ADMIN --cap-add CHOWN \
+    --label labhub.diskquota=true \
+    --mount "type=bind,source=${root},target=${root}" \
+    --mount "type=volume,source=$(diskquota_socket "$lab_network"),target=/run/labhub-diskquota" \
+    --mount "type=tmpfs,target=/run/labhub-diskquota-usage" \
+    --env QUOTA_ROOT="$root" --env DISK_QUOTA_MAX="$most" \
+    --health-cmd "[ -S /run/labhub-diskquota/diskquota.sock ]" \
+    --health-interval 10s --health-timeout 5s --health-retries 3 --health-start-period 10s \
+    "$image" labhub-diskquota run >/dev/null
+  wait_global "$name" "labhub's diskquota service" \
+    "Is ${root} (QUOTA_ROOT) on btrfs with quotas on, on every node?"
+}
+
+
+# A global service and its own network of the same name (the node proxies', diskquota's).
+remove_global() {
   local name="$1" attempt
   docker service rm "$name" >/dev/null 2>&1 || true
   remove_network "$name"
@@ -143,11 +192,17 @@ case "${1:-}" in
   remove-network) remove_network "${2:?usage: $0 remove-network NAME}" ;;
   node-proxies)
     [[ $# == 6 ]] || { echo "usage: $0 node-proxies NAME IMAGE SOCKET NETWORK ALLOWED_IMAGES" >&2; exit 2; }
-    node_proxies "$2" "$3" "$4" "$5" node --env ALLOWED_IMAGES="$6" ;;
+    node_proxies "$2" "$3" "$4" "$5" node --env ALLOWED_IMAGES="$6" \
+      --mount "type=volume,source=$(diskquota_socket "$5"),target=/run/labhub-diskquota" ;;
   metrics-proxies)
     [[ $# == 5 ]] || { echo "usage: $0 metrics-proxies NAME IMAGE SOCKET NETWORK" >&2; exit 2; }
     node_proxies "$2" "$3" "$4" "$5" node-metrics ;;
-  remove-node-proxies) remove_node_proxies "${2:?usage: $0 remove-node-proxies NAME}" ;;
+  remove-node-proxies) remove_global "${2:?usage: $0 remove-node-proxies NAME}" ;;
+  diskquota)
+    [[ $# == 5 ]] || { echo "usage: $0 diskquota NETWORK IMAGE QUOTA_ROOT DISK_QUOTA_MAX" >&2; exit 2; }
+    diskquota "$2" "$3" "$4" "$5" ;;
+  remove-diskquota) remove_global "${2:?usage: $0 remove-diskquota NETWORK}-diskquota" ;;
   *) echo "usage: $0 check | network NAME | remove-network NAME | node-proxies ..." \
-          "| metrics-proxies ... | remove-node-proxies NAME | never" >&2; exit 2 ;;
+          "| metrics-proxies ... | remove-node-proxies NAME | diskquota ... | remove-diskquota NETWORK | never" >&2
+     exit 2 ;;
 esac

@@ -7,8 +7,10 @@ network and starts nginx, CHP, the hub (LabSwarmSpawner) and the Docker proxy
 host; each server is a Swarm service whose task runs on a node placement chose, reached
 through CHP over the overlay. With MONITORING=true, Prometheus on the manager's loopback
 has each node's servers' CPU and memory, read through that node's metrics proxy, which
-users cannot reach. `make down` removes it all but the users' files. An engine that is not
-a manager is refused with what to run.
+users cannot reach. With QUOTA_ROOT (a `make up` again, on a btrfs every node sees), a
+student's server on the worker writing past its disk quota gets "Disk quota exceeded".
+`make down` removes it all but the users' files. An engine that is not a manager is
+refused with what to run.
 
 The cluster and `make up` on it: tests/swarmstack.py.
 """
@@ -23,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from labhub.contract import volume_name_for
+from labhub.contract import quota_home_options, volume_name_for
+from loopfs import btrfs_with_quotas
 from stacks import STACK
 from swarm import Node, run
 from swarmlab import CONNECT, running_container, wait_for_running_task
@@ -51,7 +54,16 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
 
 
 @pytest.fixture(scope="module")
-def swarm_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SwarmStack]:
+def quota_root() -> Iterator[Path]:
+    """A btrfs with quotas on, at one path every test node sees (the nodes are engines in
+    network namespaces of this host, sharing its filesystem): QUOTA_ROOT for the quota test,
+    kept until the stack is down."""
+    with btrfs_with_quotas() as root:
+        yield root
+
+
+@pytest.fixture(scope="module")
+def swarm_stack(tmp_path_factory: pytest.TempPathFactory, quota_root: Path) -> Iterator[SwarmStack]:
     # MONITORING=true: Prometheus and the exporter on the manager, a metrics proxy on each node.
     with swarm_stack_up(
         tmp_path_factory.mktemp("swarm-stack"),
@@ -294,6 +306,48 @@ def test_a_home_from_before_swarm_mode_is_kept_on_its_node_at_the_first_spawn(
         assert not manager.docker("service", "ls", "--quiet", "--filter", f"name={PREFIX}-{name}")
 
 
+def test_with_quota_root_a_server_on_the_worker_gets_disk_quota_exceeded_past_its_limit(
+    swarm_stack: SwarmStack, quota_root: Path
+) -> None:
+    """QUOTA_ROOT on a Swarm (the settings refused it before): `make up` again with it runs
+    the diskquota service on every node; each new user's home is a subvolume with the
+    DISK_QUOTA limit on its node, and the server on the worker, writing past it in its
+    container, gets "Disk quota exceeded". Later tests keep the stack as it is now."""
+    stack, manager, env = swarm_stack.stack, swarm_stack.manager, swarm_stack.env_file
+    env.write_text(env.read_text() + f"QUOTA_ROOT={quota_root}\nDISK_QUOTA=40M\n")
+    up = make("up", env, swarm_stack.docker_host, "BUILD=no", *swarm_stack.make_args)
+    assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+    assert f"diskquota service runs on each of the 2 nodes ({STACK}-diskquota)" in up.stdout
+    # Two first spawns at once-empty nodes: one on each, so one on the worker.
+    users, clients, nodes = ("swquota1", "swquota2"), {}, {}
+    for user in users:
+        client = clients[user] = stack.client()
+        assert client.login(user, stack.ensure_account(user), follow=False).status_code == 302
+        client.start_server(user, timeout=600)
+        nodes[user] = wait_for_running_task(swarm_stack.swarm, f"{PREFIX}-{user}")
+    [user] = [u for u in users if nodes[u] != manager.node_id]
+    worker, volume = swarm_stack.node(nodes[user]), volume_name_for(user, STACK)
+    container = running_container(worker, f"{PREFIX}-{user}")
+    # The worker's engine bound the home onto its subvolume under QUOTA_ROOT.
+    mounts = json.loads(worker.docker("inspect", "--format", "{{json .Mounts}}", container))
+    [home] = [m for m in mounts if m["Destination"] == "/home/jovyan"]
+    assert home["Name"] == volume
+    options = worker.docker("volume", "inspect", "--format", "{{json .Options}}", volume)
+    assert json.loads(options) == quota_home_options(str(quota_root), volume)
+    write = subprocess.run(
+        ["docker", "-H", f"unix://{worker.socket}", "exec", container, "sh", "-c",
+         "dd if=/dev/zero of=/home/jovyan/big bs=1M count=60 2>&1"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert write.returncode != 0 and "Disk quota exceeded" in write.stdout, write.stdout
+    # The limit the kernel enforced is DISK_QUOTA's, on that user's subvolume.
+    qgroups = run("btrfs", "qgroup", "show", "--raw", "-re", str(quota_root))
+    assert str(40 * 2**20) in qgroups, qgroups
+    for name in users:
+        clients[name].stop_server(name)
+        assert not manager.docker("service", "ls", "--quiet", "--filter", f"name={PREFIX}-{name}")
+
+
 def test_make_up_refuses_a_swarm_worker_naming_the_manager(swarm_stack: SwarmStack) -> None:
     worker = swarm_stack.swarm.workers[0]
     up = make("up", swarm_stack.env_file, f"unix://{worker.socket}", "BUILD=no")
@@ -317,6 +371,7 @@ def test_make_down_removes_the_platform_and_the_overlay_but_keeps_the_homes(
     assert not manager.docker("service", "ls", "--quiet")
     networks = manager.docker("network", "ls", "--format", "{{.Name}}").split()
     assert STACK not in networks
+    assert f"{STACK}-diskquota" not in networks  # the quota test's diskquota services' own
     homes = [
         volume
         for node in swarm_stack.swarm.nodes

@@ -160,3 +160,14 @@ def nfs_home_options(home_nfs: str, volume: str) -> dict[str, str]:
         "o": f"addr={addr},{NFS_MOUNT_FLAGS}",
         "device": f":{path.rstrip('/')}/{volume}",
     }
+
+
+def swarm_home_options(home_nfs: str, quota_root: str, volume: str) -> dict[str, str]:
+    """A Swarm home volume's `local` driver options, for the spawner and the Docker proxy
+    alike: its NFS folder (HOME_NFS), its bind onto its subvolume (QUOTA_ROOT; the settings
+    allow one of the two at most), or none (a plain volume on its node)."""
+    if home_nfs:
+        return nfs_home_options(home_nfs, volume)
+    if quota_root:
+        return quota_home_options(quota_root, volume)
+    return {}

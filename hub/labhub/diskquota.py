@@ -15,12 +15,20 @@ to prepare a home (`request_home`) or delete a removed user's (`request_removal`
 accepts only user volume names and limits up to its own DISK_QUOTA_MAX. On a second
 socket, which reads nothing, it answers every home's usage and limit (`read_usage`, for
 the per-user metrics of `labhub.containermetrics`).
+
+In Swarm mode a home is on one node, so its subvolume is made there: `make up` runs this
+service on every node (still no network), its socket in a volume it shares with that
+node's Docker proxy alone. The hub asks the home node's proxy, which it already reaches
+for home moves (labhub.homemove.find_node_proxies), at `QUOTA_HOME_ROUTE` +
+<volume name> (`request_home_through`); that proxy checks the request
+(labhub.dockerpolicy.check_node_request) and relays it to the socket as a new one.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import json
 import os
 import re
@@ -37,6 +45,8 @@ from .contract import CONTAINER_USER
 SOCKET = "/run/labhub-diskquota/diskquota.sock"
 # Where the metrics exporter reads every home's usage (another volume, read-only service).
 USAGE_SOCKET = "/run/labhub-diskquota-usage/usage.sock"
+# A node proxy's one route that is not the engine's: POST <this><volume name>, {"Limit": bytes}.
+QUOTA_HOME_ROUTE = "/labhub/quota-homes/"
 # `<DOCKER_NETWORK>-user-<escaped name>` (labhub.contract.volume_name_for): one path part.
 _VOLUME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}-user-[a-z0-9_-]{1,127}")
 
@@ -211,6 +221,30 @@ async def request_removal(volume: str, socket_path: str = SOCKET) -> bool:
     """The hub's side: delete the home of a removed ``volume``; False if it had none."""
     answer = await _ask({"volume": volume, "remove": True}, socket_path)
     return bool(answer["removed"])
+
+
+def request_home_through(proxy: str, volume: str, limit: int) -> Usage:
+    """The hub's side in Swarm mode: have the diskquota service of the node whose Docker
+    proxy is at ``proxy`` (tcp://address:port) prepare ``volume``. Blocking."""
+    address, _, port = proxy.removeprefix("tcp://").rpartition(":")
+    connection = http.client.HTTPConnection(address, int(port), timeout=60)
+    try:
+        connection.request(
+            "POST", QUOTA_HOME_ROUTE + volume, json.dumps({"Limit": limit}),
+            {"Content-Type": "application/json"},
+        )  # fmt: skip
+        response = connection.getresponse()
+        answer = json.loads(response.read() or b"{}")
+    except (OSError, ValueError) as error:
+        raise DiskQuotaError(f"the Docker proxy at {proxy} did not answer: {error}") from None
+    finally:
+        connection.close()
+    if response.status != 200:
+        raise DiskQuotaError(
+            f"the node's Docker proxy at {proxy} answered {response.status}: "
+            f"{answer.get('message', answer)}"
+        )
+    return Usage(answer["used"], answer["limit"])
 
 
 def is_home_volume(name: str) -> bool:

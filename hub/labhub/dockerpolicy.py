@@ -43,14 +43,15 @@ from .contract import (
     USER_LOG_CONFIG,
     VISIBLE_DEVICES_ENV,
     container_name_prefix,
-    nfs_home_options,
     quota_home_options,
+    swarm_home_options,
     user_network_name,
     user_network_prefix,
     user_server_name,
     volume_name_for,
     volume_prefix,
 )
+from .diskquota import QUOTA_HOME_ROUTE
 from .hometar import PARENT, copy_helper, copy_helper_prefix
 
 MAX_BODY = 1024 * 1024
@@ -85,6 +86,9 @@ class Allowed:
     # Set for a node's tar upload (PUT .../archive): the relay streams the body through
     # labhub.hometar.rewrite, checking and re-writing every member, instead of reading it.
     tar_upload: bool = False
+    # Set for a node's disk-quota home (home volume, limit in bytes): the relay asks its
+    # node's diskquota service (labhub.diskquota.request_home), not the engine.
+    quota_home: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,8 @@ class Policy:
 
     `dataset_binds` are the declared datasets' read-only binds (`labhub.datasets`), the
     only mounts allowed besides user volumes. With `quota_root` (QUOTA_ROOT), a user
-    volume may be bound onto its own folder there (`labhub.contract.quota_home_options`).
+    volume may be bound onto its own folder there (`labhub.contract.quota_home_options`),
+    on one host as in a Swarm service's home mount.
     """
 
     allowed_images: frozenset[str]
@@ -1045,21 +1050,21 @@ def _check_service_mount(policy: Policy, value: Any) -> None:
 def _check_home_volume_options(policy: Policy, volume: str, options: Any) -> None:
     """No VolumeOptions on a home: the local driver's options can bind any host path
     (type=none, o=bind, device=/) or mount any server. With HOME_NFS, exactly this
-    volume's NFS home (`labhub.contract.nfs_home_options`), and never without it."""
-    if not policy.home_nfs:
+    volume's NFS home (`labhub.contract.nfs_home_options`); with QUOTA_ROOT, exactly its
+    bind onto its own subvolume there (`labhub.contract.quota_home_options`); never else."""
+    home = swarm_home_options(policy.home_nfs, policy.quota_root, volume)
+    if not home:
         if options is not None:
             raise Refused(
                 f"VolumeOptions on {volume!r} are not allowed: a home is a plain volume "
                 "(driver options can bind a host path)"
             )
         return
-    wanted = {
-        "DriverConfig": {"Name": "local", "Options": nfs_home_options(policy.home_nfs, volume)}
-    }
+    wanted = {"DriverConfig": {"Name": "local", "Options": home}}
     if options != wanted:
+        kind = "NFS home (HOME_NFS)" if policy.home_nfs else "disk-quota home (QUOTA_ROOT)"
         raise Refused(
-            f"VolumeOptions of {volume!r} must be exactly its NFS home (HOME_NFS) {wanted}, "
-            f"not {options!r}"
+            f"VolumeOptions of {volume!r} must be exactly its {kind} {wanted}, not {options!r}"
         )
 
 
@@ -1173,7 +1178,9 @@ def check_node_request(policy: Policy, method: str, target: str, body: bytes) ->
     """A request to one node's engine, checked: users' volumes (create, inspect, remove)
     and a never-started copy helper on one user's volume (labhub.hometar.copy_helper):
     create it, read its home as a tar, put a checked tar back (streamed: `tar_upload`),
-    remove it. No start, exec or attach: nothing runs."""
+    remove it. No start, exec or attach: nothing runs. And one request that is not the
+    engine's: a user volume's disk-quota home with its limit (`quota_home`), which the
+    relay passes to the node's diskquota service."""
     return _checked(_match_node_route, "a node's home moves", policy, method, target, body)
 
 
@@ -1190,6 +1197,15 @@ def _match_node_route(
         if not m["name"].startswith(prefix := volume_prefix(policy.network)):
             raise Refused(f"volume {m['name']!r} is not a user volume ({prefix}*)")
         return Allowed(path + _query(params, {}), m["version"] or "")
+    if method == "POST" and (m := re.fullmatch(rf"{re.escape(QUOTA_HOME_ROUTE)}({_NAME})", path)):
+        home = m[1]
+        if not home.startswith(prefix := volume_prefix(policy.network)):
+            raise Refused(f"volume {home!r} is not a user volume ({prefix}*)")
+        limit = _keys("quota home", parse_json(body), ("Limit",)).get("limit")
+        # DISK_QUOTA_MAX is the diskquota service's to enforce; here: a size in bytes.
+        return Allowed(
+            path + _query(params, {}), quota_home=(home, _int_in("Limit", limit, 1, 2**62))
+        )
     helper = re.escape(copy_helper_prefix(policy.network)) + "[0-9a-f]{16}"
     if method == "POST" and (m := _route(r"/containers/create", path)):
         name = params.get("name", "")

@@ -25,7 +25,9 @@ one request:
 
 A node's proxy (PROXY_POLICY=node) takes one streamed body: a home's tar upload, sent
 chunked (`ChunkedBody`, strict) and forwarded as a new tar written member by member from
-the checked fields (`labhub.hometar.rewrite`), never as the client's bytes.
+the checked fields (`labhub.hometar.rewrite`), never as the client's bytes. With disk
+quotas it also relays one request that is not the engine's: a home's subvolume and limit,
+sent as a new request to its node's diskquota service (`labhub.diskquota.request_home`).
 
 One request is answered by the relay itself: the metrics exporter's `GET /system/df`
 (`DiskUsage`), from one engine call every DISK_USAGE_EVERY seconds, cut down to the
@@ -50,6 +52,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import diskquota
 from .contract import nfs_export
 from .datasets import DatasetsError, load_datasets
 from .dockerpolicy import (
@@ -332,6 +335,17 @@ class DiskUsage:
         return json.dumps({"Volumes": sizes}).encode()
 
 
+async def _quota_home(socket_path: str, volume: str, limit: int) -> tuple[int, bytes]:
+    """The node's diskquota service's answer for a home: 200 {"used", "limit"}, or 502
+    {"message"} saying why not (no such service, a limit above its DISK_QUOTA_MAX, ...)."""
+    try:
+        found = await diskquota.request_home(volume, limit, socket_path)
+    except diskquota.DiskQuotaError as error:
+        log.warning("quota home %s: %s", volume, error)
+        return 502, json.dumps({"message": str(error)}).encode()
+    return 200, json.dumps({"used": found.used, "limit": found.limit}).encode()
+
+
 async def _respond(writer: asyncio.StreamWriter, status: int, message: str) -> None:
     await _send_json(writer, status, json.dumps({"message": message}).encode())
 
@@ -378,11 +392,13 @@ async def handle(
     writer: asyncio.StreamWriter,
     gpu_db: str = "",
     uploads: bool = False,
+    quota_socket: str = diskquota.SOCKET,
 ) -> None:
     """Read one request, check it, send the engine a new one built from it, stream back.
 
     ``gpu_db``: the hub's GPU record (PROXY_POLICY=swarm), read only, for GPU services.
-    With ``uploads`` (a node's proxy), a chunked tar upload is streamed through the checks."""
+    With ``uploads`` (a node's proxy), a chunked tar upload is streamed through the checks.
+    ``quota_socket``: the node's diskquota service, for a checked `quota_home`."""
     method, target = "?", "?"
     try:
         try:
@@ -404,6 +420,9 @@ async def handle(
                 return
             if allowed.volumes_of:
                 await _send_json(writer, 200, await disk_usage.answer(allowed))
+                return
+            if allowed.quota_home is not None:
+                await _send_json(writer, *await _quota_home(quota_socket, *allowed.quota_home))
                 return
             if allowed.gpu_claim is not None:
                 await asyncio.to_thread(verify_gpu_claim, gpu_db, socket_path, allowed)
@@ -450,7 +469,7 @@ async def handle(
 def policy_from_env(env: dict[str, str]) -> Check:
     """PROXY_POLICY=hub (default: ALLOWED_IMAGES, DOCKER_NETWORK, DATASETS, QUOTA_ROOT), swarm
     (the hub in front of a Swarm manager: ALLOWED_IMAGES, DOCKER_NETWORK, with REGISTRY their
-    IMAGE_DIGESTS, HOME_NFS), node (in front of
+    IMAGE_DIGESTS, HOME_NFS, QUOTA_ROOT), node (in front of
     each Swarm node's engine, for home moves: ALLOWED_IMAGES, DOCKER_NETWORK), frontend
     (NGINX_PROXY_CONTAINER), metrics (DOCKER_NETWORK) or node-metrics (the same, in front
     of each Swarm node's engine): which client this proxy serves."""
@@ -488,16 +507,17 @@ def policy_from_env(env: dict[str, str]) -> Check:
         )
     network = env.get("DOCKER_NETWORK", "labhub")
     if kind == "node":
-        # In front of one node's engine: users' volumes and copy helpers (labhub.homemove).
+        # In front of one node's engine: users' volumes and copy helpers (labhub.homemove),
+        # and the relay to the node's diskquota service (its socket, when make up runs one).
         node = Policy(allowed_images=images, network=network)
         return lambda method, target, body: check_node_request(node, method, target, body)
     if kind == "swarm":
         # In front of a Swarm manager: LabSwarmSpawner's service calls, the datasets
-        # read-only (no disk quotas in Swarm mode yet: refused rather than left out).
-        if env.get("QUOTA_ROOT"):
+        # read-only, each home plain, on NFS (HOME_NFS) or a disk-quota home (QUOTA_ROOT).
+        if env.get("QUOTA_ROOT") and env.get("HOME_NFS"):
             raise SystemExit(
-                "dockerproxy: QUOTA_ROOT is not supported with PROXY_POLICY=swarm yet: "
-                "leave it empty (docs/scale-out.md)"
+                "dockerproxy: QUOTA_ROOT and HOME_NFS are both set: the homes are either on "
+                "the NFS server or in the nodes' QUOTA_ROOT; leave one empty"
             )
         images = _pinned_images(env, images)
         swarm = Policy(
@@ -506,6 +526,7 @@ def policy_from_env(env: dict[str, str]) -> Check:
             frontend_containers=_frontends(env),
             dataset_binds=_dataset_binds(env, network),
             home_nfs=_home_nfs(env),
+            quota_root=env.get("QUOTA_ROOT", ""),
         )
         return lambda method, target, body: check_swarm_request(swarm, method, target, body)
     policy = Policy(

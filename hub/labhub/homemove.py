@@ -34,7 +34,8 @@ from typing import IO, Any, BinaryIO
 import docker
 from docker.errors import APIError, DockerException, NotFound
 
-from .contract import HOME_DIR, volume_name_for
+from .contract import HOME_DIR, quota_home_options, volume_name_for
+from .diskquota import DiskQuotaError, request_home_through
 from .hometar import (
     PARENT,
     BadHomeArchive,
@@ -278,6 +279,32 @@ def swarm_nodes() -> list[SwarmNode]:
         raise MoveRefused(
             f"cannot list the swarm's nodes through the hub's Docker proxy: {error}"
         ) from error
+
+
+def prepare_quota_home(service: str, node: str, volume: str, limit: int, root: str) -> None:
+    """With disk quotas (QUOTA_ROOT): the home's subvolume made on `node` with `limit`
+    bytes by that node's diskquota service, asked through its Docker proxy; DiskQuotaError
+    for a plain volume of that name already there (made before QUOTA_ROOT), which the
+    node would mount with no limit."""
+    proxy = find_node_proxies(service).get(node)
+    if proxy is None:
+        raise DiskQuotaError(
+            f"no Docker proxy answers for node {node}, where the home's quota is set: is "
+            f"its task running (docker service ps {service})? `make up` deploys them"
+        )
+    api = docker.APIClient(base_url=proxy, version=API_VERSION, timeout=10)
+    try:
+        options = api.inspect_volume(volume).get("Options") or {}
+    except NotFound:
+        options = None
+    except (DockerException, OSError) as error:
+        raise DiskQuotaError(f"node {node}'s Docker proxy at {proxy}: {error}") from None
+    if options is not None and options != quota_home_options(root, volume):
+        raise DiskQuotaError(
+            f"volume {volume} on node {node} predates QUOTA_ROOT and has no quota: move "
+            "its files into a quota home (docs/admin-guide.md#disk-quotas)"
+        )
+    request_home_through(proxy, volume, limit)
 
 
 def _has_volume(api: docker.APIClient, volume: str) -> bool:

@@ -827,8 +827,8 @@ SECTIONS: tuple[Section, ...] = (
                 "docker",
                 choice(ENGINE_CHOICES),
                 "docker: everything on this one Docker host. swarm: `make up` on a Swarm "
-                "manager, each user's server a Swarm service on a node; without GPUs and "
-                "QUOTA_ROOT yet (docs/scale-out.md).",
+                "manager, each user's server a Swarm service on a node; GPUs are declared "
+                "per node there, not detected (docs/scale-out.md).",
                 "engine",
             ),
             Setting(
@@ -1587,7 +1587,7 @@ def _check_gpu_reclaim(values: Mapping[str, Any], problems: list[str]) -> None:
 
 def _check_engine(values: Mapping[str, Any], problems: list[str]) -> None:
     """ENGINE=swarm: `make up` runs the platform on a Swarm manager (compose/swarm.yml);
-    each feature without a Swarm counterpart yet is refused by name, never silently dropped."""
+    a combination without a meaning there is refused by name, never silently dropped."""
     if values.get("engine") != "swarm":
         if values.get("home_nfs"):
             problems.append(
@@ -1595,13 +1595,12 @@ def _check_engine(values: Mapping[str, Any], problems: list[str]) -> None:
                 "on that host (leave HOME_NFS empty, or set ENGINE=swarm)"
             )
         return
-    missing = {
-        "QUOTA_ROOT": values.get("quota_root")
-        and "disk quotas on the nodes' homes (leave QUOTA_ROOT empty)",
-    }
-    for name, what in missing.items():
-        if what:
-            problems.append(f"{name} is not available with ENGINE=swarm yet: {what}")
+    if values.get("quota_root") and values.get("home_nfs"):
+        problems.append(
+            "QUOTA_ROOT and HOME_NFS are both set: with HOME_NFS the homes are folders on the "
+            "NFS server, where the nodes' btrfs quotas cannot reach (limit them on the server); "
+            "leave one empty"
+        )
     _check_swarm_gpu_db(values, problems)
 
 

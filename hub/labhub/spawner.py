@@ -105,6 +105,14 @@ class LabServerMixin(LoggingConfigurable):
         help="The shared datasets (labhub.datasets.Dataset, from DATASETS): each is mounted "
         "read-only at /datasets/<name> for the users in one of its groups, at every start.",
     )
+    disk_quotas = Instance(
+        DiskQuotas,
+        args=(),
+        config=True,
+        help="Per-user disk quotas (labhub.diskquota, from QUOTA_ROOT and DISK_QUOTA*): with a "
+        "root, each home is a subvolume there, limited by the diskquota service (in Swarm mode, "
+        "the one on the home's node).",
+    )
 
     @default("volumes")
     def _volumes_default(self) -> dict[str, str]:
@@ -138,13 +146,6 @@ class LabSpawner(GpuSpawnerMixin, LabServerMixin, DockerSpawner):  # type: ignor
         config=True,
         help="Seconds start() polls the new server every 0.1 s before handing over to "
         "the hub's own (exponential back-off) wait; 0 turns this off.",
-    )
-    disk_quotas = Instance(
-        DiskQuotas,
-        args=(),
-        config=True,
-        help="Per-user disk quotas (labhub.diskquota, from QUOTA_ROOT and DISK_QUOTA*): with a "
-        "root, each home is a subvolume there, limited by the diskquota service.",
     )
     diskquota_socket = Unicode(
         SOCKET, config=True, help="The diskquota service's Unix socket (a volume both mount)."
@@ -296,6 +297,7 @@ def server_config(settings: Settings) -> dict[str, Any]:
         "shm_size": str(settings.shm_size),
         "pids_limit": settings.pids_limit,
         "tmp_size": settings.tmp_size,
+        "disk_quotas": settings.disk_quotas,
         # Container names carry the stack's network name, so two stacks never collide;
         # DockerSpawner's own name_template adds `--<server name>` for a named server.
         "prefix": container_prefix(settings.docker_network),
@@ -319,5 +321,4 @@ def spawner_config(settings: Settings, gpu_allocator: GpuAllocator) -> dict[str,
         # GPUs (docs/gpus.md): every GPU_* setting reaches the spawner inside the allocator.
         "gpu_allocator": gpu_allocator,
         "datasets": settings.datasets,
-        "disk_quotas": settings.disk_quotas,
     }

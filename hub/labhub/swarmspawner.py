@@ -28,8 +28,13 @@ of two servers at once, the node the other's service was just pinned to. DATASET
 read-only mounts of the same host folder (or named volume) on every node; a node that
 lacks one ends the spawn at once, naming the node and the folder.
 
-GPUs are the subclass `labhub.swarmgpu.LabSwarmGpuSpawner`'s. Not here yet
-(docs/scale-out.md): disk quotas. The service API of
+With QUOTA_ROOT each home is a btrfs subvolume under QUOTA_ROOT on its node, made with
+the user's limit by that node's diskquota service (asked through the node's Docker
+proxy, `labhub.homemove.prepare_quota_home`) before the service is created, and the
+volume is the `local` driver's bind onto it (`labhub.contract.quota_home_options`), the
+only options the proxy then allows.
+
+GPUs are the subclass `labhub.swarmgpu.LabSwarmGpuSpawner`'s. The service API of
 Engine 20.10 (API 1.41) has no `no-new-privileges`: the nodes' engines run with
 `--no-new-privileges`, which applies it to every container, tasks included.
 """
@@ -65,10 +70,12 @@ from .contract import (
     OWNER_LABEL,
     SERVER_LABEL,
     nfs_home_options,
+    swarm_home_options,
     user_network_name,
     volume_name_for,
 )
 from .datasets import binds_for
+from .diskquota import DiskQuotaError
 from .egress import proxy_environment
 from .registry import check_pinned
 from .settings import Settings
@@ -114,8 +121,9 @@ class ServerService:
     datasets: Mapping[str, str] = field(default_factory=dict)
     """The user's datasets, source -> target (`labhub.datasets.binds_for`): read-only."""
     home_options: Mapping[str, str] = field(default_factory=dict)
-    """The home volume's `local` driver options (`labhub.contract.nfs_home_options` with
-    HOME_NFS); empty: a plain volume on the node."""
+    """The home volume's `local` driver options (`labhub.contract.swarm_home_options`: the
+    NFS folder with HOME_NFS, the bind onto its subvolume with QUOTA_ROOT); empty: a plain
+    volume on the node."""
     server: str = ""
     """The server's name, "" for the user's default server: labelled on its task's
     container, as LabSpawner labels its container, for the per-user metrics."""
@@ -131,8 +139,8 @@ def service_spec(server: ServerService) -> dict[str, Any]:
         user=CONTAINER_USER,
         labels={**labels, SERVER_LABEL: server.server},
         mounts=[
-            # A named volume on the node: the local driver with no options, or with
-            # HOME_NFS exactly the NFS options the Docker proxy allows (never a host path).
+            # A named volume on the node: the local driver with no options, or exactly the
+            # NFS or disk-quota home's options the Docker proxy allows (no other host path).
             Mount(
                 target=server.home_dir,
                 source=server.volume,
@@ -281,6 +289,8 @@ class LabSwarmSpawner(LabServerMixin, SwarmSpawner):  # type: ignore[misc]
                 raise web.HTTPError(
                     503, f"{self.user.name}'s server cannot start: {error}"
                 ) from None
+            if self.disk_quotas.root:
+                await self.prepare_quota_home(node, volume)
             spec = service_spec(
                 ServerService(
                     name=self.service_name,
@@ -298,7 +308,7 @@ class LabSwarmSpawner(LabServerMixin, SwarmSpawner):  # type: ignore[misc]
                     shm_size=parse_bytes(self.shm_size),
                     gpu_labels=self.service_gpu_labels(),
                     datasets=binds_for(self.datasets, [g.name for g in self.user.groups]),
-                    home_options=nfs_home_options(self.home_nfs, volume) if self.home_nfs else {},
+                    home_options=swarm_home_options(self.home_nfs, self.disk_quotas.root, volume),
                     server=self.name,
                 )
             )
@@ -409,6 +419,20 @@ class LabSwarmSpawner(LabServerMixin, SwarmSpawner):  # type: ignore[misc]
                     f"folder to the node ({error})"
                 )
         return ""
+
+    async def prepare_quota_home(self, node: str, volume: str) -> None:
+        """The home's subvolume and limit on `node`, before the service is pinned there;
+        a 503 naming the problem if it cannot be made, never a home without its quota."""
+        from .homemove import MoveRefused, prepare_quota_home
+
+        limit = self.disk_quotas.limit_for(self.user.name, [g.name for g in self.user.groups])
+        try:
+            await asyncio.to_thread(
+                prepare_quota_home, self.node_proxy_service, node, volume, limit,
+                self.disk_quotas.root,
+            )  # fmt: skip
+        except (DiskQuotaError, MoveRefused) as error:
+            raise web.HTTPError(503, f"{self.user.name}'s server cannot start: {error}") from None
 
     @property
     def volume_name(self) -> str:
@@ -559,7 +583,7 @@ class LabSwarmSpawner(LabServerMixin, SwarmSpawner):  # type: ignore[misc]
 
 
 def swarm_spawner_config(settings: Settings) -> dict[str, Any]:
-    """The LabSwarmSpawner traitlets that come from settings (no GPUs or quotas)."""
+    """The LabSwarmSpawner traitlets that come from settings (no GPUs: labhub.swarmgpu)."""
     return {
         **server_config(settings),
         "start_timeout": 180,

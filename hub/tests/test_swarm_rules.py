@@ -365,8 +365,6 @@ def test_one_service_is_owner_checked_by_its_spec_labels() -> None:
 
 def test_the_swarm_proxy_refuses_what_swarm_mode_does_not_do_yet() -> None:
     base = {"PROXY_POLICY": "swarm", "ALLOWED_IMAGES": IMAGE, "FRONTEND_CONTAINERS": "hub"}
-    with pytest.raises(SystemExit, match="QUOTA_ROOT is not supported"):
-        policy_from_env({**base, "QUOTA_ROOT": "x"})
     check = policy_from_env(base)
     with pytest.raises(Refused, match="not needed by the hub in Swarm mode"):
         check("POST", "/v1.41/containers/create?name=labhub-user-a", b"{}")

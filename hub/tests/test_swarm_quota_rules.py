@@ -1,0 +1,279 @@
+"""Disk quotas in Swarm mode (QUOTA_ROOT with ENGINE=swarm): each home a btrfs subvolume
+on its node, made by that node's diskquota service, which the hub asks through the node's
+Docker proxy.
+
+Proven here without an engine (the kernel's part on a real Swarm is
+tests/test_swarm_stack.py): the real LabSwarmSpawner has the home prepared on the node it
+pins the service to, before the service exists, and sends exactly the quota bind, which
+the manager's proxy passes; any other device path, option or volume is refused (a property
+test); a node proxy relays a checked home request, and only that, to its diskquota socket
+as a new request; the hub asks the home node's proxy, and refuses a plain volume already
+there; the settings take QUOTA_ROOT with ENGINE=swarm, but not with HOME_NFS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from docker.errors import NotFound
+from hypothesis import assume, given
+from hypothesis import strategies as st
+from jupyterhub.objects import Hub, Server
+from labhub import diskquota, homemove
+from labhub.contract import quota_home_options, volume_name_for
+from labhub.diskquota import QUOTA_HOME_ROUTE, DiskQuotaError, Usage, request_home_through
+from labhub.dockerpolicy import Policy, Refused, check_node_request, check_swarm_request
+from labhub.dockerproxy import DiskUsage, handle, policy_from_env
+from labhub.settings import Settings, SettingsError
+from labhub.swarmspawner import LabSwarmSpawner, swarm_spawner_config
+
+from testsupport.minimal_env import MINIMAL_ENV
+from testsupport.swarmstandins import HubUser, SlowManager
+
+pytestmark = pytest.mark.unit
+
+ROOT = "/srv/labhub-homes"
+SWARM_QUOTA_ENV = {**MINIMAL_ENV, "ENGINE": "swarm", "QUOTA_ROOT": ROOT, "DISK_QUOTA": "2G"}
+SETTINGS = Settings.from_env(SWARM_QUOTA_ENV)
+NETWORK = SETTINGS.docker_network
+IMAGE = SETTINGS.workspace_image
+FRONTENDS = ["labhub-hub", "labhub-proxy-chp"]
+POLICY = Policy(
+    allowed_images=frozenset({IMAGE}),
+    network=NETWORK,
+    frontend_containers=frozenset(FRONTENDS),
+    quota_root=ROOT,
+)
+CREATE = "/v1.41/services/create"
+ALICES_HOME = volume_name_for("alice", NETWORK)
+
+
+@pytest.fixture(scope="module")
+def spawn() -> Iterator[tuple[list[tuple[Any, ...]], SlowManager]]:
+    """alice's first spawn with QUOTA_ROOT: the home requests (with what the manager had
+    been sent by then) and the manager."""
+    manager, prepared = SlowManager(), []
+
+    def prepare(service: str, node: str, volume: str, limit: int, root: str) -> None:
+        prepared.append((service, node, volume, limit, root, dict(manager.created)))
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(homemove, "prepare_quota_home", prepare)
+        spawner = LabSwarmSpawner(
+            user=HubUser("alice"), hub=Hub(), frontend_containers=FRONTENDS,
+            **swarm_spawner_config(SETTINGS),
+        )  # fmt: skip
+        spawner.server = Server(base_url="/user/alice/")
+        original, LabSwarmSpawner._client = LabSwarmSpawner._client, manager
+        try:
+            asyncio.run(asyncio.wait_for(spawner.start(), 30))
+        finally:
+            LabSwarmSpawner._client = original
+    yield prepared, manager
+
+
+def home_mount(body: dict[str, Any]) -> dict[str, Any]:
+    mount: dict[str, Any] = body["TaskTemplate"]["ContainerSpec"]["Mounts"][0]
+    return mount
+
+
+def test_the_home_is_prepared_on_its_node_before_the_service_then_bound_onto_it(
+    spawn: tuple[list[tuple[Any, ...]], SlowManager],
+) -> None:
+    prepared, manager = spawn
+    body = manager.created[f"{NETWORK}-user-alice"]
+    [node] = [c.removeprefix("node.id==") for c in body["TaskTemplate"]["Placement"]["Constraints"]]
+    # On the node the service is pinned to, with DISK_QUOTA, before the service existed.
+    service = SETTINGS.node_proxy_service or ""
+    assert prepared == [(service, node, ALICES_HOME, 2 * 1024**3, ROOT, {})]
+    assert home_mount(body)["VolumeOptions"] == {
+        "DriverConfig": {"Name": "local", "Options": quota_home_options(ROOT, ALICES_HOME)}
+    }
+    allowed = check_swarm_request(POLICY, "POST", CREATE, json.dumps(body).encode())
+    assert json.loads(allowed.body) == body
+    # A proxy without QUOTA_ROOT takes no volume options at all.
+    without = Policy(POLICY.allowed_images, NETWORK, frontend_containers=POLICY.frontend_containers)
+    with pytest.raises(Refused, match=r"VolumeOptions on .* are not allowed"):
+        check_swarm_request(without, "POST", CREATE, json.dumps(body).encode())
+
+
+def with_options(body: dict[str, Any], options: Any, source: str = ALICES_HOME) -> bytes:
+    changed = copy.deepcopy(body)
+    home_mount(changed)["Source"] = source
+    home_mount(changed)["VolumeOptions"] = {"DriverConfig": {"Name": "local", "Options": options}}
+    return json.dumps(changed).encode()
+
+
+@given(device=st.one_of(st.text(max_size=80), st.sampled_from(["/", "/etc", ROOT])))
+def test_any_other_device_path_is_refused(
+    spawn: tuple[list[tuple[Any, ...]], SlowManager], device: str
+) -> None:
+    """A host path in disguise: the home bound anywhere but its own subvolume."""
+    assume(device != f"{ROOT}/{ALICES_HOME}")
+    body = spawn[1].created[f"{NETWORK}-user-alice"]
+    options = {**quota_home_options(ROOT, ALICES_HOME), "device": device}
+    with pytest.raises(Refused, match="must be exactly its disk-quota home"):
+        check_swarm_request(POLICY, "POST", CREATE, with_options(body, options))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        quota_home_options(ROOT, volume_name_for("bob", NETWORK)),  # another user's home
+        quota_home_options(ROOT, ALICES_HOME + "/.."),
+        quota_home_options(ROOT + "/..", ALICES_HOME),
+        {**quota_home_options(ROOT, ALICES_HOME), "o": "bind,rw,suid"},
+        {**quota_home_options(ROOT, ALICES_HOME), "type": "btrfs"},
+        {**quota_home_options(ROOT, ALICES_HOME), "uid": "0"},
+        {"o": "bind", "device": f"{ROOT}/{ALICES_HOME}"},
+        {},
+    ],
+    ids=["other-users-home", "dot-dot", "root-dot-dot", "mount-flags", "type", "extra", "no-type",
+         "empty"],
+)  # fmt: skip
+def test_each_other_option_of_the_home_is_refused(
+    spawn: tuple[list[tuple[Any, ...]], SlowManager], options: dict[str, str]
+) -> None:
+    body = spawn[1].created[f"{NETWORK}-user-alice"]
+    with pytest.raises(Refused, match="must be exactly its disk-quota home"):
+        check_swarm_request(POLICY, "POST", CREATE, with_options(body, options))
+
+
+def test_the_settings_take_quota_root_in_swarm_mode_but_not_with_home_nfs() -> None:
+    assert SETTINGS.disk_quotas.root == ROOT
+    with pytest.raises(SettingsError, match="QUOTA_ROOT and HOME_NFS are both set"):
+        Settings.from_env({**SWARM_QUOTA_ENV, "HOME_NFS": "nfs.example.edu:/homes"})
+    env = {"PROXY_POLICY": "swarm", "ALLOWED_IMAGES": IMAGE, "FRONTEND_CONTAINERS": "hub"}
+    assert policy_from_env({**env, "QUOTA_ROOT": ROOT})
+    with pytest.raises(SystemExit, match="QUOTA_ROOT and HOME_NFS are both set"):
+        policy_from_env({**env, "QUOTA_ROOT": ROOT, "HOME_NFS": "nfs.example.edu:/homes"})
+
+
+# --- A node's proxy, relaying to its diskquota service ---------------------------------------
+NODE = Policy(allowed_images=frozenset({IMAGE}), network=NETWORK)
+
+
+def test_a_node_proxy_allows_a_user_homes_quota_request_only() -> None:
+    body = json.dumps({"Limit": 5}).encode()
+    allowed = check_node_request(NODE, "POST", QUOTA_HOME_ROUTE + ALICES_HOME, body)
+    assert allowed.quota_home == (ALICES_HOME, 5)
+    for target, sent, reason in [
+        (QUOTA_HOME_ROUTE + "other-user-alice", body, "not a user volume"),
+        (QUOTA_HOME_ROUTE + ALICES_HOME + "?root=x", body, "query parameter"),
+        ("/v1.41" + QUOTA_HOME_ROUTE + ALICES_HOME, body, "not needed"),
+        (QUOTA_HOME_ROUTE + ALICES_HOME, b'{"Limit": 5, "Root": "/"}', "Root not allowed"),
+        (QUOTA_HOME_ROUTE + ALICES_HOME, b'{"Limit": 0}', "Limit=0"),
+        (QUOTA_HOME_ROUTE + ALICES_HOME, b'{"Limit": true}', "Limit=True"),
+        (QUOTA_HOME_ROUTE + ALICES_HOME, b'{"Limit": "5"}', "Limit='5'"),
+        (QUOTA_HOME_ROUTE + ALICES_HOME, b'{"Remove": true}', "Remove not allowed"),
+    ]:
+        with pytest.raises(Refused, match=reason):
+            check_node_request(NODE, "POST", target, sent)
+    with pytest.raises(Refused, match="not needed"):
+        check_node_request(NODE, "DELETE", QUOTA_HOME_ROUTE + ALICES_HOME, b"")
+
+
+def relay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, volume: str, limit: int
+) -> tuple[Usage | str, list[tuple[Path, str, int]]]:
+    """`request_home_through` a real node proxy's handler (PROXY_POLICY=node) to a real
+    diskquota service's handler (DISK_QUOTA_MAX=1G) whose btrfs work is recorded: the
+    hub's answer (or error) and what the service was asked to make."""
+    made: list[tuple[Path, str, int]] = []
+
+    def ensure_home(root: Path, volume: str, limit: int) -> Usage:
+        made.append((root, volume, limit))
+        return Usage(0, limit)
+
+    monkeypatch.setattr(diskquota, "ensure_home", ensure_home)
+    check = policy_from_env({"PROXY_POLICY": "node", "ALLOWED_IMAGES": IMAGE})
+    socket_path = str(tmp_path / "diskquota.sock")
+
+    async def run() -> Usage | str:
+        service = await asyncio.start_unix_server(
+            lambda r, w: diskquota._answer(Path(ROOT), 1024**3, r, w), path=socket_path
+        )
+        proxy = await asyncio.start_server(
+            lambda r, w: handle(
+                check, str(tmp_path / "no-engine.sock"), DiskUsage(""), r, w, uploads=True,
+                quota_socket=socket_path,
+            ),
+            "127.0.0.1", 0,
+        )  # fmt: skip
+        port = proxy.sockets[0].getsockname()[1]
+        async with service, proxy:
+            try:
+                return await asyncio.to_thread(
+                    request_home_through, f"tcp://127.0.0.1:{port}", volume, limit
+                )
+            except DiskQuotaError as error:
+                return str(error)
+
+    return asyncio.run(run()), made
+
+
+def test_the_node_proxy_relays_a_home_to_its_diskquota_service(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    answer, made = relay(tmp_path, monkeypatch, ALICES_HOME, 2**20)
+    assert answer == Usage(0, 2**20) and made == [(Path(ROOT), ALICES_HOME, 2**20)]
+
+
+def test_the_diskquota_services_limit_and_the_proxys_rules_both_hold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    answer, made = relay(tmp_path, monkeypatch, ALICES_HOME, 2 * 1024**3)
+    assert "answered 502" in str(answer) and "DISK_QUOTA_MAX=1073741824" in str(answer)
+    answer, made_too = relay(tmp_path, monkeypatch, "other-user-alice", 2**20)
+    assert "answered 403" in str(answer) and "not a user volume" in str(answer)
+    assert made == made_too == []
+
+
+# --- The hub's side: the home node's proxy, then its diskquota service ---------------------
+class NodeEngine:
+    """A node's engine behind its proxy, as docker-py's APIClient sees it: `volumes` by name."""
+
+    volumes: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def __init__(self, **_: Any) -> None:
+        pass
+
+    def inspect_volume(self, name: str) -> dict[str, Any]:
+        if name not in self.volumes:
+            raise NotFound(f"volume {name} not found")
+        return self.volumes[name]
+
+
+@pytest.mark.parametrize(
+    ("on_the_node", "refused"),
+    [
+        (None, ""),
+        ({"Options": quota_home_options(ROOT, ALICES_HOME)}, ""),
+        ({"Options": None}, "predates QUOTA_ROOT and has no quota"),
+        ({"Options": quota_home_options("/elsewhere", ALICES_HOME)}, "predates QUOTA_ROOT"),
+    ],
+    ids=["first-start", "quota-home-there", "plain-volume-there", "other-root"],
+)
+def test_the_hub_prepares_the_home_on_its_node_unless_a_plain_volume_is_there(
+    monkeypatch: pytest.MonkeyPatch, on_the_node: dict[str, Any] | None, refused: str
+) -> None:
+    asked: list[tuple[str, str, int]] = []
+    monkeypatch.setattr(homemove, "find_node_proxies", lambda service: {"n2": "tcp://n2:2375"})
+    monkeypatch.setattr(NodeEngine, "volumes", {ALICES_HOME: on_the_node} if on_the_node else {})
+    monkeypatch.setattr(homemove.docker, "APIClient", NodeEngine)
+    monkeypatch.setattr(homemove, "request_home_through", lambda *args: asked.append(args))
+    if refused:
+        with pytest.raises(DiskQuotaError, match=refused):
+            homemove.prepare_quota_home("proxies", "n2", ALICES_HOME, 5, ROOT)
+        assert asked == []
+    else:
+        homemove.prepare_quota_home("proxies", "n2", ALICES_HOME, 5, ROOT)
+        assert asked == [("tcp://n2:2375", ALICES_HOME, 5)]
+    with pytest.raises(DiskQuotaError, match="no Docker proxy answers for node n3"):
+        homemove.prepare_quota_home("proxies", "n3", ALICES_HOME, 5, ROOT)
