@@ -166,7 +166,7 @@ def move_home(args: argparse.Namespace) -> int:
     if _homes_on_nfs(
         settings, "move-home: refused: the homes are",
         "there is nothing to move, any node runs the server",
-    ):  # fmt: skip
+    ) or _homes_with_quotas(settings, "move-home"):  # fmt: skip
         return 2
     proxies: dict[str, str] = {}
     for pair in args.proxy:
@@ -240,6 +240,22 @@ def _homes_on_nfs(settings: Settings, whose: str, what_to_do: str) -> bool:
     return bool(settings.home_nfs)
 
 
+def _homes_with_quotas(settings: Settings, command: str) -> bool:
+    """With QUOTA_ROOT a Swarm home is a subvolume with its limit on its node, which the copy
+    helpers do not make yet: refuse, changing nothing, rather than write a plain volume that
+    the user's next spawn refuses (docs/scale-out.md, "Disk quotas: the rest")."""
+    root = settings.disk_quotas.root
+    if root:
+        print(
+            f"labhub {command}: refused, nothing changed: with disk quotas (QUOTA_ROOT={root}) "
+            "it would write the home as a plain volume, without its quota, which the user's "
+            "next spawn refuses; it cannot make quota homes on a node yet (docs/scale-out.md, "
+            '"Disk quotas: the rest")',
+            file=sys.stderr,
+        )
+    return bool(root)
+
+
 def _deployed_node_proxies(settings: Settings, how: str) -> dict[str, str]:
     """The node proxies `make up` deployed, by node ID (labhub.homemove.find_node_proxies)."""
     from . import homemove
@@ -287,7 +303,7 @@ def home_restore(args: argparse.Namespace) -> int:
     settings = Settings.from_env(os.environ)
     if _homes_on_nfs(
         settings, f"home-restore: refused: {args.user}'s home is", "restore it on the server"
-    ):
+    ) or _homes_with_quotas(settings, "home-restore"):
         return 2
     fix = (
         f". Fix: if {args.user} never started, start their server once (the hub places the "

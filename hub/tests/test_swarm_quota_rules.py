@@ -24,14 +24,15 @@ import pytest
 from docker.errors import NotFound
 from hypothesis import assume, given
 from hypothesis import strategies as st
+from jupyterhub import orm
 from jupyterhub.objects import Hub, Server
-from labhub import diskquota, homemove
+from labhub import cli, diskquota, homemove
 from labhub.contract import quota_home_options, volume_name_for
 from labhub.diskquota import QUOTA_HOME_ROUTE, DiskQuotaError, Usage, request_home_through
 from labhub.dockerpolicy import Policy, Refused, check_node_request, check_swarm_request
 from labhub.dockerproxy import DiskUsage, handle, policy_from_env
 from labhub.settings import Settings, SettingsError
-from labhub.swarmspawner import LabSwarmSpawner, swarm_spawner_config
+from labhub.swarmspawner import HOME_NODE_STATE, LabSwarmSpawner, swarm_spawner_config
 
 from testsupport.minimal_env import MINIMAL_ENV
 from testsupport.swarmstandins import HubUser, SlowManager
@@ -277,3 +278,25 @@ def test_the_hub_prepares_the_home_on_its_node_unless_a_plain_volume_is_there(
         assert asked == [("tcp://n2:2375", ALICES_HOME, 5)]
     with pytest.raises(DiskQuotaError, match="no Docker proxy answers for node n3"):
         homemove.prepare_quota_home("proxies", "n3", ALICES_HOME, 5, ROOT)
+
+
+def test_move_home_and_home_restore_refuse_quota_homes_changing_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Their copy helpers would write a plain volume, which the next spawn refuses: refused
+    before any node is asked (the proxies named here do not exist)."""
+    path = tmp_path / "jupyterhub.sqlite"
+    db = orm.new_session_factory(f"sqlite:///{path}")()
+    db.add(orm.Spawner(user=orm.User(name="alice"), name="", state={HOME_NODE_STATE: "n1"}))
+    db.commit()
+    for name, value in SWARM_QUOTA_ENV.items():
+        monkeypatch.setenv(name, value)
+    proxy = ["--proxy=n1=tcp://192.0.2.1:2375", "--proxy=n2=tcp://192.0.2.2:2375"]
+    refused = f"refused, nothing changed: with disk quotas (QUOTA_ROOT={ROOT})"
+    assert cli.main(["move-home", "alice", "n2", *proxy, f"--db={path}"]) == 2
+    assert f"labhub move-home: {refused}" in capsys.readouterr().err
+    for how in (["--check"], ["--check", "--node=n2"], [], ["--node=n2"]):
+        assert cli.main(["home-restore", *how, "alice", f"--db={path}"]) == 2
+        assert f"labhub home-restore: {refused}" in capsys.readouterr().err
+    db.expire_all()
+    assert orm.User.find(db, "alice").orm_spawners[""].state == {HOME_NODE_STATE: "n1"}
