@@ -22,6 +22,20 @@ pytestmark = pytest.mark.unit
 LABELS = {OWNER_LABEL: "ada", SERVER_LABEL: ""}
 
 
+async def scrape(engine: Engine) -> str:
+    """The exporter's /metrics read once over HTTP, as Prometheus reads it."""
+    exporter_socket, exporter_port = bind_unused_port()
+    exporter = HTTPServer(containermetrics.make_app(engine))
+    exporter.add_sockets([exporter_socket])
+    client = AsyncHTTPClient(force_instance=True)
+    try:
+        response = await client.fetch(f"http://127.0.0.1:{exporter_port}/metrics")
+        return response.body.decode()
+    finally:
+        client.close()
+        exporter.stop()
+
+
 def stats(
     usage: int, inactive: dict[str, int], cpu_ns: int, limit: int = 3 << 30
 ) -> dict[str, Any]:
@@ -104,19 +118,11 @@ def test_a_scrape_reports_what_came_in_time_and_counts_the_rest(
         engine_socket, engine_port = bind_unused_port()
         engine_server = HTTPServer(web.Application(routes))
         engine_server.add_sockets([engine_socket])
-        exporter_socket, exporter_port = bind_unused_port()
-        exporter = HTTPServer(
-            containermetrics.make_app(Engine(f"tcp://127.0.0.1:{engine_port}", "lab"))
-        )
-        exporter.add_sockets([exporter_socket])
-        client = AsyncHTTPClient(force_instance=True)
         try:
             started = time.monotonic()
-            response = await client.fetch(f"http://127.0.0.1:{exporter_port}/metrics")
-            return time.monotonic() - started, response.body.decode()
+            text = await scrape(Engine(f"tcp://127.0.0.1:{engine_port}", "lab"))
+            return time.monotonic() - started, text
         finally:
-            client.close()
-            exporter.stop()
             engine_server.stop()
 
     elapsed, text = asyncio.run(scenario())
@@ -157,17 +163,11 @@ def test_without_quotas_a_running_users_home_is_its_volumes_size(tmp_path: Any) 
         engine_socket, engine_port = bind_unused_port()
         engine_server = HTTPServer(web.Application([(r"/(.+)", EngineWithVolumes)]))
         engine_server.add_sockets([engine_socket])
-        engine = Engine(f"tcp://127.0.0.1:{engine_port}", "lab", str(tmp_path / "no.sock"))
-        exporter_socket, exporter_port = bind_unused_port()
-        exporter = HTTPServer(containermetrics.make_app(engine))
-        exporter.add_sockets([exporter_socket])
-        client = AsyncHTTPClient(force_instance=True)
         try:
-            response = await client.fetch(f"http://127.0.0.1:{exporter_port}/metrics")
-            return response.body.decode()
+            return await scrape(
+                Engine(f"tcp://127.0.0.1:{engine_port}", "lab", str(tmp_path / "no.sock"))
+            )
         finally:
-            client.close()
-            exporter.stop()
             engine_server.stop()
 
     got = {
@@ -227,17 +227,11 @@ def test_in_swarm_mode_each_scrape_reads_every_nodes_proxy(
             server = HTTPServer(web.Application([handler]))
             server.listen(port, address)
             servers.append(server)
-        engine = Engine(f"tcp://tasks.lab-metrics-proxy:{port}", "lab", str(tmp_path / "no.sock"))
-        exporter_socket, exporter_port = bind_unused_port()
-        exporter = HTTPServer(containermetrics.make_app(engine))
-        exporter.add_sockets([exporter_socket])
-        client = AsyncHTTPClient(force_instance=True)
         try:
-            response = await client.fetch(f"http://127.0.0.1:{exporter_port}/metrics")
-            return response.body.decode()
+            return await scrape(
+                Engine(f"tcp://tasks.lab-metrics-proxy:{port}", "lab", str(tmp_path / "no.sock"))
+            )
         finally:
-            client.close()
-            exporter.stop()
             for server in servers:
                 server.stop()
 
