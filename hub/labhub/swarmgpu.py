@@ -83,6 +83,15 @@ def where_gpus_may_go(
     return mine or frozenset({home}), down
 
 
+def closed_to_new_homes(
+    inventory: Inventory, ids: Mapping[str, str], nodes: Iterable[SwarmNode]
+) -> frozenset[str]:
+    """Inventory nodes an admin is emptying (swarmplacement.RETIRING_LABEL): a first spawn
+    gets no device there (it would make its home there), as if they were down."""
+    retiring = {node.id for node in nodes if node.retiring}
+    return frozenset(name for name in nodes_of(inventory) if ids.get(name) in retiring)
+
+
 def observed_services(services: Iterable[Mapping[str, Any]], now: datetime) -> list[Allocation]:
     """The allocations the lab's services hold (their GPU labels), after a hub restart."""
     out = []
@@ -111,12 +120,13 @@ class LabSwarmGpuSpawner(GpuSpawnerMixin, LabSwarmSpawner):
 
     async def gpu_placement(self) -> tuple[frozenset[str] | None, frozenset[str]]:
         listing, ids = await self._node_ids()
-        await self.adopt_existing_home(nodes_from_api(listing))
-        allowed, down = where_gpus_may_go(
-            self._allocator.inventory, ids, nodes_from_api(listing), self.home_node
-        )
+        nodes, inventory = nodes_from_api(listing), self._allocator.inventory
+        await self.adopt_existing_home(nodes)
+        allowed, down = where_gpus_may_go(inventory, ids, nodes, self.home_node)
         await self._record_nodes_down(down)
-        return allowed, down
+        if self.home_node:
+            return allowed, down  # a home on a retiring node keeps its GPUs until moved
+        return allowed, down | closed_to_new_homes(inventory, ids, nodes)
 
     async def _record_nodes_down(self, down: frozenset[str]) -> None:
         """For the admin page (labhub.gpu.api): which GPU nodes are down, as seen now."""

@@ -4,7 +4,10 @@ A user's home is a named volume on one node (a Swarm has no shared storage here)
 their server must run there. The first spawn picks the usable node running the fewest
 lab servers; from then on that node is the user's home and every spawn is pinned to it.
 A home on a node that is down, drained or gone is an error naming the node, never a
-silent fresh home elsewhere. `labhub.swarmspawner` does the I/O around these functions.
+silent fresh home elsewhere. A node an admin labels `labhub.retiring=true` takes no new
+home but keeps serving the homes it has until they are moved: it stays active, so its
+Docker proxy (a global service's task, which a drained node does not run) still answers
+for home moves and first spawns. `labhub.swarmspawner` does the I/O around these functions.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ from typing import Any
 
 from .contract import OWNER_LABEL
 
+# The node label an admin sets to empty a node before taking it out (docs/scale-out.md):
+# `docker node update --label-add labhub.retiring=true <node>`.
+RETIRING_LABEL = "labhub.retiring"
 # The one constraint a lab server's service carries (`service_spec` writes it).
 _PIN = re.compile(r"node\.id==(?P<node>[A-Za-z0-9]{1,64})")
 
@@ -27,15 +33,21 @@ class NoNodeForServer(Exception):
 
 @dataclass(frozen=True)
 class SwarmNode:
-    """What placement needs of a node: its ID, whether it is up and takes new tasks."""
+    """What placement needs of a node: its ID, whether it is up and takes new tasks, and
+    whether it is being emptied (RETIRING_LABEL)."""
 
     id: str
     ready: bool
     active: bool
+    retiring: bool = False
 
     @property
     def usable(self) -> bool:
         return self.ready and self.active
+
+    @property
+    def takes_new_homes(self) -> bool:
+        return self.usable and not self.retiring
 
 
 def nodes_from_api(listing: Iterable[Mapping[str, Any]]) -> list[SwarmNode]:
@@ -45,6 +57,7 @@ def nodes_from_api(listing: Iterable[Mapping[str, Any]]) -> list[SwarmNode]:
             id=str(node["ID"]),
             ready=(node.get("Status") or {}).get("State") == "ready",
             active=(node.get("Spec") or {}).get("Availability") == "active",
+            retiring=((node.get("Spec") or {}).get("Labels") or {}).get(RETIRING_LABEL) == "true",
         )
         for node in listing
     ]
@@ -91,8 +104,9 @@ def users_node(services: Iterable[Mapping[str, Any]], user: str) -> str | None:
 
 
 def node_for(home: str | None, nodes: Sequence[SwarmNode], load: Mapping[str, int]) -> str:
-    """The node a user's server runs on: their home node, or for a first spawn the usable
-    node with the fewest servers (ties: the lowest ID, so the choice is reproducible)."""
+    """The node a user's server runs on: their home node (a retiring one too, until the
+    home is moved), or for a first spawn the usable node not retiring with the fewest
+    servers (ties: the lowest ID, so the choice is reproducible)."""
     if home:
         found = next((node for node in nodes if node.id == home), None)
         if found is None:
@@ -111,10 +125,12 @@ def node_for(home: str | None, nodes: Sequence[SwarmNode], load: Mapping[str, in
                 f"`docker node update --availability active {home}` to spawn there again"
             )
         return home
-    usable = [node for node in nodes if node.usable]
+    usable = [node for node in nodes if node.takes_new_homes]
     if not usable:
         raise NoNodeForServer(
-            "no node of the swarm is ready and active: check `docker node ls` on the manager"
+            "no node of the swarm is ready, active and not retiring: check `docker node ls` "
+            f"on the manager, and remove the {RETIRING_LABEL} label from a node that should "
+            f"take new users (docker node update --label-rm {RETIRING_LABEL} <node>)"
         )
     return min(usable, key=lambda node: (load.get(node.id, 0), node.id)).id
 

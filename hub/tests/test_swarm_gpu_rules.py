@@ -41,6 +41,7 @@ from labhub.swarmgpu import (
     observed_services,
     swarm_gpu_spawner_config,
 )
+from labhub.swarmplacement import RETIRING_LABEL
 from labhub.swarmspawner import HOME_NODE_STATE
 from tornado import web
 
@@ -74,6 +75,11 @@ def node(node_id: str, hostname: str, state: str = "ready") -> dict[str, Any]:
 
 
 NODES = [node("nodeaaa", "gpu-a"), node("nodebbb", "gpu-b"), node("nodeccc", "cpu-only")]
+# gpu-a being emptied by an admin (`docker node update --label-add labhub.retiring=true`).
+GPU_A_RETIRING = [
+    {**NODES[0], "Spec": {"Availability": "active", "Labels": {RETIRING_LABEL: "true"}}},
+    *NODES[1:],
+]
 
 
 class Manager(RecordingAPIClient):
@@ -224,6 +230,27 @@ def test_the_spawn_page_counts_only_the_gpus_a_user_could_get(allocator: GpuAllo
     assert "(1 free now)" in form({HOME_NODE_STATE: "nodeaaa"})
     assert "(0 free now)" in form({HOME_NODE_STATE: "nodeccc"})
     assert "(1 free now)" in form({}, [node("nodeaaa", "gpu-a", state="down"), *NODES[1:]])
+    # A retiring node's GPU is for the homes already there, not for a first spawn.
+    assert "(1 free now)" in form({}, GPU_A_RETIRING)
+    assert "(1 free now)" in form({HOME_NODE_STATE: "nodeaaa"}, GPU_A_RETIRING)
+
+
+def test_a_retiring_nodes_gpu_makes_no_new_home_but_serves_the_homes_it_has(
+    allocator: GpuAllocator,
+) -> None:
+    _, ada = gpu_start(allocator, "ada", nodes=GPU_A_RETIRING)
+    assert ada["Labels"][GPU_DEVICES_LABEL] == "0@gpu-b"
+    # gpu-a's GPU is free, but a first spawn there would make bob's home on gpu-a.
+    with pytest.raises(web.HTTPError, match="busy"):
+        gpu_start(allocator, "bob", nodes=GPU_A_RETIRING)
+    spawner, cy = gpu_start(
+        allocator, "cy", state={HOME_NODE_STATE: "nodeaaa"}, nodes=GPU_A_RETIRING
+    )
+    assert cy["Labels"][GPU_DEVICES_LABEL] == "0@gpu-a"
+    assert cy["TaskTemplate"]["Placement"]["Constraints"] == ["node.id==nodeaaa"]
+    assert spawner.home_node == "nodeaaa"
+    # Not marked down on the admin page: it is up, only closed to new homes.
+    assert allocator.store.nodes_down_since() == {}
 
 
 def test_a_down_nodes_gpu_is_not_given(allocator: GpuAllocator) -> None:

@@ -25,7 +25,9 @@ pytestmark = pytest.mark.unit
 
 NODE_IDS = st.text("abcdefghijklmnopqrstuvwxyz0123456789", min_size=25, max_size=25)
 nodes_st = st.lists(
-    st.builds(SwarmNode, id=NODE_IDS, ready=st.booleans(), active=st.booleans()),
+    st.builds(
+        SwarmNode, id=NODE_IDS, ready=st.booleans(), active=st.booleans(), retiring=st.booleans()
+    ),
     max_size=6,
     unique_by=lambda node: node.id,
 )
@@ -33,12 +35,12 @@ loads_st = st.dictionaries(NODE_IDS, st.integers(0, 50), max_size=6)
 
 
 @given(nodes_st, loads_st)
-def test_a_first_spawn_goes_to_a_usable_node_with_the_fewest_servers(
+def test_a_first_spawn_goes_to_a_usable_node_not_retiring_with_the_fewest_servers(
     nodes: list[SwarmNode], load: dict[str, int]
 ) -> None:
-    usable = [node for node in nodes if node.usable]
+    usable = [node for node in nodes if node.usable and not node.retiring]
     if not usable:
-        with pytest.raises(NoNodeForServer, match="no node of the swarm is ready and active"):
+        with pytest.raises(NoNodeForServer, match="ready, active and not retiring"):
             node_for(None, nodes, load)
         return
     chosen = node_for(None, nodes, load)
@@ -53,6 +55,7 @@ def test_a_recorded_home_wins_over_load_or_is_an_error_naming_its_node(
     home = data.draw(st.sampled_from([node.id for node in nodes]) if nodes else NODE_IDS)
     found = next((node for node in nodes if node.id == home), None)
     if found is not None and found.usable:
+        # A retiring node too: its homes run there until an admin moves them.
         assert node_for(home, nodes, load) == home
         return
     # Down, drained or gone: never a fresh (empty) home on another node.
@@ -66,11 +69,23 @@ def test_nodes_and_pins_are_read_from_the_api_answers() -> None:
         {"ID": "b2", "Status": {"State": "ready"}, "Spec": {"Availability": "drain"}},
         {"ID": "a1", "Status": {"State": "ready"}, "Spec": {"Availability": "active"}},
         {"ID": "c3", "Status": {"State": "down"}, "Spec": {"Availability": "active"}},
+        {
+            "ID": "d4",
+            "Status": {"State": "ready"},
+            "Spec": {"Availability": "active", "Labels": {"labhub.retiring": "true"}},
+        },
+        {
+            "ID": "e5",
+            "Status": {"State": "ready"},
+            "Spec": {"Availability": "active", "Labels": {"labhub.retiring": "false"}},
+        },
     ]
     assert nodes_from_api(listing) == [
         SwarmNode("a1", ready=True, active=True),
         SwarmNode("b2", ready=True, active=False),
         SwarmNode("c3", ready=False, active=True),
+        SwarmNode("d4", ready=True, active=True, retiring=True),
+        SwarmNode("e5", ready=True, active=True),
     ]
     services = [
         {"Spec": {"TaskTemplate": {"Placement": {"Constraints": [pin_constraint("a1")]}}}},
