@@ -20,7 +20,7 @@ import docker
 import pytest
 from labhub.contract import volume_name_for
 
-from testsupport.browsing import network_changed
+from testsupport.browsing import despite_network_changes, network_changed
 from testsupport.containers import user_containers
 from testsupport.hubclient import HubClient, run_in_kernel
 from testsupport.images import REPO
@@ -181,9 +181,12 @@ class Stack:
         from playwright.sync_api import Error
 
         password = password or self.ensure_account(username)
+        login_url = self.base_url + "/hub/login" + (f"?next={next_url}" if next_url else "")
         for attempt in range(attempts):
             try:
-                page.goto(self.base_url + "/hub/login" + (f"?next={next_url}" if next_url else ""))
+                # Chromium may reload its error page several times in a row: the goto
+                # waits for each reload to finish before it tries again.
+                despite_network_changes(lambda: page.goto(login_url))
                 if "/hub/login" not in page.url:
                     return  # the form went through before the network changed
                 page.fill("#username_input", username)

@@ -449,7 +449,7 @@ def test_fork_bomb_is_bounded_and_others_keep_serving(stack: Stack, pair: Pair) 
 
 
 MEMORY_HOG = """
-import json, subprocess, sys
+import json, subprocess, sys, time
 hog = r'''
 import time
 chunks, deadline = [], time.monotonic() + 90
@@ -457,9 +457,14 @@ while len(chunks) < LIMIT_MIB * 2 // 64 and time.monotonic() < deadline:
     chunks.append(bytearray(b"x") * (64 << 20))
     print(len(chunks) * 64, flush=True)
 '''
-p = subprocess.run([sys.executable, "-c", hog], capture_output=True, text=True, timeout=150)
-lines = p.stdout.split()
-print(json.dumps({"returncode": p.returncode, "peak_mib": int(lines[-1]) if lines else 0}))
+# Again until the pressure has lasted 5 s: one hog can be killed within a second, before
+# the bystanders were asked more than once.
+runs, start = [], time.monotonic()
+while not runs or time.monotonic() - start < 5:
+    p = subprocess.run([sys.executable, "-c", hog], capture_output=True, text=True, timeout=150)
+    lines = p.stdout.split()
+    runs.append({"returncode": p.returncode, "peak_mib": int(lines[-1]) if lines else 0})
+print(json.dumps(runs))
 """
 
 
@@ -469,9 +474,9 @@ def test_memory_hog_is_killed_and_others_keep_serving(stack: Stack, pair: Pair) 
     code = MEMORY_HOG.replace("LIMIT_MIB", str(limit_mib))
     seen, watch = while_watching(stack, pair, lambda: in_alice(stack, pair, code))
     print(f"memory hog: {seen}, limit {limit_mib} MiB, bystander polls {watch}")
-    # The kernel's OOM killer ends the hog (SIGKILL) before it gets past the limit.
-    assert seen["returncode"] == -9, seen
-    assert seen["peak_mib"] <= limit_mib, seen
+    # The kernel's OOM killer ends each hog (SIGKILL) before it gets past the limit.
+    assert seen and all(run["returncode"] == -9 for run in seen), seen
+    assert all(run["peak_mib"] <= limit_mib for run in seen), seen
     assert watch.polls >= 3 and not watch.failures, watch
     assert in_alice(stack, pair, "print(2)") == 2
 
