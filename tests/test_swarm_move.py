@@ -30,6 +30,7 @@ from labhub import homemove
 from labhub.contract import container_prefix, volume_name_for
 from labhub.hometar import copy_helper, copy_helper_prefix
 from labhub.settings import Settings
+from labhub.swarmplacement import RETIRING_LABEL
 from labhub.swarmspawner import HOME_NODE_STATE, LabSwarmSpawner, swarm_spawner_config
 from swarm import Node, Swarm, run
 from swarmlab import frontend_for, spawners_through, swarm_proxy
@@ -97,6 +98,7 @@ class Lab:
     """The cluster, its proxies and the hub's database, driven as the hub drives them."""
 
     swarm: Swarm
+    manager_port: int
     node_ports: dict[str, int]
     db_path: Path
     db: Any
@@ -192,6 +194,8 @@ class Lab:
         env = {
             **MINIMAL_ENV, "PATH": os.environ["PATH"], "PYTHONPATH": HUB_SRC,
             "DOCKER_NETWORK": NETWORK, "WORKSPACE_IMAGE": IMAGE, "LABHUB_VERSION": HUB_VERSION,
+            # The swarm's nodes, through the manager's proxy, as the hub container lists them.
+            "DOCKER_HOST": f"tcp://127.0.0.1:{self.manager_port}",
         }  # fmt: skip
         command = [sys.executable, "-m", "labhub.cli", "move-home", user, node, *self.proxies()]
         command.append(f"--db={self.db_path}")
@@ -208,7 +212,7 @@ def lab(image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         db = orm.new_session_factory(f"sqlite:///{db_path}")()
         stack.enter_context(spawners_through(manager_port))
         stack.callback(db.close)
-        yield Lab(swarm, ports, db_path, db)
+        yield Lab(swarm, manager_port, ports, db_path, db)
 
 
 def test_a_moved_home_has_the_same_files_and_owner_and_the_server_follows_it(lab: Lab) -> None:
@@ -246,9 +250,11 @@ def test_a_copy_that_differs_from_what_was_sent_is_not_switched_to(
     before = lab.in_server("carol", LIST_FILES)
     lab.stop("carol")
     [new] = [node.node_id for node in lab.swarm.nodes if node.node_id != old]
+    monkeypatch.setenv("DOCKER_HOST", f"tcp://127.0.0.1:{lab.manager_port}")
     plan = homemove.plan_move(
         "carol", new, homemove.read_home(lab.db_path, "carol"),
         {node: f"tcp://127.0.0.1:{port}" for node, port in lab.node_ports.items()}, NETWORK,
+        homemove.swarm_nodes(),
     )  # fmt: skip
     source = homemove.NodeEngine(old, plan.source_proxy, NETWORK, IMAGE)
     target = homemove.NodeEngine(new, plan.target_proxy, NETWORK, IMAGE)
@@ -323,3 +329,24 @@ def test_the_node_proxy_refuses_what_a_move_never_sends_before_the_engine_sees_i
     finally:
         raw_request(port, "DELETE", f"/v1.41/containers/{helper}?force=1")
         node.docker("volume", "rm", volume, check=False)
+
+
+def test_a_retiring_node_takes_no_first_home_and_no_moved_home(lab: Lab) -> None:
+    """The admin empties a node with the label (docs/scale-out.md#taking-a-node-out): a new
+    student's first server goes to the other node though it is busier, and `labhub
+    move-home` onto it is refused with nothing written there."""
+    busy = lab.start("erin")
+    [retiring] = [node.node_id for node in lab.swarm.nodes if node.node_id != busy]
+    manager = lab.swarm.manager
+    manager.docker("node", "update", "--label-add", f"{RETIRING_LABEL}=true", retiring)
+    try:
+        assert lab.start("dave") == busy  # the least-loaded node would be the retiring one
+        lab.stop("dave")
+        moved = lab.move_home("dave", retiring)
+        assert moved.returncode == 2, moved.stderr
+        assert f"node {retiring} is retiring" in moved.stderr, moved.stderr
+        assert lab.home_node("dave") == busy
+        assert lab.volume_nodes("dave") == {busy}
+    finally:
+        manager.docker("node", "update", "--label-rm", RETIRING_LABEL, retiring)
+        lab.stop("erin")

@@ -182,7 +182,7 @@ def move_home(args: argparse.Namespace) -> int:
     def move() -> None:
         found = proxies or _deployed_node_proxies(settings, "make move-home USER=... NODE=...")
         row = homemove.read_home(args.db, args.user)
-        plan = homemove.plan_move(args.user, args.node, row, found, network)
+        plan = homemove.plan_move(args.user, args.node, row, found, network, homemove.swarm_nodes())
         homemove.move_home(
             plan,
             homemove.NodeEngine(plan.source, plan.source_proxy, network, image),

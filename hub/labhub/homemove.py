@@ -46,7 +46,7 @@ from .hometar import (
     manifest_of,
     rewrite,
 )
-from .swarmplacement import SwarmNode, nodes_from_api
+from .swarmplacement import RETIRING_LABEL, SwarmNode, nodes_from_api
 from .swarmspawner import HOME_NODE_STATE
 from .swarmtasks import task_addresses
 
@@ -91,9 +91,11 @@ class MovePlan:
 
 
 def plan_move(
-    user: str, target: str, row: HomeRow | None, proxies: Mapping[str, str], network: str
-) -> MovePlan:
-    """What to move from where, or MoveRefused naming the reason and the fix."""
+    user: str, target: str, row: HomeRow | None, proxies: Mapping[str, str], network: str,
+    nodes: Sequence[SwarmNode],
+) -> MovePlan:  # fmt: skip
+    """What to move from where, or MoveRefused naming the reason and the fix. `nodes`: the
+    swarm's, so that no home moves onto a node being emptied."""
     if row is None:
         raise MoveRefused(f"{user!r} has no server in the hub's database: nothing to move")
     if row.running:
@@ -106,6 +108,8 @@ def plan_move(
         )
     if source == target:
         raise MoveRefused(f"{user}'s home is already on node {target}")
+    if any(node.id == target and node.retiring for node in nodes):
+        raise node_retiring(target)
     for node in (source, target):
         if node not in proxies:
             raise no_proxy_answers(node)
@@ -120,6 +124,15 @@ def servers_running(user: str, then: str) -> MoveRefused:
     return MoveRefused(
         f"{user}'s server is running (or starting), or a named server of theirs: stop "
         f"them first (admin page, or DELETE /hub/api/users/{user}/server), then {then}"
+    )
+
+
+def node_retiring(node: str) -> MoveRefused:
+    """The refusal for a home sent onto a node the admin is emptying (RETIRING_LABEL)."""
+    return MoveRefused(
+        f"node {node} is retiring (label {RETIRING_LABEL}=true) and takes no new home: "
+        f"choose another node, or `docker node update --label-rm {RETIRING_LABEL} {node}` "
+        "if it stays"
     )
 
 
@@ -166,6 +179,8 @@ def check_restore_node(
     if node not in proxies:
         raise no_proxy_answers(node)
     recorded = row.state.get(HOME_NODE_STATE) or ""
+    if found.retiring and recorded != node:
+        raise node_retiring(node)
     if recorded == node:
         return False
     if elsewhere := sorted(set(holding) - {node}):

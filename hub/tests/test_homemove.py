@@ -273,6 +273,7 @@ def test_only_a_nodes_proxy_takes_a_chunked_head_and_only_without_a_length() -> 
 
 # --- The plan and the switch --------------------------------------------------------------
 PROXIES = {"nodeA": "tcp://a:2375", "nodeB": "tcp://b:2375"}
+UP = [SwarmNode("nodeA", True, True), SwarmNode("nodeB", True, True)]
 
 
 @pytest.mark.parametrize(
@@ -288,7 +289,19 @@ PROXIES = {"nodeA": "tcp://a:2375", "nodeB": "tcp://b:2375"}
 )
 def test_a_move_that_cannot_start_says_why(row: HomeRow | None, target: str, reason: str) -> None:
     with pytest.raises(MoveRefused, match=reason):
-        plan_move("alice", target, row, PROXIES, NETWORK)
+        plan_move("alice", target, row, PROXIES, NETWORK, UP)
+
+
+def test_no_home_moves_onto_a_retiring_node() -> None:
+    """The admin empties the node with the label (docs/scale-out.md): a move onto it would
+    put a home back there."""
+    row = HomeRow(1, False, {HOME_NODE_STATE: "nodeA"})
+    nodes = [UP[0], SwarmNode("nodeB", True, True, retiring=True)]
+    with pytest.raises(MoveRefused, match=r"node nodeB is retiring .* --label-rm"):
+        plan_move("alice", "nodeB", row, PROXIES, NETWORK, nodes)
+    # Off a retiring node is what the label is for.
+    off = [SwarmNode("nodeA", True, True, retiring=True), UP[1]]
+    assert plan_move("alice", "nodeB", row, PROXIES, NETWORK, off).target == "nodeB"
 
 
 @pytest.fixture
@@ -306,7 +319,7 @@ def test_the_switch_writes_the_new_node_into_the_hubs_database_and_the_spawner_r
     hub_db: tuple[Path, Any],
 ) -> None:
     path, db = hub_db
-    plan = plan_move("alice", "nodeB", read_home(path, "alice"), PROXIES, NETWORK)
+    plan = plan_move("alice", "nodeB", read_home(path, "alice"), PROXIES, NETWORK, UP)
     spawner_row = orm.User.find(db, "alice").orm_spawners[""]
     spawner = LabSwarmSpawner(user=SimpleNamespace(name="alice"), orm_spawner=spawner_row)
     spawner.load_state(spawner_row.state)
@@ -322,7 +335,7 @@ def test_the_switch_writes_the_new_node_into_the_hubs_database_and_the_spawner_r
 
 def test_a_server_started_during_the_copy_is_not_switched(hub_db: tuple[Path, Any]) -> None:
     path, db = hub_db
-    plan = plan_move("alice", "nodeB", read_home(path, "alice"), PROXIES, NETWORK)
+    plan = plan_move("alice", "nodeB", read_home(path, "alice"), PROXIES, NETWORK, UP)
     orm.User.find(db, "alice").orm_spawners[""].server = orm.Server()
     db.commit()
     with pytest.raises(MoveFailed, match="started during the copy"):
@@ -338,6 +351,10 @@ def test_the_command_refuses_with_the_reason_and_exit_2(
     path, db = hub_db
     for name, value in {**MINIMAL_ENV, "DOCKER_NETWORK": NETWORK}.items():
         monkeypatch.setenv(name, value)
+    # The manager's node list, as the hub's Docker proxy gives it: nodeB retiring.
+    monkeypatch.setattr(
+        homemove, "swarm_nodes", lambda: [UP[0], SwarmNode("nodeB", True, True, retiring=True)]
+    )
     proxies = [f"--proxy={node}={url}" for node, url in PROXIES.items()]
     assert cli.main(["move-home", "alice", "nodeB", "--proxy=nodeA", f"--db={path}"]) == 2
     assert "give NODE_ID=tcp://HOST:PORT" in capsys.readouterr().err
@@ -347,6 +364,10 @@ def test_the_command_refuses_with_the_reason_and_exit_2(
     db.commit()
     assert cli.main(["move-home", "alice", "nodeB", *proxies, f"--db={path}"]) == 2
     assert "refused: alice's server is running" in capsys.readouterr().err
+    orm.User.find(db, "alice").orm_spawners[""].server = None
+    db.commit()
+    assert cli.main(["move-home", "alice", "nodeB", *proxies, f"--db={path}"]) == 2
+    assert "refused: node nodeB is retiring" in capsys.readouterr().err
 
 
 def test_without_proxies_the_commands_need_the_deployed_ones_and_name_what_is_missing(
@@ -498,6 +519,10 @@ STOPPED = HomeRow(1, False, {HOME_NODE_STATE: "nodeA"})
         (STOPPED, "nodeC", NODES, PROXIES, (), "no node nodeC in the swarm: NODE= takes"),
         (STOPPED, "nodeB", [NODES[0], SwarmNode("nodeB", False, True)], PROXIES, (), "down"),
         (STOPPED, "nodeB", [NODES[0], SwarmNode("nodeB", True, False)], PROXIES, (), "drained"),
+        (
+            STOPPED, "nodeB", [NODES[0], SwarmNode("nodeB", True, True, retiring=True)],
+            PROXIES, (), "node nodeB is retiring",
+        ),
         (STOPPED, "nodeB", NODES, {"nodeA": "tcp://a"}, (), "no Docker proxy .* node nodeB"),
         # A home volume on a node that answers: restore there and move it, or remove it.
         (STOPPED, "nodeB", NODES, PROXIES, ("nodeA",), "is on node nodeA: .*make move-home"),
@@ -525,6 +550,9 @@ def test_a_restore_onto_a_chosen_node_switches_unless_it_is_the_home_node_alread
     assert check_restore_node("alice", "nodeB", STOPPED, up, PROXIES, (), VOLUME)
     home = HomeRow(1, False, {HOME_NODE_STATE: "nodeB"})
     assert not check_restore_node("alice", "nodeB", home, NODES, PROXIES, ("nodeB",), VOLUME)
+    # A home restored where it is stays there, on a retiring node too, until it is moved.
+    retiring = [NODES[0], SwarmNode("nodeB", True, True, retiring=True)]
+    assert not check_restore_node("alice", "nodeB", home, retiring, PROXIES, ("nodeB",), VOLUME)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from labhub.dockerpolicy import Policy, Refused, check_swarm_request
 from labhub.dockerproxy import policy_from_env
 from labhub.homemove import HomeRow, MoveFailed, MoveRefused, plan_move, read_home, switch_home
 from labhub.settings import Settings
-from labhub.swarmplacement import pinned_node
+from labhub.swarmplacement import SwarmNode, pinned_node
 from labhub.swarmspawner import HOME_NODE_STATE, LabSwarmSpawner, swarm_spawner_config
 from sqlalchemy.orm import Session
 from tornado import web
@@ -246,6 +246,7 @@ def hub_file(tmp_path: Path) -> tuple[Path, Session]:
 
 
 PROXIES = {"nodeA": "tcp://a:2375", "nodeB": "tcp://b:2375"}
+NODES = [SwarmNode("nodeA", True, True), SwarmNode("nodeB", True, True)]
 
 
 def test_move_home_is_refused_while_a_named_server_of_the_user_runs(
@@ -254,18 +255,18 @@ def test_move_home_is_refused_while_a_named_server_of_the_user_runs(
     """The old check looked at the default server only: the home was copied under a running
     named server, which kept writing to the old copy."""
     path, session = hub_file
-    plan_move("alice", "nodeB", read_home(path, "alice"), PROXIES, POLICY.network)
+    plan_move("alice", "nodeB", read_home(path, "alice"), PROXIES, POLICY.network, NODES)
     orm.User.find(session, "alice").orm_spawners["train"].server = orm.Server()
     session.commit()
     with pytest.raises(MoveRefused, match="or a named server of theirs: stop them first"):
-        plan_move("alice", "nodeB", read_home(path, "alice"), PROXIES, POLICY.network)
+        plan_move("alice", "nodeB", read_home(path, "alice"), PROXIES, POLICY.network, NODES)
 
 
 def test_a_named_server_started_during_the_copy_stops_the_switch(
     hub_file: tuple[Path, Session],
 ) -> None:
     path, session = hub_file
-    plan = plan_move("alice", "nodeB", read_home(path, "alice"), PROXIES, POLICY.network)
+    plan = plan_move("alice", "nodeB", read_home(path, "alice"), PROXIES, POLICY.network, NODES)
     orm.User.find(session, "alice").orm_spawners["train"].server = orm.Server()
     session.commit()
     with pytest.raises(MoveFailed, match="started during the copy"):
