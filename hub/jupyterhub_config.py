@@ -188,6 +188,11 @@ if settings.gpu_service:
             "services": ["gpus"],
         }
     )
+    # On a Swarm it also reads the node list through the hub's Docker proxy (the homes'
+    # usage, read node by node: labhub.gpu.homes).
+    gpus_swarm_environment = (
+        {"DOCKER_HOST": os.environ.get("DOCKER_HOST", "")} if settings.engine == "swarm" else {}
+    )
     c.JupyterHub.services.append(
         {
             "name": "gpus",
@@ -196,7 +201,7 @@ if settings.gpu_service:
             # proxy-chp reaches it from another container: listen on every interface.
             "command": [sys.executable, "-m", "labhub.gpu.service", "--bind=0.0.0.0"],
             # The service builds the same Settings from the same variables as the hub.
-            "environment": settings_environment(os.environ),
+            "environment": settings_environment(os.environ) | gpus_swarm_environment,
             "oauth_no_confirm": True,
             # The hub stops if a managed service does not answer in time (default 30 s);
             # on a loaded host (many servers starting) Python start-up alone can take that.

@@ -92,8 +92,9 @@ never() {
 # no published port, no routing mesh, no way from a user's network. Made anew at each make
 # up, so it runs this version's image. Its health check is the proxy's /_ping, not the hub
 # image's (a Swarm task runs once healthy). With QUOTA_ROOT the home moves' one relays a
-# home's quota to its node's diskquota service (below), whose socket's volume it mounts (an
-# empty volume without QUOTA_ROOT): one of the policy's own arguments.
+# home's quota to its node's diskquota service (below), and reads its homes' usage there,
+# whose sockets' volume it mounts (an empty volume without QUOTA_ROOT): one of the policy's
+# own arguments.
 node_proxies() {
   local name="$1" image="$2" sock="$3" lab_network="$4" policy="$5"
   shift 5  # the rest: the policy's own --env and --mount arguments
@@ -143,11 +144,12 @@ diskquota_socket() {
 # QUOTA_ROOT (docs/admin-guide.md#disk-quotas): labhub's diskquota service on every node,
 # a global service NETWORK-diskquota making each home's btrfs subvolume there with its
 # limit. Root with CAP_SYS_ADMIN and CHOWN only, read-only, no secret, no Docker socket,
-# QUOTA_ROOT (the same path on every node) and its socket's volume only (its usage socket
-# is in a tmpfs: no one reads it on a Swarm yet). A Swarm task cannot have no network: it
-# gets an internal overlay network of its own that nothing else joins (not attachable),
-# and listens on none. The hub reaches it through the node's Docker proxy
-# (labhub.dockerproxy), which relays the checked request to that socket.
+# QUOTA_ROOT (the same path on every node) and its sockets' volume only: the hub's socket
+# and the usage socket (labhub.diskquota.NODE_USAGE_SOCKET), which only the node's Docker
+# proxy also mounts. A Swarm task cannot have no network: it gets an internal overlay
+# network of its own that nothing else joins (not attachable), and listens on none. The
+# hub reaches it through the node's Docker proxy (labhub.dockerproxy), which relays the
+# checked request to the one socket and answers the homes' usage from the other.
 diskquota() {
   local lab_network="$1" image="$2" root="$3" most="$4" name="$1-diskquota"
   docker service rm "$name" >/dev/null 2>&1 || true
@@ -161,11 +163,10 @@ diskquota() {
     --label labhub.diskquota=true \
     --mount "type=bind,source=${root},target=${root}" \
     --mount "type=volume,source=$(diskquota_socket "$lab_network"),target=/run/labhub-diskquota" \
-    --mount "type=tmpfs,target=/run/labhub-diskquota-usage" \
     --env QUOTA_ROOT="$root" --env DISK_QUOTA_MAX="$most" \
     --health-cmd "[ -S /run/labhub-diskquota/diskquota.sock ]" \
     --health-interval 10s --health-timeout 5s --health-retries 3 --health-start-period 10s \
-    "$image" labhub-diskquota run >/dev/null
+    "$image" labhub-diskquota run --usage-socket /run/labhub-diskquota/usage.sock >/dev/null
   wait_global "$name" "labhub's diskquota service" \
     "Is ${root} (QUOTA_ROOT) on btrfs with quotas on, on every node?"
 }

@@ -8,7 +8,8 @@ host; each server is a Swarm service whose task runs on a node placement chose, 
 through CHP over the overlay. With MONITORING=true, Prometheus on the manager's loopback
 has each node's servers' CPU and memory, read through that node's metrics proxy, which
 users cannot reach. With QUOTA_ROOT (a `make up` again, on a btrfs every node sees), a
-student's server on the worker writing past its disk quota gets "Disk quota exceeded".
+student's server on the worker writing past its disk quota gets "Disk quota exceeded", and
+what it wrote shows in their api/me and the admin's Homes table, read on each node.
 `make down` removes it all but the users' files. An engine that is not a manager is
 refused with what to run.
 
@@ -43,6 +44,7 @@ from swarmstack import (
     swarm_stack_up,
 )
 from test_compose import rendered
+from test_home_usage import homes_row
 
 from testsupport.dockerproxy import free_port
 from testsupport.hubclient import token_session
@@ -312,7 +314,9 @@ def test_with_quota_root_a_server_on_the_worker_gets_disk_quota_exceeded_past_it
     """QUOTA_ROOT on a Swarm (the settings refused it before): `make up` again with it runs
     the diskquota service on every node; each new user's home is a subvolume with the
     DISK_QUOTA limit on its node, and the server on the worker, writing past it in its
-    container, gets "Disk quota exceeded". Later tests keep the stack as it is now."""
+    container, gets "Disk quota exceeded"; the student's api/me and the admin's Homes
+    table show each home's usage and limit, read on its node. Later tests keep the stack
+    as it is now."""
     stack, manager, env = swarm_stack.stack, swarm_stack.manager, swarm_stack.env_file
     env.write_text(env.read_text() + f"QUOTA_ROOT={quota_root}\nDISK_QUOTA=40M\n")
     up = make("up", env, swarm_stack.docker_host, "BUILD=no", *swarm_stack.make_args)
@@ -343,6 +347,29 @@ def test_with_quota_root_a_server_on_the_worker_gets_disk_quota_exceeded_past_it
     # The limit the kernel enforced is DISK_QUOTA's, on that user's subvolume.
     qgroups = run("btrfs", "qgroup", "show", "--raw", "-re", str(quota_root))
     assert str(40 * 2**20) in qgroups, qgroups
+    # What was written shows where the student and the admin look, read on each home's node
+    # through its Docker proxy: the student's api/me through nginx, with their own token
+    # (btrfs commits every 30 s), and the admin page's Homes table, a row per user, both nodes.
+    written = int(worker.docker("exec", container, "stat", "-c", "%s", "/home/jovyan/big"))
+    me = token_session(stack.ca_file, clients[user].new_token(user))
+    home = wait_until(
+        lambda: me.get(f"{stack.base_url}/services/gpus/api/me", timeout=60).json()["home"],
+        120,
+        f"api/me to count {user}'s {written} bytes",
+        done=lambda seen: seen is not None and seen["used_bytes"] >= written,
+        interval=5,
+    )
+    assert home["limit_bytes"] == 40 * 2**20, home
+    # With the admin's token: the OAuth redirects of a browser login name DOMAIN (localhost),
+    # not the manager's address this host reaches nginx at.
+    admin = token_session(stack.ca_file, stack.admin().new_token(stack.admins[0]))
+    page = admin.get(f"{stack.base_url}/services/gpus/", allow_redirects=False, timeout=60)
+    assert page.status_code == 200 and "Home usage not read" not in page.text, page.text[-3000:]
+    name, used, limit, _ = homes_row(page.text, user)
+    assert (name, limit) == (user, "40.0 MiB")
+    assert float(used.removesuffix(" MiB")) >= written / 2**20 - 0.1, (used, written)
+    [other] = [u for u in users if u != user]
+    assert homes_row(page.text, other)[2] == "40.0 MiB"  # the manager's home, its row too
     for name in users:
         clients[name].stop_server(name)
         assert not manager.docker("service", "ls", "--quiet", "--filter", f"name={PREFIX}-{name}")

@@ -21,7 +21,11 @@ service on every node (still no network), its socket in a volume it shares with 
 node's Docker proxy alone. The hub asks the home node's proxy, which it already reaches
 for home moves (labhub.homemove.find_node_proxies), at `QUOTA_HOME_ROUTE` +
 <volume name> (`request_home_through`); that proxy checks the request
-(labhub.dockerpolicy.check_node_request) and relays it to the socket as a new one.
+(labhub.dockerpolicy.check_node_request) and relays it to the socket as a new one. The
+node's usage socket is in that volume too (`NODE_USAGE_SOCKET`): at `GET
+QUOTA_USAGE_ROUTE` the node's proxy answers the usage of that node's homes of its stack,
+which the GPU service reads on every node for api/me and the *Homes* table
+(labhub.gpu.homes).
 """
 
 from __future__ import annotations
@@ -45,8 +49,14 @@ from .contract import CONTAINER_USER
 SOCKET = "/run/labhub-diskquota/diskquota.sock"
 # Where the metrics exporter reads every home's usage (another volume, read-only service).
 USAGE_SOCKET = "/run/labhub-diskquota-usage/usage.sock"
-# A node proxy's one route that is not the engine's: POST <this><volume name>, {"Limit": bytes}.
+# Swarm mode: a node's usage socket, beside SOCKET in the volume that only the node's Docker
+# proxy also mounts (scripts/swarm-manager.sh gives it as --usage-socket).
+NODE_USAGE_SOCKET = "/run/labhub-diskquota/usage.sock"
+# A node proxy's two routes that are not the engine's: POST <this><volume name>,
+# {"Limit": bytes}; GET <the other>: the usage of the node's homes of the proxy's stack,
+# answered as the usage socket answers (`usages`).
 QUOTA_HOME_ROUTE = "/labhub/quota-homes/"
+QUOTA_USAGE_ROUTE = "/labhub/quota-usage"
 # `<DOCKER_NETWORK>-user-<escaped name>` (labhub.contract.volume_name_for): one path part.
 _VOLUME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}-user-[a-z0-9_-]{1,127}")
 
@@ -285,7 +295,13 @@ async def read_usage(socket_path: str = USAGE_SOCKET) -> dict[str, Usage]:
     writer.close()
     if "error" in answer:
         raise DiskQuotaError(f"diskquota could not read the homes: {answer['error']}")
-    return {volume: Usage(used, limit) for volume, (used, limit) in answer.items()}
+    return usages(answer)
+
+
+def usages(answer: Mapping[str, Any]) -> dict[str, Usage]:
+    """The usage socket's answer, {"volume": [used, limit]}, as Usage by volume name;
+    ValueError or TypeError if it is not one."""
+    return {str(volume): Usage(int(used), int(limit)) for volume, (used, limit) in answer.items()}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -51,7 +51,7 @@ from .contract import (
     volume_name_for,
     volume_prefix,
 )
-from .diskquota import QUOTA_HOME_ROUTE
+from .diskquota import QUOTA_HOME_ROUTE, QUOTA_USAGE_ROUTE
 from .hometar import PARENT, copy_helper, copy_helper_prefix
 
 MAX_BODY = 1024 * 1024
@@ -89,6 +89,9 @@ class Allowed:
     # Set for a node's disk-quota home (home volume, limit in bytes): the relay asks its
     # node's diskquota service (labhub.diskquota.request_home), not the engine.
     quota_home: tuple[str, int] | None = None
+    # Set for a node's homes' usage: the relay answers itself, from its node's diskquota
+    # usage socket (labhub.diskquota.read_usage), the homes of this volume prefix only.
+    quota_usage_of: str = ""
 
 
 @dataclass(frozen=True)
@@ -1178,9 +1181,10 @@ def check_node_request(policy: Policy, method: str, target: str, body: bytes) ->
     """A request to one node's engine, checked: users' volumes (create, inspect, remove)
     and a never-started copy helper on one user's volume (labhub.hometar.copy_helper):
     create it, read its home as a tar, put a checked tar back (streamed: `tar_upload`),
-    remove it. No start, exec or attach: nothing runs. And one request that is not the
+    remove it. No start, exec or attach: nothing runs. And two requests that are not the
     engine's: a user volume's disk-quota home with its limit (`quota_home`), which the
-    relay passes to the node's diskquota service."""
+    relay passes to the node's diskquota service; the usage of the node's homes of this
+    stack (`quota_usage_of`, exactly `GET QUOTA_USAGE_ROUTE`), which it reads there."""
     return _checked(_match_node_route, "a node's home moves", policy, method, target, body)
 
 
@@ -1206,6 +1210,8 @@ def _match_node_route(
         return Allowed(
             path + _query(params, {}), quota_home=(home, _int_in("Limit", limit, 1, 2**62))
         )
+    if method == "GET" and path == QUOTA_USAGE_ROUTE:
+        return Allowed(path + _query(params, {}), quota_usage_of=volume_prefix(policy.network))
     helper = re.escape(copy_helper_prefix(policy.network)) + "[0-9a-f]{16}"
     if method == "POST" and (m := _route(r"/containers/create", path)):
         name = params.get("name", "")

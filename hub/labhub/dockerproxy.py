@@ -27,7 +27,9 @@ A node's proxy (PROXY_POLICY=node) takes one streamed body: a home's tar upload,
 chunked (`ChunkedBody`, strict) and forwarded as a new tar written member by member from
 the checked fields (`labhub.hometar.rewrite`), never as the client's bytes. With disk
 quotas it also relays one request that is not the engine's: a home's subvolume and limit,
-sent as a new request to its node's diskquota service (`labhub.diskquota.request_home`).
+sent as a new request to its node's diskquota service (`labhub.diskquota.request_home`);
+and it answers one itself: its stack's homes' usage on that node, read on the service's
+usage socket (`labhub.diskquota.read_usage`), which reads nothing it is sent.
 
 One request is answered by the relay itself: the metrics exporter's `GET /system/df`
 (`DiskUsage`), from one engine call every DISK_USAGE_EVERY seconds, cut down to the
@@ -346,6 +348,18 @@ async def _quota_home(socket_path: str, volume: str, limit: int) -> tuple[int, b
     return 200, json.dumps({"used": found.used, "limit": found.limit}).encode()
 
 
+async def _quota_usage(socket_path: str, prefix: str) -> tuple[int, bytes]:
+    """The usage of the node's homes named ``prefix``* (this stack's): 200 {"volume":
+    [used, limit]}, or 502 {"message"} saying why not (no diskquota service, no btrfs)."""
+    try:
+        found = await diskquota.read_usage(socket_path)
+    except diskquota.DiskQuotaError as error:
+        log.warning("quota usage: %s", error)
+        return 502, json.dumps({"message": str(error)}).encode()
+    homes = {v: [u.used, u.limit] for v, u in found.items() if v.startswith(prefix)}
+    return 200, json.dumps(homes).encode()
+
+
 async def _respond(writer: asyncio.StreamWriter, status: int, message: str) -> None:
     await _send_json(writer, status, json.dumps({"message": message}).encode())
 
@@ -393,12 +407,14 @@ async def handle(
     gpu_db: str = "",
     uploads: bool = False,
     quota_socket: str = diskquota.SOCKET,
+    usage_socket: str = diskquota.NODE_USAGE_SOCKET,
 ) -> None:
     """Read one request, check it, send the engine a new one built from it, stream back.
 
     ``gpu_db``: the hub's GPU record (PROXY_POLICY=swarm), read only, for GPU services.
     With ``uploads`` (a node's proxy), a chunked tar upload is streamed through the checks.
-    ``quota_socket``: the node's diskquota service, for a checked `quota_home`."""
+    ``quota_socket``: the node's diskquota service, for a checked `quota_home`; and
+    ``usage_socket`` its usage socket, for `quota_usage_of`."""
     method, target = "?", "?"
     try:
         try:
@@ -423,6 +439,9 @@ async def handle(
                 return
             if allowed.quota_home is not None:
                 await _send_json(writer, *await _quota_home(quota_socket, *allowed.quota_home))
+                return
+            if allowed.quota_usage_of:
+                await _send_json(writer, *await _quota_usage(usage_socket, allowed.quota_usage_of))
                 return
             if allowed.gpu_claim is not None:
                 await asyncio.to_thread(verify_gpu_claim, gpu_db, socket_path, allowed)
@@ -508,7 +527,7 @@ def policy_from_env(env: dict[str, str]) -> Check:
     network = env.get("DOCKER_NETWORK", "labhub")
     if kind == "node":
         # In front of one node's engine: users' volumes and copy helpers (labhub.homemove),
-        # and the relay to the node's diskquota service (its socket, when make up runs one).
+        # and the relay to the node's diskquota service (its sockets, when make up runs one).
         node = Policy(allowed_images=images, network=network)
         return lambda method, target, body: check_node_request(node, method, target, body)
     if kind == "swarm":

@@ -46,16 +46,14 @@ from .hometar import (
     manifest_of,
     rewrite,
 )
-from .swarmplacement import RETIRING_LABEL, SwarmNode, nodes_from_api
+from .swarmplacement import RETIRING_LABEL, SwarmNode, node_id_in, nodes_from_api
 from .swarmspawner import HOME_NODE_STATE
-from .swarmtasks import task_addresses
+from .swarmtasks import NODE_PROXY_PORT, task_addresses
 
 # Docker API version of the nodes' engines (Engine 20.10); fixed, so no version probe.
 API_VERSION = "1.41"
 # How long a volume may stay in use by the stopped server's task container (move, restore).
 OLD_VOLUME_WAIT = 60.0
-# The port every node proxy listens on (labhub.dockerproxy's LISTEN_PORT default).
-NODE_PROXY_PORT = 2375
 # A progress line every this many bytes copied.
 PROGRESS_EVERY = 256 * 1024 * 1024
 
@@ -264,7 +262,7 @@ def find_node_proxies(service: str, port: int = NODE_PROXY_PORT) -> dict[str, st
         url = f"tcp://{address}:{port}"
         with suppress(APIError, OSError, DockerException):
             info = docker.APIClient(base_url=url, version=API_VERSION, timeout=10).info()
-            if node := (info.get("Swarm") or {}).get("NodeID"):
+            if node := node_id_in(info):
                 proxies[node] = url
     return proxies
 

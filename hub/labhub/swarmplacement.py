@@ -64,6 +64,13 @@ def nodes_from_api(listing: Iterable[Mapping[str, Any]]) -> list[SwarmNode]:
     return sorted(nodes, key=lambda node: node.id)
 
 
+def node_id_in(info: Mapping[str, Any]) -> str | None:
+    """The Swarm node ID in an engine's `GET /info` answer; None if it gives none."""
+    swarm = info.get("Swarm")
+    node = swarm.get("NodeID") if isinstance(swarm, Mapping) else None
+    return node if isinstance(node, str) and node else None
+
+
 def pin_constraint(node_id: str) -> str:
     """The placement constraint that pins a service's task to one node."""
     if not _PIN.fullmatch(f"node.id=={node_id}"):

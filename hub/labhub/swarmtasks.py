@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import socket
 
+# The port every node proxy listens on (labhub.dockerproxy's LISTEN_PORT default).
+NODE_PROXY_PORT = 2375
+
 
 def task_addresses(service: str, port: int) -> list[str]:
     """Every task's IPv4 address, sorted; socket.gaierror when none resolves (the service

@@ -8,13 +8,18 @@ pins the service to, before the service exists, and sends exactly the quota bind
 the manager's proxy passes; any other device path, option or volume is refused (a property
 test); a node proxy relays a checked home request, and only that, to its diskquota socket
 as a new request; the hub asks the home node's proxy, and refuses a plain volume already
-there; the settings take QUOTA_ROOT with ENGINE=swarm, but not with HOME_NFS.
+there; the settings take QUOTA_ROOT with ENGINE=swarm, but not with HOME_NFS. A node proxy
+answers exactly `GET QUOTA_USAGE_ROUTE` with its stack's homes' usage, read on its
+diskquota service's usage socket, and refuses any other method, path or query (a property
+test); another stack's homes on the node are never in its answer (the merge over every
+node is in tests/gpu/test_homes.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
+import http.client
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,8 +32,14 @@ from hypothesis import strategies as st
 from jupyterhub import orm
 from jupyterhub.objects import Hub, Server
 from labhub import cli, diskquota, homemove
-from labhub.contract import quota_home_options, volume_name_for
-from labhub.diskquota import QUOTA_HOME_ROUTE, DiskQuotaError, Usage, request_home_through
+from labhub.contract import quota_home_options, volume_name_for, volume_prefix
+from labhub.diskquota import (
+    QUOTA_HOME_ROUTE,
+    QUOTA_USAGE_ROUTE,
+    DiskQuotaError,
+    Usage,
+    request_home_through,
+)
 from labhub.dockerpolicy import Policy, Refused, check_node_request, check_swarm_request
 from labhub.dockerproxy import DiskUsage, handle, policy_from_env
 from labhub.settings import Settings, SettingsError
@@ -234,6 +245,142 @@ def test_the_diskquota_services_limit_and_the_proxys_rules_both_hold(
     answer, made_too = relay(tmp_path, monkeypatch, "other-user-alice", 2**20)
     assert "answered 403" in str(answer) and "not a user volume" in str(answer)
     assert made == made_too == []
+
+
+# --- A node's proxy, answering its homes' usage -------------------------------------------
+def test_a_node_proxy_answers_exactly_get_quota_usage_for_its_stacks_homes() -> None:
+    allowed = check_node_request(NODE, "GET", QUOTA_USAGE_ROUTE, b"")
+    assert allowed.quota_usage_of == volume_prefix(NETWORK) and allowed.target == QUOTA_USAGE_ROUTE
+    for method, target, reason in [
+        ("POST", QUOTA_USAGE_ROUTE, "not needed"),
+        ("DELETE", QUOTA_USAGE_ROUTE, "not needed"),
+        ("HEAD", QUOTA_USAGE_ROUTE, "not needed"),
+        ("GET", QUOTA_USAGE_ROUTE + "?prefix=other-user-", "query parameter 'prefix'"),
+        ("GET", QUOTA_USAGE_ROUTE + "?network=other", "query parameter 'network'"),
+        ("GET", QUOTA_USAGE_ROUTE + "/", "not needed"),
+        ("GET", QUOTA_USAGE_ROUTE + "/other-user-alice", "not needed"),
+        ("GET", QUOTA_USAGE_ROUTE + "/../quota-homes/x", "not a plain API path"),
+        ("GET", "/v1.41" + QUOTA_USAGE_ROUTE, "not needed"),
+        ("GET", QUOTA_USAGE_ROUTE.upper(), "not needed"),
+    ]:
+        with pytest.raises(Refused, match=reason):
+            check_node_request(NODE, method, target, b"")
+    with pytest.raises(Refused, match="takes no request body"):
+        check_node_request(NODE, "GET", QUOTA_USAGE_ROUTE, b"{}")
+
+
+@given(
+    method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS"]),
+    before=st.sampled_from(["", "/v1.41", "/labhub", "/v1.41/labhub"]),
+    after=st.text(max_size=40),
+)
+def test_nothing_but_that_request_reaches_the_usage_socket(
+    method: str, before: str, after: str
+) -> None:
+    """Whatever is put around the route: refused, or the very same request (an empty query
+    adds nothing), never the usage of another prefix nor any other target."""
+    target = before + QUOTA_USAGE_ROUTE + after
+    try:
+        allowed = check_node_request(NODE, method, target, b"")
+    except Refused:
+        return
+    if allowed.quota_usage_of:
+        assert (method, allowed.target) == ("GET", QUOTA_USAGE_ROUTE)
+        assert allowed.quota_usage_of == volume_prefix(NETWORK)
+    else:  # an engine route, none of which reads the diskquota service's sockets
+        assert allowed.quota_home is None and not allowed.target.startswith("/labhub")
+
+
+def usage_through_proxy(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    requests: list[tuple[str, str]],
+    diskquota_runs: bool = True,
+) -> tuple[list[tuple[int, Any]], int]:
+    """`requests` sent to a real node proxy's handler (PROXY_POLICY=node, this stack's
+    network) in front of a real diskquota service's usage socket (if it runs), whose
+    QUOTA_ROOT holds alice's home, bob's and another stack's alice's: each status and JSON
+    answer, and how often the service read the homes."""
+    read: list[Path] = []
+    on_the_node = {
+        ALICES_HOME: Usage(3 * 2**20, 2**30),
+        volume_name_for("bob", NETWORK): Usage(5, 0),
+        volume_name_for("alice", "otherlab"): Usage(7 * 2**20, 2**30),
+    }
+
+    def homes_usage(root: Path) -> dict[str, Usage]:
+        read.append(root)
+        return on_the_node
+
+    monkeypatch.setattr(diskquota, "homes_usage", homes_usage)
+    check = policy_from_env(
+        {"PROXY_POLICY": "node", "ALLOWED_IMAGES": IMAGE, "DOCKER_NETWORK": NETWORK}
+    )
+    usage_socket = str(tmp_path / "usage.sock")
+
+    def ask(port: int, method: str, target: str) -> tuple[int, Any]:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            connection.request(method, target)
+            response = connection.getresponse()
+            return response.status, json.loads(response.read() or b"null")
+        finally:
+            connection.close()
+
+    async def run() -> list[tuple[int, Any]]:
+        service = await asyncio.start_unix_server(
+            lambda _, w: diskquota._answer_usage(Path(ROOT), w), path=usage_socket
+        )
+        if not diskquota_runs:
+            service.close()
+            Path(usage_socket).unlink()
+        proxy = await asyncio.start_server(
+            lambda r, w: handle(
+                check, str(tmp_path / "no-engine.sock"), DiskUsage(""), r, w, uploads=True,
+                usage_socket=usage_socket,
+            ),
+            "127.0.0.1", 0,
+        )  # fmt: skip
+        port = proxy.sockets[0].getsockname()[1]
+        async with service, proxy:
+            return [await asyncio.to_thread(ask, port, *request) for request in requests]
+
+    return asyncio.run(run()), len(read)
+
+
+def test_the_node_proxy_answers_its_stacks_homes_usage_from_the_usage_socket(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    [(status, answer)], reads = usage_through_proxy(
+        tmp_path, monkeypatch, [("GET", QUOTA_USAGE_ROUTE)]
+    )
+    assert status == 200 and reads == 1
+    # Another stack's home on the same QUOTA_ROOT is not answered.
+    assert answer == {ALICES_HOME: [3 * 2**20, 2**30], volume_name_for("bob", NETWORK): [5, 0]}
+
+
+def test_the_node_proxy_refuses_any_other_usage_request_reading_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    requests = [
+        ("POST", QUOTA_USAGE_ROUTE),
+        ("GET", QUOTA_USAGE_ROUTE + "?prefix=otherlab-user-"),
+        ("GET", QUOTA_USAGE_ROUTE + "/" + volume_name_for("alice", "otherlab")),
+        ("GET", "/v1.41" + QUOTA_USAGE_ROUTE),
+    ]
+    answers, reads = usage_through_proxy(tmp_path, monkeypatch, requests)
+    assert [status for status, _ in answers] == [403] * len(requests), answers
+    assert all("refused by labhub docker proxy" in answer["message"] for _, answer in answers)
+    assert reads == 0
+
+
+def test_a_node_without_its_diskquota_service_answers_502_saying_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    [(status, answer)], _ = usage_through_proxy(
+        tmp_path, monkeypatch, [("GET", QUOTA_USAGE_ROUTE)], diskquota_runs=False
+    )
+    assert status == 502 and "no disk usage at" in answer["message"]
 
 
 # --- The hub's side: the home node's proxy, then its diskquota service ---------------------

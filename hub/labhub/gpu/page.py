@@ -54,11 +54,13 @@ class PageHandler(AdminHandler):
         self.finish(page)
 
     async def homes(self) -> tuple[list[dict[str, Any]], str | None]:
-        """The *Homes* table's rows, or why they could not be read (said on the page)."""
+        """The *Homes* table's rows, and why some or all could not be read (said on the
+        page; in Swarm mode, which nodes)."""
         homes: Homes | None = self.settings["homes"]
         if homes is None:
             return [], None
         try:
-            return await homes.table(self.settings["hub"]), None
+            rows, problems = await homes.table(self.settings["hub"])
         except DiskQuotaError as error:
             return [], str(error)
+        return rows, "; ".join(problems) or None

@@ -180,7 +180,13 @@ def main() -> None:
     token, hub_api_url = os.environ["JUPYTERHUB_API_TOKEN"], os.environ["JUPYTERHUB_API_URL"]
     hub_auth = HubOAuth(api_token=token, cache_max_age=60)
     rules = rules_from(settings, nvml=bool(read_utilisation()))
-    homes = Homes(USAGE_SOCKET, settings.docker_network) if settings.disk_quotas.root else None
+    # In Swarm mode each home's usage is read on its node, through the nodes' Docker proxies.
+    node_proxies = (settings.node_proxy_service or "") if settings.engine == "swarm" else ""
+    homes = (
+        Homes(USAGE_SOCKET, settings.docker_network, node_proxies)
+        if settings.disk_quotas.root
+        else None
+    )
     app = make_app(
         allocator.store, allocator.inventory, hub_auth,
         os.environ["JUPYTERHUB_SERVICE_PREFIX"], hub_api_url, token,
