@@ -49,6 +49,13 @@ USAGE = {
 }
 
 
+def homes_cells(page: str) -> list[list[str]]:
+    """The admin page's *Homes* table as text: user, used, limit, percent for each row."""
+    table = page.split('<table id="homes">')[1].split("</table>")[0]
+    rows = [row.split("</td>")[:4] for row in table.split("<tr data-user=")[1:]]
+    return [[cell.rsplit(">", 1)[1] for cell in row] for row in rows]
+
+
 class FakeHubUserList(web.RequestHandler):
     """GET /hub/api/users?offset=&limit=: one page of the hub's users, as JupyterHub pages."""
 
@@ -106,9 +113,7 @@ class HomesTest(UsageSocketCase):
     def test_the_admin_page_lists_every_home_most_used_first(self) -> None:
         code, page = self.get("", "root")
         assert code == 200
-        table = page.split('<table id="homes">')[1].split("</table>")[0]
-        rows = [row.split("</td>")[:4] for row in table.split("<tr data-user=")[1:]]
-        cells = [[cell.rsplit(">", 1)[1] for cell in row] for row in rows]
+        cells = homes_cells(page)
         assert cells == [
             [volume_name_for("gone", NETWORK), "60.0 MiB", "100.0 MiB", "60.0%"],
             ["ada", "30.0 MiB", "100.0 MiB", "30.0%"],
@@ -235,9 +240,7 @@ class SwarmHomesTest(AsyncHTTPTestCase):
         code, page = self.get("", "root")
         assert code == 200 and time.monotonic() - started < 3  # one budget for every node
         assert self.asked == [(NODE_PROXIES, self.port)]
-        table = page.split('<table id="homes">')[1].split("</table>")[0]
-        rows = [row.split("</td>")[:4] for row in table.split("<tr data-user=")[1:]]
-        cells = [[cell.rsplit(">", 1)[1] for cell in row] for row in rows]
+        cells = homes_cells(page)
         # n1's and n2's homes; the other stack's home on n1 never.
         assert cells == [
             [volume_name_for("gone", NETWORK), "60.0 MiB", "100.0 MiB", "60.0%"],
