@@ -18,10 +18,10 @@ node is in tests/gpu/test_homes.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
-import http.client
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -45,6 +45,7 @@ from labhub.dockerproxy import DiskUsage, handle, policy_from_env
 from labhub.settings import Settings, SettingsError
 from labhub.swarmspawner import HOME_NODE_STATE, LabSwarmSpawner, swarm_spawner_config
 
+from testsupport.dockerproxy import raw_request
 from testsupport.minimal_env import MINIMAL_ENV
 from testsupport.swarmstandins import HubUser, SlowManager
 
@@ -191,6 +192,20 @@ def test_a_node_proxy_allows_a_user_homes_quota_request_only() -> None:
         check_node_request(NODE, "DELETE", QUOTA_HOME_ROUTE + ALICES_HOME, b"")
 
 
+@contextlib.asynccontextmanager
+async def node_proxy(tmp_path: Path, check: Any, **sockets: str) -> AsyncIterator[int]:
+    """A real node proxy's handler (PROXY_POLICY=node, no engine behind it) on a loopback
+    port, with the diskquota `sockets` it relays to (quota_socket, usage_socket)."""
+    proxy = await asyncio.start_server(
+        lambda r, w: handle(
+            check, str(tmp_path / "no-engine.sock"), DiskUsage(""), r, w, uploads=True, **sockets
+        ),
+        "127.0.0.1", 0,
+    )  # fmt: skip
+    async with proxy:
+        yield proxy.sockets[0].getsockname()[1]
+
+
 def relay(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, volume: str, limit: int
 ) -> tuple[Usage | str, list[tuple[Path, str, int]]]:
@@ -211,15 +226,7 @@ def relay(
         service = await asyncio.start_unix_server(
             lambda r, w: diskquota._answer(Path(ROOT), 1024**3, r, w), path=socket_path
         )
-        proxy = await asyncio.start_server(
-            lambda r, w: handle(
-                check, str(tmp_path / "no-engine.sock"), DiskUsage(""), r, w, uploads=True,
-                quota_socket=socket_path,
-            ),
-            "127.0.0.1", 0,
-        )  # fmt: skip
-        port = proxy.sockets[0].getsockname()[1]
-        async with service, proxy:
+        async with service, node_proxy(tmp_path, check, quota_socket=socket_path) as port:
             try:
                 return await asyncio.to_thread(
                     request_home_through, f"tcp://127.0.0.1:{port}", volume, limit
@@ -319,13 +326,8 @@ def usage_through_proxy(
     usage_socket = str(tmp_path / "usage.sock")
 
     def ask(port: int, method: str, target: str) -> tuple[int, Any]:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        try:
-            connection.request(method, target)
-            response = connection.getresponse()
-            return response.status, json.loads(response.read() or b"null")
-        finally:
-            connection.close()
+        status, body = raw_request(port, method, target)
+        return status, json.loads(body or "null")
 
     async def run() -> list[tuple[int, Any]]:
         service = await asyncio.start_unix_server(
@@ -334,15 +336,7 @@ def usage_through_proxy(
         if not diskquota_runs:
             service.close()
             Path(usage_socket).unlink()
-        proxy = await asyncio.start_server(
-            lambda r, w: handle(
-                check, str(tmp_path / "no-engine.sock"), DiskUsage(""), r, w, uploads=True,
-                usage_socket=usage_socket,
-            ),
-            "127.0.0.1", 0,
-        )  # fmt: skip
-        port = proxy.sockets[0].getsockname()[1]
-        async with service, proxy:
+        async with service, node_proxy(tmp_path, check, usage_socket=usage_socket) as port:
             return [await asyncio.to_thread(ask, port, *request) for request in requests]
 
     return asyncio.run(run()), len(read)
