@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from labhub import diskquota, homemove
+from labhub import diskquota, homemove, nodereads
 from labhub.contract import volume_name_for
 from labhub.diskquota import Usage
 from labhub.dockerproxy import DiskUsage, handle, policy_from_env
-from labhub.gpu import homes as homes_module
 from labhub.gpu.homes import Homes, user_names
 from labhub.gpu.service import make_app
 from labhub.gpu.store import Store
@@ -176,7 +175,7 @@ class SwarmHomesTest(AsyncHTTPTestCase):
         self.addCleanup(tmp.cleanup)
         patch = pytest.MonkeyPatch()
         self.addCleanup(patch.undo)
-        patch.setattr(homes_module, "USAGE_BUDGET", 1.0)
+        patch.setattr(nodereads, "BUDGET", 1.0)
         patch.setattr(diskquota, "homes_usage", lambda root: ON_NODES[root.name])
         patch.setattr(homemove, "swarm_nodes", lambda: LISTED)
         self.asked: list[tuple[str, int]] = []
@@ -186,7 +185,7 @@ class SwarmHomesTest(AsyncHTTPTestCase):
             self.asked.append((service, on))
             return list(ADDRESSES)
 
-        patch.setattr(homes_module, "task_addresses", task_addresses)
+        patch.setattr(nodereads, "task_addresses", task_addresses)
         check = policy_from_env(
             {"PROXY_POLICY": "node", "ALLOWED_IMAGES": "lab/workspace", "DOCKER_NETWORK": NETWORK}
         )
@@ -271,7 +270,7 @@ class SwarmHomesTest(AsyncHTTPTestCase):
             raise socket.gaierror(-2, "Name or service not known")
 
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(homes_module, "task_addresses", nothing)
+            patch.setattr(nodereads, "task_addresses", nothing)
             code, page = self.get("", "root")
             assert code == 200
             assert f"no node&#39;s Docker proxy found at tasks.{NODE_PROXIES}" in page

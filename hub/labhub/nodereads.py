@@ -1,0 +1,131 @@
+"""One read-only route asked of every Swarm node's Docker proxy at once (PROXY_POLICY=node).
+
+The homes' disk usage (`labhub.gpu.homes`) and the GPUs' utilisation
+(`labhub.gpu.readings`) live on each node: the hub's side asks each node's proxy (the tasks
+of the node proxies' global service, `labhub.swarmtasks`) for its engine's `/info` (which
+node it is) and then the route, all within one budget, and the manager for its node list
+(through the hub's Docker proxy), so that a node the manager lists but no proxy answered
+for is named too. One slow or broken node never hides the others' answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+
+from .swarmplacement import node_id_in
+from .swarmtasks import NODE_PROXY_PORT, task_addresses
+
+# Seconds the whole fan-out may take, every node at once.
+BUDGET = 5.0
+
+
+class NodeReadError(Exception):
+    """One node's proxy gave no usable answer; the message says what it answered."""
+
+
+@dataclass
+class NodeAnswers:
+    """What every node's proxy answered at one route, by node ID, and what was not read."""
+
+    answers: dict[str, Any] = field(default_factory=dict)
+    # Node ID -> its hostname, as its engine says (a GPU inventory may name nodes so).
+    hostnames: dict[str, str] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class NodeProxies:
+    """The nodes' Docker proxies: the global service ``service``, each task at ``port``."""
+
+    service: str
+    port: int = NODE_PROXY_PORT
+
+    async def ask(self, route: str, what: str) -> NodeAnswers:
+        """``GET route`` of every node's proxy. ``what`` names the answer in the problems
+        ("usage": "node X's Docker proxy at A gave no usage: ...")."""
+        out = NodeAnswers()
+        try:
+            addresses = await asyncio.to_thread(task_addresses, self.service, self.port)
+        except OSError as error:
+            out.problems.append(
+                f"no node's Docker proxy found at tasks.{self.service} ({error}): `make up` "
+                f"deploys them (docker service ps {self.service} on the manager)"
+            )
+            return out
+        infos: dict[str, dict[str, Any]] = {}  # proxy address -> its engine's /info
+        reads = [self._one(address, route, infos) for address in addresses]
+        answers, listed = await asyncio.gather(asyncio.gather(*reads), listed_nodes())
+        for address, answer in zip(addresses, answers, strict=True):
+            node = node_id_in(infos.get(address, {}))
+            if not node and not isinstance(answer, NodeReadError):
+                answer = NodeReadError("its engine's /info names no Swarm node")
+            if isinstance(answer, NodeReadError):
+                where = f"node {node}'s" if node else "the node (unknown) whose"
+                out.problems.append(f"{where} Docker proxy at {address} gave no {what}: {answer}")
+                continue
+            out.answers[node] = answer
+            out.hostnames[node] = str(infos[address].get("Name") or "")
+        seen = {node_id_in(info) for info in infos.values()}
+        if isinstance(listed, str):
+            out.problems.append(listed)
+        else:
+            out.problems.extend(
+                f"node {node} ({state}): no Docker proxy answered for it, its {what} is not shown"
+                for node, state in listed.items()
+                if node not in seen
+            )
+        return out
+
+    async def _one(
+        self, address: str, route: str, infos: dict[str, dict[str, Any]]
+    ) -> Any | NodeReadError:
+        """The answer of the proxy at ``address``, or why not, within the budget. Its
+        engine's /info goes into ``infos`` as soon as it has it."""
+        base = f"http://{address}:{self.port}"
+        deadline = time.monotonic() + BUDGET
+        try:
+            info = await get_json(f"{base}/info", deadline)
+            infos[address] = info if isinstance(info, dict) else {}
+            return await get_json(base + route, deadline)
+        except NodeReadError as error:
+            return error
+
+
+async def listed_nodes() -> dict[str, str] | str:
+    """The swarm's nodes by ID with their state (ready or down), from the manager through
+    the hub's Docker proxy (DOCKER_HOST); or why not."""
+    # Imported here: labhub.homemove imports the spawners, which import the GPU service's
+    # modules, which import this one.
+    from .homemove import MoveRefused, swarm_nodes
+
+    try:
+        nodes = await asyncio.wait_for(asyncio.to_thread(swarm_nodes), BUDGET)
+    except TimeoutError:
+        return f"the swarm's node list did not come within {BUDGET:.0f} s"
+    except MoveRefused as error:
+        return str(error)
+    return {node.id: "ready" if node.ready else "down" for node in nodes}
+
+
+async def get_json(url: str, deadline: float) -> Any:
+    """One GET to a node's Docker proxy, answered by ``deadline`` (time.monotonic): its
+    JSON answer, or NodeReadError saying why not."""
+    left = max(deadline - time.monotonic(), 0.1)
+    try:
+        response = await AsyncHTTPClient().fetch(url, connect_timeout=left, request_timeout=left)
+        return json.loads(response.body)
+    except HTTPClientError as error:
+        if error.response is None:  # tornado's 599: a timeout, or closed with no answer
+            raise NodeReadError(
+                f"GET {url}: no answer ({error.message}; the budget is {BUDGET:g} s)"
+            ) from None
+        body = error.response.body.decode(errors="replace")
+        raise NodeReadError(f"GET {url} answered {error.code}: {body[:300]}") from None
+    except (OSError, ValueError) as error:
+        raise NodeReadError(f"GET {url}: {error}") from None
