@@ -189,6 +189,14 @@ else
 	@scripts/swarm-manager.sh remove-diskquota '$(call env_value,DOCKER_NETWORK)'
 endif
 
+# The GPUs to declare in GPU_INVENTORY (docs/gpus.md): on one host, nvidia-smi in a
+# throwaway container of the hub image that sees every GPU; with ENGINE=swarm, after make
+# up, every node's, through its Docker proxy (labhub gpu-inventory in the hub's container).
+.PHONY: gpu-inventory
+gpu-inventory: ## Print the GPUs nvidia-smi finds (every node's with ENGINE=swarm) as a GPU_INVENTORY file to edit
+	@$(if $(SWARM),$(COMPOSE) exec -T hub labhub gpu-inventory,docker run --rm --gpus all \
+	  --entrypoint python $(HUB_IMAGE) -m labhub.gpu.inventory)
+
 # ENGINE=swarm: labhub move-home in the hub's container, which finds every node's proxy.
 .PHONY: move-home
 move-home: ## Swarm mode: move a stopped user's home to another node: make move-home USER=alice NODE=<node id>
@@ -243,8 +251,8 @@ venv: $(VENV)/.installed
 
 .PHONY: lint
 lint: venv ## ruff, mypy, hadolint, shellcheck
-	$(VENV)/bin/ruff check . tests/fake-gpu/nvidia-container-runtime
-	$(VENV)/bin/ruff format --check . tests/fake-gpu/nvidia-container-runtime
+	$(VENV)/bin/ruff check . tests/fake-gpu/nvidia-container-runtime tests/fake-nvml/nvidia-smi
+	$(VENV)/bin/ruff format --check . tests/fake-gpu/nvidia-container-runtime tests/fake-nvml/nvidia-smi
 	$(VENV)/bin/mypy
 	$(VENV)/bin/hadolint images/*/Dockerfile tests/oidc-provider/Dockerfile
 	shellcheck scripts/*.sh images/*/*.sh .ci/run tests/fake-gpu/nvidia-container-runtime-hook

@@ -94,7 +94,10 @@ never() {
 # image's (a Swarm task runs once healthy). With QUOTA_ROOT the home moves' one relays a
 # home's quota to its node's diskquota service (below), and reads its homes' usage there,
 # whose sockets' volume it mounts (an empty volume without QUOTA_ROOT): one of the policy's
-# own arguments.
+# own arguments. It also reads its node's GPUs' utilisation with nvidia-smi for the GPU
+# service (labhub.gpu.readings): it sees all of them (NVIDIA_VISIBLE_DEVICES=all, with the
+# nodes' default runtime nvidia; nvidia-smi only, NVIDIA_DRIVER_CAPABILITIES=utility), which
+# adds no reach to a container that holds its node's engine socket.
 node_proxies() {
   local name="$1" image="$2" sock="$3" lab_network="$4" policy="$5"
   shift 5  # the rest: the policy's own --env and --mount arguments
@@ -194,6 +197,7 @@ case "${1:-}" in
   node-proxies)
     [[ $# == 6 ]] || { echo "usage: $0 node-proxies NAME IMAGE SOCKET NETWORK ALLOWED_IMAGES" >&2; exit 2; }
     node_proxies "$2" "$3" "$4" "$5" node --env ALLOWED_IMAGES="$6" \
+      --env NVIDIA_VISIBLE_DEVICES=all --env NVIDIA_DRIVER_CAPABILITIES=utility \
       --mount "type=volume,source=$(diskquota_socket "$5"),target=/run/labhub-diskquota" ;;
   metrics-proxies)
     [[ $# == 5 ]] || { echo "usage: $0 metrics-proxies NAME IMAGE SOCKET NETWORK" >&2; exit 2; }

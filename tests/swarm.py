@@ -55,6 +55,12 @@ class Node:
     def socket(self) -> Path:
         return RUN_ROOT / self.name / "docker.sock"
 
+    @property
+    def fake_nvml(self) -> Path:
+        """What the stand-in nvidia-smi reports on this node, once a test writes it: its
+        engine's runtime (tests/fake-gpu) finds it through FAKE_NVML_STATE."""
+        return STATE_ROOT / self.name / "fake-nvidia-smi.json"
+
     def docker(self, *args: str, check: bool = True, timeout: float = 120) -> str:
         return run("docker", "-H", f"unix://{self.socket}", *args, check=check, timeout=timeout)
 
@@ -203,6 +209,7 @@ class Swarm:
                 *(["--insecure-registry", self.registry] if self.insecure_registry else []),
             ],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "FAKE_NVML_STATE": str(node.fake_nvml)},
         )  # fmt: skip
 
     def _wait_for_engine(self, node: Node) -> None:

@@ -9,6 +9,12 @@ task runs on the worker and sees exactly `/dev/nvidia1`; the admin's api/devices
 booking on that node; a second student asking for a GPU is told all are busy; a stop frees
 it. Without this wiring `make up` stops at check-settings (GPU_INVENTORY refused).
 
+Each node's GPUs are read on that node: every node's Docker proxy runs the stand-in
+nvidia-smi the runtime gives a container that sees GPUs, with that node's figures
+(`Node.fake_nvml`), and the admin's api/devices shows the worker's figures for its GPU, not
+the manager's for the GPU of the same index there, nor none (as before: nvidia-smi ran in
+the hub's container only).
+
 The stack's IDLE_TIMEOUT is short (IDLE_TIMEOUT_S): the hub-wide idle culler stops a GPU
 server left idle, its service goes from the manager, its device is free for another
 student, its home stays on its node and the next spawn lands there; a server whose page is
@@ -28,8 +34,9 @@ import docker
 import pytest
 from gpustack import Admin
 from labhub.contract import volume_name_for
+from labhub.gpu.reclaim import NO_NVML
 from stacks import STACK, USERS_CREATED, Stack
-from swarm import Swarm
+from swarm import Node, Swarm
 from swarmlab import wait_for_running_task
 from swarmstack import PREFIX, SwarmStack, swarm_stack_up
 
@@ -53,9 +60,21 @@ PROFILES = {
 IDLE_TIMEOUT_S, CULL_EVERY_S, ACTIVITY_EVERY_S = 90, 60, 30
 
 
+def nvml_reports(node: Node, percent: int, used_mib: int) -> None:
+    """What the stand-in nvidia-smi says of GPU DEVICE_ID on ``node`` from now on."""
+    gpu = {"index": DEVICE_ID, "uuid": f"GPU-{node.name}", "name": "Fake A100",
+           "memory.total": 40960, "utilization.gpu": percent, "memory.used": used_mib}  # fmt: skip
+    # Rewritten in place: the node's containers see it through a bind mount of this file.
+    node.fake_nvml.write_text(json.dumps({"gpus": [gpu]}))
+    node.fake_nvml.chmod(0o644)
+
+
 def gpu_files(folder: Path, swarm: Swarm) -> dict[str, str]:
     """GPU_CONFIG_DIR with the inventory (the worker's node ID: all nodes share a hostname)
-    and the profiles, readable by the hub; the .env lines that name them."""
+    and the profiles, readable by the hub; the .env lines that name them. Each node's
+    stand-in nvidia-smi figures, before the containers that read them start."""
+    nvml_reports(swarm.manager, 90, 30000)  # a GPU of the same index on the hub's node
+    nvml_reports(swarm.workers[0], 37, 1234)
     worker = swarm.workers[0].node_id
     inventory = {
         "devices": [{"id": DEVICE_ID, "model": "Fake A100", "memory_mib": 40960, "node": worker}]
@@ -167,6 +186,44 @@ def test_the_proxy_reads_current_bookings_from_a_read_only_mount_of_the_record(
     [record] = [m for m in proxy["Mounts"] if m["Destination"] == "/srv/jupyterhub"]
     assert record["RW"] is False
     assert "GPU_DB=/srv/jupyterhub/gpu.sqlite" in proxy["Config"]["Env"]
+
+
+def test_the_admin_sees_the_gpus_utilisation_read_on_their_own_node(
+    gpu_swarm: SwarmStack,
+) -> None:
+    stack, worker = gpu_swarm.stack, gpu_swarm.swarm.workers[0]
+    admin = Admin(stack, token_of(stack, "admin"))
+
+    def figures() -> tuple[int | None, int | None]:
+        [device] = admin.gpus("GET", "devices").json()["devices"]
+        assert device["id"] == f"{DEVICE_ID}@{worker.node_id}", device
+        return device["utilisation_percent"], device["memory_used_mib"]
+
+    # The worker's figures, through its Docker proxy; not the manager's (90 %, 30000 MiB).
+    assert figures() == (37, 1234)
+    # Live: read at each request, on the node.
+    nvml_reports(worker, 5, 800)
+    assert figures() == (5, 800)
+    # The utilisation rule is not off for want of nvidia-smi in the hub's container.
+    rule = admin.gpus("GET", "devices").json()["rules"]["utilisation"]
+    assert rule.get("reason") != NO_NVML, rule
+
+
+def test_make_gpu_inventory_lists_every_nodes_gpus_detected_there(
+    gpu_swarm: SwarmStack,
+) -> None:
+    """The file an admin declares, from what nvidia-smi says on each node: the manager's
+    GPU and the worker's, each naming its node by ID (the test nodes share a hostname).
+    Before it, the only way was nvidia-smi on each node by hand."""
+    made = gpu_swarm.make("gpu-inventory")
+    assert made.returncode == 0, made.stdout[-2000:] + made.stderr[-2000:]
+    listed = json.loads(made.stdout)  # all it prints: `make gpu-inventory > gpus.json`
+    swarm = gpu_swarm.swarm
+    assert sorted(listed["devices"], key=lambda d: d["node"] != swarm.manager.node_id) == [
+        {"id": DEVICE_ID, "uuid": f"GPU-{node.name}", "model": "Fake A100",
+         "memory_mib": 40960, "policy": "exclusive", "node": node.node_id}
+        for node in (swarm.manager, swarm.workers[0])
+    ]  # fmt: skip
 
 
 def used(admin: Admin, user: str) -> bool:

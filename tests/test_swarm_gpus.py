@@ -27,6 +27,7 @@ from labhub.gpu.allocator import GpuAllocator
 from labhub.gpu.api import devices_report
 from labhub.gpu.inventory import Device
 from labhub.gpu.profiles import default_profiles
+from labhub.gpu.readings import GpuReadings
 from labhub.gpu.store import Store, booked_devices
 from labhub.settings import Settings
 from labhub.swarmgpu import LabSwarmGpuSpawner, swarm_gpu_spawner_config
@@ -221,7 +222,9 @@ def test_a_gpu_nodes_engine_stopping_releases_its_holders_and_shows_on_the_admin
         assert booked_devices(cluster.db, user) is None, user
         services = cluster.swarm.manager.docker("service", "ls", "--format", "{{.Name}}")
         assert spawner.service_name not in services.split()
-    report = asyncio.run(devices_report(cluster.allocator.store, cluster.allocator.inventory))
+    report = asyncio.run(
+        devices_report(cluster.allocator.store, cluster.allocator.inventory, GpuReadings())
+    )
     for device in report["devices"]:
         assert (device["node_down_since"] is not None) == (device["node"] == worker.node_id)
     # No GPU of the down node is given; the manager's GPU is busy: all busy.

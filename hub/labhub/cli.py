@@ -267,6 +267,48 @@ def _deployed_node_proxies(settings: Settings, how: str) -> dict[str, str]:
     return homemove.find_node_proxies(settings.node_proxy_service)
 
 
+def gpu_inventory() -> int:
+    """Print the GPUs nvidia-smi detects as a GPU_INVENTORY file to edit: on a Swarm every
+    node's, asked of its Docker proxy, each device naming its node (by hostname where no
+    other node answered with it, else by ID); on one host, this container's. Exit 1 when a
+    node was not read: what was read is printed, and each node missing is named."""
+    import asyncio
+    import json
+
+    from .gpu import inventory
+    from .nodereads import NodeProxies
+
+    settings = Settings.from_env(os.environ)
+    if settings.engine != "swarm":
+        inventory.main()
+        return 0
+    if not settings.node_proxy_service:
+        print(
+            "labhub gpu-inventory: NODE_PROXY_SERVICE is not set: run this in the hub's "
+            "container (make gpu-inventory)",
+            file=sys.stderr,
+        )
+        return 2
+    proxies = NodeProxies(settings.node_proxy_service)
+    read = asyncio.run(proxies.ask(inventory.NODE_DEVICES_ROUTE, "GPU devices"))
+    shared = {h for h in read.hostnames.values() if list(read.hostnames.values()).count(h) > 1}
+    devices: list[dict[str, Any]] = []
+    for node, answer in sorted(read.answers.items()):
+        hostname = read.hostnames[node]
+        try:
+            inventory.validate_json(answer, inventory.schema(), f"node {node}'s answer")
+        except inventory.InventoryError as error:
+            read.problems.append(str(error))
+            continue
+        name = hostname if hostname and hostname not in shared else node
+        devices.extend({**device, "node": name} for device in answer["devices"])
+    json.dump({"devices": devices}, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    for problem in read.problems:
+        print(f"labhub gpu-inventory: not read: {problem}", file=sys.stderr)
+    return 1 if read.problems else 0
+
+
 def home_archive(args: argparse.Namespace) -> int:
     """Write the user's home as a tar to stdout, from its node (exit 2: no home to read)."""
     from docker.errors import DockerException
@@ -405,6 +447,9 @@ def main(argv: list[str] | None = None) -> int:
         "which becomes the home node (it must be ready and active)",
     )  # fmt: skip
     commands.add_parser("owner-label", help="the label naming a user server's owner")
+    commands.add_parser(
+        "gpu-inventory", help="the GPUs every node has, as a GPU_INVENTORY file to edit"
+    )
     args = parser.parse_args(argv)
     if args.command == "check-settings":
         return check_settings()
@@ -426,6 +471,8 @@ def main(argv: list[str] | None = None) -> int:
         return home_restore(args)
     if args.command == "owner-label":
         return print_owner_label()
+    if args.command == "gpu-inventory":
+        return gpu_inventory()
     if args.command == "container-prefix":
         return print_container_prefix(args.network)
     parser.error(f"unknown command {args.command}")

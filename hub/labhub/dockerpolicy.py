@@ -52,6 +52,7 @@ from .contract import (
     volume_prefix,
 )
 from .diskquota import QUOTA_HOME_ROUTE, QUOTA_USAGE_ROUTE
+from .gpu.inventory import NODE_DEVICES_ROUTE, NODE_UTILISATION_ROUTE
 from .hometar import PARENT, copy_helper, copy_helper_prefix
 
 MAX_BODY = 1024 * 1024
@@ -92,6 +93,9 @@ class Allowed:
     # Set for a node's homes' usage: the relay answers itself, from its node's diskquota
     # usage socket (labhub.diskquota.read_usage), the homes of this volume prefix only.
     quota_usage_of: str = ""
+    # Set for a node's GPUs (NODE_UTILISATION_ROUTE or NODE_DEVICES_ROUTE, which it is): the
+    # relay answers itself, with nvidia-smi on its node (labhub.gpu.inventory).
+    nvidia_smi: str = ""
 
 
 @dataclass(frozen=True)
@@ -1184,7 +1188,9 @@ def check_node_request(policy: Policy, method: str, target: str, body: bytes) ->
     remove it. No start, exec or attach: nothing runs. And two requests that are not the
     engine's: a user volume's disk-quota home with its limit (`quota_home`), which the
     relay passes to the node's diskquota service; the usage of the node's homes of this
-    stack (`quota_usage_of`, exactly `GET QUOTA_USAGE_ROUTE`), which it reads there."""
+    stack (`quota_usage_of`, exactly `GET QUOTA_USAGE_ROUTE`), which it reads there; and
+    its node's GPUs' utilisation and devices (`nvidia_smi`, exactly `GET
+    NODE_UTILISATION_ROUTE` or `GET NODE_DEVICES_ROUTE`), which it reads with nvidia-smi."""
     return _checked(_match_node_route, "a node's home moves", policy, method, target, body)
 
 
@@ -1212,6 +1218,8 @@ def _match_node_route(
         )
     if method == "GET" and path == QUOTA_USAGE_ROUTE:
         return Allowed(path + _query(params, {}), quota_usage_of=volume_prefix(policy.network))
+    if method == "GET" and path in (NODE_UTILISATION_ROUTE, NODE_DEVICES_ROUTE):
+        return Allowed(path + _query(params, {}), nvidia_smi=path)
     helper = re.escape(copy_helper_prefix(policy.network)) + "[0-9a-f]{16}"
     if method == "POST" and (m := _route(r"/containers/create", path)):
         name = params.get("name", "")

@@ -29,7 +29,8 @@ the checked fields (`labhub.hometar.rewrite`), never as the client's bytes. With
 quotas it also relays one request that is not the engine's: a home's subvolume and limit,
 sent as a new request to its node's diskquota service (`labhub.diskquota.request_home`);
 and it answers one itself: its stack's homes' usage on that node, read on the service's
-usage socket (`labhub.diskquota.read_usage`), which reads nothing it is sent.
+usage socket (`labhub.diskquota.read_usage`), which reads nothing it is sent; and its
+node's GPUs' utilisation and devices, read with nvidia-smi (`labhub.gpu.inventory`).
 
 One request is answered by the relay itself: the metrics exporter's `GET /system/df`
 (`DiskUsage`), from one engine call every DISK_USAGE_EVERY seconds, cut down to the
@@ -75,6 +76,7 @@ from .dockerpolicy import (
     inspect_target,
     user_volume_sizes,
 )
+from .gpu import inventory
 from .gpu.store import booked_devices
 from .hometar import BadHomeArchive, rewrite
 from .registry import check_pinned, image_digests
@@ -360,6 +362,18 @@ async def _quota_usage(socket_path: str, prefix: str) -> tuple[int, bytes]:
     return 200, json.dumps(homes).encode()
 
 
+async def _nvidia_smi(route: str) -> tuple[int, bytes]:
+    """This node's GPUs, read with nvidia-smi here (the proxy runs with all of its node's
+    GPUs visible, `scripts/swarm-manager.sh`): their utilisation, 200 {"index": [percent,
+    MiB used]}; or the devices detected, 200 {"devices": [...]}. None on a node without GPUs
+    or NVML."""
+    if route == inventory.NODE_DEVICES_ROUTE:
+        found = await asyncio.to_thread(inventory.detect_inventory)
+        return 200, json.dumps(inventory.inventory_json(found)).encode()
+    usage = await asyncio.to_thread(inventory.read_utilisation)
+    return 200, json.dumps(inventory.utilisation_json(usage)).encode()
+
+
 async def _respond(writer: asyncio.StreamWriter, status: int, message: str) -> None:
     await _send_json(writer, status, json.dumps({"message": message}).encode())
 
@@ -442,6 +456,9 @@ async def handle(
                 return
             if allowed.quota_usage_of:
                 await _send_json(writer, *await _quota_usage(usage_socket, allowed.quota_usage_of))
+                return
+            if allowed.nvidia_smi:
+                await _send_json(writer, *await _nvidia_smi(allowed.nvidia_smi))
                 return
             if allowed.gpu_claim is not None:
                 await asyncio.to_thread(verify_gpu_claim, gpu_db, socket_path, allowed)

@@ -63,11 +63,10 @@ class NodeProxies:
         answers, listed = await asyncio.gather(asyncio.gather(*reads), listed_nodes())
         for address, answer in zip(addresses, answers, strict=True):
             node = node_id_in(infos.get(address, {}))
-            if not node and not isinstance(answer, NodeReadError):
-                answer = NodeReadError("its engine's /info names no Swarm node")
-            if isinstance(answer, NodeReadError):
+            if isinstance(answer, NodeReadError) or node is None:
                 where = f"node {node}'s" if node else "the node (unknown) whose"
-                out.problems.append(f"{where} Docker proxy at {address} gave no {what}: {answer}")
+                why = answer if isinstance(answer, NodeReadError) else "its /info names no node"
+                out.problems.append(f"{where} Docker proxy at {address} gave no {what}: {why}")
                 continue
             out.answers[node] = answer
             out.hostnames[node] = str(infos[address].get("Name") or "")

@@ -35,36 +35,8 @@ from .gpu.inventory import Inventory, nodes_of, split_key
 from .gpu.scheduler import Allocation
 from .gpu.spawner import GpuSpawnerMixin
 from .settings import Settings
-from .swarmplacement import NoNodeForServer, SwarmNode, nodes_from_api
+from .swarmplacement import NodeNamesError, NoNodeForServer, SwarmNode, gpu_node_ids, nodes_from_api
 from .swarmspawner import LabSwarmSpawner, swarm_spawner_config
-
-
-class NodeNamesError(Exception):
-    """An inventory node name that names no node, or several; the message says which."""
-
-
-def gpu_node_ids(names: Iterable[str], listing: Iterable[Mapping[str, Any]]) -> dict[str, str]:
-    """Inventory node name -> Swarm node ID, from `GET /nodes`; a name matches a node's ID
-    or its hostname. A name not in the swarm (the node left) is left out; a hostname
-    several nodes share is refused (name those nodes by ID in the inventory)."""
-    nodes = list(listing)
-    out = {}
-    for name in names:
-        ids = sorted(
-            {
-                str(node["ID"])
-                for node in nodes
-                if name in (node["ID"], (node.get("Description") or {}).get("Hostname"))
-            }
-        )
-        if len(ids) > 1:
-            raise NodeNamesError(
-                f"GPU_INVENTORY node {name!r} is the hostname of nodes {', '.join(ids)}: "
-                "name each of them by its node ID in the inventory"
-            )
-        if ids:
-            out[name] = ids[0]
-    return out
 
 
 def where_gpus_may_go(

@@ -32,16 +32,15 @@ from labhub.gpu.allocator import GpuAllocator
 from labhub.gpu.api import devices_report
 from labhub.gpu.inventory import Device, Inventory
 from labhub.gpu.profiles import default_profiles
+from labhub.gpu.readings import GpuReadings
 from labhub.gpu.store import Store, booked_devices
 from labhub.settings import Settings
 from labhub.swarmgpu import (
     LabSwarmGpuSpawner,
-    NodeNamesError,
-    gpu_node_ids,
     observed_services,
     swarm_gpu_spawner_config,
 )
-from labhub.swarmplacement import RETIRING_LABEL
+from labhub.swarmplacement import RETIRING_LABEL, NodeNamesError, gpu_node_ids
 from labhub.swarmspawner import HOME_NODE_STATE
 from tornado import web
 
@@ -298,7 +297,7 @@ def test_a_gpu_server_whose_node_went_away_is_stopped_and_its_device_released(
         LabSwarmGpuSpawner._client = None
     assert booked_devices(allocator.store.path, "ada") is None
     # The admin page's report names the node and when it went (labhub.gpu.api).
-    report = asyncio.run(devices_report(allocator.store, INVENTORY))
+    report = asyncio.run(devices_report(allocator.store, INVENTORY, GpuReadings()))
     states = {d["id"]: (d["node"], d["node_down_since"]) for d in report["devices"]}
     assert states["0@gpu-b"] == ("gpu-b", None)
     assert states["0@gpu-a"][0] == "gpu-a" and states["0@gpu-a"][1] is not None

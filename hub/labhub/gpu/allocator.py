@@ -202,7 +202,8 @@ def _check_nodes(settings: Settings, inventory: Inventory, problems: list[str]) 
     if swarm and settings.gpu_inventory == "auto":
         problems.append(
             "GPU_INVENTORY=auto detects the hub's own host only; with ENGINE=swarm declare "
-            "every node's devices in a file, each with its node (docs/scale-out.md)"
+            "every node's devices in a file, each with its node: `make gpu-inventory` prints "
+            "them (docs/scale-out.md)"
         )
     elif swarm and any(not d.node for d in inventory):
         problems.append(

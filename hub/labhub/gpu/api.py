@@ -15,7 +15,8 @@ from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
 from labhub.gpu.allocator import utcnow
 from labhub.gpu.culler import Reclaimer
 from labhub.gpu.hubclient import HubCall, server_path
-from labhub.gpu.inventory import Inventory, read_utilisation
+from labhub.gpu.inventory import Inventory, device_key
+from labhub.gpu.readings import GpuReadings
 from labhub.gpu.reclaim import Rules
 from labhub.gpu.scheduler import Reservation
 from labhub.gpu.store import Store, allocation_to_json
@@ -84,6 +85,15 @@ class UserHandler(ServiceHandler, HubOAuthenticated, web.RequestHandler):  # typ
         inventory: Inventory = self.settings["gpu_inventory"]
         return inventory
 
+    async def devices(self) -> dict[str, Any]:
+        """The devices view (`devices_report`) with this service's readings and rules."""
+        return await devices_report(
+            self.store,
+            self.inventory,
+            self.settings["gpu_readings"],
+            self.settings["gpu_reclaimer"],
+        )
+
     @property
     def admin_name(self) -> str:
         return str(self.current_user["name"])
@@ -144,21 +154,24 @@ class AdminHandler(UserHandler):
 
 
 async def devices_report(
-    store: Store, inventory: Inventory, reclaimer: Reclaimer | None = None
+    store: Store,
+    inventory: Inventory,
+    readings: GpuReadings,
+    reclaimer: Reclaimer | None = None,
 ) -> dict[str, Any]:
-    """Everything the devices view shows, as JSON; with ``reclaimer``, each holder's
-    idle-since and when the reclaiming rules would stop it (``reclaim``)."""
+    """Everything the devices view shows, as JSON, with utilisation from ``readings``;
+    with ``reclaimer``, each holder's idle-since and when the reclaiming rules would stop
+    it (``reclaim``)."""
     state = await asyncio.to_thread(store.state, inventory)
     extensions = await asyncio.to_thread(store.extensions_used) if reclaimer else {}
     now = utcnow()
     drained = await asyncio.to_thread(store.drained_since)
     nodes_down = await asyncio.to_thread(store.nodes_down_since)
     queue = await asyncio.to_thread(store.queue)
-    utilisation = await asyncio.to_thread(read_utilisation)
+    utilisation = await readings.read(inventory)
     devices = []
     for d in inventory:
-        # nvidia-smi runs where the service runs: another node's GPUs have no figures here.
-        util = None if d.node else utilisation.get(d.id.split(":")[0])
+        util = utilisation.get(device_key(d.id.split(":")[0], d.node))
         reservation = state.reservations.get(d.key)
         devices.append(
             {
@@ -214,9 +227,7 @@ def rules_report(rules: Rules) -> dict[str, Any]:
 
 class DevicesHandler(AdminHandler):
     async def get(self) -> None:
-        self.finish(
-            await devices_report(self.store, self.inventory, self.settings["gpu_reclaimer"])
-        )
+        self.finish(await self.devices())
 
 
 class UsageHandler(AdminHandler):

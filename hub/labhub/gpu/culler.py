@@ -1,8 +1,8 @@
 """GPU reclaiming in the admin service: the rules of :mod:`labhub.gpu.reclaim`, applied.
 
 Every ``GPU_CULL_EVERY`` seconds :meth:`Reclaimer.run` reads utilisation once
-(``read_utilisation``, nvidia-smi in the hub container), asks the hub for each GPU holder's
-server, records a ``warn`` once per coming stop, and stops the servers whose time is up
+(``read_utilisation``: `labhub.gpu.readings`, on each GPU's node), asks the hub for each GPU
+holder's server, records a ``warn`` once per coming stop, and stops the servers whose time is up
 through the hub REST API (the container goes, the user's volume stays). The spawner's
 ``stop`` frees the devices, so the record always follows the container. Every stop is a
 ``cull`` in the audit log with its ``reason``: ``utilisation-idle``, ``session-length`` or
@@ -12,7 +12,7 @@ through the hub REST API (the container goes, the user's volume stays). The spaw
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -47,7 +47,7 @@ class Reclaimer:
     store: Store
     hub: HubCall
     rules: Rules
-    read_utilisation: Callable[[], dict[str, Utilisation]]
+    read_utilisation: Callable[[], Awaitable[dict[str, Utilisation]]]
     clocks: dict[tuple[str, datetime], IdleClock] = field(default_factory=dict)
     last_activity: dict[str, datetime] = field(default_factory=dict)
     warned: set[tuple[str, str, datetime]] = field(default_factory=set)
@@ -58,7 +58,7 @@ class Reclaimer:
         used = await asyncio.to_thread(self.store.extensions_used)
         utilisation: dict[str, Utilisation] = {}
         if self.rules.utilisation_rule_on:
-            utilisation = await asyncio.to_thread(self.read_utilisation)
+            utilisation = await self.read_utilisation()
         # Forget holders gone since the last round (stopped, or a new allocation).
         live = {(a.holder, a.since) for a in allocations}
         self.clocks = {key: clock for key, clock in self.clocks.items() if key in live}

@@ -34,6 +34,11 @@ Policy = Literal["exclusive", "shared"]
 Runner = Callable[..., "subprocess.CompletedProcess[str]"]
 
 NVIDIA_SMI_TIMEOUT_S = 20
+# Swarm mode: the routes at which each node's Docker proxy answers with nvidia-smi there
+# (labhub.dockerproxy): its GPUs' utilisation (`utilisation_json`, for labhub.gpu.readings)
+# and its detected devices (`inventory_json`, for `labhub gpu-inventory`).
+NODE_UTILISATION_ROUTE = "/labhub/gpu-utilisation"
+NODE_DEVICES_ROUTE = "/labhub/gpu-devices"
 _QUERY_FIELDS = "index,uuid,name,memory.total"
 _GPU_LINE = re.compile(r"^GPU (?P<index>\d+): (?P<model>.+?) \(UUID: (?P<uuid>[^)]+)\)$")
 _MIG_LINE = re.compile(
@@ -114,7 +119,7 @@ def nodes_of(inventory: Inventory) -> frozenset[str]:
     return frozenset(d.node for d in inventory)
 
 
-def _schema() -> dict[str, Any]:
+def schema() -> dict[str, Any]:
     text = resources.files("labhub.gpu").joinpath("inventory.schema.json").read_text()
     return cast(dict[str, Any], json.loads(text))
 
@@ -159,7 +164,7 @@ def load_inventory(path: str | Path) -> Inventory:
         ) from None
     except json.JSONDecodeError as e:
         raise InventoryError(f"{source}: not valid JSON ({e}); fix the syntax") from None
-    validate_json(data, _schema(), source)
+    validate_json(data, schema(), source)
     devices = tuple(Device(**item) for item in data["devices"])
     seen: set[str] = set()
     for device in devices:
@@ -265,13 +270,42 @@ def read_utilisation(run: Runner = subprocess.run) -> dict[str, Utilisation]:
     return out
 
 
-def main() -> None:
-    """Print the detected inventory as a JSON file to edit (python -m labhub.gpu.inventory)."""
-    devices = [asdict(d) for d in detect_inventory()]
+def utilisation_json(found: dict[str, Utilisation]) -> dict[str, list[int]]:
+    """A node's utilisation as its Docker proxy answers it: {"index": [percent, used MiB]}."""
+    return {index: [u.gpu_percent, u.memory_used_mib] for index, u in found.items()}
+
+
+def utilisation_from_json(answer: object) -> dict[str, Utilisation]:
+    """`utilisation_json`'s answer read back; ValueError when it is not one."""
+    if not isinstance(answer, dict):
+        raise ValueError(f"not a JSON object: {answer!r:.100}")
+    out = {}
+    for index, figures in answer.items():
+        if not (
+            isinstance(figures, list)
+            and len(figures) == 2
+            and all(isinstance(f, int) and not isinstance(f, bool) for f in figures)
+        ):
+            raise ValueError(f"GPU {index!r}: {figures!r:.100} is not [percent, MiB used]")
+        out[str(index)] = Utilisation(gpu_percent=figures[0], memory_used_mib=figures[1])
+    return out
+
+
+def inventory_json(inventory: Inventory) -> dict[str, list[dict[str, Any]]]:
+    """An inventory as a file declares it, to edit: the shared-policy fields left out, and
+    the node only where there is one."""
+    devices = [asdict(d) for d in inventory]
     for device in devices:
         device.pop("max_holders")
         device.pop("memory_cap_mib")
-    json.dump({"devices": devices}, sys.stdout, indent=2)
+        if not device["node"]:
+            device.pop("node")
+    return {"devices": devices}
+
+
+def main() -> None:
+    """Print the detected inventory as a JSON file to edit (python -m labhub.gpu.inventory)."""
+    json.dump(inventory_json(detect_inventory()), sys.stdout, indent=2)
     sys.stdout.write("\n")
 
 

@@ -152,7 +152,7 @@ class MetricsHandler(web.RequestHandler):
         inventory: Inventory = self.settings["gpu_inventory"]
         policy: quota.QuotaPolicy = self.settings["gpu_quota"]
         now = utcnow()
-        report = await devices_report(store, inventory)
+        report = await devices_report(store, inventory, self.settings["gpu_readings"])
         used, topups = await asyncio.to_thread(store.week_ledgers, now)
         events = await asyncio.to_thread(store.event_counts)
         users = [s.split(":", 1)[1] for s in used if s.startswith("user:")]

@@ -13,7 +13,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from jupyterhub.utils import url_path_join
 from labhub.diskquota import DiskQuotaError
 from labhub.gpu.allocator import utcnow
-from labhub.gpu.api import AdminHandler, devices_report
+from labhub.gpu.api import AdminHandler
 from labhub.gpu.homes import Homes
 
 # Autoescaped, as JupyterHub's own pages: the admin page and the spawn page's profile choice.
@@ -34,7 +34,7 @@ class PageHandler(AdminHandler):
         super().prepare()
 
     async def get(self) -> None:
-        report = await devices_report(self.store, self.inventory, self.settings["gpu_reclaimer"])
+        report = await self.devices()
         usage = await asyncio.to_thread(self.store.usage, utcnow())
         audit = await asyncio.to_thread(self.store.audit, 50)
         homes, homes_error = await self.homes()

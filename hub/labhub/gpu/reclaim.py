@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from labhub.gpu.inventory import Utilisation, split_key
+from labhub.gpu.inventory import Utilisation, device_key, split_key
 
 Reason = Literal["utilisation-idle", "session-length", "hub-idle"]
 NO_NVML = "no NVML (nvidia-smi) on this host"
@@ -84,11 +84,11 @@ def minutes(seconds: int) -> int | float:
 def devices_busy(device_ids: Iterable[str], utilisation: Mapping[str, Utilisation]) -> bool | None:
     """Whether any of the devices is in use now; None when no reading covers them.
 
-    A MIG instance ``"0:1"`` is read through its parent GPU ``"0"``. Another Swarm node's
-    device (``"0@gpu-a"``) has no reading here: nvidia-smi sees the hub's host only.
+    A MIG instance ``"0:1"`` is read through its parent GPU ``"0"``, a Swarm node's device
+    (``"0:1@gpu-a"``) under its node's key (``"0@gpu-a"``, `labhub.gpu.readings`).
     """
     readings = [
-        None if node else utilisation.get(device_id.split(":")[0])
+        utilisation.get(device_key(device_id.split(":")[0], node))
         for device_id, node in map(split_key, device_ids)
     ]
     known = [r for r in readings if r is not None]

@@ -82,6 +82,7 @@ from labhub.gpu.metrics import MetricsHandler
 from labhub.gpu.page import PageHandler
 from labhub.gpu.profiles import Profile
 from labhub.gpu.quota import QuotaPolicy
+from labhub.gpu.readings import GpuReadings
 from labhub.gpu.reclaim import NO_RULES, Rules
 from labhub.gpu.store import Store
 from labhub.settings import Settings, SettingsError
@@ -103,16 +104,19 @@ def make_app(
     rules: Rules | None = None,
     profiles: tuple[Profile, ...] = (),
     homes: Homes | None = None,
+    readings: GpuReadings | None = None,
 ) -> web.Application:
     """The tornado application; ``prefix`` is JUPYTERHUB_SERVICE_PREFIX (``/services/gpus/``).
 
     ``rules``: the reclaiming rules (:mod:`labhub.gpu.reclaim`), none in force if omitted;
     the application's ``gpu_reclaimer`` applies them. ``homes``: where the homes' disk usage
     is read (QUOTA_ROOT), for api/me and the page's *Homes* table; none without quotas.
+    ``readings``: where the GPUs' utilisation is read (here, by default).
     """
     api = url_path_join(prefix, "api/")
     hub = hub_api_caller(hub_api_url, hub_api_token)
     rules = rules or NO_RULES
+    readings = readings or GpuReadings()
     return web.Application(
         [
             (prefix, PageHandler),
@@ -136,7 +140,8 @@ def make_app(
         metrics_token=metrics_token,
         gpu_profiles=profiles,
         homes=homes,
-        gpu_reclaimer=Reclaimer(store, hub, rules, read_utilisation),
+        gpu_readings=readings,
+        gpu_reclaimer=Reclaimer(store, hub, rules, lambda: readings.read(inventory)),
         hub_auth=hub_auth,
         api_prefix=api,
         hub=hub,
@@ -179,9 +184,12 @@ def main() -> None:
         sys.exit(2)
     token, hub_api_url = os.environ["JUPYTERHUB_API_TOKEN"], os.environ["JUPYTERHUB_API_URL"]
     hub_auth = HubOAuth(api_token=token, cache_max_age=60)
-    rules = rules_from(settings, nvml=bool(read_utilisation()))
-    # In Swarm mode each home's usage is read on its node, through the nodes' Docker proxies.
+    # In Swarm mode each home's usage and each GPU's utilisation are read on its node,
+    # through the nodes' Docker proxies; the utilisation rule is on, a node not read counts
+    # as busy (labhub.gpu.readings).
     node_proxies = (settings.node_proxy_service or "") if settings.engine == "swarm" else ""
+    readings = GpuReadings(node_proxies)
+    rules = rules_from(settings, nvml=bool(node_proxies) or bool(read_utilisation()))
     homes = (
         Homes(USAGE_SOCKET, settings.docker_network, node_proxies)
         if settings.disk_quotas.root
@@ -191,6 +199,7 @@ def main() -> None:
         allocator.store, allocator.inventory, hub_auth,
         os.environ["JUPYTERHUB_SERVICE_PREFIX"], hub_api_url, token,
         allocator.quota, settings.prometheus_api_token, rules, allocator.profiles, homes,
+        readings,
     )  # fmt: skip
     port = int(os.environ["JUPYTERHUB_SERVICE_URL"].rsplit(":", 1)[1].split("/")[0])
     app.listen(port, address=args.bind)

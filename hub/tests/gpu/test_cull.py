@@ -58,7 +58,7 @@ class Gauges:
     def __init__(self, **percent: int) -> None:
         self.percent = {k.lstrip("g"): v for k, v in percent.items()}
 
-    def __call__(self) -> dict[str, Utilisation]:
+    async def __call__(self) -> dict[str, Utilisation]:
         return {i: Utilisation(gpu_percent=p, memory_used_mib=0) for i, p in self.percent.items()}
 
 
