@@ -10,8 +10,10 @@ FRONT ?= builtin
 # ENGINE=swarm in .env: the same project on a Swarm manager, users' servers as Swarm
 # services (compose/swarm.yml, docs/scale-out.md).
 SWARM = $(filter swarm,$(call env_value,ENGINE))
+# One host with GPUs (GPU_INVENTORY not none): the hub sees them for nvidia-smi only.
+HUB_SEES_GPUS = $(if $(SWARM),,$(filter-out none,$(call env_value,GPU_INVENTORY)))
 COMPOSE_FILES = -f compose/docker-compose.yml $(if $(filter nginx-proxy,$(FRONT)),-f compose/nginx-proxy.yml) \
-  $(if $(SWARM),-f compose/swarm.yml)
+  $(if $(SWARM),-f compose/swarm.yml) $(if $(HUB_SEES_GPUS),-f compose/gpu-hub.yml)
 # BUILD=no: use the images already on the engine (built on another machine and loaded, or
 # pulled); `make up` builds nothing.
 BUILD ?= yes

@@ -196,6 +196,19 @@ def test_non_admins_get_403_from_the_gpu_service(gpu_stack: Stack, admin: Admin)
     assert "utilisation rule off: no NVML (nvidia-smi) on this host" in page.text
 
 
+def test_the_hub_sees_every_gpu_for_nvidia_smi_only(
+    gpu_stack: Stack, engine: docker.DockerClient
+) -> None:
+    """GPU_INVENTORY set on one host: `make up` gives the hub's container every GPU with
+    the `utility` capability alone (compose/gpu-hub.yml), which is what lets nvidia-smi run
+    there on a real GPU host (GPU_INVENTORY=auto, the utilisation figures and rule). Read at
+    the engine: the stand-in hook here mounts no nvidia-smi."""
+    hub = engine.containers.get(f"{STACK}-hub-1").attrs
+    [request] = hub["HostConfig"]["DeviceRequests"]
+    assert request["Driver"] == "nvidia" and request["Count"] == -1, request
+    assert request["Capabilities"] == [["utility"]] and not request["DeviceIDs"], request
+
+
 def test_twenty_users_at_once_never_double_book(admin: Admin, engine: docker.DockerClient) -> None:
     names = admin.users(20, gpu_group=True)
     with concurrent.futures.ThreadPoolExecutor(max_workers=20) as pool:

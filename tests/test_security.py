@@ -177,6 +177,13 @@ print(json.dumps(result))
     assert seen["hub"] != "unresolved"
 
 
+def test_without_gpus_the_hub_asks_the_engine_for_no_device(stack: Stack) -> None:
+    """GPU_INVENTORY=none (the default): the hub's container sees no GPU at all
+    (compose/gpu-hub.yml is for GPU hosts only, tests/test_gpus.py)."""
+    hub = docker.from_env().containers.get(f"{STACK}-hub-1")
+    assert not hub.attrs["HostConfig"].get("DeviceRequests"), hub.attrs["HostConfig"]
+
+
 def test_no_docker_api_port_answers_on_any_address_around_the_hub(stack: Stack, pair: Pair) -> None:
     """Scan (bounded) port 2375/2376 on the hub's /24, the proxy's and hub's own addresses."""
     api = docker.from_env()
