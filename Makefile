@@ -284,8 +284,8 @@ z2jh-values: env ## Write this lab as Zero to JupyterHub values (Z2JH_VALUES=z2j
 	@mv $(Z2JH_VALUES).partial $(Z2JH_VALUES)
 	@echo "wrote $(Z2JH_VALUES); next: helm upgrade --install labhub jupyterhub/jupyterhub --values $(Z2JH_VALUES) (docs/scale-out.md)"
 .PHONY: disk-usage
-disk-usage: ## Each home's disk usage and quota (with QUOTA_ROOT set)
-	$(COMPOSE) exec diskquota labhub-diskquota report
+disk-usage: ## Each home's disk usage and quota, most used first (with QUOTA_ROOT set; every node's with ENGINE=swarm)
+	@$(if $(SWARM),$(COMPOSE) exec -T hub labhub disk-usage,$(COMPOSE) exec -T diskquota labhub-diskquota report)
 
 .PHONY: remove-user-volume
 remove-user-volume: ## Remove a deleted user's files: make remove-user-volume NAME=alice

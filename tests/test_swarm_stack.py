@@ -370,6 +370,15 @@ def test_with_quota_root_a_server_on_the_worker_gets_disk_quota_exceeded_past_it
     assert float(used.removesuffix(" MiB")) >= written / 2**20 - 0.1, (used, written)
     [other] = [u for u in users if u != user]
     assert homes_row(page.text, other)[2] == "40.0 MiB"  # the manager's home, its row too
+    # The admin's command line, read the same way: each home with a node that holds it (the
+    # test nodes share one btrfs, so each node lists both homes; a real node lists its own).
+    listed = swarm_stack.make("disk-usage")
+    assert listed.returncode == 0, listed.stdout[-2000:] + listed.stderr[-2000:]
+    rows = [line.split() for line in listed.stdout.splitlines()[1:]]
+    mine = [row for row in rows if row[0] == volume and row[1] == worker.node_id]
+    assert len(mine) == 1 and mine[0][3] == "40.0", listed.stdout
+    assert float(mine[0][2]) >= written / 2**20 - 0.1, (mine, written)
+    assert {row[1] for row in rows} == {manager.node_id, worker.node_id}, listed.stdout
     for name in users:
         clients[name].stop_server(name)
         assert not manager.docker("service", "ls", "--quiet", "--filter", f"name={PREFIX}-{name}")

@@ -291,21 +291,53 @@ def gpu_inventory() -> int:
         return 2
     proxies = NodeProxies(settings.node_proxy_service)
     read = asyncio.run(proxies.ask(inventory.NODE_DEVICES_ROUTE, "GPU devices"))
-    shared = {h for h in read.hostnames.values() if list(read.hostnames.values()).count(h) > 1}
     devices: list[dict[str, Any]] = []
     for node, answer in sorted(read.answers.items()):
-        hostname = read.hostnames[node]
         try:
             inventory.validate_json(answer, inventory.schema(), f"node {node}'s answer")
         except inventory.InventoryError as error:
             read.problems.append(str(error))
             continue
-        name = hostname if hostname and hostname not in shared else node
-        devices.extend({**device, "node": name} for device in answer["devices"])
+        devices.extend({**device, "node": read.name_of(node)} for device in answer["devices"])
     json.dump({"devices": devices}, sys.stdout, indent=2)
     sys.stdout.write("\n")
     for problem in read.problems:
         print(f"labhub gpu-inventory: not read: {problem}", file=sys.stderr)
+    return 1 if read.problems else 0
+
+
+def disk_usage() -> int:
+    """Swarm mode with QUOTA_ROOT: every home's usage and limit, read on its node through
+    that node's Docker proxy, with the node (exit 1 when a node was not read, naming it)."""
+    import asyncio
+
+    from .diskquota import QUOTA_USAGE_ROUTE, Usage, usage_table, usages
+    from .nodereads import NodeProxies
+
+    settings = Settings.from_env(os.environ)
+    if not settings.disk_quotas.root:
+        print("labhub disk-usage: QUOTA_ROOT is empty: disk quotas are off", file=sys.stderr)
+        return 2
+    if settings.engine != "swarm" or not settings.node_proxy_service:
+        print(
+            "labhub disk-usage: for ENGINE=swarm, in the hub's container (make disk-usage); "
+            "on one host the diskquota service reports (make disk-usage)",
+            file=sys.stderr,
+        )
+        return 2
+    proxies = NodeProxies(settings.node_proxy_service)
+    read = asyncio.run(proxies.ask(QUOTA_USAGE_ROUTE, "usage"))
+    homes: list[tuple[str, str, Usage]] = []
+    for node, answer in sorted(read.answers.items()):
+        try:
+            found = usages(answer)
+        except (TypeError, ValueError, AttributeError):
+            read.problems.append(f"node {node}'s Docker proxy gave no usage in {answer!r:.200}")
+            continue
+        homes.extend((volume, read.name_of(node), usage) for volume, usage in found.items())
+    print(usage_table(homes, nodes=True))
+    for problem in read.problems:
+        print(f"labhub disk-usage: not read: {problem}", file=sys.stderr)
     return 1 if read.problems else 0
 
 
@@ -450,6 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser(
         "gpu-inventory", help="the GPUs every node has, as a GPU_INVENTORY file to edit"
     )
+    commands.add_parser("disk-usage", help="Swarm mode: every node's homes' usage and limit")
     args = parser.parse_args(argv)
     if args.command == "check-settings":
         return check_settings()
@@ -473,6 +506,8 @@ def main(argv: list[str] | None = None) -> int:
         return print_owner_label()
     if args.command == "gpu-inventory":
         return gpu_inventory()
+    if args.command == "disk-usage":
+        return disk_usage()
     if args.command == "container-prefix":
         return print_container_prefix(args.network)
     parser.error(f"unknown command {args.command}")

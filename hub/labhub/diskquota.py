@@ -264,10 +264,19 @@ def is_home_volume(name: str) -> bool:
 
 def report(root: Path) -> str:
     """Every home under ``root``: its volume, MiB used and MiB allowed (for admins)."""
-    lines = [f"{'home volume':<60} {'used MiB':>10} {'limit MiB':>10}"]
-    for volume, found in homes_usage(root).items():
+    return usage_table([(volume, "", found) for volume, found in homes_usage(root).items()])
+
+
+def usage_table(homes: Iterable[tuple[str, str, Usage]], nodes: bool = False) -> str:
+    """Homes as `make disk-usage` prints them, most used first: volume, MiB used and
+    allowed; with ``nodes`` (Swarm mode) the node of each (a volume on two nodes, such as
+    an old copy kept by a move, is a row on each)."""
+    node = f" {'node':<26}" if nodes else ""
+    lines = [f"{'home volume':<60}{node} {'used MiB':>10} {'limit MiB':>10}"]
+    for volume, where, found in sorted(homes, key=lambda row: (-row[2].used, row[0], row[1])):
         limit = f"{found.limit / 2**20:.1f}" if found.limit else "none"
-        lines.append(f"{volume:<60} {found.used / 2**20:>10.1f} {limit:>10}")
+        column = f" {where:<26}" if nodes else ""
+        lines.append(f"{volume:<60}{column} {found.used / 2**20:>10.1f} {limit:>10}")
     return "\n".join(lines)
 
 

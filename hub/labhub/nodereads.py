@@ -38,6 +38,14 @@ class NodeAnswers:
     hostnames: dict[str, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
+    def name_of(self, node: str) -> str:
+        """How to show an admin the node: its hostname, unless another node that answered
+        has the same one (or it has none), then its ID."""
+        hostname = self.hostnames.get(node, "")
+        if hostname and list(self.hostnames.values()).count(hostname) == 1:
+            return hostname
+        return node
+
 
 @dataclass(frozen=True)
 class NodeProxies:

@@ -146,3 +146,24 @@ def test_an_existing_home_gets_its_limit_by_qgroup_id_on_the_root(
     assert diskquota.ensure_home(tmp_path, "lab-user-ada", 104857600).used == 31526912
     assert ("qgroup", "limit", "104857600", "0/256", str(tmp_path)) in calls
     assert {args[-1] for args in calls} == {str(tmp_path)}
+
+
+def test_the_admins_table_puts_the_most_used_home_first_and_names_each_node() -> None:
+    rows = [
+        ("lab-user-ada", "gpu-a", Usage(10 * 2**20, 0)),
+        ("lab-user-bob", "gpu-b", Usage(30 * 2**20, 40 * 2**20)),
+        ("lab-user-ada", "gpu-b", Usage(10 * 2**20, 40 * 2**20)),  # an old copy
+    ]
+    header, *lines = diskquota.usage_table(rows, nodes=True).splitlines()
+    assert header.split() == ["home", "volume", "node", "used", "MiB", "limit", "MiB"]
+    assert [line.split() for line in lines] == [
+        ["lab-user-bob", "gpu-b", "30.0", "40.0"],
+        ["lab-user-ada", "gpu-a", "10.0", "none"],
+        ["lab-user-ada", "gpu-b", "10.0", "40.0"],
+    ]
+    # One host: no node column.
+    one_host = diskquota.usage_table([(v, "", u) for v, _, u in rows[:2]])
+    assert [line.split() for line in one_host.splitlines()[1:]] == [
+        ["lab-user-bob", "30.0", "40.0"],
+        ["lab-user-ada", "10.0", "none"],
+    ]
