@@ -47,11 +47,15 @@ def btrfs_root() -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def service(btrfs_root: Path) -> Iterator[str]:
     """The diskquota service serving btrfs_root on sockets of its own (the hub's, and the
-    usage socket beside it); yields the hub's socket."""
+    usage socket beside it), with the capabilities its container has (CAP_SYS_ADMIN and
+    CAP_CHOWN only: no CAP_DAC_OVERRIDE or CAP_DAC_READ_SEARCH to open a student's home);
+    yields the hub's socket."""
     socket_path = str(btrfs_root.parent / "diskquota.sock")
     usage_path = str(btrfs_root.parent / "usage.sock")
     process = subprocess.Popen(
         [
+            "setpriv",
+            "--bounding-set=-all,+sys_admin,+chown",
             sys.executable,
             "-m",
             "labhub.diskquota",
@@ -213,6 +217,7 @@ def test_removing_a_deleted_users_volume_removes_their_home_too(
         volume, driver="local", driver_opts=quota_home_options(str(btrfs_root), volume)
     )
     (btrfs_root / volume / "notes.txt").write_text("thesis draft\n")
+    (btrfs_root / volume).chmod(0o700)  # as the student's server leaves it (owner 1000:100)
     report = remove_user_volume(username, network, tmp_path / "no.sqlite", engine, service)
     assert report == f"removed {volume} ({username!r}); removed its home under QUOTA_ROOT"
     assert not (btrfs_root / volume).exists()

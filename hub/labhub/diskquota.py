@@ -93,7 +93,8 @@ def _btrfs(*args: str) -> str:
         ["btrfs", *args], capture_output=True, text=True, check=False, timeout=60
     )
     if result.returncode != 0:
-        raise DiskQuotaError(f"btrfs {' '.join(args)}: {result.stderr.strip()}")
+        said = result.stderr.strip() or f"exit {result.returncode}, no message"
+        raise DiskQuotaError(f"btrfs {' '.join(args)}: {said}")
     return result.stdout
 
 
@@ -170,10 +171,14 @@ def remove_home(root: Path, volume: str) -> bool:
     """Delete the home subvolume of a user whose volume was removed; False if none."""
     if not is_home_volume(volume):
         raise DiskQuotaError(f"{volume!r} is not a user volume name")
-    home = root / volume
-    if not home.exists():
+    qgroup = _home_qgroups(root).get(volume)
+    if qgroup is None:
+        if (root / volume).exists():
+            raise DiskQuotaError(f"{root / volume} is not a btrfs subvolume: not deleted")
         return False
-    _btrfs("subvolume", "delete", str(home))
+    # By its ID on QUOTA_ROOT: `btrfs subvolume delete <path>` opens the home, which once
+    # the student's server ran is 0700 to them, and this service has no CAP_DAC_READ_SEARCH.
+    _btrfs("subvolume", "delete", "--subvolid", qgroup.removeprefix("0/"), str(root))
     return True
 
 
