@@ -289,16 +289,18 @@ def gpu_inventory() -> int:
             file=sys.stderr,
         )
         return 2
+
+    def node_devices(answer: Any) -> list[dict[str, Any]]:
+        inventory.validate_json(answer, inventory.schema(), "the answer")  # InventoryError
+        return list(answer["devices"])
+
     proxies = NodeProxies(settings.node_proxy_service)
-    read = asyncio.run(proxies.ask(inventory.NODE_DEVICES_ROUTE, "GPU devices"))
-    devices: list[dict[str, Any]] = []
-    for node, answer in sorted(read.answers.items()):
-        try:
-            inventory.validate_json(answer, inventory.schema(), f"node {node}'s answer")
-        except inventory.InventoryError as error:
-            read.problems.append(str(error))
-            continue
-        devices.extend({**device, "node": read.name_of(node)} for device in answer["devices"])
+    read = asyncio.run(proxies.ask(inventory.NODE_DEVICES_ROUTE, "GPU devices", node_devices))
+    devices = [
+        {**device, "node": read.name_of(node)}
+        for node, found in sorted(read.answers.items())
+        for device in found
+    ]
     json.dump({"devices": devices}, sys.stdout, indent=2)
     sys.stdout.write("\n")
     for problem in read.problems:
@@ -311,7 +313,7 @@ def disk_usage() -> int:
     that node's Docker proxy, with the node (exit 1 when a node was not read, naming it)."""
     import asyncio
 
-    from .diskquota import QUOTA_USAGE_ROUTE, Usage, usage_table, usages
+    from .diskquota import QUOTA_USAGE_ROUTE, usage_table, usages
     from .nodereads import NodeProxies
 
     settings = Settings.from_env(os.environ)
@@ -326,15 +328,12 @@ def disk_usage() -> int:
         )
         return 2
     proxies = NodeProxies(settings.node_proxy_service)
-    read = asyncio.run(proxies.ask(QUOTA_USAGE_ROUTE, "usage"))
-    homes: list[tuple[str, str, Usage]] = []
-    for node, answer in sorted(read.answers.items()):
-        try:
-            found = usages(answer)
-        except (TypeError, ValueError, AttributeError):
-            read.problems.append(f"node {node}'s Docker proxy gave no usage in {answer!r:.200}")
-            continue
-        homes.extend((volume, read.name_of(node), usage) for volume, usage in found.items())
+    read = asyncio.run(proxies.ask(QUOTA_USAGE_ROUTE, "usage", usages))
+    homes = [
+        (volume, read.name_of(node), usage)
+        for node, found in sorted(read.answers.items())
+        for volume, usage in found.items()
+    ]
     print(usage_table(homes, nodes=True))
     for problem in read.problems:
         print(f"labhub disk-usage: not read: {problem}", file=sys.stderr)

@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
@@ -25,15 +26,18 @@ from .swarmtasks import NODE_PROXY_PORT, task_addresses
 BUDGET = 5.0
 
 
+T = TypeVar("T")
+
+
 class NodeReadError(Exception):
     """One node's proxy gave no usable answer; the message says what it answered."""
 
 
 @dataclass
-class NodeAnswers:
-    """What every node's proxy answered at one route, by node ID, and what was not read."""
+class NodeAnswers(Generic[T]):
+    """What every node's proxy answered at one route, read, by node ID, and what was not."""
 
-    answers: dict[str, Any] = field(default_factory=dict)
+    answers: dict[str, T] = field(default_factory=dict)
     # Node ID -> its hostname, as its engine says (a GPU inventory may name nodes so).
     hostnames: dict[str, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
@@ -54,10 +58,12 @@ class NodeProxies:
     service: str
     port: int = NODE_PROXY_PORT
 
-    async def ask(self, route: str, what: str) -> NodeAnswers:
-        """``GET route`` of every node's proxy. ``what`` names the answer in the problems
-        ("usage": "node X's Docker proxy at A gave no usage: ...")."""
-        out = NodeAnswers()
+    async def ask(self, route: str, what: str, parse: Callable[[Any], T]) -> NodeAnswers[T]:
+        """``GET route`` of every node's proxy, each JSON answer read by ``parse`` (which
+        raises ValueError, TypeError, KeyError or AttributeError for one it cannot read).
+        ``what`` names the answer in the problems ("usage": "node X's Docker proxy at A
+        gave no usage: ...")."""
+        out: NodeAnswers[T] = NodeAnswers()
         try:
             addresses = await asyncio.to_thread(task_addresses, self.service, self.port)
         except OSError as error:
@@ -67,7 +73,7 @@ class NodeProxies:
             )
             return out
         infos: dict[str, dict[str, Any]] = {}  # proxy address -> its engine's /info
-        reads = [self._one(address, route, infos) for address in addresses]
+        reads = [self._one(address, route, parse, infos) for address in addresses]
         answers, listed = await asyncio.gather(asyncio.gather(*reads), listed_nodes())
         for address, answer in zip(addresses, answers, strict=True):
             node = node_id_in(infos.get(address, {}))
@@ -90,18 +96,22 @@ class NodeProxies:
         return out
 
     async def _one(
-        self, address: str, route: str, infos: dict[str, dict[str, Any]]
-    ) -> Any | NodeReadError:
-        """The answer of the proxy at ``address``, or why not, within the budget. Its
+        self, address: str, route: str, parse: Callable[[Any], T], infos: dict[str, dict[str, Any]]
+    ) -> T | NodeReadError:
+        """The answer of the proxy at ``address``, read, or why not, within the budget. Its
         engine's /info goes into ``infos`` as soon as it has it."""
         base = f"http://{address}:{self.port}"
         deadline = time.monotonic() + BUDGET
         try:
             info = await get_json(f"{base}/info", deadline)
             infos[address] = info if isinstance(info, dict) else {}
-            return await get_json(base + route, deadline)
+            answer = await get_json(base + route, deadline)
         except NodeReadError as error:
             return error
+        try:
+            return parse(answer)
+        except (ValueError, TypeError, KeyError, AttributeError) as error:
+            return NodeReadError(f"GET {base + route} answered {answer!r:.200} ({error})")
 
 
 async def listed_nodes() -> dict[str, str] | str:

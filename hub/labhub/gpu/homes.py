@@ -63,13 +63,11 @@ class Homes:
 
     async def nodes_usage(self) -> tuple[dict[str, Usage], list[str]]:
         """Swarm mode: every node's homes, merged, and each node not read, by name."""
-        read = await NodeProxies(self.node_proxies, self.proxy_port).ask(QUOTA_USAGE_ROUTE, "usage")
-        found: dict[str, Usage] = {}
-        for node, answer in read.answers.items():
-            try:
-                found.update(usages(answer))
-            except (TypeError, ValueError, AttributeError):
-                read.problems.append(f"node {node}'s Docker proxy gave no usage in {answer!r:.200}")
+        proxies = NodeProxies(self.node_proxies, self.proxy_port)
+        read = await proxies.ask(QUOTA_USAGE_ROUTE, "usage", usages)
+        found = {
+            volume: usage for homes in read.answers.values() for volume, usage in homes.items()
+        }
         return dict(sorted(found.items())), read.problems
 
     async def of(self, user: str) -> dict[str, int | None] | None:

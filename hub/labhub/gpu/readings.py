@@ -46,7 +46,7 @@ class GpuReadings:
         if not self.node_proxies:
             return await asyncio.to_thread(read_utilisation)
         read = await NodeProxies(self.node_proxies, self.proxy_port).ask(
-            NODE_UTILISATION_ROUTE, "GPU utilisation"
+            NODE_UTILISATION_ROUTE, "GPU utilisation", utilisation_from_json
         )
         problems = read.problems
         listing = [
@@ -60,11 +60,7 @@ class GpuReadings:
             problems.append(str(error))
         found: dict[str, Utilisation] = {}
         for name, node in sorted(ids.items()):
-            try:
-                figures = utilisation_from_json(read.answers[node])
-            except ValueError as error:
-                problems.append(f"node {node}'s Docker proxy gave no GPU utilisation: {error}")
-                continue
+            figures = read.answers.get(node, {})
             found.update({device_key(index, name): u for index, u in figures.items()})
         for problem in problems:
             log.warning("GPU utilisation not read: %s", problem)
