@@ -133,7 +133,8 @@ up: preflight env swarm-manager stack-owner certs $(if $(filter no,$(BUILD)),,bu
 	@# The node proxies run the hub image and allow copy helpers of it only (Settings.copy_helper_image).
 	@$(if $(SWARM),scripts/swarm-manager.sh node-proxies $(NODE_PROXIES) \
 	  $(call node_image,$(HUB_IMAGE)) '$(call env_value,NODE_DOCKER_SOCKET)' \
-	  '$(call env_value,DOCKER_NETWORK)' $(call node_image,$(HUB_IMAGE)))
+	  '$(call env_value,DOCKER_NETWORK)' $(call node_image,$(HUB_IMAGE)) \
+	  '$(call env_value,QUOTA_ROOT)')
 	@$(if $(and $(SWARM),$(MONITORING_PROFILE)),scripts/swarm-manager.sh metrics-proxies \
 	  $(METRICS_PROXIES) $(call node_image,$(HUB_IMAGE)) '$(call env_value,NODE_DOCKER_SOCKET)' \
 	  '$(call env_value,DOCKER_NETWORK)')

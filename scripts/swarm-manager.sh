@@ -8,7 +8,7 @@
 #                                                  --never arguments: every node's address, the
 #                                                  Swarm's overlay address pool, the manager's
 #                                                  bridge networks (its own addresses on them)
-#   scripts/swarm-manager.sh node-proxies NAME IMAGE SOCKET NETWORK ALLOWED_IMAGES
+#   scripts/swarm-manager.sh node-proxies NAME IMAGE SOCKET NETWORK ALLOWED_IMAGES QUOTA_ROOT
 #                                                  a Docker proxy on every node (PROXY_POLICY=node)
 #   scripts/swarm-manager.sh metrics-proxies NAME IMAGE SOCKET NETWORK
 #                                                  a read-only one on every node, for the
@@ -195,8 +195,8 @@ case "${1:-}" in
   network) network "${2:?usage: $0 network NAME}" ;;
   remove-network) remove_network "${2:?usage: $0 remove-network NAME}" ;;
   node-proxies)
-    [[ $# == 6 ]] || { echo "usage: $0 node-proxies NAME IMAGE SOCKET NETWORK ALLOWED_IMAGES" >&2; exit 2; }
-    node_proxies "$2" "$3" "$4" "$5" node --env ALLOWED_IMAGES="$6" \
+    [[ $# == 7 ]] || { echo "usage: $0 node-proxies NAME IMAGE SOCKET NETWORK ALLOWED_IMAGES QUOTA_ROOT" >&2; exit 2; }
+    node_proxies "$2" "$3" "$4" "$5" node --env ALLOWED_IMAGES="$6" --env QUOTA_ROOT="$7" \
       --env NVIDIA_VISIBLE_DEVICES=all --env NVIDIA_DRIVER_CAPABILITIES=utility \
       --mount "type=volume,source=$(diskquota_socket "$5"),target=/run/labhub-diskquota" ;;
   metrics-proxies)

@@ -384,6 +384,117 @@ def test_with_quota_root_a_server_on_the_worker_gets_disk_quota_exceeded_past_it
         assert not manager.docker("service", "ls", "--quiet", "--filter", f"name={PREFIX}-{name}")
 
 
+def test_with_quota_root_a_restored_home_keeps_its_quota_and_a_move_mixes_no_homes(
+    swarm_stack: SwarmStack, quota_root: Path, tmp_path: Path
+) -> None:
+    """On the stack the test above left with QUOTA_ROOT (its two students' homes one on each
+    node): `make restore ONLY_USERS=` of the worker's student (refused with QUOTA_ROOT
+    before) makes the home exactly the backup's again, a file written after the backup
+    gone, and still a subvolume with DISK_QUOTA's limit that the kernel enforces, bound by a
+    volume with the quota options. `make move-home` onto the manager is refused, nothing
+    changed: the test nodes share one btrfs, so the manager already has a home folder of
+    that name, which a copy would be written into and the old one's deletion then delete."""
+    manager, worker = swarm_stack.manager, swarm_stack.swarm.workers[0]
+    [user] = [
+        name
+        for name in ("swquota1", "swquota2")
+        if volume_name_for(name, STACK) in worker.docker("volume", "ls", "--quiet").split()
+    ]
+    volume, home = volume_name_for(user, STACK), quota_root / volume_name_for(user, STACK)
+    client = swarm_stack.stack.client()
+    assert (
+        client.login(user, swarm_stack.stack.ensure_account(user), follow=False).status_code == 302
+    )
+
+    def in_server(script: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        assert wait_for_running_task(swarm_stack.swarm, f"{PREFIX}-{user}") == worker.node_id
+        container = running_container(worker, f"{PREFIX}-{user}")
+        return subprocess.run(
+            ["docker", "-H", f"unix://{worker.socket}", "exec", container, "sh", "-c", script],
+            capture_output=True, text=True, check=check,
+        )  # fmt: skip
+
+    # The test above left the home full, where no server starts: its file goes, committed.
+    (home / "big").unlink(missing_ok=True)
+    run("btrfs", "filesystem", "sync", str(quota_root))
+    client.start_server(user, timeout=600)
+    in_server("echo backed-up > /home/jovyan/kept.txt")
+    root = tmp_path / "backups"
+    backup = make(
+        "backup", swarm_stack.env_file, swarm_stack.docker_host, f"BACKUP_ROOT={root}",
+        timeout=600,
+    )  # fmt: skip
+    assert backup.returncode == 0, backup.stdout[-3000:] + backup.stderr[-3000:]
+    [folder] = root.iterdir()
+    in_server("cd /home/jovyan && echo changed > kept.txt && echo new > after-backup.txt")
+    client.stop_server(user)
+    restored = make(
+        "restore", swarm_stack.env_file, swarm_stack.docker_host, f"BACKUP={folder}",
+        f"ONLY_USERS={user}", timeout=900,
+    )  # fmt: skip
+    assert restored.returncode == 0, restored.stdout[-3000:] + restored.stderr[-3000:]
+    # At the file system every node's QUOTA_ROOT is here: the backup's files, nothing newer,
+    # in a subvolume whose qgroup has DISK_QUOTA's limit; the worker's volume bound onto it.
+    assert (home / "kept.txt").read_text() == "backed-up\n"
+    assert not (home / "after-backup.txt").exists()
+    subvolume_id = run("btrfs", "subvolume", "show", str(home)).split("Subvolume ID:")[1].split()[0]
+    qgroups = run("btrfs", "qgroup", "show", "--raw", "-re", str(quota_root)).splitlines()
+    [limit] = [line.split()[3] for line in qgroups if line.split()[:1] == [f"0/{subvolume_id}"]]
+    assert limit == str(40 * 2**20), qgroups
+    options = worker.docker("volume", "inspect", "--format", "{{json .Options}}", volume)
+    assert json.loads(options) == quota_home_options(str(quota_root), volume)
+    # The next spawn, on the worker again, sees the backup's files and is held to the quota.
+    client.start_server(user, timeout=600)
+    assert in_server("cat /home/jovyan/kept.txt").stdout == "backed-up\n"
+    write = in_server("dd if=/dev/zero of=/home/jovyan/big bs=1M count=60 2>&1", check=False)
+    assert write.returncode != 0 and "Disk quota exceeded" in write.stdout, write.stdout
+    client.stop_server(user)
+    moved = make(
+        "move-home", swarm_stack.env_file, swarm_stack.docker_host, f"USER={user}",
+        f"NODE={manager.node_id}", timeout=600,
+    )  # fmt: skip
+    assert moved.returncode == 2, moved.stdout[-3000:] + moved.stderr[-3000:]
+    assert f"node {manager.node_id} already has a home folder {home}" in moved.stderr
+    assert volume not in manager.docker("volume", "ls", "--quiet").split()
+    assert volume in worker.docker("volume", "ls", "--quiet").split()
+    assert (home / "kept.txt").read_text() == "backed-up\n"
+
+
+def test_make_remove_user_volume_removes_a_deleted_users_home_on_its_node_and_its_quota(
+    swarm_stack: SwarmStack, quota_root: Path
+) -> None:
+    """The admin deletes the worker's quota student in the hub, then `make remove-user-volume`
+    (refused by the manager's Docker proxy before: no volume route there) removes the
+    volume on the worker, through its Docker proxy, and its subvolume under QUOTA_ROOT,
+    through that node's diskquota service."""
+    worker = swarm_stack.swarm.workers[0]
+    [user] = [
+        name
+        for name in ("swquota1", "swquota2")
+        if volume_name_for(name, STACK) in worker.docker("volume", "ls", "--quiet").split()
+    ]
+    volume = volume_name_for(user, STACK)
+    refused = make(
+        "remove-user-volume", swarm_stack.env_file, swarm_stack.docker_host, f"NAME={user}"
+    )
+    assert refused.returncode != 0 and "still exists in the hub" in refused.stderr, refused.stderr
+    assert (quota_root / volume).is_dir()
+    admin = token_session(
+        swarm_stack.stack.ca_file, swarm_stack.stack.admin().new_token(swarm_stack.stack.admins[0])
+    )
+    deleted = admin.delete(f"{swarm_stack.stack.base_url}/hub/api/users/{user}", timeout=60)
+    assert deleted.status_code == 204, deleted.text
+    removed = make(
+        "remove-user-volume", swarm_stack.env_file, swarm_stack.docker_host, f"NAME={user}"
+    )
+    assert removed.returncode == 0, removed.stdout[-3000:] + removed.stderr[-3000:]
+    # One btrfs is every test node's QUOTA_ROOT: whichever node's service comes first deletes.
+    assert f"node {worker.node_id}: removed {volume}" in removed.stdout, removed.stdout
+    assert "its home under QUOTA_ROOT" in removed.stdout, removed.stdout
+    assert volume not in worker.docker("volume", "ls", "--quiet").split()
+    assert not (quota_root / volume).exists()
+
+
 def test_make_up_refuses_a_swarm_worker_naming_the_manager(swarm_stack: SwarmStack) -> None:
     worker = swarm_stack.swarm.workers[0]
     up = make("up", swarm_stack.env_file, f"unix://{worker.socket}", "BUILD=no")

@@ -38,7 +38,7 @@ import sqlite3
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
 
@@ -47,6 +47,9 @@ from .contract import OWNER_LABEL, container_name_prefix, volume_name_for
 from .settings import NetworkSettings, Settings, SettingsError
 from .settingsdoc import stale, write
 from .volumes import DEFAULT_DB
+
+if TYPE_CHECKING:
+    from .homemove import HomeQuota
 
 # Before volumes were named per stack, every stack used the default stack's names.
 SHARED_VOLUME_NETWORK = "labhub"
@@ -166,7 +169,7 @@ def move_home(args: argparse.Namespace) -> int:
     if _homes_on_nfs(
         settings, "move-home: refused: the homes are",
         "there is nothing to move, any node runs the server",
-    ) or _homes_with_quotas(settings, "move-home"):  # fmt: skip
+    ):  # fmt: skip
         return 2
     proxies: dict[str, str] = {}
     for pair in args.proxy:
@@ -183,10 +186,11 @@ def move_home(args: argparse.Namespace) -> int:
         found = proxies or _deployed_node_proxies(settings, "make move-home USER=... NODE=...")
         row = homemove.read_home(args.db, args.user)
         plan = homemove.plan_move(args.user, args.node, row, found, network, homemove.swarm_nodes())
+        quota = _home_quota(settings, args.db, args.user)
         homemove.move_home(
             plan,
-            homemove.NodeEngine(plan.source, plan.source_proxy, network, image),
-            homemove.NodeEngine(plan.target, plan.target_proxy, network, image),
+            homemove.NodeEngine(plan.source, plan.source_proxy, network, image, quota),
+            homemove.NodeEngine(plan.target, plan.target_proxy, network, image, quota),
             args.db,
             keep_old=args.keep_old,
         )
@@ -240,20 +244,14 @@ def _homes_on_nfs(settings: Settings, whose: str, what_to_do: str) -> bool:
     return bool(settings.home_nfs)
 
 
-def _homes_with_quotas(settings: Settings, command: str) -> bool:
-    """With QUOTA_ROOT a Swarm home is a subvolume with its limit on its node, which the copy
-    helpers do not make yet: refuse, changing nothing, rather than write a plain volume that
-    the user's next spawn refuses (docs/scale-out.md, "Disk quotas: the rest")."""
-    root = settings.disk_quotas.root
-    if root:
-        print(
-            f"labhub {command}: refused, nothing changed: with disk quotas (QUOTA_ROOT={root}) "
-            "it would write the home as a plain volume, without its quota, which the user's "
-            "next spawn refuses; it cannot make quota homes on a node yet (docs/scale-out.md, "
-            '"Disk quotas: the rest")',
-            file=sys.stderr,
-        )
-    return bool(root)
+def _home_quota(settings: Settings, db: Path, user: str) -> HomeQuota | None:
+    """With disk quotas, the user's home's: QUOTA_ROOT and the limit their next spawn sets."""
+    from . import homemove
+
+    if not settings.disk_quotas.root:
+        return None
+    limit = settings.disk_quotas.limit_for(user, homemove.user_groups(db, user))
+    return homemove.HomeQuota(settings.disk_quotas.root, limit)
 
 
 def _deployed_node_proxies(settings: Settings, how: str) -> dict[str, str]:
@@ -376,7 +374,7 @@ def home_restore(args: argparse.Namespace) -> int:
     settings = Settings.from_env(os.environ)
     if _homes_on_nfs(
         settings, f"home-restore: refused: {args.user}'s home is", "restore it on the server"
-    ) or _homes_with_quotas(settings, "home-restore"):
+    ):
         return 2
     fix = (
         f". Fix: if {args.user} never started, start their server once (the hub places the "
@@ -389,14 +387,15 @@ def home_restore(args: argparse.Namespace) -> int:
 
     def restore() -> None:
         proxies = _deployed_node_proxies(settings, "make restore")
+        quota = _home_quota(settings, args.db, args.user)
         if args.node:
             homemove.restore_onto(
                 args.user, args.node, args.db, proxies, homemove.swarm_nodes(), network,
-                image, sys.stdin.buffer, args.check, say,
+                image, sys.stdin.buffer, args.check, say, quota,
             )  # fmt: skip
             return
         node = homemove.home_node(args.user, homemove.read_home(args.db, args.user), proxies, fix)
-        engine = homemove.NodeEngine(node, proxies[node], network, image)
+        engine = homemove.NodeEngine(node, proxies[node], network, image, quota)
         homemove.restore_home(args.user, engine, sys.stdin.buffer, args.check, say)
 
     return _exit_status("home-restore", restore)

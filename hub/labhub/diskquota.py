@@ -21,7 +21,9 @@ service on every node (still no network), its socket in a volume it shares with 
 node's Docker proxy alone. The hub asks the home node's proxy, which it already reaches
 for home moves (labhub.homemove.find_node_proxies), at `QUOTA_HOME_ROUTE` +
 <volume name> (`request_home_through`); that proxy checks the request
-(labhub.dockerpolicy.check_node_request) and relays it to the socket as a new one. The
+(labhub.dockerpolicy.check_node_request) and relays it to the socket as a new one. A
+DELETE there deletes the subvolume of a home whose volume that node's engine no longer
+has (`request_removal_through`: a home moved away, restored, or of a removed user). The
 node's usage socket is in that volume too (`NODE_USAGE_SOCKET`): at `GET
 QUOTA_USAGE_ROUTE` the node's proxy answers the usage of that node's homes of its stack,
 which the GPU service reads on every node for api/me and the *Homes* table
@@ -52,9 +54,9 @@ USAGE_SOCKET = "/run/labhub-diskquota-usage/usage.sock"
 # Swarm mode: a node's usage socket, beside SOCKET in the volume that only the node's Docker
 # proxy also mounts (scripts/swarm-manager.sh gives it as --usage-socket).
 NODE_USAGE_SOCKET = "/run/labhub-diskquota/usage.sock"
-# A node proxy's two routes that are not the engine's: POST <this><volume name>,
-# {"Limit": bytes}; GET <the other>: the usage of the node's homes of the proxy's stack,
-# answered as the usage socket answers (`usages`).
+# A node proxy's routes that are not the engine's: POST <this><volume name>,
+# {"Limit": bytes}; DELETE <this><volume name>; GET <the other>: the usage of the node's
+# homes of the proxy's stack, answered as the usage socket answers (`usages`).
 QUOTA_HOME_ROUTE = "/labhub/quota-homes/"
 QUOTA_USAGE_ROUTE = "/labhub/quota-usage"
 # `<DOCKER_NETWORK>-user-<escaped name>` (labhub.contract.volume_name_for): one path part.
@@ -241,25 +243,56 @@ async def request_removal(volume: str, socket_path: str = SOCKET) -> bool:
 def request_home_through(proxy: str, volume: str, limit: int) -> Usage:
     """The hub's side in Swarm mode: have the diskquota service of the node whose Docker
     proxy is at ``proxy`` (tcp://address:port) prepare ``volume``. Blocking."""
+    answer = _ask_through(proxy, "POST", QUOTA_HOME_ROUTE + volume, {"Limit": limit})
+    return Usage(answer["used"], answer["limit"])
+
+
+def request_removal_through(proxy: str, volume: str) -> bool:
+    """The hub's side in Swarm mode: delete ``volume``'s home subvolume on the node whose
+    Docker proxy is at ``proxy``, once that node's engine has no volume of that name (the
+    proxy checks); False if there was none. Blocking."""
+    return bool(_ask_through(proxy, "DELETE", QUOTA_HOME_ROUTE + volume)["removed"])
+
+
+def usage_through(proxy: str) -> dict[str, Usage]:
+    """The homes of the proxy's stack on the node whose Docker proxy is at ``proxy``, by
+    volume name (each a subvolume there). Blocking."""
+    answer = _ask_through(proxy, "GET", QUOTA_USAGE_ROUTE)
+    try:
+        return usages(answer)
+    except (TypeError, ValueError, AttributeError):
+        raise DiskQuotaError(
+            f"the Docker proxy at {proxy} gave no usage: {answer!r:.200}"
+        ) from None
+
+
+def _ask_through(
+    proxy: str, method: str, route: str, body: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """One request to a node's Docker proxy for its diskquota service: the JSON answer of a
+    200, else DiskQuotaError with the proxy's message."""
     address, _, port = proxy.removeprefix("tcp://").rpartition(":")
     connection = http.client.HTTPConnection(address, int(port), timeout=60)
     try:
-        connection.request(
-            "POST", QUOTA_HOME_ROUTE + volume, json.dumps({"Limit": limit}),
-            {"Content-Type": "application/json"},
-        )  # fmt: skip
+        if body is None:
+            connection.request(method, route)
+        else:
+            connection.request(
+                method, route, json.dumps(body), {"Content-Type": "application/json"}
+            )
         response = connection.getresponse()
         answer = json.loads(response.read() or b"{}")
     except (OSError, ValueError) as error:
         raise DiskQuotaError(f"the Docker proxy at {proxy} did not answer: {error}") from None
     finally:
         connection.close()
-    if response.status != 200:
+    if response.status != 200 or not isinstance(answer, dict):
+        message = answer.get("message", answer) if isinstance(answer, dict) else answer
         raise DiskQuotaError(
-            f"the node's Docker proxy at {proxy} answered {response.status}: "
-            f"{answer.get('message', answer)}"
+            f"the node's Docker proxy at {proxy} answered {response.status} to {method} "
+            f"{route}: {message}"
         )
-    return Usage(answer["used"], answer["limit"])
+    return answer
 
 
 def is_home_volume(name: str) -> bool:

@@ -90,6 +90,10 @@ class Allowed:
     # Set for a node's disk-quota home (home volume, limit in bytes): the relay asks its
     # node's diskquota service (labhub.diskquota.request_home), not the engine.
     quota_home: tuple[str, int] | None = None
+    # Set for the removal of a node's disk-quota home (its volume name): the relay asks its
+    # node's diskquota service (labhub.diskquota.request_removal) once its engine has no
+    # volume of that name, so that no home in use is deleted.
+    quota_home_removal: str = ""
     # Set for a node's homes' usage: the relay answers itself, from its node's diskquota
     # usage socket (labhub.diskquota.read_usage), the homes of this volume prefix only.
     quota_usage_of: str = ""
@@ -1185,11 +1189,12 @@ def check_node_request(policy: Policy, method: str, target: str, body: bytes) ->
     """A request to one node's engine, checked: users' volumes (create, inspect, remove)
     and a never-started copy helper on one user's volume (labhub.hometar.copy_helper):
     create it, read its home as a tar, put a checked tar back (streamed: `tar_upload`),
-    remove it. No start, exec or attach: nothing runs. And two requests that are not the
+    remove it. No start, exec or attach: nothing runs. And requests that are not the
     engine's: a user volume's disk-quota home with its limit (`quota_home`), which the
-    relay passes to the node's diskquota service; the usage of the node's homes of this
-    stack (`quota_usage_of`, exactly `GET QUOTA_USAGE_ROUTE`), which it reads there; and
-    its node's GPUs' utilisation and devices (`nvidia_smi`, exactly `GET
+    relay passes to the node's diskquota service, and its removal (`quota_home_removal`),
+    passed on once the engine has no volume of that name; the usage of the node's homes
+    of this stack (`quota_usage_of`, exactly `GET QUOTA_USAGE_ROUTE`), which it reads
+    there; and its node's GPUs' utilisation and devices (`nvidia_smi`, exactly `GET
     NODE_UTILISATION_ROUTE` or `GET NODE_DEVICES_ROUTE`), which it reads with nvidia-smi."""
     return _checked(_match_node_route, "a node's home moves", policy, method, target, body)
 
@@ -1201,16 +1206,21 @@ def _match_node_route(
         return Allowed(path + _query(params, {}), m["version"] or "")
     if method == "POST" and (m := _route(r"/volumes/create", path)):
         volume = parse_json(body)
-        check_volume_create(Policy(frozenset(), policy.network), volume)
+        check_volume_create(
+            Policy(frozenset(), policy.network, quota_root=policy.quota_root), volume
+        )
         return Allowed(path + _query(params, {}), m["version"] or "", body=_dumps(volume))
     if method in ("GET", "DELETE") and (m := _route(rf"/volumes/(?P<name>{_NAME})", path)):
         if not m["name"].startswith(prefix := volume_prefix(policy.network)):
             raise Refused(f"volume {m['name']!r} is not a user volume ({prefix}*)")
         return Allowed(path + _query(params, {}), m["version"] or "")
-    if method == "POST" and (m := re.fullmatch(rf"{re.escape(QUOTA_HOME_ROUTE)}({_NAME})", path)):
-        home = m[1]
+    quota_home = re.fullmatch(rf"{re.escape(QUOTA_HOME_ROUTE)}({_NAME})", path)
+    if method in ("POST", "DELETE") and quota_home:
+        home = quota_home[1]
         if not home.startswith(prefix := volume_prefix(policy.network)):
             raise Refused(f"volume {home!r} is not a user volume ({prefix}*)")
+        if method == "DELETE":
+            return Allowed(path + _query(params, {}), quota_home_removal=home)
         limit = _keys("quota home", parse_json(body), ("Limit",)).get("limit")
         # DISK_QUOTA_MAX is the diskquota service's to enforce; here: a size in bytes.
         return Allowed(

@@ -26,11 +26,14 @@ one request:
 A node's proxy (PROXY_POLICY=node) takes one streamed body: a home's tar upload, sent
 chunked (`ChunkedBody`, strict) and forwarded as a new tar written member by member from
 the checked fields (`labhub.hometar.rewrite`), never as the client's bytes. With disk
-quotas it also relays one request that is not the engine's: a home's subvolume and limit,
-sent as a new request to its node's diskquota service (`labhub.diskquota.request_home`);
-and it answers one itself: its stack's homes' usage on that node, read on the service's
-usage socket (`labhub.diskquota.read_usage`), which reads nothing it is sent; and its
-node's GPUs' utilisation and devices, read with nvidia-smi (`labhub.gpu.inventory`).
+quotas it also relays two requests that are not the engine's, each sent as a new request
+to its node's diskquota service: a home's subvolume and limit
+(`labhub.diskquota.request_home`), and the deletion of a home's subvolume, only once the
+engine has no volume of that name (`labhub.diskquota.request_removal`: no home in use is
+deleted). It answers others itself: its stack's homes' usage on that node, read on the
+service's usage socket (`labhub.diskquota.read_usage`), which reads nothing it is sent;
+and its node's GPUs' utilisation and devices, read with nvidia-smi
+(`labhub.gpu.inventory`).
 
 One request is answered by the relay itself: the metrics exporter's `GET /system/df`
 (`DiskUsage`), from one engine call every DISK_USAGE_EVERY seconds, cut down to the
@@ -350,6 +353,31 @@ async def _quota_home(socket_path: str, volume: str, limit: int) -> tuple[int, b
     return 200, json.dumps({"used": found.used, "limit": found.limit}).encode()
 
 
+async def _quota_home_removal(
+    engine_socket: str, quota_socket: str, allowed: Allowed
+) -> tuple[int, bytes]:
+    """Delete a home's subvolume, once the node's engine has no volume of that name (which
+    it keeps while a container uses it): 200 {"removed": bool}, 409 while the volume is
+    there, or 502 {"message"} saying why not."""
+    volume = allowed.quota_home_removal
+    status, _ = await asyncio.to_thread(_inspect, engine_socket, f"/volumes/{volume}")
+    if status != 404:
+        why = (
+            f"the volume {volume} is still on this node: remove it first (docker volume rm "
+            f"{volume}), then its home"
+            if status == 200
+            else f"the engine answered {status} about the volume {volume}"
+        )
+        return (409 if status == 200 else 502), json.dumps({"message": why}).encode()
+    try:
+        removed = await diskquota.request_removal(volume, quota_socket)
+    except diskquota.DiskQuotaError as error:
+        log.warning("quota home removal %s: %s", volume, error)
+        return 502, json.dumps({"message": str(error)}).encode()
+    log.info("quota home %s: %s", volume, "deleted" if removed else "none to delete")
+    return 200, json.dumps({"removed": removed}).encode()
+
+
 async def _quota_usage(socket_path: str, prefix: str) -> tuple[int, bytes]:
     """The usage of the node's homes named ``prefix``* (this stack's): 200 {"volume":
     [used, limit]}, or 502 {"message"} saying why not (no diskquota service, no btrfs)."""
@@ -454,6 +482,11 @@ async def handle(
             if allowed.quota_home is not None:
                 await _send_json(writer, *await _quota_home(quota_socket, *allowed.quota_home))
                 return
+            if allowed.quota_home_removal:
+                await _send_json(
+                    writer, *await _quota_home_removal(socket_path, quota_socket, allowed)
+                )
+                return
             if allowed.quota_usage_of:
                 await _send_json(writer, *await _quota_usage(usage_socket, allowed.quota_usage_of))
                 return
@@ -545,7 +578,9 @@ def policy_from_env(env: dict[str, str]) -> Check:
     if kind == "node":
         # In front of one node's engine: users' volumes and copy helpers (labhub.homemove),
         # and the relay to the node's diskquota service (its sockets, when make up runs one).
-        node = Policy(allowed_images=images, network=network)
+        # With QUOTA_ROOT a user volume may be made bound onto its folder there (a home
+        # moved or restored into a quota home), as the manager's proxy allows for services.
+        node = Policy(allowed_images=images, network=network, quota_root=env.get("QUOTA_ROOT", ""))
         return lambda method, target, body: check_node_request(node, method, target, body)
     if kind == "swarm":
         # In front of a Swarm manager: LabSwarmSpawner's service calls, the datasets

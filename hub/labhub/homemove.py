@@ -15,6 +15,11 @@ does the I/O. The same pieces serve backups on the home node: `archive_home` rea
 there (make backup) and `restore_home` replaces it with an archive and reads it back
 (make restore); `restore_onto` writes it on a node the admin chose instead and switches
 the home node there, as a move does (make restore NODE=, when the home node is gone).
+
+With disk quotas (QUOTA_ROOT) a home is a subvolume with the user's limit on its node
+(labhub.diskquota): a new copy is made there by that node's diskquota service, through
+its proxy, before the volume bound onto it is written, and an old copy's subvolume is
+deleted once its volume is gone, as the volume itself would be (`HomeQuota`).
 """
 
 from __future__ import annotations
@@ -35,7 +40,12 @@ import docker
 from docker.errors import APIError, DockerException, NotFound
 
 from .contract import HOME_DIR, quota_home_options, volume_name_for
-from .diskquota import DiskQuotaError, request_home_through
+from .diskquota import (
+    DiskQuotaError,
+    request_home_through,
+    request_removal_through,
+    usage_through,
+)
 from .hometar import (
     PARENT,
     BadHomeArchive,
@@ -64,6 +74,15 @@ class MoveRefused(Exception):
 
 class MoveFailed(Exception):
     """The move stopped before the switch: the old home is still the one in use."""
+
+
+@dataclass(frozen=True)
+class HomeQuota:
+    """Disk quotas on: the nodes' QUOTA_ROOT and the user's limit in bytes
+    (DiskQuotas.limit_for, as their next spawn sets it)."""
+
+    root: str
+    limit: int
 
 
 @dataclass(frozen=True)
@@ -228,6 +247,18 @@ _ANY_SERVER_OF_THE_USER = (
 )
 
 
+def user_groups(db_path: Path, user: str) -> list[str]:
+    """The user's JupyterHub groups (a disk quota may be a group's: DiskQuotas.limit_for)."""
+    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as db:
+        rows = db.execute(
+            "SELECT groups.name FROM groups "
+            "JOIN user_group_map ON user_group_map.group_id = groups.id "
+            "JOIN users ON users.id = user_group_map.user_id WHERE users.name = ?",
+            (user,),
+        ).fetchall()
+    return sorted(row[0] for row in rows)
+
+
 def switch_home(db_path: Path, user: str, row: HomeRow, node: str) -> None:
     """Record `node` as the user's home node in their default server's row, only if all
     their servers are still stopped; MoveFailed otherwise."""
@@ -331,8 +362,10 @@ def _has_volume(api: docker.APIClient, volume: str) -> bool:
 class NodeEngine:
     """One node's engine through its Docker proxy: users' volumes and copy helpers."""
 
-    def __init__(self, node: str, url: str, network: str, image: str) -> None:
-        self.node, self.network, self.image = node, network, image
+    def __init__(
+        self, node: str, url: str, network: str, image: str, quota: HomeQuota | None = None
+    ) -> None:
+        self.node, self.url, self.network, self.image, self.quota = node, url, network, image, quota
         self.api = docker.APIClient(base_url=url, version=API_VERSION, timeout=300)
 
     def check_identity(self) -> None:
@@ -346,6 +379,31 @@ class NodeEngine:
 
     def has_volume(self, volume: str) -> bool:
         return _has_volume(self.api, volume)
+
+    def make_home(self, volume: str) -> None:
+        """A new, empty home volume here; with disk quotas, its subvolume with the user's
+        limit first, then the volume bound onto it (as the spawner makes it)."""
+        if self.quota is None:
+            self.api.create_volume(volume, driver="local")
+            return
+        request_home_through(self.url, volume, self.quota.limit)
+        options = quota_home_options(self.quota.root, volume)
+        self.api.create_volume(volume, driver="local", driver_opts=options)
+
+    def remove_home_folder(self, volume: str) -> bool:
+        """With disk quotas: delete the subvolume of `volume`, whose volume is gone from
+        this node (its proxy refuses otherwise); whether there was one."""
+        return self.quota is not None and request_removal_through(self.url, volume)
+
+    def check_no_home_folder(self, volume: str, fix: str) -> None:
+        """With disk quotas: MoveRefused if this node already has a subvolume for `volume`
+        (an earlier copy, or a volume removed by hand), which a new copy would mix with."""
+        if self.quota is not None and volume in usage_through(self.url):
+            raise MoveRefused(
+                f"node {self.node} already has a home folder {self.quota.root}/{volume} "
+                f"(an earlier copy?): check it, then delete it there (btrfs subvolume "
+                f"delete {self.quota.root}/{volume}){fix}"
+            )
 
     @contextmanager
     def helper(self, user: str) -> Iterator[str]:
@@ -376,7 +434,9 @@ def move_home(
         for engine in (source, target):
             engine.check_identity()
         found = (source.has_volume(plan.volume), target.has_volume(plan.volume))
-    except (APIError, OSError) as error:
+        if not found[1]:
+            target.check_no_home_folder(plan.volume, ", then move")
+    except (APIError, OSError, DiskQuotaError) as error:
         raise MoveRefused(f"cannot ask the nodes' proxies: {error}") from error
     if not found[0]:
         raise MoveRefused(f"node {plan.source} has no volume {plan.volume}: nothing to move")
@@ -386,7 +446,7 @@ def move_home(
             f"remove it there (docker volume rm {plan.volume}) after checking it, then move"
         )
     try:
-        target.api.create_volume(plan.volume, driver="local")
+        target.make_home(plan.volume)
         sent = _copy(plan, source, target, say)
         with target.helper(plan.user) as helper:
             copied = manifest_of(target.archive(helper))
@@ -397,9 +457,11 @@ def move_home(
             )
         say(f"checked: {len(copied.entries)} entries, manifest sha256 {copied.digest()} on both")
         switch_home(db_path, plan.user, HomeRow(plan.spawner_id, False, plan.state), plan.target)
-    except (MoveFailed, BadHomeArchive, APIError, OSError) as error:
+    except (MoveFailed, BadHomeArchive, APIError, OSError, DiskQuotaError) as error:
         with suppress(NotFound):
             target.api.remove_volume(plan.volume, force=True)
+        with suppress(APIError, OSError, DiskQuotaError):
+            target.remove_home_folder(plan.volume)
         raise MoveFailed(
             f"{error}. Nothing switched: {plan.user}'s home is still {plan.volume} on node "
             f"{plan.source}; the copy on node {plan.target} was removed"
@@ -475,12 +537,13 @@ def restore_home(
         ) from error
     wanted = Manifest()
     try:
-        engine.api.create_volume(volume, driver="local")
+        engine.remove_home_folder(volume)  # with disk quotas: the old files, saved first
+        engine.make_home(volume)
         with engine.helper(user) as helper:
             engine.api.put_archive(helper, PARENT, rewrite(source, wanted, one_host=True))
         with engine.helper(user) as helper:
             written = manifest_of(engine.archive(helper))
-    except (BadHomeArchive, APIError, OSError) as error:
+    except (BadHomeArchive, APIError, OSError, DiskQuotaError) as error:
         raise MoveFailed(f"{user}'s home on node {engine.node}: {error}") from error
     if differences := wanted.differences(written):
         raise MoveFailed(
@@ -494,12 +557,13 @@ def restore_home(
 def restore_onto(
     user: str, node: str, db_path: Path, proxies: Mapping[str, str],
     nodes: Sequence[SwarmNode], network: str, image: str, source: IO[bytes] | io.RawIOBase,
-    check_only: bool = False, say: Callable[[str], None] = print,
+    check_only: bool = False, say: Callable[[str], None] = print, quota: HomeQuota | None = None,
 ) -> None:  # fmt: skip
     """`restore_home` onto `node`, the admin's choice (make restore NODE=), through its
     proxy, then record it as the user's home node, as a move does; refused as
-    `check_restore_node` says. A failure once the volume was written there removes it
-    and switches nothing (there was no volume of the user's there before)."""
+    `check_restore_node` says, or (disk quotas) when the node has a home folder of the
+    user's already. A failure once the volume was written there removes it and switches
+    nothing (there was no volume of the user's there before)."""
     volume = volume_name_for(user, network)
     row = read_home(db_path, user)
     try:
@@ -508,7 +572,12 @@ def restore_onto(
         )
     except (APIError, OSError) as error:
         raise MoveRefused(f"cannot ask the nodes' proxies: {error}") from error
-    engine = NodeEngine(node, proxies[node], network, image)
+    engine = NodeEngine(node, proxies[node], network, image, quota)
+    if switch:
+        try:
+            engine.check_no_home_folder(volume, ", then restore with NODE=")
+        except (DiskQuotaError, OSError) as error:
+            raise MoveRefused(f"cannot ask node {node}'s proxy: {error}") from error
     if not switch or check_only:
         restore_home(user, engine, source, check_only, say)
         if switch:
@@ -520,8 +589,9 @@ def restore_onto(
         restore_home(user, engine, source, say=say)
         switch_home(db_path, user, row, node)
     except MoveFailed as error:
-        with suppress(APIError, OSError):
+        with suppress(APIError, OSError, DiskQuotaError):
             engine.api.remove_volume(volume, force=True)
+            engine.remove_home_folder(volume)
         raise MoveFailed(
             f"{error}. Nothing switched: {user}'s home node is still "
             f"{recorded or 'none'}; the volume written on node {node} was removed"
@@ -541,13 +611,24 @@ def _remove_old_volume(plan: MovePlan, source: NodeEngine, say: Callable[[str], 
     try:
         remove_when_free(source, plan.volume)
     except APIError as error:
+        quota = source.quota
+        then = f", then `btrfs subvolume delete {quota.root}/{plan.volume}`" if quota else ""
         say(
             f"the move is done, but the old volume {plan.volume} on node {plan.source} "
             f"was not removed ({error.explanation}): remove it there later with "
-            f"`docker volume rm {plan.volume}`"
+            f"`docker volume rm {plan.volume}`{then}"
         )
-    else:
-        say(f"removed the old volume {plan.volume} on node {plan.source}")
+        return
+    say(f"removed the old volume {plan.volume} on node {plan.source}")
+    try:
+        if source.remove_home_folder(plan.volume):
+            say(f"deleted its home folder on node {plan.source}, and its quota")
+    except DiskQuotaError as error:
+        say(
+            f"the old home folder of {plan.volume} on node {plan.source} was not deleted "
+            f"({error}): delete it there later (btrfs subvolume delete <QUOTA_ROOT>/"
+            f"{plan.volume})"
+        )
 
 
 def remove_when_free(engine: NodeEngine, volume: str) -> None:

@@ -17,9 +17,12 @@ import pytest
 from docker.errors import APIError, NotFound
 from jupyterhub import orm
 from labhub import cli, homemove
+from labhub.contract import quota_home_options
+from labhub.diskquota import Usage
 from labhub.dockerpolicy import Policy, Refused, check_node_request
 from labhub.dockerproxy import BadRequest, ChunkedBody, RequestHead, parse_head
 from labhub.homemove import (
+    HomeQuota,
     HomeRow,
     MoveFailed,
     MoveRefused,
@@ -645,3 +648,100 @@ def test_a_one_host_backup_restores_as_the_same_home() -> None:
 
 def one_host_escape() -> tuple[tuple[Any, bytes], ...]:
     return ((member(".", tarfile.DIRTYPE, 0o755), b""), (member("./../x"), b"out\n"))
+
+
+# --- With disk quotas (QUOTA_ROOT): each copy a subvolume made and deleted on its node ---
+QUOTA = HomeQuota("/srv/homes", 5 * 2**30)
+
+
+class QuotaNode(FakeNode):
+    """A node with disk quotas: its home folders (subvolumes), which its proxy's diskquota
+    routes make and delete (`quota_routes`), and its engine's volumes."""
+
+    def __init__(self, node: str, homes: dict[str, bytes], folders: set[str]) -> None:
+        super().__init__(homes)
+        self.node, self.folders = node, set(folders)
+
+    def info(self) -> dict[str, Any]:
+        return {"Swarm": {"NodeID": self.node}}
+
+    def create_volume(self, name: str, driver: str, driver_opts: Any = None) -> None:
+        self.calls.append(f"create_volume {driver_opts}")
+        self.homes[name] = b""
+
+
+def quota_routes(monkeypatch: pytest.MonkeyPatch, nodes: dict[str, QuotaNode]) -> None:
+    """The proxies' diskquota routes as the node proxy answers them (by proxy URL): a
+    folder is deleted only once its node has no volume of that name."""
+
+    def made(url: str, volume: str, limit: int) -> None:
+        nodes[url].calls.append(f"make folder {limit}")
+        nodes[url].folders.add(volume)
+
+    def deleted(url: str, volume: str) -> bool:
+        assert volume not in nodes[url].homes, "the node proxy answers 409"
+        nodes[url].calls.append("delete folder")
+        found = volume in nodes[url].folders
+        nodes[url].folders.discard(volume)
+        return found
+
+    monkeypatch.setattr(homemove, "request_home_through", made)
+    monkeypatch.setattr(homemove, "request_removal_through", deleted)
+    monkeypatch.setattr(
+        homemove, "usage_through", lambda url: dict.fromkeys(nodes[url].folders, Usage(0, 0))
+    )
+
+
+def quota_engine(fake: QuotaNode) -> NodeEngine:
+    engine = NodeEngine(fake.node, PROXIES[fake.node], NETWORK, IMAGE, QUOTA)
+    engine.api = fake  # type: ignore[assignment]
+    return engine
+
+
+def test_a_quota_home_moves_into_a_new_folder_with_its_limit_and_the_old_folder_goes(
+    hub_db: tuple[Path, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, _ = hub_db
+    a = QuotaNode("nodeA", {VOLUME: tar_of(*HOME)}, {VOLUME})
+    b = QuotaNode("nodeB", {}, set())
+    quota_routes(monkeypatch, {PROXIES["nodeA"]: a, PROXIES["nodeB"]: b})
+    plan = plan_move("alice", "nodeB", read_home(path, "alice"), PROXIES, NETWORK, UP)
+    said: list[str] = []
+    homemove.move_home(plan, quota_engine(a), quota_engine(b), path, say=said.append)
+    options = quota_home_options(QUOTA.root, VOLUME)
+    assert b.calls == [f"make folder {QUOTA.limit}", f"create_volume {options}", "put_archive"]
+    assert b.folders == {VOLUME} and manifest_of(io.BytesIO(b.homes[VOLUME])) == manifest_of(
+        io.BytesIO(tar_of(*HOME))
+    )
+    assert a.calls == ["remove_volume", "delete folder"] and a.folders == set() and a.homes == {}
+    assert "deleted its home folder on node nodeA, and its quota" in said
+    assert read_home(path, "alice") == HomeRow(1, False, {HOME_NODE_STATE: "nodeB", "other": 1})
+
+
+def test_a_quota_home_is_not_moved_into_a_folder_of_that_name_already_there(
+    hub_db: tuple[Path, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, _ = hub_db
+    a = QuotaNode("nodeA", {VOLUME: tar_of(*HOME)}, {VOLUME})
+    b = QuotaNode("nodeB", {}, {VOLUME})  # an earlier copy's folder, its volume removed
+    quota_routes(monkeypatch, {PROXIES["nodeA"]: a, PROXIES["nodeB"]: b})
+    plan = plan_move("alice", "nodeB", read_home(path, "alice"), PROXIES, NETWORK, UP)
+    with pytest.raises(
+        MoveRefused, match=f"node nodeB already has a home folder /srv/homes/{VOLUME}"
+    ):
+        homemove.move_home(plan, quota_engine(a), quota_engine(b), path, say=str)
+    assert a.calls == b.calls == [] and read_home(path, "alice") == STOPPED_IN_DB
+
+
+def test_a_quota_home_restored_is_a_new_folder_once_the_old_one_went_with_its_volume(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    a = QuotaNode("nodeA", {VOLUME: OLD_HOME}, {VOLUME})
+    quota_routes(monkeypatch, {PROXIES["nodeA"]: a})
+    written = restore_home("alice", quota_engine(a), io.BytesIO(tar_of(*HOME)), say=str)
+    options = quota_home_options(QUOTA.root, VOLUME)
+    assert a.calls == [
+        "remove_volume", "delete folder", f"make folder {QUOTA.limit}",
+        f"create_volume {options}", "put_archive",
+    ]  # fmt: skip
+    assert "jovyan/stale.txt" not in written.entries and a.folders == {VOLUME}

@@ -8,8 +8,10 @@ from pathlib import Path
 import docker
 import pytest
 from labhub.contract import volume_name_for
-from labhub.volumes import remove_user_volume
+from labhub.swarmplacement import SwarmNode
+from labhub.volumes import remove_from_nodes, remove_user_volume
 
+from testsupport.dockerproxy import running_proxy
 from testsupport.images import ensure_base_image
 
 pytestmark = pytest.mark.integration
@@ -77,3 +79,35 @@ def test_refuses_while_a_container_uses_it(
             remove_user_volume(username, NETWORK, hub_db(tmp_path), client)
     finally:
         container.remove(force=True)
+
+
+def test_in_swarm_mode_each_nodes_proxy_removes_it_and_a_silent_node_is_named(
+    client: docker.DockerClient, user_volume: tuple[str, str], tmp_path: Path
+) -> None:
+    """The engine here behind a real node proxy (PROXY_POLICY=node) stands for node n1; n2
+    is ready but its proxy does not answer: the volume goes from n1, which is said, and
+    the command fails naming n2, whose copy, if any, stays. In use, it is refused."""
+    username, volume = user_volume
+    with running_proxy(
+        PROXY_POLICY="node", ALLOWED_IMAGES=ensure_base_image(), DOCKER_NETWORK=NETWORK,
+        DOCKER_SOCKET="/var/run/docker.sock",
+    ) as port:  # fmt: skip
+        proxies, db = {"n1": f"tcp://127.0.0.1:{port}"}, hub_db(tmp_path)
+        nodes = [SwarmNode("n1", True, True), SwarmNode("n2", True, True)]
+        container = client.containers.create(
+            ensure_base_image(), "true", volumes={volume: {"bind": "/data", "mode": "rw"}}
+        )
+        try:
+            with pytest.raises(SystemExit, match=f"{volume} on node n1 is still in use"):
+                remove_from_nodes(username, NETWORK, db, proxies, nodes, False)
+        finally:
+            container.remove(force=True)
+        with pytest.raises(SystemExit) as failed:
+            remove_from_nodes(username, NETWORK, db, proxies, nodes, False)
+    assert str(failed.value).splitlines() == [
+        f"node n1: removed {volume} ({username!r})",
+        "node n2 not reached (its Docker proxy does not answer): run this again once it is "
+        "back, or its copy of the home, if any, stays",
+    ]
+    with pytest.raises(docker.errors.NotFound):
+        client.volumes.get(volume)

@@ -39,11 +39,12 @@ from labhub.diskquota import (
     DiskQuotaError,
     Usage,
     request_home_through,
+    request_removal_through,
 )
 from labhub.dockerpolicy import Policy, Refused, check_node_request, check_swarm_request
 from labhub.dockerproxy import DiskUsage, handle, policy_from_env
 from labhub.settings import Settings, SettingsError
-from labhub.swarmspawner import HOME_NODE_STATE, LabSwarmSpawner, swarm_spawner_config
+from labhub.swarmspawner import LabSwarmSpawner, swarm_spawner_config
 
 from testsupport.dockerproxy import raw_request
 from testsupport.minimal_env import MINIMAL_ENV
@@ -188,8 +189,40 @@ def test_a_node_proxy_allows_a_user_homes_quota_request_only() -> None:
     ]:
         with pytest.raises(Refused, match=reason):
             check_node_request(NODE, "POST", target, sent)
-    with pytest.raises(Refused, match="not needed"):
-        check_node_request(NODE, "DELETE", QUOTA_HOME_ROUTE + ALICES_HOME, b"")
+
+
+def test_a_node_proxy_allows_deleting_a_user_homes_subvolume_only() -> None:
+    allowed = check_node_request(NODE, "DELETE", QUOTA_HOME_ROUTE + ALICES_HOME, b"")
+    assert allowed.quota_home_removal == ALICES_HOME and allowed.quota_home is None
+    for target, sent, reason in [
+        (QUOTA_HOME_ROUTE + "other-user-alice", b"", "not a user volume"),
+        (QUOTA_HOME_ROUTE + ALICES_HOME + "?force=1", b"", "query parameter"),
+        (QUOTA_HOME_ROUTE + ALICES_HOME, b'{"Root": "/"}', "takes no request body"),
+        (QUOTA_HOME_ROUTE + "..", b"", "dot segments"),
+        (QUOTA_HOME_ROUTE, b"", "not needed"),
+    ]:
+        with pytest.raises(Refused, match=reason):
+            check_node_request(NODE, "DELETE", target, sent)
+
+
+def test_a_node_proxy_with_quota_root_makes_a_volume_bound_onto_its_own_folder_only() -> None:
+    """A home moved or restored into a quota home (labhub.homemove.NodeEngine.make_home)."""
+    env = {"PROXY_POLICY": "node", "ALLOWED_IMAGES": IMAGE, "DOCKER_NETWORK": NETWORK}
+    check, without = policy_from_env({**env, "QUOTA_ROOT": ROOT}), policy_from_env(env)
+
+    def create(options: dict[str, str]) -> bytes:
+        return json.dumps({"Name": ALICES_HOME, "Driver": "local", "DriverOpts": options}).encode()
+
+    allowed = check("POST", "/v1.41/volumes/create", create(quota_home_options(ROOT, ALICES_HOME)))
+    assert json.loads(allowed.body)["DriverOpts"] == quota_home_options(ROOT, ALICES_HOME)
+    for policy, options in (
+        (check, quota_home_options(ROOT, volume_name_for("bob", NETWORK))),
+        (check, quota_home_options("/", ALICES_HOME)),
+        (check, {**quota_home_options(ROOT, ALICES_HOME), "type": "btrfs"}),
+        (without, quota_home_options(ROOT, ALICES_HOME)),
+    ):
+        with pytest.raises(Refused, match="are not allowed"):
+            policy("POST", "/volumes/create", create(options))
 
 
 @contextlib.asynccontextmanager
@@ -242,6 +275,61 @@ def test_the_node_proxy_relays_a_home_to_its_diskquota_service(
 ) -> None:
     answer, made = relay(tmp_path, monkeypatch, ALICES_HOME, 2**20)
     assert answer == Usage(0, 2**20) and made == [(Path(ROOT), ALICES_HOME, 2**20)]
+
+
+def removal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, volume: str, engine_has_it: bool
+) -> tuple[bool | str, list[str]]:
+    """`request_removal_through` a real node proxy's handler to a real diskquota service's
+    handler whose btrfs work is recorded, in front of an engine that has the volume or
+    not (a stand-in that answers the volume's inspect only): the hub's answer (or error)
+    and which subvolumes the service deleted."""
+    deleted: list[str] = []
+
+    def remove_home(root: Path, volume: str) -> bool:
+        deleted.append(volume)
+        return True
+
+    monkeypatch.setattr(diskquota, "remove_home", remove_home)
+    check = policy_from_env({"PROXY_POLICY": "node", "ALLOWED_IMAGES": IMAGE})
+    quota_socket, engine_socket = str(tmp_path / "diskquota.sock"), str(tmp_path / "no-engine.sock")
+
+    async def engine(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        line = await reader.readline()
+        found = engine_has_it and line.split()[1] == f"/volumes/{volume}".encode()
+        body = b'{"Name": "%s"}' % volume.encode() if found else b'{"message": "no such volume"}'
+        head = f"HTTP/1.1 {200 if found else 404} X\r\nContent-Length: {len(body)}\r\n\r\n"
+        writer.write(head.encode() + body)
+        await writer.drain()
+        writer.close()
+
+    async def run() -> bool | str:
+        service = await asyncio.start_unix_server(
+            lambda r, w: diskquota._answer(Path(ROOT), 1024**3, r, w), path=quota_socket
+        )
+        stand_in = await asyncio.start_unix_server(engine, path=engine_socket)
+        proxy = node_proxy(tmp_path, check, quota_socket=quota_socket)
+        async with service, stand_in, proxy as port:
+            try:
+                return await asyncio.to_thread(
+                    request_removal_through, f"tcp://127.0.0.1:{port}", volume
+                )
+            except DiskQuotaError as error:
+                return str(error)
+
+    return asyncio.run(run()), deleted
+
+
+def test_the_node_proxy_deletes_a_homes_subvolume_only_once_its_volume_is_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    answer, deleted = removal(tmp_path, monkeypatch, ALICES_HOME, engine_has_it=True)
+    assert "answered 409" in str(answer) and "is still on this node" in str(answer)
+    assert deleted == []
+    answer, deleted = removal(tmp_path, monkeypatch, "other-user-alice", engine_has_it=False)
+    assert "answered 403" in str(answer) and deleted == []
+    answer, deleted = removal(tmp_path, monkeypatch, ALICES_HOME, engine_has_it=False)
+    assert answer is True and deleted == [ALICES_HOME]
 
 
 def test_the_diskquota_services_limit_and_the_proxys_rules_both_hold(
@@ -421,23 +509,18 @@ def test_the_hub_prepares_the_home_on_its_node_unless_a_plain_volume_is_there(
         homemove.prepare_quota_home("proxies", "n3", ALICES_HOME, 5, ROOT)
 
 
-def test_move_home_and_home_restore_refuse_quota_homes_changing_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+def test_a_moved_or_restored_home_gets_the_limit_the_users_next_spawn_sets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Their copy helpers would write a plain volume, which the next spawn refuses: refused
-    before any node is asked (the proxies named here do not exist)."""
+    """A group's quota counts, as DiskQuotas.limit_for says, read from the hub's database;
+    no quota object at all without QUOTA_ROOT."""
     path = tmp_path / "jupyterhub.sqlite"
     db = orm.new_session_factory(f"sqlite:///{path}")()
-    db.add(orm.Spawner(user=orm.User(name="alice"), name="", state={HOME_NODE_STATE: "n1"}))
+    alice, bob = orm.User(name="alice"), orm.User(name="bob")
+    db.add_all([alice, bob, orm.Group(name="thesis", users=[alice])])
     db.commit()
-    for name, value in SWARM_QUOTA_ENV.items():
-        monkeypatch.setenv(name, value)
-    proxy = ["--proxy=n1=tcp://192.0.2.1:2375", "--proxy=n2=tcp://192.0.2.2:2375"]
-    refused = f"refused, nothing changed: with disk quotas (QUOTA_ROOT={ROOT})"
-    assert cli.main(["move-home", "alice", "n2", *proxy, f"--db={path}"]) == 2
-    assert f"labhub move-home: {refused}" in capsys.readouterr().err
-    for how in (["--check"], ["--check", "--node=n2"], [], ["--node=n2"]):
-        assert cli.main(["home-restore", *how, "alice", f"--db={path}"]) == 2
-        assert f"labhub home-restore: {refused}" in capsys.readouterr().err
-    db.expire_all()
-    assert orm.User.find(db, "alice").orm_spawners[""].state == {HOME_NODE_STATE: "n1"}
+    settings = Settings.from_env({**SWARM_QUOTA_ENV, "DISK_QUOTA_GROUPS": '{"thesis": "50G"}'})
+    assert homemove.user_groups(path, "alice") == ["thesis"]
+    assert cli._home_quota(settings, path, "alice") == homemove.HomeQuota(ROOT, 50 * 1024**3)
+    assert cli._home_quota(settings, path, "bob") == homemove.HomeQuota(ROOT, 2 * 1024**3)
+    assert cli._home_quota(Settings.from_env(MINIMAL_ENV), path, "alice") is None
