@@ -111,6 +111,13 @@ class SwarmStack:
     def node(self, node_id: str) -> Node:
         return next(node for node in self.swarm.nodes if node.node_id == node_id)
 
+    def backup_into(self, root: Path) -> tuple[subprocess.CompletedProcess[str], Path]:
+        """`make backup` into `root`, as an admin runs it: its run and the one backup folder."""
+        backup = make("backup", self.env_file, self.docker_host, f"BACKUP_ROOT={root}", timeout=600)
+        assert backup.returncode == 0, backup.stdout[-3000:] + backup.stderr[-3000:]
+        [folder] = root.iterdir()
+        return backup, folder
+
 
 def link_each_nodes_socket(swarm: Swarm, engines: Path) -> str:
     """What a real node has at one path, its own engine's socket: here one link per node ID

@@ -88,19 +88,6 @@ def task_container(swarm_stack: SwarmStack, user: str) -> tuple[str, str]:
     return node_id, running_container(swarm_stack.node(node_id), f"{PREFIX}-{user}")
 
 
-def backup_into(
-    swarm_stack: SwarmStack, root: Path
-) -> tuple[subprocess.CompletedProcess[str], Path]:
-    """`make backup` into `root`, as an admin runs it: its run and the one backup folder."""
-    backup = make(
-        "backup", swarm_stack.env_file, swarm_stack.docker_host, f"BACKUP_ROOT={root}",
-        timeout=600,
-    )  # fmt: skip
-    assert backup.returncode == 0, backup.stdout[-3000:] + backup.stderr[-3000:]
-    [folder] = root.iterdir()
-    return backup, folder
-
-
 def test_make_up_runs_one_node_proxy_on_each_node_answering_for_its_own_engine(
     swarm_stack: SwarmStack, proxy_addresses: list[str]
 ) -> None:
@@ -189,7 +176,7 @@ def test_make_backup_reads_each_home_on_its_node(
 ) -> None:
     """The user's home, on the node it was moved to, is read there through that node's
     proxy; the admin, never started, has no home to read and is skipped."""
-    backup, folder = backup_into(swarm_stack, tmp_path_factory.mktemp("backups"))
+    backup, folder = swarm_stack.backup_into(tmp_path_factory.mktemp("backups"))
     archive = folder / "volumes" / f"{volume_name_for(USER, STACK)}.tar.gz"
     with tarfile.open(archive) as tar:
         member = tar.extractfile("jovyan/moved.txt")
@@ -253,7 +240,7 @@ def test_make_restore_writes_the_backup_back_on_the_home_node_and_refuses_a_runn
     on_node = swarm_stack.node(home)
     on_node.docker("exec", container, "sh", "-c", "echo v1 > /home/jovyan/kept.txt")
     student.stop_server(USER)
-    _, folder = backup_into(swarm_stack, tmp_path_factory.mktemp("restore"))
+    _, folder = swarm_stack.backup_into(tmp_path_factory.mktemp("restore"))
     backed_up = home_in_the_backup(folder / "volumes" / f"{volume_name_for(USER, STACK)}.tar.gz")
     v1 = hashlib.sha256(b"v1\n").hexdigest()
     assert backed_up["kept.txt"] == f"1000:100 f {v1}" and "moved.txt" in backed_up
@@ -340,7 +327,7 @@ def test_make_restore_node_puts_the_home_on_that_node_when_its_node_is_drained(
     swarm_stack.node(home).docker("exec", container, "sh", "-c", "echo onto > ~/onto.txt")
     student.stop_server(USER)
     volume = volume_name_for(USER, STACK)
-    _, folder = backup_into(swarm_stack, tmp_path_factory.mktemp("restore-node"))
+    _, folder = swarm_stack.backup_into(tmp_path_factory.mktemp("restore-node"))
     backed_up = home_in_the_backup(folder / "volumes" / f"{volume}.tar.gz")
     assert backed_up["onto.txt"].startswith("1000:100 f")
     as_one_host_wrote_it(folder, volume)

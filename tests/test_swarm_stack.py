@@ -419,13 +419,7 @@ def test_with_quota_root_a_restored_home_keeps_its_quota_and_a_move_mixes_no_hom
     run("btrfs", "filesystem", "sync", str(quota_root))
     client.start_server(user, timeout=600)
     in_server("echo backed-up > /home/jovyan/kept.txt")
-    root = tmp_path / "backups"
-    backup = make(
-        "backup", swarm_stack.env_file, swarm_stack.docker_host, f"BACKUP_ROOT={root}",
-        timeout=600,
-    )  # fmt: skip
-    assert backup.returncode == 0, backup.stdout[-3000:] + backup.stderr[-3000:]
-    [folder] = root.iterdir()
+    _, folder = swarm_stack.backup_into(tmp_path / "backups")
     in_server("cd /home/jovyan && echo changed > kept.txt && echo new > after-backup.txt")
     client.stop_server(user)
     restored = make(
