@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,48 @@ def test_the_student_and_the_admin_see_the_homes_usage(
         # A student is sent to their own page; the table is not theirs to see.
         mine = student.session.get(f"{stack.base_url}/services/gpus/", timeout=60)
         assert mine.url.endswith("/services/gpus/me") and 'id="homes"' not in mine.text
+    finally:
+        student.stop_server(username)
+
+
+# Write 1 MiB at a time until the quota stops it (one MiB more than the limit at most).
+FILL = """
+import errno
+with open("/home/jovyan/fill.bin", "wb") as out:
+    try:
+        for _ in range(200):
+            out.write(bytes(2**20))
+            out.flush()
+    except OSError as error:
+        print("full" if error.errno == errno.EDQUOT else error)
+"""
+
+
+def test_a_student_whose_home_is_full_still_gets_their_server_and_can_free_it(
+    quota_stack: tuple[Stack, Path], username: str
+) -> None:
+    """A home at its 100 MiB quota stopped the next server start ("Disk quota exceeded",
+    exit 1): the server wrote its connection files in the home, and jupyter_core its
+    ~/.jupyter/migrated marker at every start. The files are in /tmp now
+    (JUPYTER_RUNTIME_DIR) and the marker in the image: the server starts, its status says
+    the home is full, and the student frees space from a kernel."""
+    stack, root = quota_stack
+    home = root / volume_name_for(username, NAME)
+    student = stack.login(username)
+    student.start_server(username)
+    assert "full" in stack.run(student, username, FILL)
+    student.stop_server(username)
+    # Committed (btrfs commits every 30 s), so that the qgroup counts the home full now.
+    subprocess.run(["btrfs", "filesystem", "sync", str(root)], check=True)
+    assert diskquota.usage(home).used >= 99 * MIB, diskquota.usage(home)
+    try:
+        student.start_server(username, timeout=300)
+        lab = token_session(stack.ca_file, student.new_token(username))
+        status = lab.get(f"{stack.base_url}/user/{username}/labhub/status", timeout=60).json()
+        assert re.fullmatch(r"home (9\d|10\d)(\.\d)? of 100 MB", status["home"]), status
+        freed = "import os; os.remove('/home/jovyan/fill.bin'); print('freed')"
+        assert "freed" in stack.run(student, username, freed)
+        assert not (home / "fill.bin").exists()
     finally:
         student.stop_server(username)
 

@@ -10,11 +10,16 @@ image_version="$(cd "${skeleton}" && find . -type f -print0 | sort -z | xargs -0
 
 # Copy on first start and whenever the image brings different workspace files, file by
 # file and never over an existing file (cp -n): a student's edited notebook always wins.
+# A home that is full (its disk quota) still gets its server, where the student frees
+# space: the copy is tried again at the next start.
 if [[ ! -f "${marker}" || "$(cat "${marker}")" != "${image_version}" ]]; then
-  cp -rn "${skeleton}/." "${HOME}/"
-  printf '%s\n' "${image_version}" >"${marker}"
+  if ! { cp -rn "${skeleton}/." "${HOME}/" && printf '%s\n' "${image_version}" >"${marker}"; }; then
+    echo "start-workspace: the MNIST workspace was not fully copied into ${HOME} (is it" \
+      "full?); the server starts, and the copy is tried again at the next start" >&2
+  fi
 fi
-mkdir -p "${MNIST_LOGS_DIR:-${HOME}/logs}"
+logs="${MNIST_LOGS_DIR:-${HOME}/logs}"
+mkdir -p "${logs}" || echo "start-workspace: could not make ${logs} (is ${HOME} full?)" >&2
 
 # The %tensorboard magic reaches TensorBoard through jupyter-server-proxy.
 export TENSORBOARD_PROXY_URL="${JUPYTERHUB_SERVICE_PREFIX:-/}proxy/%PORT%/"
