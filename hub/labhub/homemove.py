@@ -529,7 +529,7 @@ def restore_home(
         raise MoveRefused(f"cannot ask node {engine.node}'s proxy: {error}") from error
     try:
         if engine.has_volume(volume):
-            remove_when_free(engine, volume)
+            remove_when_free(engine.api, volume)
     except APIError as error:
         raise MoveRefused(
             f"the volume {volume} on node {engine.node} could not be replaced "
@@ -609,7 +609,7 @@ def _remove_old_volume(plan: MovePlan, source: NodeEngine, say: Callable[[str], 
     """Remove the old volume once the stopped server's task container is gone; say so if it
     is still in use after that."""
     try:
-        remove_when_free(source, plan.volume)
+        remove_when_free(source.api, plan.volume)
     except APIError as error:
         quota = source.quota
         then = f", then `btrfs subvolume delete {quota.root}/{plan.volume}`" if quota else ""
@@ -631,13 +631,14 @@ def _remove_old_volume(plan: MovePlan, source: NodeEngine, say: Callable[[str], 
         )
 
 
-def remove_when_free(engine: NodeEngine, volume: str) -> None:
-    """Remove the volume, waiting while it is in use (a stopped server's task container is
-    removed by its node within seconds of the service): APIError after OLD_VOLUME_WAIT."""
+def remove_when_free(api: docker.APIClient, volume: str) -> None:
+    """Remove the volume from the node of `api`, waiting while it is in use (a stopped
+    server's task container is removed by its node within seconds of the service):
+    APIError after OLD_VOLUME_WAIT."""
     deadline = time.monotonic() + OLD_VOLUME_WAIT
     while True:
         try:
-            engine.api.remove_volume(volume)
+            api.remove_volume(volume)
         except APIError as error:
             if error.status_code != 409 or time.monotonic() > deadline:
                 raise

@@ -85,7 +85,7 @@ def remove_from_nodes(
     (`proxies`, by node ID), and with disk quotas (`quotas`) its subvolume there; a report
     line per node that had any. SystemExit on refusal (the user exists, a volume in use),
     naming the node, and when a ready node was not reached (its copy, if any, stays)."""
-    from .homemove import API_VERSION
+    from .homemove import API_VERSION, remove_when_free
 
     volume = volume_name_for(username, network)
     refuse_a_user_who_exists(db_path, username)
@@ -93,7 +93,9 @@ def remove_from_nodes(
     # Every volume first, then the subvolumes: none is deleted while a volume is bound to it.
     for node, url in sorted(proxies.items()):
         try:
-            docker.APIClient(base_url=url, version=API_VERSION, timeout=60).remove_volume(volume)
+            # The last server's task container may still be going, its service gone.
+            api = docker.APIClient(base_url=url, version=API_VERSION, timeout=60)
+            remove_when_free(api, volume)
             done[node].append(f"removed {volume}")
         except NotFound:
             pass

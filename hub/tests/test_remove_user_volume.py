@@ -7,6 +7,7 @@ from pathlib import Path
 
 import docker
 import pytest
+from labhub import homemove
 from labhub.contract import volume_name_for
 from labhub.swarmplacement import SwarmNode
 from labhub.volumes import remove_from_nodes, remove_user_volume
@@ -82,11 +83,14 @@ def test_refuses_while_a_container_uses_it(
 
 
 def test_in_swarm_mode_each_nodes_proxy_removes_it_and_a_silent_node_is_named(
-    client: docker.DockerClient, user_volume: tuple[str, str], tmp_path: Path
-) -> None:
+    client: docker.DockerClient, user_volume: tuple[str, str], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
     """The engine here behind a real node proxy (PROXY_POLICY=node) stands for node n1; n2
     is ready but its proxy does not answer: the volume goes from n1, which is said, and
-    the command fails naming n2, whose copy, if any, stays. In use, it is refused."""
+    the command fails naming n2, whose copy, if any, stays. Still in use once a stopped
+    server's container had time to go (here at once), it is refused."""
+    monkeypatch.setattr(homemove, "OLD_VOLUME_WAIT", 0.0)
     username, volume = user_volume
     with running_proxy(
         PROXY_POLICY="node", ALLOWED_IMAGES=ensure_base_image(), DOCKER_NETWORK=NETWORK,
