@@ -354,12 +354,11 @@ async def _quota_home(socket_path: str, volume: str, limit: int) -> tuple[int, b
 
 
 async def _quota_home_removal(
-    engine_socket: str, quota_socket: str, allowed: Allowed
+    engine_socket: str, quota_socket: str, volume: str
 ) -> tuple[int, bytes]:
-    """Delete a home's subvolume, once the node's engine has no volume of that name (which
-    it keeps while a container uses it): 200 {"removed": bool}, 409 while the volume is
-    there, or 502 {"message"} saying why not."""
-    volume = allowed.quota_home_removal
+    """Delete the subvolume of the home ``volume``, once the node's engine has no volume of
+    that name (which it keeps while a container uses it): 200 {"removed": bool}, 409 while
+    the volume is there, or 502 {"message"} saying why not."""
     status, _ = await asyncio.to_thread(_inspect, engine_socket, f"/volumes/{volume}")
     if status != 404:
         why = (
@@ -483,9 +482,8 @@ async def handle(
                 await _send_json(writer, *await _quota_home(quota_socket, *allowed.quota_home))
                 return
             if allowed.quota_home_removal:
-                await _send_json(
-                    writer, *await _quota_home_removal(socket_path, quota_socket, allowed)
-                )
+                removal = _quota_home_removal(socket_path, quota_socket, allowed.quota_home_removal)
+                await _send_json(writer, *await removal)
                 return
             if allowed.quota_usage_of:
                 await _send_json(writer, *await _quota_usage(usage_socket, allowed.quota_usage_of))

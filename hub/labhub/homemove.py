@@ -400,10 +400,14 @@ class NodeEngine:
         (an earlier copy, or a volume removed by hand), which a new copy would mix with."""
         if self.quota is not None and volume in usage_through(self.url):
             raise MoveRefused(
-                f"node {self.node} already has a home folder {self.quota.root}/{volume} "
+                f"node {self.node} already has a home folder {self.home_folder(volume)} "
                 f"(an earlier copy?): check it, then delete it there (btrfs subvolume "
-                f"delete {self.quota.root}/{volume}){fix}"
+                f"delete {self.home_folder(volume)}){fix}"
             )
+
+    def home_folder(self, volume: str) -> str:
+        """Where `volume`'s home is on this node with disk quotas, for the admin to see."""
+        return f"{self.quota.root if self.quota else '<QUOTA_ROOT>'}/{volume}"
 
     @contextmanager
     def helper(self, user: str) -> Iterator[str]:
@@ -611,8 +615,8 @@ def _remove_old_volume(plan: MovePlan, source: NodeEngine, say: Callable[[str], 
     try:
         remove_when_free(source.api, plan.volume)
     except APIError as error:
-        quota = source.quota
-        then = f", then `btrfs subvolume delete {quota.root}/{plan.volume}`" if quota else ""
+        folder = source.home_folder(plan.volume)
+        then = f", then `btrfs subvolume delete {folder}`" if source.quota else ""
         say(
             f"the move is done, but the old volume {plan.volume} on node {plan.source} "
             f"was not removed ({error.explanation}): remove it there later with "
@@ -626,8 +630,8 @@ def _remove_old_volume(plan: MovePlan, source: NodeEngine, say: Callable[[str], 
     except DiskQuotaError as error:
         say(
             f"the old home folder of {plan.volume} on node {plan.source} was not deleted "
-            f"({error}): delete it there later (btrfs subvolume delete <QUOTA_ROOT>/"
-            f"{plan.volume})"
+            f"({error}): delete it there later (btrfs subvolume delete "
+            f"{source.home_folder(plan.volume)})"
         )
 
 

@@ -18,7 +18,7 @@ from docker.errors import APIError, NotFound
 from jupyterhub import orm
 from labhub import cli, homemove
 from labhub.contract import quota_home_options
-from labhub.diskquota import Usage
+from labhub.diskquota import DiskQuotaError, Usage
 from labhub.dockerpolicy import Policy, Refused, check_node_request
 from labhub.dockerproxy import BadRequest, ChunkedBody, RequestHead, parse_head
 from labhub.homemove import (
@@ -716,6 +716,27 @@ def test_a_quota_home_moves_into_a_new_folder_with_its_limit_and_the_old_folder_
     assert a.calls == ["remove_volume", "delete folder"] and a.folders == set() and a.homes == {}
     assert "deleted its home folder on node nodeA, and its quota" in said
     assert read_home(path, "alice") == HomeRow(1, False, {HOME_NODE_STATE: "nodeB", "other": 1})
+
+
+def test_an_old_quota_folder_not_deleted_after_a_move_is_named_for_the_admin(
+    hub_db: tuple[Path, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The move is done; the old node's diskquota service fails: the admin is told which
+    folder to delete there, by its path under that node's QUOTA_ROOT."""
+    path, _ = hub_db
+    a = QuotaNode("nodeA", {VOLUME: tar_of(*HOME)}, {VOLUME})
+    b = QuotaNode("nodeB", {}, set())
+    quota_routes(monkeypatch, {PROXIES["nodeA"]: a, PROXIES["nodeB"]: b})
+
+    def refused(url: str, volume: str) -> bool:
+        raise DiskQuotaError("no diskquota service")
+
+    monkeypatch.setattr(homemove, "request_removal_through", refused)
+    plan = plan_move("alice", "nodeB", read_home(path, "alice"), PROXIES, NETWORK, UP)
+    said: list[str] = []
+    homemove.move_home(plan, quota_engine(a), quota_engine(b), path, say=said.append)
+    assert said[-1].endswith(f"(btrfs subvolume delete /srv/homes/{VOLUME})"), said[-1]
+    assert read_home(path, "alice").state[HOME_NODE_STATE] == "nodeB"
 
 
 def test_a_quota_home_is_not_moved_into_a_folder_of_that_name_already_there(
