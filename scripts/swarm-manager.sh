@@ -97,7 +97,8 @@ never() {
 # own arguments. It also reads its node's GPUs' utilisation with nvidia-smi for the GPU
 # service (labhub.gpu.readings): it sees all of them (NVIDIA_VISIBLE_DEVICES=all, with the
 # nodes' default runtime nvidia; nvidia-smi only, NVIDIA_DRIVER_CAPABILITIES=utility), which
-# adds no reach to a container that holds its node's engine socket.
+# adds no reach to a container that holds its node's engine socket. The metrics one mounts
+# the same sockets' volume, read-only, to answer its node's homes' usage to the exporter.
 node_proxies() {
   local name="$1" image="$2" sock="$3" lab_network="$4" policy="$5"
   shift 5  # the rest: the policy's own --env and --mount arguments
@@ -138,8 +139,8 @@ wait_global() {
   exit 1
 }
 
-# The Unix socket's volume between a node's diskquota service and that node's Docker proxy
-# alone (a local volume of this name on each node), named after the lab's network.
+# The Unix sockets' volume between a node's diskquota service and that node's Docker
+# proxies alone (a local volume of this name on each node), named after the lab's network.
 diskquota_socket() {
   echo "$1-diskquota-node-socket"
 }
@@ -149,7 +150,7 @@ diskquota_socket() {
 # limit. Root with CAP_SYS_ADMIN and CHOWN only, read-only, no secret, no Docker socket,
 # QUOTA_ROOT (the same path on every node) and its sockets' volume only: the hub's socket
 # and the usage socket (labhub.diskquota.NODE_USAGE_SOCKET), which only the node's Docker
-# proxy also mounts. A Swarm task cannot have no network: it gets an internal overlay
+# proxies also mount (each holds the node's engine socket anyway). A Swarm task cannot have no network: it gets an internal overlay
 # network of its own that nothing else joins (not attachable), and listens on none. The
 # hub reaches it through the node's Docker proxy (labhub.dockerproxy), which relays the
 # checked request to the one socket and answers the homes' usage from the other.
@@ -201,7 +202,8 @@ case "${1:-}" in
       --mount "type=volume,source=$(diskquota_socket "$5"),target=/run/labhub-diskquota" ;;
   metrics-proxies)
     [[ $# == 5 ]] || { echo "usage: $0 metrics-proxies NAME IMAGE SOCKET NETWORK" >&2; exit 2; }
-    node_proxies "$2" "$3" "$4" "$5" node-metrics ;;
+    node_proxies "$2" "$3" "$4" "$5" node-metrics \
+      --mount "type=volume,source=$(diskquota_socket "$5"),target=/run/labhub-diskquota,readonly" ;;
   remove-node-proxies) remove_global "${2:?usage: $0 remove-node-proxies NAME}" ;;
   diskquota)
     [[ $# == 5 ]] || { echo "usage: $0 diskquota NETWORK IMAGE QUOTA_ROOT DISK_QUOTA_MAX" >&2; exit 2; }

@@ -314,9 +314,9 @@ def test_with_quota_root_a_server_on_the_worker_gets_disk_quota_exceeded_past_it
     """QUOTA_ROOT on a Swarm (the settings refused it before): `make up` again with it runs
     the diskquota service on every node; each new user's home is a subvolume with the
     DISK_QUOTA limit on its node, and the server on the worker, writing past it in its
-    container, gets "Disk quota exceeded"; the student's api/me and the admin's Homes
-    table show each home's usage and limit, read on its node. Later tests keep the stack
-    as it is now."""
+    container, gets "Disk quota exceeded"; the student's api/me, the admin's Homes table
+    and Prometheus show each home's usage and limit, read on its node. Later tests keep
+    the stack as it is now."""
     stack, manager, env = swarm_stack.stack, swarm_stack.manager, swarm_stack.env_file
     env.write_text(env.read_text() + f"QUOTA_ROOT={quota_root}\nDISK_QUOTA=40M\n")
     up = make("up", env, swarm_stack.docker_host, "BUILD=no", *swarm_stack.make_args)
@@ -379,6 +379,26 @@ def test_with_quota_root_a_server_on_the_worker_gets_disk_quota_exceeded_past_it
     assert len(mine) == 1 and mine[0][3] == "40.0", listed.stdout
     assert float(mine[0][2]) >= written / 2**20 - 0.1, (mine, written)
     assert {row[1] for row in rows} == {manager.node_id, worker.node_id}, listed.stdout
+
+    # And Prometheus (MONITORING=true): the worker's student's home as its qgroup counts it,
+    # with its limit, read through the worker's metrics proxy (the exporter on the manager
+    # has no usage socket of its own in Swarm mode).
+    def home_metrics() -> dict[str, float]:
+        return {
+            sample["metric"]["__name__"]: float(sample["value"][1])
+            for sample in prometheus_query(
+                swarm_stack, f'{{__name__=~"labhub_home_(used|limit)_bytes",user="{user}"}}'
+            )
+        }
+
+    measured = wait_until(
+        home_metrics,
+        120,
+        f"{user}'s home usage and limit in Prometheus",
+        done=lambda seen: seen.get("labhub_home_used_bytes", 0) >= written,
+        interval=5,
+    )
+    assert measured["labhub_home_limit_bytes"] == 40 * 2**20, measured
     for name in users:
         clients[name].stop_server(name)
         assert not manager.docker("service", "ls", "--quiet", "--filter", f"name={PREFIX}-{name}")

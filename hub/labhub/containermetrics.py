@@ -11,7 +11,7 @@ CPU is a counter (seconds of CPU time since the container started): Prometheus's
 turns it into cores in use. Memory is what `docker stats` shows: usage less the inactive
 page cache. Disk, for the users whose server runs: with QUOTA_ROOT, the home's usage and
 limit as its btrfs qgroup counts them, read from the diskquota service's usage socket
-(`labhub.diskquota.read_usage`); without quotas (no such socket), the home volume's size
+(`labhub.diskquota.read_usage`); without quotas (QUOTA_ROOT empty), the home volume's size
 as the engine's disk usage (`GET /system/df`) counts it, which the proxy reads from the
 engine at most once every DISK_USAGE_EVERY seconds and cuts down to the stack's user
 volumes.
@@ -22,9 +22,12 @@ tasks of a global service of such proxies, one in front of each node's engine
 not on), and each scrape reads every task `tasks.<service>` resolves to then
 (`labhub.swarmtasks`), each node's users' task containers and volumes, all at once. Each
 series then has the node's ID (`node`, empty on one host); a node whose proxy does not
-list its containers is left out and counted in `labhub_container_proxies_failed`.
+list its containers is left out and counted in `labhub_container_proxies_failed`. With
+QUOTA_ROOT each node's homes are read on that node: its metrics proxy answers
+`GET QUOTA_USAGE_ROUTE` from the node's diskquota usage socket, as a node proxy does.
 
-Run: labhub-container-metrics (DOCKER_HOST, DOCKER_NETWORK, LISTEN_PORT from the environment).
+Run: labhub-container-metrics (DOCKER_HOST, DOCKER_NETWORK, QUOTA_ROOT, LISTEN_PORT from the
+environment).
 """
 
 from __future__ import annotations
@@ -163,7 +166,11 @@ class Engine:
     or in Swarm mode through each node's (DOCKER_HOST=tcp://tasks.<service>:PORT)."""
 
     def __init__(
-        self, docker_host: str, network: str, usage_socket: str = diskquota.USAGE_SOCKET
+        self,
+        docker_host: str,
+        network: str,
+        quotas: bool = False,
+        usage_socket: str = diskquota.USAGE_SOCKET,
     ) -> None:
         host, _, port = docker_host.removeprefix("tcp://").rpartition(":")
         if not docker_host.startswith("tcp://") or not host or not port.isdigit():
@@ -174,6 +181,7 @@ class Engine:
         self.host, self.port = host, int(port)
         self.network = network
         self.swarm = host.startswith(_TASKS)
+        self.quotas = quotas
         self.usage_socket = usage_socket
         self.http = httpclient.AsyncHTTPClient(force_instance=True, max_clients=PARALLEL)
 
@@ -222,17 +230,26 @@ class Engine:
         return samples, failed
 
     async def homes(self, proxy: str) -> dict[str, diskquota.Usage]:
-        """Every home's usage by volume name: from the diskquota service with quotas (its
-        socket exists), else the volumes' sizes from the engine's disk usage; none when
-        it does not answer within the budget."""
+        """Every home's usage by volume name: with quotas, from the diskquota service (in
+        Swarm mode the node's, through its proxy), else the volumes' sizes from the
+        engine's disk usage; none when it does not answer within the budget."""
         try:
-            if os.path.exists(self.usage_socket):
+            if self.quotas and self.swarm:
+                return diskquota.usages(await self._get(proxy, diskquota.QUOTA_USAGE_ROUTE))
+            if self.quotas:
                 return await asyncio.wait_for(
                     diskquota.read_usage(self.usage_socket), SCRAPE_BUDGET
                 )
             sizes: dict[str, int] = (await self._get(proxy, "/system/df"))["Volumes"]
             return {volume: diskquota.Usage(used=size, limit=0) for volume, size in sizes.items()}
-        except (diskquota.DiskQuotaError, TimeoutError, httpclient.HTTPError, OSError) as error:
+        except (
+            diskquota.DiskQuotaError,
+            TimeoutError,
+            httpclient.HTTPError,
+            OSError,
+            ValueError,
+            TypeError,
+        ) as error:
             log.warning("homes' usage not read: %s", error)
             return {}
 
@@ -301,7 +318,8 @@ def main() -> None:
     network = os.environ.get("DOCKER_NETWORK", "")
     if not network:
         raise SystemExit("labhub-container-metrics: DOCKER_NETWORK is empty: the stack's network")
-    engine = Engine(os.environ.get("DOCKER_HOST", ""), network)
+    quotas = bool(os.environ.get("QUOTA_ROOT"))
+    engine = Engine(os.environ.get("DOCKER_HOST", ""), network, quotas)
     port = int(os.environ.get("LISTEN_PORT", "9180"))
 
     async def serve() -> None:

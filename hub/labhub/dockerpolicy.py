@@ -16,7 +16,7 @@ Three policies, one per client of the proxy:
   stack's user volumes (`GET /system/df`, answered by the relay from a cached call and
   cut down to those volumes by `user_volume_sizes`), nothing else; in Swarm mode
   (PROXY_POLICY=node-metrics, in front of each node's engine) the same reads of the
-  users' task containers on that node.
+  users' task containers on that node, and its quota homes' usage (QUOTA_ROOT).
 
 `check_request` / `check_frontend_request` / `check_metrics_request` return an
 `Allowed`: the request-target rebuilt from what was checked (route and known query
@@ -139,7 +139,7 @@ class MetricsPolicy:
     """What the container-metrics exporter may read: the list of its stack's user
     containers (on `network`) and each one's stats, one sample at a time. With `swarm`,
     in front of a Swarm node's engine: its users' task containers, each on its owner's
-    own network (`labhub.contract.user_network_name`)."""
+    own network (`labhub.contract.user_network_name`), and the node's homes' usage."""
 
     network: str
     swarm: bool = False
@@ -331,8 +331,10 @@ def check_frontend_request(
 
 
 def check_metrics_request(policy: MetricsPolicy, method: str, target: str, body: bytes) -> Allowed:
-    """The exporter's request, checked: its stack's user containers and one stats sample
-    of a user container (the relay checks the owner label), nothing else."""
+    """The exporter's request, checked: its stack's user containers, one stats sample of a
+    user container (the relay checks the owner label), the sizes of its stack's user
+    volumes; in front of a Swarm node's engine also the usage of the node's quota homes of
+    the stack (exactly `GET QUOTA_USAGE_ROUTE`, as a node proxy answers it); nothing else."""
     path, params = split_target(target)
     if method != "GET" or body:
         raise Refused(f"{method} {path}: the metrics exporter only reads (GET, no body)")
@@ -360,6 +362,8 @@ def check_metrics_request(policy: MetricsPolicy, method: str, target: str, body:
         if params:
             raise Refused("disk usage takes no parameters")
         return Allowed(path, m["version"] or "", volumes_of=policy.network)
+    if policy.swarm and path == QUOTA_USAGE_ROUTE:
+        return Allowed(path + _query(params, {}), quota_usage_of=volume_prefix(policy.network))
     raise Refused(f"{method} {path} is not needed by the metrics exporter")
 
 

@@ -155,8 +155,8 @@ class EngineWithVolumes(web.RequestHandler):
         self.finish(json.dumps(answers[what]))
 
 
-def test_without_quotas_a_running_users_home_is_its_volumes_size(tmp_path: Any) -> None:
-    """No diskquota socket: the home's bytes come from the engine's disk usage, for the
+def test_without_quotas_a_running_users_home_is_its_volumes_size() -> None:
+    """QUOTA_ROOT empty: the home's bytes come from the engine's disk usage, for the
     users whose server runs only (bo's server does not), and with no limit series."""
 
     async def scenario() -> str:
@@ -164,9 +164,7 @@ def test_without_quotas_a_running_users_home_is_its_volumes_size(tmp_path: Any) 
         engine_server = HTTPServer(web.Application([(r"/(.+)", EngineWithVolumes)]))
         engine_server.add_sockets([engine_socket])
         try:
-            return await scrape(
-                Engine(f"tcp://127.0.0.1:{engine_port}", "lab", str(tmp_path / "no.sock"))
-            )
+            return await scrape(Engine(f"tcp://127.0.0.1:{engine_port}", "lab", quotas=False))
         finally:
             engine_server.stop()
 
@@ -181,7 +179,9 @@ def test_without_quotas_a_running_users_home_is_its_volumes_size(tmp_path: Any) 
 
 class NodeProxy(web.RequestHandler):
     """One Swarm node's metrics proxy: its task containers (the Swarm agent's node label on
-    each), their stats and its volumes' sizes; `down` answers 500 to the list."""
+    each), their stats, its volumes' sizes and its quota homes' usage (as the node's
+    diskquota service counts them, [used, limit]); `down` answers 500 to the list, a home
+    size of -1 is a node whose diskquota service does not answer (502)."""
 
     def initialize(self, node: str, users: list[str], home_size: int) -> None:
         self.node, self.users, self.home_size = node, users, home_size
@@ -189,6 +189,13 @@ class NodeProxy(web.RequestHandler):
     def get(self, what: str) -> None:
         if self.node == "down":
             raise web.HTTPError(500)
+        if what == "labhub/quota-usage":
+            if self.home_size < 0:
+                raise web.HTTPError(502)
+            # Both nodes hold a home for ada (an old copy on n2): the figures read are n1's.
+            homes = {volume_name_for(u, "lab"): [self.home_size, 100 << 20] for u in ("ada", "bo")}
+            self.finish(json.dumps(homes))
+            return
         if what == "containers/json":
             assert "com.docker.swarm.service.name" in self.get_query_argument("filters")
             labels = {SERVER_LABEL: "", SWARM_NODE_LABEL: self.node}
@@ -201,17 +208,14 @@ class NodeProxy(web.RequestHandler):
             self.finish(json.dumps(stats(10 << 20, {}, cpu_ns=10**9)))
 
 
-def test_in_swarm_mode_each_scrape_reads_every_nodes_proxy(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
-) -> None:
-    """DOCKER_HOST=tcp://tasks.<service>:PORT: every address that name resolves to at the
-    scrape is a node's proxy; each series names its node, a home is sized on the node of
-    its user's server, and a proxy that does not list is counted, the others reported."""
-    nodes = {
-        "127.0.0.1": ("n1", ["ada"], 42),
-        "127.0.0.2": ("n2", ["bo"], 7),
-        "127.0.0.3": ("down", [], 0),
-    }
+def scrape_nodes(
+    monkeypatch: pytest.MonkeyPatch,
+    nodes: dict[str, tuple[str, list[str], int]],
+    quotas: bool = False,
+) -> tuple[dict[tuple[str, str | None, str | None], float], list[tuple[str, int]]]:
+    """One scrape of an exporter with DOCKER_HOST=tcp://tasks.lab-metrics-proxy:PORT, where
+    that name resolves to the addresses of ``nodes``, each a NodeProxy (node, its users,
+    its home size): the samples by name, user and node, and the names resolved."""
     asked: list[tuple[str, int]] = []
 
     def resolved(service: str, port: int) -> list[str]:
@@ -228,9 +232,7 @@ def test_in_swarm_mode_each_scrape_reads_every_nodes_proxy(
             server.listen(port, address)
             servers.append(server)
         try:
-            return await scrape(
-                Engine(f"tcp://tasks.lab-metrics-proxy:{port}", "lab", str(tmp_path / "no.sock"))
-            )
+            return await scrape(Engine(f"tcp://tasks.lab-metrics-proxy:{port}", "lab", quotas))
         finally:
             for server in servers:
                 server.stop()
@@ -242,12 +244,49 @@ def test_in_swarm_mode_each_scrape_reads_every_nodes_proxy(
         for f in text_string_to_metric_families(asyncio.run(scenario(port)))
         for s in f.samples
     }
-    assert asked == [("lab-metrics-proxy", port)]
+    return got, [(service, asked_port - port) for service, asked_port in asked]
+
+
+def test_in_swarm_mode_each_scrape_reads_every_nodes_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DOCKER_HOST=tcp://tasks.<service>:PORT: every address that name resolves to at the
+    scrape is a node's proxy; each series names its node, a home is sized on the node of
+    its user's server, and a proxy that does not list is counted, the others reported."""
+    nodes = {
+        "127.0.0.1": ("n1", ["ada"], 42),
+        "127.0.0.2": ("n2", ["bo"], 7),
+        "127.0.0.3": ("down", [], 0),
+    }
+    got, asked = scrape_nodes(monkeypatch, nodes)
+    assert asked == [("lab-metrics-proxy", 0)]
     assert got[("labhub_container_memory_bytes", "ada", "n1")] == 10 << 20
     assert got[("labhub_container_memory_bytes", "bo", "n2")] == 10 << 20
     assert got[("labhub_container_proxies_failed", None, None)] == 1
     homes = {key: value for key, value in got.items() if key[0] == "labhub_home_used_bytes"}
     assert homes == {("labhub_home_used_bytes", "ada", None): 42}
+
+
+def test_with_quotas_in_swarm_mode_a_home_is_read_on_its_users_node(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """QUOTA_ROOT on a Swarm: each user's home usage and limit come from the quota homes of
+    the node their server runs on, through that node's metrics proxy (the exporter has no
+    usage socket of its own there); a node whose diskquota service does not answer leaves
+    its users' homes out, the others' and every server's samples are still reported."""
+    nodes = {
+        "127.0.0.1": ("n1", ["ada"], 42),
+        "127.0.0.2": ("n2", ["bo"], 7),
+        "127.0.0.3": ("n3", ["cy"], -1),
+    }
+    got, _ = scrape_nodes(monkeypatch, nodes, quotas=True)
+    homes = {key: value for key, value in got.items() if key[0].startswith("labhub_home")}
+    assert homes == {
+        ("labhub_home_used_bytes", "ada", None): 42,
+        ("labhub_home_limit_bytes", "ada", None): 100 << 20,
+        ("labhub_home_used_bytes", "bo", None): 7,
+        ("labhub_home_limit_bytes", "bo", None): 100 << 20,
+    }
+    assert got[("labhub_container_memory_bytes", "cy", "n3")] == 10 << 20
+    assert got[("labhub_container_proxies_failed", None, None)] == 0
 
 
 def test_docker_host_must_name_a_tcp_proxy() -> None:

@@ -12,7 +12,8 @@ there; the settings take QUOTA_ROOT with ENGINE=swarm, but not with HOME_NFS. A 
 answers exactly `GET QUOTA_USAGE_ROUTE` with its stack's homes' usage, read on its
 diskquota service's usage socket, and refuses any other method, path or query (a property
 test); another stack's homes on the node are never in its answer (the merge over every
-node is in tests/gpu/test_homes.py).
+node is in tests/gpu/test_homes.py). The node's metrics proxy answers the same route the
+same way, for the per-user metrics (tests/test_containermetrics.py reads it).
 """
 
 from __future__ import annotations
@@ -41,7 +42,14 @@ from labhub.diskquota import (
     request_home_through,
     request_removal_through,
 )
-from labhub.dockerpolicy import Policy, Refused, check_node_request, check_swarm_request
+from labhub.dockerpolicy import (
+    MetricsPolicy,
+    Policy,
+    Refused,
+    check_metrics_request,
+    check_node_request,
+    check_swarm_request,
+)
 from labhub.dockerproxy import DiskUsage, handle, policy_from_env
 from labhub.settings import Settings, SettingsError
 from labhub.swarmspawner import LabSwarmSpawner, swarm_spawner_config
@@ -171,6 +179,7 @@ def test_the_settings_take_quota_root_in_swarm_mode_but_not_with_home_nfs() -> N
 
 # --- A node's proxy, relaying to its diskquota service ---------------------------------------
 NODE = Policy(allowed_images=frozenset({IMAGE}), network=NETWORK)
+NODE_METRICS = MetricsPolicy(network=NETWORK, swarm=True)
 
 
 def test_a_node_proxy_allows_a_user_homes_quota_request_only() -> None:
@@ -368,15 +377,20 @@ def test_a_node_proxy_answers_exactly_get_quota_usage_for_its_stacks_homes() -> 
     method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS"]),
     before=st.sampled_from(["", "/v1.41", "/labhub", "/v1.41/labhub"]),
     after=st.text(max_size=40),
+    metrics=st.booleans(),
 )
 def test_nothing_but_that_request_reaches_the_usage_socket(
-    method: str, before: str, after: str
+    method: str, before: str, after: str, metrics: bool
 ) -> None:
-    """Whatever is put around the route: refused, or the very same request (an empty query
-    adds nothing), never the usage of another prefix nor any other target."""
+    """Whatever is put around the route, at the node proxy or the node's metrics proxy:
+    refused, or the very same request (an empty query adds nothing), never the usage of
+    another prefix nor any other target."""
     target = before + QUOTA_USAGE_ROUTE + after
     try:
-        allowed = check_node_request(NODE, method, target, b"")
+        if metrics:
+            allowed = check_metrics_request(NODE_METRICS, method, target, b"")
+        else:
+            allowed = check_node_request(NODE, method, target, b"")
     except Refused:
         return
     if allowed.quota_usage_of:
@@ -391,11 +405,13 @@ def usage_through_proxy(
     monkeypatch: pytest.MonkeyPatch,
     requests: list[tuple[str, str]],
     diskquota_runs: bool = True,
+    policy: str = "node",
 ) -> tuple[list[tuple[int, Any]], int]:
-    """`requests` sent to a real node proxy's handler (PROXY_POLICY=node, this stack's
-    network) in front of a real diskquota service's usage socket (if it runs), whose
-    QUOTA_ROOT holds alice's home, bob's and another stack's alice's: each status and JSON
-    answer, and how often the service read the homes."""
+    """`requests` sent to a real node proxy's handler (PROXY_POLICY=`policy`: the node
+    proxy, or the node's metrics proxy; this stack's network) in front of a real diskquota
+    service's usage socket (if it runs), whose QUOTA_ROOT holds alice's home, bob's and
+    another stack's alice's: each status and JSON answer, and how often the service read
+    the homes."""
     read: list[Path] = []
     on_the_node = {
         ALICES_HOME: Usage(3 * 2**20, 2**30),
@@ -409,7 +425,7 @@ def usage_through_proxy(
 
     monkeypatch.setattr(diskquota, "homes_usage", homes_usage)
     check = policy_from_env(
-        {"PROXY_POLICY": "node", "ALLOWED_IMAGES": IMAGE, "DOCKER_NETWORK": NETWORK}
+        {"PROXY_POLICY": policy, "ALLOWED_IMAGES": IMAGE, "DOCKER_NETWORK": NETWORK}
     )
     usage_socket = str(tmp_path / "usage.sock")
 
@@ -430,19 +446,25 @@ def usage_through_proxy(
     return asyncio.run(run()), len(read)
 
 
+# The node's metrics proxy (MONITORING=true) answers the same, for the per-user metrics.
+BOTH_PROXIES = pytest.mark.parametrize("policy", ["node", "node-metrics"])
+
+
+@BOTH_PROXIES
 def test_the_node_proxy_answers_its_stacks_homes_usage_from_the_usage_socket(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, policy: str
 ) -> None:
     [(status, answer)], reads = usage_through_proxy(
-        tmp_path, monkeypatch, [("GET", QUOTA_USAGE_ROUTE)]
+        tmp_path, monkeypatch, [("GET", QUOTA_USAGE_ROUTE)], policy=policy
     )
     assert status == 200 and reads == 1
     # Another stack's home on the same QUOTA_ROOT is not answered.
     assert answer == {ALICES_HOME: [3 * 2**20, 2**30], volume_name_for("bob", NETWORK): [5, 0]}
 
 
+@BOTH_PROXIES
 def test_the_node_proxy_refuses_any_other_usage_request_reading_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, policy: str
 ) -> None:
     requests = [
         ("POST", QUOTA_USAGE_ROUTE),
@@ -450,10 +472,23 @@ def test_the_node_proxy_refuses_any_other_usage_request_reading_nothing(
         ("GET", QUOTA_USAGE_ROUTE + "/" + volume_name_for("alice", "otherlab")),
         ("GET", "/v1.41" + QUOTA_USAGE_ROUTE),
     ]
-    answers, reads = usage_through_proxy(tmp_path, monkeypatch, requests)
+    answers, reads = usage_through_proxy(tmp_path, monkeypatch, requests, policy=policy)
     assert [status for status, _ in answers] == [403] * len(requests), answers
     assert all("refused by labhub docker proxy" in answer["message"] for _, answer in answers)
     assert reads == 0
+
+
+def test_a_one_host_metrics_proxy_has_no_usage_route() -> None:
+    """On one host the exporter reads the usage socket itself; its proxy reads the engine."""
+    one_host = policy_from_env({"PROXY_POLICY": "metrics", "DOCKER_NETWORK": NETWORK})
+    with pytest.raises(Refused, match="not needed by the metrics exporter"):
+        one_host("GET", QUOTA_USAGE_ROUTE, b"")
+    node_metrics = policy_from_env({"PROXY_POLICY": "node-metrics", "DOCKER_NETWORK": NETWORK})
+    with pytest.raises(Refused, match="only reads"):
+        node_metrics("GET", QUOTA_USAGE_ROUTE, b"{}")
+    for engine_route in ("/volumes/" + ALICES_HOME, QUOTA_HOME_ROUTE + ALICES_HOME):
+        with pytest.raises(Refused, match="not needed by the metrics exporter"):
+            node_metrics("GET", engine_route, b"")
 
 
 def test_a_node_without_its_diskquota_service_answers_502_saying_so(
