@@ -9,6 +9,13 @@ FORWARD policy is DROP), no IPVS in the kernel (services use `--endpoint-mode dn
 default route in the namespaces (nothing leaves the machine) and `--no-resolve-image`.
 Each engine runs with `--no-new-privileges`, as labhub's Swarm mode requires.
 Everything is removed afterwards by the names and process IDs this run made.
+
+With `quota_root`, each engine also runs in a mount namespace of its own (`unshare
+--mount`, a slave of the host's: the host's unmounts reach it, its own mounts stay in it),
+where a btrfs of its own with quotas on is mounted at that one path, as each real node
+has its own disk at QUOTA_ROOT, and a tmpfs at the diskquota sockets' folder;
+`Node.in_mounts` runs a command (a node's diskquota service and Docker proxy, `btrfs`)
+in that node's view of the filesystem.
 """
 
 from __future__ import annotations
@@ -31,6 +38,14 @@ RUN_ROOT = Path("/run/labhub-test-swarm")
 ADDRESS_RANGE = ipaddress.IPv4Network("10.233.0.0/16")
 # Where a test's registry listens, on the manager's address (tests/test_registry.py).
 REGISTRY_PORT = 5000
+# With `quota_root`: each node's own tmpfs here, for its diskquota service's sockets (the
+# folder labhub's node proxy and diskquota service find them in: labhub.diskquota.SOCKET).
+DISKQUOTA_SOCKETS = Path("/run/labhub-diskquota")
+# Run in the node's new mount namespace before its dockerd: its btrfs ($1, a loop device)
+# at QUOTA_ROOT ($2) with quotas on, a tmpfs at the sockets' folder ($3).
+_OWN_MOUNTS = (
+    'mount "$1" "$2"; btrfs quota enable "$2"; mount -t tmpfs tmpfs "$3"; shift 3; exec "$@"'
+)
 
 
 def run(*args: str, check: bool = True, timeout: float = 120, **kwargs: object) -> str:
@@ -50,6 +65,8 @@ class Node:
     address: str
     process: subprocess.Popen[bytes] | None = None
     node_id: str = ""
+    # With the cluster's `quota_root`: the loop device of this node's own btrfs.
+    quota_device: str = ""
 
     @property
     def socket(self) -> Path:
@@ -63,6 +80,15 @@ class Node:
 
     def docker(self, *args: str, check: bool = True, timeout: float = 120) -> str:
         return run("docker", "-H", f"unix://{self.socket}", *args, check=check, timeout=timeout)
+
+    def mounts(self) -> list[str]:
+        """The command prefix that runs a command in this node's mount namespace (its
+        engine's: with `quota_root`, its own btrfs and sockets' folder)."""
+        assert self.process is not None, "the node's engine is not started"
+        return ["nsenter", f"--mount=/proc/{self.process.pid}/ns/mnt"]
+
+    def in_mounts(self, *args: str, check: bool = True) -> str:
+        return run(*self.mounts(), *args, check=check)
 
 
 def _other_clusters_networks() -> list[ipaddress.IPv4Network]:
@@ -98,7 +124,8 @@ class Swarm:
     `images` are copied to every node, `manager_images` to the manager only;
     `dockerd_args` are added to every node's dockerd command line. With
     `insecure_registry`, every engine pulls over plain HTTP from `swarm.registry` (the
-    manager's address): the test's registry, on the test bridge only.
+    manager's address): the test's registry, on the test bridge only. With `quota_root`,
+    every node has its own btrfs there (the module's docstring).
     """
 
     def __init__(
@@ -108,6 +135,7 @@ class Swarm:
         manager_images: Sequence[str] = (),
         insecure_registry: bool = False,
         dockerd_args: Sequence[str] = (),
+        quota_root: Path | None = None,
     ) -> None:
         tag = f"{os.getpid() % 10000:04d}"
         self.bridge = f"lhswbr{tag}"
@@ -121,6 +149,7 @@ class Swarm:
         self.insecure_registry = insecure_registry
         # Extra options for every node's dockerd (e.g. a stand-in GPU runtime).
         self.dockerd_args = list(dockerd_args)
+        self.quota_root = quota_root
         self._forward_rule = ["FORWARD", "-i", self.bridge, "-o", self.bridge, "-j", "ACCEPT"]
 
     @property
@@ -199,7 +228,8 @@ class Swarm:
         log = (state / "dockerd.log").open("wb")
         node.process = subprocess.Popen(
             [
-                "nsenter", f"--net=/run/netns/{node.name}", "dockerd",
+                "nsenter", f"--net=/run/netns/{node.name}", *self._own_mounts(node, state),
+                "dockerd",
                 "--data-root", str(state / "data"), "--exec-root", str(runtime / "exec"),
                 "--pidfile", str(runtime / "dockerd.pid"), "-H", f"unix://{node.socket}",
                 "--cgroup-parent", node.name,
@@ -211,6 +241,22 @@ class Swarm:
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, "FAKE_NVML_STATE": str(node.fake_nvml)},
         )  # fmt: skip
+
+    def _own_mounts(self, node: Node, state: Path) -> list[str]:
+        """With `quota_root`: the node's btrfs made (a loop device), and the command prefix
+        that starts its engine in a mount namespace of its own with it mounted."""
+        if self.quota_root is None:
+            return []
+        image = state / "quota.img"
+        run("truncate", "-s", "300M", str(image))
+        run("mkfs.btrfs", "-q", str(image))
+        node.quota_device = run("losetup", "--find", "--show", str(image)).strip()
+        self.quota_root.mkdir(parents=True, exist_ok=True)
+        DISKQUOTA_SOCKETS.mkdir(exist_ok=True)
+        return [
+            "unshare", "--mount", "--propagation", "slave", "sh", "-ec", _OWN_MOUNTS, "sh",
+            node.quota_device, str(self.quota_root), str(DISKQUOTA_SOCKETS),
+        ]  # fmt: skip
 
     def _wait_for_engine(self, node: Node) -> None:
         def answering() -> bool:
@@ -240,6 +286,12 @@ class Swarm:
                 shutil.rmtree(root, ignore_errors=True)
             run("ip", "netns", "del", node.name, check=False)
             run("ip", "link", "del", f"{node.name}h", check=False)
+            if node.quota_device:  # its mounts went with its engine's mount namespace
+                run("losetup", "-d", node.quota_device, check=False)
+        if self.quota_root is not None:
+            for folder in (self.quota_root, DISKQUOTA_SOCKETS):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
         for kind in ("images", "manager-images"):
             (STATE_ROOT / f"{self.bridge}-{kind}.tar").unlink(missing_ok=True)
         run("iptables", "-D", *self._forward_rule, check=False)

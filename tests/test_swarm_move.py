@@ -7,6 +7,9 @@ file) that the spawner reads its state from and `labhub move-home` writes to, as
 hub container. A user writes files on their home node, stops, is moved, starts: the
 server runs on the new node with the same files, modes, links and owner. A move while
 the server runs is refused; a copy that does not match what was sent is not switched to.
+With disk quotas each node has its own btrfs at QUOTA_ROOT (tests/swarm.py) and its own
+diskquota service: a home moves into a new subvolume with its limit on the new node, and
+the old one is deleted on the old node.
 """
 
 from __future__ import annotations
@@ -26,13 +29,13 @@ from typing import Any
 import pytest
 from jupyterhub import orm
 from jupyterhub.objects import Hub
-from labhub import homemove
-from labhub.contract import container_prefix, volume_name_for
+from labhub import diskquota, homemove
+from labhub.contract import container_prefix, quota_home_options, volume_name_for
 from labhub.hometar import copy_helper, copy_helper_prefix
 from labhub.settings import Settings
 from labhub.swarmplacement import RETIRING_LABEL
 from labhub.swarmspawner import HOME_NODE_STATE, LabSwarmSpawner, swarm_spawner_config
-from swarm import Node, Swarm, run
+from swarm import DISKQUOTA_SOCKETS, Node, Swarm, run
 from swarmlab import frontend_for, spawners_through, swarm_proxy
 
 from testsupport.archives import tar_of
@@ -67,6 +70,9 @@ WRITE_FILES = (
     "chmod 600 work/notes.txt && ln -s work/notes.txt link && ln work/notes.txt hard && "
     "head -c 3000000 /dev/urandom > work/deep/big.bin && chmod 700 work/deep"
 )
+# Each node's own btrfs is mounted here, in its engine's mount namespace only (tests/swarm.py).
+QUOTA_ROOT = Path(f"/srv/{NETWORK}-homes-{TAG}")
+DISK_QUOTA = 40 * 2**20
 # Every entry with its type, mode, numeric owner, size and link target; every file's digest.
 LIST_FILES = (
     "cd /home/jovyan && find . -printf '%P %y %m %U:%G %s %l\\n' | sort && "
@@ -83,14 +89,43 @@ def image() -> Iterator[str]:
         run("docker", "image", "rm", IMAGE, check=False)
 
 
-def node_proxy(node: Node) -> contextlib.AbstractContextManager[int]:
-    """labhub's Docker proxy for a node's engine on loopback in front of `node`'s socket."""
+def node_proxy(node: Node, quotas: bool = False) -> contextlib.AbstractContextManager[int]:
+    """labhub's Docker proxy for a node's engine on loopback in front of `node`'s socket;
+    with `quotas`, in the node's mount namespace with QUOTA_ROOT, as `make up` deploys it
+    there (it relays to the node's diskquota service's sockets)."""
     return running_proxy(
+        wrap=node.mounts() if quotas else (),
         PROXY_POLICY="node",
         ALLOWED_IMAGES=IMAGE,
         DOCKER_NETWORK=NETWORK,
         DOCKER_SOCKET=str(node.socket),
+        QUOTA_ROOT=str(QUOTA_ROOT) if quotas else "",
     )
+
+
+@contextlib.contextmanager
+def diskquota_service(node: Node) -> Iterator[None]:
+    """labhub's diskquota service of `node`, in its mount namespace (its own btrfs at
+    QUOTA_ROOT, its own sockets' folder), as the global service runs on a real node."""
+    socket = str(DISKQUOTA_SOCKETS / "usage.sock")
+    process = subprocess.Popen(
+        [*node.mounts(), sys.executable, "-m", "labhub.diskquota", "run", "--usage-socket", socket],
+        env={**os.environ, "PYTHONPATH": HUB_SRC, "QUOTA_ROOT": str(QUOTA_ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+    def serving() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"diskquota exited: {process.communicate()[0].decode()}")
+        return subprocess.run([*node.mounts(), "test", "-S", socket], check=False).returncode == 0
+
+    try:
+        wait_until(serving, 30, f"node {node.name}'s diskquota service", interval=0.2)
+        yield
+    finally:
+        process.terminate()
+        print(process.communicate(timeout=30)[0].decode(errors="replace")[-4000:])
 
 
 @dataclass
@@ -186,25 +221,31 @@ class Lab:
         volume = volume_name_for(user, NETWORK)
         return {n.node_id for n in self.swarm.nodes if volume in n.docker("volume", "ls", "-q")}
 
-    def proxies(self) -> list[str]:
-        return [f"--proxy={node}=tcp://127.0.0.1:{port}" for node, port in self.node_ports.items()]
-
-    def move_home(self, user: str, node: str) -> subprocess.CompletedProcess[str]:
-        """`labhub move-home` as an admin runs it in the hub container."""
+    def move_home(
+        self, user: str, node: str, ports: dict[str, int] | None = None, **settings: str
+    ) -> subprocess.CompletedProcess[str]:
+        """`labhub move-home` as an admin runs it in the hub container, through the nodes'
+        proxies at `ports` (by default the module's), with `settings` added."""
         env = {
             **MINIMAL_ENV, "PATH": os.environ["PATH"], "PYTHONPATH": HUB_SRC,
             "DOCKER_NETWORK": NETWORK, "WORKSPACE_IMAGE": IMAGE, "LABHUB_VERSION": HUB_VERSION,
             # The swarm's nodes, through the manager's proxy, as the hub container lists them.
-            "DOCKER_HOST": f"tcp://127.0.0.1:{self.manager_port}",
+            "DOCKER_HOST": f"tcp://127.0.0.1:{self.manager_port}", **settings,
         }  # fmt: skip
-        command = [sys.executable, "-m", "labhub.cli", "move-home", user, node, *self.proxies()]
+        proxies = [
+            f"--proxy={n}=tcp://127.0.0.1:{p}" for n, p in (ports or self.node_ports).items()
+        ]
+        command = [sys.executable, "-m", "labhub.cli", "move-home", user, node, *proxies]
         command.append(f"--db={self.db_path}")
         return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
 def lab(image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    with Swarm(2, images=[image]) as swarm, contextlib.ExitStack() as stack:
+    with (
+        Swarm(2, images=[image], quota_root=QUOTA_ROOT) as swarm,
+        contextlib.ExitStack() as stack,
+    ):
         swarm.manager.docker("network", "create", "--driver", "overlay", "--attachable", NETWORK)
         manager_port = stack.enter_context(swarm_proxy(swarm, NETWORK, image))
         ports = {node.node_id: stack.enter_context(node_proxy(node)) for node in swarm.nodes}
@@ -350,3 +391,63 @@ def test_a_retiring_node_takes_no_first_home_and_no_moved_home(lab: Lab) -> None
     finally:
         manager.docker("node", "update", "--label-rm", RETIRING_LABEL, retiring)
         lab.stop("erin")
+
+
+def test_a_quota_home_moves_into_a_new_subvolume_with_its_limit_on_the_new_node(
+    lab: Lab,
+) -> None:
+    """QUOTA_ROOT, each node with its own disk there: `labhub move-home` makes the home's
+    subvolume with the user's limit on the new node through its diskquota service, binds
+    the volume onto it, copies, and deletes the old volume and then the old subvolume on
+    the old node. The files are the same, the new node's kernel enforces the limit, and
+    the old node keeps no copy of the home."""
+    user = "quinn"
+    volume = volume_name_for(user, NETWORK)
+    source, target = lab.swarm.nodes
+    with contextlib.ExitStack() as stack:
+        for node in lab.swarm.nodes:
+            stack.enter_context(diskquota_service(node))
+        ports = {
+            n.node_id: stack.enter_context(node_proxy(n, quotas=True)) for n in lab.swarm.nodes
+        }
+        url = {node: f"tcp://127.0.0.1:{port}" for node, port in ports.items()}
+        # The user's home on the source node, made as their first spawn makes it there.
+        quota = homemove.HomeQuota(str(QUOTA_ROOT), DISK_QUOTA)
+        engine = homemove.NodeEngine(source.node_id, url[source.node_id], NETWORK, IMAGE, quota)
+        engine.make_home(volume)
+        row = lab.orm_spawner(user)
+        row.state = {HOME_NODE_STATE: source.node_id}
+        lab.db.commit()
+        home = ("--rm", "--network", "none", "--user", "1000:100", "-v", f"{volume}:/home/jovyan")
+        source.docker("run", *home, IMAGE, "sh", "-c", WRITE_FILES)
+        before = source.docker("run", *home, IMAGE, "sh", "-c", LIST_FILES)
+        assert "work/notes.txt f 600 1000:100 14" in before
+
+        moved = lab.move_home(
+            user, target.node_id, ports, QUOTA_ROOT=str(QUOTA_ROOT), DISK_QUOTA="40M"
+        )
+        assert moved.returncode == 0, moved.stderr
+        assert f"now on node {target.node_id}" in moved.stdout, moved.stdout
+        assert f"deleted its home folder on node {source.node_id}" in moved.stdout, moved.stdout
+        assert lab.home_node(user) == target.node_id
+        assert lab.volume_nodes(user) == {target.node_id}
+        # The new node: a subvolume of its own btrfs with the limit, the volume bound onto
+        # it, the same files; the old node: no subvolume left. Read at each node's disk.
+        assert target.in_mounts("btrfs", "subvolume", "show", f"{QUOTA_ROOT}/{volume}")
+        subvolumes = source.in_mounts("btrfs", "subvolume", "list", str(QUOTA_ROOT))
+        assert volume not in subvolumes, subvolumes
+        assert diskquota.usage_through(url[target.node_id])[volume].limit == DISK_QUOTA
+        assert volume not in diskquota.usage_through(url[source.node_id])
+        options = target.docker("volume", "inspect", "--format", "{{json .Options}}", volume)
+        assert json.loads(options) == quota_home_options(str(QUOTA_ROOT), volume)
+        assert target.docker("run", *home, IMAGE, "sh", "-c", LIST_FILES) == before
+        full = subprocess.run(
+            ["docker", "-H", f"unix://{target.socket}", "run", *home, IMAGE, "sh", "-c",
+             "dd if=/dev/zero of=/home/jovyan/big bs=1M count=60 2>&1"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert full.returncode != 0 and "Disk quota exceeded" in full.stdout, full.stdout
+        # The host's own QUOTA_ROOT folder is only the nodes' mount point: nothing in it.
+        assert list(QUOTA_ROOT.iterdir()) == []
+        target.docker("volume", "rm", volume)
+        assert diskquota.request_removal_through(url[target.node_id], volume)

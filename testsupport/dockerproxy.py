@@ -10,7 +10,7 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from testsupport.waiting import wait_until
@@ -49,13 +49,14 @@ def proxy_answers(port: int) -> bool:
 
 
 @contextlib.contextmanager
-def running_proxy(**settings: str) -> Iterator[int]:
+def running_proxy(wrap: Sequence[str] = (), **settings: str) -> Iterator[int]:
     """The proxy with these settings (PROXY_POLICY, DOCKER_SOCKET, ALLOWED_IMAGES...) and
     this checkout's labhub, up (it answers /_ping) until the block ends; the end of its
-    log is printed afterwards (pytest shows it when a test fails)."""
+    log is printed afterwards (pytest shows it when a test fails). ``wrap``: a command
+    prefix it runs under (a test node's mount namespace, tests/swarm.py)."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "labhub.dockerproxy"],
+        [*wrap, sys.executable, "-m", "labhub.dockerproxy"],
         env={
             **os.environ,
             "PYTHONPATH": str(HUB_SOURCE),
