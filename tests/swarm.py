@@ -30,6 +30,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from labhub.diskquota import SOCKET
+
 from testsupport.waiting import wait_until
 
 STATE_ROOT = Path("/var/lib/labhub-test-swarm")
@@ -39,8 +41,8 @@ ADDRESS_RANGE = ipaddress.IPv4Network("10.233.0.0/16")
 # Where a test's registry listens, on the manager's address (tests/test_registry.py).
 REGISTRY_PORT = 5000
 # With `quota_root`: each node's own tmpfs here, for its diskquota service's sockets (the
-# folder labhub's node proxy and diskquota service find them in: labhub.diskquota.SOCKET).
-DISKQUOTA_SOCKETS = Path("/run/labhub-diskquota")
+# folder labhub's node proxy and diskquota service find them in).
+DISKQUOTA_SOCKETS = Path(SOCKET).parent
 # Run in the node's new mount namespace before its dockerd: its btrfs ($1, a loop device)
 # at QUOTA_ROOT ($2) with quotas on, a tmpfs at the sockets' folder ($3).
 _OWN_MOUNTS = (

@@ -35,7 +35,7 @@ from labhub.hometar import copy_helper, copy_helper_prefix
 from labhub.settings import Settings
 from labhub.swarmplacement import RETIRING_LABEL
 from labhub.swarmspawner import HOME_NODE_STATE, LabSwarmSpawner, swarm_spawner_config
-from swarm import DISKQUOTA_SOCKETS, Node, Swarm, run
+from swarm import Node, Swarm, run
 from swarmlab import frontend_for, spawners_through, swarm_proxy
 
 from testsupport.archives import tar_of
@@ -107,7 +107,7 @@ def node_proxy(node: Node, quotas: bool = False) -> contextlib.AbstractContextMa
 def diskquota_service(node: Node) -> Iterator[None]:
     """labhub's diskquota service of `node`, in its mount namespace (its own btrfs at
     QUOTA_ROOT, its own sockets' folder), as the global service runs on a real node."""
-    socket = str(DISKQUOTA_SOCKETS / "usage.sock")
+    socket = diskquota.NODE_USAGE_SOCKET  # in the node's own sockets' folder
     process = subprocess.Popen(
         [*node.mounts(), sys.executable, "-m", "labhub.diskquota", "run", "--usage-socket", socket],
         env={**os.environ, "PYTHONPATH": HUB_SRC, "QUOTA_ROOT": str(QUOTA_ROOT)},
