@@ -406,8 +406,10 @@ class NodeEngine:
             )
 
     def home_folder(self, volume: str) -> str:
-        """Where `volume`'s home is on this node with disk quotas, for the admin to see."""
-        return f"{self.quota.root if self.quota else '<QUOTA_ROOT>'}/{volume}"
+        """Where `volume`'s home is on this node, for the admin to see; disk quotas only
+        (without them a home is the volume alone)."""
+        assert self.quota is not None, "a home folder exists only with disk quotas"
+        return f"{self.quota.root}/{volume}"
 
     @contextmanager
     def helper(self, user: str) -> Iterator[str]:
@@ -615,8 +617,11 @@ def _remove_old_volume(plan: MovePlan, source: NodeEngine, say: Callable[[str], 
     try:
         remove_when_free(source.api, plan.volume)
     except APIError as error:
-        folder = source.home_folder(plan.volume)
-        then = f", then `btrfs subvolume delete {folder}`" if source.quota else ""
+        then = (
+            f", then `btrfs subvolume delete {source.home_folder(plan.volume)}`"
+            if source.quota
+            else ""
+        )
         say(
             f"the move is done, but the old volume {plan.volume} on node {plan.source} "
             f"was not removed ({error.explanation}): remove it there later with "
