@@ -24,6 +24,7 @@ deleted once its volume is gone, as the volume itself would be (`HomeQuota`).
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import secrets
@@ -56,9 +57,9 @@ from .hometar import (
     manifest_of,
     rewrite,
 )
-from .swarmplacement import RETIRING_LABEL, SwarmNode, node_id_in, nodes_from_api
+from .swarmplacement import RETIRING_LABEL, SwarmNode, nodes_from_api
 from .swarmspawner import HOME_NODE_STATE
-from .swarmtasks import NODE_PROXY_PORT, task_addresses
+from .swarmtasks import NODE_PROXY_PORT
 
 # Docker API version of the nodes' engines (Engine 20.10); fixed, so no version probe.
 API_VERSION = "1.41"
@@ -278,24 +279,20 @@ def switch_home(db_path: Path, user: str, row: HomeRow, node: str) -> None:
 
 # --- The nodes, through their proxies ---------------------------------------------------------
 def find_node_proxies(service: str, port: int = NODE_PROXY_PORT) -> dict[str, str]:
-    """Each node's proxy, by the node ID its engine gives: every task of the node proxies'
-    global service, at the addresses `tasks.<service>` resolves to (dnsrr). A task that does
-    not answer is left out: its node is then refused by name (plan_move)."""
+    """Each node's proxy as a Docker URL, by the node ID its engine gives
+    (labhub.nodereads: every task of the node proxies' global service, asked at once). A
+    task that does not answer is left out: its node is then refused by name (plan_move).
+    Blocking; not for a thread with a running event loop."""
+    from .nodereads import NodeProxies  # it imports this module
+
     try:
-        addresses = task_addresses(service, port)
+        found = asyncio.run(NodeProxies(service, port).addresses_by_node())
     except socket.gaierror as error:
         raise MoveRefused(
             f"no node proxy found at tasks.{service} ({error}): `make up` deploys them "
             "(docker service ps " + service + " on the manager)"
         ) from error
-    proxies = {}
-    for address in addresses:
-        url = f"tcp://{address}:{port}"
-        with suppress(APIError, OSError, DockerException):
-            info = docker.APIClient(base_url=url, version=API_VERSION, timeout=10).info()
-            if node := node_id_in(info):
-                proxies[node] = url
-    return proxies
+    return {node: f"tcp://{address}:{port}" for node, address in found.items()}
 
 
 def volume_holders(service: str, volume: str) -> tuple[frozenset[str], frozenset[str]]:

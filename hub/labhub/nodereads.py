@@ -95,6 +95,23 @@ class NodeProxies:
             )
         return out
 
+    async def addresses_by_node(self) -> dict[str, str]:
+        """Each node's proxy address, by the node ID its engine's /info gives, of the tasks
+        that answered within the budget (a move, a backup, a restore act on these).
+        OSError (socket.gaierror) when no task resolves."""
+        addresses = await asyncio.to_thread(task_addresses, self.service, self.port)
+        deadline = time.monotonic() + BUDGET
+
+        async def node_of(address: str) -> str | None:
+            try:
+                info = await get_json(f"http://{address}:{self.port}/info", deadline)
+            except NodeReadError:
+                return None
+            return node_id_in(info) if isinstance(info, dict) else None
+
+        nodes = await asyncio.gather(*map(node_of, addresses))
+        return {node: address for address, node in zip(addresses, nodes, strict=True) if node}
+
     async def _one(
         self, address: str, route: str, parse: Callable[[Any], T], infos: dict[str, dict[str, Any]]
     ) -> T | NodeReadError:

@@ -15,6 +15,7 @@ import functools
 import json
 import logging
 import os
+import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -229,3 +230,28 @@ def test_labhub_gpu_inventory_prints_every_nodes_devices_naming_its_node(
     assert [d.key for d in load_inventory(tmp_path / "gpus.json")] == ["0@gpu-a", "0@gpu-b"]
     assert "not read: the node (unknown) whose Docker proxy at 127.0.0.4" in err
     assert "not read: node n3 (ready): no Docker proxy answered for it" in err
+
+
+def test_a_move_finds_each_nodes_proxy_by_the_node_its_engine_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The nodes a move, a backup or a restore acts on: those whose proxy's engine named
+    its node; the task that never answers is left out (then refused by name)."""
+
+    async def ask(port: int) -> tuple[int, dict[str, str]]:
+        found = await asyncio.to_thread(homemove.find_node_proxies, NODE_PROXIES, port)
+        return port, found
+
+    port, found = through_proxies(tmp_path, monkeypatch, ask)
+    assert found == {"n1": f"tcp://127.0.0.2:{port}", "n2": f"tcp://127.0.0.3:{port}"}
+
+
+def test_no_node_proxy_deployed_is_refused_with_how_to_deploy_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def unresolved(service: str, port: int) -> list[str]:
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(nodereads, "task_addresses", unresolved)
+    with pytest.raises(homemove.MoveRefused, match=f"no node proxy found at tasks.{NODE_PROXIES}"):
+        homemove.find_node_proxies(NODE_PROXIES)
