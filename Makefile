@@ -126,16 +126,16 @@ up: preflight env swarm-manager stack-owner certs $(if $(filter no,$(BUILD)),,bu
 	@$(if $(SWARM),scripts/swarm-manager.sh network '$(call env_value,DOCKER_NETWORK)')
 	@$(if $(SWARM),$(MAKE) --no-print-directory egress-conf)
 	@# QUOTA_ROOT: the diskquota service on every node, which the node proxies relay to.
-	@$(if $(SWARM),scripts/swarm-manager.sh $(if $(call env_value,QUOTA_ROOT),diskquota \
+	@$(if $(SWARM),ENV_FILE=$(ENV_FILE) scripts/swarm-manager.sh $(if $(call env_value,QUOTA_ROOT),diskquota \
 	  '$(call env_value,DOCKER_NETWORK)' $(call node_image,$(HUB_IMAGE)) \
 	  '$(call env_value,QUOTA_ROOT)' '$(call env_value,DISK_QUOTA_MAX)',remove-diskquota \
 	  '$(call env_value,DOCKER_NETWORK)'))
 	@# The node proxies run the hub image and allow copy helpers of it only (Settings.copy_helper_image).
-	@$(if $(SWARM),scripts/swarm-manager.sh node-proxies $(NODE_PROXIES) \
+	@$(if $(SWARM),ENV_FILE=$(ENV_FILE) scripts/swarm-manager.sh node-proxies $(NODE_PROXIES) \
 	  $(call node_image,$(HUB_IMAGE)) '$(call env_value,NODE_DOCKER_SOCKET)' \
 	  '$(call env_value,DOCKER_NETWORK)' $(call node_image,$(HUB_IMAGE)) \
 	  '$(call env_value,QUOTA_ROOT)')
-	@$(if $(and $(SWARM),$(MONITORING_PROFILE)),scripts/swarm-manager.sh metrics-proxies \
+	@$(if $(and $(SWARM),$(MONITORING_PROFILE)),ENV_FILE=$(ENV_FILE) scripts/swarm-manager.sh metrics-proxies \
 	  $(METRICS_PROXIES) $(call node_image,$(HUB_IMAGE)) '$(call env_value,NODE_DOCKER_SOCKET)' \
 	  '$(call env_value,DOCKER_NETWORK)')
 	@$(COMPOSE) up -d --wait || { $(COMPOSE) logs --no-color --tail=40 hub >&2; \

@@ -18,7 +18,9 @@
 #                                                  the diskquota service on every node (QUOTA_ROOT)
 #   scripts/swarm-manager.sh remove-diskquota NETWORK
 #
-# The engine is Docker's usual one: DOCKER_HOST if set, else the local socket.
+# The engine is Docker's usual one: DOCKER_HOST if set, else the local socket. With
+# ENV_FILE naming the lab's .env whose REGISTRY_USERNAME is set, the global services are
+# created with that pull login for their nodes (`service_create`).
 set -euo pipefail
 
 engine="${DOCKER_HOST:-the local Docker engine}"
@@ -107,7 +109,7 @@ node_proxies() {
     docker network create --driver overlay --attachable --internal \
       --label labhub.node-proxies=true "$name" >/dev/null
   fi
-  docker service create --detach --quiet --name "$name" --mode global \
+  service_create --detach --quiet --name "$name" --mode global \
     --network "$name" --endpoint-mode dnsrr --no-resolve-image \
     --read-only --user root --label labhub.node-proxies=true \
     --mount "type=bind,source=${sock},target=/var/run/docker.sock" \
@@ -117,6 +119,33 @@ node_proxies() {
     "$image" python -m labhub.dockerproxy >/dev/null
   wait_global "$name" "a Docker proxy" \
     "Is the image ${image} on every node, and the socket ${sock} (NODE_DOCKER_SOCKET) there?"
+}
+
+# `docker service create`, with ENV_FILE's REGISTRY_USERNAME and REGISTRY_PASSWORD (a pull
+# account of REGISTRY) handed to the nodes that pull the image (--with-registry-auth),
+# from a Docker config of its own, removed afterwards: never the caller's `docker login`.
+service_create() {
+  local username="" password="" registry config status=0
+  if [[ -n "${ENV_FILE:-}" ]]; then
+    username="$(env_value REGISTRY_USERNAME)"
+    password="$(env_value REGISTRY_PASSWORD)"
+  fi
+  if [[ -z "$username" ]]; then
+    docker service create "$@"
+    return
+  fi
+  registry="$(env_value REGISTRY)"
+  config="$(mktemp -d)"
+  printf '{"auths": {"%s": {"auth": "%s"}}}\n' "${registry%%/*}" \
+    "$(printf '%s:%s' "$username" "$password" | base64 -w0)" > "${config}/config.json"
+  DOCKER_CONFIG="$config" docker service create --with-registry-auth "$@" || status=$?
+  rm -rf "$config"
+  return "$status"
+}
+
+# A variable's last value in ENV_FILE, as the Makefile reads it.
+env_value() {
+  { grep -E "^$1=" "$ENV_FILE" || true; } | tail -n1 | cut -d= -f2-
 }
 
 # A global service runs one task per node: wait until each node's runs, else say which
@@ -161,7 +190,7 @@ diskquota() {
     docker network create --driver overlay --internal --label labhub.diskquota=true \
       "$name" >/dev/null
   fi
-  docker service create --detach --quiet --name "$name" --mode global \
+  service_create --detach --quiet --name "$name" --mode global \
     --network "$name" --endpoint-mode dnsrr --no-resolve-image \
     --read-only --user root --cap-drop ALL --cap-add SYS_ADMIN --cap-add CHOWN \
     --label labhub.diskquota=true \
@@ -190,26 +219,31 @@ remove_global() {
   exit 1
 }
 
-case "${1:-}" in
-  check) check ;;
-  never) never ;;
-  network) network "${2:?usage: $0 network NAME}" ;;
-  remove-network) remove_network "${2:?usage: $0 remove-network NAME}" ;;
-  node-proxies)
-    [[ $# == 7 ]] || { echo "usage: $0 node-proxies NAME IMAGE SOCKET NETWORK ALLOWED_IMAGES QUOTA_ROOT" >&2; exit 2; }
-    node_proxies "$2" "$3" "$4" "$5" node --env ALLOWED_IMAGES="$6" --env QUOTA_ROOT="$7" \
-      --env NVIDIA_VISIBLE_DEVICES=all --env NVIDIA_DRIVER_CAPABILITIES=utility \
-      --mount "type=volume,source=$(diskquota_socket "$5"),target=/run/labhub-diskquota" ;;
-  metrics-proxies)
-    [[ $# == 5 ]] || { echo "usage: $0 metrics-proxies NAME IMAGE SOCKET NETWORK" >&2; exit 2; }
-    node_proxies "$2" "$3" "$4" "$5" node-metrics \
-      --mount "type=volume,source=$(diskquota_socket "$5"),target=/run/labhub-diskquota,readonly" ;;
-  remove-node-proxies) remove_global "${2:?usage: $0 remove-node-proxies NAME}" ;;
-  diskquota)
-    [[ $# == 5 ]] || { echo "usage: $0 diskquota NETWORK IMAGE QUOTA_ROOT DISK_QUOTA_MAX" >&2; exit 2; }
-    diskquota "$2" "$3" "$4" "$5" ;;
-  remove-diskquota) remove_global "${2:?usage: $0 remove-diskquota NETWORK}-diskquota" ;;
-  *) echo "usage: $0 check | network NAME | remove-network NAME | node-proxies ..." \
-          "| metrics-proxies ... | remove-node-proxies NAME | diskquota ... | remove-diskquota NETWORK | never" >&2
-     exit 2 ;;
-esac
+main() {
+  case "${1:-}" in
+    check) check ;;
+    never) never ;;
+    network) network "${2:?usage: $0 network NAME}" ;;
+    remove-network) remove_network "${2:?usage: $0 remove-network NAME}" ;;
+    node-proxies)
+      [[ $# == 7 ]] || { echo "usage: $0 node-proxies NAME IMAGE SOCKET NETWORK ALLOWED_IMAGES QUOTA_ROOT" >&2; exit 2; }
+      node_proxies "$2" "$3" "$4" "$5" node --env ALLOWED_IMAGES="$6" --env QUOTA_ROOT="$7" \
+        --env NVIDIA_VISIBLE_DEVICES=all --env NVIDIA_DRIVER_CAPABILITIES=utility \
+        --mount "type=volume,source=$(diskquota_socket "$5"),target=/run/labhub-diskquota" ;;
+    metrics-proxies)
+      [[ $# == 5 ]] || { echo "usage: $0 metrics-proxies NAME IMAGE SOCKET NETWORK" >&2; exit 2; }
+      node_proxies "$2" "$3" "$4" "$5" node-metrics \
+        --mount "type=volume,source=$(diskquota_socket "$5"),target=/run/labhub-diskquota,readonly" ;;
+    remove-node-proxies) remove_global "${2:?usage: $0 remove-node-proxies NAME}" ;;
+    diskquota)
+      [[ $# == 5 ]] || { echo "usage: $0 diskquota NETWORK IMAGE QUOTA_ROOT DISK_QUOTA_MAX" >&2; exit 2; }
+      diskquota "$2" "$3" "$4" "$5" ;;
+    remove-diskquota) remove_global "${2:?usage: $0 remove-diskquota NETWORK}-diskquota" ;;
+    *) echo "usage: $0 check | network NAME | remove-network NAME | node-proxies ..." \
+            "| metrics-proxies ... | remove-node-proxies NAME | diskquota ... | remove-diskquota NETWORK | never" >&2
+       exit 2 ;;
+  esac
+}
+
+# Sourced (tests/test_registry.py calls service_create), it only defines the functions.
+[[ "${BASH_SOURCE[0]}" != "$0" ]] || main "$@"

@@ -41,9 +41,16 @@ def run_make(
     check: bool = False,
     timeout: float = 3600,
     docker_host: str | None = None,
+    docker_config: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """`make TARGETS ENV_FILE=env_file` in a checkout (this one by default), output kept;
-    TARGETS may hold make's `NAME=value` arguments. With `docker_host`, against that engine."""
+    TARGETS may hold make's `NAME=value` arguments. With `docker_host`, against that engine;
+    with `docker_config`, the Docker CLI's logins from there (as `docker login` keeps them)."""
+    env = dict(os.environ)
+    if docker_host:
+        env["DOCKER_HOST"] = docker_host
+    if docker_config:
+        env["DOCKER_CONFIG"] = str(docker_config)
     return subprocess.run(
         ["make", "--no-print-directory", *targets, f"ENV_FILE={env_file}"],
         cwd=cwd,
@@ -51,7 +58,7 @@ def run_make(
         capture_output=True,
         check=check,
         timeout=timeout,
-        env={**os.environ, "DOCKER_HOST": docker_host} if docker_host else None,
+        env=env,
     )
 
 

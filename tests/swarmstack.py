@@ -20,7 +20,9 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import bcrypt
 from labhub.contract import container_prefix
 from stacks import HTTPS_PORT, STACK, VERSION, Stack, run_make, users_network_for
 from swarm import Node, Swarm, run
@@ -212,31 +214,39 @@ def swarm_stack_up(
                 print(registry_log.read_text()[-3000:])
 
 
-def start_registry(swarm: Swarm, root: Path) -> subprocess.Popen[bytes]:
-    """Debian's docker-registry on the manager's address, storage under `root`."""
-    config = root / "config.yml"
-    config.write_text(
-        json.dumps(  # YAML is a superset of JSON
-            {
-                "version": 0.1,
-                "log": {"level": "info", "accesslog": {"disabled": False}},
-                "storage": {"filesystem": {"rootdirectory": str(root / "data")}},
-                "http": {"addr": swarm.registry},
-            }
-        )
-    )
+def start_registry(
+    swarm: Swarm, root: Path, login: tuple[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Debian's docker-registry on the manager's address, storage under `root`; with
+    `login` (username, password), that account's only, for pulls too (htpasswd, bcrypt)."""
+    config: dict[str, Any] = {
+        "version": 0.1,
+        "log": {"level": "info", "accesslog": {"disabled": False}},
+        "storage": {"filesystem": {"rootdirectory": str(root / "data")}},
+        "http": {"addr": swarm.registry},
+    }
+    if login:
+        username, password = login
+        hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt()).decode()
+        (root / "htpasswd").write_text(f"{username}:{hashed}\n")
+        config["auth"] = {"htpasswd": {"realm": "labhub-test", "path": str(root / "htpasswd")}}
+    (root / "config.yml").write_text(json.dumps(config))  # YAML is a superset of JSON
+    config_file = root / "config.yml"
     log = (root / "registry.log").open("ab")
     process = subprocess.Popen(
         ["nsenter", f"--net=/run/netns/{swarm.manager.name}", "docker-registry", "serve",
-         str(config)],
+         str(config_file)],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
 
     def answers() -> bool:
         if process.poll() is not None:
             raise RuntimeError(f"docker-registry exited:\n{(root / 'registry.log').read_text()}")
-        probe = ("curl", "--silent", "--fail", f"http://{swarm.registry}/v2/")
-        return bool(run("nsenter", f"--net=/run/netns/{swarm.manager.name}", *probe, check=False))
+        # Up: /v2/ answers, 401 with a login.
+        probe = ("curl", "--silent", "--output", "/dev/null", "--write-out", "%{http_code}",
+                 f"http://{swarm.registry}/v2/")  # fmt: skip
+        code = run("nsenter", f"--net=/run/netns/{swarm.manager.name}", *probe, check=False)
+        return code in ("200", "401")
 
     wait_until(answers, 30, "the test registry to answer", interval=0.2)
     return process

@@ -6,7 +6,11 @@ check, and the Docker proxy of a Swarm manager admitting exactly the recorded di
 The integration tests run Debian's `docker-registry` (the Distribution registry) in the
 manager's network namespace of a real two-engine Swarm (tests/swarm.py). The manager
 stands for the build host: it holds the built image and runs the real `make push`. The
-worker gets nothing by `docker load`: its only source is the registry. The engines trust
+worker gets nothing by `docker load`: its only source is the registry, which wants a login
+for every pull and push (htpasswd), as a campus registry does: the admin's `docker login`
+for `make push`; for the nodes, the pull login of the settings (REGISTRY_USERNAME), which
+the Docker proxy adds to each user's service and `make up` to its global services. The
+worker has no login of its own: an anonymous pull there fails. The engines trust
 the test registry through `--insecure-registry` for its one address (plain HTTP on the
 test bridge, which has no route off the machine): Docker's trust store for a TLS registry,
 /etc/docker/certs.d/<host:port>/, is one folder for every engine of a machine, the shared
@@ -49,6 +53,7 @@ from swarmstack import start_registry, stop_registry
 from tornado import web
 
 from testsupport.dockerproxy import raw_request
+from testsupport.images import REPO
 from testsupport.minimal_env import MINIMAL_ENV
 from testsupport.waiting import wait_until
 
@@ -195,6 +200,8 @@ USER_SERVER = (
 BASE_IMAGE = "debian:trixie-slim"
 VERSION = "regtest"
 NETWORK = os.environ.get("LABHUB_TEST_STACK", "lhreg")
+# The registry's one account, a campus registry's pull robot: nobody pulls without it.
+PULL_LOGIN = ("robot-lab", "pull-t0ken")
 
 
 @dataclass
@@ -205,6 +212,7 @@ class RegistryCluster:
     pinned: str  # what make push recorded
     proxy_port: int
     process: subprocess.Popen[bytes] | None = None
+    hub_pinned: str = ""  # the hub image, as make push recorded it
 
     @property
     def worker(self) -> Any:
@@ -216,7 +224,7 @@ class RegistryCluster:
     def manifest_digest(self, reference: str) -> str:
         """The digest the registry itself serves for `<REGISTRY>/workspace:<reference>`."""
         headers = self.in_manager_namespace(
-            "curl", "--silent", "--fail", "--head", "--header",
+            "curl", "--silent", "--fail", "--head", "--user", ":".join(PULL_LOGIN), "--header",
             "Accept: application/vnd.docker.distribution.manifest.v2+json",
             f"http://{self.swarm.registry}/v2/labhub/workspace/manifests/{reference}",
         )  # fmt: skip
@@ -231,12 +239,13 @@ class RegistryCluster:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryCluster]:
-    """Two engines; a registry on the manager; the base image built (loaded) on the manager
-    only, tagged as the workspace and pushed there by `make push`; the proxy in front of
-    the manager admitting what `make push` recorded."""
+    """Two engines; a registry on the manager that wants a login (PULL_LOGIN), pushes and
+    pulls alike; the base image built (loaded) on the manager only, tagged as the workspace
+    and pushed there by `make push` after the admin's `docker login`; the proxy in front of
+    the manager admitting what `make push` recorded, with the pull login of the settings."""
     root = tmp_path_factory.mktemp("registry")
     with Swarm(2, manager_images=[BASE_IMAGE], insecure_registry=True) as swarm:
-        registry = start_registry(swarm, root)
+        registry = start_registry(swarm, root, login=PULL_LOGIN)
         try:
             manager = swarm.manager
             # The base image stands for the workspace image and for the hub image (the
@@ -246,23 +255,34 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryCluste
             env_file, record = root / "env", root / "pushed-images.env"
             registry_setting = f"{swarm.registry}/labhub"
             env_file.write_text(f"LABHUB_VERSION={VERSION}\nREGISTRY={registry_setting}\n")
+            # What the admin does first: `docker login` (kept in a config of the test's).
+            logins = root / "docker-config"
+            username, password = PULL_LOGIN
+            run(
+                "docker", "-H", f"unix://{manager.socket}", "login", "--username", username,
+                "--password-stdin", swarm.registry, input=password, env={
+                    **os.environ, "DOCKER_CONFIG": str(logins)},
+            )  # fmt: skip
             pushed = run_make(
                 "push", f"PUSHED_IMAGES={record}", env_file=env_file,
-                docker_host=f"unix://{manager.socket}", timeout=300,
+                docker_host=f"unix://{manager.socket}", docker_config=logins, timeout=300,
             )  # fmt: skip
             assert pushed.returncode == 0, pushed.stdout + pushed.stderr
             [recorded] = re.findall(r"(?m)^IMAGE_DIGESTS=(\S+)$", record.read_text())
-            pinned = image_digests(recorded)[f"labhub/workspace:{VERSION}"]
+            digests = image_digests(recorded)
+            pinned = digests[f"labhub/workspace:{VERSION}"]
             manager.docker("network", "create", "--driver", "overlay", "--attachable", NETWORK)
             with (
                 swarm_proxy(
-                    swarm, NETWORK, BASE_IMAGE, ALLOWED_IMAGES=pinned, REGISTRY=registry_setting
+                    swarm, NETWORK, BASE_IMAGE, ALLOWED_IMAGES=pinned, REGISTRY=registry_setting,
+                    REGISTRY_USERNAME=username, REGISTRY_PASSWORD=password,
                 ) as port,
                 spawners_through(port),
             ):  # fmt: skip
                 yield RegistryCluster(
-                    swarm, registry_setting, root / "registry.log", pinned, port, registry
-                )
+                    swarm, registry_setting, root / "registry.log", pinned, port, registry,
+                    hub_pinned=digests[f"labhub/hub:{VERSION}"],
+                )  # fmt: skip
         finally:
             stop_registry(registry)
             print((root / "registry.log").read_text()[-3000:])  # shown when a test fails
@@ -286,8 +306,11 @@ def test_make_push_records_the_registrys_digest_and_the_worker_pulls_and_runs_ex
     # The record is the registry's own digest for the pushed tag, as a reference by digest.
     digest = cluster.manifest_digest(VERSION)
     assert cluster.pinned == f"{cluster.registry}/workspace@{digest}"
-    # The worker has no image at all: nothing was loaded there.
+    # The worker has no image at all: nothing was loaded there, and it has no login of
+    # its own for the registry.
     assert worker_images(cluster) == []
+    anonymous = cluster.worker.docker("pull", cluster.pinned, check=False)
+    assert worker_images(cluster) == [], anonymous
     spawner = run_server(cluster, "alice", cluster.worker.node_id)
     try:
         service = f"{container_prefix(NETWORK)}-alice"
@@ -297,6 +320,9 @@ def test_make_push_records_the_registrys_digest_and_the_worker_pulls_and_runs_ex
             "service", "inspect", "--format", "{{.Spec.TaskTemplate.ContainerSpec.Image}}", service
         ).strip()
         assert spec_image == cluster.pinned
+        # The manager keeps the pull login for the node, and shows it to nobody.
+        inspected = cluster.swarm.manager.docker("service", "inspect", service)
+        assert PULL_LOGIN[1] not in inspected and "RegistryAuth" not in inspected, inspected
         # The worker's engine holds the image under that digest, and its container runs it.
         repo_digests = json.loads(
             cluster.worker.docker("image", "inspect", "--format", "{{json .RepoDigests}}",
@@ -369,6 +395,55 @@ def test_the_spawner_reads_the_image_by_digest_through_the_proxy_on_the_manager(
     other = cluster.pinned.split("@")[0] + "%40sha256:" + "b" * 64
     status, answer = raw_request(cluster.proxy_port, "GET", f"/v1.41/images/{other}/json")
     assert status == 403 and "not an allowed workspace image" in answer
+
+
+def worker_task_state(cluster: RegistryCluster, service: str) -> str:
+    """The state and error of the service's task on the worker, as `docker service ps`."""
+    return cluster.swarm.manager.docker(
+        "service", "ps", "--no-trunc", "--filter", f"node={cluster.worker.node_id}",
+        "--format", "{{.CurrentState}} {{.Error}}", service,
+    ).strip()  # fmt: skip
+
+
+@pytest.mark.integration
+def test_make_ups_global_services_pull_with_the_settings_login_not_the_admins(
+    cluster: RegistryCluster, tmp_path: Path
+) -> None:
+    """How `make up` creates the nodes' Docker proxies and diskquota service
+    (scripts/swarm-manager.sh's service_create), of the hub image as make push pushed it:
+    the worker pulls it with ENV_FILE's pull login; without one it cannot (this Docker CLI
+    has no login of its own for the registry either)."""
+    name = f"{NETWORK}-global-pull"
+    create = (
+        "source scripts/swarm-manager.sh && service_create --detach --quiet --name "
+        f"{name} --mode global --no-resolve-image {cluster.hub_pinned} sleep infinity"
+    )
+    env_file = tmp_path / "env"
+    manager = {**os.environ, "DOCKER_HOST": f"unix://{cluster.swarm.manager.socket}",
+               "DOCKER_CONFIG": str(tmp_path / "no-login"), "ENV_FILE": str(env_file)}  # fmt: skip
+    username, password = PULL_LOGIN
+    try:
+        env_file.write_text(f"REGISTRY={cluster.registry}\n")
+        run("bash", "-c", create, cwd=REPO, env=manager)
+        refused = wait_until(
+            lambda: worker_task_state(cluster, name), 60, "the worker to fail the pull",
+            done=lambda state: "No such image" in state or "denied" in state,
+        )  # fmt: skip
+        assert not cluster.worker.docker("image", "ls", "--quiet", cluster.hub_pinned), refused
+        run("docker", "service", "rm", name, env=manager)
+        env_file.write_text(
+            f"REGISTRY={cluster.registry}\nREGISTRY_USERNAME={username}\n"
+            f"REGISTRY_PASSWORD={password}\n"
+        )
+        run("bash", "-c", create, cwd=REPO, env=manager)
+        wait_until(
+            lambda: worker_task_state(cluster, name), 120, "the worker's task to run",
+            done=lambda state: state.startswith("Running"),
+        )  # fmt: skip
+        assert cluster.worker.docker("image", "ls", "--quiet", cluster.hub_pinned).strip()
+        assert not (tmp_path / "no-login").exists()  # the caller's Docker config untouched
+    finally:
+        run("docker", "service", "rm", name, env=manager, check=False)
 
 
 @pytest.mark.integration

@@ -100,6 +100,9 @@ class Allowed:
     # Set for a node's GPUs (NODE_UTILISATION_ROUTE or NODE_DEVICES_ROUTE, which it is): the
     # relay answers itself, with nvidia-smi on its node (labhub.gpu.inventory).
     nvidia_smi: str = ""
+    # Set for a Swarm service the manager creates: the relay sends it as X-Registry-Auth,
+    # the registry login the node pulls the image with (labhub.registry.pull_auth).
+    registry_auth: str = ""
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,9 @@ class Policy:
     frontend_containers: frozenset[str] = frozenset()
     # Swarm mode, HOME_NFS: each home is mounted with exactly its NFS options, no others.
     home_nfs: str = ""
+    # Swarm mode, REGISTRY_USERNAME: the login each service's node pulls its image with,
+    # as X-Registry-Auth (labhub.registry.pull_auth); empty: anonymous pulls.
+    registry_auth: str = ""
 
 
 @dataclass(frozen=True)
@@ -815,8 +821,9 @@ def _match_swarm_route(
         check_service_create(policy, spec)
         claim = service_gpu_claim(spec)
         return Allowed(
-            path + _query(params, {}), m["version"] or "", body=_dumps(spec), gpu_claim=claim
-        )
+            path + _query(params, {}), m["version"] or "", body=_dumps(spec), gpu_claim=claim,
+            registry_auth=policy.registry_auth,
+        )  # fmt: skip
     if method in ("GET", "DELETE") and (m := _route(rf"/services/(?P<id>{_NAME})", path)):
         queries: dict[str, Accepts | None] = {"insertDefaults": _BOOL} if method == "GET" else {}
         return Allowed(path + _query(params, queries), m["version"] or "", m["id"], b"", "service")

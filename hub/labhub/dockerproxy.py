@@ -19,8 +19,9 @@ one request:
    that container carries the owner label;
 4. it builds the upstream request anew from what was checked: method, the rebuilt
    target, `Host: docker`, `Content-Type: application/json` and a recomputed
-   `Content-Length` for the re-serialised body, `Connection: close`. No byte of
-   the client's head is forwarded;
+   `Content-Length` for the re-serialised body, `Connection: close`, and for a Swarm
+   service its own registry login (REGISTRY_USERNAME, `labhub.registry.pull_auth`). No
+   byte of the client's head is forwarded;
 5. it streams the engine's answer back and closes both connections.
 
 A node's proxy (PROXY_POLICY=node) takes one streamed body: a home's tar upload, sent
@@ -82,7 +83,7 @@ from .dockerpolicy import (
 from .gpu import inventory
 from .gpu.store import booked_devices
 from .hometar import BadHomeArchive, rewrite
-from .registry import check_pinned, image_digests
+from .registry import check_pinned, image_digests, pull_auth
 from .settings import names
 
 log = logging.getLogger("labhub.dockerproxy")
@@ -164,6 +165,8 @@ def parse_head(head: bytes, chunked_ok: bool = False) -> RequestHead:
 def upstream_request(method: str, allowed: Allowed) -> bytes:
     """The request sent to the engine, built only from what the policy checked."""
     lines = [f"{method} {allowed.target} HTTP/1.1", "Host: docker"]
+    if allowed.registry_auth:
+        lines.append(f"X-Registry-Auth: {allowed.registry_auth}")
     if allowed.body:
         lines.append("Content-Type: application/json")
     if allowed.body or method == "POST":
@@ -536,7 +539,8 @@ async def handle(
 def policy_from_env(env: dict[str, str]) -> Check:
     """PROXY_POLICY=hub (default: ALLOWED_IMAGES, DOCKER_NETWORK, DATASETS, QUOTA_ROOT), swarm
     (the hub in front of a Swarm manager: ALLOWED_IMAGES, DOCKER_NETWORK, with REGISTRY their
-    IMAGE_DIGESTS, HOME_NFS, QUOTA_ROOT), node (in front of
+    IMAGE_DIGESTS and the pull login REGISTRY_USERNAME and REGISTRY_PASSWORD, HOME_NFS,
+    QUOTA_ROOT), node (in front of
     each Swarm node's engine, for home moves: ALLOWED_IMAGES, DOCKER_NETWORK), frontend
     (NGINX_PROXY_CONTAINER), metrics (DOCKER_NETWORK) or node-metrics (the same, in front
     of each Swarm node's engine): which client this proxy serves."""
@@ -596,6 +600,7 @@ def policy_from_env(env: dict[str, str]) -> Check:
             dataset_binds=_dataset_binds(env, network),
             home_nfs=_home_nfs(env),
             quota_root=env.get("QUOTA_ROOT", ""),
+            registry_auth=_registry_auth(env),
         )
         return lambda method, target, body: check_swarm_request(swarm, method, target, body)
     policy = Policy(
@@ -645,6 +650,21 @@ def _pinned_images(env: dict[str, str], images: frozenset[str]) -> frozenset[str
         except ValueError as error:
             raise SystemExit(f"dockerproxy: ALLOWED_IMAGES holds {error}") from None
     return pinned
+
+
+def _registry_auth(env: dict[str, str]) -> str:
+    """REGISTRY_USERNAME and REGISTRY_PASSWORD, checked as the settings check them: the
+    X-Registry-Auth of every service this proxy creates, or empty (anonymous pulls)."""
+    registry, username = env.get("REGISTRY", ""), env.get("REGISTRY_USERNAME", "")
+    password = env.get("REGISTRY_PASSWORD", "")
+    if not username and not password:
+        return ""
+    if not registry or not username or not password:
+        raise SystemExit(
+            "dockerproxy: REGISTRY_USERNAME and REGISTRY_PASSWORD go together, and with "
+            "REGISTRY: set both (a pull account of the registry) or neither"
+        )
+    return pull_auth(registry, username, password)
 
 
 def _frontends(env: dict[str, str]) -> frozenset[str]:

@@ -7,10 +7,18 @@ the registry answered, the immutable `<REGISTRY>/workspace@sha256:<digest>`, as
 IMAGE_DIGESTS (`<local tag>=<digest reference>`, comma separated) in its record file. The
 hub creates services with those references only and the Docker proxy allows those
 references only: a tag can be moved in the registry to other bytes, a digest cannot.
+
+A registry that wants a login for pulls (a campus registry's robot account or deploy
+token, REGISTRY_USERNAME and REGISTRY_PASSWORD) gets it from the Docker proxy in front of
+the manager: it adds `X-Registry-Auth` (`pull_auth`) to each service it creates, and the
+manager hands it to the node that pulls, as `docker service create --with-registry-auth`
+does. The hub's requests carry no credentials: the proxy forwards no client header.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 
 # host[:port] then an optional path: registry.lab.example.edu:5000/labhub
@@ -29,6 +37,18 @@ def registry_address(raw: str) -> str:
             "or a tag, e.g. registry.lab.example.edu:5000/labhub"
         )
     return raw
+
+
+def registry_host(registry: str) -> str:
+    """The registry's `host[:port]`, which Docker keys logins by: REGISTRY without its path."""
+    return registry.split("/", 1)[0]
+
+
+def pull_auth(registry: str, username: str, password: str) -> str:
+    """The `X-Registry-Auth` header value for a pull from `registry` with this account: its
+    JSON, base64url encoded, as Docker's API reads it."""
+    login = {"username": username, "password": password, "serveraddress": registry_host(registry)}
+    return base64.urlsafe_b64encode(json.dumps(login).encode()).decode("ascii")
 
 
 def is_digest_reference(image: str) -> bool:

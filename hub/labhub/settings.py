@@ -1218,6 +1218,25 @@ SECTIONS: tuple[Section, ...] = (
                 "registry",
             ),
             Setting(
+                "REGISTRY_USERNAME",
+                "",
+                text,
+                "ENGINE=swarm with REGISTRY: the account the nodes pull the lab's images "
+                "with, for a registry that wants a login to pull (a campus registry's "
+                "read-only robot account or deploy token), with REGISTRY_PASSWORD. `make push` "
+                "uses your own `docker login` instead. Empty: the nodes pull anonymously.",
+                "registry_username",
+            ),
+            Setting(
+                "REGISTRY_PASSWORD",
+                "",
+                text,
+                "REGISTRY_USERNAME's password or token. Only the Docker proxies and `make up` "
+                "use it, to hand it to the node that pulls; no user's server sees it.",
+                "registry_password",
+                secret=True,
+            ),
+            Setting(
                 "IMAGE_DIGESTS",
                 "",
                 image_digests,
@@ -1621,11 +1640,22 @@ def _check_registry(values: Mapping[str, Any], problems: list[str]) -> None:
     """ENGINE=swarm with REGISTRY: every users' image (the workspace image, WORKSPACE_IMAGES)
     runs as that registry's digest reference, recorded by `make push` (IMAGE_DIGESTS)."""
     registry, digests = values.get("registry"), values.get("image_digests") or {}
+    login = [values.get("registry_username"), values.get("registry_password")]
+    if any(login) and not all(login):
+        problems.append(
+            "REGISTRY_USERNAME and REGISTRY_PASSWORD go together: set both (the registry's "
+            "pull account and its password or token) or neither (anonymous pulls)"
+        )
     if values.get("engine") != "swarm" or not registry:
         if digests:
             problems.append(
                 "IMAGE_DIGESTS is only for ENGINE=swarm with REGISTRY (make push records it): "
                 "leave it empty"
+            )
+        if any(login):
+            problems.append(
+                "REGISTRY_USERNAME and REGISTRY_PASSWORD are only for ENGINE=swarm with "
+                "REGISTRY, the nodes' pull login: leave them empty"
             )
         return
     images = [("WORKSPACE_IMAGE", values.get("workspace_image"))]

@@ -378,8 +378,9 @@ class LabSwarmSpawner(LabServerMixin, SwarmSpawner):  # type: ignore[misc]
                 source = f"the registry {self.registry}" if self.registry else "its engine"
                 return (
                     f"node {task.get('NodeID')} could not get the image {self.service_image()} "
-                    f"from {source} ({status['Err']}): is the registry up and does the node "
-                    f"trust it? (`docker service ps --no-trunc {self.service_name}` on the "
+                    f"from {source} ({status['Err']}): is the registry up, does the node "
+                    "trust it, and does it want a login (REGISTRY_USERNAME)? "
+                    f"(`docker service ps --no-trunc {self.service_name}` on the "
                     "manager shows every try)"
                 )
         return ""

@@ -9,9 +9,12 @@ three-node Swarm manager, and keeps every request docker-py would have sent.
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import json
+import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -33,7 +36,7 @@ from labhub.dockerpolicy import (
     check_swarm_request,
     inspect_target,
 )
-from labhub.dockerproxy import policy_from_env
+from labhub.dockerproxy import DiskUsage, handle, policy_from_env
 from labhub.settings import Settings
 from labhub.swarmspawner import HOME_NODE_STATE, LabSwarmSpawner, swarm_spawner_config
 from tornado import web
@@ -498,3 +501,103 @@ def test_the_swarm_proxy_needs_the_frontends_by_name(frontends: str, problem: st
     env = {"PROXY_POLICY": "swarm", "ALLOWED_IMAGES": IMAGE, "FRONTEND_CONTAINERS": frontends}
     with pytest.raises(SystemExit, match=problem):
         policy_from_env(env)
+
+
+# --- A registry that wants a login to pull (REGISTRY_USERNAME) ---------------------------
+REGISTRY = "registry.lab.example.edu:5000/labhub"
+PINNED = f"{REGISTRY}/workspace@sha256:{'a' * 64}"
+PULL_LOGIN = {
+    "REGISTRY": REGISTRY, "IMAGE_DIGESTS": f"{IMAGE}={PINNED}",
+    "REGISTRY_USERNAME": "robot$lab", "REGISTRY_PASSWORD": "t0k3n",
+}  # fmt: skip
+
+
+def swarm_proxy_env(**env: str) -> dict[str, str]:
+    return {
+        "PROXY_POLICY": "swarm", "ALLOWED_IMAGES": IMAGE, "DOCKER_NETWORK": POLICY.network,
+        "FRONTEND_CONTAINERS": ",".join(FRONTENDS), **env,
+    }  # fmt: skip
+
+
+def engine_heads(
+    tmp_path: Path, env: dict[str, str], requests: list[tuple[str, str, bytes, str]]
+) -> list[bytes]:
+    """Each of `requests` (method, target, body, extra client header lines) sent to the
+    real handler of a Swarm manager's proxy with `env`, in front of a stand-in engine:
+    the head of what the engine got for each (b"" if nothing)."""
+    check = policy_from_env(swarm_proxy_env(**env))
+    socket_path = str(tmp_path / "engine.sock")
+    heads: list[bytes] = []
+
+    async def engine(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heads[-1] = await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\n{}")
+        await writer.drain()
+        writer.close()
+
+    async def run() -> None:
+        stand_in = await asyncio.start_unix_server(engine, path=socket_path)
+        proxy = await asyncio.start_server(
+            lambda r, w: handle(check, socket_path, DiskUsage(""), r, w), "127.0.0.1", 0
+        )
+        port = proxy.sockets[0].getsockname()[1]
+        async with stand_in, proxy:
+            for method, target, body, extra in requests:
+                heads.append(b"")
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                head = (
+                    f"{method} {target} HTTP/1.1\r\nHost: docker\r\n{extra}"
+                    f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+                )
+                writer.write(head.encode() + body)
+                await writer.drain()
+                await reader.read()
+                writer.close()
+
+    asyncio.run(run())
+    return heads
+
+
+def registry_auth_of(head: bytes) -> dict[str, str] | None:
+    found = re.findall(rb"(?im)^x-registry-auth: *(\S+)\r$", head)
+    return json.loads(base64.urlsafe_b64decode(found[0])) if found else None
+
+
+def test_with_a_pull_login_each_service_the_proxy_creates_carries_it_for_its_node(
+    tmp_path: Path, sent_body: dict[str, Any]
+) -> None:
+    """The proxy's own login goes with a service create, and only with it; a header the
+    client sent is never forwarded (the hub holds no say in what the nodes log in with)."""
+    stolen = "X-Registry-Auth: c3RvbGVu\r\n"
+    pinned = copy.deepcopy(sent_body)
+    pinned["TaskTemplate"]["ContainerSpec"]["Image"] = PINNED
+    create = ("POST", CREATE, json.dumps(pinned).encode(), stolen)
+    remove = ("DELETE", "/v1.41/services/svc123", b"", stolen)
+    nodes = ("GET", "/v1.41/nodes", b"", "")
+    with_login = engine_heads(tmp_path, PULL_LOGIN, [create, remove, nodes])
+    assert registry_auth_of(with_login[0]) == {
+        "username": "robot$lab", "password": "t0k3n",
+        "serveraddress": "registry.lab.example.edu:5000",
+    }  # fmt: skip
+    # The DELETE's service is owner-checked first: the stand-in's 201 to that inspect ends
+    # it, so nothing but the inspect reaches the engine; the list, plainly.
+    assert [registry_auth_of(head) for head in with_login[1:]] == [None, None]
+    # Without a login, none: the client's never passes.
+    plain = ("POST", CREATE, json.dumps(sent_body).encode(), stolen)
+    [anonymous] = engine_heads(tmp_path, {}, [plain])
+    assert anonymous.startswith(b"POST /v1.41/services/create ")
+    assert registry_auth_of(anonymous) is None
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"REGISTRY_USERNAME": "robot"},
+        {"REGISTRY_PASSWORD": "t0k3n"},
+        {"REGISTRY_USERNAME": "robot", "REGISTRY_PASSWORD": "t0k3n"},  # no REGISTRY
+    ],
+    ids=["no-password", "no-username", "no-registry"],
+)
+def test_a_half_pull_login_stops_the_proxy_naming_both_settings(env: dict[str, str]) -> None:
+    with pytest.raises(SystemExit, match="REGISTRY_USERNAME and REGISTRY_PASSWORD go together"):
+        policy_from_env(swarm_proxy_env(**env))
