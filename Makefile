@@ -111,7 +111,7 @@ push: ## Push the images the nodes run to REGISTRY and record their digests (aft
 # make push recorded (pushed, and not built again since).
 .PHONY: pushed-images
 pushed-images: env
-	@$(if $(PINNED),scripts/push-images.sh --check $(PUSHED_IMAGES) $(NODES_IMAGES))
+	@$(if $(PINNED),GOAL='$(firstword $(MAKECMDGOALS))' scripts/push-images.sh --check $(PUSHED_IMAGES) $(NODES_IMAGES))
 
 .PHONY: up
 up: preflight env swarm-manager stack-owner certs $(if $(filter no,$(BUILD)),,build) pushed-images ## Set everything up and start the platform
@@ -277,8 +277,10 @@ migrate-volumes: ## Copy users' files from the shared labhub-user-* volumes into
 # The lab on Kubernetes: docs/scale-out.md. Holds the login secrets, so it is written 0600.
 Z2JH_VALUES ?= z2jh-values.yaml
 .PHONY: z2jh-values
-z2jh-values: env ## Write this lab as Zero to JupyterHub values (Z2JH_VALUES=z2jh-values.yaml)
+z2jh-values: env pushed-images ## Write this lab as Zero to JupyterHub values (Z2JH_VALUES=z2jh-values.yaml)
+	@# A Swarm lab's registry: its images by the digests make push recorded, as make up runs them.
 	@umask 077 && docker run --rm --env-file $(ENV_FILE) -e WORKSPACE_IMAGE=$(WORKSPACE_IMAGE) \
+	  $(if $(PINNED),--env-file $(PUSHED_IMAGES)) \
 	  $(if $(call env_value,GPU_CONFIG_DIR),-v $(call env_value,GPU_CONFIG_DIR):/srv/labhub:ro) \
 	  labhub/hub:$(call env_value,LABHUB_VERSION) labhub z2jh-values > $(Z2JH_VALUES).partial || \
 	  { rm -f $(Z2JH_VALUES).partial; exit 2; }

@@ -40,30 +40,31 @@ if [ "$mode" = ref ]; then
 fi
 
 if [ "$mode" = check ]; then
-  # make up: every image is in the record, and the image this engine has under its tag is
-  # the one pushed (its RepoDigests name the recorded reference; a rebuild moves the tag).
+  # make up (or make z2jh-values: GOAL): every image is in the record, and the image this
+  # engine has under its tag is the one pushed (its RepoDigests name the recorded reference;
+  # a rebuild moves the tag).
   if [ ! -f "$record" ]; then
-    echo "make up: $record is missing: with ENGINE=swarm and REGISTRY the nodes pull the" \
+    echo "make ${GOAL:-up}: $record is missing: with ENGINE=swarm and REGISTRY the nodes pull the" \
       "users' images from the registry by digest: run make push (after make build)" >&2
     exit 1
   fi
   for image in "$@"; do
     if [ -z "$(recorded "$image")" ]; then
-      echo "make up: $record has no digest for $image: run make push" >&2
+      echo "make ${GOAL:-up}: $record has no digest for $image: run make push" >&2
       exit 1
     fi
   done
   for image in "$@"; do
     pinned=$(recorded "$image")
     if ! digests=$(docker image inspect --format '{{join .RepoDigests " "}}' "$image" 2>/dev/null); then
-      echo "make up: $image is not on this Docker host (the manager, where make push" \
+      echo "make ${GOAL:-up}: $image is not on this Docker host (the manager, where make push" \
         "ran): run make build, then make push" >&2
       exit 1
     fi
     case " $digests " in
       *" $pinned "*) ;;
       *)
-        echo "make up: $image here is not the image make push recorded ($pinned):" \
+        echo "make ${GOAL:-up}: $image here is not the image make push recorded ($pinned):" \
           "it was built again after the push: run make push" >&2
         exit 1
         ;;

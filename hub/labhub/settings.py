@@ -1504,6 +1504,9 @@ class Settings:
     registry: str
     # IMAGE_DIGESTS (make push): each allowed image's digest reference in REGISTRY.
     image_digests: Mapping[str, str]
+    # The nodes' pull login for REGISTRY (the Docker proxy's; z2jh-values' pull secret).
+    registry_username: str
+    registry_password: str
     # ENGINE=swarm: the containers that reach users' servers, by name (compose/swarm.yml).
     hub_container: str | None
     chp_container: str | None

@@ -19,6 +19,7 @@ import yaml
 from .contract import CONTAINER_USER, GPU_MEMORY_LIMIT_ENV, HOME_DIR, WORKSPACE_DEFAULT_URL
 from .gpu.inventory import Device
 from .gpu.profiles import Profile
+from .registry import registry_host
 from .settings import NetworkSettings, Settings
 from .spawner import kernel_culling_args, tmp_bytes
 
@@ -174,7 +175,7 @@ def profile_list(
             if limits:
                 override["extra_resource_limits"] = limits
             if profile.image and profile.image != settings.workspace_image:
-                override["image"] = profile.image
+                override["image"] = settings.pinned_image(profile.image)
             cap = _shared_cap_mib(inventory) if profile.gpu.shared else None
             if cap is not None:
                 override["environment"] = {GPU_MEMORY_LIMIT_ENV: str(cap)}
@@ -249,6 +250,12 @@ def values(
 ) -> dict[str, Any]:
     """The Zero to JupyterHub values for this lab (see docs/scale-out.md)."""
     image, _, tag = settings.workspace_image.rpartition(":")
+    pinned = settings.pinned_image(settings.workspace_image)
+    if pinned != settings.workspace_image:
+        # A Swarm lab's registry (make push): the cluster pulls exactly what its nodes run;
+        # the chart joins name and tag, and a reference may carry a tag and its digest.
+        image, _, digest = pinned.partition("@")
+        tag = f"{tag}@{digest}"
     uid, gid = (int(part) for part in CONTAINER_USER.split(":"))
     choices, by_group = profile_list(profiles, inventory, settings)
     extra_volumes, extra_mounts = memory_volumes(settings, profiles)
@@ -270,7 +277,21 @@ def values(
         if settings.named_servers
         else {"allowNamedServers": False}
     )
+    pull_secret = (
+        {
+            # The chart makes the Secret and adds it to every pod's imagePullSecrets.
+            "imagePullSecret": {
+                "create": True,
+                "registry": registry_host(settings.registry),
+                "username": settings.registry_username,
+                "password": settings.registry_password,
+            }
+        }
+        if settings.registry_username
+        else {}
+    )
     return {
+        **pull_secret,
         "hub": {
             "config": {
                 **hub_config(settings, authenticator_traits),

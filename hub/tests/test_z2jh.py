@@ -353,6 +353,45 @@ def test_a_profiles_image_from_workspace_images_is_its_pods_image() -> None:
     )
 
 
+def test_a_swarm_labs_registry_images_and_pull_login_carry_over() -> None:
+    """A Swarm lab with REGISTRY (and a pull login) moving to Kubernetes: every pod runs the
+    digest `make push` recorded, pulled with the same login, which the chart turns into a
+    pull secret of every pod; before, its settings did not even pass without the record."""
+    registry = "registry.lab.example.edu:5000/labhub"
+    workspace, torch = "labhub/workspace:0.1.0", "labhub/workspace-torch:0.1.0"
+    digests = {
+        workspace: f"{registry}/workspace@sha256:{'a' * 64}",
+        torch: f"{registry}/workspace-torch@sha256:{'b' * 64}",
+        "labhub/hub:0.1.0": f"{registry}/hub@sha256:{'c' * 64}",
+    }
+    recorded = ",".join(f"{tag}={reference}" for tag, reference in digests.items())
+    env = {
+        **MINIMAL_ENV, **NETWORK_ENV, "ENGINE": "swarm", "REGISTRY": registry,
+        "WORKSPACE_IMAGES": torch, "IMAGE_DIGESTS": recorded,
+        "REGISTRY_USERNAME": "robot$lab", "REGISTRY_PASSWORD": "t0k3n",
+    }  # fmt: skip
+    settings = Settings.from_env(env)
+    profile = Profile("torch", "PyTorch", image=torch)
+    generated = values(settings, NetworkSettings.from_env(env), (*PROFILES, profile), INVENTORY, {})
+    jsonschema.validate(generated, chart_schema())
+    assert generated["imagePullSecret"] == {
+        "create": True, "registry": "registry.lab.example.edu:5000",
+        "username": "robot$lab", "password": "t0k3n",
+    }  # fmt: skip
+    for slug, image in (("cpu", workspace), ("torch", torch)):
+        manifest = asyncio.run(pod_manifest(generated, slug))
+        kubernetes_validate.validate(manifest, KUBERNETES, strict=True)
+        name, _, digest = digests[image].partition("@")
+        # The pinned digest, under the tag it was pushed as (the chart joins name:tag).
+        expected = f"{name}:0.1.0@{digest}" if image == workspace else digests[image]
+        assert manifest["spec"]["containers"][0]["image"] == expected
+    # Without a login, no pull secret.
+    anonymous = {k: v for k, v in env.items() if not k.startswith("REGISTRY_")}
+    plain = values(Settings.from_env(anonymous), NetworkSettings.from_env(anonymous), PROFILES,
+                   INVENTORY, {})  # fmt: skip
+    assert "imagePullSecret" not in plain
+
+
 def test_default_profiles_map_too() -> None:
     env = {**MINIMAL_ENV, **NETWORK_ENV}
     settings = Settings.from_env(env)
