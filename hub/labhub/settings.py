@@ -1231,8 +1231,9 @@ SECTIONS: tuple[Section, ...] = (
                 "REGISTRY_PASSWORD",
                 "",
                 text,
-                "REGISTRY_USERNAME's password or token. Only the Docker proxies and `make up` "
-                "use it, to hand it to the node that pulls; no user's server sees it.",
+                "REGISTRY_USERNAME's password or token. The Docker proxy and `make up` hand it "
+                "to the node that pulls (`make z2jh-values` to the chart's pull secret); no "
+                "user's server sees it.",
                 "registry_password",
                 secret=True,
             ),
