@@ -175,6 +175,11 @@ class Admin:
         for name in names:
             self.wait(name, ready=False, timeout=120)
 
+    def culls(self, holder: str) -> list[dict[str, Any]]:
+        """The GPU service's audit entries (warn, cull, extend...) about ``holder``."""
+        entries = self.gpus("GET", "audit?limit=200").json()["entries"]
+        return [e for e in entries if e["detail"].get("holder") == holder]
+
     def last_progress(self, name: str) -> str:
         return self.progress(name, until=lambda _: False, timeout=5)
 

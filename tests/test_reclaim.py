@@ -166,11 +166,6 @@ def device_of(name: str) -> str:
     return device
 
 
-def culls(admin: Admin, name: str) -> list[dict[str, Any]]:
-    entries = admin.gpus("GET", "audit?limit=200").json()["entries"]
-    return [e for e in entries if e["detail"].get("holder") == name]
-
-
 def test_an_idle_gpu_behind_an_open_tab_is_warned_then_stopped_a_busy_one_kept(
     reclaim_stack: Stack, admin: Admin, engine: docker.DockerClient, gpu_config: Path
 ) -> None:
@@ -214,7 +209,7 @@ def test_an_idle_gpu_behind_an_open_tab_is_warned_then_stopped_a_busy_one_kept(
     )
     assert not engine.containers.list(all=True, filters={"label": f"labhub.user={idle}"})
     assert engine.volumes.get(volume_name_for(idle, STACK))
-    actions = {(e["action"], e["detail"].get("reason")) for e in culls(admin, idle)}
+    actions = {(e["action"], e["detail"].get("reason")) for e in admin.culls(idle)}
     assert {("warn", "utilisation-idle"), ("cull", "utilisation-idle")} <= actions, actions
 
     # The holder under load outlives the idle timeout by far, with no warning.
@@ -228,7 +223,7 @@ def test_an_idle_gpu_behind_an_open_tab_is_warned_then_stopped_a_busy_one_kept(
     assert admin.server(busy)["ready"]
     busy_entry = from_inside(busy)[1]["servers"][""]
     assert busy_entry["idle_since"] is None and busy_entry["warning"] is None
-    assert not [e for e in culls(admin, busy) if e["action"] in ("warn", "cull")]
+    assert not [e for e in admin.culls(busy) if e["action"] in ("warn", "cull")]
     admin.stop(busy)
 
 
@@ -269,7 +264,7 @@ def test_a_session_reaches_its_length_is_extended_once_then_stops(
     stopped_at = datetime.now(UTC)
     end = datetime.fromisoformat(extended["length_stop_at"].replace("Z", "+00:00"))
     assert stopped_at >= end, (stopped_at, end)  # not before the extended end
-    entries = culls(admin, name)
+    entries = admin.culls(name)
     assert any(e["action"] == "extend" and e["actor"] == name for e in entries)
     assert any(e["action"] == "cull" and e["detail"]["reason"] == "session-length" for e in entries)
 
@@ -307,7 +302,7 @@ def test_a_student_extends_the_session_on_the_hub_page_in_a_browser(
         finally:
             page.screenshot(path=str(ARTIFACTS / "reclaim-extend.png"))
     assert errors == [], errors
-    entries = culls(admin, name)
+    entries = admin.culls(name)
     assert [e["actor"] for e in entries if e["action"] == "extend"] == [name]
     assert before["rules"]["extensions"] == 1
     admin.stop(name)

@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import suppress
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import docker
 import pytest
+import requests
 from gpustack import Admin
 from labhub.contract import volume_name_for
 from labhub.gpu.reclaim import NO_NVML
@@ -40,6 +42,7 @@ from swarm import Node, Swarm
 from swarmlab import wait_for_running_task
 from swarmstack import PREFIX, SwarmStack, swarm_stack_up
 
+from testsupport.hubclient import token_session
 from testsupport.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
@@ -58,6 +61,9 @@ PROFILES = {
 # Servers idle this long are stopped by the idle culler, which looks every 60 s
 # (hub/jupyterhub_config.py); the hub reads the proxy's activity every 30 s.
 IDLE_TIMEOUT_S, CULL_EVERY_S, ACTIVITY_EVERY_S = 90, 60, 30
+# A GPU that reads 0 % this long on its node stops its server, warned this long before;
+# the GPU service looks this often. Any other figure is use: the other tests' GPUs read more.
+GPU_IDLE_S, GPU_WARN_S, GPU_CULL_EVERY_S = 30, 20, 3
 
 
 def nvml_reports(node: Node, percent: int, used_mib: int) -> None:
@@ -97,7 +103,12 @@ def gpu_swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SwarmStack]:
     runtime = ["--add-runtime", f"nvidia={RUNTIME}", "--default-runtime", "nvidia"]
     with swarm_stack_up(
         tmp_path_factory.mktemp("swarm-gpu-stack"),
-        extra={"IDLE_TIMEOUT": str(IDLE_TIMEOUT_S)},
+        extra={
+            "IDLE_TIMEOUT": str(IDLE_TIMEOUT_S),
+            "GPU_UTILISATION_IDLE_TIMEOUT": str(GPU_IDLE_S),
+            "GPU_UTILISATION_WARN": str(GPU_WARN_S),
+            "GPU_CULL_EVERY": str(GPU_CULL_EVERY_S),
+        },
         dockerd_args=runtime,
         extra_for=lambda swarm: gpu_files(config, swarm),
     ) as running:
@@ -224,6 +235,63 @@ def test_make_gpu_inventory_lists_every_nodes_gpus_detected_there(
          "memory_mib": 40960, "policy": "exclusive", "node": node.node_id}
         for node in (swarm.manager, swarm.workers[0])
     ]  # fmt: skip
+
+
+def test_a_gpu_idle_on_its_node_warns_the_students_jupyterlab_then_stops_the_server(
+    gpu_swarm: SwarmStack,
+) -> None:
+    """The utilisation rule on the cluster: the worker's GPU reads 0 % there while the
+    manager's GPU of the same index reads 90 %. The student's JupyterLab, on the worker,
+    shows the warning it got from the GPU service (its status item, through nginx with the
+    student's token); then the server stops, though its page is in use through nginx all
+    along, and its device is free. Read on the wrong node, it would never stop."""
+    stack, swarm = gpu_swarm.stack, gpu_swarm.swarm
+    worker = swarm.workers[0]
+    admin = Admin(stack, token_of(stack, "admin"))
+    student = "utilidler"
+    USERS_CREATED.append(student)
+    lab = token_session(stack.ca_file, token_of(stack, student))
+    service = f"{PREFIX}-{student}"
+    nvml_reports(worker, 0, 800)
+    try:
+        assert admin.spawn(student, "gpu-1").status_code in (201, 202)
+        admin.wait(student, ready=True, timeout=600)
+        assert wait_for_running_task(swarm, service) == worker.node_id
+
+        def warning() -> str | None:
+            used(admin, student)
+            status = lab.get(f"{stack.base_url}/user/{student}/labhub/status", timeout=60)
+            assert status.status_code == 200, status.text[:300]
+            # The server reached the GPU service (before: proxy-chp, no name on its network).
+            assert status.json()["service"] == "ok", status.json()
+            return status.json()["warning"]
+
+        shown = wait_until(
+            warning, GPU_IDLE_S + 60, f"{student}'s JupyterLab to be warned", interval=2
+        )
+        assert shown.startswith("No GPU use for") and "unless it uses its GPU" in shown
+
+        def stopped() -> bool:
+            if admin.server(student) is None:
+                return True
+            with suppress(AssertionError, requests.RequestException):  # stopping meanwhile
+                used(admin, student)
+            return False
+
+        wait_until(stopped, GPU_WARN_S + 60, f"{student}'s idle GPU server to stop", interval=2)
+    finally:
+        nvml_reports(worker, 5, 800)  # in use again, as the next test expects
+        admin.stop(student)  # (a no-op once stopped) frees the GPU for the next test
+    actions = {(e["action"], e["detail"].get("reason")) for e in admin.culls(student)}
+    assert {("warn", "utilisation-idle"), ("cull", "utilisation-idle")} <= actions, actions
+    # At the manager's engine the service is gone; the device is free, the home kept.
+    manager = docker.APIClient(base_url=f"unix://{swarm.manager.socket}", version="1.41")
+    wait_until(
+        lambda: [s for s in manager.services() if s["Spec"]["Name"] == service],
+        60, f"{service} to be removed", done=lambda services: not services,
+    )  # fmt: skip
+    assert admin.holders() == {f"{DEVICE_ID}@{worker.node_id}": []}
+    worker.docker("volume", "inspect", volume_name_for(student, STACK))
 
 
 def used(admin: Admin, user: str) -> bool:

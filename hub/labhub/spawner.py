@@ -262,12 +262,17 @@ def gpu_status_url(settings: Settings) -> str:
     host of its own (its default subdomain hook: gpus--service.DOMAIN); at proxy-chp's own
     name the request would reach the hub, which sends it to that host. So the URL names
     that host, which compose makes an alias of proxy-chp on the users' network.
+
+    In Swarm mode each user's own overlay network has configurable-http-proxy by its
+    container name (CHP_CONTAINER: the spawner connects it there with no alias, and the
+    egress proxy's no_proxy names it); compose's aliases are on the lab's network only.
     """
-    host = (
-        subdomain_hook_idna("gpus", settings.domain, "service")
-        if settings.subdomains
-        else "proxy-chp"
-    )
+    if settings.engine == "swarm" and settings.chp_container:
+        host = settings.chp_container
+    elif settings.subdomains:
+        host = subdomain_hook_idna("gpus", settings.domain, "service")
+    else:
+        host = "proxy-chp"
     return f"http://{host}:8000/services/gpus/api/me"
 
 

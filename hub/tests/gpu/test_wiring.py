@@ -9,18 +9,20 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import docker
 import pytest
 from dockerspawner import DockerSpawner
 from jupyterhub.objects import Hub, Server
 from labhub.contract import GPU_STATUS_URL_ENV
+from labhub.egress import proxy_environment
 from labhub.gpu.allocator import load_allocator
 from labhub.gpu.inventory import Device
 from labhub.gpu.scheduler import GpuRequest, Holder
 from labhub.gpu.spawner import GpuSpawnerMixin
 from labhub.settings import Settings, SettingsError
-from labhub.spawner import LabSpawner, spawner_config
+from labhub.spawner import LabSpawner, server_config, spawner_config
 from traitlets.config import Config
 
 from testsupport.minimal_env import MINIMAL_ENV
@@ -389,3 +391,18 @@ def test_a_profile_naming_an_image_off_the_list_stops_the_hub(tmp_path: Path) ->
         "'labhub/hub:0.1.0', which is not on the allow-list"
     )
     assert "add it to WORKSPACE_IMAGES" in problem
+
+
+def test_in_swarm_mode_jupyterlab_asks_the_proxy_by_its_container_name() -> None:
+    """A user's own overlay network has configurable-http-proxy by its container name only
+    (compose's alias proxy-chp is on the lab's network): the name the egress proxy's
+    no_proxy also holds, so the request goes straight there."""
+    env = {**MINIMAL_ENV, "ENGINE": "swarm", "QUOTA_ROOT": "/srv/homes",
+           "CHP_CONTAINER": "lab-proxy-chp", "HUB_CONTAINER": "lab-hub",
+           "EGRESS_CONTAINER": "lab-egress"}  # fmt: skip
+    settings = Settings.from_env(env)
+    url = server_config(settings)["environment"][GPU_STATUS_URL_ENV]
+    assert url == "http://lab-proxy-chp:8000/services/gpus/api/me"
+    # As jupyterhub_config.py gives the spawner its frontends (the hub's, CHP's).
+    direct = proxy_environment("lab-egress", ["lab-hub", "lab-proxy-chp"])["no_proxy"]
+    assert urlsplit(url).hostname in direct.split(",")
