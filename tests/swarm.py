@@ -20,7 +20,9 @@ in that node's view of the filesystem.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import hashlib
 import ipaddress
 import os
 import shutil
@@ -36,6 +38,9 @@ from testsupport.waiting import wait_until
 
 STATE_ROOT = Path("/var/lib/labhub-test-swarm")
 RUN_ROOT = Path("/run/labhub-test-swarm")
+# Stopped engines' data roots with images loaded, one folder per test run (its process ID):
+# what a node's data root starts from (`_data_root_with`).
+DATA_ROOTS = STATE_ROOT / "data-roots"
 # A /24 per run inside this range; checked against the host's routes before use.
 ADDRESS_RANGE = ipaddress.IPv4Network("10.233.0.0/16")
 # Where a test's registry listens, on the manager's address (tests/test_registry.py).
@@ -186,16 +191,13 @@ class Swarm:
         # nodes' addresses are in their namespaces; gone with the bridge).
         run("ip", "route", "add", str(self._subnet), "dev", self.bridge)
         run("iptables", "-I", *self._forward_rule)
+        # The nodes have no registry in these tests: each engine starts with the images
+        # already in its data root.
         for node in self.nodes:
-            self._start(node)
-        # The nodes have no registry in these tests: the images go over as files.
-        archive = self._archive("images", self.images)
-        manager_archive = self._archive("manager-images", self.manager_images)
+            groups = [self.images, self.manager_images if node is self.manager else ()]
+            self._start(node, _data_root_with(tuple(tuple(g) for g in groups if g)))
         for node in self.nodes:
             self._wait_for_engine(node)
-            for tar in (archive, manager_archive if node is self.manager else None):
-                if tar is not None:
-                    node.docker("load", "--quiet", "--input", str(tar), timeout=900)
         manager = self.manager
         manager.docker("swarm", "init", "--advertise-addr", manager.address)
         token = manager.docker("swarm", "join-token", "-q", "worker").strip()
@@ -207,14 +209,7 @@ class Swarm:
         for node in self.nodes:
             node.node_id = node.docker("info", "--format", "{{.Swarm.NodeID}}").strip()
 
-    def _archive(self, kind: str, images: Sequence[str]) -> Path | None:
-        if not images:
-            return None
-        archive = STATE_ROOT / f"{self.bridge}-{kind}.tar"
-        run("docker", "save", "--output", str(archive), *images, timeout=900)
-        return archive
-
-    def _start(self, node: Node) -> None:
+    def _start(self, node: Node, images: Path | None) -> None:
         host_end, node_end = f"{node.name}h", f"{node.name}c"
         run("ip", "netns", "add", node.name)
         run("ip", "link", "add", host_end, "type", "veth", "peer", "name", node_end)
@@ -227,6 +222,8 @@ class Swarm:
         state, runtime = STATE_ROOT / node.name, RUN_ROOT / node.name
         state.mkdir(parents=True)
         runtime.mkdir(parents=True)
+        if images is not None:
+            _copy_data_root(images, state / "data")
         log = (state / "dockerd.log").open("wb")
         node.process = subprocess.Popen(
             [
@@ -265,7 +262,7 @@ class Swarm:
             if node.process is not None and node.process.poll() is not None:
                 log = (STATE_ROOT / node.name / "dockerd.log").read_text()[-2000:]
                 raise RuntimeError(f"dockerd of {node.name} exited:\n{log}")
-            return bool(node.docker("version", check=False, timeout=10))
+            return _answers(node.socket)
 
         wait_until(answering, 90, f"dockerd of {node.name} to answer", interval=0.5)
 
@@ -294,10 +291,15 @@ class Swarm:
             for folder in (self.quota_root, DISKQUOTA_SOCKETS):
                 with contextlib.suppress(OSError):
                     folder.rmdir()
-        for kind in ("images", "manager-images"):
-            (STATE_ROOT / f"{self.bridge}-{kind}.tar").unlink(missing_ok=True)
         run("iptables", "-D", *self._forward_rule, check=False)
         run("ip", "link", "del", self.bridge, check=False)
+
+
+def _answers(socket: Path) -> bool:
+    """Whether the engine at `socket` answers (`docker version` prints the client's part
+    without it)."""
+    version = ["docker", "-H", f"unix://{socket}", "version"]
+    return subprocess.run(version, capture_output=True, timeout=10, check=False).returncode == 0
 
 
 def _unmount_below(root: Path) -> None:
@@ -309,3 +311,92 @@ def _unmount_below(root: Path) -> None:
     ]
     for mount in sorted(mounts, key=len, reverse=True):
         run("umount", "-l", mount, check=False)
+
+
+def _data_root_with(groups: tuple[tuple[str, ...], ...]) -> Path | None:
+    """A stopped engine's data root holding the images of `groups` (this host's images by
+    name), made once per test run: the last group loaded on top of a copy of the data root
+    of the groups before it. What `docker save | docker load` costs (a minute or more for
+    the workspace image, per node and per cluster) is paid once per set of images."""
+    if not groups:
+        return None
+    ids = [
+        run("docker", "image", "inspect", "--format", "{{.Id}}", *group).split() for group in groups
+    ]
+    key = hashlib.sha256(repr(ids).encode()).hexdigest()[:16]
+    data_root = _run_data_roots() / key
+    if data_root.is_dir():
+        return data_root
+    building = data_root.with_name(f"{key}.building")
+    shutil.rmtree(building, ignore_errors=True)
+    below = _data_root_with(groups[:-1])
+    if below is not None:
+        _copy_data_root(below, building)
+    _load(building, groups[-1])
+    building.rename(data_root)
+    return data_root
+
+
+def _copy_data_root(source: Path, target: Path) -> None:
+    """The images of a stopped engine's data root, for a new engine: the layers' files as
+    hard links (an image layer's files are never written once it is made; a container
+    writes to a layer of its own), the image store's records as copies."""
+    target.mkdir(parents=True)
+    run("cp", "-a", "--link", str(source / "overlay2"), str(target / "overlay2"), timeout=300)
+    run("cp", "-a", str(source / "image"), str(target / "image"), timeout=300)
+
+
+def _load(data_root: Path, images: Sequence[str]) -> None:
+    """`docker save images | docker load` into an engine of its own on `data_root`, with no
+    network of its own (a namespace without links), stopped after."""
+    runtime = RUN_ROOT / f"data-root-{os.getpid()}"
+    runtime.mkdir(parents=True, exist_ok=True)
+    socket = runtime / "docker.sock"
+    log_file = data_root.with_suffix(".log")  # beside the data root, named by its key
+    with log_file.open("wb") as log:
+        engine = subprocess.Popen(
+            [
+                "unshare", "--net", "dockerd", "--data-root", str(data_root),
+                "--exec-root", str(runtime / "exec"), "--pidfile", str(runtime / "dockerd.pid"),
+                "-H", f"unix://{socket}", "--bridge", "none", "--iptables=false",
+                "--ip6tables=false",
+            ],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
+    def answering() -> bool:
+        if engine.poll() is not None:
+            raise RuntimeError(f"dockerd on {data_root} exited:\n{log_file.read_text()[-2000:]}")
+        return _answers(socket)
+
+    try:
+        wait_until(answering, 90, "an engine to load images into", interval=0.5)
+        save = subprocess.Popen(["docker", "save", *images], stdout=subprocess.PIPE)
+        load = subprocess.run(
+            ["docker", "-H", f"unix://{socket}", "load", "--quiet"],
+            stdin=save.stdout, capture_output=True, text=True, timeout=900, check=False,
+        )  # fmt: skip
+        assert save.stdout is not None
+        save.stdout.close()
+        if save.wait(timeout=60) != 0 or load.returncode != 0:
+            raise RuntimeError(f"loading {' '.join(images)} failed: {load.stderr}")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(engine.pid, signal.SIGTERM)
+        engine.wait(timeout=60)
+        _unmount_below(runtime)
+        shutil.rmtree(runtime, ignore_errors=True)
+
+
+def _run_data_roots() -> Path:
+    """This run's folder of data roots (removed when it ends), after removing those of runs
+    that ended without removing theirs."""
+    mine = DATA_ROOTS / str(os.getpid())
+    if not mine.is_dir():
+        DATA_ROOTS.mkdir(parents=True, exist_ok=True)
+        for folder in DATA_ROOTS.iterdir():
+            if not Path(f"/proc/{folder.name}").exists():
+                shutil.rmtree(folder, ignore_errors=True)
+        mine.mkdir()
+        atexit.register(shutil.rmtree, mine, True)
+    return mine

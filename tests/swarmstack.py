@@ -2,8 +2,8 @@
 whole platform on a Swarm: the .env, `make` against the manager's engine, and
 `swarm_stack_up`, a cluster with the platform up on it.
 
-The images reach the nodes with `docker save | docker load` (no registry) unless a test
-brings them another way: the hub and proxy images to the manager, the workspace image
+The images reach the nodes without a registry (in their engines' data roots, tests/swarm.py)
+unless a test brings them another way: the hub and proxy images to the manager, the workspace image
 (TensorFlow, JupyterLab) to every node. With `registry`, Debian's docker-registry runs in
 the manager's network namespace (`start_registry`) and the nodes pull from it what they lack.
 """
@@ -24,7 +24,7 @@ from typing import Any
 
 import bcrypt
 from labhub.contract import container_prefix
-from stacks import HTTPS_PORT, STACK, VERSION, Stack, run_make, users_network_for
+from stacks import BUILD_ENV, HTTPS_PORT, STACK, VERSION, Stack, run_make, users_network_for
 from swarm import Node, Swarm, run
 
 from testsupport.waiting import wait_until
@@ -62,8 +62,7 @@ def swarm_env(
         "HTTPS_PORT": str(ports[0]),
         "HTTP_PORT": str(ports[1]),
         "CERTS_DIR": str(certs),
-        "LABHUB_VERSION": VERSION,
-        "TENSORFLOW_PACKAGE": "tensorflow-cpu==2.21.0",
+        **BUILD_ENV,
         "ADMIN_USERS": "admin",
         "USER_MEM_LIMIT": "3G",
         # Swarm mode has no egress rules of its own yet; the test nodes have no route out.

@@ -57,6 +57,9 @@ from testsupport.images import REPO
 from testsupport.minimal_env import MINIMAL_ENV
 from testsupport.waiting import wait_until
 
+# Its clusters: the `swarm` run of `make test` (tests/run-all.sh).
+pytestmark = pytest.mark.swarm
+
 REGISTRY = "registry.lab.example.edu:5000/labhub"
 PINNED = f"{REGISTRY}/workspace@sha256:{'a' * 64}"
 
@@ -286,7 +289,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryCluste
         finally:
             stop_registry(registry)
             print((root / "registry.log").read_text()[-3000:])  # shown when a test fails
-    assert not list(STATE_ROOT.glob(f"{swarm.bridge}-*"))
+    assert not [node.name for node in swarm.nodes if (STATE_ROOT / node.name).exists()]
 
 
 def worker_images(cluster: RegistryCluster) -> list[str]:
