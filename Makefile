@@ -258,7 +258,8 @@ lint: venv ## ruff, mypy, hadolint, shellcheck
 	$(VENV)/bin/ruff format --check . tests/fake-gpu/nvidia-container-runtime tests/fake-nvml/nvidia-smi
 	$(VENV)/bin/mypy
 	$(VENV)/bin/hadolint images/*/Dockerfile tests/oidc-provider/Dockerfile
-	shellcheck scripts/*.sh images/*/*.sh .ci/run tests/fake-gpu/nvidia-container-runtime-hook
+	shellcheck scripts/*.sh images/*/*.sh .ci/run tests/fake-gpu/nvidia-container-runtime-hook \
+	  tests/run-all.sh
 
 # .env.example and docs/settings.md come from the table in hub/labhub/settings.py.
 .PHONY: settings-docs
@@ -266,8 +267,10 @@ settings-docs: venv ## Regenerate .env.example and docs/settings.md from the set
 	PYTHONPATH=hub $(PY) -m labhub.cli settings-docs
 
 .PHONY: test
+# Two pytest runs at once, the Swarm tests beside the others (tests/run-all.sh); with
+# PYTEST_ARGS, one run of exactly that (make test PYTEST_ARGS="tests/test_tls.py -x").
 test: lint ## Run every test: unit, integration (real Docker), end to end (nginx, browser)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	@PY=$(PY) PYTEST_ARGS='$(PYTEST_ARGS)' tests/run-all.sh
 
 .PHONY: migrate-volumes
 migrate-volumes: ## Copy users' files from the shared labhub-user-* volumes into this stack's own

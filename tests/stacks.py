@@ -32,6 +32,14 @@ STACK = os.environ.get("LABHUB_TEST_STACK", "labhubtest")
 HTTPS_PORT = int(os.environ.get("LABHUB_TEST_HTTPS_PORT", "18443"))
 # The images' tag: another one lets two checkouts test side by side on one engine.
 VERSION = os.environ.get("LABHUB_TEST_VERSION", "test")
+# What every test stack's images are built with (CPU TensorFlow: no GPU here).
+BUILD_ENV = {"LABHUB_VERSION": VERSION, "TENSORFLOW_PACKAGE": "tensorflow-cpu==2.21.0"}
+
+
+def build_env() -> str:
+    """The .env `make test` builds the images with before its two runs (tests/run-all.sh):
+    every test stack's, and the monitoring profile's image too."""
+    return "".join(f"{key}={value}\n" for key, value in {**BUILD_ENV, "MONITORING": "true"}.items())
 
 
 def run_make(
@@ -275,8 +283,7 @@ def launched_stack(
         "HTTP_PORT": str(https_port - 363),
         "HTTPS_PORT": str(https_port),
         "CERTS_DIR": str(certs),
-        "LABHUB_VERSION": VERSION,
-        "TENSORFLOW_PACKAGE": "tensorflow-cpu==2.21.0",
+        **BUILD_ENV,
         "ADMIN_USERS": "admin",
         "USER_MEM_LIMIT": "3G",
         **users_network_for(https_port),

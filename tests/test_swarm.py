@@ -58,7 +58,7 @@ from testsupport.minimal_env import MINIMAL_ENV
 from testsupport.swarmstandins import HubUser
 from testsupport.waiting import wait_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.swarm, pytest.mark.integration]
 
 
 def test_a_task_on_a_worker_answers_a_container_on_the_manager_over_the_overlay() -> None:

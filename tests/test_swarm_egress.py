@@ -56,6 +56,9 @@ from testsupport.minimal_env import MINIMAL_ENV, NETWORK_ENV
 from testsupport.recording import RecordingAPIClient
 from testsupport.waiting import wait_until
 
+# Its clusters: the `swarm` run of `make test` (tests/run-all.sh).
+pytestmark = pytest.mark.swarm
+
 EGRESS = f"{NETWORK}-egress"
 FRONTENDS = [FRONTEND, EGRESS]
 POLICY = Policy(

@@ -45,7 +45,7 @@ from swarmstack import PREFIX, SwarmStack, swarm_stack_up
 from testsupport.hubclient import token_session
 from testsupport.waiting import wait_until
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
+pytestmark = [pytest.mark.swarm, pytest.mark.e2e, pytest.mark.timeout(2400)]
 
 RUNTIME = Path(__file__).parent / "fake-gpu" / "nvidia-container-runtime"
 # The one GPU, on the worker: a server that gets it runs away from the hub's node.

@@ -47,7 +47,7 @@ from testsupport.images import BASE_IMAGE, ensure_base_image
 from testsupport.minimal_env import MINIMAL_ENV
 from testsupport.waiting import wait_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.swarm, pytest.mark.integration]
 
 IMAGE = BASE_IMAGE
 NETWORK = os.environ.get("LABHUB_TEST_STACK", "lhswgpu")

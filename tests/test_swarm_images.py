@@ -50,6 +50,9 @@ from swarmstack import (
 from testsupport.minimal_env import MINIMAL_ENV
 from testsupport.swarmstandins import HubUser
 
+# Its clusters: the `swarm` run of `make test` (tests/run-all.sh).
+pytestmark = pytest.mark.swarm
+
 REGISTRY = "registry.lab.example.edu:5000/labhub"
 WORKSPACE_PINNED = f"{REGISTRY}/workspace@sha256:{'a' * 64}"
 TORCH_PINNED = f"{REGISTRY}/workspace-torch@sha256:{'b' * 64}"

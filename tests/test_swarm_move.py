@@ -44,7 +44,7 @@ from testsupport.minimal_env import MINIMAL_ENV
 from testsupport.swarmstandins import HubUser
 from testsupport.waiting import wait_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.swarm, pytest.mark.integration]
 
 NETWORK = os.environ.get("LABHUB_TEST_STACK", "lhswmove")
 PREFIX = container_prefix(NETWORK)

@@ -34,7 +34,7 @@ from testsupport.dockerproxy import raw_request
 from testsupport.hubclient import token_session
 
 # Two engines with the 2.4 GB workspace image loaded take minutes before make up starts.
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
+pytestmark = [pytest.mark.swarm, pytest.mark.e2e, pytest.mark.timeout(2400)]
 
 README = "the MNIST digits, read only\n"
 

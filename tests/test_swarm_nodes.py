@@ -44,7 +44,7 @@ from swarmstack import (
 from testsupport.hubclient import HubClient
 from testsupport.waiting import wait_until
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
+pytestmark = [pytest.mark.swarm, pytest.mark.e2e, pytest.mark.timeout(2400)]
 
 HUB = f"{STACK}-hub"
 USER = "nodemover"

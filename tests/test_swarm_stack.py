@@ -52,7 +52,7 @@ from testsupport.images import REPO
 from testsupport.waiting import wait_until
 
 # Two engines with the 2.4 GB workspace image loaded take minutes before make up starts.
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
+pytestmark = [pytest.mark.swarm, pytest.mark.e2e, pytest.mark.timeout(2400)]
 
 
 @pytest.fixture(scope="module")
