@@ -258,13 +258,13 @@ class Swarm:
         ]  # fmt: skip
 
     def _wait_for_engine(self, node: Node) -> None:
-        def answering() -> bool:
-            if node.process is not None and node.process.poll() is not None:
-                log = (STATE_ROOT / node.name / "dockerd.log").read_text()[-2000:]
-                raise RuntimeError(f"dockerd of {node.name} exited:\n{log}")
-            return _answers(node.socket)
-
-        wait_until(answering, 90, f"dockerd of {node.name} to answer", interval=0.5)
+        assert node.process is not None, "the node's engine is not started"
+        _wait_for_dockerd(
+            node.process,
+            node.socket,
+            STATE_ROOT / node.name / "dockerd.log",
+            f"dockerd of {node.name}",
+        )
 
     def close(self) -> None:
         """Remove every engine, mount, namespace, link and rule this cluster made."""
@@ -295,11 +295,17 @@ class Swarm:
         run("ip", "link", "del", self.bridge, check=False)
 
 
-def _answers(socket: Path) -> bool:
-    """Whether the engine at `socket` answers (`docker version` prints the client's part
-    without it)."""
+def _wait_for_dockerd(process: subprocess.Popen[bytes], socket: Path, log: Path, name: str) -> None:
+    """Until the engine `process` started answers at `socket` (`docker version`'s exit
+    status: it prints the client's part without an engine); its log's end if it exits."""
     version = ["docker", "-H", f"unix://{socket}", "version"]
-    return subprocess.run(version, capture_output=True, timeout=10, check=False).returncode == 0
+
+    def answering() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited:\n{log.read_text()[-2000:]}")
+        return subprocess.run(version, capture_output=True, timeout=10, check=False).returncode == 0
+
+    wait_until(answering, 90, f"{name} to answer", interval=0.5)
 
 
 def _unmount_below(root: Path) -> None:
@@ -363,14 +369,8 @@ def _load(data_root: Path, images: Sequence[str]) -> None:
             ],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
-
-    def answering() -> bool:
-        if engine.poll() is not None:
-            raise RuntimeError(f"dockerd on {data_root} exited:\n{log_file.read_text()[-2000:]}")
-        return _answers(socket)
-
     try:
-        wait_until(answering, 90, "an engine to load images into", interval=0.5)
+        _wait_for_dockerd(engine, socket, log_file, f"dockerd on {data_root}")
         save = subprocess.Popen(["docker", "save", *images], stdout=subprocess.PIPE)
         load = subprocess.run(
             ["docker", "-H", f"unix://{socket}", "load", "--quiet"],
