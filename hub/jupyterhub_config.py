@@ -13,7 +13,7 @@ from pathlib import Path
 from labhub import course
 from labhub.apiguard import guard_api_bodies
 from labhub.auth import authenticator_config, discover_endpoints, provider_ca_bundle
-from labhub.contract import WORKSPACE_DEFAULT_URL
+from labhub.contract import GPU_SERVICE, WORKSPACE_DEFAULT_URL
 from labhub.culls import IDLE_CULLER, log_and_count_culls
 from labhub.gpu.allocator import load_allocator
 from labhub.native import TEMPLATES as HUB_TEMPLATES
@@ -185,7 +185,7 @@ if settings.gpu_service:
                 # api/me: the quota that applies to a student depends on their groups.
                 "read:users:groups",
             ],
-            "services": ["gpus"],
+            "services": [GPU_SERVICE],
         }
     )
     # On a Swarm it also reads the node list through the hub's Docker proxy (the homes'
@@ -195,7 +195,7 @@ if settings.gpu_service:
     )
     c.JupyterHub.services.append(
         {
-            "name": "gpus",
+            "name": GPU_SERVICE,
             # proxy-chp runs in its own container: it reaches the service by the hub's name.
             "url": "http://hub:10101",
             # proxy-chp reaches it from another container: listen on every interface.

@@ -13,6 +13,7 @@ import re
 import string
 
 from escapism import escape
+from jupyterhub.utils import subdomain_hook_idna
 
 # The label on every user container; its value is the JupyterHub username. The proxy
 # lets the hub inspect, start, stop or remove only containers that carry it.
@@ -31,6 +32,8 @@ GPU_MEMORY_LIMIT_ENV = "GPU_MEMORY_LIMIT_MB"
 # The absolute URL of the GPU service's student API (api/me, docs/gpus.md) as a user's
 # server reaches it; set by the spawner only when the stack has a GPU service.
 GPU_STATUS_URL_ENV = "LABHUB_GPU_STATUS_URL"
+# The GPU service, as JupyterHub names it (its URL prefix /services/gpus/).
+GPU_SERVICE = "gpus"
 # Swarm mode (labhub.swarmgpu): a GPU service's booking, on the service's labels: its
 # holder ("user" or "user/server") and its devices as the allocator booked them
 # ("0@gpu-a,1@gpu-a"). The Docker proxy checks them against the GPU record, and the
@@ -89,6 +92,22 @@ def user_network_name(username: str, network: str) -> str:
     """The user's own overlay network in Swarm mode (LabSwarmSpawner creates it; the
     proxy lets a service join only its owner's): distinct per user, as volume names are."""
     return _per_user_name(user_network_prefix(network), username)
+
+
+def gpu_service_host(domain: str) -> str:
+    """With SUBDOMAINS: the GPU service's own host name (JupyterHub's default subdomain hook:
+    gpus--service.DOMAIN), at which configurable-http-proxy routes its api/me. A user's
+    server reaches the proxy by this name: compose's alias on one host, its own /etc/hosts
+    entry in a Swarm service (the Docker proxy allows no other)."""
+    return str(subdomain_hook_idna(GPU_SERVICE, domain, "service"))
+
+
+def chp_host_names(domain: str, subdomains: bool) -> list[str]:
+    """Swarm mode: the names a user's service reaches configurable-http-proxy by besides
+    its container name, each in its /etc/hosts: the GPU service's host with SUBDOMAINS. The
+    spawner (LabSwarmSpawner.chp_host_names) and the Docker proxy, which allows these only,
+    both make them from DOMAIN and SUBDOMAINS here."""
+    return [gpu_service_host(domain)] if subdomains else []
 
 
 def user_server_name(username: str, network: str) -> str:

@@ -27,6 +27,7 @@ framing and the I/O.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -126,6 +127,9 @@ class Policy:
     max_gpus: int = 16
     # Swarm mode: the containers the hub may connect to a user's network (the hub, CHP).
     frontend_containers: frozenset[str] = frozenset()
+    # Swarm mode, SUBDOMAINS: the names a service's /etc/hosts may give (CHP's, at its
+    # address on the user's network: labhub.contract.chp_host_names), no others.
+    chp_host_names: frozenset[str] = frozenset()
     # Swarm mode, HOME_NFS: each home is mounted with exactly its NFS options, no others.
     home_nfs: str = ""
     # Swarm mode, REGISTRY_USERNAME: the login each service's node pulls its image with,
@@ -1001,6 +1005,7 @@ _CONTAINER_SPEC_KEYS = (
     "Mounts",
     "CapabilityDrop",
     "Init",
+    "Hosts",
 )
 
 
@@ -1020,11 +1025,32 @@ def _check_container_spec(policy: Policy, value: Any) -> None:
         raise Refused("services must drop all capabilities (CapabilityDrop: [ALL])")
     if "init" in spec and _bool("Init", spec["init"]):
         raise Refused("Init must be false (tini is the image's entry point)")
+    _check_hosts(policy, spec.get("hosts"))
     mounts = spec.get("mounts") or []
     if not isinstance(mounts, list) or len(mounts) > 2 + len(policy.dataset_binds):
         raise Refused("Mounts: the user's volume, /dev/shm and the declared datasets only")
     for mount in mounts:
         _check_service_mount(policy, mount)
+
+
+def _check_hosts(policy: Policy, value: Any) -> None:
+    """Hosts ("ADDRESS NAME" lines of the server's /etc/hosts): only configurable-http-
+    proxy's names (chp_host_names), each once, at an IPv4 address. The address is the
+    hub's word (it could as well set the server's HTTP_PROXY): a name such as pypi.org
+    pointed at another server is what is refused."""
+    names = []
+    for entry in _null_or(_strings)("Hosts", value) or []:
+        address, _, name = entry.partition(" ")
+        try:
+            ipaddress.IPv4Address(address)
+        except ValueError:
+            raise Refused(f"Hosts entry {entry!r} is not 'IPv4-ADDRESS NAME'") from None
+        if name not in policy.chp_host_names:
+            allowed = ", ".join(sorted(policy.chp_host_names)) or "none (SUBDOMAINS is off)"
+            raise Refused(f"Hosts entry {entry!r}: the only names allowed are {allowed}")
+        names.append(name)
+    if len(names) != len(set(names)):
+        raise Refused(f"Hosts={value!r} names a host twice")
 
 
 def _check_service_mount(policy: Policy, value: Any) -> None:

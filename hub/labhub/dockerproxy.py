@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import diskquota
-from .contract import nfs_export
+from .contract import chp_host_names, nfs_export
 from .datasets import DatasetsError, load_datasets
 from .dockerpolicy import (
     DISK_USAGE_EVERY,
@@ -84,7 +84,7 @@ from .gpu import inventory
 from .gpu.store import booked_devices
 from .hometar import BadHomeArchive, rewrite
 from .registry import check_pinned, image_digests, pull_auth
-from .settings import names
+from .settings import boolean, names
 
 log = logging.getLogger("labhub.dockerproxy")
 
@@ -597,6 +597,7 @@ def policy_from_env(env: dict[str, str]) -> Check:
             allowed_images=images,
             network=network,
             frontend_containers=_frontends(env),
+            chp_host_names=_chp_host_names(env),
             dataset_binds=_dataset_binds(env, network),
             home_nfs=_home_nfs(env),
             quota_root=env.get("QUOTA_ROOT", ""),
@@ -665,6 +666,16 @@ def _registry_auth(env: dict[str, str]) -> str:
             "REGISTRY: set both (a pull account of the registry) or neither"
         )
     return pull_auth(registry, username, password)
+
+
+def _chp_host_names(env: dict[str, str]) -> frozenset[str]:
+    """The names a user's service may resolve to configurable-http-proxy, from DOMAIN and
+    SUBDOMAINS as the hub reads them (labhub.contract.chp_host_names)."""
+    try:
+        subdomains = boolean(env.get("SUBDOMAINS") or "false")
+    except ValueError as error:
+        raise SystemExit(f"dockerproxy: SUBDOMAINS={env['SUBDOMAINS']!r} {error}") from None
+    return frozenset(chp_host_names(env.get("DOMAIN") or "localhost", subdomains))
 
 
 def _frontends(env: dict[str, str]) -> frozenset[str]:

@@ -14,19 +14,20 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from dockerspawner import DockerSpawner
-from jupyterhub.utils import subdomain_hook_idna
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from traitlets import Float, Instance, Int, Tuple, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from .contract import (
     CONTAINER_USER,
+    GPU_SERVICE,
     GPU_STATUS_URL_ENV,
     HOME_DIR,
     OWNER_LABEL,
     SERVER_LABEL,
     USER_LOG_CONFIG,
     container_prefix,
+    gpu_service_host,
     quota_home_options,
     volume_name_for,
 )
@@ -259,21 +260,22 @@ def gpu_status_url(settings: Settings) -> str:
     public port, the one port of the proxy netguard lets it open.
 
     With SUBDOMAINS the proxy routes by host name, and JupyterHub serves each service on a
-    host of its own (its default subdomain hook: gpus--service.DOMAIN); at proxy-chp's own
-    name the request would reach the hub, which sends it to that host. So the URL names
-    that host, which compose makes an alias of proxy-chp on the users' network.
+    host of its own (its default subdomain hook: gpus--service.DOMAIN); at the proxy's
+    container name the request would reach the hub, which sends it to that host. So the
+    URL names that host, which stands for the proxy on the user's network: compose's alias
+    on one host, the server's own /etc/hosts entry on a Swarm (`chp_host_names`).
 
-    In Swarm mode each user's own overlay network has configurable-http-proxy by its
-    container name (CHP_CONTAINER: the spawner connects it there with no alias, and the
-    egress proxy's no_proxy names it); compose's aliases are on the lab's network only.
+    Otherwise, in Swarm mode each user's own overlay network has configurable-http-proxy
+    by its container name (CHP_CONTAINER: the spawner connects it there with no alias, and
+    the egress proxy's no_proxy names it); compose's aliases are on the lab's network only.
     """
-    if settings.engine == "swarm" and settings.chp_container:
+    if settings.subdomains:
+        host = gpu_service_host(settings.domain)
+    elif settings.engine == "swarm" and settings.chp_container:
         host = settings.chp_container
-    elif settings.subdomains:
-        host = subdomain_hook_idna("gpus", settings.domain, "service")
     else:
         host = "proxy-chp"
-    return f"http://{host}:8000/services/gpus/api/me"
+    return f"http://{host}:8000/services/{GPU_SERVICE}/api/me"
 
 
 # The server's own token (JUPYTERHUB_API_TOKEN): JupyterHub's "server" role, plus access to
@@ -281,7 +283,7 @@ def gpu_status_url(settings: Settings) -> str:
 GPU_SERVER_TOKEN_SCOPES = [
     "users:activity!user",
     "access:servers!server",
-    "access:services!service=gpus",
+    f"access:services!service={GPU_SERVICE}",
 ]
 
 

@@ -69,6 +69,7 @@ from .contract import (
     CONTAINER_USER,
     OWNER_LABEL,
     SERVER_LABEL,
+    chp_host_names,
     nfs_home_options,
     swarm_home_options,
     user_network_name,
@@ -127,6 +128,9 @@ class ServerService:
     server: str = ""
     """The server's name, "" for the user's default server: labelled on its task's
     container, as LabSpawner labels its container, for the per-user metrics."""
+    hosts: Mapping[str, str] = field(default_factory=dict)
+    """Host name -> address in the server's /etc/hosts: configurable-http-proxy's names
+    (`LabSwarmSpawner.chp_host_names`) at its address on the user's network."""
 
 
 def service_spec(server: ServerService) -> dict[str, Any]:
@@ -156,6 +160,7 @@ def service_spec(server: ServerService) -> dict[str, Any]:
         ],
         cap_drop=["ALL"],
         init=False,  # tini is the image's entry point
+        hosts=dict(server.hosts) or None,
     )
     resources = Resources(mem_limit=server.mem_limit, cpu_limit=server.nano_cpus)
     resources["Limits"]["Pids"] = server.pids_limit  # API 1.41; docker-py has no argument
@@ -247,6 +252,23 @@ class LabSwarmSpawner(LabServerMixin, SwarmSpawner):  # type: ignore[misc]
         "given the same list (FRONTEND_CONTAINERS).",
     )
 
+    chp_container = Unicode(
+        "",
+        config=True,
+        help="configurable-http-proxy's container name, one of frontend_containers: a user's "
+        "server resolves chp_host_names to its address on the user's network.",
+    )
+
+    chp_host_names = List(
+        Unicode(),
+        config=True,
+        help="Host names a user's server reaches configurable-http-proxy by, besides its "
+        "container name: with SUBDOMAINS the GPU service's own host "
+        "(labhub.contract.gpu_service_host), which the proxy routes by. Each goes into the "
+        "server's /etc/hosts with the proxy's address on the user's network; the Docker "
+        "proxy allows no other name (from the same DOMAIN and SUBDOMAINS).",
+    )
+
     egress_proxy = Unicode(
         "",
         config=True,
@@ -261,7 +283,7 @@ class LabSwarmSpawner(LabServerMixin, SwarmSpawner):  # type: ignore[misc]
         env: dict[str, str] = super().get_env()
         if self.egress_proxy:
             direct = [c for c in self.frontend_containers if c != self.egress_proxy]
-            env.update(proxy_environment(self.egress_proxy, direct))
+            env.update(proxy_environment(self.egress_proxy, [*direct, *self.chp_host_names]))
         return env
 
     async def create_object(self) -> dict[str, Any]:
@@ -272,7 +294,7 @@ class LabSwarmSpawner(LabServerMixin, SwarmSpawner):  # type: ignore[misc]
             self.home_node = ""  # shared storage: any node will do, none is recorded
         else:
             self.reload_home_node()
-        await self.join_user_network()
+        hosts = self.chp_hosts(await self.join_user_network())
         nodes = nodes_from_api(await self.docker("nodes"))
         await self.adopt_existing_home(nodes)
         args = await self.get_command()
@@ -310,6 +332,7 @@ class LabSwarmSpawner(LabServerMixin, SwarmSpawner):  # type: ignore[misc]
                     datasets=binds_for(self.datasets, [g.name for g in self.user.groups]),
                     home_options=swarm_home_options(self.home_nfs, self.disk_quotas.root, volume),
                     server=self.name,
+                    hosts=hosts,
                 )
             )
             service: dict[str, Any] = await self.docker("create_service", **spec)
@@ -504,9 +527,10 @@ class LabSwarmSpawner(LabServerMixin, SwarmSpawner):  # type: ignore[misc]
         the services' names carry it)."""
         return user_network_name(self.user.name, self.network_name)
 
-    async def join_user_network(self) -> None:
+    async def join_user_network(self) -> dict[str, Any]:
         """Make the user's internal overlay network on their first spawn and connect the
-        frontends to it; kept across stops, so a later spawn costs one inspect."""
+        frontends to it; kept across stops, so a later spawn costs one inspect. The network
+        as inspected with every frontend on it."""
         if not self.frontend_containers:
             raise web.HTTPError(
                 500,
@@ -515,9 +539,28 @@ class LabSwarmSpawner(LabServerMixin, SwarmSpawner):  # type: ignore[misc]
             )
         network = await self._user_network_inspected()
         joined = {c.get("Name") for c in (network.get("Containers") or {}).values()}
-        for container in self.frontend_containers:
-            if container not in joined:
-                await self.docker("connect_container_to_network", container, self.user_network)
+        missing = [c for c in self.frontend_containers if c not in joined]
+        for container in missing:
+            await self.docker("connect_container_to_network", container, self.user_network)
+        if missing and self.chp_host_names:  # their addresses, for chp_hosts
+            return dict(await self.docker("inspect_network", self.user_network))
+        return network
+
+    def chp_hosts(self, network: dict[str, Any]) -> dict[str, str]:
+        """The server's /etc/hosts entries: each of chp_host_names at configurable-http-proxy's
+        address on the user's `network` (as inspected)."""
+        if not self.chp_host_names:
+            return {}
+        for endpoint in (network.get("Containers") or {}).values():
+            if endpoint.get("Name") == self.chp_container and endpoint.get("IPv4Address"):
+                address = str(endpoint["IPv4Address"]).partition("/")[0]
+                return {name: address for name in self.chp_host_names}
+        raise web.HTTPError(
+            500,
+            f"configurable-http-proxy ({self.chp_container or 'chp_container is not set'}) "
+            f"has no address on {self.user_network}, which its host names "
+            f"({', '.join(self.chp_host_names)}) need",
+        )
 
     async def _user_network_inspected(self) -> dict[str, Any]:
         try:
@@ -592,4 +635,6 @@ def swarm_spawner_config(settings: Settings) -> dict[str, Any]:
         "datasets": settings.datasets,
         "node_proxy_service": settings.node_proxy_service or "",
         "home_nfs": settings.home_nfs,
+        "chp_container": settings.chp_container or "",
+        "chp_host_names": chp_host_names(settings.domain, settings.subdomains),
     }

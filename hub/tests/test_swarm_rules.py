@@ -81,6 +81,12 @@ class RecordingManager(RecordingAPIClient):
             self.network = {"Name": ALICES_NETWORK, "Labels": {OWNER_LABEL: "alice"}}
             return 201, {"Id": "net123"}
         if path.startswith("/networks/") and path.endswith("/connect"):
+            # The container joins with an address of the network's (as the engine gives).
+            assert self.network is not None
+            containers = self.network.setdefault("Containers", {})
+            name = json.loads(self.sent[-1][3] or "{}")["Container"]
+            address = f"10.0.9.{len(containers) + 2}/24"
+            containers[f"id-{name}"] = {"Name": name, "IPv4Address": address}
             return 200, {}
         if path.startswith("/networks/"):
             return (404, {"message": "not found"}) if self.network is None else (200, self.network)
@@ -501,6 +507,109 @@ def test_the_swarm_proxy_needs_the_frontends_by_name(frontends: str, problem: st
     env = {"PROXY_POLICY": "swarm", "ALLOWED_IMAGES": IMAGE, "FRONTEND_CONTAINERS": frontends}
     with pytest.raises(SystemExit, match=problem):
         policy_from_env(env)
+
+
+# --- SUBDOMAINS: the GPU service's own host, at CHP's address ---------------------------
+GPU_HOST = "gpus--service.lab.example.edu"
+SUBDOMAIN_ENV = {"DOMAIN": "lab.example.edu", "SUBDOMAINS": "true"}
+EGRESS = "labhub-egress"
+
+
+def subdomain_start(
+    network: dict[str, Any] | None = None,
+) -> tuple[LabSwarmSpawner, RecordingManager]:
+    """A spawn with SUBDOMAINS (and the egress proxy), as jupyterhub_config.py wires it."""
+    settings = Settings.from_env({**MINIMAL_ENV, **SUBDOMAIN_ENV, "ENGINE": "swarm",
+                                  "CHP_CONTAINER": FRONTENDS[1]})  # fmt: skip
+    client = RecordingManager(NODES, [], network)
+    original = LabSwarmSpawner._client
+    LabSwarmSpawner._client = client
+    try:
+        spawner = LabSwarmSpawner(
+            user=_User(), hub=Hub(), frontend_containers=[*FRONTENDS, EGRESS],
+            egress_proxy=EGRESS, **swarm_spawner_config(settings),
+        )  # fmt: skip
+        spawner.server = Server(base_url="/user/alice/")
+        asyncio.run(spawner.start())
+    finally:
+        LabSwarmSpawner._client = original
+    return spawner, client
+
+
+def test_with_subdomains_a_server_resolves_the_gpu_services_host_to_chp_on_its_network() -> None:
+    """The status URL names the GPU service's own host, which CHP routes by (test_wiring);
+    the user's overlay network has no such name, so the service's /etc/hosts gives CHP's
+    address there, the egress proxy is not asked for it, and the proxy forwards that."""
+    _, client = subdomain_start()
+    body = created_body(client)
+    spec = body["TaskTemplate"]["ContainerSpec"]
+    # CHP joined second, after the hub: the recording network gave it 10.0.9.3.
+    assert spec["Hosts"] == [f"10.0.9.3 {GPU_HOST}"]
+    env = dict(item.split("=", 1) for item in spec["Env"])
+    assert GPU_HOST in env["no_proxy"].split(",")
+    check = policy_from_env(swarm_proxy_env(**SUBDOMAIN_ENV))
+    encoded = json.dumps(body).encode()
+    assert json.loads(check("POST", CREATE, encoded).body) == body
+
+
+def test_a_later_spawn_takes_chps_address_from_the_one_inspect() -> None:
+    joined = {
+        "Name": ALICES_NETWORK,
+        "Labels": {OWNER_LABEL: "alice"},
+        "Containers": {
+            f"id{i}": {"Name": name, "IPv4Address": f"10.0.7.{i + 2}/24"}
+            for i, name in enumerate([*FRONTENDS, EGRESS])
+        },
+    }
+    _, client = subdomain_start(network=joined)
+    assert created_body(client)["TaskTemplate"]["ContainerSpec"]["Hosts"] == [
+        f"10.0.7.3 {GPU_HOST}"
+    ]
+    assert [p for _, p, _, _ in client.sent if p.startswith("/networks")] == [
+        f"/networks/{ALICES_NETWORK}"
+    ]
+
+
+def test_chp_without_an_address_on_the_users_network_is_a_500_naming_it() -> None:
+    joined = {
+        "Name": ALICES_NETWORK,
+        "Labels": {OWNER_LABEL: "alice"},
+        "Containers": {f"id{i}": {"Name": n} for i, n in enumerate([*FRONTENDS, EGRESS])},
+    }
+    with pytest.raises(web.HTTPError, match=r"labhub-proxy-chp.*has no address") as raised:
+        subdomain_start(network=joined)
+    assert raised.value.status_code == 500
+
+
+@pytest.mark.parametrize(
+    ("hosts", "env", "reason"),
+    [
+        # A package index pointed at another address: the user's pip would trust it.
+        (["10.0.9.3 pypi.org"], SUBDOMAIN_ENV, "the only names allowed are " + GPU_HOST),
+        ([f"10.0.9.3 {GPU_HOST} pypi.org"], SUBDOMAIN_ENV, "the only names allowed"),
+        ([f"10.0.9.3 {GPU_HOST}\n10.0.9.4 pypi.org"], SUBDOMAIN_ENV, "the only names allowed"),
+        ([f"10.0.9.3\t{GPU_HOST}"], SUBDOMAIN_ENV, "not 'IPv4-ADDRESS NAME'"),
+        ([f"{GPU_HOST}:10.0.9.3"], SUBDOMAIN_ENV, "not 'IPv4-ADDRESS NAME'"),
+        ([f"10.0.9.3 {GPU_HOST}", f"10.0.9.4 {GPU_HOST}"], SUBDOMAIN_ENV, "names a host twice"),
+        (f"10.0.9.3 {GPU_HOST}", SUBDOMAIN_ENV, "list of at most"),
+        # Without SUBDOMAINS no name at all.
+        ([f"10.0.9.3 {GPU_HOST}"], {}, r"none \(SUBDOMAINS is off\)"),
+        ([f"10.0.9.3 {GPU_HOST}"], {**SUBDOMAIN_ENV, "DOMAIN": "other.example"}, "allowed"),
+    ],
+)
+def test_a_service_resolves_no_other_name_than_chps(
+    sent_body: dict[str, Any], hosts: object, env: dict[str, str], reason: str
+) -> None:
+    body = copy.deepcopy(sent_body)
+    body["TaskTemplate"]["ContainerSpec"]["Hosts"] = hosts
+    check = policy_from_env(swarm_proxy_env(**env))
+    with pytest.raises(Refused, match=reason):
+        check("POST", CREATE, json.dumps(body).encode())
+
+
+def test_the_swarm_proxy_reads_subdomains_as_the_hub_does() -> None:
+    with pytest.raises(SystemExit, match="SUBDOMAINS='yes' is not valid: use true or false"):
+        policy_from_env(swarm_proxy_env(SUBDOMAINS="yes"))
 
 
 # --- A registry that wants a login to pull (REGISTRY_USERNAME) ---------------------------

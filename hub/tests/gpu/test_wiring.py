@@ -15,7 +15,7 @@ import docker
 import pytest
 from dockerspawner import DockerSpawner
 from jupyterhub.objects import Hub, Server
-from labhub.contract import GPU_STATUS_URL_ENV
+from labhub.contract import GPU_STATUS_URL_ENV, chp_host_names
 from labhub.egress import proxy_environment
 from labhub.gpu.allocator import load_allocator
 from labhub.gpu.inventory import Device
@@ -406,3 +406,14 @@ def test_in_swarm_mode_jupyterlab_asks_the_proxy_by_its_container_name() -> None
     # As jupyterhub_config.py gives the spawner its frontends (the hub's, CHP's).
     direct = proxy_environment("lab-egress", ["lab-hub", "lab-proxy-chp"])["no_proxy"]
     assert urlsplit(url).hostname in direct.split(",")
+
+
+def test_with_subdomains_on_a_swarm_jupyterlab_asks_the_gpu_services_own_host() -> None:
+    """CHP routes by host name there: its container name would reach the hub, which
+    answers 302. The spawner puts this name in the server's /etc/hosts (test_swarm_rules)."""
+    env = {**MINIMAL_ENV, "ENGINE": "swarm", "QUOTA_ROOT": "/srv/homes",
+           "CHP_CONTAINER": "lab-proxy-chp", "DOMAIN": "lab.example.edu",
+           "SUBDOMAINS": "true"}  # fmt: skip
+    url = server_config(Settings.from_env(env))["environment"][GPU_STATUS_URL_ENV]
+    assert url == "http://gpus--service.lab.example.edu:8000/services/gpus/api/me"
+    assert urlsplit(url).hostname in chp_host_names("lab.example.edu", True)
