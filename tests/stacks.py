@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,10 +36,15 @@ VERSION = os.environ.get("LABHUB_TEST_VERSION", "test")
 BUILD_ENV = {"LABHUB_VERSION": VERSION, "TENSORFLOW_PACKAGE": "tensorflow-cpu==2.21.0"}
 
 
+def env_text(values: Mapping[str, str]) -> str:
+    """A .env file's text: one NAME=value line each."""
+    return "".join(f"{key}={value}\n" for key, value in values.items())
+
+
 def build_env() -> str:
     """The .env `make test` builds the images with before its two runs (tests/run-all.sh):
     every test stack's, and the monitoring profile's image too."""
-    return "".join(f"{key}={value}\n" for key, value in {**BUILD_ENV, "MONITORING": "true"}.items())
+    return env_text({**BUILD_ENV, "MONITORING": "true"})
 
 
 def run_make(
@@ -295,7 +300,7 @@ def launched_stack(
         **(extra_env or {}),
     }
     env_file = workdir / ".env"
-    env_file.write_text("".join(f"{key}={value}\n" for key, value in values.items()))
+    env_file.write_text(env_text(values))
     domain = values["DOMAIN"]
     # A module may bring its own CERTS_DIR (e.g. a CA it made before the stack starts).
     certs = Path(values["CERTS_DIR"])

@@ -24,7 +24,16 @@ from typing import Any
 
 import bcrypt
 from labhub.contract import container_prefix
-from stacks import BUILD_ENV, HTTPS_PORT, STACK, VERSION, Stack, run_make, users_network_for
+from stacks import (
+    BUILD_ENV,
+    HTTPS_PORT,
+    STACK,
+    VERSION,
+    Stack,
+    env_text,
+    run_make,
+    users_network_for,
+)
 from swarm import Node, Swarm, run
 
 from testsupport.waiting import wait_until
@@ -73,7 +82,7 @@ def swarm_env(
         **extra,
     }
     env_file = workdir / ".env"
-    env_file.write_text("".join(f"{key}={value}\n" for key, value in values.items()))
+    env_file.write_text(env_text(values))
     return env_file
 
 

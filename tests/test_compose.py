@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from stacks import REPO
+from stacks import REPO, env_text
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +25,7 @@ def rendered(tmp_path: Path, *files: str, profiles: str = "") -> dict[str, dict[
         if line and not line.startswith("#")
     )
     values.update(CONFIGPROXY_AUTH_TOKEN="x" * 64, DOMAIN="hub.example.edu")
-    env_file.write_text("".join(f"{key}={value}\n" for key, value in values.items()))
+    env_file.write_text(env_text(values))
     args = [arg for name in files for arg in ("-f", f"compose/{name}")]
     result = subprocess.run(
         ["docker", "compose", *args, "--env-file", str(env_file), "config", "--format", "json"],

@@ -48,29 +48,17 @@ from swarmstack import (
 )
 
 from testsupport.minimal_env import MINIMAL_ENV
+from testsupport.pushed import HUB, PUSHED, REGISTRY, TORCH, WORKSPACE, recorded, swarm_registry_env
 from testsupport.swarmstandins import HubUser
 
 # Its clusters: the `swarm` run of `make test` (tests/run-all.sh).
 pytestmark = pytest.mark.swarm
 
-REGISTRY = "registry.lab.example.edu:5000/labhub"
-WORKSPACE_PINNED = f"{REGISTRY}/workspace@sha256:{'a' * 64}"
-TORCH_PINNED = f"{REGISTRY}/workspace-torch@sha256:{'b' * 64}"
-HUB_PINNED = f"{REGISTRY}/hub@sha256:{'c' * 64}"
-SWARM_ENV = {
-    **MINIMAL_ENV,
-    "ENGINE": "swarm",
-    "NAMED_SERVERS": "0",
-    "USER_INTERNET": "false",
-    "REGISTRY": REGISTRY,
-    "WORKSPACE_IMAGE": "labhub/workspace:0.1.0",
-    "WORKSPACE_IMAGES": "labhub/workspace-torch:0.1.0",
-}
+WORKSPACE_PINNED, TORCH_PINNED, HUB_PINNED = PUSHED[WORKSPACE], PUSHED[TORCH], PUSHED[HUB]
+# No record yet: each test gives its own IMAGE_DIGESTS.
+SWARM_ENV = swarm_registry_env(NAMED_SERVERS="0", USER_INTERNET="false", IMAGE_DIGESTS="")
 # What `make push` records for both users' images and the hub image (the nodes' proxies').
-DIGESTS = (
-    f"labhub/workspace:0.1.0={WORKSPACE_PINNED},labhub/workspace-torch:0.1.0={TORCH_PINNED},"
-    f"labhub/hub:0.1.0={HUB_PINNED}"
-)
+DIGESTS = recorded()
 
 
 def settings_problems(env: dict[str, str]) -> str:

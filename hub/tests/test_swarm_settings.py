@@ -7,6 +7,7 @@ import pytest
 from labhub.settings import Settings, SettingsError
 
 from testsupport.minimal_env import MINIMAL_ENV
+from testsupport.pushed import swarm_registry_env
 
 pytestmark = pytest.mark.unit
 
@@ -31,21 +32,9 @@ def test_monitoring_is_accepted_in_swarm_mode() -> None:
     assert Settings.from_env(env).engine == "swarm"  # no problem raised
 
 
-def registry_env(**env: str) -> dict[str, str]:
-    """Swarm mode with a registry, every image recorded as `make push` records it."""
-    defaults = Settings.from_env(MINIMAL_ENV)
-    registry = "registry.lab.example.edu:5000/labhub"
-    digests = {
-        defaults.workspace_image: f"{registry}/workspace@sha256:{'a' * 64}",
-        defaults.hub_image: f"{registry}/hub@sha256:{'b' * 64}",
-    }
-    recorded = ",".join(f"{tag}={reference}" for tag, reference in digests.items())
-    return {**SWARM_ENV, "ENGINE": "swarm", "REGISTRY": registry, "IMAGE_DIGESTS": recorded, **env}
-
-
 def test_a_pull_login_for_the_registry_is_accepted_in_swarm_mode() -> None:
     login = {"REGISTRY_USERNAME": "robot$lab", "REGISTRY_PASSWORD": "t0k3n"}
-    assert Settings.from_env(registry_env(**login)).registry  # no problem raised
+    assert Settings.from_env(swarm_registry_env(**login)).registry  # no problem raised
 
 
 @pytest.mark.parametrize(
@@ -69,5 +58,5 @@ def test_a_pull_login_without_its_half_or_its_registry_is_refused(
     env: dict[str, str], problem: str
 ) -> None:
     with pytest.raises(SettingsError, match=problem) as refused:
-        Settings.from_env(registry_env(**env))
+        Settings.from_env(swarm_registry_env(**env))
     assert "t0k3n" not in str(refused.value)  # a secret is never printed back

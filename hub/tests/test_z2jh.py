@@ -26,6 +26,7 @@ from labhub.z2jh import PROFILES_BY_GROUP, WORKSPACE_COMMAND, quantity, to_yaml,
 from traitlets.config import Config
 
 from testsupport.minimal_env import MINIMAL_ENV, NETWORK_ENV
+from testsupport.pushed import PUSHED, REGISTRY, TORCH, WORKSPACE, swarm_registry_env
 
 pytestmark = pytest.mark.unit
 
@@ -357,33 +358,22 @@ def test_a_swarm_labs_registry_images_and_pull_login_carry_over() -> None:
     """A Swarm lab with REGISTRY (and a pull login) moving to Kubernetes: every pod runs the
     digest `make push` recorded, pulled with the same login, which the chart turns into a
     pull secret of every pod; before, its settings did not even pass without the record."""
-    registry = "registry.lab.example.edu:5000/labhub"
-    workspace, torch = "labhub/workspace:0.1.0", "labhub/workspace-torch:0.1.0"
-    digests = {
-        workspace: f"{registry}/workspace@sha256:{'a' * 64}",
-        torch: f"{registry}/workspace-torch@sha256:{'b' * 64}",
-        "labhub/hub:0.1.0": f"{registry}/hub@sha256:{'c' * 64}",
-    }
-    recorded = ",".join(f"{tag}={reference}" for tag, reference in digests.items())
-    env = {
-        **MINIMAL_ENV, **NETWORK_ENV, "ENGINE": "swarm", "REGISTRY": registry,
-        "WORKSPACE_IMAGES": torch, "IMAGE_DIGESTS": recorded,
-        "REGISTRY_USERNAME": "robot$lab", "REGISTRY_PASSWORD": "t0k3n",
-    }  # fmt: skip
+    login = {"REGISTRY_USERNAME": "robot$lab", "REGISTRY_PASSWORD": "t0k3n"}
+    env = swarm_registry_env(**NETWORK_ENV, **login)
     settings = Settings.from_env(env)
-    profile = Profile("torch", "PyTorch", image=torch)
+    profile = Profile("torch", "PyTorch", image=TORCH)
     generated = values(settings, NetworkSettings.from_env(env), (*PROFILES, profile), INVENTORY, {})
     jsonschema.validate(generated, chart_schema())
     assert generated["imagePullSecret"] == {
-        "create": True, "registry": "registry.lab.example.edu:5000",
+        "create": True, "registry": REGISTRY.partition("/")[0],
         "username": "robot$lab", "password": "t0k3n",
     }  # fmt: skip
-    for slug, image in (("cpu", workspace), ("torch", torch)):
+    for slug, image in (("cpu", WORKSPACE), ("torch", TORCH)):
         manifest = asyncio.run(pod_manifest(generated, slug))
         kubernetes_validate.validate(manifest, KUBERNETES, strict=True)
-        name, _, digest = digests[image].partition("@")
+        name, _, digest = PUSHED[image].partition("@")
         # The pinned digest, under the tag it was pushed as (the chart joins name:tag).
-        expected = f"{name}:0.1.0@{digest}" if image == workspace else digests[image]
+        expected = f"{name}:0.1.0@{digest}" if image == WORKSPACE else PUSHED[image]
         assert manifest["spec"]["containers"][0]["image"] == expected
     # Without a login, no pull secret.
     anonymous = {k: v for k, v in env.items() if not k.startswith("REGISTRY_")}
