@@ -104,10 +104,9 @@ class NodeProxies:
 
         async def node_of(address: str) -> str | None:
             try:
-                info = await get_json(f"http://{address}:{self.port}/info", deadline)
+                return node_id_in(await self._info(address, deadline))
             except NodeReadError:
                 return None
-            return node_id_in(info) if isinstance(info, dict) else None
 
         nodes = await asyncio.gather(*map(node_of, addresses))
         return {node: address for address, node in zip(addresses, nodes, strict=True) if node}
@@ -120,8 +119,7 @@ class NodeProxies:
         base = f"http://{address}:{self.port}"
         deadline = time.monotonic() + BUDGET
         try:
-            info = await get_json(f"{base}/info", deadline)
-            infos[address] = info if isinstance(info, dict) else {}
+            infos[address] = await self._info(address, deadline)
             answer = await get_json(base + route, deadline)
         except NodeReadError as error:
             return error
@@ -129,6 +127,13 @@ class NodeProxies:
             return parse(answer)
         except (ValueError, TypeError, KeyError, AttributeError) as error:
             return NodeReadError(f"GET {base + route} answered {answer!r:.200} ({error})")
+
+
+    async def _info(self, address: str, deadline: float) -> dict[str, Any]:
+        """The engine's /info through the proxy at ``address`` (which node it is), {} for
+        an answer that is not an object; NodeReadError when there is none by ``deadline``."""
+        info = await get_json(f"http://{address}:{self.port}/info", deadline)
+        return info if isinstance(info, dict) else {}
 
 
 async def listed_nodes() -> dict[str, str] | str:
