@@ -138,6 +138,13 @@ up: preflight env swarm-manager stack-owner certs $(if $(filter no,$(BUILD)),,bu
 	@$(if $(and $(SWARM),$(MONITORING_PROFILE)),ENV_FILE=$(ENV_FILE) scripts/swarm-manager.sh metrics-proxies \
 	  $(METRICS_PROXIES) $(call node_image,$(HUB_IMAGE)) '$(call env_value,NODE_DOCKER_SOCKET)' \
 	  '$(call env_value,DOCKER_NETWORK)')
+	@# DATASETS: each host folder on every node; a node without one is a warning naming both.
+	@$(if $(and $(SWARM),$(call env_value,DATASETS)),docker run --rm --network none \
+	  --env-file $(ENV_FILE) \
+	  $(if $(call env_value,GPU_CONFIG_DIR),-v $(call env_value,GPU_CONFIG_DIR):/srv/labhub:ro) \
+	  $(HUB_IMAGE) labhub dataset-folders \
+	  | ENV_FILE=$(ENV_FILE) scripts/swarm-manager.sh datasets '$(call env_value,DOCKER_NETWORK)' \
+	  $(call node_image,$(HUB_IMAGE)))
 	@$(COMPOSE) up -d --wait || { $(COMPOSE) logs --no-color --tail=40 hub >&2; \
 	  echo "make up: a service did not become healthy; the hub's last lines are above" \
 	       "(make logs SERVICE=hub for more)" >&2; exit 1; }

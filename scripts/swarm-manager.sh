@@ -17,6 +17,9 @@
 #   scripts/swarm-manager.sh diskquota NETWORK IMAGE QUOTA_ROOT DISK_QUOTA_MAX
 #                                                  the diskquota service on every node (QUOTA_ROOT)
 #   scripts/swarm-manager.sh remove-diskquota NETWORK
+#   scripts/swarm-manager.sh datasets NETWORK IMAGE < FOLDERS
+#                                                  warn about each node that lacks one of
+#                                                  DATASETS' host folders (NAME<TAB>FOLDER lines)
 #
 # The engine is Docker's usual one: DOCKER_HOST if set, else the local socket. With
 # ENV_FILE naming the lab's .env whose REGISTRY_USERNAME is set, the global services are
@@ -205,6 +208,72 @@ diskquota() {
 }
 
 
+# DATASETS' host folders (NAME<TAB>FOLDER lines on stdin, from `labhub dataset-folders`) on
+# every ready, active node: a server's dataset is a bind of the same path on whichever node
+# runs it, and a node without it fails that server's start. One global job per folder binds
+# it read-only and runs `true` there (nobody, no capability, no network of the lab's); a node
+# without the folder rejects the task ("bind source path does not exist", which the engine
+# retries), so a node's answer is a complete task, or a rejected one. Each node that lacks a
+# folder is a warning naming node and folder; make up goes on. The jobs are removed.
+datasets() {
+  local network="$1" image="$2" name folder job i attempt node answers ready why missing=0
+  local -a jobs=() names=() folders=()
+  while IFS=$'\t' read -r name folder; do
+    [[ -n "${folder}" ]] || continue
+    job="${network}-dataset-check-${#jobs[@]}"
+    docker service rm "${job}" >/dev/null 2>&1 || true
+    service_create --detach --quiet --name "${job}" --mode global-job --restart-condition none \
+      --no-resolve-image --read-only --user 65534:65534 --cap-drop ALL \
+      --label labhub.dataset-check=true \
+      --mount "type=bind,source=${folder},target=/dataset,readonly" "${image}" true >/dev/null
+    jobs+=("${job}") names+=("${name}") folders+=("${folder}")
+  done
+  [[ ${#jobs[@]} -gt 0 ]] || return 0
+  ready="$(docker node ls --format '{{.ID}} {{.Status}} {{.Availability}}' \
+    | awk '$2 == "Ready" && $3 == "Active" {print $1}')"
+  for i in "${!jobs[@]}"; do
+    for attempt in $(seq 60); do
+      answers="$(job_answers "${jobs[$i]}")"
+      # shellcheck disable=SC2086  # the node IDs, one word each
+      ! all_answered "${answers}" ${ready} || break
+      [[ "${attempt}" == 60 ]] || sleep 0.5
+    done
+    for node in ${ready}; do
+      if grep -q "^${node} complete " <<<"${answers}"; then
+        continue
+      fi
+      missing=$((missing + 1))
+      why="$(grep -m1 -E "^${node} (rejected|failed) " <<<"${answers}" | cut -d' ' -f3-)"
+      echo "make up: warning: node $(docker node inspect --format '{{.Description.Hostname}}' "${node}")" \
+        "(${node}) has no folder ${folders[$i]} (DATASETS ${names[$i]}):" \
+        "${why:-no answer within 30 s}. A server that mounts it would not start there: make" \
+        "the folder there (the same path on every node, e.g. one NFS export mounted on each)," \
+        "or drain the node." >&2
+    done
+    docker service rm "${jobs[$i]}" >/dev/null
+  done
+  if [[ ${missing} == 0 ]]; then
+    echo "the datasets' ${#jobs[@]} host folders are on each of the $(wc -w <<<"${ready}") nodes"
+  fi
+}
+
+# A global job's tasks so far, one line each: NODE-ID STATE ERROR.
+job_answers() {
+  local tasks
+  mapfile -t tasks < <(docker service ps --quiet --no-trunc "$1")
+  [[ ${#tasks[@]} -gt 0 ]] || return 0
+  docker inspect --format '{{.NodeID}} {{.Status.State}} {{.Status.Err}}' "${tasks[@]}"
+}
+
+# Whether each node (the arguments after ANSWERS, job_answers' lines) has a finished task.
+all_answered() {
+  local answers="$1" node
+  shift
+  for node in "$@"; do
+    grep -qE "^${node} (complete|rejected|failed) " <<<"${answers}" || return 1
+  done
+}
+
 # A global service and its own network of the same name (the node proxies', diskquota's).
 remove_global() {
   local name="$1" attempt
@@ -239,8 +308,12 @@ main() {
       [[ $# == 5 ]] || { echo "usage: $0 diskquota NETWORK IMAGE QUOTA_ROOT DISK_QUOTA_MAX" >&2; exit 2; }
       diskquota "$2" "$3" "$4" "$5" ;;
     remove-diskquota) remove_global "${2:?usage: $0 remove-diskquota NETWORK}-diskquota" ;;
+    datasets)
+      [[ $# == 3 ]] || { echo "usage: $0 datasets NETWORK IMAGE < FOLDERS" >&2; exit 2; }
+      datasets "$2" "$3" ;;
     *) echo "usage: $0 check | network NAME | remove-network NAME | node-proxies ..." \
-            "| metrics-proxies ... | remove-node-proxies NAME | diskquota ... | remove-diskquota NETWORK | never" >&2
+            "| metrics-proxies ... | remove-node-proxies NAME | diskquota ... | remove-diskquota NETWORK" \
+            "| datasets NETWORK IMAGE | never" >&2
        exit 2 ;;
   esac
 }

@@ -110,6 +110,8 @@ class SwarmStack:
     make_args: tuple[str, ...] = ()
     # The test registry's log (its access log too), with a registry.
     registry_log: Path | None = None
+    # What `make up` printed (its warnings among it).
+    up_output: str = ""
 
     @property
     def manager(self) -> Node:
@@ -206,6 +208,7 @@ def swarm_stack_up(
         # The images are loaded, and the nodes have no way to a registry: nothing is built.
         up = make("up", env_file, running.docker_host, "BUILD=no", *make_args)
         print(f"make up: {time.monotonic() - started:.0f} s")
+        running.up_output = up.stdout + up.stderr
         try:
             assert up.returncode == 0, f"make up failed:\n{up.stdout[-4000:]}\n{up.stderr[-4000:]}"
             yield running

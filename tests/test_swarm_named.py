@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import tempfile
 import time
 import uuid
@@ -163,6 +164,24 @@ def test_the_swarm_proxy_allows_the_dataset_read_only_and_no_other_bind(
         removed, answer = raw_request(port, "DELETE", f"/v1.41/services/{body['Name']}")
         assert removed == 200, answer
     student.stop("")
+
+
+def test_make_up_warns_of_a_dataset_folder_a_node_lacks_naming_node_and_folder(
+    named_stack: SwarmStack, dataset: Path
+) -> None:
+    """Checked ahead on every node (a global job binding each folder), as the admin reads
+    it at `make up`, rather than at a student's failed spawn only."""
+    lost = dataset.parent / "lost"
+    for node in named_stack.swarm.nodes:
+        # The test nodes share this host's name (its UTS namespace).
+        name = f"{socket.gethostname()} ({node.node_id})"
+        warning = f"make up: warning: node {name} has no folder {lost} (DATASETS lost)"
+        assert warning in named_stack.up_output, named_stack.up_output[-3000:]
+    assert "bind source path does not exist" in named_stack.up_output
+    # The folder every node has is not named; the checks are gone.
+    assert f"has no folder {dataset} " not in named_stack.up_output
+    services = named_stack.manager.docker("service", "ls", "--format", "{{.Name}}").split()
+    assert not [name for name in services if "dataset-check" in name], services
 
 
 def test_a_dataset_folder_missing_on_the_node_fails_the_spawn_naming_node_and_folder(

@@ -27,6 +27,8 @@ labhub home-restore USER [--check] [--db DB] [--node NODE]
                          (make restore); --node: on that node instead, then recorded as
                          the home node (make restore NODE=, the home node gone)
 labhub owner-label       the label that names a user server's owner (make restore)
+labhub dataset-folders   DATASETS' host folders, NAME<TAB>FOLDER per line (make up checks
+                         on a Swarm that every node has them)
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import requests
 
 from . import course, egress
 from .contract import OWNER_LABEL, container_name_prefix, volume_name_for
+from .datasets import mount_type
 from .settings import NetworkSettings, Settings, SettingsError
 from .settingsdoc import stale, write
 from .volumes import DEFAULT_DB
@@ -407,6 +410,19 @@ def print_owner_label() -> int:
     return 0
 
 
+def dataset_folders() -> int:
+    """Print each dataset of DATASETS that is a host folder (not a volume) as NAME<TAB>FOLDER."""
+    try:
+        settings = Settings.from_env(os.environ)
+    except SettingsError as error:
+        print(error, file=sys.stderr)
+        return 2
+    for dataset in settings.datasets:
+        if mount_type(dataset.source) == "bind":
+            print(f"{dataset.name}\t{dataset.source}")
+    return 0
+
+
 def print_container_prefix(network: str) -> int:
     """Print the user containers' name prefix, so shell never spells it out itself."""
     print(container_name_prefix(network))
@@ -481,6 +497,7 @@ def main(argv: list[str] | None = None) -> int:
         "gpu-inventory", help="the GPUs every node has, as a GPU_INVENTORY file to edit"
     )
     commands.add_parser("disk-usage", help="Swarm mode: every node's homes' usage and limit")
+    commands.add_parser("dataset-folders", help="DATASETS' host folders, NAME<TAB>FOLDER")
     args = parser.parse_args(argv)
     if args.command == "check-settings":
         return check_settings()
@@ -506,6 +523,8 @@ def main(argv: list[str] | None = None) -> int:
         return gpu_inventory()
     if args.command == "disk-usage":
         return disk_usage()
+    if args.command == "dataset-folders":
+        return dataset_folders()
     if args.command == "container-prefix":
         return print_container_prefix(args.network)
     parser.error(f"unknown command {args.command}")

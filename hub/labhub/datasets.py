@@ -117,6 +117,12 @@ def _dataset(where: str, item: object, network: str) -> Dataset:
     return Dataset(name=name, source=source, groups=frozenset(groups))
 
 
+def mount_type(source: str) -> str:
+    """A dataset's kind of mount: "bind" for a host folder (an absolute path; on a Swarm the
+    same path on every node), "volume" for a named volume."""
+    return "bind" if source.startswith("/") else "volume"
+
+
 def binds_for(datasets: Iterable[Dataset], groups: Iterable[str]) -> dict[str, str]:
     """DockerSpawner's `read_only_volumes` for a user in ``groups``: source -> target."""
     member_of = frozenset(groups)

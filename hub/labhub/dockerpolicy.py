@@ -52,6 +52,7 @@ from .contract import (
     volume_name_for,
     volume_prefix,
 )
+from .datasets import mount_type
 from .diskquota import QUOTA_HOME_ROUTE, QUOTA_USAGE_ROUTE
 from .gpu.inventory import NODE_DEVICES_ROUTE, NODE_UTILISATION_ROUTE
 from .hometar import PARENT, copy_helper, copy_helper_prefix
@@ -1067,7 +1068,7 @@ def _check_service_mount(policy: Policy, value: Any) -> None:
     kind, source = mount.get("type"), mount.get("source")
     if f"{source}:{target}:ro" in policy.dataset_binds:
         # A declared dataset (labhub.datasets), read-only, as `Dataset.bind` says.
-        if kind != ("bind" if str(source).startswith("/") else "volume"):
+        if kind != mount_type(str(source)):
             raise Refused(f"dataset {source!r} is mounted as a {kind}, not as declared")
         if mount.get("readonly") is not True or set(mount) - {
             "target",

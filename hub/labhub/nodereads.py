@@ -128,7 +128,6 @@ class NodeProxies:
         except (ValueError, TypeError, KeyError, AttributeError) as error:
             return NodeReadError(f"GET {base + route} answered {answer!r:.200} ({error})")
 
-
     async def _info(self, address: str, deadline: float) -> dict[str, Any]:
         """The engine's /info through the proxy at ``address`` (which node it is), {} for
         an answer that is not an object; NodeReadError when there is none by ``deadline``."""

@@ -75,7 +75,7 @@ from .contract import (
     user_network_name,
     volume_name_for,
 )
-from .datasets import binds_for
+from .datasets import binds_for, mount_type
 from .diskquota import DiskQuotaError
 from .egress import proxy_environment
 from .registry import check_pinned
@@ -185,7 +185,7 @@ def dataset_mounts(datasets: Mapping[str, str]) -> list[Mount]:
         Mount(
             target=target,
             source=source,
-            type="bind" if source.startswith("/") else "volume",
+            type=mount_type(source),
             read_only=True,
         )
         for source, target in datasets.items()

@@ -74,3 +74,22 @@ def test_container_prefix_is_what_the_spawner_names_containers_with(
     assert printed.endswith("\n")
     config = spawner_config(settings, load_allocator(settings))
     assert printed.rstrip("\n") == config["prefix"] + "-"
+
+
+def test_dataset_folders_lists_the_host_folders_make_up_checks_on_every_node(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The folders only, which make up binds on every node (a named volume is not checked:
+    docs/scale-out.md, "Named servers and datasets")."""
+    datasets = (
+        '[{"name": "mnist", "source": "/srv/datasets/mnist"},'
+        ' {"name": "scans", "source": "lab-scans", "groups": ["radiology"]},'
+        ' {"name": "cifar", "source": "/srv/datasets/cifar", "groups": ["ml101"]}]'
+    )
+    for name, value in {**MINIMAL_ENV, "DATASETS": datasets}.items():
+        monkeypatch.setenv(name, value)
+    assert main(["dataset-folders"]) == 0
+    assert capsys.readouterr().out == "mnist\t/srv/datasets/mnist\ncifar\t/srv/datasets/cifar\n"
+    monkeypatch.setenv("DATASETS", "[{}]")
+    assert main(["dataset-folders"]) == 2
+    assert "DATASETS[0]: name None must be" in capsys.readouterr().err
