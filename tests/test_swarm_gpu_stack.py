@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -97,21 +97,32 @@ def gpu_files(folder: Path, swarm: Swarm) -> dict[str, str]:
     }
 
 
-@pytest.fixture(scope="module")
-def gpu_swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SwarmStack]:
+@contextmanager
+def gpu_stack_up(
+    tmp_path_factory: pytest.TempPathFactory, name: str, extra: dict[str, str]
+) -> Iterator[SwarmStack]:
+    """`swarm_stack_up` on engines whose default runtime is the stand-in NVIDIA one, with
+    the GPU files (`gpu_files`) and `extra` in the .env."""
     config = tmp_path_factory.mktemp("gpu-config")
     runtime = ["--add-runtime", f"nvidia={RUNTIME}", "--default-runtime", "nvidia"]
     with swarm_stack_up(
-        tmp_path_factory.mktemp("swarm-gpu-stack"),
-        extra={
-            "IDLE_TIMEOUT": str(IDLE_TIMEOUT_S),
-            "GPU_UTILISATION_IDLE_TIMEOUT": str(GPU_IDLE_S),
-            "GPU_UTILISATION_WARN": str(GPU_WARN_S),
-            "GPU_CULL_EVERY": str(GPU_CULL_EVERY_S),
-        },
+        tmp_path_factory.mktemp(name),
+        extra=extra,
         dockerd_args=runtime,
         extra_for=lambda swarm: gpu_files(config, swarm),
     ) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def gpu_swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SwarmStack]:
+    extra = {
+        "IDLE_TIMEOUT": str(IDLE_TIMEOUT_S),
+        "GPU_UTILISATION_IDLE_TIMEOUT": str(GPU_IDLE_S),
+        "GPU_UTILISATION_WARN": str(GPU_WARN_S),
+        "GPU_CULL_EVERY": str(GPU_CULL_EVERY_S),
+    }
+    with gpu_stack_up(tmp_path_factory, "swarm-gpu-stack", extra) as running:
         yield running
 
 

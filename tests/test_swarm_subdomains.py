@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 from stacks import HTTPS_PORT, USERS_CREATED
 from swarmlab import wait_for_running_task
-from swarmstack import PREFIX, SwarmStack, swarm_stack_up
-from test_swarm_gpu_stack import RUNTIME, gpu_files
+from swarmstack import PREFIX, SwarmStack
+from test_swarm_gpu_stack import gpu_stack_up
 
 from testsupport.hubclient import run_in_kernel, token_session
 
@@ -47,14 +47,8 @@ print(json.dumps(json.load(urllib.request.urlopen(request, timeout=30))))
 
 @pytest.fixture(scope="module")
 def subdomain_swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SwarmStack]:
-    config = tmp_path_factory.mktemp("gpu-config")
-    runtime = ["--add-runtime", f"nvidia={RUNTIME}", "--default-runtime", "nvidia"]
-    with swarm_stack_up(
-        tmp_path_factory.mktemp("swarm-subdomains"),
-        extra={"DOMAIN": DOMAIN, "SUBDOMAINS": "true"},
-        dockerd_args=runtime,
-        extra_for=lambda swarm: gpu_files(config, swarm),
-    ) as running:
+    extra = {"DOMAIN": DOMAIN, "SUBDOMAINS": "true"}
+    with gpu_stack_up(tmp_path_factory, "swarm-subdomains", extra) as running:
         original = socket.getaddrinfo
         manager = running.manager.address
 
