@@ -211,21 +211,25 @@ diskquota() {
 # DATASETS' host folders (NAME<TAB>FOLDER lines on stdin, from `labhub dataset-folders`) on
 # every ready, active node: a server's dataset is a bind of the same path on whichever node
 # runs it, and a node without it fails that server's start. One global job per folder binds
-# it read-only and runs `true` there (nobody, no capability, no network of the lab's); a node
-# without the folder rejects the task ("bind source path does not exist", which the engine
-# retries), so a node's answer is a complete task, or a rejected one. Each node that lacks a
-# folder is a warning naming node and folder; make up goes on. The jobs are removed.
+# it read-only there and, as the users' servers run (SERVER_USER, no capability, no network
+# of the lab's), checks that it can list it. A node without the folder rejects the task
+# ("bind source path does not exist", which the engine retries), one where the users cannot
+# read it fails it: each is a warning naming node and folder; make up goes on. The jobs are
+# removed.
+SERVER_USER="1000:100"  # labhub.contract.CONTAINER_USER (hub/tests/test_cli.py checks)
 datasets() {
-  local network="$1" image="$2" name folder job i attempt node answers ready why missing=0
+  local network="$1" image="$2" name folder job i attempt node answers ready hostname why
+  local problems=0
   local -a jobs=() names=() folders=()
   while IFS=$'\t' read -r name folder; do
     [[ -n "${folder}" ]] || continue
     job="${network}-dataset-check-${#jobs[@]}"
     docker service rm "${job}" >/dev/null 2>&1 || true
     service_create --detach --quiet --name "${job}" --mode global-job --restart-condition none \
-      --no-resolve-image --read-only --user 65534:65534 --cap-drop ALL \
+      --no-resolve-image --read-only --user "${SERVER_USER}" --cap-drop ALL \
       --label labhub.dataset-check=true \
-      --mount "type=bind,source=${folder},target=/dataset,readonly" "${image}" true >/dev/null
+      --mount "type=bind,source=${folder},target=/dataset,readonly" \
+      "${image}" sh -c 'test -r /dataset && test -x /dataset' >/dev/null
     jobs+=("${job}") names+=("${name}") folders+=("${folder}")
   done
   [[ ${#jobs[@]} -gt 0 ]] || return 0
@@ -242,18 +246,25 @@ datasets() {
       if grep -q "^${node} complete " <<<"${answers}"; then
         continue
       fi
-      missing=$((missing + 1))
-      why="$(grep -m1 -E "^${node} (rejected|failed) " <<<"${answers}" | cut -d' ' -f3-)"
-      echo "make up: warning: node $(docker node inspect --format '{{.Description.Hostname}}' "${node}")" \
-        "(${node}) has no folder ${folders[$i]} (DATASETS ${names[$i]}):" \
-        "${why:-no answer within 30 s}. A server that mounts it would not start there: make" \
-        "the folder there (the same path on every node, e.g. one NFS export mounted on each)," \
-        "or drain the node." >&2
+      problems=$((problems + 1))
+      hostname="$(docker node inspect --format '{{.Description.Hostname}}' "${node}")"
+      if grep -q "^${node} failed " <<<"${answers}"; then
+        echo "make up: warning: node ${hostname} (${node}) has the folder ${folders[$i]}" \
+          "(DATASETS ${names[$i]}), but the users' servers (uid ${SERVER_USER%:*}, gid" \
+          "${SERVER_USER#*:}) cannot read it: chmod -R a+rX ${folders[$i]} there." >&2
+        continue
+      fi
+      why="$(grep -m1 "^${node} rejected " <<<"${answers}" | cut -d' ' -f3-)"
+      echo "make up: warning: node ${hostname} (${node}) has no folder ${folders[$i]}" \
+        "(DATASETS ${names[$i]}): ${why:-no answer within 30 s}. A server that mounts it" \
+        "would not start there: make the folder there (the same path on every node, e.g." \
+        "one NFS export mounted on each), or drain the node." >&2
     done
     docker service rm "${jobs[$i]}" >/dev/null
   done
-  if [[ ${missing} == 0 ]]; then
-    echo "the datasets' ${#jobs[@]} host folders are on each of the $(wc -w <<<"${ready}") nodes"
+  if [[ ${problems} == 0 ]]; then
+    echo "the datasets' ${#jobs[@]} host folders are on each of the $(wc -w <<<"${ready}")" \
+      "nodes, readable by the users' servers"
   fi
 }
 

@@ -10,7 +10,9 @@ anyone on the host: the mount is read-only. Against the Swarm proxy with the sam
 DATASETS, a service that binds another host folder or mounts the dataset writable is
 refused (403) and the manager has no such service, while the same service with the
 dataset read-only is created. A student in the group of a dataset whose folder no node
-has gets a failed spawn naming the node and the folder, at once.
+has gets a failed spawn naming the node and the folder, at once; `make up` has already
+warned of that folder, and of one that every node has but no student can read, naming
+each node.
 """
 
 from __future__ import annotations
@@ -52,17 +54,21 @@ def dataset() -> Iterator[Path]:
         folder.chmod(0o777)
         (folder / "README").write_text(README)
         (folder / "README").chmod(0o666)
+        # On every node, but readable by root only: no student could read it.
+        (root / "private").mkdir(mode=0o700)
         yield folder
     finally:
         shutil.rmtree(root)
 
 
 def datasets_value(folder: Path) -> str:
-    """The mnist folder for everyone, and for the group `lost` a folder no node has."""
+    """The mnist folder for everyone, for the group `lost` a folder no node has, and for the
+    group `staff` one that every node has but that the users' servers cannot read."""
     return json.dumps(
         [
             {"name": "mnist", "source": str(folder)},
             {"name": "lost", "source": str(folder.parent / "lost"), "groups": ["lost"]},
+            {"name": "private", "source": str(folder.parent / "private"), "groups": ["staff"]},
         ]
     )
 
@@ -166,20 +172,26 @@ def test_the_swarm_proxy_allows_the_dataset_read_only_and_no_other_bind(
     student.stop("")
 
 
-def test_make_up_warns_of_a_dataset_folder_a_node_lacks_naming_node_and_folder(
+def test_make_up_warns_of_a_dataset_folder_a_node_lacks_or_students_cannot_read(
     named_stack: SwarmStack, dataset: Path
 ) -> None:
-    """Checked ahead on every node (a global job binding each folder), as the admin reads
-    it at `make up`, rather than at a student's failed spawn only."""
+    """Checked ahead on every node (a global job binding each folder, as a user's server),
+    as the admin reads it at `make up`, rather than at a student's failed spawn only."""
     lost = dataset.parent / "lost"
     for node in named_stack.swarm.nodes:
         # The test nodes share this host's name (its UTS namespace).
         name = f"{socket.gethostname()} ({node.node_id})"
         warning = f"make up: warning: node {name} has no folder {lost} (DATASETS lost)"
         assert warning in named_stack.up_output, named_stack.up_output[-3000:]
+        private = dataset.parent / "private"
+        unreadable = (
+            f"make up: warning: node {name} has the folder {private} (DATASETS private), but "
+            "the users' servers (uid 1000, gid 100) cannot read it"
+        )
+        assert unreadable in named_stack.up_output, named_stack.up_output[-3000:]
     assert "bind source path does not exist" in named_stack.up_output
-    # The folder every node has is not named; the checks are gone.
-    assert f"has no folder {dataset} " not in named_stack.up_output
+    # The folder every node has, readable, is not named; the checks are gone.
+    assert str(dataset) not in named_stack.up_output
     services = named_stack.manager.docker("service", "ls", "--format", "{{.Name}}").split()
     assert not [name for name in services if "dataset-check" in name], services
 

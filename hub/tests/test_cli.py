@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 from labhub.cli import main
+from labhub.contract import CONTAINER_USER
 from labhub.gpu.allocator import load_allocator
 from labhub.settings import Settings
 from labhub.settingsdoc import GENERATED
@@ -93,3 +94,10 @@ def test_dataset_folders_lists_the_host_folders_make_up_checks_on_every_node(
     monkeypatch.setenv("DATASETS", "[{}]")
     assert main(["dataset-folders"]) == 2
     assert "DATASETS[0]: name None must be" in capsys.readouterr().err
+
+
+def test_make_ups_dataset_check_reads_as_the_users_servers_run() -> None:
+    """scripts/swarm-manager.sh cannot import labhub: its copy of the servers' user is
+    checked here against the one the spawners and the Docker proxy use."""
+    script = (Path(__file__).parents[2] / "scripts" / "swarm-manager.sh").read_text()
+    assert f'\nSERVER_USER="{CONTAINER_USER}"' in script
