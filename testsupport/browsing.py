@@ -31,13 +31,14 @@ def network_changed(error: object) -> bool:
 
 def despite_network_changes(navigate: Callable[[], T], attempts: int = 5) -> T:
     """``navigate()``, again (up to `attempts` tries) while Chromium aborts it for a
-    network change; any other error at once."""
+    network change: a Playwright error, or an `expect` that found Chromium's error page
+    instead of the one it waited for; any other error at once."""
     from playwright.sync_api import Error
 
     for attempt in range(attempts):
         try:
             return navigate()
-        except Error as error:
+        except (Error, AssertionError) as error:
             if attempt == attempts - 1 or not network_changed(error):
                 raise
             time.sleep(1)  # let the error page, or Chromium's reload, finish loading
