@@ -124,6 +124,10 @@ up: preflight env swarm-manager stack-owner certs $(if $(filter no,$(BUILD)),,bu
 	  labhub check-settings || \
 	  { echo "make up: fix the settings above in $(ENV_FILE), then run make up again" >&2; exit 2; }
 	@$(if $(SWARM),scripts/swarm-manager.sh network '$(call env_value,DOCKER_NETWORK)')
+	@# The hub's and CHP's own firewalls (labhub.frontguard): the users' pools, the lab's network.
+	@$(if $(SWARM),mkdir -p $(dir $(FRONTEND_NETWORKS)) && scripts/swarm-manager.sh frontend-networks \
+	  '$(call env_value,DOCKER_NETWORK)' > $(FRONTEND_NETWORKS).partial \
+	  && mv $(FRONTEND_NETWORKS).partial $(FRONTEND_NETWORKS))
 	@$(if $(SWARM),$(MAKE) --no-print-directory egress-conf)
 	@# QUOTA_ROOT: the diskquota service on every node, which the node proxies relay to.
 	@$(if $(SWARM),ENV_FILE=$(ENV_FILE) scripts/swarm-manager.sh $(if $(call env_value,QUOTA_ROOT),diskquota \
@@ -157,6 +161,9 @@ NODE_PROXIES = '$(call env_value,DOCKER_NETWORK)-node-proxy'
 # metrics, likewise (compose/swarm.yml spells it for the exporter).
 METRICS_PROXIES = '$(call env_value,DOCKER_NETWORK)-metrics-proxy'
 
+# ENGINE=swarm: where make up writes what the frontends' firewalls need, and compose/swarm.yml
+# mounts it from.
+FRONTEND_NETWORKS = .build/frontguard/networks
 # ENGINE=swarm: the egress proxy's rules (labhub.egress) from the settings and the Swarm,
 # written where compose/swarm.yml mounts them; `make up` writes them again each time.
 EGRESS_CONF = .build/egress/squid.conf

@@ -75,18 +75,33 @@ remove_network() {
   exit 1
 }
 
-never() {
-  local net pool
-  # Engine 20.10 reports no pool when `swarm init` was given none: Docker's default.
+# The Swarm's address pools, one a line: where every overlay network, users' own included,
+# gets its subnet. Engine 20.10 reports none when `swarm init` was given none: Docker's default.
+address_pools() {
+  local pool
   pool="$(docker info --format '{{range .Swarm.Cluster.DefaultAddrPool}}{{println .}}{{end}}')"
+  echo "${pool:-10.0.0.0/8}" | sed '/^$/d'
+}
+
+never() {
+  local net
   {
     docker node ls --quiet | xargs -r docker node inspect --format '{{.Status.Addr}}'
-    echo "${pool:-10.0.0.0/8}"
+    address_pools
     docker network ls --quiet --filter driver=bridge \
       | xargs -r docker network inspect --format '{{range .IPAM.Config}}{{println .Subnet}}{{end}}'
   } | while read -r net; do
     if [[ -n "$net" ]]; then printf -- '--never %s\n' "$net"; fi
   done
+}
+
+# What the frontends' own firewall needs (labhub.frontguard): users' servers have addresses
+# in the pools; the lab's overlay network NAME, where the hub and CHP talk, is trusted.
+frontend_networks() {
+  local name="$1"
+  address_pools | sed 's/^/users /'
+  docker network inspect --format '{{range .IPAM.Config}}{{println .Subnet}}{{end}}' "$name" \
+    | sed '/^$/d; s/^/lab /'
 }
 
 # A global service of labhub's Docker proxy in front of each node's engine (SOCKET, a Swarm
@@ -303,6 +318,7 @@ main() {
   case "${1:-}" in
     check) check ;;
     never) never ;;
+    frontend-networks) frontend_networks "${2:?usage: $0 frontend-networks NAME}" ;;
     network) network "${2:?usage: $0 network NAME}" ;;
     remove-network) remove_network "${2:?usage: $0 remove-network NAME}" ;;
     node-proxies)
@@ -324,7 +340,7 @@ main() {
       datasets "$2" "$3" ;;
     *) echo "usage: $0 check | network NAME | remove-network NAME | node-proxies ..." \
             "| metrics-proxies ... | remove-node-proxies NAME | diskquota ... | remove-diskquota NETWORK" \
-            "| datasets NETWORK IMAGE | never" >&2
+            "| datasets NETWORK IMAGE | never | frontend-networks NAME" >&2
        exit 2 ;;
   esac
 }

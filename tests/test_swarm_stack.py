@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 from labhub.contract import quota_home_options, volume_name_for
+from labhub.frontguard import NETWORKS_FILE
 from loopfs import btrfs_with_quotas
 from stacks import STACK
 from swarm import Node, run
@@ -93,6 +94,21 @@ def test_swarm_override_keeps_the_proxy_in_front_and_drops_the_single_host_guard
     assert set(chp["networks"]) == {"labhub", "frontend"}  # type: ignore[arg-type]
     assert proxy["environment"]["PROXY_POLICY"] == "swarm"  # type: ignore[index]
     assert not any("docker.sock" in str(v) for v in hub.get("volumes", []))  # type: ignore[attr-defined]
+    # The hub and CHP guard their own network namespace first (labhub.frontguard), then run
+    # what they ran before: the image's entrypoint and, for the hub, its command.
+    dockerfile = (REPO / "images/hub/Dockerfile").read_text().splitlines()
+    [image_cmd] = [json.loads(line[4:]) for line in dockerfile if line.startswith("CMD [")]
+    [entry] = [json.loads(line[11:]) for line in dockerfile if line.startswith("ENTRYPOINT [")]
+    assert hub["command"] == image_cmd
+    for service, port in ((hub, 8081), (chp, 8000)):
+        assert service["entrypoint"] == [
+            "labhub-frontguard", f"--port={port}", "--as=jupyterhub", "--", *entry
+        ]  # fmt: skip
+        assert service["user"] == "root" and service["cap_drop"] == ["ALL"]
+        assert set(service["cap_add"]) == {"NET_ADMIN", "SETUID", "SETGID", "SETPCAP"}  # type: ignore[arg-type]
+        mounts = {m["target"]: m for m in service["volumes"]}  # type: ignore[attr-defined,index]
+        assert mounts[str(NETWORKS_FILE)]["source"] == str(REPO / ".build/frontguard/networks")
+        assert mounts[str(NETWORKS_FILE)]["read_only"] is True
 
 
 def test_swarm_monitoring_reads_each_nodes_metrics_proxy_not_the_single_host_one(

@@ -17,13 +17,14 @@ nginx listens, as a LAN's DNS would.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import socket
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from stacks import HTTPS_PORT, USERS_CREATED
+from stacks import HTTPS_PORT, STACK, USERS_CREATED
 from swarmlab import wait_for_running_task
 from swarmstack import PREFIX, SwarmStack
 from test_swarm_gpu_stack import gpu_stack_up
@@ -99,3 +100,82 @@ def test_a_students_server_is_on_her_own_origin_and_reaches_the_gpu_service(
         assert me["user"] == student and "servers" in me, output
     finally:
         client.stop_server(student)
+
+
+# Run in a student's kernel: which of `ports` on a frontend (by its container name, as her
+# network resolves it) accept a TCP connection. Bounded: one try of 3 s a port.
+PROBE = """
+import json, socket
+found = {}
+for host, ports in %r.items():
+    address = socket.gethostbyname(host)
+    for port in ports:
+        try:
+            socket.create_connection((address, port), timeout=3).close()
+            found[f"{host}:{port}"] = "connected"
+        except OSError as error:
+            found[f"{host}:{port}"] = type(error).__name__
+print(json.dumps(found))
+"""
+
+
+def listening_ports(swarm_stack: SwarmStack, container: str) -> set[int]:
+    """The TCP ports a process listens on in `container`'s network namespace, on any
+    address but loopback (its /proc/net/tcp and tcp6, state 0A)."""
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        lines = swarm_stack.manager.docker("exec", container, "cat", f"/proc/net/{table}")
+        for line in lines.splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, port = local.split(":")
+            raw = bytes.fromhex(address)  # each 32-bit word in the kernel's (little) order
+            words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+            if state == "0A" and not ipaddress.ip_address(words).is_loopback:
+                ports.add(int(port, 16))
+    return ports
+
+
+def test_a_students_server_reaches_only_the_public_port_of_each_frontend(
+    subdomain_swarm: SwarmStack,
+) -> None:
+    """The hub's, CHP's and the egress proxy's containers join each user's network. From a
+    student's kernel, every port something listens on there is closed but the one she
+    needs: the hub's API, CHP's public port, Squid's. The GPU service (10101) and CHP's API
+    (8001), which the hub and CHP use between them, do not answer her, while her GPU status
+    item, routed by CHP to the GPU service over the lab's network, still does."""
+    stack, student = subdomain_swarm.stack, "subprobe"
+    USERS_CREATED.append(student)
+    public = {f"{STACK}-hub": 8081, f"{STACK}-proxy-chp": 8000, f"{STACK}-egress": 3128}
+    listening = {name: listening_ports(subdomain_swarm, name) for name in public}
+    # What an attacker would try: every listener, so the test covers what runs, not a list.
+    assert {10101} <= listening[f"{STACK}-hub"] and {8001} <= listening[f"{STACK}-proxy-chp"]
+    client = stack.client()
+    login = client.login(student, stack.ensure_account(student), follow=False)
+    assert login.status_code == 302 and client.logged_in, login.text[:300]
+    client.start_server(student, timeout=600, options={"profile": "cpu"})
+    try:
+        origin = f"https://{student}.{DOMAIN}:{HTTPS_PORT}"
+        wait_for_running_task(subdomain_swarm.swarm, f"{PREFIX}-{student}")
+        token = client.new_token(student)
+        targets = {name: sorted(ports) for name, ports in listening.items()}
+        output = run_in_kernel(origin, stack.ca_file, student, token, PROBE % targets)
+        found = json.loads(output.strip().splitlines()[-1])
+        expected = {
+            f"{name}:{port}": "connected" if port == public[name] else "TimeoutError"
+            for name, ports in listening.items()
+            for port in ports
+        }
+        assert found == expected
+        status = token_session(stack.ca_file, token).get(
+            f"{origin}/user/{student}/labhub/status", timeout=60
+        )
+        assert status.status_code == 200 and status.json()["service"] == "ok", status.text[:300]
+    finally:
+        client.stop_server(student)
+    # The rules cannot be undone from inside: no process of the hub or CHP keeps a
+    # capability, nor can gain one (PID 1, the ancestor of every other, has none to give).
+    for name in (f"{STACK}-hub", f"{STACK}-proxy-chp"):
+        status_lines = subdomain_swarm.manager.docker("exec", name, "cat", "/proc/1/status")
+        fields = dict(line.split(":\t", 1) for line in status_lines.splitlines() if ":\t" in line)
+        assert fields["CapBnd"].strip() == fields["CapEff"].strip() == "0" * 16, (name, fields)
+        assert fields["NoNewPrivs"].strip() == "1" and fields["Uid"].split()[0] != "0", fields

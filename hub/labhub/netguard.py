@@ -211,3 +211,53 @@ def nameservers_in(resolv_conf: str) -> list[ipaddress.IPv4Address]:
 def _render(args: list[str]) -> str:
     """One iptables-restore line; quotes the arguments that hold spaces (comments)."""
     return " ".join(f'"{arg}"' if " " in arg else arg for arg in args)
+
+
+# --- Swarm mode: the frontends' own firewall (labhub.frontguard applies it) -------------
+# On a Swarm a user's server shares no bridge with anyone: it is alone on its own overlay
+# network, which the frontends (the hub's, CHP's and the egress proxy's containers) join.
+# Overlay traffic never crosses the host's chains above, so each frontend guards its own
+# network namespace: from users' networks (the Swarm's address pools), only its public
+# port; from the lab's own overlay network (where the hub and CHP reach the GPU service
+# and CHP's API), anything. Other sources (local bridges, loopback) are not users'.
+FRONTEND_CHAIN = "LABHUB-FRONTEND"
+
+
+@dataclass(frozen=True)
+class FrontendRuleset:
+    """One chain in the frontend's own INPUT, and the jump to it."""
+
+    rules: tuple[Rule, ...]
+    chain: str = FRONTEND_CHAIN
+
+    def lines(self) -> list[str]:
+        """The chain's rules exactly as `iptables -S chain` lists them once applied."""
+        return [_render(["-A", self.chain, *rule.args("")]) for rule in self.rules]
+
+    @property
+    def jump_line(self) -> str:
+        return _render(["-A", INPUT, "-j", self.chain])
+
+    def restore_script(self) -> str:
+        """Input for `iptables-restore --noflush`: our chain, first in INPUT."""
+        lines = ["*filter", f":{self.chain} - [0:0]", *self.lines()]
+        lines.append(_render(["-I", INPUT, "1", "-j", self.chain]))
+        return "\n".join([*lines, "COMMIT", ""])
+
+
+def frontend_ruleset(
+    public_ports: Sequence[int],
+    users_pools: Sequence[ipaddress.IPv4Network],
+    lab_networks: Sequence[ipaddress.IPv4Network],
+) -> FrontendRuleset:
+    """The rules of a frontend whose users need `public_ports` (the hub: 8081; CHP: 8000;
+    the egress proxy: 3128), users' servers having addresses in `users_pools`."""
+    rules = [Rule("RETURN", "answers to allowed connections", established=True)]
+    rules += [Rule("RETURN", "the lab network", source=lab) for lab in lab_networks]
+    for pool in users_pools:
+        rules += [
+            Rule("RETURN", f"users to port {port}", source=pool, protocol="tcp", port=port)
+            for port in public_ports
+        ]
+    rules += [Rule("DROP", "nothing else from users", source=pool) for pool in users_pools]
+    return FrontendRuleset(tuple(rules))

@@ -14,14 +14,18 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from labhub.frontguard import read_networks, unprivileged
 from labhub.netguard import (
     PRIVATE_RANGES,
+    FrontendRuleset,
     Rule,
     Ruleset,
     chain_names,
+    frontend_ruleset,
     nameservers_in,
     ruleset,
 )
+from labhub.netguard_service import FirewallError
 from labhub.settings import NetworkSettings, SettingsError
 
 pytestmark = pytest.mark.unit
@@ -232,3 +236,104 @@ def test_env_example_ships_a_valid_layout_and_the_safe_switches() -> None:
     shipped = NetworkSettings.from_env(values)
     assert shipped == NET  # the layout GOOD above is .env.example's
     assert (shipped.lan_access, shipped.internet) == (False, True)
+
+
+# --- Swarm mode: a frontend's own firewall (labhub.netguard.frontend_ruleset, applied by
+# labhub.frontguard), for any address in the Swarm's pools; the networks file make up
+# writes; the program it runs, with no privilege left.
+SWARM_POOL = ipaddress.IPv4Network("10.0.0.0/8")
+LAB_NET = ipaddress.IPv4Network("10.0.1.0/24")
+FRONT_RULES = frontend_ruleset([8081], [SWARM_POOL], [LAB_NET])
+FRONTEND = ipaddress.IPv4Address("10.0.7.3")  # the hub's address on some user's network
+
+in_pool = st.integers(int(SWARM_POOL.network_address), int(SWARM_POOL.broadcast_address)).map(
+    ipaddress.IPv4Address
+)
+swarm_users = in_pool.filter(lambda address: address not in LAB_NET)
+protocols = st.sampled_from(["tcp", "udp"])
+
+
+def front_passes(rules: FrontendRuleset, packet: Packet) -> bool:
+    """First match wins; falling off the chain returns to INPUT, whose policy accepts."""
+    no_bridge = ipaddress.IPv4Network("0.0.0.0/32")
+    rule: Rule
+    for rule in rules.rules:
+        if matches(rule, packet, no_bridge):
+            return rule.verdict == "RETURN"
+    return True
+
+
+@given(swarm_users, ports, protocols)
+def test_a_users_server_opens_the_public_port_only(user: object, port: int, proto: str) -> None:
+    packet = Packet(user, FRONTEND, port, proto)  # type: ignore[arg-type]
+    assert front_passes(FRONT_RULES, packet) == (port == 8081 and proto == "tcp")
+
+
+@given(st.integers(int(LAB_NET.network_address), int(LAB_NET.broadcast_address)), ports)
+def test_the_lab_network_reaches_every_port(peer: int, port: int) -> None:
+    assert front_passes(FRONT_RULES, Packet(ipaddress.IPv4Address(peer), FRONTEND, port))
+
+
+@given(swarm_users, ports)
+def test_answers_to_the_frontends_own_connections_come_back(user: object, port: int) -> None:
+    assert front_passes(FRONT_RULES, Packet(user, FRONTEND, port, established=True))  # type: ignore[arg-type]
+
+
+def test_outside_the_pools_nothing_is_dropped_and_nothing_is_accepted_by_us() -> None:
+    # Local bridges (nginx, the Docker proxy, Prometheus) and loopback are not users'.
+    for source in ("172.18.0.5", "127.0.0.1"):
+        assert front_passes(FRONT_RULES, Packet(ipaddress.IPv4Address(source), FRONTEND, 10101))
+    assert {rule.verdict for rule in FRONT_RULES.rules} == {"RETURN", "DROP"}
+
+
+def test_the_restore_script_declares_our_chain_and_jumps_to_it_first() -> None:
+    script = FRONT_RULES.restore_script()
+    assert script.splitlines()[:2] == ["*filter", ":LABHUB-FRONTEND - [0:0]"]
+    assert "-I INPUT 1 -j LABHUB-FRONTEND" in script.splitlines()
+    assert script.endswith("COMMIT\n")
+    assert FRONT_RULES.lines()[-1] == (
+        '-A LABHUB-FRONTEND -s 10.0.0.0/8 -m comment --comment "labhub: nothing else from users"'
+        " -j DROP"
+    )
+
+
+def test_several_pools_and_ports_each_get_their_rules() -> None:
+    second = ipaddress.IPv4Network("192.168.128.0/18")
+    rules = frontend_ruleset([8000, 3128], [SWARM_POOL, second], [LAB_NET])
+    for pool in (SWARM_POOL, second):
+        for port in (8000, 3128):
+            user = ipaddress.IPv4Address(int(pool.network_address) + 70000 % pool.num_addresses)
+            assert front_passes(rules, Packet(user, FRONTEND, port))
+        assert not front_passes(rules, Packet(pool.network_address + 3000, FRONTEND, 8001))
+
+
+def test_the_networks_file_make_up_writes_is_read() -> None:
+    text = "users 10.0.0.0/8\nusers 192.168.128.0/18\nlab 10.0.1.0/24\n"
+    assert read_networks(text, Path("f")) == (
+        [SWARM_POOL, ipaddress.IPv4Network("192.168.128.0/18")],
+        [LAB_NET],
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", "f names no users' address pool; make up writes it"),
+        ("lab 10.0.1.0/24\n", "f names no users' address pool"),
+        ("users 10.0.0.0/33\n", "f line 1: 'users 10.0.0.0/33'"),
+        ("users 10.0.0.1/8\n", "has host bits set"),
+        ("pool 10.0.0.0/8\n", "not 'users <network>' or 'lab <network>'"),
+        ("users 10.0.0.0/8 extra\n", "f line 1"),
+    ],
+)
+def test_a_bad_networks_file_names_the_line_and_the_fix(text: str, expected: str) -> None:
+    with pytest.raises(FirewallError, match="run make up") as raised:
+        read_networks(text, Path("f"))
+    assert expected in str(raised.value)
+
+
+def test_the_program_runs_as_the_account_with_no_capability_nor_a_way_to_one() -> None:
+    command = unprivileged("root", ["tini", "-g", "--", "jupyterhub"])
+    assert command[0] == "setpriv" and command[-4:] == ["tini", "-g", "--", "jupyterhub"]
+    assert {"--reuid=0", "--regid=0", "--init-groups", "--inh-caps=-all"} <= set(command)
+    assert {"--bounding-set=-all", "--no-new-privs"} <= set(command)
