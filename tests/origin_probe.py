@@ -11,6 +11,7 @@ its own origin (subdomain mode) the same-origin policy stops it at the first rea
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -18,12 +19,15 @@ from typing import Any
 
 from stacks import Stack
 
+from testsupport.browsing import despite_network_changes
 from testsupport.hubclient import HubClient
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 PORT = 8765
 # Visits of the page at most, when one fails for reasons of this test host.
 VISITS = 4
+# Where Chromium is when a form's answer was lost to a network change.
+ERROR_PAGE = re.compile(r"^chrome-error://")
 # {hub} is the hub's own origin, e.g. https://lab.example.edu
 PAGE = """<!doctype html>
 <title>bob's page</title>
@@ -89,9 +93,11 @@ def admin_follows_the_link(stack: Stack, page_url: str, server_cert: Path) -> di
 
     On this shared, loaded test host Chromium aborts requests when other containers
     change the host's interfaces (ERR_NETWORK_CHANGED, which a laptop never sees), and
-    pages can be slow: a visit that failed or saw such an abort is made again in a
-    fresh browser context, 5 s later, VISITS times at most. A retry cannot make either
-    test pass wrongly: each needs one clean visit with its own expected result.
+    pages can be slow. The admin's login and the opening of the page are tried again
+    for such an abort (testsupport.browsing); a visit that failed, or whose page saw
+    such an abort once clicked, is made again in a fresh browser context, 5 s later,
+    VISITS times at most. A retry cannot make either test pass wrongly: each needs one
+    clean click with its own expected result.
     """
     from browser import chromium
     from playwright.sync_api import Error
@@ -107,7 +113,9 @@ def admin_follows_the_link(stack: Stack, page_url: str, server_cert: Path) -> di
             failed.clear()
             context.on("requestfailed", lambda request: failed.append(str(request.failure)))
             try:
-                result = _visit(context.new_page(), hub_origin, page_url, admin, admin_password)
+                result = _visit(
+                    context.new_page(), hub_origin, page_url, admin, admin_password, failed
+                )
             except Error:
                 if attempt == VISITS - 1:
                     raise
@@ -120,21 +128,45 @@ def admin_follows_the_link(stack: Stack, page_url: str, server_cert: Path) -> di
 
 
 def _visit(
-    page: Any, hub_origin: str, page_url: str, admin: str, admin_password: str
+    page: Any,
+    hub_origin: str,
+    page_url: str,
+    admin: str,
+    admin_password: str,
+    failed: list[str],
 ) -> dict[str, Any]:
+    """The admin logs in, opens `page_url` and clicks; what the page saw. `failed`: the
+    context's failed requests, from the click on."""
+    from playwright.sync_api import expect
+
     page.set_default_timeout(120_000)
-    page.goto(f"{hub_origin}/hub/login?next=/hub/home")
-    page.fill("#username_input", admin)
-    page.fill("#password_input", admin_password)
-    page.click("#login_submit")
-    page.wait_for_url("**/hub/home")
-    page.goto(page_url)
-    # Opening another user's server asks the visitor to authorize it once.
-    authorize = page.locator("button:has-text('Authorize')")
-    if authorize.count():
-        authorize.first.click()
-    page.wait_for_selector("#go")
-    page.click("#go")
+
+    def log_in() -> None:
+        page.goto(f"{hub_origin}/hub/login?next=/hub/home")
+        if "/hub/login" in page.url:  # else a try before logged in; its answer was lost
+            page.fill("#username_input", admin)
+            page.fill("#password_input", admin_password)
+            page.click("#login_submit")
+            # Chromium's error page, if it lost the answer: tried again, not waited on.
+            expect(page).not_to_have_url(ERROR_PAGE)
+        page.wait_for_url("**/hub/home")
+
+    def open_the_page() -> None:
+        page.goto(page_url)
+        # Opening another user's server asks the visitor to authorize it once.
+        authorize = page.locator("button:has-text('Authorize')")
+        if authorize.count():
+            authorize.first.click()
+            expect(page).not_to_have_url(ERROR_PAGE)
+        page.wait_for_selector("#go")
+
+    despite_network_changes(log_in)
+    despite_network_changes(open_the_page)
+    # What the page does from here on is the finding: a request lost now spoils the visit.
+    failed.clear()
+    # Tried again only if the click itself failed; either test's result holds for a
+    # second click (one more window, token or refusal).
+    despite_network_changes(lambda: page.click("#go"))
     page.wait_for_function("document.getElementById('out').textContent !== 'waiting'")
     result: dict[str, Any] = json.loads(page.inner_text("#out"))
     return result

@@ -685,6 +685,8 @@ def test_the_status_item_warns_and_extends_from_jupyterlab(
         expect(toast).to_be_visible()
         page.screenshot(path=str(ARTIFACTS / "lab-status-warning-before-extend.png"))
         service.answer_me(api_me(extensions_left=1, warning=None))
+        # Clicked once, not despite_network_changes: a click again would extend again, and
+        # the service is to see one POST (below).
         toast.get_by_role("button", name="Extend session (2 left)").click()
         expect(page.locator(".Toastify__toast", has_text="Session extended.")).to_be_visible()
         assert errors == [], errors
