@@ -28,6 +28,11 @@ ENGINE_SOCKET = $(or $(patsubst unix://%,%,$(filter unix://%,$(DOCKER_HOST))),/v
 PINNED = $(and $(SWARM),$(call env_value,REGISTRY))
 COMPOSE = ENGINE_SOCKET=$(ENGINE_SOCKET) LABHUB_ENV_FILE=$(abspath $(ENV_FILE)) docker compose $(COMPOSE_FILES) --env-file $(ENV_FILE) \
   $(if $(PINNED),$(addprefix --env-file ,$(wildcard $(PUSHED_IMAGES)))) $(MONITORING_PROFILE)
+# The hub image's account (images/hub/Dockerfile), which commands in the hub's container run
+# as: with ENGINE=swarm that container starts as root (compose/swarm.yml, labhub.frontguard),
+# and root there has no right to read the hub's files.
+HUB_ACCOUNT = jupyterhub
+HUB_EXEC = $(COMPOSE) exec -T --user $(HUB_ACCOUNT) hub
 VENV := .venv
 PY := $(VENV)/bin/python
 # Read a value from .env (after `make env`), falling back to .env.example. The last line
@@ -211,7 +216,7 @@ endif
 # up, every node's, through its Docker proxy (labhub gpu-inventory in the hub's container).
 .PHONY: gpu-inventory
 gpu-inventory: ## Print the GPUs nvidia-smi finds (every node's with ENGINE=swarm) as a GPU_INVENTORY file to edit
-	@$(if $(SWARM),$(COMPOSE) exec -T hub labhub gpu-inventory,docker run --rm --gpus all \
+	@$(if $(SWARM),$(HUB_EXEC) labhub gpu-inventory,docker run --rm --gpus all \
 	  --entrypoint python $(HUB_IMAGE) -m labhub.gpu.inventory)
 
 # ENGINE=swarm: labhub move-home in the hub's container, which finds every node's proxy.
@@ -220,7 +225,7 @@ move-home: ## Swarm mode: move a stopped user's home to another node: make move-
 	@test "$(origin USER)" = "command line" -a -n "$(NODE)" || \
 	  { echo "usage: make move-home USER=<hub user> NODE=<node id from docker node ls>" >&2; exit 2; }
 	@$(if $(SWARM),,{ echo "make move-home: only with ENGINE=swarm (one host has one node)" >&2; exit 2; })
-	$(COMPOSE) exec -T hub labhub move-home '$(USER)' '$(NODE)'
+	$(HUB_EXEC) labhub move-home '$(USER)' '$(NODE)'
 
 .PHONY: logs
 logs: ## Follow the logs (of every service, or SERVICE=hub|proxy|proxy-chp|docker-proxy|netguard|diskquota)
@@ -235,13 +240,13 @@ doctor: ## Check this host (GPU set-up) and the stack (settings, services, certi
 # make restore writes each back there (through the hub's container and that node's proxy).
 BACKUP_ROOT ?= backups
 RESTORE = ENGINE=$(call env_value,ENGINE) STACK_NAME=$(call env_value,STACK_NAME) DOCKER_NETWORK=$(call env_value,DOCKER_NETWORK) \
-  LABHUB_VERSION=$(call env_value,LABHUB_VERSION) ONLY_USERS='$(ONLY_USERS)' NODE='$(NODE)' \
+  HUB_ACCOUNT=$(HUB_ACCOUNT) LABHUB_VERSION=$(call env_value,LABHUB_VERSION) ONLY_USERS='$(ONLY_USERS)' NODE='$(NODE)' \
   scripts/restore.sh
 
 .PHONY: backup
 backup: ## Back up the hub and GPU databases and every user volume into backups/<time>/
 	@ENGINE=$(call env_value,ENGINE) STACK_NAME=$(call env_value,STACK_NAME) DOCKER_NETWORK=$(call env_value,DOCKER_NETWORK) \
-	  LABHUB_VERSION=$(call env_value,LABHUB_VERSION) \
+	  HUB_ACCOUNT=$(HUB_ACCOUNT) LABHUB_VERSION=$(call env_value,LABHUB_VERSION) \
 	  BACKUP_ROOT=$(BACKUP_ROOT) ONLY_USERS='$(ONLY_USERS)' scripts/backup.sh
 
 .PHONY: restore
@@ -305,12 +310,12 @@ z2jh-values: env pushed-images ## Write this lab as Zero to JupyterHub values (Z
 	@echo "wrote $(Z2JH_VALUES); next: helm upgrade --install labhub jupyterhub/jupyterhub --values $(Z2JH_VALUES) (docs/scale-out.md)"
 .PHONY: disk-usage
 disk-usage: ## Each home's disk usage and quota, most used first (with QUOTA_ROOT set; every node's with ENGINE=swarm)
-	@$(if $(SWARM),$(COMPOSE) exec -T hub labhub disk-usage,$(COMPOSE) exec -T diskquota labhub-diskquota report)
+	@$(if $(SWARM),$(HUB_EXEC) labhub disk-usage,$(COMPOSE) exec -T diskquota labhub-diskquota report)
 
 .PHONY: remove-user-volume
 remove-user-volume: ## Remove a deleted user's files: make remove-user-volume NAME=alice
 	@test -n "$(NAME)" || { echo "usage: make remove-user-volume NAME=<username>"; exit 2; }
-	$(COMPOSE) exec hub labhub-remove-user-volume '$(NAME)'
+	$(COMPOSE) exec --user $(HUB_ACCOUNT) hub labhub-remove-user-volume '$(NAME)'
 
 # Course material from git (docs/course.md): prints the nbgitpuller link; with GROUP, the
 # group's members also see it on the hub's pages (REMOVE=1 takes it off).
@@ -318,5 +323,5 @@ remove-user-volume: ## Remove a deleted user's files: make remove-user-volume NA
 course-link: ## Link to course material in git: make course-link REPO=https://... [BRANCH= OPEN= GROUP= TITLE=]
 	@test -n "$(REPO)" || { echo "usage: make course-link REPO=<https clone URL> [BRANCH=main]" \
 	  "[OPEN=week1/intro.ipynb] [GROUP=<JupyterHub group>] [TITLE=<link text>] [REMOVE=1]"; exit 2; }
-	@$(COMPOSE) exec -T hub labhub course-link --repo '$(REPO)' --branch '$(or $(BRANCH),main)' \
+	@$(HUB_EXEC) labhub course-link --repo '$(REPO)' --branch '$(or $(BRANCH),main)' \
 	  --open '$(OPEN)' --group '$(GROUP)' --title '$(TITLE)' $(if $(REMOVE),--remove)

@@ -23,6 +23,9 @@ set -euo pipefail
 stack="${STACK_NAME:?set STACK_NAME (make backup reads it from .env)}"
 network="${DOCKER_NETWORK:-${stack}}"
 helper_image="labhub/hub:${LABHUB_VERSION:?set LABHUB_VERSION}"
+# What commands in the hub's container run as (the Makefile's HUB_ACCOUNT: on a Swarm that
+# container starts as root, which may not read the hub's files).
+hub_account="${HUB_ACCOUNT:?set HUB_ACCOUNT (make backup sets it)}"
 root="${BACKUP_ROOT:-backups}"
 hub_volume="${stack}-hub-data"
 
@@ -61,7 +64,7 @@ helper -v "${hub_volume}:/srv/jupyterhub" "${helper_image}" sh -c '
 # labhub home-archive: no home to read, said on stderr).
 archive_on_its_node() {
   local user="$1" archive="${folder}/volumes/$2.tar.gz" status=0
-  docker exec "${stack}-hub" labhub home-archive "${user}" | gzip >"${archive}" || status=$?
+  docker exec --user "${hub_account}" "${stack}-hub" labhub home-archive "${user}" | gzip >"${archive}" || status=$?
   case "${status}" in
     0) return 0 ;;
     2) rm -f "${archive}"; echo "backup: ${user} skipped (above)"; return 1 ;;

@@ -37,6 +37,9 @@ folder="$(cd "${1:?usage: restore.sh [--check] BACKUP_FOLDER}" && pwd)"
 stack="${STACK_NAME:?set STACK_NAME (make restore reads it from .env)}"
 network="${DOCKER_NETWORK:-${stack}}"
 helper_image="labhub/hub:${LABHUB_VERSION:?set LABHUB_VERSION}"
+# What commands in the hub's container run as (the Makefile's HUB_ACCOUNT: on a Swarm that
+# container starts as root, which may not read the hub's files).
+hub_account="${HUB_ACCOUNT:?set HUB_ACCOUNT (make restore sets it)}"
 hub_volume="${stack}-hub-data"
 
 (cd "${folder}" && sha256sum --quiet -c SHA256SUMS) || {
@@ -79,7 +82,7 @@ fi
 hub_tmp="/tmp/restore-$$.sqlite"
 db_option=()
 cleanup() {
-  if ((${#db_option[@]})); then docker exec --user 0 "${hub}" rm -f "${hub_tmp}" || true; fi
+  if ((${#db_option[@]})); then docker exec --user "${hub_account}" "${hub}" rm -f "${hub_tmp}" || true; fi
 }
 trap cleanup EXIT
 if [[ "${swarm}" == true ]]; then
@@ -90,7 +93,8 @@ if [[ "${swarm}" == true ]]; then
       problems+=("server ${name} is running: a whole restore needs every user server stopped (admin panel: Stop All); or restore files only (ONLY_USERS)")
     done
     # The home nodes a whole restore writes to are the ones the backup's database records.
-    docker cp "${folder}/jupyterhub.sqlite" "${hub}:${hub_tmp}"
+    docker exec -i --user "${hub_account}" "${hub}" sh -c "umask 077 && cat > ${hub_tmp}" \
+      <"${folder}/jupyterhub.sqlite"
     db_option=(--db "${hub_tmp}")
   fi
   for user in ${ONLY_USERS:-}; do
@@ -101,7 +105,7 @@ if [[ "${swarm}" == true ]]; then
   # Each home's archive and node, checked where it will be written (nothing changes).
   for i in "${!volumes[@]}"; do
     if ! said="$(gzip -dc "${folder}/volumes/${volumes[i]}.tar.gz" |
-      docker exec -i "${hub}" labhub home-restore --check "${db_option[@]}" "${node_option[@]}" \
+      docker exec -i --user "${hub_account}" "${hub}" labhub home-restore --check "${db_option[@]}" "${node_option[@]}" \
         "${users[i]}" 2>&1)"; then
       problems+=("${said##*$'\n'}")
     fi
@@ -140,7 +144,7 @@ helper() {
 restore_on_its_node() {
   local user="$1" volume="$2" saved="${keep}/$2.tar.gz" status=0
   echo "restore: ${user} (${volume}, on ${NODE:-its node})"
-  docker exec "${hub}" labhub home-archive "${db_option[@]}" "${user}" | gzip >"${saved}" ||
+  docker exec --user "${hub_account}" "${hub}" labhub home-archive "${db_option[@]}" "${user}" | gzip >"${saved}" ||
     status=$?
   case "${status}" in
     0) ;;
@@ -150,11 +154,11 @@ restore_on_its_node() {
   esac
   status=0
   gzip -dc "${folder}/volumes/${volume}.tar.gz" |
-    docker exec -i "${hub}" labhub home-restore "${db_option[@]}" "${node_option[@]}" "${user}" ||
+    docker exec -i --user "${hub_account}" "${hub}" labhub home-restore "${db_option[@]}" "${node_option[@]}" "${user}" ||
     status=$?
   if ((status == 1)) && [[ -f "${saved}" ]]; then
     echo "restore: putting ${user}'s home back as it was (${saved})" >&2
-    gzip -dc "${saved}" | docker exec -i "${hub}" labhub home-restore "${db_option[@]}" "${user}" ||
+    gzip -dc "${saved}" | docker exec -i --user "${hub_account}" "${hub}" labhub home-restore "${db_option[@]}" "${user}" ||
       echo "restore: ${user}'s home could not be put back either: its files are in ${saved}" >&2
   fi
   return "${status}"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -100,9 +101,15 @@ def test_swarm_override_keeps_the_proxy_in_front_and_drops_the_single_host_guard
     [image_cmd] = [json.loads(line[4:]) for line in dockerfile if line.startswith("CMD [")]
     [entry] = [json.loads(line[11:]) for line in dockerfile if line.startswith("ENTRYPOINT [")]
     assert hub["command"] == image_cmd
+    # The account they run as is the image's, which make's commands in the hub's container
+    # use too (a root there may not read the hub's files).
+    [account] = re.findall(r"^HUB_ACCOUNT = (\S+)$", (REPO / "Makefile").read_text(), re.M)
+    assert f'--create-home --uid "${{HUB_UID}}" --shell /usr/sbin/nologin {account}' in "\n".join(
+        dockerfile
+    )
     for service, port in ((hub, 8081), (chp, 8000)):
         assert service["entrypoint"] == [
-            "labhub-frontguard", f"--port={port}", "--as=jupyterhub", "--", *entry
+            "labhub-frontguard", f"--port={port}", f"--as={account}", "--", *entry
         ]  # fmt: skip
         assert service["user"] == "root" and service["cap_drop"] == ["ALL"]
         assert set(service["cap_add"]) == {"NET_ADMIN", "SETUID", "SETGID", "SETPCAP"}  # type: ignore[arg-type]
