@@ -40,7 +40,7 @@ from labhub.gpu.reclaim import NO_NVML
 from stacks import STACK, USERS_CREATED, Stack
 from swarm import Node, Swarm
 from swarmlab import wait_for_running_task
-from swarmstack import PREFIX, SwarmStack, swarm_stack_up
+from swarmstack import PREFIX, SwarmStack, make, swarm_stack_up
 
 from testsupport.hubclient import token_session
 from testsupport.waiting import wait_until
@@ -246,6 +246,25 @@ def test_make_gpu_inventory_lists_every_nodes_gpus_detected_there(
          "memory_mib": 40960, "policy": "exclusive", "node": node.node_id}
         for node in (swarm.manager, swarm.workers[0])
     ]  # fmt: skip
+
+
+def test_make_gpu_inventory_on_one_host_lists_that_engines_gpus(
+    gpu_swarm: SwarmStack, tmp_path: Path
+) -> None:
+    """The same command without ENGINE=swarm, on an engine with NVIDIA's runtime (here the
+    stand-in, the manager's): `docker run --gpus all` of the hub image, whose nvidia-smi the
+    runtime adds, prints that engine's GPUs as a GPU_INVENTORY file, naming no node."""
+    env_file = tmp_path / ".env"
+    env_file.write_text(gpu_swarm.env_file.read_text() + "ENGINE=docker\n")
+    made = make("gpu-inventory", env_file, gpu_swarm.docker_host)
+    assert made.returncode == 0, made.stdout[-2000:] + made.stderr[-2000:]
+    manager = gpu_swarm.swarm.manager
+    assert json.loads(made.stdout) == {
+        "devices": [
+            {"id": DEVICE_ID, "uuid": f"GPU-{manager.name}", "model": "Fake A100",
+             "memory_mib": 40960, "policy": "exclusive"}
+        ]
+    }  # fmt: skip
 
 
 def test_a_gpu_idle_on_its_node_warns_the_students_jupyterlab_then_stops_the_server(
