@@ -129,7 +129,9 @@ class Swarm:
     """`with Swarm(3) as swarm:` a manager (`swarm.nodes[0]`) and two workers.
 
     `images` are copied to every node, `manager_images` to the manager only;
-    `dockerd_args` are added to every node's dockerd command line. With
+    `dockerd_args` are added to every node's dockerd command line, and `dockerd_path`
+    folders put first on its PATH (e.g. the stand-in NVIDIA hook, without which the engine
+    refuses `--gpus`). With
     `insecure_registry`, every engine pulls over plain HTTP from `swarm.registry` (the
     manager's address): the test's registry, on the test bridge only. With `quota_root`,
     every node has its own btrfs there (the module's docstring).
@@ -143,6 +145,7 @@ class Swarm:
         insecure_registry: bool = False,
         dockerd_args: Sequence[str] = (),
         quota_root: Path | None = None,
+        dockerd_path: Sequence[Path] = (),
     ) -> None:
         tag = f"{os.getpid() % 10000:04d}"
         self.bridge = f"lhswbr{tag}"
@@ -156,6 +159,7 @@ class Swarm:
         self.insecure_registry = insecure_registry
         # Extra options for every node's dockerd (e.g. a stand-in GPU runtime).
         self.dockerd_args = list(dockerd_args)
+        self.dockerd_path = [str(folder) for folder in dockerd_path]
         self.quota_root = quota_root
         self._forward_rule = ["FORWARD", "-i", self.bridge, "-o", self.bridge, "-j", "ACCEPT"]
 
@@ -238,7 +242,11 @@ class Swarm:
                 *(["--insecure-registry", self.registry] if self.insecure_registry else []),
             ],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "FAKE_NVML_STATE": str(node.fake_nvml)},
+            env={
+                **os.environ,
+                "FAKE_NVML_STATE": str(node.fake_nvml),
+                "PATH": os.pathsep.join([*self.dockerd_path, os.environ["PATH"]]),
+            },
         )  # fmt: skip
 
     def _own_mounts(self, node: Node, state: Path) -> list[str]:

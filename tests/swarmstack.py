@@ -151,13 +151,14 @@ def swarm_stack_up(
     dockerd_args: Sequence[str] = (),
     extra_for: Callable[[Swarm], Mapping[str, str]] = lambda swarm: {},
     registry: bool = False,
+    dockerd_path: Sequence[Path] = (),
 ) -> Iterator[SwarmStack]:
     """A `size`-engine test cluster with the platform up on it by `make up BUILD=no` (the
     images loaded, `extra` in its .env, and what `extra_for` makes of the cluster, e.g. an
-    inventory naming node IDs; `dockerd_args` for every node's engine); `make down` and the
-    cluster removed after. The nodes' Docker proxies run the hub image on every node, each
-    at its own engine's socket (`link_each_nodes_socket`). The hub's, CHP's and the proxy's
-    last log lines are printed, for a failing test.
+    inventory naming node IDs; `dockerd_args` and `dockerd_path` for every node's engine);
+    `make down` and the cluster removed after. The nodes' Docker proxies run the hub image on
+    every node, each at its own engine's socket (`link_each_nodes_socket`). The hub's, CHP's
+    and the proxy's last log lines are printed, for a failing test.
 
     With `registry`: a registry in the manager's namespace that every engine pulls from,
     REGISTRY=<it>/labhub in the .env, and the real `make push` (from the manager, which then
@@ -166,7 +167,7 @@ def swarm_stack_up(
     with (
         Swarm(
             size, images=list(images), manager_images=list(manager_images),
-            insecure_registry=registry, dockerd_args=dockerd_args,
+            insecure_registry=registry, dockerd_args=dockerd_args, dockerd_path=dockerd_path,
         ) as swarm,
         contextlib.ExitStack() as cleanup,
     ):  # fmt: skip

@@ -102,13 +102,15 @@ def gpu_stack_up(
     tmp_path_factory: pytest.TempPathFactory, name: str, extra: dict[str, str]
 ) -> Iterator[SwarmStack]:
     """`swarm_stack_up` on engines whose default runtime is the stand-in NVIDIA one, with
-    the GPU files (`gpu_files`) and `extra` in the .env."""
+    its hook on their PATH as the toolkit installs it (so `--gpus` works too), the GPU files
+    (`gpu_files`) and `extra` in the .env."""
     config = tmp_path_factory.mktemp("gpu-config")
     runtime = ["--add-runtime", f"nvidia={RUNTIME}", "--default-runtime", "nvidia"]
     with swarm_stack_up(
         tmp_path_factory.mktemp(name),
         extra=extra,
         dockerd_args=runtime,
+        dockerd_path=[RUNTIME.parent],
         extra_for=lambda swarm: gpu_files(config, swarm),
     ) as running:
         yield running
