@@ -19,7 +19,7 @@ from typing import Any
 
 from stacks import Stack
 
-from testsupport.browsing import despite_network_changes
+from testsupport.browsing import ERROR_PAGE_URL, despite_network_changes
 from testsupport.hubclient import HubClient
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -27,7 +27,7 @@ PORT = 8765
 # Visits of the page at most, when one fails for reasons of this test host.
 VISITS = 4
 # Where Chromium is when a form's answer was lost to a network change.
-ERROR_PAGE = re.compile(r"^chrome-error://")
+ERROR_PAGE = re.compile("^" + re.escape(ERROR_PAGE_URL))
 # {hub} is the hub's own origin, e.g. https://lab.example.edu
 PAGE = """<!doctype html>
 <title>bob's page</title>

@@ -20,7 +20,7 @@ import docker
 import pytest
 from labhub.contract import volume_name_for
 
-from testsupport.browsing import despite_network_changes, network_changed
+from testsupport.browsing import ERROR_PAGE_URL, despite_network_changes, network_changed
 from testsupport.containers import user_containers
 from testsupport.hubclient import HubClient, run_in_kernel
 from testsupport.images import REPO
@@ -219,7 +219,7 @@ class Stack:
                 if not network_changed(error) or attempt == attempts - 1:
                     raise
                 continue
-            if not page.url.startswith("chrome-error://"):
+            if not page.url.startswith(ERROR_PAGE_URL):
                 return
         raise AssertionError(f"{username}'s login never reached the hub: {page.url}")
 

@@ -15,9 +15,12 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
+#: Where Chromium goes when a request failed: a page at this URL is no server's answer.
+ERROR_PAGE_URL = "chrome-error://"
+
 _NETWORK_CHANGE_SIGNS = (
     "ERR_NETWORK_CHANGED",
-    "chrome-error://",
+    ERROR_PAGE_URL,
     # Chromium's own reload of the error page, racing the test's navigation.
     "is interrupted by another navigation",
 )
