@@ -20,10 +20,12 @@ import ipaddress
 import json
 import socket
 import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -385,6 +387,45 @@ def test_rules_survive_a_guard_restart_and_come_back_after_a_flush(
     wait_until(lambda: chain_rules(FORWARD_CHAIN) == before, 20, "rules re-applied after a flush")
     assert "re-applied" in guard.logs(tail=20).decode()
     assert probe_from_alice(stack, students, [(students.bob_ip, BOB_PORT)])[target] == "timeout"
+
+
+# The Swarm frontends' guard (labhub.frontguard), in a network namespace of its own: what
+# it applies and how its read-back sees a changed chain or a rule put before its jump.
+FRONTGUARD_DRIFT = """
+import json, sys
+from pathlib import Path
+from labhub.frontguard import guard, missing
+from labhub.netguard_service import Iptables
+iptables = Iptables("iptables")
+rules = guard([8081], Path(sys.argv[1]))
+print(json.dumps([len(rules.rules), rules.chain, missing(iptables, rules)]))
+iptables.change("-D", rules.chain, "1")
+print(json.dumps(missing(iptables, rules)))
+iptables.change("-I", "INPUT", "1", "-j", "ACCEPT")
+print(json.dumps(missing(iptables, rules)))
+"""
+
+
+@pytest.mark.integration
+def test_the_frontguards_read_back_sees_a_changed_chain_and_a_rule_before_its_jump(
+    tmp_path: Path,
+) -> None:
+    networks = tmp_path / "frontend-networks"
+    networks.write_text("users 10.20.0.0/16\nlab 10.30.0.0/24\n")
+    done = subprocess.run(
+        ["unshare", "--net", sys.executable, "-c", FRONTGUARD_DRIFT, str(networks)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    applied, changed, jumped_over = (json.loads(line) for line in done.stdout.splitlines())
+    count, chain, problems = applied
+    assert problems == [] and count > 3
+    # Its first rule, answers pass, was deleted.
+    assert len(changed) == 1, changed
+    assert changed[0].startswith(f"chain {chain} has {count - 1} rules, not {count}")
+    assert "RELATED,ESTABLISHED" in changed[0]
+    assert jumped_over[0] == changed[0] and len(jumped_over) == 2
+    assert jumped_over[1].startswith(f"INPUT does not jump to {chain} first")
 
 
 def healthy(name: str) -> bool:

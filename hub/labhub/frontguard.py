@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 from .netguard import INPUT, FrontendRuleset, frontend_ruleset
-from .netguard_service import FirewallError, Iptables
+from .netguard_service import FirewallError, Iptables, chain_problem
 
 NETWORKS_FILE = Path("/etc/labhub/frontend-networks")
 WRITTEN_BY = "make up writes it (scripts/swarm-manager.sh frontend-networks): run make up"
@@ -58,10 +58,8 @@ def read_networks(
 def missing(iptables: Iptables, rules: FrontendRuleset) -> list[str]:
     """What is not in place; empty when our chain holds exactly our rules and INPUT jumps
     to it first."""
-    problems = []
-    actual = [line for line in iptables.listing(rules.chain).splitlines() if line.startswith("-A")]
-    if actual != rules.lines():
-        problems.append(f"chain {rules.chain} holds {actual} instead of {rules.lines()}")
+    problem = chain_problem(iptables, rules.chain, rules.lines())
+    problems = [problem] if problem else []
     jumps = [line for line in iptables.listing(INPUT).splitlines() if line.startswith("-A")]
     if jumps[:1] != [rules.jump_line]:
         problems.append(f"INPUT does not jump to {rules.chain} first: {jumps}")
@@ -84,9 +82,8 @@ def guard(ports: list[int], networks_file: Path) -> FrontendRuleset:
     return rules
 
 
-def unprivileged(user: str, command: list[str]) -> list[str]:
-    """`command` as `user` (its groups too), with no capability and no way to gain one."""
-    account = pwd.getpwnam(user)
+def unprivileged(account: pwd.struct_passwd, command: list[str]) -> list[str]:
+    """`command` as `account` (its groups too), with no capability and no way to gain one."""
     return [
         "setpriv",
         f"--reuid={account.pw_uid}",
@@ -112,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     if not command:
         parser.error("no program to run after --")
     try:
+        account = pwd.getpwnam(args.user)
         rules = guard(args.port, args.networks)
-        execute = unprivileged(args.user, command)
     except (FirewallError, KeyError) as error:
         print(f"labhub-frontguard: {error}; nothing started", file=sys.stderr, flush=True)
         return 2
@@ -122,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         f"open port {', '.join(map(str, args.port))} only; running as {args.user}",
         flush=True,
     )
-    os.environ["HOME"] = pwd.getpwnam(args.user).pw_dir
+    os.environ["HOME"] = account.pw_dir
+    execute = unprivileged(account, command)
     os.execvp(execute[0], execute)
 
 

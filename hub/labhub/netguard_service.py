@@ -101,23 +101,30 @@ def bridge_netfilter_problems() -> list[str]:
     ]
 
 
+def chain_problem(iptables: Iptables, chain: str, expected: list[str]) -> str | None:
+    """Why `chain` does not hold exactly the rules `expected` (`-A` lines, in order), or
+    None: the one read-back of a chain for netguard and the Swarm frontends' guard."""
+    listing = iptables.listing(chain).splitlines()
+    if not listing:
+        return f"chain {chain} is missing"
+    actual = [line for line in listing if line.startswith("-A ")]
+    if actual == expected:
+        return None
+    wrong = next((a, e) for a, e in zip_longest(actual, expected, fillvalue="") if a != e)
+    return (
+        f"chain {chain} has {len(actual)} rules, not {len(expected)}; first "
+        f"difference: {wrong[0] or 'nothing'} instead of {wrong[1] or 'nothing'}"
+    )
+
+
 def missing(iptables: Iptables, rules: Ruleset) -> list[str]:
     """What is not as it should be; empty when our chains hold exactly our rules, in
     order, and both jumps are in place. Four `iptables -S` calls, whatever the rules."""
-    problems = []
-    for chain in rules.chains:
-        listing = iptables.listing(chain).splitlines()
-        if not listing:
-            problems.append(f"chain {chain} is missing")
-            continue
-        actual = [line for line in listing if line.startswith("-A ")]
-        expected = rules.lines(chain)
-        if actual != expected:
-            wrong = next((a, e) for a, e in zip_longest(actual, expected, fillvalue="") if a != e)
-            problems.append(
-                f"chain {chain} has {len(actual)} rules, not {len(expected)}; first "
-                f"difference: {wrong[0] or 'nothing'} instead of {wrong[1] or 'nothing'}"
-            )
+    problems = [
+        problem
+        for chain in rules.chains
+        if (problem := chain_problem(iptables, chain, rules.lines(chain)))
+    ]
     for jump in rules.jumps:
         if rules.jump_line(jump) not in iptables.listing(jump.parent).splitlines():
             problems.append(f"the jump from {jump.parent} to {jump.chain} is missing")

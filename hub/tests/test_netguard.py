@@ -8,6 +8,7 @@ the properties hold for any address in the users' subnet, not for a few examples
 from __future__ import annotations
 
 import ipaddress
+import pwd
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -333,7 +334,7 @@ def test_a_bad_networks_file_names_the_line_and_the_fix(text: str, expected: str
 
 
 def test_the_program_runs_as_the_account_with_no_capability_nor_a_way_to_one() -> None:
-    command = unprivileged("root", ["tini", "-g", "--", "jupyterhub"])
+    command = unprivileged(pwd.getpwnam("root"), ["tini", "-g", "--", "jupyterhub"])
     assert command[0] == "setpriv" and command[-4:] == ["tini", "-g", "--", "jupyterhub"]
     assert {"--reuid=0", "--regid=0", "--init-groups", "--inh-caps=-all"} <= set(command)
     assert {"--bounding-set=-all", "--no-new-privs"} <= set(command)
