@@ -302,12 +302,17 @@ def volume_holders(service: str, volume: str) -> tuple[frozenset[str], frozenset
     return frozenset(proxies), holders(proxies, volume)
 
 
+def node_api(url: str, timeout: float) -> docker.APIClient:
+    """One node's engine through its Docker proxy at `url` (no version probe)."""
+    return docker.APIClient(base_url=url, version=API_VERSION, timeout=timeout)
+
+
 def holders(proxies: Mapping[str, str], volume: str) -> frozenset[str]:
     """The nodes, of those `proxies` front, that hold `volume`."""
     return frozenset(
         node
         for node, url in proxies.items()
-        if _has_volume(docker.APIClient(base_url=url, version=API_VERSION, timeout=10), volume)
+        if _has_volume(node_api(url, timeout=10), volume)
     )
 
 
@@ -333,7 +338,7 @@ def prepare_quota_home(service: str, node: str, volume: str, limit: int, root: s
             f"no Docker proxy answers for node {node}, where the home's quota is set: is "
             f"its task running (docker service ps {service})? `make up` deploys them"
         )
-    api = docker.APIClient(base_url=proxy, version=API_VERSION, timeout=10)
+    api = node_api(proxy, timeout=10)
     try:
         options = api.inspect_volume(volume).get("Options") or {}
     except NotFound:
@@ -363,7 +368,7 @@ class NodeEngine:
         self, node: str, url: str, network: str, image: str, quota: HomeQuota | None = None
     ) -> None:
         self.node, self.url, self.network, self.image, self.quota = node, url, network, image, quota
-        self.api = docker.APIClient(base_url=url, version=API_VERSION, timeout=300)
+        self.api = node_api(url, timeout=300)
 
     def check_identity(self) -> None:
         """The proxy given for this node is in front of that node's engine."""

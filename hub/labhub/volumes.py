@@ -85,7 +85,7 @@ def remove_from_nodes(
     (`proxies`, by node ID), and with disk quotas (`quotas`) its subvolume there; a report
     line per node that had any. SystemExit on refusal (the user exists, a volume in use),
     naming the node, and when a ready node was not reached (its copy, if any, stays)."""
-    from .homemove import API_VERSION, remove_when_free
+    from .homemove import node_api, remove_when_free
 
     volume = volume_name_for(username, network)
     refuse_a_user_who_exists(db_path, username)
@@ -94,7 +94,7 @@ def remove_from_nodes(
     for node, url in sorted(proxies.items()):
         try:
             # The last server's task container may still be going, its service gone.
-            api = docker.APIClient(base_url=url, version=API_VERSION, timeout=60)
+            api = node_api(url, timeout=60)
             remove_when_free(api, volume)
             done[node].append(f"removed {volume}")
         except NotFound:
