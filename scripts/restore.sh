@@ -50,6 +50,15 @@ hub_volume="${stack}-hub-data"
 swarm=false
 if [[ "${ENGINE:-docker}" == swarm ]]; then swarm=true; fi
 hub="${stack}-hub"
+# A command in the hub's container, as the hub's account; `in_hub -i ...` gives it stdin.
+in_hub() {
+  local options=(--user "${hub_account}")
+  if [[ "$1" == -i ]]; then
+    options+=(-i)
+    shift
+  fi
+  docker exec "${options[@]}" "${hub}" "$@"
+}
 problems=()
 node_option=()
 if [[ -n "${NODE:-}" ]]; then
@@ -82,7 +91,7 @@ fi
 hub_tmp="/tmp/restore-$$.sqlite"
 db_option=()
 cleanup() {
-  if ((${#db_option[@]})); then docker exec --user "${hub_account}" "${hub}" rm -f "${hub_tmp}" || true; fi
+  if ((${#db_option[@]})); then in_hub rm -f "${hub_tmp}" || true; fi
 }
 trap cleanup EXIT
 if [[ "${swarm}" == true ]]; then
@@ -93,7 +102,7 @@ if [[ "${swarm}" == true ]]; then
       problems+=("server ${name} is running: a whole restore needs every user server stopped (admin panel: Stop All); or restore files only (ONLY_USERS)")
     done
     # The home nodes a whole restore writes to are the ones the backup's database records.
-    docker exec -i --user "${hub_account}" "${hub}" sh -c "umask 077 && cat > ${hub_tmp}" \
+    in_hub -i sh -c "umask 077 && cat > ${hub_tmp}" \
       <"${folder}/jupyterhub.sqlite"
     db_option=(--db "${hub_tmp}")
   fi
@@ -105,7 +114,7 @@ if [[ "${swarm}" == true ]]; then
   # Each home's archive and node, checked where it will be written (nothing changes).
   for i in "${!volumes[@]}"; do
     if ! said="$(gzip -dc "${folder}/volumes/${volumes[i]}.tar.gz" |
-      docker exec -i --user "${hub_account}" "${hub}" labhub home-restore --check "${db_option[@]}" "${node_option[@]}" \
+      in_hub -i labhub home-restore --check "${db_option[@]}" "${node_option[@]}" \
         "${users[i]}" 2>&1)"; then
       problems+=("${said##*$'\n'}")
     fi
@@ -144,7 +153,7 @@ helper() {
 restore_on_its_node() {
   local user="$1" volume="$2" saved="${keep}/$2.tar.gz" status=0
   echo "restore: ${user} (${volume}, on ${NODE:-its node})"
-  docker exec --user "${hub_account}" "${hub}" labhub home-archive "${db_option[@]}" "${user}" | gzip >"${saved}" ||
+  in_hub labhub home-archive "${db_option[@]}" "${user}" | gzip >"${saved}" ||
     status=$?
   case "${status}" in
     0) ;;
@@ -154,11 +163,11 @@ restore_on_its_node() {
   esac
   status=0
   gzip -dc "${folder}/volumes/${volume}.tar.gz" |
-    docker exec -i --user "${hub_account}" "${hub}" labhub home-restore "${db_option[@]}" "${node_option[@]}" "${user}" ||
+    in_hub -i labhub home-restore "${db_option[@]}" "${node_option[@]}" "${user}" ||
     status=$?
   if ((status == 1)) && [[ -f "${saved}" ]]; then
     echo "restore: putting ${user}'s home back as it was (${saved})" >&2
-    gzip -dc "${saved}" | docker exec -i --user "${hub_account}" "${hub}" labhub home-restore "${db_option[@]}" "${user}" ||
+    gzip -dc "${saved}" | in_hub -i labhub home-restore "${db_option[@]}" "${user}" ||
       echo "restore: ${user}'s home could not be put back either: its files are in ${saved}" >&2
   fi
   return "${status}"
