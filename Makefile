@@ -154,7 +154,7 @@ up: preflight env swarm-manager stack-owner certs $(if $(filter no,$(BUILD)),,bu
 	  $(HUB_IMAGE) labhub dataset-folders \
 	  | ENV_FILE=$(ENV_FILE) scripts/swarm-manager.sh datasets '$(call env_value,DOCKER_NETWORK)' \
 	  $(call node_image,$(HUB_IMAGE)))
-	@$(COMPOSE) up -d --wait || { $(COMPOSE) logs --no-color --tail=40 hub >&2; \
+	@$(STARTUP_FILES_SHAS) $(COMPOSE) up -d --wait || { $(COMPOSE) logs --no-color --tail=40 hub >&2; \
 	  echo "make up: a service did not become healthy; the hub's last lines are above" \
 	       "(make logs SERVICE=hub for more)" >&2; exit 1; }
 	@ENV_FILE=$(ENV_FILE) scripts/print-welcome.sh
@@ -172,6 +172,16 @@ FRONTEND_NETWORKS = .build/frontguard/networks
 # ENGINE=swarm: the egress proxy's rules (labhub.egress) from the settings and the Swarm,
 # written where compose/swarm.yml mounts them; `make up` writes them again each time.
 EGRESS_CONF = .build/egress/squid.conf
+# Files that containers read only when they start, as hashes compose gives them as labels
+# (compose/*.yml): `make up` recreates a container whose files changed, and no other. The
+# hub and the Docker proxy read GPU_CONFIG_DIR (and the hub EXTRA_CA_FILE); with
+# ENGINE=swarm the hub and CHP read the networks file, the egress proxy its rules.
+STARTUP_FILES_SHAS = CONFIG_FILES_SHA=$(call files_sha,$(call env_value,GPU_CONFIG_DIR) \
+  $(call env_value,EXTRA_CA_FILE))$(if $(SWARM), FRONTEND_NETWORKS_SHA=$(call \
+  files_sha,$(FRONTEND_NETWORKS)) EGRESS_CONF_SHA=$(call files_sha,$(EGRESS_CONF)))
+# The hash of the files under the paths $(1), names and contents; empty for no path.
+files_sha = $(if $(strip $(1)),$$(find -L $(1) -type f -print0 2>/dev/null | sort -z \
+  | xargs -0r sha256sum 2>/dev/null | sha256sum | cut -c1-64))
 .PHONY: egress-conf
 egress-conf: env
 	@mkdir -p $(dir $(EGRESS_CONF))

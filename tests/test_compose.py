@@ -107,6 +107,20 @@ def test_hub_waits_for_a_healthy_netguard(tmp_path: Path) -> None:
     assert not any("TOKEN" in key or "PASSWORD" in key for key in environment)
 
 
+def test_the_containers_reading_gpu_config_dir_carry_its_hash_and_no_other_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hub and the Docker proxy read GPU_CONFIG_DIR only when they start: `make up`
+    gives compose its files' hash (STARTUP_FILES_SHAS) as their label, so an edit there
+    recreates them (tests/test_gpus.py runs it)."""
+    monkeypatch.setenv("CONFIG_FILES_SHA", "c" * 64)
+    services = rendered(tmp_path, "docker-compose.yml")
+    labelled = {name for name, s in services.items() if "labels" in s}
+    assert labelled == {"hub", "docker-proxy"}
+    for name in labelled:
+        assert services[name]["labels"] == {"org.labhub.config-files-sha256": "c" * 64}
+
+
 def test_prometheus_comes_with_its_profile_on_a_network_of_its_own(tmp_path: Path) -> None:
     """MONITORING=true: no socket, no user network, its port on loopback only."""
     assert "prometheus" not in rendered(tmp_path, "docker-compose.yml")

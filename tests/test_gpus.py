@@ -18,6 +18,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -529,5 +530,39 @@ def test_prometheus_scrapes_the_gpu_service_and_every_gpu_panel_has_data(
                 query(prometheus, nvml)  # Prometheus accepts it; no data without NVML
             held = query(prometheus, "sum(labhub_gpu_holders)")
             assert float(held[0]["value"][1]) >= 1
+    finally:
+        admin.stop(name)
+
+
+def test_make_up_applies_an_edited_profiles_file_and_otherwise_leaves_the_hub_running(
+    gpu_stack: Stack, admin: Admin, engine: docker.DockerClient
+) -> None:
+    """docs/gpus.md: edit the files in GPU_CONFIG_DIR, then `make up`. The hub reads them
+    only when it starts, so `make up` recreates it when a file there changed (their hash
+    is its label), and with nothing changed leaves it running."""
+    config = Path(gpu_stack.value("GPU_CONFIG_DIR"))
+
+    def hub() -> str:
+        return gpu_stack.compose("ps", "--quiet", "hub").stdout.strip()
+
+    def up() -> None:
+        done = gpu_stack.make("up", "BUILD=no", check=False)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    before = hub()
+    up()
+    assert hub() == before
+    [name] = admin.users(1, gpu_group=False)
+    unknown = admin.spawn(name, "cpu-small")
+    assert unknown.status_code == 400 and "there is no profile 'cpu-small'" in unknown.text
+    profiles = json.loads((config / "profiles.json").read_text())
+    small = {"slug": "cpu-small", "display_name": "Small CPU", "cpu_limit": 1, "mem_limit": "1G"}
+    (config / "profiles.json").write_text(json.dumps({"profiles": [*profiles["profiles"], small]}))
+    up()
+    assert hub() != before
+    assert admin.spawn(name, "cpu-small").status_code in (201, 202)
+    try:
+        admin.wait(name, ready=True)
+        assert in_stack(engine, name)["HostConfig"]["Memory"] == 1024**3
     finally:
         admin.stop(name)

@@ -78,10 +78,14 @@ def swarm_stack(tmp_path_factory: pytest.TempPathFactory, quota_root: Path) -> I
 
 
 def test_swarm_override_keeps_the_proxy_in_front_and_drops_the_single_host_guards(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """compose/swarm.yml as `make up` renders it: the hub and CHP on the lab's overlay under
     the names the hub is given, the proxy's Swarm rules, no netguard or diskquota."""
+    # The hashes of the files read at start, which make up gives compose (STARTUP_FILES_SHAS).
+    monkeypatch.setenv("FRONTEND_NETWORKS_SHA", "f" * 64)
+    monkeypatch.setenv("EGRESS_CONF_SHA", "e" * 64)
+    monkeypatch.setenv("CONFIG_FILES_SHA", "c" * 64)
     services = rendered(tmp_path, "docker-compose.yml", "swarm.yml")
     assert set(services) == {"proxy", "proxy-chp", "hub", "docker-proxy", "egress"}
     hub, chp, proxy = services["hub"], services["proxy-chp"], services["docker-proxy"]
@@ -116,6 +120,12 @@ def test_swarm_override_keeps_the_proxy_in_front_and_drops_the_single_host_guard
         mounts = {m["target"]: m for m in service["volumes"]}  # type: ignore[attr-defined,index]
         assert mounts[str(NETWORKS_FILE)]["source"] == str(REPO / ".build/frontguard/networks")
         assert mounts[str(NETWORKS_FILE)]["read_only"] is True
+    assert chp["labels"] == {"org.labhub.frontend-networks-sha256": "f" * 64}
+    assert hub["labels"] == {
+        "org.labhub.frontend-networks-sha256": "f" * 64,
+        "org.labhub.config-files-sha256": "c" * 64,
+    }
+    assert services["egress"]["labels"] == {"org.labhub.squid-conf-sha256": "e" * 64}
 
 
 def test_swarm_monitoring_reads_each_nodes_metrics_proxy_not_the_single_host_one(
@@ -329,6 +339,37 @@ def test_a_home_from_before_swarm_mode_is_kept_on_its_node_at_the_first_spawn(
     for name, session in ((user, client), ("swann", busy)):
         session.stop_server(name)
         assert not manager.docker("service", "ls", "--quiet", "--filter", f"name={PREFIX}-{name}")
+
+
+def test_make_up_again_gives_the_egress_proxy_changed_rules_and_leaves_the_rest_running(
+    swarm_stack: SwarmStack,
+) -> None:
+    """Squid and the frontends' guards read the files make up writes only when their
+    container starts. An admin who changes USER_EGRESS_ALLOW and runs make up again gets the
+    egress proxy recreated with the new rules (their hash is its label), while CHP, whose
+    file did not change, keeps running; make up with nothing changed recreates none."""
+    manager, env = swarm_stack.manager, swarm_stack.env_file
+    egress, chp, hub = (f"{STACK}-{name}" for name in ("egress", "proxy-chp", "hub"))
+
+    def containers() -> dict[str, str]:
+        return {
+            name: manager.docker("inspect", "--format", "{{.Id}}", name).strip()
+            for name in (egress, chp, hub)
+        }
+
+    def up() -> None:
+        done = make("up", env, swarm_stack.docker_host, "BUILD=no", *swarm_stack.make_args)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    before = containers()
+    up()
+    assert containers() == before
+    env.write_text(env.read_text() + "USER_EGRESS_ALLOW=192.168.77.7\n")
+    up()
+    after = containers()
+    assert after[egress] != before[egress] and after[chp] == before[chp]
+    conf = manager.docker("exec", egress, "cat", "/etc/squid/squid.conf")
+    assert "192.168.77.7" in conf and conf == (REPO / ".build/egress/squid.conf").read_text()
 
 
 def test_with_quota_root_a_server_on_the_worker_gets_disk_quota_exceeded_past_its_limit(
