@@ -173,10 +173,12 @@ FRONTEND_NETWORKS = .build/frontguard/networks
 # written where compose/swarm.yml mounts them; `make up` writes them again each time.
 EGRESS_CONF = .build/egress/squid.conf
 # Files that containers read only when they start, as hashes compose gives them as labels
-# (compose/*.yml): `make up` recreates a container whose files changed, and no other. The
-# hub and the Docker proxy read GPU_CONFIG_DIR (and the hub EXTRA_CA_FILE); with
-# ENGINE=swarm the hub and CHP read the networks file, the egress proxy its rules.
-STARTUP_FILES_SHAS = CONFIG_FILES_SHA=$(call files_sha,$(call env_value,GPU_CONFIG_DIR) \
+# (compose/*.yml): `make up` recreates a container whose files changed, and no other. nginx
+# reads the server certificate (which `make certs` may have issued again); the hub and the
+# Docker proxy read GPU_CONFIG_DIR (and the hub EXTRA_CA_FILE); with ENGINE=swarm the hub
+# and CHP read the networks file, the egress proxy its rules.
+STARTUP_FILES_SHAS = CERTIFICATE_SHA=$(call files_sha,$(or $(call env_value,CERTS_DIR),certs)/$(call \
+  env_value,DOMAIN).crt) CONFIG_FILES_SHA=$(call files_sha,$(call env_value,GPU_CONFIG_DIR) \
   $(call env_value,EXTRA_CA_FILE))$(if $(SWARM), FRONTEND_NETWORKS_SHA=$(call \
   files_sha,$(FRONTEND_NETWORKS)) EGRESS_CONF_SHA=$(call files_sha,$(EGRESS_CONF)))
 # The hash of the files under the paths $(1), names and contents; empty for no path.

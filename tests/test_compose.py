@@ -107,18 +107,22 @@ def test_hub_waits_for_a_healthy_netguard(tmp_path: Path) -> None:
     assert not any("TOKEN" in key or "PASSWORD" in key for key in environment)
 
 
-def test_the_containers_reading_gpu_config_dir_carry_its_hash_and_no_other_does(
+def test_containers_carry_the_hash_of_the_files_they_read_at_start_and_no_other(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The hub and the Docker proxy read GPU_CONFIG_DIR only when they start: `make up`
-    gives compose its files' hash (STARTUP_FILES_SHAS) as their label, so an edit there
-    recreates them (tests/test_gpus.py runs it)."""
+    """nginx copies the certificate, the hub and the Docker proxy read GPU_CONFIG_DIR, only
+    when they start: `make up` gives compose the files' hashes (STARTUP_FILES_SHAS) as
+    their labels, so a change recreates them (tests/test_gpus.py, tests/test_platform.py)."""
     monkeypatch.setenv("CONFIG_FILES_SHA", "c" * 64)
+    monkeypatch.setenv("CERTIFICATE_SHA", "d" * 64)
     services = rendered(tmp_path, "docker-compose.yml")
-    labelled = {name for name, s in services.items() if "labels" in s}
-    assert labelled == {"hub", "docker-proxy"}
-    for name in labelled:
-        assert services[name]["labels"] == {"org.labhub.config-files-sha256": "c" * 64}
+    labels = {name: s["labels"] for name, s in services.items() if "labels" in s}
+    config = {"org.labhub.config-files-sha256": "c" * 64}
+    assert labels == {
+        "hub": config,
+        "docker-proxy": config,
+        "proxy": {"org.labhub.certificate-sha256": "d" * 64},
+    }
 
 
 def test_prometheus_comes_with_its_profile_on_a_network_of_its_own(tmp_path: Path) -> None:

@@ -6,6 +6,9 @@ containers on the local engine, requests go through nginx with TLS.
 
 from __future__ import annotations
 
+import re
+import socket
+import ssl
 import subprocess
 from pathlib import Path
 
@@ -211,6 +214,40 @@ def test_make_up_refuses_to_take_over_a_stack_it_did_not_create(
 
 def hub_container_id(stack: Stack) -> str:
     return stack.compose("ps", "-q", "hub").stdout.strip()
+
+
+def test_make_up_serves_the_certificate_make_certs_issued_again(stack: Stack) -> None:
+    """`make certs` (part of `make up`) issues the server certificate again when it is
+    missing, its names changed or it nears its end; nginx copies the pair only when its
+    container starts, so `make up` recreates the proxy when the certificate changed (its
+    hash is the label) and nginx serves the new one, which the same CA verifies."""
+    certificate = stack.certs_dir / f"{stack.value('DOMAIN')}.crt"
+    port = int(stack.value("HTTPS_PORT"))
+
+    def served() -> bytes:
+        context = ssl.create_default_context(cafile=stack.ca_file)
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname="localhost") as tls,
+        ):
+            der = tls.getpeercert(binary_form=True)
+        assert der is not None
+        return der
+
+    def on_file() -> bytes:
+        [leaf, *_chain] = re.findall(
+            r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----\n?",
+            certificate.read_text(), re.S,
+        )  # fmt: skip
+        return ssl.PEM_cert_to_DER_cert(leaf)
+
+    before = on_file()
+    assert served() == before
+    certificate.unlink()
+    (certificate.parent / f"{stack.value('DOMAIN')}.key").unlink()
+    stack.make("up", "BUILD=no")
+    assert on_file() != before
+    assert served() == on_file()
 
 
 def test_files_survive_make_down_and_up(stack: Stack, username: str) -> None:
