@@ -14,6 +14,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -110,6 +111,8 @@ class SwarmStack:
     make_args: tuple[str, ...] = ()
     # The test registry's log (its access log too), with a registry.
     registry_log: Path | None = None
+    # The admin's Docker config holding the `docker login` to it, with a registry.
+    docker_config: Path | None = None
     # What `make up` printed (its warnings among it).
     up_output: str = ""
 
@@ -160,9 +163,12 @@ def swarm_stack_up(
     every node, each at its own engine's socket (`link_each_nodes_socket`). The hub's, CHP's
     and the proxy's last log lines are printed, for a failing test.
 
-    With `registry`: a registry in the manager's namespace that every engine pulls from,
-    REGISTRY=<it>/labhub in the .env, and the real `make push` (from the manager, which then
-    needs the users' images in `manager_images`) before `make up`."""
+    With `registry`: a registry in the manager's namespace that every engine pulls from and
+    that wants `PULL_LOGIN` for every pull and push, as a campus registry does; in the .env
+    REGISTRY=<it>/labhub and that login as the nodes' pull login (REGISTRY_USERNAME); the
+    admin's `docker login` (in a Docker config of the test's, `docker_config`) and the real
+    `make push` (from the manager, which then needs the users' images in `manager_images`)
+    before `make up`."""
     started = time.monotonic()
     with (
         Swarm(
@@ -173,14 +179,23 @@ def swarm_stack_up(
     ):  # fmt: skip
         print(f"cluster with the images: {time.monotonic() - started:.0f} s")
         reach_from_the_host(swarm)
-        registry_log, make_args = None, ()
+        registry_log, make_args, docker_config = None, (), None
         if registry:
             registry_root = workdir / "registry"
             registry_root.mkdir()
-            cleanup.callback(stop_registry, start_registry(swarm, registry_root))
+            cleanup.callback(stop_registry, start_registry(swarm, registry_root, PULL_LOGIN))
             registry_log = registry_root / "registry.log"
-            extra = {**extra, "REGISTRY": f"{swarm.registry}/labhub"}
+            username, password = PULL_LOGIN
+            extra = {**extra, "REGISTRY": f"{swarm.registry}/labhub",
+                     "REGISTRY_USERNAME": username, "REGISTRY_PASSWORD": password}  # fmt: skip
             make_args = (f"PUSHED_IMAGES={workdir / 'pushed-images.env'}",)
+            # What the admin does first for make push: `docker login` on the build host.
+            docker_config = workdir / "docker-config"
+            run(
+                "docker", "-H", f"unix://{swarm.manager.socket}", "login", "--username",
+                username, "--password-stdin", swarm.registry, input=password,
+                env={**os.environ, "DOCKER_CONFIG": str(docker_config)},
+            )  # fmt: skip
         sockets = link_each_nodes_socket(swarm, workdir / "engines")
         env_file = swarm_env(
             workdir,
@@ -199,10 +214,14 @@ def swarm_stack_up(
             f"unix://{swarm.manager.socket}",
             make_args,
             registry_log,
+            docker_config,
         )
         if registry:
             started = time.monotonic()
-            pushed = running.make("push")
+            pushed = run_make(
+                "push", *make_args, env_file=env_file, docker_host=running.docker_host,
+                docker_config=docker_config, timeout=1800,
+            )  # fmt: skip
             print(f"make push: {time.monotonic() - started:.0f} s")
             assert pushed.returncode == 0, pushed.stdout[-4000:] + pushed.stderr[-4000:]
         started = time.monotonic()
@@ -224,6 +243,10 @@ def swarm_stack_up(
             running.make("down")
             if registry_log is not None:
                 print(registry_log.read_text()[-3000:])
+
+
+# The test registry's one account, a campus registry's pull robot: nobody pulls without it.
+PULL_LOGIN = ("robot-lab", "pull-t0ken")
 
 
 def start_registry(
@@ -262,6 +285,24 @@ def start_registry(
 
     wait_until(answers, 30, "the test registry to answer", interval=0.2)
     return process
+
+
+def served_by_digest(log: str, address: str, repository: str, digest: str) -> bool:
+    """Whether the test registry's log shows it serving `repository`'s manifest by `digest`
+    to `address` on a request it authorized (the registry has one account, PULL_LOGIN; its
+    log names the account only on errors): the same request ID in both lines."""
+    where = (f'http.request.remoteaddr="{address}:',
+             f'http.request.uri="/v2/{repository}/manifests/{digest}"')  # fmt: skip
+    ids: dict[str, set[str]] = {"authorized": set(), "served": set()}
+    for line in log.splitlines():
+        found = re.search(r"http\.request\.id=(\S+)", line)
+        if found is None or not all(field in line for field in where):
+            continue
+        if 'msg="authorized request"' in line:
+            ids["authorized"].add(found[1])
+        elif 'msg="response completed"' in line and "http.response.status=200 " in line:
+            ids["served"].add(found[1])
+    return bool(ids["authorized"] & ids["served"])
 
 
 def stop_registry(process: subprocess.Popen[bytes]) -> None:

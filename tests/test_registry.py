@@ -49,7 +49,7 @@ from swarmlab import (
     swarm_proxy,
     wait_for_running_task,
 )
-from swarmstack import start_registry, stop_registry
+from swarmstack import PULL_LOGIN, served_by_digest, start_registry, stop_registry
 from tornado import web
 
 from testsupport.dockerproxy import raw_request
@@ -203,8 +203,6 @@ USER_SERVER = (
 BASE_IMAGE = "debian:trixie-slim"
 VERSION = "regtest"
 NETWORK = os.environ.get("LABHUB_TEST_STACK", "lhreg")
-# The registry's one account, a campus registry's pull robot: nobody pulls without it.
-PULL_LOGIN = ("robot-lab", "pull-t0ken")
 
 
 @dataclass
@@ -337,13 +335,11 @@ def test_make_push_records_the_registrys_digest_and_the_worker_pulls_and_runs_ex
         ).split()
         image_id = cluster.worker.docker("inspect", "--format", "{{.Image}}", container).strip()
         assert worker_images(cluster) == [image_id]
-        # The registry served that manifest, by digest, to the worker's address.
+        # The registry served that manifest, by digest, to the worker's address, signed in
+        # as the pull login.
         log = cluster.registry_log.read_text()
-        assert re.search(
-            rf"(?m)^{re.escape(cluster.worker.address)} .*\"GET /v2/labhub/workspace/manifests/"
-            rf"{re.escape(digest)} ",
-            log,
-        ), log[-2000:]
+        worker = cluster.worker.address
+        assert served_by_digest(log, worker, "labhub/workspace", digest), log[-2000:]
     finally:
         asyncio.run(spawner.stop())
 
