@@ -310,9 +310,7 @@ def node_api(url: str, timeout: float) -> docker.APIClient:
 def holders(proxies: Mapping[str, str], volume: str) -> frozenset[str]:
     """The nodes, of those `proxies` front, that hold `volume`."""
     return frozenset(
-        node
-        for node, url in proxies.items()
-        if _has_volume(node_api(url, timeout=10), volume)
+        node for node, url in proxies.items() if _has_volume(node_api(url, timeout=10), volume)
     )
 
 
