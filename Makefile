@@ -157,6 +157,10 @@ up: preflight env swarm-manager stack-owner certs $(if $(filter no,$(BUILD)),,bu
 	@$(STARTUP_FILES_SHAS) $(COMPOSE) up -d --wait || { $(COMPOSE) logs --no-color --tail=40 hub >&2; \
 	  echo "make up: a service did not become healthy; the hub's last lines are above" \
 	       "(make logs SERVICE=hub for more)" >&2; exit 1; }
+	@# The egress proxy's rules name the manager's bridge networks, compose's own among them,
+	@# which the first make up has only just made: written again, the proxy recreated if so.
+	@$(if $(SWARM),$(MAKE) --no-print-directory egress-conf \
+	  && $(STARTUP_FILES_SHAS) $(COMPOSE) up -d --wait egress)
 	@ENV_FILE=$(ENV_FILE) scripts/print-welcome.sh
 
 # ENGINE=swarm: the nodes' Docker proxies, a global service and its network of this name

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from labhub.contract import quota_home_options, volume_name_for
+from labhub.contract import quota_home_options, user_network_name, volume_name_for
 from labhub.frontguard import NETWORKS_FILE
 from loopfs import btrfs_with_quotas
 from stacks import STACK
@@ -341,14 +341,16 @@ def test_a_home_from_before_swarm_mode_is_kept_on_its_node_at_the_first_spawn(
         assert not manager.docker("service", "ls", "--quiet", "--filter", f"name={PREFIX}-{name}")
 
 
-def test_make_up_again_gives_the_egress_proxy_changed_rules_and_leaves_the_rest_running(
+def test_make_up_again_gives_the_egress_proxy_changed_rules_and_a_running_server_its_frontends(
     swarm_stack: SwarmStack,
 ) -> None:
     """Squid and the frontends' guards read the files make up writes only when their
     container starts. An admin who changes USER_EGRESS_ALLOW and runs make up again gets the
-    egress proxy recreated with the new rules (their hash is its label), while CHP, whose
-    file did not change, keeps running; make up with nothing changed recreates none."""
-    manager, env = swarm_stack.manager, swarm_stack.env_file
+    egress proxy recreated with the new rules (their hash is its label; the hub too, for
+    its .env), while CHP, whose file did not change, keeps running; make up with nothing
+    changed recreates none. A new container is on no user's network: the hub's polls
+    connect the new hub and egress proxy to a server's network that ran all along."""
+    stack, manager, env = swarm_stack.stack, swarm_stack.manager, swarm_stack.env_file
     egress, chp, hub = (f"{STACK}-{name}" for name in ("egress", "proxy-chp", "hub"))
 
     def containers() -> dict[str, str]:
@@ -361,6 +363,17 @@ def test_make_up_again_gives_the_egress_proxy_changed_rules_and_leaves_the_rest_
         done = make("up", env, swarm_stack.docker_host, "BUILD=no", *swarm_stack.make_args)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
+    user = "swrules"
+    client = stack.client()
+    assert client.login(user, stack.ensure_account(user), follow=False).status_code == 302
+    client.start_server(user, timeout=600)
+    network = user_network_name(user, STACK)
+
+    def on_network() -> set[str]:
+        found = manager.docker("network", "inspect", "--format", "{{json .Containers}}", network)
+        return {endpoint["Name"] for endpoint in (json.loads(found) or {}).values()}
+
+    assert {egress, chp, hub} <= on_network()
     before = containers()
     up()
     assert containers() == before
@@ -368,8 +381,14 @@ def test_make_up_again_gives_the_egress_proxy_changed_rules_and_leaves_the_rest_
     up()
     after = containers()
     assert after[egress] != before[egress] and after[chp] == before[chp]
+    assert after[hub] != before[hub]  # USER_EGRESS_ALLOW is in its environment too
     conf = manager.docker("exec", egress, "cat", "/etc/squid/squid.conf")
     assert "192.168.77.7" in conf and conf == (REPO / ".build/egress/squid.conf").read_text()
+    # The hub polls every server at its start and every 30 s (JupyterHub's poll_interval).
+    wait_until(lambda: {egress, chp, hub} <= on_network(), 120, "the new frontends to rejoin")
+    response = client.session.get(stack.base_url + f"/user/{user}/api", timeout=60)
+    assert response.status_code == 200 and "version" in response.json(), response.text
+    client.stop_server(user)
 
 
 def test_with_quota_root_a_server_on_the_worker_gets_disk_quota_exceeded_past_its_limit(

@@ -6,11 +6,12 @@ and process limits, /dev/shm as a sized tmpfs, the owner label, the user's named
 The service joins only its user's own overlay network (`user_network_name`), attachable
 and internal, with a `dnsrr` endpoint (no routing mesh, no published port). The spawner
 makes that network on the user's first spawn and connects the frontends (the hub's and
-CHP's containers, `frontend_containers`) to it: they reach the server at its task's
-address on that network (`get_ip_and_port`), and the server reaches nothing else: no
-other user's server, no node, no LAN or internet, except through the egress proxy (one of
-the frontends, `egress_proxy`; labhub.egress). A deleted user's network goes with them
-(`delete_forever`).
+CHP's containers, `frontend_containers`) to it, and again at each poll of a running
+server (a frontend container that `make up` recreated is on no user's network): they
+reach the server at its task's address on that network (`get_ip_and_port`), and the
+server reaches nothing else: no other user's server, no node, no LAN or internet, except
+through the egress proxy (one of the frontends, `egress_proxy`; labhub.egress). A
+deleted user's network goes with them (`delete_forever`).
 
 Placement is `labhub.swarmplacement`'s: the first spawn picks a node, which is recorded
 in the spawner's state (the hub's database) and kept across stops, so every later spawn
@@ -545,6 +546,23 @@ class LabSwarmSpawner(LabServerMixin, SwarmSpawner):  # type: ignore[misc]
         if missing and self.chp_host_names:  # their addresses, for chp_hosts
             return dict(await self.docker("inspect_network", self.user_network))
         return network
+
+    async def poll(self) -> Any:
+        """SwarmSpawner's answer; and while the server runs, its network has every frontend
+        again. `make up` recreates the hub, CHP or the egress proxy when their settings or
+        files change, and a new container is on no user's network: the hub polls each
+        server when it starts and every `poll_interval`, so running servers are reached
+        and get out again within that. A failure to rejoin is logged, never a stop."""
+        status = await super().poll()
+        if status is None:
+            try:
+                await self.join_user_network()
+            except (APIError, OSError, web.HTTPError) as error:
+                self.log.warning(
+                    "the frontends could not rejoin %s's network %s: %s",
+                    self.user.name, self.user_network, error,
+                )  # fmt: skip
+        return status
 
     def chp_hosts(self, network: dict[str, Any]) -> dict[str, str]:
         """The server's /etc/hosts entries: each of chp_host_names at configurable-http-proxy's
