@@ -159,8 +159,9 @@ up: preflight env swarm-manager stack-owner certs $(if $(filter no,$(BUILD)),,bu
 	       "(make logs SERVICE=hub for more)" >&2; exit 1; }
 	@# The egress proxy's rules name the manager's bridge networks, compose's own among them,
 	@# which the first make up has only just made: written again, the proxy recreated if so.
-	@$(if $(SWARM),$(MAKE) --no-print-directory egress-conf \
-	  && $(STARTUP_FILES_SHAS) $(COMPOSE) up -d --wait egress)
+	@# (Two lines: under make -n, make still runs a line that calls make.)
+	@$(if $(SWARM),$(MAKE) --no-print-directory egress-conf)
+	@$(if $(SWARM),$(STARTUP_FILES_SHAS) $(COMPOSE) up -d --wait egress)
 	@ENV_FILE=$(ENV_FILE) scripts/print-welcome.sh
 
 # ENGINE=swarm: the nodes' Docker proxies, a global service and its network of this name

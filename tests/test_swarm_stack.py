@@ -145,6 +145,16 @@ def test_swarm_monitoring_reads_each_nodes_metrics_proxy_not_the_single_host_one
     assert not any("docker.sock" in str(v) for v in exporter.get("volumes", []))  # type: ignore[attr-defined]
 
 
+def test_make_n_up_in_swarm_mode_only_prints(tmp_path: Path) -> None:
+    """`make -n up` runs the lines that call make (GNU make does, to print what they would
+    do), so those must start nothing themselves: with an engine that does not exist, a
+    command that ran would fail the dry run."""
+    env_file = swarm_env(tmp_path, "127.0.0.1", (free_port(), free_port()))
+    dry = make("up", env_file, "unix:///nonexistent/docker.sock", "-n", "BUILD=no")
+    assert dry.returncode == 0, dry.stdout[-2000:] + dry.stderr[-2000:]
+    assert "up -d --wait egress" in dry.stdout
+
+
 def test_make_up_with_engine_swarm_on_an_engine_not_in_a_swarm_says_docker_swarm_init(
     tmp_path: Path,
 ) -> None:
