@@ -111,8 +111,6 @@ class SwarmStack:
     make_args: tuple[str, ...] = ()
     # The test registry's log (its access log too), with a registry.
     registry_log: Path | None = None
-    # The admin's Docker config holding the `docker login` to it, with a registry.
-    docker_config: Path | None = None
     # What `make up` printed (its warnings among it).
     up_output: str = ""
 
@@ -166,7 +164,7 @@ def swarm_stack_up(
     With `registry`: a registry in the manager's namespace that every engine pulls from and
     that wants `PULL_LOGIN` for every pull and push, as a campus registry does; in the .env
     REGISTRY=<it>/labhub and that login as the nodes' pull login (REGISTRY_USERNAME); the
-    admin's `docker login` (in a Docker config of the test's, `docker_config`) and the real
+    admin's `docker login` (`admin_login`, in a Docker config of the test's) and the real
     `make push` (from the manager, which then needs the users' images in `manager_images`)
     before `make up`."""
     started = time.monotonic()
@@ -189,13 +187,7 @@ def swarm_stack_up(
             extra = {**extra, "REGISTRY": f"{swarm.registry}/labhub",
                      "REGISTRY_USERNAME": username, "REGISTRY_PASSWORD": password}  # fmt: skip
             make_args = (f"PUSHED_IMAGES={workdir / 'pushed-images.env'}",)
-            # What the admin does first for make push: `docker login` on the build host.
-            docker_config = workdir / "docker-config"
-            run(
-                "docker", "-H", f"unix://{swarm.manager.socket}", "login", "--username",
-                username, "--password-stdin", swarm.registry, input=password,
-                env={**os.environ, "DOCKER_CONFIG": str(docker_config)},
-            )  # fmt: skip
+            docker_config = admin_login(swarm, workdir / "docker-config")
         sockets = link_each_nodes_socket(swarm, workdir / "engines")
         env_file = swarm_env(
             workdir,
@@ -214,7 +206,6 @@ def swarm_stack_up(
             f"unix://{swarm.manager.socket}",
             make_args,
             registry_log,
-            docker_config,
         )
         if registry:
             started = time.monotonic()
@@ -247,6 +238,18 @@ def swarm_stack_up(
 
 # The test registry's one account, a campus registry's pull robot: nobody pulls without it.
 PULL_LOGIN = ("robot-lab", "pull-t0ken")
+
+
+def admin_login(swarm: Swarm, config: Path) -> Path:
+    """What the admin does before `make push`: `docker login` to the test registry as
+    PULL_LOGIN on the manager (the build host), kept in the Docker config `config`."""
+    username, password = PULL_LOGIN
+    run(
+        "docker", "-H", f"unix://{swarm.manager.socket}", "login", "--username", username,
+        "--password-stdin", swarm.registry, input=password,
+        env={**os.environ, "DOCKER_CONFIG": str(config)},
+    )  # fmt: skip
+    return config
 
 
 def start_registry(

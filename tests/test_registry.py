@@ -49,7 +49,13 @@ from swarmlab import (
     swarm_proxy,
     wait_for_running_task,
 )
-from swarmstack import PULL_LOGIN, served_by_digest, start_registry, stop_registry
+from swarmstack import (
+    PULL_LOGIN,
+    admin_login,
+    served_by_digest,
+    start_registry,
+    stop_registry,
+)
 from tornado import web
 
 from testsupport.dockerproxy import raw_request
@@ -257,13 +263,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryCluste
             registry_setting = f"{swarm.registry}/labhub"
             env_file.write_text(f"LABHUB_VERSION={VERSION}\nREGISTRY={registry_setting}\n")
             # What the admin does first: `docker login` (kept in a config of the test's).
-            logins = root / "docker-config"
+            logins = admin_login(swarm, root / "docker-config")
             username, password = PULL_LOGIN
-            run(
-                "docker", "-H", f"unix://{manager.socket}", "login", "--username", username,
-                "--password-stdin", swarm.registry, input=password, env={
-                    **os.environ, "DOCKER_CONFIG": str(logins)},
-            )  # fmt: skip
             pushed = run_make(
                 "push", f"PUSHED_IMAGES={record}", env_file=env_file,
                 docker_host=f"unix://{manager.socket}", docker_config=logins, timeout=300,
