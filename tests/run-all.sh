@@ -15,7 +15,9 @@ if [[ -n "${PYTEST_ARGS:-}" ]]; then
   exec "${py}" -m pytest ${PYTEST_ARGS}
 fi
 
-work=$(mktemp -d)
+# The stacks a killed run left go first; this run's folder, with its PID, is how a later
+# run tells ours (tests/leftovers.py).
+work=$(PYTHONPATH=tests:. "${py}" tests/leftovers.py "$$") || exit 1
 swarm_run="" host_run=""
 show_swarm_run() {
   echo "=== the Swarm tests (pytest -m swarm), run beside the others ==="

@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import os
 import subprocess
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,6 +115,21 @@ class Stack:
             timeout=900,
             env={**os.environ, "LABHUB_ENV_FILE": str(self.env_file)},
         )
+
+    def tear_down(self, volumes: Iterable[str]) -> None:
+        """Remove the stack as `make down` does, with its users' containers (compose cannot
+        remove a network they are still on), its netguard chains and the `volumes`."""
+        network = self.value("DOCKER_NETWORK")
+        for container in user_containers(network):
+            container.remove(force=True)
+        self.compose("--profile", "monitoring", "down", "-v", "--remove-orphans", check=False)
+        api = docker.from_env()
+        for volume in volumes:
+            # A volume still in use (409) belongs to a user of another stack that is still
+            # up: that stack's own teardown removes it.
+            with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+                api.volumes.get(volume).remove(force=True)
+        self.remove_netguard_rules()
 
     def remove_netguard_rules(self) -> None:
         """netguard's host firewall chains, by their own names (as `make down` does)."""
@@ -224,15 +239,6 @@ class Stack:
         raise AssertionError(f"{username}'s login never reached the hub: {page.url}")
 
 
-def _remove_user_volumes(network: str, usernames: list[str]) -> None:
-    api = docker.from_env()
-    for name in usernames:
-        # A volume still in use (409) belongs to a user of another stack that is still up:
-        # that stack's own teardown removes it.
-        with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
-            api.volumes.get(volume_name_for(name, network)).remove(force=True)
-
-
 def users_network_for(https_port: int) -> dict[str, str]:
     """A users' network of its own for each test stack (its port is unique on the host):
     bridge lh<port>, subnet 10.<port // 256>.<port % 256>.0/24."""
@@ -264,20 +270,11 @@ def create_users_network(name: str, https_port: int) -> Any:
     )
 
 
-@contextlib.contextmanager
-def launched_stack(
-    tmp_path_factory: pytest.TempPathFactory,
-    name: str,
-    https_port: int,
-    extra_env: dict[str, str] | None = None,
-) -> Iterator[Stack]:
-    """`make up` with a test .env (CPU TensorFlow, loopback-only ports, its own names and
-    `extra_env` on top), yielded running and always torn down with its users' volumes.
-
-    Test modules that need another configuration (OAuth, GPUs, subdomains) make their
-    own module-scoped fixture from this, under another name and port.
-    """
-    workdir = tmp_path_factory.mktemp(name)
+def stack_in(
+    workdir: Path, name: str, https_port: int, extra_env: dict[str, str] | None = None
+) -> Stack:
+    """A test stack's .env in `workdir` (CPU TensorFlow, loopback-only ports, its own names
+    and `extra_env` on top), not started."""
     certs = workdir / "certs"
     certs.mkdir()
     values = {
@@ -303,17 +300,39 @@ def launched_stack(
     env_file.write_text(env_text(values))
     domain = values["DOMAIN"]
     # A module may bring its own CERTS_DIR (e.g. a CA it made before the stack starts).
-    certs = Path(values["CERTS_DIR"])
-    stack = Stack(
-        env_file, certs, f"https://{domain}:{https_port}", f"http://{domain}:{https_port - 363}"
+    return Stack(
+        env_file,
+        Path(values["CERTS_DIR"]),
+        f"https://{domain}:{https_port}",
+        f"http://{domain}:{https_port - 363}",
     )
+
+
+@contextlib.contextmanager
+def launched_stack(
+    tmp_path_factory: pytest.TempPathFactory,
+    name: str,
+    https_port: int,
+    extra_env: dict[str, str] | None = None,
+) -> Iterator[Stack]:
+    """`make up` with a test .env (`stack_in`), yielded running and always torn down with
+    its users' volumes.
+
+    Test modules that need another configuration (OAuth, GPUs, subdomains) make their
+    own module-scoped fixture from this, under another name and port.
+    """
+    stack = stack_in(tmp_path_factory.mktemp(name), name, https_port, extra_env)
     running = subprocess.run(
         ["docker", "ps", "-q", "--filter", f"label=com.docker.compose.project={name}"],
         capture_output=True, text=True, check=True, timeout=60,
     ).stdout  # fmt: skip
     if running:
-        # Never take over (and at teardown remove) a stack another fixture runs.
-        pytest.fail(f"a stack named {name} is already running: give this fixture its own name")
+        # Never take over (and at teardown remove) a stack another fixture or run has.
+        pytest.fail(
+            f"a stack named {name} is already running: another test run on this engine has"
+            " it (give this fixture its own name), or a run that was killed left it"
+            " (make test removes those first: tests/leftovers.py)"
+        )
     up = stack.make("up", check=False)
     if up.returncode != 0:
         logs = stack.compose("logs", "--no-color", "--tail=200", check=False).stdout
@@ -325,10 +344,5 @@ def launched_stack(
     finally:
         if os.environ.get("LABHUB_TEST_LOGS"):
             print(stack.compose("logs", "--no-color", "--tail=300", check=False).stdout)
-        # Users' containers first: compose cannot remove a network they are still on.
-        for container in user_containers(name):
-            container.remove(force=True)
-        stack.compose("--profile", "monitoring", "down", "-v", "--remove-orphans", check=False)
         # The admin too: tests log in as admin, and a login spawns a server (and a volume).
-        _remove_user_volumes(name, [*USERS_CREATED, *stack.admins])
-        stack.remove_netguard_rules()
+        stack.tear_down(volume_name_for(user, name) for user in [*USERS_CREATED, *stack.admins])
