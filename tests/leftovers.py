@@ -80,7 +80,13 @@ def new_run_folder(pid: int) -> Path:
 
 
 if __name__ == "__main__":
-    names = remove_leftovers(Path(tempfile.gettempdir()))
+    try:
+        names = remove_leftovers(Path(tempfile.gettempdir()))
+    except docker.errors.DockerException as error:
+        sys.exit(
+            f"[test] no Docker engine answered ({error}): start it first"
+            " (systemctl start docker, or scripts/start-docker.sh)"
+        )
     if names:
         print(f"[test] removed the stacks a killed run left: {', '.join(names)}", file=sys.stderr)
     print(new_run_folder(int(sys.argv[1])))
