@@ -336,8 +336,7 @@ def launched_stack(
     up = stack.make("up", check=False)
     if up.returncode != 0:
         logs = stack.compose("logs", "--no-color", "--tail=200", check=False).stdout
-        stack.compose("down", "-v", check=False)
-        stack.remove_netguard_rules()
+        stack.tear_down([])
         pytest.fail(f"make up failed:\n{up.stdout[-4000:]}\n{up.stderr[-4000:]}\n{logs}")
     try:
         yield stack
